@@ -1,0 +1,9 @@
+// Package bpf holds tandem's kernel programs and their bpf2go output.
+//
+// The C sources are the truth; the Go types for structs shared with the
+// kernel are generated from their BTF (-type), never written by hand.
+// `make generate` reruns these lines with Debian's clang; CI checks that
+// doing so changes nothing.
+package bpf
+
+//go:generate go tool bpf2go -go-package bpf -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type vip_key -type vip_entry -type vip_counters -type stat_reason Vipgate vipgate.c

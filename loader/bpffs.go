@@ -1,0 +1,72 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultBPFFS is where the kernel's BPF filesystem normally lives.
+const DefaultBPFFS = "/sys/fs/bpf"
+
+// IsBPFFS reports whether path is on a BPF filesystem.
+func IsBPFFS(path string) (bool, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return false, err
+	}
+	return uint32(st.Type) == unix.BPF_FS_MAGIC, nil
+}
+
+// EnsureBPFFS makes root a directory on a BPF filesystem, mounting one when
+// needed: at /sys/fs/bpf when root is below it, else at root itself. It
+// returns the mount point it made, or "" when one was already there.
+func EnsureBPFFS(root string) (mounted string, err error) {
+	root = filepath.Clean(root)
+	if !filepath.IsAbs(root) {
+		return "", fmt.Errorf("bpffs root %q must be an absolute path", root)
+	}
+	// Find the nearest existing ancestor and ask what it lives on.
+	probe := root
+	for {
+		if _, err := os.Stat(probe); err == nil {
+			break
+		}
+		parent := filepath.Dir(probe)
+		if parent == probe {
+			break
+		}
+		probe = parent
+	}
+	ok, err := IsBPFFS(probe)
+	if err != nil {
+		return "", fmt.Errorf("statfs %s: %w", probe, err)
+	}
+	if !ok {
+		target := root
+		if root == DefaultBPFFS || strings.HasPrefix(root, DefaultBPFFS+"/") {
+			target = DefaultBPFFS
+		}
+		if err := os.MkdirAll(target, 0o755); err != nil {
+			return "", fmt.Errorf("create bpffs mount point %s: %w", target, err)
+		}
+		if err := unix.Mount("bpf", target, "bpf", 0, "mode=0700"); err != nil {
+			if errors.Is(err, unix.EPERM) {
+				return "", fmt.Errorf("mount bpffs at %s: %w (run as root, or mount it first: mount -t bpf bpf %s)", target, err, target)
+			}
+			return "", fmt.Errorf("mount bpffs at %s: %w (mount it by hand: mount -t bpf bpf %s, or pick another --bpffs)", target, err, target)
+		}
+		mounted = target
+	}
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return mounted, fmt.Errorf("create %s: %w", root, err)
+	}
+	if ok, err := IsBPFFS(root); err != nil || !ok {
+		return mounted, fmt.Errorf("%s is not on a BPF filesystem (choose a --bpffs below a bpffs mount such as %s)", root, DefaultBPFFS)
+	}
+	return mounted, nil
+}

@@ -1,0 +1,516 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"runtime"
+	"runtime/debug"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/tandem-net/tandem/loader"
+	"github.com/tandem-net/tandem/maps"
+)
+
+// rootFlags are shared by every command that finds the pins.
+type rootFlags struct {
+	config string
+	bpffs  string
+	fs     *pflag.FlagSet
+}
+
+func addRootFlags(fs *pflag.FlagSet) *rootFlags {
+	r := &rootFlags{fs: fs}
+	fs.StringVarP(&r.config, "config", "c", "", "host config file (TOML); flags override its values")
+	fs.StringVar(&r.bpffs, "bpffs", maps.DefaultRoot, "root under which maps, programs and links are pinned")
+	return r
+}
+
+// options builds loader options: defaults, then the config file, then the
+// flags the user set.
+func (r *rootFlags) options() (loader.Options, error) {
+	o := loader.Defaults()
+	if r.config != "" {
+		fc, err := loader.ReadConfig(r.config)
+		if err != nil {
+			return o, err
+		}
+		if err := fc.Apply(&o); err != nil {
+			return o, err
+		}
+	}
+	if r.fs.Changed("bpffs") {
+		o.Pins.Root = r.bpffs
+	}
+	return o, nil
+}
+
+type upFlags struct {
+	*rootFlags
+	ifaces   []string
+	xdpMode  string
+	ingress  string
+	tc       string
+	gate     string
+	vips     []string
+	once     bool
+	interval time.Duration
+	verbose  bool
+}
+
+func init() {
+	register(&command{
+		name:    "up",
+		summary: "load and attach the datapath, or replace it in place; then run the daemon",
+		long: `
+Loads tandem's programs, attaches them to each interface (ingress: XDP, or
+TC with --ingress tc; egress: TC) and pins maps, programs and links under
+--bpffs, mounting bpffs first if it is not mounted. XDP runs in native mode
+and falls back to generic only when the driver has no native XDP (or when
+--xdp-mode generic asks). TC hooks use TCX links where the kernel has them,
+else a clsact qdisc with a direct-action cls_bpf filter.
+
+Run again, up replaces every program in place through its pinned link or
+filter: traffic never stops. Attachments no longer configured are removed.
+Pinned maps are kept, so counters survive.
+
+Then up stays in the foreground as the daemon: it checks the attachments
+every --check-interval and re-applies the config when one is broken, and on
+SIGHUP. SIGINT/SIGTERM (or SIGKILL) stop the daemon, never the datapath:
+a later up adopts what is pinned; tandem down removes it. If a daemon
+already serves --bpffs, up applies the change and leaves that daemon to it.
+--once applies and exits without running the daemon.`,
+		examples: `  tandem up -i eth0 --vip 192.0.2.10
+  tandem up --config /etc/tandem/tandem.toml
+  tandem up -i eth0 -i eth1 --vip 2001:db8::10 --vip 192.0.2.11=standby --once
+  tandem up -i veth0 --ingress tc --tc clsact --gate monitor --once
+`,
+		flags: func(fs *pflag.FlagSet) any {
+			f := &upFlags{rootFlags: addRootFlags(fs)}
+			fs.StringSliceVarP(&f.ifaces, "iface", "i", nil, "interface to attach to (repeat, or comma-separate)")
+			fs.StringVar(&f.xdpMode, "xdp-mode", loader.XDPAuto, "XDP mode: auto (native, else generic), native, generic")
+			fs.StringVar(&f.ingress, "ingress", loader.IngressXDP, "ingress hook: xdp or tc")
+			fs.StringVar(&f.tc, "tc", loader.TCAuto, "TC attach path: auto (tcx where available), tcx, clsact")
+			fs.StringVar(&f.gate, "gate", loader.GateEnforce, "for VIPs this host does not own: enforce (drop) or monitor (count, pass)")
+			fs.StringArrayVar(&f.vips, "vip", nil, "VIP as ADDR (owned here) or ADDR=standby (repeat)")
+			fs.BoolVar(&f.once, "once", false, "apply and exit; do not run the daemon")
+			fs.DurationVar(&f.interval, "check-interval", time.Second, "how often the daemon checks its attachments")
+			fs.BoolVarP(&f.verbose, "verbose", "v", false, "log debug detail")
+			return f
+		},
+		run: runUp,
+	})
+	register(&command{
+		name:    "down",
+		summary: "detach and unpin everything tandem made under --bpffs",
+		long: `
+Detaches every program tandem attached (XDP and TCX links, its own cls_bpf
+filters, and a clsact qdisc only if tandem created it and no other filter
+is on it), then unpins tandem's programs and maps and removes the empty
+directories. Anything else under --bpffs is left alone and listed. Running
+down when nothing is up is not an error. Counters are lost.
+
+cls_bpf filters are per network namespace: run down in the namespace
+where up ran.`,
+		examples: "  tandem down\n  tandem down --bpffs /sys/fs/bpf/tandem-lab\n",
+		flags: func(fs *pflag.FlagSet) any {
+			f := &upFlags{rootFlags: addRootFlags(fs)}
+			fs.BoolVarP(&f.verbose, "verbose", "v", false, "log each step")
+			return f
+		},
+		run: runDown,
+	})
+	register(&command{
+		name:    "status",
+		summary: "show what is attached where, program ids, map fill and counters",
+		long: `
+Reads the pins under --bpffs and checks each attachment against the kernel
+(is the link still on its interface, is tandem's cls_bpf filter still
+there). Exit status 1 when an attachment is broken, so scripts can use it as
+a health check; 0 when all is well or nothing is up.`,
+		examples: "  tandem status\n  tandem status --json | jq .vips\n",
+		flags: func(fs *pflag.FlagSet) any {
+			f := &jsonFlags{rootFlags: addRootFlags(fs)}
+			fs.BoolVar(&f.json, "json", false, "print JSON")
+			return f
+		},
+		run: runStatus,
+	})
+	register(&command{
+		name:    "dump",
+		summary: "print one pinned map",
+		args:    "MAP",
+		long: `
+Prints a pinned map with named columns; per-CPU values are summed. MAP is
+one of: ` + strings.Join(maps.Dumpable(), ", ") + `.
+The same maps carry BTF, so bpftool shows their field names too:
+  bpftool map dump pinned /sys/fs/bpf/tandem/maps/vip_gate`,
+		examples: "  tandem dump vip_gate\n  tandem dump vip_stats --json\n",
+		flags: func(fs *pflag.FlagSet) any {
+			f := &jsonFlags{rootFlags: addRootFlags(fs)}
+			fs.BoolVar(&f.json, "json", false, "print JSON")
+			return f
+		},
+		run: runDump,
+	})
+	register(&command{
+		name:    "probe",
+		summary: "report which kernel features tandem can use here and its fallbacks",
+		long: `
+Tries each feature tandem uses (program and map types, helpers, XDP and TCX
+links, batch map operations, kernel BTF, bpffs) by loading or attaching a
+trivial program, and says what tandem does where one is missing. With
+--iface, also tests native XDP on those interfaces (a program that passes
+every frame is attached for a moment). Exit status 1 when a required
+feature is missing.`,
+		examples: "  tandem probe\n  tandem probe -i eth0 --json\n",
+		flags: func(fs *pflag.FlagSet) any {
+			f := &probeFlags{}
+			fs.StringSliceVarP(&f.ifaces, "iface", "i", nil, "also test native XDP on these interfaces")
+			fs.BoolVar(&f.json, "json", false, "print JSON")
+			return f
+		},
+		run: runProbe,
+	})
+	register(&command{
+		name:     "version",
+		summary:  "print tandem's version and build",
+		examples: "  tandem version\n",
+		flags:    func(fs *pflag.FlagSet) any { return nil },
+		run: func(env Env, _ any, args []string) error {
+			if len(args) > 0 {
+				return usagef("version takes no arguments")
+			}
+			fmt.Fprintln(env.Stdout, versionString())
+			return nil
+		},
+	})
+}
+
+type jsonFlags struct {
+	*rootFlags
+	json bool
+}
+
+type probeFlags struct {
+	ifaces []string
+	json   bool
+}
+
+// Version is set at build time (-ldflags "-X .../cli.Version=v1.2.3").
+var Version = "dev"
+
+func versionString() string {
+	rev := "unknown"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				rev = s.Value[:12]
+			}
+		}
+	}
+	return fmt.Sprintf("tandem %s (commit %s, %s, %s/%s)", Version, rev, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}
+
+func (f *upFlags) options() (loader.Options, error) {
+	o, err := f.rootFlags.options()
+	if err != nil {
+		return o, err
+	}
+	fs := f.fs
+	if fs.Changed("iface") {
+		o.Interfaces = nil
+		for _, i := range f.ifaces {
+			if i = strings.TrimSpace(i); i != "" {
+				o.Interfaces = append(o.Interfaces, i)
+			}
+		}
+	}
+	for name, dst := range map[string]*string{"xdp-mode": &o.XDPMode, "ingress": &o.Ingress, "tc": &o.TC, "gate": &o.Gate} {
+		if fs.Changed(name) {
+			*dst = fs.Lookup(name).Value.String()
+		}
+	}
+	if fs.Changed("vip") {
+		o.VIPs = map[netip.Addr]bool{}
+		for _, v := range f.vips {
+			a, owned, err := loader.ParseVIP(v)
+			if err != nil {
+				return o, usageError{err.Error()}
+			}
+			if _, dup := o.VIPs[a]; dup {
+				return o, usagef("--vip %s given twice", a)
+			}
+			o.VIPs[a] = owned
+		}
+	}
+	if err := o.Validate(); err != nil {
+		return o, usageError{strings.ReplaceAll(err.Error(), "\n", "; ")}
+	}
+	return o, nil
+}
+
+func runUp(env Env, opts any, args []string) error {
+	f := opts.(*upFlags)
+	if len(args) > 0 {
+		return usagef("unexpected argument %q (interfaces go with --iface)", args[0])
+	}
+	if f.interval <= 0 {
+		return usagef("--check-interval must be positive")
+	}
+	o, err := f.options()
+	if err != nil {
+		return err
+	}
+	log := logger(env.Stderr, f.verbose)
+	o.Log = log
+	res, err := loader.Up(o)
+	if err != nil {
+		return err
+	}
+	printAttachments(env.Stdout, res.Attachments)
+	for _, r := range res.Removed {
+		fmt.Fprintf(env.Stdout, "removed %s (no longer configured)\n", r)
+	}
+	if f.once {
+		return nil
+	}
+	unlock, err := loader.DaemonLock(o.Pins.Root)
+	if errors.Is(err, loader.ErrLocked) {
+		fmt.Fprintf(env.Stdout, "a tandem daemon already serves %s; it carries on with the new programs\n", o.Pins.Root)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return daemon(env, f, o)
+}
+
+// daemon keeps the datapath as configured until told to stop. Stopping it
+// leaves the datapath running.
+func daemon(env Env, f *upFlags, o loader.Options) error {
+	log := o.Log
+	log.Info("daemon running; SIGTERM stops it and leaves the datapath in place (tandem down removes it)", "bpffs", o.Pins.Root)
+	t := time.NewTicker(f.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-env.Ctx.Done():
+			log.Info("daemon stopping; the datapath keeps running")
+			return nil
+		case <-env.Reload:
+			no, err := f.options()
+			if err != nil {
+				log.Error("reload: config rejected, keeping the running one", "err", err)
+				continue
+			}
+			no.Log = log
+			if _, err := loader.Up(no); err != nil {
+				log.Error("reload", "err", err)
+				continue
+			}
+			o = no
+			log.Info("reloaded")
+		case <-t.C:
+			st, err := loader.ReadStatus(o.Pins)
+			if err != nil {
+				log.Warn("check", "err", err)
+				continue
+			}
+			if st.Healthy() && len(st.Attachments) > 0 {
+				continue
+			}
+			for _, a := range st.Attachments {
+				if a.Problem != "" {
+					log.Warn("attachment broken; re-applying", "attachment", a.Pin, "problem", a.Problem)
+				}
+			}
+			if _, err := loader.Up(o); err != nil {
+				log.Error("re-apply", "err", err)
+			}
+		}
+	}
+}
+
+func printAttachments(w io.Writer, as []*loader.Attachment) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "IFACE\tHOOK\tVIA\tPROG\tPROG ID\tLINK ID\tNOTE")
+	for _, a := range as {
+		link := "-"
+		if a.LinkID != 0 {
+			link = fmt.Sprint(a.LinkID)
+		}
+		note := a.Note
+		if a.Problem != "" {
+			note = "PROBLEM: " + a.Problem
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", a.Iface, a.Hook, a.Via, a.Prog, a.ProgID, link, note)
+	}
+	tw.Flush()
+}
+
+func runDown(env Env, opts any, args []string) error {
+	f := opts.(*upFlags)
+	if len(args) > 0 {
+		return usagef("unexpected argument %q", args[0])
+	}
+	o, err := f.rootFlags.options()
+	if err != nil {
+		return err
+	}
+	res, err := loader.Down(o.Pins, logger(env.Stderr, f.verbose))
+	if res != nil {
+		if len(res.Detached)+len(res.Unpinned) == 0 && err == nil {
+			fmt.Fprintf(env.Stdout, "nothing of tandem's is pinned under %s\n", o.Pins.Root)
+		} else {
+			fmt.Fprintf(env.Stdout, "detached %d attachment(s), unpinned %d object(s) under %s\n", len(res.Detached), len(res.Unpinned), o.Pins.Root)
+		}
+		for _, l := range res.Left {
+			fmt.Fprintf(env.Stdout, "left in place (not tandem's): %s\n", l)
+		}
+	}
+	return err
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func runStatus(env Env, opts any, args []string) error {
+	f := opts.(*jsonFlags)
+	if len(args) > 0 {
+		return usagef("unexpected argument %q", args[0])
+	}
+	o, err := f.rootFlags.options()
+	if err != nil {
+		return err
+	}
+	st, err := loader.ReadStatus(o.Pins)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		if err := writeJSON(env.Stdout, st); err != nil {
+			return err
+		}
+	} else {
+		printStatus(env.Stdout, st)
+	}
+	if len(st.Attachments) > 0 && !st.Healthy() {
+		return errors.New("an attachment is broken (see PROBLEM above); run tandem up again")
+	}
+	return nil
+}
+
+func printStatus(w io.Writer, st *loader.Status) {
+	if len(st.Attachments) == 0 && len(st.Programs) == 0 {
+		fmt.Fprintf(w, "tandem is not up under %s (start it with tandem up)\n", st.Root)
+		return
+	}
+	fmt.Fprintf(w, "bpffs root: %s\n\nAttachments:\n", st.Root)
+	printAttachments(w, st.Attachments)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nPrograms:\nNAME\tID\tTAG")
+	for _, p := range st.Programs {
+		fmt.Fprintf(tw, "%s\t%d\t%s\n", p.Name, p.ID, p.Tag)
+	}
+	fmt.Fprintln(tw, "\nMaps:\nNAME\tID\tTYPE\tFILL")
+	for _, m := range st.Maps {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d/%d\n", m.Name, m.ID, m.Type, m.Entries, m.MaxEntries)
+	}
+	fmt.Fprintln(tw, "\nVIPs:\nVIP\tOWNED\tRX PKTS\tRX BYTES\tTX PKTS\tTX BYTES\tDROPPED (NOT OWNER)")
+	for _, v := range st.VIPs {
+		c := v.Counters
+		fmt.Fprintf(tw, "%s\t%v\t%d\t%d\t%d\t%d\t%d\n", v.Addr, v.Owned, c.RxPackets, c.RxBytes, c.TxPackets, c.TxBytes, c.DropNotOwner)
+	}
+	fmt.Fprintln(tw, "\nCounters:\nREASON\tPACKETS")
+	for _, n := range sortedKeys(st.Stats) {
+		fmt.Fprintf(tw, "%s\t%d\n", n, st.Stats[n])
+	}
+	tw.Flush()
+}
+
+func sortedKeys(m map[string]uint64) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sortStrings(out)
+	return out
+}
+
+func runDump(env Env, opts any, args []string) error {
+	f := opts.(*jsonFlags)
+	if len(args) != 1 {
+		return usagef("name one map: %s", strings.Join(maps.Dumpable(), ", "))
+	}
+	o, err := f.rootFlags.options()
+	if err != nil {
+		return err
+	}
+	vm, err := maps.OpenVIPMaps(o.Pins)
+	if err != nil {
+		return fmt.Errorf("%w (is tandem up under %s?)", err, o.Pins.Root)
+	}
+	defer vm.Close()
+	t, err := vm.Dump(args[0])
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	if f.json {
+		if t.Records == nil {
+			t.Records = []map[string]any{}
+		}
+		return writeJSON(env.Stdout, t.Records)
+	}
+	fmt.Fprint(env.Stdout, maps.FormatTable(t))
+	return nil
+}
+
+func runProbe(env Env, opts any, args []string) error {
+	f := opts.(*probeFlags)
+	if len(args) > 0 {
+		return usagef("unexpected argument %q", args[0])
+	}
+	feats := loader.Probe(f.ifaces)
+	missing := 0
+	for _, x := range feats {
+		if x.Required && !x.Available {
+			missing++
+		}
+	}
+	if f.json {
+		if err := writeJSON(env.Stdout, feats); err != nil {
+			return err
+		}
+	} else {
+		tw := tabwriter.NewWriter(env.Stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "FEATURE\tAVAILABLE\tWITHOUT IT")
+		for _, x := range feats {
+			yes := "yes"
+			if !x.Available {
+				yes = "no"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", x.Name, yes, x.Without)
+		}
+		tw.Flush()
+		for _, x := range feats {
+			if x.Detail != "" {
+				fmt.Fprintf(env.Stdout, "note: %s: %s\n", x.Name, x.Detail)
+			}
+		}
+	}
+	if missing > 0 {
+		return fmt.Errorf("%d required feature(s) missing; tandem cannot run on this kernel (run as root? see the list above)", missing)
+	}
+	return nil
+}

@@ -1,0 +1,418 @@
+// Package loader loads tandem's kernel programs, attaches them to
+// interfaces (XDP; TCX where the kernel has it, else clsact + cls_bpf), pins
+// everything under one bpffs root, replaces programs in place, and takes
+// down exactly what it made.
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"syscall"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/maps"
+)
+
+// Ingress hooks accepted by --ingress.
+const (
+	IngressXDP = "xdp"
+	IngressTC  = "tc"
+)
+
+// TC attach paths accepted by --tc.
+const (
+	TCAuto   = "auto"
+	TCTCX    = "tcx"
+	TCClsact = "clsact"
+)
+
+// Gate modes accepted by --gate.
+const (
+	GateEnforce = "enforce"
+	GateMonitor = "monitor"
+)
+
+// Options is everything Up needs; the CLI builds it from the config file
+// and flags.
+type Options struct {
+	Pins       maps.Pins
+	Interfaces []string
+	XDPMode    string // auto, native, generic
+	Ingress    string // xdp, tc
+	TC         string // auto, tcx, clsact
+	Gate       string // enforce, monitor
+	VIPs       map[netip.Addr]bool
+	Log        *slog.Logger
+}
+
+// Validate checks the choices, not the machine.
+func (o *Options) Validate() error {
+	var errs []error
+	oneOf := func(flag, v string, ok ...string) {
+		if !slices.Contains(ok, v) {
+			errs = append(errs, fmt.Errorf("--%s %q: choose one of %v", flag, v, ok))
+		}
+	}
+	oneOf("xdp-mode", o.XDPMode, XDPAuto, XDPNative, XDPGeneric)
+	oneOf("ingress", o.Ingress, IngressXDP, IngressTC)
+	oneOf("tc", o.TC, TCAuto, TCTCX, TCClsact)
+	oneOf("gate", o.Gate, GateEnforce, GateMonitor)
+	if len(o.Interfaces) == 0 {
+		errs = append(errs, errors.New("no interface: name one with --iface (or interfaces in the config file)"))
+	}
+	seen := map[string]bool{}
+	for _, i := range o.Interfaces {
+		if seen[i] {
+			errs = append(errs, fmt.Errorf("interface %s named twice", i))
+		}
+		seen[i] = true
+	}
+	return errors.Join(errs...)
+}
+
+// Result says what Up did.
+type Result struct {
+	Mounted     string // bpffs mount point Up created, if any
+	TCPath      string // tcx or clsact
+	Attachments []*Attachment
+	Removed     []string // attachments from an earlier run no longer wanted
+}
+
+func (o *Options) log() *slog.Logger {
+	if o.Log == nil {
+		return slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return o.Log
+}
+
+// Up loads the programs and makes the datapath match o: new attachments
+// are made, existing ones get the new program atomically (no traffic gap),
+// attachments no longer wanted are removed, and the VIP gate is set. On a
+// failure, what this run created is undone; what an earlier run made stays.
+func Up(o Options) (_ *Result, err error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	log := o.log()
+	ifaces := make([]*net.Interface, 0, len(o.Interfaces))
+	for _, name := range o.Interfaces {
+		iface, err := net.InterfaceByName(name)
+		if err != nil {
+			return nil, fmt.Errorf("interface %s: not found in this network namespace (see `ip link`)", name)
+		}
+		ifaces = append(ifaces, iface)
+	}
+
+	_, statErr := os.Stat(o.Pins.Root)
+	fresh := errors.Is(statErr, os.ErrNotExist)
+	res := &Result{}
+	if res.Mounted, err = EnsureBPFFS(o.Pins.Root); err != nil {
+		return nil, err
+	}
+	if res.Mounted != "" {
+		log.Info("mounted bpffs", "at", res.Mounted)
+	}
+	for _, d := range []string{o.Pins.MapsDir(), o.Pins.ProgsDir(), o.Pins.AttachDir()} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("create %s: %w", d, err)
+		}
+	}
+	unlock, err := lockDir(o.Pins.AttachDir(), false)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	defer func() {
+		if err == nil {
+			return
+		}
+		for _, a := range slices.Backward(res.Attachments) {
+			if a.created {
+				if derr := detach(o.Pins, a.Pin); derr != nil {
+					log.Warn("roll back", "attachment", a.Pin, "err", derr)
+				}
+			}
+		}
+		if fresh {
+			if _, derr := down(o.Pins, log); derr != nil {
+				log.Warn("roll back", "root", o.Pins.Root, "err", derr)
+			}
+		}
+	}()
+
+	objs, err := load(o.Pins, o.Gate)
+	if err != nil {
+		return res, err
+	}
+	defer objs.Close()
+
+	res.TCPath = o.TC
+	if o.TC == TCAuto {
+		res.TCPath = TCClsact
+		if HaveTCX() == nil {
+			res.TCPath = TCTCX
+		}
+	}
+	tcAttach := func(iface *net.Interface, prog *ebpf.Program, name string, dir Direction) (*Attachment, error) {
+		if res.TCPath == TCTCX {
+			return attachTCX(o.Pins, iface, prog, dir)
+		}
+		return attachCls(o.Pins, iface, prog, name, dir)
+	}
+
+	want := map[string]bool{}
+	for _, iface := range ifaces {
+		var a *Attachment
+		if o.Ingress == IngressXDP {
+			a, err = attachXDP(o.Pins, iface, objs.XdpVipgate, o.XDPMode)
+		} else {
+			a, err = tcAttach(iface, objs.TcVipgateIngress, bpf.VipgateProgTcVipgateIngress, Ingress)
+		}
+		if err != nil {
+			return res, err
+		}
+		res.Attachments = append(res.Attachments, a)
+		a, err = tcAttach(iface, objs.TcVipgateEgress, bpf.VipgateProgTcVipgateEgress, Egress)
+		if err != nil {
+			return res, err
+		}
+		res.Attachments = append(res.Attachments, a)
+	}
+	for _, a := range res.Attachments {
+		want[a.Pin] = true
+		kind, ifname, _ := maps.SplitAttachName(a.Pin)
+		seen := inspect(o.Pins, a.Pin, kind, ifname)
+		a.ProgID, a.LinkID, a.Prog, a.Problem = seen.ProgID, seen.LinkID, seen.Prog, seen.Problem
+		log.Info("attached", "iface", a.Iface, "hook", a.Hook, "via", a.Via, "prog_id", a.ProgID, "note", a.Note)
+	}
+
+	progs := map[string]*ebpf.Program{
+		bpf.VipgateProgXdpVipgate:       objs.XdpVipgate,
+		bpf.VipgateProgTcVipgateIngress: objs.TcVipgateIngress,
+		bpf.VipgateProgTcVipgateEgress:  objs.TcVipgateEgress,
+	}
+	for name, p := range progs {
+		if err := pinReplace(p, o.Pins.Prog(name)); err != nil {
+			return res, err
+		}
+	}
+
+	vm := &maps.VIPMaps{Gate: objs.VipGate, Counters: objs.VipStats, Stats: objs.Stats}
+	if err := vm.SetVIPs(o.VIPs); err != nil {
+		return res, err
+	}
+
+	// Only now, with the new datapath in place, drop what is no longer
+	// wanted: a hook that moved (tcx to clsact, xdp to tc) never has a gap.
+	entries, err := listAttach(o.Pins)
+	if err != nil {
+		return res, err
+	}
+	for _, e := range entries {
+		if want[e] {
+			continue
+		}
+		if kind, _, _ := maps.SplitAttachName(e); kind == KindClsactMarker {
+			continue
+		}
+		if err := detach(o.Pins, e); err != nil {
+			return res, err
+		}
+		res.Removed = append(res.Removed, e)
+		log.Info("detached", "attachment", e, "why", "no longer configured")
+	}
+	for _, e := range entries {
+		if kind, ifname, _ := maps.SplitAttachName(e); kind == KindClsactMarker && !want[maps.AttachName(KindClsIngress, ifname)] && !want[maps.AttachName(KindClsEgress, ifname)] {
+			if err := removeClsactIfOurs(o.Pins, ifname); err != nil {
+				return res, err
+			}
+		}
+	}
+	return res, nil
+}
+
+// load loads vipgate with its load-time constants, reusing pinned maps.
+func load(pins maps.Pins, gate string) (*bpf.VipgateObjects, error) {
+	spec, err := bpf.LoadVipgate()
+	if err != nil {
+		return nil, fmt.Errorf("read embedded programs: %w", err)
+	}
+	mode := bpf.VipgateGateModeGATE_ENFORCE
+	if gate == GateMonitor {
+		mode = bpf.VipgateGateModeGATE_MONITOR
+	}
+	if err := spec.Variables[bpf.VipgateVarCfgGateMode].Set(mode); err != nil {
+		return nil, fmt.Errorf("set gate mode: %w", err)
+	}
+	var objs bpf.VipgateObjects
+	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pins.MapsDir()}})
+	if err != nil {
+		return nil, loadError(err, pins)
+	}
+	return &objs, nil
+}
+
+func loadError(err error, pins maps.Pins) error {
+	var ve *ebpf.VerifierError
+	switch {
+	case errors.Is(err, ebpf.ErrMapIncompatible):
+		return fmt.Errorf("load programs: %w (the maps pinned under %s come from another tandem build; run `tandem down --bpffs %s` first, which resets counters)", err, pins.MapsDir(), pins.Root)
+	case errors.As(err, &ve):
+		return fmt.Errorf("load programs: the verifier refused them: %+v", ve)
+	case errors.Is(err, syscall.EPERM):
+		return fmt.Errorf("load programs: %w (tandem needs root: CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)", err)
+	}
+	return fmt.Errorf("load programs: %w", err)
+}
+
+// listAttach returns the entry names under attach/, skipping temporaries.
+func listAttach(pins maps.Pins) ([]string, error) {
+	des, err := os.ReadDir(pins.AttachDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", pins.AttachDir(), err)
+	}
+	var out []string
+	for _, d := range des {
+		if _, _, err := maps.SplitAttachName(d.Name()); err == nil {
+			out = append(out, d.Name())
+		}
+	}
+	return out, nil
+}
+
+// detach undoes one attachment entry and removes its pin.
+func detach(pins maps.Pins, entry string) error {
+	kind, ifname, err := maps.SplitAttachName(entry)
+	if err != nil {
+		return err
+	}
+	path := pins.Attach(entry)
+	switch {
+	case isLinkKind(kind):
+		// The link lives while a pin or an fd holds it: drop both.
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("unpin %s: %w", path, err)
+		}
+		return nil
+	case kind == KindClsIngress || kind == KindClsEgress:
+		dir := Ingress
+		if kind == KindClsEgress {
+			dir = Egress
+		}
+		if err := detachCls(pins, ifname, dir); err != nil {
+			return err
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("unpin %s: %w", path, err)
+		}
+		return nil
+	case kind == KindClsactMarker:
+		return removeClsactIfOurs(pins, ifname)
+	}
+	return fmt.Errorf("attachment %s: unknown kind %q (not made by this tandem; remove it by hand)", entry, kind)
+}
+
+// DownResult says what Down removed and what it left.
+type DownResult struct {
+	Detached []string
+	Unpinned []string
+	Left     []string // entries under the root that tandem did not make
+}
+
+// Down detaches and unpins everything Up made under the root, and nothing
+// else. Running it twice, or on a root that was never used, is not an error.
+func Down(pins maps.Pins, log *slog.Logger) (*DownResult, error) {
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if _, err := os.Stat(pins.Root); errors.Is(err, os.ErrNotExist) {
+		return &DownResult{}, nil
+	}
+	if _, err := os.Stat(pins.AttachDir()); err == nil {
+		unlock, err := lockDir(pins.AttachDir(), false)
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
+	}
+	return down(pins, log)
+}
+
+// down is Down for a caller that holds the lock.
+func down(pins maps.Pins, log *slog.Logger) (*DownResult, error) {
+	res := &DownResult{}
+	entries, err := listAttach(pins)
+	if err != nil {
+		return nil, err
+	}
+	// Links and filters first, clsact markers last: a qdisc goes only once
+	// tandem's filters are off it.
+	slices.SortStableFunc(entries, func(a, b string) int {
+		ka, _, _ := maps.SplitAttachName(a)
+		kb, _, _ := maps.SplitAttachName(b)
+		return boolCmp(ka == KindClsactMarker, kb == KindClsactMarker)
+	})
+	var errs []error
+	for _, e := range entries {
+		if err := detach(pins, e); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		res.Detached = append(res.Detached, e)
+		log.Info("detached", "attachment", e)
+	}
+	spec, err := bpf.LoadVipgate()
+	if err != nil {
+		return nil, fmt.Errorf("read embedded programs: %w", err)
+	}
+	for name := range spec.Programs {
+		res.Unpinned = append(res.Unpinned, removePin(pins.Prog(name), &errs)...)
+	}
+	for name, m := range spec.Maps {
+		if m.Pinning == ebpf.PinByName {
+			res.Unpinned = append(res.Unpinned, removePin(pins.Map(name), &errs)...)
+		}
+	}
+	for _, d := range []string{pins.AttachDir(), pins.ProgsDir(), pins.MapsDir(), pins.Root} {
+		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
+			des, _ := os.ReadDir(d)
+			for _, x := range des {
+				res.Left = append(res.Left, d+"/"+x.Name())
+			}
+		}
+	}
+	return res, errors.Join(errs...)
+}
+
+func removePin(path string, errs *[]error) []string {
+	err := os.Remove(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		*errs = append(*errs, fmt.Errorf("unpin %s: %w", path, err))
+		return nil
+	}
+	return []string{path}
+}
+
+func boolCmp(a, b bool) int {
+	switch {
+	case a == b:
+		return 0
+	case a:
+		return 1
+	}
+	return -1
+}

@@ -1,0 +1,39 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrLocked means another tandem holds the lock.
+var ErrLocked = errors.New("locked by another tandem process")
+
+// lockDir takes an flock on a directory. Locks live on bpffs directories,
+// so they are per root, need no state file, and vanish with the process.
+func lockDir(dir string, nonblock bool) (unlock func(), err error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	how := unix.LOCK_EX
+	if nonblock {
+		how |= unix.LOCK_NB
+	}
+	if err := unix.Flock(int(f.Fd()), how); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, ErrLocked
+		}
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { f.Close() }, nil
+}
+
+// DaemonLock is held by the running daemon of a root for its lifetime, so
+// two daemons never serve one datapath.
+func DaemonLock(root string) (unlock func(), err error) {
+	return lockDir(root, true)
+}

@@ -1,0 +1,243 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/maps"
+)
+
+// ProgStatus is one pinned program.
+type ProgStatus struct {
+	Name string         `json:"name"`
+	ID   ebpf.ProgramID `json:"id"`
+	Tag  string         `json:"tag"`
+}
+
+// MapStatus is one pinned map and how full it is.
+type MapStatus struct {
+	Name       string     `json:"name"`
+	ID         ebpf.MapID `json:"id"`
+	Type       string     `json:"type"`
+	Entries    int        `json:"entries"`
+	MaxEntries uint32     `json:"max_entries"`
+}
+
+// VIPStatus is one VIP with its counters.
+type VIPStatus struct {
+	Addr     netip.Addr       `json:"addr"`
+	Owned    bool             `json:"owned"`
+	Counters maps.VIPCounters `json:"counters"`
+}
+
+// Status is what `tandem status` shows.
+type Status struct {
+	Root        string            `json:"root"`
+	Up          bool              `json:"up"`
+	Attachments []*Attachment     `json:"attachments"`
+	Programs    []ProgStatus      `json:"programs"`
+	Maps        []MapStatus       `json:"maps"`
+	VIPs        []VIPStatus       `json:"vips"`
+	Stats       map[string]uint64 `json:"stats"`
+}
+
+// Healthy reports whether every attachment works.
+func (s *Status) Healthy() bool {
+	for _, a := range s.Attachments {
+		if a.Problem != "" {
+			return false
+		}
+	}
+	return s.Up
+}
+
+// ReadStatus inspects what is pinned under the root and checks that every
+// attachment is still in place.
+func ReadStatus(pins maps.Pins) (*Status, error) {
+	st := &Status{Root: pins.Root, Stats: map[string]uint64{}}
+	if _, err := os.Stat(pins.Root); errors.Is(err, os.ErrNotExist) {
+		return st, nil
+	}
+	entries, err := listAttach(pins)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		kind, ifname, _ := maps.SplitAttachName(e)
+		if kind == KindClsactMarker {
+			continue
+		}
+		st.Attachments = append(st.Attachments, inspect(pins, e, kind, ifname))
+	}
+	spec, err := bpf.LoadVipgate()
+	if err != nil {
+		return nil, fmt.Errorf("read embedded programs: %w", err)
+	}
+	for name := range spec.Programs {
+		p, err := ebpf.LoadPinnedProgram(pins.Prog(name), nil)
+		if err != nil {
+			continue
+		}
+		ps := ProgStatus{Name: name}
+		if info, err := p.Info(); err == nil {
+			ps.ID, _ = info.ID()
+			ps.Tag = info.Tag
+		}
+		p.Close()
+		st.Programs = append(st.Programs, ps)
+	}
+	sortBy(st.Programs, func(p ProgStatus) string { return p.Name })
+	for name := range spec.Maps {
+		m, err := ebpf.LoadPinnedMap(pins.Map(name), nil)
+		if err != nil {
+			continue
+		}
+		ms := MapStatus{Name: name, Type: m.Type().String(), MaxEntries: m.MaxEntries()}
+		if info, err := m.Info(); err == nil {
+			ms.ID, _ = info.ID()
+		}
+		ms.Entries, _ = maps.Fill(m)
+		m.Close()
+		st.Maps = append(st.Maps, ms)
+	}
+	sortBy(st.Maps, func(m MapStatus) string { return m.Name })
+
+	vm, err := maps.OpenVIPMaps(pins)
+	if err != nil {
+		return st, nil // nothing loaded yet
+	}
+	defer vm.Close()
+	st.Up = len(st.Attachments) > 0
+	vips, err := vm.VIPs()
+	if err != nil {
+		return nil, err
+	}
+	counters, err := vm.VIPCounters()
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range vips {
+		st.VIPs = append(st.VIPs, VIPStatus{Addr: v.Addr, Owned: v.Owned, Counters: counters[v.Addr]})
+	}
+	stats, err := vm.GlobalStats()
+	if err != nil {
+		return nil, err
+	}
+	for r, n := range stats {
+		st.Stats[maps.StatNames[r]] = n
+	}
+	return st, nil
+}
+
+// inspect checks one attachment entry against the kernel.
+func inspect(pins maps.Pins, entry, kind, ifname string) *Attachment {
+	a := &Attachment{Pin: entry, Iface: ifname}
+	iface, ierr := net.InterfaceByName(ifname)
+	if ierr == nil {
+		a.Ifindex = iface.Index
+	}
+	path := pins.Attach(entry)
+	if isLinkKind(kind) {
+		a.Hook = "xdp"
+		if kind != KindXDP {
+			a.Hook = "tc-" + kind[len("tcx-"):]
+			a.Via = "tcx"
+		}
+		l, err := link.LoadPinnedLink(path, nil)
+		if err != nil {
+			a.Problem = fmt.Sprintf("pinned link unreadable: %v", err)
+			return a
+		}
+		defer l.Close()
+		info, err := l.Info()
+		if err != nil {
+			a.Problem = fmt.Sprintf("link info: %v", err)
+			return a
+		}
+		a.LinkID = info.ID
+		a.ProgID = info.Program
+		linkIfindex := 0
+		switch {
+		case info.XDP() != nil:
+			linkIfindex = int(info.XDP().Ifindex)
+		case info.TCX() != nil:
+			linkIfindex = int(info.TCX().Ifindex)
+		}
+		if kind == KindXDP && ierr == nil {
+			m, _ := xdpAttachedMode(iface.Index)
+			a.Via = xdpVia(m)
+		}
+		switch {
+		case linkIfindex == 0:
+			a.Problem = "defunct: the interface went away; run tandem up again"
+		case ierr != nil:
+			a.Problem = "interface " + ifname + " not found in this network namespace"
+		case linkIfindex != iface.Index:
+			a.Problem = fmt.Sprintf("attached to ifindex %d, but %s is now ifindex %d; run tandem up again", linkIfindex, ifname, iface.Index)
+		}
+		a.Prog = progName(a.ProgID)
+		return a
+	}
+	// cls_bpf: the pin is the program; the filter must still carry it.
+	dir := Ingress
+	if kind == KindClsEgress {
+		dir = Egress
+	}
+	a.Hook, a.Via = "tc-"+string(dir), "clsact"
+	p, err := ebpf.LoadPinnedProgram(path, nil)
+	if err != nil {
+		a.Problem = fmt.Sprintf("pinned program unreadable: %v", err)
+		return a
+	}
+	if info, err := p.Info(); err == nil {
+		a.ProgID, _ = info.ID()
+		a.Prog = info.Name
+	}
+	p.Close()
+	if ierr != nil {
+		a.Problem = "interface " + ifname + " not found in this network namespace"
+		return a
+	}
+	t, err := openTC()
+	if err != nil {
+		a.Problem = err.Error()
+		return a
+	}
+	defer t.Close()
+	id, err := findClsFilter(t, iface.Index, dir)
+	switch {
+	case err != nil:
+		a.Problem = err.Error()
+	case id == 0:
+		a.Problem = "tandem's cls_bpf filter is gone; run tandem up again"
+	case ebpf.ProgramID(id) != a.ProgID:
+		a.Problem = fmt.Sprintf("the filter runs program %d, not the pinned %d; run tandem up again", id, a.ProgID)
+	}
+	return a
+}
+
+func progName(id ebpf.ProgramID) string {
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return ""
+	}
+	defer p.Close()
+	info, err := p.Info()
+	if err != nil {
+		return ""
+	}
+	return info.Name
+}
+
+func sortBy[T any](s []T, key func(T) string) {
+	slices.SortFunc(s, func(a, b T) int { return strings.Compare(key(a), key(b)) })
+}
