@@ -22,9 +22,9 @@ func IsBPFFS(path string) (bool, error) {
 	return uint32(st.Type) == unix.BPF_FS_MAGIC, nil
 }
 
-// EnsureBPFFS makes root a directory on a BPF filesystem, mounting one when
-// needed: at /sys/fs/bpf when root is below it, else at root itself. It
-// returns the mount point it made, or "" when one was already there.
+// EnsureBPFFS makes root a directory on a BPF filesystem, mounting bpffs at
+// /sys/fs/bpf when root is below it and nothing is mounted there. It returns
+// the mount point it made, or "" when one was already there.
 func EnsureBPFFS(root string) (mounted string, err error) {
 	root = filepath.Clean(root)
 	if !filepath.IsAbs(root) {
@@ -47,10 +47,12 @@ func EnsureBPFFS(root string) (mounted string, err error) {
 		return "", fmt.Errorf("statfs %s: %w", probe, err)
 	}
 	if !ok {
-		target := root
-		if root == DefaultBPFFS || strings.HasPrefix(root, DefaultBPFFS+"/") {
-			target = DefaultBPFFS
+		// Mount only where bpffs belongs; anywhere else a mount would be a
+		// surprise, so say how to make one instead.
+		if root != DefaultBPFFS && !strings.HasPrefix(root, DefaultBPFFS+"/") {
+			return "", fmt.Errorf("%s is not on a BPF filesystem: mount one there (mount -t bpf bpf %s) or choose a --bpffs below %s", probe, probe, DefaultBPFFS)
 		}
+		target := DefaultBPFFS
 		if err := os.MkdirAll(target, 0o755); err != nil {
 			return "", fmt.Errorf("create bpffs mount point %s: %w", target, err)
 		}

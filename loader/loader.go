@@ -101,6 +101,9 @@ func Up(o Options) (_ *Result, err error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
+	if err := RequirePrivileges(); err != nil {
+		return nil, err
+	}
 	log := o.log()
 	ifaces := make([]*net.Interface, 0, len(o.Interfaces))
 	for _, name := range o.Interfaces {
@@ -338,6 +341,9 @@ func Down(pins maps.Pins, log *slog.Logger) (*DownResult, error) {
 	}
 	if _, err := os.Stat(pins.Root); errors.Is(err, os.ErrNotExist) {
 		return &DownResult{}, nil
+	}
+	if err := RequirePrivileges(); err != nil {
+		return nil, err
 	}
 	if _, err := os.Stat(pins.AttachDir()); err == nil {
 		unlock, err := lockDir(pins.AttachDir(), false)

@@ -61,16 +61,19 @@ static __always_inline void addr_from_v4(__u8 *dst, __be32 a)
 	__builtin_memcpy(dst + 12, &a, 4);
 }
 
-static __always_inline int parse_l4(struct pkt *p, void *data, void *data_end, void *l4)
+/* parse_l4 checks the L4 header against both the frame (data_end, for the
+ * verifier) and the IP packet (l4_len, what the IP header says is left), so
+ * link-layer padding is never mistaken for a header. */
+static __always_inline int parse_l4(struct pkt *p, void *data, void *data_end, void *l4, __u32 l4_len)
 {
 	p->l4_off = l4 - data;
 	switch (p->l4_proto) {
 	case IPPROTO_TCP: {
 		struct tcphdr *th = l4;
 
-		if ((void *)(th + 1) > data_end)
+		if ((void *)(th + 1) > data_end || l4_len < sizeof(*th))
 			return PARSE_MALFORMED;
-		if (th->doff < 5 || l4 + th->doff * 4 > data_end)
+		if (th->doff < 5 || th->doff * 4 > l4_len || l4 + th->doff * 4 > data_end)
 			return PARSE_MALFORMED;
 		p->sport = th->source;
 		p->dport = th->dest;
@@ -79,9 +82,9 @@ static __always_inline int parse_l4(struct pkt *p, void *data, void *data_end, v
 	case IPPROTO_UDP: {
 		struct udphdr *uh = l4;
 
-		if ((void *)(uh + 1) > data_end)
+		if ((void *)(uh + 1) > data_end || l4_len < sizeof(*uh))
 			return PARSE_MALFORMED;
-		if (bpf_ntohs(uh->len) < sizeof(*uh))
+		if (bpf_ntohs(uh->len) < sizeof(*uh) || bpf_ntohs(uh->len) > l4_len)
 			return PARSE_MALFORMED;
 		p->sport = uh->source;
 		p->dport = uh->dest;
@@ -90,7 +93,7 @@ static __always_inline int parse_l4(struct pkt *p, void *data, void *data_end, v
 	case IPPROTO_ICMP:
 	case IPPROTO_ICMPV6:
 		/* type, code, checksum and the 4-byte rest of header */
-		if (l4 + 8 > data_end)
+		if (l4 + 8 > data_end || l4_len < 8)
 			return PARSE_MALFORMED;
 		return PARSE_IP;
 	default:
@@ -126,13 +129,14 @@ static __always_inline int parse_ipv4(struct pkt *p, void *data, void *data_end,
 	}
 	if (frag & 0x2000)
 		p->frag = 1;
-	return parse_l4(p, data, data_end, l3 + hlen);
+	return parse_l4(p, data, data_end, l3 + hlen, tot - hlen);
 }
 
 static __always_inline int parse_ipv6(struct pkt *p, void *data, void *data_end, void *l3)
 {
 	struct ipv6hdr *ip6h = l3;
 	void *pos = ip6h + 1;
+	__u32 plen, ext_len;
 	__u8 nh;
 	int i;
 
@@ -140,7 +144,8 @@ static __always_inline int parse_ipv6(struct pkt *p, void *data, void *data_end,
 		return PARSE_MALFORMED;
 	if (ip6h->version != 6)
 		return PARSE_MALFORMED;
-	if (pos + bpf_ntohs(ip6h->payload_len) > data_end)
+	plen = bpf_ntohs(ip6h->payload_len);
+	if (pos + plen > data_end)
 		return PARSE_MALFORMED;
 
 	__builtin_memcpy(p->saddr, &ip6h->saddr, 16);
@@ -187,9 +192,12 @@ static __always_inline int parse_ipv6(struct pkt *p, void *data, void *data_end,
 	return PARSE_MALFORMED;
 done:
 	p->l4_proto = nh;
+	ext_len = pos - (void *)(ip6h + 1);
+	if (ext_len > plen)
+		return PARSE_MALFORMED;
 	if (p->frag == 2)
 		return PARSE_IP;
-	return parse_l4(p, data, data_end, pos);
+	return parse_l4(p, data, data_end, pos, plen - ext_len);
 }
 
 /* parse_frame fills p from an Ethernet frame in [data, data_end). */
