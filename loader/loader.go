@@ -157,13 +157,7 @@ func Up(o Options) (_ *Result, err error) {
 	}
 	defer objs.Close()
 
-	res.TCPath = o.TC
-	if o.TC == TCAuto {
-		res.TCPath = TCClsact
-		if HaveTCX() == nil {
-			res.TCPath = TCTCX
-		}
-	}
+	res.TCPath = o.tcPath()
 	tcAttach := func(iface *net.Interface, prog *ebpf.Program, name string, dir Direction) (*Attachment, error) {
 		if res.TCPath == TCTCX {
 			return attachTCX(o.Pins, iface, prog, dir)
@@ -232,14 +226,60 @@ func Up(o Options) (_ *Result, err error) {
 		res.Removed = append(res.Removed, e)
 		log.Info("detached", "attachment", e, "why", "no longer configured")
 	}
-	for _, e := range entries {
-		if kind, ifname, _ := maps.SplitAttachName(e); kind == KindClsactMarker && !want[maps.AttachName(KindClsIngress, ifname)] && !want[maps.AttachName(KindClsEgress, ifname)] {
-			if err := removeClsactIfOurs(o.Pins, ifname); err != nil {
-				return res, err
-			}
+	// A clsact qdisc tandem created stays until down even when no hook
+	// uses it any more: adding or deleting a qdisc deactivates the
+	// device's queues for a moment, and up never costs a packet.
+	return res, nil
+}
+
+// tcPath resolves --tc auto with the TCX probe.
+func (o *Options) tcPath() string {
+	if o.TC != TCAuto {
+		return o.TC
+	}
+	if HaveTCX() == nil {
+		return TCTCX
+	}
+	return TCClsact
+}
+
+// ExpectedPins lists the attachment entries Up makes for o.
+func (o *Options) ExpectedPins() []string {
+	ingress, egress := KindClsIngress, KindClsEgress
+	if o.tcPath() == TCTCX {
+		ingress, egress = KindTCXIngress, KindTCXEgress
+	}
+	if o.Ingress == IngressXDP {
+		ingress = KindXDP
+	}
+	var out []string
+	for _, i := range o.Interfaces {
+		out = append(out, maps.AttachName(ingress, i), maps.AttachName(egress, i))
+	}
+	return out
+}
+
+// Check compares the datapath with o and lists what is wrong: attachments
+// missing or broken. Nothing wrong: an empty list.
+func Check(o Options) ([]string, error) {
+	st, err := ReadStatus(o.Pins)
+	if err != nil {
+		return nil, err
+	}
+	have := map[string]bool{}
+	var problems []string
+	for _, a := range st.Attachments {
+		have[a.Pin] = true
+		if a.Problem != "" {
+			problems = append(problems, a.Pin+": "+a.Problem)
 		}
 	}
-	return res, nil
+	for _, p := range o.ExpectedPins() {
+		if !have[p] {
+			problems = append(problems, p+": missing")
+		}
+	}
+	return problems, nil
 }
 
 // load loads vipgate with its load-time constants, reusing pinned maps.

@@ -77,7 +77,9 @@ and falls back to generic only when the driver has no native XDP (or when
 else a clsact qdisc with a direct-action cls_bpf filter.
 
 Run again, up replaces every program in place through its pinned link or
-filter: traffic never stops. Attachments no longer configured are removed.
+filter: traffic never stops. Attachments no longer configured are removed
+after their replacements are in place (a clsact qdisc tandem created stays
+until down: creating or deleting a qdisc briefly stops the device's queues).
 Pinned maps are kept, so counters survive.
 
 Then up stays in the foreground as the daemon: it checks the attachments
@@ -319,18 +321,16 @@ func daemon(env Env, f *upFlags, o loader.Options) error {
 			o = no
 			log.Info("reloaded")
 		case <-t.C:
-			st, err := loader.ReadStatus(o.Pins)
+			problems, err := loader.Check(o)
 			if err != nil {
 				log.Warn("check", "err", err)
 				continue
 			}
-			if st.Healthy() && len(st.Attachments) > 0 {
+			if len(problems) == 0 {
 				continue
 			}
-			for _, a := range st.Attachments {
-				if a.Problem != "" {
-					log.Warn("attachment broken; re-applying", "attachment", a.Pin, "problem", a.Problem)
-				}
+			for _, p := range problems {
+				log.Warn("datapath broken; re-applying", "problem", p)
 			}
 			if _, err := loader.Up(o); err != nil {
 				log.Error("re-apply", "err", err)
