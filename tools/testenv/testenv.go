@@ -70,6 +70,11 @@ func Tandem(t testing.TB) string {
 			buildErr = err
 			return
 		}
+		// Readable by all: some tests run it as an unprivileged user.
+		if err := os.Chmod(dir, 0o755); err != nil {
+			buildErr = err
+			return
+		}
 		binPath = filepath.Join(dir, "tandem")
 		cmd := exec.Command("go", "build", "-o", binPath, "./loader/cmd/tandem")
 		cmd.Dir = RepoRoot()

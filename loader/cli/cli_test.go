@@ -1,0 +1,78 @@
+package cli
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+func run(args ...string) (string, string, int) {
+	var out, errb bytes.Buffer
+	code := Run(Env{Stdout: &out, Stderr: &errb}, args)
+	return out.String(), errb.String(), code
+}
+
+// TestHelpIsComplete: every command has a summary, a usage line, every
+// flag documented, and examples; help exits 0 on stdout.
+func TestHelpIsComplete(t *testing.T) {
+	for _, name := range names() {
+		for _, form := range [][]string{{name, "--help"}, {name, "-h"}, {"help", name}} {
+			out, errs, code := run(form...)
+			if code != 0 || errs != "" {
+				t.Errorf("%v: exit %d, stderr %q", form, code, errs)
+			}
+			for _, want := range []string{"tandem " + name + ":", "Usage:", "Flags:", "--help", "Examples:"} {
+				if !strings.Contains(out, want) {
+					t.Errorf("%v: help lacks %q:\n%s", form, want, out)
+				}
+			}
+		}
+	}
+	out, _, code := run("--help")
+	if code != 0 {
+		t.Fatalf("--help: exit %d", code)
+	}
+	for _, name := range names() {
+		if !strings.Contains(out, "\n  "+name+" ") {
+			t.Errorf("overview does not list %s", name)
+		}
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{nil, "Usage:"},
+		{[]string{"frob"}, `unknown command "frob"`},
+		{[]string{"up", "--nope"}, "unknown flag: --nope"},
+		{[]string{"up", "--once"}, "no interface"},
+		{[]string{"up", "--once", "-i", "eth0", "--ingress", "ebpf"}, `--ingress "ebpf": choose one of [xdp tc]`},
+		{[]string{"up", "--once", "-i", "eth0", "--tc", "x"}, `--tc "x"`},
+		{[]string{"up", "--once", "-i", "eth0", "--gate", "x"}, `--gate "x"`},
+		{[]string{"up", "--once", "-i", "eth0", "-i", "eth0"}, "eth0 named twice"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip", "10.0.0.1", "--vip", "10.0.0.1=standby"}, "given twice"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip", "10.0.0.1=primary"}, `role "primary"`},
+		{[]string{"up", "--once", "-i", "eth0", "--check-interval", "0s"}, "--check-interval must be positive"},
+		{[]string{"up", "eth0"}, `unexpected argument "eth0"`},
+		{[]string{"dump"}, "name one map"},
+		{[]string{"version", "x"}, "no arguments"},
+	}
+	for _, c := range cases {
+		_, errs, code := run(c.args...)
+		if code != 2 {
+			t.Errorf("%v: exit %d, want 2 (stderr %q)", c.args, code, errs)
+		}
+		if !strings.Contains(errs, c.want) {
+			t.Errorf("%v: stderr %q lacks %q", c.args, errs, c.want)
+		}
+	}
+}
+
+func TestVersion(t *testing.T) {
+	out, _, code := run("version")
+	if code != 0 || !strings.HasPrefix(out, "tandem dev (commit ") {
+		t.Fatalf("version: %d %q", code, out)
+	}
+}

@@ -1,0 +1,120 @@
+package loader
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestReadConfig(t *testing.T) {
+	cases := []struct {
+		name, text string
+		err        string
+		check      func(t *testing.T, o Options)
+	}{
+		{"full", `
+bpffs = "/sys/fs/bpf/x"
+interfaces = ["eth0", "eth1"]
+xdp_mode = "generic"
+ingress = "tc"
+tc = "clsact"
+gate = "monitor"
+[[vip]]
+addr = "192.0.2.10"
+[[vip]]
+addr = "2001:db8::10"
+owned = false
+`, "", func(t *testing.T, o Options) {
+			if o.Pins.Root != "/sys/fs/bpf/x" || len(o.Interfaces) != 2 || o.XDPMode != "generic" || o.Ingress != "tc" || o.TC != "clsact" || o.Gate != "monitor" {
+				t.Errorf("options %+v", o)
+			}
+			if !o.VIPs[netip.MustParseAddr("192.0.2.10")] || o.VIPs[netip.MustParseAddr("2001:db8::10")] || len(o.VIPs) != 2 {
+				t.Errorf("vips %v", o.VIPs)
+			}
+		}},
+		{"defaults kept", `interfaces = ["eth0"]`, "", func(t *testing.T, o Options) {
+			if o.Pins.Root != "/sys/fs/bpf/tandem" || o.XDPMode != XDPAuto || o.Gate != GateEnforce {
+				t.Errorf("defaults lost: %+v", o)
+			}
+		}},
+		{"ipv4-mapped vip is ipv4", "[[vip]]\naddr = \"::ffff:192.0.2.1\"", "", func(t *testing.T, o Options) {
+			if !o.VIPs[netip.MustParseAddr("192.0.2.1")] {
+				t.Errorf("vips %v", o.VIPs)
+			}
+		}},
+		{"syntax error", "interfaces = [\"eth0\"\n", "line", nil},
+		{"unknown key", "interface = [\"eth0\"]", "unknown key(s) interface", nil},
+		{"unknown vip key", "[[vip]]\naddr = \"192.0.2.1\"\nport = 80", "vip.port", nil},
+		{"wrong type", "interfaces = \"eth0\"", "", nil},
+		{"bad vip", "[[vip]]\naddr = \"192.0.2\"", "not an IP address", nil},
+		{"duplicate vip", "[[vip]]\naddr = \"192.0.2.1\"\n[[vip]]\naddr = \"192.0.2.1\"", "listed twice", nil},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "tandem.toml")
+			os.WriteFile(path, []byte(c.text), 0o644)
+			o := Defaults()
+			fc, err := ReadConfig(path)
+			if err == nil {
+				err = fc.Apply(&o)
+			}
+			if c.check == nil {
+				if err == nil {
+					t.Fatal("accepted")
+				}
+				if !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("error %q lacks %q", err, c.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.check(t, o)
+		})
+	}
+}
+
+func TestParseVIP(t *testing.T) {
+	cases := []struct {
+		in    string
+		addr  string
+		owned bool
+		bad   bool
+	}{
+		{"10.0.0.1", "10.0.0.1", true, false},
+		{"10.0.0.1=owned", "10.0.0.1", true, false},
+		{"10.0.0.1=standby", "10.0.0.1", false, false},
+		{"2001:db8::1=standby", "2001:db8::1", false, false},
+		{"fe80::1%eth0", "", false, true},
+		{"10.0.0.1=boss", "", false, true},
+		{"", "", false, true},
+	}
+	for _, c := range cases {
+		a, owned, err := ParseVIP(c.in)
+		if c.bad {
+			if err == nil {
+				t.Errorf("%q accepted", c.in)
+			}
+			continue
+		}
+		if err != nil || a.String() != c.addr || owned != c.owned {
+			t.Errorf("%q: %v %v %v", c.in, a, owned, err)
+		}
+	}
+}
+
+func TestExpectedPins(t *testing.T) {
+	o := Defaults()
+	o.Interfaces = []string{"eth0"}
+	o.TC = TCClsact
+	if got := strings.Join(o.ExpectedPins(), " "); got != "xdp@eth0 cls-egress@eth0" {
+		t.Errorf("xdp+clsact: %s", got)
+	}
+	o.TC, o.Ingress = TCTCX, IngressTC
+	if got := strings.Join(o.ExpectedPins(), " "); got != "tcx-ingress@eth0 tcx-egress@eth0" {
+		t.Errorf("tc+tcx: %s", got)
+	}
+}
