@@ -30,7 +30,7 @@ var (
 
 // loadVipgate loads the programs unpinned, with the given gate mode and
 // the fixture VIPs in the gate.
-func loadVipgate(t *testing.T, mode maps.GateMode) (*bpf.VipgateObjects, *maps.VIPMaps) {
+func loadVipgate(t testing.TB, mode maps.GateMode) (*bpf.VipgateObjects, *maps.VIPMaps) {
 	t.Helper()
 	testenv.RequireRoot(t)
 	spec, err := bpf.LoadVipgate()
@@ -55,7 +55,7 @@ func loadVipgate(t *testing.T, mode maps.GateMode) (*bpf.VipgateObjects, *maps.V
 	return &objs, vm
 }
 
-func serialize(t *testing.T, ls ...gopacket.SerializableLayer) []byte {
+func serialize(t testing.TB, ls ...gopacket.SerializableLayer) []byte {
 	t.Helper()
 	buf := gopacket.NewSerializeBuffer()
 	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ls...); err != nil {
@@ -91,12 +91,12 @@ func udp(ip gopacket.NetworkLayer) *layers.UDP {
 var payload = gopacket.Payload([]byte("tandem fixture payload"))
 
 // tcp4 is a well-formed IPv4 TCP SYN from src to dst.
-func tcp4(t *testing.T, src, dst netip.Addr) []byte {
+func tcp4(t testing.TB, src, dst netip.Addr) []byte {
 	ip := ip4(src, dst, layers.IPProtocolTCP)
 	return serialize(t, eth(layers.EthernetTypeIPv4), ip, tcp(ip), payload)
 }
 
-func tcp6(t *testing.T, src, dst netip.Addr) []byte {
+func tcp6(t testing.TB, src, dst netip.Addr) []byte {
 	ip := ip6(src, dst, layers.IPProtocolTCP)
 	return serialize(t, eth(layers.EthernetTypeIPv6), ip, tcp(ip), payload)
 }

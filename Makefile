@@ -1,0 +1,45 @@
+# tandem — make help lists the targets.
+GO      ?= go
+BIN     := bin/tandem
+# Debian packages the build, the tests, the demo and the benchmarks use.
+DEB_PKGS := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping netcat-openbsd tcpdump nftables
+GOFLAGS_TEST ?= -count=1 -p 1 -timeout 20m
+
+.PHONY: help deps generate check-generated build test bench demo lint clean
+
+help: ## list the targets
+	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+deps: ## install the Debian packages tandem's build and tests need (root)
+	@missing=""; for p in $(DEB_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+generate: ## rebuild the bpf2go output (bpf/*_bpfel.{go,o}) from bpf/*.c with clang
+	$(GO) generate ./bpf/...
+
+check-generated: generate ## fail when the committed bpf2go output is not what the C sources build
+	@git diff --exit-code --stat -- bpf/ || { echo "bpf/: generated files are stale: run make generate and commit them"; exit 1; }
+
+build: ## build bin/tandem
+	$(GO) build -o $(BIN) ./loader/cmd/tandem
+
+test: deps build ## run every test (as root: the privileged ones too)
+	$(GO) test $(GOFLAGS_TEST) ./...
+
+bench: deps ## run the benchmarks; results in bench/results.json
+	TANDEM_BENCH_OUT=$(CURDIR)/bench/results.json $(GO) test -count=1 -p 1 -run '^$$' -bench . -benchtime 1x ./...
+	@echo "results: bench/results.json"
+
+demo: deps build ## build a lab, run tandem on its gateway, send traffic, show the counters (root)
+	$(GO) run ./tools/demo -tandem $(BIN)
+
+lint: ## gofmt, go vet, staticcheck (pinned in go.mod as a tool)
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) tool staticcheck ./...
+
+clean: ## remove build output
+	rm -rf bin bench/*.tmp bench/*.lock
