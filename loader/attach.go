@@ -57,7 +57,6 @@ type Attachment struct {
 	Problem string         `json:"problem,omitempty"` // why it is not working, if it is not
 	Note    string         `json:"note,omitempty"`    // how it was made, e.g. a fallback
 	created bool           // made by this run (rolled back on failure)
-	replace *ebpf.Program  // the program that was there before
 }
 
 // XDP modes accepted by --xdp-mode.
