@@ -7,6 +7,7 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tandem-net/tandem/loader"
+	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/tools/lab"
 	"github.com/tandem-net/tandem/tools/traffic"
 )
@@ -134,6 +137,31 @@ func run(bin string, keep bool) error {
 		return fmt.Errorf("%d datagrams to the standby VIP came back: the gate is open", r.Echoed)
 	}
 	fmt.Println("    100 sent, none answered")
+
+	step("checking the counters against what was sent")
+	out, err := gw.Cmd(bin, "status", "--json", "--bpffs", root).Output()
+	if err != nil {
+		return fmt.Errorf("tandem status: %w", err)
+	}
+	var st loader.Status
+	if err := json.Unmarshal(out, &st); err != nil {
+		return fmt.Errorf("tandem status --json: %w", err)
+	}
+	want := map[netip.Addr]func(c maps.VIPCounters) bool{
+		vip4:    func(c maps.VIPCounters) bool { return c.RxPackets >= 1000 && c.TxPackets >= 1000 },
+		vip6:    func(c maps.VIPCounters) bool { return c.RxPackets >= 1000 && c.TxPackets >= 1000 },
+		standby: func(c maps.VIPCounters) bool { return c.DropNotOwner >= 100 && c.RxPackets == 0 },
+	}
+	for _, v := range st.VIPs {
+		if ok := want[v.Addr]; ok == nil || !ok(v.Counters) {
+			return fmt.Errorf("VIP %s: counters %+v do not match the traffic sent", v.Addr, v.Counters)
+		}
+		delete(want, v.Addr)
+	}
+	if len(want) != 0 {
+		return fmt.Errorf("VIPs missing from status: %v", want)
+	}
+	fmt.Println("    every VIP counted what was sent to it")
 
 	step("what the datapath counted (tandem status)")
 	if err := sh(gw, bin, "status", "--bpffs", root); err != nil {
