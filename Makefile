@@ -2,10 +2,12 @@
 GO      ?= go
 BIN     := bin/tandem
 # Debian packages the build, the tests, the demo and the benchmarks use.
-DEB_PKGS := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping netcat-openbsd tcpdump nftables
+DEB_PKGS := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping netcat-openbsd tcpdump nftables qemu-system-x86
+# make vmtest: a vmlinuz path, or a Debian kernel version fetched and cached (6.1)
+KERNEL  ?= 6.1
 GOFLAGS_TEST ?= -count=1 -p 1 -timeout 20m
 
-.PHONY: help deps generate check-generated build test bench demo lint clean
+.PHONY: help deps generate check-generated build test vmtest bench demo lint clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,6 +30,17 @@ build: ## build bin/tandem
 
 test: deps build ## run every test (as root: the privileged ones too)
 	$(GO) test $(GOFLAGS_TEST) ./...
+
+vmtest: deps build ## run the privileged suite in a VM booted from KERNEL (vmlinuz path or Debian version; default 6.1)
+	CGO_ENABLED=0 $(GO) build -o bin/vmtest ./tools/vmtest
+	./tools/vmtest/build-tests.sh bin/tests
+	@if command -v vng >/dev/null 2>&1 && [ -z "$(NO_VNG)" ]; then \
+		echo "using virtme-ng (vng); NO_VNG=1 uses tools/vmtest"; \
+		kernel="$(KERNEL)"; case "$$kernel" in */*) ;; *) kernel=$$(bin/vmtest fetch "$$kernel");; esac; \
+		vng --run "$$kernel" --user root --cwd "$(CURDIR)" --exec "env TANDEM_BIN=$(CURDIR)/bin/tandem tools/vmtest/suite.sh $(CURDIR)/bin/tests/list"; \
+	else \
+		bin/vmtest --kernel "$(KERNEL)" --env TANDEM_BIN=$(CURDIR)/bin/tandem -- tools/vmtest/suite.sh $(CURDIR)/bin/tests/list; \
+	fi
 
 bench: deps ## run the benchmarks; results in bench/results.json
 	TANDEM_BENCH_OUT=$(CURDIR)/bench/results.json $(GO) test -count=1 -p 1 -run '^$$' -bench . -benchtime 1x ./...

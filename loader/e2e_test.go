@@ -179,6 +179,35 @@ func TestUpPinsWithBTF(t *testing.T) {
 	}
 }
 
+// TestTCPathChoice: with --tc auto the loader takes TCX where the kernel
+// has it and clsact + cls_bpf where it does not, and says which.
+func TestTCPathChoice(t *testing.T) {
+	l := gatewayLab(t)
+	gw := l.Host("gw")
+	r := mustTandem(t, gw, "up", "--once", "-i", "eth0", "--bpffs", gw.BPFFS())
+	want := "clsact"
+	if err := loader.HaveTCX(); err == nil {
+		want = "tcx"
+	} else {
+		t.Logf("no TCX here: %v", err)
+	}
+	var got string
+	for _, a := range status(t, gw).Attachments {
+		if a.Hook == "tc-egress" {
+			got = a.Via
+		}
+	}
+	if got != want || !strings.Contains(r.stdout, want) {
+		t.Fatalf("tc egress attached via %q, want %q\n%s", got, want, r.stdout)
+	}
+	t.Logf("kernel %s: the loader took the %s path for TC", kernelRelease(), got)
+}
+
+func kernelRelease() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return strings.TrimSpace(string(b))
+}
+
 // TestReplaceUnderFlood: `up` again, while a UDP echo flood runs through
 // both the ingress and the egress programs, swaps every program and loses
 // no datagram, on each attach path, and when a hook moves between paths.
@@ -188,7 +217,7 @@ func TestReplaceUnderFlood(t *testing.T) {
 		flags  [][]string // one set of flags per replacement, cycled
 		clsact bool       // create the clsact qdisc before the flood
 	}{
-		{"xdp and tcx", [][]string{{"--tc", "tcx"}}, false},
+		{"xdp and the kernel's tc path", [][]string{{"--tc", "auto"}}, false},
 		{"xdp generic and clsact", [][]string{{"--tc", "clsact", "--xdp-mode", "generic"}}, false},
 		{"tc ingress and egress on clsact", [][]string{{"--ingress", "tc", "--tc", "clsact"}}, false},
 		// Creating or deleting a clsact qdisc deactivates the device's
@@ -201,6 +230,13 @@ func TestReplaceUnderFlood(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.flags[0][1] == "tcx" {
 				testenv.RequireFeature(t, "tcx links", loader.HaveTCX())
+			}
+			if tc.flags[0][1] == "auto" {
+				path := "clsact (no TCX on this kernel)"
+				if loader.HaveTCX() == nil {
+					path = "tcx"
+				}
+				t.Logf("--tc auto takes %s", path)
 			}
 			l := gatewayLab(t)
 			gw, client := l.Host("gw"), l.Host("client")

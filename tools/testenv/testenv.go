@@ -61,9 +61,13 @@ var (
 )
 
 // Tandem returns the path of a tandem binary built from this tree, built
-// once per test binary.
+// once per test binary; $TANDEM_BIN names a prebuilt one (the VM runs use
+// the host's, built by make).
 func Tandem(t testing.TB) string {
 	t.Helper()
+	if p := os.Getenv("TANDEM_BIN"); p != "" {
+		return p
+	}
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "tandem-bin-")
 		if err != nil {
