@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // InNS runs f with the thread in some network namespace; lab.Host.Do has
@@ -40,8 +42,7 @@ func ListenEcho(ns InNS, addr netip.AddrPort) (*EchoServer, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.conn.SetReadBuffer(bufBytes)
-	s.conn.SetWriteBuffer(bufBytes)
+	bigBuffers(s.conn)
 	go s.serve()
 	return s, nil
 }
@@ -66,6 +67,20 @@ func (s *EchoServer) Close() error {
 	return err
 }
 
+// bigBuffers gives a socket 8 MiB buffers. SO_RCVBUFFORCE passes over
+// net.core.rmem_max (root only): frames built by XDP on veth carry a whole
+// page of truesize each, and the default cap holds only ~100 of them.
+func bigBuffers(c *net.UDPConn) {
+	c.SetReadBuffer(bufBytes)
+	c.SetWriteBuffer(bufBytes)
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(fd uintptr) {
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, bufBytes)
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, bufBytes)
+		})
+	}
+}
+
 // Flood sends sequence-numbered datagrams to an echo server and counts the
 // echoes by sequence number.
 type Flood struct {
@@ -79,12 +94,16 @@ type Flood struct {
 	recvd   chan struct{}
 }
 
-// FloodConfig paces a flood: Burst datagrams, then a pause of Gap.
+// FloodConfig paces a flood: Burst datagrams, then a pause of Gap, and
+// never more than Window datagrams unanswered, so the flood runs as fast as
+// the path answers (a slow VM included) without overrunning socket and
+// device queues; a datagram lost for real still shows in the account.
 type FloodConfig struct {
-	Size  int           // datagram size, at least 8
-	Burst int           // datagrams per burst
-	Gap   time.Duration // pause after each burst
-	Max   uint64        // stop after this many; 0: until Stop
+	Size   int           // datagram size, at least 8
+	Burst  int           // datagrams per burst
+	Gap    time.Duration // pause after each burst
+	Window uint64        // most datagrams in flight (default 128)
+	Max    uint64        // stop after this many; 0: until Stop
 }
 
 // StartFlood dials to from inside ns and starts sending.
@@ -94,6 +113,9 @@ func StartFlood(ns InNS, to netip.AddrPort, cfg FloodConfig) (*Flood, error) {
 	}
 	if cfg.Burst <= 0 {
 		cfg.Burst = 32
+	}
+	if cfg.Window == 0 {
+		cfg.Window = 128
 	}
 	f := &Flood{stop: make(chan struct{}), stopped: make(chan struct{}), recvd: make(chan struct{})}
 	err := ns(func() error {
@@ -107,8 +129,7 @@ func StartFlood(ns InNS, to netip.AddrPort, cfg FloodConfig) (*Flood, error) {
 	if err != nil {
 		return nil, err
 	}
-	f.conn.SetReadBuffer(bufBytes)
-	f.conn.SetWriteBuffer(bufBytes)
+	bigBuffers(f.conn)
 	go f.receive()
 	go f.send(cfg)
 	return f, nil
@@ -124,6 +145,11 @@ func (f *Flood) send(cfg FloodConfig) {
 		default:
 		}
 		for i := 0; i < cfg.Burst && (cfg.Max == 0 || seq < cfg.Max); i++ {
+			// Wait for the window to open; a lost datagram keeps it
+			// shut only briefly, then the flood moves on.
+			for wait := time.Now(); seq-f.echoes.Load() >= cfg.Window && time.Since(wait) < 200*time.Millisecond; {
+				time.Sleep(50 * time.Microsecond)
+			}
 			binary.BigEndian.PutUint64(buf, seq)
 			// Make room for the echo before it can arrive.
 			f.grow(seq)
