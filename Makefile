@@ -39,7 +39,7 @@ vmtest: deps build ## run the privileged suite in a VM booted from KERNEL (vmlin
 		kernel="$(KERNEL)"; case "$$kernel" in */*) ;; *) kernel=$$(bin/vmtest fetch "$$kernel");; esac; \
 		vng --run "$$kernel" --user root --cwd "$(CURDIR)" --exec "env TANDEM_BIN=$(CURDIR)/bin/tandem tools/vmtest/suite.sh $(CURDIR)/bin/tests/list"; \
 	else \
-		bin/vmtest --kernel "$(KERNEL)" --env TANDEM_BIN=$(CURDIR)/bin/tandem -- tools/vmtest/suite.sh $(CURDIR)/bin/tests/list; \
+		bin/vmtest --kernel "$(KERNEL)" $(VMTEST_FLAGS) --env TANDEM_BIN=$(CURDIR)/bin/tandem -- tools/vmtest/suite.sh $(CURDIR)/bin/tests/list; \
 	fi
 
 bench: deps ## run the benchmarks; results in bench/results.json
