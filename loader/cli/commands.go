@@ -137,12 +137,8 @@ Reads the pins under --bpffs and checks each attachment against the kernel
 there). Exit status 1 when an attachment is broken, so scripts can use it as
 a health check; 0 when all is well or nothing is up.`,
 		examples: "  tandem status\n  tandem status --json | jq .vips\n",
-		flags: func(fs *pflag.FlagSet) any {
-			f := &jsonFlags{rootFlags: addRootFlags(fs)}
-			fs.BoolVar(&f.json, "json", false, "print JSON")
-			return f
-		},
-		run: runStatus,
+		flags:    addJSONRootFlags,
+		run:      runStatus,
 	})
 	register(&command{
 		name:    "dump",
@@ -154,12 +150,8 @@ one of: ` + strings.Join(maps.Dumpable(), ", ") + `.
 The same maps carry BTF, so bpftool shows their field names too:
   bpftool map dump pinned /sys/fs/bpf/tandem/maps/vip_gate`,
 		examples: "  tandem dump vip_gate\n  tandem dump vip_stats --json\n",
-		flags: func(fs *pflag.FlagSet) any {
-			f := &jsonFlags{rootFlags: addRootFlags(fs)}
-			fs.BoolVar(&f.json, "json", false, "print JSON")
-			return f
-		},
-		run: runDump,
+		flags:    addJSONRootFlags,
+		run:      runDump,
 	})
 	register(&command{
 		name:    "probe",
@@ -198,6 +190,12 @@ feature is missing.`,
 type jsonFlags struct {
 	*rootFlags
 	json bool
+}
+
+func addJSONRootFlags(fs *pflag.FlagSet) any {
+	f := &jsonFlags{rootFlags: addRootFlags(fs)}
+	fs.BoolVar(&f.json, "json", false, "print JSON")
+	return f
 }
 
 type probeFlags struct {
