@@ -1,0 +1,139 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* sync.h: what a replicated state entry embeds, and mark_dirty().
+ *
+ * Every replicated value starts with struct sync_hdr. A program that changes
+ * an entry calls sync_mark(); one that deletes it calls sync_mark_deleted().
+ *
+ * Dirty rings: one BPF ring buffer per CPU, held in an array-of-maps indexed
+ * by CPU id. A program only ever writes its own CPU's ring, so producers
+ * never contend on a ring's lock, and it writes with BPF_RB_NO_WAKEUP: the
+ * syncer drains on its timer, not per packet, so no wakeup is ever owed.
+ * (A single shared ringbuf would serialise every CPU on its spinlock; a
+ * perf buffer costs a wakeup decision per record.)
+ *
+ * "Queued" is an epoch rather than a flag: an entry is in a ring this round
+ * when its queued_epoch equals sync_epoch. The syncer drains every ring and
+ * then advances sync_epoch, which clears the flag of every drained entry at
+ * once (no per-key write from user space, which could not be atomic), and
+ * reads the values after that: a change made after the advance queues the
+ * entry again, so nothing is lost and a hot entry costs one record a round.
+ */
+#pragma once
+
+#include "common.h"
+
+#define SYNC_KEY_MAX 48
+#define SYNC_MAX_MAPS 32
+#define SYNC_MAX_CPUS 512
+
+struct sync_hdr {
+	__u64 version;       /* bumped on every change; a peer never applies an older one */
+	__u64 queued_epoch;  /* the drain epoch in which this entry went into a ring */
+};
+
+enum sync_op {
+	SYNC_OP_UPSERT = 1,
+	SYNC_OP_DELETE = 2,
+};
+
+/* One dirty-ring record: which entry of which registered map changed. */
+struct sync_rec {
+	__u32 map_id;
+	enum sync_op op;
+	__u32 key_len;
+	__u8 key[SYNC_KEY_MAX];
+};
+
+/* Never read: keeps struct sync_rec in BTF, so bpf2go emits its Go type. */
+const volatile struct sync_rec sync_rec_layout = {};
+
+struct sync_ring {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 16); /* the loader sizes the real rings */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, SYNC_MAX_CPUS);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct sync_ring);
+} sync_rings SEC(".maps");
+
+/* sync_epoch[0]: the current drain epoch, advanced by the syncer. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sync_epoch SEC(".maps");
+
+/* Records that found their ring full, per registered map: the syncer
+ * rescans a map whose count moved. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SYNC_MAX_MAPS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sync_overflow SEC(".maps");
+
+static __always_inline void sync_count_overflow(__u32 map_id)
+{
+	__u64 *n = bpf_map_lookup_elem(&sync_overflow, &map_id);
+
+	if (n)
+		*n += 1;
+}
+
+static __always_inline int sync_push(__u32 map_id, enum sync_op op, const void *key, const __u32 key_len)
+{
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct sync_rec rec = {};
+	void *ring;
+
+	ring = bpf_map_lookup_elem(&sync_rings, &cpu);
+	if (!ring) {
+		sync_count_overflow(map_id);
+		return -1;
+	}
+	rec.map_id = map_id;
+	rec.op = op;
+	rec.key_len = key_len;
+	/* key_len is a sizeof() at every call site: a constant copy. */
+	__builtin_memcpy(rec.key, key, key_len);
+	if (bpf_ringbuf_output(ring, &rec, sizeof(rec), BPF_RB_NO_WAKEUP)) {
+		sync_count_overflow(map_id);
+		return -1;
+	}
+	return 0;
+}
+
+/* sync_mark records that the entry h (the value of key in registered map
+ * map_id) changed: it bumps the version and, unless the entry is already
+ * queued this epoch, queues it on this CPU's ring. */
+static __always_inline void sync_mark(__u32 map_id, struct sync_hdr *h, const void *key, __u32 key_len)
+{
+	__u32 zero = 0;
+	__u64 *ep = bpf_map_lookup_elem(&sync_epoch, &zero);
+	__u64 epoch, seen;
+
+	__sync_fetch_and_add(&h->version, 1);
+	if (!ep)
+		return;
+	epoch = *(volatile __u64 *)ep;
+	seen = *(volatile __u64 *)&h->queued_epoch;
+	if (seen == epoch)
+		return;
+	/* Only the CPU that moves the epoch forward pushes the record. */
+	if (__sync_val_compare_and_swap(&h->queued_epoch, seen, epoch) != seen)
+		return;
+	sync_push(map_id, SYNC_OP_UPSERT, key, key_len);
+}
+
+/* sync_mark_deleted records a deletion: a tombstone, every time. */
+static __always_inline void sync_mark_deleted(__u32 map_id, const void *key, __u32 key_len)
+{
+	sync_push(map_id, SYNC_OP_DELETE, key, key_len);
+}

@@ -1,0 +1,271 @@
+package syncer
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"slices"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/tandem-net/tandem/maps"
+)
+
+// Op is what a delta does to its entry.
+type Op uint8
+
+const (
+	OpUpsert        Op = 1 // set the entry to Value (if Value's version is newer)
+	OpDelete        Op = 2 // a tombstone
+	OpSnapshotBegin Op = 3 // a full copy of map Map follows
+	OpSnapshotEnd   Op = 4 // the copy is complete: entries it did not name go
+)
+
+// Delta is one change on its way to the peer.
+type Delta struct {
+	Seq   uint64
+	Map   uint32
+	Op    Op
+	Key   []byte
+	Value []byte
+}
+
+// Map is a registered map: the id its programs pass to sync_mark, and the
+// map. Its values start with struct sync_hdr.
+type Map struct {
+	ID   uint32
+	Name string
+	M    *ebpf.Map
+}
+
+type entryKey struct {
+	m uint32
+	k string
+}
+
+// Engine turns what the dirty rings say into deltas, one tick at a time.
+type Engine struct {
+	sync    *maps.SyncMaps
+	maps    map[uint32]Map
+	waiting map[entryKey]maps.SyncOp // coalesced by entry: one delta per entry per tick
+	order   []entryKey
+	over    []uint64 // overflow counts already answered with a rescan
+	seq     uint64
+	Stats   Stats
+}
+
+// Stats count what the engine did.
+type Stats struct {
+	Ticks, Records, Deltas, Rescans, UnknownMap uint64
+}
+
+// NewEngine drives s for the registered maps ms.
+func NewEngine(s *maps.SyncMaps, ms ...Map) (*Engine, error) {
+	e := &Engine{sync: s, maps: map[uint32]Map{}, waiting: map[entryKey]maps.SyncOp{}}
+	for _, m := range ms {
+		if m.ID >= s.Overflow.MaxEntries() {
+			return nil, fmt.Errorf("map %s: id %d past the %d the datapath counts", m.Name, m.ID, s.Overflow.MaxEntries())
+		}
+		if m.M.ValueSize() < 16 {
+			return nil, fmt.Errorf("map %s: value of %d bytes cannot start with struct sync_hdr", m.Name, m.M.ValueSize())
+		}
+		e.maps[m.ID] = m
+	}
+	over, err := s.Overflows()
+	if err != nil {
+		return nil, err
+	}
+	e.over = over
+	return e, nil
+}
+
+// Tick drains the rings, un-queues what it drained (one epoch advance),
+// then reads each changed entry's current value and emits a delta for it;
+// a map whose records overflowed a ring is sent whole instead.
+func (e *Engine) Tick(emit func(Delta) error) error {
+	e.Stats.Ticks++
+	n, err := e.sync.Drain(func(r *maps.SyncRec) {
+		k := entryKey{r.MapId, string(r.Key[:r.KeyLen])}
+		if _, ok := e.waiting[k]; !ok {
+			e.order = append(e.order, k)
+		}
+		e.waiting[k] = maps.SyncOp(r.Op)
+	})
+	e.Stats.Records += uint64(n)
+	if err != nil {
+		return err
+	}
+	over, err := e.sync.Overflows()
+	if err != nil {
+		return err
+	}
+	var rescan []uint32
+	for id, n := range over {
+		if n != e.over[id] {
+			rescan = append(rescan, uint32(id))
+		}
+	}
+	e.over = over
+	// Clear every drained entry's queued flag at once; reads come after,
+	// so a change from here on is either read now or queued again.
+	if _, err := e.sync.AdvanceEpoch(); err != nil {
+		return err
+	}
+	for _, k := range e.order {
+		if slices.Contains(rescan, k.m) {
+			continue // the rescan sends it
+		}
+		m, ok := e.maps[k.m]
+		if !ok {
+			e.Stats.UnknownMap++
+			continue
+		}
+		d := Delta{Map: k.m, Key: []byte(k.k)}
+		val := make([]byte, m.M.ValueSize())
+		err := m.M.Lookup(d.Key, val)
+		switch {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			d.Op = OpDelete // deleted since: the tombstone is the truth
+		case err != nil:
+			return fmt.Errorf("read %s: %w", m.Name, err)
+		default:
+			d.Op, d.Value = OpUpsert, val
+		}
+		if err := e.send(emit, d); err != nil {
+			return err
+		}
+	}
+	clear(e.waiting)
+	e.order = e.order[:0]
+	for _, id := range rescan {
+		if err := e.rescan(id, emit); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (e *Engine) send(emit func(Delta) error, d Delta) error {
+	e.seq++
+	d.Seq = e.seq
+	e.Stats.Deltas++
+	return emit(d)
+}
+
+// rescan sends a whole map between snapshot markers.
+func (e *Engine) rescan(id uint32, emit func(Delta) error) error {
+	m, ok := e.maps[id]
+	if !ok {
+		return nil
+	}
+	e.Stats.Rescans++
+	if err := e.send(emit, Delta{Map: id, Op: OpSnapshotBegin}); err != nil {
+		return err
+	}
+	key := make([]byte, m.M.KeySize())
+	val := make([]byte, m.M.ValueSize())
+	it := m.M.Iterate()
+	for it.Next(&key, &val) {
+		if err := e.send(emit, Delta{Map: id, Op: OpUpsert, Key: slices.Clone(key), Value: slices.Clone(val)}); err != nil {
+			return err
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("rescan %s: %w", m.Name, err)
+	}
+	return e.send(emit, Delta{Map: id, Op: OpSnapshotEnd})
+}
+
+// Version reads the sync_hdr version at the start of a value.
+func Version(value []byte) uint64 {
+	if len(value) < 8 {
+		return 0
+	}
+	return binary.NativeEndian.Uint64(value)
+}
+
+// Applier applies deltas to the peer's maps, in order, never moving an
+// entry back to an older version.
+type Applier struct {
+	maps  map[uint32]Map
+	snap  map[uint32]map[string]bool
+	Stats ApplyStats
+}
+
+// ApplyStats count what the applier did.
+type ApplyStats struct {
+	Applied, Stale, Deleted, SnapshotDeleted uint64
+}
+
+// NewApplier applies to ms.
+func NewApplier(ms ...Map) *Applier {
+	a := &Applier{maps: map[uint32]Map{}, snap: map[uint32]map[string]bool{}}
+	for _, m := range ms {
+		a.maps[m.ID] = m
+	}
+	return a
+}
+
+// Apply applies one delta.
+func (a *Applier) Apply(d Delta) error {
+	m, ok := a.maps[d.Map]
+	if !ok {
+		return fmt.Errorf("delta %d for unknown map %d", d.Seq, d.Map)
+	}
+	switch d.Op {
+	case OpSnapshotBegin:
+		a.snap[d.Map] = map[string]bool{}
+		return nil
+	case OpSnapshotEnd:
+		seen := a.snap[d.Map]
+		delete(a.snap, d.Map)
+		var gone [][]byte
+		key := make([]byte, m.M.KeySize())
+		it := m.M.Iterate()
+		var val []byte = make([]byte, m.M.ValueSize())
+		for it.Next(&key, &val) {
+			if !seen[string(key)] {
+				gone = append(gone, slices.Clone(key))
+			}
+		}
+		if err := it.Err(); err != nil {
+			return err
+		}
+		for _, k := range gone {
+			if err := m.M.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return err
+			}
+			a.Stats.SnapshotDeleted++
+		}
+		return nil
+	case OpDelete:
+		if len(d.Key) != int(m.M.KeySize()) {
+			return fmt.Errorf("delta %d: key of %d bytes for %s", d.Seq, len(d.Key), m.Name)
+		}
+		if err := m.M.Delete(d.Key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			return fmt.Errorf("apply delete to %s: %w", m.Name, err)
+		}
+		a.Stats.Deleted++
+		return nil
+	case OpUpsert:
+		if len(d.Key) != int(m.M.KeySize()) || len(d.Value) != int(m.M.ValueSize()) {
+			return fmt.Errorf("delta %d: %d/%d bytes of key/value for %s", d.Seq, len(d.Key), len(d.Value), m.Name)
+		}
+		if s := a.snap[d.Map]; s != nil {
+			s[string(d.Key)] = true
+		}
+		cur := make([]byte, m.M.ValueSize())
+		if err := m.M.Lookup(d.Key, cur); err == nil && Version(cur) >= Version(d.Value) {
+			a.Stats.Stale++
+			return nil
+		}
+		val := slices.Clone(d.Value)
+		binary.NativeEndian.PutUint64(val[8:], 0) // queued_epoch is the primary's business
+		if err := m.M.Put(d.Key, val); err != nil {
+			return fmt.Errorf("apply to %s: %w", m.Name, err)
+		}
+		a.Stats.Applied++
+		return nil
+	}
+	return fmt.Errorf("delta %d: unknown op %d", d.Seq, d.Op)
+}

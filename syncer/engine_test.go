@@ -1,0 +1,268 @@
+package syncer_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"slices"
+	"testing"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/maps"
+	"github.com/tandem-net/tandem/syncer"
+	"github.com/tandem-net/tandem/tools/testenv"
+)
+
+const synctestMapID = 1
+
+// host is one side: the synctest program and its maps, unpinned.
+type host struct {
+	objs *bpf.SynctestObjects
+	sync *maps.SyncMaps
+	reg  syncer.Map
+}
+
+func newHost(t *testing.T, ringBytes uint32) *host {
+	t.Helper()
+	testenv.RequireRoot(t)
+	spec, err := bpf.LoadSynctest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	inner := spec.Maps[bpf.SynctestMapSyncRings].InnerMap
+	inner.MaxEntries = ringBytes
+	var objs bpf.SynctestObjects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		t.Fatalf("load synctest: %+v", err)
+	}
+	h := &host{objs: &objs, sync: newSyncMaps(&objs)}
+	if err := h.sync.SetupRings(inner); err != nil {
+		t.Fatal(err)
+	}
+	h.reg = syncer.Map{ID: synctestMapID, Name: "sync_test", M: objs.SyncTest}
+	t.Cleanup(func() { h.sync.Close(); objs.Close() })
+	return h
+}
+
+func newSyncMaps(objs *bpf.SynctestObjects) *maps.SyncMaps {
+	return &maps.SyncMaps{Rings: objs.SyncRings, Epoch: objs.SyncEpoch, Overflow: objs.SyncOverflow}
+}
+
+// frame is a UDP datagram to the synctest port carrying one command.
+func frame(op bpf.SynctestSynctestOp, key, count uint32, delta uint64) []byte {
+	b := make([]byte, 14+20+8+24)
+	b[12], b[13] = 0x08, 0x00
+	ip := b[14:]
+	ip[0], ip[8], ip[9] = 0x45, 64, 17
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+8+24))
+	copy(ip[12:], []byte{10, 0, 0, 1, 10, 0, 0, 2})
+	udp := ip[20:]
+	binary.BigEndian.PutUint16(udp[0:], 40000)
+	binary.BigEndian.PutUint16(udp[2:], 7777)
+	binary.BigEndian.PutUint16(udp[4:], 8+24)
+	cmd := bpf.SynctestSynctestCmd{Op: uint32(op), Count: count, Key: key, Delta: delta}
+	binary.Encode(udp[8:], binary.NativeEndian, cmd)
+	return b
+}
+
+func (h *host) send2(t testing.TB, f []byte) { h.send(t, f, 1) }
+
+func (h *host) send(t testing.TB, f []byte, repeat uint32) {
+	t.Helper()
+	ret, err := h.objs.XdpSynctest.Run(&ebpf.RunOptions{Data: f, Repeat: repeat})
+	if err != nil || ret != 1 /* XDP_DROP: consumed */ {
+		t.Fatalf("synctest run: ret %d, %v", ret, err)
+	}
+}
+
+// dump reads a map as key -> value with the queued epoch masked out (it
+// is each host's own business).
+func dump(t *testing.T, m *ebpf.Map) map[uint32][]byte {
+	t.Helper()
+	out := map[uint32][]byte{}
+	var k uint32
+	v := make([]byte, m.ValueSize())
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		c := slices.Clone(v)
+		binary.NativeEndian.PutUint64(c[8:], 0)
+		out[k] = c
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func equalMaps(t *testing.T, a, b *ebpf.Map) {
+	t.Helper()
+	da, db := dump(t, a), dump(t, b)
+	if len(da) != len(db) {
+		t.Fatalf("primary has %d entries, standby %d", len(da), len(db))
+	}
+	for k, v := range da {
+		if !bytes.Equal(v, db[k]) {
+			t.Fatalf("entry %d: primary %x, standby %x", k, v, db[k])
+		}
+	}
+}
+
+func newPeerMap(t *testing.T, h *host) syncer.Map {
+	t.Helper()
+	info, err := h.objs.SyncTest.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: info.Type, KeySize: info.KeySize, ValueSize: info.ValueSize, MaxEntries: info.MaxEntries})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Close() })
+	return syncer.Map{ID: synctestMapID, Name: "standby sync_test", M: m}
+}
+
+func tick(t *testing.T, e *syncer.Engine, a *syncer.Applier) int {
+	t.Helper()
+	n := 0
+	if err := e.Tick(func(d syncer.Delta) error { n++; return a.Apply(d) }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestMillionEntriesConverge: 1,000,000 distinct entries changed by
+// packets, a tenth of them then deleted and some changed again: after the
+// ticks, the standby's map equals the primary's, entry for entry.
+func TestMillionEntriesConverge(t *testing.T) {
+	h := newHost(t, 8<<20)
+	peer := newPeerMap(t, h)
+	e, err := syncer.NewEngine(h.sync, h.reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := syncer.NewApplier(peer)
+	const n, per = 1_000_000, 64
+	for k := uint32(0); k < n; k += per {
+		h.send(t, frame(bpf.SynctestSynctestOpST_UPSERT, k, per, uint64(k)+1), 1)
+		if k%(per*1000) == 0 {
+			tick(t, e, a)
+		}
+	}
+	tick(t, e, a)
+	deleted := 0
+	for k := uint32(0); k < n; k += per * 10 {
+		h.send(t, frame(bpf.SynctestSynctestOpST_DELETE, k, per, 0), 1)
+		deleted += per
+		h.send(t, frame(bpf.SynctestSynctestOpST_UPSERT, k+per, per, 7), 1)
+		if k%(per*10*500) == 0 {
+			tick(t, e, a)
+		}
+	}
+	tick(t, e, a)
+	if e.Stats.Rescans != 0 {
+		t.Fatalf("%d rescans: the rings overflowed, the test meant to exercise the rings", e.Stats.Rescans)
+	}
+	equalMaps(t, h.objs.SyncTest, peer.M)
+	if got := len(dump(t, peer.M)); got != n-deleted {
+		t.Fatalf("standby holds %d entries, want %d", got, n-deleted)
+	}
+	t.Logf("%d records, %d deltas, %d applied, %d deleted", e.Stats.Records, e.Stats.Deltas, a.Stats.Applied, a.Stats.Deleted)
+}
+
+// TestHotEntryOneDeltaPerTick: one entry changed 1,000,000 times costs one
+// ring record and one delta per tick, and the standby ends with the sum.
+func TestHotEntryOneDeltaPerTick(t *testing.T) {
+	h := newHost(t, 1<<20)
+	peer := newPeerMap(t, h)
+	e, _ := syncer.NewEngine(h.sync, h.reg)
+	a := syncer.NewApplier(peer)
+	const ticks, per = 10, 100_000
+	for i := range ticks {
+		h.send(t, frame(bpf.SynctestSynctestOpST_UPSERT, 42, 1, 3), per)
+		before := e.Stats.Records
+		if n := tick(t, e, a); n != 1 {
+			t.Fatalf("tick %d: %d deltas for one hot entry, want 1", i, n)
+		}
+		if r := e.Stats.Records - before; r != 1 {
+			t.Fatalf("tick %d: %d ring records for one hot entry, want 1", i, r)
+		}
+	}
+	var v bpf.SynctestSynctestVal
+	if err := peer.M.Lookup(uint32(42), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.Value != 3*ticks*per || v.Updates != ticks*per || v.Sync.Version != ticks*per {
+		t.Fatalf("standby entry %+v after %d changes", v, ticks*per)
+	}
+}
+
+// TestRingOverflowRescans: a ring too small for a tick's changes counts
+// the overflow; the engine answers with a rescan of the map, deletions
+// included, and the standby converges.
+func TestRingOverflowRescans(t *testing.T) {
+	h := newHost(t, 4096) // about 55 records
+	peer := newPeerMap(t, h)
+	e, _ := syncer.NewEngine(h.sync, h.reg)
+	a := syncer.NewApplier(peer)
+	for k := uint32(0); k < 5000; k += 50 {
+		h.send(t, frame(bpf.SynctestSynctestOpST_UPSERT, k, 50, 1), 1)
+	}
+	tick(t, e, a)
+	over, _ := h.sync.Overflows()
+	if over[synctestMapID] == 0 || e.Stats.Rescans != 1 {
+		t.Fatalf("overflow %d, rescans %d: want the overflow counted and one rescan", over[synctestMapID], e.Stats.Rescans)
+	}
+	equalMaps(t, h.objs.SyncTest, peer.M)
+	// Deletions whose tombstones overflow are found by the next rescan.
+	for k := uint32(0); k < 5000; k += 50 {
+		h.send(t, frame(bpf.SynctestSynctestOpST_DELETE, k, 25, 0), 1)
+	}
+	tick(t, e, a)
+	equalMaps(t, h.objs.SyncTest, peer.M)
+	if a.Stats.SnapshotDeleted == 0 {
+		t.Fatal("the rescan deleted nothing on the standby")
+	}
+	// Quiet again: no more rescans, plain deltas.
+	h.send(t, frame(bpf.SynctestSynctestOpST_UPSERT, 1, 1, 1), 1)
+	if n := tick(t, e, a); n != 1 || e.Stats.Rescans != 2 {
+		t.Fatalf("after the storm: %d deltas, %d rescans", n, e.Stats.Rescans)
+	}
+	equalMaps(t, h.objs.SyncTest, peer.M)
+}
+
+// TestApplierNeverGoesBack: an older version of an entry (a replayed
+// delta) does not overwrite a newer one; malformed deltas are refused.
+func TestApplierNeverGoesBack(t *testing.T) {
+	h := newHost(t, 1<<16)
+	peer := newPeerMap(t, h)
+	a := syncer.NewApplier(peer)
+	val := func(version, value uint64) []byte {
+		b, _ := binary.Append(nil, binary.NativeEndian, bpf.SynctestSynctestVal{Sync: bpf.SynctestSyncHdr{Version: version}, Value: value})
+		return b
+	}
+	key := binary.NativeEndian.AppendUint32(nil, 9)
+	for _, d := range []syncer.Delta{{Seq: 1, Map: 1, Op: syncer.OpUpsert, Key: key, Value: val(5, 50)}, {Seq: 2, Map: 1, Op: syncer.OpUpsert, Key: key, Value: val(3, 30)}} {
+		if err := a.Apply(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var v bpf.SynctestSynctestVal
+	peer.M.Lookup(uint32(9), &v)
+	if v.Value != 50 || a.Stats.Stale != 1 {
+		t.Fatalf("entry went back to %+v (stale %d)", v, a.Stats.Stale)
+	}
+	for i, d := range []syncer.Delta{
+		{Map: 7, Op: syncer.OpUpsert, Key: key, Value: val(9, 9)},
+		{Map: 1, Op: syncer.OpUpsert, Key: key[:2], Value: val(9, 9)},
+		{Map: 1, Op: syncer.OpUpsert, Key: key, Value: val(9, 9)[:10]},
+		{Map: 1, Op: 99, Key: key},
+	} {
+		if err := a.Apply(d); err == nil {
+			t.Errorf("malformed delta %d accepted", i)
+		}
+	}
+}
