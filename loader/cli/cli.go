@@ -56,6 +56,7 @@ Usage:
 Commands that write:
   up        load and attach the datapath (or replace it in place), then run the daemon
   down      detach and unpin everything tandem made
+  certs     create a pair CA and host certificates for the sync channel
 
 Commands that read:
   status    what is attached where, program ids, map fill, counters

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/tandem-net/tandem/syncer"
 )
 
 func run(args ...string) (string, string, int) {
@@ -58,6 +60,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"up", "eth0"}, `unexpected argument "eth0"`},
 		{[]string{"dump"}, "name one map"},
 		{[]string{"version", "x"}, "no arguments"},
+		{[]string{"certs"}, "name at least one host"},
+		{[]string{"certs", "gw=10.0.0"}, "not an IP address"},
 	}
 	for _, c := range cases {
 		_, errs, code := run(c.args...)
@@ -74,5 +78,23 @@ func TestVersion(t *testing.T) {
 	out, _, code := run("version")
 	if code != 0 || !strings.HasPrefix(out, "tandem dev (commit ") {
 		t.Fatalf("version: %d %q", code, out)
+	}
+}
+
+func TestCerts(t *testing.T) {
+	dir := t.TempDir()
+	out, errs, code := run("certs", "--dir", dir, "gw-a=127.0.0.1", "gw-b")
+	if code != 0 {
+		t.Fatalf("certs: %d %s", code, errs)
+	}
+	for _, want := range []string{"gw-a.pem", "gw-b-key.pem", "ca.pem"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %s: %s", want, out)
+		}
+	}
+	for _, h := range []string{"gw-a", "gw-b"} {
+		if _, err := syncer.TLSConfig(dir, h); err != nil {
+			t.Errorf("%s: %v", h, err)
+		}
 	}
 }

@@ -1,0 +1,254 @@
+package syncer
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const handshakeTimeout = 10 * time.Second
+
+// Receiver is the standby's end of the sync channel: it accepts the
+// primary, applies its deltas in sequence order and acknowledges them.
+type Receiver struct {
+	TLS     *tls.Config
+	Hello   Hello // this host's; LastApplied is kept current
+	Applier *Applier
+	Log     *slog.Logger
+
+	mu          sync.Mutex
+	lastApplied uint64
+	refused     atomic.Uint64
+	closed      atomic.Uint64
+}
+
+// LastApplied is the sequence number of the last delta applied.
+func (r *Receiver) LastApplied() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastApplied
+}
+
+// Refused counts peers refused at the handshake or hello; Closed counts
+// sessions closed for a bad frame or delta.
+func (r *Receiver) Refused() uint64 { return r.refused.Load() }
+func (r *Receiver) Closed() uint64  { return r.closed.Load() }
+
+// Serve accepts peers until ln closes, one session at a time.
+func (r *Receiver) Serve(ln net.Listener) error {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		r.handle(c)
+	}
+}
+
+func (r *Receiver) handle(c net.Conn) {
+	defer c.Close()
+	log := r.Log.With("peer", c.RemoteAddr().String())
+	tc := tls.Server(c, r.TLS)
+	c.SetDeadline(time.Now().Add(handshakeTimeout))
+	if err := tc.Handshake(); err != nil {
+		r.refused.Add(1)
+		log.Warn("sync peer refused: TLS handshake failed", "err", err)
+		return
+	}
+	fr := NewReader(tc)
+	m, err := fr.Next()
+	if err != nil || m.Hello == nil || m.Hello.Version != ProtocolVersion {
+		r.refused.Add(1)
+		log.Warn("sync peer refused: no valid hello", "err", err, "hello", m.Hello)
+		return
+	}
+	c.SetDeadline(time.Time{})
+	hello := r.Hello
+	hello.LastApplied = r.LastApplied()
+	w := bufio.NewWriter(tc)
+	w.Write(AppendHello(nil, hello))
+	if err := w.Flush(); err != nil {
+		log.Warn("sync session: send hello", "err", err)
+		return
+	}
+	log.Info("sync session open", "peer_last_sent", m.Hello.LastSent, "last_applied", hello.LastApplied)
+	for {
+		m, err := fr.Next()
+		if errors.Is(err, io.EOF) {
+			log.Info("sync session closed by the peer")
+			return
+		}
+		if err != nil {
+			r.closed.Add(1)
+			log.Warn("sync session closed", "reason", err)
+			return
+		}
+		if m.Delta == nil {
+			r.closed.Add(1)
+			log.Warn("sync session closed", "reason", "a frame other than a delta after hello")
+			return
+		}
+		if err := r.apply(*m.Delta); err != nil {
+			r.closed.Add(1)
+			log.Warn("sync session closed", "reason", err)
+			return
+		}
+		// Acknowledge once the reader has caught up with what arrived.
+		if fr.r.Buffered() == 0 {
+			w.Write(AppendAck(nil, r.LastApplied()))
+			if err := w.Flush(); err != nil {
+				log.Warn("sync session: send ack", "err", err)
+				return
+			}
+		}
+	}
+}
+
+// apply applies d if it is the next in sequence; a repeat is skipped and a
+// gap ends the session (the sender resyncs).
+func (r *Receiver) apply(d Delta) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.lastApplied != 0 && d.Seq <= r.lastApplied:
+		return nil
+	case r.lastApplied != 0 && d.Seq != r.lastApplied+1:
+		return fmt.Errorf("delta %d after %d: a gap", d.Seq, r.lastApplied)
+	}
+	if err := r.Applier.Apply(d); err != nil {
+		return err
+	}
+	r.lastApplied = d.Seq
+	return nil
+}
+
+// Sender is the primary's end: it streams deltas and keeps those not yet
+// acknowledged in a bounded journal.
+type Sender struct {
+	conn    *tls.Conn
+	w       *bufio.Writer
+	Peer    Hello
+	acked   atomic.Uint64
+	mu      sync.Mutex
+	journal []Delta
+	limit   int
+	done    chan struct{}
+	err     error
+}
+
+// ErrJournalFull means the peer acknowledges too slowly: more deltas are
+// unacknowledged than the journal holds.
+var ErrJournalFull = errors.New("sync journal full: the peer is not acknowledging")
+
+// Dial opens a session to the standby at addr.
+func Dial(ctx context.Context, addr string, cfg *tls.Config, hello Hello, journal int) (*Sender, error) {
+	d := tls.Dialer{Config: cfg, NetDialer: &net.Dialer{Timeout: handshakeTimeout}}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("dial sync peer %s: %w", addr, err)
+	}
+	tc := c.(*tls.Conn)
+	s := &Sender{conn: tc, w: bufio.NewWriterSize(tc, 256<<10), limit: journal, done: make(chan struct{})}
+	hello.Version = ProtocolVersion
+	s.w.Write(AppendHello(nil, hello))
+	if err := s.w.Flush(); err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("sync hello to %s: %w", addr, err)
+	}
+	fr := NewReader(tc)
+	tc.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	m, err := fr.Next()
+	if err != nil || m.Hello == nil {
+		tc.Close()
+		return nil, fmt.Errorf("sync hello from %s: %v", addr, err)
+	}
+	tc.SetReadDeadline(time.Time{})
+	s.Peer = *m.Hello
+	go s.readAcks(fr)
+	return s, nil
+}
+
+func (s *Sender) readAcks(fr *Reader) {
+	defer close(s.done)
+	for {
+		m, err := fr.Next()
+		if err != nil {
+			s.mu.Lock()
+			s.err = err
+			s.mu.Unlock()
+			return
+		}
+		if m.Ack == nil {
+			continue
+		}
+		s.acked.Store(*m.Ack)
+		s.mu.Lock()
+		i := 0
+		for i < len(s.journal) && s.journal[i].Seq <= *m.Ack {
+			i++
+		}
+		s.journal = s.journal[i:]
+		s.mu.Unlock()
+	}
+}
+
+// Send queues d (flushed by Flush) and keeps it until acknowledged.
+func (s *Sender) Send(d Delta) error {
+	s.mu.Lock()
+	if len(s.journal) >= s.limit {
+		s.mu.Unlock()
+		return ErrJournalFull
+	}
+	s.journal = append(s.journal, d)
+	s.mu.Unlock()
+	_, err := s.w.Write(AppendDelta(nil, d))
+	return err
+}
+
+// Flush sends what Send queued.
+func (s *Sender) Flush() error { return s.w.Flush() }
+
+// Acked is the highest sequence number the peer acknowledged.
+func (s *Sender) Acked() uint64 { return s.acked.Load() }
+
+// Unacked is how many deltas wait for an acknowledgement.
+func (s *Sender) Unacked() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.journal)
+}
+
+// WaitAcked waits until seq is acknowledged.
+func (s *Sender) WaitAcked(seq uint64, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for s.Acked() < seq {
+		select {
+		case <-s.done:
+			return fmt.Errorf("sync session ended before %d was acknowledged: %v", seq, s.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("delta %d not acknowledged within %s (acked %d)", seq, timeout, s.Acked())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return nil
+}
+
+// Close ends the session.
+func (s *Sender) Close() error {
+	err := s.conn.Close()
+	<-s.done
+	return err
+}
