@@ -1,6 +1,7 @@
 package syncer
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -19,6 +20,8 @@ const (
 	OpDelete        Op = 2 // a tombstone
 	OpSnapshotBegin Op = 3 // a full copy of map Map follows
 	OpSnapshotEnd   Op = 4 // the copy is complete: entries it did not name go
+	OpResync        Op = 5 // a resync of generation Value starts: the next delta is Seq+1
+	OpResyncDone    Op = 6 // the resync of generation Value is complete
 )
 
 // Delta is one change on its way to the peer.
@@ -51,6 +54,7 @@ type Engine struct {
 	order   []entryKey
 	over    []uint64 // overflow counts already answered with a rescan
 	seq     uint64
+	sent    map[entryKey]uint64 // the last delta sent for each entry, for incremental resync
 	Stats   Stats
 }
 
@@ -61,7 +65,7 @@ type Stats struct {
 
 // NewEngine drives s for the registered maps ms.
 func NewEngine(s *maps.SyncMaps, ms ...Map) (*Engine, error) {
-	e := &Engine{sync: s, maps: map[uint32]Map{}, waiting: map[entryKey]maps.SyncOp{}}
+	e := &Engine{sync: s, maps: map[uint32]Map{}, waiting: map[entryKey]maps.SyncOp{}, sent: map[entryKey]uint64{}}
 	for _, m := range ms {
 		if m.ID >= s.Overflow.MaxEntries() {
 			return nil, fmt.Errorf("map %s: id %d past the %d the datapath counts", m.Name, m.ID, s.Overflow.MaxEntries())
@@ -149,7 +153,69 @@ func (e *Engine) send(emit func(Delta) error, d Delta) error {
 	e.seq++
 	d.Seq = e.seq
 	e.Stats.Deltas++
+	if d.Op == OpUpsert || d.Op == OpDelete {
+		e.sent[entryKey{d.Map, string(d.Key)}] = d.Seq
+	}
 	return emit(d)
+}
+
+// Seq is the sequence number of the last delta emitted.
+func (e *Engine) Seq() uint64 { return e.seq }
+
+// SetSeq continues numbering after seq (a restarted primary, from its
+// metadata).
+func (e *Engine) SetSeq(seq uint64) { e.seq = seq }
+
+// Incremental sends, with their values read now, the entries whose last
+// delta came after seq: what a standby that applied up to seq is missing.
+func (e *Engine) Incremental(after uint64, emit func(Delta) error) (int, error) {
+	var keys []entryKey
+	for k, s := range e.sent {
+		if s > after {
+			keys = append(keys, k)
+		}
+	}
+	slices.SortFunc(keys, func(a, b entryKey) int { return cmp.Compare(e.sent[a], e.sent[b]) })
+	for _, k := range keys {
+		m, ok := e.maps[k.m]
+		if !ok {
+			continue
+		}
+		d := Delta{Map: k.m, Key: []byte(k.k)}
+		val := make([]byte, m.M.ValueSize())
+		switch err := m.M.Lookup(d.Key, val); {
+		case errors.Is(err, ebpf.ErrKeyNotExist):
+			d.Op = OpDelete
+		case err != nil:
+			return 0, fmt.Errorf("read %s: %w", m.Name, err)
+		default:
+			d.Op, d.Value = OpUpsert, val
+		}
+		if err := e.send(emit, d); err != nil {
+			return 0, err
+		}
+	}
+	return len(keys), nil
+}
+
+// Full sends every registered map whole.
+func (e *Engine) Full(emit func(Delta) error) error {
+	ids := make([]uint32, 0, len(e.maps))
+	for id := range e.maps {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		if err := e.rescan(id, emit); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Marker emits a resync marker for generation gen.
+func (e *Engine) Marker(op Op, gen uint64, emit func(Delta) error) error {
+	return e.send(emit, Delta{Op: op, Value: binary.BigEndian.AppendUint64(nil, gen)})
 }
 
 // rescan sends a whole map between snapshot markers.
@@ -206,8 +272,22 @@ func NewApplier(ms ...Map) *Applier {
 	return a
 }
 
+// Empty reports whether every map the applier writes is empty.
+func (a *Applier) Empty() bool {
+	for _, m := range a.maps {
+		key := make([]byte, m.M.KeySize())
+		if err := m.M.NextKey(nil, &key); err == nil {
+			return false
+		}
+	}
+	return true
+}
+
 // Apply applies one delta.
 func (a *Applier) Apply(d Delta) error {
+	if d.Op == OpResync || d.Op == OpResyncDone {
+		return nil // markers are the receiver's business
+	}
 	m, ok := a.maps[d.Map]
 	if !ok {
 		return fmt.Errorf("delta %d for unknown map %d", d.Seq, d.Map)

@@ -11,7 +11,8 @@ import (
 // The wire protocol between two tandem hosts, inside TLS 1.3:
 //
 //	frame   = length:u32 type:u8 body      (length counts type and body)
-//	HELLO   = version:u16 node:[16]byte generation:u64 lastSent:u64 lastApplied:u64
+//	HELLO   = version:u16 flags:u16 node:[16]byte generation:u64 peerGeneration:u64
+//	          lastSent:u64 lastApplied:u64
 //	DELTA   = seq:u64 map:u32 op:u8 keyLen:u16 valueLen:u32 key value
 //	ACK     = seq:u64
 //
@@ -33,14 +34,21 @@ const (
 	FrameAck   byte = 3
 )
 
-// Hello opens a session: who the sender is and where its journal stands.
+// Hello opens a session: who the sender is and where its streams stand.
 type Hello struct {
-	Version     uint16
-	Node        [16]byte
-	Generation  uint64
-	LastSent    uint64
-	LastApplied uint64
+	Version        uint16
+	Flags          uint16
+	Node           [16]byte
+	Generation     uint64 // the generation this host serves as primary
+	PeerGeneration uint64 // the generation its applied state came from (0: none, or incomplete)
+	LastSent       uint64
+	LastApplied    uint64
 }
+
+// HelloMapsEmpty: the sender's replicated maps hold nothing.
+const HelloMapsEmpty uint16 = 1
+
+const helloLen = 2 + 2 + 16 + 8 + 8 + 8 + 8
 
 // ErrFrame wraps every malformed-frame error.
 var ErrFrame = errors.New("malformed frame")
@@ -65,11 +73,13 @@ func AppendDelta(b []byte, d Delta) []byte {
 
 // AppendHello encodes h as a frame.
 func AppendHello(b []byte, h Hello) []byte {
-	b = binary.BigEndian.AppendUint32(b, 1+2+16+8+8+8)
+	b = binary.BigEndian.AppendUint32(b, 1+helloLen)
 	b = append(b, FrameHello)
 	b = binary.BigEndian.AppendUint16(b, h.Version)
+	b = binary.BigEndian.AppendUint16(b, h.Flags)
 	b = append(b, h.Node[:]...)
 	b = binary.BigEndian.AppendUint64(b, h.Generation)
+	b = binary.BigEndian.AppendUint64(b, h.PeerGeneration)
 	b = binary.BigEndian.AppendUint64(b, h.LastSent)
 	return binary.BigEndian.AppendUint64(b, h.LastApplied)
 }
@@ -129,14 +139,15 @@ func Decode(body []byte) (Message, error) {
 	t, p := body[0], body[1:]
 	switch t {
 	case FrameHello:
-		if len(p) != 2+16+8+8+8 {
+		if len(p) != helloLen {
 			return Message{}, frameErr("hello of %d bytes", len(p))
 		}
-		h := &Hello{Version: binary.BigEndian.Uint16(p)}
-		copy(h.Node[:], p[2:18])
-		h.Generation = binary.BigEndian.Uint64(p[18:])
-		h.LastSent = binary.BigEndian.Uint64(p[26:])
-		h.LastApplied = binary.BigEndian.Uint64(p[34:])
+		h := &Hello{Version: binary.BigEndian.Uint16(p), Flags: binary.BigEndian.Uint16(p[2:])}
+		copy(h.Node[:], p[4:20])
+		h.Generation = binary.BigEndian.Uint64(p[20:])
+		h.PeerGeneration = binary.BigEndian.Uint64(p[28:])
+		h.LastSent = binary.BigEndian.Uint64(p[36:])
+		h.LastApplied = binary.BigEndian.Uint64(p[44:])
 		return Message{Hello: h}, nil
 	case FrameAck:
 		if len(p) != 8 {
@@ -166,6 +177,10 @@ func Decode(body []byte) (Message, error) {
 		case OpSnapshotBegin, OpSnapshotEnd:
 			if kl != 0 || vl != 0 {
 				return Message{}, frameErr("delta %d: snapshot marker with a payload", d.Seq)
+			}
+		case OpResync, OpResyncDone:
+			if kl != 0 || vl != 8 {
+				return Message{}, frameErr("delta %d: resync marker without its generation", d.Seq)
 			}
 		default:
 			return Message{}, frameErr("delta %d: op %d", d.Seq, d.Op)

@@ -14,8 +14,9 @@ func TestFrameRoundTrip(t *testing.T) {
 		{Seq: 2, Map: 3, Op: OpDelete, Key: []byte{9, 9, 9, 9}},
 		{Seq: 3, Map: 1, Op: OpSnapshotBegin},
 		{Seq: 1 << 60, Map: 1, Op: OpSnapshotEnd},
+		{Seq: 5, Op: OpResync, Value: []byte{0, 0, 0, 0, 0, 0, 0, 7}},
 	}
-	h := Hello{Version: ProtocolVersion, Node: [16]byte{1, 2}, Generation: 7, LastSent: 8, LastApplied: 9}
+	h := Hello{Version: ProtocolVersion, Flags: HelloMapsEmpty, Node: [16]byte{1, 2}, Generation: 7, PeerGeneration: 6, LastSent: 8, LastApplied: 9}
 	var b []byte
 	b = AppendHello(b, h)
 	for _, d := range ds {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -26,8 +27,23 @@ type Receiver struct {
 
 	mu          sync.Mutex
 	lastApplied uint64
+	peerGen     uint64 // generation of the applied state; 0 while a resync is incomplete
 	refused     atomic.Uint64
 	closed      atomic.Uint64
+}
+
+// Restore starts the receiver from its saved metadata.
+func (r *Receiver) Restore(m Meta) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lastApplied, r.peerGen = m.LastApplied, m.PeerGeneration
+}
+
+// State is what the receiver would save in its metadata.
+func (r *Receiver) State() (lastApplied, peerGeneration uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastApplied, r.peerGen
 }
 
 // LastApplied is the sequence number of the last delta applied.
@@ -75,7 +91,10 @@ func (r *Receiver) handle(c net.Conn) {
 	}
 	c.SetDeadline(time.Time{})
 	hello := r.Hello
-	hello.LastApplied = r.LastApplied()
+	hello.LastApplied, hello.PeerGeneration = r.State()
+	if r.Applier.Empty() {
+		hello.Flags |= HelloMapsEmpty
+	}
 	w := bufio.NewWriter(tc)
 	w.Write(AppendHello(nil, hello))
 	if err := w.Flush(); err != nil {
@@ -121,10 +140,17 @@ func (r *Receiver) apply(d Delta) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	switch {
+	case d.Op == OpResync:
+		// A resync restarts the sequence; until it is done the applied
+		// state belongs to no generation (an interrupted resync means full).
+		r.peerGen, r.lastApplied = 0, d.Seq
+		return nil
 	case r.lastApplied != 0 && d.Seq <= r.lastApplied:
 		return nil
 	case r.lastApplied != 0 && d.Seq != r.lastApplied+1:
 		return fmt.Errorf("delta %d after %d: a gap", d.Seq, r.lastApplied)
+	case d.Op == OpResyncDone:
+		r.peerGen = binary.BigEndian.Uint64(d.Value)
 	}
 	if err := r.Applier.Apply(d); err != nil {
 		return err

@@ -1,0 +1,48 @@
+package syncer
+
+import "fmt"
+
+// Resync brings the standby at the other end of s up to date in the
+// cheapest safe mode, chosen from the primary's metadata, its journal and
+// what the standby said in its hello, and returns the mode and why. The
+// caller then streams live ticks.
+func Resync(meta Meta, j *Journal, e *Engine, s *Sender) (Mode, string, error) {
+	st := Standby{Node: s.Peer.Node, LastApplied: s.Peer.LastApplied, PeerGeneration: s.Peer.PeerGeneration, MapsEmpty: s.Peer.Flags&HelloMapsEmpty != 0}
+	meta.LastSent = e.Seq()
+	mode, why := ChooseMode(meta, j.Oldest(), st)
+	emit := func(d Delta) error {
+		j.Add(d)
+		return s.Send(d)
+	}
+	switch mode {
+	case ModeAligned:
+		return mode, why, nil
+	case ModeJournal:
+		ds, ok := j.From(st.LastApplied + 1)
+		if !ok {
+			return mode, why, fmt.Errorf("journal no longer holds %d", st.LastApplied+1)
+		}
+		for _, d := range ds {
+			if err := s.Send(d); err != nil {
+				return mode, why, err
+			}
+		}
+	case ModeIncremental, ModeFull:
+		if err := e.Marker(OpResync, meta.Generation, emit); err != nil {
+			return mode, why, err
+		}
+		var err error
+		if mode == ModeFull {
+			err = e.Full(emit)
+		} else {
+			_, err = e.Incremental(st.LastApplied, emit)
+		}
+		if err != nil {
+			return mode, why, err
+		}
+		if err := e.Marker(OpResyncDone, meta.Generation, emit); err != nil {
+			return mode, why, err
+		}
+	}
+	return mode, why, s.Flush()
+}
