@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 
 	"github.com/cilium/ebpf"
@@ -228,18 +229,53 @@ func (e *Engine) rescan(id uint32, emit func(Delta) error) error {
 	if err := e.send(emit, Delta{Map: id, Op: OpSnapshotBegin}); err != nil {
 		return err
 	}
-	key := make([]byte, m.M.KeySize())
-	val := make([]byte, m.M.ValueSize())
-	it := m.M.Iterate()
-	for it.Next(&key, &val) {
-		if err := e.send(emit, Delta{Map: id, Op: OpUpsert, Key: slices.Clone(key), Value: slices.Clone(val)}); err != nil {
-			return err
-		}
-	}
-	if err := it.Err(); err != nil {
+	err := batchScan(m.M, func(key, val []byte) error {
+		return e.send(emit, Delta{Map: id, Op: OpUpsert, Key: key, Value: val})
+	})
+	if err != nil {
 		return fmt.Errorf("rescan %s: %w", m.Name, err)
 	}
 	return e.send(emit, Delta{Map: id, Op: OpSnapshotEnd})
+}
+
+// batchScan reads a whole map with BPF_MAP_LOOKUP_BATCH, thousands of
+// entries a syscall, falling back to iteration where the kernel or map
+// type has no batch lookup. fn gets copies it may keep.
+func batchScan(m *ebpf.Map, fn func(key, val []byte) error) error {
+	const chunk = 4096
+	ks, vs := int(m.KeySize()), int(m.ValueSize())
+	keys := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(ks, reflect.TypeFor[byte]())), chunk, chunk)
+	vals := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(vs, reflect.TypeFor[byte]())), chunk, chunk)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys.Interface(), vals.Interface(), nil)
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return iterScan(m, fn)
+		}
+		for i := range n {
+			if ferr := fn(slices.Clone(keys.Index(i).Bytes()), slices.Clone(vals.Index(i).Bytes())); ferr != nil {
+				return ferr
+			}
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+func iterScan(m *ebpf.Map, fn func(key, val []byte) error) error {
+	key := make([]byte, m.KeySize())
+	val := make([]byte, m.ValueSize())
+	it := m.Iterate()
+	for it.Next(&key, &val) {
+		if err := fn(slices.Clone(key), slices.Clone(val)); err != nil {
+			return err
+		}
+	}
+	return it.Err()
 }
 
 // Version reads the sync_hdr version at the start of a value.
@@ -255,6 +291,7 @@ func Version(value []byte) uint64 {
 type Applier struct {
 	maps  map[uint32]Map
 	snap  map[uint32]map[string]bool
+	fresh map[uint32]bool // a snapshot into an empty map: nothing older to protect
 	Stats ApplyStats
 }
 
@@ -265,7 +302,7 @@ type ApplyStats struct {
 
 // NewApplier applies to ms.
 func NewApplier(ms ...Map) *Applier {
-	a := &Applier{maps: map[uint32]Map{}, snap: map[uint32]map[string]bool{}}
+	a := &Applier{maps: map[uint32]Map{}, snap: map[uint32]map[string]bool{}, fresh: map[uint32]bool{}}
 	for _, m := range ms {
 		a.maps[m.ID] = m
 	}
@@ -283,6 +320,65 @@ func (a *Applier) Empty() bool {
 	return true
 }
 
+// ApplyBatch applies deltas in order. Upserts of a snapshot into a map that
+// was empty when the snapshot began go in with one BPF_MAP_UPDATE_BATCH per
+// run (there is no older entry to protect); everything else goes one by
+// one through Apply.
+func (a *Applier) ApplyBatch(ds []Delta) error {
+	for i := 0; i < len(ds); {
+		d := ds[i]
+		if d.Op != OpUpsert || !a.fresh[d.Map] {
+			if err := a.Apply(d); err != nil {
+				return err
+			}
+			i++
+			continue
+		}
+		j := i
+		for j < len(ds) && ds[j].Op == OpUpsert && ds[j].Map == d.Map {
+			j++
+		}
+		if err := a.batchPut(ds[i:j]); err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+func (a *Applier) batchPut(ds []Delta) error {
+	m := a.maps[ds[0].Map]
+	ks, vs := int(m.M.KeySize()), int(m.M.ValueSize())
+	keys := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(ks, reflect.TypeFor[byte]())), len(ds), len(ds))
+	vals := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(vs, reflect.TypeFor[byte]())), len(ds), len(ds))
+	seen := a.snap[ds[0].Map]
+	for i, d := range ds {
+		if len(d.Key) != ks || len(d.Value) != vs {
+			return fmt.Errorf("delta %d: %d/%d bytes of key/value for %s", d.Seq, len(d.Key), len(d.Value), m.Name)
+		}
+		reflect.Copy(keys.Index(i), reflect.ValueOf(d.Key))
+		reflect.Copy(vals.Index(i), reflect.ValueOf(d.Value))
+		binary.NativeEndian.PutUint64(vals.Index(i).Bytes()[8:], 0)
+		if seen != nil {
+			seen[string(d.Key)] = true
+		}
+	}
+	n, err := m.M.BatchUpdate(keys.Interface(), vals.Interface(), nil)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		for _, d := range ds {
+			if err := a.Apply(d); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("apply %d deltas to %s: %w", len(ds), m.Name, err)
+	}
+	a.Stats.Applied += uint64(n)
+	return nil
+}
+
 // Apply applies one delta.
 func (a *Applier) Apply(d Delta) error {
 	if d.Op == OpResync || d.Op == OpResyncDone {
@@ -295,10 +391,13 @@ func (a *Applier) Apply(d Delta) error {
 	switch d.Op {
 	case OpSnapshotBegin:
 		a.snap[d.Map] = map[string]bool{}
+		key := make([]byte, m.M.KeySize())
+		a.fresh[d.Map] = m.M.NextKey(nil, &key) != nil
 		return nil
 	case OpSnapshotEnd:
 		seen := a.snap[d.Map]
 		delete(a.snap, d.Map)
+		delete(a.fresh, d.Map)
 		var gone [][]byte
 		key := make([]byte, m.M.KeySize())
 		it := m.M.Iterate()

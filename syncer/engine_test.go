@@ -23,7 +23,9 @@ type host struct {
 	reg  syncer.Map
 }
 
-func newHost(t *testing.T, ringBytes uint32) *host {
+func newHost(t *testing.T, ringBytes uint32) *host { return newHost2(t, ringBytes) }
+
+func newHost2(t testing.TB, ringBytes uint32) *host {
 	t.Helper()
 	testenv.RequireRoot(t)
 	spec, err := bpf.LoadSynctest()
@@ -111,7 +113,9 @@ func equalMaps(t *testing.T, a, b *ebpf.Map) {
 	}
 }
 
-func newPeerMap(t *testing.T, h *host) syncer.Map {
+func newPeerMap(t *testing.T, h *host) syncer.Map { return newPeerMapTB(t, h) }
+
+func newPeerMapTB(t testing.TB, h *host) syncer.Map {
 	t.Helper()
 	info, err := h.objs.SyncTest.Info()
 	if err != nil {

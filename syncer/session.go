@@ -102,61 +102,94 @@ func (r *Receiver) handle(c net.Conn) {
 		return
 	}
 	log.Info("sync session open", "peer_last_sent", m.Hello.LastSent, "last_applied", hello.LastApplied)
+	var batch []Delta
 	for {
 		m, err := fr.Next()
+		if err == nil && m.Delta == nil {
+			err = errors.New("a frame other than a delta after hello")
+		}
+		if err == nil {
+			batch = append(batch, *m.Delta)
+			// Keep collecting while more has arrived: one apply, one ack.
+			if fr.r.Buffered() > 0 && len(batch) < 4096 {
+				continue
+			}
+			err = r.apply(batch)
+			batch = batch[:0]
+			if err == nil {
+				w.Write(AppendAck(nil, r.LastApplied()))
+				if ferr := w.Flush(); ferr != nil {
+					log.Warn("sync session: send ack", "err", ferr)
+					return
+				}
+				continue
+			}
+		} else if len(batch) > 0 {
+			// What arrived intact before the bad frame is applied.
+			if aerr := r.apply(batch); aerr != nil {
+				err = aerr
+			}
+		}
 		if errors.Is(err, io.EOF) {
 			log.Info("sync session closed by the peer")
 			return
 		}
-		if err != nil {
-			r.closed.Add(1)
-			log.Warn("sync session closed", "reason", err)
-			return
-		}
-		if m.Delta == nil {
-			r.closed.Add(1)
-			log.Warn("sync session closed", "reason", "a frame other than a delta after hello")
-			return
-		}
-		if err := r.apply(*m.Delta); err != nil {
-			r.closed.Add(1)
-			log.Warn("sync session closed", "reason", err)
-			return
-		}
-		// Acknowledge once the reader has caught up with what arrived.
-		if fr.r.Buffered() == 0 {
-			w.Write(AppendAck(nil, r.LastApplied()))
-			if err := w.Flush(); err != nil {
-				log.Warn("sync session: send ack", "err", err)
-				return
-			}
-		}
+		r.closed.Add(1)
+		log.Warn("sync session closed", "reason", err)
+		return
 	}
 }
 
-// apply applies d if it is the next in sequence; a repeat is skipped and a
-// gap ends the session (the sender resyncs).
-func (r *Receiver) apply(d Delta) error {
+// apply applies ds in sequence order: repeats are skipped, markers move
+// the sequence and generation, and a gap ends the session (the sender
+// resyncs). On an error, what came before the bad delta stays applied.
+func (r *Receiver) apply(ds []Delta) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	switch {
-	case d.Op == OpResync:
-		// A resync restarts the sequence; until it is done the applied
-		// state belongs to no generation (an interrupted resync means full).
-		r.peerGen, r.lastApplied = 0, d.Seq
-		return nil
-	case r.lastApplied != 0 && d.Seq <= r.lastApplied:
-		return nil
-	case r.lastApplied != 0 && d.Seq != r.lastApplied+1:
-		return fmt.Errorf("delta %d after %d: a gap", d.Seq, r.lastApplied)
-	case d.Op == OpResyncDone:
-		r.peerGen = binary.BigEndian.Uint64(d.Value)
-	}
-	if err := r.Applier.Apply(d); err != nil {
+	var run []Delta
+	flush := func() error {
+		if len(run) == 0 {
+			return nil
+		}
+		err := r.Applier.ApplyBatch(run)
+		if err == nil {
+			r.lastApplied = run[len(run)-1].Seq
+		}
+		run = run[:0]
 		return err
 	}
-	r.lastApplied = d.Seq
-	return nil
+	for _, d := range ds {
+		next := r.lastApplied
+		if len(run) > 0 {
+			next = run[len(run)-1].Seq
+		}
+		switch {
+		case d.Op == OpResync:
+			// A resync restarts the sequence; until it is done the applied
+			// state belongs to no generation (an interrupted resync means full).
+			if err := flush(); err != nil {
+				return err
+			}
+			r.peerGen, r.lastApplied = 0, d.Seq
+			continue
+		case next != 0 && d.Seq <= next:
+			continue
+		case next != 0 && d.Seq != next+1:
+			if err := flush(); err != nil {
+				return err
+			}
+			return fmt.Errorf("delta %d after %d: a gap", d.Seq, next)
+		case d.Op == OpResyncDone:
+			if err := flush(); err != nil {
+				return err
+			}
+			r.peerGen = binary.BigEndian.Uint64(d.Value)
+			r.lastApplied = d.Seq
+			continue
+		}
+		run = append(run, d)
+	}
+	return flush()
 }
 
 // Sender is the primary's end: it streams deltas and keeps those not yet

@@ -15,7 +15,9 @@ import (
 )
 
 // pairCerts makes a pair CA with certificates for "primary" and "standby".
-func pairCerts(t *testing.T) string {
+func pairCerts(t *testing.T) string { return pairCertsTB(t) }
+
+func pairCertsTB(t testing.TB) string {
 	t.Helper()
 	dir := t.TempDir()
 	if err := syncer.MakeCerts(dir, map[string][]net.IP{"primary": {net.IPv4(127, 0, 0, 1)}, "standby": {net.IPv4(127, 0, 0, 1)}}, time.Hour); err != nil {
@@ -24,7 +26,19 @@ func pairCerts(t *testing.T) string {
 	return dir
 }
 
-func tlsConfig(t *testing.T, dir, name string) *tls.Config {
+func tlsConfig(t *testing.T, dir, name string) *tls.Config { return tlsConfigTB(t, dir, name) }
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func listen(t testing.TB) net.Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
+func tlsConfigTB(t testing.TB, dir, name string) *tls.Config {
 	t.Helper()
 	c, err := syncer.TLSConfig(dir, name)
 	if err != nil {
