@@ -325,12 +325,16 @@ func Version(value []byte) uint64 {
 }
 
 // Applier applies deltas to the peer's maps, in order, never moving an
-// entry back to an older version.
+// entry back to an older version. It keeps the version of every entry it
+// wrote (read once from the map with a batch scan when it first touches
+// it), so the check costs no syscall, and runs of upserts go in with one
+// BPF_MAP_UPDATE_BATCH. Only the applier writes a standby's replicated
+// maps, so its record of versions stays true.
 type Applier struct {
-	maps  map[uint32]Map
-	snap  map[uint32]map[string]bool
-	fresh map[uint32]bool // a snapshot into an empty map: nothing older to protect
-	Stats ApplyStats
+	maps     map[uint32]Map
+	snap     map[uint32]map[string]bool
+	versions map[uint32]map[string]uint64
+	Stats    ApplyStats
 }
 
 // ApplyStats count what the applier did.
@@ -340,7 +344,7 @@ type ApplyStats struct {
 
 // NewApplier applies to ms.
 func NewApplier(ms ...Map) *Applier {
-	a := &Applier{maps: map[uint32]Map{}, snap: map[uint32]map[string]bool{}, fresh: map[uint32]bool{}}
+	a := &Applier{maps: map[uint32]Map{}, snap: map[uint32]map[string]bool{}, versions: map[uint32]map[string]uint64{}}
 	for _, m := range ms {
 		a.maps[m.ID] = m
 	}
@@ -358,14 +362,29 @@ func (a *Applier) Empty() bool {
 	return true
 }
 
-// ApplyBatch applies deltas in order. Upserts of a snapshot into a map that
-// was empty when the snapshot began go in with one BPF_MAP_UPDATE_BATCH per
-// run (there is no older entry to protect); everything else goes one by
-// one through Apply.
+// known returns the versions of map id's entries, reading them on first use.
+func (a *Applier) known(id uint32) (map[string]uint64, error) {
+	if v, ok := a.versions[id]; ok {
+		return v, nil
+	}
+	v := map[string]uint64{}
+	err := batchScan(a.maps[id].M, func(key, val []byte) error {
+		v[string(key)] = Version(val)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read versions of %s: %w", a.maps[id].Name, err)
+	}
+	a.versions[id] = v
+	return v, nil
+}
+
+// ApplyBatch applies deltas in order; runs of upserts to one map go in
+// with one batch update.
 func (a *Applier) ApplyBatch(ds []Delta) error {
 	for i := 0; i < len(ds); {
 		d := ds[i]
-		if d.Op != OpUpsert || !a.fresh[d.Map] {
+		if _, ok := a.maps[d.Map]; !ok || d.Op != OpUpsert {
 			if err := a.Apply(d); err != nil {
 				return err
 			}
@@ -376,7 +395,7 @@ func (a *Applier) ApplyBatch(ds []Delta) error {
 		for j < len(ds) && ds[j].Op == OpUpsert && ds[j].Map == d.Map {
 			j++
 		}
-		if err := a.batchPut(ds[i:j]); err != nil {
+		if err := a.upserts(ds[i:j]); err != nil {
 			return err
 		}
 		i = j
@@ -384,34 +403,60 @@ func (a *Applier) ApplyBatch(ds []Delta) error {
 	return nil
 }
 
-func (a *Applier) batchPut(ds []Delta) error {
+// upserts applies a run of upserts to one map: the stale ones are dropped,
+// the rest written in one batch.
+// A malformed delta ends the run with an error after the ones before it
+// are applied.
+func (a *Applier) upserts(ds []Delta) error {
+	if len(ds) == 0 {
+		return nil
+	}
 	m := a.maps[ds[0].Map]
 	ks, vs := int(m.M.KeySize()), int(m.M.ValueSize())
-	keys := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(ks, reflect.TypeFor[byte]())), len(ds), len(ds))
-	vals := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(vs, reflect.TypeFor[byte]())), len(ds), len(ds))
-	seen := a.snap[ds[0].Map]
 	for i, d := range ds {
 		if len(d.Key) != ks || len(d.Value) != vs {
+			if err := a.upserts(ds[:i]); err != nil {
+				return err
+			}
 			return fmt.Errorf("delta %d: %d/%d bytes of key/value for %s", d.Seq, len(d.Key), len(d.Value), m.Name)
 		}
-		reflect.Copy(keys.Index(i), reflect.ValueOf(d.Key))
-		reflect.Copy(vals.Index(i), reflect.ValueOf(d.Value))
-		binary.NativeEndian.PutUint64(vals.Index(i).Bytes()[8:], 0)
+	}
+	vers, err := a.known(ds[0].Map)
+	if err != nil {
+		return err
+	}
+	keys := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(ks, reflect.TypeFor[byte]())), 0, len(ds))
+	vals := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(vs, reflect.TypeFor[byte]())), 0, len(ds))
+	seen := a.snap[ds[0].Map]
+	for _, d := range ds {
 		if seen != nil {
 			seen[string(d.Key)] = true
 		}
+		if cur, ok := vers[string(d.Key)]; ok && cur >= Version(d.Value) {
+			a.Stats.Stale++
+			continue
+		}
+		vers[string(d.Key)] = Version(d.Value)
+		i := keys.Len()
+		keys = reflect.Append(keys, reflect.Zero(keys.Type().Elem()))
+		vals = reflect.Append(vals, reflect.Zero(vals.Type().Elem()))
+		reflect.Copy(keys.Index(i), reflect.ValueOf(d.Key))
+		reflect.Copy(vals.Index(i), reflect.ValueOf(d.Value))
+		binary.NativeEndian.PutUint64(vals.Index(i).Bytes()[8:], 0) // queued_epoch is the primary's business
+	}
+	if keys.Len() == 0 {
+		return nil
 	}
 	n, err := m.M.BatchUpdate(keys.Interface(), vals.Interface(), nil)
 	if errors.Is(err, ebpf.ErrNotSupported) {
-		for _, d := range ds {
-			if err := a.Apply(d); err != nil {
-				return err
+		for i := range keys.Len() {
+			if err := m.M.Put(keys.Index(i).Bytes(), vals.Index(i).Bytes()); err != nil {
+				return fmt.Errorf("apply to %s: %w", m.Name, err)
 			}
 		}
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("apply %d deltas to %s: %w", len(ds), m.Name, err)
+		n = keys.Len()
+	} else if err != nil {
+		return fmt.Errorf("apply %d deltas to %s: %w", keys.Len(), m.Name, err)
 	}
 	a.Stats.Applied += uint64(n)
 	return nil
@@ -429,13 +474,10 @@ func (a *Applier) Apply(d Delta) error {
 	switch d.Op {
 	case OpSnapshotBegin:
 		a.snap[d.Map] = map[string]bool{}
-		key := make([]byte, m.M.KeySize())
-		a.fresh[d.Map] = m.M.NextKey(nil, &key) != nil
 		return nil
 	case OpSnapshotEnd:
 		seen := a.snap[d.Map]
 		delete(a.snap, d.Map)
-		delete(a.fresh, d.Map)
 		var gone [][]byte
 		key := make([]byte, m.M.KeySize())
 		it := m.M.Iterate()
@@ -452,6 +494,7 @@ func (a *Applier) Apply(d Delta) error {
 			if err := m.M.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return err
 			}
+			delete(a.versions[d.Map], string(k))
 			a.Stats.SnapshotDeleted++
 		}
 		return nil
@@ -462,27 +505,11 @@ func (a *Applier) Apply(d Delta) error {
 		if err := m.M.Delete(d.Key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 			return fmt.Errorf("apply delete to %s: %w", m.Name, err)
 		}
+		delete(a.versions[d.Map], string(d.Key))
 		a.Stats.Deleted++
 		return nil
 	case OpUpsert:
-		if len(d.Key) != int(m.M.KeySize()) || len(d.Value) != int(m.M.ValueSize()) {
-			return fmt.Errorf("delta %d: %d/%d bytes of key/value for %s", d.Seq, len(d.Key), len(d.Value), m.Name)
-		}
-		if s := a.snap[d.Map]; s != nil {
-			s[string(d.Key)] = true
-		}
-		cur := make([]byte, m.M.ValueSize())
-		if err := m.M.Lookup(d.Key, cur); err == nil && Version(cur) >= Version(d.Value) {
-			a.Stats.Stale++
-			return nil
-		}
-		val := slices.Clone(d.Value)
-		binary.NativeEndian.PutUint64(val[8:], 0) // queued_epoch is the primary's business
-		if err := m.M.Put(d.Key, val); err != nil {
-			return fmt.Errorf("apply to %s: %w", m.Name, err)
-		}
-		a.Stats.Applied++
-		return nil
+		return a.upserts([]Delta{d})
 	}
 	return fmt.Errorf("delta %d: unknown op %d", d.Seq, d.Op)
 }
