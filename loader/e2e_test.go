@@ -515,6 +515,18 @@ func TestDownClsact(t *testing.T) {
 	if len(st.Attachments) != 2 || st.Attachments[0].Via != "clsact" {
 		t.Fatalf("attachments: %+v", st.Attachments)
 	}
+	// Someone deletes tandem's filter: status says so and exits 1; up repairs.
+	if out, err := gw.Cmd("tc", "filter", "del", "dev", "eth0", "egress", "pref", "31341").CombinedOutput(); err != nil {
+		t.Fatalf("tc filter del: %v %s", err, out)
+	}
+	if r := tandem(t, gw, "status", "--bpffs", gw.BPFFS()); r.code != 1 || !strings.Contains(r.stdout, "filter is gone") {
+		t.Fatalf("status with a deleted filter: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	mustTandem(t, gw, "up", "--once", "-i", "eth0", "--ingress", "tc", "--tc", "clsact", "--bpffs", gw.BPFFS())
+	st = status(t, gw)
+	if !st.Healthy() {
+		t.Fatalf("up did not repair the filter: %+v", st.Attachments)
+	}
 	mustTandem(t, gw, "down", "--bpffs", gw.BPFFS())
 	out, _ = gw.Cmd("tc", "qdisc", "show", "dev", "eth0").CombinedOutput()
 	if bytes.Contains(out, []byte("clsact")) {
