@@ -10,17 +10,19 @@
 #include "include/sync.h"
 
 #define SYNCTEST_PORT 7777
-#define SYNCTEST_MAP_ID 1
 #define CMD_MAX_KEYS 64
+
+#define CMD_MAX_REPEAT 1024
 
 enum synctest_op {
 	ST_UPSERT = 1, /* value += delta for keys [key, key+count) */
-	ST_DELETE = 2,
+	ST_DELETE = 2, /* delete keys [key, key+count) */
+	ST_REPEAT = 3, /* value += delta for key, count times (a hot entry) */
 };
 
 struct synctest_cmd {
 	enum synctest_op op;
-	__u32 count; /* keys key .. key+count-1, at most CMD_MAX_KEYS */
+	__u32 count; /* keys key .. key+count-1, at most CMD_MAX_KEYS; ST_REPEAT: times, at most CMD_MAX_REPEAT */
 	__u32 key;
 	__u32 pad;
 	__u64 delta;
@@ -52,7 +54,7 @@ static __always_inline void apply_one(enum synctest_op op, __u32 key, __u64 delt
 
 	if (op == ST_DELETE) {
 		if (bpf_map_delete_elem(&sync_test, &key) == 0 && cfg_mark)
-			sync_mark_deleted(SYNCTEST_MAP_ID, &key, sizeof(key));
+			sync_mark_deleted(SYNC_MAP_TEST, &key, sizeof(key));
 		return;
 	}
 	v = bpf_map_lookup_elem(&sync_test, &key);
@@ -65,7 +67,20 @@ static __always_inline void apply_one(enum synctest_op op, __u32 key, __u64 delt
 	__sync_fetch_and_add(&v->value, delta);
 	__sync_fetch_and_add(&v->updates, 1);
 	if (cfg_mark)
-		sync_mark(SYNCTEST_MAP_ID, &v->sync, &key, sizeof(key));
+		sync_mark(SYNC_MAP_TEST, &v->sync, &key, sizeof(key));
+}
+
+struct repeat_ctx {
+	__u32 key;
+	__u64 delta;
+};
+
+static long repeat_one(__u32 i, void *data)
+{
+	struct repeat_ctx *rc = data;
+
+	apply_one(ST_UPSERT, rc->key, rc->delta);
+	return 0;
 }
 
 SEC("xdp")
@@ -82,6 +97,13 @@ int xdp_synctest(struct xdp_md *ctx)
 	cmd = data + (p.l4_off & 0x1ff) + sizeof(struct udphdr);
 	if ((void *)(cmd + 1) > data_end)
 		return XDP_DROP;
+	if (cmd->op == ST_REPEAT) {
+		struct repeat_ctx rc = {.key = cmd->key, .delta = cmd->delta};
+
+		/* bpf_loop: the verifier checks the body once, not 1024 times. */
+		bpf_loop(cmd->count < CMD_MAX_REPEAT ? cmd->count : CMD_MAX_REPEAT, repeat_one, &rc, 0);
+		return XDP_DROP;
+	}
 	for (i = 0; i < CMD_MAX_KEYS; i++) {
 		if (i >= cmd->count)
 			break;

@@ -19,6 +19,12 @@ type SynctestSyncHdr struct {
 	QueuedEpoch uint64
 }
 
+type SynctestSyncMapId uint32
+
+const (
+	SynctestSyncMapIdSYNC_MAP_TEST SynctestSyncMapId = 1
+)
+
 type SynctestSyncOp uint32
 
 const (
@@ -48,6 +54,7 @@ type SynctestSynctestOp uint32
 const (
 	SynctestSynctestOpST_UPSERT SynctestSynctestOp = 1
 	SynctestSynctestOpST_DELETE SynctestSynctestOp = 2
+	SynctestSynctestOpST_REPEAT SynctestSynctestOp = 3
 )
 
 type SynctestSynctestVal struct {
@@ -67,6 +74,7 @@ const (
 	SynctestMapSyncTest          = "sync_test"
 	SynctestProgXdpSynctest      = "xdp_synctest"
 	SynctestVarCfgMark           = "cfg_mark"
+	SynctestVarSyncMapIdLayout   = "sync_map_id_layout"
 	SynctestVarSyncRecLayout     = "sync_rec_layout"
 	SynctestVarSynctestCmdLayout = "synctest_cmd_layout"
 )
@@ -131,6 +139,7 @@ type SynctestMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type SynctestVariableSpecs struct {
 	CfgMark           *ebpf.VariableSpec `ebpf:"cfg_mark"`
+	SyncMapIdLayout   *ebpf.VariableSpec `ebpf:"sync_map_id_layout"`
 	SyncRecLayout     *ebpf.VariableSpec `ebpf:"sync_rec_layout"`
 	SynctestCmdLayout *ebpf.VariableSpec `ebpf:"synctest_cmd_layout"`
 }
@@ -175,6 +184,7 @@ func (m *SynctestMaps) Close() error {
 // It can be passed to LoadSynctestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SynctestVariables struct {
 	CfgMark           *ebpf.Variable `ebpf:"cfg_mark"`
+	SyncMapIdLayout   *ebpf.Variable `ebpf:"sync_map_id_layout"`
 	SyncRecLayout     *ebpf.Variable `ebpf:"sync_rec_layout"`
 	SynctestCmdLayout *ebpf.Variable `ebpf:"synctest_cmd_layout"`
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -21,17 +22,49 @@ import (
 //	tc         = "auto"     # auto | tcx | clsact
 //	gate       = "enforce"  # enforce | monitor
 //
+//	state_dir    = "/var/lib/tandem"  # sync metadata and status
+//	metrics_addr = "127.0.0.1:9474"   # Prometheus; empty: off
+//
 //	[[vip]]
 //	addr  = "192.0.2.10"
 //	owned = true            # default true; false: a standby for this VIP
+//
+//	[sync]
+//	role        = "primary"            # primary | standby; empty: no sync
+//	peer        = "192.0.2.2:7400"     # primary: the standby's address
+//	listen      = "0.0.0.0:7400"       # standby: where the primary connects
+//	certs       = "/etc/tandem/certs"  # from tandem certs, or your PKI
+//	name        = "gw-a"               # this host's certificate name
+//	interval    = "10ms"
+//	journal     = 262144               # deltas kept for a reconnecting standby
+//	journal_mib = 64
+//	ring_bytes  = 4194304              # each CPU's dirty ring
+//	test_iface  = ""                   # load the test-only synctest program here
 type FileConfig struct {
-	BPFFS      string      `toml:"bpffs"`
-	Interfaces []string    `toml:"interfaces"`
-	XDPMode    string      `toml:"xdp_mode"`
-	Ingress    string      `toml:"ingress"`
-	TC         string      `toml:"tc"`
-	Gate       string      `toml:"gate"`
-	VIPs       []VIPConfig `toml:"vip"`
+	BPFFS       string      `toml:"bpffs"`
+	Interfaces  []string    `toml:"interfaces"`
+	XDPMode     string      `toml:"xdp_mode"`
+	Ingress     string      `toml:"ingress"`
+	TC          string      `toml:"tc"`
+	Gate        string      `toml:"gate"`
+	StateDir    string      `toml:"state_dir"`
+	MetricsAddr string      `toml:"metrics_addr"`
+	VIPs        []VIPConfig `toml:"vip"`
+	Sync        SyncConfig  `toml:"sync"`
+}
+
+// SyncConfig is the [sync] table.
+type SyncConfig struct {
+	Role       string `toml:"role"`
+	Peer       string `toml:"peer"`
+	Listen     string `toml:"listen"`
+	Certs      string `toml:"certs"`
+	Name       string `toml:"name"`
+	Interval   string `toml:"interval"`
+	Journal    int    `toml:"journal"`
+	JournalMiB int    `toml:"journal_mib"`
+	RingBytes  uint32 `toml:"ring_bytes"`
+	TestIface  string `toml:"test_iface"`
 }
 
 // VIPConfig is one [[vip]] table.
@@ -43,14 +76,23 @@ type VIPConfig struct {
 // Defaults returns the options tandem uses when nothing says otherwise.
 func Defaults() Options {
 	return Options{
-		Pins:    maps.Pins{Root: maps.DefaultRoot},
-		XDPMode: XDPAuto,
-		Ingress: IngressXDP,
-		TC:      TCAuto,
-		Gate:    GateEnforce,
-		VIPs:    map[netip.Addr]bool{},
+		Pins:     maps.Pins{Root: maps.DefaultRoot},
+		XDPMode:  XDPAuto,
+		Ingress:  IngressXDP,
+		TC:       TCAuto,
+		Gate:     GateEnforce,
+		VIPs:     map[netip.Addr]bool{},
+		StateDir: DefaultStateDir,
+		Sync: SyncOptions{
+			Listen:   "0.0.0.0:7400",
+			Certs:    "/etc/tandem/certs",
+			Interval: 10 * time.Millisecond,
+		},
 	}
 }
+
+// DefaultStateDir holds the daemon's sync metadata and status.
+const DefaultStateDir = "/var/lib/tandem"
 
 // ReadConfig parses a config file strictly: unknown keys and bad values
 // are errors that name the file and the key.
@@ -90,6 +132,30 @@ func (fc *FileConfig) Apply(o *Options) error {
 	set(&o.Ingress, fc.Ingress)
 	set(&o.TC, fc.TC)
 	set(&o.Gate, fc.Gate)
+	set(&o.StateDir, fc.StateDir)
+	set(&o.MetricsAddr, fc.MetricsAddr)
+	set(&o.Sync.Role, fc.Sync.Role)
+	set(&o.Sync.Peer, fc.Sync.Peer)
+	set(&o.Sync.Listen, fc.Sync.Listen)
+	set(&o.Sync.Certs, fc.Sync.Certs)
+	set(&o.Sync.Name, fc.Sync.Name)
+	set(&o.SyncTestIface, fc.Sync.TestIface)
+	if fc.Sync.Interval != "" {
+		d, err := time.ParseDuration(fc.Sync.Interval)
+		if err != nil {
+			return fmt.Errorf("config: sync.interval %q: %v", fc.Sync.Interval, err)
+		}
+		o.Sync.Interval = d
+	}
+	if fc.Sync.Journal != 0 {
+		o.Sync.Journal = fc.Sync.Journal
+	}
+	if fc.Sync.JournalMiB != 0 {
+		o.Sync.JournalMiB = fc.Sync.JournalMiB
+	}
+	if fc.Sync.RingBytes != 0 {
+		o.RingBytes = fc.Sync.RingBytes
+	}
 	if len(fc.Interfaces) > 0 {
 		o.Interfaces = append([]string(nil), fc.Interfaces...)
 	}

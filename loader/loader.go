@@ -14,6 +14,7 @@ import (
 	"os"
 	"slices"
 	"syscall"
+	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -50,7 +51,32 @@ type Options struct {
 	TC         string // auto, tcx, clsact
 	Gate       string // enforce, monitor
 	VIPs       map[netip.Addr]bool
-	Log        *slog.Logger
+	// SyncTestIface, when set, also loads the test-only synctest program
+	// (bpf/synctest.c) on that interface's XDP hook, for labs and tests.
+	SyncTestIface string
+	RingBytes     uint32 // each CPU's dirty ring; 0: maps.DefaultRingBytes
+	StateDir      string // the daemon's sync metadata and status
+	MetricsAddr   string // the daemon's Prometheus endpoint; "": none
+	Sync          SyncOptions
+	Log           *slog.Logger
+}
+
+// Sync roles accepted by --sync-role ("" runs no sync).
+const (
+	SyncPrimary = "primary"
+	SyncStandby = "standby"
+)
+
+// SyncOptions configure the state sync the daemon runs.
+type SyncOptions struct {
+	Role       string // "", primary, standby
+	Peer       string // primary: the standby's HOST:PORT
+	Listen     string // standby: ADDR:PORT to accept the primary on
+	Certs      string // directory laid out as tandem certs makes it
+	Name       string // this host's certificate name; "": the hostname
+	Interval   time.Duration
+	Journal    int
+	JournalMiB int
 }
 
 // Validate checks the choices, not the machine.
@@ -74,6 +100,37 @@ func (o *Options) Validate() error {
 			errs = append(errs, fmt.Errorf("interface %s named twice", i))
 		}
 		seen[i] = true
+	}
+	if o.SyncTestIface != "" && seen[o.SyncTestIface] {
+		errs = append(errs, fmt.Errorf("--sync-test-iface %s: also a datapath interface; give the test program an interface of its own", o.SyncTestIface))
+	}
+	if o.Sync.Role != "" {
+		oneOf("sync-role", o.Sync.Role, SyncPrimary, SyncStandby)
+	}
+	if o.Sync.Role == SyncPrimary && o.Sync.Peer == "" {
+		errs = append(errs, errors.New("--sync-role primary: name the standby with --sync-peer HOST:PORT"))
+	}
+	if o.Sync.Role == SyncStandby && o.Sync.Listen == "" {
+		errs = append(errs, errors.New("--sync-role standby: give --sync-listen ADDR:PORT"))
+	}
+	if o.Sync.Interval <= 0 {
+		errs = append(errs, fmt.Errorf("--sync-interval %s: must be positive", o.Sync.Interval))
+	}
+	if o.Sync.Journal < 0 || o.Sync.JournalMiB < 0 {
+		errs = append(errs, errors.New("--sync-journal and --sync-journal-mib cannot be negative"))
+	}
+	for _, fa := range [][2]string{{"sync-peer", o.Sync.Peer}, {"sync-listen", o.Sync.Listen}, {"metrics-addr", o.MetricsAddr}} {
+		if fa[1] == "" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(fa[1]); err != nil {
+			errs = append(errs, fmt.Errorf("--%s %q: want HOST:PORT", fa[0], fa[1]))
+		}
+	}
+	if o.RingBytes != 0 {
+		if _, err := maps.RingSpec(o.RingBytes); err != nil {
+			errs = append(errs, fmt.Errorf("--sync-ring-bytes: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -112,6 +169,12 @@ func Up(o Options) (_ *Result, err error) {
 			return nil, fmt.Errorf("interface %s: not found in this network namespace (see `ip link`)", name)
 		}
 		ifaces = append(ifaces, iface)
+	}
+	var testIface *net.Interface
+	if o.SyncTestIface != "" {
+		if testIface, err = net.InterfaceByName(o.SyncTestIface); err != nil {
+			return nil, fmt.Errorf("--sync-test-iface %s: not found in this network namespace (see `ip link`)", o.SyncTestIface)
+		}
 	}
 
 	_, statErr := os.Stat(o.Pins.Root)
@@ -182,6 +245,15 @@ func Up(o Options) (_ *Result, err error) {
 			return res, err
 		}
 		res.Attachments = append(res.Attachments, a)
+	}
+	if testIface != nil {
+		a, err := upSyncTest(o, testIface)
+		if a != nil {
+			res.Attachments = append(res.Attachments, a)
+		}
+		if err != nil {
+			return res, err
+		}
 	}
 	for _, a := range res.Attachments {
 		want[a.Pin] = true
@@ -255,6 +327,9 @@ func (o *Options) ExpectedPins() []string {
 	var out []string
 	for _, i := range o.Interfaces {
 		out = append(out, maps.AttachName(ingress, i), maps.AttachName(egress, i))
+	}
+	if o.SyncTestIface != "" {
+		out = append(out, maps.AttachName(KindXDP, o.SyncTestIface))
 	}
 	return out
 }
@@ -418,17 +493,15 @@ func down(pins maps.Pins, log *slog.Logger) (*DownResult, error) {
 		res.Detached = append(res.Detached, e)
 		log.Info("detached", "attachment", e)
 	}
-	spec, err := bpf.LoadVipgate()
+	progs, pinned, err := embeddedNames()
 	if err != nil {
-		return nil, fmt.Errorf("read embedded programs: %w", err)
+		return nil, err
 	}
-	for name := range spec.Programs {
+	for _, name := range progs {
 		res.Unpinned = append(res.Unpinned, removePin(pins.Prog(name), &errs)...)
 	}
-	for name, m := range spec.Maps {
-		if m.Pinning == ebpf.PinByName {
-			res.Unpinned = append(res.Unpinned, removePin(pins.Map(name), &errs)...)
-		}
+	for _, name := range pinned {
+		res.Unpinned = append(res.Unpinned, removePin(pins.Map(name), &errs)...)
 	}
 	for _, d := range []string{pins.AttachDir(), pins.ProgsDir(), pins.MapsDir(), pins.Root} {
 		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {

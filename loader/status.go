@@ -78,11 +78,11 @@ func ReadStatus(pins maps.Pins) (*Status, error) {
 		}
 		st.Attachments = append(st.Attachments, inspect(pins, e, kind, ifname))
 	}
-	spec, err := bpf.LoadVipgate()
+	progNames, mapNames, err := embeddedNames()
 	if err != nil {
-		return nil, fmt.Errorf("read embedded programs: %w", err)
+		return nil, err
 	}
-	for name := range spec.Programs {
+	for _, name := range progNames {
 		p, err := ebpf.LoadPinnedProgram(pins.Prog(name), nil)
 		if err != nil {
 			continue
@@ -96,7 +96,7 @@ func ReadStatus(pins maps.Pins) (*Status, error) {
 		st.Programs = append(st.Programs, ps)
 	}
 	sortBy(st.Programs, func(p ProgStatus) string { return p.Name })
-	for name := range spec.Maps {
+	for _, name := range mapNames {
 		m, err := ebpf.LoadPinnedMap(pins.Map(name), nil)
 		if err != nil {
 			continue
@@ -240,4 +240,24 @@ func progName(id ebpf.ProgramID) string {
 
 func sortBy[T any](s []T, key func(T) string) {
 	slices.SortFunc(s, func(a, b T) int { return strings.Compare(key(a), key(b)) })
+}
+
+// embeddedNames lists the programs and the pinned maps of every embedded
+// object, each name once.
+func embeddedNames() (progs, pinned []string, err error) {
+	for _, load := range []func() (*ebpf.CollectionSpec, error){bpf.LoadVipgate, bpf.LoadSynctest} {
+		spec, err := load()
+		if err != nil {
+			return nil, nil, fmt.Errorf("read embedded programs: %w", err)
+		}
+		for name := range spec.Programs {
+			progs = append(progs, name)
+		}
+		for name, m := range spec.Maps {
+			if m.Pinning == ebpf.PinByName && !slices.Contains(pinned, name) {
+				pinned = append(pinned, name)
+			}
+		}
+	}
+	return progs, pinned, nil
 }

@@ -32,6 +32,7 @@ type SyncMaps struct {
 	Epoch    *ebpf.Map // [0]: the current drain epoch
 	Overflow *ebpf.Map // per-CPU count of records lost to a full ring, per map id
 	readers  []*ringbuf.Reader
+	owned    bool // opened from pins: Close closes the maps too
 }
 
 // SetupRings gives every possible CPU its dirty ring: rings already in the
@@ -87,6 +88,9 @@ func (s *SyncMaps) Close() {
 		r.Close()
 	}
 	s.readers = nil
+	if s.owned {
+		s.closeMaps()
+	}
 }
 
 // Drain reads every record that is in the rings now, without waiting
@@ -142,6 +146,85 @@ func (s *SyncMaps) Overflows() ([]uint64, error) {
 		for _, n := range per {
 			out[id] += n
 		}
+	}
+	return out, nil
+}
+
+// SyncedMap is a map registered with the state sync: the id its programs
+// pass to sync_mark (bpf/include/sync.h's enum sync_map_id) and its pin name.
+type SyncedMap struct {
+	ID   uint32
+	Name string
+}
+
+// Synced lists every registered map. A daemon replicates those that are
+// pinned (their program is loaded) and ignores the rest.
+var Synced = []SyncedMap{
+	{ID: uint32(bpf.SynctestSyncMapIdSYNC_MAP_TEST), Name: bpf.SynctestMapSyncTest},
+}
+
+// DefaultRingBytes is each CPU's dirty ring: 64-byte records, so 65536
+// changed entries per CPU per tick before the ring overflows into a rescan.
+const DefaultRingBytes = 4 << 20
+
+// RingSpec is the spec of one CPU's dirty ring of size bytes.
+func RingSpec(bytes uint32) (*ebpf.MapSpec, error) {
+	page := uint32(os.Getpagesize())
+	if bytes < page || bytes&(bytes-1) != 0 {
+		return nil, fmt.Errorf("dirty ring of %d bytes: want a power of two of at least %d (the page size)", bytes, page)
+	}
+	spec, err := bpf.LoadSynctest()
+	if err != nil {
+		return nil, err
+	}
+	inner := spec.Maps[bpf.SynctestMapSyncRings].InnerMap.Copy()
+	inner.MaxEntries = bytes
+	return inner, nil
+}
+
+// OpenSyncMaps opens the pinned sync plumbing under pins. It fails with
+// os.ErrNotExist when no program that replicates state is loaded.
+func OpenSyncMaps(pins Pins) (*SyncMaps, error) {
+	s := &SyncMaps{}
+	for name, dst := range map[string]**ebpf.Map{
+		bpf.SynctestMapSyncRings:    &s.Rings,
+		bpf.SynctestMapSyncEpoch:    &s.Epoch,
+		bpf.SynctestMapSyncOverflow: &s.Overflow,
+	} {
+		m, err := ebpf.LoadPinnedMap(pins.Map(name), nil)
+		if err != nil {
+			s.closeMaps()
+			return nil, fmt.Errorf("open %s: %w", pins.Map(name), err)
+		}
+		*dst = m
+	}
+	s.owned = true
+	return s, nil
+}
+
+func (s *SyncMaps) closeMaps() {
+	for _, m := range []*ebpf.Map{s.Rings, s.Epoch, s.Overflow} {
+		if m != nil {
+			m.Close()
+		}
+	}
+}
+
+// OpenSynced opens the registered maps pinned under pins.
+func OpenSynced(pins Pins) (map[SyncedMap]*ebpf.Map, error) {
+	out := map[SyncedMap]*ebpf.Map{}
+	for _, r := range Synced {
+		m, err := ebpf.LoadPinnedMap(pins.Map(r.Name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			for _, m := range out {
+				m.Close()
+			}
+			return nil, fmt.Errorf("open %s: %w", pins.Map(r.Name), err)
+		}
+		out[r] = m
 	}
 	return out, nil
 }

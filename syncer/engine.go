@@ -334,7 +334,11 @@ type Applier struct {
 	maps     map[uint32]Map
 	snap     map[uint32]map[string]bool
 	versions map[uint32]map[string]uint64
-	Stats    ApplyStats
+	// resyncing: between a resync's markers the primary's values are the
+	// truth whatever their versions (a new primary may count lower than
+	// the one before it); the version check guards streams and replays.
+	resyncing bool
+	Stats     ApplyStats
 }
 
 // ApplyStats count what the applier did.
@@ -432,7 +436,7 @@ func (a *Applier) upserts(ds []Delta) error {
 		if seen != nil {
 			seen[string(d.Key)] = true
 		}
-		if cur, ok := vers[string(d.Key)]; ok && cur >= Version(d.Value) {
+		if cur, ok := vers[string(d.Key)]; ok && !a.resyncing && cur >= Version(d.Value) {
 			a.Stats.Stale++
 			continue
 		}
@@ -512,4 +516,32 @@ func (a *Applier) Apply(d Delta) error {
 		return a.upserts([]Delta{d})
 	}
 	return fmt.Errorf("delta %d: unknown op %d", d.Seq, d.Op)
+}
+
+// Discard drains the rings and advances the epoch without sending: a
+// standby's own programs may mark entries, and its rings must not fill
+// (the applier's writes from user space mark nothing).
+func (e *Engine) Discard() (int, error) {
+	n, err := e.sync.Drain(func(*maps.SyncRec) {})
+	if err != nil {
+		return n, err
+	}
+	if e.over, err = e.sync.Overflows(); err != nil {
+		return n, err
+	}
+	_, err = e.sync.AdvanceEpoch()
+	return n, err
+}
+
+// Overflows is, per map id, the ring overflows seen so far.
+func (e *Engine) Overflows() []uint64 { return e.over }
+
+// Maps lists the registered maps.
+func (e *Engine) Maps() []Map {
+	out := make([]Map, 0, len(e.maps))
+	for _, m := range e.maps {
+		out = append(out, m)
+	}
+	slices.SortFunc(out, func(a, b Map) int { return cmp.Compare(a.ID, b.ID) })
+	return out
 }

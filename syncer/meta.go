@@ -51,10 +51,16 @@ func (m Meta) Save(path string) error {
 	if err != nil {
 		return err
 	}
+	return writeAtomic(path, data, true)
+}
+
+// writeAtomic replaces path with data so that a reader (or a crash) sees
+// the old file or the new one, never a mix; durable asks for an fsync.
+func writeAtomic(path string, data []byte, durable bool) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".meta-*")
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
 	if err != nil {
 		return err
 	}
@@ -63,9 +69,11 @@ func (m Meta) Save(path string) error {
 		f.Close()
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
+	if durable {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err

@@ -7,11 +7,25 @@ import "fmt"
 // what the standby said in its hello, and returns the mode and why. The
 // caller then streams live ticks.
 func Resync(meta Meta, j *Journal, e *Engine, s *Sender) (Mode, string, error) {
+	return ResyncProgress(meta, j, e, s, nil)
+}
+
+// ResyncProgress is Resync calling progress with the mode, why, and the
+// deltas sent so far: once when the mode is chosen and then every 65536.
+func ResyncProgress(meta Meta, j *Journal, e *Engine, s *Sender, progress func(m Mode, why string, sent int)) (Mode, string, error) {
 	st := Standby{Node: s.Peer.Node, LastApplied: s.Peer.LastApplied, PeerGeneration: s.Peer.PeerGeneration, MapsEmpty: s.Peer.Flags&HelloMapsEmpty != 0}
 	meta.LastSent = e.Seq()
 	mode, why := ChooseMode(meta, j.Oldest(), st)
+	sent := 0
+	if progress == nil {
+		progress = func(Mode, string, int) {}
+	}
+	progress(mode, why, 0)
 	emit := func(d Delta) error {
 		j.Add(d)
+		if sent++; sent%65536 == 0 {
+			progress(mode, why, sent)
+		}
 		return s.Send(d)
 	}
 	switch mode {
@@ -25,6 +39,9 @@ func Resync(meta Meta, j *Journal, e *Engine, s *Sender) (Mode, string, error) {
 		for _, d := range ds {
 			if err := s.Send(d); err != nil {
 				return mode, why, err
+			}
+			if sent++; sent%65536 == 0 {
+				progress(mode, why, sent)
 			}
 		}
 	case ModeIncremental, ModeFull:

@@ -30,6 +30,21 @@ type Receiver struct {
 	peerGen     uint64 // generation of the applied state; 0 while a resync is incomplete
 	refused     atomic.Uint64
 	closed      atomic.Uint64
+	applied     atomic.Uint64 // deltas applied (markers included)
+	sessions    atomic.Uint64
+	peer        atomic.Pointer[string] // the primary's address while a session is open
+}
+
+// Applied counts deltas applied; Sessions counts sessions opened.
+func (r *Receiver) Applied() uint64  { return r.applied.Load() }
+func (r *Receiver) Sessions() uint64 { return r.sessions.Load() }
+
+// Peer is the address of the primary of the open session, "" when none.
+func (r *Receiver) Peer() string {
+	if p := r.peer.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // Restore starts the receiver from its saved metadata.
@@ -102,6 +117,10 @@ func (r *Receiver) handle(c net.Conn) {
 		return
 	}
 	log.Info("sync session open", "peer_last_sent", m.Hello.LastSent, "last_applied", hello.LastApplied)
+	r.sessions.Add(1)
+	addr := c.RemoteAddr().String()
+	r.peer.Store(&addr)
+	defer r.peer.Store(nil)
 	var batch []Delta
 	for {
 		m, err := fr.Next()
@@ -154,6 +173,7 @@ func (r *Receiver) apply(ds []Delta) error {
 		err := r.Applier.ApplyBatch(run)
 		if err == nil {
 			r.lastApplied = run[len(run)-1].Seq
+			r.applied.Add(uint64(len(run)))
 		}
 		run = run[:0]
 		return err
@@ -171,6 +191,7 @@ func (r *Receiver) apply(ds []Delta) error {
 				return err
 			}
 			r.peerGen, r.lastApplied = 0, d.Seq
+			r.Applier.resyncing = true
 			continue
 		case next != 0 && d.Seq <= next:
 			continue
@@ -185,6 +206,7 @@ func (r *Receiver) apply(ds []Delta) error {
 			}
 			r.peerGen = binary.BigEndian.Uint64(d.Value)
 			r.lastApplied = d.Seq
+			r.Applier.resyncing = false
 			continue
 		}
 		run = append(run, d)
@@ -203,6 +225,7 @@ type Sender struct {
 	journal []Delta
 	limit   int
 	done    chan struct{}
+	acks    chan struct{} // a token after each ack: the lag clock reads it
 	err     error
 }
 
@@ -218,7 +241,7 @@ func Dial(ctx context.Context, addr string, cfg *tls.Config, hello Hello, journa
 		return nil, fmt.Errorf("dial sync peer %s: %w", addr, err)
 	}
 	tc := c.(*tls.Conn)
-	s := &Sender{conn: tc, w: bufio.NewWriterSize(tc, 256<<10), limit: journal, done: make(chan struct{})}
+	s := &Sender{conn: tc, w: bufio.NewWriterSize(tc, 256<<10), limit: journal, done: make(chan struct{}), acks: make(chan struct{}, 1)}
 	hello.Version = ProtocolVersion
 	s.w.Write(AppendHello(nil, hello))
 	if err := s.w.Flush(); err != nil {
@@ -259,7 +282,25 @@ func (s *Sender) readAcks(fr *Reader) {
 		}
 		s.journal = s.journal[i:]
 		s.mu.Unlock()
+		select {
+		case s.acks <- struct{}{}:
+		default:
+		}
 	}
+}
+
+// AckNotify receives a token when an ack arrives (tokens coalesce).
+func (s *Sender) AckNotify() <-chan struct{} { return s.acks }
+
+// Done is closed when the session ends (the peer closed it or a read
+// failed); Err then says why.
+func (s *Sender) Done() <-chan struct{} { return s.done }
+
+// Err is why the session ended, nil while it runs.
+func (s *Sender) Err() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.err
 }
 
 // Send queues d (flushed by Flush) and keeps it until acknowledged.

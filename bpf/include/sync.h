@@ -31,6 +31,13 @@ struct sync_hdr {
 	__u64 queued_epoch;  /* the drain epoch in which this entry went into a ring */
 };
 
+/* Registered maps: the id a program passes to sync_mark names the map to
+ * the syncer and to the peer. Ids are part of the wire protocol: never
+ * reuse one. */
+enum sync_map_id {
+	SYNC_MAP_TEST = 1, /* synctest.c's sync_test */
+};
+
 enum sync_op {
 	SYNC_OP_UPSERT = 1,
 	SYNC_OP_DELETE = 2,
@@ -44,8 +51,10 @@ struct sync_rec {
 	__u8 key[SYNC_KEY_MAX];
 };
 
-/* Never read: keeps struct sync_rec in BTF, so bpf2go emits its Go type. */
+/* Never read: keep struct sync_rec and the map ids in BTF, so bpf2go
+ * emits their Go types and constants. */
 const volatile struct sync_rec sync_rec_layout = {};
+const volatile enum sync_map_id sync_map_id_layout = 0;
 
 struct sync_ring {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

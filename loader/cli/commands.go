@@ -16,19 +16,22 @@ import (
 
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/maps"
+	"github.com/tandem-net/tandem/syncer"
 )
 
 // rootFlags are shared by every command that finds the pins.
 type rootFlags struct {
-	config string
-	bpffs  string
-	fs     *pflag.FlagSet
+	config   string
+	bpffs    string
+	stateDir string
+	fs       *pflag.FlagSet
 }
 
 func addRootFlags(fs *pflag.FlagSet) *rootFlags {
 	r := &rootFlags{fs: fs}
 	fs.StringVarP(&r.config, "config", "c", "", "host config file (TOML); flags override its values")
 	fs.StringVar(&r.bpffs, "bpffs", maps.DefaultRoot, "root under which maps, programs and links are pinned")
+	fs.StringVar(&r.stateDir, "state-dir", loader.DefaultStateDir, "where the daemon keeps its sync metadata and status")
 	return r
 }
 
@@ -48,6 +51,9 @@ func (r *rootFlags) options() (loader.Options, error) {
 	if r.fs.Changed("bpffs") {
 		o.Pins.Root = r.bpffs
 	}
+	if r.fs.Changed("state-dir") {
+		o.StateDir = r.stateDir
+	}
 	return o, nil
 }
 
@@ -62,6 +68,10 @@ type upFlags struct {
 	once     bool
 	interval time.Duration
 	verbose  bool
+	sync     loader.SyncOptions
+	testIf   string
+	ring     uint32
+	metrics  string
 }
 
 func init() {
@@ -87,11 +97,25 @@ every --check-interval and re-applies the config when one is broken, and on
 SIGHUP. SIGINT/SIGTERM (or SIGKILL) stop the daemon, never the datapath:
 a later up adopts what is pinned; tandem down removes it. If a daemon
 already serves --bpffs, up applies the change and leaves that daemon to it.
---once applies and exits without running the daemon.`,
+--once applies and exits without running the daemon.
+
+State sync: with --sync-role, the daemon also replicates every registered
+map to the peer host. The primary drains the per-CPU dirty rings every
+--sync-interval and streams the changed entries to --sync-peer over TLS 1.3
+with mutual certificates (--sync-certs, as tandem certs lays them out; this
+host's certificate is --sync-name). The standby accepts the primary on
+--sync-listen and applies in order. On every (re)connect the primary picks
+the cheapest safe resync (aligned, journal, incremental or full) from both
+hosts' metadata in --state-dir, and logs the choice and why. A daemon that
+starts as primary serves a new generation, so its standby resyncs in full.
+--metrics-addr serves Prometheus metrics at /metrics; tandem status shows
+the session and the replication lag.`,
 		examples: `  tandem up -i eth0 --vip 192.0.2.10
   tandem up --config /etc/tandem/tandem.toml
   tandem up -i eth0 -i eth1 --vip 2001:db8::10 --vip 192.0.2.11=standby --once
   tandem up -i veth0 --ingress tc --tc clsact --gate monitor --once
+  tandem up -i eth0 --sync-role primary --sync-peer 192.0.2.2:7400 --sync-name gw-a --metrics-addr 127.0.0.1:9474
+  tandem up -i eth0 --sync-role standby --sync-listen 192.0.2.2:7400 --sync-name gw-b
 `,
 		flags: func(fs *pflag.FlagSet) any {
 			f := &upFlags{rootFlags: addRootFlags(fs)}
@@ -104,6 +128,18 @@ already serves --bpffs, up applies the change and leaves that daemon to it.
 			fs.BoolVar(&f.once, "once", false, "apply and exit; do not run the daemon")
 			fs.DurationVar(&f.interval, "check-interval", time.Second, "how often the daemon checks its attachments")
 			fs.BoolVarP(&f.verbose, "verbose", "v", false, "log debug detail")
+			d := loader.Defaults()
+			fs.StringVar(&f.sync.Role, "sync-role", "", "replicate state: primary (send) or standby (receive); empty: no sync")
+			fs.StringVar(&f.sync.Peer, "sync-peer", "", "primary: the standby's HOST:PORT")
+			fs.StringVar(&f.sync.Listen, "sync-listen", d.Sync.Listen, "standby: ADDR:PORT to accept the primary on")
+			fs.StringVar(&f.sync.Certs, "sync-certs", d.Sync.Certs, "directory with ca.pem and NAME.pem/NAME-key.pem (see tandem certs)")
+			fs.StringVar(&f.sync.Name, "sync-name", "", "this host's certificate name (default: the hostname)")
+			fs.DurationVar(&f.sync.Interval, "sync-interval", d.Sync.Interval, "how often the primary drains the dirty rings and sends")
+			fs.IntVar(&f.sync.Journal, "sync-journal", syncer.DefaultJournalEntries, "deltas the primary keeps for a standby that reconnects (journal resync)")
+			fs.IntVar(&f.sync.JournalMiB, "sync-journal-mib", syncer.DefaultJournalBytes>>20, "and at most this many MiB of them")
+			fs.Uint32Var(&f.ring, "sync-ring-bytes", maps.DefaultRingBytes, "each CPU's dirty ring, a power of two (applies to rings not yet created)")
+			fs.StringVar(&f.testIf, "sync-test-iface", "", "also load the test-only synctest program on this interface (labs, tests)")
+			fs.StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus metrics on ADDR:PORT at /metrics")
 			return f
 		},
 		run: runUp,
@@ -232,10 +268,24 @@ func (f *upFlags) options() (loader.Options, error) {
 			}
 		}
 	}
-	for name, dst := range map[string]*string{"xdp-mode": &o.XDPMode, "ingress": &o.Ingress, "tc": &o.TC, "gate": &o.Gate} {
+	for name, dst := range map[string]*string{"xdp-mode": &o.XDPMode, "ingress": &o.Ingress, "tc": &o.TC, "gate": &o.Gate,
+		"sync-role": &o.Sync.Role, "sync-peer": &o.Sync.Peer, "sync-listen": &o.Sync.Listen, "sync-certs": &o.Sync.Certs,
+		"sync-name": &o.Sync.Name, "sync-test-iface": &o.SyncTestIface, "metrics-addr": &o.MetricsAddr} {
 		if fs.Changed(name) {
 			*dst = fs.Lookup(name).Value.String()
 		}
+	}
+	if fs.Changed("sync-interval") {
+		o.Sync.Interval = f.sync.Interval
+	}
+	if fs.Changed("sync-journal") {
+		o.Sync.Journal = f.sync.Journal
+	}
+	if fs.Changed("sync-journal-mib") {
+		o.Sync.JournalMiB = f.sync.JournalMiB
+	}
+	if fs.Changed("sync-ring-bytes") {
+		o.RingBytes = f.ring
 	}
 	if fs.Changed("vip") {
 		o.VIPs = map[netip.Addr]bool{}
@@ -279,6 +329,9 @@ func runUp(env Env, opts any, args []string) error {
 		fmt.Fprintf(env.Stdout, "removed %s (no longer configured)\n", r)
 	}
 	if f.once {
+		if o.Sync.Role != "" || o.MetricsAddr != "" {
+			fmt.Fprintln(env.Stdout, "note: --once runs no daemon, so no state sync and no metrics endpoint")
+		}
 		return nil
 	}
 	unlock, err := loader.DaemonLock(o.Pins.Root)
@@ -297,7 +350,12 @@ func runUp(env Env, opts any, args []string) error {
 // leaves the datapath running.
 func daemon(env Env, f *upFlags, o loader.Options) error {
 	log := o.Log
-	log.Info("daemon running; SIGTERM stops it and leaves the datapath in place (tandem down removes it)", "bpffs", o.Pins.Root)
+	sd := newSyncd(log)
+	defer sd.close()
+	if err := sd.apply(o); err != nil {
+		return err
+	}
+	log.Info("daemon running; SIGTERM stops it and leaves the datapath in place (tandem down removes it)", "bpffs", o.Pins.Root, "sync", o.Sync.Role)
 	t := time.NewTicker(f.interval)
 	defer t.Stop()
 	for {
@@ -305,6 +363,8 @@ func daemon(env Env, f *upFlags, o loader.Options) error {
 		case <-env.Ctx.Done():
 			log.Info("daemon stopping; the datapath keeps running")
 			return nil
+		case err := <-sd.Done():
+			return fmt.Errorf("state sync stopped: %w", err)
 		case <-env.Reload:
 			no, err := f.options()
 			if err != nil {
@@ -315,6 +375,9 @@ func daemon(env Env, f *upFlags, o loader.Options) error {
 			if _, err := loader.Up(no); err != nil {
 				log.Error("reload", "err", err)
 				continue
+			}
+			if err := sd.apply(no); err != nil {
+				log.Error("reload: state sync", "err", err)
 			}
 			o = no
 			log.Info("reloaded")
@@ -396,12 +459,17 @@ func runStatus(env Env, opts any, args []string) error {
 	if err != nil {
 		return err
 	}
+	ss, err := readSyncStatus(o.StateDir)
+	if err != nil {
+		return err
+	}
 	if f.json {
-		if err := writeJSON(env.Stdout, st); err != nil {
+		if err := writeJSON(env.Stdout, statusJSON{st, ss}); err != nil {
 			return err
 		}
 	} else {
 		printStatus(env.Stdout, st)
+		printSyncStatus(env.Stdout, ss)
 	}
 	if len(st.Attachments) > 0 && !st.Healthy() {
 		return errors.New("an attachment is broken (see PROBLEM above); run tandem up again")

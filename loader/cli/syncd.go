@@ -1,0 +1,221 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"reflect"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/tandem-net/tandem/loader"
+	"github.com/tandem-net/tandem/syncer"
+)
+
+// syncd is the daemon's state sync and metrics endpoint: it starts the
+// sync node the options ask for and restarts it when a reload changes
+// them.
+type syncd struct {
+	log  *slog.Logger
+	cur  syncKey
+	node *syncer.Node
+	stop context.CancelFunc
+	done chan error
+	reg  atomic.Pointer[prometheus.Registry]
+	srv  *http.Server
+	addr string
+}
+
+// syncKey is what, changed by a reload, restarts the node.
+type syncKey struct {
+	Sync     loader.SyncOptions
+	Root     string
+	StateDir string
+	Ring     uint32
+}
+
+func newSyncd(log *slog.Logger) *syncd {
+	d := &syncd{log: log}
+	idle := prometheus.NewRegistry()
+	idle.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	d.reg.Store(idle)
+	return d
+}
+
+// Done reports a node that stopped on its own (an error).
+func (d *syncd) Done() <-chan error { return d.done }
+
+// apply makes the running sync and metrics endpoint match o.
+func (d *syncd) apply(o loader.Options) error {
+	if err := d.serveMetrics(o.MetricsAddr); err != nil {
+		return err
+	}
+	key := syncKey{Sync: o.Sync, Root: o.Pins.Root, StateDir: o.StateDir, Ring: o.RingBytes}
+	if d.node != nil && reflect.DeepEqual(key, d.cur) {
+		return nil
+	}
+	d.shutdown()
+	if o.Sync.Role == "" {
+		return nil
+	}
+	name := o.Sync.Name
+	if name == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("sync: no --sync-name and no hostname: %w", err)
+		}
+		name = h
+	}
+	tlsCfg, err := syncer.TLSConfig(o.Sync.Certs, name)
+	if err != nil {
+		return fmt.Errorf("sync: %w (create lab certificates with tandem certs --dir %s %s)", err, o.Sync.Certs, name)
+	}
+	node, err := syncer.OpenNode(syncer.NodeConfig{
+		Role: syncer.Role(o.Sync.Role), Listen: o.Sync.Listen, Peer: o.Sync.Peer, TLS: tlsCfg,
+		Pins: o.Pins, RingBytes: o.RingBytes, StateDir: o.StateDir, Interval: o.Sync.Interval,
+		Journal: o.Sync.Journal, JournalMiB: o.Sync.JournalMiB, Log: d.log,
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d.node, d.stop, d.cur, d.done = node, cancel, key, make(chan error, 1)
+	d.reg.Store(node.Metrics().Reg)
+	done := d.done
+	go func() {
+		err := node.Run(ctx)
+		node.Close()
+		done <- err
+	}()
+	return nil
+}
+
+func (d *syncd) shutdown() {
+	if d.node == nil {
+		return
+	}
+	d.stop()
+	if err := <-d.done; err != nil {
+		d.log.Warn("sync stopped", "err", err)
+	}
+	d.node, d.done = nil, nil
+}
+
+func (d *syncd) serveMetrics(addr string) error {
+	if addr == d.addr {
+		return nil
+	}
+	if d.srv != nil {
+		d.srv.Close()
+		d.srv = nil
+	}
+	d.addr = addr
+	if addr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		d.addr = ""
+		return fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		promhttp.HandlerFor(d.reg.Load(), promhttp.HandlerOpts{}).ServeHTTP(w, r)
+	}))
+	d.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := d.srv
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("metrics endpoint", "err", err)
+		}
+	}()
+	d.log.Info("serving metrics", "addr", ln.Addr().String(), "path", "/metrics")
+	return nil
+}
+
+func (d *syncd) close() {
+	d.shutdown()
+	if d.srv != nil {
+		d.srv.Close()
+	}
+}
+
+// statusJSON is tandem status --json: the datapath and, when a daemon
+// syncs, its sync status.
+type statusJSON struct {
+	*loader.Status
+	Sync *syncStatus `json:"sync,omitempty"`
+}
+
+type syncStatus struct {
+	*syncer.NodeStatus
+	Running bool `json:"running"` // the daemon that wrote it is alive and writing
+}
+
+// readSyncStatus reads the status a sync daemon writes to stateDir; nil
+// when no daemon ever synced there.
+func readSyncStatus(stateDir string) (*syncStatus, error) {
+	st, err := syncer.ReadNodeStatus(stateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	alive := st.PID > 0 && syscallKill0(st.PID) == nil
+	return &syncStatus{NodeStatus: st, Running: alive && time.Since(st.Updated) < 5*time.Second}, nil
+}
+
+func printSyncStatus(w io.Writer, ss *syncStatus) {
+	if ss == nil {
+		return
+	}
+	st := ss.NodeStatus
+	fmt.Fprintln(w, "\nSync:")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	if !ss.Running {
+		fmt.Fprintf(tw, "daemon\tnot running (pid %d; status from %s)\n", st.PID, st.Updated.Format(time.RFC3339))
+	}
+	fmt.Fprintf(tw, "role\t%s (node %s, generation %d)\n", st.Role, short(st.Node), st.Generation)
+	fmt.Fprintf(tw, "maps\t%s\n", strings.Join(st.Maps, ", "))
+	peer := st.Peer
+	if st.Role == syncer.RoleStandby {
+		peer = "listening on " + st.Listen
+	}
+	since := time.Since(st.Since).Round(time.Second)
+	fmt.Fprintf(tw, "session\t%s for %s (%s)\n", st.Session, since, peer)
+	if st.Role == syncer.RolePrimary {
+		fmt.Fprintf(tw, "sent / acked\t%d / %d (%d unacked)\n", st.LastSent, st.Acked, st.Unacked)
+		fmt.Fprintf(tw, "lag\tp50 %.1f ms, p99 %.1f ms (%d samples; interval %s)\n", st.LagP50ms, st.LagP99ms, st.LagSamples, st.Interval)
+		fmt.Fprintf(tw, "journal\t%d deltas, %d bytes\n", st.JournalEntries, st.JournalBytes)
+		if r := st.LastResync; r != nil {
+			fmt.Fprintf(tw, "last resync\t%s at %s, %d deltas: %s\n", r.Mode, r.At.Format(time.RFC3339), r.Deltas, r.Why)
+		}
+		fmt.Fprintf(tw, "rings\t%d records, %d overflows, %d rescans\n", st.RingRecords, st.Overflows, st.Rescans)
+	} else {
+		fmt.Fprintf(tw, "applied\t%d deltas, last seq %d (generation %d)\n", st.DeltasApplied, st.LastApplied, st.PeerGeneration)
+		fmt.Fprintf(tw, "refused\t%d peers, %d sessions closed for bad frames\n", st.Refused, st.Closed)
+	}
+	tw.Flush()
+}
+
+func short(node string) string {
+	if len(node) > 12 {
+		return node[:12]
+	}
+	return node
+}
+
+func syscallKill0(pid int) error { return syscall.Kill(pid, 0) }

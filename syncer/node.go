@@ -1,0 +1,572 @@
+package syncer
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/tandem-net/tandem/maps"
+)
+
+// Role is a node's part in the pair.
+type Role string
+
+const (
+	RolePrimary Role = "primary" // drains its rings and streams deltas to the standby
+	RoleStandby Role = "standby" // accepts the primary and applies its deltas
+)
+
+// Defaults of NodeConfig's zero fields.
+const (
+	DefaultInterval       = 10 * time.Millisecond
+	DefaultJournalEntries = 1 << 18
+	DefaultJournalBytes   = 64 << 20
+	DefaultUnacked        = 1 << 20
+)
+
+// NodeConfig is one host's side of the pair.
+type NodeConfig struct {
+	Role       Role
+	Listen     string // standby: where the primary connects
+	Peer       string // primary: the standby's address
+	TLS        *tls.Config
+	Pins       maps.Pins
+	RingBytes  uint32 // a ring a CPU, for rings that do not exist yet
+	StateDir   string // metadata and status files
+	Interval   time.Duration
+	Journal    int // deltas kept for a reconnecting standby
+	JournalMiB int // and at most this many MiB of them
+	Unacked    int // deltas in flight before a silent peer's session is dropped
+	Log        *slog.Logger
+}
+
+// MetaFile and StatusFile are the node's files in its state directory.
+func MetaFile(stateDir string) string   { return filepath.Join(stateDir, "sync-meta.json") }
+func StatusFile(stateDir string) string { return filepath.Join(stateDir, "sync-status.json") }
+
+// Node is the state sync of one daemon: the engine on a timer and the
+// session with the peer.
+type Node struct {
+	cfg     NodeConfig
+	log     *slog.Logger
+	sync    *maps.SyncMaps
+	regs    []Map
+	engine  *Engine
+	meta    Meta
+	metrics *Metrics
+	lags    []time.Duration // recent lag samples, for status percentiles
+
+	mu     sync.Mutex
+	status NodeStatus
+}
+
+// OpenNode opens the pinned sync maps and the registered maps under
+// cfg.Pins and reads the node's metadata. A corrupt metadata file is
+// logged and treated as unknown: the pair then resyncs in full.
+func OpenNode(cfg NodeConfig) (*Node, error) {
+	if cfg.Role != RolePrimary && cfg.Role != RoleStandby {
+		return nil, fmt.Errorf("sync role %q: choose primary or standby", cfg.Role)
+	}
+	if cfg.Role == RolePrimary && cfg.Peer == "" {
+		return nil, errors.New("sync role primary needs the standby's address (--sync-peer HOST:PORT)")
+	}
+	if cfg.Role == RoleStandby && cfg.Listen == "" {
+		return nil, errors.New("sync role standby needs an address to accept the primary on (--sync-listen ADDR:PORT)")
+	}
+	if cfg.TLS == nil {
+		return nil, errors.New("sync needs TLS certificates (--sync-certs DIR, see tandem certs)")
+	}
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultInterval
+	}
+	if cfg.Journal <= 0 {
+		cfg.Journal = DefaultJournalEntries
+	}
+	if cfg.JournalMiB <= 0 {
+		cfg.JournalMiB = DefaultJournalBytes >> 20
+	}
+	if cfg.Unacked <= 0 {
+		cfg.Unacked = DefaultUnacked
+	}
+	if cfg.RingBytes == 0 {
+		cfg.RingBytes = maps.DefaultRingBytes
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	n := &Node{cfg: cfg, log: cfg.Log.With("sync", cfg.Role), metrics: NewMetrics(cfg.Interval)}
+	var err error
+	if n.sync, err = maps.OpenSyncMaps(cfg.Pins); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("sync: no program that replicates state is loaded under %s: %w", cfg.Pins.Root, err)
+		}
+		return nil, fmt.Errorf("sync: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			n.Close()
+		}
+	}()
+	inner, err := maps.RingSpec(cfg.RingBytes)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.sync.SetupRings(inner); err != nil {
+		return nil, fmt.Errorf("sync: %w", err)
+	}
+	opened, err := maps.OpenSynced(cfg.Pins)
+	if err != nil {
+		return nil, fmt.Errorf("sync: %w", err)
+	}
+	for r, m := range opened {
+		n.regs = append(n.regs, Map{ID: r.ID, Name: r.Name, M: m})
+	}
+	slices.SortFunc(n.regs, func(a, b Map) int { return int(a.ID) - int(b.ID) })
+	if len(n.regs) == 0 {
+		return nil, fmt.Errorf("sync: no registered map is pinned under %s", cfg.Pins.MapsDir())
+	}
+	if n.engine, err = NewEngine(n.sync, n.regs...); err != nil {
+		return nil, fmt.Errorf("sync: %w", err)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("sync: state directory: %w", err)
+	}
+	n.meta, err = LoadMeta(MetaFile(cfg.StateDir))
+	if err != nil {
+		n.log.Warn("sync metadata unusable; the peer will resync in full", "err", err)
+	}
+	n.status = NodeStatus{Role: cfg.Role, Node: hex.EncodeToString(n.meta.Node[:]), PID: os.Getpid(),
+		Listen: cfg.Listen, Peer: cfg.Peer, Session: "down", Since: time.Now(), Interval: cfg.Interval.String()}
+	for _, m := range n.regs {
+		n.status.Maps = append(n.status.Maps, m.Name)
+	}
+	ok = true
+	return n, nil
+}
+
+// Metrics are the node's Prometheus metrics.
+func (n *Node) Metrics() *Metrics { return n.metrics }
+
+// Close releases the maps; the datapath keeps running.
+func (n *Node) Close() {
+	if n.sync != nil {
+		n.sync.Close()
+	}
+	for _, m := range n.regs {
+		m.M.Close()
+	}
+}
+
+// Run runs the node's role until ctx ends.
+func (n *Node) Run(ctx context.Context) error {
+	if n.cfg.Role == RolePrimary {
+		return n.runPrimary(ctx)
+	}
+	return n.runStandby(ctx)
+}
+
+type tickMark struct {
+	seq uint64
+	at  time.Time
+}
+
+func (n *Node) runPrimary(ctx context.Context) error {
+	cfg, e, m := n.cfg, n.engine, n.metrics
+	// A new primary serves a new generation, restarted ones included: the
+	// journal and the record of what was sent lived in the old process, so
+	// the standby's state is resynced rather than trusted.
+	n.meta.Generation = max(n.meta.Generation, n.meta.PeerGeneration) + 1
+	if err := n.meta.Save(MetaFile(cfg.StateDir)); err != nil {
+		return fmt.Errorf("sync: save metadata: %w", err)
+	}
+	e.SetSeq(n.meta.LastSent)
+	n.update(func(st *NodeStatus) { st.Generation = n.meta.Generation })
+	n.log.Info("primary: serving a new generation", "generation", n.meta.Generation, "peer", cfg.Peer, "maps", n.status.Maps)
+
+	j := NewJournal(cfg.Journal, cfg.JournalMiB<<20)
+	var (
+		s        *Sender
+		pending  []tickMark // ticks whose deltas wait for an ack
+		dialing  bool
+		dialc    = make(chan dialResult, 1)
+		nextDial time.Time
+		backoff  = 100 * time.Millisecond
+		failures int
+	)
+	drop := func(why string) {
+		if s == nil {
+			return
+		}
+		s.Close()
+		s, pending = nil, nil
+		m.SessionUp.Set(0)
+		n.update(func(st *NodeStatus) { st.Session, st.SessionPeer, st.Since, st.Unacked = "down", "", time.Now(), 0 })
+		n.log.Warn("sync session dropped; reconnecting", "reason", why)
+		nextDial = time.Now().Add(backoff)
+	}
+	emit := func(d Delta) error {
+		j.Add(d)
+		if s != nil {
+			if err := s.Send(d); err != nil {
+				drop(err.Error())
+			}
+		}
+		return nil // the journal holds it: a session problem never stops the ticks
+	}
+	observe := func() {
+		if s == nil {
+			return
+		}
+		acked, now := s.Acked(), time.Now()
+		i := 0
+		for i < len(pending) && pending[i].seq <= acked {
+			n.lag(now.Sub(pending[i].at))
+			i++
+		}
+		pending = pending[i:]
+		m.Acked.Set(float64(acked))
+	}
+	tick := time.NewTicker(cfg.Interval)
+	defer tick.Stop()
+	lastSave := time.Now()
+	for {
+		if s == nil && !dialing && !time.Now().Before(nextDial) {
+			dialing = true
+			hello := Hello{Node: n.meta.Node, Generation: n.meta.Generation, LastSent: e.Seq()}
+			go func() {
+				s, err := Dial(ctx, cfg.Peer, cfg.TLS, hello, cfg.Unacked)
+				dialc <- dialResult{s, err}
+			}()
+		}
+		var ackc, donec <-chan struct{}
+		if s != nil {
+			ackc, donec = s.AckNotify(), s.Done()
+		}
+		select {
+		case <-ctx.Done():
+			if s != nil {
+				s.Flush()
+				s.WaitAcked(e.Seq(), time.Second)
+				s.Close()
+			}
+			if dialing {
+				if r := <-dialc; r.s != nil {
+					r.s.Close()
+				}
+			}
+			n.meta.LastSent = e.Seq()
+			n.writeStatus()
+			return n.meta.Save(MetaFile(cfg.StateDir))
+		case r := <-dialc:
+			dialing = false
+			if r.err != nil {
+				if failures++; failures == 1 || failures%50 == 0 {
+					n.log.Warn("sync peer unreachable; retrying", "peer", cfg.Peer, "attempts", failures, "err", r.err)
+				}
+				nextDial = time.Now().Add(backoff)
+				backoff = min(2*backoff, 2*time.Second)
+				continue
+			}
+			failures, backoff, s = 0, 100*time.Millisecond, r.s
+			m.SessionUp.Set(1)
+			n.update(func(st *NodeStatus) {
+				st.Session, st.SessionPeer, st.Since = "up", hex.EncodeToString(s.Peer.Node[:]), time.Now()
+			})
+			n.meta.LastSent = e.Seq()
+			start, before := time.Now(), e.Seq()
+			mode, why, err := ResyncProgress(n.meta, j, e, s, func(mode Mode, why string, sent int) {
+				if sent == 0 {
+					n.log.Info("resync starting", "mode", mode, "why", why, "standby_applied", s.Peer.LastApplied, "last_sent", n.meta.LastSent)
+				} else {
+					n.log.Info("resync in progress", "mode", mode, "deltas_sent", sent, "elapsed", time.Since(start).Round(time.Millisecond))
+				}
+			})
+			if err != nil {
+				drop("resync: " + err.Error())
+				continue
+			}
+			m.Resyncs.WithLabelValues(string(mode)).Inc()
+			m.DeltasSent.Add(float64(e.Seq() - before))
+			n.log.Info("resync sent", "mode", mode, "why", why, "deltas", e.Seq()-before, "took", time.Since(start).Round(time.Millisecond))
+			n.update(func(st *NodeStatus) {
+				st.LastResync = &ResyncInfo{Mode: mode, Why: why, At: time.Now(), Deltas: e.Seq() - before}
+			})
+			if e.Seq() > before || mode == ModeJournal {
+				pending = append(pending, tickMark{e.Seq(), start})
+			}
+		case <-ackc:
+			observe()
+		case <-donec:
+			err := s.Err()
+			if errors.Is(err, io.EOF) {
+				err = errors.New("closed by the peer")
+			}
+			drop(fmt.Sprint(err))
+		case <-tick.C:
+			start := time.Now()
+			before, recs := e.Seq(), e.Stats.Records
+			rescans := e.Stats.Rescans
+			if err := e.Tick(emit); err != nil {
+				n.log.Error("sync tick", "err", err)
+			}
+			if s != nil {
+				if err := s.Flush(); err != nil {
+					drop("send: " + err.Error())
+				}
+			}
+			if s != nil && e.Seq() > before {
+				pending = append(pending, tickMark{e.Seq(), start})
+			}
+			m.Ticks.Inc()
+			m.RingRecords.Add(float64(e.Stats.Records - recs))
+			m.RingDepth.Set(float64(e.Stats.Records - recs))
+			m.Rescans.Add(float64(e.Stats.Rescans - rescans))
+			m.DeltasSent.Add(float64(e.Seq() - before))
+			m.LastSent.Set(float64(e.Seq()))
+			m.JournalEntries.Set(float64(j.Len()))
+			m.JournalBytes.Set(float64(j.Bytes()))
+			n.countOverflows()
+			unacked := 0
+			if s != nil {
+				unacked = s.Unacked()
+			}
+			m.Unacked.Set(float64(unacked))
+			n.update(func(st *NodeStatus) {
+				st.LastSent, st.Unacked, st.JournalEntries, st.JournalBytes = e.Seq(), unacked, j.Len(), j.Bytes()
+				if s != nil {
+					st.Acked = s.Acked()
+				}
+				st.Ticks, st.RingRecords, st.Rescans, st.DeltasSent = e.Stats.Ticks, e.Stats.Records, e.Stats.Rescans, e.Seq()
+			})
+			if time.Since(lastSave) >= time.Second {
+				lastSave = time.Now()
+				n.meta.LastSent = e.Seq()
+				if err := n.meta.Save(MetaFile(cfg.StateDir)); err != nil {
+					n.log.Error("save sync metadata", "err", err)
+				}
+				n.writeStatus()
+			}
+		}
+	}
+}
+
+type dialResult struct {
+	s   *Sender
+	err error
+}
+
+func (n *Node) runStandby(ctx context.Context) error {
+	cfg, m := n.cfg, n.metrics
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("sync: listen on %s: %w (is another daemon there?)", cfg.Listen, err)
+	}
+	rcv := &Receiver{TLS: cfg.TLS, Hello: Hello{Node: n.meta.Node, Generation: n.meta.Generation}, Applier: NewApplier(n.regs...), Log: n.log}
+	rcv.Restore(n.meta)
+	served := make(chan error, 1)
+	go func() { served <- rcv.Serve(ln) }()
+	n.log.Info("standby: accepting the primary", "listen", ln.Addr().String(), "last_applied", n.meta.LastApplied, "peer_generation", n.meta.PeerGeneration, "maps", n.status.Maps)
+	n.update(func(st *NodeStatus) { st.Listen = ln.Addr().String() })
+
+	tick := time.NewTicker(cfg.Interval)
+	defer tick.Stop()
+	var applied, refused, closed uint64
+	lastSave := time.Now()
+	save := func() {
+		la, pg := rcv.State()
+		if la == n.meta.LastApplied && pg == n.meta.PeerGeneration {
+			return
+		}
+		n.meta.LastApplied, n.meta.PeerGeneration = la, pg
+		if err := n.meta.Save(MetaFile(cfg.StateDir)); err != nil {
+			n.log.Error("save sync metadata", "err", err)
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			ln.Close()
+			<-served
+			save()
+			n.writeStatus()
+			return nil
+		case err := <-served:
+			return fmt.Errorf("sync: accepting the primary: %w", err)
+		case <-tick.C:
+			recs, err := n.engine.Discard()
+			if err != nil {
+				n.log.Error("sync: drain the standby's rings", "err", err)
+			}
+			n.countOverflows()
+			m.Ticks.Inc()
+			m.RingRecords.Add(float64(recs))
+			m.RingDepth.Set(float64(recs))
+			m.DeltasApplied.Add(float64(rcv.Applied() - applied))
+			m.Refused.Add(float64(rcv.Refused() - refused))
+			m.Closed.Add(float64(rcv.Closed() - closed))
+			applied, refused, closed = rcv.Applied(), rcv.Refused(), rcv.Closed()
+			la, pg := rcv.State()
+			m.LastApplied.Set(float64(la))
+			peer := rcv.Peer()
+			if peer != "" {
+				m.SessionUp.Set(1)
+			} else {
+				m.SessionUp.Set(0)
+			}
+			n.update(func(st *NodeStatus) {
+				session := "down"
+				if peer != "" {
+					session = "up"
+				}
+				if session != st.Session {
+					st.Session, st.Since = session, time.Now()
+				}
+				st.SessionPeer, st.LastApplied, st.PeerGeneration = peer, la, pg
+				st.DeltasApplied, st.Refused, st.Closed, st.Ticks = applied, refused, closed, st.Ticks+1
+			})
+			// The applied state is saved often: a restarted standby that
+			// says where it stands gets the journal, not a scan. Saving
+			// late is safe (a replay applies what is newer, nothing older).
+			if time.Since(lastSave) >= 250*time.Millisecond {
+				lastSave = time.Now()
+				save()
+				n.writeStatus()
+			}
+		}
+	}
+}
+
+// countOverflows moves the overflow counters on by what the engine saw.
+func (n *Node) countOverflows() {
+	over := n.engine.Overflows()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.status.overflowSeen == nil {
+		n.status.overflowSeen = make([]uint64, len(over))
+		copy(n.status.overflowSeen, over)
+		return
+	}
+	for _, r := range n.regs {
+		if int(r.ID) < len(over) && over[r.ID] > n.status.overflowSeen[r.ID] {
+			d := over[r.ID] - n.status.overflowSeen[r.ID]
+			n.metrics.Overflows.WithLabelValues(r.Name).Add(float64(d))
+			n.status.Overflows += d
+		}
+	}
+	copy(n.status.overflowSeen, over)
+}
+
+func (n *Node) lag(d time.Duration) {
+	n.metrics.Lag.Observe(d.Seconds())
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.lags = append(n.lags, d)
+	if len(n.lags) > 4096 {
+		n.lags = append(n.lags[:0], n.lags[len(n.lags)-2048:]...)
+	}
+}
+
+func (n *Node) update(f func(*NodeStatus)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	f(&n.status)
+}
+
+// Status is a copy of the node's status now.
+func (n *Node) Status() NodeStatus {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	st := n.status
+	st.overflowSeen = nil
+	if len(n.lags) > 0 {
+		l := slices.Clone(n.lags)
+		slices.Sort(l)
+		st.LagSamples = len(l)
+		st.LagP50ms = float64(l[len(l)/2].Microseconds()) / 1000
+		st.LagP99ms = float64(l[(len(l)*99)/100].Microseconds()) / 1000
+	}
+	st.Updated = time.Now()
+	return st
+}
+
+func (n *Node) writeStatus() {
+	st := n.Status()
+	data, err := json.MarshalIndent(st, "", "  ")
+	if err == nil {
+		err = writeAtomic(StatusFile(n.cfg.StateDir), data, false)
+	}
+	if err != nil {
+		n.log.Warn("write sync status", "err", err)
+	}
+}
+
+// NodeStatus is what a node says about itself; the daemon writes it to
+// its state directory every second and `tandem status` shows it.
+type NodeStatus struct {
+	Role           Role        `json:"role"`
+	Node           string      `json:"node"`
+	Generation     uint64      `json:"generation,omitempty"`
+	PID            int         `json:"pid"`
+	Maps           []string    `json:"maps"`
+	Listen         string      `json:"listen,omitempty"`
+	Peer           string      `json:"peer,omitempty"`
+	Session        string      `json:"session"` // up or down
+	SessionPeer    string      `json:"session_peer,omitempty"`
+	Since          time.Time   `json:"since"`
+	Interval       string      `json:"interval"`
+	LastSent       uint64      `json:"last_sent,omitempty"`
+	Acked          uint64      `json:"acked,omitempty"`
+	Unacked        int         `json:"unacked"`
+	LastApplied    uint64      `json:"last_applied,omitempty"`
+	PeerGeneration uint64      `json:"peer_generation,omitempty"`
+	LagP50ms       float64     `json:"lag_p50_ms"`
+	LagP99ms       float64     `json:"lag_p99_ms"`
+	LagSamples     int         `json:"lag_samples"`
+	JournalEntries int         `json:"journal_entries"`
+	JournalBytes   int         `json:"journal_bytes"`
+	LastResync     *ResyncInfo `json:"last_resync,omitempty"`
+	Ticks          uint64      `json:"ticks"`
+	RingRecords    uint64      `json:"ring_records"`
+	Overflows      uint64      `json:"ring_overflows"`
+	Rescans        uint64      `json:"rescans"`
+	DeltasSent     uint64      `json:"deltas_sent"`
+	DeltasApplied  uint64      `json:"deltas_applied"`
+	Refused        uint64      `json:"peers_refused"`
+	Closed         uint64      `json:"sessions_closed"`
+	Updated        time.Time   `json:"updated"`
+
+	overflowSeen []uint64
+}
+
+// ResyncInfo is the last resync a primary ran.
+type ResyncInfo struct {
+	Mode   Mode      `json:"mode"`
+	Why    string    `json:"why"`
+	At     time.Time `json:"at"`
+	Deltas uint64    `json:"deltas"`
+}
+
+// ReadNodeStatus reads the status file a daemon wrote in stateDir.
+func ReadNodeStatus(stateDir string) (*NodeStatus, error) {
+	data, err := os.ReadFile(StatusFile(stateDir))
+	if err != nil {
+		return nil, err
+	}
+	var st NodeStatus
+	if err := json.Unmarshal(data, &st); err != nil {
+		return nil, fmt.Errorf("sync status %s: %w", StatusFile(stateDir), err)
+	}
+	return &st, nil
+}
