@@ -61,8 +61,10 @@ type Engine struct {
 
 // Stats count what the engine did.
 type Stats struct {
-	Ticks, Records, Deltas, Rescans, UnknownMap uint64
-	BatchReads                                  uint64 // ticks that read a map with one batch scan
+	Ticks, Records, Deltas, UnknownMap uint64
+	Rescans                            uint64 // whole maps sent: overflow rescans and full resyncs
+	OverflowRescans                    uint64 // of which answered a ring overflow
+	BatchReads                         uint64 // ticks that read a map with one batch scan
 }
 
 // NewEngine drives s for the registered maps ms.
@@ -175,6 +177,7 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 	clear(e.waiting)
 	e.order = e.order[:0]
 	for _, id := range rescan {
+		e.Stats.OverflowRescans++
 		if err := e.rescan(id, emit); err != nil {
 			return err
 		}

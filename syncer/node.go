@@ -143,11 +143,14 @@ func OpenNode(cfg NodeConfig) (*Node, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("sync: state directory: %w", err)
 	}
+	// Overflows before this node are the datapath's past; the ones from
+	// here on are counted (the engine rescans for them).
+	n.status.overflowSeen = slices.Clone(n.engine.Overflows())
 	n.meta, err = LoadMeta(MetaFile(cfg.StateDir))
 	if err != nil {
 		n.log.Warn("sync metadata unusable; the peer will resync in full", "err", err)
 	}
-	n.status = NodeStatus{Role: cfg.Role, Node: hex.EncodeToString(n.meta.Node[:]), PID: os.Getpid(),
+	n.status = NodeStatus{overflowSeen: n.status.overflowSeen, Role: cfg.Role, Node: hex.EncodeToString(n.meta.Node[:]), PID: os.Getpid(),
 		Listen: cfg.Listen, Peer: cfg.Peer, Session: "down", Since: time.Now(), Interval: cfg.Interval.String()}
 	for _, m := range n.regs {
 		n.status.Maps = append(n.status.Maps, m.Name)
@@ -215,6 +218,7 @@ func (n *Node) runPrimary(ctx context.Context) error {
 		n.update(func(st *NodeStatus) { st.Session, st.SessionPeer, st.Since, st.Unacked = "down", "", time.Now(), 0 })
 		n.log.Warn("sync session dropped; reconnecting", "reason", why)
 		nextDial = time.Now().Add(backoff)
+		n.writeStatus()
 	}
 	emit := func(d Delta) error {
 		j.Add(d)
@@ -233,6 +237,7 @@ func (n *Node) runPrimary(ctx context.Context) error {
 		i := 0
 		for i < len(pending) && pending[i].seq <= acked {
 			n.lag(now.Sub(pending[i].at))
+			n.log.Debug("acked", "seq", pending[i].seq, "lag", now.Sub(pending[i].at))
 			i++
 		}
 		pending = pending[i:]
@@ -241,6 +246,8 @@ func (n *Node) runPrimary(ctx context.Context) error {
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
 	lastSave := time.Now()
+	saver := n.newSaver()
+	defer saver.stop()
 	for {
 		if s == nil && !dialing && !time.Now().Before(nextDial) {
 			dialing = true
@@ -268,6 +275,7 @@ func (n *Node) runPrimary(ctx context.Context) error {
 			}
 			n.meta.LastSent = e.Seq()
 			n.writeStatus()
+			saver.stop()
 			return n.meta.Save(MetaFile(cfg.StateDir))
 		case r := <-dialc:
 			dialing = false
@@ -306,6 +314,7 @@ func (n *Node) runPrimary(ctx context.Context) error {
 			if e.Seq() > before || mode == ModeJournal {
 				pending = append(pending, tickMark{e.Seq(), start})
 			}
+			n.writeStatus()
 		case <-ackc:
 			observe()
 		case <-donec:
@@ -317,7 +326,7 @@ func (n *Node) runPrimary(ctx context.Context) error {
 		case <-tick.C:
 			start := time.Now()
 			before, recs := e.Seq(), e.Stats.Records
-			rescans := e.Stats.Rescans
+			rescans := e.Stats.OverflowRescans
 			if err := e.Tick(emit); err != nil {
 				n.log.Error("sync tick", "err", err)
 			}
@@ -327,12 +336,13 @@ func (n *Node) runPrimary(ctx context.Context) error {
 				}
 			}
 			if s != nil && e.Seq() > before {
+				n.log.Debug("tick sent", "from", before+1, "to", e.Seq(), "took", time.Since(start))
 				pending = append(pending, tickMark{e.Seq(), start})
 			}
 			m.Ticks.Inc()
 			m.RingRecords.Add(float64(e.Stats.Records - recs))
 			m.RingDepth.Set(float64(e.Stats.Records - recs))
-			m.Rescans.Add(float64(e.Stats.Rescans - rescans))
+			m.Rescans.Add(float64(e.Stats.OverflowRescans - rescans))
 			m.DeltasSent.Add(float64(e.Seq() - before))
 			m.LastSent.Set(float64(e.Seq()))
 			m.JournalEntries.Set(float64(j.Len()))
@@ -348,14 +358,12 @@ func (n *Node) runPrimary(ctx context.Context) error {
 				if s != nil {
 					st.Acked = s.Acked()
 				}
-				st.Ticks, st.RingRecords, st.Rescans, st.DeltasSent = e.Stats.Ticks, e.Stats.Records, e.Stats.Rescans, e.Seq()
+				st.Ticks, st.RingRecords, st.Rescans, st.DeltasSent = e.Stats.Ticks, e.Stats.Records, e.Stats.OverflowRescans, e.Seq()
 			})
 			if time.Since(lastSave) >= time.Second {
 				lastSave = time.Now()
 				n.meta.LastSent = e.Seq()
-				if err := n.meta.Save(MetaFile(cfg.StateDir)); err != nil {
-					n.log.Error("save sync metadata", "err", err)
-				}
+				saver.put(n.meta)
 				n.writeStatus()
 			}
 		}
@@ -384,23 +392,26 @@ func (n *Node) runStandby(ctx context.Context) error {
 	defer tick.Stop()
 	var applied, refused, closed uint64
 	lastSave := time.Now()
-	save := func() {
+	saver := n.newSaver()
+	defer saver.stop()
+	save := func() bool {
 		la, pg := rcv.State()
 		if la == n.meta.LastApplied && pg == n.meta.PeerGeneration {
-			return
+			return false
 		}
 		n.meta.LastApplied, n.meta.PeerGeneration = la, pg
-		if err := n.meta.Save(MetaFile(cfg.StateDir)); err != nil {
-			n.log.Error("save sync metadata", "err", err)
-		}
+		return true
 	}
 	for {
 		select {
 		case <-ctx.Done():
 			ln.Close()
 			<-served
-			save()
+			saver.stop()
 			n.writeStatus()
+			if save() {
+				return n.meta.Save(MetaFile(cfg.StateDir))
+			}
 			return nil
 		case err := <-served:
 			return fmt.Errorf("sync: accepting the primary: %w", err)
@@ -441,11 +452,49 @@ func (n *Node) runStandby(ctx context.Context) error {
 			// late is safe (a replay applies what is newer, nothing older).
 			if time.Since(lastSave) >= 250*time.Millisecond {
 				lastSave = time.Now()
-				save()
+				if save() {
+					saver.put(n.meta)
+				}
 				n.writeStatus()
 			}
 		}
 	}
+}
+
+// saver writes metadata off the node's loop: an fsync can take long on
+// a busy disk, and the loop's ticks and acks must not wait for it.
+type saver struct {
+	ch   chan Meta
+	done chan struct{}
+	once sync.Once
+}
+
+func (n *Node) newSaver() *saver {
+	s := &saver{ch: make(chan Meta, 1), done: make(chan struct{})}
+	go func() {
+		defer close(s.done)
+		for m := range s.ch {
+			if err := m.Save(MetaFile(n.cfg.StateDir)); err != nil {
+				n.log.Error("save sync metadata", "err", err)
+			}
+		}
+	}()
+	return s
+}
+
+// put queues m, replacing a queued older one.
+func (s *saver) put(m Meta) {
+	select {
+	case <-s.ch:
+	default:
+	}
+	s.ch <- m
+}
+
+// stop waits for the last write.
+func (s *saver) stop() {
+	s.once.Do(func() { close(s.ch) })
+	<-s.done
 }
 
 // countOverflows moves the overflow counters on by what the engine saw.
@@ -453,11 +502,6 @@ func (n *Node) countOverflows() {
 	over := n.engine.Overflows()
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.status.overflowSeen == nil {
-		n.status.overflowSeen = make([]uint64, len(over))
-		copy(n.status.overflowSeen, over)
-		return
-	}
 	for _, r := range n.regs {
 		if int(r.ID) < len(over) && over[r.ID] > n.status.overflowSeen[r.ID] {
 			d := over[r.ID] - n.status.overflowSeen[r.ID]
