@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+
+	"github.com/tandem-net/tandem/bpf"
 )
 
 // Table is a map rendered as rows for `tandem dump`: Columns name the
@@ -30,7 +32,9 @@ func (t *Table) add(rec map[string]any) {
 }
 
 // Dumpable lists the map names Dump accepts.
-func Dumpable() []string { return []string{MapVIPGate, MapVIPStats, MapStats} }
+func Dumpable() []string {
+	return []string{MapVIPGate, MapVIPStats, MapStats, bpf.SynctestMapSyncTest}
+}
 
 // Dump renders the named map.
 func (m *VIPMaps) Dump(name string) (*Table, error) {

@@ -1,6 +1,8 @@
 package maps
 
 import (
+	"cmp"
+	"slices"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -227,4 +229,41 @@ func OpenSynced(pins Pins) (map[SyncedMap]*ebpf.Map, error) {
 		out[r] = m
 	}
 	return out, nil
+}
+
+// DumpSyncTest renders the test program's sync_test map in key order. The
+// queued epoch is left out: it is each host's own business, so the dumps
+// of a primary and its standby are equal when their states are.
+func DumpSyncTest(pins Pins) (*Table, error) {
+	m, err := ebpf.LoadPinnedMap(pins.Map(bpf.SynctestMapSyncTest), nil)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w (is tandem up with --sync-test-iface?)", pins.Map(bpf.SynctestMapSyncTest), err)
+	}
+	defer m.Close()
+	type entry struct {
+		key uint32
+		val bpf.SynctestSynctestVal
+	}
+	var all []entry
+	keys := make([]uint32, 4096)
+	vals := make([]bpf.SynctestSynctestVal, 4096)
+	var c ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&c, keys, vals, nil)
+		for i := range n {
+			all = append(all, entry{keys[i], vals[i]})
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read %s: %w", bpf.SynctestMapSyncTest, err)
+		}
+	}
+	slices.SortFunc(all, func(a, b entry) int { return cmp.Compare(a.key, b.key) })
+	t := &Table{Map: bpf.SynctestMapSyncTest, Columns: []string{"key", "version", "value", "updates"}}
+	for _, e := range all {
+		t.add(map[string]any{"key": e.key, "version": e.val.Sync.Version, "value": e.val.Value, "updates": e.val.Updates})
+	}
+	return t, nil
 }

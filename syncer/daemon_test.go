@@ -351,6 +351,18 @@ func TestDaemonsMillionEntries(t *testing.T) {
 			t.Fatalf("key %d was deleted on the primary and is on both hosts", k)
 		}
 	}
+	// What a user would compare: tandem dump on each host.
+	var dumps [2][]byte
+	for i, h := range []string{"a", "b"} {
+		out, err := exec.Command(testenv.Tandem(t), "dump", "sync_test", "--bpffs", p.lab.Host(h).BPFFS()).Output()
+		if err != nil {
+			t.Fatalf("dump on %s: %v", h, err)
+		}
+		dumps[i] = out
+	}
+	if !bytes.Equal(dumps[0], dumps[1]) || bytes.Count(dumps[0], []byte("\n")) != len(got)+1 {
+		t.Fatalf("tandem dump sync_test differs: %d and %d bytes", len(dumps[0]), len(dumps[1]))
+	}
 
 	// The hot entry.
 	const hot = 5_000_000

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/syncer"
@@ -183,9 +184,12 @@ a health check; 0 when all is well or nothing is up.`,
 		long: `
 Prints a pinned map with named columns; per-CPU values are summed. MAP is
 one of: ` + strings.Join(maps.Dumpable(), ", ") + `.
+sync_test is the test program's replicated map (up --sync-test-iface), in
+key order without the host-local queued epoch: a primary's dump and its
+standby's are byte for byte equal once the standby has caught up.
 The same maps carry BTF, so bpftool shows their field names too:
   bpftool map dump pinned /sys/fs/bpf/tandem/maps/vip_gate`,
-		examples: "  tandem dump vip_gate\n  tandem dump vip_stats --json\n",
+		examples: "  tandem dump vip_gate\n  tandem dump vip_stats --json\n  diff <(tandem dump sync_test --bpffs /sys/fs/bpf/a) <(tandem dump sync_test --bpffs /sys/fs/bpf/b)\n",
 		flags:    addJSONRootFlags,
 		run:      runDump,
 	})
@@ -523,14 +527,20 @@ func runDump(env Env, opts any, args []string) error {
 	if err != nil {
 		return err
 	}
-	vm, err := maps.OpenVIPMaps(o.Pins)
-	if err != nil {
-		return fmt.Errorf("%w (is tandem up under %s?)", err, o.Pins.Root)
-	}
-	defer vm.Close()
-	t, err := vm.Dump(args[0])
-	if err != nil {
-		return usageError{err.Error()}
+	var t *maps.Table
+	if args[0] == bpf.SynctestMapSyncTest {
+		if t, err = maps.DumpSyncTest(o.Pins); err != nil {
+			return err
+		}
+	} else {
+		vm, err := maps.OpenVIPMaps(o.Pins)
+		if err != nil {
+			return fmt.Errorf("%w (is tandem up under %s?)", err, o.Pins.Root)
+		}
+		defer vm.Close()
+		if t, err = vm.Dump(args[0]); err != nil {
+			return usageError{err.Error()}
+		}
 	}
 	if f.json {
 		if t.Records == nil {
