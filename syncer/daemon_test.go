@@ -325,6 +325,57 @@ func (p *daemonPair) metrics(host string) map[string]float64 {
 	return out
 }
 
+// testScale divides the sizes of the long daemon tests: the kernel-matrix
+// VM (TCG, no KVM here) sets TANDEM_TEST_SCALE so its run stays within CI's
+// budget; the host runs them at full size.
+func testScale(t *testing.T) uint32 {
+	s, err := strconv.ParseUint(os.Getenv("TANDEM_TEST_SCALE"), 10, 32)
+	if err != nil || s == 0 {
+		return 1
+	}
+	t.Logf("TANDEM_TEST_SCALE=%d: sizes divided by %d", s, s)
+	return uint32(s)
+}
+
+// complete re-sends the commands whose keys did not make it into the
+// primary's map (a veth queue can drop a datagram; the sync never may):
+// a lost command loses its 64-key range whole, so re-sending the ranges
+// with a missing (or, for deletes, a remaining) key is exact.
+func (p *daemonPair) complete(op bpf.SynctestSynctestOp, from, n uint32) {
+	p.t.Helper()
+	ma := p.syncMap("a")
+	defer ma.Close()
+	for round := 0; ; round++ {
+		time.Sleep(300 * time.Millisecond) // what is queued lands first
+		have, err := batchDump(ma)
+		if err != nil {
+			p.t.Fatal(err)
+		}
+		var redo []uint32
+		for k := from; k < from+n; k += 64 {
+			for i := k; i < min(k+64, from+n); i++ {
+				if _, ok := have[i]; ok != (op == bpf.SynctestSynctestOpST_UPSERT) {
+					redo = append(redo, k)
+					break
+				}
+			}
+		}
+		if len(redo) == 0 {
+			return
+		}
+		if round == 20 {
+			p.t.Fatalf("%d commands still lost after 20 rounds", len(redo))
+		}
+		p.t.Logf("round %d: re-sending %d lost commands", round+1, len(redo))
+		for i, k := range redo {
+			p.cmd(op, k, min(64, from+n-k), 1)
+			if i%64 == 63 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}
+}
+
 // TestDaemonsMillionEntries: 1,000,000 distinct entries changed by packets
 // on the primary, 100,000 of them then deleted, reach the standby exactly;
 // then one entry changed 1,000,000 times costs at most one delta a tick.
@@ -335,16 +386,16 @@ func TestDaemonsMillionEntries(t *testing.T) {
 	if mode := p.resyncMode(0); mode != syncer.ModeFull {
 		t.Fatalf("first contact: %s, want full", mode)
 	}
-	const n = 1_000_000
+	n := 1_000_000 / testScale(t)
 	start := time.Now()
 	p.upsert(0, n, 1)
+	p.complete(bpf.SynctestSynctestOpST_UPSERT, 0, n)
 	p.ranges(bpf.SynctestSynctestOpST_DELETE, 0, n/10, 0)
+	p.complete(bpf.SynctestSynctestOpST_DELETE, 0, n/10)
 	got := p.converge(120 * time.Second)
 	t.Logf("%d entries on both hosts %s after the first packet", len(got), time.Since(start).Round(time.Millisecond))
-	// Commands can be lost on the way (a veth queue), never on the sync:
-	// most must have landed for the test to mean anything.
-	if len(got) < n*8/10 {
-		t.Fatalf("only %d of %d entries made it into the primary's map", len(got), n-n/10)
+	if len(got) != int(n-n/10) {
+		t.Fatalf("%d entries, want %d", len(got), n-n/10)
 	}
 	for k := range got {
 		if k < n/10 {
@@ -367,15 +418,18 @@ func TestDaemonsMillionEntries(t *testing.T) {
 	// The hot entry.
 	const hot = 5_000_000
 	before := p.metrics("a")
-	for range n / 1000 {
+	for i := range n / 1000 {
 		p.cmd(bpf.SynctestSynctestOpST_REPEAT, hot, 1000, 1)
+		if i%64 == 63 {
+			time.Sleep(time.Millisecond)
+		}
 	}
 	got = p.converge(60 * time.Second)
 	after := p.metrics("a")
 	ticks := after["tandem_sync_ticks_total"] - before["tandem_sync_ticks_total"]
 	deltas := after["tandem_sync_deltas_sent_total"] - before["tandem_sync_deltas_sent_total"]
 	t.Logf("hot entry: %d changes applied, %.0f deltas in %.0f ticks", got[hot][2], deltas, ticks)
-	if got[hot][2] < n/2 {
+	if got[hot][2] < uint64(n/2) {
 		t.Fatalf("the hot entry changed only %d times", got[hot][2])
 	}
 	if deltas > ticks+1 {
