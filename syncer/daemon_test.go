@@ -40,7 +40,7 @@ const (
 )
 
 type daemonPair struct {
-	t      *testing.T
+	t      testing.TB
 	lab    *lab.Lab
 	certs  string
 	state  map[string]string
@@ -71,7 +71,7 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-func newDaemonPair(t *testing.T) *daemonPair {
+func newDaemonPair(t testing.TB) *daemonPair {
 	t.Helper()
 	testenv.RequireRoot(t)
 	testenv.RequireCommand(t, "nsenter")
@@ -328,7 +328,7 @@ func (p *daemonPair) metrics(host string) map[string]float64 {
 // testScale divides the sizes of the long daemon tests: the kernel-matrix
 // VM (TCG, no KVM here) sets TANDEM_TEST_SCALE so its run stays within CI's
 // budget; the host runs them at full size.
-func testScale(t *testing.T) uint32 {
+func testScale(t testing.TB) uint32 {
 	s, err := strconv.ParseUint(os.Getenv("TANDEM_TEST_SCALE"), 10, 32)
 	if err != nil || s == 0 {
 		return 1
