@@ -48,6 +48,8 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sync_test SEC(".maps");
 
+SYNC_ACCESSORS(sync_test, __u32, struct synctest_val)
+
 static __always_inline void apply_one(enum synctest_op op, __u32 key, __u64 delta)
 {
 	struct synctest_val *v, fresh = {};

@@ -19,6 +19,15 @@ type SynctestSyncHdr struct {
 	QueuedEpoch uint64
 }
 
+type SynctestSyncIoSyncTest struct {
+	_     structs.HostLayout
+	N     uint32
+	Flags uint32
+	Keys  [1024]uint32
+	Found [1024]uint32
+	Vals  [1024]SynctestSynctestVal
+}
+
 type SynctestSyncMapId uint32
 
 const (
@@ -68,15 +77,18 @@ type SynctestSynctestVal struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	SynctestMapSyncEpoch         = "sync_epoch"
-	SynctestMapSyncOverflow      = "sync_overflow"
-	SynctestMapSyncRings         = "sync_rings"
-	SynctestMapSyncTest          = "sync_test"
-	SynctestProgXdpSynctest      = "xdp_synctest"
-	SynctestVarCfgMark           = "cfg_mark"
-	SynctestVarSyncMapIdLayout   = "sync_map_id_layout"
-	SynctestVarSyncRecLayout     = "sync_rec_layout"
-	SynctestVarSynctestCmdLayout = "synctest_cmd_layout"
+	SynctestMapSyncEpoch          = "sync_epoch"
+	SynctestMapSyncIoSyncTest     = "sync_io_sync_test"
+	SynctestMapSyncOverflow       = "sync_overflow"
+	SynctestMapSyncRings          = "sync_rings"
+	SynctestMapSyncTest           = "sync_test"
+	SynctestProgSyncReadSyncTest  = "sync_read_sync_test"
+	SynctestProgSyncWriteSyncTest = "sync_write_sync_test"
+	SynctestProgXdpSynctest       = "xdp_synctest"
+	SynctestVarCfgMark            = "cfg_mark"
+	SynctestVarSyncMapIdLayout    = "sync_map_id_layout"
+	SynctestVarSyncRecLayout      = "sync_rec_layout"
+	SynctestVarSynctestCmdLayout  = "synctest_cmd_layout"
 )
 
 // LoadSynctest returns the embedded CollectionSpec for Synctest.
@@ -121,17 +133,20 @@ type SynctestSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SynctestProgramSpecs struct {
-	XdpSynctest *ebpf.ProgramSpec `ebpf:"xdp_synctest"`
+	SyncReadSyncTest  *ebpf.ProgramSpec `ebpf:"sync_read_sync_test"`
+	SyncWriteSyncTest *ebpf.ProgramSpec `ebpf:"sync_write_sync_test"`
+	XdpSynctest       *ebpf.ProgramSpec `ebpf:"xdp_synctest"`
 }
 
 // SynctestMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SynctestMapSpecs struct {
-	SyncEpoch    *ebpf.MapSpec `ebpf:"sync_epoch"`
-	SyncOverflow *ebpf.MapSpec `ebpf:"sync_overflow"`
-	SyncRings    *ebpf.MapSpec `ebpf:"sync_rings"`
-	SyncTest     *ebpf.MapSpec `ebpf:"sync_test"`
+	SyncEpoch      *ebpf.MapSpec `ebpf:"sync_epoch"`
+	SyncIoSyncTest *ebpf.MapSpec `ebpf:"sync_io_sync_test"`
+	SyncOverflow   *ebpf.MapSpec `ebpf:"sync_overflow"`
+	SyncRings      *ebpf.MapSpec `ebpf:"sync_rings"`
+	SyncTest       *ebpf.MapSpec `ebpf:"sync_test"`
 }
 
 // SynctestVariableSpecs contains global variables before they are loaded into the kernel.
@@ -164,15 +179,17 @@ func (o *SynctestObjects) Close() error {
 //
 // It can be passed to LoadSynctestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SynctestMaps struct {
-	SyncEpoch    *ebpf.Map `ebpf:"sync_epoch"`
-	SyncOverflow *ebpf.Map `ebpf:"sync_overflow"`
-	SyncRings    *ebpf.Map `ebpf:"sync_rings"`
-	SyncTest     *ebpf.Map `ebpf:"sync_test"`
+	SyncEpoch      *ebpf.Map `ebpf:"sync_epoch"`
+	SyncIoSyncTest *ebpf.Map `ebpf:"sync_io_sync_test"`
+	SyncOverflow   *ebpf.Map `ebpf:"sync_overflow"`
+	SyncRings      *ebpf.Map `ebpf:"sync_rings"`
+	SyncTest       *ebpf.Map `ebpf:"sync_test"`
 }
 
 func (m *SynctestMaps) Close() error {
 	return _SynctestClose(
 		m.SyncEpoch,
+		m.SyncIoSyncTest,
 		m.SyncOverflow,
 		m.SyncRings,
 		m.SyncTest,
@@ -193,11 +210,15 @@ type SynctestVariables struct {
 //
 // It can be passed to LoadSynctestObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SynctestPrograms struct {
-	XdpSynctest *ebpf.Program `ebpf:"xdp_synctest"`
+	SyncReadSyncTest  *ebpf.Program `ebpf:"sync_read_sync_test"`
+	SyncWriteSyncTest *ebpf.Program `ebpf:"sync_write_sync_test"`
+	XdpSynctest       *ebpf.Program `ebpf:"xdp_synctest"`
 }
 
 func (p *SynctestPrograms) Close() error {
 	return _SynctestClose(
+		p.SyncReadSyncTest,
+		p.SyncWriteSyncTest,
 		p.XdpSynctest,
 	)
 }

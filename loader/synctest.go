@@ -40,8 +40,14 @@ func upSyncTest(o Options, iface *net.Interface) (*Attachment, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := pinReplace(objs.XdpSynctest, o.Pins.Prog(bpf.SynctestProgXdpSynctest)); err != nil {
-		return a, err
+	for name, p := range map[string]*ebpf.Program{
+		bpf.SynctestProgXdpSynctest:       objs.XdpSynctest,
+		bpf.SynctestProgSyncReadSyncTest:  objs.SyncReadSyncTest,
+		bpf.SynctestProgSyncWriteSyncTest: objs.SyncWriteSyncTest,
+	} {
+		if err := pinReplace(p, o.Pins.Prog(name)); err != nil {
+			return a, err
+		}
 	}
 	return a, nil
 }

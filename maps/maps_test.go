@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 func TestKeyRoundTrip(t *testing.T) {
@@ -47,5 +48,20 @@ func TestFormatTable(t *testing.T) {
 	}
 	if !strings.Contains(FormatTable(&Table{Columns: []string{"a"}}), "(no entries)") {
 		t.Error("empty table not said")
+	}
+}
+
+// The ring decoder reads struct sync_rec by hand: its layout must be the
+// one bpf2go generated from the C struct.
+func TestSyncRecLayout(t *testing.T) {
+	var r SyncRec
+	if got := int(unsafe.Sizeof(r)); got != recSize {
+		t.Fatalf("struct sync_rec is %d bytes, the decoder reads %d", got, recSize)
+	}
+	for name, off := range map[string]uintptr{"map_id": unsafe.Offsetof(r.MapId), "op": unsafe.Offsetof(r.Op), "key_len": unsafe.Offsetof(r.KeyLen), "key": unsafe.Offsetof(r.Key)} {
+		want := map[string]uintptr{"map_id": 0, "op": 4, "key_len": 8, "key": 12}[name]
+		if off != want {
+			t.Errorf("%s at %d, the decoder reads it at %d", name, off, want)
+		}
 	}
 }

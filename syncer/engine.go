@@ -40,6 +40,11 @@ type Map struct {
 	ID   uint32
 	Name string
 	M    *ebpf.Map
+	// The map's SYNC_ACCESSORS (bpf/include/sync.h), when it has them:
+	// batched in-kernel reads for the primary, version-checked writes for
+	// the standby. Without them: a syscall per entry.
+	Read, Write *ebpf.Program
+	IO          *ebpf.Map
 }
 
 type entryKey struct {
@@ -55,8 +60,14 @@ type Engine struct {
 	order   []entryKey
 	over    []uint64 // overflow counts already answered with a rescan
 	seq     uint64
-	sent    map[entryKey]uint64 // the last delta sent for each entry, for incremental resync
-	Stats   Stats
+	// sent logs, in sequence order, which entry each delta named: an
+	// incremental resync sends the entries named after the standby's
+	// checkpoint. An append per delta (no hashing); compacted to the last
+	// delta of each entry when it doubles.
+	sent      []sentRec
+	compactAt int
+	kio       map[uint32]*kio // maps read in the kernel in batches
+	Stats     Stats
 }
 
 // Stats count what the engine did.
@@ -65,11 +76,12 @@ type Stats struct {
 	Rescans                            uint64 // whole maps sent: overflow rescans and full resyncs
 	OverflowRescans                    uint64 // of which answered a ring overflow
 	BatchReads                         uint64 // ticks that read a map with one batch scan
+	KernelReads                        uint64 // entries read by a map's in-kernel reader
 }
 
 // NewEngine drives s for the registered maps ms.
 func NewEngine(s *maps.SyncMaps, ms ...Map) (*Engine, error) {
-	e := &Engine{sync: s, maps: map[uint32]Map{}, waiting: map[entryKey]maps.SyncOp{}, sent: map[entryKey]uint64{}}
+	e := &Engine{sync: s, maps: map[uint32]Map{}, waiting: map[entryKey]maps.SyncOp{}, compactAt: 1 << 20, kio: map[uint32]*kio{}}
 	for _, m := range ms {
 		if m.ID >= s.Overflow.MaxEntries() {
 			return nil, fmt.Errorf("map %s: id %d past the %d the datapath counts", m.Name, m.ID, s.Overflow.MaxEntries())
@@ -78,6 +90,13 @@ func NewEngine(s *maps.SyncMaps, ms ...Map) (*Engine, error) {
 			return nil, fmt.Errorf("map %s: value of %d bytes cannot start with struct sync_hdr", m.Name, m.M.ValueSize())
 		}
 		e.maps[m.ID] = m
+		if m.Read != nil && m.IO != nil {
+			k, err := newKIO(m)
+			if err != nil {
+				return nil, err
+			}
+			e.kio[m.ID] = k
+		}
 	}
 	over, err := s.Overflows()
 	if err != nil {
@@ -128,7 +147,7 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 	scanned := map[uint32]map[string][]byte{}
 	for id, n := range perMap {
 		m, ok := e.maps[id]
-		if !ok || slices.Contains(rescan, id) || n < scanThreshold(m.M) {
+		if !ok || slices.Contains(rescan, id) || n < scanThreshold(m.M) || e.kio[id] != nil {
 			continue
 		}
 		vals := make(map[string][]byte, n)
@@ -144,7 +163,28 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 		scanned[id] = vals
 		e.Stats.BatchReads++
 	}
-	for _, k := range e.order {
+	// Maps with in-kernel readers: their keys in order, read in batches.
+	var pos []int
+	kvals := map[uint32][][]byte{}
+	if len(e.kio) > 0 {
+		pos = make([]int, len(e.order))
+		kkeys := map[uint32][][]byte{}
+		for i, k := range e.order {
+			if e.kio[k.m] != nil && !slices.Contains(rescan, k.m) {
+				pos[i] = len(kkeys[k.m])
+				kkeys[k.m] = append(kkeys[k.m], []byte(k.k))
+			}
+		}
+		for id, keys := range kkeys {
+			vals, err := e.kio[id].read(keys)
+			if err != nil {
+				return err
+			}
+			kvals[id] = vals
+			e.Stats.KernelReads += uint64(len(keys))
+		}
+	}
+	for i, k := range e.order {
 		if slices.Contains(rescan, k.m) {
 			continue // the rescan sends it
 		}
@@ -154,7 +194,11 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 			continue
 		}
 		d := Delta{Map: k.m, Key: []byte(k.k), Op: OpUpsert}
-		if vals, ok := scanned[k.m]; ok {
+		if vals, ok := kvals[k.m]; ok {
+			if d.Value = vals[pos[i]]; d.Value == nil {
+				d.Op = OpDelete // deleted since: the tombstone is the truth
+			}
+		} else if vals, ok := scanned[k.m]; ok {
 			if d.Value = vals[k.k]; d.Value == nil {
 				d.Op = OpDelete
 			}
@@ -190,9 +234,50 @@ func (e *Engine) send(emit func(Delta) error, d Delta) error {
 	d.Seq = e.seq
 	e.Stats.Deltas++
 	if d.Op == OpUpsert || d.Op == OpDelete {
-		e.sent[entryKey{d.Map, string(d.Key)}] = d.Seq
+		e.sent = append(e.sent, sentRec{d.Seq, entryKey{d.Map, string(d.Key)}})
+		if len(e.sent) > e.compactAt {
+			e.compact()
+		}
 	}
 	return emit(d)
+}
+
+type sentRec struct {
+	seq uint64
+	k   entryKey
+}
+
+// compact keeps the last record of each entry, in sequence order.
+func (e *Engine) compact() {
+	seen := make(map[entryKey]bool, len(e.sent)/2)
+	keep := len(e.sent)
+	for i := len(e.sent) - 1; i >= 0; i-- {
+		if r := e.sent[i]; !seen[r.k] {
+			seen[r.k] = true
+			keep--
+			e.sent[keep] = r
+		}
+	}
+	n := copy(e.sent, e.sent[keep:])
+	clear(e.sent[n:])
+	e.sent = e.sent[:n]
+	e.compactAt = max(1<<20, 2*n)
+}
+
+// changedAfter lists the entries named by a delta after seq, each once,
+// in the order of their last delta.
+func (e *Engine) changedAfter(seq uint64) []entryKey {
+	i, _ := slices.BinarySearchFunc(e.sent, seq+1, func(r sentRec, s uint64) int { return cmp.Compare(r.seq, s) })
+	seen := map[entryKey]bool{}
+	var keys []entryKey
+	for j := len(e.sent) - 1; j >= i; j-- {
+		if k := e.sent[j].k; !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	slices.Reverse(keys)
+	return keys
 }
 
 // Seq is the sequence number of the last delta emitted.
@@ -205,27 +290,46 @@ func (e *Engine) SetSeq(seq uint64) { e.seq = seq }
 // Incremental sends, with their values read now, the entries whose last
 // delta came after seq: what a standby that applied up to seq is missing.
 func (e *Engine) Incremental(after uint64, emit func(Delta) error) (int, error) {
-	var keys []entryKey
-	for k, s := range e.sent {
-		if s > after {
-			keys = append(keys, k)
+	keys := e.changedAfter(after)
+	// Values read now, in batches where the map has a reader.
+	byMap := map[uint32][][]byte{}
+	for _, k := range keys {
+		if e.kio[k.m] != nil {
+			byMap[k.m] = append(byMap[k.m], []byte(k.k))
 		}
 	}
-	slices.SortFunc(keys, func(a, b entryKey) int { return cmp.Compare(e.sent[a], e.sent[b]) })
+	kvals := map[uint32][][]byte{}
+	for id, ks := range byMap {
+		vals, err := e.kio[id].read(ks)
+		if err != nil {
+			return 0, err
+		}
+		kvals[id] = vals
+	}
+	next := map[uint32]int{}
 	for _, k := range keys {
 		m, ok := e.maps[k.m]
 		if !ok {
 			continue
 		}
 		d := Delta{Map: k.m, Key: []byte(k.k)}
-		val := make([]byte, m.M.ValueSize())
-		switch err := m.M.Lookup(d.Key, val); {
-		case errors.Is(err, ebpf.ErrKeyNotExist):
-			d.Op = OpDelete
-		case err != nil:
-			return 0, fmt.Errorf("read %s: %w", m.Name, err)
-		default:
-			d.Op, d.Value = OpUpsert, val
+		if vals, ok := kvals[k.m]; ok {
+			d.Value = vals[next[k.m]]
+			next[k.m]++
+			d.Op = OpUpsert
+			if d.Value == nil {
+				d.Op = OpDelete
+			}
+		} else {
+			val := make([]byte, m.M.ValueSize())
+			switch err := m.M.Lookup(d.Key, val); {
+			case errors.Is(err, ebpf.ErrKeyNotExist):
+				d.Op = OpDelete
+			case err != nil:
+				return 0, fmt.Errorf("read %s: %w", m.Name, err)
+			default:
+				d.Op, d.Value = OpUpsert, val
+			}
 		}
 		if err := e.send(emit, d); err != nil {
 			return 0, err
@@ -341,6 +445,7 @@ type Applier struct {
 	// truth whatever their versions (a new primary may count lower than
 	// the one before it); the version check guards streams and replays.
 	resyncing bool
+	kio       map[uint32]*kio // maps written in the kernel in batches
 	Stats     ApplyStats
 }
 
@@ -351,9 +456,14 @@ type ApplyStats struct {
 
 // NewApplier applies to ms.
 func NewApplier(ms ...Map) *Applier {
-	a := &Applier{maps: map[uint32]Map{}, snap: map[uint32]map[string]bool{}, versions: map[uint32]map[string]uint64{}}
+	a := &Applier{maps: map[uint32]Map{}, snap: map[uint32]map[string]bool{}, versions: map[uint32]map[string]uint64{}, kio: map[uint32]*kio{}}
 	for _, m := range ms {
 		a.maps[m.ID] = m
+		if m.Write != nil && m.IO != nil {
+			if k, err := newKIO(m); err == nil {
+				a.kio[m.ID] = k
+			}
+		}
 	}
 	return a
 }
@@ -427,6 +537,20 @@ func (a *Applier) upserts(ds []Delta) error {
 			}
 			return fmt.Errorf("delta %d: %d/%d bytes of key/value for %s", d.Seq, len(d.Key), len(d.Value), m.Name)
 		}
+	}
+	if k := a.kio[ds[0].Map]; k != nil {
+		// The version check runs in the kernel, against what the map
+		// holds now: no record of versions here, no warm-up scan.
+		seen := a.snap[ds[0].Map]
+		for _, d := range ds {
+			if seen != nil {
+				seen[string(d.Key)] = true
+			}
+		}
+		applied, stale, err := k.write(ds, a.resyncing)
+		a.Stats.Applied += uint64(applied)
+		a.Stats.Stale += uint64(stale)
+		return err
 	}
 	vers, err := a.known(ds[0].Map)
 	if err != nil {

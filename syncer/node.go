@@ -130,8 +130,8 @@ func OpenNode(cfg NodeConfig) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sync: %w", err)
 	}
-	for r, m := range opened {
-		n.regs = append(n.regs, Map{ID: r.ID, Name: r.Name, M: m})
+	for r, o := range opened {
+		n.regs = append(n.regs, Map{ID: r.ID, Name: r.Name, M: o.Map, IO: o.IO, Read: o.Read, Write: o.Write})
 	}
 	slices.SortFunc(n.regs, func(a, b Map) int { return int(a.ID) - int(b.ID) })
 	if len(n.regs) == 0 {
@@ -168,7 +168,7 @@ func (n *Node) Close() {
 		n.sync.Close()
 	}
 	for _, m := range n.regs {
-		m.M.Close()
+		(&maps.SyncedObjects{Map: m.M, IO: m.IO, Read: m.Read, Write: m.Write}).Close()
 	}
 }
 

@@ -146,3 +146,97 @@ static __always_inline void sync_mark_deleted(__u32 map_id, const void *key, __u
 {
 	sync_push(map_id, SYNC_OP_DELETE, key, key_len);
 }
+
+/* SYNC_ACCESSORS: in-kernel batched reads and writes of a registered map,
+ * for the syncer. One syscall per value was most of the primary's CPU at a
+ * million changes a second, and the standby's version check cost a lookup
+ * (or a user-space record) per entry. Instead the syncer writes up to
+ * SYNC_IO_MAX keys (and values) into an I/O buffer map, runs one of these
+ * BPF_PROG_TYPE_SYSCALL programs (BPF_PROG_TEST_RUN), and reads the buffer
+ * back: three syscalls per SYNC_IO_MAX entries.
+ *
+ *   sync_read_<map>:  found[i] = 1 and vals[i] = the value of keys[i], or
+ *                     found[i] = 0 when there is none (a tombstone).
+ *   sync_write_<map>: for each (keys[i], vals[i]): skipped when the entry
+ *                     holds the same or a newer version (found[i] = 2),
+ *                     else written with queued_epoch 0 (found[i] = 1;
+ *                     3 when the update failed). Returns applied | failed << 16.
+ *
+ * The buffer's layout is fixed so the syncer needs only the key and value
+ * sizes: n at 0, flags at 4, keys at 8, found after SYNC_IO_MAX keys, then the values
+ * (8-aligned, as SYNC_IO_MAX is a multiple of 8).
+ */
+#define SYNC_IO_MAX 1024
+#define SYNC_IO_FORCE 1 /* a resync: the primary's values win whatever their versions */
+
+#define SYNC_ACCESSORS(name, key_t, val_t)                                              \
+	struct sync_io_##name {                                                       \
+		__u32 n;                                                              \
+		__u32 flags; /* SYNC_IO_FORCE: write whatever the versions */         \
+		key_t keys[SYNC_IO_MAX];                                              \
+		__u32 found[SYNC_IO_MAX];                                             \
+		val_t vals[SYNC_IO_MAX];                                              \
+	};                                                                            \
+	struct {                                                                      \
+		__uint(type, BPF_MAP_TYPE_ARRAY);                                     \
+		__uint(max_entries, 2); /* [0] reads, [1] writes */                   \
+		__type(key, __u32);                                                   \
+		__type(value, struct sync_io_##name);                                 \
+		__uint(pinning, LIBBPF_PIN_BY_NAME);                                  \
+	} sync_io_##name SEC(".maps");                                                \
+                                                                                      \
+	SEC("syscall")                                                                \
+	int sync_read_##name(void *ctx)                                               \
+	{                                                                             \
+		__u32 slot = 0, i, n;                                                 \
+		struct sync_io_##name *io = bpf_map_lookup_elem(&sync_io_##name, &slot); \
+		val_t *v;                                                             \
+                                                                                      \
+		if (!io)                                                              \
+			return -1;                                                    \
+		n = io->n;                                                            \
+		for (i = 0; i < SYNC_IO_MAX; i++) {                                   \
+			if (i >= n)                                                   \
+				break;                                                \
+			v = bpf_map_lookup_elem(&name, &io->keys[i]);                 \
+			if (v) {                                                      \
+				__builtin_memcpy(&io->vals[i], v, sizeof(val_t));     \
+				io->found[i] = 1;                                     \
+			} else {                                                      \
+				io->found[i] = 0;                                     \
+			}                                                             \
+		}                                                                     \
+		return 0;                                                             \
+	}                                                                             \
+                                                                                      \
+	SEC("syscall")                                                                \
+	int sync_write_##name(void *ctx)                                              \
+	{                                                                             \
+		__u32 slot = 1, i, n, applied = 0, failed = 0;                        \
+		struct sync_io_##name *io = bpf_map_lookup_elem(&sync_io_##name, &slot); \
+		val_t *cur;                                                           \
+                                                                                      \
+		if (!io)                                                              \
+			return -1;                                                    \
+		n = io->n;                                                            \
+		for (i = 0; i < SYNC_IO_MAX; i++) {                                   \
+			if (i >= n)                                                   \
+				break;                                                \
+			cur = bpf_map_lookup_elem(&name, &io->keys[i]);               \
+			if (cur && !(io->flags & SYNC_IO_FORCE) &&                    \
+			    ((struct sync_hdr *)cur)->version >=                      \
+				       ((struct sync_hdr *)&io->vals[i])->version) {  \
+				io->found[i] = 2;                                     \
+				continue;                                             \
+			}                                                             \
+			((struct sync_hdr *)&io->vals[i])->queued_epoch = 0;          \
+			if (bpf_map_update_elem(&name, &io->keys[i], &io->vals[i], BPF_ANY)) { \
+				io->found[i] = 3;                                     \
+				failed++;                                             \
+			} else {                                                      \
+				io->found[i] = 1;                                     \
+				applied++;                                            \
+			}                                                             \
+		}                                                                     \
+		return applied | failed << 16;                                        \
+	}
