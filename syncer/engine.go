@@ -610,15 +610,13 @@ func (a *Applier) Apply(d Delta) error {
 		seen := a.snap[d.Map]
 		delete(a.snap, d.Map)
 		var gone [][]byte
-		key := make([]byte, m.M.KeySize())
-		it := m.M.Iterate()
-		var val []byte = make([]byte, m.M.ValueSize())
-		for it.Next(&key, &val) {
+		err := batchScan(m.M, func(key, _ []byte) error {
 			if !seen[string(key)] {
-				gone = append(gone, slices.Clone(key))
+				gone = append(gone, key)
 			}
-		}
-		if err := it.Err(); err != nil {
+			return nil
+		})
+		if err != nil {
 			return err
 		}
 		for _, k := range gone {

@@ -185,8 +185,8 @@ func Decode(body []byte) (Message, error) {
 		default:
 			return Message{}, frameErr("delta %d: op %d", d.Seq, d.Op)
 		}
-		d.Key = append([]byte(nil), rest[:kl]...)
-		d.Value = append([]byte(nil), rest[kl:]...)
+		kv := append([]byte(nil), rest...) // one allocation for both
+		d.Key, d.Value = kv[:kl:kl], kv[kl:]
 		if vl == 0 {
 			d.Value = nil
 		}

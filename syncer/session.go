@@ -312,7 +312,8 @@ func (s *Sender) Send(d Delta) error {
 	}
 	s.journal = append(s.journal, d)
 	s.mu.Unlock()
-	_, err := s.w.Write(AppendDelta(nil, d))
+	// Encoded straight into the writer's free space: no allocation.
+	_, err := s.w.Write(AppendDelta(s.w.AvailableBuffer(), d))
 	return err
 }
 
