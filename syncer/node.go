@@ -406,6 +406,7 @@ func (n *Node) runStandby(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			ln.Close()
+			rcv.Stop()
 			<-served
 			saver.stop()
 			n.writeStatus()

@@ -33,6 +33,17 @@ type Receiver struct {
 	applied     atomic.Uint64 // deltas applied (markers included)
 	sessions    atomic.Uint64
 	peer        atomic.Pointer[string] // the primary's address while a session is open
+	conn        atomic.Pointer[net.Conn]
+	stopping    atomic.Bool
+}
+
+// Stop ends the open session, if any, and makes Serve return once ln is
+// closed (the caller closes it).
+func (r *Receiver) Stop() {
+	r.stopping.Store(true)
+	if c := r.conn.Load(); c != nil {
+		(*c).Close()
+	}
 }
 
 // Applied counts deltas applied; Sessions counts sessions opened.
@@ -89,6 +100,11 @@ func (r *Receiver) Serve(ln net.Listener) error {
 
 func (r *Receiver) handle(c net.Conn) {
 	defer c.Close()
+	r.conn.Store(&c)
+	defer r.conn.Store(nil)
+	if r.stopping.Load() {
+		return
+	}
 	log := r.Log.With("peer", c.RemoteAddr().String())
 	tc := tls.Server(c, r.TLS)
 	c.SetDeadline(time.Now().Add(handshakeTimeout))
@@ -151,6 +167,10 @@ func (r *Receiver) handle(c net.Conn) {
 		}
 		if errors.Is(err, io.EOF) {
 			log.Info("sync session closed by the peer")
+			return
+		}
+		if r.stopping.Load() {
+			log.Info("sync session closed: this daemon is stopping")
 			return
 		}
 		r.closed.Add(1)
