@@ -29,60 +29,117 @@ func BenchmarkDaemonsVsConntrackd(b *testing.B) {
 	const n = 200_000
 	for b.Loop() {
 		p := newDaemonPair(b)
-		p.start("b")
-		p.start("a")
-		p.resyncMode(0)
+		t := tandemRun(b, p, n, 0)
+		p.kill("a")
+		p.kill("b")
+		c := conntrackdRun(b, p, n)
+		bench.Record(bench.Result{Name: "sync entries/s, 200k new entries between two lab hosts", Unit: "entries/s", Value: t.rate,
+			Anchor: "conntrackd FTFW (to 99%)", AnchorValue: c.rate, Goal: "more than conntrackd"})
+		bench.Record(bench.Result{Name: "sync drain lag, 200k new entries between two lab hosts", Unit: "ms", Value: float64(t.drain.Milliseconds()),
+			Anchor: "conntrackd FTFW (to 99%)", AnchorValue: float64(c.drain.Milliseconds()), Goal: "less than conntrackd"})
+		bench.Record(bench.Result{Name: "sync entries missing, 200k new entries between two lab hosts", Unit: "entries", Value: float64(t.missing),
+			Anchor: "conntrackd FTFW", AnchorValue: float64(c.missing), Goal: "none"})
+	}
+}
 
-		// tandem: n entries in commands of 64 keys, as fast as the veth takes them.
-		base := p.metrics("b")["tandem_sync_deltas_applied_total"]
-		start := time.Now()
+// BenchmarkDaemonsMillion: 1,000,000 changes between two lab hosts, two
+// tandem daemons. As a burst (every command sent as fast as the veth takes
+// it): deltas/s end to end. At a steady 100,000 changes/s: the per-tick
+// lag (a burst's ticks are as long as the burst, so their lag says
+// nothing about the tick).
+func BenchmarkDaemonsMillion(b *testing.B) {
+	for b.Loop() {
+		p := newDaemonPair(b)
+		burst := tandemRun(b, p, 1_000_000, 0)
+		p.kill("a")
+		p.kill("b")
+		p2 := newDaemonPair(b)
+		steady := tandemRun(b, p2, 1_000_000, 100_000)
+		bench.Record(bench.Result{Name: "sync deltas/s, 1M changes between two lab hosts", Unit: "deltas/s", Value: burst.rate,
+			Anchor: "goal", AnchorValue: 1_000_000, Goal: "at least 1,000,000 deltas/s"})
+		bench.Record(bench.Result{Name: "sync lag p50, 100k changes/s between two lab hosts", Unit: "ticks", Value: steady.p50 / 10,
+			Anchor: "goal", AnchorValue: 3, Goal: "p99 within 3 ticks (10 ms)"})
+		bench.Record(bench.Result{Name: "sync lag p99, 100k changes/s between two lab hosts", Unit: "ticks", Value: steady.p99 / 10,
+			Anchor: "goal", AnchorValue: 3, Goal: "p99 within 3 ticks (10 ms)"})
+	}
+}
+
+type runResult struct {
+	rate     float64
+	drain    time.Duration
+	p50, p99 float64 // ms, from the primary's status
+	missing  int     // of the n entries, not on the standby at the end
+}
+
+// tandemRun starts the pair, makes n new entries on a with packets (as
+// fast as it can, or at rate changes/s), and waits until b holds them all.
+func tandemRun(b *testing.B, p *daemonPair, n uint32, rate int) runResult {
+	p.start("b")
+	p.start("a")
+	p.resyncMode(0)
+	base := p.metrics("b")["tandem_sync_deltas_applied_total"]
+	start := time.Now()
+	if rate == 0 {
 		p.upsert(0, n, 1)
-		lastChange := time.Now()
-		p.complete(bpf.SynctestSynctestOpST_UPSERT, 0, n)
-		if time.Since(lastChange) > 400*time.Millisecond {
-			lastChange = time.Now() // re-sent commands: the last change is later
+	} else {
+		// 10 ms worth of changes every 10 ms.
+		per := uint32(rate / 100)
+		next := start
+		for k := uint32(0); k < n; k += per {
+			p.upsert(k, min(per, n-k), 1)
+			next = next.Add(10 * time.Millisecond)
+			time.Sleep(time.Until(next))
 		}
-		var done time.Time
-		for deadline := time.Now().Add(2 * time.Minute); ; {
-			if p.metrics("b")["tandem_sync_deltas_applied_total"]-base >= n {
-				done = time.Now()
-				break
-			}
-			if time.Now().After(deadline) {
-				b.Fatal("tandem: the standby did not apply every entry within 2 minutes")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-		tRate := n / done.Sub(start).Seconds()
-		tDrain := done.Sub(lastChange)
-		time.Sleep(1100 * time.Millisecond) // the status file catches up
-		st, err := syncer.ReadNodeStatus(p.state["a"])
+	}
+	lastChange := time.Now()
+	p.complete(bpf.SynctestSynctestOpST_UPSERT, 0, n)
+	if time.Since(lastChange) > 400*time.Millisecond {
+		lastChange = time.Now() // re-sent commands: the last change is later
+	}
+	// Done when b holds every key: the applied count says when to look
+	// (re-sent commands change some entries twice, so it can run ahead).
+	mb := p.syncMap("b")
+	defer mb.Close()
+	missingOn := func() int {
+		have, err := batchDump(mb)
 		if err != nil {
 			b.Fatal(err)
 		}
-		p.kill("a")
-		p.kill("b")
-
-		// conntrackd on the same two hosts and link.
-		cRate, cDrain := conntrackdRun(b, p, n)
-
-		bench.Record(bench.Result{Name: "sync entries/s, 200k new entries between two lab hosts", Unit: "entries/s", Value: tRate,
-			Anchor: "conntrackd FTFW", AnchorValue: cRate, Goal: "more than conntrackd; 1,000,000 deltas/s"})
-		bench.Record(bench.Result{Name: "sync drain lag, 200k new entries between two lab hosts", Unit: "ms", Value: float64(tDrain.Milliseconds()),
-			Anchor: "conntrackd FTFW", AnchorValue: float64(cDrain.Milliseconds()), Goal: "less than conntrackd"})
-		bench.Record(bench.Result{Name: "sync lag p50 (daemons, 10 ms ticks)", Unit: "ms", Value: st.LagP50ms,
-			Anchor: "goal: 3 ticks", AnchorValue: 30, Goal: "p99 within 3 ticks"})
-		bench.Record(bench.Result{Name: "sync lag p99 (daemons, 10 ms ticks)", Unit: "ms", Value: st.LagP99ms,
-			Anchor: "goal: 3 ticks", AnchorValue: 30, Goal: "p99 within 3 ticks"})
+		missing := 0
+		for k := range n {
+			if _, ok := have[k]; !ok {
+				missing++
+			}
+		}
+		return missing
 	}
+	var done time.Time
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		if p.metrics("b")["tandem_sync_deltas_applied_total"]-base >= float64(n) && missingOn() == 0 {
+			done = time.Now()
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("tandem: the standby misses %d entries after 2 minutes", missingOn())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(1100 * time.Millisecond) // the status file catches up
+	st, err := syncer.ReadNodeStatus(p.state["a"])
+	if err != nil {
+		b.Fatal(err)
+	}
+	missing := missingOn()
+	b.Logf("tandem: %d entries in %s, lag p50 %.1f ms p99 %.1f ms over %d ticks, %d missing", n, done.Sub(start), st.LagP50ms, st.LagP99ms, st.LagSamples, missing)
+	return runResult{rate: float64(n) / done.Sub(start).Seconds(), drain: done.Sub(lastChange), p50: st.LagP50ms, p99: st.LagP99ms, missing: missing}
 }
 
 var externalRE = regexp.MustCompile(`cache:external\s+active objects:\s+(\d+)`)
 
 // conntrackdRun starts conntrackd on a and b, makes n conntrack entries on
-// a with n UDP flows (sent towards the client, which drops them), and waits until b's external
-// cache holds them. It returns entries/s and the drain lag.
-func conntrackdRun(b *testing.B, p *daemonPair, n int) (float64, time.Duration) {
+// a with n UDP flows (sent towards the client, which drops them), and
+// waits until b's external cache holds them.
+func conntrackdRun(b *testing.B, p *daemonPair, n int) ctResult {
 	dir := b.TempDir()
 	addr := map[string]string{"a": "10.7.0.1", "b": "10.7.0.2"}
 	for h, peer := range map[string]string{"a": "b", "b": "a"} {
@@ -176,20 +233,38 @@ General {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var got int
-	for deadline := time.Now().Add(2 * time.Minute); ; {
-		if got = external(); got >= n {
+	// conntrackd's FTFW recovers lost messages, but not always all of
+	// them: it is timed to 99% and what it still misses after 10 s without
+	// progress is reported.
+	var got, last int
+	var t99 time.Time
+	lastProgress := time.Now()
+	for {
+		got = external()
+		if got >= n*99/100 && t99.IsZero() {
+			t99 = time.Now()
+		}
+		if got >= n {
 			break
 		}
-		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(filepath.Join(dir, "a.log"))
-			ct, _ := a.Cmd("conntrack", "-C").Output()
-			b.Logf("conntrackd: b holds %d of %d entries after 2 minutes (a's table: %s); a's log:\n%s", got, n, ct, log)
+		if got > last {
+			last, lastProgress = got, time.Now()
+		}
+		if time.Since(lastProgress) > 10*time.Second {
+			b.Logf("conntrackd: b holds %d of %d entries, no progress for 10 s", got, n)
 			break
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	done := time.Now()
-	return float64(got) / done.Sub(start).Seconds(), done.Sub(lastChange)
+	if t99.IsZero() {
+		b.Fatalf("conntrackd never replicated 99%% of %d entries (%d)", n, got)
+	}
+	return ctResult{rate: float64(n*99/100) / t99.Sub(start).Seconds(), drain: t99.Sub(lastChange), missing: max(0, n-got)}
+}
+
+type ctResult struct {
+	rate    float64
+	drain   time.Duration
+	missing int
 }
 
