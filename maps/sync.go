@@ -2,11 +2,11 @@ package maps
 
 import (
 	"cmp"
-	"slices"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"

@@ -267,4 +267,3 @@ type ctResult struct {
 	drain   time.Duration
 	missing int
 }
-
