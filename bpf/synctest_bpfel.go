@@ -32,6 +32,7 @@ type SynctestSyncMapId uint32
 
 const (
 	SynctestSyncMapIdSYNC_MAP_TEST SynctestSyncMapId = 1
+	SynctestSyncMapIdSYNC_MAP_CONN SynctestSyncMapId = 2
 )
 
 type SynctestSyncOp uint32

@@ -176,6 +176,7 @@ type SyncedMap struct {
 // pinned (their program is loaded) and ignores the rest.
 var Synced = []SyncedMap{
 	{ID: uint32(bpf.SynctestSyncMapIdSYNC_MAP_TEST), Name: bpf.SynctestMapSyncTest},
+	{ID: uint32(bpf.SynproxySyncMapIdSYNC_MAP_CONN), Name: bpf.SynproxyMapSpConns},
 }
 
 // DefaultRingBytes is each CPU's dirty ring: 64-byte records, so 65536

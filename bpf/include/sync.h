@@ -36,6 +36,7 @@ struct sync_hdr {
  * reuse one. */
 enum sync_map_id {
 	SYNC_MAP_TEST = 1, /* synctest.c's sync_test */
+	SYNC_MAP_CONN = 2, /* synproxy.c's sp_conns */
 };
 
 enum sync_op {

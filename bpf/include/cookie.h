@@ -1,0 +1,126 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* cookie.h: tandem's SYN cookie. The ISN we answer a SYN with is
+ *
+ *   bits 31..8: the top 24 bits of a HalfSipHash MAC, keyed with a secret
+ *               the two hosts of a pair share, over the flow (client and
+ *               VIP address and port), the client's ISN and the low byte;
+ *   bits  7..0: what the client asked for, so a client without timestamps
+ *               keeps its options (the kernel's raw cookie helpers drop
+ *               them): [slot:1][sack:1][mss index:2][wscale:4], wscale 15
+ *               meaning "no window scaling".
+ *
+ * The slot names which of the two secrets made the cookie: the secret
+ * rotates into the other slot, so cookies made just before a rotation
+ * still validate (overlap) and cookies two rotations old do not (expiry).
+ */
+#pragma once
+
+#include "common.h"
+#include "hsiphash.h"
+
+#define COOKIE_WS_NONE 15
+#define COOKIE_MSS_IDX_MAX 3
+
+/* The MSS values a cookie can carry; the index is the largest not above
+ * the client's MSS (536 when the client's is lower or absent). */
+#define COOKIE_MSS0 536
+#define COOKIE_MSS1 1220
+#define COOKIE_MSS2 1440
+#define COOKIE_MSS3 1460
+
+static __always_inline __u16 cookie_mss_of(__u32 i)
+{
+	switch (i & 3) {
+	case 1:
+		return COOKIE_MSS1;
+	case 2:
+		return COOKIE_MSS2;
+	case 3:
+		return COOKIE_MSS3;
+	}
+	return COOKIE_MSS0;
+}
+
+struct cookie_keys {
+	__u32 slot;      /* the slot new cookies use */
+	__u32 pad;
+	__u32 key[2][2]; /* two HalfSipHash keys (k0, k1) */
+};
+
+struct cookie_opts {
+	__u16 mss;   /* the client's MSS option, 0: none */
+	__u8 wscale; /* the client's window scale, COOKIE_WS_NONE: none */
+	__u8 sack;   /* the client offered SACK */
+};
+
+static __always_inline __u32 cookie_mss_index(__u16 mss)
+{
+	__u32 i = 0;
+
+	if (mss >= COOKIE_MSS1)
+		i = 1;
+	if (mss >= COOKIE_MSS2)
+		i = 2;
+	if (mss >= COOKIE_MSS3)
+		i = 3;
+	return i;
+}
+
+static __always_inline __u32 cookie_data(__u32 slot, const struct cookie_opts *o)
+{
+	__u32 ws = o->wscale > 14 ? COOKIE_WS_NONE : o->wscale;
+
+	return (slot & 1) << 7 | (o->sack ? 1 : 0) << 6 | cookie_mss_index(o->mss) << 4 | ws;
+}
+
+struct cookie_msg {
+	__u32 m[11];
+};
+
+/* cookie_hash is a global function: the verifier checks it once, not at
+ * every call site with every state the caller carries. */
+__attribute__((noinline)) __u32 cookie_hash(const struct cookie_msg *msg, __u32 k0, __u32 k1)
+{
+	if (!msg)
+		return 0;
+	return hsiphash_words(msg->m, 11, k0, k1);
+}
+
+/* cookie_mac: the message is saddr(16) daddr(16) sport(2) dport(2)
+ * client_isn(4, as on the wire) data(4, little-endian): 11 words. */
+static __always_inline __u32 cookie_mac(const __u32 *key, const __u8 *saddr, const __u8 *daddr, __be16 sport, __be16 dport, __be32 client_isn, __u32 data)
+{
+	struct cookie_msg msg;
+
+	__builtin_memcpy(&msg.m[0], saddr, 16);
+	__builtin_memcpy(&msg.m[4], daddr, 16);
+	__builtin_memcpy((__u8 *)&msg.m[8], &sport, 2);
+	__builtin_memcpy((__u8 *)&msg.m[8] + 2, &dport, 2);
+	__builtin_memcpy(&msg.m[9], &client_isn, 4);
+	msg.m[10] = data;
+	return cookie_hash(&msg, key[0], key[1]);
+}
+
+/* cookie_make returns the ISN for a SYN from saddr:sport to daddr:dport. */
+static __always_inline __u32 cookie_make(const struct cookie_keys *k, const __u8 *saddr, const __u8 *daddr, __be16 sport, __be16 dport, __be32 client_isn, const struct cookie_opts *o)
+{
+	__u32 slot = k->slot & 1;
+	__u32 data = cookie_data(slot, o);
+
+	return (cookie_mac(k->key[slot], saddr, daddr, sport, dport, client_isn, data) & 0xffffff00) | data;
+}
+
+/* cookie_check validates the cookie a client echoes (its ACK's ack - 1)
+ * and, when it is ours, fills o with what the client asked for. */
+static __always_inline int cookie_check(const struct cookie_keys *k, const __u8 *saddr, const __u8 *daddr, __be16 sport, __be16 dport, __be32 client_isn, __u32 cookie, struct cookie_opts *o)
+{
+	__u32 data = cookie & 0xff;
+	__u32 slot = data >> 7;
+
+	if (((cookie_mac(k->key[slot], saddr, daddr, sport, dport, client_isn, data) ^ cookie) & 0xffffff00) != 0)
+		return 0;
+	o->wscale = data & 0xf;
+	o->mss = cookie_mss_of(data >> 4);
+	o->sack = (data >> 6) & 1;
+	return 1;
+}

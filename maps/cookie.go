@@ -1,0 +1,118 @@
+package maps
+
+import (
+	"encoding/binary"
+	"math/bits"
+	"net/netip"
+)
+
+// HalfSipHash is HalfSipHash-2-4 with a 32-bit output (Aumasson and
+// Bernstein) under the 8-byte key k: bpf/include/hsiphash.h's twin, for
+// tests and tools that check the datapath's cookies.
+func HalfSipHash(k [8]byte, msg []byte) uint32 {
+	k0, k1 := binary.LittleEndian.Uint32(k[:4]), binary.LittleEndian.Uint32(k[4:])
+	v0, v1, v2, v3 := k0, k1, 0x6c796765^k0, 0x74656462^k1
+	round := func() {
+		v0 += v1
+		v1 = bits.RotateLeft32(v1, 5)
+		v1 ^= v0
+		v0 = bits.RotateLeft32(v0, 16)
+		v2 += v3
+		v3 = bits.RotateLeft32(v3, 8)
+		v3 ^= v2
+		v0 += v3
+		v3 = bits.RotateLeft32(v3, 7)
+		v3 ^= v0
+		v2 += v1
+		v1 = bits.RotateLeft32(v1, 13)
+		v1 ^= v2
+		v2 = bits.RotateLeft32(v2, 16)
+	}
+	n := len(msg)
+	for ; len(msg) >= 4; msg = msg[4:] {
+		m := binary.LittleEndian.Uint32(msg)
+		v3 ^= m
+		round()
+		round()
+		v0 ^= m
+	}
+	b := uint32(n) << 24
+	for i, c := range msg {
+		b |= uint32(c) << (8 * i)
+	}
+	v3 ^= b
+	round()
+	round()
+	v0 ^= b
+	v2 ^= 0xff
+	round()
+	round()
+	round()
+	round()
+	return v1 ^ v3
+}
+
+// CookieMSS are the MSS values a cookie can carry (bpf/include/cookie.h).
+var CookieMSS = [4]uint16{536, 1220, 1440, 1460}
+
+// CookieWSNone is the window scale a cookie carries for "none".
+const CookieWSNone = 15
+
+// CookieOpts are the options a cookie carries.
+type CookieOpts struct {
+	MSS    uint16 // the client's MSS (0: none)
+	WScale uint8  // 0..14; CookieWSNone: no window scaling; above it: 14
+	SACK   bool
+}
+
+// CookieFlow is what a cookie's MAC covers besides the options.
+type CookieFlow struct {
+	Client, VIP         netip.Addr
+	ClientPort, VIPPort uint16
+	ClientISN           uint32
+}
+
+func mssIndex(mss uint16) uint32 {
+	i := uint32(0)
+	for j, m := range CookieMSS {
+		if mss >= m {
+			i = uint32(j)
+		}
+	}
+	return i
+}
+
+func cookieMAC(key [8]byte, f CookieFlow, data uint32) uint32 {
+	msg := make([]byte, 0, 44)
+	c, v := f.Client.As16(), f.VIP.As16()
+	msg = append(msg, c[:]...)
+	msg = append(msg, v[:]...)
+	msg = binary.BigEndian.AppendUint16(msg, f.ClientPort)
+	msg = binary.BigEndian.AppendUint16(msg, f.VIPPort)
+	msg = binary.BigEndian.AppendUint32(msg, f.ClientISN)
+	msg = binary.LittleEndian.AppendUint32(msg, data)
+	return HalfSipHash(key, msg)
+}
+
+// Cookie is the ISN the datapath answers the SYN of f with, made with the
+// key in slot.
+func Cookie(key [8]byte, slot uint32, f CookieFlow, o CookieOpts) uint32 {
+	ws := uint32(o.WScale)
+	if ws > CookieWSNone {
+		ws = 14 // RFC 7323: a larger shift means 14
+	}
+	data := (slot&1)<<7 | mssIndex(o.MSS)<<4 | ws
+	if o.SACK {
+		data |= 1 << 6
+	}
+	return cookieMAC(key, f, data)&0xffffff00 | data
+}
+
+// CheckCookie validates cookie for f under keys (by slot) and decodes it.
+func CheckCookie(keys [2][8]byte, f CookieFlow, cookie uint32) (CookieOpts, bool) {
+	data := cookie & 0xff
+	if (cookieMAC(keys[data>>7], f, data)^cookie)&0xffffff00 != 0 {
+		return CookieOpts{}, false
+	}
+	return CookieOpts{MSS: CookieMSS[(data>>4)&3], WScale: uint8(data & 0xf), SACK: data&(1<<6) != 0}, true
+}
