@@ -170,6 +170,8 @@ static __always_inline void sync_mark_deleted(__u32 map_id, const void *key, __u
 #define SYNC_IO_MAX 1024
 #define SYNC_IO_FORCE 1 /* a resync: the primary's values win whatever their versions */
 
+/* The loops run under bpf_loop: the verifier checks one step, not 1024
+ * (a 6.1 verifier gives up on the unrolled walk). */
 #define SYNC_ACCESSORS(name, key_t, val_t)                                              \
 	struct sync_io_##name {                                                       \
 		__u32 n;                                                              \
@@ -186,26 +188,65 @@ static __always_inline void sync_mark_deleted(__u32 map_id, const void *key, __u
 		__uint(pinning, LIBBPF_PIN_BY_NAME);                                  \
 	} sync_io_##name SEC(".maps");                                                \
                                                                                       \
+	struct sync_step_##name {                                                     \
+		struct sync_io_##name *io;                                            \
+		__u32 applied, failed;                                                \
+	};                                                                            \
+                                                                                      \
+	static long sync_read_step_##name(__u32 i, void *arg)                         \
+	{                                                                             \
+		struct sync_step_##name *st = arg;                                    \
+		struct sync_io_##name *io = st->io;                                   \
+		val_t *v;                                                             \
+                                                                                      \
+		if (!io || i >= SYNC_IO_MAX)                                          \
+			return 1;                                                     \
+		v = bpf_map_lookup_elem(&name, &io->keys[i]);                         \
+		if (v) {                                                              \
+			__builtin_memcpy(&io->vals[i], v, sizeof(val_t));             \
+			io->found[i] = 1;                                             \
+		} else {                                                              \
+			io->found[i] = 0;                                             \
+		}                                                                     \
+		return 0;                                                             \
+	}                                                                             \
+                                                                                      \
 	SEC("syscall")                                                                \
 	int sync_read_##name(void *ctx)                                               \
 	{                                                                             \
-		__u32 slot = 0, i, n;                                                 \
-		struct sync_io_##name *io = bpf_map_lookup_elem(&sync_io_##name, &slot); \
-		val_t *v;                                                             \
+		__u32 slot = 0;                                                       \
+		struct sync_step_##name st = {};                                      \
                                                                                       \
-		if (!io)                                                              \
+		st.io = bpf_map_lookup_elem(&sync_io_##name, &slot);                  \
+		if (!st.io)                                                           \
 			return -1;                                                    \
-		n = io->n;                                                            \
-		for (i = 0; i < SYNC_IO_MAX; i++) {                                   \
-			if (i >= n)                                                   \
-				break;                                                \
-			v = bpf_map_lookup_elem(&name, &io->keys[i]);                 \
-			if (v) {                                                      \
-				__builtin_memcpy(&io->vals[i], v, sizeof(val_t));     \
-				io->found[i] = 1;                                     \
-			} else {                                                      \
-				io->found[i] = 0;                                     \
-			}                                                             \
+		bpf_loop(st.io->n < SYNC_IO_MAX ? st.io->n : SYNC_IO_MAX,             \
+			 sync_read_step_##name, &st, 0);                              \
+		return 0;                                                             \
+	}                                                                             \
+                                                                                      \
+	static long sync_write_step_##name(__u32 i, void *arg)                        \
+	{                                                                             \
+		struct sync_step_##name *st = arg;                                    \
+		struct sync_io_##name *io = st->io;                                   \
+		val_t *cur;                                                           \
+                                                                                      \
+		if (!io || i >= SYNC_IO_MAX)                                          \
+			return 1;                                                     \
+		cur = bpf_map_lookup_elem(&name, &io->keys[i]);                       \
+		if (cur && !(io->flags & SYNC_IO_FORCE) &&                            \
+		    ((struct sync_hdr *)cur)->version >=                              \
+			    ((struct sync_hdr *)&io->vals[i])->version) {             \
+			io->found[i] = 2;                                             \
+			return 0;                                                     \
+		}                                                                     \
+		((struct sync_hdr *)&io->vals[i])->queued_epoch = 0;                  \
+		if (bpf_map_update_elem(&name, &io->keys[i], &io->vals[i], BPF_ANY)) { \
+			io->found[i] = 3;                                             \
+			st->failed++;                                                 \
+		} else {                                                              \
+			io->found[i] = 1;                                             \
+			st->applied++;                                                \
 		}                                                                     \
 		return 0;                                                             \
 	}                                                                             \
@@ -213,31 +254,13 @@ static __always_inline void sync_mark_deleted(__u32 map_id, const void *key, __u
 	SEC("syscall")                                                                \
 	int sync_write_##name(void *ctx)                                              \
 	{                                                                             \
-		__u32 slot = 1, i, n, applied = 0, failed = 0;                        \
-		struct sync_io_##name *io = bpf_map_lookup_elem(&sync_io_##name, &slot); \
-		val_t *cur;                                                           \
+		__u32 slot = 1;                                                       \
+		struct sync_step_##name st = {};                                      \
                                                                                       \
-		if (!io)                                                              \
+		st.io = bpf_map_lookup_elem(&sync_io_##name, &slot);                  \
+		if (!st.io)                                                           \
 			return -1;                                                    \
-		n = io->n;                                                            \
-		for (i = 0; i < SYNC_IO_MAX; i++) {                                   \
-			if (i >= n)                                                   \
-				break;                                                \
-			cur = bpf_map_lookup_elem(&name, &io->keys[i]);               \
-			if (cur && !(io->flags & SYNC_IO_FORCE) &&                    \
-			    ((struct sync_hdr *)cur)->version >=                      \
-				       ((struct sync_hdr *)&io->vals[i])->version) {  \
-				io->found[i] = 2;                                     \
-				continue;                                             \
-			}                                                             \
-			((struct sync_hdr *)&io->vals[i])->queued_epoch = 0;          \
-			if (bpf_map_update_elem(&name, &io->keys[i], &io->vals[i], BPF_ANY)) { \
-				io->found[i] = 3;                                     \
-				failed++;                                             \
-			} else {                                                      \
-				io->found[i] = 1;                                     \
-				applied++;                                            \
-			}                                                             \
-		}                                                                     \
-		return applied | failed << 16;                                        \
+		bpf_loop(st.io->n < SYNC_IO_MAX ? st.io->n : SYNC_IO_MAX,             \
+			 sync_write_step_##name, &st, 0);                             \
+		return st.applied | st.failed << 16;                                  \
 	}
