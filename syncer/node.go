@@ -451,7 +451,9 @@ func (n *Node) runStandby(ctx context.Context) error {
 			// The applied state is saved often: a restarted standby that
 			// says where it stands gets the journal, not a scan. Saving
 			// late is safe (a replay applies what is newer, nothing older).
-			if time.Since(lastSave) >= 250*time.Millisecond {
+			// A finished resync (a new generation applied) is saved at
+			// once: a crash right after it must not cost another full one.
+			if time.Since(lastSave) >= 250*time.Millisecond || pg != n.meta.PeerGeneration {
 				lastSave = time.Now()
 				if save() {
 					saver.put(n.meta)
