@@ -292,27 +292,24 @@ func OpenSynced(pins Pins) (map[SyncedMap]*SyncedObjects, error) {
 	return out, nil
 }
 
-// DumpSyncTest renders the test program's sync_test map in key order. The
-// queued epoch is left out: it is each host's own business, so the dumps
-// of a primary and its standby are equal when their states are.
-func DumpSyncTest(pins Pins) (*Table, error) {
-	m, err := ebpf.LoadPinnedMap(pins.Map(bpf.SynctestMapSyncTest), nil)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w (is tandem up with --sync-test-iface?)", pins.Map(bpf.SynctestMapSyncTest), err)
-	}
-	defer m.Close()
-	type entry struct {
-		key uint32
-		val bpf.SynctestSynctestVal
-	}
-	var all []entry
+// SyncTestEntry is one entry of the test program's sync_test map, without
+// the queued epoch: that is each host's own business, so a primary's
+// entries and its standby's are equal when their states are.
+type SyncTestEntry struct {
+	Key                     uint32
+	Version, Value, Updates uint64
+}
+
+// ReadSyncTest reads a sync_test map with batch lookups, in key order.
+func ReadSyncTest(m *ebpf.Map) ([]SyncTestEntry, error) {
+	var all []SyncTestEntry
 	keys := make([]uint32, 4096)
 	vals := make([]bpf.SynctestSynctestVal, 4096)
 	var c ebpf.MapBatchCursor
 	for {
 		n, err := m.BatchLookup(&c, keys, vals, nil)
 		for i := range n {
-			all = append(all, entry{keys[i], vals[i]})
+			all = append(all, SyncTestEntry{keys[i], vals[i].Sync.Version, vals[i].Value, vals[i].Updates})
 		}
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			break
@@ -321,10 +318,24 @@ func DumpSyncTest(pins Pins) (*Table, error) {
 			return nil, fmt.Errorf("read %s: %w", bpf.SynctestMapSyncTest, err)
 		}
 	}
-	slices.SortFunc(all, func(a, b entry) int { return cmp.Compare(a.key, b.key) })
+	slices.SortFunc(all, func(a, b SyncTestEntry) int { return cmp.Compare(a.Key, b.Key) })
+	return all, nil
+}
+
+// DumpSyncTest renders the test program's sync_test map in key order.
+func DumpSyncTest(pins Pins) (*Table, error) {
+	m, err := ebpf.LoadPinnedMap(pins.Map(bpf.SynctestMapSyncTest), nil)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w (is tandem up with --sync-test-iface?)", pins.Map(bpf.SynctestMapSyncTest), err)
+	}
+	defer m.Close()
+	all, err := ReadSyncTest(m)
+	if err != nil {
+		return nil, err
+	}
 	t := &Table{Map: bpf.SynctestMapSyncTest, Columns: []string{"key", "version", "value", "updates"}}
 	for _, e := range all {
-		t.add(map[string]any{"key": e.key, "version": e.val.Sync.Version, "value": e.val.Value, "updates": e.val.Updates})
+		t.add(map[string]any{"key": e.Key, "version": e.Version, "value": e.Value, "updates": e.Updates})
 	}
 	return t, nil
 }

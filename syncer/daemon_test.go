@@ -23,6 +23,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/syncer"
 	"github.com/tandem-net/tandem/tools/lab"
 	"github.com/tandem-net/tandem/tools/testenv"
@@ -237,25 +238,18 @@ func (p *daemonPair) syncMap(host string) *ebpf.Map {
 	return m
 }
 
-// batchDump reads a whole sync_test map with batch lookups, queued epoch
-// masked (each host's own business).
+// batchDump reads a whole sync_test map (maps.ReadSyncTest) as key ->
+// version, value, updates.
 func batchDump(m *ebpf.Map) (map[uint32][3]uint64, error) {
-	out := map[uint32][3]uint64{}
-	keys := make([]uint32, 4096)
-	vals := make([]bpf.SynctestSynctestVal, 4096)
-	var c ebpf.MapBatchCursor
-	for {
-		n, err := m.BatchLookup(&c, keys, vals, nil)
-		for i := range n {
-			out[keys[i]] = [3]uint64{vals[i].Sync.Version, vals[i].Value, vals[i].Updates}
-		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			return out, nil
-		}
-		if err != nil {
-			return nil, err
-		}
+	all, err := maps.ReadSyncTest(m)
+	if err != nil {
+		return nil, err
 	}
+	out := make(map[uint32][3]uint64, len(all))
+	for _, e := range all {
+		out[e.Key] = [3]uint64{e.Version, e.Value, e.Updates}
+	}
+	return out, nil
 }
 
 // converge waits until b's map equals a's, entry for entry.
