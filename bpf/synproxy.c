@@ -1,18 +1,29 @@
 //go:build ignore
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* synproxy.c: the zero-window SYN proxy, XDP side.
+/* synproxy.c: the zero-window SYN proxy.
  *
- * A SYN to a service (VIP:port) is answered here with a SYN-ACK whose
- * window is 0 and whose ISN is a keyed cookie (cookie.h): no state is kept
- * and, with a zero window, a client cannot send data before it proves it
- * saw the SYN-ACK. Its ACK carries the cookie back; a valid one creates the
- * connection entry (replicated by the state sync), a bad one is counted
- * and dropped.
+ * Handshake, client side (XDP): a SYN to a service (VIP:port) is answered
+ * with a SYN-ACK whose window is 0 and whose ISN is a keyed cookie
+ * (cookie.h): no state, and with a zero window the client cannot send data
+ * before it proves it saw the SYN-ACK. Its ACK carries the cookie back: a
+ * valid one creates the connection entry (replicated by the state sync) and
+ * the ACK itself is rewritten into the SYN to the backend, with the client's
+ * ISN and options, so the backend's sequence space towards the client needs
+ * no translation.
  *
- * Done so far: services, cookies, SYN -> SYN-ACK (IPv4, IPv6, VLAN tags
- * kept), cookie ACK validation and the connection entry. Next: the cookie
- * ACK becomes the SYN to the backend; the backend's SYN-ACK completes the
- * handshake and opens the client's window; established flows translated.
+ * Handshake, backend side (TC ingress, because it needs a clone): the
+ * backend's SYN-ACK becomes the ACK that completes the backend handshake,
+ * and a clone becomes the window update that opens the client's window. A
+ * lost window update costs nothing: the client's zero-window probes are
+ * translated like any segment and the backend's answer carries its window.
+ *
+ * Established (XDP, both ways): addresses and ports (NAT: the backends
+ * route back through the gateway), the backend's sequence numbers (our ISN
+ * towards the client was the cookie), timestamps (the client saw ours start
+ * at the cookie), SACK blocks, and windows when the scale the client was
+ * told differs from the backend's; checksums updated incrementally. The
+ * result is forwarded with a FIB lookup and XDP_REDIRECT, or passed to the
+ * kernel when the lookup cannot finish (no neighbour yet, VLAN-tagged).
  */
 #include "include/common.h"
 #include "include/parse.h"
@@ -25,7 +36,19 @@
 #define TCPOPT_MSS 2
 #define TCPOPT_WS 3
 #define TCPOPT_SACK_PERM 4
+#define TCPOPT_SACK 5
 #define TCPOPT_TS 8
+
+#define TCPF_FIN 0x01
+#define TCPF_SYN 0x02
+#define TCPF_RST 0x04
+#define TCPF_PSH 0x08
+#define TCPF_ACK 0x10
+
+#define AF_INET 2
+#define AF_INET6 10
+
+#define SP_MAX_SERVICES 1024
 
 /* The window scale this proxy tells clients it uses; the established path
  * rescales the backend's windows to it. */
@@ -33,18 +56,40 @@ const volatile __u8 cfg_wscale = 7;
 /* The MSS this proxy announces to clients, per family. */
 const volatile __u16 cfg_mss4 = 1460;
 const volatile __u16 cfg_mss6 = 1440;
+/* A backend SYN is sent again when the client's packets show it is still
+ * waiting and this long has passed; after cfg_syn_tries SYNs the client
+ * gets a RST. */
+const volatile __u64 cfg_syn_retry_ns = 1000000000ULL;
+const volatile __u32 cfg_syn_tries = 4;
+/* An entry's last-seen time (TAI, comparable between the two hosts) is
+ * refreshed, and the entry replicated again, at most this often. */
+const volatile __u64 cfg_touch_ns = 1000000000ULL;
 
 enum sp_stat {
-	SP_SYN = 0,        /* SYNs to a service answered with a cookie SYN-ACK */
-	SP_COOKIE_OK,      /* ACKs with a valid cookie: connection entries made */
-	SP_COOKIE_BAD,     /* ACKs with a forged or expired cookie: dropped */
-	SP_DUP_ACK,        /* ACKs for a connection already being opened */
-	SP_BAD_FLAGS,      /* segments to a service no handshake state explains */
-	SP_FRAGMENT,       /* fragments to a service: dropped */
-	SP_MALFORMED,      /* truncated or inconsistent TCP to a service */
-	SP_NO_SECRET,      /* no cookie secret configured: dropped */
-	SP_CONN_FULL,      /* the connection table is full: dropped */
-	SP_RESIZE_FAILED,  /* the frame could not be resized for the SYN-ACK */
+	SP_SYN = 0,         /* SYNs to a service answered with a cookie SYN-ACK */
+	SP_COOKIE_OK,       /* ACKs with a valid cookie: connection entries made */
+	SP_COOKIE_BAD,      /* ACKs with a forged or expired cookie: dropped */
+	SP_DUP_ACK,         /* client segments while the backend is not ready: dropped */
+	SP_BAD_FLAGS,       /* segments to a service no handshake state explains */
+	SP_FRAGMENT,        /* fragments to a service: dropped */
+	SP_MALFORMED,       /* truncated or inconsistent TCP to a service */
+	SP_NO_SECRET,       /* no cookie secret configured: dropped */
+	SP_CONN_FULL,       /* the connection table is full: dropped */
+	SP_RESIZE_FAILED,   /* the frame could not be resized for a rewrite */
+	SP_BACKEND_SYN,     /* SYNs sent to backends (first tries) */
+	SP_SYN_RETRY,       /* SYNs sent to backends again */
+	SP_BACKEND_TIMEOUT, /* backends that never answered: RST to the client */
+	SP_BACKEND_RST,     /* backends that refused: RST to the client */
+	SP_ESTABLISHED,     /* backend SYN-ACKs: handshakes completed */
+	SP_WIN_UPDATE,      /* window updates sent to clients */
+	SP_FWD,             /* established segments client -> backend */
+	SP_REV,             /* established segments backend -> client */
+	SP_CLOSED,          /* connections closed by FIN both ways or RST */
+	SP_BAD_CSUM,        /* handshake segments with a bad checksum: dropped */
+	SP_NO_BACKEND,      /* valid cookie but the service has no backend */
+	SP_KERNEL_FWD,      /* translated, then left to the kernel to forward */
+	SP_ICMP,            /* ICMP errors for a proxied flow translated */
+	SP_BAD_ACK,         /* backend SYN-ACKs that acknowledge nothing we sent */
 	SP_STAT_MAX,
 };
 
@@ -59,17 +104,53 @@ struct svc_key {
 };
 
 struct svc_val {
-	__u32 id;
+	__u32 id;       /* below SP_MAX_SERVICES: indexes sp_svc_stats */
 	__u32 backends; /* how many backends the service has */
 };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1024);
+	__uint(max_entries, SP_MAX_SERVICES);
 	__type(key, struct svc_key);
 	__type(value, struct svc_val);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sp_services SEC(".maps");
+
+struct backend_key {
+	__u32 svc;
+	__u32 idx;
+};
+
+struct backend {
+	__u8 addr[16]; /* IPv4-mapped for IPv4, like the VIP */
+	__be16 port;
+	__u8 pad[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct backend_key);
+	__type(value, struct backend);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sp_backends SEC(".maps");
+
+/* A backend's reply names the client but not the VIP: this maps the
+ * backend's address and port back to its service (one service per backend
+ * address and port, which the CLI enforces). Keyed like sp_services. */
+struct rev_val {
+	__u8 vaddr[16];
+	__be16 vport;
+	__u8 pad[2];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct svc_key);
+	__type(value, struct rev_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sp_backend_rev SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -87,8 +168,28 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } sp_stats SEC(".maps");
 
+/* Per service (by id), per CPU. */
+struct svc_counters {
+	__u64 syns;        /* SYNs answered */
+	__u64 conns;       /* valid cookies: backend SYNs sent */
+	__u64 established; /* backend handshakes completed */
+	__u64 failed;      /* backends that refused or never answered */
+	__u64 pkts_in, bytes_in;   /* client -> backend, established */
+	__u64 pkts_out, bytes_out; /* backend -> client, established */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SP_MAX_SERVICES);
+	__type(key, __u32);
+	__type(value, struct svc_counters);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sp_svc_stats SEC(".maps");
+
 enum conn_state {
-	CONN_COOKIE_OK = 1, /* the client proved itself; the backend leg is next */
+	CONN_SYN_SENT = 1,    /* the client proved itself; waiting for the backend */
+	CONN_ESTABLISHED = 2, /* both handshakes done: translating */
+	CONN_CLOSING = 3,     /* FIN both ways or a RST: expires soon */
 };
 
 enum conn_flags {
@@ -96,6 +197,9 @@ enum conn_flags {
 	CONN_F_TS = 2,
 	CONN_F_WS = 4,
 };
+
+/* Never read: keep the layout in BTF for bpf2go. */
+const volatile enum conn_state conn_state_layout = 0;
 
 struct conn_key {
 	__u8 caddr[16];
@@ -108,17 +212,31 @@ struct conn_key {
 
 struct conn_val {
 	struct sync_hdr sync;
-	__u32 client_isn; /* the client's ISN (host order) */
+	__u8 baddr[16];   /* the backend chosen for this flow */
+	__be16 bport;
+	__u8 state;       /* enum conn_state */
+	__u8 flags;       /* enum conn_flags */
+	__u8 wscale;      /* the client's, COOKIE_WS_NONE: none */
+	__u8 bwscale;     /* the backend's, COOKIE_WS_NONE: none */
+	__u8 tries;       /* backend SYNs sent */
+	__u8 fins;        /* 1: the client sent FIN, 2: the backend did */
+	__u32 client_isn; /* host order, like every sequence number here */
 	__u32 cookie;     /* our ISN towards the client */
 	__u32 backend_isn;
+	__u32 seq_delta;  /* cookie - backend_isn: backend seq -> client seq */
+	__u32 ts_delta;   /* cookie - backend's first tsval */
+	__u32 client_tsval; /* from the cookie ACK: the backend SYN carries it */
+	__u16 client_win; /* from the cookie ACK, in the client's scale */
+	__u16 mss;        /* the client's, from the cookie */
+	/* Window rewriting, fixed once the backend answered: a window is
+	 * shifted left then right (no rewrite when they are equal). */
+	__u8 fwd_shl, fwd_shr, rev_shl, rev_shr;
 	__u32 svc;
-	__u32 backend; /* index among the service's backends, by flow hash */
-	__u16 mss;     /* the client's, from the cookie */
-	__u8 wscale;   /* the client's, COOKIE_WS_NONE: none */
-	__u8 flags;    /* enum conn_flags */
-	__u8 state;    /* enum conn_state */
-	__u8 pad[7];
-	__u64 created_ns;
+	__u32 backend;    /* index among the service's backends, by flow hash */
+	__u32 pad;
+	__u64 created_ns; /* TAI */
+	__u64 last_ns;    /* TAI, refreshed at most every cfg_touch_ns */
+	__u64 syn_ns;     /* TAI, the last backend SYN */
 };
 
 struct {
@@ -136,27 +254,53 @@ static __always_inline void sp_count(__u32 s)
 	count_percpu(&sp_stats, s, 1);
 }
 
-/* What the parser of a SYN's options found. */
-struct syn_opts {
+static __always_inline struct svc_counters *svc_stats(__u32 id)
+{
+	return bpf_map_lookup_elem(&sp_svc_stats, &id);
+}
+
+static __always_inline __u64 now_ns(void)
+{
+	/* TAI, not boot time: the peer compares it with its own clock. */
+	return bpf_ktime_get_tai_ns();
+}
+
+/* What a walk over a segment's options found, in host order. */
+struct tcp_opts {
 	struct cookie_opts c;
 	__u8 ts;
-	__be32 tsval;
+	__u32 tsval, tsecr;
 };
 
 /* Options are copied (at most 40 bytes) to the stack and walked there
  * under bpf_loop with a masked index: no packet pointer and no loop
  * counter in the verifier's state, so its states converge instead of
- * multiplying with every option kind at every step. */
+ * multiplying with every option kind at every step. The same walk
+ * translates: timestamps and SACK edges get constants added in place. */
 struct opt_walk {
 	__u8 buf[64]; /* zeros past the options read as EOL */
 	__u32 i, n;
-	struct syn_opts o;
+	__u32 tsval_add, tsecr_add, sack_add;
+	struct tcp_opts o;
 };
+
+static __always_inline __u32 get32(const __u8 *b, __u32 i)
+{
+	return (__u32)b[i & 63] << 24 | (__u32)b[(i + 1) & 63] << 16 | (__u32)b[(i + 2) & 63] << 8 | b[(i + 3) & 63];
+}
+
+static __always_inline void put32(__u8 *b, __u32 i, __u32 v)
+{
+	b[i & 63] = v >> 24;
+	b[(i + 1) & 63] = v >> 16;
+	b[(i + 2) & 63] = v >> 8;
+	b[(i + 3) & 63] = v;
+}
 
 static long opt_step(__u32 k, void *arg)
 {
 	struct opt_walk *w = arg;
-	__u32 i = w->i & 63, kind, len;
+	__u32 i = w->i & 63, kind, len, e;
 
 	if (i >= w->n)
 		return 1;
@@ -186,8 +330,23 @@ static long opt_step(__u32 k, void *arg)
 	case TCPOPT_TS:
 		if (len == 10) {
 			w->o.ts = 1;
-			w->o.tsval = (__u32)w->buf[(i + 2) & 63] | (__u32)w->buf[(i + 3) & 63] << 8 |
-				     (__u32)w->buf[(i + 4) & 63] << 16 | (__u32)w->buf[(i + 5) & 63] << 24;
+			w->o.tsval = get32(w->buf, i + 2) + w->tsval_add;
+			w->o.tsecr = get32(w->buf, i + 6) + w->tsecr_add;
+			if (w->tsval_add)
+				put32(w->buf, i + 2, w->o.tsval);
+			if (w->tsecr_add)
+				put32(w->buf, i + 6, w->o.tsecr);
+		}
+		break;
+	case TCPOPT_SACK:
+		/* Up to four blocks of two edges, all in the sequence space
+		 * of the other direction. */
+		if (w->sack_add && (len - 2) % 8 == 0) {
+			for (e = 0; e < 8; e++) {
+				if (2 + 4 * e >= len)
+					break;
+				put32(w->buf, i + 2 + 4 * e, get32(w->buf, i + 2 + 4 * e) + w->sack_add);
+			}
 		}
 		break;
 	}
@@ -195,23 +354,346 @@ static long opt_step(__u32 k, void *arg)
 	return 0;
 }
 
-/* parse_tcp_opts fills o from th's options; malformed options end the
- * walk and what was found before counts (as in the kernel). */
-static __always_inline void parse_tcp_opts(struct xdp_md *ctx, struct tcphdr *th, void *data, struct syn_opts *o)
+static __always_inline void opt_walk_init(struct opt_walk *w, __u32 n)
 {
-	struct opt_walk w = {};
-	__u32 off = (void *)(th + 1) - data;
+	__builtin_memset(w, 0, sizeof(*w));
+	w->n = n;
+	w->o.c.wscale = COOKIE_WS_NONE;
+}
 
-	w.n = th->doff * 4 - sizeof(*th);
-	w.o.c.wscale = COOKIE_WS_NONE;
-	if (w.n > 0 && w.n <= 40 && bpf_xdp_load_bytes(ctx, off, w.buf, ((w.n - 1) & 63) + 1) == 0)
+/* opts_len is the length of th's options, 0..40. */
+static __always_inline __u32 opts_len(const struct tcphdr *th)
+{
+	__u32 n = th->doff * 4;
+
+	return n > 20 ? (n - 20) & 63 : 0;
+}
+
+/* parse_tcp_opts fills o from the options of the segment at l4_off;
+ * malformed options end the walk and what was found before counts. */
+__attribute__((noinline)) int parse_tcp_opts(struct xdp_md *ctx, __u32 l4_off, __u32 n, struct tcp_opts *o)
+{
+	struct opt_walk w;
+
+	if (!o)
+		return -1;
+	opt_walk_init(&w, n);
+	if (n > 0 && n <= 40 && bpf_xdp_load_bytes(ctx, l4_off + 20, w.buf, ((n - 1) & 63) + 1) == 0)
 		bpf_loop(40, opt_step, &w, 0);
 	*o = w.o;
+	return 0;
 }
 
 static __always_inline __u16 csum_finish(__s64 sum)
 {
 	return ~csum_fold32((__u32)sum);
+}
+
+/* csum_add_diff folds a bpf_csum_diff result into a stored checksum. */
+static __always_inline void csum_add_diff(__sum16 *check, __s64 diff)
+{
+	__u64 s = (__u16)~*check;
+
+	s += (__u32)diff;
+	s = (s & 0xffffffff) + (s >> 32);
+	*check = ~csum_fold32((__u32)s + (__u32)(s >> 32));
+}
+
+/* A segment this proxy writes from scratch: SYN-ACKs to clients, SYNs and
+ * ACKs to backends, window updates and RSTs. Addresses are IPv4-mapped
+ * for IPv4; numbers are in host order. */
+struct hs {
+	__u8 saddr[16], daddr[16];
+	__be16 sport, dport;
+	__u32 seq, ack;
+	__u16 window;
+	__u8 flags; /* TCPF_* */
+	__u8 v4;
+	__u16 mss;  /* nonzero: a SYN's 20 bytes of options (MSS, SACK, WS, TS) */
+	__u8 ws;    /* COOKIE_WS_NONE: no window scale option */
+	__u8 sack;
+	__u8 ts;
+	__u8 pad[3];
+	__u32 tsval, tsecr;
+};
+
+#define HS_MAX 80 /* IPv6 40 + TCP 20 + options 20 */
+
+/* Per-CPU scratch for the segments this proxy writes: the verifier's
+ * 512-byte stack cannot hold them next to the callers' frames. Slot 0 is
+ * XDP's, slot 1 TC's. */
+struct scratch {
+	__u8 buf[HS_MAX];
+	__u8 ph[40]; /* a pseudo header */
+	__u8 seg[64];
+	struct hs h; /* what hs_write_xdp/hs_write_skb write */
+	struct pkt p; /* the parsed packet (XDP) */
+	struct conn_val v; /* a new connection entry */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} sp_scratch SEC(".maps");
+
+static __always_inline struct scratch *scratch(__u32 slot)
+{
+	return bpf_map_lookup_elem(&sp_scratch, &slot);
+}
+
+/* pseudo_sum sums the TCP pseudo header for saddr -> daddr, tlen bytes. */
+static __always_inline __s64 pseudo_sum(struct scratch *s, int v4, const __u8 *saddr, const __u8 *daddr, __u32 tlen)
+{
+	__builtin_memset(s->ph, 0, sizeof(s->ph));
+	if (v4) {
+		__builtin_memcpy(s->ph, saddr + 12, 4);
+		__builtin_memcpy(s->ph + 4, daddr + 12, 4);
+		s->ph[9] = IPPROTO_TCP;
+		s->ph[10] = tlen >> 8;
+		s->ph[11] = tlen & 0xff;
+		return bpf_csum_diff(0, 0, (void *)s->ph, 12, 0);
+	}
+	__builtin_memcpy(s->ph, saddr, 16);
+	__builtin_memcpy(s->ph + 16, daddr, 16);
+	s->ph[34] = tlen >> 8;
+	s->ph[35] = tlen & 0xff;
+	s->ph[39] = IPPROTO_TCP;
+	return bpf_csum_diff(0, 0, (void *)s->ph, 40, 0);
+}
+
+/* hs_build writes h's IP and TCP headers into s->buf and returns their
+ * length. A SYN's options are laid out as MSS | SACK_PERM or NOP NOP |
+ * NOP WS or NOP NOP NOP | TS or EOL and zeros (20 bytes); other segments
+ * carry NOP NOP TS or nothing. */
+static __always_inline __u32 hs_build(struct scratch *s)
+{
+	const struct hs *h = &s->h;
+	__u32 olen, tlen, l3;
+	struct tcphdr *t;
+	__u8 *opt;
+	__s64 sum;
+
+	olen = h->mss ? 20 : h->ts ? 12 : 0;
+	tlen = 20 + olen;
+	__builtin_memset(s->buf, 0, sizeof(s->buf));
+	if (h->v4) {
+		struct iphdr *ip = (void *)s->buf;
+
+		ip->version = 4;
+		ip->ihl = 5;
+		ip->tot_len = bpf_htons(20 + tlen);
+		ip->frag_off = bpf_htons(0x4000); /* DF */
+		ip->ttl = 64;
+		ip->protocol = IPPROTO_TCP;
+		__builtin_memcpy(&ip->saddr, h->saddr + 12, 4);
+		__builtin_memcpy(&ip->daddr, h->daddr + 12, 4);
+		ip->check = csum_finish(bpf_csum_diff(0, 0, (void *)ip, 20, 0));
+		l3 = 20;
+		t = (void *)(s->buf + 20);
+	} else {
+		struct ipv6hdr *ip6 = (void *)s->buf;
+
+		ip6->version = 6;
+		ip6->payload_len = bpf_htons(tlen);
+		ip6->nexthdr = IPPROTO_TCP;
+		ip6->hop_limit = 64;
+		__builtin_memcpy(&ip6->saddr, h->saddr, 16);
+		__builtin_memcpy(&ip6->daddr, h->daddr, 16);
+		l3 = 40;
+		t = (void *)(s->buf + 40);
+	}
+	sum = pseudo_sum(s, h->v4, h->saddr, h->daddr, tlen);
+	opt = (__u8 *)(t + 1);
+	if (h->mss) {
+		opt[0] = TCPOPT_MSS;
+		opt[1] = 4;
+		opt[2] = h->mss >> 8;
+		opt[3] = h->mss & 0xff;
+		opt[4] = h->sack ? TCPOPT_SACK_PERM : TCPOPT_NOP;
+		opt[5] = h->sack ? 2 : TCPOPT_NOP;
+		opt[6] = TCPOPT_NOP;
+		if (h->ws != COOKIE_WS_NONE) {
+			opt[7] = TCPOPT_WS;
+			opt[8] = 3;
+			opt[9] = h->ws;
+		} else {
+			opt[7] = opt[8] = opt[9] = TCPOPT_NOP;
+		}
+		if (h->ts) {
+			opt[10] = TCPOPT_TS;
+			opt[11] = 10;
+			*(__be32 *)&opt[12] = bpf_htonl(h->tsval);
+			*(__be32 *)&opt[16] = bpf_htonl(h->tsecr);
+		} else {
+			opt[10] = TCPOPT_EOL;
+		}
+	} else if (h->ts) {
+		opt[0] = TCPOPT_NOP;
+		opt[1] = TCPOPT_NOP;
+		opt[2] = TCPOPT_TS;
+		opt[3] = 10;
+		*(__be32 *)&opt[4] = bpf_htonl(h->tsval);
+		*(__be32 *)&opt[8] = bpf_htonl(h->tsecr);
+	}
+	t->source = h->sport;
+	t->dest = h->dport;
+	t->seq = bpf_htonl(h->seq);
+	t->ack_seq = bpf_htonl(h->ack);
+	t->doff = tlen / 4;
+	t->fin = !!(h->flags & TCPF_FIN);
+	t->syn = !!(h->flags & TCPF_SYN);
+	t->rst = !!(h->flags & TCPF_RST);
+	t->ack = !!(h->flags & TCPF_ACK);
+	t->window = bpf_htons(h->window);
+	if (olen == 20)
+		sum = bpf_csum_diff(0, 0, (void *)t, 40, sum);
+	else if (olen == 12)
+		sum = bpf_csum_diff(0, 0, (void *)t, 32, sum);
+	else
+		sum = bpf_csum_diff(0, 0, (void *)t, 20, sum);
+	t->check = csum_finish(sum);
+	return l3 + tlen;
+}
+
+/* hs_start hands out the cleared segment description of a slot. */
+static __always_inline struct hs *hs_start(__u32 slot)
+{
+	struct scratch *s = scratch(slot);
+
+	if (!s)
+		return 0;
+	__builtin_memset(&s->h, 0, sizeof(s->h));
+	s->h.ws = COOKIE_WS_NONE;
+	return &s->h;
+}
+
+/* hs_write_xdp replaces everything after the Ethernet header (VLAN tags
+ * kept) with the segment described in slot 0 (hs_start(0)). */
+__attribute__((noinline)) int hs_write_xdp(struct xdp_md *ctx, __u32 l3_off)
+{
+	struct scratch *s = scratch(0);
+	__u32 len;
+
+	if (!s)
+		return -1;
+	len = hs_build(s);
+	l3_off &= 0x3f;
+	if (len > HS_MAX || len < 40)
+		return -1;
+	/* The length from the helper: the verifier forbids the pointer
+	 * arithmetic data_end - data would take. */
+	if (bpf_xdp_adjust_tail(ctx, (int)(l3_off + len) - (int)bpf_xdp_get_buff_len(ctx))) {
+		sp_count(SP_RESIZE_FAILED);
+		return -1;
+	}
+	return bpf_xdp_store_bytes(ctx, l3_off, s->buf, len);
+}
+
+static __always_inline void swap_macs(struct ethhdr *eth)
+{
+	__u8 mac[ETH_ALEN];
+
+	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+}
+
+static __always_inline int xdp_tx_back(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	swap_macs(eth);
+	return XDP_TX;
+}
+
+/* fwd_xdp sends the rewritten packet towards its new destination: a FIB
+ * lookup, TTL decremented, MACs from the neighbour table, XDP_REDIRECT.
+ * Whatever the lookup cannot finish (no neighbour yet, VLAN tags, TTL
+ * running out) goes to the kernel, which forwards the same bytes. */
+static __always_inline int fwd_xdp(struct xdp_md *ctx, __u32 l3_off, int v4, const __u8 *saddr, const __u8 *daddr, __u16 vlan_depth)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct bpf_fib_lookup f = {};
+	struct ethhdr *eth = data;
+	long rc;
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	f.ifindex = ctx->ingress_ifindex;
+	f.l4_protocol = IPPROTO_TCP;
+	if (v4) {
+		struct iphdr *ip = data + (l3_off & 0x3f);
+
+		if ((void *)(ip + 1) > data_end)
+			return XDP_DROP;
+		f.family = AF_INET;
+		f.tot_len = bpf_ntohs(ip->tot_len);
+		__builtin_memcpy(&f.ipv4_src, saddr + 12, 4);
+		__builtin_memcpy(&f.ipv4_dst, daddr + 12, 4);
+		rc = bpf_fib_lookup(ctx, &f, sizeof(f), 0);
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS || vlan_depth || ip->ttl <= 1)
+			goto kernel;
+		csum_replace2(&ip->check, bpf_htons((__u16)ip->ttl << 8), bpf_htons((__u16)(ip->ttl - 1) << 8));
+		ip->ttl--;
+	} else {
+		struct ipv6hdr *ip6 = data + (l3_off & 0x3f);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return XDP_DROP;
+		f.family = AF_INET6;
+		f.tot_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
+		__builtin_memcpy(f.ipv6_src, saddr, 16);
+		__builtin_memcpy(f.ipv6_dst, daddr, 16);
+		rc = bpf_fib_lookup(ctx, &f, sizeof(f), 0);
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS || vlan_depth || ip6->hop_limit <= 1)
+			goto kernel;
+		ip6->hop_limit--;
+	}
+	__builtin_memcpy(eth->h_dest, f.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, f.smac, ETH_ALEN);
+	if (f.ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(f.ifindex, 0);
+kernel:
+	sp_count(SP_KERNEL_FWD);
+	return XDP_PASS;
+}
+
+/* tcp_csum_ok checks a handshake segment (no payload, at most 60 bytes)
+ * against its checksum. A segment from a local socket on a veth carries
+ * only the pseudo-header sum (CHECKSUM_PARTIAL, the NIC never ran): that
+ * is accepted too, the one form a corrupted segment almost never takes. */
+__attribute__((noinline)) int tcp_csum_ok(struct xdp_md *ctx, const struct pkt *p)
+{
+	struct scratch *s = scratch(0);
+	__u32 tlen;
+	__s64 sum;
+	__u16 got;
+
+	if (!p || !s)
+		return 0;
+	tlen = p->l4_len;
+	/* Payload on a handshake segment (TCP Fast Open data) is dropped
+	 * unread; such segments are not checked. */
+	if (tlen > 60)
+		return 1;
+	if (tlen < 20 || tlen % 4)
+		return 0;
+	if (bpf_xdp_load_bytes(ctx, p->l4_off & 0x1ff, s->seg, tlen))
+		return 0;
+	got = (__u16)s->seg[16] << 8 | s->seg[17];
+	sum = pseudo_sum(s, p->eth_proto == ETH_P_IP, p->saddr, p->daddr, tlen);
+	if (bpf_ntohs(csum_fold32((__u32)sum)) == got)
+		return 1; /* partial: the pseudo-header sum only */
+	sum = bpf_csum_diff(0, 0, (void *)s->seg, tlen, sum);
+	return csum_fold32((__u32)sum) == 0xffff;
 }
 
 /* answer_syn turns the SYN in ctx into our SYN-ACK: Ethernet addresses
@@ -222,154 +704,97 @@ __attribute__((noinline)) int answer_syn(struct xdp_md *ctx, struct pkt *p, cons
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct tcphdr *th;
-	struct syn_opts o = {};
-	struct tcphdr t = {};
-	__u8 opt[20];
-	__be32 client_seq, cookie, tsval;
-	__u32 l3_len, new_len, l3_off;
-	int v4;
-	__u8 mac[ETH_ALEN];
-	struct ethhdr *eth;
-	void *l3;
-	__s64 sum;
+	struct tcp_opts o;
+	struct hs *h;
+	__u32 client_isn;
+	struct svc_key sk = {};
+	struct svc_val *svc;
+	struct svc_counters *sc;
 
 	if (!p || !keys)
 		return XDP_DROP;
 	th = data + (p->l4_off & 0x1ff);
-	l3_off = p->l3_off & 0x3f;
-	v4 = p->eth_proto == ETH_P_IP;
 	if ((void *)(th + 1) > data_end)
 		return XDP_DROP;
-	parse_tcp_opts(ctx, th, data, &o);
-	client_seq = th->seq;
-	cookie = bpf_htonl(cookie_make(keys, p->saddr, p->daddr, p->sport, p->dport, client_seq, &o.c));
-
-	t.source = p->dport;
-	t.dest = p->sport;
-	t.seq = cookie;
-	t.ack_seq = bpf_htonl(bpf_ntohl(client_seq) + 1);
-	t.doff = 10;
-	t.syn = 1;
-	t.ack = 1;
-	t.window = 0; /* the point: no data before the handshake is ours */
-
-	/* MSS | SACK_PERM or NOP NOP | NOP WS or 4 NOP | TS or EOL + zeros */
-	__builtin_memset(opt, 0, sizeof(opt));
-	opt[0] = TCPOPT_MSS;
-	opt[1] = 4;
-	{
-		__u16 mss = v4 ? cfg_mss4 : cfg_mss6;
-
-		opt[2] = mss >> 8;
-		opt[3] = mss & 0xff;
-	}
-	opt[4] = o.c.sack ? TCPOPT_SACK_PERM : TCPOPT_NOP;
-	opt[5] = o.c.sack ? 2 : TCPOPT_NOP;
-	opt[6] = TCPOPT_NOP;
-	if (o.c.wscale != COOKIE_WS_NONE) {
-		opt[7] = TCPOPT_WS;
-		opt[8] = 3;
-		opt[9] = cfg_wscale;
-	} else {
-		opt[7] = opt[8] = opt[9] = TCPOPT_NOP;
-	}
-	if (o.ts) {
-		/* Our timestamp clock for this connection starts at the
-		 * cookie: deterministic, and the established path keeps the
-		 * offset to the backend's clock. */
-		tsval = cookie;
-		opt[10] = TCPOPT_TS;
-		opt[11] = 10;
-		__builtin_memcpy(&opt[12], &tsval, 4);
-		__builtin_memcpy(&opt[16], &o.tsval, 4);
-	} else {
-		opt[10] = TCPOPT_EOL;
-	}
-
-	/* The pseudo header and the segment, summed before the frame moves. */
-	if (v4) {
-		struct {
-			__u8 saddr[4], daddr[4];
-			__u8 zero, proto;
-			__be16 len;
-		} ph = {.proto = IPPROTO_TCP, .len = bpf_htons(40)};
-
-		__builtin_memcpy(ph.saddr, p->daddr + 12, 4);
-		__builtin_memcpy(ph.daddr, p->saddr + 12, 4);
-		sum = bpf_csum_diff(0, 0, (void *)&ph, sizeof(ph), 0);
-		l3_len = sizeof(struct iphdr);
-	} else {
-		struct {
-			__u8 saddr[16], daddr[16];
-			__be32 len;
-			__u8 zero[3], nh;
-		} ph = {.len = bpf_htonl(40), .nh = IPPROTO_TCP};
-
-		__builtin_memcpy(ph.saddr, p->daddr, 16);
-		__builtin_memcpy(ph.daddr, p->saddr, 16);
-		sum = bpf_csum_diff(0, 0, (void *)&ph, sizeof(ph), 0);
-		l3_len = sizeof(struct ipv6hdr);
-	}
-	sum = bpf_csum_diff(0, 0, (void *)&t, sizeof(t), sum);
-	sum = bpf_csum_diff(0, 0, (void *)opt, sizeof(opt), sum);
-	t.check = csum_finish(sum);
-
-	new_len = l3_off + l3_len + 40;
-	/* The length from the helper: the verifier forbids the pointer
-	 * arithmetic data_end - data would take. */
-	if (bpf_xdp_adjust_tail(ctx, (int)new_len - (int)bpf_xdp_get_buff_len(ctx))) {
-		sp_count(SP_RESIZE_FAILED);
+	if (!tcp_csum_ok(ctx, p)) {
+		sp_count(SP_BAD_CSUM);
 		return XDP_DROP;
 	}
-	data = (void *)(long)ctx->data;
-	data_end = (void *)(long)ctx->data_end;
-	eth = data;
-	if ((void *)(eth + 1) > data_end)
+	parse_tcp_opts(ctx, p->l4_off & 0x1ff, opts_len(th), &o);
+	client_isn = bpf_ntohl(th->seq);
+
+	h = hs_start(0);
+	if (!h)
 		return XDP_DROP;
-	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
-
-	if (v4) {
-		struct iphdr ip = {
-			.version = 4,
-			.ihl = 5,
-			.tot_len = bpf_htons(20 + 40),
-			.frag_off = bpf_htons(0x4000), /* DF */
-			.ttl = 64,
-			.protocol = IPPROTO_TCP,
-		};
-
-		__builtin_memcpy(&ip.saddr, p->daddr + 12, 4);
-		__builtin_memcpy(&ip.daddr, p->saddr + 12, 4);
-		ip.check = csum_finish(bpf_csum_diff(0, 0, (void *)&ip, sizeof(ip), 0));
-		/* One base pointer and a constant-size check: a 6.1 verifier
-		 * cannot combine a variable header length with the offset. */
-		l3 = data + l3_off;
-		if (l3 + sizeof(ip) + 40 > data_end)
-			return XDP_DROP;
-		__builtin_memcpy(l3, &ip, sizeof(ip));
-		__builtin_memcpy(l3 + sizeof(ip), &t, sizeof(t));
-		__builtin_memcpy(l3 + sizeof(ip) + sizeof(t), opt, sizeof(opt));
-	} else {
-		struct ipv6hdr ip6 = {
-			.version = 6,
-			.payload_len = bpf_htons(40),
-			.nexthdr = IPPROTO_TCP,
-			.hop_limit = 64,
-		};
-
-		__builtin_memcpy(&ip6.saddr, p->daddr, 16);
-		__builtin_memcpy(&ip6.daddr, p->saddr, 16);
-		l3 = data + l3_off;
-		if (l3 + sizeof(ip6) + 40 > data_end)
-			return XDP_DROP;
-		__builtin_memcpy(l3, &ip6, sizeof(ip6));
-		__builtin_memcpy(l3 + sizeof(ip6), &t, sizeof(t));
-		__builtin_memcpy(l3 + sizeof(ip6) + sizeof(t), opt, sizeof(opt));
-	}
+	__builtin_memcpy(h->saddr, p->daddr, 16);
+	__builtin_memcpy(h->daddr, p->saddr, 16);
+	h->sport = p->dport;
+	h->dport = p->sport;
+	h->seq = cookie_make(keys, p->saddr, p->daddr, p->sport, p->dport, bpf_htonl(client_isn), &o.c);
+	h->ack = client_isn + 1;
+	h->window = 0; /* the point: no data before the handshake is ours */
+	h->flags = TCPF_SYN | TCPF_ACK;
+	h->v4 = p->eth_proto == ETH_P_IP;
+	h->mss = h->v4 ? cfg_mss4 : cfg_mss6;
+	h->sack = o.c.sack;
+	h->ws = o.c.wscale != COOKIE_WS_NONE ? cfg_wscale : COOKIE_WS_NONE;
+	h->ts = o.ts;
+	/* Our timestamp clock for this connection starts at the cookie:
+	 * deterministic, and the established path keeps the offset to the
+	 * backend's clock. */
+	h->tsval = h->seq;
+	h->tsecr = o.tsval;
+	if (hs_write_xdp(ctx, p->l3_off))
+		return XDP_DROP;
+	__builtin_memcpy(sk.addr, p->daddr, 16);
+	sk.port = p->dport;
+	sk.proto = IPPROTO_TCP;
+	svc = bpf_map_lookup_elem(&sp_services, &sk);
+	if (svc && (sc = svc_stats(svc->id)))
+		sc->syns++;
 	sp_count(SP_SYN);
-	return XDP_TX;
+	return xdp_tx_back(ctx);
+}
+
+/* backend_syn rewrites the client segment in ctx into the SYN to c's
+ * backend: the client's address, port and ISN, its options from the
+ * cookie, its timestamp. The backend's SYN-ACK then needs no sequence
+ * translation towards the client side of the backend. */
+static __always_inline int backend_syn(struct xdp_md *ctx, struct pkt *p, const struct conn_val *c)
+{
+	struct hs *h;
+	__u32 win;
+
+	h = hs_start(0);
+	if (!h)
+		return XDP_DROP;
+	__builtin_memcpy(h->saddr, p->saddr, 16);
+	__builtin_memcpy(h->daddr, c->baddr, 16);
+	h->sport = p->sport;
+	h->dport = c->bport;
+	h->seq = c->client_isn;
+	h->flags = TCPF_SYN;
+	/* A SYN's window is never scaled: the client's in bytes, capped. */
+	win = (__u32)c->client_win << (c->wscale == COOKIE_WS_NONE ? 0 : (c->wscale & 15));
+	h->window = win > 0xffff ? 0xffff : win;
+	h->v4 = p->eth_proto == ETH_P_IP;
+	h->mss = c->mss;
+	h->sack = !!(c->flags & CONN_F_SACK);
+	h->ws = c->wscale;
+	h->ts = !!(c->flags & CONN_F_TS);
+	h->tsval = c->client_tsval;
+	if (hs_write_xdp(ctx, p->l3_off))
+		return XDP_DROP;
+	return fwd_xdp(ctx, p->l3_off, h->v4, h->saddr, h->daddr, p->vlan_depth);
+}
+
+/* flow_hash picks a backend: a fixed key, so the same flow always lands
+ * on the same backend (on both hosts, across secret rotations). */
+static __always_inline __u32 flow_hash(const struct conn_key *k)
+{
+	const __u32 key[2] = {0x74616e64, 0x656d2d62};
+
+	return cookie_mac(key, k->caddr, k->vaddr, k->cport, k->vport, 0, 0);
 }
 
 /* cookie_ack handles an ACK with no connection entry: the third packet of
@@ -381,13 +806,20 @@ __attribute__((noinline)) int cookie_ack(struct xdp_md *ctx, struct pkt *p, cons
 	struct tcphdr *th;
 	__be32 client_isn;
 	__u32 cookie;
-	struct syn_opts o = {}, ack_opts = {};
+	struct tcp_opts o;
+	struct cookie_opts co = {};
 	struct conn_key k = {};
-	struct conn_val v = {};
+	struct scratch *scr = scratch(0);
+	struct conn_val *v;
+	struct backend_key bk;
+	struct backend *b;
 	struct conn_val *cur;
+	struct svc_counters *sc;
 
-	if (!p || !keys || !svc)
+	if (!p || !keys || !svc || !scr)
 		return XDP_DROP;
+	v = &scr->v;
+	__builtin_memset(v, 0, sizeof(*v));
 	th = data + (p->l4_off & 0x1ff);
 	if ((void *)(th + 1) > data_end)
 		return XDP_DROP;
@@ -396,44 +828,425 @@ __attribute__((noinline)) int cookie_ack(struct xdp_md *ctx, struct pkt *p, cons
 	k.cport = p->sport;
 	k.vport = p->dport;
 	k.proto = IPPROTO_TCP;
-	if (bpf_map_lookup_elem(&sp_conns, &k)) {
-		sp_count(SP_DUP_ACK);
-		return XDP_DROP;
-	}
 	client_isn = bpf_htonl(bpf_ntohl(th->seq) - 1);
 	cookie = bpf_ntohl(th->ack_seq) - 1;
-	if (!cookie_check(keys, p->saddr, p->daddr, p->sport, p->dport, client_isn, cookie, &o.c)) {
+	v->client_win = bpf_ntohs(th->window);
+	if (!cookie_check(keys, p->saddr, p->daddr, p->sport, p->dport, client_isn, cookie, &co)) {
 		sp_count(SP_COOKIE_BAD);
 		return XDP_DROP;
 	}
+	if (!tcp_csum_ok(ctx, p)) {
+		sp_count(SP_BAD_CSUM);
+		return XDP_DROP;
+	}
 	/* Timestamps were agreed iff the ACK carries them. */
-	parse_tcp_opts(ctx, th, data, &ack_opts);
-	o.ts = ack_opts.ts;
+	parse_tcp_opts(ctx, p->l4_off & 0x1ff, opts_len(th), &o);
 
-	v.client_isn = bpf_ntohl(client_isn);
-	v.cookie = cookie;
-	v.svc = svc->id;
-	v.backend = svc->backends ? (cookie_mac(keys->key[0], k.caddr, k.vaddr, k.cport, k.vport, 0, 0) % svc->backends) : 0;
-	v.mss = o.c.mss;
-	v.wscale = o.c.wscale;
-	v.flags = (o.c.sack ? CONN_F_SACK : 0) | (o.ts ? CONN_F_TS : 0) | (o.c.wscale != COOKIE_WS_NONE ? CONN_F_WS : 0);
-	v.state = CONN_COOKIE_OK;
-	v.created_ns = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&sp_conns, &k, &v, BPF_NOEXIST)) {
+	v->svc = svc->id;
+	v->backend = svc->backends ? flow_hash(&k) % svc->backends : 0;
+	bk.svc = svc->id;
+	bk.idx = v->backend;
+	b = bpf_map_lookup_elem(&sp_backends, &bk);
+	if (!b) {
+		sp_count(SP_NO_BACKEND);
+		return XDP_DROP;
+	}
+	__builtin_memcpy(v->baddr, b->addr, 16);
+	v->bport = b->port;
+	v->client_isn = bpf_ntohl(client_isn);
+	v->cookie = cookie;
+	v->client_tsval = o.tsval;
+	v->mss = co.mss;
+	v->wscale = co.wscale;
+	v->bwscale = COOKIE_WS_NONE;
+	v->flags = (co.sack ? CONN_F_SACK : 0) | (o.ts ? CONN_F_TS : 0) | (co.wscale != COOKIE_WS_NONE ? CONN_F_WS : 0);
+	v->state = CONN_SYN_SENT;
+	v->tries = 1;
+	v->created_ns = now_ns();
+	v->last_ns = v->created_ns;
+	v->syn_ns = v->created_ns;
+	if (bpf_map_update_elem(&sp_conns, &k, v, BPF_NOEXIST)) {
 		cur = bpf_map_lookup_elem(&sp_conns, &k);
-		if (cur) {
-			sp_count(SP_DUP_ACK);
-			return XDP_DROP;
-		}
-		sp_count(SP_CONN_FULL);
+		sp_count(cur ? SP_DUP_ACK : SP_CONN_FULL);
 		return XDP_DROP;
 	}
 	cur = bpf_map_lookup_elem(&sp_conns, &k);
-	if (cur)
-		sync_mark(SYNC_MAP_CONN, &cur->sync, &k, sizeof(k));
+	if (!cur)
+		return XDP_DROP;
+	sync_mark(SYNC_MAP_CONN, &cur->sync, &k, sizeof(k));
 	sp_count(SP_COOKIE_OK);
-	/* The backend leg (this ACK becoming the SYN to the backend) is the
-	 * next step; until then the client retransmits its ACK. */
+	sp_count(SP_BACKEND_SYN);
+	if ((sc = svc_stats(svc->id)))
+		sc->conns++;
+	return backend_syn(ctx, p, cur);
+}
+
+/* touch refreshes c's last-seen time, at most every cfg_touch_ns, so that
+ * an active entry is replicated now and then and never expires on the
+ * peer while it lives here. */
+static __always_inline void touch(struct conn_val *c, const struct conn_key *k, int changed)
+{
+	__u64 now = now_ns();
+
+	if (changed || now - c->last_ns > cfg_touch_ns) {
+		c->last_ns = now;
+		sync_mark(SYNC_MAP_CONN, &c->sync, k, sizeof(*k));
+	}
+}
+
+/* xlate_opts adds constants to the timestamps and SACK edges of the
+ * segment at l4_off (n bytes of options; where = l4_off << 8 | n, five
+ * arguments being a BPF call's limit) and fixes its checksum. */
+__attribute__((noinline)) int xlate_opts(struct xdp_md *ctx, __u32 where, __u32 tsval_add, __u32 tsecr_add, __u32 sack_add)
+{
+	__u32 l4_off = (where >> 8) & 0x1ff, n = where & 0xff;
+	struct opt_walk w;
+	__sum16 check;
+	__s64 d;
+
+	if (n == 0 || n > 40)
+		return 0;
+	opt_walk_init(&w, n);
+	w.tsval_add = tsval_add;
+	w.tsecr_add = tsecr_add;
+	w.sack_add = sack_add;
+	if (bpf_xdp_load_bytes(ctx, l4_off + 20, w.buf, ((n - 1) & 63) + 1))
+		return -1;
+	d = bpf_csum_diff((void *)w.buf, n & 0x3c, 0, 0, 0);
+	bpf_loop(40, opt_step, &w, 0);
+	d = bpf_csum_diff(0, 0, (void *)w.buf, n & 0x3c, d);
+	if (bpf_xdp_store_bytes(ctx, l4_off + 20, w.buf, ((n - 1) & 63) + 1))
+		return -1;
+	if (bpf_xdp_load_bytes(ctx, l4_off + 16, &check, 2))
+		return -1;
+	csum_add_diff(&check, d);
+	return bpf_xdp_store_bytes(ctx, l4_off + 16, &check, 2);
+}
+
+static __always_inline __u16 rescale(__u16 w, __u8 shl, __u8 shr)
+{
+	__u32 b = ((__u32)w << (shl & 15)) >> (shr & 15);
+
+	if (b > 0xffff)
+		return 0xffff;
+	if (!b && w)
+		return 1; /* never turn an open window into a closed one */
+	return b;
+}
+
+/* xlate rewrites an established segment in place. fwd: client -> backend
+ * (destination becomes the backend, the ack and SACK edges move into the
+ * backend's sequence space, the timestamp echo into its clock). Otherwise
+ * backend -> client (source becomes the VIP, seq and tsval move into what
+ * the client was told, the window into the client's scale). */
+static __always_inline int xlate(struct xdp_md *ctx, const struct pkt *p, const struct conn_val *c, const struct conn_key *k, int fwd)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct tcphdr *th = data + (p->l4_off & 0x1ff);
+	__u32 l4_off = p->l4_off & 0x1ff, n, old, nw;
+	const __u8 *to = fwd ? c->baddr : k->vaddr;
+	__be16 port = fwd ? c->bport : k->vport;
+	__u8 shl = fwd ? c->fwd_shl : c->rev_shl, shr = fwd ? c->fwd_shr : c->rev_shr;
+
+	if ((void *)(th + 1) > data_end)
+		return -1;
+	n = opts_len(th);
+	if (p->eth_proto == ETH_P_IP) {
+		struct iphdr *ip = data + (p->l3_off & 0x3f);
+		__be32 a;
+
+		if ((void *)(ip + 1) > data_end)
+			return -1;
+		__builtin_memcpy(&a, to + 12, 4);
+		if (fwd) {
+			csum_replace4(&ip->check, ip->daddr, a);
+			csum_replace4(&th->check, ip->daddr, a);
+			ip->daddr = a;
+		} else {
+			csum_replace4(&ip->check, ip->saddr, a);
+			csum_replace4(&th->check, ip->saddr, a);
+			ip->saddr = a;
+		}
+	} else {
+		struct ipv6hdr *ip6 = data + (p->l3_off & 0x3f);
+		__be32 oa[4], na[4];
+
+		if ((void *)(ip6 + 1) > data_end)
+			return -1;
+		__builtin_memcpy(na, to, 16);
+		if (fwd) {
+			__builtin_memcpy(oa, &ip6->daddr, 16);
+			__builtin_memcpy(&ip6->daddr, na, 16);
+		} else {
+			__builtin_memcpy(oa, &ip6->saddr, 16);
+			__builtin_memcpy(&ip6->saddr, na, 16);
+		}
+		csum_replace16(&th->check, oa, na);
+	}
+	if (fwd) {
+		csum_replace2(&th->check, th->dest, port);
+		th->dest = port;
+		if (th->ack) {
+			old = th->ack_seq;
+			th->ack_seq = bpf_htonl(bpf_ntohl(old) - c->seq_delta);
+			csum_replace4(&th->check, old, th->ack_seq);
+		}
+	} else {
+		csum_replace2(&th->check, th->source, port);
+		th->source = port;
+		old = th->seq;
+		th->seq = bpf_htonl(bpf_ntohl(old) + c->seq_delta);
+		csum_replace4(&th->check, old, th->seq);
+	}
+	if (shl != shr) {
+		nw = bpf_htons(rescale(bpf_ntohs(th->window), shl, shr));
+		csum_replace2(&th->check, th->window, nw);
+		th->window = nw;
+	}
+	/* Options: only timestamps (both ways) and SACK (client -> backend)
+	 * change; the walk runs when they can be there. */
+	if (n == 0 || n > 40 || !(c->flags & (CONN_F_TS | CONN_F_SACK)))
+		return 0;
+	if (fwd)
+		return xlate_opts(ctx, l4_off << 8 | n, 0, -c->ts_delta, -c->seq_delta);
+	return xlate_opts(ctx, l4_off << 8 | n, c->ts_delta, 0, 0);
+}
+
+static __always_inline __u32 l4_payload(const struct pkt *p, const struct tcphdr *th)
+{
+	return p->l4_len - th->doff * 4;
+}
+
+/* rst_to_client rewrites ctx into a RST from the VIP to the client of k,
+ * at sequence seq, and sends it back where it came from. */
+static __always_inline int rst_to_client(struct xdp_md *ctx, const struct pkt *p, const struct conn_key *k, __u32 seq, __u32 ack, int back)
+{
+	struct hs *h = hs_start(0);
+
+	if (!h)
+		return XDP_DROP;
+	__builtin_memcpy(h->saddr, k->vaddr, 16);
+	__builtin_memcpy(h->daddr, k->caddr, 16);
+	h->sport = k->vport;
+	h->dport = k->cport;
+	h->seq = seq;
+	h->ack = ack;
+	h->flags = TCPF_RST | TCPF_ACK;
+	h->v4 = p->eth_proto == ETH_P_IP;
+	h->ws = COOKIE_WS_NONE;
+	if (hs_write_xdp(ctx, p->l3_off))
+		return XDP_DROP;
+	if (back)
+		return xdp_tx_back(ctx);
+	return fwd_xdp(ctx, p->l3_off, h->v4, h->saddr, h->daddr, p->vlan_depth);
+}
+
+static __always_inline void conn_delete(const struct conn_key *k)
+{
+	if (bpf_map_delete_elem(&sp_conns, k) == 0)
+		sync_mark_deleted(SYNC_MAP_CONN, k, sizeof(*k));
+}
+
+/* client_seg handles a segment from a client with a connection entry. */
+__attribute__((noinline)) int client_seg(struct xdp_md *ctx, struct pkt *p, struct conn_val *c, const struct conn_key *k)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct tcphdr *th;
+	struct svc_counters *sc;
+	__u64 now;
+	int changed = 0;
+
+	if (!p || !c || !k)
+		return XDP_DROP;
+	th = data + (p->l4_off & 0x1ff);
+	if ((void *)(th + 1) > data_end)
+		return XDP_DROP;
+	if (th->syn) {
+		/* The handshake is done on the client's side: a SYN now is a
+		 * retransmission of one we answered, or port reuse, which
+		 * the caller handles once the old entry is closing. */
+		sp_count(SP_DUP_ACK);
+		return XDP_DROP;
+	}
+	if (c->state == CONN_SYN_SENT) {
+		if (th->rst) {
+			conn_delete(k);
+			sp_count(SP_CLOSED);
+			return XDP_DROP;
+		}
+		/* The client is waiting (zero-window probes, ACK retries): at
+		 * most one backend SYN per retry interval, whatever the rate
+		 * of its segments (an ACK storm costs a lookup each). */
+		now = now_ns();
+		if (now - c->syn_ns < cfg_syn_retry_ns) {
+			sp_count(SP_DUP_ACK);
+			return XDP_DROP;
+		}
+		if (c->tries >= cfg_syn_tries) {
+			if ((sc = svc_stats(c->svc)))
+				sc->failed++;
+			sp_count(SP_BACKEND_TIMEOUT);
+			__u32 seq = bpf_ntohl(th->ack_seq), ack = bpf_ntohl(th->seq);
+
+			conn_delete(k);
+			return rst_to_client(ctx, p, k, seq, ack, 1);
+		}
+		c->tries++;
+		c->syn_ns = now;
+		sp_count(SP_SYN_RETRY);
+		return backend_syn(ctx, p, c);
+	}
+	if (th->fin && !(c->fins & 1)) {
+		c->fins |= 1;
+		changed = 1;
+	}
+	if (th->rst || c->fins == 3) {
+		if (c->state != CONN_CLOSING)
+			sp_count(SP_CLOSED);
+		changed |= c->state != CONN_CLOSING;
+		c->state = CONN_CLOSING;
+	}
+	if ((sc = svc_stats(c->svc))) {
+		sc->pkts_in++;
+		sc->bytes_in += l4_payload(p, th);
+	}
+	touch(c, k, changed);
+	if (xlate(ctx, p, c, k, 1))
+		return XDP_DROP;
+	sp_count(SP_FWD);
+	return fwd_xdp(ctx, p->l3_off, p->eth_proto == ETH_P_IP, p->saddr, c->baddr, p->vlan_depth);
+}
+
+/* backend_seg handles a segment from a backend for a connection entry. */
+__attribute__((noinline)) int backend_seg(struct xdp_md *ctx, struct pkt *p, struct conn_val *c, const struct conn_key *k)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct tcphdr *th;
+	struct svc_counters *sc;
+	int changed = 0;
+
+	if (!p || !c || !k)
+		return XDP_DROP;
+	th = data + (p->l4_off & 0x1ff);
+	if ((void *)(th + 1) > data_end)
+		return XDP_DROP;
+	if (th->syn) {
+		/* The SYN-ACK completes the backend handshake and opens the
+		 * client's window: it needs a clone, so TC ingress does it. */
+		return th->ack ? XDP_PASS : XDP_DROP;
+	}
+	if (c->state == CONN_SYN_SENT) {
+		if (th->rst && bpf_ntohl(th->ack_seq) == c->client_isn + 1) {
+			if ((sc = svc_stats(c->svc)))
+				sc->failed++;
+			sp_count(SP_BACKEND_RST);
+			conn_delete(k);
+			return rst_to_client(ctx, p, k, c->cookie + 1, c->client_isn + 1, 0);
+		}
+		sp_count(SP_BAD_FLAGS);
+		return XDP_DROP;
+	}
+	if (th->fin && !(c->fins & 2)) {
+		c->fins |= 2;
+		changed = 1;
+	}
+	if (th->rst || c->fins == 3) {
+		if (c->state != CONN_CLOSING)
+			sp_count(SP_CLOSED);
+		changed |= c->state != CONN_CLOSING;
+		c->state = CONN_CLOSING;
+	}
+	if ((sc = svc_stats(c->svc))) {
+		sc->pkts_out++;
+		sc->bytes_out += l4_payload(p, th);
+	}
+	touch(c, k, changed);
+	if (xlate(ctx, p, c, k, 0))
+		return XDP_DROP;
+	sp_count(SP_REV);
+	return fwd_xdp(ctx, p->l3_off, p->eth_proto == ETH_P_IP, k->vaddr, p->daddr, p->vlan_depth);
+}
+
+/* rev_key finds the connection a backend's segment belongs to: the
+ * backend's address and port name the service (sp_backend_rev), the
+ * destination is the client. */
+static __always_inline struct conn_val *rev_lookup(const struct pkt *p, struct conn_key *k)
+{
+	struct svc_key bk = {};
+	struct rev_val *rv;
+
+	__builtin_memcpy(bk.addr, p->saddr, 16);
+	bk.port = p->sport;
+	bk.proto = IPPROTO_TCP;
+	rv = bpf_map_lookup_elem(&sp_backend_rev, &bk);
+	if (!rv)
+		return 0;
+	__builtin_memset(k, 0, sizeof(*k));
+	__builtin_memcpy(k->caddr, p->daddr, 16);
+	__builtin_memcpy(k->vaddr, rv->vaddr, 16);
+	k->cport = p->dport;
+	k->vport = rv->vport;
+	k->proto = IPPROTO_TCP;
+	return bpf_map_lookup_elem(&sp_conns, k);
+}
+
+/* from_backend handles what is not addressed to a service: a proxied
+ * connection's backend segments, or not ours at all. */
+__attribute__((noinline)) int from_backend(struct xdp_md *ctx, struct pkt *p)
+{
+	struct conn_key ck;
+	struct conn_val *c;
+
+	if (!p)
+		return XDP_PASS;
+	c = rev_lookup(p, &ck);
+	if (!c)
+		return XDP_PASS; /* not a proxied flow */
+	return backend_seg(ctx, p, c, &ck);
+}
+
+/* from_client handles a segment to a service. */
+__attribute__((noinline)) int from_client(struct xdp_md *ctx, struct pkt *p, const struct svc_val *svc)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct cookie_keys *keys;
+	struct conn_key ck = {};
+	struct conn_val *c;
+	struct tcphdr *th;
+	__u32 zero = 0;
+
+	if (!p || !svc)
+		return XDP_DROP;
+	th = data + (p->l4_off & 0x1ff);
+	if ((void *)(th + 1) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(ck.caddr, p->saddr, 16);
+	__builtin_memcpy(ck.vaddr, p->daddr, 16);
+	ck.cport = p->sport;
+	ck.vport = p->dport;
+	ck.proto = IPPROTO_TCP;
+	c = bpf_map_lookup_elem(&sp_conns, &ck);
+	if (c) {
+		/* A new SYN on a closing entry is the client reusing its
+		 * port: the old entry goes, the SYN is answered. */
+		if (!(th->syn && !th->ack && c->state == CONN_CLOSING))
+			return client_seg(ctx, p, c, &ck);
+		conn_delete(&ck);
+	}
+	keys = bpf_map_lookup_elem(&sp_cookie_keys, &zero);
+	if (!keys || (keys->key[0][0] | keys->key[0][1] | keys->key[1][0] | keys->key[1][1]) == 0) {
+		sp_count(SP_NO_SECRET);
+		return XDP_DROP;
+	}
+	if (th->syn && !th->ack && !th->rst && !th->fin)
+		return answer_syn(ctx, p, keys);
+	if (th->ack && !th->syn && !th->rst && !th->fin)
+		return cookie_ack(ctx, p, keys, svc);
+	sp_count(SP_BAD_FLAGS);
 	return XDP_DROP;
 }
 
@@ -442,49 +1255,247 @@ int xdp_synproxy(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	struct scratch *scr = scratch(0);
 	struct svc_key sk = {};
 	struct svc_val *svc;
-	struct cookie_keys *keys;
-	struct tcphdr *th;
-	struct pkt p;
-	__u32 zero = 0;
-	int r;
+	struct pkt *p;
 
-	r = parse_frame(&p, data, data_end);
-	if (r != PARSE_IP || p.l4_proto != IPPROTO_TCP)
+	if (!scr)
+		return XDP_PASS;
+	p = &scr->p;
+	if (parse_frame(p, data, data_end) != PARSE_IP || p->l4_proto != IPPROTO_TCP)
 		return XDP_PASS; /* the gate judges what is not ours */
-	__builtin_memcpy(sk.addr, p.daddr, 16);
-	sk.port = p.dport;
+	__builtin_memcpy(sk.addr, p->daddr, 16);
+	sk.port = p->dport;
 	sk.proto = IPPROTO_TCP;
-	if (p.frag) {
+	svc = bpf_map_lookup_elem(&sp_services, &sk);
+	if (p->frag) {
 		/* A fragment has no port to match unless it is the first; a
 		 * first fragment to a service is dropped (a handshake is never
-		 * fragmented). */
-		if (p.frag == 1 && bpf_map_lookup_elem(&sp_services, &sk)) {
+		 * fragmented, and TCP with DF never needs to be). */
+		if (p->frag == 1 && svc) {
 			sp_count(SP_FRAGMENT);
 			return XDP_DROP;
 		}
 		return XDP_PASS;
 	}
-	svc = bpf_map_lookup_elem(&sp_services, &sk);
 	if (!svc)
-		return XDP_PASS;
-	th = data + (p.l4_off & 0x1ff);
-	if ((void *)(th + 1) > data_end) {
-		sp_count(SP_MALFORMED);
-		return XDP_DROP;
+		return from_backend(ctx, p);
+	return from_client(ctx, p, svc);
+}
+
+/* ---- TC ingress: the backend's SYN-ACK ---------------------------------- */
+
+__attribute__((noinline)) int hs_write_skb(struct __sk_buff *skb, __u32 l3_off)
+{
+	struct scratch *s = scratch(1);
+	__u32 len;
+
+	if (!s)
+		return -1;
+	len = hs_build(s);
+	l3_off &= 0x3f;
+	if (len > HS_MAX || len < 40)
+		return -1;
+	if (bpf_skb_change_tail(skb, l3_off + len, 0))
+		return -1;
+	return bpf_skb_store_bytes(skb, l3_off, s->buf, len, 0);
+}
+
+/* The SYN-ACK's fields, read before the packet is rewritten twice. */
+struct synack {
+	struct pkt p;
+	__u32 seq;
+	__u16 window;
+	__u8 v4;
+	__u8 pad;
+	__u8 smac[ETH_ALEN], dmac[ETH_ALEN];
+	struct tcp_opts o;
+};
+
+/* backend_synack: the packet becomes the window update to the client
+ * (cloned out towards the client), then the ACK to the backend (sent back
+ * out of the interface it came in on). */
+__attribute__((noinline)) int backend_synack(struct __sk_buff *skb, struct synack *s, struct conn_val *c, const struct conn_key *k)
+{
+	struct bpf_fib_lookup f = {};
+	struct hs *h;
+	struct svc_counters *sc;
+	__u8 cws;
+
+	if (!s || !c || !k)
+		return TC_ACT_SHOT;
+	if (c->state == CONN_SYN_SENT) {
+		cws = c->wscale;
+		c->backend_isn = s->seq;
+		c->seq_delta = c->cookie - s->seq;
+		c->bwscale = s->o.c.wscale;
+		c->ts_delta = c->cookie - s->o.tsval;
+		if (!s->o.ts)
+			c->flags &= ~CONN_F_TS;
+		/* Scaling is in force only if both ends offered it; the
+		 * client was told cfg_wscale whenever it offered. */
+		if (cws != COOKIE_WS_NONE && c->bwscale != COOKIE_WS_NONE) {
+			c->fwd_shl = c->fwd_shr = cws;
+			c->rev_shl = c->bwscale;
+		} else {
+			c->fwd_shl = cws == COOKIE_WS_NONE ? 0 : cws;
+			c->fwd_shr = 0;
+			c->rev_shl = 0;
+		}
+		c->rev_shr = cws == COOKIE_WS_NONE ? 0 : cfg_wscale;
+		c->state = CONN_ESTABLISHED;
+		c->last_ns = now_ns();
+		sync_mark(SYNC_MAP_CONN, &c->sync, k, sizeof(*k));
+		sp_count(SP_ESTABLISHED);
+		if ((sc = svc_stats(c->svc)))
+			sc->established++;
+	} else if (s->seq != c->backend_isn) {
+		sp_count(SP_BAD_ACK);
+		return TC_ACT_SHOT;
 	}
-	keys = bpf_map_lookup_elem(&sp_cookie_keys, &zero);
-	if (!keys || (keys->key[0][0] | keys->key[0][1] | keys->key[1][0] | keys->key[1][1]) == 0) {
-		sp_count(SP_NO_SECRET);
-		return XDP_DROP;
+
+	/* 1. The window update: what the client would have had in a SYN-ACK
+	 * from the backend, as an ACK from the VIP. */
+	h = hs_start(1);
+	if (!h)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(h->saddr, k->vaddr, 16);
+	__builtin_memcpy(h->daddr, k->caddr, 16);
+	h->sport = k->vport;
+	h->dport = k->cport;
+	h->seq = c->cookie + 1;
+	h->ack = c->client_isn + 1;
+	h->flags = TCPF_ACK;
+	h->window = rescale(s->window, 0, c->rev_shr);
+	h->v4 = s->v4;
+	h->ws = COOKIE_WS_NONE;
+	h->ts = !!(c->flags & CONN_F_TS);
+	h->tsval = s->o.tsval + c->ts_delta;
+	h->tsecr = s->o.tsecr;
+	if (hs_write_skb(skb, s->p.l3_off))
+		return TC_ACT_SHOT;
+	f.ifindex = skb->ingress_ifindex;
+	f.l4_protocol = IPPROTO_TCP;
+	if (s->v4) {
+		f.family = AF_INET;
+		f.tot_len = 20 + 20 + (h->ts ? 12 : 0);
+		__builtin_memcpy(&f.ipv4_src, h->saddr + 12, 4);
+		__builtin_memcpy(&f.ipv4_dst, h->daddr + 12, 4);
+	} else {
+		f.family = AF_INET6;
+		f.tot_len = 40 + 20 + (h->ts ? 12 : 0);
+		__builtin_memcpy(f.ipv6_src, h->saddr, 16);
+		__builtin_memcpy(f.ipv6_dst, h->daddr, 16);
 	}
-	if (th->syn && !th->ack && !th->rst && !th->fin)
-		return answer_syn(ctx, &p, keys);
-	if (th->ack && !th->syn && !th->rst && !th->fin)
-		return cookie_ack(ctx, &p, keys, svc);
-	sp_count(SP_BAD_FLAGS);
-	return XDP_DROP;
+	if (bpf_fib_lookup(skb, &f, sizeof(f), 0) == BPF_FIB_LKUP_RET_SUCCESS && !s->p.vlan_depth) {
+		bpf_skb_store_bytes(skb, 0, f.dmac, ETH_ALEN, 0);
+		bpf_skb_store_bytes(skb, ETH_ALEN, f.smac, ETH_ALEN, 0);
+		if (bpf_clone_redirect(skb, f.ifindex, 0) == 0)
+			sp_count(SP_WIN_UPDATE);
+	}
+	/* Without a route now, the client's zero-window probe recovers. */
+
+	/* 2. The ACK that completes the backend's handshake. */
+	__builtin_memcpy(h->saddr, k->caddr, 16);
+	__builtin_memcpy(h->daddr, c->baddr, 16);
+	h->sport = k->cport;
+	h->dport = c->bport;
+	h->seq = c->client_isn + 1;
+	h->ack = s->seq + 1;
+	h->window = rescale(c->client_win, c->fwd_shl, c->fwd_shr);
+	h->tsval = c->client_tsval;
+	h->tsecr = s->o.tsval;
+	if (hs_write_skb(skb, s->p.l3_off))
+		return TC_ACT_SHOT;
+	bpf_skb_store_bytes(skb, 0, s->smac, ETH_ALEN, 0);
+	bpf_skb_store_bytes(skb, ETH_ALEN, s->dmac, ETH_ALEN, 0);
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+SEC("tc")
+int tc_synproxy(struct __sk_buff *skb)
+{
+	void *data, *data_end;
+	struct synack s;
+	struct conn_key k;
+	struct conn_val *c;
+	struct tcphdr *th;
+	struct ethhdr *eth;
+	struct opt_walk w;
+	__u32 n, l4;
+
+	/* Handshake segments are small: the headers are in the linear part
+	 * once pulled. */
+	bpf_skb_pull_data(skb, skb->len < 160 ? skb->len : 160);
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (parse_frame(&s.p, data, data_end) != PARSE_IP || s.p.l4_proto != IPPROTO_TCP || s.p.frag)
+		return TC_NEXT;
+	l4 = s.p.l4_off & 0x1ff;
+	th = data + l4;
+	eth = data;
+	if ((void *)(th + 1) > data_end || (void *)(eth + 1) > data_end)
+		return TC_NEXT;
+	if (!th->syn || !th->ack || th->rst || th->fin)
+		return TC_NEXT;
+	c = rev_lookup(&s.p, &k);
+	if (!c)
+		return TC_NEXT;
+	if (bpf_ntohl(th->ack_seq) != c->client_isn + 1) {
+		sp_count(SP_BAD_ACK);
+		return TC_ACT_SHOT;
+	}
+	s.seq = bpf_ntohl(th->seq);
+	s.window = bpf_ntohs(th->window);
+	s.v4 = s.p.eth_proto == ETH_P_IP;
+	__builtin_memcpy(s.smac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(s.dmac, eth->h_dest, ETH_ALEN);
+	n = opts_len(th);
+	opt_walk_init(&w, n);
+	if (n > 0 && n <= 40 && bpf_skb_load_bytes(skb, l4 + 20, w.buf, ((n - 1) & 63) + 1) == 0)
+		bpf_loop(40, opt_step, &w, 0);
+	s.o = w.o;
+	return backend_synack(skb, &s, c, &k);
+}
+
+/* ---- Idle expiry (BPF_PROG_TYPE_SYSCALL, run by the daemon) ------------ */
+
+struct expire_args {
+	__u64 now;            /* TAI ns */
+	__u64 syn_sent_ns;    /* timeouts by state */
+	__u64 established_ns;
+	__u64 closing_ns;
+};
+
+struct expire_ctx {
+	struct expire_args a;
+	__u32 deleted;
+};
+
+static long expire_one(void *map, struct conn_key *k, struct conn_val *v, struct expire_ctx *x)
+{
+	__u64 t = v->state == CONN_ESTABLISHED ? x->a.established_ns : v->state == CONN_SYN_SENT ? x->a.syn_sent_ns : x->a.closing_ns;
+
+	if (x->a.now > v->last_ns && x->a.now - v->last_ns > t) {
+		if (bpf_map_delete_elem(&sp_conns, k) == 0) {
+			sync_mark_deleted(SYNC_MAP_CONN, k, sizeof(*k));
+			x->deleted++;
+		}
+	}
+	return 0;
+}
+
+/* sp_expire deletes the entries idle longer than their state allows
+ * (each deletion replicated like any other) and returns how many. */
+SEC("syscall")
+int sp_expire(struct expire_args *a)
+{
+	struct expire_ctx x = {};
+
+	x.a = *a;
+	bpf_for_each_map_elem(&sp_conns, expire_one, &x, 0);
+	return x.deleted;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -13,6 +13,19 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type SynproxyBackend struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+	Port uint16
+	Pad  [2]uint8
+}
+
+type SynproxyBackendKey struct {
+	_   structs.HostLayout
+	Svc uint32
+	Idx uint32
+}
+
 type SynproxyConnKey struct {
 	_     structs.HostLayout
 	Caddr [16]uint8
@@ -23,6 +36,14 @@ type SynproxyConnKey struct {
 	Pad   [3]uint8
 }
 
+type SynproxyConnState uint32
+
+const (
+	SynproxyConnStateCONN_SYN_SENT    SynproxyConnState = 1
+	SynproxyConnStateCONN_ESTABLISHED SynproxyConnState = 2
+	SynproxyConnStateCONN_CLOSING     SynproxyConnState = 3
+)
+
 type SynproxyConnVal struct {
 	_    structs.HostLayout
 	Sync struct {
@@ -30,17 +51,33 @@ type SynproxyConnVal struct {
 		Version     uint64
 		QueuedEpoch uint64
 	}
-	ClientIsn  uint32
-	Cookie     uint32
-	BackendIsn uint32
-	Svc        uint32
-	Backend    uint32
-	Mss        uint16
-	Wscale     uint8
-	Flags      uint8
-	State      uint8
-	Pad        [7]uint8
-	CreatedNs  uint64
+	Baddr       [16]uint8
+	Bport       uint16
+	State       uint8
+	Flags       uint8
+	Wscale      uint8
+	Bwscale     uint8
+	Tries       uint8
+	Fins        uint8
+	ClientIsn   uint32
+	Cookie      uint32
+	BackendIsn  uint32
+	SeqDelta    uint32
+	TsDelta     uint32
+	ClientTsval uint32
+	ClientWin   uint16
+	Mss         uint16
+	FwdShl      uint8
+	FwdShr      uint8
+	RevShl      uint8
+	RevShr      uint8
+	Svc         uint32
+	Backend     uint32
+	Pad         uint32
+	_           [4]byte
+	CreatedNs   uint64
+	LastNs      uint64
+	SynNs       uint64
 }
 
 type SynproxyCookieKeys struct {
@@ -50,21 +87,105 @@ type SynproxyCookieKeys struct {
 	Key  [2][2]uint32
 }
 
+type SynproxyExpireArgs struct {
+	_             structs.HostLayout
+	Now           uint64
+	SynSentNs     uint64
+	EstablishedNs uint64
+	ClosingNs     uint64
+}
+
+type SynproxyRevVal struct {
+	_     structs.HostLayout
+	Vaddr [16]uint8
+	Vport uint16
+	Pad   [2]uint8
+}
+
+type SynproxyScratch struct {
+	_   structs.HostLayout
+	Buf [80]uint8
+	Ph  [40]uint8
+	Seg [64]uint8
+	H   struct {
+		_      structs.HostLayout
+		Saddr  [16]uint8
+		Daddr  [16]uint8
+		Sport  uint16
+		Dport  uint16
+		Seq    uint32
+		Ack    uint32
+		Window uint16
+		Flags  uint8
+		V4     uint8
+		Mss    uint16
+		Ws     uint8
+		Sack   uint8
+		Ts     uint8
+		Pad    [3]uint8
+		Tsval  uint32
+		Tsecr  uint32
+	}
+	P struct {
+		_         structs.HostLayout
+		L3Off     uint16
+		L4Off     uint16
+		EthProto  uint16
+		L4Proto   uint8
+		Frag      uint8
+		VlanDepth uint16
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		L4Len     uint16
+		Pad       uint16
+	}
+	_ [6]byte
+	V SynproxyConnVal
+}
+
 type SynproxySpStat uint32
 
 const (
-	SynproxySpStatSP_SYN           SynproxySpStat = 0
-	SynproxySpStatSP_COOKIE_OK     SynproxySpStat = 1
-	SynproxySpStatSP_COOKIE_BAD    SynproxySpStat = 2
-	SynproxySpStatSP_DUP_ACK       SynproxySpStat = 3
-	SynproxySpStatSP_BAD_FLAGS     SynproxySpStat = 4
-	SynproxySpStatSP_FRAGMENT      SynproxySpStat = 5
-	SynproxySpStatSP_MALFORMED     SynproxySpStat = 6
-	SynproxySpStatSP_NO_SECRET     SynproxySpStat = 7
-	SynproxySpStatSP_CONN_FULL     SynproxySpStat = 8
-	SynproxySpStatSP_RESIZE_FAILED SynproxySpStat = 9
-	SynproxySpStatSP_STAT_MAX      SynproxySpStat = 10
+	SynproxySpStatSP_SYN             SynproxySpStat = 0
+	SynproxySpStatSP_COOKIE_OK       SynproxySpStat = 1
+	SynproxySpStatSP_COOKIE_BAD      SynproxySpStat = 2
+	SynproxySpStatSP_DUP_ACK         SynproxySpStat = 3
+	SynproxySpStatSP_BAD_FLAGS       SynproxySpStat = 4
+	SynproxySpStatSP_FRAGMENT        SynproxySpStat = 5
+	SynproxySpStatSP_MALFORMED       SynproxySpStat = 6
+	SynproxySpStatSP_NO_SECRET       SynproxySpStat = 7
+	SynproxySpStatSP_CONN_FULL       SynproxySpStat = 8
+	SynproxySpStatSP_RESIZE_FAILED   SynproxySpStat = 9
+	SynproxySpStatSP_BACKEND_SYN     SynproxySpStat = 10
+	SynproxySpStatSP_SYN_RETRY       SynproxySpStat = 11
+	SynproxySpStatSP_BACKEND_TIMEOUT SynproxySpStat = 12
+	SynproxySpStatSP_BACKEND_RST     SynproxySpStat = 13
+	SynproxySpStatSP_ESTABLISHED     SynproxySpStat = 14
+	SynproxySpStatSP_WIN_UPDATE      SynproxySpStat = 15
+	SynproxySpStatSP_FWD             SynproxySpStat = 16
+	SynproxySpStatSP_REV             SynproxySpStat = 17
+	SynproxySpStatSP_CLOSED          SynproxySpStat = 18
+	SynproxySpStatSP_BAD_CSUM        SynproxySpStat = 19
+	SynproxySpStatSP_NO_BACKEND      SynproxySpStat = 20
+	SynproxySpStatSP_KERNEL_FWD      SynproxySpStat = 21
+	SynproxySpStatSP_ICMP            SynproxySpStat = 22
+	SynproxySpStatSP_BAD_ACK         SynproxySpStat = 23
+	SynproxySpStatSP_STAT_MAX        SynproxySpStat = 24
 )
+
+type SynproxySvcCounters struct {
+	_           structs.HostLayout
+	Syns        uint64
+	Conns       uint64
+	Established uint64
+	Failed      uint64
+	PktsIn      uint64
+	BytesIn     uint64
+	PktsOut     uint64
+	BytesOut    uint64
+}
 
 type SynproxySvcKey struct {
 	_     structs.HostLayout
@@ -108,20 +229,30 @@ type SynproxySyncRec struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	SynproxyMapSpBackendRev      = "sp_backend_rev"
+	SynproxyMapSpBackends        = "sp_backends"
 	SynproxyMapSpConns           = "sp_conns"
 	SynproxyMapSpCookieKeys      = "sp_cookie_keys"
+	SynproxyMapSpScratch         = "sp_scratch"
 	SynproxyMapSpServices        = "sp_services"
 	SynproxyMapSpStats           = "sp_stats"
+	SynproxyMapSpSvcStats        = "sp_svc_stats"
 	SynproxyMapSyncEpoch         = "sync_epoch"
 	SynproxyMapSyncIoSpConns     = "sync_io_sp_conns"
 	SynproxyMapSyncOverflow      = "sync_overflow"
 	SynproxyMapSyncRings         = "sync_rings"
+	SynproxyProgSpExpire         = "sp_expire"
 	SynproxyProgSyncReadSpConns  = "sync_read_sp_conns"
 	SynproxyProgSyncWriteSpConns = "sync_write_sp_conns"
+	SynproxyProgTcSynproxy       = "tc_synproxy"
 	SynproxyProgXdpSynproxy      = "xdp_synproxy"
 	SynproxyVarCfgMss4           = "cfg_mss4"
 	SynproxyVarCfgMss6           = "cfg_mss6"
+	SynproxyVarCfgSynRetryNs     = "cfg_syn_retry_ns"
+	SynproxyVarCfgSynTries       = "cfg_syn_tries"
+	SynproxyVarCfgTouchNs        = "cfg_touch_ns"
 	SynproxyVarCfgWscale         = "cfg_wscale"
+	SynproxyVarConnStateLayout   = "conn_state_layout"
 	SynproxyVarSpStatLayout      = "sp_stat_layout"
 	SynproxyVarSyncMapIdLayout   = "sync_map_id_layout"
 	SynproxyVarSyncRecLayout     = "sync_rec_layout"
@@ -169,8 +300,10 @@ type SynproxySpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SynproxyProgramSpecs struct {
+	SpExpire         *ebpf.ProgramSpec `ebpf:"sp_expire"`
 	SyncReadSpConns  *ebpf.ProgramSpec `ebpf:"sync_read_sp_conns"`
 	SyncWriteSpConns *ebpf.ProgramSpec `ebpf:"sync_write_sp_conns"`
+	TcSynproxy       *ebpf.ProgramSpec `ebpf:"tc_synproxy"`
 	XdpSynproxy      *ebpf.ProgramSpec `ebpf:"xdp_synproxy"`
 }
 
@@ -178,10 +311,14 @@ type SynproxyProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SynproxyMapSpecs struct {
+	SpBackendRev  *ebpf.MapSpec `ebpf:"sp_backend_rev"`
+	SpBackends    *ebpf.MapSpec `ebpf:"sp_backends"`
 	SpConns       *ebpf.MapSpec `ebpf:"sp_conns"`
 	SpCookieKeys  *ebpf.MapSpec `ebpf:"sp_cookie_keys"`
+	SpScratch     *ebpf.MapSpec `ebpf:"sp_scratch"`
 	SpServices    *ebpf.MapSpec `ebpf:"sp_services"`
 	SpStats       *ebpf.MapSpec `ebpf:"sp_stats"`
+	SpSvcStats    *ebpf.MapSpec `ebpf:"sp_svc_stats"`
 	SyncEpoch     *ebpf.MapSpec `ebpf:"sync_epoch"`
 	SyncIoSpConns *ebpf.MapSpec `ebpf:"sync_io_sp_conns"`
 	SyncOverflow  *ebpf.MapSpec `ebpf:"sync_overflow"`
@@ -194,7 +331,11 @@ type SynproxyMapSpecs struct {
 type SynproxyVariableSpecs struct {
 	CfgMss4         *ebpf.VariableSpec `ebpf:"cfg_mss4"`
 	CfgMss6         *ebpf.VariableSpec `ebpf:"cfg_mss6"`
+	CfgSynRetryNs   *ebpf.VariableSpec `ebpf:"cfg_syn_retry_ns"`
+	CfgSynTries     *ebpf.VariableSpec `ebpf:"cfg_syn_tries"`
+	CfgTouchNs      *ebpf.VariableSpec `ebpf:"cfg_touch_ns"`
 	CfgWscale       *ebpf.VariableSpec `ebpf:"cfg_wscale"`
+	ConnStateLayout *ebpf.VariableSpec `ebpf:"conn_state_layout"`
 	SpStatLayout    *ebpf.VariableSpec `ebpf:"sp_stat_layout"`
 	SyncMapIdLayout *ebpf.VariableSpec `ebpf:"sync_map_id_layout"`
 	SyncRecLayout   *ebpf.VariableSpec `ebpf:"sync_rec_layout"`
@@ -220,10 +361,14 @@ func (o *SynproxyObjects) Close() error {
 //
 // It can be passed to LoadSynproxyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SynproxyMaps struct {
+	SpBackendRev  *ebpf.Map `ebpf:"sp_backend_rev"`
+	SpBackends    *ebpf.Map `ebpf:"sp_backends"`
 	SpConns       *ebpf.Map `ebpf:"sp_conns"`
 	SpCookieKeys  *ebpf.Map `ebpf:"sp_cookie_keys"`
+	SpScratch     *ebpf.Map `ebpf:"sp_scratch"`
 	SpServices    *ebpf.Map `ebpf:"sp_services"`
 	SpStats       *ebpf.Map `ebpf:"sp_stats"`
+	SpSvcStats    *ebpf.Map `ebpf:"sp_svc_stats"`
 	SyncEpoch     *ebpf.Map `ebpf:"sync_epoch"`
 	SyncIoSpConns *ebpf.Map `ebpf:"sync_io_sp_conns"`
 	SyncOverflow  *ebpf.Map `ebpf:"sync_overflow"`
@@ -232,10 +377,14 @@ type SynproxyMaps struct {
 
 func (m *SynproxyMaps) Close() error {
 	return _SynproxyClose(
+		m.SpBackendRev,
+		m.SpBackends,
 		m.SpConns,
 		m.SpCookieKeys,
+		m.SpScratch,
 		m.SpServices,
 		m.SpStats,
+		m.SpSvcStats,
 		m.SyncEpoch,
 		m.SyncIoSpConns,
 		m.SyncOverflow,
@@ -249,7 +398,11 @@ func (m *SynproxyMaps) Close() error {
 type SynproxyVariables struct {
 	CfgMss4         *ebpf.Variable `ebpf:"cfg_mss4"`
 	CfgMss6         *ebpf.Variable `ebpf:"cfg_mss6"`
+	CfgSynRetryNs   *ebpf.Variable `ebpf:"cfg_syn_retry_ns"`
+	CfgSynTries     *ebpf.Variable `ebpf:"cfg_syn_tries"`
+	CfgTouchNs      *ebpf.Variable `ebpf:"cfg_touch_ns"`
 	CfgWscale       *ebpf.Variable `ebpf:"cfg_wscale"`
+	ConnStateLayout *ebpf.Variable `ebpf:"conn_state_layout"`
 	SpStatLayout    *ebpf.Variable `ebpf:"sp_stat_layout"`
 	SyncMapIdLayout *ebpf.Variable `ebpf:"sync_map_id_layout"`
 	SyncRecLayout   *ebpf.Variable `ebpf:"sync_rec_layout"`
@@ -259,15 +412,19 @@ type SynproxyVariables struct {
 //
 // It can be passed to LoadSynproxyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SynproxyPrograms struct {
+	SpExpire         *ebpf.Program `ebpf:"sp_expire"`
 	SyncReadSpConns  *ebpf.Program `ebpf:"sync_read_sp_conns"`
 	SyncWriteSpConns *ebpf.Program `ebpf:"sync_write_sp_conns"`
+	TcSynproxy       *ebpf.Program `ebpf:"tc_synproxy"`
 	XdpSynproxy      *ebpf.Program `ebpf:"xdp_synproxy"`
 }
 
 func (p *SynproxyPrograms) Close() error {
 	return _SynproxyClose(
+		p.SpExpire,
 		p.SyncReadSpConns,
 		p.SyncWriteSpConns,
+		p.TcSynproxy,
 		p.XdpSynproxy,
 	)
 }

@@ -24,6 +24,11 @@ var (
 	spKeys = [2][8]byte{{0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88}, {1, 2, 3, 4, 5, 6, 7, 8}}
 	svc4   = netip.MustParseAddr("10.0.0.100")
 	svc6   = netip.MustParseAddr("2001:db8::100")
+	// Backends on a subnet no route leads to: the fixture runner's
+	// namespace has none, so a rewritten packet is left to the kernel
+	// (XDP_PASS) rather than redirected.
+	backends4 = []netip.AddrPort{netip.MustParseAddrPort("10.9.0.1:8080"), netip.MustParseAddrPort("10.9.0.2:8080")}
+	backends6 = []netip.AddrPort{netip.MustParseAddrPort("[fd09::1]:8443"), netip.MustParseAddrPort("[fd09::2]:8443")}
 )
 
 type proxy struct {
@@ -36,10 +41,21 @@ type proxy struct {
 // svc6:443 and the fixture secrets, slot 0 in use.
 func loadSynproxy(t testing.TB) *proxy {
 	t.Helper()
+	return loadSynproxyWith(t, nil)
+}
+
+// loadSynproxyWith also sets load-time constants (cfg_*).
+func loadSynproxyWith(t testing.TB, consts map[string]any) *proxy {
+	t.Helper()
 	testenv.RequireRoot(t)
 	spec, err := bpf.LoadSynproxy()
 	if err != nil {
 		t.Fatal(err)
+	}
+	for name, v := range consts {
+		if err := spec.Variables[name].Set(v); err != nil {
+			t.Fatalf("set %s: %v", name, err)
+		}
 	}
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinNone
@@ -50,17 +66,18 @@ func loadSynproxy(t testing.TB) *proxy {
 	if err := spec.LoadAndAssign(&objs, nil); err != nil {
 		t.Fatalf("load (the verifier must accept every program): %+v", err)
 	}
-	p := &proxy{objs: &objs, m: &maps.SynproxyMaps{Services: objs.SpServices, Keys: objs.SpCookieKeys, Stats: objs.SpStats, Conns: objs.SpConns},
+	p := &proxy{objs: &objs, m: maps.SynproxyMapsOf(&objs.SynproxyMaps),
 		sync: &maps.SyncMaps{Rings: objs.SyncRings, Epoch: objs.SyncEpoch, Overflow: objs.SyncOverflow}}
 	if err := p.sync.SetupRings(inner); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.sync.Close(); objs.Close() })
 	for _, s := range []struct {
-		vip  netip.Addr
-		port uint16
-	}{{svc4, 80}, {svc6, 443}} {
-		if err := p.m.SetService(s.vip, s.port, 1, 2); err != nil {
+		vip      netip.Addr
+		port     uint16
+		backends []netip.AddrPort
+	}{{svc4, 80, backends4}, {svc6, 443, backends6}} {
+		if _, err := p.m.SetService(s.vip, s.port, s.backends); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -323,9 +340,10 @@ func (p *proxy) synCookie(t testing.TB, o synOpts) uint32 {
 // made just before a rotation still validates after it.
 func TestSynproxyCookieAck(t *testing.T) {
 	p := loadSynproxy(t)
+	ns := newIsolatedNetns(t)
 	run := func(frame []byte) string {
 		t.Helper()
-		v, _, err := fixture.Run(p.objs.XdpSynproxy, frame)
+		v, _, err := ns.run(p.objs.XdpSynproxy, frame)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -333,15 +351,16 @@ func TestSynproxyCookieAck(t *testing.T) {
 	}
 	o := synOpts{mss: 1460, ws: 7, sack: true, tsval: 777, isn: 0xfffffffe} // the ISN wraps at +1
 	cookie := p.synCookie(t, o)
-	if v := run(o.ack(t, cookie)); v != "XDP_DROP" {
-		t.Fatalf("cookie ACK: %s", v)
+	if v := run(o.ack(t, cookie)); v != "XDP_PASS" {
+		t.Fatalf("cookie ACK: %s, want XDP_PASS (the backend SYN, no route in the fixture namespace)", v)
 	}
 	key := maps.ConnKey{Caddr: client4.As16(), Vaddr: svc4.As16(), Cport: maps.HostPort(40000), Vport: maps.HostPort(80), Proto: 6}
 	var cv maps.ConnVal
 	if err := p.m.Conns.Lookup(key, &cv); err != nil {
 		t.Fatalf("no connection entry after a valid cookie ACK: %v", err)
 	}
-	if cv.ClientIsn != o.isn || cv.Cookie != cookie || cv.Mss != 1460 || cv.Wscale != 7 || cv.Flags != 1|2|4 || cv.State != 1 || cv.Sync.Version != 1 || cv.Backend >= 2 {
+	if cv.ClientIsn != o.isn || cv.Cookie != cookie || cv.Mss != 1460 || cv.Wscale != 7 || cv.Flags != 1|2|4 || cv.State != 1 || cv.Sync.Version != 1 || cv.Backend >= 2 ||
+		netip.AddrPortFrom(netip.AddrFrom16(cv.Baddr).Unmap(), maps.HostPort(cv.Bport)) != backends4[cv.Backend] || cv.ClientTsval != o.tsval+1 || cv.ClientWin != 502 {
 		t.Errorf("connection entry %+v", cv)
 	}
 	var recs []maps.SyncRec
@@ -351,8 +370,8 @@ func TestSynproxyCookieAck(t *testing.T) {
 	if len(recs) != 1 || recs[0].MapId != uint32(bpf.SynproxySyncMapIdSYNC_MAP_CONN) || recs[0].KeyLen != 40 {
 		t.Errorf("dirty ring records %+v, want one for the connection entry", recs)
 	}
-	if v := run(o.ack(t, cookie)); v != "XDP_DROP" || p.stats(t)["dup_ack"] != 1 {
-		t.Errorf("repeated ACK: %s, dup_ack %d", v, p.stats(t)["dup_ack"])
+	if v := run(o.ack(t, cookie)); v != "XDP_DROP" || p.stats(t)["client_waiting_dropped"] != 1 {
+		t.Errorf("repeated ACK within the retry interval: %s, client_waiting_dropped %d", v, p.stats(t)["client_waiting_dropped"])
 	}
 
 	// Forged: another flow's cookie, a flipped MAC bit, a flipped option bit.
@@ -375,7 +394,7 @@ func TestSynproxyCookieAck(t *testing.T) {
 	if err := p.m.RotateCookieKey([8]byte{9, 9, 9, 9, 9, 9, 9, 9}); err != nil {
 		t.Fatal(err)
 	}
-	if v := run(o3.ack(t, c3)); v != "XDP_DROP" || p.stats(t)["cookie_ok"] != 2 {
+	if v := run(o3.ack(t, c3)); v != "XDP_PASS" || p.stats(t)["cookie_ok"] != 2 {
 		t.Errorf("a cookie from before one rotation: %s, cookie_ok %d", v, p.stats(t)["cookie_ok"])
 	}
 	if err := p.m.RotateCookieKey([8]byte{7, 7, 7, 7, 7, 7, 7, 7}); err != nil {

@@ -51,6 +51,8 @@ struct pkt {
 	__u8 daddr[16];
 	__be16 sport;
 	__be16 dport;
+	__u16 l4_len;   /* the L4 header and payload, as the IP header says */
+	__u16 pad;
 };
 
 /* bounded16 returns v, known to the verifier to be below 2^16. Verifiers
@@ -77,6 +79,7 @@ static __always_inline void addr_from_v4(__u8 *dst, __be32 a)
 static __always_inline int parse_l4(struct pkt *p, void *data, void *data_end, void *l4, __u32 l4_len)
 {
 	p->l4_off = l4 - data;
+	p->l4_len = l4_len;
 	switch (p->l4_proto) {
 	case IPPROTO_TCP: {
 		struct tcphdr *th = l4;

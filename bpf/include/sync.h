@@ -100,7 +100,7 @@ static __always_inline void sync_count_overflow(__u32 map_id)
 static __always_inline int sync_push(__u32 map_id, enum sync_op op, const void *key, const __u32 key_len)
 {
 	__u32 cpu = bpf_get_smp_processor_id();
-	struct sync_rec rec = {};
+	struct sync_rec *rec;
 	void *ring;
 
 	ring = bpf_map_lookup_elem(&sync_rings, &cpu);
@@ -108,15 +108,20 @@ static __always_inline int sync_push(__u32 map_id, enum sync_op op, const void *
 		sync_count_overflow(map_id);
 		return -1;
 	}
-	rec.map_id = map_id;
-	rec.op = op;
-	rec.key_len = key_len;
-	/* key_len is a sizeof() at every call site: a constant copy. */
-	__builtin_memcpy(rec.key, key, key_len);
-	if (bpf_ringbuf_output(ring, &rec, sizeof(rec), BPF_RB_NO_WAKEUP)) {
+	/* Written in place in the ring: no copy, and no record-sized
+	 * buffer on the caller's stack (the SYN proxy needs every byte). */
+	rec = bpf_ringbuf_reserve(ring, sizeof(*rec), 0);
+	if (!rec) {
 		sync_count_overflow(map_id);
 		return -1;
 	}
+	rec->map_id = map_id;
+	rec->op = op;
+	rec->key_len = key_len;
+	__builtin_memset(rec->key, 0, sizeof(rec->key));
+	/* key_len is a sizeof() at every call site: a constant copy. */
+	__builtin_memcpy(rec->key, key, key_len);
+	bpf_ringbuf_submit(rec, BPF_RB_NO_WAKEUP);
 	return 0;
 }
 

@@ -1,0 +1,405 @@
+package bpf_test
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"golang.org/x/sys/unix"
+
+	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/maps"
+	"github.com/tandem-net/tandem/tools/fixture"
+)
+
+// isolatedNetns runs test runs in a network namespace of their own, with
+// no routes: the proxy's FIB lookups fail the same way on every machine,
+// so a rewritten packet is always left to the kernel (XDP_PASS) and the
+// fixtures do not depend on the host's routing table.
+type isolatedNetns struct{ req chan func() }
+
+func newIsolatedNetns(t testing.TB) *isolatedNetns {
+	t.Helper()
+	n := &isolatedNetns{req: make(chan func())}
+	ready := make(chan error)
+	go func() {
+		// The thread stays locked and dies with the goroutine: it never
+		// returns to the scheduler in the other namespace.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			ready <- err
+			return
+		}
+		ready <- nil
+		for f := range n.req {
+			f()
+		}
+	}()
+	if err := <-ready; err != nil {
+		t.Fatalf("unshare a network namespace: %v", err)
+	}
+	t.Cleanup(func() { close(n.req) })
+	return n
+}
+
+func (n *isolatedNetns) run(prog *ebpf.Program, frame []byte) (verdict string, out []byte, err error) {
+	done := make(chan struct{})
+	n.req <- func() {
+		verdict, out, err = fixture.Run(prog, frame)
+		close(done)
+	}
+	<-done
+	return
+}
+
+// seg describes a TCP segment for the flow tests.
+type seg struct {
+	src, dst       netip.AddrPort
+	seq, ack       uint32
+	syn, ackf, rst bool
+	window         uint16
+	mss            uint16
+	ws             int // -1: none
+	sackPerm       bool
+	ts             bool
+	tsval, tsecr   uint32
+	sack           [][2]uint32
+	payload        []byte
+}
+
+func (s seg) frame(t testing.TB) []byte {
+	t.Helper()
+	tl := &layers.TCP{SrcPort: layers.TCPPort(s.src.Port()), DstPort: layers.TCPPort(s.dst.Port()), Seq: s.seq, Ack: s.ack,
+		SYN: s.syn, ACK: s.ackf, RST: s.rst, Window: s.window}
+	nop := layers.TCPOption{OptionType: layers.TCPOptionKindNop, OptionLength: 1}
+	if s.mss != 0 {
+		tl.Options = append(tl.Options, layers.TCPOption{OptionType: layers.TCPOptionKindMSS, OptionLength: 4, OptionData: binary.BigEndian.AppendUint16(nil, s.mss)})
+	}
+	if s.sackPerm {
+		tl.Options = append(tl.Options, layers.TCPOption{OptionType: layers.TCPOptionKindSACKPermitted, OptionLength: 2})
+	}
+	if s.ts {
+		tl.Options = append(tl.Options, nop, nop, layers.TCPOption{OptionType: layers.TCPOptionKindTimestamps, OptionLength: 10,
+			OptionData: binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, s.tsval), s.tsecr)})
+	}
+	if s.ws >= 0 && s.syn {
+		tl.Options = append(tl.Options, nop, layers.TCPOption{OptionType: layers.TCPOptionKindWindowScale, OptionLength: 3, OptionData: []byte{byte(s.ws)}})
+	}
+	if len(s.sack) > 0 {
+		var d []byte
+		for _, b := range s.sack {
+			d = binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(d, b[0]), b[1])
+		}
+		tl.Options = append(tl.Options, nop, nop, layers.TCPOption{OptionType: layers.TCPOptionKindSACK, OptionLength: uint8(2 + len(d)), OptionData: d})
+	}
+	var nl gopacket.NetworkLayer
+	var ipl gopacket.SerializableLayer
+	et := layers.EthernetTypeIPv4
+	if s.src.Addr().Is4() {
+		ip := ip4(s.src.Addr(), s.dst.Addr(), layers.IPProtocolTCP)
+		nl, ipl = ip, ip
+	} else {
+		et = layers.EthernetTypeIPv6
+		ip := ip6(s.src.Addr(), s.dst.Addr(), layers.IPProtocolTCP)
+		nl, ipl = ip, ip
+	}
+	tl.SetNetworkLayerForChecksum(nl)
+	return serialize(t, eth(et), ipl, tl, gopacket.Payload(s.payload))
+}
+
+// parsed is what the flow tests read back from an output frame.
+type parsed struct {
+	src, dst            netip.AddrPort
+	seq, ack            uint32
+	syn, ackf, rst, fin bool
+	window              uint16
+	mss                 uint16
+	ws                  int
+	sackPerm, ts        bool
+	tsval, tsecr        uint32
+	sack                [][2]uint32
+	payload             []byte
+}
+
+func parseOut(t *testing.T, out []byte) parsed {
+	t.Helper()
+	pkt := gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default)
+	tl, _ := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP)
+	if tl == nil {
+		t.Fatalf("no TCP segment in %x", out)
+	}
+	checksumsOK(t, pkt)
+	var src, dst netip.Addr
+	if ip, ok := pkt.Layer(layers.LayerTypeIPv4).(*layers.IPv4); ok {
+		src, _ = netip.AddrFromSlice(ip.SrcIP.To4())
+		dst, _ = netip.AddrFromSlice(ip.DstIP.To4())
+	} else {
+		ip := pkt.Layer(layers.LayerTypeIPv6).(*layers.IPv6)
+		src, _ = netip.AddrFromSlice(ip.SrcIP)
+		dst, _ = netip.AddrFromSlice(ip.DstIP)
+	}
+	p := parsed{src: netip.AddrPortFrom(src, uint16(tl.SrcPort)), dst: netip.AddrPortFrom(dst, uint16(tl.DstPort)), seq: tl.Seq, ack: tl.Ack,
+		syn: tl.SYN, ackf: tl.ACK, rst: tl.RST, fin: tl.FIN, window: tl.Window, ws: -1, payload: tl.Payload}
+	for _, o := range tl.Options {
+		switch o.OptionType {
+		case layers.TCPOptionKindMSS:
+			p.mss = binary.BigEndian.Uint16(o.OptionData)
+		case layers.TCPOptionKindWindowScale:
+			p.ws = int(o.OptionData[0])
+		case layers.TCPOptionKindSACKPermitted:
+			p.sackPerm = true
+		case layers.TCPOptionKindTimestamps:
+			p.ts, p.tsval, p.tsecr = true, binary.BigEndian.Uint32(o.OptionData), binary.BigEndian.Uint32(o.OptionData[4:])
+		case layers.TCPOptionKindSACK:
+			for i := 0; i+8 <= len(o.OptionData); i += 8 {
+				p.sack = append(p.sack, [2]uint32{binary.BigEndian.Uint32(o.OptionData[i:]), binary.BigEndian.Uint32(o.OptionData[i+4:])})
+			}
+		}
+	}
+	return p
+}
+
+// TestSynproxyFlow walks connections through the whole proxy with
+// test runs: SYN -> cookie SYN-ACK; cookie ACK -> SYN to the backend with
+// the client's ISN and options; the backend's SYN-ACK (TC) -> the ACK that
+// completes the backend handshake; then data both ways, translated. The
+// sequence numbers are chosen so that both directions cross 2^32 and the
+// expected values are computed independently, mod 2^32, here.
+func TestSynproxyFlow(t *testing.T) {
+	p := loadSynproxy(t)
+	ns := newIsolatedNetns(t)
+	type variant struct {
+		v6       bool
+		ts, sack bool
+		cws, bws int // -1: no window scale option
+	}
+	var variants []variant
+	for _, v6 := range []bool{false, true} {
+		for _, ts := range []bool{false, true} {
+			for _, ws := range [][2]int{{7, 7}, {0, 14}, {14, 2}, {2, -1}, {-1, -1}} {
+				variants = append(variants, variant{v6: v6, ts: ts, sack: !ts, cws: ws[0], bws: ws[1]})
+			}
+		}
+	}
+	for i, vr := range variants {
+		name := fmt.Sprintf("v6=%v ts=%v sack=%v ws=%d/%d", vr.v6, vr.ts, vr.sack, vr.cws, vr.bws)
+		t.Run(name, func(t *testing.T) {
+			client, vip := netip.AddrPortFrom(client4, uint16(41000+i)), netip.AddrPortFrom(svc4, 80)
+			mss := uint16(1460)
+			if vr.v6 {
+				client, vip, mss = netip.AddrPortFrom(client6, uint16(41000+i)), netip.AddrPortFrom(svc6, 443), 1440
+			}
+			var isn uint32 = 0xfffffff0 // the client's sequence space wraps early
+			var ctsval uint32 = 0xffffff00
+			syn := seg{src: client, dst: vip, seq: isn, syn: true, window: 64240, mss: mss, ws: vr.cws, sackPerm: vr.sack, ts: vr.ts, tsval: ctsval}
+			v, out, err := ns.run(p.objs.XdpSynproxy, syn.frame(t))
+			if err != nil || v != "XDP_TX" {
+				t.Fatalf("SYN: %s %v", v, err)
+			}
+			sa := parseOut(t, out)
+			cookie := sa.seq
+			if sa.window != 0 || !sa.syn || !sa.ackf {
+				t.Fatalf("SYN-ACK %+v", sa)
+			}
+
+			// The cookie ACK becomes the SYN to the backend.
+			var cwin uint16 = 502
+			ack := seg{src: client, dst: vip, seq: isn + 1, ack: cookie + 1, ackf: true, window: cwin, ws: -1, ts: vr.ts, tsval: ctsval + 1, tsecr: cookie}
+			v, out, err = ns.run(p.objs.XdpSynproxy, ack.frame(t))
+			if err != nil || v != "XDP_PASS" {
+				t.Fatalf("cookie ACK: %s %v", v, err)
+			}
+			bs := parseOut(t, out)
+			var cv maps.ConnVal
+			key := maps.ConnKey{Caddr: client.Addr().As16(), Vaddr: vip.Addr().As16(), Cport: maps.HostPort(client.Port()), Vport: maps.HostPort(vip.Port()), Proto: 6}
+			if err := p.m.Conns.Lookup(key, &cv); err != nil {
+				t.Fatal(err)
+			}
+			backend := netip.AddrPortFrom(netip.AddrFrom16(cv.Baddr).Unmap(), maps.HostPort(cv.Bport))
+			wantWS := vr.cws
+			cwinBytes := uint32(cwin)
+			if vr.cws >= 0 {
+				cwinBytes <<= vr.cws
+			}
+			if bs.src != client || bs.dst != backend || !bs.syn || bs.ackf || bs.seq != isn || bs.mss != mss || bs.ws != wantWS ||
+				bs.sackPerm != vr.sack || bs.ts != vr.ts || (vr.ts && (bs.tsval != ctsval+1 || bs.tsecr != 0)) || uint32(bs.window) != min(cwinBytes, 65535) || len(bs.payload) != 0 {
+				t.Fatalf("backend SYN %+v (backend %s, cookie %#x)", bs, backend, cookie)
+			}
+
+			// The backend's SYN-ACK: its ISN close to the wrap too.
+			var bisn uint32 = 0xffffff9b
+			var btsval uint32 = 0x7fffffff
+			synack := seg{src: backend, dst: client, seq: bisn, ack: isn + 1, syn: true, ackf: true, window: 65160, mss: 1460, ws: vr.bws, sackPerm: vr.sack,
+				ts: vr.ts, tsval: btsval, tsecr: ctsval + 1}
+			v, out, err = ns.run(p.objs.TcSynproxy, synack.frame(t))
+			if err != nil || v != "TC_ACT_REDIRECT" {
+				t.Fatalf("backend SYN-ACK: %s %v", v, err)
+			}
+			ba := parseOut(t, out)
+			if err := p.m.Conns.Lookup(key, &cv); err != nil {
+				t.Fatal(err)
+			}
+			// Window scaling is in force only when both ends offered it.
+			scaled := vr.cws >= 0 && vr.bws >= 0
+			wantAckWin := uint32(cwin)
+			if vr.cws >= 0 && !scaled {
+				wantAckWin = min(uint32(cwin)<<vr.cws, 65535)
+			}
+			if ba.src != client || ba.dst != backend || ba.syn || !ba.ackf || ba.seq != isn+1 || ba.ack != bisn+1 || uint32(ba.window) != wantAckWin ||
+				ba.ts != vr.ts || (vr.ts && (ba.tsval != ctsval+1 || ba.tsecr != btsval)) {
+				t.Fatalf("ACK to the backend %+v", ba)
+			}
+			if cv.State != uint8(bpf.SynproxyConnStateCONN_ESTABLISHED) || cv.SeqDelta != cookie-bisn {
+				t.Fatalf("entry after the SYN-ACK: state %d delta %#x", cv.State, cv.SeqDelta)
+			}
+
+			// Client -> backend: the ack (and SACK edges) cross 2^32 in
+			// the client's view of the backend's space.
+			x := -cookie + 50 // cookie+1+x wraps to 51
+			data := seg{src: client, dst: vip, seq: isn + 1 + 100, ack: cookie + 1 + x, ackf: true, window: 1000, ws: -1, ts: vr.ts, tsval: ctsval + 9, tsecr: cookie + 77,
+				payload: []byte("client bytes")}
+			if vr.sack {
+				data.sack = [][2]uint32{{cookie + 1 + x + 10, cookie + 1 + x + 20}, {cookie + 1 + x + 30, cookie + 1 + x + 40}}
+			}
+			v, out, err = ns.run(p.objs.XdpSynproxy, data.frame(t))
+			if err != nil || v != "XDP_PASS" {
+				t.Fatalf("client data: %s %v", v, err)
+			}
+			f := parseOut(t, out)
+			wantFwdWin := uint32(1000)
+			if vr.cws >= 0 && !scaled {
+				wantFwdWin = min(uint32(1000)<<vr.cws, 65535)
+			}
+			if f.src != client || f.dst != backend || f.seq != isn+1+100 || f.ack != bisn+1+x || uint32(f.window) != wantFwdWin || string(f.payload) != "client bytes" ||
+				(vr.ts && (f.tsval != ctsval+9 || f.tsecr != btsval+77)) {
+				t.Errorf("client -> backend %+v", f)
+			}
+			if vr.sack && (len(f.sack) != 2 || f.sack[0] != [2]uint32{bisn + 1 + x + 10, bisn + 1 + x + 20} || f.sack[1] != [2]uint32{bisn + 1 + x + 30, bisn + 1 + x + 40}) {
+				t.Errorf("SACK blocks %x", f.sack)
+			}
+
+			// Backend -> client: seq crosses 2^32 in the backend's space.
+			var y uint32 = 200
+			bdata := seg{src: backend, dst: client, seq: bisn + 1 + y, ack: isn + 1 + 100 + 12, ackf: true, window: 300, ws: -1, ts: vr.ts, tsval: btsval + 5, tsecr: ctsval + 9,
+				payload: []byte("backend bytes")}
+			v, out, err = ns.run(p.objs.XdpSynproxy, bdata.frame(t))
+			if err != nil || v != "XDP_PASS" {
+				t.Fatalf("backend data: %s %v", v, err)
+			}
+			r := parseOut(t, out)
+			// The client was told our scale (7) whenever it offered one.
+			bytes := uint32(300)
+			if scaled {
+				bytes <<= vr.bws
+			}
+			wantRevWin := bytes
+			if vr.cws >= 0 {
+				wantRevWin = max(bytes>>7, 1)
+			}
+			if r.src != vip || r.dst != client || r.seq != cookie+1+y || r.ack != isn+1+100+12 || uint32(r.window) != min(wantRevWin, 65535) ||
+				string(r.payload) != "backend bytes" || (vr.ts && (r.tsval != cookie+5 || r.tsecr != ctsval+9)) {
+				t.Errorf("backend -> client %+v (cookie %#x)", r, cookie)
+			}
+		})
+	}
+	s := p.stats(t)
+	if s["established"] != uint64(len(variants)) || s["to_backend"] != uint64(len(variants)) || s["to_client"] != uint64(len(variants)) {
+		t.Errorf("counters %v", s)
+	}
+}
+
+// TestSynproxyBackendFailures: a backend that refuses gets the client a
+// RST at the right sequence; one that never answers is asked again when
+// the client's packets show it waits, then the client gets a RST; both
+// entries are gone and counted; sp_expire removes idle entries and
+// replicates the deletions.
+func TestSynproxyBackendFailures(t *testing.T) {
+	p := loadSynproxyWith(t, map[string]any{"cfg_syn_retry_ns": uint64(0), "cfg_syn_tries": uint32(2)})
+	ns := newIsolatedNetns(t)
+	open := func(port uint16) (netip.AddrPort, uint32, netip.AddrPort, maps.ConnKey) {
+		t.Helper()
+		client, vip := netip.AddrPortFrom(client4, port), netip.AddrPortFrom(svc4, 80)
+		syn := seg{src: client, dst: vip, seq: 1000, syn: true, window: 64240, mss: 1460, ws: -1}
+		_, out, err := ns.run(p.objs.XdpSynproxy, syn.frame(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cookie := parseOut(t, out).seq
+		ack := seg{src: client, dst: vip, seq: 1001, ack: cookie + 1, ackf: true, window: 100, ws: -1}
+		if v, _, err := ns.run(p.objs.XdpSynproxy, ack.frame(t)); err != nil || v != "XDP_PASS" {
+			t.Fatalf("cookie ACK: %s %v", v, err)
+		}
+		key := maps.ConnKey{Caddr: client.Addr().As16(), Vaddr: vip.Addr().As16(), Cport: maps.HostPort(port), Vport: maps.HostPort(80), Proto: 6}
+		var cv maps.ConnVal
+		if err := p.m.Conns.Lookup(key, &cv); err != nil {
+			t.Fatal(err)
+		}
+		return client, cookie, netip.AddrPortFrom(netip.AddrFrom16(cv.Baddr).Unmap(), maps.HostPort(cv.Bport)), key
+	}
+	// Refused.
+	client, cookie, backend, key := open(42000)
+	rst := seg{src: backend, dst: client, ack: 1001, rst: true, ackf: true, ws: -1}
+	v, out, err := ns.run(p.objs.XdpSynproxy, rst.frame(t))
+	if err != nil || v != "XDP_PASS" {
+		t.Fatalf("backend RST: %s %v", v, err)
+	}
+	if r := parseOut(t, out); !r.rst || r.seq != cookie+1 || r.src != netip.AddrPortFrom(svc4, 80) || r.dst != client {
+		t.Errorf("RST to the client %+v", r)
+	}
+	var cv maps.ConnVal
+	if err := p.m.Conns.Lookup(key, &cv); err == nil {
+		t.Errorf("entry kept after the backend refused")
+	}
+	// Never answers: the client's next ACK sends the SYN again (try 2),
+	// the one after that gets the client a RST.
+	client, cookie, _, key = open(42001)
+	probe := seg{src: client, dst: netip.AddrPortFrom(svc4, 80), seq: 1000, ack: cookie + 1, ackf: true, window: 100, ws: -1}
+	if v, out, err := ns.run(p.objs.XdpSynproxy, probe.frame(t)); err != nil || v != "XDP_PASS" || !parseOut(t, out).syn {
+		t.Fatalf("retry: %s %v", v, err)
+	}
+	v, out, err = ns.run(p.objs.XdpSynproxy, probe.frame(t))
+	if err != nil || v != "XDP_TX" {
+		t.Fatalf("give up: %s %v", v, err)
+	}
+	if r := parseOut(t, out); !r.rst || r.seq != cookie+1 || r.dst != client {
+		t.Errorf("RST after the retries %+v", r)
+	}
+	if err := p.m.Conns.Lookup(key, &cv); err == nil {
+		t.Errorf("entry kept after the backend never answered")
+	}
+	s := p.stats(t)
+	if s["backend_refused"] != 1 || s["backend_timeout"] != 1 || s["backend_syn_retry"] != 1 {
+		t.Errorf("counters %v", s)
+	}
+
+	// Expiry: three waiting entries; nothing is idle yet, then all are.
+	for port := uint16(42100); port < 42103; port++ {
+		open(port)
+	}
+	if n, err := maps.Expire(p.objs.SpExpire, maps.TAINow(), maps.DefaultTimeouts); err != nil || n != 0 {
+		t.Fatalf("expire now: %d %v", n, err)
+	}
+	if _, err := p.sync.Drain(func(*maps.SyncRec) {}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := maps.Expire(p.objs.SpExpire, maps.TAINow()+uint64(maps.DefaultTimeouts.SynSent)*2, maps.DefaultTimeouts)
+	if err != nil || n != 3 {
+		t.Fatalf("expire later: %d %v", n, err)
+	}
+	var deletes int
+	if _, err := p.sync.Drain(func(r *maps.SyncRec) {
+		if r.Op == uint32(bpf.SynctestSyncOpSYNC_OP_DELETE) {
+			deletes++
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if deletes != 3 {
+		t.Errorf("%d deletions in the dirty rings, want 3", deletes)
+	}
+}
