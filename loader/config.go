@@ -40,6 +40,14 @@ import (
 //	journal_mib = 64
 //	ring_bytes  = 4194304              # each CPU's dirty ring
 //	test_iface  = ""                   # load the test-only synctest program here
+//
+//	[proxy]                            # the SYN proxy
+//	interfaces  = ["eth1", "eth2"]     # client side and backend side
+//	secret_file = "/etc/tandem/cookie.key"  # shared by the pair
+//
+//	[[proxy.service]]
+//	vip      = "192.0.2.10:443"
+//	backends = ["10.2.0.11:443", "10.2.0.12:443"]
 type FileConfig struct {
 	BPFFS       string      `toml:"bpffs"`
 	Interfaces  []string    `toml:"interfaces"`
@@ -51,6 +59,20 @@ type FileConfig struct {
 	MetricsAddr string      `toml:"metrics_addr"`
 	VIPs        []VIPConfig `toml:"vip"`
 	Sync        SyncConfig  `toml:"sync"`
+	Proxy       ProxyConfig `toml:"proxy"`
+}
+
+// ProxyConfig is the [proxy] table with its [[proxy.service]] tables.
+type ProxyConfig struct {
+	Interfaces []string        `toml:"interfaces"`
+	Secret     string          `toml:"secret_file"`
+	Services   []ServiceConfig `toml:"service"`
+}
+
+// ServiceConfig is one [[proxy.service]].
+type ServiceConfig struct {
+	VIP      string   `toml:"vip"`
+	Backends []string `toml:"backends"`
 }
 
 // SyncConfig is the [sync] table.
@@ -158,6 +180,17 @@ func (fc *FileConfig) Apply(o *Options) error {
 	}
 	if len(fc.Interfaces) > 0 {
 		o.Interfaces = append([]string(nil), fc.Interfaces...)
+	}
+	if len(fc.Proxy.Interfaces) > 0 {
+		o.Proxy.Ifaces = append([]string(nil), fc.Proxy.Interfaces...)
+	}
+	set(&o.Proxy.SecretFile, fc.Proxy.Secret)
+	for i, sc := range fc.Proxy.Services {
+		svc, err := ServiceFrom(sc.VIP, sc.Backends)
+		if err != nil {
+			return fmt.Errorf("config: proxy.service #%d: %v", i+1, err)
+		}
+		o.Proxy.Services = append(o.Proxy.Services, svc)
 	}
 	if len(fc.VIPs) > 0 {
 		o.VIPs = map[netip.Addr]bool{}

@@ -58,6 +58,7 @@ type Options struct {
 	StateDir      string // the daemon's sync metadata and status
 	MetricsAddr   string // the daemon's Prometheus endpoint; "": none
 	Sync          SyncOptions
+	Proxy         ProxyOptions
 	Log           *slog.Logger
 }
 
@@ -91,8 +92,8 @@ func (o *Options) Validate() error {
 	oneOf("ingress", o.Ingress, IngressXDP, IngressTC)
 	oneOf("tc", o.TC, TCAuto, TCTCX, TCClsact)
 	oneOf("gate", o.Gate, GateEnforce, GateMonitor)
-	if len(o.Interfaces) == 0 {
-		errs = append(errs, errors.New("no interface: name one with --iface (or interfaces in the config file)"))
+	if len(o.Interfaces) == 0 && len(o.Proxy.Ifaces) == 0 {
+		errs = append(errs, errors.New("no interface: name one with --iface or --proxy-iface (or interfaces in the config file)"))
 	}
 	seen := map[string]bool{}
 	for _, i := range o.Interfaces {
@@ -104,6 +105,7 @@ func (o *Options) Validate() error {
 	if o.SyncTestIface != "" && seen[o.SyncTestIface] {
 		errs = append(errs, fmt.Errorf("--sync-test-iface %s: also a datapath interface; give the test program an interface of its own", o.SyncTestIface))
 	}
+	errs = append(errs, o.validateProxy(seen)...)
 	if o.Sync.Role != "" {
 		oneOf("sync-role", o.Sync.Role, SyncPrimary, SyncStandby)
 	}
@@ -246,6 +248,13 @@ func Up(o Options) (_ *Result, err error) {
 		}
 		res.Attachments = append(res.Attachments, a)
 	}
+	if len(o.Proxy.Ifaces) > 0 {
+		as, err := upSynproxy(o, tcAttach)
+		res.Attachments = append(res.Attachments, as...)
+		if err != nil {
+			return res, err
+		}
+	}
 	if testIface != nil {
 		a, err := upSyncTest(o, testIface)
 		if a != nil {
@@ -327,6 +336,13 @@ func (o *Options) ExpectedPins() []string {
 	var out []string
 	for _, i := range o.Interfaces {
 		out = append(out, maps.AttachName(ingress, i), maps.AttachName(egress, i))
+	}
+	tcIngress := KindClsIngress
+	if o.tcPath() == TCTCX {
+		tcIngress = KindTCXIngress
+	}
+	for _, i := range o.Proxy.Ifaces {
+		out = append(out, maps.AttachName(KindXDP, i), maps.AttachName(tcIngress, i))
 	}
 	if o.SyncTestIface != "" {
 		out = append(out, maps.AttachName(KindXDP, o.SyncTestIface))

@@ -245,7 +245,7 @@ func sortBy[T any](s []T, key func(T) string) {
 // embeddedNames lists the programs and the pinned maps of every embedded
 // object, each name once.
 func embeddedNames() (progs, pinned []string, err error) {
-	for _, load := range []func() (*ebpf.CollectionSpec, error){bpf.LoadVipgate, bpf.LoadSynctest} {
+	for _, load := range []func() (*ebpf.CollectionSpec, error){bpf.LoadVipgate, bpf.LoadSynctest, bpf.LoadSynproxy} {
 		spec, err := load()
 		if err != nil {
 			return nil, nil, fmt.Errorf("read embedded programs: %w", err)

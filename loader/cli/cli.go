@@ -57,6 +57,7 @@ Commands that write:
   up        load and attach the datapath (or replace it in place), then run the daemon
   down      detach and unpin everything tandem made
   certs     create a pair CA and host certificates for the sync channel
+  service   list, add or delete the SYN proxy's services (list only reads)
 
 Commands that read:
   status    what is attached where, program ids, map fill, counters

@@ -73,6 +73,9 @@ type upFlags struct {
 	testIf   string
 	ring     uint32
 	metrics  string
+	proxy    []string
+	secret   string
+	services []string
 }
 
 func init() {
@@ -110,13 +113,26 @@ the cheapest safe resync (aligned, journal, incremental or full) from both
 hosts' metadata in --state-dir, and logs the choice and why. A daemon that
 starts as primary serves a new generation, so its standby resyncs in full.
 --metrics-addr serves Prometheus metrics at /metrics; tandem status shows
-the session and the replication lag.`,
+the session and the replication lag.
+
+SYN proxy: --proxy-iface loads the zero-window SYN proxy on the client-side
+and backend-side interfaces (XDP, plus TC ingress for the backends'
+SYN-ACKs). SYNs to a service (--service, or tandem service add) are
+answered with window-0 cookie SYN-ACKs; only a client that returns a valid
+cookie gets a backend connection. --proxy-secret names the pair's shared
+secret: both hosts derive the same cookie keys from it and the clock, so a
+handshake begun on one completes on the other; the daemon rotates them
+every 64 s (a cookie stays valid one period more) and expires idle
+connection entries. Connection entries are replicated by --sync-role.
+Partial checksums from local sockets on veths (tx offload) cannot be
+translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
 		examples: `  tandem up -i eth0 --vip 192.0.2.10
   tandem up --config /etc/tandem/tandem.toml
   tandem up -i eth0 -i eth1 --vip 2001:db8::10 --vip 192.0.2.11=standby --once
   tandem up -i veth0 --ingress tc --tc clsact --gate monitor --once
   tandem up -i eth0 --sync-role primary --sync-peer 192.0.2.2:7400 --sync-name gw-a --metrics-addr 127.0.0.1:9474
   tandem up -i eth0 --sync-role standby --sync-listen 192.0.2.2:7400 --sync-name gw-b
+  tandem up --proxy-iface eth1 --proxy-iface eth2 --proxy-secret /etc/tandem/cookie.key --service 192.0.2.10:443=10.2.0.11:443,10.2.0.12:443
 `,
 		flags: func(fs *pflag.FlagSet) any {
 			f := &upFlags{rootFlags: addRootFlags(fs)}
@@ -141,6 +157,9 @@ the session and the replication lag.`,
 			fs.Uint32Var(&f.ring, "sync-ring-bytes", maps.DefaultRingBytes, "each CPU's dirty ring, a power of two (applies to rings not yet created)")
 			fs.StringVar(&f.testIf, "sync-test-iface", "", "also load the test-only synctest program on this interface (labs, tests)")
 			fs.StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus metrics on ADDR:PORT at /metrics")
+			fs.StringSliceVar(&f.proxy, "proxy-iface", nil, "run the SYN proxy on this interface, client or backend side (repeat)")
+			fs.StringVar(&f.secret, "proxy-secret", "", "file with the pair's shared cookie secret (at least 16 bytes)")
+			fs.StringArrayVar(&f.services, "service", nil, "proxy service VIP:PORT=BACKEND:PORT[,BACKEND:PORT...] (repeat)")
 			return f
 		},
 		run: runUp,
@@ -279,6 +298,24 @@ func (f *upFlags) options() (loader.Options, error) {
 			*dst = fs.Lookup(name).Value.String()
 		}
 	}
+	if fs.Changed("proxy-iface") {
+		o.Proxy.Ifaces = nil
+		for _, i := range f.proxy {
+			if i = strings.TrimSpace(i); i != "" {
+				o.Proxy.Ifaces = append(o.Proxy.Ifaces, i)
+			}
+		}
+	}
+	if fs.Changed("proxy-secret") {
+		o.Proxy.SecretFile = f.secret
+	}
+	for _, s := range f.services {
+		svc, err := loader.ParseService(s)
+		if err != nil {
+			return o, usageError{"--service: " + err.Error()}
+		}
+		o.Proxy.Services = append(o.Proxy.Services, svc)
+	}
 	if fs.Changed("sync-interval") {
 		o.Sync.Interval = f.sync.Interval
 	}
@@ -359,11 +396,21 @@ func daemon(env Env, f *upFlags, o loader.Options) error {
 	if err := sd.apply(o); err != nil {
 		return err
 	}
+	pk, err := newProxyKeeper(o, log)
+	if err != nil {
+		return err
+	}
+	defer func() { pk.close() }()
+	pk.tick(time.Now())
 	log.Info("daemon running; SIGTERM stops it and leaves the datapath in place (tandem down removes it)", "bpffs", o.Pins.Root, "sync", o.Sync.Role)
 	t := time.NewTicker(f.interval)
 	defer t.Stop()
+	upkeep := time.NewTicker(time.Second)
+	defer upkeep.Stop()
 	for {
 		select {
+		case now := <-upkeep.C:
+			pk.tick(now)
 		case <-env.Ctx.Done():
 			log.Info("daemon stopping; the datapath keeps running")
 			return nil
@@ -382,6 +429,12 @@ func daemon(env Env, f *upFlags, o loader.Options) error {
 			}
 			if err := sd.apply(no); err != nil {
 				log.Error("reload: state sync", "err", err)
+			}
+			if npk, err := newProxyKeeper(no, log); err != nil {
+				log.Error("reload: SYN proxy", "err", err)
+			} else {
+				pk.close()
+				pk = npk
 			}
 			o = no
 			log.Info("reloaded")
@@ -467,12 +520,17 @@ func runStatus(env Env, opts any, args []string) error {
 	if err != nil {
 		return err
 	}
+	ps, err := proxyStatus(o.Pins)
+	if err != nil {
+		return err
+	}
 	if f.json {
-		if err := writeJSON(env.Stdout, statusJSON{st, ss}); err != nil {
+		if err := writeJSON(env.Stdout, statusJSON{st, ss, ps}); err != nil {
 			return err
 		}
 	} else {
 		printStatus(env.Stdout, st)
+		printProxyStatus(env.Stdout, ps)
 		printSyncStatus(env.Stdout, ss)
 	}
 	if len(st.Attachments) > 0 && !st.Healthy() {

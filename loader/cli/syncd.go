@@ -156,7 +156,8 @@ func (d *syncd) close() {
 // syncs, its sync status.
 type statusJSON struct {
 	*loader.Status
-	Sync *syncStatus `json:"sync,omitempty"`
+	Sync  *syncStatus  `json:"sync,omitempty"`
+	Proxy *ProxyStatus `json:"proxy,omitempty"`
 }
 
 type syncStatus struct {

@@ -1,0 +1,257 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tandem-net/tandem/loader"
+	"github.com/tandem-net/tandem/maps"
+)
+
+func init() {
+	register(&command{
+		name:    "service",
+		summary: "list, add or delete the SYN proxy's services",
+		args:    "list | add VIP:PORT BACKEND:PORT... | del VIP:PORT",
+		long: `
+A service is a VIP:port the SYN proxy answers for (tandem up --proxy-iface
+loads the proxy) and the backends its connections are spread over: each
+flow is pinned to one backend by a hash of its addresses and ports, the
+backend sees the client's address (NAT mode: backends route back through
+the gateway). The VIP and its backends are of one address family; a
+backend address:port serves one VIP.
+
+  list   the services, their backends and counters (SYNs answered, cookie
+         ACKs, backend handshakes completed and failed, segments and payload
+         bytes each way); --json for scripts
+  add    adds a service or replaces its backends; connections already
+         open keep their backend
+  del    removes a service; its open connections run to their end
+
+Services in the config file ([[proxy.service]]) are applied by every up and
+SIGHUP; services added here and not in the config are left alone by them.`,
+		examples: `  tandem service add 192.0.2.10:443 10.2.0.11:443 10.2.0.12:443
+  tandem service add '[2001:db8::10]:443' '[fd00:2::11]:443'
+  tandem service list
+  tandem service del 192.0.2.10:443
+`,
+		flags: addJSONRootFlags,
+		run:   runService,
+	})
+}
+
+func runService(env Env, opts any, args []string) error {
+	f := opts.(*jsonFlags)
+	if len(args) == 0 {
+		return usagef("name an action: list, add or del")
+	}
+	o, err := f.rootFlags.options()
+	if err != nil {
+		return err
+	}
+	switch args[0] {
+	case "list":
+		if len(args) > 1 {
+			return usagef("list takes no arguments")
+		}
+	case "add":
+		if len(args) < 3 {
+			return usagef("add VIP:PORT BACKEND:PORT [BACKEND:PORT...]")
+		}
+	case "del", "delete", "rm":
+		if len(args) != 2 {
+			return usagef("del VIP:PORT")
+		}
+	default:
+		return usagef("unknown action %q: use list, add or del", args[0])
+	}
+	if err := loader.RequirePrivileges(); err != nil {
+		return err
+	}
+	p, err := loader.OpenProxy(o.Pins)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	switch args[0] {
+	case "add":
+		svc, err := loader.ServiceFrom(args[1], args[2:])
+		if err != nil {
+			return usageError{err.Error()}
+		}
+		if svc, err = p.PutService(svc); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "service %s (id %d): %d backend(s)\n", svc.VIP, svc.ID, len(svc.Backends))
+		return nil
+	case "del", "delete", "rm":
+		vip, err := netip.ParseAddrPort(args[1])
+		if err != nil {
+			return usagef("del %q: want VIP:PORT ([ADDR]:PORT for IPv6)", args[1])
+		}
+		if err := p.DeleteService(netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port())); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.Stdout, "service %s removed\n", vip)
+		return nil
+	}
+	ps, err := readProxyStatus(p)
+	if err != nil {
+		return err
+	}
+	if f.json {
+		return writeJSON(env.Stdout, ps.Services)
+	}
+	printServices(env.Stdout, ps.Services)
+	return nil
+}
+
+// ServiceStatus is a service with its counters.
+type ServiceStatus struct {
+	maps.Service
+	Counters maps.SvcCounters `json:"counters"`
+}
+
+// ProxyStatus is the SYN proxy part of tandem status.
+type ProxyStatus struct {
+	Services    []ServiceStatus   `json:"services"`
+	Connections map[string]int    `json:"connections"`
+	Counters    map[string]uint64 `json:"counters"`
+}
+
+func readProxyStatus(p *loader.Proxy) (*ProxyStatus, error) {
+	svcs, err := p.ListServices()
+	if err != nil {
+		return nil, err
+	}
+	ps := &ProxyStatus{}
+	for _, s := range svcs {
+		c, err := p.ServiceCounters(s.ID)
+		if err != nil {
+			return nil, err
+		}
+		ps.Services = append(ps.Services, ServiceStatus{s, c})
+	}
+	if ps.Connections, err = p.ConnCounts(); err != nil {
+		return nil, fmt.Errorf("count connections: %w", err)
+	}
+	if ps.Counters, err = p.ProxyStats(); err != nil {
+		return nil, fmt.Errorf("read proxy counters: %w", err)
+	}
+	return ps, nil
+}
+
+func printServices(w io.Writer, svcs []ServiceStatus) {
+	if len(svcs) == 0 {
+		fmt.Fprintln(w, "no services (add one with tandem service add VIP:PORT BACKEND:PORT...)")
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SERVICE\tID\tBACKENDS\tSYNS\tCOOKIE OK\tESTABLISHED\tFAILED\tPKTS IN\tBYTES IN\tPKTS OUT\tBYTES OUT")
+	for _, s := range svcs {
+		bs := make([]string, len(s.Backends))
+		for i, b := range s.Backends {
+			bs[i] = b.String()
+		}
+		c := s.Counters
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\n", s.VIP, s.ID, strings.Join(bs, ","), c.Syns, c.Conns, c.Established, c.Failed, c.PktsIn, c.BytesIn, c.PktsOut, c.BytesOut)
+	}
+	tw.Flush()
+}
+
+func printProxyStatus(w io.Writer, ps *ProxyStatus) {
+	if ps == nil {
+		return
+	}
+	fmt.Fprintln(w, "\nSYN proxy:")
+	printServices(w, ps.Services)
+	states := make([]string, 0, len(ps.Connections))
+	for s, n := range ps.Connections {
+		states = append(states, fmt.Sprintf("%s %d", s, n))
+	}
+	slices.Sort(states)
+	if len(states) == 0 {
+		states = []string{"none"}
+	}
+	fmt.Fprintf(w, "connections: %s\n", strings.Join(states, ", "))
+	names := make([]string, 0, len(ps.Counters))
+	for n, v := range ps.Counters {
+		if v != 0 {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	var parts []string
+	for _, n := range names {
+		parts = append(parts, fmt.Sprintf("%s %d", n, ps.Counters[n]))
+	}
+	if len(parts) > 0 {
+		fmt.Fprintf(w, "counters: %s\n", strings.Join(parts, ", "))
+	}
+}
+
+// proxyStatus reads the proxy's status when one is loaded, nil if not.
+func proxyStatus(pins maps.Pins) (*ProxyStatus, error) {
+	p, err := loader.OpenProxy(pins)
+	if errors.Is(err, loader.ErrNoProxy) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer p.Close()
+	return readProxyStatus(p)
+}
+
+// proxyKeeper is the daemon's work for the SYN proxy: the cookie keys of
+// the current period and the expiry of idle connection entries.
+type proxyKeeper struct {
+	log    *slog.Logger
+	secret []byte
+	p      *loader.Proxy
+}
+
+func newProxyKeeper(o loader.Options, log *slog.Logger) (*proxyKeeper, error) {
+	if len(o.Proxy.Ifaces) == 0 {
+		return nil, nil
+	}
+	secret, err := loader.ReadSecret(o.Proxy.SecretFile)
+	if err != nil {
+		return nil, err
+	}
+	p, err := loader.OpenProxy(o.Pins)
+	if err != nil {
+		return nil, err
+	}
+	return &proxyKeeper{log: log, secret: secret, p: p}, nil
+}
+
+func (k *proxyKeeper) tick(now time.Time) {
+	if k == nil {
+		return
+	}
+	rotated, expired, err := k.p.Maintain(k.secret, now, maps.DefaultTimeouts)
+	if err != nil {
+		k.log.Warn("SYN proxy upkeep", "err", err)
+		return
+	}
+	if rotated {
+		k.log.Info("cookie key rotated", "period", maps.PeriodAt(now))
+	}
+	if expired > 0 {
+		k.log.Debug("idle connections expired", "n", expired)
+	}
+}
+
+func (k *proxyKeeper) close() {
+	if k != nil {
+		k.p.Close()
+	}
+}

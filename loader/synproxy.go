@@ -1,0 +1,242 @@
+package loader
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/maps"
+)
+
+// ProxyOptions configure the SYN proxy (bpf/synproxy.c).
+type ProxyOptions struct {
+	// Ifaces get the proxy's XDP program (clients' SYNs and ACKs, and
+	// every established segment both ways) and its TC ingress program
+	// (backends' SYN-ACKs): the client side and the backend side.
+	Ifaces []string
+	// SecretFile holds the pair's shared cookie secret (at least 16
+	// bytes); the cookie keys are derived from it and the clock.
+	SecretFile string
+	// Services are added or replaced by up; services added with tandem
+	// service add and not in the config are left alone.
+	Services []maps.Service
+}
+
+// MinSecretBytes is the shortest cookie secret accepted.
+const MinSecretBytes = 16
+
+// ReadSecret reads the pair's shared cookie secret.
+func ReadSecret(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("cookie secret: %w (make one on one host with `head -c 32 /dev/urandom > %s` and copy it to the peer)", err, path)
+	}
+	b = bytes.TrimSpace(b)
+	if len(b) < MinSecretBytes {
+		return nil, fmt.Errorf("cookie secret %s: %d bytes, want at least %d (head -c 32 /dev/urandom > %s)", path, len(b), MinSecretBytes, path)
+	}
+	return b, nil
+}
+
+// ParseService reads a --service value: VIP:PORT=BACKEND:PORT,BACKEND:PORT.
+func ParseService(s string) (maps.Service, error) {
+	vip, bs, ok := strings.Cut(s, "=")
+	if !ok {
+		return maps.Service{}, fmt.Errorf("service %q: want VIP:PORT=BACKEND:PORT[,BACKEND:PORT...]", s)
+	}
+	return ServiceFrom(vip, strings.Split(bs, ","))
+}
+
+// ServiceFrom builds a service from its VIP:PORT and backends' ADDR:PORT.
+func ServiceFrom(vip string, backends []string) (maps.Service, error) {
+	var svc maps.Service
+	v, err := netip.ParseAddrPort(strings.TrimSpace(vip))
+	if err != nil {
+		return svc, fmt.Errorf("service VIP %q: want ADDR:PORT ([ADDR]:PORT for IPv6)", vip)
+	}
+	svc.VIP = netip.AddrPortFrom(v.Addr().Unmap(), v.Port())
+	for _, b := range backends {
+		a, err := netip.ParseAddrPort(strings.TrimSpace(b))
+		if err != nil {
+			return svc, fmt.Errorf("service %s: backend %q: want ADDR:PORT ([ADDR]:PORT for IPv6)", svc.VIP, b)
+		}
+		svc.Backends = append(svc.Backends, netip.AddrPortFrom(a.Addr().Unmap(), a.Port()))
+	}
+	return svc, svc.Validate()
+}
+
+func (o *Options) validateProxy(seen map[string]bool) []error {
+	var errs []error
+	p := o.Proxy
+	pseen := map[string]bool{}
+	for _, i := range p.Ifaces {
+		if seen[i] {
+			errs = append(errs, fmt.Errorf("interface %s: both --iface (VIP gate) and --proxy-iface; give the proxy interfaces of their own", i))
+		}
+		if i == o.SyncTestIface {
+			errs = append(errs, fmt.Errorf("interface %s: both --sync-test-iface and --proxy-iface", i))
+		}
+		if pseen[i] {
+			errs = append(errs, fmt.Errorf("--proxy-iface %s named twice", i))
+		}
+		pseen[i] = true
+	}
+	if len(p.Ifaces) > 0 && p.SecretFile == "" {
+		errs = append(errs, errors.New("--proxy-iface: the SYN proxy needs --proxy-secret FILE (the pair's shared cookie secret)"))
+	}
+	if len(p.Ifaces) == 0 && len(p.Services) > 0 {
+		errs = append(errs, errors.New("services configured but no --proxy-iface to serve them on"))
+	}
+	vips := map[netip.AddrPort]bool{}
+	for _, s := range p.Services {
+		if err := s.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+		if vips[s.VIP] {
+			errs = append(errs, fmt.Errorf("service %s configured twice", s.VIP))
+		}
+		vips[s.VIP] = true
+	}
+	return errs
+}
+
+// upSynproxy loads the SYN proxy with its maps pinned by name (the dirty
+// rings are shared with every replicated program), installs the cookie
+// keys of the current period and the configured services, and attaches
+// XDP and TC ingress on each proxy interface.
+func upSynproxy(o Options, tcAttach func(*net.Interface, *ebpf.Program, string, Direction) (*Attachment, error)) ([]*Attachment, error) {
+	secret, err := ReadSecret(o.Proxy.SecretFile)
+	if err != nil {
+		return nil, err
+	}
+	spec, err := bpf.LoadSynproxy()
+	if err != nil {
+		return nil, fmt.Errorf("read embedded programs: %w", err)
+	}
+	inner, err := maps.RingSpec(o.ringBytes())
+	if err != nil {
+		return nil, err
+	}
+	spec.Maps[bpf.SynproxyMapSyncRings].InnerMap = inner
+	var objs bpf.SynproxyObjects
+	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: o.Pins.MapsDir()}}); err != nil {
+		return nil, loadError(err, o.Pins)
+	}
+	defer objs.Close()
+	s := &maps.SyncMaps{Rings: objs.SyncRings, Epoch: objs.SyncEpoch, Overflow: objs.SyncOverflow}
+	if err := s.SetupRings(inner); err != nil {
+		return nil, err
+	}
+	s.Close()
+	m := maps.SynproxyMapsOf(&objs.SynproxyMaps)
+	if _, err := m.SetCookiePeriod(secret, maps.PeriodAt(time.Now())); err != nil {
+		return nil, err
+	}
+	for _, svc := range o.Proxy.Services {
+		if _, err := m.PutService(svc); err != nil {
+			return nil, err
+		}
+	}
+	var out []*Attachment
+	for _, name := range o.Proxy.Ifaces {
+		iface, err := net.InterfaceByName(name)
+		if err != nil {
+			return out, fmt.Errorf("--proxy-iface %s: not found in this network namespace (see `ip link`)", name)
+		}
+		a, err := attachXDP(o.Pins, iface, objs.XdpSynproxy, o.XDPMode)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, a)
+		a, err = tcAttach(iface, objs.TcSynproxy, bpf.SynproxyProgTcSynproxy, Ingress)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, a)
+	}
+	for name, p := range map[string]*ebpf.Program{
+		bpf.SynproxyProgXdpSynproxy:      objs.XdpSynproxy,
+		bpf.SynproxyProgTcSynproxy:       objs.TcSynproxy,
+		bpf.SynproxyProgSpExpire:         objs.SpExpire,
+		bpf.SynproxyProgSyncReadSpConns:  objs.SyncReadSpConns,
+		bpf.SynproxyProgSyncWriteSpConns: objs.SyncWriteSpConns,
+	} {
+		if err := pinReplace(p, o.Pins.Prog(name)); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// Proxy is the pinned SYN proxy, for the CLI and the daemon.
+type Proxy struct {
+	*maps.SynproxyMaps
+	Expire *ebpf.Program // nil when only the maps were found
+}
+
+// ErrNoProxy: nothing pinned says a SYN proxy was loaded.
+var ErrNoProxy = errors.New("no SYN proxy loaded here (tandem up --proxy-iface ... loads it)")
+
+// OpenProxy opens the pinned SYN proxy maps (and its expiry program).
+func OpenProxy(pins maps.Pins) (*Proxy, error) {
+	open := func(name string) (*ebpf.Map, error) {
+		m, err := ebpf.LoadPinnedMap(pins.Map(name), nil)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, ErrNoProxy
+		}
+		if err != nil {
+			return nil, fmt.Errorf("open %s: %w", pins.Map(name), err)
+		}
+		return m, nil
+	}
+	p := &Proxy{SynproxyMaps: &maps.SynproxyMaps{}}
+	var err error
+	for _, f := range []struct {
+		name string
+		dst  **ebpf.Map
+	}{
+		{bpf.SynproxyMapSpServices, &p.Services}, {bpf.SynproxyMapSpBackends, &p.Backends}, {bpf.SynproxyMapSpBackendRev, &p.Rev},
+		{bpf.SynproxyMapSpCookieKeys, &p.Keys}, {bpf.SynproxyMapSpStats, &p.Stats}, {bpf.SynproxyMapSpSvcStats, &p.SvcStats}, {bpf.SynproxyMapSpConns, &p.Conns},
+	} {
+		if *f.dst, err = open(f.name); err != nil {
+			p.Close()
+			return nil, err
+		}
+	}
+	if prog, err := ebpf.LoadPinnedProgram(pins.Prog(bpf.SynproxyProgSpExpire), nil); err == nil {
+		p.Expire = prog
+	}
+	return p, nil
+}
+
+// Close releases the maps.
+func (p *Proxy) Close() {
+	for _, m := range []*ebpf.Map{p.Services, p.Backends, p.Rev, p.Keys, p.Stats, p.SvcStats, p.Conns} {
+		if m != nil {
+			m.Close()
+		}
+	}
+	if p.Expire != nil {
+		p.Expire.Close()
+	}
+}
+
+// Maintain is the daemon's periodic work for the proxy: the cookie keys
+// of the current period (rotation) and the expiry of idle entries.
+func (p *Proxy) Maintain(secret []byte, now time.Time, t maps.Timeouts) (rotated bool, expired uint32, err error) {
+	if rotated, err = p.SetCookiePeriod(secret, maps.PeriodAt(now)); err != nil {
+		return
+	}
+	if p.Expire != nil {
+		expired, err = maps.Expire(p.Expire, maps.TAINow(), t)
+	}
+	return
+}
