@@ -575,6 +575,7 @@ __attribute__((noinline)) int hs_write_xdp(struct xdp_md *ctx, __u32 l3_off)
 {
 	struct scratch *s = scratch(0);
 	__u32 len;
+	int delta;
 
 	if (!s)
 		return -1;
@@ -584,7 +585,17 @@ __attribute__((noinline)) int hs_write_xdp(struct xdp_md *ctx, __u32 l3_off)
 		return -1;
 	/* The length from the helper: the verifier forbids the pointer
 	 * arithmetic data_end - data would take. */
-	if (bpf_xdp_adjust_tail(ctx, (int)(l3_off + len) - (int)bpf_xdp_get_buff_len(ctx))) {
+	delta = (int)(l3_off + len) - (int)bpf_xdp_get_buff_len(ctx);
+	if (delta > 0 && bpf_xdp_adjust_tail(ctx, delta)) {
+		/* No tailroom (a frame from a tightly allocated skb): grow at
+		 * the front, where XDP always has headroom, and move the
+		 * Ethernet header (and VLAN tags) there. */
+		if (l3_off < ETH_HLEN || bpf_xdp_load_bytes(ctx, 0, s->seg, l3_off) || bpf_xdp_adjust_head(ctx, -delta) ||
+		    bpf_xdp_store_bytes(ctx, 0, s->seg, l3_off)) {
+			sp_count(SP_RESIZE_FAILED);
+			return -1;
+		}
+	} else if (delta < 0 && bpf_xdp_adjust_tail(ctx, delta)) {
 		sp_count(SP_RESIZE_FAILED);
 		return -1;
 	}
