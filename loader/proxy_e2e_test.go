@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,8 +29,10 @@ import (
 	"github.com/gopacket/gopacket/layers"
 	"github.com/gopacket/gopacket/pcapgo"
 
+	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/maps"
+	"github.com/tandem-net/tandem/syncer"
 	"github.com/tandem-net/tandem/tools/lab"
 	"github.com/tandem-net/tandem/tools/testenv"
 )
@@ -52,9 +55,14 @@ type proxyLab struct {
 	client, gw *lab.Host
 	backends   []*lab.Host
 	secret     string
+	daemons    []*exec.Cmd
 }
 
-func newProxyLab(t *testing.T) *proxyLab {
+func newProxyLab(t *testing.T) *proxyLab { return newProxyLabWith(t, false) }
+
+// newProxyLabWith, with peer, adds gw2: the standby gateway, linked to gw
+// for the state sync (sync0, 10.78.9.0/24) and to the client (eth0).
+func newProxyLabWith(t *testing.T, peer bool) *proxyLab {
 	t.Helper()
 	testenv.RequireRoot(t)
 	be := func(n int) lab.HostSpec {
@@ -66,7 +74,7 @@ func newProxyLab(t *testing.T) *proxyLab {
 			A: lab.End{Host: "gw", Iface: fmt.Sprintf("be%d", n), Addrs: []string{fmt.Sprintf("10.78.%d.1/24", n+1), fmt.Sprintf("fd78:%d::1/64", n+1)}},
 			B: lab.End{Host: fmt.Sprintf("be%d", n), Iface: "eth0", Addrs: []string{fmt.Sprintf("10.78.%d.2/24", n+1), fmt.Sprintf("fd78:%d::2/64", n+1)}}}
 	}
-	l, err := lab.New(lab.Spec{
+	spec := lab.Spec{
 		Hosts: []lab.HostSpec{
 			{Name: "client", Routes: []string{"10.78.0.0/24 via 10.78.1.1", "fd78::/64 via fd78:1::1"}},
 			{Name: "gw", Forward: true, Loopback: []string{"10.78.0.100/32", "fd78::100/128"}},
@@ -76,13 +84,27 @@ func newProxyLab(t *testing.T) *proxyLab {
 			A: lab.End{Host: "client", Iface: "eth0", Addrs: []string{"10.78.1.2/24", "fd78:1::2/64"}},
 			B: lab.End{Host: "gw", Iface: "eth0", Addrs: []string{"10.78.1.1/24", "fd78:1::1/64"}},
 		}, link(1), link(2)},
-	})
+	}
+	if peer {
+		spec.Hosts = append(spec.Hosts, lab.HostSpec{Name: "gw2", Forward: true})
+		spec.Links = append(spec.Links,
+			lab.LinkSpec{A: lab.End{Host: "gw", Iface: "sync0", Addrs: []string{"10.78.9.1/24"}}, B: lab.End{Host: "gw2", Iface: "sync0", Addrs: []string{"10.78.9.2/24"}}},
+			lab.LinkSpec{A: lab.End{Host: "client", Iface: "eth1", Addrs: []string{"10.78.8.2/24"}}, B: lab.End{Host: "gw2", Iface: "eth0", Addrs: []string{"10.78.8.1/24"}}})
+	}
+	l, err := lab.New(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := &proxyLab{Lab: l, client: l.Host("client"), gw: l.Host("gw"), backends: []*lab.Host{l.Host("be1"), l.Host("be2")}}
 	t.Cleanup(func() {
+		for _, d := range p.daemons {
+			d.Process.Kill()
+			d.Wait()
+		}
 		tandem(t, p.gw, "down", "--bpffs", p.gw.BPFFS())
+		if peer {
+			tandem(t, l.Host("gw2"), "down", "--bpffs", l.Host("gw2").BPFFS())
+		}
 		if err := l.Close(); err != nil {
 			t.Error(err)
 		}
@@ -548,5 +570,119 @@ func TestProxySynFlood(t *testing.T) {
 	}
 	if total > legit {
 		t.Errorf("%d connection entries after the flood, want at most %d", total, legit)
+	}
+}
+
+// daemon starts `tandem up` (the daemon) on h with args and waits until it
+// runs.
+func (p *proxyLab) daemon(t *testing.T, h *lab.Host, args ...string) {
+	t.Helper()
+	var log bytes.Buffer
+	var mu sync.Mutex
+	cmd := h.Cmd(testenv.Tandem(t), append([]string{"up", "--bpffs", h.BPFFS(), "-v"}, args...)...)
+	w := writerFunc(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return log.Write(b) })
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p.daemons = append(p.daemons, cmd)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mu.Lock()
+		s := log.String()
+		mu.Unlock()
+		if strings.Contains(s, "daemon running") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("daemon on %s not running after 30 s:\n%s", h.Name, s)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
+
+// connTable reads a gateway's connection entries without the host-local
+// queued epoch.
+func connTable(t *testing.T, h *lab.Host) map[maps.ConnKey]maps.ConnVal {
+	t.Helper()
+	px, err := loader.OpenProxy(maps.Pins{Root: h.BPFFS()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer px.Close()
+	out := map[maps.ConnKey]maps.ConnVal{}
+	var (
+		k maps.ConnKey
+		v maps.ConnVal
+	)
+	it := px.Conns.Iterate()
+	for it.Next(&k, &v) {
+		v.Sync.QueuedEpoch = 0
+		out[k] = v
+	}
+	if err := it.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestProxyConnsReplicate: gw (primary) and gw2 (standby) run the daemon
+// with the state sync; the connection entries of connections through gw,
+// closed and open, reach gw2's map with every field equal.
+func TestProxyConnsReplicate(t *testing.T) {
+	p := newProxyLabWith(t, true)
+	gw2 := p.Host("gw2")
+	certs := t.TempDir()
+	if err := syncer.MakeCerts(certs, map[string][]net.IP{"a": {net.IPv4(10, 78, 9, 1)}, "b": {net.IPv4(10, 78, 9, 2)}}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	common := []string{"--proxy-secret", p.secret, "--sync-certs", certs, "--service", "10.78.0.100:80=10.78.2.2:8080,10.78.3.2:8080",
+		"--service", "[fd78::100]:80=[fd78:2::2]:8080,[fd78:3::2]:8080"}
+	p.daemon(t, gw2, append([]string{"--proxy-iface", "eth0", "--sync-role", "standby", "--sync-listen", "10.78.9.2:7400", "--sync-name", "b", "--state-dir", t.TempDir()}, common...)...)
+	p.daemon(t, p.gw, append([]string{"--proxy-iface", "eth0,be1,be2", "--sync-role", "primary", "--sync-peer", "10.78.9.2:7400", "--sync-name", "a", "--state-dir", t.TempDir()}, common...)...)
+	p.serve(t)
+	for i := range 4 {
+		vip := pvip4
+		if i%2 == 1 {
+			vip = pvip6
+		}
+		if err := p.transfer(t, vip); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One connection stays open: an established entry.
+	var c net.Conn
+	if err := p.client.Do(func() (err error) {
+		c, err = net.DialTimeout("tcp", "10.78.0.100:80", 5*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	var a, b map[maps.ConnKey]maps.ConnVal
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		a, b = connTable(t, p.gw), connTable(t, gw2)
+		if len(a) == 5 && reflect.DeepEqual(a, b) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gw has %d entries, gw2 %d; equal: %v", len(a), len(b), reflect.DeepEqual(a, b))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	states := map[uint8]int{}
+	for _, v := range b {
+		states[v.State]++
+	}
+	if states[uint8(bpf.SynproxyConnStateCONN_ESTABLISHED)] != 1 || states[uint8(bpf.SynproxyConnStateCONN_CLOSING)] != 4 {
+		t.Errorf("states on the standby %v, want 1 established and 4 closing", states)
 	}
 }
