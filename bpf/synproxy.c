@@ -429,6 +429,7 @@ struct scratch {
 	struct hs h; /* what hs_write_xdp/hs_write_skb write */
 	struct pkt p; /* the parsed packet (XDP) */
 	struct conn_val v; /* a new connection entry */
+	struct conn_key k; /* a key to delete */
 };
 
 struct {
@@ -1055,8 +1056,16 @@ static __always_inline int rst_to_client(struct xdp_md *ctx, const struct pkt *p
 
 static __always_inline void conn_delete(const struct conn_key *k)
 {
-	if (bpf_map_delete_elem(&sp_conns, k) == 0)
-		sync_mark_deleted(SYNC_MAP_CONN, k, sizeof(*k));
+	/* A copy in scratch memory: verifiers before 6.2 refuse a global
+	 * function's pointer argument as a map key, and the stack has no
+	 * room left. */
+	struct scratch *s = scratch(0);
+
+	if (!s)
+		return;
+	s->k = *k;
+	if (bpf_map_delete_elem(&sp_conns, &s->k) == 0)
+		sync_mark_deleted(SYNC_MAP_CONN, &s->k, sizeof(s->k));
 }
 
 /* client_seg handles a segment from a client with a connection entry. */

@@ -143,6 +143,7 @@ type SynproxyScratch struct {
 	}
 	_ [6]byte
 	V SynproxyConnVal
+	K SynproxyConnKey
 }
 
 type SynproxySpStat uint32

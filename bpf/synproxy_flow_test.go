@@ -6,14 +6,17 @@ import (
 	"net/netip"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"golang.org/x/sys/unix"
 
 	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/maps"
+	"github.com/tandem-net/tandem/tools/bench"
 	"github.com/tandem-net/tandem/tools/fixture"
 )
 
@@ -401,5 +404,95 @@ func TestSynproxyBackendFailures(t *testing.T) {
 	}
 	if deletes != 3 {
 		t.Errorf("%d deletions in the dirty rings, want 3", deletes)
+	}
+}
+
+// establish opens one IPv4 connection with timestamps through the proxy
+// with test runs and returns its endpoints and sequence numbers.
+func establish(t testing.TB, p *proxy, ns *isolatedNetns, cport uint16) (client, vip, backend netip.AddrPort, cookie, bisn uint32) {
+	client, vip = netip.AddrPortFrom(client4, cport), netip.AddrPortFrom(svc4, 80)
+	syn := seg{src: client, dst: vip, seq: 1, syn: true, window: 64240, mss: 1460, ws: 7, sackPerm: true, ts: true, tsval: 10}
+	_, out, err := ns.run(p.objs.XdpSynproxy, syn.frame(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cookie = binary.BigEndian.Uint32(out[14+20+4:])
+	ack := seg{src: client, dst: vip, seq: 2, ack: cookie + 1, ackf: true, window: 502, ws: -1, ts: true, tsval: 11, tsecr: cookie}
+	if v, _, err := ns.run(p.objs.XdpSynproxy, ack.frame(t)); err != nil || v != "XDP_PASS" {
+		t.Fatalf("cookie ACK: %s %v", v, err)
+	}
+	var cv maps.ConnVal
+	key := maps.ConnKey{Caddr: client.Addr().As16(), Vaddr: vip.Addr().As16(), Cport: maps.HostPort(cport), Vport: maps.HostPort(80), Proto: 6}
+	if err := p.m.Conns.Lookup(key, &cv); err != nil {
+		t.Fatal(err)
+	}
+	backend = netip.AddrPortFrom(netip.AddrFrom16(cv.Baddr).Unmap(), maps.HostPort(cv.Bport))
+	bisn = 0x12345678
+	synack := seg{src: backend, dst: client, seq: bisn, ack: 2, syn: true, ackf: true, window: 65160, mss: 1460, ws: 7, sackPerm: true, ts: true, tsval: 99, tsecr: 11}
+	if v, _, err := ns.run(p.objs.TcSynproxy, synack.frame(t)); err != nil || v != "TC_ACT_REDIRECT" {
+		t.Fatalf("backend SYN-ACK: %s %v", v, err)
+	}
+	return
+}
+
+// BenchmarkSynproxyEstablished: ns per established segment (1448 bytes of
+// payload, timestamps) each way (prog.Run), against the XDP floor (a
+// program that only returns) in the same run.
+func BenchmarkSynproxyEstablished(b *testing.B) {
+	p := loadSynproxy(b)
+	ns := newIsolatedNetns(b)
+	client, vip, backend, cookie, bisn := establish(b, p, ns, 43000)
+	pass, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer pass.Close()
+	payload := make([]byte, 1448)
+	for name, s := range map[string]seg{
+		"client to backend": {src: client, dst: vip, seq: 2, ack: cookie + 1, ackf: true, window: 500, ws: -1, ts: true, tsval: 12, tsecr: cookie, payload: payload},
+		"backend to client": {src: backend, dst: client, seq: bisn + 1, ack: 2, ackf: true, window: 500, ws: -1, ts: true, tsval: 100, tsecr: 12, payload: payload},
+	} {
+		frame := s.frame(b)
+		b.Run(name, func(b *testing.B) {
+			const n = 1 << 14
+			per := func(prog *ebpf.Program) (d time.Duration) {
+				done := make(chan struct{})
+				ns.req <- func() {
+					defer close(done)
+					d = time.Duration(1 << 62)
+					for range 5 {
+						start := time.Now()
+						for range n {
+							if _, err := prog.Run(&ebpf.RunOptions{Data: frame}); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+						d = min(d, time.Since(start)/n)
+					}
+				}
+				<-done
+				return d
+			}
+			stat := "to_backend"
+			if s.src == backend {
+				stat = "to_client"
+			}
+			var est, floor time.Duration
+			for b.Loop() {
+				before := p.stats(b)[stat]
+				est, floor = per(p.objs.XdpSynproxy), per(pass)
+				if got := p.stats(b)[stat] - before; got != 5*n {
+					b.Fatalf("%d segments translated in 5 rounds of %d: the benchmark did not run the established path", got, n)
+				}
+			}
+			b.ReportMetric(float64(est.Nanoseconds()), "ns/call")
+			b.ReportMetric(float64((est - floor).Nanoseconds()), "ns/segment")
+			if _, err := bench.Record(bench.Result{Name: "xdp_synproxy established " + name + " per test-run call", Unit: "ns/call", Value: float64(est.Nanoseconds()),
+				Anchor: "xdp return XDP_PASS, same call", AnchorValue: float64(floor.Nanoseconds()), Goal: "record only (the difference is the translation's cost)"}); err != nil {
+				b.Fatal(err)
+			}
+		})
 	}
 }
