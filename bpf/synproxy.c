@@ -419,6 +419,21 @@ struct hs {
 
 #define HS_MAX 80 /* IPv6 40 + TCP 20 + options 20 */
 
+/* What is left of an established segment's translation when the segment
+ * functions return FWD_PENDING: the option walk and the forwarding, done
+ * from the program's top frame, where the walk's frames fit under the
+ * 512-byte stack limit (verifiers before 6.8 round every frame up). */
+struct fwd_job {
+	__u32 where; /* l4_off << 8 | options length */
+	__u32 tsval_add, tsecr_add, sack_add;
+	__u8 saddr[16], daddr[16];
+	__u16 l3_off, vlan_depth;
+	__u8 v4, opts;
+	__u8 pad[2];
+};
+
+#define FWD_PENDING 0x100
+
 /* Per-CPU scratch for the segments this proxy writes: the verifier's
  * 512-byte stack cannot hold them next to the callers' frames. Slot 0 is
  * XDP's, slot 1 TC's. */
@@ -429,7 +444,10 @@ struct scratch {
 	struct hs h; /* what hs_write_xdp/hs_write_skb write */
 	struct pkt p; /* the parsed packet (XDP) */
 	struct conn_val v; /* a new connection entry */
-	struct conn_key k; /* a key to delete */
+	struct fwd_job job;
+	struct conn_key k;  /* a key to delete */
+	struct conn_key ck; /* the packet's connection */
+	struct svc_key sk;  /* the packet's service, or its backend */
 };
 
 struct {
@@ -820,8 +838,8 @@ __attribute__((noinline)) int cookie_ack(struct xdp_md *ctx, struct pkt *p, cons
 	__u32 cookie;
 	struct tcp_opts o;
 	struct cookie_opts co = {};
-	struct conn_key k = {};
 	struct scratch *scr = scratch(0);
+	struct conn_key *k;
 	struct conn_val *v;
 	struct backend_key bk;
 	struct backend *b;
@@ -830,16 +848,13 @@ __attribute__((noinline)) int cookie_ack(struct xdp_md *ctx, struct pkt *p, cons
 
 	if (!p || !keys || !svc || !scr)
 		return XDP_DROP;
+	/* The key is from_client's, in scratch memory (stack is short). */
+	k = &scr->ck;
 	v = &scr->v;
 	__builtin_memset(v, 0, sizeof(*v));
 	th = data + (p->l4_off & 0x1ff);
 	if ((void *)(th + 1) > data_end)
 		return XDP_DROP;
-	__builtin_memcpy(k.caddr, p->saddr, 16);
-	__builtin_memcpy(k.vaddr, p->daddr, 16);
-	k.cport = p->sport;
-	k.vport = p->dport;
-	k.proto = IPPROTO_TCP;
 	client_isn = bpf_htonl(bpf_ntohl(th->seq) - 1);
 	cookie = bpf_ntohl(th->ack_seq) - 1;
 	v->client_win = bpf_ntohs(th->window);
@@ -855,7 +870,7 @@ __attribute__((noinline)) int cookie_ack(struct xdp_md *ctx, struct pkt *p, cons
 	parse_tcp_opts(ctx, p->l4_off & 0x1ff, opts_len(th), &o);
 
 	v->svc = svc->id;
-	v->backend = svc->backends ? flow_hash(&k) % svc->backends : 0;
+	v->backend = svc->backends ? flow_hash(k) % svc->backends : 0;
 	bk.svc = svc->id;
 	bk.idx = v->backend;
 	b = bpf_map_lookup_elem(&sp_backends, &bk);
@@ -877,15 +892,15 @@ __attribute__((noinline)) int cookie_ack(struct xdp_md *ctx, struct pkt *p, cons
 	v->created_ns = now_ns();
 	v->last_ns = v->created_ns;
 	v->syn_ns = v->created_ns;
-	if (bpf_map_update_elem(&sp_conns, &k, v, BPF_NOEXIST)) {
-		cur = bpf_map_lookup_elem(&sp_conns, &k);
+	if (bpf_map_update_elem(&sp_conns, k, v, BPF_NOEXIST)) {
+		cur = bpf_map_lookup_elem(&sp_conns, k);
 		sp_count(cur ? SP_DUP_ACK : SP_CONN_FULL);
 		return XDP_DROP;
 	}
-	cur = bpf_map_lookup_elem(&sp_conns, &k);
+	cur = bpf_map_lookup_elem(&sp_conns, k);
 	if (!cur)
 		return XDP_DROP;
-	sync_mark(SYNC_MAP_CONN, &cur->sync, &k, sizeof(k));
+	sync_mark(SYNC_MAP_CONN, &cur->sync, k, sizeof(*k));
 	sp_count(SP_COOKIE_OK);
 	sp_count(SP_BACKEND_SYN);
 	if ((sc = svc_stats(svc->id)))
@@ -935,6 +950,19 @@ __attribute__((noinline)) int xlate_opts(struct xdp_md *ctx, __u32 where, __u32 
 	return bpf_xdp_store_bytes(ctx, l4_off + 16, &check, 2);
 }
 
+static __always_inline struct fwd_job *fwd_job_start(const struct pkt *p)
+{
+	struct scratch *s = scratch(0);
+
+	if (!s)
+		return 0;
+	__builtin_memset(&s->job, 0, sizeof(s->job));
+	s->job.l3_off = p->l3_off;
+	s->job.vlan_depth = p->vlan_depth;
+	s->job.v4 = p->eth_proto == ETH_P_IP;
+	return &s->job;
+}
+
 static __always_inline __u16 rescale(__u16 w, __u8 shl, __u8 shr)
 {
 	__u32 b = ((__u32)w << (shl & 15)) >> (shr & 15);
@@ -951,7 +979,7 @@ static __always_inline __u16 rescale(__u16 w, __u8 shl, __u8 shr)
  * backend's sequence space, the timestamp echo into its clock). Otherwise
  * backend -> client (source becomes the VIP, seq and tsval move into what
  * the client was told, the window into the client's scale). */
-static __always_inline int xlate(struct xdp_md *ctx, const struct pkt *p, const struct conn_val *c, const struct conn_key *k, int fwd)
+static __always_inline int xlate(struct xdp_md *ctx, const struct pkt *p, const struct conn_val *c, const struct conn_key *k, int fwd, struct fwd_job *j)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -982,10 +1010,15 @@ static __always_inline int xlate(struct xdp_md *ctx, const struct pkt *p, const 
 		}
 	} else {
 		struct ipv6hdr *ip6 = data + (p->l3_off & 0x3f);
-		__be32 oa[4], na[4];
+		struct scratch *s = scratch(0);
+		__be32 *oa, *na;
 
-		if ((void *)(ip6 + 1) > data_end)
+		/* The old and new addresses in scratch memory: this frame is
+		 * on the deepest call chain (six frames under 512 bytes). */
+		if ((void *)(ip6 + 1) > data_end || !s)
 			return -1;
+		oa = (__be32 *)s->ph;
+		na = (__be32 *)(s->ph + 16);
 		__builtin_memcpy(na, to, 16);
 		if (fwd) {
 			__builtin_memcpy(oa, &ip6->daddr, 16);
@@ -1017,12 +1050,14 @@ static __always_inline int xlate(struct xdp_md *ctx, const struct pkt *p, const 
 		th->window = nw;
 	}
 	/* Options: only timestamps (both ways) and SACK (client -> backend)
-	 * change; the walk runs when they can be there. */
-	if (n == 0 || n > 40 || !(c->flags & (CONN_F_TS | CONN_F_SACK)))
-		return 0;
-	if (fwd)
-		return xlate_opts(ctx, l4_off << 8 | n, 0, -c->ts_delta, -c->seq_delta);
-	return xlate_opts(ctx, l4_off << 8 | n, c->ts_delta, 0, 0);
+	 * change; the walk runs when they can be there, from the program's
+	 * top frame (see struct fwd_job). */
+	j->opts = n > 0 && n <= 40 && (c->flags & (CONN_F_TS | CONN_F_SACK));
+	j->where = l4_off << 8 | n;
+	j->tsval_add = fwd ? 0 : c->ts_delta;
+	j->tsecr_add = fwd ? -c->ts_delta : 0;
+	j->sack_add = fwd ? -c->seq_delta : 0;
+	return 0;
 }
 
 static __always_inline __u32 l4_payload(const struct pkt *p, const struct tcphdr *th)
@@ -1076,6 +1111,7 @@ __attribute__((noinline)) int client_seg(struct xdp_md *ctx, struct pkt *p, stru
 	struct tcphdr *th;
 	struct svc_counters *sc;
 	__u64 now;
+	struct fwd_job *j;
 	int changed = 0;
 
 	if (!p || !c || !k)
@@ -1133,10 +1169,13 @@ __attribute__((noinline)) int client_seg(struct xdp_md *ctx, struct pkt *p, stru
 		sc->bytes_in += l4_payload(p, th);
 	}
 	touch(c, k, changed);
-	if (xlate(ctx, p, c, k, 1))
+	j = fwd_job_start(p);
+	if (!j || xlate(ctx, p, c, k, 1, j))
 		return XDP_DROP;
+	__builtin_memcpy(j->saddr, p->saddr, 16);
+	__builtin_memcpy(j->daddr, c->baddr, 16);
 	sp_count(SP_FWD);
-	return fwd_xdp(ctx, p->l3_off, p->eth_proto == ETH_P_IP, p->saddr, c->baddr, p->vlan_depth);
+	return FWD_PENDING;
 }
 
 /* backend_seg handles a segment from a backend for a connection entry. */
@@ -1146,6 +1185,7 @@ __attribute__((noinline)) int backend_seg(struct xdp_md *ctx, struct pkt *p, str
 	void *data_end = (void *)(long)ctx->data_end;
 	struct tcphdr *th;
 	struct svc_counters *sc;
+	struct fwd_job *j;
 	int changed = 0;
 
 	if (!p || !c || !k)
@@ -1184,24 +1224,27 @@ __attribute__((noinline)) int backend_seg(struct xdp_md *ctx, struct pkt *p, str
 		sc->bytes_out += l4_payload(p, th);
 	}
 	touch(c, k, changed);
-	if (xlate(ctx, p, c, k, 0))
+	j = fwd_job_start(p);
+	if (!j || xlate(ctx, p, c, k, 0, j))
 		return XDP_DROP;
+	__builtin_memcpy(j->saddr, k->vaddr, 16);
+	__builtin_memcpy(j->daddr, p->daddr, 16);
 	sp_count(SP_REV);
-	return fwd_xdp(ctx, p->l3_off, p->eth_proto == ETH_P_IP, k->vaddr, p->daddr, p->vlan_depth);
+	return FWD_PENDING;
 }
 
 /* rev_key finds the connection a backend's segment belongs to: the
  * backend's address and port name the service (sp_backend_rev), the
  * destination is the client. */
-static __always_inline struct conn_val *rev_lookup(const struct pkt *p, struct conn_key *k)
+static __always_inline struct conn_val *rev_lookup(const struct pkt *p, struct conn_key *k, struct svc_key *bk)
 {
-	struct svc_key bk = {};
 	struct rev_val *rv;
 
-	__builtin_memcpy(bk.addr, p->saddr, 16);
-	bk.port = p->sport;
-	bk.proto = IPPROTO_TCP;
-	rv = bpf_map_lookup_elem(&sp_backend_rev, &bk);
+	__builtin_memset(bk, 0, sizeof(*bk));
+	__builtin_memcpy(bk->addr, p->saddr, 16);
+	bk->port = p->sport;
+	bk->proto = IPPROTO_TCP;
+	rv = bpf_map_lookup_elem(&sp_backend_rev, bk);
 	if (!rv)
 		return 0;
 	__builtin_memset(k, 0, sizeof(*k));
@@ -1215,26 +1258,23 @@ static __always_inline struct conn_val *rev_lookup(const struct pkt *p, struct c
 
 /* from_backend handles what is not addressed to a service: a proxied
  * connection's backend segments, or not ours at all. */
-__attribute__((noinline)) int from_backend(struct xdp_md *ctx, struct pkt *p)
+static __always_inline int from_backend(struct xdp_md *ctx, struct pkt *p, struct scratch *s)
 {
-	struct conn_key ck;
 	struct conn_val *c;
 
-	if (!p)
-		return XDP_PASS;
-	c = rev_lookup(p, &ck);
+	c = rev_lookup(p, &s->ck, &s->sk);
 	if (!c)
 		return XDP_PASS; /* not a proxied flow */
-	return backend_seg(ctx, p, c, &ck);
+	return backend_seg(ctx, p, c, &s->ck);
 }
 
 /* from_client handles a segment to a service. */
-__attribute__((noinline)) int from_client(struct xdp_md *ctx, struct pkt *p, const struct svc_val *svc)
+static __always_inline int from_client(struct xdp_md *ctx, struct pkt *p, const struct svc_val *svc, struct scratch *s)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
+	struct conn_key *ck = &s->ck;
 	struct cookie_keys *keys;
-	struct conn_key ck = {};
 	struct conn_val *c;
 	struct tcphdr *th;
 	__u32 zero = 0;
@@ -1244,18 +1284,19 @@ __attribute__((noinline)) int from_client(struct xdp_md *ctx, struct pkt *p, con
 	th = data + (p->l4_off & 0x1ff);
 	if ((void *)(th + 1) > data_end)
 		return XDP_DROP;
-	__builtin_memcpy(ck.caddr, p->saddr, 16);
-	__builtin_memcpy(ck.vaddr, p->daddr, 16);
-	ck.cport = p->sport;
-	ck.vport = p->dport;
-	ck.proto = IPPROTO_TCP;
-	c = bpf_map_lookup_elem(&sp_conns, &ck);
+	__builtin_memset(ck, 0, sizeof(*ck));
+	__builtin_memcpy(ck->caddr, p->saddr, 16);
+	__builtin_memcpy(ck->vaddr, p->daddr, 16);
+	ck->cport = p->sport;
+	ck->vport = p->dport;
+	ck->proto = IPPROTO_TCP;
+	c = bpf_map_lookup_elem(&sp_conns, ck);
 	if (c) {
 		/* A new SYN on a closing entry is the client reusing its
 		 * port: the old entry goes, the SYN is answered. */
 		if (!(th->syn && !th->ack && c->state == CONN_CLOSING))
-			return client_seg(ctx, p, c, &ck);
-		conn_delete(&ck);
+			return client_seg(ctx, p, c, ck);
+		conn_delete(ck);
 	}
 	keys = bpf_map_lookup_elem(&sp_cookie_keys, &zero);
 	if (!keys || (keys->key[0][0] | keys->key[0][1] | keys->key[1][0] | keys->key[1][1]) == 0) {
@@ -1276,19 +1317,26 @@ int xdp_synproxy(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct scratch *scr = scratch(0);
-	struct svc_key sk = {};
+	struct fwd_job *j;
 	struct svc_val *svc;
+	struct svc_key *sk;
 	struct pkt *p;
+	int r;
 
+	/* The parsed packet and the keys live in scratch memory: the
+	 * deepest call chain under this frame needs almost all of the
+	 * 512-byte stack on verifiers that round frames up (before 6.8). */
 	if (!scr)
 		return XDP_PASS;
 	p = &scr->p;
+	sk = &scr->sk;
 	if (parse_frame(p, data, data_end) != PARSE_IP || p->l4_proto != IPPROTO_TCP)
 		return XDP_PASS; /* the gate judges what is not ours */
-	__builtin_memcpy(sk.addr, p->daddr, 16);
-	sk.port = p->dport;
-	sk.proto = IPPROTO_TCP;
-	svc = bpf_map_lookup_elem(&sp_services, &sk);
+	__builtin_memset(sk, 0, sizeof(*sk));
+	__builtin_memcpy(sk->addr, p->daddr, 16);
+	sk->port = p->dport;
+	sk->proto = IPPROTO_TCP;
+	svc = bpf_map_lookup_elem(&sp_services, sk);
 	if (p->frag) {
 		/* A fragment has no port to match unless it is the first; a
 		 * first fragment to a service is dropped (a handshake is never
@@ -1300,8 +1348,15 @@ int xdp_synproxy(struct xdp_md *ctx)
 		return XDP_PASS;
 	}
 	if (!svc)
-		return from_backend(ctx, p);
-	return from_client(ctx, p, svc);
+		r = from_backend(ctx, p, scr);
+	else
+		r = from_client(ctx, p, svc, scr);
+	if (r != FWD_PENDING)
+		return r;
+	j = &scr->job;
+	if (j->opts && xlate_opts(ctx, j->where, j->tsval_add, j->tsecr_add, j->sack_add))
+		return XDP_DROP;
+	return fwd_xdp(ctx, j->l3_off, j->v4, j->saddr, j->daddr, j->vlan_depth);
 }
 
 /* ---- TC ingress: the backend's SYN-ACK ---------------------------------- */
@@ -1439,6 +1494,7 @@ int tc_synproxy(struct __sk_buff *skb)
 	void *data, *data_end;
 	struct synack s;
 	struct conn_key k;
+	struct svc_key bk;
 	struct conn_val *c;
 	struct tcphdr *th;
 	struct ethhdr *eth;
@@ -1459,7 +1515,7 @@ int tc_synproxy(struct __sk_buff *skb)
 		return TC_NEXT;
 	if (!th->syn || !th->ack || th->rst || th->fin)
 		return TC_NEXT;
-	c = rev_lookup(&s.p, &k);
+	c = rev_lookup(&s.p, &k, &bk);
 	if (!c)
 		return TC_NEXT;
 	if (bpf_ntohl(th->ack_seq) != c->client_isn + 1) {

@@ -141,9 +141,26 @@ type SynproxyScratch struct {
 		L4Len     uint16
 		Pad       uint16
 	}
-	_ [6]byte
-	V SynproxyConnVal
-	K SynproxyConnKey
+	_   [6]byte
+	V   SynproxyConnVal
+	Job struct {
+		_         structs.HostLayout
+		Where     uint32
+		TsvalAdd  uint32
+		TsecrAdd  uint32
+		SackAdd   uint32
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		L3Off     uint16
+		VlanDepth uint16
+		V4        uint8
+		Opts      uint8
+		Pad       [2]uint8
+	}
+	K  SynproxyConnKey
+	Ck SynproxyConnKey
+	Sk SynproxySvcKey
+	_  [4]byte
 }
 
 type SynproxySpStat uint32

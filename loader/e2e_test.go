@@ -74,7 +74,7 @@ type result struct {
 }
 
 // tandem runs the tandem binary inside host h.
-func tandem(t *testing.T, h *lab.Host, args ...string) result {
+func tandem(t testing.TB, h *lab.Host, args ...string) result {
 	t.Helper()
 	cmd := h.Cmd(testenv.Tandem(t), args...)
 	var out, errb bytes.Buffer

@@ -6,6 +6,7 @@ package loader_test
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -33,6 +34,7 @@ import (
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/syncer"
+	"github.com/tandem-net/tandem/tools/bench"
 	"github.com/tandem-net/tandem/tools/lab"
 	"github.com/tandem-net/tandem/tools/testenv"
 )
@@ -58,11 +60,11 @@ type proxyLab struct {
 	daemons    []*exec.Cmd
 }
 
-func newProxyLab(t *testing.T) *proxyLab { return newProxyLabWith(t, false) }
+func newProxyLab(t testing.TB) *proxyLab { return newProxyLabWith(t, false) }
 
 // newProxyLabWith, with peer, adds gw2: the standby gateway, linked to gw
 // for the state sync (sync0, 10.78.9.0/24) and to the client (eth0).
-func newProxyLabWith(t *testing.T, peer bool) *proxyLab {
+func newProxyLabWith(t testing.TB, peer bool) *proxyLab {
 	t.Helper()
 	testenv.RequireRoot(t)
 	be := func(n int) lab.HostSpec {
@@ -123,7 +125,7 @@ func newProxyLabWith(t *testing.T, peer bool) *proxyLab {
 	return p
 }
 
-func (p *proxyLab) up(t *testing.T, extra ...string) {
+func (p *proxyLab) up(t testing.TB, extra ...string) {
 	t.Helper()
 	args := append([]string{"up", "--once", "--bpffs", p.gw.BPFFS(), "--proxy-iface", "eth0,be1,be2", "--proxy-secret", p.secret,
 		"--service", "10.78.0.100:80=10.78.2.2:8080,10.78.3.2:8080",
@@ -136,7 +138,7 @@ func (p *proxyLab) up(t *testing.T, extra ...string) {
 // serve runs an upload/download server on every backend: it reads the
 // client's bytes to EOF, answers with their SHA-256 and then xferBytes of
 // data seeded by that hash, and closes.
-func (p *proxyLab) serve(t *testing.T) {
+func (p *proxyLab) serve(t testing.TB) {
 	t.Helper()
 	for _, h := range p.backends {
 		var ln net.Listener
@@ -178,7 +180,7 @@ func seeded(seed []byte) io.Reader {
 
 // transfer opens a connection to vip:80 from the client, sends xferBytes,
 // and checks both directions' contents.
-func (p *proxyLab) transfer(t *testing.T, vip netip.Addr) error {
+func (p *proxyLab) transfer(t testing.TB, vip netip.Addr) error {
 	var c net.Conn
 	d := net.Dialer{Timeout: 5 * time.Second}
 	if err := p.client.Do(func() (err error) {
@@ -241,7 +243,7 @@ func TestProxyCapture(t *testing.T) {
 	}
 }
 
-func proxyStats(t *testing.T, p *proxyLab) map[string]uint64 {
+func proxyStats(t testing.TB, p *proxyLab) map[string]uint64 {
 	t.Helper()
 	px, err := loader.OpenProxy(maps.Pins{Root: p.gw.BPFFS()})
 	if err != nil {
@@ -257,7 +259,7 @@ func proxyStats(t *testing.T, p *proxyLab) map[string]uint64 {
 
 // xdpPass attaches a program that passes everything to h's iface for the
 // test's lifetime.
-func xdpPass(t *testing.T, h *lab.Host, iface string) {
+func xdpPass(t testing.TB, h *lab.Host, iface string) {
 	t.Helper()
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()}})
@@ -684,5 +686,58 @@ func TestProxyConnsReplicate(t *testing.T) {
 	}
 	if states[uint8(bpf.SynproxyConnStateCONN_ESTABLISHED)] != 1 || states[uint8(bpf.SynproxyConnStateCONN_CLOSING)] != 4 {
 		t.Errorf("states on the standby %v, want 1 established and 4 closing", states)
+	}
+}
+
+// BenchmarkProxyThroughput: bulk TCP (iperf3, 3 s) from the client to a
+// backend through the proxy (VIP:5201), against plain routing on the
+// same lab (the gateway forwarding to the backend's own address before
+// tandem is up). Goal: at least 90%.
+func BenchmarkProxyThroughput(b *testing.B) {
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		b.Fatal("iperf3 is not installed (make deps installs it)")
+	}
+	p := newProxyLab(b)
+	run := func(addr string) float64 {
+		srv := p.backends[0].Cmd("iperf3", "-s", "-1", "-p", "5201")
+		if err := srv.Start(); err != nil {
+			b.Fatal(err)
+		}
+		defer srv.Wait()
+		var out []byte
+		var err error
+		for range 50 { // until the server listens
+			if out, err = p.client.Cmd("iperf3", "-c", addr, "-p", "5201", "-t", "3", "-J").Output(); err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			srv.Process.Kill()
+			b.Fatalf("iperf3 to %s: %v\n%s", addr, err, out)
+		}
+		var r struct {
+			End struct {
+				SumReceived struct {
+					BitsPerSecond float64 `json:"bits_per_second"`
+				} `json:"sum_received"`
+			} `json:"end"`
+		}
+		if err := json.Unmarshal(out, &r); err != nil {
+			b.Fatalf("iperf3 output: %v", err)
+		}
+		return r.End.SumReceived.BitsPerSecond / 1e9
+	}
+	var routed, proxied float64
+	for b.Loop() {
+		routed = run("10.78.2.2")
+		p.up(b, "--service", "10.78.0.100:5201=10.78.2.2:5201")
+		proxied = run("10.78.0.100")
+	}
+	b.ReportMetric(proxied, "Gbit/s")
+	b.ReportMetric(routed, "routed-Gbit/s")
+	if _, err := bench.Record(bench.Result{Name: "iperf3 through the SYN proxy (veth lab, 1 stream)", Unit: "Gbit/s", Value: proxied,
+		Anchor: "plain kernel routing, same lab", AnchorValue: routed, Goal: ">= 0.9 of routing"}); err != nil {
+		b.Fatal(err)
 	}
 }
