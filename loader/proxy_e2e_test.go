@@ -78,7 +78,7 @@ func newProxyLabWith(t testing.TB, peer bool) *proxyLab {
 	}
 	spec := lab.Spec{
 		Hosts: []lab.HostSpec{
-			{Name: "client", Routes: []string{"10.78.0.0/24 via 10.78.1.1", "fd78::/64 via fd78:1::1"}},
+			{Name: "client", Routes: []string{"10.78.0.0/16 via 10.78.1.1", "fd78::/16 via fd78:1::1"}},
 			{Name: "gw", Forward: true, Loopback: []string{"10.78.0.100/32", "fd78::100/128"}},
 			be(1), be(2),
 		},
@@ -703,17 +703,16 @@ func BenchmarkProxyThroughput(b *testing.B) {
 		if err := srv.Start(); err != nil {
 			b.Fatal(err)
 		}
-		defer srv.Wait()
+		defer func() { srv.Process.Kill(); srv.Wait() }()
 		var out []byte
 		var err error
-		for range 50 { // until the server listens
-			if out, err = p.client.Cmd("iperf3", "-c", addr, "-p", "5201", "-t", "3", "-J").Output(); err == nil {
+		for range 20 { // until the server listens
+			if out, err = p.client.Cmd("timeout", "20", "iperf3", "-c", addr, "-p", "5201", "-t", "3", "-J").Output(); err == nil {
 				break
 			}
 			time.Sleep(100 * time.Millisecond)
 		}
 		if err != nil {
-			srv.Process.Kill()
 			b.Fatalf("iperf3 to %s: %v\n%s", addr, err, out)
 		}
 		var r struct {
