@@ -157,10 +157,19 @@ type SynproxyScratch struct {
 		Opts      uint8
 		Pad       [2]uint8
 	}
-	K  SynproxyConnKey
-	Ck SynproxyConnKey
+	K    SynproxyConnKey
+	Ck   SynproxyConnKey
+	Icmp struct {
+		_    structs.HostLayout
+		In   [48]uint8
+		Old  [48]uint8
+		Isrc [16]uint8
+		Idst [16]uint8
+		Osrc [16]uint8
+		Odst [16]uint8
+		Ip   [20]uint8
+	}
 	Sk SynproxySvcKey
-	_  [4]byte
 }
 
 type SynproxySpStat uint32

@@ -1,6 +1,7 @@
 package bpf_test
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 	"net/netip"
@@ -494,5 +495,87 @@ func BenchmarkSynproxyEstablished(b *testing.B) {
 				b.Fatal(err)
 			}
 		})
+	}
+}
+
+// icmpQuote builds an ICMPv4 error from src to dst quoting the first 28
+// bytes of a TCP segment q.
+func icmpQuote(t testing.TB, src, dst netip.Addr, q seg) []byte {
+	t.Helper()
+	quoted := q.frame(t)[14 : 14+28]
+	ip := ip4(src, dst, layers.IPProtocolICMPv4)
+	return serialize(t, eth(layers.EthernetTypeIPv4), ip, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 4), Seq: 1400}, gopacket.Payload(quoted))
+}
+
+// TestSynproxyICMP: ICMP errors quoting a proxied segment are translated
+// like the segment: from the backend side (a router's, or the backend's
+// own) towards the client as if about client -> VIP; from the client side
+// towards the backend, in its sequence space. Checksums stay valid; errors
+// about no proxied flow pass untouched.
+func TestSynproxyICMP(t *testing.T) {
+	p := loadSynproxy(t)
+	ns := newIsolatedNetns(t)
+	client, vip, backend, cookie, bisn := establish(t, p, ns, 44000)
+	router := netip.MustParseAddr("10.9.0.254")
+	sum := func(b []byte) uint16 {
+		var s uint32
+		for i := 0; i+1 < len(b); i += 2 {
+			s += uint32(b[i])<<8 | uint32(b[i+1])
+		}
+		for s > 0xffff {
+			s = s&0xffff + s>>16
+		}
+		return uint16(s)
+	}
+	check := func(name string, out []byte, osrc, odst, isrc, idst netip.Addr, isport, idport uint16, iseq uint32) {
+		t.Helper()
+		pk := gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default)
+		ip, _ := pk.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		ic, _ := pk.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
+		if ip == nil || ic == nil {
+			t.Fatalf("%s: %s", name, pk)
+		}
+		if sum(ip.Contents) != 0xffff || sum(append(append([]byte{}, ic.Contents...), ic.Payload...)) != 0xffff {
+			t.Errorf("%s: outer IP or ICMP checksum wrong", name)
+		}
+		q := ic.Payload
+		if sum(q[:20]) != 0xffff {
+			t.Errorf("%s: quoted IP checksum wrong", name)
+		}
+		gs, _ := netip.AddrFromSlice(ip.SrcIP.To4())
+		gd, _ := netip.AddrFromSlice(ip.DstIP.To4())
+		qs, _ := netip.AddrFromSlice(q[12:16])
+		qd, _ := netip.AddrFromSlice(q[16:20])
+		if gs != osrc || gd != odst || qs != isrc || qd != idst || binary.BigEndian.Uint16(q[20:]) != isport || binary.BigEndian.Uint16(q[22:]) != idport || binary.BigEndian.Uint32(q[24:]) != iseq {
+			t.Errorf("%s: %s -> %s quoting %s:%d -> %s:%d seq %d", name, gs, gd, qs, binary.BigEndian.Uint16(q[20:]), qd, binary.BigEndian.Uint16(q[22:]), binary.BigEndian.Uint32(q[24:]))
+		}
+	}
+	toBackend := seg{src: client, dst: backend, seq: 500, ack: bisn + 1, ackf: true, window: 100, ws: -1}
+	for _, c := range []struct {
+		name string
+		from netip.Addr
+		want netip.Addr
+	}{{"from a router on the backend side", router, router}, {"from the backend", backend.Addr(), vip.Addr()}} {
+		v, out, err := ns.run(p.objs.XdpSynproxy, icmpQuote(t, c.from, client.Addr(), toBackend))
+		if err != nil || v != "XDP_PASS" {
+			t.Fatalf("%s: %s %v", c.name, v, err)
+		}
+		check(c.name, out, c.want, client.Addr(), client.Addr(), vip.Addr(), client.Port(), vip.Port(), 500)
+	}
+	toClient := seg{src: vip, dst: client, seq: cookie + 1 + 5, ack: 500, ackf: true, window: 100, ws: -1}
+	v, out, err := ns.run(p.objs.XdpSynproxy, icmpQuote(t, client.Addr(), vip.Addr(), toClient))
+	if err != nil || v != "XDP_PASS" {
+		t.Fatalf("from the client side: %s %v", v, err)
+	}
+	check("from the client side", out, client.Addr(), backend.Addr(), backend.Addr(), client.Addr(), backend.Port(), client.Port(), bisn+1+5)
+	if n := p.stats(t)["icmp_translated"]; n != 3 {
+		t.Errorf("icmp_translated %d, want 3", n)
+	}
+	// Quoting a flow the proxy does not know: untouched.
+	other := seg{src: client, dst: netip.AddrPortFrom(router, 22), seq: 1, ackf: true, ws: -1}
+	in := icmpQuote(t, router, client.Addr(), other)
+	v, out, err = ns.run(p.objs.XdpSynproxy, in)
+	if err != nil || v != "XDP_PASS" || !bytes.Equal(out, in) {
+		t.Errorf("unrelated ICMP: %s %v, changed %v", v, err, !bytes.Equal(out, in))
 	}
 }
