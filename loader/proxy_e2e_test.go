@@ -729,8 +729,8 @@ func BenchmarkProxyThroughput(b *testing.B) {
 				} `json:"sum_received"`
 			} `json:"end"`
 		}
-		if err := json.Unmarshal(out, &r); err != nil {
-			b.Fatalf("iperf3 output: %v", err)
+		if err := json.Unmarshal(out, &r); err != nil || r.End.SumReceived.BitsPerSecond == 0 {
+			b.Fatalf("iperf3 to %s: no throughput (%v):\n%s", addr, err, out)
 		}
 		return r.End.SumReceived.BitsPerSecond / 1e9
 	}
