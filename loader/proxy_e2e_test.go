@@ -58,7 +58,6 @@ type proxyLab struct {
 	client, gw *lab.Host
 	backends   []*lab.Host
 	secret     string
-	daemons    []*exec.Cmd
 }
 
 func newProxyLab(t testing.TB) *proxyLab { return newProxyLabWith(t, false) }
@@ -100,10 +99,6 @@ func newProxyLabWith(t testing.TB, peer bool) *proxyLab {
 	}
 	p := &proxyLab{Lab: l, client: l.Host("client"), gw: l.Host("gw"), backends: []*lab.Host{l.Host("be1"), l.Host("be2")}}
 	t.Cleanup(func() {
-		for _, d := range p.daemons {
-			d.Process.Kill()
-			d.Wait()
-		}
 		tandem(t, p.gw, "down", "--bpffs", p.gw.BPFFS())
 		if peer {
 			tandem(t, l.Host("gw2"), "down", "--bpffs", l.Host("gw2").BPFFS())
@@ -588,7 +583,12 @@ func (p *proxyLab) daemon(t *testing.T, h *lab.Host, args ...string) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	p.daemons = append(p.daemons, cmd)
+	// Registered after the test's temporary directories: the daemon is
+	// gone before they are removed (it writes its status into one).
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+	})
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		mu.Lock()
