@@ -411,29 +411,38 @@ func TestSynproxyBackendFailures(t *testing.T) {
 // establish opens one IPv4 connection with timestamps through the proxy
 // with test runs and returns its endpoints and sequence numbers.
 func establish(t testing.TB, p *proxy, ns *isolatedNetns, cport uint16) (client, vip, backend netip.AddrPort, cookie, bisn uint32) {
-	client, vip = netip.AddrPortFrom(client4, cport), netip.AddrPortFrom(svc4, 80)
-	syn := seg{src: client, dst: vip, seq: 1, syn: true, window: 64240, mss: 1460, ws: 7, sackPerm: true, ts: true, tsval: 10}
+	return establishOn(t, p, ns, netip.AddrPortFrom(client4, cport), netip.AddrPortFrom(svc4, 80))
+}
+
+// establishOn runs a connection from client to vip through its handshake
+// (SYN, cookie ACK, the backend's SYN-ACK at TC).
+func establishOn(t testing.TB, p *proxy, ns *isolatedNetns, client, vip netip.AddrPort) (_, _, backend netip.AddrPort, cookie, bisn uint32) {
+	syn := seg{src: client, dst: vip, seq: 1, syn: true, window: 64240, mss: 1400, ws: 7, sackPerm: true, ts: true, tsval: 10}
 	_, out, err := ns.run(p.objs.XdpSynproxy, syn.frame(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cookie = binary.BigEndian.Uint32(out[14+20+4:])
+	l3 := 20
+	if client.Addr().Is6() {
+		l3 = 40
+	}
+	cookie = binary.BigEndian.Uint32(out[14+l3+4:])
 	ack := seg{src: client, dst: vip, seq: 2, ack: cookie + 1, ackf: true, window: 502, ws: -1, ts: true, tsval: 11, tsecr: cookie}
 	if v, _, err := ns.run(p.objs.XdpSynproxy, ack.frame(t)); err != nil || v != "XDP_PASS" {
 		t.Fatalf("cookie ACK: %s %v", v, err)
 	}
 	var cv maps.ConnVal
-	key := maps.ConnKey{Caddr: client.Addr().As16(), Vaddr: vip.Addr().As16(), Cport: maps.HostPort(cport), Vport: maps.HostPort(80), Proto: 6}
+	key := maps.ConnKey{Caddr: client.Addr().As16(), Vaddr: vip.Addr().As16(), Cport: maps.HostPort(client.Port()), Vport: maps.HostPort(vip.Port()), Proto: 6}
 	if err := p.m.Conns.Lookup(key, &cv); err != nil {
 		t.Fatal(err)
 	}
 	backend = netip.AddrPortFrom(netip.AddrFrom16(cv.Baddr).Unmap(), maps.HostPort(cv.Bport))
 	bisn = 0x12345678
-	synack := seg{src: backend, dst: client, seq: bisn, ack: 2, syn: true, ackf: true, window: 65160, mss: 1460, ws: 7, sackPerm: true, ts: true, tsval: 99, tsecr: 11}
+	synack := seg{src: backend, dst: client, seq: bisn, ack: 2, syn: true, ackf: true, window: 65160, mss: 1400, ws: 7, sackPerm: true, ts: true, tsval: 99, tsecr: 11}
 	if v, _, err := ns.run(p.objs.TcSynproxy, synack.frame(t)); err != nil || v != "TC_ACT_REDIRECT" {
 		t.Fatalf("backend SYN-ACK: %s %v", v, err)
 	}
-	return
+	return client, vip, backend, cookie, bisn
 }
 
 // BenchmarkSynproxyEstablished: ns per established segment (1448 bytes of
@@ -502,80 +511,143 @@ func BenchmarkSynproxyEstablished(b *testing.B) {
 // bytes of a TCP segment q.
 func icmpQuote(t testing.TB, src, dst netip.Addr, q seg) []byte {
 	t.Helper()
-	quoted := q.frame(t)[14 : 14+28]
-	ip := ip4(src, dst, layers.IPProtocolICMPv4)
-	return serialize(t, eth(layers.EthernetTypeIPv4), ip, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 4), Seq: 1400}, gopacket.Payload(quoted))
+	if src.Is4() {
+		quoted := q.frame(t)[14 : 14+28]
+		ip := ip4(src, dst, layers.IPProtocolICMPv4)
+		return serialize(t, eth(layers.EthernetTypeIPv4), ip, &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(3, 4), Seq: 1400}, gopacket.Payload(quoted))
+	}
+	// Packet too big: the MTU, then the quoted IPv6 header and 8 bytes.
+	body := binary.BigEndian.AppendUint32(nil, 1280)
+	body = append(body, q.frame(t)[14:14+48]...)
+	ip := ip6(src, dst, layers.IPProtocolICMPv6)
+	ic := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(2, 0)}
+	ic.SetNetworkLayerForChecksum(ip)
+	return serialize(t, eth(layers.EthernetTypeIPv6), ip, ic, gopacket.Payload(body))
+}
+
+// inetSum is the Internet checksum's folded one's complement sum of b.
+func inetSum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s > 0xffff {
+		s = s&0xffff + s>>16
+	}
+	return uint16(s)
+}
+
+// icmpErr is what the ICMP test reads back from an output frame.
+type icmpErr struct {
+	osrc, odst, isrc, idst netip.Addr
+	isport, idport         uint16
+	iseq                   uint32
+}
+
+// parseICMPErr reads an ICMP(v6) error and checks every checksum in it:
+// the outer IP header's, the ICMP one (for ICMPv6 over its pseudo
+// header), and the quoted IPv4 header's.
+func parseICMPErr(t *testing.T, out []byte) icmpErr {
+	t.Helper()
+	var r icmpErr
+	pk := gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default)
+	if ip, ok := pk.Layer(layers.LayerTypeIPv4).(*layers.IPv4); ok {
+		ic, _ := pk.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
+		if ic == nil {
+			t.Fatalf("no ICMP in %s", pk)
+		}
+		if inetSum(ip.Contents) != 0xffff || inetSum(append(append([]byte{}, ic.Contents...), ic.Payload...)) != 0xffff {
+			t.Errorf("outer IP or ICMP checksum wrong")
+		}
+		q := ic.Payload
+		if inetSum(q[:20]) != 0xffff {
+			t.Errorf("quoted IP checksum wrong")
+		}
+		r.osrc, _ = netip.AddrFromSlice(ip.SrcIP.To4())
+		r.odst, _ = netip.AddrFromSlice(ip.DstIP.To4())
+		r.isrc, _ = netip.AddrFromSlice(q[12:16])
+		r.idst, _ = netip.AddrFromSlice(q[16:20])
+		q = q[20:]
+		r.isport, r.idport, r.iseq = binary.BigEndian.Uint16(q), binary.BigEndian.Uint16(q[2:]), binary.BigEndian.Uint32(q[4:])
+		return r
+	}
+	ip, _ := pk.Layer(layers.LayerTypeIPv6).(*layers.IPv6)
+	if ip == nil || ip.NextHeader != layers.IPProtocolICMPv6 {
+		t.Fatalf("no ICMPv6 in %s", pk)
+	}
+	icmp := ip.Payload
+	pseudo := append(append([]byte{}, ip.SrcIP...), ip.DstIP...)
+	pseudo = binary.BigEndian.AppendUint32(pseudo, uint32(len(icmp)))
+	pseudo = append(pseudo, 0, 0, 0, byte(layers.IPProtocolICMPv6))
+	if inetSum(append(pseudo, icmp...)) != 0xffff {
+		t.Errorf("ICMPv6 checksum wrong")
+	}
+	q := icmp[8:]
+	r.osrc, _ = netip.AddrFromSlice(ip.SrcIP)
+	r.odst, _ = netip.AddrFromSlice(ip.DstIP)
+	r.isrc, _ = netip.AddrFromSlice(q[8:24])
+	r.idst, _ = netip.AddrFromSlice(q[24:40])
+	q = q[40:]
+	r.isport, r.idport, r.iseq = binary.BigEndian.Uint16(q), binary.BigEndian.Uint16(q[2:]), binary.BigEndian.Uint32(q[4:])
+	return r
 }
 
 // TestSynproxyICMP: ICMP errors quoting a proxied segment are translated
 // like the segment: from the backend side (a router's, or the backend's
 // own) towards the client as if about client -> VIP; from the client side
-// towards the backend, in its sequence space. Checksums stay valid; errors
-// about no proxied flow pass untouched.
+// towards the backend, in its sequence space. Checksums stay valid (for
+// ICMPv6 including its pseudo header, which the new addresses change);
+// errors about no proxied flow pass untouched. IPv4 (destination
+// unreachable) and IPv6 (packet too big).
 func TestSynproxyICMP(t *testing.T) {
 	p := loadSynproxy(t)
 	ns := newIsolatedNetns(t)
-	client, vip, backend, cookie, bisn := establish(t, p, ns, 44000)
-	router := netip.MustParseAddr("10.9.0.254")
-	sum := func(b []byte) uint16 {
-		var s uint32
-		for i := 0; i+1 < len(b); i += 2 {
-			s += uint32(b[i])<<8 | uint32(b[i+1])
-		}
-		for s > 0xffff {
-			s = s&0xffff + s>>16
-		}
-		return uint16(s)
-	}
-	check := func(name string, out []byte, osrc, odst, isrc, idst netip.Addr, isport, idport uint16, iseq uint32) {
-		t.Helper()
-		pk := gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default)
-		ip, _ := pk.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
-		ic, _ := pk.Layer(layers.LayerTypeICMPv4).(*layers.ICMPv4)
-		if ip == nil || ic == nil {
-			t.Fatalf("%s: %s", name, pk)
-		}
-		if sum(ip.Contents) != 0xffff || sum(append(append([]byte{}, ic.Contents...), ic.Payload...)) != 0xffff {
-			t.Errorf("%s: outer IP or ICMP checksum wrong", name)
-		}
-		q := ic.Payload
-		if sum(q[:20]) != 0xffff {
-			t.Errorf("%s: quoted IP checksum wrong", name)
-		}
-		gs, _ := netip.AddrFromSlice(ip.SrcIP.To4())
-		gd, _ := netip.AddrFromSlice(ip.DstIP.To4())
-		qs, _ := netip.AddrFromSlice(q[12:16])
-		qd, _ := netip.AddrFromSlice(q[16:20])
-		if gs != osrc || gd != odst || qs != isrc || qd != idst || binary.BigEndian.Uint16(q[20:]) != isport || binary.BigEndian.Uint16(q[22:]) != idport || binary.BigEndian.Uint32(q[24:]) != iseq {
-			t.Errorf("%s: %s -> %s quoting %s:%d -> %s:%d seq %d", name, gs, gd, qs, binary.BigEndian.Uint16(q[20:]), qd, binary.BigEndian.Uint16(q[22:]), binary.BigEndian.Uint32(q[24:]))
-		}
-	}
-	toBackend := seg{src: client, dst: backend, seq: 500, ack: bisn + 1, ackf: true, window: 100, ws: -1}
-	for _, c := range []struct {
-		name string
-		from netip.Addr
-		want netip.Addr
-	}{{"from a router on the backend side", router, router}, {"from the backend", backend.Addr(), vip.Addr()}} {
-		v, out, err := ns.run(p.objs.XdpSynproxy, icmpQuote(t, c.from, client.Addr(), toBackend))
-		if err != nil || v != "XDP_PASS" {
-			t.Fatalf("%s: %s %v", c.name, v, err)
-		}
-		check(c.name, out, c.want, client.Addr(), client.Addr(), vip.Addr(), client.Port(), vip.Port(), 500)
-	}
-	toClient := seg{src: vip, dst: client, seq: cookie + 1 + 5, ack: 500, ackf: true, window: 100, ws: -1}
-	v, out, err := ns.run(p.objs.XdpSynproxy, icmpQuote(t, client.Addr(), vip.Addr(), toClient))
-	if err != nil || v != "XDP_PASS" {
-		t.Fatalf("from the client side: %s %v", v, err)
-	}
-	check("from the client side", out, client.Addr(), backend.Addr(), backend.Addr(), client.Addr(), backend.Port(), client.Port(), bisn+1+5)
-	if n := p.stats(t)["icmp_translated"]; n != 3 {
-		t.Errorf("icmp_translated %d, want 3", n)
-	}
-	// Quoting a flow the proxy does not know: untouched.
-	other := seg{src: client, dst: netip.AddrPortFrom(router, 22), seq: 1, ackf: true, ws: -1}
-	in := icmpQuote(t, router, client.Addr(), other)
-	v, out, err = ns.run(p.objs.XdpSynproxy, in)
-	if err != nil || v != "XDP_PASS" || !bytes.Equal(out, in) {
-		t.Errorf("unrelated ICMP: %s %v, changed %v", v, err, !bytes.Equal(out, in))
+	for i, fam := range []struct {
+		name          string
+		client, vip   netip.AddrPort
+		router, stray netip.Addr
+	}{
+		{"IPv4", netip.AddrPortFrom(client4, 44000), netip.AddrPortFrom(svc4, 80), netip.MustParseAddr("10.9.0.254"), netip.MustParseAddr("10.9.9.9")},
+		{"IPv6", netip.AddrPortFrom(client6, 44001), netip.AddrPortFrom(svc6, 443), netip.MustParseAddr("fd09::fe"), netip.MustParseAddr("fd09::99")},
+	} {
+		t.Run(fam.name, func(t *testing.T) {
+			client, vip, backend, cookie, bisn := establishOn(t, p, ns, fam.client, fam.vip)
+			check := func(name string, out []byte, want icmpErr) {
+				t.Helper()
+				if got := parseICMPErr(t, out); got != want {
+					t.Errorf("%s:\n got %+v\nwant %+v", name, got, want)
+				}
+			}
+			toBackend := seg{src: client, dst: backend, seq: 500, ack: bisn + 1, ackf: true, window: 100, ws: -1}
+			for _, c := range []struct {
+				name       string
+				from, want netip.Addr
+			}{{"from a router on the backend side", fam.router, fam.router}, {"from the backend", backend.Addr(), vip.Addr()}} {
+				v, out, err := ns.run(p.objs.XdpSynproxy, icmpQuote(t, c.from, client.Addr(), toBackend))
+				if err != nil || v != "XDP_PASS" {
+					t.Fatalf("%s: %s %v", c.name, v, err)
+				}
+				check(c.name, out, icmpErr{c.want, client.Addr(), client.Addr(), vip.Addr(), client.Port(), vip.Port(), 500})
+			}
+			toClient := seg{src: vip, dst: client, seq: cookie + 1 + 5, ack: 500, ackf: true, window: 100, ws: -1}
+			v, out, err := ns.run(p.objs.XdpSynproxy, icmpQuote(t, client.Addr(), vip.Addr(), toClient))
+			if err != nil || v != "XDP_PASS" {
+				t.Fatalf("from the client side: %s %v", v, err)
+			}
+			check("from the client side", out, icmpErr{client.Addr(), backend.Addr(), backend.Addr(), client.Addr(), backend.Port(), client.Port(), bisn + 1 + 5})
+			if n := p.stats(t)["icmp_translated"]; n != uint64(3*(i+1)) {
+				t.Errorf("icmp_translated %d, want %d", n, 3*(i+1))
+			}
+			// Quoting a flow the proxy does not know: untouched.
+			other := seg{src: client, dst: netip.AddrPortFrom(fam.stray, 22), seq: 1, ackf: true, ws: -1}
+			in := icmpQuote(t, fam.router, client.Addr(), other)
+			v, out, err = ns.run(p.objs.XdpSynproxy, in)
+			if err != nil || v != "XDP_PASS" || !bytes.Equal(out, in) {
+				t.Errorf("unrelated ICMP: %s %v, changed %v", v, err, !bytes.Equal(out, in))
+			}
+		})
 	}
 }
