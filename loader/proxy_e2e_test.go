@@ -6,6 +6,7 @@ package loader_test
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -58,6 +59,7 @@ type proxyLab struct {
 	client, gw *lab.Host
 	backends   []*lab.Host
 	secret     string
+	clientXDP  link.Link // XDP_PASS on the client's eth0
 }
 
 func newProxyLab(t testing.TB) *proxyLab { return newProxyLabWith(t, false) }
@@ -111,7 +113,8 @@ func newProxyLabWith(t testing.TB, peer bool) *proxyLab {
 	// promptly by a peer that runs an XDP program itself: veth schedules
 	// the peer's NAPI after XDP_TX only then (GRO's NAPI alone leaves
 	// them queued until other traffic comes). Each end gets XDP_PASS.
-	for _, h := range append([]*lab.Host{p.client}, p.backends...) {
+	p.clientXDP = xdpPass(t, p.client, "eth0")
+	for _, h := range p.backends {
 		xdpPass(t, h, "eth0")
 	}
 	p.secret = filepath.Join(t.TempDir(), "cookie.key")
@@ -239,6 +242,94 @@ func TestProxyCapture(t *testing.T) {
 	}
 }
 
+// TestProxyWindowUpdateLost: the window update (the first ACK from the
+// VIP after the window-0 SYN-ACK) is dropped on its way to the client.
+// The client, left with a zero window, sends zero-window probes; the
+// proxy forwards them to the backend like any segment, and the backend's
+// answer, translated, carries the real window: the transfer completes.
+func TestProxyWindowUpdateLost(t *testing.T) {
+	p := newProxyLab(t)
+	p.up(t)
+	p.serve(t)
+	dropped, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dropped.Close()
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: dropFirstWindowUpdate(dropped, pvip4)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	if err := p.clientXDP.Update(prog); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := p.transfer(t, pvip4); err != nil {
+		t.Fatalf("transfer after a lost window update: %v", err)
+	}
+	var n uint64
+	if err := dropped.Lookup(uint32(0), &n); err != nil {
+		t.Fatal(err)
+	}
+	st := proxyStats(t, p)
+	t.Logf("window updates dropped %d; transfer took %s; counters %v", n, time.Since(start).Round(time.Millisecond), st)
+	if n != 1 {
+		t.Errorf("the dropper dropped %d window updates, want 1", n)
+	}
+	if st["window_update"] != 1 || st["established"] != 1 {
+		t.Errorf("counters: %v", st)
+	}
+}
+
+// dropFirstWindowUpdate is an XDP program that drops the first IPv4 TCP
+// segment from vip with only ACK set, a non-zero window and no payload,
+// and counts it in dropped[0]; everything else passes.
+func dropFirstWindowUpdate(dropped *ebpf.Map, vip netip.Addr) asm.Instructions {
+	a := vip.As4()
+	return asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word), // data
+		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word), // data_end
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, 54),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 12, asm.Half),
+		asm.JNE.Imm(asm.R5, int32(binary.NativeEndian.Uint16([]byte{0x08, 0x00})), "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 14, asm.Byte),
+		asm.JNE.Imm(asm.R5, 0x45, "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 23, asm.Byte),
+		asm.JNE.Imm(asm.R5, 6, "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 26, asm.Word),
+		asm.JNE.Imm32(asm.R5, int32(binary.NativeEndian.Uint32(a[:])), "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 47, asm.Byte), // TCP flags
+		asm.JNE.Imm(asm.R5, 0x10, "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 48, asm.Half), // window
+		asm.JEq.Imm(asm.R5, 0, "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 16, asm.Half), // IP total length
+		asm.HostTo(asm.BE, asm.R5, asm.Half),
+		asm.LoadMem(asm.R4, asm.R2, 46, asm.Byte), // data offset
+		asm.RSh.Imm(asm.R4, 4),
+		asm.LSh.Imm(asm.R4, 2),
+		asm.Add.Imm(asm.R4, 20),
+		asm.JNE.Reg(asm.R5, asm.R4, "pass"), // a payload
+		asm.StoreImm(asm.R10, -4, 0, asm.Word),
+		asm.LoadMapPtr(asm.R1, dropped.FD()),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -4),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+		asm.JNE.Imm(asm.R1, 0, "pass"),
+		asm.Mov.Imm(asm.R1, 1),
+		asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord),
+		asm.Mov.Imm(asm.R0, 1), // XDP_DROP
+		asm.Return(),
+		asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), // XDP_PASS
+		asm.Return(),
+	}
+}
+
 func proxyStats(t testing.TB, p *proxyLab) map[string]uint64 {
 	t.Helper()
 	px, err := loader.OpenProxy(maps.Pins{Root: p.gw.BPFFS()})
@@ -254,8 +345,8 @@ func proxyStats(t testing.TB, p *proxyLab) map[string]uint64 {
 }
 
 // xdpPass attaches a program that passes everything to h's iface for the
-// test's lifetime.
-func xdpPass(t testing.TB, h *lab.Host, iface string) {
+// test's lifetime; the link lets a test swap the program.
+func xdpPass(t testing.TB, h *lab.Host, iface string) link.Link {
 	t.Helper()
 	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
 		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()}})
@@ -275,6 +366,7 @@ func xdpPass(t testing.TB, h *lab.Host, iface string) {
 		t.Fatalf("XDP_PASS on %s %s: %v", h.Name, iface, err)
 	}
 	t.Cleanup(func() { l.Close() })
+	return l
 }
 
 var captureFlags []string
