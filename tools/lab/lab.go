@@ -286,6 +286,36 @@ func (h *Host) Sysctl(key, value string) error {
 	})
 }
 
+// SNMP reads one counter of the host's /proc/net/snmp, e.g. ("Tcp",
+// "PassiveOpens").
+func (h *Host) SNMP(proto, name string) (int64, error) {
+	var out []byte
+	if err := h.Do(func() (err error) {
+		// thread-self: /proc/self/net is the main thread's namespace.
+		out, err = os.ReadFile("/proc/thread-self/net/snmp")
+		return err
+	}); err != nil {
+		return 0, fmt.Errorf("lab: host %s: %w", h.Name, err)
+	}
+	var names []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != proto+":" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, n := range names {
+			if n == name && i < len(f) {
+				return strconv.ParseInt(f[i], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("lab: host %s: no %s %s in /proc/net/snmp", h.Name, proto, name)
+}
+
 // Do runs f on an OS thread that has entered the host's namespace. Sockets
 // f opens belong to the host and stay there after f returns; goroutines f
 // starts do not run in the namespace.

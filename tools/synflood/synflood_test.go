@@ -3,8 +3,6 @@ package synflood_test
 import (
 	"net"
 	"net/netip"
-	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -19,29 +17,11 @@ import (
 // snmp reads one counter of /proc/net/snmp in h.
 func snmp(t *testing.T, h *lab.Host, proto, name string) int {
 	t.Helper()
-	out, err := h.Cmd("cat", "/proc/net/snmp").Output()
+	v, err := h.SNMP(proto, name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var names []string
-	for _, line := range strings.Split(string(out), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 0 || f[0] != proto+":" {
-			continue
-		}
-		if names == nil {
-			names = f
-			continue
-		}
-		for i, n := range names {
-			if n == name {
-				v, _ := strconv.Atoi(f[i])
-				return v
-			}
-		}
-	}
-	t.Fatalf("no %s %s", proto, name)
-	return 0
+	return int(v)
 }
 
 // TestFlood: every generated SYN reaches the peer's TCP with valid IP and
