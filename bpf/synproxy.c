@@ -30,6 +30,7 @@
 #include "include/csum.h"
 #include "include/sync.h"
 #include "include/cookie.h"
+#include "include/gate.h"
 
 #define TCPOPT_EOL 0
 #define TCPOPT_NOP 1
@@ -90,6 +91,7 @@ enum sp_stat {
 	SP_KERNEL_FWD,      /* translated, then left to the kernel to forward */
 	SP_ICMP,            /* ICMP errors for a proxied flow translated */
 	SP_BAD_ACK,         /* backend SYN-ACKs that acknowledge nothing we sent */
+	SP_NOT_OWNER,       /* segments to a VIP the gate says another host owns */
 	SP_STAT_MAX,
 };
 
@@ -1529,10 +1531,20 @@ int xdp_synproxy(struct xdp_md *ctx)
 		}
 		return XDP_PASS;
 	}
-	if (!svc)
+	if (!svc) {
 		r = from_backend(ctx, p, scr);
-	else
+	} else {
+		/* A VIP under election is served only by its owner: the
+		 * other host drops what reaches it (a stale neighbour entry),
+		 * and the client's retransmission finds the owner. */
+		struct vip_entry *ve = bpf_map_lookup_elem(&vip_gate, sk->addr);
+
+		if (ve && !ve->owned) {
+			sp_count(SP_NOT_OWNER);
+			return XDP_DROP;
+		}
 		r = from_client(ctx, p, svc, scr);
+	}
 	if (r != FWD_PENDING)
 		return r;
 	j = &scr->job;

@@ -199,7 +199,8 @@ const (
 	SynproxySpStatSP_KERNEL_FWD      SynproxySpStat = 21
 	SynproxySpStatSP_ICMP            SynproxySpStat = 22
 	SynproxySpStatSP_BAD_ACK         SynproxySpStat = 23
-	SynproxySpStatSP_STAT_MAX        SynproxySpStat = 24
+	SynproxySpStatSP_NOT_OWNER       SynproxySpStat = 24
+	SynproxySpStatSP_STAT_MAX        SynproxySpStat = 25
 )
 
 type SynproxySvcCounters struct {
@@ -252,6 +253,17 @@ type SynproxySyncRec struct {
 	Key    [48]uint8
 }
 
+type SynproxyVipEntry struct {
+	_     structs.HostLayout
+	Owned uint32
+	Index uint32
+}
+
+type SynproxyVipKey struct {
+	_    structs.HostLayout
+	Addr [16]uint8
+}
+
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
@@ -268,6 +280,7 @@ const (
 	SynproxyMapSyncIoSpConns     = "sync_io_sp_conns"
 	SynproxyMapSyncOverflow      = "sync_overflow"
 	SynproxyMapSyncRings         = "sync_rings"
+	SynproxyMapVipGate           = "vip_gate"
 	SynproxyProgSpExpire         = "sp_expire"
 	SynproxyProgSyncReadSpConns  = "sync_read_sp_conns"
 	SynproxyProgSyncWriteSpConns = "sync_write_sp_conns"
@@ -350,6 +363,7 @@ type SynproxyMapSpecs struct {
 	SyncIoSpConns *ebpf.MapSpec `ebpf:"sync_io_sp_conns"`
 	SyncOverflow  *ebpf.MapSpec `ebpf:"sync_overflow"`
 	SyncRings     *ebpf.MapSpec `ebpf:"sync_rings"`
+	VipGate       *ebpf.MapSpec `ebpf:"vip_gate"`
 }
 
 // SynproxyVariableSpecs contains global variables before they are loaded into the kernel.
@@ -400,6 +414,7 @@ type SynproxyMaps struct {
 	SyncIoSpConns *ebpf.Map `ebpf:"sync_io_sp_conns"`
 	SyncOverflow  *ebpf.Map `ebpf:"sync_overflow"`
 	SyncRings     *ebpf.Map `ebpf:"sync_rings"`
+	VipGate       *ebpf.Map `ebpf:"vip_gate"`
 }
 
 func (m *SynproxyMaps) Close() error {
@@ -416,6 +431,7 @@ func (m *SynproxyMaps) Close() error {
 		m.SyncIoSpConns,
 		m.SyncOverflow,
 		m.SyncRings,
+		m.VipGate,
 	)
 }
 

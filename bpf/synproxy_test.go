@@ -493,3 +493,46 @@ func BenchmarkSynproxySyn(b *testing.B) {
 		})
 	}
 }
+
+// TestSynproxyGate: a VIP under election (an entry in vip_gate) is served
+// only while this host owns it: a SYN and a cookie ACK to a VIP the gate
+// says the peer owns are dropped and counted, then answered once the
+// entry flips; a VIP with no entry is served as before.
+func TestSynproxyGate(t *testing.T) {
+	p := loadSynproxy(t)
+	ns := newIsolatedNetns(t)
+	key := maps.KeyOf(svc4)
+	set := func(owned uint32) {
+		t.Helper()
+		if err := p.objs.VipGate.Put(key, maps.VIPEntry{Owned: owned}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	client := netip.AddrPortFrom(client4, 45000)
+	syn := seg{src: client, dst: netip.AddrPortFrom(svc4, 80), seq: 1, syn: true, window: 64240, mss: 1460, ws: 7, ts: true, tsval: 5}
+	set(0)
+	if v, _, err := ns.run(p.objs.XdpSynproxy, syn.frame(t)); err != nil || v != "XDP_DROP" {
+		t.Fatalf("SYN to a VIP the peer owns: %s %v", v, err)
+	}
+	ack := seg{src: client, dst: netip.AddrPortFrom(svc4, 80), seq: 2, ack: 12345, ackf: true, window: 502, ws: -1}
+	if v, _, err := ns.run(p.objs.XdpSynproxy, ack.frame(t)); err != nil || v != "XDP_DROP" {
+		t.Fatalf("ACK to a VIP the peer owns: %s %v", v, err)
+	}
+	if st := p.stats(t); st["not_owner"] != 2 || st["syn_answered"] != 0 || st["cookie_bad"] != 0 {
+		t.Errorf("counters while not the owner: %v", st)
+	}
+	set(1)
+	if v, _, err := ns.run(p.objs.XdpSynproxy, syn.frame(t)); err != nil || v != "XDP_TX" {
+		t.Fatalf("SYN once the owner: %s %v", v, err)
+	}
+	if err := p.objs.VipGate.Delete(key); err != nil {
+		t.Fatal(err)
+	}
+	syn6 := seg{src: netip.AddrPortFrom(client6, 45001), dst: netip.AddrPortFrom(svc6, 443), seq: 1, syn: true, window: 64240, mss: 1440, ws: -1}
+	if v, _, err := ns.run(p.objs.XdpSynproxy, syn6.frame(t)); err != nil || v != "XDP_TX" {
+		t.Fatalf("SYN to a VIP not under election: %s %v", v, err)
+	}
+	if st := p.stats(t); st["not_owner"] != 2 || st["syn_answered"] != 2 {
+		t.Errorf("counters after: %v", st)
+	}
+}

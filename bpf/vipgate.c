@@ -11,8 +11,7 @@
  */
 #include "include/common.h"
 #include "include/parse.h"
-
-#define MAX_VIPS 1024
+#include "include/gate.h"
 
 enum gate_mode {
 	GATE_MONITOR = 0,
@@ -31,15 +30,6 @@ enum stat_reason {
 	STAT_MAX = 7,
 };
 
-struct vip_key {
-	__u8 addr[16]; /* IPv6, or IPv4-mapped IPv6 */
-};
-
-struct vip_entry {
-	__u32 owned; /* 1: this host serves the VIP */
-	__u32 index; /* slot in vip_stats, chosen by the loader */
-};
-
 struct vip_counters {
 	__u64 rx_packets;
 	__u64 rx_bytes;
@@ -51,13 +41,6 @@ struct vip_counters {
 /* Load-time constants, set by the loader before the verifier sees them. */
 const volatile enum gate_mode cfg_gate_mode = GATE_ENFORCE;
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, MAX_VIPS);
-	__type(key, struct vip_key);
-	__type(value, struct vip_entry);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} vip_gate SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

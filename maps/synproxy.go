@@ -61,6 +61,7 @@ var ProxyStatNames = map[ProxyStat]string{
 	bpf.SynproxySpStatSP_KERNEL_FWD:      "kernel_forwarded",
 	bpf.SynproxySpStatSP_ICMP:            "icmp_translated",
 	bpf.SynproxySpStatSP_BAD_ACK:         "backend_bad_ack",
+	bpf.SynproxySpStatSP_NOT_OWNER:       "not_owner",
 }
 
 // ConnStateNames name the connection states for dumps.
