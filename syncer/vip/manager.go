@@ -1,0 +1,510 @@
+package vip
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+)
+
+// Config is one host's side of the election.
+type Config struct {
+	Name     string
+	Priority uint8
+	Preempt  bool          // a better, caught-up standby asks for the VIPs
+	Interval time.Duration // between adverts; default 100 ms
+	Dead     int           // adverts missed before the peer counts as gone; default 3
+	Secret   []byte        // the pair's shared secret: adverts are signed with it
+	Listen   string        // UDP ADDR:PORT for the peer's adverts
+	Peers    []string      // UDP HOST:PORT of the peer, one per path (sync link, service network)
+	Addrs    []Addr        // the addresses the owner holds
+
+	// Gate opens (true) or closes the VIP gate for every VIP.
+	Gate func(owned bool) error
+	// Health reports a reason this host cannot serve (interface down,
+	// programs detached), or nil.
+	Health func() error
+	// Sync reports the state sync: whether this host is as fresh as the
+	// owner (a standby whose session is up and has applied the owner's
+	// generation), its generation, and the last sequence it applied or,
+	// as primary, had acknowledged.
+	Sync func(peer Advert) (caughtUp bool, generation, applied uint64)
+	// Role is called when this host should run the sync as primary
+	// (true) or as standby. It must not block.
+	Role func(primary bool)
+	// Flush waits until everything this host's sync sent is acknowledged.
+	Flush func(ctx context.Context) error
+
+	Announce []time.Duration // gratuitous ARP/NA schedule after a takeover
+	Log      *slog.Logger
+}
+
+// Status is what `tandem vip` shows.
+type Status struct {
+	Name        string    `json:"name"`
+	Priority    uint8     `json:"priority"`
+	Owner       bool      `json:"owner"`
+	Why         string    `json:"why"`
+	Since       time.Time `json:"since"`
+	Healthy     bool      `json:"healthy"`
+	Problem     string    `json:"problem,omitempty"`
+	CaughtUp    bool      `json:"caught_up"`
+	Generation  uint64    `json:"generation"`
+	Primary     bool      `json:"sync_primary"`
+	Peer        string    `json:"peer,omitempty"`
+	PeerAlive   bool      `json:"peer_alive"`
+	PeerOwner   bool      `json:"peer_owner"`
+	PeerHealthy bool      `json:"peer_healthy"`
+	PeerSeen    time.Time `json:"peer_seen"`
+	Takeovers   uint64    `json:"takeovers"`
+	Releases    uint64    `json:"releases"`
+	Refused     uint64    `json:"adverts_refused"`
+	Addrs       []string  `json:"addrs"`
+}
+
+// Manager runs the election and moves the VIPs.
+type Manager struct {
+	cfg  Config
+	log  *slog.Logger
+	conn net.PacketConn
+	peer []*net.UDPAddr
+	boot uint64
+	seq  uint64
+	kick chan struct{}
+
+	mu        sync.Mutex
+	last      Advert // the peer's last advert
+	lastAt    time.Time
+	lastBoot  uint64
+	lastSeq   uint64
+	owner     bool
+	yielding  bool
+	handing   bool // a handover is running
+	primary   bool
+	started   time.Time
+	st        Status
+	announces []time.Time
+}
+
+// New checks cfg and opens the advert socket.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Interval <= 0 {
+		cfg.Interval = 100 * time.Millisecond
+	}
+	if cfg.Dead <= 0 {
+		cfg.Dead = 3
+	}
+	if len(cfg.Secret) < 16 {
+		return nil, errors.New("vip: the pair's secret must be at least 16 bytes (--vip-secret FILE)")
+	}
+	if len(cfg.Peers) == 0 {
+		return nil, errors.New("vip: name the peer's advert address with --vip-peer HOST:PORT (one per path)")
+	}
+	if len(cfg.Addrs) == 0 {
+		return nil, errors.New("vip: no address to move: give --vip-addr ADDR/LEN@IFACE")
+	}
+	if cfg.Announce == nil {
+		cfg.Announce = []time.Duration{0, cfg.Interval, 2 * cfg.Interval, 4 * cfg.Interval, time.Second, 2 * time.Second, 5 * time.Second}
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	for _, f := range []struct {
+		name string
+		nil  bool
+	}{{"Gate", cfg.Gate == nil}, {"Health", cfg.Health == nil}, {"Sync", cfg.Sync == nil}, {"Role", cfg.Role == nil}, {"Flush", cfg.Flush == nil}} {
+		if f.nil {
+			return nil, fmt.Errorf("vip: Config.%s is required", f.name)
+		}
+	}
+	m := &Manager{cfg: cfg, log: cfg.Log.With("vip", cfg.Name), kick: make(chan struct{}, 1)}
+	for _, p := range cfg.Peers {
+		a, err := net.ResolveUDPAddr("udp", p)
+		if err != nil {
+			return nil, fmt.Errorf("vip: peer %q: %w", p, err)
+		}
+		m.peer = append(m.peer, a)
+	}
+	var b [8]byte
+	rand.Read(b[:])
+	m.boot = binary.BigEndian.Uint64(b[:])
+	c, err := net.ListenPacket("udp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("vip: listen for adverts on %s: %w", cfg.Listen, err)
+	}
+	m.conn = c
+	m.st = Status{Name: cfg.Name, Priority: cfg.Priority, Why: "starting", Since: time.Now()}
+	for _, a := range cfg.Addrs {
+		m.st.Addrs = append(m.st.Addrs, a.String())
+	}
+	return m, nil
+}
+
+// Status is the election as of now.
+func (m *Manager) Status() Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	st := m.st
+	st.Addrs = append([]string(nil), st.Addrs...)
+	st.PeerAlive = m.peerAlive(time.Now())
+	return st
+}
+
+func (m *Manager) peerAlive(now time.Time) bool {
+	return !m.lastAt.IsZero() && now.Sub(m.lastAt) <= time.Duration(m.cfg.Dead)*m.cfg.Interval
+}
+
+// Run elects until ctx ends. It leaves the VIPs as they are on return: a
+// daemon that stops (or dies) leaves the datapath serving, like the rest
+// of tandem; `tandem down` or the peer's probe settles the rest.
+func (m *Manager) Run(ctx context.Context) error {
+	defer m.conn.Close()
+	m.started = time.Now()
+	// A host that owned the addresses before a restart still holds them:
+	// it says so, and the election keeps it or settles it.
+	held := true
+	for _, a := range m.cfg.Addrs {
+		held = held && hasAddr(a)
+	}
+	if held {
+		m.mu.Lock()
+		m.owner = true
+		m.mu.Unlock()
+		m.log.Info("holding the VIPs from before the restart")
+	}
+	go m.receive(ctx)
+	tick := time.NewTicker(m.cfg.Interval)
+	defer tick.Stop()
+	for {
+		m.step(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		case <-m.kick:
+		}
+	}
+}
+
+func (m *Manager) receive(ctx context.Context) {
+	buf := make([]byte, 2*AdvertLen)
+	for ctx.Err() == nil {
+		n, from, err := m.conn.ReadFrom(buf)
+		if err != nil {
+			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
+				m.log.Warn("advert socket", "err", err)
+			}
+			return
+		}
+		a, err := UnmarshalAdvert(buf[:n], m.cfg.Secret)
+		if err == nil {
+			err = m.accept(a)
+		}
+		if err != nil {
+			m.mu.Lock()
+			m.st.Refused++
+			refused := m.st.Refused
+			m.mu.Unlock()
+			if refused == 1 || refused%100 == 0 {
+				m.log.Warn("advert refused", "from", from.String(), "err", err, "refused", refused)
+			}
+			continue
+		}
+		m.wake()
+	}
+}
+
+// accept records a verified advert unless it is a replay: within one boot
+// the sequence must grow; a new boot must carry a current timestamp.
+func (m *Manager) accept(a Advert) error {
+	if a.Boot == m.boot {
+		return errors.New("our own advert (a loop, or the peer uses our name)")
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	switch {
+	case a.Boot == m.lastBoot && a.Seq <= m.lastSeq:
+		if a.Seq == m.lastSeq {
+			return nil // the same advert over a second path
+		}
+		return fmt.Errorf("replayed advert (seq %d, last %d)", a.Seq, m.lastSeq)
+	case a.Boot != m.lastBoot:
+		if d := now.Sub(time.Unix(0, a.SentNanos)); d > 2*time.Second || d < -2*time.Second {
+			return fmt.Errorf("advert from a new boot %s off our clock", d.Round(time.Millisecond))
+		}
+	}
+	m.last, m.lastAt, m.lastBoot, m.lastSeq = a, now, a.Boot, a.Seq
+	return nil
+}
+
+// step runs one election round: advertise, decide, act.
+func (m *Manager) step(ctx context.Context) {
+	now := time.Now()
+	healthErr := m.cfg.Health()
+	m.mu.Lock()
+	peer := Peer{Advert: m.last, Alive: m.peerAlive(now)}
+	owner, yielding := m.owner, m.yielding
+	m.mu.Unlock()
+	caught, gen, applied := m.cfg.Sync(peer.Advert)
+	if owner {
+		caught = true // the owner's state is the reference
+	}
+	self := Self{Name: m.cfg.Name, Priority: m.cfg.Priority, Generation: gen, Owner: owner, Healthy: healthErr == nil, CaughtUp: caught, Yielding: yielding}
+	want := m.cfg.Preempt && !owner && caught && peer.Alive && peer.Owner && m.cfg.Priority > peer.Priority
+	m.advertise(Advert{Name: m.cfg.Name, Priority: m.cfg.Priority, Generation: gen, Owner: owner, Healthy: healthErr == nil,
+		CaughtUp: caught, Yield: yielding, Want: want, Applied: applied})
+
+	own, why := Decide(self, peer)
+	// Listen first: a host that just started hears its peer before it
+	// claims anything.
+	if !owner && own && !peer.Alive && now.Sub(m.started) < time.Duration(m.cfg.Dead)*m.cfg.Interval {
+		own, why = false, "listening for the peer"
+	}
+	switch {
+	case own && !owner:
+		if !peer.Alive {
+			// Nobody must answer for the addresses: a peer whose daemon
+			// died may still serve them.
+			for _, a := range m.cfg.Addrs {
+				who, err := probe(a, max(m.cfg.Interval/2, 20*time.Millisecond))
+				if err != nil {
+					m.log.Warn("probe", "addr", a.String(), "err", err)
+					own, why = false, "probe failed: "+err.Error()
+					break
+				}
+				if who != nil {
+					own, why = false, fmt.Sprintf("%s answered by %s although its daemon is silent", a.Prefix.Addr(), who)
+					break
+				}
+			}
+		}
+		if own {
+			m.takeover(why)
+		}
+	case !own && owner && !yielding:
+		m.release(why)
+	}
+	if owner && own && healthErr == nil && peer.Alive && peer.Want && peer.Priority > m.cfg.Priority && !m.isHanding() {
+		go func() {
+			if err := m.Handover(ctx, func(s string) { m.log.Info("preemption: " + s) }); err != nil {
+				m.log.Warn("preemption handover", "err", err)
+			}
+		}()
+	}
+	m.reannounce(now)
+
+	m.mu.Lock()
+	// The sync's primary is the owner, once the peer has let go: a
+	// handing-over peer stays primary until it has flushed its last
+	// changes, and says it let go only then. Two owners (a healed
+	// partition) stop syncing until the election settles.
+	primary := m.owner && (m.yielding || !(peer.Alive && peer.Owner))
+	changed := primary != m.primary
+	m.primary = primary
+	if m.st.Why != why && m.owner == own {
+		m.st.Why = why
+	}
+	m.st.Owner, m.st.Healthy, m.st.CaughtUp, m.st.Generation, m.st.Primary = m.owner, healthErr == nil, caught, gen, primary
+	m.st.Problem = ""
+	if healthErr != nil {
+		m.st.Problem = healthErr.Error()
+	}
+	m.st.Peer, m.st.PeerOwner, m.st.PeerHealthy, m.st.PeerSeen = peer.Name, peer.Owner, peer.Healthy, m.lastAt
+	m.mu.Unlock()
+	if changed {
+		m.log.Info("sync role", "primary", primary)
+		m.cfg.Role(primary)
+	}
+}
+
+func (m *Manager) advertise(a Advert) {
+	m.mu.Lock()
+	m.seq++
+	a.Seq, a.Boot, a.SentNanos = m.seq, m.boot, time.Now().UnixNano()
+	m.mu.Unlock()
+	b, err := a.Marshal(m.cfg.Secret)
+	if err != nil {
+		m.log.Error("advert", "err", err)
+		return
+	}
+	for _, p := range m.peer {
+		m.conn.WriteTo(b, p) // a path that is down is what the other paths are for
+	}
+}
+
+// takeover: addresses, gate, announcements.
+func (m *Manager) takeover(why string) {
+	start := time.Now()
+	for _, a := range m.cfg.Addrs {
+		if err := addAddr(a); err != nil {
+			m.log.Error("takeover: address", "err", err)
+		}
+	}
+	if err := m.cfg.Gate(true); err != nil {
+		m.log.Error("takeover: gate", "err", err)
+	}
+	m.announceAll()
+	m.mu.Lock()
+	m.owner = true
+	m.st.Why, m.st.Since, m.st.Takeovers = why, time.Now(), m.st.Takeovers+1
+	m.announces = nil
+	for _, d := range m.cfg.Announce[1:] {
+		m.announces = append(m.announces, start.Add(d))
+	}
+	m.mu.Unlock()
+	m.log.Info("took the VIPs", "why", why, "took", time.Since(start).Round(time.Microsecond))
+}
+
+// release: gate, then addresses.
+func (m *Manager) release(why string) {
+	if err := m.cfg.Gate(false); err != nil {
+		m.log.Error("release: gate", "err", err)
+	}
+	for _, a := range m.cfg.Addrs {
+		if err := delAddr(a); err != nil {
+			m.log.Error("release: address", "err", err)
+		}
+	}
+	m.mu.Lock()
+	m.owner = false
+	m.st.Why, m.st.Since, m.st.Releases = why, time.Now(), m.st.Releases+1
+	m.announces = nil
+	m.mu.Unlock()
+	m.log.Info("released the VIPs", "why", why)
+}
+
+func (m *Manager) announceAll() {
+	for _, a := range m.cfg.Addrs {
+		if err := announce(a); err != nil {
+			m.log.Warn("announce", "addr", a.String(), "err", err)
+		}
+	}
+}
+
+func (m *Manager) reannounce(now time.Time) {
+	m.mu.Lock()
+	due := false
+	for len(m.announces) > 0 && !now.Before(m.announces[0]) {
+		m.announces = m.announces[1:]
+		due = true
+	}
+	m.mu.Unlock()
+	if due {
+		m.announceAll()
+	}
+}
+
+// Handover moves the VIPs from this host (the owner) to the peer without
+// losing a packet: the sync is flushed and the peer caught up; this host
+// removes its addresses but keeps serving what still reaches it; the peer
+// takes the addresses and announces them; after a grace period for the
+// announcements to land this host closes its gate. progress gets a line
+// per step.
+func (m *Manager) Handover(ctx context.Context, progress func(string)) error {
+	m.mu.Lock()
+	if !m.owner {
+		m.mu.Unlock()
+		return fmt.Errorf("this host does not own the VIPs; run the handover on %s", m.last.Name)
+	}
+	if m.handing {
+		m.mu.Unlock()
+		return errors.New("a handover is already running")
+	}
+	if !m.peerAlive(time.Now()) || !m.last.Healthy {
+		m.mu.Unlock()
+		return errors.New("the peer is silent or unhealthy: nobody to hand over to")
+	}
+	peerName := m.last.Name
+	m.handing = true
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.handing, m.yielding = false, false
+		m.mu.Unlock()
+	}()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	progress("flushing the state sync")
+	if err := m.cfg.Flush(ctx); err != nil {
+		return fmt.Errorf("flush the sync: %w", err)
+	}
+	progress("waiting for " + peerName + " to catch up")
+	if err := m.waitPeer(ctx, func(a Advert) bool { return a.CaughtUp }); err != nil {
+		return fmt.Errorf("%s did not catch up: %w", peerName, err)
+	}
+	progress("removing the addresses here (the datapath keeps serving)")
+	for _, a := range m.cfg.Addrs {
+		if err := delAddr(a); err != nil {
+			return err
+		}
+	}
+	m.mu.Lock()
+	m.yielding = true
+	m.mu.Unlock()
+	m.wake() // advertise the yield now
+	progress("waiting for " + peerName + " to take the addresses")
+	err := m.waitPeer(ctx, func(a Advert) bool { return a.Owner })
+	if err != nil {
+		// Take everything back: the peer never took over.
+		for _, a := range m.cfg.Addrs {
+			addAddr(a)
+		}
+		m.announceAll()
+		return fmt.Errorf("%s did not take the VIPs (kept them here): %w", peerName, err)
+	}
+	grace := max(4*m.cfg.Interval, 200*time.Millisecond)
+	progress(fmt.Sprintf("%s owns the VIPs; serving stragglers here for %s", peerName, grace))
+	select {
+	case <-time.After(grace):
+	case <-ctx.Done():
+	}
+	// The gate closes first; what the datapath changed until then is
+	// flushed to the peer before this host says it let go, which is
+	// what makes the peer's sync the primary.
+	progress("closing the gate here and flushing the last changes")
+	if err := m.cfg.Gate(false); err != nil {
+		m.log.Error("handover: gate", "err", err)
+	}
+	if err := m.cfg.Flush(ctx); err != nil {
+		m.log.Warn("handover: final flush", "err", err)
+	}
+	m.release("handed over to " + peerName)
+	progress("done: " + peerName + " owns the VIPs")
+	return nil
+}
+
+func (m *Manager) isHanding() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.handing
+}
+
+func (m *Manager) wake() {
+	select {
+	case m.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (m *Manager) waitPeer(ctx context.Context, ok func(Advert) bool) error {
+	for {
+		m.mu.Lock()
+		a, alive := m.last, m.peerAlive(time.Now())
+		m.mu.Unlock()
+		if alive && ok(a) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(m.cfg.Interval / 4):
+		}
+	}
+}

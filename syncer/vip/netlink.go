@@ -1,0 +1,335 @@
+package vip
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/jsimonetti/rtnetlink/v2"
+	"golang.org/x/sys/unix"
+)
+
+// Addr is one address the owner holds: a prefix on an interface.
+type Addr struct {
+	Prefix netip.Prefix // the address and its on-link prefix length
+	Iface  string
+}
+
+func (a Addr) String() string { return a.Prefix.String() + "@" + a.Iface }
+
+// ParseAddr reads ADDR/LEN@IFACE.
+func ParseAddr(s string) (Addr, error) {
+	p, ifname, ok := cutLast(s, "@")
+	if !ok || ifname == "" {
+		return Addr{}, fmt.Errorf("--vip-addr %q: want ADDR/LEN@IFACE, e.g. 192.0.2.10/24@eth0", s)
+	}
+	pfx, err := netip.ParsePrefix(p)
+	if err != nil {
+		return Addr{}, fmt.Errorf("--vip-addr %q: %w", s, err)
+	}
+	if pfx.Addr().Zone() != "" {
+		return Addr{}, fmt.Errorf("--vip-addr %q: no zone", s)
+	}
+	return Addr{Prefix: netip.PrefixFrom(pfx.Addr().Unmap(), pfx.Bits()), Iface: ifname}, nil
+}
+
+func cutLast(s, sep string) (string, string, bool) {
+	for i := len(s) - len(sep); i >= 0; i-- {
+		if s[i:i+len(sep)] == sep {
+			return s[:i], s[i+len(sep):], true
+		}
+	}
+	return s, "", false
+}
+
+// addrMessage is a's rtnetlink request. IPv6 addresses skip the kernel's
+// duplicate address detection (the takeover probed already, and DAD would
+// hold the address unusable for a second).
+func addrMessage(a Addr) (*rtnetlink.AddressMessage, error) {
+	ifc, err := net.InterfaceByName(a.Iface)
+	if err != nil {
+		return nil, err
+	}
+	fam, flags := uint8(unix.AF_INET), uint32(0)
+	if a.Prefix.Addr().Is6() {
+		fam, flags = unix.AF_INET6, unix.IFA_F_NODAD
+	}
+	ip := net.IP(a.Prefix.Addr().AsSlice())
+	attrs := &rtnetlink.AddressAttributes{Address: ip, Local: ip, Flags: flags}
+	if fam == unix.AF_INET {
+		attrs.Broadcast = nil
+	}
+	return &rtnetlink.AddressMessage{Family: fam, PrefixLength: uint8(a.Prefix.Bits()), Scope: unix.RT_SCOPE_UNIVERSE,
+		Index: uint32(ifc.Index), Attributes: attrs}, nil
+}
+
+// addAddr adds a to its interface; an address already there is fine.
+func addAddr(a Addr) error {
+	msg, err := addrMessage(a)
+	if err != nil {
+		return fmt.Errorf("add %s: %w", a, err)
+	}
+	c, err := rtnetlink.Dial(nil)
+	if err != nil {
+		return fmt.Errorf("rtnetlink: %w", err)
+	}
+	defer c.Close()
+	if err := c.Address.New(msg); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add %s: %w", a, err)
+	}
+	return nil
+}
+
+// delAddr removes a; an address already gone is fine.
+func delAddr(a Addr) error {
+	msg, err := addrMessage(a)
+	if err != nil {
+		if _, ok := err.(*net.OpError); ok || isNoSuchIface(err) {
+			return nil // the interface is gone, and the address with it
+		}
+		return fmt.Errorf("remove %s: %w", a, err)
+	}
+	c, err := rtnetlink.Dial(nil)
+	if err != nil {
+		return fmt.Errorf("rtnetlink: %w", err)
+	}
+	defer c.Close()
+	if err := c.Address.Delete(msg); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove %s: %w", a, err)
+	}
+	return nil
+}
+
+func isNoSuchIface(err error) bool {
+	var e *net.OpError
+	return errors.As(err, &e) || err.Error() == "route ip+net: no such network interface"
+}
+
+// hasAddr says whether a is configured on its interface.
+func hasAddr(a Addr) bool {
+	ifc, err := net.InterfaceByName(a.Iface)
+	if err != nil {
+		return false
+	}
+	as, err := ifc.Addrs()
+	if err != nil {
+		return false
+	}
+	for _, x := range as {
+		if n, ok := x.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && ip.Unmap() == a.Prefix.Addr() {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// ifaceUp says whether an interface exists, is up and has carrier.
+func ifaceUp(name string) error {
+	ifc, err := net.InterfaceByName(name)
+	if err != nil {
+		return fmt.Errorf("interface %s: %w", name, err)
+	}
+	if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagRunning == 0 {
+		return fmt.Errorf("interface %s is down", name)
+	}
+	return nil
+}
+
+// packetConn is a raw socket on one interface for one ethertype.
+type packetConn struct {
+	fd    int
+	ifc   *net.Interface
+	proto uint16
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+func openPacket(ifname string, proto uint16) (*packetConn, error) {
+	ifc, err := net.InterfaceByName(ifname)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(proto)))
+	if err != nil {
+		return nil, fmt.Errorf("packet socket on %s: %w", ifname, err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(proto), Ifindex: ifc.Index}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("bind packet socket to %s: %w", ifname, err)
+	}
+	return &packetConn{fd: fd, ifc: ifc, proto: proto}, nil
+}
+
+func (c *packetConn) Close() error { return unix.Close(c.fd) }
+
+func (c *packetConn) send(frame []byte, dst net.HardwareAddr) error {
+	sa := &unix.SockaddrLinklayer{Protocol: htons(c.proto), Ifindex: c.ifc.Index, Halen: 6}
+	copy(sa.Addr[:], dst)
+	return unix.Sendto(c.fd, frame, 0, sa)
+}
+
+// recv waits until deadline for frames and hands each to f; f returning
+// true stops the wait.
+func (c *packetConn) recv(deadline time.Time, f func([]byte) bool) error {
+	buf := make([]byte, 2048)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil
+		}
+		tv := unix.NsecToTimeval(left.Nanoseconds())
+		if err := unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return err
+		}
+		n, _, err := unix.Recvfrom(c.fd, buf, 0)
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if f(buf[:n]) {
+			return nil
+		}
+	}
+}
+
+var broadcast = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+
+func serialize(ls ...gopacket.SerializableLayer) ([]byte, error) {
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ls...); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// arpFrame is an ARP request from sender (0.0.0.0 for a probe) about
+// target, broadcast.
+func arpFrame(mac net.HardwareAddr, sender, target netip.Addr) ([]byte, error) {
+	s := sender.As4()
+	t := target.As4()
+	return serialize(
+		&layers.Ethernet{SrcMAC: mac, DstMAC: broadcast, EthernetType: layers.EthernetTypeARP},
+		&layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4, HwAddressSize: 6, ProtAddressSize: 4,
+			Operation: layers.ARPRequest, SourceHwAddress: mac, SourceProtAddress: s[:], DstHwAddress: make([]byte, 6), DstProtAddress: t[:]})
+}
+
+// solicitedNode is the multicast group a neighbour solicitation for a
+// goes to, and its MAC.
+func solicitedNode(a netip.Addr) (netip.Addr, net.HardwareAddr) {
+	b := a.As16()
+	g := netip.AddrFrom16([16]byte{0xff, 0x02, 11: 0x01, 12: 0xff, 13: b[13], 14: b[14], 15: b[15]})
+	gb := g.As16()
+	return g, net.HardwareAddr{0x33, 0x33, gb[12], gb[13], gb[14], gb[15]}
+}
+
+// nsFrame is a duplicate-address-detection probe for target: a neighbour
+// solicitation from ::, to the solicited-node group.
+func nsFrame(mac net.HardwareAddr, target netip.Addr) ([]byte, net.HardwareAddr, error) {
+	g, gmac := solicitedNode(target)
+	ip := &layers.IPv6{Version: 6, HopLimit: 255, NextHeader: layers.IPProtocolICMPv6, SrcIP: net.IPv6unspecified, DstIP: g.AsSlice()}
+	ic := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(layers.ICMPv6TypeNeighborSolicitation, 0)}
+	ic.SetNetworkLayerForChecksum(ip)
+	f, err := serialize(&layers.Ethernet{SrcMAC: mac, DstMAC: gmac, EthernetType: layers.EthernetTypeIPv6}, ip, ic,
+		&layers.ICMPv6NeighborSolicitation{TargetAddress: target.AsSlice()})
+	return f, gmac, err
+}
+
+// naFrame is an unsolicited neighbour advertisement of target (override
+// set) to all nodes.
+func naFrame(mac net.HardwareAddr, target netip.Addr) ([]byte, net.HardwareAddr, error) {
+	all := net.HardwareAddr{0x33, 0x33, 0, 0, 0, 1}
+	ip := &layers.IPv6{Version: 6, HopLimit: 255, NextHeader: layers.IPProtocolICMPv6, SrcIP: target.AsSlice(), DstIP: net.ParseIP("ff02::1")}
+	ic := &layers.ICMPv6{TypeCode: layers.CreateICMPv6TypeCode(layers.ICMPv6TypeNeighborAdvertisement, 0)}
+	ic.SetNetworkLayerForChecksum(ip)
+	f, err := serialize(&layers.Ethernet{SrcMAC: mac, DstMAC: all, EthernetType: layers.EthernetTypeIPv6}, ip, ic,
+		&layers.ICMPv6NeighborAdvertisement{Flags: 0x20, TargetAddress: target.AsSlice(), // override
+			Options: layers.ICMPv6Options{{Type: layers.ICMPv6OptTargetAddress, Data: mac}}})
+	return f, all, err
+}
+
+// announce sends one gratuitous ARP (IPv4) or unsolicited NA (IPv6) for a.
+func announce(a Addr) error {
+	if a.Prefix.Addr().Is4() {
+		c, err := openPacket(a.Iface, unix.ETH_P_ARP)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		f, err := arpFrame(c.ifc.HardwareAddr, a.Prefix.Addr(), a.Prefix.Addr())
+		if err != nil {
+			return err
+		}
+		return c.send(f, broadcast)
+	}
+	c, err := openPacket(a.Iface, unix.ETH_P_IPV6)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	f, dst, err := naFrame(c.ifc.HardwareAddr, a.Prefix.Addr())
+	if err != nil {
+		return err
+	}
+	return c.send(f, dst)
+}
+
+// probe asks the segment whether anybody holds a (ARP probe; NS from ::)
+// and waits up to wait for an answer. It returns the answering MAC, or
+// nil when nobody answered.
+func probe(a Addr, wait time.Duration) (net.HardwareAddr, error) {
+	ip := a.Prefix.Addr()
+	proto, v4 := uint16(unix.ETH_P_IPV6), ip.Is4()
+	if v4 {
+		proto = unix.ETH_P_ARP
+	}
+	c, err := openPacket(a.Iface, proto)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	var f []byte
+	dst := broadcast
+	if v4 {
+		f, err = arpFrame(c.ifc.HardwareAddr, netip.IPv4Unspecified(), ip)
+	} else {
+		f, dst, err = nsFrame(c.ifc.HardwareAddr, ip)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := c.send(f, dst); err != nil {
+		return nil, fmt.Errorf("probe %s: %w", a, err)
+	}
+	var who net.HardwareAddr
+	err = c.recv(time.Now().Add(wait), func(b []byte) bool {
+		pk := gopacket.NewPacket(b, layers.LayerTypeEthernet, gopacket.NoCopy)
+		if v4 {
+			arp, ok := pk.Layer(layers.LayerTypeARP).(*layers.ARP)
+			if !ok || net.HardwareAddr(arp.SourceHwAddress).String() == c.ifc.HardwareAddr.String() {
+				return false
+			}
+			if s, ok := netip.AddrFromSlice(arp.SourceProtAddress); ok && s == ip {
+				who = append(net.HardwareAddr{}, arp.SourceHwAddress...)
+				return true
+			}
+			return false
+		}
+		na, ok := pk.Layer(layers.LayerTypeICMPv6NeighborAdvertisement).(*layers.ICMPv6NeighborAdvertisement)
+		if eth, ok2 := pk.Layer(layers.LayerTypeEthernet).(*layers.Ethernet); ok && ok2 && eth.SrcMAC.String() != c.ifc.HardwareAddr.String() {
+			if t, ok := netip.AddrFromSlice(na.TargetAddress); ok && t == ip {
+				who = append(net.HardwareAddr{}, eth.SrcMAC...)
+				return true
+			}
+		}
+		return false
+	})
+	return who, err
+}
