@@ -802,7 +802,9 @@ func TestProxyConnsReplicate(t *testing.T) {
 		want = 1
 	}
 	var a, b map[maps.ConnKey]maps.ConnVal
-	deadline := time.Now().Add(10 * time.Second)
+	// Under TCG (the kernel-matrix VM) the TLS session and the resync
+	// take seconds of their own.
+	deadline := time.Now().Add(time.Duration(min(10*testScale(t), 60)) * time.Second)
 	for {
 		// The daemons expire closed entries after 10 s idle: in a slow
 		// VM some of the first four may already be gone on both sides.
@@ -811,6 +813,11 @@ func TestProxyConnsReplicate(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
+			for k, v := range a {
+				if w, ok := b[k]; !ok || w != v {
+					t.Logf("differs: %+v\n gw  %+v\n gw2 %+v (present %v)", k, v, w, ok)
+				}
+			}
 			t.Fatalf("gw has %d entries, gw2 %d; equal: %v", len(a), len(b), reflect.DeepEqual(a, b))
 		}
 		time.Sleep(50 * time.Millisecond)
