@@ -11,6 +11,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/tandem-net/tandem/maps"
+	"github.com/tandem-net/tandem/syncer/vip"
 )
 
 // FileConfig is the host config file (TOML). Flags override its values.
@@ -48,6 +49,16 @@ import (
 //	[[proxy.service]]
 //	vip      = "192.0.2.10:443"
 //	backends = ["10.2.0.11:443", "10.2.0.12:443"]
+//
+//	[election]                         # VIP ownership and failover
+//	addrs       = ["192.0.2.10/24@eth1", "10.2.0.1/24@eth2"]  # moved together
+//	peers       = ["10.9.0.2:7401", "192.0.2.3:7401"]         # one per path
+//	listen      = "[::]:7401"
+//	priority    = 100
+//	preempt     = false
+//	interval    = "100ms"
+//	dead        = 3                    # adverts missed before the peer is gone
+//	secret_file = ""                   # default: proxy.secret_file
 type FileConfig struct {
 	BPFFS       string      `toml:"bpffs"`
 	Interfaces  []string    `toml:"interfaces"`
@@ -60,6 +71,19 @@ type FileConfig struct {
 	VIPs        []VIPConfig `toml:"vip"`
 	Sync        SyncConfig  `toml:"sync"`
 	Proxy       ProxyConfig `toml:"proxy"`
+	Election    ElectConfig `toml:"election"`
+}
+
+// ElectConfig is the [election] table.
+type ElectConfig struct {
+	Addrs    []string `toml:"addrs"`
+	Peers    []string `toml:"peers"`
+	Listen   string   `toml:"listen"`
+	Priority *int     `toml:"priority"`
+	Preempt  bool     `toml:"preempt"`
+	Interval string   `toml:"interval"`
+	Dead     int      `toml:"dead"`
+	Secret   string   `toml:"secret_file"`
 }
 
 // ProxyConfig is the [proxy] table with its [[proxy.service]] tables.
@@ -105,6 +129,7 @@ func Defaults() Options {
 		Gate:     GateEnforce,
 		VIPs:     map[netip.Addr]bool{},
 		StateDir: DefaultStateDir,
+		Elect:    ElectOptions{Listen: DefaultElectListen, Priority: 100, Interval: 100 * time.Millisecond, Dead: 3},
 		Sync: SyncOptions{
 			Listen:   "0.0.0.0:7400",
 			Certs:    "/etc/tandem/certs",
@@ -192,6 +217,9 @@ func (fc *FileConfig) Apply(o *Options) error {
 		}
 		o.Proxy.Services = append(o.Proxy.Services, svc)
 	}
+	if err := fc.Election.apply(&o.Elect); err != nil {
+		return err
+	}
 	if len(fc.VIPs) > 0 {
 		o.VIPs = map[netip.Addr]bool{}
 		for i, v := range fc.VIPs {
@@ -225,4 +253,41 @@ func ParseVIP(s string) (netip.Addr, bool, error) {
 		return a.Unmap(), false, nil
 	}
 	return netip.Addr{}, false, fmt.Errorf("--vip %q: role %q: use ADDR, ADDR=owned or ADDR=standby", s, role)
+}
+
+func (ec ElectConfig) apply(e *ElectOptions) error {
+	for _, a := range ec.Addrs {
+		x, err := vip.ParseAddr(a)
+		if err != nil {
+			return fmt.Errorf("config: election.addrs: %v", err)
+		}
+		e.Addrs = append(e.Addrs, x)
+	}
+	if len(ec.Peers) > 0 {
+		e.Peers = append([]string(nil), ec.Peers...)
+	}
+	if ec.Listen != "" {
+		e.Listen = ec.Listen
+	}
+	if ec.Priority != nil {
+		if *ec.Priority < 0 || *ec.Priority > 255 {
+			return fmt.Errorf("config: election.priority %d: 0 to 255", *ec.Priority)
+		}
+		e.Priority = uint8(*ec.Priority)
+	}
+	e.Preempt = e.Preempt || ec.Preempt
+	if ec.Interval != "" {
+		d, err := time.ParseDuration(ec.Interval)
+		if err != nil {
+			return fmt.Errorf("config: election.interval %q: %v", ec.Interval, err)
+		}
+		e.Interval = d
+	}
+	if ec.Dead != 0 {
+		e.Dead = ec.Dead
+	}
+	if ec.Secret != "" {
+		e.Secret = ec.Secret
+	}
+	return nil
 }

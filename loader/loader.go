@@ -59,6 +59,7 @@ type Options struct {
 	MetricsAddr   string // the daemon's Prometheus endpoint; "": none
 	Sync          SyncOptions
 	Proxy         ProxyOptions
+	Elect         ElectOptions
 	Log           *slog.Logger
 }
 
@@ -107,8 +108,9 @@ func (o *Options) Validate() error {
 	}
 	errs = append(errs, o.validateProxy(seen)...)
 	if o.Sync.Role != "" {
-		oneOf("sync-role", o.Sync.Role, SyncPrimary, SyncStandby)
+		oneOf("sync-role", o.Sync.Role, SyncPrimary, SyncStandby, SyncAuto)
 	}
+	errs = append(errs, o.validateElect()...)
 	if o.Sync.Role == SyncPrimary && o.Sync.Peer == "" {
 		errs = append(errs, errors.New("--sync-role primary: name the standby with --sync-peer HOST:PORT"))
 	}

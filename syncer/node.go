@@ -150,7 +150,7 @@ func OpenNode(cfg NodeConfig) (*Node, error) {
 	if err != nil {
 		n.log.Warn("sync metadata unusable; the peer will resync in full", "err", err)
 	}
-	n.status = NodeStatus{overflowSeen: n.status.overflowSeen, Role: cfg.Role, Node: hex.EncodeToString(n.meta.Node[:]), PID: os.Getpid(),
+	n.status = NodeStatus{overflowSeen: n.status.overflowSeen, Role: cfg.Role, Node: hex.EncodeToString(n.meta.Node[:]), PID: os.Getpid(), Generation: n.meta.Generation,
 		Listen: cfg.Listen, Peer: cfg.Peer, Session: "down", Since: time.Now(), Interval: cfg.Interval.String()}
 	for _, m := range n.regs {
 		n.status.Maps = append(n.status.Maps, m.Name)

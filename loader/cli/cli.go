@@ -58,6 +58,7 @@ Commands that write:
   down      detach and unpin everything tandem made
   certs     create a pair CA and host certificates for the sync channel
   service   list, add or delete the SYN proxy's services (list only reads)
+  vip       show the VIP election; vip handover moves the VIPs to the peer
 
 Commands that read:
   status    what is attached where, program ids, map fill, counters

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"reflect"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/syncer"
+	"github.com/tandem-net/tandem/syncer/vip"
 )
 
 // rootFlags are shared by every command that finds the pins.
@@ -76,6 +79,9 @@ type upFlags struct {
 	proxy    []string
 	secret   string
 	services []string
+	vaddrs   []string
+	vpeers   []string
+	elect    loader.ElectOptions
 }
 
 func init() {
@@ -160,6 +166,14 @@ translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
 			fs.StringSliceVar(&f.proxy, "proxy-iface", nil, "run the SYN proxy on this interface, client or backend side (repeat)")
 			fs.StringVar(&f.secret, "proxy-secret", "", "file with the pair's shared cookie secret (at least 16 bytes)")
 			fs.StringArrayVar(&f.services, "service", nil, "proxy service VIP:PORT=BACKEND:PORT[,BACKEND:PORT...] (repeat)")
+			fs.StringArrayVar(&f.vaddrs, "vip-addr", nil, "run the VIP election; the owner holds ADDR/LEN@IFACE (repeat; all move together)")
+			fs.StringSliceVar(&f.vpeers, "vip-peer", nil, "the peer's advert HOST:PORT, one per path: sync link and service network (repeat)")
+			fs.StringVar(&f.elect.Listen, "vip-listen", d.Elect.Listen, "UDP ADDR:PORT the peer's adverts arrive on")
+			fs.Uint8Var(&f.elect.Priority, "vip-priority", d.Elect.Priority, "election priority, 0-255; higher wins (and settles a split brain)")
+			fs.BoolVar(&f.elect.Preempt, "vip-preempt", false, "take the VIPs back from a lower-priority owner once caught up (by handover)")
+			fs.DurationVar(&f.elect.Interval, "vip-interval", d.Elect.Interval, "time between adverts")
+			fs.IntVar(&f.elect.Dead, "vip-dead", d.Elect.Dead, "adverts missed before the peer counts as gone")
+			fs.StringVar(&f.elect.Secret, "vip-secret", "", "file with the pair's shared secret the adverts are signed with (default: --proxy-secret)")
 			return f
 		},
 		run: runUp,
@@ -316,6 +330,33 @@ func (f *upFlags) options() (loader.Options, error) {
 		}
 		o.Proxy.Services = append(o.Proxy.Services, svc)
 	}
+	if fs.Changed("vip-addr") {
+		o.Elect.Addrs = nil
+		for _, a := range f.vaddrs {
+			x, err := vip.ParseAddr(a)
+			if err != nil {
+				return o, usageError{err.Error()}
+			}
+			o.Elect.Addrs = append(o.Elect.Addrs, x)
+		}
+	}
+	if fs.Changed("vip-peer") {
+		o.Elect.Peers = nil
+		for _, p := range f.vpeers {
+			if p = strings.TrimSpace(p); p != "" {
+				o.Elect.Peers = append(o.Elect.Peers, p)
+			}
+		}
+	}
+	for name, set := range map[string]func(){
+		"vip-listen": func() { o.Elect.Listen = f.elect.Listen }, "vip-priority": func() { o.Elect.Priority = f.elect.Priority },
+		"vip-preempt": func() { o.Elect.Preempt = f.elect.Preempt }, "vip-interval": func() { o.Elect.Interval = f.elect.Interval },
+		"vip-dead": func() { o.Elect.Dead = f.elect.Dead }, "vip-secret": func() { o.Elect.Secret = f.elect.Secret },
+	} {
+		if fs.Changed(name) {
+			set()
+		}
+	}
 	if fs.Changed("sync-interval") {
 		o.Sync.Interval = f.sync.Interval
 	}
@@ -402,6 +443,11 @@ func daemon(env Env, f *upFlags, o loader.Options) error {
 	}
 	defer func() { pk.close() }()
 	pk.tick(time.Now())
+	vd, err := newVipd(o, sd, log)
+	if err != nil {
+		return err
+	}
+	defer func() { vd.close() }()
 	log.Info("daemon running; SIGTERM stops it and leaves the datapath in place (tandem down removes it)", "bpffs", o.Pins.Root, "sync", o.Sync.Role)
 	t := time.NewTicker(f.interval)
 	defer t.Stop()
@@ -416,6 +462,10 @@ func daemon(env Env, f *upFlags, o loader.Options) error {
 			return nil
 		case err := <-sd.Done():
 			return fmt.Errorf("state sync stopped: %w", err)
+		case primary := <-vd.roles():
+			if err := sd.setPrimary(primary, o); err != nil {
+				log.Error("sync role", "primary", primary, "err", err)
+			}
 		case <-env.Reload:
 			no, err := f.options()
 			if err != nil {
@@ -436,6 +486,12 @@ func daemon(env Env, f *upFlags, o loader.Options) error {
 				pk.close()
 				pk = npk
 			}
+			if !reflect.DeepEqual(no.Elect, o.Elect) || !slices.Equal(no.GateVIPs(), o.GateVIPs()) {
+				vd.close()
+				if vd, err = newVipd(no, sd, log); err != nil {
+					log.Error("reload: election", "err", err)
+				}
+			}
 			o = no
 			log.Info("reloaded")
 		case <-t.C:
@@ -445,6 +501,7 @@ func daemon(env Env, f *upFlags, o loader.Options) error {
 				continue
 			}
 			if len(problems) == 0 {
+				vd.setBroken("")
 				continue
 			}
 			for _, p := range problems {
@@ -452,6 +509,9 @@ func daemon(env Env, f *upFlags, o loader.Options) error {
 			}
 			if _, err := loader.Up(o); err != nil {
 				log.Error("re-apply", "err", err)
+				// The election demotes a host that cannot repair its
+				// datapath.
+				vd.setBroken(strings.Join(problems, "; "))
 			}
 		}
 	}

@@ -28,9 +28,11 @@ import (
 // sync node the options ask for and restarts it when a reload changes
 // them.
 type syncd struct {
-	log  *slog.Logger
-	cur  syncKey
-	node *syncer.Node
+	log     *slog.Logger
+	cur     syncKey
+	node    *syncer.Node
+	live    atomic.Pointer[syncer.Node] // node, for other goroutines
+	primary bool                        // --sync-role auto: the election made this host the owner
 	stop context.CancelFunc
 	done chan error
 	reg  atomic.Pointer[prometheus.Registry]
@@ -62,6 +64,14 @@ func (d *syncd) apply(o loader.Options) error {
 	if err := d.serveMetrics(o.MetricsAddr); err != nil {
 		return err
 	}
+	if o.Sync.Role == loader.SyncAuto {
+		// The election decides: primary (to --sync-peer) while this
+		// host owns the VIPs, standby (on --sync-listen) otherwise.
+		o.Sync.Role = loader.SyncStandby
+		if d.primary {
+			o.Sync.Role = loader.SyncPrimary
+		}
+	}
 	key := syncKey{Sync: o.Sync, Root: o.Pins.Root, StateDir: o.StateDir, Ring: o.RingBytes}
 	if d.node != nil && reflect.DeepEqual(key, d.cur) {
 		return nil
@@ -92,6 +102,7 @@ func (d *syncd) apply(o loader.Options) error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d.node, d.stop, d.cur, d.done = node, cancel, key, make(chan error, 1)
+	d.live.Store(node)
 	d.reg.Store(node.Metrics().Reg)
 	done := d.done
 	go func() {
@@ -102,10 +113,27 @@ func (d *syncd) apply(o loader.Options) error {
 	return nil
 }
 
+// current is the running node, or nil; safe from any goroutine.
+func (d *syncd) current() *syncer.Node { return d.live.Load() }
+
+// setPrimary switches a --sync-role auto node to the role the election
+// wants.
+func (d *syncd) setPrimary(primary bool, o loader.Options) error {
+	if d.primary == primary {
+		return nil
+	}
+	d.primary = primary
+	if o.Sync.Role != loader.SyncAuto {
+		return nil
+	}
+	return d.apply(o)
+}
+
 func (d *syncd) shutdown() {
 	if d.node == nil {
 		return
 	}
+	d.live.Store(nil)
 	d.stop()
 	if err := <-d.done; err != nil {
 		d.log.Warn("sync stopped", "err", err)

@@ -170,7 +170,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	// it says so, and the election keeps it or settles it.
 	held := true
 	for _, a := range m.cfg.Addrs {
-		held = held && hasAddr(a)
+		held = held && HasAddr(a)
 	}
 	if held {
 		m.mu.Lock()

@@ -109,8 +109,8 @@ func isNoSuchIface(err error) bool {
 	return errors.As(err, &e) || err.Error() == "route ip+net: no such network interface"
 }
 
-// hasAddr says whether a is configured on its interface.
-func hasAddr(a Addr) bool {
+// HasAddr says whether a is configured on its interface.
+func HasAddr(a Addr) bool {
 	ifc, err := net.InterfaceByName(a.Iface)
 	if err != nil {
 		return false
@@ -129,8 +129,8 @@ func hasAddr(a Addr) bool {
 	return false
 }
 
-// ifaceUp says whether an interface exists, is up and has carrier.
-func ifaceUp(name string) error {
+// IfaceUp says whether an interface exists, is up and has carrier.
+func IfaceUp(name string) error {
 	ifc, err := net.InterfaceByName(name)
 	if err != nil {
 		return fmt.Errorf("interface %s: %w", name, err)

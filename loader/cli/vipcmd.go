@@ -1,0 +1,126 @@
+package cli
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/tandem-net/tandem/syncer/vip"
+)
+
+func init() {
+	register(&command{
+		name:    "vip",
+		summary: "show the VIP election, or hand the VIPs to the peer (handover writes)",
+		args:    "[status | handover]",
+		long: `
+With --vip-addr, the daemon (tandem up) runs an election with its peer and
+moves the VIPs: the owner holds the --vip-addr addresses and its VIP gate
+is open for them and for the SYN proxy's service VIPs. Adverts go every
+--vip-interval over every --vip-peer path, signed with the pair's secret.
+A peer silent for --vip-dead adverts (or unhealthy: an interface down, a
+datapath the daemon cannot repair) is replaced: the standby probes that
+nobody answers for the addresses (ARP; NS for IPv6), adds them, opens its
+gate and announces them (gratuitous ARP, unsolicited NA) on a schedule. A
+split brain (both owning after a partition) is settled when adverts return:
+priority, then generation (the later primary), then name.
+
+  status     (the default) this host's view: owner or not and why, the
+             peer, health, sync; --json for scripts
+  handover   run on the owner: flush the state sync, wait for the peer to
+             catch up, move the addresses, keep serving stragglers until
+             the announcements land, then close the gate here. No packet
+             is lost.
+
+Both talk to the daemon through its control socket in --state-dir.`,
+		examples: `  tandem vip
+  tandem vip --json | jq .owner
+  tandem vip handover
+`,
+		flags: addJSONRootFlags,
+		run:   runVIP,
+	})
+}
+
+func runVIP(env Env, opts any, args []string) error {
+	f := opts.(*jsonFlags)
+	o, err := f.rootFlags.options()
+	if err != nil {
+		return err
+	}
+	action := "status"
+	if len(args) > 0 {
+		action = args[0]
+	}
+	if len(args) > 1 || (action != "status" && action != "handover") {
+		return usagef("tandem vip [status | handover]")
+	}
+	sock := ControlSocket(o.StateDir)
+	c, err := net.DialTimeout("unix", sock, 2*time.Second)
+	if err != nil {
+		return fmt.Errorf("no daemon runs an election here (%s: %v); start one with tandem up --vip-addr ... (or give its --state-dir)", sock, errors.Unwrap(err))
+	}
+	defer c.Close()
+	fmt.Fprintln(c, action)
+	if action == "handover" {
+		sc := bufio.NewScanner(c)
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case line == "ok":
+				return nil
+			case strings.HasPrefix(line, "error: "):
+				return errors.New("handover: " + strings.TrimPrefix(line, "error: "))
+			}
+			fmt.Fprintln(env.Stdout, line)
+		}
+		return errors.New("handover: the daemon closed the connection without an answer (see its log)")
+	}
+	data, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	var st vip.Status
+	if err := json.Unmarshal(data, &st); err != nil {
+		return fmt.Errorf("daemon status: %w", err)
+	}
+	if f.json {
+		return writeJSON(env.Stdout, st)
+	}
+	printVIPStatus(env.Stdout, st)
+	return nil
+}
+
+func printVIPStatus(w io.Writer, st vip.Status) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	role := "standby"
+	if st.Owner {
+		role = "OWNER"
+	}
+	fmt.Fprintf(tw, "host\t%s (priority %d, generation %d)\n", st.Name, st.Priority, st.Generation)
+	fmt.Fprintf(tw, "role\t%s since %s: %s\n", role, st.Since.Format(time.RFC3339), st.Why)
+	fmt.Fprintf(tw, "addresses\t%s\n", strings.Join(st.Addrs, ", "))
+	health := "healthy"
+	if !st.Healthy {
+		health = "UNHEALTHY: " + st.Problem
+	}
+	fmt.Fprintf(tw, "health\t%s; caught up: %v; sync primary: %v\n", health, st.CaughtUp, st.Primary)
+	switch {
+	case st.PeerSeen.IsZero():
+		fmt.Fprintf(tw, "peer\tnever heard\n")
+	default:
+		state := "silent"
+		if st.PeerAlive {
+			state = "alive"
+		}
+		fmt.Fprintf(tw, "peer\t%s %s (owner %v, healthy %v), last advert %s ago\n", st.Peer, state, st.PeerOwner, st.PeerHealthy, time.Since(st.PeerSeen).Round(time.Millisecond))
+	}
+	fmt.Fprintf(tw, "history\t%d takeovers, %d releases, %d adverts refused\n", st.Takeovers, st.Releases, st.Refused)
+	tw.Flush()
+}
