@@ -332,7 +332,13 @@ func dropFirstWindowUpdate(dropped *ebpf.Map, vip netip.Addr) asm.Instructions {
 
 func proxyStats(t testing.TB, p *proxyLab) map[string]uint64 {
 	t.Helper()
-	px, err := loader.OpenProxy(maps.Pins{Root: p.gw.BPFFS()})
+	return proxyStatsAt(t, p.gw)
+}
+
+// proxyStatsAt reads the SYN proxy's counters on gateway h.
+func proxyStatsAt(t testing.TB, h *lab.Host) map[string]uint64 {
+	t.Helper()
+	px, err := loader.OpenProxy(maps.Pins{Root: h.BPFFS()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -83,7 +83,8 @@ type Manager struct {
 	lastAt    time.Time
 	lastBoot  uint64
 	lastSeq   uint64
-	owner     bool
+	owner     bool // holds the addresses (and the gate is open)
+	inherited bool // held from before this daemon started, not yet confirmed
 	yielding  bool
 	handing   bool // a handover is running
 	primary   bool
@@ -174,7 +175,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	if held {
 		m.mu.Lock()
-		m.owner = true
+		m.owner, m.inherited = true, true
 		m.mu.Unlock()
 		m.log.Info("holding the VIPs from before the restart")
 	}
@@ -250,8 +251,13 @@ func (m *Manager) step(ctx context.Context) {
 	healthErr := m.cfg.Health()
 	m.mu.Lock()
 	peer := Peer{Advert: m.last, Alive: m.peerAlive(now)}
-	owner, yielding := m.owner, m.yielding
+	held, inherited, yielding := m.owner, m.inherited, m.yielding
 	m.mu.Unlock()
+	// An owner is a host that took the VIPs in this run; addresses held
+	// from before a restart are only inherited until the election
+	// confirms them (a restarted host never wins a contest with the
+	// owner that served while it was gone).
+	owner := held && !inherited
 	caught, gen, applied := m.cfg.Sync(peer.Advert)
 	if owner {
 		caught = true // the owner's state is the reference
@@ -263,12 +269,15 @@ func (m *Manager) step(ctx context.Context) {
 
 	own, why := Decide(self, peer)
 	// Listen first: a host that just started hears its peer before it
-	// claims anything.
-	if !owner && own && !peer.Alive && now.Sub(m.started) < time.Duration(m.cfg.Dead)*m.cfg.Interval {
+	// claims or gives up anything (inherited addresses keep serving).
+	if !owner && now.Sub(m.started) < time.Duration(m.cfg.Dead)*m.cfg.Interval {
 		own, why = false, "listening for the peer"
+		held = false
 	}
 	switch {
-	case own && !owner:
+	case own && inherited && held:
+		m.takeover(why + " (addresses held from before the restart)")
+	case own && !held:
 		if !peer.Alive {
 			// Nobody must answer for the addresses: a peer whose daemon
 			// died may still serve them.
@@ -288,7 +297,7 @@ func (m *Manager) step(ctx context.Context) {
 		if own {
 			m.takeover(why)
 		}
-	case !own && owner && !yielding:
+	case !own && held && !yielding:
 		m.release(why)
 	}
 	if owner && own && healthErr == nil && peer.Alive && peer.Want && peer.Priority > m.cfg.Priority && !m.isHanding() {
@@ -305,13 +314,13 @@ func (m *Manager) step(ctx context.Context) {
 	// handing-over peer stays primary until it has flushed its last
 	// changes, and says it let go only then. Two owners (a healed
 	// partition) stop syncing until the election settles.
-	primary := m.owner && (m.yielding || !(peer.Alive && peer.Owner))
+	primary := m.owner && !m.inherited && (m.yielding || !(peer.Alive && peer.Owner))
 	changed := primary != m.primary
 	m.primary = primary
-	if m.st.Why != why && m.owner == own {
+	if m.st.Why != why && (m.owner && !m.inherited) == own {
 		m.st.Why = why
 	}
-	m.st.Owner, m.st.Healthy, m.st.CaughtUp, m.st.Generation, m.st.Primary = m.owner, healthErr == nil, caught, gen, primary
+	m.st.Owner, m.st.Healthy, m.st.CaughtUp, m.st.Generation, m.st.Primary = m.owner && !m.inherited, healthErr == nil, caught, gen, primary
 	m.st.Problem = ""
 	if healthErr != nil {
 		m.st.Problem = healthErr.Error()
@@ -352,7 +361,7 @@ func (m *Manager) takeover(why string) {
 	}
 	m.announceAll()
 	m.mu.Lock()
-	m.owner = true
+	m.owner, m.inherited = true, false
 	m.st.Why, m.st.Since, m.st.Takeovers = why, time.Now(), m.st.Takeovers+1
 	m.announces = nil
 	for _, d := range m.cfg.Announce[1:] {
@@ -373,7 +382,7 @@ func (m *Manager) release(why string) {
 		}
 	}
 	m.mu.Lock()
-	m.owner = false
+	m.owner, m.inherited = false, false
 	m.st.Why, m.st.Since, m.st.Releases = why, time.Now(), m.st.Releases+1
 	m.announces = nil
 	m.mu.Unlock()
@@ -409,7 +418,7 @@ func (m *Manager) reannounce(now time.Time) {
 // per step.
 func (m *Manager) Handover(ctx context.Context, progress func(string)) error {
 	m.mu.Lock()
-	if !m.owner {
+	if !m.owner || m.inherited {
 		m.mu.Unlock()
 		return fmt.Errorf("this host does not own the VIPs; run the handover on %s", m.last.Name)
 	}

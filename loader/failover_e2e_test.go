@@ -1,0 +1,378 @@
+package loader_test
+
+// VIP ownership and failover end to end: two gateways running the daemon
+// with the election, the SYN proxy and the state sync, between a client
+// segment and a backend segment (bridges), real TCP connections through
+// whichever gateway owns the VIPs.
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tandem-net/tandem/syncer"
+	"github.com/tandem-net/tandem/syncer/vip"
+	"github.com/tandem-net/tandem/tools/lab"
+	"github.com/tandem-net/tandem/tools/testenv"
+)
+
+const (
+	fvip     = "10.79.1.100" // the service VIP, on the client segment
+	finner   = "10.79.2.1"   // the backends' gateway, on the backend segment
+	fport    = 80
+	fbackend = 8080
+)
+
+// pairLab: client -- [front bridge] -- gwa, gwb -- [back bridge] -- be1, be2;
+// gwa -- gwb over sync0 (state sync and adverts).
+type pairLab struct {
+	*lab.Lab
+	client   *lab.Host
+	gw       map[string]*lab.Host // "a", "b"
+	backends []*lab.Host
+	secret   string
+	certs    string
+	state    map[string]string
+	daemons  map[string]*daemonProc
+}
+
+type daemonProc struct {
+	stop func() // SIGKILL and wait
+	log  func() string
+}
+
+func newPairLab(t *testing.T) *pairLab {
+	t.Helper()
+	testenv.RequireRoot(t)
+	port := func(gw, side string) string { return gw + side }
+	spec := lab.Spec{
+		Hosts: []lab.HostSpec{
+			{Name: "sw"},
+			{Name: "client"},
+			{Name: "gwa", Forward: true}, {Name: "gwb", Forward: true},
+			{Name: "be1", Routes: []string{"default via " + finner}},
+			{Name: "be2", Routes: []string{"default via " + finner}},
+		},
+		Links: []lab.LinkSpec{
+			{TxOff: true, A: lab.End{Host: "client", Iface: "eth0", Addrs: []string{"10.79.1.10/24"}}, B: lab.End{Host: "sw", Iface: "client"}},
+			{TxOff: true, A: lab.End{Host: "gwa", Iface: "eth0", Addrs: []string{"10.79.1.2/24"}}, B: lab.End{Host: "sw", Iface: port("a", "f")}},
+			{TxOff: true, A: lab.End{Host: "gwb", Iface: "eth0", Addrs: []string{"10.79.1.3/24"}}, B: lab.End{Host: "sw", Iface: port("b", "f")}},
+			{TxOff: true, A: lab.End{Host: "gwa", Iface: "eth1", Addrs: []string{"10.79.2.2/24"}}, B: lab.End{Host: "sw", Iface: port("a", "b")}},
+			{TxOff: true, A: lab.End{Host: "gwb", Iface: "eth1", Addrs: []string{"10.79.2.3/24"}}, B: lab.End{Host: "sw", Iface: port("b", "b")}},
+			{TxOff: true, A: lab.End{Host: "be1", Iface: "eth0", Addrs: []string{"10.79.2.11/24"}}, B: lab.End{Host: "sw", Iface: "be1"}},
+			{TxOff: true, A: lab.End{Host: "be2", Iface: "eth0", Addrs: []string{"10.79.2.12/24"}}, B: lab.End{Host: "sw", Iface: "be2"}},
+			{A: lab.End{Host: "gwa", Iface: "sync0", Addrs: []string{"10.79.9.1/24"}}, B: lab.End{Host: "gwb", Iface: "sync0", Addrs: []string{"10.79.9.2/24"}}},
+		},
+		Bridges: []lab.BridgeSpec{
+			{Host: "sw", Name: "front", Ports: []string{"client", "af", "bf"}},
+			{Host: "sw", Name: "back", Ports: []string{"ab", "bb", "be1", "be2"}},
+		},
+	}
+	l, err := lab.New(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &pairLab{Lab: l, client: l.Host("client"), gw: map[string]*lab.Host{"a": l.Host("gwa"), "b": l.Host("gwb")},
+		backends: []*lab.Host{l.Host("be1"), l.Host("be2")}, state: map[string]string{}, daemons: map[string]*daemonProc{}}
+	t.Cleanup(func() {
+		for _, d := range p.daemons {
+			d.stop()
+		}
+		for _, g := range p.gw {
+			tandem(t, g, "down", "--bpffs", g.BPFFS())
+		}
+		if err := l.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	// Frames a gateway's XDP sends into its veth need XDP on the peer end
+	// (the switch's port).
+	for _, sp := range []string{"af", "bf", "ab", "bb"} {
+		xdpPass(t, l.Host("sw"), sp)
+	}
+	dir := t.TempDir()
+	p.secret = filepath.Join(dir, "pair.key")
+	if err := os.WriteFile(p.secret, []byte("the pair's shared secret for cookies and adverts"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p.certs = filepath.Join(dir, "certs")
+	if err := syncer.MakeCerts(p.certs, map[string][]net.IP{"a": {net.IPv4(10, 79, 9, 1)}, "b": {net.IPv4(10, 79, 9, 2)}}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []string{"a", "b"} {
+		p.state[g] = filepath.Join(dir, "state-"+g)
+	}
+	return p
+}
+
+// args is host g's daemon command line: the proxy on both sides, the
+// election with 50 ms adverts over the sync link and the front segment,
+// the sync following ownership.
+func (p *pairLab) args(g string, extra ...string) []string {
+	self, peer, prio := "10.79.9.1", "10.79.9.2", "200"
+	front := "10.79.1.3"
+	if g == "b" {
+		self, peer, prio, front = "10.79.9.2", "10.79.9.1", "100", "10.79.1.2"
+	}
+	return append([]string{"up", "--bpffs", p.gw[g].BPFFS(), "-v", "--state-dir", p.state[g],
+		"--proxy-iface", "eth0,eth1", "--proxy-secret", p.secret,
+		"--service", fmt.Sprintf("%s:%d=10.79.2.11:%d,10.79.2.12:%d", fvip, fport, fbackend, fbackend),
+		"--vip-addr", fvip + "/24@eth0", "--vip-addr", finner + "/24@eth1",
+		"--vip-peer", peer + ":7401," + front + ":7401", "--vip-priority", prio, "--vip-interval", "50ms",
+		"--sync-role", "auto", "--sync-peer", peer + ":7400", "--sync-listen", self + ":7400",
+		"--sync-name", g, "--sync-certs", p.certs, "--sync-interval", "10ms"}, extra...)
+}
+
+// start runs host g's daemon until the test ends or stop is called.
+func (p *pairLab) start(t *testing.T, g string, extra ...string) {
+	t.Helper()
+	var log bytes.Buffer
+	var mu sync.Mutex
+	cmd := p.gw[g].Cmd(testenv.Tandem(t), p.args(g, extra...)...)
+	w := writerFunc(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return log.Write(b) })
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	d := &daemonProc{
+		stop: func() { once.Do(func() { cmd.Process.Kill(); cmd.Wait() }) },
+		log:  func() string { mu.Lock(); defer mu.Unlock(); return log.String() },
+	}
+	p.daemons[g] = d
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(d.log(), "daemon running") {
+		if time.Now().After(deadline) || cmd.ProcessState != nil {
+			t.Fatalf("daemon on gw%s not running after 30 s:\n%s", g, d.log())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// vipStatus asks host g's daemon (tandem vip --json).
+func (p *pairLab) vipStatus(t *testing.T, g string) (vip.Status, error) {
+	t.Helper()
+	r := tandem(t, p.gw[g], "vip", "--json", "--state-dir", p.state[g])
+	var st vip.Status
+	if r.code != 0 {
+		return st, fmt.Errorf("tandem vip on gw%s: %d %s", g, r.code, r.stderr)
+	}
+	return st, json.Unmarshal([]byte(r.stdout), &st)
+}
+
+// waitFor polls cond every 20 ms until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s; last: %s", d, what, state)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// owners reports which daemons say they own the VIPs, and whether the
+// standby has caught up.
+func (p *pairLab) owners(t *testing.T) (own map[string]bool, caught map[string]bool, state string) {
+	own, caught = map[string]bool{}, map[string]bool{}
+	var parts []string
+	for _, g := range []string{"a", "b"} {
+		if _, ok := p.daemons[g]; !ok {
+			continue
+		}
+		st, err := p.vipStatus(t, g)
+		if err != nil {
+			parts = append(parts, err.Error())
+			continue
+		}
+		own[g], caught[g] = st.Owner, st.CaughtUp
+		parts = append(parts, fmt.Sprintf("gw%s owner=%v caught_up=%v (%s)", g, st.Owner, st.CaughtUp, st.Why))
+	}
+	return own, caught, strings.Join(parts, "; ")
+}
+
+// settled waits until exactly want owns and the other daemon (if running)
+// has caught up.
+func (p *pairLab) settled(t *testing.T, want string, d time.Duration) {
+	t.Helper()
+	waitFor(t, d, "gw"+want+" owns the VIPs and the other caught up", func() (bool, string) {
+		own, caught, state := p.owners(t)
+		for g := range own {
+			if own[g] != (g == want) || (g != want && !caught[g]) {
+				return false, state
+			}
+		}
+		return own[want], state
+	})
+}
+
+// serve runs the backends' upload/download server (see proxyLab.serve).
+func (p *pairLab) serve(t *testing.T) {
+	(&proxyLab{backends: p.backends}).serve(t)
+}
+
+// stream is a connection through the VIP that uploads in two halves with
+// a pause between (the failover happens in the pause), then checks both
+// directions' contents like proxyLab.transfer.
+type stream struct {
+	c    net.Conn
+	up   []byte
+	errc chan error
+}
+
+func (p *pairLab) open(t *testing.T) *stream {
+	t.Helper()
+	var c net.Conn
+	if err := p.client.Do(func() (err error) {
+		c, err = net.DialTimeout("tcp", fmt.Sprintf("%s:%d", fvip, fport), 5*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	s := &stream{c: c, up: make([]byte, xferBytes), errc: make(chan error, 1)}
+	for i := range s.up {
+		s.up[i] = byte(rand.Uint32())
+	}
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	if _, err := c.Write(s.up[:xferBytes/2]); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// finish sends the second half and checks everything.
+func (s *stream) finish() error {
+	defer s.c.Close()
+	go func() {
+		_, err := s.c.Write(s.up[xferBytes/2:])
+		if err == nil {
+			err = s.c.(*net.TCPConn).CloseWrite()
+		}
+		s.errc <- err
+	}()
+	got, err := io.ReadAll(s.c)
+	if err != nil {
+		return fmt.Errorf("read: %w (after %d bytes)", err, len(got))
+	}
+	if err := <-s.errc; err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	want := sha256.Sum256(s.up)
+	if len(got) != 32+xferBytes {
+		return fmt.Errorf("got %d bytes back, want %d", len(got), 32+xferBytes)
+	}
+	if !bytes.Equal(got[:32], want[:]) {
+		return errors.New("the backend's hash of the upload differs: upload corrupted")
+	}
+	exp, _ := io.ReadAll(io.LimitReader(seeded(want[:]), xferBytes))
+	if !bytes.Equal(got[32:], exp) {
+		return errors.New("download corrupted")
+	}
+	return nil
+}
+
+// newConn runs one whole transfer through the VIP.
+func (p *pairLab) newConn(t *testing.T) error {
+	t.Helper()
+	return p.open(t).finish()
+}
+
+// TestFailoverKill: gwa owns the VIPs and serves 8 connections through the
+// SYN proxy; its daemon is SIGKILLed and its interfaces go down. gwb takes
+// the VIPs (probe, addresses, gate, announcements); the 8 connections
+// finish with both directions' contents intact; new connections work.
+// gwa, restarted, rejoins as standby, catches up, and does not take the
+// VIPs back (no preemption).
+func TestFailoverKill(t *testing.T) {
+	p := newPairLab(t)
+	p.serve(t)
+	p.start(t, "a")
+	p.start(t, "b")
+	p.settled(t, "a", 30*time.Second)
+	const n = 8
+	streams := make([]*stream, n)
+	for i := range streams {
+		streams[i] = p.open(t)
+	}
+	// The standby has every connection before the failover.
+	waitFor(t, 10*time.Second, "gwb has the 8 connection entries", func() (bool, string) {
+		a, b := connTable(t, p.gw["a"]), connTable(t, p.gw["b"])
+		return len(b) >= n && len(a) == len(b), fmt.Sprintf("gwa %d, gwb %d", len(a), len(b))
+	})
+
+	p.daemons["a"].stop()
+	for _, i := range []string{"eth0", "eth1"} {
+		if err := p.gw["a"].IP("link", "set", i, "down"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	waitFor(t, 10*time.Second, "gwb owns the VIPs", func() (bool, string) {
+		st, err := p.vipStatus(t, "b")
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Owner, st.Why
+	})
+	t.Logf("gwb owns the VIPs %s after gwa went", time.Since(start).Round(time.Millisecond))
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i, s := range streams {
+		wg.Add(1)
+		go func() { defer wg.Done(); errs[i] = s.finish() }()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("connection %d across the failover: %v", i, err)
+		}
+	}
+	if err := p.newConn(t); err != nil {
+		t.Errorf("a new connection after the failover: %v", err)
+	}
+	if st := proxyStatsAt(t, p.gw["b"]); st["established"] != 1 {
+		t.Errorf("gwb's counters: %v (want exactly the new connection's handshake)", st)
+	}
+
+	// gwa comes back: a standby that catches up and leaves the VIPs be.
+	for _, i := range []string{"eth0", "eth1"} {
+		if err := p.gw["a"].IP("link", "set", i, "up"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.start(t, "a")
+	p.settled(t, "b", 30*time.Second)
+	time.Sleep(500 * time.Millisecond) // ten adverts: still gwb's
+	own, _, state := p.owners(t)
+	if !own["b"] || own["a"] {
+		t.Errorf("after gwa rejoined: %s", state)
+	}
+	if err := p.newConn(t); err != nil {
+		t.Errorf("a new connection after gwa rejoined: %v", err)
+	}
+	// Caught up means the same table: gwb's entries, the new ones too.
+	waitFor(t, 10*time.Second, "gwa's connection table equals gwb's", func() (bool, string) {
+		a, b := connTable(t, p.gw["a"]), connTable(t, p.gw["b"])
+		return len(b) >= n+2 && reflect.DeepEqual(a, b), fmt.Sprintf("gwa %d entries, gwb %d", len(a), len(b))
+	})
+	if d := p.daemons["b"].log(); !strings.Contains(d, "took the VIPs") {
+		t.Errorf("gwb's log does not say it took the VIPs:\n%s", d)
+	}
+}
