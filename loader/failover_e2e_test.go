@@ -267,6 +267,11 @@ func (s *stream) finish() error {
 		}
 		s.errc <- err
 	}()
+	return s.check()
+}
+
+// check reads the answer to the end and compares both directions.
+func (s *stream) check() error {
 	got, err := io.ReadAll(s.c)
 	if err != nil {
 		return fmt.Errorf("read: %w (after %d bytes)", err, len(got))
@@ -375,4 +380,168 @@ func TestFailoverKill(t *testing.T) {
 	if d := p.daemons["b"].log(); !strings.Contains(d, "took the VIPs") {
 		t.Errorf("gwb's log does not say it took the VIPs:\n%s", d)
 	}
+}
+
+// retrans sums TCP retransmissions on the client and the backends.
+func (p *pairLab) retrans(t *testing.T) int64 {
+	t.Helper()
+	var sum int64
+	for _, h := range append([]*lab.Host{p.client}, p.backends...) {
+		n, err := h.SNMP("Tcp", "RetransSegs")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sum += n
+	}
+	return sum
+}
+
+// paced uploads xferBytes in 4 KiB writes every 10 ms (about 2.6 s), then
+// checks both directions like stream.finish.
+func (p *pairLab) paced(t *testing.T) error {
+	t.Helper()
+	var c net.Conn
+	if err := p.client.Do(func() (err error) {
+		c, err = net.DialTimeout("tcp", fmt.Sprintf("%s:%d", fvip, fport), 5*time.Second)
+		return err
+	}); err != nil {
+		return err
+	}
+	s := &stream{c: c, up: make([]byte, xferBytes), errc: make(chan error, 1)}
+	for i := range s.up {
+		s.up[i] = byte(rand.Uint32())
+	}
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	const chunk = 4096
+	for off := 0; off < xferBytes/2; off += chunk {
+		if _, err := c.Write(s.up[off : off+chunk]); err != nil {
+			return err
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return s.finishPaced(chunk, 10*time.Millisecond)
+}
+
+// finishPaced sends the second half paced, then checks everything.
+func (s *stream) finishPaced(chunk int, every time.Duration) error {
+	defer s.c.Close()
+	go func() {
+		var err error
+		for off := xferBytes / 2; off < xferBytes && err == nil; off += chunk {
+			_, err = s.c.Write(s.up[off : off+chunk])
+			time.Sleep(every)
+		}
+		if err == nil {
+			err = s.c.(*net.TCPConn).CloseWrite()
+		}
+		s.errc <- err
+	}()
+	return s.check()
+}
+
+// TestHandover: `tandem vip handover` on the owner under a steady stream
+// through the SYN proxy: gwb owns afterwards, not one segment was
+// retransmitted anywhere (nothing was lost), no gateway dropped a packet
+// for not owning the VIP, the stream's contents are intact, and the sync
+// now runs from gwb (gwa's table follows gwb's).
+func TestHandover(t *testing.T) {
+	p := newPairLab(t)
+	p.serve(t)
+	p.start(t, "a")
+	p.start(t, "b")
+	p.settled(t, "a", 30*time.Second)
+	if err := p.newConn(t); err != nil { // neighbours resolved everywhere
+		t.Fatal(err)
+	}
+	before := p.retrans(t)
+	done := make(chan error, 1)
+	go func() { done <- p.paced(t) }()
+	time.Sleep(500 * time.Millisecond)
+	r := tandem(t, p.gw["a"], "vip", "handover", "--state-dir", p.state["a"])
+	t.Logf("tandem vip handover: %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r.code != 0 {
+		t.Fatalf("handover failed")
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the stream across the handover: %v", err)
+	}
+	if n := p.retrans(t) - before; n != 0 {
+		t.Errorf("%d TCP segments retransmitted across the handover: something was lost", n)
+		for _, g := range []string{"a", "b"} {
+			out, _ := p.gw[g].Cmd("nstat", "-az", "IpExtInNoRoutes", "TcpExtIPReversePathFilter", "IpInAddrErrors", "IpOutNoRoutes", "IpInDiscards").CombinedOutput()
+			t.Logf("gw%s: %v\n%s", g, proxyStatsAt(t, p.gw[g]), out)
+		}
+	}
+	for _, g := range []string{"a", "b"} {
+		if st := proxyStatsAt(t, p.gw[g]); st["not_owner"] != 0 {
+			t.Errorf("gw%s dropped %d segments for not owning the VIP", g, st["not_owner"])
+		}
+	}
+	p.settled(t, "b", 10*time.Second)
+	if err := p.newConn(t); err != nil {
+		t.Errorf("a new connection after the handover: %v", err)
+	}
+	waitFor(t, 10*time.Second, "gwa's connection table equals gwb's", func() (bool, string) {
+		a, b := connTable(t, p.gw["a"]), connTable(t, p.gw["b"])
+		return len(b) >= 3 && reflect.DeepEqual(a, b), fmt.Sprintf("gwa %d entries, gwb %d", len(a), len(b))
+	})
+	// Handing over from the standby is refused with a pointer to the owner.
+	if r := tandem(t, p.gw["a"], "vip", "handover", "--state-dir", p.state["a"]); r.code == 0 || !strings.Contains(r.stderr, "run the handover on b") {
+		t.Errorf("handover on the standby: %d %s", r.code, r.stderr)
+	}
+}
+
+// TestSplitBrain: both paths between the gateways are cut while both run
+// (the sync link down, and the switch isolates their ports from each
+// other, so neither hears the other's adverts nor its ARP answers): gwb
+// takes the VIPs too. When the paths heal, the adverts return and the
+// election settles on exactly one owner (gwa, by priority) within the
+// settle time; the loser has removed its addresses and closed its gate.
+func TestSplitBrain(t *testing.T) {
+	p := newPairLab(t)
+	p.serve(t)
+	p.start(t, "a")
+	p.start(t, "b")
+	p.settled(t, "a", 30*time.Second)
+	sw := p.Host("sw")
+	isolate := func(on string) {
+		t.Helper()
+		for _, port := range []string{"af", "bf", "ab", "bb"} {
+			if out, err := sw.Cmd("bridge", "link", "set", "dev", port, "isolated", on).CombinedOutput(); err != nil {
+				t.Fatalf("bridge link set %s isolated %s: %v %s", port, on, err, out)
+			}
+		}
+		state := map[string]string{"on": "down", "off": "up"}[on]
+		if err := p.gw["a"].IP("link", "set", "sync0", state); err != nil {
+			t.Fatal(err)
+		}
+	}
+	isolate("on")
+	waitFor(t, 10*time.Second, "both gateways own the VIPs (split brain)", func() (bool, string) {
+		own, _, state := p.owners(t)
+		return own["a"] && own["b"], state
+	})
+	isolate("off")
+	healed := time.Now()
+	waitFor(t, 5*time.Second, "exactly gwa owns", func() (bool, string) {
+		own, _, state := p.owners(t)
+		return own["a"] && !own["b"], state
+	})
+	t.Logf("split brain settled %s after the paths healed", time.Since(healed).Round(time.Millisecond))
+	// Settled for good, and gwb let go of everything.
+	time.Sleep(time.Second)
+	own, _, state := p.owners(t)
+	if !own["a"] || own["b"] {
+		t.Errorf("a second after settling: %s", state)
+	}
+	for _, a := range []string{fvip, finner} {
+		out, err := p.gw["b"].Cmd("ip", "-o", "addr", "show", "to", a).Output()
+		if err != nil || len(bytes.TrimSpace(out)) != 0 {
+			t.Errorf("gwb still holds %s: %s %v", a, out, err)
+		}
+	}
+	if err := p.newConn(t); err != nil {
+		t.Errorf("a new connection after the split brain: %v", err)
+	}
+	p.settled(t, "a", 30*time.Second)
 }
