@@ -2,7 +2,7 @@
 GO      ?= go
 BIN     := bin/tandem
 # Debian packages the build, the tests, the demo and the benchmarks use.
-DEB_PKGS := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping netcat-openbsd tcpdump nftables qemu-system-x86 conntrackd conntrack hping3 iperf3
+DEB_PKGS := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping netcat-openbsd tcpdump nftables qemu-system-x86 conntrackd conntrack iperf3 keepalived
 # make vmtest: a vmlinuz path, or a Debian kernel version fetched and cached (6.1)
 KERNEL  ?= 6.1
 # The VM runs under TCG where KVM hangs: the long lab tests divide their

@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -53,7 +54,7 @@ type daemonProc struct {
 	log  func() string
 }
 
-func newPairLab(t *testing.T) *pairLab {
+func newPairLab(t testing.TB) *pairLab {
 	t.Helper()
 	testenv.RequireRoot(t)
 	port := func(gw, side string) string { return gw + side }
@@ -130,13 +131,24 @@ func (p *pairLab) args(g string, extra ...string) []string {
 		"--proxy-iface", "eth0,eth1", "--proxy-secret", p.secret,
 		"--service", fmt.Sprintf("%s:%d=10.79.2.11:%d,10.79.2.12:%d", fvip, fport, fbackend, fbackend),
 		"--vip-addr", fvip + "/24@eth0", "--vip-addr", finner + "/24@eth1",
-		"--vip-peer", peer + ":7401," + front + ":7401", "--vip-priority", prio, "--vip-interval", "50ms",
+		"--vip-peer", peer + ":7401," + front + ":7401", "--vip-priority", prio, "--vip-interval", advertInterval().String(),
 		"--sync-role", "auto", "--sync-peer", peer + ":7400", "--sync-listen", self + ":7400",
 		"--sync-name", g, "--sync-certs", p.certs, "--sync-interval", "10ms"}, extra...)
 }
 
+// advertInterval is 50 ms, the interval the failover goals are set for;
+// slower under TCG (TANDEM_TEST_SCALE), where a 150 ms silence is no
+// proof of death.
+func advertInterval() time.Duration {
+	s, err := strconv.Atoi(os.Getenv("TANDEM_TEST_SCALE"))
+	if err != nil || s < 1 {
+		s = 1
+	}
+	return time.Duration(s) * 50 * time.Millisecond
+}
+
 // start runs host g's daemon until the test ends or stop is called.
-func (p *pairLab) start(t *testing.T, g string, extra ...string) {
+func (p *pairLab) start(t testing.TB, g string, extra ...string) {
 	t.Helper()
 	var log bytes.Buffer
 	var mu sync.Mutex
@@ -162,7 +174,7 @@ func (p *pairLab) start(t *testing.T, g string, extra ...string) {
 }
 
 // vipStatus asks host g's daemon (tandem vip --json).
-func (p *pairLab) vipStatus(t *testing.T, g string) (vip.Status, error) {
+func (p *pairLab) vipStatus(t testing.TB, g string) (vip.Status, error) {
 	t.Helper()
 	r := tandem(t, p.gw[g], "vip", "--json", "--state-dir", p.state[g])
 	var st vip.Status
@@ -173,7 +185,7 @@ func (p *pairLab) vipStatus(t *testing.T, g string) (vip.Status, error) {
 }
 
 // waitFor polls cond every 20 ms until it holds or d passes.
-func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
+func waitFor(t testing.TB, d time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -190,7 +202,7 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, stri
 
 // owners reports which daemons say they own the VIPs, and whether the
 // standby has caught up.
-func (p *pairLab) owners(t *testing.T) (own map[string]bool, caught map[string]bool, state string) {
+func (p *pairLab) owners(t testing.TB) (own map[string]bool, caught map[string]bool, state string) {
 	own, caught = map[string]bool{}, map[string]bool{}
 	var parts []string
 	for _, g := range []string{"a", "b"} {
@@ -210,7 +222,7 @@ func (p *pairLab) owners(t *testing.T) (own map[string]bool, caught map[string]b
 
 // settled waits until exactly want owns and the other daemon (if running)
 // has caught up.
-func (p *pairLab) settled(t *testing.T, want string, d time.Duration) {
+func (p *pairLab) settled(t testing.TB, want string, d time.Duration) {
 	t.Helper()
 	waitFor(t, d, "gw"+want+" owns the VIPs and the other caught up", func() (bool, string) {
 		own, caught, state := p.owners(t)
@@ -224,7 +236,7 @@ func (p *pairLab) settled(t *testing.T, want string, d time.Duration) {
 }
 
 // serve runs the backends' upload/download server (see proxyLab.serve).
-func (p *pairLab) serve(t *testing.T) {
+func (p *pairLab) serve(t testing.TB) {
 	(&proxyLab{backends: p.backends}).serve(t)
 }
 
@@ -237,7 +249,7 @@ type stream struct {
 	errc chan error
 }
 
-func (p *pairLab) open(t *testing.T) *stream {
+func (p *pairLab) open(t testing.TB) *stream {
 	t.Helper()
 	var c net.Conn
 	if err := p.client.Do(func() (err error) {
@@ -294,7 +306,7 @@ func (s *stream) check() error {
 }
 
 // newConn runs one whole transfer through the VIP.
-func (p *pairLab) newConn(t *testing.T) error {
+func (p *pairLab) newConn(t testing.TB) error {
 	t.Helper()
 	return p.open(t).finish()
 }
@@ -337,6 +349,11 @@ func TestFailoverKill(t *testing.T) {
 		return st.Owner, st.Why
 	})
 	t.Logf("gwb owns the VIPs %s after gwa went", time.Since(start).Round(time.Millisecond))
+	for _, l := range strings.Split(p.daemons["b"].log(), "\n") {
+		if strings.Contains(l, "took the VIPs") || strings.Contains(l, "sync role") {
+			t.Log(l)
+		}
+	}
 	var wg sync.WaitGroup
 	errs := make([]error, n)
 	for i, s := range streams {
@@ -383,7 +400,7 @@ func TestFailoverKill(t *testing.T) {
 }
 
 // retrans sums TCP retransmissions on the client and the backends.
-func (p *pairLab) retrans(t *testing.T) int64 {
+func (p *pairLab) retrans(t testing.TB) int64 {
 	t.Helper()
 	var sum int64
 	for _, h := range append([]*lab.Host{p.client}, p.backends...) {
@@ -398,7 +415,7 @@ func (p *pairLab) retrans(t *testing.T) int64 {
 
 // paced uploads xferBytes in 4 KiB writes every 10 ms (about 2.6 s), then
 // checks both directions like stream.finish.
-func (p *pairLab) paced(t *testing.T) error {
+func (p *pairLab) paced(t testing.TB) error {
 	t.Helper()
 	var c net.Conn
 	if err := p.client.Do(func() (err error) {

@@ -744,7 +744,7 @@ func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 
 // connTable reads a gateway's connection entries without the host-local
 // queued epoch.
-func connTable(t *testing.T, h *lab.Host) map[maps.ConnKey]maps.ConnVal {
+func connTable(t testing.TB, h *lab.Host) map[maps.ConnKey]maps.ConnVal {
 	t.Helper()
 	px, err := loader.OpenProxy(maps.Pins{Root: h.BPFFS()})
 	if err != nil {

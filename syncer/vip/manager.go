@@ -182,13 +182,25 @@ func (m *Manager) Run(ctx context.Context) error {
 	go m.receive(ctx)
 	tick := time.NewTicker(m.cfg.Interval)
 	defer tick.Stop()
+	// The peer is declared gone the moment its dead interval ends, not
+	// at the next tick.
+	dead := time.NewTimer(time.Hour)
+	defer dead.Stop()
 	for {
 		m.step(ctx)
+		m.mu.Lock()
+		if left := time.Until(m.lastAt.Add(time.Duration(m.cfg.Dead) * m.cfg.Interval)); !m.lastAt.IsZero() && left > 0 {
+			dead.Reset(left + time.Millisecond)
+		} else {
+			dead.Reset(time.Hour)
+		}
+		m.mu.Unlock()
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 		case <-m.kick:
+		case <-dead.C:
 		}
 	}
 }
@@ -280,18 +292,9 @@ func (m *Manager) step(ctx context.Context) {
 	case own && !held:
 		if !peer.Alive {
 			// Nobody must answer for the addresses: a peer whose daemon
-			// died may still serve them.
-			for _, a := range m.cfg.Addrs {
-				who, err := probe(a, max(m.cfg.Interval/2, 20*time.Millisecond))
-				if err != nil {
-					m.log.Warn("probe", "addr", a.String(), "err", err)
-					own, why = false, "probe failed: "+err.Error()
-					break
-				}
-				if who != nil {
-					own, why = false, fmt.Sprintf("%s answered by %s although its daemon is silent", a.Prefix.Addr(), who)
-					break
-				}
+			// died may still serve them. All are probed at once.
+			if who := m.probeAll(); who != "" {
+				own, why = false, who
 			}
 		}
 		if own {
@@ -346,6 +349,36 @@ func (m *Manager) advertise(a Advert) {
 	for _, p := range m.peer {
 		m.conn.WriteTo(b, p) // a path that is down is what the other paths are for
 	}
+}
+
+// probeAll probes every address in parallel and waits a quarter of an
+// advert interval (at least 10 ms) for answers. It says who answered or
+// why a probe failed; "" when nobody holds any address.
+func (m *Manager) probeAll() string {
+	wait := max(m.cfg.Interval/4, 10*time.Millisecond)
+	res := make([]string, len(m.cfg.Addrs))
+	var wg sync.WaitGroup
+	for i, a := range m.cfg.Addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			who, err := probe(a, wait)
+			switch {
+			case err != nil:
+				m.log.Warn("probe", "addr", a.String(), "err", err)
+				res[i] = "probe failed: " + err.Error()
+			case who != nil:
+				res[i] = fmt.Sprintf("%s answered by %s although its daemon is silent", a.Prefix.Addr(), who)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, r := range res {
+		if r != "" {
+			return r
+		}
+	}
+	return ""
 }
 
 // takeover: addresses, gate, announcements.

@@ -155,7 +155,10 @@ func openPacket(ifname string, proto uint16) (*packetConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(proto)))
+	// Protocol 0 at creation and the real one at bind: a socket created
+	// with a protocol is already hooked in, and re-binding it unhooks it
+	// first, which waits for an RCU grace period (tens of milliseconds).
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("packet socket on %s: %w", ifname, err)
 	}
@@ -166,7 +169,13 @@ func openPacket(ifname string, proto uint16) (*packetConn, error) {
 	return &packetConn{fd: fd, ifc: ifc, proto: proto}, nil
 }
 
-func (c *packetConn) Close() error { return unix.Close(c.fd) }
+// Close releases the socket in the background: closing a packet socket
+// waits for an RCU grace period (synchronize_net), tens of milliseconds
+// that a takeover must not spend.
+func (c *packetConn) Close() error {
+	go unix.Close(c.fd)
+	return nil
+}
 
 func (c *packetConn) send(frame []byte, dst net.HardwareAddr) error {
 	sa := &unix.SockaddrLinklayer{Protocol: htons(c.proto), Ifindex: c.ifc.Index, Halen: 6}
