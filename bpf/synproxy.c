@@ -1591,6 +1591,7 @@ __attribute__((noinline)) int backend_synack(struct __sk_buff *skb, struct synac
 	struct hs *h;
 	struct svc_counters *sc;
 	__u8 cws;
+	int r;
 
 	if (!s || !c || !k)
 		return TC_ACT_SHOT;
@@ -1657,10 +1658,18 @@ __attribute__((noinline)) int backend_synack(struct __sk_buff *skb, struct synac
 		__builtin_memcpy(f.ipv6_src, h->saddr, 16);
 		__builtin_memcpy(f.ipv6_dst, h->daddr, 16);
 	}
-	if (bpf_fib_lookup(skb, &f, sizeof(f), 0) == BPF_FIB_LKUP_RET_SUCCESS && !s->p.vlan_depth) {
+	r = bpf_fib_lookup(skb, &f, sizeof(f), 0);
+	if (r == BPF_FIB_LKUP_RET_SUCCESS && !s->p.vlan_depth) {
 		bpf_skb_store_bytes(skb, 0, f.dmac, ETH_ALEN, 0);
 		bpf_skb_store_bytes(skb, ETH_ALEN, f.smac, ETH_ALEN, 0);
 		if (bpf_clone_redirect(skb, f.ifindex, 0) == 0)
+			sp_count(SP_WIN_UPDATE);
+	} else if (r == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		/* No neighbour entry for the client yet (a host that just took
+		 * the VIPs has never talked to it): the copy goes up this
+		 * interface's stack, still addressed to this host's MAC, and
+		 * the kernel forwards it, resolving the neighbour. */
+		if (bpf_clone_redirect(skb, skb->ifindex, BPF_F_INGRESS) == 0)
 			sp_count(SP_WIN_UPDATE);
 	}
 	/* Without a route now, the client's zero-window probe recovers. */

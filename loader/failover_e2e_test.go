@@ -562,3 +562,86 @@ func TestSplitBrain(t *testing.T) {
 	}
 	p.settled(t, "a", 30*time.Second)
 }
+
+// TestHealthDemotes: the owner's backend-side interface goes down while
+// its daemon runs: it is unhealthy, gives the VIPs up (addresses removed)
+// and gwb takes them; connections keep working. With the interface back,
+// gwa stays standby (no preemption).
+func TestHealthDemotes(t *testing.T) {
+	p := newPairLab(t)
+	p.serve(t)
+	p.start(t, "a")
+	p.start(t, "b")
+	p.settled(t, "a", 30*time.Second)
+	s := p.open(t)
+	waitFor(t, 10*time.Second, "gwb has the connection", func() (bool, string) {
+		b := connTable(t, p.gw["b"])
+		return len(b) >= 1, fmt.Sprintf("gwb %d entries", len(b))
+	})
+	if err := p.gw["a"].IP("link", "set", "eth1", "down"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "gwb owns, gwa unhealthy and not owning", func() (bool, string) {
+		a, errA := p.vipStatus(t, "a")
+		b, errB := p.vipStatus(t, "b")
+		if errA != nil || errB != nil {
+			return false, fmt.Sprint(errA, errB)
+		}
+		return b.Owner && !a.Owner && !a.Healthy, fmt.Sprintf("gwa owner=%v healthy=%v (%s); gwb owner=%v (%s)", a.Owner, a.Healthy, a.Problem, b.Owner, b.Why)
+	})
+	if out, _ := p.gw["a"].Cmd("ip", "-o", "addr", "show", "to", fvip).Output(); len(bytes.TrimSpace(out)) != 0 {
+		t.Errorf("the unhealthy gwa still holds %s: %s", fvip, out)
+	}
+	if err := s.finish(); err != nil {
+		t.Errorf("the connection across the demotion: %v", err)
+	}
+	if err := p.gw["a"].IP("link", "set", "eth1", "up"); err != nil {
+		t.Fatal(err)
+	}
+	p.settled(t, "b", 30*time.Second)
+	if err := p.newConn(t); err != nil {
+		t.Errorf("a new connection: %v", err)
+	}
+}
+
+// TestPreempt: with --vip-preempt, a better host that (re)joins takes the
+// VIPs once it has caught up, by a handover (nothing retransmitted).
+func TestPreempt(t *testing.T) {
+	p := newPairLab(t)
+	p.serve(t)
+	p.start(t, "b")
+	waitFor(t, 10*time.Second, "gwb alone owns", func() (bool, string) {
+		st, err := p.vipStatus(t, "b")
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Owner, st.Why
+	})
+	if err := p.newConn(t); err != nil {
+		t.Fatal(err)
+	}
+	before := p.retrans(t)
+	p.start(t, "a", "--vip-preempt")
+	p.settled(t, "a", 30*time.Second)
+	t.Logf("settled at %s", time.Now().Format("15:04:05.000"))
+	if err := p.newConn(t); err != nil {
+		t.Errorf("a new connection after the preemption: %v", err)
+	}
+	if n := p.retrans(t) - before; n != 0 {
+		t.Errorf("%d segments retransmitted across the preemption", n)
+		for _, h := range append([]*lab.Host{p.client}, p.backends...) {
+			out, _ := h.Cmd("nstat", "-az", "TcpRetransSegs", "TcpExtTCPSynRetrans", "TcpExtTCPLostRetransmit", "TcpExtTCPTimeouts").CombinedOutput()
+			t.Logf("%s:\n%s", h.Name, out)
+		}
+		t.Logf("gwa: %v\ngwb: %v", proxyStatsAt(t, p.gw["a"]), proxyStatsAt(t, p.gw["b"]))
+		out, _ := p.client.Cmd("ip", "neigh").CombinedOutput()
+		t.Logf("client neigh:\n%s", out)
+		for _, g := range []string{"a", "b"} {
+			out, _ := p.gw[g].Cmd("ip", "link", "show", "eth0").CombinedOutput()
+			t.Logf("gw%s: %s\n%s", g, out, p.daemons[g].log())
+		}
+	}
+	if !strings.Contains(p.daemons["b"].log(), "preemption: done") {
+		t.Errorf("gwb did not hand over by preemption:\n%s", p.daemons["b"].log())
+	}
+}

@@ -432,6 +432,11 @@ func (m *Manager) announceAll() {
 
 func (m *Manager) reannounce(now time.Time) {
 	m.mu.Lock()
+	if !m.owner || m.yielding {
+		// A host handing over must not announce the addresses it gave
+		// away: its late announcement would pull clients back to it.
+		m.announces = nil
+	}
 	due := false
 	for len(m.announces) > 0 && !now.Before(m.announces[0]) {
 		m.announces = m.announces[1:]
@@ -482,6 +487,9 @@ func (m *Manager) Handover(ctx context.Context, progress func(string)) error {
 		return fmt.Errorf("%s did not catch up: %w", peerName, err)
 	}
 	progress("removing the addresses here (the datapath keeps serving)")
+	m.mu.Lock()
+	m.announces = nil // no more announcements from here
+	m.mu.Unlock()
 	for _, a := range m.cfg.Addrs {
 		if err := delAddr(a); err != nil {
 			return err
