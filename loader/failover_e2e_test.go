@@ -57,30 +57,7 @@ type daemonProc struct {
 func newPairLab(t testing.TB) *pairLab {
 	t.Helper()
 	testenv.RequireRoot(t)
-	port := func(gw, side string) string { return gw + side }
-	spec := lab.Spec{
-		Hosts: []lab.HostSpec{
-			{Name: "sw"},
-			{Name: "client"},
-			{Name: "gwa", Forward: true}, {Name: "gwb", Forward: true},
-			{Name: "be1", Routes: []string{"default via " + finner}},
-			{Name: "be2", Routes: []string{"default via " + finner}},
-		},
-		Links: []lab.LinkSpec{
-			{TxOff: true, A: lab.End{Host: "client", Iface: "eth0", Addrs: []string{"10.79.1.10/24"}}, B: lab.End{Host: "sw", Iface: "client"}},
-			{TxOff: true, A: lab.End{Host: "gwa", Iface: "eth0", Addrs: []string{"10.79.1.2/24"}}, B: lab.End{Host: "sw", Iface: port("a", "f")}},
-			{TxOff: true, A: lab.End{Host: "gwb", Iface: "eth0", Addrs: []string{"10.79.1.3/24"}}, B: lab.End{Host: "sw", Iface: port("b", "f")}},
-			{TxOff: true, A: lab.End{Host: "gwa", Iface: "eth1", Addrs: []string{"10.79.2.2/24"}}, B: lab.End{Host: "sw", Iface: port("a", "b")}},
-			{TxOff: true, A: lab.End{Host: "gwb", Iface: "eth1", Addrs: []string{"10.79.2.3/24"}}, B: lab.End{Host: "sw", Iface: port("b", "b")}},
-			{TxOff: true, A: lab.End{Host: "be1", Iface: "eth0", Addrs: []string{"10.79.2.11/24"}}, B: lab.End{Host: "sw", Iface: "be1"}},
-			{TxOff: true, A: lab.End{Host: "be2", Iface: "eth0", Addrs: []string{"10.79.2.12/24"}}, B: lab.End{Host: "sw", Iface: "be2"}},
-			{A: lab.End{Host: "gwa", Iface: "sync0", Addrs: []string{"10.79.9.1/24"}}, B: lab.End{Host: "gwb", Iface: "sync0", Addrs: []string{"10.79.9.2/24"}}},
-		},
-		Bridges: []lab.BridgeSpec{
-			{Host: "sw", Name: "front", Ports: []string{"client", "af", "bf"}},
-			{Host: "sw", Name: "back", Ports: []string{"ab", "bb", "be1", "be2"}},
-		},
-	}
+	spec := lab.GatewayPair()
 	l, err := lab.New(spec)
 	if err != nil {
 		t.Fatal(err)

@@ -1,5 +1,7 @@
 // Command demo builds a lab (client, gateway, backend), runs tandem on the
-// gateway, sends real traffic through it and shows what the datapath saw.
+// gateway, sends real traffic through it and shows what the datapath saw;
+// then a pair of gateways running the SYN proxy with the election and the
+// state sync, whose owner dies under live connections.
 // It checks its own results and exits non-zero when they are wrong, so the
 // demo is also a smoke test. Run it as root: `make demo`.
 package main
@@ -171,11 +173,13 @@ func run(bin string, keep bool) error {
 	if err := sh(gw, "bpftool", "map", "dump", "pinned", root+"/maps/vip_gate"); err != nil {
 		return err
 	}
-	if keep {
-		return nil
+	if !keep {
+		step("tandem down: every attachment and pin removed")
+		if err := sh(gw, bin, "down", "--bpffs", root); err != nil {
+			return err
+		}
 	}
-	step("tandem down: every attachment and pin removed")
-	return sh(gw, bin, "down", "--bpffs", root)
+	return failover(bin, keep)
 }
 
 // tcpEcho sends n random bytes over TCP to a server on addr in gw that
