@@ -58,7 +58,18 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"up", "--once", "-i", "eth0", "--vip", "10.0.0.1=primary"}, `role "primary"`},
 		{[]string{"up", "--once", "-i", "eth0", "--check-interval", "0s"}, "--check-interval must be positive"},
 		{[]string{"up", "eth0"}, `unexpected argument "eth0"`},
-		{[]string{"up", "--once", "-i", "eth0", "--sync-role", "leader"}, `--sync-role "leader": choose one of [primary standby]`},
+		{[]string{"up", "--once", "-i", "eth0", "--sync-role", "leader"}, `--sync-role "leader": choose one of [primary standby auto]`},
+		{[]string{"up", "--once", "-i", "eth0", "--sync-role", "auto"}, "--sync-role auto follows the VIP election"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip-addr", "10.0.0.1"}, "want ADDR/LEN@IFACE"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip-addr", "10.0.0.1/24@eth0"}, "--vip-peer HOST:PORT"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip-addr", "10.0.0.1/24@eth0", "--vip-peer", "10.0.0.2:7401"}, "--vip-secret FILE"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip-addr", "10.0.0.1/24@eth0", "--vip-addr", "10.0.0.1/16@eth1", "--vip-peer", "10.0.0.2:7401", "--vip-secret", "k"}, "given twice"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip-addr", "10.0.0.1/24@eth0", "--vip-peer", "10.0.0.2", "--vip-secret", "k"}, `"10.0.0.2": want HOST:PORT`},
+		{[]string{"up", "--once", "-i", "eth0", "--vip-addr", "10.0.0.1/24@eth0", "--vip-peer", "10.0.0.2:1", "--vip-secret", "k", "--vip-interval", "1ms"}, "at least 10ms"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip-addr", "10.0.0.1/24@eth0", "--vip-peer", "10.0.0.2:1", "--vip-secret", "k", "--vip-dead", "1"}, "at least 2 missed"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip-peer", "10.0.0.2:1"}, "--vip-peer without --vip-addr"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip-priority", "300"}, "vip-priority"},
+		{[]string{"vip", "frob"}, "tandem vip [status | handover]"},
 		{[]string{"up", "--once", "-i", "eth0", "--sync-role", "primary"}, "--sync-peer HOST:PORT"},
 		{[]string{"up", "--once", "-i", "eth0", "--sync-role", "primary", "--sync-peer", "10.0.0.2"}, `--sync-peer "10.0.0.2": want HOST:PORT`},
 		{[]string{"up", "--once", "-i", "eth0", "--sync-interval", "0s"}, "--sync-interval 0s: must be positive"},
@@ -102,6 +113,17 @@ func TestCerts(t *testing.T) {
 	for _, h := range []string{"gw-a", "gw-b"} {
 		if _, err := syncer.TLSConfig(dir, h); err != nil {
 			t.Errorf("%s: %v", h, err)
+		}
+	}
+}
+
+// TestVIPNoDaemon: tandem vip where no daemon runs an election says so
+// and how to start one.
+func TestVIPNoDaemon(t *testing.T) {
+	for _, action := range []string{"status", "handover"} {
+		_, errs, code := run("vip", action, "--state-dir", t.TempDir())
+		if code != 1 || !strings.Contains(errs, "no daemon runs an election here") || !strings.Contains(errs, "tandem up --vip-addr") {
+			t.Errorf("vip %s: exit %d, stderr %q", action, code, errs)
 		}
 	}
 }
