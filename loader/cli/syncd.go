@@ -33,11 +33,11 @@ type syncd struct {
 	node    *syncer.Node
 	live    atomic.Pointer[syncer.Node] // node, for other goroutines
 	primary bool                        // --sync-role auto: the election made this host the owner
-	stop context.CancelFunc
-	done chan error
-	reg  atomic.Pointer[prometheus.Registry]
-	srv  *http.Server
-	addr string
+	stop    context.CancelFunc
+	done    chan error
+	reg     atomic.Pointer[prometheus.Registry]
+	srv     *http.Server
+	addr    string
 }
 
 // syncKey is what, changed by a reload, restarts the node.
