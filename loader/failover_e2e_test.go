@@ -30,6 +30,8 @@ import (
 )
 
 const (
+	fvip6    = "fd79:1::100" // the IPv6 service VIP
+	finner6  = "fd79:2::1"
 	fvip     = "10.79.1.100" // the service VIP, on the client segment
 	finner   = "10.79.2.1"   // the backends' gateway, on the backend segment
 	fport    = 80
@@ -109,7 +111,9 @@ func (p *pairLab) args(g string, extra ...string) []string {
 	return append([]string{"up", "--bpffs", p.gw[g].BPFFS(), "-v", "--state-dir", p.state[g],
 		"--proxy-iface", "eth0,eth1", "--proxy-secret", p.secret,
 		"--service", fmt.Sprintf("%s:%d=10.79.2.11:%d,10.79.2.12:%d", fvip, fport, fbackend, fbackend),
+		"--service", fmt.Sprintf("[%s]:%d=[fd79:2::11]:%d,[fd79:2::12]:%d", fvip6, fport, fbackend, fbackend),
 		"--vip-addr", fvip + "/24@eth0", "--vip-addr", finner + "/24@eth1",
+		"--vip-addr", fvip6 + "/64@eth0", "--vip-addr", finner6 + "/64@eth1",
 		"--vip-peer", peer + ":7401," + front + ":7401", "--vip-priority", prio, "--vip-interval", advertInterval().String(),
 		"--sync-role", "auto", "--sync-peer", peer + ":7400", "--sync-listen", self + ":7400",
 		"--sync-name", g, "--sync-certs", p.certs, "--sync-interval", "10ms"}, extra...)
@@ -228,11 +232,14 @@ type stream struct {
 	errc chan error
 }
 
-func (p *pairLab) open(t testing.TB) *stream {
+func (p *pairLab) open(t testing.TB) *stream { return p.openTo(t, fvip) }
+
+// openTo opens a stream to vip (either family).
+func (p *pairLab) openTo(t testing.TB, vip string) *stream {
 	t.Helper()
 	var c net.Conn
 	if err := p.client.Do(func() (err error) {
-		c, err = net.DialTimeout("tcp", fmt.Sprintf("%s:%d", fvip, fport), 5*time.Second)
+		c, err = net.DialTimeout("tcp", net.JoinHostPort(vip, strconv.Itoa(fport)), 5*time.Second)
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -305,7 +312,7 @@ func TestFailoverKill(t *testing.T) {
 	const n = 8
 	streams := make([]*stream, n)
 	for i := range streams {
-		streams[i] = p.open(t)
+		streams[i] = p.openTo(t, []string{fvip, fvip6}[i%2]) // both families
 	}
 	// The standby has every connection before the failover.
 	waitFor(t, 10*time.Second, "gwb has the 8 connection entries", func() (bool, string) {
@@ -345,11 +352,13 @@ func TestFailoverKill(t *testing.T) {
 			t.Errorf("connection %d across the failover: %v", i, err)
 		}
 	}
-	if err := p.newConn(t); err != nil {
-		t.Errorf("a new connection after the failover: %v", err)
+	for _, v := range []string{fvip, fvip6} {
+		if err := p.openTo(t, v).finish(); err != nil {
+			t.Errorf("a new connection to %s after the failover: %v", v, err)
+		}
 	}
-	if st := proxyStatsAt(t, p.gw["b"]); st["established"] != 1 {
-		t.Errorf("gwb's counters: %v (want exactly the new connection's handshake)", st)
+	if st := proxyStatsAt(t, p.gw["b"]); st["established"] != 2 {
+		t.Errorf("gwb's counters: %v (want exactly the new connections' handshakes)", st)
 	}
 
 	// gwa comes back: a standby that catches up and leaves the VIPs be.

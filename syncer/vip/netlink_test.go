@@ -1,0 +1,95 @@
+package vip
+
+import (
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandem-net/tandem/tools/lab"
+	"github.com/tandem-net/tandem/tools/testenv"
+)
+
+// TestProbeAndAnnounce on a two-host segment: a probe finds the host that
+// holds an address (ARP for IPv4, a DAD NS for IPv6) and nobody for an
+// address nobody holds; adding an address and announcing it moves the
+// peer's existing neighbour entry to this host's MAC (gratuitous ARP,
+// unsolicited NA with override).
+func TestProbeAndAnnounce(t *testing.T) {
+	testenv.RequireRoot(t)
+	l, err := lab.New(lab.Spec{
+		Hosts: []lab.HostSpec{{Name: "a"}, {Name: "b"}, {Name: "c"}, {Name: "sw"}},
+		Links: []lab.LinkSpec{
+			{A: lab.End{Host: "a", Iface: "eth0", Addrs: []string{"10.77.0.1/24", "fd77::1/64"}}, B: lab.End{Host: "sw", Iface: "pa"}},
+			{A: lab.End{Host: "b", Iface: "eth0", Addrs: []string{"10.77.0.2/24", "fd77::2/64"}}, B: lab.End{Host: "sw", Iface: "pb"}},
+			{A: lab.End{Host: "c", Iface: "eth0", Addrs: []string{"10.77.0.3/24", "fd77::3/64"}}, B: lab.End{Host: "sw", Iface: "pc"}},
+		},
+		Bridges: []lab.BridgeSpec{{Host: "sw", Name: "br0", Ports: []string{"pa", "pb", "pc"}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	a, b, c := l.Host("a"), l.Host("b"), l.Host("c")
+	mac := func(h *lab.Host) (m net.HardwareAddr) {
+		h.Do(func() error {
+			i, err := net.InterfaceByName("eth0")
+			if err == nil {
+				m = i.HardwareAddr
+			}
+			return err
+		})
+		return m
+	}
+	for _, fam := range []struct{ vip, plen, other string }{{"10.77.0.100", "/24", "10.77.0.101"}, {"fd77::100", "/64", "fd77::101"}} {
+		va := Addr{Prefix: netip.MustParsePrefix(fam.vip + fam.plen), Iface: "eth0"}
+		if err := a.Do(func() error { return addAddr(va) }); err != nil {
+			t.Fatal(err)
+		}
+		// c learns the VIP at a's MAC.
+		if out, err := c.Cmd("ping", "-c", "1", "-W", "2", fam.vip).CombinedOutput(); err != nil {
+			t.Fatalf("ping %s: %v %s", fam.vip, err, out)
+		}
+		var who net.HardwareAddr
+		if err := b.Do(func() (err error) { who, err = probe(va, 200*time.Millisecond); return err }); err != nil {
+			t.Fatal(err)
+		}
+		if who.String() != mac(a).String() {
+			t.Errorf("probe %s from b: answered by %v, want a (%s)", fam.vip, who, mac(a))
+		}
+		free := Addr{Prefix: netip.MustParsePrefix(fam.other + fam.plen), Iface: "eth0"}
+		if err := b.Do(func() (err error) { who, err = probe(free, 100*time.Millisecond); return err }); err != nil || who != nil {
+			t.Errorf("probe of %s nobody holds: %v %v", fam.other, who, err)
+		}
+		// The VIP moves to b: c's entry follows the announcement.
+		if err := a.Do(func() error { return delAddr(va) }); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Do(func() error {
+			if err := addAddr(va); err != nil {
+				return err
+			}
+			return announce(va)
+		}); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			out, _ := c.Cmd("ip", "neigh", "show", fam.vip).Output()
+			if strings.Contains(string(out), mac(b).String()) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("c's neighbour entry for %s after b's announcement: %q, want b's MAC %s", fam.vip, out, mac(b))
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		var held bool
+		b.Do(func() error { held = HasAddr(va); return nil })
+		if !held {
+			t.Errorf("b does not hold %s after addAddr", va)
+		}
+	}
+}
