@@ -309,6 +309,38 @@ func TestFailoverKill(t *testing.T) {
 	p.start(t, "a")
 	p.start(t, "b")
 	p.settled(t, "a", 30*time.Second)
+	// A hostile host on the client segment: garbage, and adverts that
+	// claim ownership signed with the wrong key. Refused and counted;
+	// nothing changes.
+	forge := func() [][]byte {
+		var out [][]byte
+		for i := range 10 {
+			b, _ := vip.Advert{Name: "a", Boot: uint64(i), Seq: 1, SentNanos: time.Now().UnixNano(), Priority: 255, Owner: true, Healthy: true}.Marshal([]byte("not the pair's secret at all......"))
+			out = append(out, b, []byte("garbage"))
+		}
+		return out
+	}()
+	if err := p.client.Do(func() error {
+		c, err := net.Dial("udp", "10.79.1.3:7401")
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for _, b := range forge {
+			c.Write(b)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "gwb refused the 20 forged adverts", func() (bool, string) {
+		st, err := p.vipStatus(t, "b")
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Refused >= 20 && !st.Owner, fmt.Sprintf("refused %d, owner %v", st.Refused, st.Owner)
+	})
+	p.settled(t, "a", 5*time.Second)
 	const n = 8
 	streams := make([]*stream, n)
 	for i := range streams {
