@@ -736,7 +736,7 @@ __attribute__((noinline)) int tcp_csum_ok(struct xdp_md *ctx, const struct pkt *
 /* answer_syn turns the SYN in ctx into our SYN-ACK: Ethernet addresses
  * swapped (VLAN tags kept), a fresh IP header, a 40-byte TCP header with
  * window 0, the cookie as ISN and options for what the client offered. */
-__attribute__((noinline)) int answer_syn(struct xdp_md *ctx, struct pkt *p, const struct cookie_keys *keys)
+__attribute__((noinline)) int answer_syn(struct xdp_md *ctx, struct pkt *p, const struct cookie_keys *keys, __u32 svc_id)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -744,8 +744,6 @@ __attribute__((noinline)) int answer_syn(struct xdp_md *ctx, struct pkt *p, cons
 	struct tcp_opts o;
 	struct hs *h;
 	__u32 client_isn;
-	struct svc_key sk = {};
-	struct svc_val *svc;
 	struct svc_counters *sc;
 
 	if (!p || !keys)
@@ -783,11 +781,9 @@ __attribute__((noinline)) int answer_syn(struct xdp_md *ctx, struct pkt *p, cons
 	h->tsecr = o.tsval;
 	if (hs_write_xdp(ctx, p->l3_off))
 		return XDP_DROP;
-	__builtin_memcpy(sk.addr, p->daddr, 16);
-	sk.port = p->dport;
-	sk.proto = IPPROTO_TCP;
-	svc = bpf_map_lookup_elem(&sp_services, &sk);
-	if (svc && (sc = svc_stats(svc->id)))
+	/* The service's id comes from the caller's lookup: a second
+	 * lookup of the 20-byte key costs every SYN of a flood. */
+	if ((sc = svc_stats(svc_id)))
 		sc->syns++;
 	sp_count(SP_SYN);
 	return xdp_tx_back(ctx);
@@ -866,8 +862,16 @@ __attribute__((noinline)) int cookie_ack(struct xdp_md *ctx, struct pkt *p, cons
 	cookie = bpf_ntohl(th->ack_seq) - 1;
 	v->client_win = bpf_ntohs(th->window);
 	if (!cookie_check(keys, p->saddr, p->daddr, p->sport, p->dport, client_isn, cookie, &co)) {
-		sp_count(SP_COOKIE_BAD);
-		return XDP_DROP;
+		/* The client's first ACK was lost, and with the window at 0
+		 * all it sends is zero-window probes: no payload, seq one
+		 * below its next, the ISN itself. They complete the
+		 * handshake as well. */
+		if ((p->l4_len & 0xffff) != (__u32)th->doff * 4 ||
+		    !cookie_check(keys, p->saddr, p->daddr, p->sport, p->dport, th->seq, cookie, &co)) {
+			sp_count(SP_COOKIE_BAD);
+			return XDP_DROP;
+		}
+		client_isn = th->seq;
 	}
 	if (!tcp_csum_ok(ctx, p)) {
 		sp_count(SP_BAD_CSUM);
@@ -1311,7 +1315,7 @@ static __always_inline int from_client(struct xdp_md *ctx, struct pkt *p, const 
 		return XDP_DROP;
 	}
 	if (th->syn && !th->ack && !th->rst && !th->fin)
-		return answer_syn(ctx, p, keys);
+		return answer_syn(ctx, p, keys, svc->id);
 	if (th->ack && !th->syn && !th->rst && !th->fin)
 		return cookie_ack(ctx, p, keys, svc);
 	sp_count(SP_BAD_FLAGS);

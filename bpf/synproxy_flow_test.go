@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -649,5 +650,50 @@ func TestSynproxyICMP(t *testing.T) {
 				t.Errorf("unrelated ICMP: %s %v, changed %v", v, err, !bytes.Equal(out, in))
 			}
 		})
+	}
+}
+
+// TestSynproxyLostCookieAck: the client's first ACK is lost. With the
+// window at 0 the client sends only zero-window probes (no payload, seq
+// = its ISN); the first probe completes the handshake like the ACK would
+// have: the entry holds the client's real ISN and the probe becomes the
+// backend SYN. A probe-shaped segment with a payload, or with a wrong
+// cookie, is still refused.
+func TestSynproxyLostCookieAck(t *testing.T) {
+	p := loadSynproxy(t)
+	ns := newIsolatedNetns(t)
+	client, vip := netip.AddrPortFrom(client4, 46000), netip.AddrPortFrom(svc4, 80)
+	const isn = 0x7000
+	syn := seg{src: client, dst: vip, seq: isn, syn: true, window: 64240, mss: 1460, ws: 7, sackPerm: true, ts: true, tsval: 10}
+	_, out, err := ns.run(p.objs.XdpSynproxy, syn.frame(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cookie := parseOut(t, out).seq
+	bad := []seg{
+		{src: client, dst: vip, seq: isn, ack: cookie + 1, ackf: true, window: 502, ws: -1, payload: []byte("x")},
+		{src: client, dst: vip, seq: isn, ack: cookie + 2, ackf: true, window: 502, ws: -1},
+	}
+	for i, s := range bad {
+		if v, _, err := ns.run(p.objs.XdpSynproxy, s.frame(t)); err != nil || v != "XDP_DROP" {
+			t.Errorf("bad probe %d: %s %v", i, v, err)
+		}
+	}
+	probe := seg{src: client, dst: vip, seq: isn, ack: cookie + 1, ackf: true, window: 502, ws: -1, ts: true, tsval: 30, tsecr: cookie}
+	v, out, err := ns.run(p.objs.XdpSynproxy, probe.frame(t))
+	if err != nil || v != "XDP_PASS" {
+		t.Fatalf("zero-window probe after a lost ACK: %s %v", v, err)
+	}
+	bs := parseOut(t, out)
+	if !bs.syn || bs.ackf || bs.seq != isn || !strings.HasPrefix(bs.dst.String(), "10.9.0.") {
+		t.Errorf("the probe became %+v, want the backend SYN with seq %d", bs, isn)
+	}
+	var cv maps.ConnVal
+	key := maps.ConnKey{Caddr: client.Addr().As16(), Vaddr: vip.Addr().As16(), Cport: maps.HostPort(client.Port()), Vport: maps.HostPort(80), Proto: 6}
+	if err := p.m.Conns.Lookup(key, &cv); err != nil || cv.ClientIsn != isn || cv.Cookie != cookie {
+		t.Errorf("entry %+v %v: want client ISN %d, cookie %d", cv, err, isn, cookie)
+	}
+	if st := p.stats(t); st["cookie_ok"] != 1 || st["cookie_bad"] != 2 {
+		t.Errorf("counters %v", st)
 	}
 }

@@ -539,7 +539,9 @@ func TestHandover(t *testing.T) {
 	}
 }
 
-// TestSplitBrain: both paths between the gateways are cut while both run
+// TestSplitBrain: with the sync link cut, the adverts over the service
+// network keep one owner. Then both paths between the gateways are cut
+// while both run
 // (the sync link down, and the switch isolates their ports from each
 // other, so neither hears the other's adverts nor its ARP answers): gwb
 // takes the VIPs too. When the paths heal, the adverts return and the
@@ -563,6 +565,19 @@ func TestSplitBrain(t *testing.T) {
 		if err := p.gw["a"].IP("link", "set", "sync0", state); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// The sync link alone: the adverts still cross the service network,
+	// so nobody moves (checked for 20 advert intervals).
+	if err := p.gw["a"].IP("link", "set", "sync0", "down"); err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(20 * advertInterval()); time.Now().Before(end); {
+		if own, _, state := p.owners(t); own["b"] || !own["a"] {
+			t.Fatalf("with only the sync link cut: %s", state)
+		}
+	}
+	if err := p.gw["a"].IP("link", "set", "sync0", "up"); err != nil {
+		t.Fatal(err)
 	}
 	isolate("on")
 	waitFor(t, 10*time.Second, "both gateways own the VIPs (split brain)", func() (bool, string) {
