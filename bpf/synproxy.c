@@ -830,6 +830,16 @@ static __always_inline __u32 flow_hash(const struct conn_key *k)
 	return cookie_mac(key, k->caddr, k->vaddr, k->cport, k->vport, 0, 0);
 }
 
+/* cookie_ok checks a cookie for the segment p. Not inlined: cookie_ack
+ * checks twice, and the 6.1 verifier adds every inlined copy's stack to
+ * the frame. */
+static __attribute__((noinline)) int cookie_ok(const struct cookie_keys *keys, const struct pkt *p, __be32 isn, __u32 cookie, struct cookie_opts *co)
+{
+	if (!keys || !p || !co)
+		return 0;
+	return cookie_check(keys, p->saddr, p->daddr, p->sport, p->dport, isn, cookie, co);
+}
+
 /* cookie_ack handles an ACK with no connection entry: the third packet of
  * a handshake this proxy answered, if its cookie says so. */
 __attribute__((noinline)) int cookie_ack(struct xdp_md *ctx, struct pkt *p, const struct cookie_keys *keys, const struct svc_val *svc)
@@ -861,13 +871,12 @@ __attribute__((noinline)) int cookie_ack(struct xdp_md *ctx, struct pkt *p, cons
 	client_isn = bpf_htonl(bpf_ntohl(th->seq) - 1);
 	cookie = bpf_ntohl(th->ack_seq) - 1;
 	v->client_win = bpf_ntohs(th->window);
-	if (!cookie_check(keys, p->saddr, p->daddr, p->sport, p->dport, client_isn, cookie, &co)) {
+	if (!cookie_ok(keys, p, client_isn, cookie, &co)) {
 		/* The client's first ACK was lost, and with the window at 0
 		 * all it sends is zero-window probes: no payload, seq one
 		 * below its next, the ISN itself. They complete the
 		 * handshake as well. */
-		if ((p->l4_len & 0xffff) != (__u32)th->doff * 4 ||
-		    !cookie_check(keys, p->saddr, p->daddr, p->sport, p->dport, th->seq, cookie, &co)) {
+		if ((p->l4_len & 0xffff) != (__u32)th->doff * 4 || !cookie_ok(keys, p, th->seq, cookie, &co)) {
 			sp_count(SP_COOKIE_BAD);
 			return XDP_DROP;
 		}
