@@ -244,10 +244,7 @@ func (p *pairLab) openTo(t testing.TB, vip string) *stream {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	s := &stream{c: c, up: make([]byte, xferBytes), errc: make(chan error, 1)}
-	for i := range s.up {
-		s.up[i] = byte(rand.Uint32())
-	}
+	s := newStream(c)
 	c.SetDeadline(time.Now().Add(60 * time.Second))
 	if _, err := c.Write(s.up[:xferBytes/2]); err != nil {
 		t.Fatal(err)
@@ -255,11 +252,23 @@ func (p *pairLab) openTo(t testing.TB, vip string) *stream {
 	return s
 }
 
+// newStream is a stream on c with xferBytes of random upload.
+func newStream(c net.Conn) *stream {
+	s := &stream{c: c, up: make([]byte, xferBytes), errc: make(chan error, 1)}
+	for i := range s.up {
+		s.up[i] = byte(rand.Uint32())
+	}
+	return s
+}
+
 // finish sends the second half and checks everything.
-func (s *stream) finish() error {
+func (s *stream) finish() error { return s.finishFrom(xferBytes / 2) }
+
+// finishFrom sends the upload from off on, then checks everything.
+func (s *stream) finishFrom(off int) error {
 	defer s.c.Close()
 	go func() {
-		_, err := s.c.Write(s.up[xferBytes/2:])
+		_, err := s.c.Write(s.up[off:])
 		if err == nil {
 			err = s.c.(*net.TCPConn).CloseWrite()
 		}
@@ -450,10 +459,7 @@ func (p *pairLab) paced(t testing.TB) error {
 	}); err != nil {
 		return err
 	}
-	s := &stream{c: c, up: make([]byte, xferBytes), errc: make(chan error, 1)}
-	for i := range s.up {
-		s.up[i] = byte(rand.Uint32())
-	}
+	s := newStream(c)
 	c.SetDeadline(time.Now().Add(60 * time.Second))
 	const chunk = 4096
 	for off := 0; off < xferBytes/2; off += chunk {

@@ -8,7 +8,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -188,39 +187,9 @@ func (p *proxyLab) transfer(t testing.TB, vip netip.Addr) error {
 	}); err != nil {
 		return err
 	}
-	defer c.Close()
 	c.SetDeadline(time.Now().Add(20 * time.Second))
-	up := make([]byte, xferBytes)
-	for i := range up {
-		up[i] = byte(rand.Uint32())
-	}
-	want := sha256.Sum256(up)
-	errc := make(chan error, 1)
-	go func() {
-		_, err := c.Write(up)
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		errc <- err
-	}()
-	got, err := io.ReadAll(c)
-	if err != nil {
-		return fmt.Errorf("read: %w (after %d bytes)", err, len(got))
-	}
-	if err := <-errc; err != nil {
-		return fmt.Errorf("write: %w", err)
-	}
-	if len(got) != 32+xferBytes {
-		return fmt.Errorf("got %d bytes back, want %d", len(got), 32+xferBytes)
-	}
-	if !bytes.Equal(got[:32], want[:]) {
-		return errors.New("the backend's hash of the upload differs: upload corrupted")
-	}
-	exp, _ := io.ReadAll(io.LimitReader(seeded(want[:]), xferBytes))
-	if !bytes.Equal(got[32:], exp) {
-		return errors.New("download corrupted")
-	}
-	return nil
+	s := newStream(c)
+	return s.finishFrom(0)
 }
 
 // TestProxyCapture: a connection captured on the client and on the
