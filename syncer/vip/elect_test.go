@@ -132,8 +132,14 @@ func TestAcceptReplay(t *testing.T) {
 	if err := m.accept(Advert{Boot: 2, Seq: 10, SentNanos: now}); err != nil {
 		t.Errorf("same advert over a second path: %v", err)
 	}
-	if err := m.accept(Advert{Boot: 2, Seq: 9, SentNanos: now}); err == nil {
-		t.Error("an older sequence was accepted")
+	if err := m.accept(Advert{Boot: 2, Seq: 9, SentNanos: now, Owner: true}); err != nil || m.last.Owner {
+		t.Errorf("a slightly older advert over a slower path: %v; recorded %v", err, m.last.Owner)
+	}
+	if err := m.accept(Advert{Boot: 2, Seq: 100, SentNanos: now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.accept(Advert{Boot: 2, Seq: 3, SentNanos: now}); err == nil {
+		t.Error("a replay far behind the sequence was accepted")
 	}
 	if err := m.accept(Advert{Boot: 3, Seq: 1, SentNanos: now - int64(time.Hour)}); err == nil {
 		t.Error("an hour-old advert from another boot was accepted")

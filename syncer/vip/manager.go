@@ -233,6 +233,10 @@ func (m *Manager) receive(ctx context.Context) {
 	}
 }
 
+// staleWindow is how far behind the last advert one arriving over a
+// slower path may be and still be ignored quietly rather than refused.
+const staleWindow = 16
+
 // accept records a verified advert unless it is a replay: within one boot
 // the sequence must grow; a new boot must carry a current timestamp.
 func (m *Manager) accept(a Advert) error {
@@ -244,8 +248,10 @@ func (m *Manager) accept(a Advert) error {
 	now := time.Now()
 	switch {
 	case a.Boot == m.lastBoot && a.Seq <= m.lastSeq:
-		if a.Seq == m.lastSeq {
-			return nil // the same advert over a second path
+		if m.lastSeq-a.Seq < staleWindow {
+			// The same advert, or a slightly older one, over another
+			// path (paths reorder): nothing new, nothing hostile.
+			return nil
 		}
 		return fmt.Errorf("replayed advert (seq %d, last %d)", a.Seq, m.lastSeq)
 	case a.Boot != m.lastBoot:

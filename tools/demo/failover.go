@@ -124,7 +124,14 @@ func failover(bin string, keep bool) error {
 			return err
 		}
 		daemons[g] = cmd
-		return nil
+		// Running before the next one starts: a host that starts alone
+		// and hears nobody takes the VIPs.
+		for t0 := time.Now(); time.Since(t0) < 30*time.Second; time.Sleep(20 * time.Millisecond) {
+			if b, _ := os.ReadFile(logf.Name()); bytes.Contains(b, []byte("daemon running")) {
+				return nil
+			}
+		}
+		return fmt.Errorf("the daemon on gw%s is not running after 30 s (log: %s)", g, logf.Name())
 	}
 	vipStatus := func(g string) (vip.Status, error) {
 		var st vip.Status
