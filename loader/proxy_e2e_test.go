@@ -153,7 +153,9 @@ func (p *proxyLab) serve(t testing.TB) {
 				if err != nil {
 					return
 				}
+				accepted.Store(c.RemoteAddr().String(), c)
 				go func() {
+					defer accepted.Delete(c.RemoteAddr().String())
 					defer c.Close()
 					c.SetDeadline(time.Now().Add(60 * time.Second))
 					hs := sha256.New()
@@ -168,6 +170,11 @@ func (p *proxyLab) serve(t testing.TB) {
 		}()
 	}
 }
+
+// accepted holds the backends' open connections by the client's address
+// and port (the proxy keeps both): a test reads the backend end's TCP
+// counters through it.
+var accepted sync.Map
 
 // seeded is a deterministic byte stream from a 32-byte seed.
 func seeded(seed []byte) io.Reader {
