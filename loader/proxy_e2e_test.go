@@ -38,6 +38,7 @@ import (
 	"github.com/tandem-net/tandem/tools/lab"
 	"github.com/tandem-net/tandem/tools/synflood"
 	"github.com/tandem-net/tandem/tools/testenv"
+	"golang.org/x/sys/unix"
 )
 
 var (
@@ -985,6 +986,25 @@ func BenchmarkProxySynFloodRate(b *testing.B) {
 	type run struct {
 		answered uint64
 		el, busy time.Duration
+		progNs   float64 // the gateway's XDP program, kernel-measured run time per frame
+	}
+	// The kernel measures every program's run time while stats are on
+	// (BPF_ENABLE_STATS): the gateway program's own share of the CPU,
+	// apart from the links, the generator and the machine.
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		b.Fatalf("BPF_ENABLE_STATS: %v", err)
+	}
+	defer stats.Close()
+	progNs := func(prog *ebpf.Program, s0 *ebpf.ProgramStats) float64 {
+		s1, err := prog.Stats()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if s1.RunCount == s0.RunCount {
+			return 0
+		}
+		return float64(s1.Runtime-s0.Runtime) / float64(s1.RunCount-s0.RunCount)
 	}
 	flood := func(name string) run {
 		before, cpu0 := count(), busyCPU(b)
@@ -1008,7 +1028,7 @@ func BenchmarkProxySynFloodRate(b *testing.B) {
 		b.Logf("%s: gateway CPU %s beyond the baseline: %.0f SYN-ACKs per CPU-second", name, gw.Round(10*time.Millisecond), pc)
 		return pc
 	}
-	var tandemRate, kernelRate, nftRate, tandemCore, kernelCore, nftCore float64
+	var tandemRate, kernelRate, nftRate, tandemCore, kernelCore, nftCore, tandemProg, echoProg float64
 	for b.Loop() {
 		// The baseline: the gateway sends every SYN straight back in XDP
 		// (MACs swapped, XDP_TX), so the generator, both links and the
@@ -1017,6 +1037,7 @@ func BenchmarkProxySynFloodRate(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		defer drop.Close()
 		var dl link.Link
 		if err := p.gw.Do(func() error {
 			i, err := net.InterfaceByName("eth0")
@@ -1028,13 +1049,29 @@ func BenchmarkProxySynFloodRate(b *testing.B) {
 		}); err != nil {
 			b.Fatal(err)
 		}
+		dropStats, err := drop.Stats()
+		if err != nil {
+			b.Fatal(err)
+		}
 		base = flood("baseline (the gateway sends each SYN straight back in XDP)")
+		base.progNs = progNs(drop, dropStats)
 		dl.Close()
-		drop.Close()
 
 		p.up(b)
+		prog, err := ebpf.LoadPinnedProgram(maps.Pins{Root: p.gw.BPFFS()}.Prog("xdp_synproxy"), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		s0, err := prog.Stats()
+		if err != nil {
+			b.Fatal(err)
+		}
 		r := flood("tandem")
+		r.progNs = progNs(prog, s0)
+		prog.Close()
 		tandemRate, tandemCore = float64(r.answered)/r.el.Seconds(), perCore("tandem", r)
+		tandemProg, echoProg = r.progNs, base.progNs
+		b.Logf("XDP program run time per frame (kernel-measured): tandem %.0f ns per SYN, the baseline's echo %.0f ns", r.progNs, base.progNs)
 		if st := proxyStats(b, p); st["syn_answered"] < uint64(n) {
 			b.Logf("tandem answered %d of %d SYNs", st["syn_answered"], n)
 		}
@@ -1082,6 +1119,8 @@ func BenchmarkProxySynFloodRate(b *testing.B) {
 			Anchor: "kernel listener with tcp_syncookies=2, same lab", AnchorValue: kernelCore, Goal: ">= 5x per core"},
 		{Name: "SYN-ACKs per gateway CPU-second under a SYN flood vs nftables synproxy (veth lab, XDP live-frame generator)", Unit: "SYN-ACKs/CPU-s", Value: tandemCore,
 			Anchor: "nftables synproxy, same lab", AnchorValue: nftCore, Goal: ">= 10x per core"},
+		{Name: "XDP program run time per SYN under a SYN flood (kernel-measured, veth lab)", Unit: "ns/SYN", Value: tandemProg,
+			Anchor: "the baseline's XDP echo (swap MACs, XDP_TX), same flood", AnchorValue: echoProg, Goal: "record only (where the per-core figure goes)"},
 		{Name: "SYN-ACKs/s under a SYN flood vs a kernel listener (veth lab, generator on the same 2 cores)", Unit: "SYN-ACKs/s", Value: tandemRate,
 			Anchor: "kernel listener with tcp_syncookies=2, same lab", AnchorValue: kernelRate, Goal: "more than the anchor (the per-core result carries the goal)"},
 		{Name: "SYN-ACKs/s under a SYN flood vs nftables synproxy (veth lab, generator on the same 2 cores)", Unit: "SYN-ACKs/s", Value: tandemRate,
