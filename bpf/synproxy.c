@@ -840,6 +840,22 @@ static __attribute__((noinline)) int cookie_ok(const struct cookie_keys *keys, c
 	return cookie_check(keys, p->saddr, p->daddr, p->sport, p->dport, isn, cookie, co);
 }
 
+/* reuse_ack: th, a segment for a closing entry, is a pure ACK whose
+ * acknowledgment is a cookie of ours for its sequence number (or, a
+ * zero-window probe after a lost first ACK, for the ISN itself): the
+ * client has reused the port for a new connection. An ACK that belongs
+ * to the old connection passes this with the odds of a forged cookie. */
+static __always_inline int reuse_ack(const struct cookie_keys *keys, const struct pkt *p, const struct tcphdr *th)
+{
+	struct cookie_opts co;
+	__u32 cookie = bpf_ntohl(th->ack_seq) - 1;
+
+	if (!th->ack || th->syn || th->rst || th->fin)
+		return 0;
+	return cookie_ok(keys, p, bpf_htonl(bpf_ntohl(th->seq) - 1), cookie, &co) ||
+	       ((p->l4_len & 0xffff) == (__u32)th->doff * 4 && cookie_ok(keys, p, th->seq, cookie, &co));
+}
+
 /* cookie_ack handles an ACK with no connection entry: the third packet of
  * a handshake this proxy answered, if its cookie says so. */
 __attribute__((noinline)) int cookie_ack(struct xdp_md *ctx, struct pkt *p, const struct cookie_keys *keys, const struct svc_val *svc)
@@ -1304,6 +1320,21 @@ static __always_inline int from_client(struct xdp_md *ctx, struct pkt *p, const 
 	th = data + (p->l4_off & 0x1ff);
 	if ((void *)(th + 1) > data_end)
 		return XDP_DROP;
+	keys = bpf_map_lookup_elem(&sp_cookie_keys, &zero);
+	if (!keys || (keys->key[0][0] | keys->key[0][1] | keys->key[1][0] | keys->key[1][1]) == 0)
+		keys = 0;
+	/* A SYN is answered without looking for its connection: under a
+	 * flood every lookup would miss, in a table far larger than the
+	 * caches, and cost a SYN more than the rest of its path. A SYN for
+	 * a live entry (stray or spoofed) gets a SYN-ACK, which the real
+	 * client answers with an ACK the backend takes as a duplicate; a
+	 * client reusing the port of a closing entry replaces it with its
+	 * cookie ACK (below). */
+	if (th->syn && !th->ack && !th->rst && !th->fin) {
+		if (!keys)
+			goto no_secret;
+		return answer_syn(ctx, p, keys, svc->id);
+	}
 	__builtin_memset(ck, 0, sizeof(*ck));
 	__builtin_memcpy(ck->caddr, p->saddr, 16);
 	__builtin_memcpy(ck->vaddr, p->daddr, 16);
@@ -1312,22 +1343,20 @@ static __always_inline int from_client(struct xdp_md *ctx, struct pkt *p, const 
 	ck->proto = IPPROTO_TCP;
 	c = bpf_map_lookup_elem(&sp_conns, ck);
 	if (c) {
-		/* A new SYN on a closing entry is the client reusing its
-		 * port: the old entry goes, the SYN is answered. */
-		if (!(th->syn && !th->ack && c->state == CONN_CLOSING))
+		if (c->state != CONN_CLOSING || !keys || !reuse_ack(keys, p, th))
 			return client_seg(ctx, p, c, ck);
+		/* The client reused the port of a closing entry: its ACK
+		 * completes a new handshake; the old entry goes. */
 		conn_delete(ck);
 	}
-	keys = bpf_map_lookup_elem(&sp_cookie_keys, &zero);
-	if (!keys || (keys->key[0][0] | keys->key[0][1] | keys->key[1][0] | keys->key[1][1]) == 0) {
-		sp_count(SP_NO_SECRET);
-		return XDP_DROP;
-	}
-	if (th->syn && !th->ack && !th->rst && !th->fin)
-		return answer_syn(ctx, p, keys, svc->id);
+	if (!keys)
+		goto no_secret;
 	if (th->ack && !th->syn && !th->rst && !th->fin)
 		return cookie_ack(ctx, p, keys, svc);
 	sp_count(SP_BAD_FLAGS);
+	return XDP_DROP;
+no_secret:
+	sp_count(SP_NO_SECRET);
 	return XDP_DROP;
 }
 

@@ -414,6 +414,58 @@ func establish(t testing.TB, p *proxy, ns *isolatedNetns, cport uint16) (client,
 	return establishOn(t, p, ns, netip.AddrPortFrom(client4, cport), netip.AddrPortFrom(svc4, 80))
 }
 
+// TestSynproxyPortReuse: a SYN is answered without a look at the
+// connection table. A SYN for a live entry gets a SYN-ACK and leaves the
+// entry alone; once the entry is closing, an ACK of the old connection
+// is still translated, and a client that reuses the port completes a new
+// handshake whose cookie ACK replaces the entry.
+func TestSynproxyPortReuse(t *testing.T) {
+	p := loadSynproxy(t)
+	ns := newIsolatedNetns(t)
+	client, vip := netip.AddrPortFrom(client4, 44000), netip.AddrPortFrom(svc4, 80)
+	_, _, _, cookie, _ := establishOn(t, p, ns, client, vip)
+	key := maps.ConnKey{Caddr: client.Addr().As16(), Vaddr: vip.Addr().As16(), Cport: maps.HostPort(client.Port()), Vport: maps.HostPort(vip.Port()), Proto: 6}
+	entry := func() maps.ConnVal {
+		t.Helper()
+		var cv maps.ConnVal
+		if err := p.m.Conns.Lookup(key, &cv); err != nil {
+			t.Fatalf("no connection entry: %v", err)
+		}
+		return cv
+	}
+	run := func(what string, s seg, want string) []byte {
+		t.Helper()
+		v, out, err := ns.run(p.objs.XdpSynproxy, s.frame(t))
+		if err != nil || v != want {
+			t.Fatalf("%s: %s %v, want %s", what, v, err, want)
+		}
+		return out
+	}
+	syn := seg{src: client, dst: vip, seq: 5000, syn: true, window: 64240, mss: 1400, ws: 7, sackPerm: true, ts: true, tsval: 50}
+	if out := run("a SYN for a live entry", syn, "XDP_TX"); !parseOut(t, out).syn {
+		t.Errorf("a SYN for a live entry: no SYN-ACK")
+	}
+	if cv := entry(); cv.State != uint8(bpf.SynproxyConnStateCONN_ESTABLISHED) || cv.Cookie != cookie {
+		t.Errorf("the live entry changed: %+v", cv)
+	}
+	run("the client's RST", seg{src: client, dst: vip, seq: 2, rst: true, ws: -1}, "XDP_PASS")
+	if cv := entry(); cv.State != uint8(bpf.SynproxyConnStateCONN_CLOSING) {
+		t.Fatalf("after the client's RST: state %d, want closing", cv.State)
+	}
+	// A late segment of the old connection: translated, the entry kept.
+	run("an ACK of the old connection", seg{src: client, dst: vip, seq: 102, ack: cookie + 301, ackf: true, window: 500, ws: -1, ts: true, tsval: 40, tsecr: cookie}, "XDP_PASS")
+	if cv := entry(); cv.Cookie != cookie || cv.State != uint8(bpf.SynproxyConnStateCONN_CLOSING) {
+		t.Errorf("an old ACK changed the closing entry: %+v", cv)
+	}
+	// The new connection on the same port.
+	out := run("the new SYN", syn, "XDP_TX")
+	c2 := parseOut(t, out).seq
+	run("the new cookie ACK", seg{src: client, dst: vip, seq: 5001, ack: c2 + 1, ackf: true, window: 502, ws: -1, ts: true, tsval: 51, tsecr: c2}, "XDP_PASS")
+	if cv := entry(); cv.Cookie != c2 || cv.ClientIsn != 5000 || cv.State != uint8(bpf.SynproxyConnStateCONN_SYN_SENT) {
+		t.Errorf("after the new handshake: %+v, want cookie %#x, client ISN 5000, SYN sent", cv, c2)
+	}
+}
+
 // establishOn runs a connection from client to vip through its handshake
 // (SYN, cookie ACK, the backend's SYN-ACK at TC).
 func establishOn(t testing.TB, p *proxy, ns *isolatedNetns, client, vip netip.AddrPort) (_, _, backend netip.AddrPort, cookie, bisn uint32) {

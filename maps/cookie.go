@@ -82,11 +82,19 @@ func mssIndex(mss uint16) uint32 {
 	return i
 }
 
+// cookieMAC is the MAC of bpf/include/cookie.h's cookie_mac: an IPv4
+// flow (the client IPv4 or IPv4-mapped) hashes its 4-byte addresses, 20
+// bytes in all; IPv6 its 16-byte addresses, 44 bytes.
 func cookieMAC(key [8]byte, f CookieFlow, data uint32) uint32 {
 	msg := make([]byte, 0, 44)
 	c, v := f.Client.As16(), f.VIP.As16()
-	msg = append(msg, c[:]...)
-	msg = append(msg, v[:]...)
+	if f.Client.Unmap().Is4() {
+		msg = append(msg, c[12:]...)
+		msg = append(msg, v[12:]...)
+	} else {
+		msg = append(msg, c[:]...)
+		msg = append(msg, v[:]...)
+	}
 	msg = binary.BigEndian.AppendUint16(msg, f.ClientPort)
 	msg = binary.BigEndian.AppendUint16(msg, f.VIPPort)
 	msg = binary.BigEndian.AppendUint32(msg, f.ClientISN)

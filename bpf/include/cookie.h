@@ -77,28 +77,55 @@ struct cookie_msg {
 	__u32 m[11];
 };
 
-/* cookie_hash is a global function: the verifier checks it once, not at
- * every call site with every state the caller carries. */
-__attribute__((noinline)) __u32 cookie_hash(const struct cookie_msg *msg, __u32 k0, __u32 k1)
+/* is_v4_mapped: a is ::ffff:a.b.c.d, how the proxy holds IPv4 addresses. */
+static __always_inline int is_v4_mapped(const __u8 *a)
+{
+	const __u32 *w = (const void *)a;
+
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0xffff);
+}
+
+/* cookie_hash6 and cookie_hash4 are global functions: the verifier checks
+ * each once, not at every call site with every state the caller carries.
+ * Two lengths, not one: an IPv4 flow hashes 5 words, not the 11 of its
+ * IPv4-mapped form (the cookie's hash is most of a SYN's cost). */
+__attribute__((noinline)) __u32 cookie_hash6(const struct cookie_msg *msg, __u32 k0, __u32 k1)
 {
 	if (!msg)
 		return 0;
 	return hsiphash_words(msg->m, 11, k0, k1);
 }
 
-/* cookie_mac: the message is saddr(16) daddr(16) sport(2) dport(2)
- * client_isn(4, as on the wire) data(4, little-endian): 11 words. */
+__attribute__((noinline)) __u32 cookie_hash4(const struct cookie_msg *msg, __u32 k0, __u32 k1)
+{
+	if (!msg)
+		return 0;
+	return hsiphash_words(msg->m, 5, k0, k1);
+}
+
+/* cookie_mac: the message is saddr daddr sport(2) dport(2) client_isn(4,
+ * as on the wire) data(4, little-endian): 11 words for IPv6, 5 for IPv4
+ * (addresses of 4 bytes; saddr and daddr are IPv4-mapped then). */
 static __always_inline __u32 cookie_mac(const __u32 *key, const __u8 *saddr, const __u8 *daddr, __be16 sport, __be16 dport, __be32 client_isn, __u32 data)
 {
 	struct cookie_msg msg;
 
+	if (is_v4_mapped(saddr)) {
+		__builtin_memcpy(&msg.m[0], saddr + 12, 4);
+		__builtin_memcpy(&msg.m[1], daddr + 12, 4);
+		__builtin_memcpy((__u8 *)&msg.m[2], &sport, 2);
+		__builtin_memcpy((__u8 *)&msg.m[2] + 2, &dport, 2);
+		__builtin_memcpy(&msg.m[3], &client_isn, 4);
+		msg.m[4] = data;
+		return cookie_hash4(&msg, key[0], key[1]);
+	}
 	__builtin_memcpy(&msg.m[0], saddr, 16);
 	__builtin_memcpy(&msg.m[4], daddr, 16);
 	__builtin_memcpy((__u8 *)&msg.m[8], &sport, 2);
 	__builtin_memcpy((__u8 *)&msg.m[8] + 2, &dport, 2);
 	__builtin_memcpy(&msg.m[9], &client_isn, 4);
 	msg.m[10] = data;
-	return cookie_hash(&msg, key[0], key[1]);
+	return cookie_hash6(&msg, key[0], key[1]);
 }
 
 /* cookie_make returns the ISN for a SYN from saddr:sport to daddr:dport. */
