@@ -840,16 +840,34 @@ static __attribute__((noinline)) int cookie_ok(const struct cookie_keys *keys, c
 	return cookie_check(keys, p->saddr, p->daddr, p->sport, p->dport, isn, cookie, co);
 }
 
+/* secret is the cookie keys, or 0 when none is set (nothing answered). */
+static __always_inline const struct cookie_keys *secret(void)
+{
+	const struct cookie_keys *keys;
+	__u32 zero = 0;
+
+	keys = bpf_map_lookup_elem(&sp_cookie_keys, &zero);
+	if (!keys || (keys->key[0][0] | keys->key[0][1] | keys->key[1][0] | keys->key[1][1]) == 0)
+		return 0;
+	return keys;
+}
+
 /* reuse_ack: th, a segment for a closing entry, is a pure ACK whose
  * acknowledgment is a cookie of ours for its sequence number (or, a
  * zero-window probe after a lost first ACK, for the ISN itself): the
  * client has reused the port for a new connection. An ACK that belongs
- * to the old connection passes this with the odds of a forged cookie. */
-static __always_inline int reuse_ack(const struct cookie_keys *keys, const struct pkt *p, const struct tcphdr *th)
+ * to the old connection passes this with the odds of a forged cookie.
+ * A frame of its own: inlined, it would grow the program's top frame past
+ * what 6.1's 512-byte limit on a call chain leaves. */
+static __attribute__((noinline)) int reuse_ack(const struct pkt *p, const struct tcphdr *th)
 {
+	const struct cookie_keys *keys = secret();
 	struct cookie_opts co;
-	__u32 cookie = bpf_ntohl(th->ack_seq) - 1;
+	__u32 cookie;
 
+	if (!keys || !p || !th)
+		return 0;
+	cookie = bpf_ntohl(th->ack_seq) - 1;
 	if (!th->ack || th->syn || th->rst || th->fin)
 		return 0;
 	return cookie_ok(keys, p, bpf_htonl(bpf_ntohl(th->seq) - 1), cookie, &co) ||
@@ -1310,19 +1328,15 @@ static __always_inline int from_client(struct xdp_md *ctx, struct pkt *p, const 
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct conn_key *ck = &s->ck;
-	struct cookie_keys *keys;
+	const struct cookie_keys *keys;
 	struct conn_val *c;
 	struct tcphdr *th;
-	__u32 zero = 0;
 
 	if (!p || !svc)
 		return XDP_DROP;
 	th = data + (p->l4_off & 0x1ff);
 	if ((void *)(th + 1) > data_end)
 		return XDP_DROP;
-	keys = bpf_map_lookup_elem(&sp_cookie_keys, &zero);
-	if (!keys || (keys->key[0][0] | keys->key[0][1] | keys->key[1][0] | keys->key[1][1]) == 0)
-		keys = 0;
 	/* A SYN is answered without looking for its connection: under a
 	 * flood every lookup would miss, in a table far larger than the
 	 * caches, and cost a SYN more than the rest of its path. A SYN for
@@ -1331,6 +1345,7 @@ static __always_inline int from_client(struct xdp_md *ctx, struct pkt *p, const 
 	 * client reusing the port of a closing entry replaces it with its
 	 * cookie ACK (below). */
 	if (th->syn && !th->ack && !th->rst && !th->fin) {
+		keys = secret();
 		if (!keys)
 			goto no_secret;
 		return answer_syn(ctx, p, keys, svc->id);
@@ -1343,12 +1358,13 @@ static __always_inline int from_client(struct xdp_md *ctx, struct pkt *p, const 
 	ck->proto = IPPROTO_TCP;
 	c = bpf_map_lookup_elem(&sp_conns, ck);
 	if (c) {
-		if (c->state != CONN_CLOSING || !keys || !reuse_ack(keys, p, th))
+		if (c->state != CONN_CLOSING || !reuse_ack(p, th))
 			return client_seg(ctx, p, c, ck);
 		/* The client reused the port of a closing entry: its ACK
 		 * completes a new handshake; the old entry goes. */
 		conn_delete(ck);
 	}
+	keys = secret();
 	if (!keys)
 		goto no_secret;
 	if (th->ack && !th->syn && !th->rst && !th->fin)
