@@ -479,14 +479,14 @@ static __always_inline __s64 pseudo_sum(struct scratch *s, int v4, const __u8 *s
 		s->ph[9] = IPPROTO_TCP;
 		s->ph[10] = tlen >> 8;
 		s->ph[11] = tlen & 0xff;
-		return bpf_csum_diff(0, 0, (void *)s->ph, 12, 0);
+		return csum_words((const __u32 *)s->ph, 3, 0);
 	}
 	__builtin_memcpy(s->ph, saddr, 16);
 	__builtin_memcpy(s->ph + 16, daddr, 16);
 	s->ph[34] = tlen >> 8;
 	s->ph[35] = tlen & 0xff;
 	s->ph[39] = IPPROTO_TCP;
-	return bpf_csum_diff(0, 0, (void *)s->ph, 40, 0);
+	return csum_words((const __u32 *)s->ph, 10, 0);
 }
 
 /* hs_build writes h's IP and TCP headers into s->buf and returns their
@@ -515,7 +515,7 @@ static __always_inline __u32 hs_build(struct scratch *s)
 		ip->protocol = IPPROTO_TCP;
 		__builtin_memcpy(&ip->saddr, h->saddr + 12, 4);
 		__builtin_memcpy(&ip->daddr, h->daddr + 12, 4);
-		ip->check = csum_finish(bpf_csum_diff(0, 0, (void *)ip, 20, 0));
+		ip->check = csum_finish(csum_words((const __u32 *)ip, 5, 0));
 		l3 = 20;
 		t = (void *)(s->buf + 20);
 	} else {
@@ -573,12 +573,7 @@ static __always_inline __u32 hs_build(struct scratch *s)
 	t->rst = !!(h->flags & TCPF_RST);
 	t->ack = !!(h->flags & TCPF_ACK);
 	t->window = bpf_htons(h->window);
-	if (olen == 20)
-		sum = bpf_csum_diff(0, 0, (void *)t, 40, sum);
-	else if (olen == 12)
-		sum = bpf_csum_diff(0, 0, (void *)t, 32, sum);
-	else
-		sum = bpf_csum_diff(0, 0, (void *)t, 20, sum);
+	sum = csum_words((const __u32 *)t, tlen / 4, sum);
 	t->check = csum_finish(sum);
 	return l3 + tlen;
 }
@@ -729,7 +724,7 @@ __attribute__((noinline)) int tcp_csum_ok(struct xdp_md *ctx, const struct pkt *
 	sum = pseudo_sum(s, p->eth_proto == ETH_P_IP, p->saddr, p->daddr, tlen);
 	if (bpf_ntohs(csum_fold32((__u32)sum)) == got)
 		return 1; /* partial: the pseudo-header sum only */
-	sum = bpf_csum_diff(0, 0, (void *)s->seg, tlen, sum);
+	sum = csum_words((const __u32 *)s->seg, tlen / 4, sum);
 	return csum_fold32((__u32)sum) == 0xffff;
 }
 

@@ -404,8 +404,15 @@ func TestSynproxyCookieAck(t *testing.T) {
 	}
 }
 
+// flip returns frame with one bit of byte off flipped.
+func flip(frame []byte, off int) []byte {
+	f := bytes.Clone(frame)
+	f[off] ^= 0x10
+	return f
+}
+
 // TestSynproxyOthers: what is not a handshake to a service passes or is
-// counted and dropped.
+// counted and dropped; so is a SYN whose checksum is wrong.
 func TestSynproxyOthers(t *testing.T) {
 	p := loadSynproxy(t)
 	o := synOpts{mss: 1460, ws: -1, isn: 1}
@@ -418,6 +425,12 @@ func TestSynproxyOthers(t *testing.T) {
 		{"fin without a connection", "XDP_DROP", "bad_flags", o.segment(t, func(l *layers.TCP) { l.SYN, l.FIN, l.ACK = false, true, true })},
 		{"syn+fin", "XDP_DROP", "bad_flags", o.segment(t, func(l *layers.TCP) { l.FIN = true })},
 		{"rst", "XDP_DROP", "bad_flags", o.segment(t, func(l *layers.TCP) { l.SYN, l.RST = false, true })},
+		// A bit flipped on the way: in the checksum, in the window, in
+		// the IPv6 source address (the pseudo header).
+		{"syn, tcp checksum wrong", "XDP_DROP", "bad_checksum", flip(o.segment(t, nil), 14+20+16)},
+		{"syn, window corrupted", "XDP_DROP", "bad_checksum", flip(o.segment(t, nil), 14+20+14)},
+		{"ipv6 syn, source corrupted", "XDP_DROP", "bad_checksum", flip(synOpts{mss: 1440, ws: 7, sack: true, tsval: 5, isn: 1, v6: true}.segment(t, nil), 14+8+15)},
+		{"syn, checksum intact", "XDP_TX", "syn_answered", o.segment(t, nil)},
 	}
 	for _, c := range cases {
 		before := p.stats(t)

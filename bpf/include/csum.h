@@ -47,3 +47,22 @@ static __always_inline void csum_replace16(__sum16 *sum, const __be32 *old, cons
 	for (i = 0; i < 4; i++)
 		csum_replace4(sum, old[i], new[i]);
 }
+
+/* csum_words is the ones'-complement sum of the first n (at most 15)
+ * 32-bit words at w, plus seed, as a 32-bit partial sum: what
+ * bpf_csum_diff(0, 0, w, 4 * n, seed) returns, up to the fold, without a
+ * helper call (for a header, the call costs more than the adds). w is
+ * program memory (stack or a map value), not the packet. */
+static __always_inline __u32 csum_words(const __u32 *w, __u32 n, __u32 seed)
+{
+	__u64 s = seed;
+	int i;
+
+#pragma unroll
+	for (i = 0; i < 15; i++)
+		if (i < n)
+			s += w[i];
+	s = (s & 0xffffffff) + (s >> 32);
+	s = (s & 0xffffffff) + (s >> 32);
+	return (__u32)s;
+}
