@@ -380,8 +380,22 @@ __attribute__((noinline)) int parse_tcp_opts(struct xdp_md *ctx, __u32 l4_off, _
 	if (!o)
 		return -1;
 	opt_walk_init(&w, n);
-	if (n > 0 && n <= 40 && bpf_xdp_load_bytes(ctx, l4_off + 20, w.buf, ((n - 1) & 63) + 1) == 0)
-		bpf_loop(40, opt_step, &w, 0);
+	if (n == 0 || n > 40 || bpf_xdp_load_bytes(ctx, l4_off + 20, w.buf, ((n - 1) & 63) + 1))
+		goto out;
+	/* Linux's SYN (MSS, SACK_PERM, TS, NOP, WS) read in place: most
+	 * SYNs, floods' too, need no walk. */
+	if (n == 20 && w.buf[0] == TCPOPT_MSS && w.buf[1] == 4 && w.buf[4] == TCPOPT_SACK_PERM && w.buf[5] == 2 &&
+	    w.buf[6] == TCPOPT_TS && w.buf[7] == 10 && w.buf[16] == TCPOPT_NOP && w.buf[17] == TCPOPT_WS && w.buf[18] == 3) {
+		w.o.c.mss = (__u16)w.buf[2] << 8 | w.buf[3];
+		w.o.c.sack = 1;
+		w.o.ts = 1;
+		w.o.tsval = get32(w.buf, 8);
+		w.o.tsecr = get32(w.buf, 12);
+		w.o.c.wscale = w.buf[19] > 14 ? 14 : w.buf[19];
+		goto out;
+	}
+	bpf_loop(40, opt_step, &w, 0);
+out:
 	*o = w.o;
 	return 0;
 }

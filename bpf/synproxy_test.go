@@ -333,6 +333,39 @@ func (p *proxy) synCookie(t testing.TB, o synOpts) uint32 {
 	return tl.Seq
 }
 
+// TestSynproxyOptionLayouts: Linux's SYN option layout is read in place,
+// any other by the option walk; both read the same options the same way:
+// the same SYN-ACK, byte for byte, for each set of values.
+func TestSynproxyOptionLayouts(t *testing.T) {
+	p := loadSynproxy(t)
+	for _, o := range []synOpts{
+		{mss: 1460, ws: 7, sack: true, tsval: 0xdeadbeef, isn: 7},
+		{mss: 1220, ws: 0, sack: true, tsval: 1, isn: 8, v6: true},
+		{mss: 536, ws: 15, sack: true, tsval: 0xffffffff, isn: 9},
+	} {
+		linux := o.segment(t, nil)
+		// The same options in another order: MSS, NOP, WS, SACK_PERM, TS.
+		other := o.segment(t, func(l *layers.TCP) {
+			opts := o.tcpOptions()
+			l.Options = []layers.TCPOption{opts[0], opts[3], opts[4], opts[1], opts[2]}
+		})
+		if bytes.Equal(linux[len(linux)-20:], other[len(other)-20:]) {
+			t.Fatal("the two layouts are the same bytes")
+		}
+		_, a, err := fixture.Run(p.objs.XdpSynproxy, linux)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, b, err := fixture.Run(p.objs.XdpSynproxy, other)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a, b) {
+			t.Errorf("%+v: Linux's layout answered\n%x\nanother layout\n%x", o, a, b)
+		}
+	}
+}
+
 // TestSynproxyCookieAck: a valid cookie ACK makes a connection entry with
 // what the cookie carried and queues it for the state sync; a repeat is a
 // duplicate; forged and expired cookies are counted and dropped; a cookie
