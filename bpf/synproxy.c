@@ -455,7 +455,7 @@ struct fwd_job {
  * XDP's, slot 1 TC's. */
 struct scratch {
 	__u8 buf[HS_MAX];
-	__u8 ph[40]; /* a pseudo header */
+	__u8 ph[40]; /* old and new IPv6 addresses (xlate) */
 	__u8 seg[64];
 	struct hs h; /* what hs_write_xdp/hs_write_skb write */
 	struct pkt p; /* the parsed packet (XDP) */
@@ -483,24 +483,24 @@ static __always_inline struct scratch *scratch(__u32 slot)
 	return bpf_map_lookup_elem(&sp_scratch, &slot);
 }
 
-/* pseudo_sum sums the TCP pseudo header for saddr -> daddr, tlen bytes. */
-static __always_inline __s64 pseudo_sum(struct scratch *s, int v4, const __u8 *saddr, const __u8 *daddr, __u32 tlen)
+/* pseudo_sum sums the TCP pseudo header for saddr -> daddr, tlen bytes,
+ * word by word from the addresses (no header written out): IPv4 is
+ * saddr, daddr, then 0 | proto | length; IPv6 the addresses, the length
+ * and 0 0 0 proto, each a 32-bit big-endian word. */
+static __always_inline __s64 pseudo_sum(int v4, const __u8 *saddr, const __u8 *daddr, __u32 tlen)
 {
-	__builtin_memset(s->ph, 0, sizeof(s->ph));
-	if (v4) {
-		__builtin_memcpy(s->ph, saddr + 12, 4);
-		__builtin_memcpy(s->ph + 4, daddr + 12, 4);
-		s->ph[9] = IPPROTO_TCP;
-		s->ph[10] = tlen >> 8;
-		s->ph[11] = tlen & 0xff;
-		return csum_words((const __u32 *)s->ph, 3, 0);
-	}
-	__builtin_memcpy(s->ph, saddr, 16);
-	__builtin_memcpy(s->ph + 16, daddr, 16);
-	s->ph[34] = tlen >> 8;
-	s->ph[35] = tlen & 0xff;
-	s->ph[39] = IPPROTO_TCP;
-	return csum_words((const __u32 *)s->ph, 10, 0);
+	__u32 a[4], b[4];
+	__u64 sum;
+
+	__builtin_memcpy(a, saddr, 16);
+	__builtin_memcpy(b, daddr, 16);
+	if (v4)
+		sum = (__u64)a[3] + b[3] + bpf_htonl(IPPROTO_TCP << 16 | (tlen & 0xffff));
+	else
+		sum = (__u64)a[0] + a[1] + a[2] + a[3] + b[0] + b[1] + b[2] + b[3] + bpf_htonl(tlen) + bpf_htonl(IPPROTO_TCP);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	return (__u32)sum;
 }
 
 /* hs_build writes h's IP and TCP headers into s->buf and returns their
@@ -544,7 +544,7 @@ static __always_inline __u32 hs_build(struct scratch *s)
 		l3 = 40;
 		t = (void *)(s->buf + 40);
 	}
-	sum = pseudo_sum(s, h->v4, h->saddr, h->daddr, tlen);
+	sum = pseudo_sum(h->v4, h->saddr, h->daddr, tlen);
 	opt = (__u8 *)(t + 1);
 	if (h->mss) {
 		opt[0] = TCPOPT_MSS;
@@ -625,8 +625,8 @@ __attribute__((noinline)) int hs_write_xdp(struct xdp_md *ctx, __u32 l3_off)
 		/* No tailroom (a frame from a tightly allocated skb): grow at
 		 * the front, where XDP always has headroom, and move the
 		 * Ethernet header (and VLAN tags) there. */
-		if (l3_off < ETH_HLEN || bpf_xdp_load_bytes(ctx, 0, s->seg, l3_off) || bpf_xdp_adjust_head(ctx, -delta) ||
-		    bpf_xdp_store_bytes(ctx, 0, s->seg, l3_off)) {
+		if (l3_off < ETH_HLEN || bpf_xdp_load_bytes(ctx, 0, s->seg, ((l3_off - 1) & 63) + 1) || bpf_xdp_adjust_head(ctx, -delta) ||
+		    bpf_xdp_store_bytes(ctx, 0, s->seg, ((l3_off - 1) & 63) + 1)) {
 			sp_count(SP_RESIZE_FAILED);
 			return -1;
 		}
@@ -732,10 +732,10 @@ __attribute__((noinline)) int tcp_csum_ok(struct xdp_md *ctx, const struct pkt *
 		return 1;
 	if (tlen < 20 || tlen % 4)
 		return 0;
-	if (bpf_xdp_load_bytes(ctx, p->l4_off & 0x1ff, s->seg, tlen))
+	if (bpf_xdp_load_bytes(ctx, p->l4_off & 0x1ff, s->seg, ((tlen - 1) & 63) + 1))
 		return 0;
 	got = (__u16)s->seg[16] << 8 | s->seg[17];
-	sum = pseudo_sum(s, p->eth_proto == ETH_P_IP, p->saddr, p->daddr, tlen);
+	sum = pseudo_sum(p->eth_proto == ETH_P_IP, p->saddr, p->daddr, tlen);
 	if (bpf_ntohs(csum_fold32((__u32)sum)) == got)
 		return 1; /* partial: the pseudo-header sum only */
 	sum = csum_words((const __u32 *)s->seg, tlen / 4, sum);
