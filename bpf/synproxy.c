@@ -581,13 +581,17 @@ static __always_inline __u32 hs_build(struct scratch *s)
 	t->dest = h->dport;
 	t->seq = bpf_htonl(h->seq);
 	t->ack_seq = bpf_htonl(h->ack);
-	t->doff = tlen / 4;
-	t->fin = !!(h->flags & TCPF_FIN);
-	t->syn = !!(h->flags & TCPF_SYN);
-	t->rst = !!(h->flags & TCPF_RST);
-	t->ack = !!(h->flags & TCPF_ACK);
+	/* Data offset and flags as their two bytes (the TCPF_* bits are the
+	 * wire's): one store each, not a read-modify-write per bitfield. */
+	((__u8 *)t)[12] = (tlen / 4) << 4;
+	((__u8 *)t)[13] = h->flags & (TCPF_FIN | TCPF_SYN | TCPF_RST | TCPF_ACK);
 	t->window = bpf_htons(h->window);
-	sum = csum_words((const __u32 *)t, tlen / 4, sum);
+	if (olen == 20)
+		sum = csum_words((const __u32 *)t, 10, sum);
+	else if (olen == 12)
+		sum = csum_words((const __u32 *)t, 8, sum);
+	else
+		sum = csum_words((const __u32 *)t, 5, sum);
 	t->check = csum_finish(sum);
 	return l3 + tlen;
 }
