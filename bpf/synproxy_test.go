@@ -437,6 +437,24 @@ func TestSynproxyCookieAck(t *testing.T) {
 	}
 }
 
+// partialCsum returns an untagged IPv4 TCP frame with its TCP checksum
+// field set the way CHECKSUM_PARTIAL leaves it: the folded sum of the
+// pseudo header alone, not complemented.
+func partialCsum(frame []byte) []byte {
+	f := bytes.Clone(frame)
+	ip := f[14:]
+	tcpLen := int(binary.BigEndian.Uint16(ip[2:])) - int(ip[0]&0xf)*4
+	sum := uint32(6) + uint32(tcpLen)
+	for i := 12; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(ip[int(ip[0]&0xf)*4+16:], uint16(sum))
+	return f
+}
+
 // flip returns frame with one bit of byte off flipped.
 func flip(frame []byte, off int) []byte {
 	f := bytes.Clone(frame)
@@ -464,6 +482,9 @@ func TestSynproxyOthers(t *testing.T) {
 		{"syn, window corrupted", "XDP_DROP", "bad_checksum", flip(o.segment(t, nil), 14+20+14)},
 		{"ipv6 syn, source corrupted", "XDP_DROP", "bad_checksum", flip(synOpts{mss: 1440, ws: 7, sack: true, tsval: 5, isn: 1, v6: true}.segment(t, nil), 14+8+15)},
 		{"syn, checksum intact", "XDP_TX", "syn_answered", o.segment(t, nil)},
+		// A local socket's SYN on a veth with tx offload: the checksum
+		// field holds only the pseudo header's sum.
+		{"syn, pseudo-header sum only (tx offload)", "XDP_TX", "syn_answered", partialCsum(o.segment(t, nil))},
 	}
 	for _, c := range cases {
 		before := p.stats(t)
