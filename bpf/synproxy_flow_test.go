@@ -523,14 +523,18 @@ func BenchmarkSynproxyEstablished(b *testing.B) {
 				done := make(chan struct{})
 				ns.req <- func() {
 					defer close(done)
-					d = runtimeNs(b, prog, func() {
+					var err error
+					d, err = bench.RunTime(prog, func() error {
 						for range n {
 							if _, err := prog.Run(&ebpf.RunOptions{Data: frame}); err != nil {
-								b.Error(err)
-								return
+								return err
 							}
 						}
+						return nil
 					})
+					if err != nil {
+						b.Error(err)
+					}
 				}
 				<-done
 				return d

@@ -531,13 +531,18 @@ func BenchmarkSynproxySyn(b *testing.B) {
 			// run made, and live frames recycle only a batch here.
 			const n = 1 << 14
 			per := func(prog *ebpf.Program) float64 {
-				return runtimeNs(b, prog, func() {
+				ns, err := bench.RunTime(prog, func() error {
 					for range n {
 						if _, err := prog.Run(&ebpf.RunOptions{Data: frame}); err != nil {
-							b.Fatal(err)
+							return err
 						}
 					}
+					return nil
 				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				return ns
 			}
 			var syn, floor float64
 			for b.Loop() {

@@ -289,13 +289,19 @@ func (s *stream) check() error {
 		return fmt.Errorf("write: %w", err)
 	}
 	want := sha256.Sum256(s.up)
+	return checkAnswer(got, want[:])
+}
+
+// checkAnswer checks what the test server sent back for an upload whose
+// SHA-256 is sum: the hash, then xferBytes seeded by it.
+func checkAnswer(got, sum []byte) error {
 	if len(got) != 32+xferBytes {
 		return fmt.Errorf("got %d bytes back, want %d", len(got), 32+xferBytes)
 	}
-	if !bytes.Equal(got[:32], want[:]) {
+	if !bytes.Equal(got[:32], sum) {
 		return errors.New("the backend's hash of the upload differs: upload corrupted")
 	}
-	exp, _ := io.ReadAll(io.LimitReader(seeded(want[:]), xferBytes))
+	exp, _ := io.ReadAll(io.LimitReader(seeded(sum), xferBytes))
 	if !bytes.Equal(got[32:], exp) {
 		return errors.New("download corrupted")
 	}
@@ -560,17 +566,7 @@ func (s *steady) stop() (lost [2]int64, retrans int64, err error) {
 	if err != nil {
 		return lost, retrans, fmt.Errorf("read: %w (after %d bytes)", err, len(got))
 	}
-	want := s.sum.Sum(nil)
-	exp, _ := io.ReadAll(io.LimitReader(seeded(want), xferBytes))
-	switch {
-	case len(got) != 32+xferBytes:
-		err = fmt.Errorf("got %d bytes back, want %d", len(got), 32+xferBytes)
-	case !bytes.Equal(got[:32], want):
-		err = errors.New("the backend's hash of the upload differs: upload corrupted")
-	case !bytes.Equal(got[32:], exp):
-		err = errors.New("download corrupted")
-	}
-	return lost, retrans, err
+	return lost, retrans, checkAnswer(got, s.sum.Sum(nil))
 }
 
 // lossless stops st and fails the test unless the stream lost nothing
