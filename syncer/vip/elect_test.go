@@ -124,7 +124,7 @@ func TestAdvert(t *testing.T) {
 // TestAcceptReplay: within a boot only newer adverts count; a duplicate
 // over a second path is harmless; a new boot needs a current clock.
 func TestAcceptReplay(t *testing.T) {
-	m := &Manager{boot: 1}
+	m := &Manager{boot: 1, now: time.Now}
 	now := time.Now().UnixNano()
 	if err := m.accept(Advert{Boot: 2, Seq: 10, SentNanos: now}); err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 // Config is one host's side of the election.
 type Config struct {
 	Name     string
+	PeerName string // the peer's Name: adverts under any other name are refused
 	Priority uint8
 	Preempt  bool          // a better, caught-up standby asks for the VIPs
 	Interval time.Duration // between adverts; default 100 ms
@@ -43,6 +44,24 @@ type Config struct {
 
 	Announce []time.Duration // gratuitous ARP/NA schedule after a takeover
 	Log      *slog.Logger
+	// Clock is the wall clock (default time.Now); tests skew it.
+	Clock func() time.Time
+}
+
+// Refusals counts refused adverts by reason.
+type Refusals struct {
+	Malformed   uint64 `json:"malformed"`    // wrong length, version or name length
+	BadMAC      uint64 `json:"bad_mac"`      // not signed with the pair's secret
+	WrongSource uint64 `json:"wrong_source"` // from an address that is not a --vip-peer
+	WrongName   uint64 `json:"wrong_name"`   // signed, but under another name than the peer's
+	Own         uint64 `json:"own"`          // this daemon's own advert (a loop)
+	Replay      uint64 `json:"replay"`       // a sequence far behind, or a boot the peer left
+	Unanswered  uint64 `json:"unanswered"`   // a new boot that has not echoed our challenge (yet)
+}
+
+// Total is the sum over every reason.
+func (r Refusals) Total() uint64 {
+	return r.Malformed + r.BadMAC + r.WrongSource + r.WrongName + r.Own + r.Replay + r.Unanswered
 }
 
 // Status is what `tandem vip` shows.
@@ -65,12 +84,27 @@ type Status struct {
 	Takeovers   uint64    `json:"takeovers"`
 	Releases    uint64    `json:"releases"`
 	Refused     uint64    `json:"adverts_refused"`
+	RefusedBy   Refusals  `json:"adverts_refused_by"`
+	Sent        uint64    `json:"adverts_sent"`     // datagrams sent, every path
+	Received    uint64    `json:"adverts_received"` // verified datagrams from the peer, every path
+	Dropped     uint64    `json:"adverts_dropped"`  // datagrams the socket's receive buffer dropped (SO_RXQ_OVFL)
+	At          time.Time `json:"at"`               // when these counters were read
 	Addrs       []string  `json:"addrs"`
+}
+
+// netOps are the address and neighbour operations; tests replace them.
+type netOps struct {
+	has      func(Addr) bool
+	add, del func(Addr) error
+	probe    func(Addr, time.Duration) (net.HardwareAddr, error)
+	announce func(Addr) error
 }
 
 // Manager runs the election and moves the VIPs.
 type Manager struct {
 	cfg  Config
+	net  netOps
+	now  func() time.Time
 	log  *slog.Logger
 	conn net.PacketConn
 	peer []*net.UDPAddr
@@ -116,6 +150,9 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
 	for _, f := range []struct {
 		name string
 		nil  bool
@@ -124,7 +161,8 @@ func New(cfg Config) (*Manager, error) {
 			return nil, fmt.Errorf("vip: Config.%s is required", f.name)
 		}
 	}
-	m := &Manager{cfg: cfg, log: cfg.Log.With("vip", cfg.Name), kick: make(chan struct{}, 1)}
+	m := &Manager{cfg: cfg, log: cfg.Log.With("vip", cfg.Name), kick: make(chan struct{}, 1), now: cfg.Clock,
+		net: netOps{has: HasAddr, add: addAddr, del: delAddr, probe: probe, announce: announce}}
 	for _, p := range cfg.Peers {
 		a, err := net.ResolveUDPAddr("udp", p)
 		if err != nil {
@@ -140,7 +178,7 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("vip: listen for adverts on %s: %w", cfg.Listen, err)
 	}
 	m.conn = c
-	m.st = Status{Name: cfg.Name, Priority: cfg.Priority, Why: "starting", Since: time.Now()}
+	m.st = Status{Name: cfg.Name, Priority: cfg.Priority, Why: "starting", Since: m.now()}
 	for _, a := range cfg.Addrs {
 		m.st.Addrs = append(m.st.Addrs, a.String())
 	}
@@ -153,7 +191,8 @@ func (m *Manager) Status() Status {
 	defer m.mu.Unlock()
 	st := m.st
 	st.Addrs = append([]string(nil), st.Addrs...)
-	st.PeerAlive = m.peerAlive(time.Now())
+	st.At = m.now()
+	st.PeerAlive = m.peerAlive(st.At)
 	return st
 }
 
@@ -166,12 +205,12 @@ func (m *Manager) peerAlive(now time.Time) bool {
 // of tandem; `tandem down` or the peer's probe settles the rest.
 func (m *Manager) Run(ctx context.Context) error {
 	defer m.conn.Close()
-	m.started = time.Now()
+	m.started = m.now()
 	// A host that owned the addresses before a restart still holds them:
 	// it says so, and the election keeps it or settles it.
 	held := true
 	for _, a := range m.cfg.Addrs {
-		held = held && HasAddr(a)
+		held = held && m.net.has(a)
 	}
 	if held {
 		m.mu.Lock()
@@ -189,7 +228,7 @@ func (m *Manager) Run(ctx context.Context) error {
 	for {
 		m.step(ctx)
 		m.mu.Lock()
-		if left := time.Until(m.lastAt.Add(time.Duration(m.cfg.Dead) * m.cfg.Interval)); !m.lastAt.IsZero() && left > 0 {
+		if left := m.lastAt.Add(time.Duration(m.cfg.Dead) * m.cfg.Interval).Sub(m.now()); !m.lastAt.IsZero() && left > 0 {
 			dead.Reset(left + time.Millisecond)
 		} else {
 			dead.Reset(time.Hour)
@@ -217,6 +256,9 @@ func (m *Manager) receive(ctx context.Context) {
 		}
 		a, err := UnmarshalAdvert(buf[:n], m.cfg.Secret)
 		if err == nil {
+			m.mu.Lock()
+			m.st.Received++
+			m.mu.Unlock()
 			err = m.accept(a)
 		}
 		if err != nil {
@@ -245,7 +287,7 @@ func (m *Manager) accept(a Advert) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := time.Now()
+	now := m.now()
 	switch {
 	case a.Boot == m.lastBoot && a.Seq <= m.lastSeq:
 		if m.lastSeq-a.Seq < staleWindow {
@@ -265,7 +307,7 @@ func (m *Manager) accept(a Advert) error {
 
 // step runs one election round: advertise, decide, act.
 func (m *Manager) step(ctx context.Context) {
-	now := time.Now()
+	now := m.now()
 	healthErr := m.cfg.Health()
 	m.mu.Lock()
 	peer := Peer{Advert: m.last, Alive: m.peerAlive(now)}
@@ -345,7 +387,7 @@ func (m *Manager) step(ctx context.Context) {
 func (m *Manager) advertise(a Advert) {
 	m.mu.Lock()
 	m.seq++
-	a.Seq, a.Boot, a.SentNanos = m.seq, m.boot, time.Now().UnixNano()
+	a.Seq, a.Boot, a.SentNanos = m.seq, m.boot, m.now().UnixNano()
 	m.mu.Unlock()
 	b, err := a.Marshal(m.cfg.Secret)
 	if err != nil {
@@ -355,6 +397,9 @@ func (m *Manager) advertise(a Advert) {
 	for _, p := range m.peer {
 		m.conn.WriteTo(b, p) // a path that is down is what the other paths are for
 	}
+	m.mu.Lock()
+	m.st.Sent += uint64(len(m.peer))
+	m.mu.Unlock()
 }
 
 // probeAll probes every address in parallel and waits a quarter of an
@@ -368,7 +413,7 @@ func (m *Manager) probeAll() string {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			who, err := probe(a, wait)
+			who, err := m.net.probe(a, wait)
 			switch {
 			case err != nil:
 				m.log.Warn("probe", "addr", a.String(), "err", err)
@@ -389,9 +434,9 @@ func (m *Manager) probeAll() string {
 
 // takeover: addresses, gate, announcements.
 func (m *Manager) takeover(why string) {
-	start := time.Now()
+	start := m.now()
 	for _, a := range m.cfg.Addrs {
-		if err := addAddr(a); err != nil {
+		if err := m.net.add(a); err != nil {
 			m.log.Error("takeover: address", "err", err)
 		}
 	}
@@ -401,13 +446,13 @@ func (m *Manager) takeover(why string) {
 	m.announceAll()
 	m.mu.Lock()
 	m.owner, m.inherited = true, false
-	m.st.Why, m.st.Since, m.st.Takeovers = why, time.Now(), m.st.Takeovers+1
+	m.st.Why, m.st.Since, m.st.Takeovers = why, m.now(), m.st.Takeovers+1
 	m.announces = nil
 	for _, d := range m.cfg.Announce[1:] {
 		m.announces = append(m.announces, start.Add(d))
 	}
 	m.mu.Unlock()
-	m.log.Info("took the VIPs", "why", why, "took", time.Since(start).Round(time.Microsecond))
+	m.log.Info("took the VIPs", "why", why, "took", m.now().Sub(start).Round(time.Microsecond))
 }
 
 // release: gate, then addresses.
@@ -416,13 +461,13 @@ func (m *Manager) release(why string) {
 		m.log.Error("release: gate", "err", err)
 	}
 	for _, a := range m.cfg.Addrs {
-		if err := delAddr(a); err != nil {
+		if err := m.net.del(a); err != nil {
 			m.log.Error("release: address", "err", err)
 		}
 	}
 	m.mu.Lock()
 	m.owner, m.inherited = false, false
-	m.st.Why, m.st.Since, m.st.Releases = why, time.Now(), m.st.Releases+1
+	m.st.Why, m.st.Since, m.st.Releases = why, m.now(), m.st.Releases+1
 	m.announces = nil
 	m.mu.Unlock()
 	m.log.Info("released the VIPs", "why", why)
@@ -430,7 +475,7 @@ func (m *Manager) release(why string) {
 
 func (m *Manager) announceAll() {
 	for _, a := range m.cfg.Addrs {
-		if err := announce(a); err != nil {
+		if err := m.net.announce(a); err != nil {
 			m.log.Warn("announce", "addr", a.String(), "err", err)
 		}
 	}
@@ -470,7 +515,7 @@ func (m *Manager) Handover(ctx context.Context, progress func(string)) error {
 		m.mu.Unlock()
 		return errors.New("a handover is already running")
 	}
-	if !m.peerAlive(time.Now()) || !m.last.Healthy {
+	if !m.peerAlive(m.now()) || !m.last.Healthy {
 		m.mu.Unlock()
 		return errors.New("the peer is silent or unhealthy: nobody to hand over to")
 	}
@@ -497,7 +542,7 @@ func (m *Manager) Handover(ctx context.Context, progress func(string)) error {
 	m.announces = nil // no more announcements from here
 	m.mu.Unlock()
 	for _, a := range m.cfg.Addrs {
-		if err := delAddr(a); err != nil {
+		if err := m.net.del(a); err != nil {
 			return err
 		}
 	}
@@ -510,7 +555,7 @@ func (m *Manager) Handover(ctx context.Context, progress func(string)) error {
 	if err != nil {
 		// Take everything back: the peer never took over.
 		for _, a := range m.cfg.Addrs {
-			addAddr(a)
+			m.net.add(a)
 		}
 		m.announceAll()
 		return fmt.Errorf("%s did not take the VIPs (kept them here): %w", peerName, err)
@@ -552,7 +597,7 @@ func (m *Manager) wake() {
 func (m *Manager) waitPeer(ctx context.Context, ok func(Advert) bool) error {
 	for {
 		m.mu.Lock()
-		a, alive := m.last, m.peerAlive(time.Now())
+		a, alive := m.last, m.peerAlive(m.now())
 		m.mu.Unlock()
 		if alive && ok(a) {
 			return nil
