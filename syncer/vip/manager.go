@@ -119,15 +119,15 @@ type Manager struct {
 	mu        sync.Mutex
 	last      Advert // the peer's last advert
 	lastAt    time.Time
-	lastBoot  uint64   // the peer's boot we hear; 0: none yet
+	lastBoot  uint64 // the peer's boot we hear; 0: none yet
 	lastSeq   uint64
-	retired   []uint64 // the peer's boots we heard before lastBoot: their adverts are replays
-	chal      uint64   // our challenge: a new boot of the peer is heard once it echoes it
-	echo      uint64   // the peer's challenge, echoed in our adverts
-	sentState Advert   // what our last advert said (no sequence, clock or applied)
+	retired   []uint64  // the peer's boots we heard before lastBoot: their adverts are replays
+	chal      uint64    // our challenge: a new boot of the peer is heard once it echoes it
+	echo      uint64    // the peer's challenge, echoed in our adverts
+	sentState Advert    // what our last advert said (no sequence, clock or applied)
 	urgentAt  time.Time // when an advert last went out between intervals
-	owner     bool // holds the addresses (and the gate is open)
-	inherited bool // held from before this daemon started, not yet confirmed
+	owner     bool      // holds the addresses (and the gate is open)
+	inherited bool      // held from before this daemon started, not yet confirmed
 	yielding  bool
 	handing   bool // a handover is running
 	primary   bool

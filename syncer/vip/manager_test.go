@@ -41,8 +41,8 @@ func newTestManager(t *testing.T, name, peerName string, interval time.Duration,
 		Name: name, PeerName: peerName, Priority: 100, Interval: interval, Dead: 3, Secret: testKey,
 		Listen: "127.0.0.1:0", Peers: []string{"127.0.0.1:9"}, Addrs: []Addr{a},
 		Gate: func(bool) error { return nil }, Health: func() error { return nil },
-		Sync:  func(Advert) (bool, uint64, uint64) { return true, 1, 0 },
-		Role:  func(bool) {}, Flush: func(context.Context) error { return nil },
+		Sync: func(Advert) (bool, uint64, uint64) { return true, 1, 0 },
+		Role: func(bool) {}, Flush: func(context.Context) error { return nil },
 		Clock: clock,
 	})
 	if err != nil {
