@@ -645,6 +645,7 @@ func (m *Manager) takeover(why string) {
 	}
 	m.mu.Unlock()
 	m.log.Info("took the VIPs", "why", why, "took", m.now().Sub(start).Round(time.Microsecond))
+	m.wake() // tell the peer now, not at the next interval
 }
 
 // release: gate, then addresses.
@@ -663,6 +664,7 @@ func (m *Manager) release(why string) {
 	m.announces = nil
 	m.mu.Unlock()
 	m.log.Info("released the VIPs", "why", why)
+	m.wake() // tell the peer now, not at the next interval
 }
 
 func (m *Manager) announceAll() {
