@@ -53,6 +53,7 @@ import (
 //	[election]                         # VIP ownership and failover
 //	addrs       = ["192.0.2.10/24@eth1", "10.2.0.1/24@eth2"]  # moved together
 //	peers       = ["10.9.0.2:7401", "192.0.2.3:7401"]         # one per path
+//	peer_name   = ""                   # the peer's sync name; default: the other host certificate in sync.certs
 //	listen      = "[::]:7401"
 //	priority    = 100
 //	preempt     = false
@@ -78,6 +79,7 @@ type FileConfig struct {
 type ElectConfig struct {
 	Addrs    []string `toml:"addrs"`
 	Peers    []string `toml:"peers"`
+	PeerName string   `toml:"peer_name"`
 	Listen   string   `toml:"listen"`
 	Priority *int     `toml:"priority"`
 	Preempt  bool     `toml:"preempt"`
@@ -268,6 +270,9 @@ func (ec ElectConfig) apply(e *ElectOptions) error {
 	}
 	if ec.Listen != "" {
 		e.Listen = ec.Listen
+	}
+	if ec.PeerName != "" {
+		e.PeerName = ec.PeerName
 	}
 	if ec.Priority != nil {
 		if *ec.Priority < 0 || *ec.Priority > 255 {

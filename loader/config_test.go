@@ -45,6 +45,20 @@ owned = false
 				t.Errorf("vips %v", o.VIPs)
 			}
 		}},
+		{"election table", `
+interfaces = ["eth0"]
+[election]
+addrs = ["192.0.2.10/24@eth0"]
+peers = ["10.9.0.2:7401"]
+peer_name = "gw-b"
+priority = 200
+interval = "50ms"
+`, "", func(t *testing.T, o Options) {
+			e := o.Elect
+			if len(e.Addrs) != 1 || len(e.Peers) != 1 || e.PeerName != "gw-b" || e.Priority != 200 || e.Interval != 50*time.Millisecond {
+				t.Errorf("election %+v", e)
+			}
+		}},
 		{"sync table", `
 interfaces = ["eth0"]
 state_dir = "/var/lib/x"

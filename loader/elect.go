@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/tandem-net/tandem/syncer/vip"
@@ -19,12 +21,39 @@ const SyncAuto = "auto"
 type ElectOptions struct {
 	Addrs    []vip.Addr    // the addresses the owner holds
 	Peers    []string      // the peer's advert HOST:PORT, one per path
+	PeerName string        // the name the peer's adverts carry (its --sync-name); "": see PeerNameFor
 	Listen   string        // ADDR:PORT for the peer's adverts
 	Priority uint8         // higher wins an election (and a split brain)
 	Preempt  bool          // take the VIPs from a lower-priority owner (by handover)
 	Interval time.Duration // between adverts
 	Dead     int           // adverts missed before the peer counts as gone
 	Secret   string        // file with the pair's shared secret; default: --proxy-secret
+}
+
+// PeerNameFor is the name the peer's adverts must carry: --vip-peer-name,
+// else the one host certificate in the sync's certificate directory that
+// is not self's (tandem certs writes one per host, named after it). It
+// never guesses from what arrives: a name pinned from the first advert
+// would be whoever spoke first.
+func (e ElectOptions) PeerNameFor(o *Options, self string) (string, error) {
+	if e.PeerName == self {
+		return "", fmt.Errorf("--vip-peer-name %q is this host's own name: name the other host", self)
+	}
+	if e.PeerName != "" {
+		return e.PeerName, nil
+	}
+	var names []string
+	ents, _ := os.ReadDir(o.Sync.Certs)
+	for _, f := range ents {
+		n, ok := strings.CutSuffix(f.Name(), ".pem")
+		if ok && n != "ca" && n != "ca-key" && n != self && !strings.HasSuffix(n, "-key") {
+			names = append(names, n)
+		}
+	}
+	if len(names) != 1 {
+		return "", fmt.Errorf("name the peer with --vip-peer-name NAME (its --sync-name): %s holds %d host certificates besides %q's, want exactly 1", o.Sync.Certs, len(names), self)
+	}
+	return names[0], nil
 }
 
 // DefaultElectListen is where adverts arrive unless --vip-listen says.

@@ -167,7 +167,8 @@ translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
 			fs.StringVar(&f.secret, "proxy-secret", "", "file with the pair's shared cookie secret (at least 16 bytes)")
 			fs.StringArrayVar(&f.services, "service", nil, "proxy service VIP:PORT=BACKEND:PORT[,BACKEND:PORT...] (repeat)")
 			fs.StringArrayVar(&f.vaddrs, "vip-addr", nil, "run the VIP election; the owner holds ADDR/LEN@IFACE (repeat; all move together)")
-			fs.StringSliceVar(&f.vpeers, "vip-peer", nil, "the peer's advert HOST:PORT, one per path: sync link and service network (repeat)")
+			fs.StringSliceVar(&f.vpeers, "vip-peer", nil, "the peer's advert HOST:PORT, one per path: sync link and service network (repeat); adverts from other addresses are refused")
+			fs.StringVar(&f.elect.PeerName, "vip-peer-name", "", "the peer's name (its --sync-name); adverts under another name are refused (default: the one other host certificate in --sync-certs)")
 			fs.StringVar(&f.elect.Listen, "vip-listen", d.Elect.Listen, "UDP ADDR:PORT the peer's adverts arrive on")
 			fs.Uint8Var(&f.elect.Priority, "vip-priority", d.Elect.Priority, "election priority, 0-255; higher wins (and settles a split brain)")
 			fs.BoolVar(&f.elect.Preempt, "vip-preempt", false, "take the VIPs back from a lower-priority owner once caught up (by handover)")
@@ -352,6 +353,7 @@ func (f *upFlags) options() (loader.Options, error) {
 		"vip-listen": func() { o.Elect.Listen = f.elect.Listen }, "vip-priority": func() { o.Elect.Priority = f.elect.Priority },
 		"vip-preempt": func() { o.Elect.Preempt = f.elect.Preempt }, "vip-interval": func() { o.Elect.Interval = f.elect.Interval },
 		"vip-dead": func() { o.Elect.Dead = f.elect.Dead }, "vip-secret": func() { o.Elect.Secret = f.elect.Secret },
+		"vip-peer-name": func() { o.Elect.PeerName = f.elect.PeerName },
 	} {
 		if fs.Changed(name) {
 			set()

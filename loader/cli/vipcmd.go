@@ -23,16 +23,21 @@ func init() {
 With --vip-addr, the daemon (tandem up) runs an election with its peer and
 moves the VIPs: the owner holds the --vip-addr addresses and its VIP gate
 is open for them and for the SYN proxy's service VIPs. Adverts go every
---vip-interval over every --vip-peer path, signed with the pair's secret.
-A peer silent for --vip-dead adverts (or unhealthy: an interface down, a
-datapath the daemon cannot repair) is replaced: the standby probes that
+--vip-interval over every --vip-peer path, signed with the pair's secret
+(and at once, rate-limited, when what they say changes). Adverts are heard
+only from a --vip-peer address, under the peer's name (--vip-peer-name),
+and fresh: a new boot of the peer is heard once it echoes a random
+challenge (no clocks compared). A peer silent for --vip-dead adverts (or
+unhealthy: an interface down, a datapath the daemon cannot repair) is
+replaced: the standby probes that
 nobody answers for the addresses (ARP; NS for IPv6), adds them, opens its
 gate and announces them (gratuitous ARP, unsolicited NA) on a schedule. A
 split brain (both owning after a partition) is settled when adverts return:
 priority, then generation (the later primary), then name.
 
   status     (the default) this host's view: owner or not and why, the
-             peer, health, sync; --json for scripts
+             peer, health, sync, adverts sent, received, dropped by the
+             socket's buffer and refused by reason; --json for scripts
   handover   run on the owner: flush the state sync, wait for the peer to
              catch up, move the addresses, keep serving stragglers until
              the announcements land, then close the gate here. No packet
@@ -121,6 +126,10 @@ func printVIPStatus(w io.Writer, st vip.Status) {
 		}
 		fmt.Fprintf(tw, "peer\t%s %s (owner %v, healthy %v), last advert %s ago\n", st.Peer, state, st.PeerOwner, st.PeerHealthy, time.Since(st.PeerSeen).Round(time.Millisecond))
 	}
-	fmt.Fprintf(tw, "history\t%d takeovers, %d releases, %d adverts refused\n", st.Takeovers, st.Releases, st.Refused)
+	fmt.Fprintf(tw, "history\t%d takeovers, %d releases\n", st.Takeovers, st.Releases)
+	fmt.Fprintf(tw, "adverts\t%d sent, %d received, %d dropped by the socket's buffer\n", st.Sent, st.Received, st.Dropped)
+	r := st.RefusedBy
+	fmt.Fprintf(tw, "refused\t%d: %d bad MAC, %d malformed, %d wrong source, %d wrong name, %d replayed, %d unanswered challenge, %d own\n",
+		st.Refused, r.BadMAC, r.Malformed, r.WrongSource, r.WrongName, r.Replay, r.Unanswered, r.Own)
 	tw.Flush()
 }

@@ -53,6 +53,11 @@ func newVipd(o loader.Options, sd *syncd, log *slog.Logger) (*vipd, error) {
 	if name == "" {
 		name, _ = os.Hostname()
 	}
+	peerName, err := e.PeerNameFor(&o, name)
+	if err != nil {
+		gate.Close()
+		return nil, fmt.Errorf("election: %w", err)
+	}
 	d := &vipd{role: make(chan bool, 1), done: make(chan struct{})}
 	d.broken.Store("")
 	vips := o.GateVIPs()
@@ -140,7 +145,7 @@ func newVipd(o loader.Options, sd *syncd, log *slog.Logger) (*vipd, error) {
 		}
 	}
 	m, err := vip.New(vip.Config{
-		Name: name, Priority: e.Priority, Preempt: e.Preempt, Interval: e.Interval, Dead: e.Dead,
+		Name: name, PeerName: peerName, Priority: e.Priority, Preempt: e.Preempt, Interval: e.Interval, Dead: e.Dead,
 		Secret: secret, Listen: e.Listen, Peers: e.Peers, Addrs: e.Addrs,
 		Gate: setGate, Health: health, Sync: syncState, Flush: flush,
 		Role: func(primary bool) {

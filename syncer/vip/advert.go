@@ -20,7 +20,7 @@ type Advert struct {
 	Name       string // the host's name (at most 32 bytes)
 	Boot       uint64 // random per daemon start: a restart resets the sequence
 	Seq        uint64 // grows with every advert of one boot
-	SentNanos  int64  // the sender's wall clock (replays from old boots are refused)
+	SentNanos  int64  // the sender's wall clock: information only, never checked
 	Priority   uint8
 	Generation uint64 // the sync generation: changes whenever a host becomes primary
 	Owner      bool   // it holds the VIPs
@@ -29,12 +29,14 @@ type Advert struct {
 	Yield      bool   // the owner hands the VIPs to the peer (planned handover)
 	Want       bool   // a standby with preemption and a better priority asks for the VIPs
 	Applied    uint64 // the last sync sequence it applied (standby) or sent and had acknowledged (owner)
+	Challenge  uint64 // the sender's nonce: a new boot of the receiver is heard once it echoes it
+	Echo       uint64 // the receiver's last Challenge the sender heard, echoed
 }
 
 const (
 	advertMagic   = "TDVA"
-	advertVersion = 1
-	advertBody    = 4 + 1 + 1 + 1 + 1 + 8 + 8 + 8 + 8 + 8 + 32 // magic, version, flags, priority, name length, boot, seq, sent, generation, applied, name
+	advertVersion = 2
+	advertBody    = 4 + 1 + 1 + 1 + 1 + 8 + 8 + 8 + 8 + 8 + 8 + 8 + 32 // magic, version, flags, priority, name length, boot, seq, sent, generation, applied, challenge, echo, name
 	macLen        = sha256.Size
 	// AdvertLen is the size of an advert on the wire.
 	AdvertLen = advertBody + macLen
@@ -70,6 +72,8 @@ func (a Advert) Marshal(key []byte) ([]byte, error) {
 	b = binary.BigEndian.AppendUint64(b, uint64(a.SentNanos))
 	b = binary.BigEndian.AppendUint64(b, a.Generation)
 	b = binary.BigEndian.AppendUint64(b, a.Applied)
+	b = binary.BigEndian.AppendUint64(b, a.Challenge)
+	b = binary.BigEndian.AppendUint64(b, a.Echo)
 	var name [32]byte
 	copy(name[:], a.Name)
 	b = append(b, name[:]...)
@@ -103,7 +107,9 @@ func UnmarshalAdvert(b, key []byte) (Advert, error) {
 	a.SentNanos = int64(binary.BigEndian.Uint64(b[24:]))
 	a.Generation = binary.BigEndian.Uint64(b[32:])
 	a.Applied = binary.BigEndian.Uint64(b[40:])
-	a.Name = string(b[48 : 48+nl])
+	a.Challenge = binary.BigEndian.Uint64(b[48:])
+	a.Echo = binary.BigEndian.Uint64(b[56:])
+	a.Name = string(b[64 : 64+nl])
 	a.Owner, a.Healthy, a.CaughtUp = flags&flagOwner != 0, flags&flagHealthy != 0, flags&flagCaughtUp != 0
 	a.Yield, a.Want = flags&flagYield != 0, flags&flagWant != 0
 	return a, nil

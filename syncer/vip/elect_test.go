@@ -3,6 +3,8 @@ package vip
 import (
 	"bytes"
 	"errors"
+	"net"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -89,7 +91,7 @@ func TestDecideSettles(t *testing.T) {
 func TestAdvert(t *testing.T) {
 	key := []byte("the pair's shared secret, 32 bytes")
 	a := Advert{Name: "gw-a", Boot: 7, Seq: 42, SentNanos: time.Now().UnixNano(), Priority: 150, Generation: 9,
-		Owner: true, Healthy: true, CaughtUp: true, Yield: true, Applied: 1234}
+		Owner: true, Healthy: true, CaughtUp: true, Yield: true, Applied: 1234, Challenge: 5, Echo: 6}
 	b, err := a.Marshal(key)
 	if err != nil {
 		t.Fatal(err)
@@ -122,33 +124,63 @@ func TestAdvert(t *testing.T) {
 }
 
 // TestAcceptReplay: within a boot only newer adverts count; a duplicate
-// over a second path is harmless; a new boot needs a current clock.
+// over a second path is harmless; a new boot is heard only once it echoes
+// our current challenge, whatever its clock says; the boots the peer left
+// are refused as replays; our own adverts, strangers' and other names'
+// are refused by reason.
 func TestAcceptReplay(t *testing.T) {
-	m := &Manager{boot: 1}
-	now := time.Now().UnixNano()
-	if err := m.accept(Advert{Boot: 2, Seq: 10, SentNanos: now}); err != nil {
-		t.Fatal(err)
+	m := &Manager{boot: 1, chal: 111, now: time.Now, cfg: Config{Interval: time.Second, Dead: 3, Secret: testKey, PeerName: "b"},
+		peer: []*net.UDPAddr{{IP: net.IPv4(127, 0, 0, 2), Port: 7401}}}
+	hour := time.Now().Add(-time.Hour).UnixNano() // clocks play no part
+	step := func(what string, a Advert, want refusal) {
+		t.Helper()
+		if r, _, err := m.accept(a); r != want {
+			t.Errorf("%s: refusal %d (%v), want %d", what, r, err, want)
+		}
 	}
-	if err := m.accept(Advert{Boot: 2, Seq: 10, SentNanos: now}); err != nil {
-		t.Errorf("same advert over a second path: %v", err)
+	step("a new boot, before it echoes our challenge", Advert{Boot: 2, Seq: 10, Challenge: 22, SentNanos: hour}, unanswered)
+	if m.echo != 22 || m.lastBoot != 0 {
+		t.Fatalf("the new boot's challenge is not echoed (%d) or the boot was heard (%x)", m.echo, m.lastBoot)
 	}
-	if err := m.accept(Advert{Boot: 2, Seq: 9, SentNanos: now, Owner: true}); err != nil || m.last.Owner {
-		t.Errorf("a slightly older advert over a slower path: %v; recorded %v", err, m.last.Owner)
+	step("a wrong echo", Advert{Boot: 2, Seq: 11, Challenge: 22, Echo: 110}, unanswered)
+	step("the echo", Advert{Boot: 2, Seq: 12, Challenge: 22, Echo: 111, SentNanos: hour}, accepted)
+	if m.lastBoot != 2 || m.chal == 111 {
+		t.Fatalf("boot 2 not heard (%x), or the challenge was not renewed (%d)", m.lastBoot, m.chal)
 	}
-	if err := m.accept(Advert{Boot: 2, Seq: 100, SentNanos: now}); err != nil {
-		t.Fatal(err)
+	step("the same advert over a second path", Advert{Boot: 2, Seq: 12, Echo: 111}, accepted)
+	step("a slightly older advert over a slower path", Advert{Boot: 2, Seq: 11, Owner: true}, accepted)
+	if m.last.Owner {
+		t.Error("a slightly older advert was recorded")
 	}
-	if err := m.accept(Advert{Boot: 2, Seq: 3, SentNanos: now}); err == nil {
-		t.Error("a replay far behind the sequence was accepted")
+	step("newer", Advert{Boot: 2, Seq: 100}, accepted)
+	step("a replay far behind the sequence", Advert{Boot: 2, Seq: 3}, replay)
+	step("a new boot echoing an old challenge", Advert{Boot: 3, Seq: 1, Echo: 111}, unanswered)
+	step("a restarted peer", Advert{Boot: 3, Seq: 1, Challenge: 33, Echo: m.chal}, accepted)
+	step("the old boot's advert, replayed", Advert{Boot: 2, Seq: 1000, Echo: 111}, replay)
+	if m.lastBoot != 3 || m.echo != 33 {
+		t.Errorf("after the replay: boot %x heard, echo %d (want 3, 33)", m.lastBoot, m.echo)
 	}
-	if err := m.accept(Advert{Boot: 3, Seq: 1, SentNanos: now - int64(time.Hour)}); err == nil {
-		t.Error("an hour-old advert from another boot was accepted")
+	from := netip.MustParseAddr("127.0.0.2")
+	for _, c := range []struct {
+		what string
+		a    Advert
+		key  []byte
+		from netip.Addr
+		want refusal
+	}{
+		{"our own advert", Advert{Name: "b", Boot: 1, Seq: 5}, testKey, from, own},
+		{"another name", Advert{Name: "c", Boot: 3, Seq: 500}, testKey, from, wrongName},
+		{"a stranger", Advert{Name: "b", Boot: 3, Seq: 501}, testKey, netip.MustParseAddr("127.0.0.3"), wrongSource},
+		{"another key", Advert{Name: "b", Boot: 3, Seq: 502}, []byte("another pair's secret, 32 bytes!!"), from, badMAC},
+		{"the peer", Advert{Name: "b", Boot: 3, Seq: 503}, testKey, from, accepted},
+	} {
+		b, _ := c.a.Marshal(c.key)
+		if r, _, err := m.check(b, c.from); r != c.want {
+			t.Errorf("%s: refusal %d (%v), want %d", c.what, r, err, c.want)
+		}
 	}
-	if err := m.accept(Advert{Boot: 1, Seq: 99, SentNanos: now}); err == nil {
-		t.Error("our own advert was accepted")
-	}
-	if err := m.accept(Advert{Boot: 3, Seq: 1, SentNanos: now}); err != nil {
-		t.Errorf("a restarted peer: %v", err)
+	if r, _, _ := m.check([]byte("garbage"), from); r != malformed {
+		t.Errorf("garbage: refusal %d, want malformed", r)
 	}
 }
 

@@ -9,13 +9,18 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
+	"slices"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Config is one host's side of the election.
 type Config struct {
 	Name     string
+	PeerName string // the peer's Name: adverts under any other name are refused
 	Priority uint8
 	Preempt  bool          // a better, caught-up standby asks for the VIPs
 	Interval time.Duration // between adverts; default 100 ms
@@ -43,6 +48,24 @@ type Config struct {
 
 	Announce []time.Duration // gratuitous ARP/NA schedule after a takeover
 	Log      *slog.Logger
+	// Clock is the wall clock (default time.Now); tests skew it.
+	Clock func() time.Time
+}
+
+// Refusals counts refused adverts by reason.
+type Refusals struct {
+	Malformed   uint64 `json:"malformed"`    // wrong length, version or name length
+	BadMAC      uint64 `json:"bad_mac"`      // not signed with the pair's secret
+	WrongSource uint64 `json:"wrong_source"` // from an address that is not a --vip-peer
+	WrongName   uint64 `json:"wrong_name"`   // signed, but under another name than the peer's
+	Own         uint64 `json:"own"`          // this daemon's own advert (a loop)
+	Replay      uint64 `json:"replay"`       // a sequence far behind, or a boot the peer left
+	Unanswered  uint64 `json:"unanswered"`   // a new boot that has not echoed our challenge (yet)
+}
+
+// Total is the sum over every reason.
+func (r Refusals) Total() uint64 {
+	return r.Malformed + r.BadMAC + r.WrongSource + r.WrongName + r.Own + r.Replay + r.Unanswered
 }
 
 // Status is what `tandem vip` shows.
@@ -65,12 +88,27 @@ type Status struct {
 	Takeovers   uint64    `json:"takeovers"`
 	Releases    uint64    `json:"releases"`
 	Refused     uint64    `json:"adverts_refused"`
+	RefusedBy   Refusals  `json:"adverts_refused_by"`
+	Sent        uint64    `json:"adverts_sent"`     // datagrams sent, every path
+	Received    uint64    `json:"adverts_received"` // verified datagrams from the peer, every path
+	Dropped     uint64    `json:"adverts_dropped"`  // datagrams the socket's receive buffer dropped (SO_RXQ_OVFL)
+	At          time.Time `json:"at"`               // when these counters were read
 	Addrs       []string  `json:"addrs"`
+}
+
+// netOps are the address and neighbour operations; tests replace them.
+type netOps struct {
+	has      func(Addr) bool
+	add, del func(Addr) error
+	probe    func(Addr, time.Duration) (net.HardwareAddr, error)
+	announce func(Addr) error
 }
 
 // Manager runs the election and moves the VIPs.
 type Manager struct {
 	cfg  Config
+	net  netOps
+	now  func() time.Time
 	log  *slog.Logger
 	conn net.PacketConn
 	peer []*net.UDPAddr
@@ -81,10 +119,15 @@ type Manager struct {
 	mu        sync.Mutex
 	last      Advert // the peer's last advert
 	lastAt    time.Time
-	lastBoot  uint64
+	lastBoot  uint64 // the peer's boot we hear; 0: none yet
 	lastSeq   uint64
-	owner     bool // holds the addresses (and the gate is open)
-	inherited bool // held from before this daemon started, not yet confirmed
+	retired   []uint64  // the peer's boots we heard before lastBoot: their adverts are replays
+	chal      uint64    // our challenge: a new boot of the peer is heard once it echoes it
+	echo      uint64    // the peer's challenge, echoed in our adverts
+	sentState Advert    // what our last advert said (no sequence, clock or applied)
+	urgentAt  time.Time // when an advert last went out between intervals
+	owner     bool      // holds the addresses (and the gate is open)
+	inherited bool      // held from before this daemon started, not yet confirmed
 	yielding  bool
 	handing   bool // a handover is running
 	primary   bool
@@ -116,6 +159,9 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
 	for _, f := range []struct {
 		name string
 		nil  bool
@@ -124,7 +170,8 @@ func New(cfg Config) (*Manager, error) {
 			return nil, fmt.Errorf("vip: Config.%s is required", f.name)
 		}
 	}
-	m := &Manager{cfg: cfg, log: cfg.Log.With("vip", cfg.Name), kick: make(chan struct{}, 1)}
+	m := &Manager{cfg: cfg, log: cfg.Log.With("vip", cfg.Name), kick: make(chan struct{}, 1), now: cfg.Clock,
+		net: netOps{has: HasAddr, add: addAddr, del: delAddr, probe: probe, announce: announce}}
 	for _, p := range cfg.Peers {
 		a, err := net.ResolveUDPAddr("udp", p)
 		if err != nil {
@@ -132,19 +179,40 @@ func New(cfg Config) (*Manager, error) {
 		}
 		m.peer = append(m.peer, a)
 	}
-	var b [8]byte
-	rand.Read(b[:])
-	m.boot = binary.BigEndian.Uint64(b[:])
+	if cfg.PeerName == "" {
+		return nil, errors.New("vip: name the peer with --vip-peer-name (adverts under any other name are refused)")
+	}
+	m.boot, m.chal = nonce(), nonce()
 	c, err := net.ListenPacket("udp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("vip: listen for adverts on %s: %w", cfg.Listen, err)
 	}
+	// Datagrams the receive buffer drops are counted by the kernel and
+	// reported with the next datagram read (SO_RXQ_OVFL).
+	if rc, err := c.(*net.UDPConn).SyscallConn(); err == nil {
+		var serr error
+		rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1) })
+		if serr != nil {
+			cfg.Log.Warn("advert socket: drops will not be counted", "err", serr)
+		}
+	}
 	m.conn = c
-	m.st = Status{Name: cfg.Name, Priority: cfg.Priority, Why: "starting", Since: time.Now()}
+	m.st = Status{Name: cfg.Name, Priority: cfg.Priority, Why: "starting", Since: m.now()}
 	for _, a := range cfg.Addrs {
 		m.st.Addrs = append(m.st.Addrs, a.String())
 	}
 	return m, nil
+}
+
+// nonce is a random non-zero 64-bit number.
+func nonce() uint64 {
+	var b [8]byte
+	for {
+		rand.Read(b[:])
+		if n := binary.BigEndian.Uint64(b[:]); n != 0 {
+			return n
+		}
+	}
 }
 
 // Status is the election as of now.
@@ -153,7 +221,9 @@ func (m *Manager) Status() Status {
 	defer m.mu.Unlock()
 	st := m.st
 	st.Addrs = append([]string(nil), st.Addrs...)
-	st.PeerAlive = m.peerAlive(time.Now())
+	st.Refused = st.RefusedBy.Total()
+	st.At = m.now()
+	st.PeerAlive = m.peerAlive(st.At)
 	return st
 }
 
@@ -166,12 +236,12 @@ func (m *Manager) peerAlive(now time.Time) bool {
 // of tandem; `tandem down` or the peer's probe settles the rest.
 func (m *Manager) Run(ctx context.Context) error {
 	defer m.conn.Close()
-	m.started = time.Now()
+	m.started = m.now()
 	// A host that owned the addresses before a restart still holds them:
 	// it says so, and the election keeps it or settles it.
 	held := true
 	for _, a := range m.cfg.Addrs {
-		held = held && HasAddr(a)
+		held = held && m.net.has(a)
 	}
 	if held {
 		m.mu.Lock()
@@ -186,10 +256,18 @@ func (m *Manager) Run(ctx context.Context) error {
 	// at the next tick.
 	dead := time.NewTimer(time.Hour)
 	defer dead.Stop()
+	// A change of state that comes too soon after the last advert sent
+	// between intervals goes out when the rate limit allows.
+	soon := time.NewTimer(time.Hour)
+	defer soon.Stop()
+	ticked := true
 	for {
-		m.step(ctx)
+		if wait := m.step(ctx, ticked); wait > 0 {
+			soon.Reset(wait)
+		}
+		ticked = false
 		m.mu.Lock()
-		if left := time.Until(m.lastAt.Add(time.Duration(m.cfg.Dead) * m.cfg.Interval)); !m.lastAt.IsZero() && left > 0 {
+		if left := m.lastAt.Add(time.Duration(m.cfg.Dead) * m.cfg.Interval).Sub(m.now()); !m.lastAt.IsZero() && left > 0 {
 			dead.Reset(left + time.Millisecond)
 		} else {
 			dead.Reset(time.Hour)
@@ -199,73 +277,205 @@ func (m *Manager) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+			ticked = true
 		case <-m.kick:
 		case <-dead.C:
+		case <-soon.C:
 		}
 	}
 }
 
+// refusal is why an advert was refused.
+type refusal int
+
+const (
+	accepted refusal = iota
+	malformed
+	badMAC
+	wrongSource
+	wrongName
+	own
+	replay
+	unanswered
+)
+
+func (r refusal) count(c *Refusals) {
+	switch r {
+	case malformed:
+		c.Malformed++
+	case badMAC:
+		c.BadMAC++
+	case wrongSource:
+		c.WrongSource++
+	case wrongName:
+		c.WrongName++
+	case own:
+		c.Own++
+	case replay:
+		c.Replay++
+	case unanswered:
+		c.Unanswered++
+	}
+}
+
 func (m *Manager) receive(ctx context.Context) {
+	conn := m.conn.(*net.UDPConn)
 	buf := make([]byte, 2*AdvertLen)
+	oob := make([]byte, unix.CmsgSpace(4))
 	for ctx.Err() == nil {
-		n, from, err := m.conn.ReadFrom(buf)
+		n, oobn, _, from, err := conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
 				m.log.Warn("advert socket", "err", err)
 			}
 			return
 		}
-		a, err := UnmarshalAdvert(buf[:n], m.cfg.Secret)
-		if err == nil {
-			err = m.accept(a)
+		if dropped, ok := rxqOverflow(oob[:oobn]); ok {
+			m.mu.Lock()
+			m.st.Dropped = max(m.st.Dropped, uint64(dropped))
+			m.mu.Unlock()
 		}
+		r, wake, err := m.check(buf[:n], from.Addr().Unmap())
 		if err != nil {
 			m.mu.Lock()
-			m.st.Refused++
-			refused := m.st.Refused
+			r.count(&m.st.RefusedBy)
+			refused := m.st.RefusedBy.Total()
 			m.mu.Unlock()
 			if refused == 1 || refused%100 == 0 {
 				m.log.Warn("advert refused", "from", from.String(), "err", err, "refused", refused)
 			}
 			continue
 		}
-		m.wake()
+		// Only news wakes the election: an advert that repeats what the
+		// peer said is recorded (it keeps the peer alive) and waits for
+		// the next round. Waking on every advert, with a step that
+		// advertises, made two peers answer each other in a storm.
+		if wake {
+			m.wake()
+		}
 	}
+}
+
+// rxqOverflow reads the SO_RXQ_OVFL count from a datagram's control
+// messages: how many datagrams the socket dropped so far.
+func rxqOverflow(oob []byte) (uint32, bool) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return 0, false
+	}
+	for _, c := range msgs {
+		if c.Header.Level == unix.SOL_SOCKET && c.Header.Type == unix.SO_RXQ_OVFL && len(c.Data) >= 4 {
+			return binary.NativeEndian.Uint32(c.Data), true
+		}
+	}
+	return 0, false
+}
+
+// check decides about one datagram from from: the cheap checks first
+// (a flood from a stranger costs no MAC). wake says the election should
+// look at it now.
+func (m *Manager) check(b []byte, from netip.Addr) (r refusal, wake bool, err error) {
+	if !m.fromPeer(from) {
+		return wrongSource, false, fmt.Errorf("from %s, not a --vip-peer address", from)
+	}
+	a, err := UnmarshalAdvert(b, m.cfg.Secret)
+	if errors.Is(err, ErrAuth) {
+		return badMAC, false, err
+	}
+	if err != nil {
+		return malformed, false, err
+	}
+	m.mu.Lock()
+	m.st.Received++
+	m.mu.Unlock()
+	if a.Boot == m.boot {
+		return own, false, errors.New("our own advert (a loop, or a --vip-peer address of this host)")
+	}
+	if a.Name != m.cfg.PeerName {
+		return wrongName, false, fmt.Errorf("advert from %q, the peer is %q (--vip-peer-name)", a.Name, m.cfg.PeerName)
+	}
+	return m.accept(a)
+}
+
+// fromPeer says whether a datagram from addr comes from a --vip-peer
+// address. The port is not checked: the address is what routing proves.
+func (m *Manager) fromPeer(addr netip.Addr) bool {
+	for _, p := range m.peer {
+		if p.AddrPort().Addr().Unmap() == addr {
+			return true
+		}
+	}
+	return false
 }
 
 // staleWindow is how far behind the last advert one arriving over a
 // slower path may be and still be ignored quietly rather than refused.
 const staleWindow = 16
 
-// accept records a verified advert unless it is a replay: within one boot
-// the sequence must grow; a new boot must carry a current timestamp.
-func (m *Manager) accept(a Advert) error {
-	if a.Boot == m.boot {
-		return errors.New("our own advert (a loop, or the peer uses our name)")
-	}
+// retiredBoots is how many of the peer's earlier boots are remembered:
+// their adverts are refused as replays, and they cannot disturb the
+// challenge of a new boot.
+const retiredBoots = 8
+
+// accept records a verified advert from the peer unless it is a replay.
+// Within a boot the sequence must grow. A boot not heard before is heard
+// only once one of its adverts echoes our challenge: a nonce we chose at
+// random after the last boot we accepted, which no advert made before
+// could carry. No clock is compared, so the hosts' clocks may disagree.
+// wake says the advert changes something the election decides on.
+func (m *Manager) accept(a Advert) (r refusal, wake bool, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := time.Now()
+	now := m.now()
 	switch {
-	case a.Boot == m.lastBoot && a.Seq <= m.lastSeq:
-		if m.lastSeq-a.Seq < staleWindow {
-			// The same advert, or a slightly older one, over another
-			// path (paths reorder): nothing new, nothing hostile.
-			return nil
+	case m.lastBoot != 0 && a.Boot == m.lastBoot:
+		if a.Seq <= m.lastSeq {
+			if m.lastSeq-a.Seq < staleWindow {
+				// The same advert, or a slightly older one, over another
+				// path (paths reorder): nothing new, nothing hostile.
+				return accepted, false, nil
+			}
+			return replay, false, fmt.Errorf("replayed advert (seq %d, last %d)", a.Seq, m.lastSeq)
 		}
-		return fmt.Errorf("replayed advert (seq %d, last %d)", a.Seq, m.lastSeq)
-	case a.Boot != m.lastBoot:
-		if d := now.Sub(time.Unix(0, a.SentNanos)); d > 2*time.Second || d < -2*time.Second {
-			return fmt.Errorf("advert from a new boot %s off our clock", d.Round(time.Millisecond))
+	case slices.Contains(m.retired, a.Boot):
+		return replay, false, fmt.Errorf("advert from boot %x the peer has left", a.Boot)
+	default:
+		// A new boot of the peer (or a replay of one we never heard:
+		// indistinguishable until it answers). Its challenge is echoed
+		// from now on, and answered at once.
+		wake = m.echo != a.Challenge
+		m.echo = a.Challenge
+		if a.Echo != m.chal {
+			return unanswered, wake, fmt.Errorf("boot %x has not echoed our challenge (yet)", a.Boot)
 		}
+		if m.lastBoot != 0 {
+			m.retired = append(m.retired, m.lastBoot)
+			if len(m.retired) > retiredBoots {
+				m.retired = m.retired[1:]
+			}
+		}
+		m.chal = nonce() // the next new boot answers a new challenge
+		m.last, m.lastAt, m.lastBoot, m.lastSeq = a, now, a.Boot, a.Seq
+		return accepted, true, nil
 	}
-	m.last, m.lastAt, m.lastBoot, m.lastSeq = a, now, a.Boot, a.Seq
-	return nil
+	wake = !m.peerAlive(now) || m.echo != a.Challenge || news(m.last, a)
+	m.echo = a.Challenge
+	m.last, m.lastAt, m.lastSeq = a, now, a.Seq
+	return accepted, wake, nil
 }
 
-// step runs one election round: advertise, decide, act.
-func (m *Manager) step(ctx context.Context) {
-	now := time.Now()
+// news says whether b changes anything the election decides on.
+func news(a, b Advert) bool {
+	return a.Owner != b.Owner || a.Healthy != b.Healthy || a.CaughtUp != b.CaughtUp || a.Yield != b.Yield ||
+		a.Want != b.Want || a.Priority != b.Priority || a.Generation != b.Generation
+}
+
+// step runs one election round: advertise, decide, act. It advertises
+// on the interval's tick (ticked), and between ticks only when what it
+// says has changed, at most once per urgentGap; when the limit holds a
+// change back, it returns how long until it may go.
+func (m *Manager) step(ctx context.Context, ticked bool) (retry time.Duration) {
+	now := m.now()
 	healthErr := m.cfg.Health()
 	m.mu.Lock()
 	peer := Peer{Advert: m.last, Alive: m.peerAlive(now)}
@@ -282,8 +492,8 @@ func (m *Manager) step(ctx context.Context) {
 	}
 	self := Self{Name: m.cfg.Name, Priority: m.cfg.Priority, Generation: gen, Owner: owner, Healthy: healthErr == nil, CaughtUp: caught, Yielding: yielding}
 	want := m.cfg.Preempt && !owner && caught && peer.Alive && peer.Owner && m.cfg.Priority > peer.Priority
-	m.advertise(Advert{Name: m.cfg.Name, Priority: m.cfg.Priority, Generation: gen, Owner: owner, Healthy: healthErr == nil,
-		CaughtUp: caught, Yield: yielding, Want: want, Applied: applied})
+	retry = m.advertise(Advert{Name: m.cfg.Name, Priority: m.cfg.Priority, Generation: gen, Owner: owner, Healthy: healthErr == nil,
+		CaughtUp: caught, Yield: yielding, Want: want, Applied: applied}, ticked, now)
 
 	own, why := Decide(self, peer)
 	// Listen first: a host that just started hears its peer before it
@@ -340,21 +550,48 @@ func (m *Manager) step(ctx context.Context) {
 		m.log.Info("sync role", "primary", primary)
 		m.cfg.Role(primary)
 	}
+	return retry
 }
 
-func (m *Manager) advertise(a Advert) {
+// urgentGap is the least time between two adverts sent between ticks.
+func (m *Manager) urgentGap() time.Duration { return m.cfg.Interval / 4 }
+
+// advertise sends a on every path: always on a tick; between ticks only
+// when it says something the last advert did not (a change of ownership,
+// health, a yield, an echo the peer waits for), and then at most once per
+// urgentGap. It returns how long a change held back must wait, or 0.
+func (m *Manager) advertise(a Advert, ticked bool, now time.Time) time.Duration {
 	m.mu.Lock()
+	a.Challenge, a.Echo = m.chal, m.echo
+	state := a // the applied sequence moves with traffic: not a change of state
+	state.Applied = 0
+	if !ticked {
+		if state == m.sentState {
+			m.mu.Unlock()
+			return 0
+		}
+		if wait := m.urgentAt.Add(m.urgentGap()).Sub(now); wait > 0 {
+			m.mu.Unlock()
+			return wait
+		}
+		m.urgentAt = now
+	}
+	m.sentState = state
 	m.seq++
-	a.Seq, a.Boot, a.SentNanos = m.seq, m.boot, time.Now().UnixNano()
+	a.Seq, a.Boot, a.SentNanos = m.seq, m.boot, now.UnixNano()
 	m.mu.Unlock()
 	b, err := a.Marshal(m.cfg.Secret)
 	if err != nil {
 		m.log.Error("advert", "err", err)
-		return
+		return 0
 	}
 	for _, p := range m.peer {
 		m.conn.WriteTo(b, p) // a path that is down is what the other paths are for
 	}
+	m.mu.Lock()
+	m.st.Sent += uint64(len(m.peer))
+	m.mu.Unlock()
+	return 0
 }
 
 // probeAll probes every address in parallel and waits a quarter of an
@@ -368,7 +605,7 @@ func (m *Manager) probeAll() string {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			who, err := probe(a, wait)
+			who, err := m.net.probe(a, wait)
 			switch {
 			case err != nil:
 				m.log.Warn("probe", "addr", a.String(), "err", err)
@@ -389,9 +626,9 @@ func (m *Manager) probeAll() string {
 
 // takeover: addresses, gate, announcements.
 func (m *Manager) takeover(why string) {
-	start := time.Now()
+	start := m.now()
 	for _, a := range m.cfg.Addrs {
-		if err := addAddr(a); err != nil {
+		if err := m.net.add(a); err != nil {
 			m.log.Error("takeover: address", "err", err)
 		}
 	}
@@ -401,13 +638,14 @@ func (m *Manager) takeover(why string) {
 	m.announceAll()
 	m.mu.Lock()
 	m.owner, m.inherited = true, false
-	m.st.Why, m.st.Since, m.st.Takeovers = why, time.Now(), m.st.Takeovers+1
+	m.st.Why, m.st.Since, m.st.Takeovers = why, m.now(), m.st.Takeovers+1
 	m.announces = nil
 	for _, d := range m.cfg.Announce[1:] {
 		m.announces = append(m.announces, start.Add(d))
 	}
 	m.mu.Unlock()
-	m.log.Info("took the VIPs", "why", why, "took", time.Since(start).Round(time.Microsecond))
+	m.log.Info("took the VIPs", "why", why, "took", m.now().Sub(start).Round(time.Microsecond))
+	m.wake() // tell the peer now, not at the next interval
 }
 
 // release: gate, then addresses.
@@ -416,21 +654,22 @@ func (m *Manager) release(why string) {
 		m.log.Error("release: gate", "err", err)
 	}
 	for _, a := range m.cfg.Addrs {
-		if err := delAddr(a); err != nil {
+		if err := m.net.del(a); err != nil {
 			m.log.Error("release: address", "err", err)
 		}
 	}
 	m.mu.Lock()
 	m.owner, m.inherited = false, false
-	m.st.Why, m.st.Since, m.st.Releases = why, time.Now(), m.st.Releases+1
+	m.st.Why, m.st.Since, m.st.Releases = why, m.now(), m.st.Releases+1
 	m.announces = nil
 	m.mu.Unlock()
 	m.log.Info("released the VIPs", "why", why)
+	m.wake() // tell the peer now, not at the next interval
 }
 
 func (m *Manager) announceAll() {
 	for _, a := range m.cfg.Addrs {
-		if err := announce(a); err != nil {
+		if err := m.net.announce(a); err != nil {
 			m.log.Warn("announce", "addr", a.String(), "err", err)
 		}
 	}
@@ -470,7 +709,7 @@ func (m *Manager) Handover(ctx context.Context, progress func(string)) error {
 		m.mu.Unlock()
 		return errors.New("a handover is already running")
 	}
-	if !m.peerAlive(time.Now()) || !m.last.Healthy {
+	if !m.peerAlive(m.now()) || !m.last.Healthy {
 		m.mu.Unlock()
 		return errors.New("the peer is silent or unhealthy: nobody to hand over to")
 	}
@@ -497,7 +736,7 @@ func (m *Manager) Handover(ctx context.Context, progress func(string)) error {
 	m.announces = nil // no more announcements from here
 	m.mu.Unlock()
 	for _, a := range m.cfg.Addrs {
-		if err := delAddr(a); err != nil {
+		if err := m.net.del(a); err != nil {
 			return err
 		}
 	}
@@ -510,7 +749,7 @@ func (m *Manager) Handover(ctx context.Context, progress func(string)) error {
 	if err != nil {
 		// Take everything back: the peer never took over.
 		for _, a := range m.cfg.Addrs {
-			addAddr(a)
+			m.net.add(a)
 		}
 		m.announceAll()
 		return fmt.Errorf("%s did not take the VIPs (kept them here): %w", peerName, err)
@@ -552,7 +791,7 @@ func (m *Manager) wake() {
 func (m *Manager) waitPeer(ctx context.Context, ok func(Advert) bool) error {
 	for {
 		m.mu.Lock()
-		a, alive := m.last, m.peerAlive(time.Now())
+		a, alive := m.last, m.peerAlive(m.now())
 		m.mu.Unlock()
 		if alive && ok(a) {
 			return nil

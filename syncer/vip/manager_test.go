@@ -1,0 +1,261 @@
+package vip
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// These tests run Managers on loopback sockets with the address
+// operations replaced (no root, no interfaces): what they check is the
+// advert protocol, not the takeover.
+
+var testKey = []byte("the pair's shared secret, 32 bytes")
+
+// fakeHost is a Manager's addresses: held or not.
+type fakeHost struct{ held atomic.Bool }
+
+func (h *fakeHost) ops() netOps {
+	return netOps{
+		has:      func(Addr) bool { return h.held.Load() },
+		add:      func(Addr) error { h.held.Store(true); return nil },
+		del:      func(Addr) error { h.held.Store(false); return nil },
+		probe:    func(Addr, time.Duration) (net.HardwareAddr, error) { return nil, nil },
+		announce: func(Addr) error { return nil },
+	}
+}
+
+// newTestManager is a Manager named name on 127.0.0.1, peer peerName at
+// peers (patched in later when they are not known yet).
+func newTestManager(t *testing.T, name, peerName string, interval time.Duration, clock func() time.Time) (*Manager, *fakeHost) {
+	t.Helper()
+	a, err := ParseAddr("192.0.2.10/24@lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := New(Config{
+		Name: name, PeerName: peerName, Priority: 100, Interval: interval, Dead: 3, Secret: testKey,
+		Listen: "127.0.0.1:0", Peers: []string{"127.0.0.1:9"}, Addrs: []Addr{a},
+		Gate: func(bool) error { return nil }, Health: func() error { return nil },
+		Sync: func(Advert) (bool, uint64, uint64) { return true, 1, 0 },
+		Role: func(bool) {}, Flush: func(context.Context) error { return nil },
+		Clock: clock,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &fakeHost{}
+	m.net = h.ops()
+	t.Cleanup(func() { m.conn.Close() })
+	return m, h
+}
+
+func (m *Manager) addr() *net.UDPAddr { return m.conn.LocalAddr().(*net.UDPAddr) }
+
+// run runs m until the test ends.
+func run(t *testing.T, m *Manager) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+// chattyPeer answers every advert it gets from m at once, echoing m's
+// challenge, and sends one more every millisecond on its own: a peer
+// that talks far more than the interval asks. It counts m's adverts.
+type chattyPeer struct {
+	conn *net.UDPConn
+	got  atomic.Uint64
+}
+
+func newChattyPeer(t *testing.T, m *Manager, name string) *chattyPeer {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &chattyPeer{conn: c}
+	m.peer = []*net.UDPAddr{c.LocalAddr().(*net.UDPAddr)}
+	var mu sync.Mutex
+	var seq, echo uint64
+	send := func() {
+		mu.Lock()
+		seq++
+		a := Advert{Name: name, Boot: 77, Seq: seq, SentNanos: time.Now().UnixNano(), Priority: 50, Generation: 1,
+			Healthy: true, CaughtUp: true, Challenge: 5, Echo: echo}
+		mu.Unlock()
+		b, _ := a.Marshal(testKey)
+		c.WriteTo(b, m.addr())
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, 2*AdvertLen)
+		for {
+			n, _, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			p.got.Add(1)
+			if a, err := UnmarshalAdvert(buf[:n], testKey); err == nil {
+				mu.Lock()
+				echo = a.Challenge
+				mu.Unlock()
+			}
+			send()
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				send()
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); c.Close(); wg.Wait() })
+	return p
+}
+
+// TestAdvertRate: a Manager with a chatty peer sends its adverts at the
+// interval, not in answer to every advert it hears (which, with a peer
+// doing the same, was a storm of thousands a second). Counted over 20
+// intervals once the peer is heard: at most one advert per interval per
+// path, plus a few immediate ones for changes of state.
+func TestAdvertRate(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	m, _ := newTestManager(t, "a", "b", interval, nil)
+	p := newChattyPeer(t, m, "b")
+	run(t, m)
+	deadline := time.Now().Add(10 * time.Second)
+	for !m.Status().PeerAlive {
+		if time.Now().After(deadline) {
+			t.Fatalf("the chatty peer is never heard: %+v", m.Status())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(2 * interval) // the state changes of meeting the peer
+	st0, got0 := m.Status(), p.got.Load()
+	time.Sleep(20 * interval)
+	st1, got1 := m.Status(), p.got.Load()
+	intervals := float64(st1.At.Sub(st0.At)) / float64(interval)
+	sent, got := st1.Sent-st0.Sent, got1-got0
+	t.Logf("%.1f intervals: %d adverts sent, %d arrived at the peer, %d received from it", intervals, sent, got, st1.Received-st0.Received)
+	if max := uint64(intervals) + 3; sent > max || got > max {
+		t.Errorf("%d adverts sent (%d arrived) in %.1f intervals with a chatty peer; want at most %d", sent, got, intervals, max)
+	}
+	if min := uint64(intervals / 2); sent < min {
+		t.Errorf("%d adverts sent in %.1f intervals; want at least %d", sent, intervals, min)
+	}
+}
+
+// TestClockSkew: two Managers whose wall clocks differ by 7 minutes hear
+// each other and elect exactly one owner. Replay protection must not
+// depend on the clocks agreeing.
+func TestClockSkew(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	skewed := func() time.Time { return time.Now().Add(7 * time.Minute) }
+	a, ha := newTestManager(t, "a", "b", interval, skewed)
+	b, hb := newTestManager(t, "b", "a", interval, nil)
+	a.peer, b.peer = []*net.UDPAddr{b.addr()}, []*net.UDPAddr{a.addr()}
+	run(t, a)
+	run(t, b)
+	var state string
+	deadline := time.Now().Add(15 * time.Second)
+	for stable := 0; stable < 5; time.Sleep(interval) {
+		sa, sb := a.Status(), b.Status()
+		state = fmt.Sprintf("a: owner %v (%s) peer alive %v, refused %+v; b: owner %v (%s) peer alive %v, refused %+v",
+			sa.Owner, sa.Why, sa.PeerAlive, sa.RefusedBy, sb.Owner, sb.Why, sb.PeerAlive, sb.RefusedBy)
+		if sa.PeerAlive && sb.PeerAlive && sa.Owner != sb.Owner && ha.held.Load() == sa.Owner && hb.held.Load() == sb.Owner {
+			stable++
+		} else {
+			stable = 0
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no single owner that hears its peer after 15 s: %s", state)
+		}
+	}
+	t.Log(state)
+}
+
+// TestRefuseStrangers: adverts signed with the pair's secret are refused
+// and counted by reason when they come from an address that is not a
+// peer, or under a name that is not the peer's.
+func TestRefuseStrangers(t *testing.T) {
+	m, _ := newTestManager(t, "a", "b", 50*time.Millisecond, nil)
+	m.peer = []*net.UDPAddr{{IP: net.IPv4(127, 0, 0, 2), Port: 7401}}
+	run(t, m)
+	for _, c := range []struct {
+		name  string
+		from  net.IP
+		adv   string
+		count func(Refusals) uint64
+	}{
+		{"wrong source", net.IPv4(127, 0, 0, 3), "b", func(r Refusals) uint64 { return r.WrongSource }},
+		{"wrong name", net.IPv4(127, 0, 0, 2), "c", func(r Refusals) uint64 { return r.WrongName }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s, err := net.ListenUDP("udp", &net.UDPAddr{IP: c.from})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			before := m.Status()
+			const n = 10
+			for i := range n {
+				b, _ := Advert{Name: c.adv, Boot: 9, Seq: uint64(i + 1), SentNanos: time.Now().UnixNano(), Priority: 255, Owner: true, Healthy: true}.Marshal(testKey)
+				s.WriteTo(b, m.addr())
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				st := m.Status()
+				if got := c.count(st.RefusedBy) - c.count(before.RefusedBy); got == n && st.Refused-before.Refused == n && !st.PeerAlive {
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("want %d refused for %s: total %d -> %d, by reason %+v; peer alive %v (%s)", n, c.name, before.Refused, st.Refused, st.RefusedBy, st.PeerAlive, st.Peer)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
+}
+
+// TestReceiveOverflow: datagrams the advert socket's receive buffer
+// drops are counted (SO_RXQ_OVFL) and shown in Status.
+func TestReceiveOverflow(t *testing.T) {
+	m, _ := newTestManager(t, "a", "b", 50*time.Millisecond, nil)
+	s, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m.peer = []*net.UDPAddr{s.LocalAddr().(*net.UDPAddr)}
+	junk := make([]byte, AdvertLen)
+	// Nobody reads yet: the buffer fills and the kernel drops the rest.
+	for range 5000 {
+		s.WriteTo(junk, m.addr())
+	}
+	run(t, m)
+	deadline := time.Now().Add(5 * time.Second)
+	for m.Status().Dropped == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("5000 datagrams into an unread socket: none counted as dropped: %+v", m.Status())
+		}
+		s.WriteTo(junk, m.addr()) // a datagram queued after the drops carries their count
+		time.Sleep(10 * time.Millisecond)
+	}
+	st := m.Status()
+	t.Logf("dropped %d, refused %d", st.Dropped, st.Refused)
+}
