@@ -140,10 +140,8 @@ func upSynproxy(o Options, tcAttach func(*net.Interface, *ebpf.Program, string, 
 	if _, err := m.SetCookiePeriod(secret, maps.PeriodAt(time.Now())); err != nil {
 		return nil, err
 	}
-	for _, svc := range o.Proxy.Services {
-		if _, err := m.PutService(svc); err != nil {
-			return nil, err
-		}
+	if err := putServices(o.Pins, m, o.Proxy.Services); err != nil {
+		return nil, err
 	}
 	var out []*Attachment
 	for _, name := range o.Proxy.Ifaces {
@@ -183,10 +181,50 @@ func upSynproxy(o Options, tcAttach func(*net.Interface, *ebpf.Program, string, 
 	return out, nil
 }
 
-// Proxy is the pinned SYN proxy, for the CLI and the daemon.
+// putServices writes services under the service lock.
+func putServices(pins maps.Pins, m *maps.SynproxyMaps, svcs []maps.Service) error {
+	if len(svcs) == 0 {
+		return nil
+	}
+	unlock, err := ServiceLock(pins)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	for _, svc := range svcs {
+		if _, err := m.PutService(svc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Proxy is the pinned SYN proxy, for the CLI and the daemon. Its
+// PutService and DeleteService hold the service lock.
 type Proxy struct {
 	*maps.SynproxyMaps
 	Expire *ebpf.Program // nil when only the maps were found
+	pins   maps.Pins
+}
+
+// PutService adds or replaces a service under the service lock.
+func (p *Proxy) PutService(s maps.Service) (maps.Service, error) {
+	unlock, err := ServiceLock(p.pins)
+	if err != nil {
+		return s, err
+	}
+	defer unlock()
+	return p.SynproxyMaps.PutService(s)
+}
+
+// DeleteService removes a service under the service lock.
+func (p *Proxy) DeleteService(vip netip.AddrPort) error {
+	unlock, err := ServiceLock(p.pins)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return p.SynproxyMaps.DeleteService(vip)
 }
 
 // ErrNoProxy: nothing pinned says a SYN proxy was loaded.
@@ -204,7 +242,7 @@ func OpenProxy(pins maps.Pins) (*Proxy, error) {
 		}
 		return m, nil
 	}
-	p := &Proxy{SynproxyMaps: &maps.SynproxyMaps{}}
+	p := &Proxy{SynproxyMaps: &maps.SynproxyMaps{}, pins: pins}
 	var err error
 	for _, f := range []struct {
 		name string

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -80,6 +81,9 @@ func runService(env Env, opts any, args []string) error {
 		return err
 	}
 	defer p.Close()
+	if d, err := time.ParseDuration(os.Getenv("TANDEM_TEST_SERVICE_PAUSE")); err == nil && d > 0 && d <= time.Second {
+		maps.PutServicePause = d // tests: see maps.PutServicePause
+	}
 	switch args[0] {
 	case "add":
 		svc, err := loader.ServiceFrom(args[1], args[2:])
