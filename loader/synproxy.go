@@ -70,7 +70,24 @@ func ServiceFrom(vip string, backends []string) (maps.Service, error) {
 		}
 		svc.Backends = append(svc.Backends, netip.AddrPortFrom(a.Addr().Unmap(), a.Port()))
 	}
-	return svc, svc.Validate()
+	return svc, checkService(svc)
+}
+
+// checkService is maps.Service.Validate and CheckVIP for the VIP and
+// every backend.
+func checkService(s maps.Service) error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	if err := CheckVIP(s.VIP.Addr()); err != nil {
+		return fmt.Errorf("service VIP %s: %w", s.VIP.Addr(), err)
+	}
+	for _, b := range s.Backends {
+		if err := CheckVIP(b.Addr()); err != nil {
+			return fmt.Errorf("service %s: backend %s: %w", s.VIP, b.Addr(), err)
+		}
+	}
+	return nil
 }
 
 func (o *Options) validateProxy(seen map[string]bool) []error {
@@ -97,7 +114,7 @@ func (o *Options) validateProxy(seen map[string]bool) []error {
 	}
 	vips := map[netip.AddrPort]bool{}
 	for _, s := range p.Services {
-		if err := s.Validate(); err != nil {
+		if err := checkService(s); err != nil {
 			errs = append(errs, err)
 		}
 		if vips[s.VIP] {

@@ -57,6 +57,12 @@ func runService(env Env, opts any, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Arguments are checked before the machine is: a bad one is a usage
+	// error wherever tandem runs.
+	var (
+		svc maps.Service
+		vip netip.AddrPort
+	)
 	switch args[0] {
 	case "list":
 		if len(args) > 1 {
@@ -66,10 +72,18 @@ func runService(env Env, opts any, args []string) error {
 		if len(args) < 3 {
 			return usagef("add VIP:PORT BACKEND:PORT [BACKEND:PORT...]")
 		}
+		if svc, err = loader.ServiceFrom(args[1], args[2:]); err != nil {
+			return usageError{err.Error()}
+		}
 	case "del", "delete", "rm":
 		if len(args) != 2 {
 			return usagef("del VIP:PORT")
 		}
+		v, err := netip.ParseAddrPort(args[1])
+		if err != nil {
+			return usagef("del %q: want VIP:PORT ([ADDR]:PORT for IPv6)", args[1])
+		}
+		vip = netip.AddrPortFrom(v.Addr().Unmap(), v.Port())
 	default:
 		return usagef("unknown action %q: use list, add or del", args[0])
 	}
@@ -86,21 +100,13 @@ func runService(env Env, opts any, args []string) error {
 	}
 	switch args[0] {
 	case "add":
-		svc, err := loader.ServiceFrom(args[1], args[2:])
-		if err != nil {
-			return usageError{err.Error()}
-		}
 		if svc, err = p.PutService(svc); err != nil {
 			return err
 		}
 		fmt.Fprintf(env.Stdout, "service %s (id %d): %d backend(s)\n", svc.VIP, svc.ID, len(svc.Backends))
 		return nil
 	case "del", "delete", "rm":
-		vip, err := netip.ParseAddrPort(args[1])
-		if err != nil {
-			return usagef("del %q: want VIP:PORT ([ADDR]:PORT for IPv6)", args[1])
-		}
-		if err := p.DeleteService(netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port())); err != nil {
+		if err := p.DeleteService(vip); err != nil {
 			return err
 		}
 		fmt.Fprintf(env.Stdout, "service %s removed\n", vip)
