@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -208,5 +209,39 @@ func TestConfigExitCodes(t *testing.T) {
 				t.Errorf("%s: %v: exit %d, stderr %q; want exit %d saying %q", c.name, cmd, code, errs, c.code, c.want)
 			}
 		}
+	}
+}
+
+// TestStatusCorruptSyncFile: a torn or garbled sync status file (a crash
+// mid-write, a full disk) says the daemon's status is unavailable and
+// leaves the exit status to the datapath: a health check reading exit 1
+// must mean a broken datapath, not an unreadable status file.
+func TestStatusCorruptSyncFile(t *testing.T) {
+	for _, c := range []struct{ name, data string }{
+		{"truncated", `{"role": "primary", "node": "ab`},
+		{"empty", ""},
+		{"garbage", "\x00\x00\x00\x00"},
+		{"wrong type", `{"pid": "one"}`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(syncer.StatusFile(dir), []byte(c.data), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			root := filepath.Join(t.TempDir(), "not-up")
+			out, errs, code := run("status", "--bpffs", root, "--state-dir", dir)
+			if code != 0 || !strings.Contains(out, "daemon status unavailable") {
+				t.Errorf("status: exit %d, stdout %q, stderr %q: want exit 0 and a line saying the daemon status is unavailable", code, out, errs)
+			}
+			out, errs, code = run("status", "--json", "--bpffs", root, "--state-dir", dir)
+			var js struct {
+				Sync struct {
+					Unavailable string `json:"unavailable"`
+				} `json:"sync"`
+			}
+			if err := json.Unmarshal([]byte(out), &js); code != 0 || err != nil || js.Sync.Unavailable == "" {
+				t.Errorf("status --json: exit %d, stdout %q (%v), stderr %q: want exit 0 and sync.unavailable", code, out, err, errs)
+			}
+		})
 	}
 }

@@ -191,17 +191,22 @@ type statusJSON struct {
 type syncStatus struct {
 	*syncer.NodeStatus
 	Running bool `json:"running"` // the daemon that wrote it is alive and writing
+	// Unavailable says why the status file could not be read (torn by a
+	// crash, garbled, unreadable); NodeStatus is nil then.
+	Unavailable string `json:"unavailable,omitempty"`
 }
 
 // readSyncStatus reads the status a sync daemon writes to stateDir; nil
-// when no daemon ever synced there.
+// when no daemon ever synced there. A file that cannot be read or parsed
+// is reported in Unavailable, never as an error: it says nothing about
+// the datapath, whose health alone sets tandem status's exit status.
 func readSyncStatus(stateDir string) (*syncStatus, error) {
 	st, err := syncer.ReadNodeStatus(stateDir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, err
+		return &syncStatus{Unavailable: err.Error()}, nil
 	}
 	alive := st.PID > 0 && syscallKill0(st.PID) == nil
 	return &syncStatus{NodeStatus: st, Running: alive && time.Since(st.Updated) < 5*time.Second}, nil
@@ -211,8 +216,12 @@ func printSyncStatus(w io.Writer, ss *syncStatus) {
 	if ss == nil {
 		return
 	}
-	st := ss.NodeStatus
 	fmt.Fprintln(w, "\nSync:")
+	if ss.NodeStatus == nil {
+		fmt.Fprintf(w, "warning: daemon status unavailable: %s (a running daemon rewrites it every second)\n", ss.Unavailable)
+		return
+	}
+	st := ss.NodeStatus
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	if !ss.Running {
 		fmt.Fprintf(tw, "daemon\tnot running (pid %d; status from %s)\n", st.PID, st.Updated.Format(time.RFC3339))
