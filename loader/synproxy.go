@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -33,15 +35,45 @@ type ProxyOptions struct {
 // MinSecretBytes is the shortest cookie secret accepted.
 const MinSecretBytes = 16
 
-// ReadSecret reads the pair's shared cookie secret.
+// maxSecretBytes bounds what ReadSecret reads: a secret is a few dozen
+// bytes, and a path to an endless file must not hang the daemon.
+const maxSecretBytes = 64 << 10
+
+// ReadSecret reads the pair's shared secret (cookie keys, signed adverts).
+// Like ssh with a private key, it refuses a file that group or others may
+// read or write, one owned by anyone but root or this user (who could
+// change it), and anything but a regular file.
 func ReadSecret(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("cookie secret: %w (make one on one host with `head -c 32 /dev/urandom > %s` and copy it to the peer)", err, path)
+		return nil, fmt.Errorf("cookie secret: %w (make one on one host with `(umask 077; head -c 32 /dev/urandom > %s)` and copy it to the peer)", err, path)
+	}
+	defer f.Close()
+	// The checks read the opened file, so a rename between check and
+	// read cannot slip another file in.
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("cookie secret: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("secret %s is not a regular file (mode %s)", path, fi.Mode())
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("secret %s is open to group or others (mode %04o): chmod 600 %s", path, perm, path)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+		return nil, fmt.Errorf("secret %s is owned by uid %d, neither root nor this user (uid %d): chown %d %s", path, st.Uid, os.Geteuid(), os.Geteuid(), path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxSecretBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("cookie secret: read %s: %w", path, err)
+	}
+	if len(b) > maxSecretBytes {
+		return nil, fmt.Errorf("secret %s: more than %d bytes; a secret is a few dozen (head -c 32 /dev/urandom)", path, maxSecretBytes)
 	}
 	b = bytes.TrimSpace(b)
 	if len(b) < MinSecretBytes {
-		return nil, fmt.Errorf("cookie secret %s: %d bytes, want at least %d (head -c 32 /dev/urandom > %s)", path, len(b), MinSecretBytes, path)
+		return nil, fmt.Errorf("cookie secret %s: %d bytes, want at least %d ((umask 077; head -c 32 /dev/urandom > %s))", path, len(b), MinSecretBytes, path)
 	}
 	return b, nil
 }
