@@ -38,7 +38,16 @@ type syncd struct {
 	reg     atomic.Pointer[prometheus.Registry]
 	srv     *http.Server
 	addr    string
+	bound   string // the metrics listener's address (addr may say port 0)
 }
+
+// metricsLimits bound what one client of --metrics-addr can hold: a
+// connection that never finishes its headers, idles between scrapes or
+// reads its answer forever is cut. Tests shorten them.
+var metricsLimits = struct {
+	ReadHeader, Read, Write, Idle time.Duration
+	MaxHeaderBytes                int
+}{ReadHeader: 5 * time.Second, Read: 10 * time.Second, Write: 30 * time.Second, Idle: 60 * time.Second, MaxHeaderBytes: 8 << 10}
 
 // syncKey is what, changed by a reload, restarts the node.
 type syncKey struct {
@@ -162,14 +171,17 @@ func (d *syncd) serveMetrics(addr string) error {
 	mux.Handle("/metrics", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		promhttp.HandlerFor(d.reg.Load(), promhttp.HandlerOpts{}).ServeHTTP(w, r)
 	}))
-	d.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	l := metricsLimits
+	d.srv = &http.Server{Handler: mux, ReadHeaderTimeout: l.ReadHeader, ReadTimeout: l.Read, WriteTimeout: l.Write,
+		IdleTimeout: l.Idle, MaxHeaderBytes: l.MaxHeaderBytes, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)}
 	srv := d.srv
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("metrics endpoint", "err", err)
 		}
 	}()
-	d.log.Info("serving metrics", "addr", ln.Addr().String(), "path", "/metrics")
+	d.bound = ln.Addr().String()
+	d.log.Info("serving metrics", "addr", d.bound, "path", "/metrics")
 	return nil
 }
 
