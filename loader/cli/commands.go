@@ -648,6 +648,9 @@ func runDump(env Env, opts any, args []string) error {
 	if len(args) != 1 {
 		return usagef("name one map: %s", strings.Join(maps.Dumpable(), ", "))
 	}
+	if !slices.Contains(maps.Dumpable(), args[0]) {
+		return usagef("unknown map %q: choose one of %s", args[0], strings.Join(maps.Dumpable(), ", "))
+	}
 	o, err := f.rootFlags.options()
 	if err != nil {
 		return err
@@ -664,7 +667,7 @@ func runDump(env Env, opts any, args []string) error {
 		}
 		defer vm.Close()
 		if t, err = vm.Dump(args[0]); err != nil {
-			return usageError{err.Error()}
+			return err
 		}
 	}
 	if f.json {
