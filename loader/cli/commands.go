@@ -209,7 +209,8 @@ where up ran.`,
 Reads the pins under --bpffs and checks each attachment against the kernel
 (is the link still on its interface, is tandem's cls_bpf filter still
 there). Exit status 1 when an attachment is broken, so scripts can use it as
-a health check; 0 when all is well or nothing is up.`,
+a health check; 0 when all is well or nothing is up. A daemon status file
+that cannot be read (torn by a crash) is a warning line, not a failure.`,
 		examples: "  tandem status\n  tandem status --json | jq .vips\n",
 		flags:    addJSONRootFlags,
 		run:      runStatus,

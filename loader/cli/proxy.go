@@ -37,7 +37,11 @@ backend address:port serves one VIP.
   del    removes a service; its open connections run to their end
 
 Services in the config file ([[proxy.service]]) are applied by every up and
-SIGHUP; services added here and not in the config are left alone by them.`,
+SIGHUP; services added here and not in the config are left alone by them.
+Every writer of the services (add, del, up, the daemon's reload) takes one
+lock under --bpffs, so concurrent runs never give two services one id.
+VIPs and backends are unicast addresses: not unspecified, broadcast,
+multicast, loopback or link-local.`,
 		examples: `  tandem service add 192.0.2.10:443 10.2.0.11:443 10.2.0.12:443
   tandem service add '[2001:db8::10]:443' '[fd00:2::11]:443'
   tandem service list
