@@ -85,3 +85,60 @@ func TestMetricsCutsIdleAndSlowClients(t *testing.T) {
 		}
 	})
 }
+
+// TestMetricsConnLimit: clients hold at most metricsLimits.Conns
+// connections at once; one more waits (in the listen backlog) until a
+// slot frees, then is served. The daemon's file descriptors are not the
+// clients' to use up.
+func TestMetricsConnLimit(t *testing.T) {
+	saved := metricsLimits
+	t.Cleanup(func() { metricsLimits = saved })
+	metricsLimits.Conns = 2
+	d := newSyncd(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err := d.serveMetrics("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.close)
+	scrape := func(c net.Conn) (*http.Response, error) {
+		if _, err := io.WriteString(c, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			return nil, err
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		return resp, err
+	}
+	var held []net.Conn
+	for range metricsLimits.Conns {
+		c, err := net.Dial("tcp", d.bound)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		// A scrape proves the server accepted it; it then idles.
+		if _, err := scrape(c); err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	extra, err := net.Dial("tcp", d.bound) // the kernel completes the handshake
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	// Not served while the slots are held. (A slow machine can only
+	// make this pass without the limit, never fail with it.)
+	extra.SetDeadline(time.Now().Add(500 * time.Millisecond))
+	if resp, err := scrape(extra); err == nil {
+		t.Fatalf("a connection over the limit of %d was served: %s", metricsLimits.Conns, resp.Status)
+	}
+	// A freed slot serves it.
+	held[0].Close()
+	extra.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := http.ReadResponse(bufio.NewReader(extra), nil); err != nil {
+		t.Fatalf("once a slot was free, the waiting connection was not served: %v", err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
@@ -41,13 +42,15 @@ type syncd struct {
 	bound   string // the metrics listener's address (addr may say port 0)
 }
 
-// metricsLimits bound what one client of --metrics-addr can hold: a
+// metricsLimits bound what clients of --metrics-addr can hold: a
 // connection that never finishes its headers, idles between scrapes or
-// reads its answer forever is cut. Tests shorten them.
+// reads its answer forever is cut, and at most Conns are open at once
+// (more wait in the listen backlog), so clients cannot use up the
+// daemon's file descriptors. Tests shorten them.
 var metricsLimits = struct {
 	ReadHeader, Read, Write, Idle time.Duration
-	MaxHeaderBytes                int
-}{ReadHeader: 5 * time.Second, Read: 10 * time.Second, Write: 30 * time.Second, Idle: 60 * time.Second, MaxHeaderBytes: 8 << 10}
+	MaxHeaderBytes, Conns         int
+}{ReadHeader: 5 * time.Second, Read: 10 * time.Second, Write: 30 * time.Second, Idle: 60 * time.Second, MaxHeaderBytes: 8 << 10, Conns: 16}
 
 // syncKey is what, changed by a reload, restarts the node.
 type syncKey struct {
@@ -172,6 +175,7 @@ func (d *syncd) serveMetrics(addr string) error {
 		promhttp.HandlerFor(d.reg.Load(), promhttp.HandlerOpts{}).ServeHTTP(w, r)
 	}))
 	l := metricsLimits
+	ln = &limitListener{Listener: ln, slots: make(chan struct{}, max(l.Conns, 1))}
 	d.srv = &http.Server{Handler: mux, ReadHeaderTimeout: l.ReadHeader, ReadTimeout: l.Read, WriteTimeout: l.Write,
 		IdleTimeout: l.Idle, MaxHeaderBytes: l.MaxHeaderBytes, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)}
 	srv := d.srv
@@ -183,6 +187,35 @@ func (d *syncd) serveMetrics(addr string) error {
 	d.bound = ln.Addr().String()
 	d.log.Info("serving metrics", "addr", d.bound, "path", "/metrics")
 	return nil
+}
+
+// limitListener accepts a connection only while fewer than cap(slots)
+// are open; the others wait in the kernel's listen backlog.
+type limitListener struct {
+	net.Listener
+	slots chan struct{}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	l.slots <- struct{}{}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &limitConn{Conn: c, free: func() { <-l.slots }}, nil
+}
+
+type limitConn struct {
+	net.Conn
+	once sync.Once
+	free func()
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.free)
+	return err
 }
 
 func (d *syncd) close() {
