@@ -36,10 +36,10 @@ import (
 //	listen      = "0.0.0.0:7400"       # standby: where the primary connects
 //	certs       = "/etc/tandem/certs"  # from tandem certs, or your PKI
 //	name        = "gw-a"               # this host's certificate name
-//	interval    = "10ms"
+//	interval    = "10ms"                # 1ms to 10s
 //	journal     = 262144               # deltas kept for a reconnecting standby
 //	journal_mib = 64
-//	ring_bytes  = 4194304              # each CPU's dirty ring
+//	ring_bytes  = 4194304              # each CPU's dirty ring: a power of two, 4 KiB to 64 MiB
 //	test_iface  = ""                   # load the test-only synctest program here
 //
 //	[proxy]                            # the SYN proxy
@@ -57,8 +57,8 @@ import (
 //	listen      = "[::]:7401"
 //	priority    = 100
 //	preempt     = false
-//	interval    = "100ms"
-//	dead        = 3                    # adverts missed before the peer is gone
+//	interval    = "100ms"              # 10ms to 10s
+//	dead        = 3                    # adverts missed before the peer is gone (2 to 100)
 //	secret_file = ""                   # default: proxy.secret_file
 type FileConfig struct {
 	BPFFS       string      `toml:"bpffs"`
@@ -143,8 +143,17 @@ func Defaults() Options {
 // DefaultStateDir holds the daemon's sync metadata and status.
 const DefaultStateDir = "/var/lib/tandem"
 
+// ConfigError is a config file that cannot be used as written: a syntax
+// error, an unknown key, a bad value. It is a mistake in how tandem was
+// called, like a bad flag (the CLI exits 2); a file that cannot be read is
+// not one.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
 // ReadConfig parses a config file strictly: unknown keys and bad values
-// are errors that name the file and the key.
+// are errors (*ConfigError) that name the file and the key.
 func ReadConfig(path string) (*FileConfig, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -155,22 +164,29 @@ func ReadConfig(path string) (*FileConfig, error) {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, fmt.Errorf("config %s: line %d: %s", path, pe.Position.Line, pe.Message)
+			return nil, &ConfigError{fmt.Errorf("config %s: line %d: %s", path, pe.Position.Line, pe.Message)}
 		}
-		return nil, fmt.Errorf("config %s: %w", path, err)
+		return nil, &ConfigError{fmt.Errorf("config %s: %w", path, err)}
 	}
 	if un := md.Undecoded(); len(un) > 0 {
 		keys := make([]string, len(un))
 		for i, k := range un {
 			keys[i] = k.String()
 		}
-		return nil, fmt.Errorf("config %s: unknown key(s) %s", path, strings.Join(keys, ", "))
+		return nil, &ConfigError{fmt.Errorf("config %s: unknown key(s) %s", path, strings.Join(keys, ", "))}
 	}
 	return &fc, nil
 }
 
-// Apply lays the file's values over o.
+// Apply lays the file's values over o. Its errors are *ConfigError.
 func (fc *FileConfig) Apply(o *Options) error {
+	if err := fc.apply(o); err != nil {
+		return &ConfigError{err}
+	}
+	return nil
+}
+
+func (fc *FileConfig) apply(o *Options) error {
 	set := func(dst *string, v string) {
 		if v != "" {
 			*dst = v
@@ -229,6 +245,9 @@ func (fc *FileConfig) Apply(o *Options) error {
 			if err != nil {
 				return fmt.Errorf("config: vip #%d: %q is not an IP address", i+1, v.Addr)
 			}
+			if err := CheckVIP(a); err != nil {
+				return fmt.Errorf("config: vip #%d: %s: %w", i+1, a.Unmap(), err)
+			}
 			if _, dup := o.VIPs[a.Unmap()]; dup {
 				return fmt.Errorf("config: vip %s listed twice", a)
 			}
@@ -262,6 +281,9 @@ func (ec ElectConfig) apply(e *ElectOptions) error {
 		x, err := vip.ParseAddr(a)
 		if err != nil {
 			return fmt.Errorf("config: election.addrs: %v", err)
+		}
+		if err := checkVIPPrefix(x.Prefix); err != nil {
+			return fmt.Errorf("config: election.addrs: %w", err)
 		}
 		e.Addrs = append(e.Addrs, x)
 	}

@@ -35,14 +35,17 @@ func TestUpErrors(t *testing.T) {
 		{"bad xdp mode", []string{"up", "--once", "-i", "eth0", "--xdp-mode", "turbo", "--bpffs", root}, nil, 2, "choose one of"},
 		{"bad vip", []string{"up", "--once", "-i", "eth0", "--vip", "10.1.2", "--bpffs", root}, nil, 2, "not an IP address"},
 		{"unknown flag", []string{"up", "--once", "--frobnicate"}, nil, 2, "unknown flag"},
-		{"relative bpffs", []string{"up", "--once", "-i", "eth0", "--bpffs", "rel/dir"}, nil, 1, "absolute path"},
+		{"relative bpffs", []string{"up", "--once", "-i", "eth0", "--bpffs", "rel/dir"}, nil, 2, "absolute path"},
 		{"bpffs on another filesystem", []string{"up", "--once", "-i", "eth0", "--bpffs", t.TempDir() + "/pins"}, nil, 1, "mount -t bpf bpf"},
 		{"config syntax error", []string{"up", "--once", "--config", cfg, "--bpffs", root}, func(t *testing.T) {
 			os.WriteFile(cfg, []byte("interfaces = [\"eth0\"\nxdp_mode = 3\n"), 0o644)
-		}, 1, "line"},
+		}, 2, "line"},
 		{"config unknown key", []string{"up", "--once", "--config", cfg, "--bpffs", root}, func(t *testing.T) {
 			os.WriteFile(cfg, []byte("interfaces = [\"eth0\"]\nturbo = true\n"), 0o644)
-		}, 1, "unknown key(s) turbo"},
+		}, 2, "unknown key(s) turbo"},
+		{"config bad value", []string{"up", "--once", "--config", cfg, "--bpffs", root}, func(t *testing.T) {
+			os.WriteFile(cfg, []byte("interfaces = [\"eth0\"]\n[sync]\ninterval = \"often\"\n"), 0o644)
+		}, 2, "sync.interval"},
 		{"config missing", []string{"up", "--once", "--config", cfg + ".nope", "--bpffs", root}, nil, 1, "no such file"},
 		{"dump before up", []string{"dump", "vip_gate", "--bpffs", root}, nil, 1, "is tandem up"},
 		{"unknown command", []string{"upp"}, nil, 2, "unknown command"},

@@ -81,6 +81,23 @@ type SyncOptions struct {
 	JournalMiB int
 }
 
+// Bounds of the daemon's timers and sizes. Below a minimum a timer keeps
+// a CPU busy for nothing; above a maximum a value pins kernel or daemon
+// memory no pair needs, or makes failover meaningless.
+const (
+	MinCheckInterval  = 100 * time.Millisecond // up --check-interval
+	MaxCheckInterval  = time.Hour
+	MinSyncInterval   = time.Millisecond // --sync-interval
+	MaxSyncInterval   = 10 * time.Second
+	MinElectInterval  = 10 * time.Millisecond // --vip-interval
+	MaxElectInterval  = 10 * time.Second
+	MinElectDead      = 2 // --vip-dead
+	MaxElectDead      = 100
+	MaxRingBytes      = 64 << 20 // --sync-ring-bytes, each CPU's ring
+	MaxJournalEntries = 1 << 24  // --sync-journal
+	MaxJournalMiB     = 4096     // --sync-journal-mib
+)
+
 // Validate checks the choices, not the machine.
 func (o *Options) Validate() error {
 	var errs []error
@@ -117,11 +134,27 @@ func (o *Options) Validate() error {
 	if o.Sync.Role == SyncStandby && o.Sync.Listen == "" {
 		errs = append(errs, errors.New("--sync-role standby: give --sync-listen ADDR:PORT"))
 	}
-	if o.Sync.Interval <= 0 {
-		errs = append(errs, fmt.Errorf("--sync-interval %s: must be positive", o.Sync.Interval))
+	if o.Sync.Interval < MinSyncInterval || o.Sync.Interval > MaxSyncInterval {
+		errs = append(errs, fmt.Errorf("--sync-interval %s: between %s and %s", o.Sync.Interval, MinSyncInterval, MaxSyncInterval))
 	}
 	if o.Sync.Journal < 0 || o.Sync.JournalMiB < 0 {
 		errs = append(errs, errors.New("--sync-journal and --sync-journal-mib cannot be negative"))
+	}
+	if o.Sync.Journal > MaxJournalEntries {
+		errs = append(errs, fmt.Errorf("--sync-journal %d: at most %d deltas", o.Sync.Journal, MaxJournalEntries))
+	}
+	if o.Sync.JournalMiB > MaxJournalMiB {
+		errs = append(errs, fmt.Errorf("--sync-journal-mib %d: at most %d", o.Sync.JournalMiB, MaxJournalMiB))
+	}
+	vips := make([]netip.Addr, 0, len(o.VIPs))
+	for a := range o.VIPs {
+		vips = append(vips, a)
+	}
+	slices.SortFunc(vips, netip.Addr.Compare)
+	for _, a := range vips {
+		if err := CheckVIP(a); err != nil {
+			errs = append(errs, fmt.Errorf("--vip %s: %w", a, err))
+		}
 	}
 	for _, fa := range [][2]string{{"sync-peer", o.Sync.Peer}, {"sync-listen", o.Sync.Listen}, {"metrics-addr", o.MetricsAddr}} {
 		if fa[1] == "" {
@@ -131,7 +164,9 @@ func (o *Options) Validate() error {
 			errs = append(errs, fmt.Errorf("--%s %q: want HOST:PORT", fa[0], fa[1]))
 		}
 	}
-	if o.RingBytes != 0 {
+	if o.RingBytes > MaxRingBytes {
+		errs = append(errs, fmt.Errorf("--sync-ring-bytes %d: at most %d (64 MiB) a CPU", o.RingBytes, MaxRingBytes))
+	} else if o.RingBytes != 0 {
 		if _, err := maps.RingSpec(o.RingBytes); err != nil {
 			errs = append(errs, fmt.Errorf("--sync-ring-bytes: %w", err))
 		}

@@ -6,6 +6,8 @@ import (
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/tandem-net/tandem/maps"
 )
 
 // ErrLocked means another tandem holds the lock.
@@ -36,4 +38,13 @@ func lockDir(dir string, nonblock bool) (unlock func(), err error) {
 // two daemons never serve one datapath.
 func DaemonLock(root string) (unlock func(), err error) {
 	return lockDir(root, true)
+}
+
+// ServiceLock serialises the writers of the SYN proxy's service tables
+// (tandem service add and del, up applying --service, the daemon's
+// reload): each reads the services, picks a free id and writes, so two at
+// once could give two services one id. It blocks until the lock is free.
+// The lock is on the maps directory: it exists whenever the tables do.
+func ServiceLock(pins maps.Pins) (unlock func(), err error) {
+	return lockDir(pins.MapsDir(), false)
 }

@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -33,15 +35,45 @@ type ProxyOptions struct {
 // MinSecretBytes is the shortest cookie secret accepted.
 const MinSecretBytes = 16
 
-// ReadSecret reads the pair's shared cookie secret.
+// maxSecretBytes bounds what ReadSecret reads: a secret is a few dozen
+// bytes, and a path to an endless file must not hang the daemon.
+const maxSecretBytes = 64 << 10
+
+// ReadSecret reads the pair's shared secret (cookie keys, signed adverts).
+// Like ssh with a private key, it refuses a file that group or others may
+// read or write, one owned by anyone but root or this user (who could
+// change it), and anything but a regular file.
 func ReadSecret(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("cookie secret: %w (make one on one host with `head -c 32 /dev/urandom > %s` and copy it to the peer)", err, path)
+		return nil, fmt.Errorf("cookie secret: %w (make one on one host with `(umask 077; head -c 32 /dev/urandom > %s)` and copy it to the peer)", err, path)
+	}
+	defer f.Close()
+	// The checks read the opened file, so a rename between check and
+	// read cannot slip another file in.
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("cookie secret: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("secret %s is not a regular file (mode %s)", path, fi.Mode())
+	}
+	if perm := fi.Mode().Perm(); perm&0o077 != 0 {
+		return nil, fmt.Errorf("secret %s is open to group or others (mode %04o): chmod 600 %s", path, perm, path)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+		return nil, fmt.Errorf("secret %s is owned by uid %d, neither root nor this user (uid %d): chown %d %s", path, st.Uid, os.Geteuid(), os.Geteuid(), path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxSecretBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("cookie secret: read %s: %w", path, err)
+	}
+	if len(b) > maxSecretBytes {
+		return nil, fmt.Errorf("secret %s: more than %d bytes; a secret is a few dozen (head -c 32 /dev/urandom)", path, maxSecretBytes)
 	}
 	b = bytes.TrimSpace(b)
 	if len(b) < MinSecretBytes {
-		return nil, fmt.Errorf("cookie secret %s: %d bytes, want at least %d (head -c 32 /dev/urandom > %s)", path, len(b), MinSecretBytes, path)
+		return nil, fmt.Errorf("cookie secret %s: %d bytes, want at least %d ((umask 077; head -c 32 /dev/urandom > %s))", path, len(b), MinSecretBytes, path)
 	}
 	return b, nil
 }
@@ -70,7 +102,24 @@ func ServiceFrom(vip string, backends []string) (maps.Service, error) {
 		}
 		svc.Backends = append(svc.Backends, netip.AddrPortFrom(a.Addr().Unmap(), a.Port()))
 	}
-	return svc, svc.Validate()
+	return svc, checkService(svc)
+}
+
+// checkService is maps.Service.Validate and CheckVIP for the VIP and
+// every backend.
+func checkService(s maps.Service) error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	if err := CheckVIP(s.VIP.Addr()); err != nil {
+		return fmt.Errorf("service VIP %s: %w", s.VIP.Addr(), err)
+	}
+	for _, b := range s.Backends {
+		if err := CheckVIP(b.Addr()); err != nil {
+			return fmt.Errorf("service %s: backend %s: %w", s.VIP, b.Addr(), err)
+		}
+	}
+	return nil
 }
 
 func (o *Options) validateProxy(seen map[string]bool) []error {
@@ -97,7 +146,7 @@ func (o *Options) validateProxy(seen map[string]bool) []error {
 	}
 	vips := map[netip.AddrPort]bool{}
 	for _, s := range p.Services {
-		if err := s.Validate(); err != nil {
+		if err := checkService(s); err != nil {
 			errs = append(errs, err)
 		}
 		if vips[s.VIP] {
@@ -140,10 +189,8 @@ func upSynproxy(o Options, tcAttach func(*net.Interface, *ebpf.Program, string, 
 	if _, err := m.SetCookiePeriod(secret, maps.PeriodAt(time.Now())); err != nil {
 		return nil, err
 	}
-	for _, svc := range o.Proxy.Services {
-		if _, err := m.PutService(svc); err != nil {
-			return nil, err
-		}
+	if err := putServices(o.Pins, m, o.Proxy.Services); err != nil {
+		return nil, err
 	}
 	var out []*Attachment
 	for _, name := range o.Proxy.Ifaces {
@@ -183,10 +230,50 @@ func upSynproxy(o Options, tcAttach func(*net.Interface, *ebpf.Program, string, 
 	return out, nil
 }
 
-// Proxy is the pinned SYN proxy, for the CLI and the daemon.
+// putServices writes services under the service lock.
+func putServices(pins maps.Pins, m *maps.SynproxyMaps, svcs []maps.Service) error {
+	if len(svcs) == 0 {
+		return nil
+	}
+	unlock, err := ServiceLock(pins)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	for _, svc := range svcs {
+		if _, err := m.PutService(svc); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Proxy is the pinned SYN proxy, for the CLI and the daemon. Its
+// PutService and DeleteService hold the service lock.
 type Proxy struct {
 	*maps.SynproxyMaps
 	Expire *ebpf.Program // nil when only the maps were found
+	pins   maps.Pins
+}
+
+// PutService adds or replaces a service under the service lock.
+func (p *Proxy) PutService(s maps.Service) (maps.Service, error) {
+	unlock, err := ServiceLock(p.pins)
+	if err != nil {
+		return s, err
+	}
+	defer unlock()
+	return p.SynproxyMaps.PutService(s)
+}
+
+// DeleteService removes a service under the service lock.
+func (p *Proxy) DeleteService(vip netip.AddrPort) error {
+	unlock, err := ServiceLock(p.pins)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return p.SynproxyMaps.DeleteService(vip)
 }
 
 // ErrNoProxy: nothing pinned says a SYN proxy was loaded.
@@ -204,7 +291,7 @@ func OpenProxy(pins maps.Pins) (*Proxy, error) {
 		}
 		return m, nil
 	}
-	p := &Proxy{SynproxyMaps: &maps.SynproxyMaps{}}
+	p := &Proxy{SynproxyMaps: &maps.SynproxyMaps{}, pins: pins}
 	var err error
 	for _, f := range []struct {
 		name string

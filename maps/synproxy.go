@@ -158,11 +158,19 @@ func (m *SynproxyMaps) ListServices() ([]Service, error) {
 	return out, nil
 }
 
+// PutServicePause, when set (tests only, through the CLI's
+// TANDEM_TEST_SERVICE_PAUSE), sleeps between reading the services and
+// writing one: it widens the read-then-write window so that writers the
+// caller failed to serialise collide every time, not once in a while.
+var PutServicePause time.Duration
+
 // PutService adds s or replaces the service at s.VIP. Backends are written
 // before the service points at them, so a packet never finds a missing
 // one; a backend address:port may serve only one VIP, because a backend's
 // replies are mapped back to their VIP by it. Established connections keep
-// the backend they have.
+// the backend they have. It reads the services, then writes: callers in
+// different processes must hold one lock over it (loader.Proxy does), or
+// two of them pick the same free id.
 func (m *SynproxyMaps) PutService(s Service) (Service, error) {
 	if err := s.Validate(); err != nil {
 		return s, err
@@ -170,6 +178,9 @@ func (m *SynproxyMaps) PutService(s Service) (Service, error) {
 	all, err := m.ListServices()
 	if err != nil {
 		return s, err
+	}
+	if PutServicePause > 0 {
+		time.Sleep(PutServicePause)
 	}
 	used := map[uint32]bool{}
 	var old *Service

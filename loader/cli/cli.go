@@ -14,6 +14,8 @@ import (
 	"strings"
 
 	"github.com/spf13/pflag"
+
+	"github.com/tandem-net/tandem/loader"
 )
 
 // Env is the world a command runs in.
@@ -113,8 +115,13 @@ func Run(env Env, args []string) int {
 		return 0
 	}
 	if err := c.run(env, opts, fs.Args()); err != nil {
-		var ue usageError
-		if errors.As(err, &ue) {
+		var (
+			ue usageError
+			ce *loader.ConfigError
+		)
+		// A config file that cannot be used as written is a usage
+		// error too; a file that cannot be read is a failure.
+		if errors.As(err, &ue) || errors.As(err, &ce) {
 			fmt.Fprintf(env.Stderr, "tandem %s: %v (see tandem %s --help)\n", c.name, err, c.name)
 			return 2
 		}

@@ -2,6 +2,9 @@ package cli
 
 import (
 	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -72,17 +75,57 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"vip", "frob"}, "tandem vip [status | handover]"},
 		{[]string{"up", "--once", "-i", "eth0", "--sync-role", "primary"}, "--sync-peer HOST:PORT"},
 		{[]string{"up", "--once", "-i", "eth0", "--sync-role", "primary", "--sync-peer", "10.0.0.2"}, `--sync-peer "10.0.0.2": want HOST:PORT`},
-		{[]string{"up", "--once", "-i", "eth0", "--sync-interval", "0s"}, "--sync-interval 0s: must be positive"},
+		{[]string{"up", "--once", "-i", "eth0", "--sync-interval", "0s"}, "--sync-interval 0s: between 1ms and 10s"},
 		{[]string{"up", "--once", "-i", "eth0", "--sync-ring-bytes", "5000"}, "want a power of two"},
 		{[]string{"up", "--once", "-i", "eth0", "--sync-test-iface", "eth0"}, "also a datapath interface"},
 		{[]string{"up", "--once", "-i", "eth0", "--metrics-addr", "9474"}, `--metrics-addr "9474": want HOST:PORT`},
+		// Bounds: a value that would busy-loop the daemon or pin
+		// gigabytes of kernel memory is a usage error that names the range.
+		{[]string{"up", "--once", "-i", "eth0", "--sync-ring-bytes", "2147483648"}, "--sync-ring-bytes 2147483648: at most 67108864"},
+		{[]string{"up", "--once", "-i", "eth0", "--sync-ring-bytes", "1024"}, "want a power of two"},
+		{[]string{"up", "--once", "-i", "eth0", "--check-interval", "1ns"}, "--check-interval 1ns: between 100ms and 1h0m0s"},
+		{[]string{"up", "--once", "-i", "eth0", "--check-interval", "48h"}, "--check-interval 48h0m0s: between 100ms and 1h0m0s"},
+		{[]string{"up", "--once", "-i", "eth0", "--sync-interval", "1ns"}, "--sync-interval 1ns: between 1ms and 10s"},
+		{[]string{"up", "--once", "-i", "eth0", "--sync-interval", "1h"}, "--sync-interval 1h0m0s: between 1ms and 10s"},
+		{[]string{"up", "--once", "-i", "eth0", "--sync-journal-mib", "1000000"}, "--sync-journal-mib 1000000: at most 4096"},
+		{[]string{"up", "--once", "-i", "eth0", "--sync-journal", "1000000000"}, "--sync-journal 1000000000: at most 16777216"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip-addr", "10.0.0.1/24@eth0", "--vip-peer", "10.0.0.2:1", "--vip-secret", "k", "--vip-interval", "1h"}, "--vip-interval 1h0m0s: between 10ms and 10s"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip-addr", "10.0.0.1/24@eth0", "--vip-peer", "10.0.0.2:1", "--vip-secret", "k", "--vip-dead", "100000"}, "--vip-dead 100000: between 2 and 100"},
+		// Addresses no host can own as a VIP.
+		{[]string{"up", "--once", "-i", "eth0", "--vip", "0.0.0.0"}, "--vip 0.0.0.0: the unspecified address"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip", "::"}, "--vip ::: the unspecified address"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip", "255.255.255.255"}, "--vip 255.255.255.255: the broadcast address"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip", "224.0.0.18=standby"}, "--vip 224.0.0.18: a multicast address"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip", "ff02::1"}, "--vip ff02::1: a multicast address"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip", "239.1.1.1"}, "multicast"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip", "127.0.0.1"}, "--vip 127.0.0.1: a loopback address"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip", "::1"}, "loopback"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip", "169.254.1.1"}, "--vip 169.254.1.1: a link-local address"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip", "0.1.2.3"}, "--vip 0.1.2.3: in 0.0.0.0/8"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip-addr", "0.0.0.0/24@eth0", "--vip-peer", "10.0.0.2:1", "--vip-secret", "k"}, "--vip-addr 0.0.0.0: the unspecified address"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip-addr", "224.0.0.1/24@eth0", "--vip-peer", "10.0.0.2:1", "--vip-secret", "k"}, "--vip-addr 224.0.0.1: a multicast address"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip-addr", "10.0.0.255/24@eth0", "--vip-peer", "10.0.0.2:1", "--vip-secret", "k"}, "--vip-addr 10.0.0.255/24: the broadcast address of 10.0.0.0/24"},
+		{[]string{"up", "--once", "-i", "eth0", "--vip-addr", "10.0.0.0/24@eth0", "--vip-peer", "10.0.0.2:1", "--vip-secret", "k"}, "--vip-addr 10.0.0.0/24: the network address of 10.0.0.0/24"},
+		{[]string{"up", "--once", "--proxy-iface", "eth0", "--proxy-secret", "k", "--service", "0.0.0.0:80=10.0.0.2:80"}, "service VIP 0.0.0.0: the unspecified address"},
+		{[]string{"up", "--once", "--proxy-iface", "eth0", "--proxy-secret", "k", "--service", "[ff02::1]:80=[fd00::2]:80"}, "service VIP ff02::1: a multicast address"},
+		{[]string{"up", "--once", "--proxy-iface", "eth0", "--proxy-secret", "k", "--service", "255.255.255.255:80=10.0.0.2:80"}, "broadcast"},
+		{[]string{"up", "--once", "--proxy-iface", "eth0", "--proxy-secret", "k", "--service", "10.0.0.1:80=0.0.0.0:80"}, "backend 0.0.0.0: the unspecified address"},
+		{[]string{"service", "add", "224.0.0.5:80", "10.0.0.2:80"}, "service VIP 224.0.0.5: a multicast address"},
 		{[]string{"dump"}, "name one map"},
+		{[]string{"dump", "frob", "--bpffs", "/sys/fs/bpf/tandem-cli-test-none"}, `unknown map "frob"`},
 		{[]string{"version", "x"}, "no arguments"},
 		{[]string{"certs"}, "name at least one host"},
 		{[]string{"certs", "gw=10.0.0"}, "not an IP address"},
 	}
 	for _, c := range cases {
-		_, errs, code := run(c.args...)
+		args := c.args
+		if len(args) > 0 && (args[0] == "up" || args[0] == "service") {
+			// A case that slipped through validation must not attach
+			// to this machine's eth0: a --bpffs off bpffs stops up
+			// before it loads anything.
+			args = append(append([]string(nil), args...), "--bpffs", filepath.Join(t.TempDir(), "not-bpffs"), "--state-dir", t.TempDir())
+		}
+		_, errs, code := run(args...)
 		if code != 2 {
 			t.Errorf("%v: exit %d, want 2 (stderr %q)", c.args, code, errs)
 		}
@@ -125,5 +168,81 @@ func TestVIPNoDaemon(t *testing.T) {
 		if code != 1 || !strings.Contains(errs, "no daemon runs an election here") || !strings.Contains(errs, "tandem up --vip-addr") {
 			t.Errorf("vip %s: exit %d, stderr %q", action, code, errs)
 		}
+	}
+}
+
+// TestConfigExitCodes: a config file that cannot be used as written
+// (syntax, unknown key, bad value) is a usage error, exit 2, for every
+// command that reads it; a file that cannot be read is a failure, exit 1.
+func TestConfigExitCodes(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct {
+		name, text string
+		code       int
+		want       string
+	}{
+		{"syntax", "interfaces = [\"eth0\"\n", 2, "line 1"},
+		{"unknown key", "interfaces = [\"eth0\"]\nturbo = true\n", 2, "unknown key(s) turbo"},
+		{"wrong type", "interfaces = \"eth0\"\n", 2, "interfaces"},
+		{"bad duration", "interfaces = [\"eth0\"]\n[sync]\ninterval = \"often\"\n", 2, "sync.interval"},
+		{"bad vip", "interfaces = [\"eth0\"]\n[[vip]]\naddr = \"10.1.2\"\n", 2, "not an IP address"},
+		{"multicast vip", "interfaces = [\"eth0\"]\n[[vip]]\naddr = \"224.0.0.1\"\n", 2, "multicast"},
+		{"broadcast election addr", "interfaces = [\"eth0\"]\n[election]\naddrs = [\"10.0.0.255/24@eth0\"]\n", 2, "the broadcast address of 10.0.0.0/24"},
+		{"bad service", "[proxy]\ninterfaces = [\"eth0\"]\n[[proxy.service]]\nvip = \"10.0.0.1\"\nbackends = [\"10.0.0.2:80\"]\n", 2, "service VIP"},
+		{"bad election priority", "interfaces = [\"eth0\"]\n[election]\npriority = 300\n", 2, "election.priority"},
+		{"ring too big", "interfaces = [\"eth0\"]\n[sync]\nring_bytes = 2147483648\n", 2, "at most"},
+		{"missing", "", 1, "no such file"},
+	}
+	for _, c := range cases {
+		path := filepath.Join(dir, strings.ReplaceAll(c.name, " ", "-")+".toml")
+		if c.text != "" {
+			if err := os.WriteFile(path, []byte(c.text), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, cmd := range [][]string{{"up", "--once"}, {"status"}, {"dump", "vip_gate"}, {"service", "list"}, {"down"}} {
+			if c.name == "ring too big" && cmd[0] != "up" {
+				continue // a bound only up applies
+			}
+			args := append(append([]string(nil), cmd...), "--config", path, "--bpffs", filepath.Join(dir, "no-root"), "--state-dir", dir)
+			_, errs, code := run(args...)
+			if code != c.code || !strings.Contains(errs, c.want) {
+				t.Errorf("%s: %v: exit %d, stderr %q; want exit %d saying %q", c.name, cmd, code, errs, c.code, c.want)
+			}
+		}
+	}
+}
+
+// TestStatusCorruptSyncFile: a torn or garbled sync status file (a crash
+// mid-write, a full disk) says the daemon's status is unavailable and
+// leaves the exit status to the datapath: a health check reading exit 1
+// must mean a broken datapath, not an unreadable status file.
+func TestStatusCorruptSyncFile(t *testing.T) {
+	for _, c := range []struct{ name, data string }{
+		{"truncated", `{"role": "primary", "node": "ab`},
+		{"empty", ""},
+		{"garbage", "\x00\x00\x00\x00"},
+		{"wrong type", `{"pid": "one"}`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := os.WriteFile(syncer.StatusFile(dir), []byte(c.data), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			root := filepath.Join(t.TempDir(), "not-up")
+			out, errs, code := run("status", "--bpffs", root, "--state-dir", dir)
+			if code != 0 || !strings.Contains(out, "daemon status unavailable") {
+				t.Errorf("status: exit %d, stdout %q, stderr %q: want exit 0 and a line saying the daemon status is unavailable", code, out, errs)
+			}
+			out, errs, code = run("status", "--json", "--bpffs", root, "--state-dir", dir)
+			var js struct {
+				Sync struct {
+					Unavailable string `json:"unavailable"`
+				} `json:"sync"`
+			}
+			if err := json.Unmarshal([]byte(out), &js); code != 0 || err != nil || js.Sync.Unavailable == "" {
+				t.Errorf("status --json: exit %d, stdout %q (%v), stderr %q: want exit 0 and sync.unavailable", code, out, err, errs)
+			}
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"path/filepath"
 	"reflect"
 	"runtime"
 	"runtime/debug"
@@ -57,6 +58,9 @@ func (r *rootFlags) options() (loader.Options, error) {
 	}
 	if r.fs.Changed("state-dir") {
 		o.StateDir = r.stateDir
+	}
+	if !filepath.IsAbs(o.Pins.Root) {
+		return o, usagef("--bpffs %q: must be an absolute path (below /sys/fs/bpf)", o.Pins.Root)
 	}
 	return o, nil
 }
@@ -147,9 +151,9 @@ translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
 			fs.StringVar(&f.ingress, "ingress", loader.IngressXDP, "ingress hook: xdp or tc")
 			fs.StringVar(&f.tc, "tc", loader.TCAuto, "TC attach path: auto (tcx where available), tcx, clsact")
 			fs.StringVar(&f.gate, "gate", loader.GateEnforce, "for VIPs this host does not own: enforce (drop) or monitor (count, pass)")
-			fs.StringArrayVar(&f.vips, "vip", nil, "VIP as ADDR (owned here) or ADDR=standby (repeat)")
+			fs.StringArrayVar(&f.vips, "vip", nil, "VIP as ADDR (owned here) or ADDR=standby (repeat); a unicast address: not unspecified, broadcast, multicast, loopback or link-local")
 			fs.BoolVar(&f.once, "once", false, "apply and exit; do not run the daemon")
-			fs.DurationVar(&f.interval, "check-interval", time.Second, "how often the daemon checks its attachments")
+			fs.DurationVar(&f.interval, "check-interval", time.Second, "how often the daemon checks its attachments (100ms to 1h)")
 			fs.BoolVarP(&f.verbose, "verbose", "v", false, "log debug detail")
 			d := loader.Defaults()
 			fs.StringVar(&f.sync.Role, "sync-role", "", "replicate state: primary (send) or standby (receive); empty: no sync")
@@ -157,14 +161,14 @@ translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
 			fs.StringVar(&f.sync.Listen, "sync-listen", d.Sync.Listen, "standby: ADDR:PORT to accept the primary on")
 			fs.StringVar(&f.sync.Certs, "sync-certs", d.Sync.Certs, "directory with ca.pem and NAME.pem/NAME-key.pem (see tandem certs)")
 			fs.StringVar(&f.sync.Name, "sync-name", "", "this host's certificate name (default: the hostname)")
-			fs.DurationVar(&f.sync.Interval, "sync-interval", d.Sync.Interval, "how often the primary drains the dirty rings and sends")
-			fs.IntVar(&f.sync.Journal, "sync-journal", syncer.DefaultJournalEntries, "deltas the primary keeps for a standby that reconnects (journal resync)")
-			fs.IntVar(&f.sync.JournalMiB, "sync-journal-mib", syncer.DefaultJournalBytes>>20, "and at most this many MiB of them")
-			fs.Uint32Var(&f.ring, "sync-ring-bytes", maps.DefaultRingBytes, "each CPU's dirty ring, a power of two (applies to rings not yet created)")
+			fs.DurationVar(&f.sync.Interval, "sync-interval", d.Sync.Interval, "how often the primary drains the dirty rings and sends (1ms to 10s)")
+			fs.IntVar(&f.sync.Journal, "sync-journal", syncer.DefaultJournalEntries, "deltas the primary keeps for a standby that reconnects (journal resync; at most 16777216)")
+			fs.IntVar(&f.sync.JournalMiB, "sync-journal-mib", syncer.DefaultJournalBytes>>20, "and at most this many MiB of them (at most 4096)")
+			fs.Uint32Var(&f.ring, "sync-ring-bytes", maps.DefaultRingBytes, "each CPU's dirty ring, a power of two from the page size (4 KiB) to 64 MiB (applies to rings not yet created)")
 			fs.StringVar(&f.testIf, "sync-test-iface", "", "also load the test-only synctest program on this interface (labs, tests)")
 			fs.StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus metrics on ADDR:PORT at /metrics")
 			fs.StringSliceVar(&f.proxy, "proxy-iface", nil, "run the SYN proxy on this interface, client or backend side (repeat)")
-			fs.StringVar(&f.secret, "proxy-secret", "", "file with the pair's shared cookie secret (at least 16 bytes)")
+			fs.StringVar(&f.secret, "proxy-secret", "", "file with the pair's shared cookie secret (at least 16 bytes; mode 0600 or stricter, owned by root or you)")
 			fs.StringArrayVar(&f.services, "service", nil, "proxy service VIP:PORT=BACKEND:PORT[,BACKEND:PORT...] (repeat)")
 			fs.StringArrayVar(&f.vaddrs, "vip-addr", nil, "run the VIP election; the owner holds ADDR/LEN@IFACE (repeat; all move together)")
 			fs.StringSliceVar(&f.vpeers, "vip-peer", nil, "the peer's advert HOST:PORT, one per path: sync link and service network (repeat); adverts from other addresses are refused")
@@ -172,9 +176,9 @@ translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
 			fs.StringVar(&f.elect.Listen, "vip-listen", d.Elect.Listen, "UDP ADDR:PORT the peer's adverts arrive on")
 			fs.Uint8Var(&f.elect.Priority, "vip-priority", d.Elect.Priority, "election priority, 0-255; higher wins (and settles a split brain)")
 			fs.BoolVar(&f.elect.Preempt, "vip-preempt", false, "take the VIPs back from a lower-priority owner once caught up (by handover)")
-			fs.DurationVar(&f.elect.Interval, "vip-interval", d.Elect.Interval, "time between adverts")
-			fs.IntVar(&f.elect.Dead, "vip-dead", d.Elect.Dead, "adverts missed before the peer counts as gone")
-			fs.StringVar(&f.elect.Secret, "vip-secret", "", "file with the pair's shared secret the adverts are signed with (default: --proxy-secret)")
+			fs.DurationVar(&f.elect.Interval, "vip-interval", d.Elect.Interval, "time between adverts (10ms to 10s)")
+			fs.IntVar(&f.elect.Dead, "vip-dead", d.Elect.Dead, "adverts missed before the peer counts as gone (2 to 100)")
+			fs.StringVar(&f.elect.Secret, "vip-secret", "", "file with the pair's shared secret the adverts are signed with (default: --proxy-secret; mode 0600 or stricter)")
 			return f
 		},
 		run: runUp,
@@ -206,7 +210,8 @@ where up ran.`,
 Reads the pins under --bpffs and checks each attachment against the kernel
 (is the link still on its interface, is tandem's cls_bpf filter still
 there). Exit status 1 when an attachment is broken, so scripts can use it as
-a health check; 0 when all is well or nothing is up.`,
+a health check; 0 when all is well or nothing is up. A daemon status file
+that cannot be read (torn by a crash) is a warning line, not a failure.`,
 		examples: "  tandem status\n  tandem status --json | jq .vips\n",
 		flags:    addJSONRootFlags,
 		run:      runStatus,
@@ -296,6 +301,9 @@ func (f *upFlags) options() (loader.Options, error) {
 	o, err := f.rootFlags.options()
 	if err != nil {
 		return o, err
+	}
+	if f.interval < loader.MinCheckInterval || f.interval > loader.MaxCheckInterval {
+		return o, usagef("--check-interval %s: between %s and %s", f.interval, loader.MinCheckInterval, loader.MaxCheckInterval)
 	}
 	fs := f.fs
 	if fs.Changed("iface") {
@@ -643,6 +651,9 @@ func runDump(env Env, opts any, args []string) error {
 	if len(args) != 1 {
 		return usagef("name one map: %s", strings.Join(maps.Dumpable(), ", "))
 	}
+	if !slices.Contains(maps.Dumpable(), args[0]) {
+		return usagef("unknown map %q: choose one of %s", args[0], strings.Join(maps.Dumpable(), ", "))
+	}
 	o, err := f.rootFlags.options()
 	if err != nil {
 		return err
@@ -659,7 +670,7 @@ func runDump(env Env, opts any, args []string) error {
 		}
 		defer vm.Close()
 		if t, err = vm.Dump(args[0]); err != nil {
-			return usageError{err.Error()}
+			return err
 		}
 	}
 	if f.json {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"os"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -36,7 +37,11 @@ backend address:port serves one VIP.
   del    removes a service; its open connections run to their end
 
 Services in the config file ([[proxy.service]]) are applied by every up and
-SIGHUP; services added here and not in the config are left alone by them.`,
+SIGHUP; services added here and not in the config are left alone by them.
+Every writer of the services (add, del, up, the daemon's reload) takes one
+lock under --bpffs, so concurrent runs never give two services one id.
+VIPs and backends are unicast addresses: not unspecified, broadcast,
+multicast, loopback or link-local.`,
 		examples: `  tandem service add 192.0.2.10:443 10.2.0.11:443 10.2.0.12:443
   tandem service add '[2001:db8::10]:443' '[fd00:2::11]:443'
   tandem service list
@@ -56,6 +61,12 @@ func runService(env Env, opts any, args []string) error {
 	if err != nil {
 		return err
 	}
+	// Arguments are checked before the machine is: a bad one is a usage
+	// error wherever tandem runs.
+	var (
+		svc maps.Service
+		vip netip.AddrPort
+	)
 	switch args[0] {
 	case "list":
 		if len(args) > 1 {
@@ -65,10 +76,18 @@ func runService(env Env, opts any, args []string) error {
 		if len(args) < 3 {
 			return usagef("add VIP:PORT BACKEND:PORT [BACKEND:PORT...]")
 		}
+		if svc, err = loader.ServiceFrom(args[1], args[2:]); err != nil {
+			return usageError{err.Error()}
+		}
 	case "del", "delete", "rm":
 		if len(args) != 2 {
 			return usagef("del VIP:PORT")
 		}
+		v, err := netip.ParseAddrPort(args[1])
+		if err != nil {
+			return usagef("del %q: want VIP:PORT ([ADDR]:PORT for IPv6)", args[1])
+		}
+		vip = netip.AddrPortFrom(v.Addr().Unmap(), v.Port())
 	default:
 		return usagef("unknown action %q: use list, add or del", args[0])
 	}
@@ -80,23 +99,18 @@ func runService(env Env, opts any, args []string) error {
 		return err
 	}
 	defer p.Close()
+	if d, err := time.ParseDuration(os.Getenv("TANDEM_TEST_SERVICE_PAUSE")); err == nil && d > 0 && d <= time.Second {
+		maps.PutServicePause = d // tests: see maps.PutServicePause
+	}
 	switch args[0] {
 	case "add":
-		svc, err := loader.ServiceFrom(args[1], args[2:])
-		if err != nil {
-			return usageError{err.Error()}
-		}
 		if svc, err = p.PutService(svc); err != nil {
 			return err
 		}
 		fmt.Fprintf(env.Stdout, "service %s (id %d): %d backend(s)\n", svc.VIP, svc.ID, len(svc.Backends))
 		return nil
 	case "del", "delete", "rm":
-		vip, err := netip.ParseAddrPort(args[1])
-		if err != nil {
-			return usagef("del %q: want VIP:PORT ([ADDR]:PORT for IPv6)", args[1])
-		}
-		if err := p.DeleteService(netip.AddrPortFrom(vip.Addr().Unmap(), vip.Port())); err != nil {
+		if err := p.DeleteService(vip); err != nil {
 			return err
 		}
 		fmt.Fprintf(env.Stdout, "service %s removed\n", vip)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"text/tabwriter"
@@ -38,7 +39,18 @@ type syncd struct {
 	reg     atomic.Pointer[prometheus.Registry]
 	srv     *http.Server
 	addr    string
+	bound   string // the metrics listener's address (addr may say port 0)
 }
+
+// metricsLimits bound what clients of --metrics-addr can hold: a
+// connection that never finishes its headers, idles between scrapes or
+// reads its answer forever is cut, and at most Conns are open at once
+// (more wait in the listen backlog), so clients cannot use up the
+// daemon's file descriptors. Tests shorten them.
+var metricsLimits = struct {
+	ReadHeader, Read, Write, Idle time.Duration
+	MaxHeaderBytes, Conns         int
+}{ReadHeader: 5 * time.Second, Read: 10 * time.Second, Write: 30 * time.Second, Idle: 60 * time.Second, MaxHeaderBytes: 8 << 10, Conns: 16}
 
 // syncKey is what, changed by a reload, restarts the node.
 type syncKey struct {
@@ -162,15 +174,48 @@ func (d *syncd) serveMetrics(addr string) error {
 	mux.Handle("/metrics", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		promhttp.HandlerFor(d.reg.Load(), promhttp.HandlerOpts{}).ServeHTTP(w, r)
 	}))
-	d.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	l := metricsLimits
+	ln = &limitListener{Listener: ln, slots: make(chan struct{}, max(l.Conns, 1))}
+	d.srv = &http.Server{Handler: mux, ReadHeaderTimeout: l.ReadHeader, ReadTimeout: l.Read, WriteTimeout: l.Write,
+		IdleTimeout: l.Idle, MaxHeaderBytes: l.MaxHeaderBytes, ErrorLog: slog.NewLogLogger(d.log.Handler(), slog.LevelDebug)}
 	srv := d.srv
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.log.Error("metrics endpoint", "err", err)
 		}
 	}()
-	d.log.Info("serving metrics", "addr", ln.Addr().String(), "path", "/metrics")
+	d.bound = ln.Addr().String()
+	d.log.Info("serving metrics", "addr", d.bound, "path", "/metrics")
 	return nil
+}
+
+// limitListener accepts a connection only while fewer than cap(slots)
+// are open; the others wait in the kernel's listen backlog.
+type limitListener struct {
+	net.Listener
+	slots chan struct{}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	l.slots <- struct{}{}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &limitConn{Conn: c, free: func() { <-l.slots }}, nil
+}
+
+type limitConn struct {
+	net.Conn
+	once sync.Once
+	free func()
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.free)
+	return err
 }
 
 func (d *syncd) close() {
@@ -191,17 +236,22 @@ type statusJSON struct {
 type syncStatus struct {
 	*syncer.NodeStatus
 	Running bool `json:"running"` // the daemon that wrote it is alive and writing
+	// Unavailable says why the status file could not be read (torn by a
+	// crash, garbled, unreadable); NodeStatus is nil then.
+	Unavailable string `json:"unavailable,omitempty"`
 }
 
 // readSyncStatus reads the status a sync daemon writes to stateDir; nil
-// when no daemon ever synced there.
+// when no daemon ever synced there. A file that cannot be read or parsed
+// is reported in Unavailable, never as an error: it says nothing about
+// the datapath, whose health alone sets tandem status's exit status.
 func readSyncStatus(stateDir string) (*syncStatus, error) {
 	st, err := syncer.ReadNodeStatus(stateDir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, err
+		return &syncStatus{Unavailable: err.Error()}, nil
 	}
 	alive := st.PID > 0 && syscallKill0(st.PID) == nil
 	return &syncStatus{NodeStatus: st, Running: alive && time.Since(st.Updated) < 5*time.Second}, nil
@@ -211,8 +261,12 @@ func printSyncStatus(w io.Writer, ss *syncStatus) {
 	if ss == nil {
 		return
 	}
-	st := ss.NodeStatus
 	fmt.Fprintln(w, "\nSync:")
+	if ss.NodeStatus == nil {
+		fmt.Fprintf(w, "warning: daemon status unavailable: %s (a running daemon rewrites it every second)\n", ss.Unavailable)
+		return
+	}
+	st := ss.NodeStatus
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	if !ss.Running {
 		fmt.Fprintf(tw, "daemon\tnot running (pid %d; status from %s)\n", st.PID, st.Updated.Format(time.RFC3339))
