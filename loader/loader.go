@@ -390,13 +390,13 @@ func (o *Options) ExpectedPins() []string {
 // Check compares the datapath with o and lists what is wrong: attachments
 // missing or broken. Nothing wrong: an empty list.
 func Check(o Options) ([]string, error) {
-	st, err := ReadStatus(o.Pins)
+	as, err := readAttachments(o.Pins)
 	if err != nil {
 		return nil, err
 	}
 	have := map[string]bool{}
 	var problems []string
-	for _, a := range st.Attachments {
+	for _, a := range as {
 		have[a.Pin] = true
 		if a.Problem != "" {
 			problems = append(problems, a.Pin+": "+a.Problem)

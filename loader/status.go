@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -67,16 +68,9 @@ func ReadStatus(pins maps.Pins) (*Status, error) {
 	if _, err := os.Stat(pins.Root); errors.Is(err, os.ErrNotExist) {
 		return st, nil
 	}
-	entries, err := listAttach(pins)
-	if err != nil {
+	var err error
+	if st.Attachments, err = readAttachments(pins); err != nil {
 		return nil, err
-	}
-	for _, e := range entries {
-		kind, ifname, _ := maps.SplitAttachName(e)
-		if kind == KindClsactMarker {
-			continue
-		}
-		st.Attachments = append(st.Attachments, inspect(pins, e, kind, ifname))
 	}
 	progNames, mapNames, err := embeddedNames()
 	if err != nil {
@@ -238,13 +232,43 @@ func progName(id ebpf.ProgramID) string {
 	return info.Name
 }
 
+// readAttachments inspects every attachment pinned under the root: the
+// part of the status the daemon's periodic check needs, and cheap.
+func readAttachments(pins maps.Pins) ([]*Attachment, error) {
+	entries, err := listAttach(pins)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Attachment
+	for _, e := range entries {
+		kind, ifname, _ := maps.SplitAttachName(e)
+		if kind == KindClsactMarker {
+			continue
+		}
+		out = append(out, inspect(pins, e, kind, ifname))
+	}
+	return out, nil
+}
+
 func sortBy[T any](s []T, key func(T) string) {
 	slices.SortFunc(s, func(a, b T) int { return strings.Compare(key(a), key(b)) })
 }
 
 // embeddedNames lists the programs and the pinned maps of every embedded
-// object, each name once.
+// object, each name once. Parsing the objects costs milliseconds, so it is
+// done once per process, not on every status read or daemon check.
 func embeddedNames() (progs, pinned []string, err error) {
+	embedded.once.Do(func() { embedded.progs, embedded.pinned, embedded.err = readEmbeddedNames() })
+	return embedded.progs, embedded.pinned, embedded.err
+}
+
+var embedded struct {
+	once          sync.Once
+	progs, pinned []string
+	err           error
+}
+
+func readEmbeddedNames() (progs, pinned []string, err error) {
 	for _, load := range []func() (*ebpf.CollectionSpec, error){bpf.LoadVipgate, bpf.LoadSynctest, bpf.LoadSynproxy} {
 		spec, err := load()
 		if err != nil {
