@@ -721,7 +721,9 @@ type writerFunc func([]byte) (int, error)
 func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 
 // connTable reads a gateway's connection entries without the host-local
-// queued epoch.
+// queued epoch and sequence tracking (the RST/SYN checks' state: moved by
+// every segment but replicated only with the entry's other changes, and
+// re-anchored by the host that takes over, see docs/synproxy.md).
 func connTable(t testing.TB, h *lab.Host) map[maps.ConnKey]maps.ConnVal {
 	t.Helper()
 	px, err := loader.OpenProxy(maps.Pins{Root: h.BPFFS()})
@@ -737,6 +739,7 @@ func connTable(t testing.TB, h *lab.Host) map[maps.ConnKey]maps.ConnVal {
 	it := px.Conns.Iterate()
 	for it.Next(&k, &v) {
 		v.Sync.QueuedEpoch = 0
+		v.Cnxt, v.Cuna, v.Bnxt, v.Buna, v.Cmaxwin, v.Bmaxwin, v.Cwin, v.Bwin, v.Trk, v.ChalT = 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
 		out[k] = v
 	}
 	if err := it.Err(); err != nil {
