@@ -806,8 +806,10 @@ static long csum_step(__u32 i, void *arg)
 }
 
 /* tcp_csum_long checks a segment longer than the fast path reads (a SYN
- * with a payload), every byte of it, under bpf_loop. */
-static __attribute__((noinline)) int tcp_csum_long(struct xdp_md *ctx, const struct pkt *p, __u32 tlen, __u16 got)
+ * with a payload), every byte of it, under bpf_loop. Inlined: a frame of
+ * its own would put the chain XDP program, cookie_ack, tcp_csum_ok, this,
+ * csum_step past 512 bytes on verifiers that round frames up (< 6.8). */
+static __always_inline int tcp_csum_long(struct xdp_md *ctx, const struct pkt *p, __u32 tlen, __u16 got)
 {
 	struct csum_walk w = {};
 	__u64 sum;

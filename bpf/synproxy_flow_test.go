@@ -963,3 +963,59 @@ func TestSynproxyBlindReset(t *testing.T) {
 	}
 	fixture.Check(t, filepath.Join(testenv.RepoRoot(), "testdata", "synproxy", "rst.golden.json"), results)
 }
+
+// TestSynproxyTrackingPickup: the sequence tracking of an entry last
+// tracked by another host (the peer before a failover: another token in
+// trk) may be behind the connection by what moved since the entry was
+// last replicated. With this host's own token, a RST at the connection's
+// real next sequence would then be out of the window and dropped; with
+// the peer's, it gets a challenge ACK instead, and the side's next segment
+// re-anchors the tracking, after which a RST at the new next resets.
+func TestSynproxyTrackingPickup(t *testing.T) {
+	p := loadSynproxyWith(t, map[string]any{"cfg_challenge_ns": uint64(0)})
+	ns := newIsolatedNetns(t)
+	c := openConn(t, p, ns, netip.AddrPortFrom(client4, 49000), netip.AddrPortFrom(svc4, 80), false)
+	var cv maps.ConnVal
+	if err := p.m.Conns.Lookup(c.key, &cv); err != nil {
+		t.Fatal(err)
+	}
+	if cv.Cnxt != 102 || cv.Cuna != 102 || cv.Bnxt != c.bisn+201 || cv.Buna != c.bisn+201 || cv.Trk == 0 {
+		t.Fatalf("tracking after the exchange: %+v", cv)
+	}
+	// 1 MiB behind, as a replica can be.
+	stale := cv
+	stale.Cnxt -= 1 << 20
+	stale.Cuna -= 1 << 20
+	put := func(v maps.ConnVal) {
+		t.Helper()
+		if err := p.m.Conns.Put(c.key, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(what string, s seg, want, stat string) []byte {
+		t.Helper()
+		before := p.stats(t)
+		v, out, err := ns.run(p.objs.XdpSynproxy, s.frame(t))
+		if err != nil || v != want {
+			t.Fatalf("%s: %s %v, want %s", what, v, err, want)
+		}
+		if after := p.stats(t); after[stat] != before[stat]+1 {
+			t.Errorf("%s: %s not counted", what, stat)
+		}
+		return out
+	}
+	rst := func(seq uint32) seg { return seg{src: c.client, dst: c.vip, seq: seq, rst: true, ws: -1} }
+	put(stale)
+	run("stale, own token: rst at the real next", rst(102), "XDP_DROP", "rst_out_of_window")
+	stale.Trk ^= 2 // another host's (tokens are odd)
+	put(stale)
+	out := run("stale, the peer's token: rst at the real next", rst(102), "XDP_TX", "challenge_ack")
+	if g := parseOut(t, out); g.src != c.vip || g.dst != c.client || g.ack != stale.Cuna || g.seq != c.cookie+201 || g.rst {
+		t.Errorf("challenge %+v, want ack %d (what the tracking knows)", g, stale.Cuna)
+	}
+	run("the client's next segment", seg{src: c.client, dst: c.vip, seq: 102, ack: c.cookie + 201, ackf: true, window: 502, ws: -1, payload: make([]byte, 10)}, "XDP_PASS", "to_backend")
+	if err := p.m.Conns.Lookup(c.key, &cv); err != nil || cv.Cnxt != 112 || cv.Trk != stale.Trk^2 {
+		t.Fatalf("after the client's segment: next %d, token %#x (%v), want 112 and this host's %#x", cv.Cnxt, cv.Trk, err, stale.Trk^2)
+	}
+	run("rst at the re-anchored next", rst(112), "XDP_PASS", "closed")
+}
