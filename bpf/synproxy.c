@@ -65,6 +65,11 @@ const volatile __u32 cfg_syn_tries = 4;
 /* An entry's last-seen time (TAI, comparable between the two hosts) is
  * refreshed, and the entry replicated again, at most this often. */
 const volatile __u64 cfg_touch_ns = 1000000000ULL;
+/* At most one challenge ACK per connection this often (RFC 5961 section
+ * 7; Linux's tcp_invalid_ratelimit is the same 500 ms, per socket). Per
+ * connection, not global: a global budget is a side channel an off-path
+ * attacker can read (CVE-2016-5696). */
+const volatile __u64 cfg_challenge_ns = 500000000ULL;
 
 enum sp_stat {
 	SP_SYN = 0,         /* SYNs to a service answered with a cookie SYN-ACK */
@@ -92,6 +97,9 @@ enum sp_stat {
 	SP_ICMP,            /* ICMP errors for a proxied flow translated */
 	SP_BAD_ACK,         /* backend SYN-ACKs that acknowledge nothing we sent */
 	SP_NOT_OWNER,       /* segments to a VIP the gate says another host owns */
+	SP_CHALLENGE_ACK,   /* challenge ACKs sent (RFC 5961): RST in window, SYN */
+	SP_CHALLENGE_LIMITED, /* challenge ACKs not sent: the per-connection rate */
+	SP_RST_BAD,         /* RSTs outside the window: dropped */
 	SP_STAT_MAX,
 };
 
@@ -198,6 +206,10 @@ enum conn_flags {
 	CONN_F_SACK = 1,
 	CONN_F_TS = 2,
 	CONN_F_WS = 4,
+	/* The sequence state of a side is stale (the entry came from the
+	 * peer, or from before a restart): its next segment re-anchors it. */
+	CONN_F_PICK_C = 8,
+	CONN_F_PICK_B = 16,
 };
 
 /* Never read: keep the layout in BTF for bpf2go. */
@@ -235,6 +247,17 @@ struct conn_val {
 	__u8 fwd_shl, fwd_shr, rev_shl, rev_shr;
 	__u32 svc;
 	__u32 backend;    /* index among the service's backends, by flow hash */
+	/* Sequence tracking (RFC 5961 checks of RSTs and SYNs), each side in
+	 * its own sequence space: nxt is the highest sequence end (seq +
+	 * payload + FIN) the side sent, una the highest ack the other side
+	 * sent for it; maxwin the largest window the side advertised, in
+	 * bytes; win its last window as sent (its own scale). Updated only by
+	 * segments that pass the checks (see seq_track). */
+	__u32 cnxt, cuna, bnxt, buna;
+	__u32 cmaxwin, bmaxwin;
+	__u16 cwin, bwin;
+	__u32 trk;        /* sp_local's token of the host tracking this entry */
+	__u32 chal_t;     /* the last challenge ACK, TAI ns >> 20 */
 	__u32 pad;
 	__u64 created_ns; /* TAI */
 	__u64 last_ns;    /* TAI, refreshed at most every cfg_touch_ns */
@@ -250,6 +273,29 @@ struct {
 } sp_conns SEC(".maps");
 
 SYNC_ACCESSORS(sp_conns, struct conn_key, struct conn_val)
+
+/* sp_local[0]: this host's tracking token, random, made on first use and
+ * never replicated. An entry whose trk differs was last tracked elsewhere
+ * (the peer, before a failover) and its sequence state may be behind by
+ * up to a replication interval: each side's next segment re-anchors it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sp_local SEC(".maps");
+
+static __always_inline __u32 local_token(void)
+{
+	__u32 zero = 0, *t = bpf_map_lookup_elem(&sp_local, &zero);
+
+	if (!t)
+		return 0;
+	if (*t == 0)
+		__sync_val_compare_and_swap(t, 0, bpf_get_prandom_u32() | 1);
+	return *t;
+}
 
 static __always_inline void sp_count(__u32 s)
 {
@@ -716,10 +762,82 @@ kernel:
 	return XDP_PASS;
 }
 
-/* tcp_csum_ok checks a handshake segment (no payload, at most 60 bytes)
- * against its checksum. A segment from a local socket on a veth carries
- * only the pseudo-header sum (CHECKSUM_PARTIAL, the NIC never ran): that
- * is accepted too, the one form a corrupted segment almost never takes. */
+/* The longest handshake segment whose checksum is verified: longer ones
+ * are dropped as unverifiable (bad_checksum). A SYN's payload (TCP Fast
+ * Open data) is never more than an MSS. */
+#define CSUM_CHUNKS 256 /* of 64 bytes: 16 KiB */
+
+struct csum_walk {
+	struct xdp_md *ctx;
+	__u64 sum;
+	__u32 off, left;
+	__u32 bad;
+};
+
+/* csum_step adds the next 64 bytes (or what is left, zero-padded) of a
+ * segment to the sum: chunks start at multiples of 64 from the segment's
+ * start, so the 16-bit words line up with the segment's. */
+static long csum_step(__u32 i, void *arg)
+{
+	struct csum_walk *w = arg;
+	struct scratch *s = scratch(0);
+	__u32 n;
+	__s64 d;
+
+	if (!s || w->left == 0)
+		return 1;
+	n = w->left > 64 ? 64 : w->left;
+	if (n < 64)
+		__builtin_memset(s->seg, 0, sizeof(s->seg));
+	n = ((n - 1) & 63) + 1;
+	if (bpf_xdp_load_bytes(w->ctx, w->off, s->seg, n)) {
+		w->bad = 1;
+		return 1;
+	}
+	d = bpf_csum_diff(0, 0, (void *)s->seg, (n + 3) & 0x7c, 0);
+	if (d < 0) {
+		w->bad = 1;
+		return 1;
+	}
+	w->sum += (__u32)d;
+	w->off += n;
+	w->left -= n;
+	return 0;
+}
+
+/* tcp_csum_long checks a segment longer than the fast path reads (a SYN
+ * with a payload), every byte of it, under bpf_loop. Inlined: a frame of
+ * its own would put the chain XDP program, cookie_ack, tcp_csum_ok, this,
+ * csum_step past 512 bytes on verifiers that round frames up (< 6.8). */
+static __always_inline int tcp_csum_long(struct xdp_md *ctx, const struct pkt *p, __u32 tlen, __u16 got)
+{
+	struct csum_walk w = {};
+	__u64 sum;
+
+	if (!p || tlen > CSUM_CHUNKS * 64)
+		return 0;
+	sum = pseudo_sum(p->eth_proto == ETH_P_IP, p->saddr, p->daddr, tlen);
+	if (bpf_ntohs(csum_fold32((__u32)sum)) == got)
+		return 1; /* partial: the pseudo-header sum only */
+	w.ctx = ctx;
+	w.sum = sum;
+	w.off = p->l4_off & 0x1ff;
+	w.left = tlen;
+	bpf_loop(CSUM_CHUNKS, csum_step, &w, 0);
+	if (w.bad || w.left)
+		return 0;
+	sum = (w.sum & 0xffffffff) + (w.sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	return csum_fold32((__u32)sum) == 0xffff;
+}
+
+/* tcp_csum_ok checks a handshake segment against its checksum: one with
+ * options only (at most 60 bytes) in one read, a longer one (a payload)
+ * chunk by chunk. A segment from a local socket on a veth carries only
+ * the pseudo-header sum (CHECKSUM_PARTIAL, the NIC never ran): that is
+ * accepted too, the one form a corrupted segment almost never takes;
+ * whatever payload such a segment carries is never read (a SYN's is
+ * dropped, the client sends it again once established). */
 __attribute__((noinline)) int tcp_csum_ok(struct xdp_md *ctx, const struct pkt *p)
 {
 	struct scratch *s = scratch(0);
@@ -730,12 +848,13 @@ __attribute__((noinline)) int tcp_csum_ok(struct xdp_md *ctx, const struct pkt *
 	if (!p || !s)
 		return 0;
 	tlen = p->l4_len;
-	/* Payload on a handshake segment (TCP Fast Open data) is dropped
-	 * unread; such segments are not checked. */
-	if (tlen > 60)
-		return 1;
-	if (tlen < 20 || tlen % 4)
+	if (tlen < 20)
 		return 0;
+	if (tlen > 60 || tlen % 4) {
+		if (bpf_xdp_load_bytes(ctx, (p->l4_off & 0x1ff) + 16, s->seg, 2))
+			return 0;
+		return tcp_csum_long(ctx, p, tlen, (__u16)s->seg[0] << 8 | s->seg[1]);
+	}
 	if (bpf_xdp_load_bytes(ctx, p->l4_off & 0x1ff, s->seg, ((tlen - 1) & 63) + 1))
 		return 0;
 	got = (__u16)s->seg[16] << 8 | s->seg[17];
@@ -955,6 +1074,15 @@ __attribute__((noinline)) int cookie_ack(struct xdp_md *ctx, struct pkt *p, cons
 	v->bwscale = COOKIE_WS_NONE;
 	v->flags = (co.sack ? CONN_F_SACK : 0) | (o.ts ? CONN_F_TS : 0) | (co.wscale != COOKIE_WS_NONE ? CONN_F_WS : 0);
 	v->state = CONN_SYN_SENT;
+	/* The client's side of the sequence tracking: what the backend
+	 * will expect next (the cookie ACK's seq), and its window in bytes
+	 * (in its own scale, which it believes in force once it offered
+	 * one). The backend's side starts at its SYN-ACK. */
+	v->cnxt = v->client_isn + 1;
+	v->cuna = v->cnxt;
+	v->cwin = v->client_win;
+	v->cmaxwin = (__u32)v->client_win << (co.wscale == COOKIE_WS_NONE ? 0 : (co.wscale & 15));
+	v->trk = local_token();
 	v->tries = 1;
 	v->created_ns = now_ns();
 	v->last_ns = v->created_ns;
@@ -1191,6 +1319,151 @@ static __always_inline void conn_delete(const struct conn_key *k)
 		sync_mark_deleted(SYNC_MAP_CONN, &s->k, sizeof(s->k));
 }
 
+/* What seq_track makes of a segment of an established or closing entry. */
+enum seq_verdict {
+	SEQ_OK = 0,    /* acceptable: tracked, a FIN counts */
+	SEQ_FWD,       /* forwarded untracked (the endpoint judges it) */
+	SEQ_RESET,     /* a RST at the expected sequence: forwarded, closing */
+	SEQ_CHALLENGE, /* a RST in the window: a challenge ACK instead */
+	SEQ_DROP,      /* a RST outside the window: dropped */
+};
+
+/* seq_track checks a segment (not a SYN) from one side of an established
+ * or closing entry against the sequence state and advances that state
+ * (RFC 5961). X is the sender, Y the receiver; X's sequence numbers are in
+ * X's own space (the client's and the backend's spaces differ by
+ * seq_delta; acks from the client are moved into the backend's first).
+ *
+ * A RST resets when its seq is X's nxt (the end of all X sent: what Y
+ * expects next once it has it all) or X's una (what Y last acknowledged,
+ * and what our challenge ACK carries); one elsewhere in Y's window
+ * [una, una + maxwin) is answered with a challenge ACK (forwarded once the
+ * entry is closing: the endpoint checks it exactly), any other dropped.
+ *
+ * Other segments move the state only when acceptable: the ack acknowledges
+ * nothing Y has not sent and is within X's window of Y's nxt, and the
+ * end is within Y's window of X's nxt (RFC 5961 section 5's ACK check,
+ * and the window a sender keeps to). Anything else is forwarded untracked,
+ * so a forged segment must guess both numbers to move the state. */
+static __always_inline int seq_track(struct conn_val *c, int fromc, const struct tcphdr *th, __u32 paylen)
+{
+	__u32 *xnxt = fromc ? &c->cnxt : &c->bnxt;
+	__u32 *xuna = fromc ? &c->cuna : &c->buna;
+	__u32 *ynxt = fromc ? &c->bnxt : &c->cnxt;
+	__u32 *yuna = fromc ? &c->buna : &c->cuna;
+	__u32 *xmax = fromc ? &c->cmaxwin : &c->bmaxwin;
+	__u32 ymax = fromc ? c->bmaxwin : c->cmaxwin;
+	__u16 *xwin = fromc ? &c->cwin : &c->bwin;
+	__u8 shl = fromc ? c->fwd_shl : c->rev_shl;
+	__u8 pick = fromc ? CONN_F_PICK_C : CONN_F_PICK_B;
+	__u32 seq = bpf_ntohl(th->seq), ack, end, tok, b;
+	__u16 w;
+
+	tok = local_token();
+	if (c->trk != tok) {
+		/* Tracked elsewhere until now: both sides re-anchor. */
+		c->trk = tok;
+		c->flags |= CONN_F_PICK_C | CONN_F_PICK_B;
+	}
+	if (th->rst) {
+		if (seq == *xnxt || seq == *xuna)
+			return SEQ_RESET;
+		if (c->flags & pick)
+			return SEQ_CHALLENGE; /* stale state: the sender proves itself */
+		if (seq - *xuna < ymax)
+			return c->state == CONN_CLOSING ? SEQ_RESET : SEQ_CHALLENGE;
+		return SEQ_DROP;
+	}
+	if (!th->ack)
+		return SEQ_FWD;
+	ack = bpf_ntohl(th->ack_seq) - (fromc ? c->seq_delta : 0);
+	end = seq + paylen + th->fin;
+	w = bpf_ntohs(th->window);
+	b = (__u32)w << (shl & 15);
+	if (c->flags & pick) {
+		/* Re-anchor from this segment, forwards only. */
+		c->flags &= ~pick;
+		if ((__s32)(end - *xnxt) > 0)
+			*xnxt = end;
+		if ((__s32)(ack - *ynxt) > 0)
+			*ynxt = ack;
+		if ((__s32)(ack - *yuna) > 0)
+			*yuna = ack;
+		if ((__s32)(*xuna - *xnxt) > 0)
+			*xuna = *xnxt;
+		*xwin = w;
+		if (b > *xmax)
+			*xmax = b;
+		return SEQ_OK;
+	}
+	/* The +1s: a FIN or a window probe's byte past the window. */
+	if ((__s32)(ack - *ynxt) > 0 || *ynxt - ack > *xmax + 1)
+		return SEQ_FWD;
+	if ((__s32)(end - *xnxt) > 0) {
+		if (end - *xnxt > ymax + 1)
+			return SEQ_FWD;
+		*xnxt = end;
+	} else if (*xnxt - end > ymax + 1) {
+		return SEQ_FWD;
+	}
+	if ((__s32)(ack - *yuna) > 0)
+		*yuna = ack;
+	if (w != *xwin)
+		*xwin = w;
+	if (b > *xmax)
+		*xmax = b;
+	return SEQ_OK;
+}
+
+/* challenge_ack answers a RST in the window, or a SYN, on an established
+ * entry (RFC 5961 sections 3.2 and 4.2) with an ACK back to its sender, in
+ * the name of the other side and translated like its segments: seq its
+ * nxt, ack what it last acknowledged (never more: an ACK for data the
+ * receiver may not have would make the sender drop it), its last window.
+ * A sender whose connection is gone answers with a RST at exactly that
+ * ack, which resets; a live one ignores it. No timestamps: the proxy
+ * keeps no recent tsval. At most one per cfg_challenge_ns per connection. */
+__attribute__((noinline)) int challenge_ack(struct xdp_md *ctx, struct pkt *p, struct conn_val *c, const struct conn_key *k, int fromc)
+{
+	struct hs *h;
+	__u32 t;
+
+	if (!p || !c || !k)
+		return XDP_DROP;
+	t = (__u32)(now_ns() >> 20);
+	if (t - c->chal_t < (__u32)(cfg_challenge_ns >> 20)) {
+		sp_count(SP_CHALLENGE_LIMITED);
+		return XDP_DROP;
+	}
+	c->chal_t = t;
+	h = hs_start(0);
+	if (!h)
+		return XDP_DROP;
+	if (fromc) {
+		__builtin_memcpy(h->saddr, k->vaddr, 16);
+		__builtin_memcpy(h->daddr, k->caddr, 16);
+		h->sport = k->vport;
+		h->dport = k->cport;
+		h->seq = c->bnxt + c->seq_delta;
+		h->ack = c->cuna;
+		h->window = rescale(c->bwin, c->rev_shl, c->rev_shr);
+	} else {
+		__builtin_memcpy(h->saddr, k->caddr, 16);
+		__builtin_memcpy(h->daddr, c->baddr, 16);
+		h->sport = k->cport;
+		h->dport = c->bport;
+		h->seq = c->cnxt;
+		h->ack = c->buna;
+		h->window = rescale(c->cwin, c->fwd_shl, c->fwd_shr);
+	}
+	h->flags = TCPF_ACK;
+	h->v4 = p->eth_proto == ETH_P_IP;
+	if (hs_write_xdp(ctx, p->l3_off))
+		return XDP_DROP;
+	sp_count(SP_CHALLENGE_ACK);
+	return xdp_tx_back(ctx);
+}
+
 /* client_seg handles a segment from a client with a connection entry. */
 __attribute__((noinline)) int client_seg(struct xdp_md *ctx, struct pkt *p, struct conn_val *c, const struct conn_key *k)
 {
@@ -1200,7 +1473,7 @@ __attribute__((noinline)) int client_seg(struct xdp_md *ctx, struct pkt *p, stru
 	struct svc_counters *sc;
 	__u64 now;
 	struct fwd_job *j;
-	int changed = 0;
+	int changed = 0, r;
 
 	if (!p || !c || !k)
 		return XDP_DROP;
@@ -1208,14 +1481,25 @@ __attribute__((noinline)) int client_seg(struct xdp_md *ctx, struct pkt *p, stru
 	if ((void *)(th + 1) > data_end)
 		return XDP_DROP;
 	if (th->syn) {
-		/* The handshake is done on the client's side: a SYN now is a
-		 * retransmission of one we answered, or port reuse, which
-		 * the caller handles once the old entry is closing. */
-		sp_count(SP_DUP_ACK);
-		return XDP_DROP;
+		/* A pure SYN never gets here (it is answered without a
+		 * lookup); this is a SYN with other flags. Waiting for the
+		 * backend, it is dropped; on an established entry it gets a
+		 * challenge ACK (RFC 5961 section 4) and goes no further. */
+		if (c->state == CONN_SYN_SENT) {
+			sp_count(SP_DUP_ACK);
+			return XDP_DROP;
+		}
+		return challenge_ack(ctx, p, c, k, 1);
 	}
 	if (c->state == CONN_SYN_SENT) {
 		if (th->rst) {
+			/* Our window towards the client is 0: only a RST at
+			 * exactly what the backend will expect (the cookie
+			 * ACK's seq) resets; no challenge. */
+			if (bpf_ntohl(th->seq) != c->client_isn + 1) {
+				sp_count(SP_RST_BAD);
+				return XDP_DROP;
+			}
 			conn_delete(k);
 			sp_count(SP_CLOSED);
 			return XDP_DROP;
@@ -1242,11 +1526,18 @@ __attribute__((noinline)) int client_seg(struct xdp_md *ctx, struct pkt *p, stru
 		sp_count(SP_SYN_RETRY);
 		return backend_syn(ctx, p, c);
 	}
-	if (th->fin && !(c->fins & 1)) {
+	r = seq_track(c, 1, th, l4_payload(p, th));
+	if (r == SEQ_CHALLENGE)
+		return challenge_ack(ctx, p, c, k, 1);
+	if (r == SEQ_DROP) {
+		sp_count(SP_RST_BAD);
+		return XDP_DROP;
+	}
+	if (th->fin && r == SEQ_OK && !(c->fins & 1)) {
 		c->fins |= 1;
 		changed = 1;
 	}
-	if (th->rst || c->fins == 3) {
+	if (r == SEQ_RESET || c->fins == 3) {
 		if (c->state != CONN_CLOSING)
 			sp_count(SP_CLOSED);
 		changed |= c->state != CONN_CLOSING;
@@ -1274,7 +1565,7 @@ __attribute__((noinline)) int backend_seg(struct xdp_md *ctx, struct pkt *p, str
 	struct tcphdr *th;
 	struct svc_counters *sc;
 	struct fwd_job *j;
-	int changed = 0;
+	int changed = 0, r;
 
 	if (!p || !c || !k)
 		return XDP_DROP;
@@ -1283,25 +1574,41 @@ __attribute__((noinline)) int backend_seg(struct xdp_md *ctx, struct pkt *p, str
 		return XDP_DROP;
 	if (th->syn) {
 		/* The SYN-ACK completes the backend handshake and opens the
-		 * client's window: it needs a clone, so TC ingress does it. */
-		return th->ack ? XDP_PASS : XDP_DROP;
+		 * client's window: it needs a clone, so TC ingress does it.
+		 * A SYN on an established entry gets a challenge ACK (RFC
+		 * 5961 section 4) and goes no further. */
+		if (th->ack)
+			return XDP_PASS;
+		if (c->state == CONN_SYN_SENT) {
+			sp_count(SP_BAD_FLAGS);
+			return XDP_DROP;
+		}
+		return challenge_ack(ctx, p, c, k, 0);
 	}
 	if (c->state == CONN_SYN_SENT) {
-		if (th->rst && bpf_ntohl(th->ack_seq) == c->client_isn + 1) {
+		/* A refusal acknowledges our SYN: the client's ISN + 1. */
+		if (th->rst && th->ack && bpf_ntohl(th->ack_seq) == c->client_isn + 1) {
 			if ((sc = svc_stats(c->svc)))
 				sc->failed++;
 			sp_count(SP_BACKEND_RST);
 			conn_delete(k);
 			return rst_to_client(ctx, p, k, c->cookie + 1, c->client_isn + 1, 0);
 		}
-		sp_count(SP_BAD_FLAGS);
+		sp_count(th->rst ? SP_RST_BAD : SP_BAD_FLAGS);
 		return XDP_DROP;
 	}
-	if (th->fin && !(c->fins & 2)) {
+	r = seq_track(c, 0, th, l4_payload(p, th));
+	if (r == SEQ_CHALLENGE)
+		return challenge_ack(ctx, p, c, k, 0);
+	if (r == SEQ_DROP) {
+		sp_count(SP_RST_BAD);
+		return XDP_DROP;
+	}
+	if (th->fin && r == SEQ_OK && !(c->fins & 2)) {
 		c->fins |= 2;
 		changed = 1;
 	}
-	if (th->rst || c->fins == 3) {
+	if (r == SEQ_RESET || c->fins == 3) {
 		if (c->state != CONN_CLOSING)
 			sp_count(SP_CLOSED);
 		changed |= c->state != CONN_CLOSING;
@@ -1706,6 +2013,13 @@ __attribute__((noinline)) int backend_synack(struct __sk_buff *skb, struct synac
 			c->rev_shl = 0;
 		}
 		c->rev_shr = cws == COOKIE_WS_NONE ? 0 : cfg_wscale;
+		/* The backend's side of the sequence tracking: a SYN-ACK's
+		 * window is never scaled. */
+		c->bnxt = s->seq + 1;
+		c->buna = c->bnxt;
+		c->bmaxwin = s->window;
+		c->bwin = s->window >> (c->rev_shl & 15);
+		c->trk = local_token();
 		c->state = CONN_ESTABLISHED;
 		c->last_ns = now_ns();
 		sync_mark(SYNC_MAP_CONN, &c->sync, k, sizeof(*k));

@@ -73,8 +73,17 @@ type SynproxyConnVal struct {
 	RevShr      uint8
 	Svc         uint32
 	Backend     uint32
+	Cnxt        uint32
+	Cuna        uint32
+	Bnxt        uint32
+	Buna        uint32
+	Cmaxwin     uint32
+	Bmaxwin     uint32
+	Cwin        uint16
+	Bwin        uint16
+	Trk         uint32
+	ChalT       uint32
 	Pad         uint32
-	_           [4]byte
 	CreatedNs   uint64
 	LastNs      uint64
 	SynNs       uint64
@@ -175,32 +184,35 @@ type SynproxyScratch struct {
 type SynproxySpStat uint32
 
 const (
-	SynproxySpStatSP_SYN             SynproxySpStat = 0
-	SynproxySpStatSP_COOKIE_OK       SynproxySpStat = 1
-	SynproxySpStatSP_COOKIE_BAD      SynproxySpStat = 2
-	SynproxySpStatSP_DUP_ACK         SynproxySpStat = 3
-	SynproxySpStatSP_BAD_FLAGS       SynproxySpStat = 4
-	SynproxySpStatSP_FRAGMENT        SynproxySpStat = 5
-	SynproxySpStatSP_MALFORMED       SynproxySpStat = 6
-	SynproxySpStatSP_NO_SECRET       SynproxySpStat = 7
-	SynproxySpStatSP_CONN_FULL       SynproxySpStat = 8
-	SynproxySpStatSP_RESIZE_FAILED   SynproxySpStat = 9
-	SynproxySpStatSP_BACKEND_SYN     SynproxySpStat = 10
-	SynproxySpStatSP_SYN_RETRY       SynproxySpStat = 11
-	SynproxySpStatSP_BACKEND_TIMEOUT SynproxySpStat = 12
-	SynproxySpStatSP_BACKEND_RST     SynproxySpStat = 13
-	SynproxySpStatSP_ESTABLISHED     SynproxySpStat = 14
-	SynproxySpStatSP_WIN_UPDATE      SynproxySpStat = 15
-	SynproxySpStatSP_FWD             SynproxySpStat = 16
-	SynproxySpStatSP_REV             SynproxySpStat = 17
-	SynproxySpStatSP_CLOSED          SynproxySpStat = 18
-	SynproxySpStatSP_BAD_CSUM        SynproxySpStat = 19
-	SynproxySpStatSP_NO_BACKEND      SynproxySpStat = 20
-	SynproxySpStatSP_KERNEL_FWD      SynproxySpStat = 21
-	SynproxySpStatSP_ICMP            SynproxySpStat = 22
-	SynproxySpStatSP_BAD_ACK         SynproxySpStat = 23
-	SynproxySpStatSP_NOT_OWNER       SynproxySpStat = 24
-	SynproxySpStatSP_STAT_MAX        SynproxySpStat = 25
+	SynproxySpStatSP_SYN               SynproxySpStat = 0
+	SynproxySpStatSP_COOKIE_OK         SynproxySpStat = 1
+	SynproxySpStatSP_COOKIE_BAD        SynproxySpStat = 2
+	SynproxySpStatSP_DUP_ACK           SynproxySpStat = 3
+	SynproxySpStatSP_BAD_FLAGS         SynproxySpStat = 4
+	SynproxySpStatSP_FRAGMENT          SynproxySpStat = 5
+	SynproxySpStatSP_MALFORMED         SynproxySpStat = 6
+	SynproxySpStatSP_NO_SECRET         SynproxySpStat = 7
+	SynproxySpStatSP_CONN_FULL         SynproxySpStat = 8
+	SynproxySpStatSP_RESIZE_FAILED     SynproxySpStat = 9
+	SynproxySpStatSP_BACKEND_SYN       SynproxySpStat = 10
+	SynproxySpStatSP_SYN_RETRY         SynproxySpStat = 11
+	SynproxySpStatSP_BACKEND_TIMEOUT   SynproxySpStat = 12
+	SynproxySpStatSP_BACKEND_RST       SynproxySpStat = 13
+	SynproxySpStatSP_ESTABLISHED       SynproxySpStat = 14
+	SynproxySpStatSP_WIN_UPDATE        SynproxySpStat = 15
+	SynproxySpStatSP_FWD               SynproxySpStat = 16
+	SynproxySpStatSP_REV               SynproxySpStat = 17
+	SynproxySpStatSP_CLOSED            SynproxySpStat = 18
+	SynproxySpStatSP_BAD_CSUM          SynproxySpStat = 19
+	SynproxySpStatSP_NO_BACKEND        SynproxySpStat = 20
+	SynproxySpStatSP_KERNEL_FWD        SynproxySpStat = 21
+	SynproxySpStatSP_ICMP              SynproxySpStat = 22
+	SynproxySpStatSP_BAD_ACK           SynproxySpStat = 23
+	SynproxySpStatSP_NOT_OWNER         SynproxySpStat = 24
+	SynproxySpStatSP_CHALLENGE_ACK     SynproxySpStat = 25
+	SynproxySpStatSP_CHALLENGE_LIMITED SynproxySpStat = 26
+	SynproxySpStatSP_RST_BAD           SynproxySpStat = 27
+	SynproxySpStatSP_STAT_MAX          SynproxySpStat = 28
 )
 
 type SynproxySvcCounters struct {
@@ -272,6 +284,7 @@ const (
 	SynproxyMapSpBackends        = "sp_backends"
 	SynproxyMapSpConns           = "sp_conns"
 	SynproxyMapSpCookieKeys      = "sp_cookie_keys"
+	SynproxyMapSpLocal           = "sp_local"
 	SynproxyMapSpScratch         = "sp_scratch"
 	SynproxyMapSpServices        = "sp_services"
 	SynproxyMapSpStats           = "sp_stats"
@@ -286,6 +299,7 @@ const (
 	SynproxyProgSyncWriteSpConns = "sync_write_sp_conns"
 	SynproxyProgTcSynproxy       = "tc_synproxy"
 	SynproxyProgXdpSynproxy      = "xdp_synproxy"
+	SynproxyVarCfgChallengeNs    = "cfg_challenge_ns"
 	SynproxyVarCfgMss4           = "cfg_mss4"
 	SynproxyVarCfgMss6           = "cfg_mss6"
 	SynproxyVarCfgSynRetryNs     = "cfg_syn_retry_ns"
@@ -355,6 +369,7 @@ type SynproxyMapSpecs struct {
 	SpBackends    *ebpf.MapSpec `ebpf:"sp_backends"`
 	SpConns       *ebpf.MapSpec `ebpf:"sp_conns"`
 	SpCookieKeys  *ebpf.MapSpec `ebpf:"sp_cookie_keys"`
+	SpLocal       *ebpf.MapSpec `ebpf:"sp_local"`
 	SpScratch     *ebpf.MapSpec `ebpf:"sp_scratch"`
 	SpServices    *ebpf.MapSpec `ebpf:"sp_services"`
 	SpStats       *ebpf.MapSpec `ebpf:"sp_stats"`
@@ -370,6 +385,7 @@ type SynproxyMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SynproxyVariableSpecs struct {
+	CfgChallengeNs  *ebpf.VariableSpec `ebpf:"cfg_challenge_ns"`
 	CfgMss4         *ebpf.VariableSpec `ebpf:"cfg_mss4"`
 	CfgMss6         *ebpf.VariableSpec `ebpf:"cfg_mss6"`
 	CfgSynRetryNs   *ebpf.VariableSpec `ebpf:"cfg_syn_retry_ns"`
@@ -406,6 +422,7 @@ type SynproxyMaps struct {
 	SpBackends    *ebpf.Map `ebpf:"sp_backends"`
 	SpConns       *ebpf.Map `ebpf:"sp_conns"`
 	SpCookieKeys  *ebpf.Map `ebpf:"sp_cookie_keys"`
+	SpLocal       *ebpf.Map `ebpf:"sp_local"`
 	SpScratch     *ebpf.Map `ebpf:"sp_scratch"`
 	SpServices    *ebpf.Map `ebpf:"sp_services"`
 	SpStats       *ebpf.Map `ebpf:"sp_stats"`
@@ -423,6 +440,7 @@ func (m *SynproxyMaps) Close() error {
 		m.SpBackends,
 		m.SpConns,
 		m.SpCookieKeys,
+		m.SpLocal,
 		m.SpScratch,
 		m.SpServices,
 		m.SpStats,
@@ -439,6 +457,7 @@ func (m *SynproxyMaps) Close() error {
 //
 // It can be passed to LoadSynproxyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SynproxyVariables struct {
+	CfgChallengeNs  *ebpf.Variable `ebpf:"cfg_challenge_ns"`
 	CfgMss4         *ebpf.Variable `ebpf:"cfg_mss4"`
 	CfgMss6         *ebpf.Variable `ebpf:"cfg_mss6"`
 	CfgSynRetryNs   *ebpf.Variable `ebpf:"cfg_syn_retry_ns"`

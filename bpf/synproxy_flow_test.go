@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/tools/bench"
 	"github.com/tandem-net/tandem/tools/fixture"
+	"github.com/tandem-net/tandem/tools/testenv"
 )
 
 // isolatedNetns runs test runs in a network namespace of their own, with
@@ -748,4 +750,272 @@ func TestSynproxyLostCookieAck(t *testing.T) {
 	if st := p.stats(t); st["cookie_ok"] != 1 || st["cookie_bad"] != 2 {
 		t.Errorf("counters %v", st)
 	}
+}
+
+// conn is one connection the RST tests open through the proxy.
+type conn struct {
+	client, vip, backend netip.AddrPort
+	cookie, bisn         uint32
+	key                  maps.ConnKey
+}
+
+// openConn runs a connection through its handshake; unless waiting, the
+// backend answers too and both sides exchange data: the client sends 100
+// bytes (its next is 102), the backend 200 (its next bisn+201), each side
+// acknowledges the other's, the client with window 502 (scale 7), the
+// backend with 500 (scale 7).
+func openConn(t *testing.T, p *proxy, ns *isolatedNetns, client, vip netip.AddrPort, waiting bool) conn {
+	t.Helper()
+	c := conn{client: client, vip: vip,
+		key: maps.ConnKey{Caddr: client.Addr().As16(), Vaddr: vip.Addr().As16(), Cport: maps.HostPort(client.Port()), Vport: maps.HostPort(vip.Port()), Proto: 6}}
+	if waiting {
+		syn := seg{src: client, dst: vip, seq: 1, syn: true, window: 64240, mss: 1400, ws: 7, sackPerm: true, ts: true, tsval: 10}
+		_, out, err := ns.run(p.objs.XdpSynproxy, syn.frame(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.cookie = parseOut(t, out).seq
+		ack := seg{src: client, dst: vip, seq: 2, ack: c.cookie + 1, ackf: true, window: 502, ws: -1, ts: true, tsval: 11, tsecr: c.cookie}
+		if v, _, err := ns.run(p.objs.XdpSynproxy, ack.frame(t)); err != nil || v != "XDP_PASS" {
+			t.Fatalf("cookie ACK: %s %v", v, err)
+		}
+		var cv maps.ConnVal
+		if err := p.m.Conns.Lookup(c.key, &cv); err != nil {
+			t.Fatal(err)
+		}
+		c.backend = netip.AddrPortFrom(netip.AddrFrom16(cv.Baddr).Unmap(), maps.HostPort(cv.Bport))
+		return c
+	}
+	_, _, c.backend, c.cookie, c.bisn = establishOn(t, p, ns, client, vip)
+	for i, s := range []seg{
+		{src: client, dst: vip, seq: 2, ack: c.cookie + 1, ackf: true, window: 502, ws: -1, ts: true, tsval: 12, tsecr: c.cookie, payload: make([]byte, 100)},
+		{src: c.backend, dst: client, seq: c.bisn + 1, ack: 102, ackf: true, window: 500, ws: -1, ts: true, tsval: 100, tsecr: 12, payload: make([]byte, 200)},
+		{src: client, dst: vip, seq: 102, ack: c.cookie + 201, ackf: true, window: 502, ws: -1, ts: true, tsval: 13, tsecr: c.cookie + 1},
+	} {
+		if v, _, err := ns.run(p.objs.XdpSynproxy, s.frame(t)); err != nil || v != "XDP_PASS" {
+			t.Fatalf("data %d: %s %v", i, v, err)
+		}
+	}
+	return c
+}
+
+// TestSynproxyBlindReset: RSTs and SYNs for a proxied connection are
+// judged by their sequence number (RFC 5961), from both sides, so that an
+// off-path attacker who knows the 4-tuple cannot end a connection: a RST
+// at exactly the expected sequence resets (forwarded, the entry closing);
+// one elsewhere in the window gets a challenge ACK back, in the name of
+// the other side, translated, rate limited per connection; one outside
+// the window is dropped; a SYN on an established entry gets a challenge
+// ACK. A connection still waiting for its backend resets only at the
+// cookie ACK's sequence (client) or with our SYN acknowledged (backend).
+// Every run is pinned by testdata/synproxy/rst.golden.json.
+func TestSynproxyBlindReset(t *testing.T) {
+	// A rate limit no test run outlasts: the second challenge on one
+	// connection is always the limited one.
+	p := loadSynproxyWith(t, map[string]any{"cfg_challenge_ns": uint64(3600e9)})
+	ns := newIsolatedNetns(t)
+	const (
+		est     = "established"
+		closing = "closing"
+		waiting = "syn-sent"
+		gone    = "gone"
+	)
+	// want is what the proxy must send, when it sends: the addresses
+	// are named by who stands there.
+	type want struct {
+		from, to  string // "client", "vip", "backend"
+		seq, ack  uint32
+		rst, ackf bool
+		window    uint16
+	}
+	type step struct {
+		name    string
+		seg     func(c conn) seg
+		verdict string
+		stat    string // the counter that moves by one
+		state   string // the entry after
+		out     func(c conn) want
+	}
+	fromClient := func(seq uint32, set func(*seg)) func(c conn) seg {
+		return func(c conn) seg {
+			s := seg{src: c.client, dst: c.vip, seq: seq, rst: true, ws: -1}
+			if set != nil {
+				set(&s)
+			}
+			return s
+		}
+	}
+	fromBackend := func(off uint32, set func(*seg)) func(c conn) seg {
+		return func(c conn) seg {
+			s := seg{src: c.backend, dst: c.client, seq: c.bisn + off, rst: true, ws: -1}
+			if set != nil {
+				set(&s)
+			}
+			return s
+		}
+	}
+	// The challenge ACKs: to the client from the VIP (seq the backend's
+	// next in the client's view, ack what the backend acknowledged),
+	// to the backend from the client.
+	toClient := func(c conn) want {
+		return want{from: "vip", to: "client", seq: c.cookie + 201, ack: 102, ackf: true, window: 500}
+	}
+	toBackend := func(c conn) want {
+		return want{from: "client", to: "backend", seq: 102, ack: c.bisn + 201, ackf: true, window: 502}
+	}
+	cases := []struct {
+		name    string
+		v6      bool
+		waiting bool
+		steps   []step
+	}{
+		{name: "client rst at its next sequence", steps: []step{
+			{"rst", fromClient(102, nil), "XDP_PASS", "closed", closing, func(c conn) want {
+				return want{from: "client", to: "backend", seq: 102, rst: true}
+			}},
+		}},
+		{name: "client rst in the window", steps: []step{
+			{"rst", fromClient(102+1000, nil), "XDP_TX", "challenge_ack", est, toClient},
+			{"another rst, rate limited", fromClient(102+2000, nil), "XDP_DROP", "challenge_ack_limited", est, nil},
+			{"the client's answer: rst at the challenge's ack", fromClient(102, nil), "XDP_PASS", "closed", closing, nil},
+		}},
+		{name: "client rst out of the window", steps: []step{
+			{"rst", fromClient(102+0x40000000, nil), "XDP_DROP", "rst_out_of_window", est, nil},
+			{"rst behind", fromClient(0xfffff066, nil) /* 102 - 0x1000 */, "XDP_DROP", "rst_out_of_window", est, nil},
+		}},
+		{name: "client syn on established", steps: []step{
+			{"syn+ack", fromClient(5000, func(s *seg) { s.rst, s.syn, s.ackf, s.ack = false, true, true, 77 }), "XDP_TX", "challenge_ack", est, toClient},
+		}},
+		{name: "backend rst at its next sequence", steps: []step{
+			{"rst", fromBackend(201, func(s *seg) { s.ackf, s.ack = true, 102 }), "XDP_PASS", "closed", closing, func(c conn) want {
+				return want{from: "vip", to: "client", seq: c.cookie + 201, ack: 102, rst: true, ackf: true, window: 500}
+			}},
+		}},
+		{name: "backend rst in the window", steps: []step{
+			{"rst", fromBackend(201+1000, nil), "XDP_TX", "challenge_ack", est, toBackend},
+			{"the backend's answer: rst at the challenge's ack", fromBackend(201, nil), "XDP_PASS", "closed", closing, nil},
+		}},
+		{name: "backend rst out of the window", steps: []step{
+			{"rst", fromBackend(201+0x40000000, nil), "XDP_DROP", "rst_out_of_window", est, nil},
+		}},
+		{name: "backend syn on established", steps: []step{
+			{"syn", fromBackend(9000, func(s *seg) { s.rst, s.syn = false, true }), "XDP_TX", "challenge_ack", est, toBackend},
+		}},
+		{name: "ipv6 client rst in the window", v6: true, steps: []step{
+			{"rst", fromClient(102+1000, nil), "XDP_TX", "challenge_ack", est, toClient},
+		}},
+		{name: "ipv6 backend rst in the window", v6: true, steps: []step{
+			{"rst", fromBackend(201+1000, nil), "XDP_TX", "challenge_ack", est, toBackend},
+		}},
+		{name: "waiting for the backend, client rst off the cookie ack's sequence", waiting: true, steps: []step{
+			{"rst", fromClient(3, nil), "XDP_DROP", "rst_out_of_window", waiting, nil},
+			{"rst at the cookie ack's sequence", fromClient(2, nil), "XDP_DROP", "closed", gone, nil},
+		}},
+		{name: "waiting for the backend, backend rst not acknowledging our syn", waiting: true, steps: []step{
+			{"rst, wrong ack", fromBackend(0, func(s *seg) { s.ackf, s.ack = true, 3 }), "XDP_DROP", "rst_out_of_window", waiting, nil},
+			{"rst without ack", fromBackend(0, func(s *seg) { s.ack = 2 }), "XDP_DROP", "rst_out_of_window", waiting, nil},
+			{"rst acknowledging our syn", fromBackend(0, func(s *seg) { s.ackf, s.ack = true, 2 }), "XDP_PASS", "backend_refused", gone, func(c conn) want {
+				return want{from: "vip", to: "client", seq: c.cookie + 1, ack: 2, rst: true, ackf: true}
+			}},
+		}},
+	}
+	var results []fixture.Result
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			client, vip := netip.AddrPortFrom(client4, uint16(47000+i)), netip.AddrPortFrom(svc4, 80)
+			if tc.v6 {
+				client, vip = netip.AddrPortFrom(client6, uint16(47000+i)), netip.AddrPortFrom(svc6, 443)
+			}
+			c := openConn(t, p, ns, client, vip, tc.waiting)
+			names := map[string]netip.AddrPort{"client": c.client, "vip": c.vip, "backend": c.backend}
+			for _, st := range tc.steps {
+				before := p.stats(t)
+				in := st.seg(c).frame(t)
+				v, out, err := ns.run(p.objs.XdpSynproxy, in)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if v != st.verdict {
+					t.Errorf("%s: %s, want %s", st.name, v, st.verdict)
+				}
+				if after := p.stats(t); after[st.stat] != before[st.stat]+1 {
+					t.Errorf("%s: %s %d -> %d, want one more", st.name, st.stat, before[st.stat], after[st.stat])
+				}
+				var cv maps.ConnVal
+				state := gone
+				if err := p.m.Conns.Lookup(c.key, &cv); err == nil {
+					state = maps.ConnStateNames[maps.ConnState(cv.State)]
+				}
+				if state != st.state {
+					t.Errorf("%s: entry %s, want %s", st.name, state, st.state)
+				}
+				if st.out != nil && v == st.verdict {
+					w := st.out(c)
+					g := parseOut(t, out) // checks the IP and TCP checksums too
+					if g.src != names[w.from] || g.dst != names[w.to] || g.seq != w.seq || g.ack != w.ack || g.rst != w.rst || g.ackf != w.ackf ||
+						g.syn || g.fin || len(g.payload) != 0 || (!w.rst && g.window != w.window) || g.ts {
+						t.Errorf("%s: sent %+v, want %+v (%s -> %s)", st.name, g, w, names[w.from], names[w.to])
+					}
+				}
+				results = append(results, fixture.Result{Name: tc.name + ": " + st.name, Prog: "xdp_synproxy", In: fixture.Hex(in), Verdict: v, Out: fixture.Hex(out)})
+			}
+		})
+	}
+	fixture.Check(t, filepath.Join(testenv.RepoRoot(), "testdata", "synproxy", "rst.golden.json"), results)
+}
+
+// TestSynproxyTrackingPickup: the sequence tracking of an entry last
+// tracked by another host (the peer before a failover: another token in
+// trk) may be behind the connection by what moved since the entry was
+// last replicated. With this host's own token, a RST at the connection's
+// real next sequence would then be out of the window and dropped; with
+// the peer's, it gets a challenge ACK instead, and the side's next segment
+// re-anchors the tracking, after which a RST at the new next resets.
+func TestSynproxyTrackingPickup(t *testing.T) {
+	p := loadSynproxyWith(t, map[string]any{"cfg_challenge_ns": uint64(0)})
+	ns := newIsolatedNetns(t)
+	c := openConn(t, p, ns, netip.AddrPortFrom(client4, 49000), netip.AddrPortFrom(svc4, 80), false)
+	var cv maps.ConnVal
+	if err := p.m.Conns.Lookup(c.key, &cv); err != nil {
+		t.Fatal(err)
+	}
+	if cv.Cnxt != 102 || cv.Cuna != 102 || cv.Bnxt != c.bisn+201 || cv.Buna != c.bisn+201 || cv.Trk == 0 {
+		t.Fatalf("tracking after the exchange: %+v", cv)
+	}
+	// 1 MiB behind, as a replica can be.
+	stale := cv
+	stale.Cnxt -= 1 << 20
+	stale.Cuna -= 1 << 20
+	put := func(v maps.ConnVal) {
+		t.Helper()
+		if err := p.m.Conns.Put(c.key, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(what string, s seg, want, stat string) []byte {
+		t.Helper()
+		before := p.stats(t)
+		v, out, err := ns.run(p.objs.XdpSynproxy, s.frame(t))
+		if err != nil || v != want {
+			t.Fatalf("%s: %s %v, want %s", what, v, err, want)
+		}
+		if after := p.stats(t); after[stat] != before[stat]+1 {
+			t.Errorf("%s: %s not counted", what, stat)
+		}
+		return out
+	}
+	rst := func(seq uint32) seg { return seg{src: c.client, dst: c.vip, seq: seq, rst: true, ws: -1} }
+	put(stale)
+	run("stale, own token: rst at the real next", rst(102), "XDP_DROP", "rst_out_of_window")
+	stale.Trk ^= 2 // another host's (tokens are odd)
+	put(stale)
+	out := run("stale, the peer's token: rst at the real next", rst(102), "XDP_TX", "challenge_ack")
+	if g := parseOut(t, out); g.src != c.vip || g.dst != c.client || g.ack != stale.Cuna || g.seq != c.cookie+201 || g.rst {
+		t.Errorf("challenge %+v, want ack %d (what the tracking knows)", g, stale.Cuna)
+	}
+	run("the client's next segment", seg{src: c.client, dst: c.vip, seq: 102, ack: c.cookie + 201, ackf: true, window: 502, ws: -1, payload: make([]byte, 10)}, "XDP_PASS", "to_backend")
+	if err := p.m.Conns.Lookup(c.key, &cv); err != nil || cv.Cnxt != 112 || cv.Trk != stale.Trk^2 {
+		t.Fatalf("after the client's segment: next %d, token %#x (%v), want 112 and this host's %#x", cv.Cnxt, cv.Trk, err, stale.Trk^2)
+	}
+	run("rst at the re-anchored next", rst(112), "XDP_PASS", "closed")
 }

@@ -603,3 +603,64 @@ func TestSynproxyGate(t *testing.T) {
 		t.Errorf("counters after: %v", st)
 	}
 }
+
+// TestSynproxySynPayload: a SYN with a payload (TCP Fast Open data) has
+// its checksum verified over every byte, not only the 60 of an
+// options-only SYN: corrupted anywhere, it is dropped and counted; intact
+// (any length, odd ones too) or carrying only the pseudo header's sum
+// (a local socket's, tx offload), it is answered, the payload unread.
+// Pinned by testdata/synproxy/syn_payload.golden.json.
+func TestSynproxySynPayload(t *testing.T) {
+	p := loadSynproxy(t)
+	data := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(i*7 + 1)
+		}
+		return b
+	}
+	syn := func(n int) []byte {
+		s := seg{src: netip.AddrPortFrom(client4, 48000), dst: netip.AddrPortFrom(svc4, 80), seq: 77, syn: true, window: 64240, mss: 1460, ws: 7, sackPerm: true, ts: true, tsval: 5, payload: data(n)}
+		return s.frame(t)
+	}
+	syn6 := seg{src: netip.AddrPortFrom(client6, 48001), dst: netip.AddrPortFrom(svc6, 443), seq: 78, syn: true, window: 64240, mss: 1440, ws: -1, payload: data(1000)}.frame(t)
+	const l4 = 14 + 20 // the IPv4 frames' TCP header
+	cases := []struct {
+		name, want, stat string
+		frame            []byte
+	}{
+		{"16 bytes, intact", "XDP_TX", "syn_answered", syn(16)},
+		{"16 bytes, a payload bit flipped", "XDP_DROP", "bad_checksum", flip(syn(16), l4+40+3)},
+		{"1400 bytes, intact", "XDP_TX", "syn_answered", syn(1400)},
+		{"1400 bytes, the last byte's bit flipped", "XDP_DROP", "bad_checksum", flip(syn(1400), l4+40+1399)},
+		{"1400 bytes, the 61st byte's bit flipped", "XDP_DROP", "bad_checksum", flip(syn(1400), l4+60)},
+		{"3 bytes (odd length), intact", "XDP_TX", "syn_answered", syn(3)},
+		{"3 bytes (odd length), the last byte's bit flipped", "XDP_DROP", "bad_checksum", flip(syn(3), l4+40+2)},
+		{"1400 bytes, pseudo-header sum only (tx offload)", "XDP_TX", "syn_answered", partialCsum(syn(1400))},
+		{"ipv6, 1000 bytes, intact", "XDP_TX", "syn_answered", syn6},
+		{"ipv6, 1000 bytes, a bit flipped", "XDP_DROP", "bad_checksum", flip(syn6, 14+40+20+500)},
+	}
+	var results []fixture.Result
+	for _, c := range cases {
+		before := p.stats(t)
+		v, out, err := fixture.Run(p.objs.XdpSynproxy, c.frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v != c.want {
+			t.Errorf("%s: %s, want %s", c.name, v, c.want)
+		}
+		if after := p.stats(t); after[c.stat] != before[c.stat]+1 {
+			t.Errorf("%s: %s not counted", c.name, c.stat)
+		}
+		if v == "XDP_TX" {
+			pkt := gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default)
+			if tl, _ := pkt.Layer(layers.LayerTypeTCP).(*layers.TCP); tl == nil || !tl.SYN || !tl.ACK || tl.Window != 0 || len(tl.Payload) != 0 {
+				t.Errorf("%s: the answer is not a SYN-ACK of window 0 without payload: %s", c.name, pkt)
+			}
+			checksumsOK(t, pkt)
+		}
+		results = append(results, fixture.Result{Name: c.name, Prog: "xdp_synproxy", In: fixture.Hex(c.frame), Verdict: v, Out: fixture.Hex(out)})
+	}
+	fixture.Check(t, filepath.Join(testenv.RepoRoot(), "testdata", "synproxy", "syn_payload.golden.json"), results)
+}
