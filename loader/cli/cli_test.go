@@ -2,6 +2,8 @@ package cli
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -105,15 +107,33 @@ func TestCerts(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("certs: %d %s", code, errs)
 	}
-	for _, want := range []string{"gw-a.pem", "gw-b-key.pem", "ca.pem"} {
+	for _, want := range []string{"gw-a.pem", "gw-b-key.pem", "ca.pem", ": new,",
+		"on gw-a: --sync-name gw-a --sync-peer-name gw-b", "on gw-b: --sync-name gw-b --sync-peer-name gw-a"} {
 		if !strings.Contains(out, want) {
-			t.Errorf("output lacks %s: %s", want, out)
+			t.Errorf("output lacks %q: %s", want, out)
 		}
 	}
-	for _, h := range []string{"gw-a", "gw-b"} {
-		if _, err := syncer.TLSConfig(dir, h); err != nil {
+	for h, peer := range map[string]string{"gw-a": "gw-b", "gw-b": "gw-a"} {
+		if _, err := syncer.TLSConfig(dir, h, peer); err != nil {
 			t.Errorf("%s: %v", h, err)
 		}
+	}
+	ca, _ := os.ReadFile(filepath.Join(dir, "ca.pem"))
+
+	// Renewing one host keeps the CA and says so.
+	out, errs, code = run("certs", "--dir", dir, "gw-b")
+	now, _ := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if code != 0 || !strings.Contains(out, "existing one reused") || !bytes.Equal(ca, now) {
+		t.Fatalf("renew gw-b: %d %s %s (CA kept: %v)", code, out, errs, bytes.Equal(ca, now))
+	}
+	// --new-ca replaces it and says every host needs new certificates.
+	out, errs, code = run("certs", "--dir", dir, "--new-ca", "gw-a", "gw-b")
+	now, _ = os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if code != 0 || !strings.Contains(out, "REPLACED") || !strings.Contains(out, "every host") || bytes.Equal(ca, now) {
+		t.Fatalf("--new-ca: %d %s %s", code, out, errs)
+	}
+	if _, errs, code = run("certs", "--dir", dir, "--validity", "0", "gw-a"); code != 2 {
+		t.Fatalf("--validity 0: exit %d %s", code, errs)
 	}
 }
 
