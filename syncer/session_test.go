@@ -399,3 +399,34 @@ func TestPrimaryRefusesWrongStandby(t *testing.T) {
 // setLongTimeouts keeps held connections open through a test: what ends
 // them must be the event under test, not a deadline.
 func setLongTimeouts(r *syncer.Receiver) { r.HelloTimeout, r.IdleTimeout = time.Hour, time.Hour }
+
+func tlsServer(c net.Conn, cfg *tls.Config) error {
+	tc := tls.Server(c, cfg)
+	if err := tc.Handshake(); err != nil {
+		return err
+	}
+	_, err := tc.Read(make([]byte, 1)) // the client's close
+	if err == io.EOF {
+		err = nil
+	}
+	return err
+}
+
+func tlsDialCfg(addr string, cfg *tls.Config) (*tls.Conn, error) {
+	c, err := tls.Dial("tcp", addr, cfg)
+	if err != nil {
+		return nil, err
+	}
+	// TLS 1.3: the server's verdict on the client comes with its first
+	// answer; a read that times out means it accepted.
+	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	_, err = c.Read(make([]byte, 1))
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		err = nil
+	}
+	if err != nil {
+		c.Close()
+	}
+	return c, err
+}
