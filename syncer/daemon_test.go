@@ -613,6 +613,12 @@ func TestDaemonsRefuseStrangers(t *testing.T) {
 	if refused < 5 || m[`tandem_sync_peers_refused_total{reason="name"}`] != 2 || m["tandem_sync_deltas_applied_total"] != 0 {
 		t.Fatalf("standby metrics: refused %v (by name %v), applied %v", refused, m[`tandem_sync_peers_refused_total{reason="name"}`], m["tandem_sync_deltas_applied_total"])
 	}
+	// The lab certificates live an hour: the daemon warned at start, and
+	// the metrics say how long each certificate has left.
+	p.waitLog("b", "sync certificate: this host's sync certificate expires", 0, time.Second)
+	if host, ca := m[`tandem_sync_cert_expiry_seconds{cert="host"}`], m[`tandem_sync_cert_expiry_seconds{cert="ca"}`]; host <= 0 || host > 3600 || ca < 3600*24*365*9 {
+		t.Fatalf("certificate expiry metrics: host %vs, CA %vs", host, ca)
+	}
 
 	// The real primary arrives while a bare TCP connection and a session
 	// that said hello and went silent hold the listener.

@@ -430,3 +430,95 @@ func tlsDialCfg(addr string, cfg *tls.Config) (*tls.Conn, error) {
 	}
 	return c, err
 }
+
+// TestDeadlines: a connection that does not finish its handshake and
+// hello within HelloTimeout is refused and closed; a session that sends
+// nothing for IdleTimeout is closed; one that sends keepalives stays; more
+// connections in their handshake than MaxPending are refused as busy.
+func TestDeadlines(t *testing.T) {
+	h := newHost(t, 1<<16)
+	dir := pairCerts(t)
+	rcv, _, addr := receiver(t, h, dir, func(r *syncer.Receiver) {
+		r.HelloTimeout, r.IdleTimeout, r.MaxPending = 300*time.Millisecond, 300*time.Millisecond, 2
+	})
+	closedBy := func(c net.Conn) error {
+		c.SetReadDeadline(time.Now().Add(time.Minute))
+		_, err := io.Copy(io.Discard, c)
+		return err
+	}
+	idle, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	if err := closedBy(idle); err != nil {
+		t.Fatalf("idle TCP connection: %v, want closed by the standby", err)
+	}
+	if rcv.RefusedFor(syncer.RefuseHandshake) != 1 {
+		t.Fatalf("refused for the handshake %d, want 1", rcv.RefusedFor(syncer.RefuseHandshake))
+	}
+
+	// Hello, then silence: the session opens and is closed.
+	silent, err := tls.Dial("tcp", addr, tlsConfig(t, dir, "primary"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	silent.Write(syncer.AppendHello(nil, syncer.Hello{Version: syncer.ProtocolVersion}))
+	if err := closedBy(silent); err != nil {
+		t.Fatalf("silent session: %v, want closed by the standby", err)
+	}
+	if rcv.Sessions() != 1 || rcv.Closed() != 1 {
+		t.Fatalf("sessions %d, closed %d: want the silent one opened and closed", rcv.Sessions(), rcv.Closed())
+	}
+
+	// A primary that sends keepalives outlives many idle timeouts.
+	s, err := syncer.Dial(context.Background(), addr, tlsConfig(t, dir, "primary"), syncer.Hello{}, 16)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Peer.Flags&syncer.HelloKeepalive == 0 {
+		t.Fatal("the standby's hello does not ask for keepalives")
+	}
+	for i := 0; i < 30; i++ {
+		if err := s.Keepalive(0); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-s.Done():
+			t.Fatalf("a session with keepalives was closed: %v", s.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+
+	// More than MaxPending connections in their handshake at once: one is
+	// refused at once. (They are opened without waiting, so more than two
+	// are pending whatever the machine's speed; each holds 300 ms.)
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for i := 0; rcv.RefusedFor(syncer.RefuseBusy) == 0; i++ {
+		if i == 1000 {
+			t.Fatal("1000 connections and none refused as busy")
+		}
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+		time.Sleep(time.Millisecond)
+	}
+	// The slots free when the held connections time out.
+	for _, c := range held {
+		closedBy(c)
+	}
+	s2, err := syncer.Dial(context.Background(), addr, tlsConfig(t, dir, "primary"), syncer.Hello{}, 16)
+	if err != nil {
+		t.Fatalf("after the flood: %v", err)
+	}
+	s2.Close()
+}

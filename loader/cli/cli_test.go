@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tandem-net/tandem/syncer"
 )
@@ -144,6 +145,35 @@ func TestVIPNoDaemon(t *testing.T) {
 		_, errs, code := run("vip", action, "--state-dir", t.TempDir())
 		if code != 1 || !strings.Contains(errs, "no daemon runs an election here") || !strings.Contains(errs, "tandem up --vip-addr") {
 			t.Errorf("vip %s: exit %d, stderr %q", action, code, errs)
+		}
+	}
+}
+
+// TestSyncStatusCerts: tandem status's Sync section shows the peer name
+// the daemon admits, the days its certificate and the CA have left, and
+// a warning inside the last 30 days; refusals by reason.
+func TestSyncStatusCerts(t *testing.T) {
+	now := time.Now()
+	for _, c := range []struct {
+		host, ca time.Time
+		want     []string
+		not      string
+	}{
+		{now.Add(200*24*time.Hour + time.Hour), now.Add(3000*24*time.Hour + time.Hour), []string{"host until", "(200 days left)", "CA until", "(3000 days left)"}, "WARNING"},
+		{now.Add(12*24*time.Hour + time.Hour), now.Add(3000*24*time.Hour + time.Hour), []string{"(12 days left) WARNING: renew with tandem certs", "(3000 days left)"}, "EXPIRED"},
+		{now.Add(-time.Hour), now.Add(20*24*time.Hour + time.Hour), []string{"host EXPIRED on", "(20 days left) WARNING"}, ""},
+	} {
+		var b bytes.Buffer
+		printSyncStatus(&b, &syncStatus{Running: true, NodeStatus: &syncer.NodeStatus{Role: syncer.RoleStandby, Session: "up", Since: now,
+			PeerName: "gw-a", CertNotAfter: c.host, CANotAfter: c.ca, Refused: 3, RefusedBy: map[string]uint64{"name": 2, "handshake": 1}}})
+		out := b.String()
+		for _, w := range append(c.want, "gw-a (the only certificate admitted)", "3 peers (handshake 1, name 2)") {
+			if !strings.Contains(out, w) {
+				t.Errorf("status lacks %q:\n%s", w, out)
+			}
+		}
+		if c.not != "" && strings.Contains(out, c.not) {
+			t.Errorf("status says %q:\n%s", c.not, out)
 		}
 	}
 }
