@@ -486,7 +486,9 @@ func (n *Node) runStandby(ctx context.Context) error {
 				}
 				st.SessionPeer, st.LastApplied, st.PeerGeneration = peer, la, pg
 				st.DeltasApplied, st.Refused, st.Closed, st.Ticks = applied, rcv.Refused(), closed, st.Ticks+1
-				st.RefusedBy = map[string]uint64{}
+				if st.Refused > 0 && st.RefusedBy == nil {
+					st.RefusedBy = map[string]uint64{}
+				}
 				for i, reason := range RefuseReasons {
 					if refused[i] > 0 {
 						st.RefusedBy[reason] = refused[i]
@@ -583,6 +585,13 @@ func (n *Node) Status() NodeStatus {
 	defer n.mu.Unlock()
 	st := n.status
 	st.overflowSeen = nil
+	if n.status.RefusedBy != nil {
+		// A copy: the caller marshals it outside the lock.
+		st.RefusedBy = make(map[string]uint64, len(n.status.RefusedBy))
+		for k, v := range n.status.RefusedBy {
+			st.RefusedBy[k] = v
+		}
+	}
 	if len(n.lags) > 0 {
 		l := slices.Clone(n.lags)
 		slices.Sort(l)
