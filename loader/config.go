@@ -36,6 +36,7 @@ import (
 //	listen      = "0.0.0.0:7400"       # standby: where the primary connects
 //	certs       = "/etc/tandem/certs"  # from tandem certs, or your PKI
 //	name        = "gw-a"               # this host's certificate name
+//	peer_name   = "gw-b"               # the peer's: the only certificate admitted
 //	interval    = "10ms"                # 1ms to 10s
 //	journal     = 262144               # deltas kept for a reconnecting standby
 //	journal_mib = 64
@@ -108,6 +109,7 @@ type SyncConfig struct {
 	Listen     string `toml:"listen"`
 	Certs      string `toml:"certs"`
 	Name       string `toml:"name"`
+	PeerName   string `toml:"peer_name"`
 	Interval   string `toml:"interval"`
 	Journal    int    `toml:"journal"`
 	JournalMiB int    `toml:"journal_mib"`
@@ -204,6 +206,7 @@ func (fc *FileConfig) apply(o *Options) error {
 	set(&o.Sync.Listen, fc.Sync.Listen)
 	set(&o.Sync.Certs, fc.Sync.Certs)
 	set(&o.Sync.Name, fc.Sync.Name)
+	set(&o.Sync.PeerName, fc.Sync.PeerName)
 	set(&o.SyncTestIface, fc.Sync.TestIface)
 	if fc.Sync.Interval != "" {
 		d, err := time.ParseDuration(fc.Sync.Interval)

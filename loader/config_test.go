@@ -68,13 +68,14 @@ role = "primary"
 peer = "192.0.2.2:7400"
 certs = "/etc/x/certs"
 name = "gw-a"
+peer_name = "gw-b"
 interval = "20ms"
 journal = 1000
 journal_mib = 8
 ring_bytes = 65536
 test_iface = "cmd0"
 `, "", func(t *testing.T, o Options) {
-			want := SyncOptions{Role: "primary", Peer: "192.0.2.2:7400", Listen: "0.0.0.0:7400", Certs: "/etc/x/certs", Name: "gw-a", Interval: 20 * time.Millisecond, Journal: 1000, JournalMiB: 8}
+			want := SyncOptions{Role: "primary", Peer: "192.0.2.2:7400", Listen: "0.0.0.0:7400", Certs: "/etc/x/certs", Name: "gw-a", PeerName: "gw-b", Interval: 20 * time.Millisecond, Journal: 1000, JournalMiB: 8}
 			if o.Sync != want || o.StateDir != "/var/lib/x" || o.MetricsAddr != "127.0.0.1:9474" || o.RingBytes != 65536 || o.SyncTestIface != "cmd0" {
 				t.Errorf("sync options %+v (state %s, metrics %s, ring %d, test %s)", o.Sync, o.StateDir, o.MetricsAddr, o.RingBytes, o.SyncTestIface)
 			}

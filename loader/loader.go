@@ -76,6 +76,7 @@ type SyncOptions struct {
 	Listen     string // standby: ADDR:PORT to accept the primary on
 	Certs      string // directory laid out as tandem certs makes it
 	Name       string // this host's certificate name; "": the hostname
+	PeerName   string // the peer's certificate name, the only one admitted; "": the other host certificate in Certs
 	Interval   time.Duration
 	Journal    int
 	JournalMiB int

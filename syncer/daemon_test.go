@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -123,9 +122,9 @@ func (p *daemonPair) start(host string, extra ...string) *daemonProc {
 	args := []string{"up", "-i", "eth0", "--sync-test-iface", "cmd0", "--bpffs", h.BPFFS(), "--state-dir", p.state[host],
 		"--sync-certs", p.certs, "--sync-name", host, "--metrics-addr", metricsAddr, "-v"}
 	if host == "a" {
-		args = append(args, "--sync-role", "primary", "--sync-peer", "10.7.0.2:"+syncPort)
+		args = append(args, "--sync-role", "primary", "--sync-peer", "10.7.0.2:"+syncPort, "--sync-peer-name", "b")
 	} else {
-		args = append(args, "--sync-role", "standby", "--sync-listen", "10.7.0.2:"+syncPort)
+		args = append(args, "--sync-role", "standby", "--sync-listen", "10.7.0.2:"+syncPort, "--sync-peer-name", "a")
 	}
 	args = append(args, extra...)
 	d := &daemonProc{cmd: h.Cmd(testenv.Tandem(p.t), args...), log: &lockedBuffer{}, done: make(chan error, 1)}
@@ -541,9 +540,15 @@ func TestDaemonsRingOverflow(t *testing.T) {
 
 // TestDaemonsRefuseStrangers: a primary whose certificate another CA
 // signed is refused and nothing is applied; so is a peer with a good
-// certificate that sends garbage.
+// certificate that sends garbage, a third host of the same CA, and the
+// standby's own certificate. Connections held idle (plain TCP, or TLS
+// with the primary's certificate and a hello) do not keep the real
+// primary out: it connects and syncs while they are open.
 func TestDaemonsRefuseStrangers(t *testing.T) {
 	p := newDaemonPair(t)
+	if err := syncer.MakeCerts(p.certs, map[string][]net.IP{"c": {net.IPv4(10, 7, 0, 1)}}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
 	p.start("b")
 	good := p.certs
 	p.certs = t.TempDir()
@@ -555,24 +560,34 @@ func TestDaemonsRefuseStrangers(t *testing.T) {
 	p.upsert(0, 1000, 1)
 	p.waitLog("b", "sync peer refused", 0, 20*time.Second)
 	p.waitLog("a", "sync peer unreachable", 0, 20*time.Second)
+	p.kill("a")
 
-	// A peer with a certificate from the right CA that sends garbage.
-	cfg, err := syncer.TLSConfig(good, "a")
-	if err != nil {
-		t.Fatal(err)
+	// Peers with a certificate from the right CA: garbage instead of a
+	// hello; a third host's certificate; the standby's own.
+	as := func(name string) *tls.Config {
+		cfg, err := syncer.TLSConfig(good, name, "any-other-name")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.VerifyConnection = nil // an impostor checks nothing
+		return cfg
 	}
-	for _, junk := range [][]byte{[]byte("GET / HTTP/1.0\r\n\r\n"), {0, 0, 0, 9, 1, 2}} {
-		err = p.lab.Host("a").Do(func() error {
-			c, err := tlsDial("10.7.0.2:"+syncPort, cfg)
+	hello := syncer.AppendHello(nil, syncer.Hello{Version: syncer.ProtocolVersion})
+	for _, c := range []struct {
+		cert string
+		send []byte
+	}{{"a", []byte("GET / HTTP/1.0\r\n\r\n")}, {"a", []byte{0, 0, 0, 9, 1, 2}}, {"c", hello}, {"b", hello}} {
+		err := p.lab.Host("a").Do(func() error {
+			conn, err := tlsDial("10.7.0.2:"+syncPort, as(c.cert))
 			if err != nil {
-				return err
+				return nil // refused at the handshake already
 			}
-			defer c.Close()
-			c.Write(junk)
-			c.SetReadDeadline(time.Now().Add(5 * time.Second))
-			_, err = c.Read(make([]byte, 1))
+			defer conn.Close()
+			conn.Write(c.send)
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			_, err = conn.Read(make([]byte, 1))
 			if err == nil {
-				return errors.New("the standby answered garbage")
+				return fmt.Errorf("the standby answered %s's %q", c.cert, c.send)
 			}
 			return nil
 		})
@@ -581,15 +596,66 @@ func TestDaemonsRefuseStrangers(t *testing.T) {
 		}
 	}
 	p.waitLog("b", "no valid hello", 0, 10*time.Second)
+	p.waitLog("b", "certificate of another host", 0, 10*time.Second)
 	mb := p.syncMap("b")
 	defer mb.Close()
 	if got, _ := batchDump(mb); len(got) != 0 {
 		t.Fatalf("the standby applied %d entries from strangers", len(got))
 	}
 	time.Sleep(300 * time.Millisecond)
-	if m := p.metrics("b"); m["tandem_sync_peers_refused_total"] < 3 || m["tandem_sync_deltas_applied_total"] != 0 {
-		t.Fatalf("standby metrics: refused %v, applied %v", m["tandem_sync_peers_refused_total"], m["tandem_sync_deltas_applied_total"])
+	m := p.metrics("b")
+	refused := 0.0
+	for name, v := range m {
+		if strings.HasPrefix(name, "tandem_sync_peers_refused_total") {
+			refused += v
+		}
 	}
+	if refused < 5 || m[`tandem_sync_peers_refused_total{reason="name"}`] != 2 || m["tandem_sync_deltas_applied_total"] != 0 {
+		t.Fatalf("standby metrics: refused %v (by name %v), applied %v", refused, m[`tandem_sync_peers_refused_total{reason="name"}`], m["tandem_sync_deltas_applied_total"])
+	}
+	// The lab certificates live an hour: the daemon warned at start, and
+	// the metrics say how long each certificate has left.
+	p.waitLog("b", "sync certificate: this host's sync certificate expires", 0, time.Second)
+	if host, ca := m[`tandem_sync_cert_expiry_seconds{cert="host"}`], m[`tandem_sync_cert_expiry_seconds{cert="ca"}`]; host <= 0 || host > 3600 || ca < 3600*24*365*9 {
+		t.Fatalf("certificate expiry metrics: host %vs, CA %vs", host, ca)
+	}
+
+	// The real primary arrives while a bare TCP connection and a session
+	// that said hello and went silent hold the listener.
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	err := p.lab.Host("a").Do(func() error {
+		c, err := net.Dial("tcp", "10.7.0.2:"+syncPort)
+		if err != nil {
+			return err
+		}
+		held = append(held, c)
+		cfg, err := syncer.TLSConfig(good, "a", "b")
+		if err != nil {
+			return err
+		}
+		tc, err := tlsDial("10.7.0.2:"+syncPort, cfg)
+		if err != nil {
+			return err
+		}
+		held = append(held, tc)
+		tc.Write(hello)
+		_, err = syncer.NewReader(tc).Next()
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.waitLog("b", "sync session open", 0, 10*time.Second)
+	p.certs = good
+	from := p.logLen("b")
+	p.start("a")
+	p.waitLog("b", "replaced_old_session=true", from, 60*time.Second)
+	p.converge(60 * time.Second)
 }
 
 func tlsDial(addr string, cfg *tls.Config) (*tls.Conn, error) {

@@ -15,6 +15,8 @@ import (
 //	          lastSent:u64 lastApplied:u64
 //	DELTA   = seq:u64 map:u32 op:u8 keyLen:u16 valueLen:u32 key value
 //	ACK     = seq:u64
+//	KEEPALIVE = (empty)     primary to standby while it has nothing to send,
+//	                        only to a standby whose HELLO set HelloKeepalive
 //
 // All integers are big-endian. A frame that breaks any rule (too long,
 // short, unknown type or op, lengths that disagree) is an error: the
@@ -32,6 +34,9 @@ const (
 	FrameHello byte = 1
 	FrameDelta byte = 2
 	FrameAck   byte = 3
+	// FrameKeepalive tells a standby that a silent primary is alive: the
+	// standby closes a session that sends nothing for its idle timeout.
+	FrameKeepalive byte = 4
 )
 
 // Hello opens a session: who the sender is and where its streams stand.
@@ -47,6 +52,10 @@ type Hello struct {
 
 // HelloMapsEmpty: the sender's replicated maps hold nothing.
 const HelloMapsEmpty uint16 = 1
+
+// HelloKeepalive: the sender (a standby) understands KEEPALIVE frames
+// and closes a session that stays silent; the primary then sends them.
+const HelloKeepalive uint16 = 2
 
 const helloLen = 2 + 2 + 16 + 8 + 8 + 8 + 8
 
@@ -91,11 +100,18 @@ func AppendAck(b []byte, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(b, seq)
 }
 
+// AppendKeepalive encodes a keepalive.
+func AppendKeepalive(b []byte) []byte {
+	b = binary.BigEndian.AppendUint32(b, 1)
+	return append(b, FrameKeepalive)
+}
+
 // Message is one decoded frame: exactly one of its fields is set.
 type Message struct {
-	Hello *Hello
-	Delta *Delta
-	Ack   *uint64
+	Hello     *Hello
+	Delta     *Delta
+	Ack       *uint64
+	Keepalive bool
 }
 
 // Reader decodes frames from a stream.
@@ -149,6 +165,11 @@ func Decode(body []byte) (Message, error) {
 		h.LastSent = binary.BigEndian.Uint64(p[36:])
 		h.LastApplied = binary.BigEndian.Uint64(p[44:])
 		return Message{Hello: h}, nil
+	case FrameKeepalive:
+		if len(p) != 0 {
+			return Message{}, frameErr("keepalive of %d bytes", len(p))
+		}
+		return Message{Keepalive: true}, nil
 	case FrameAck:
 		if len(p) != 8 {
 			return Message{}, frameErr("ack of %d bytes", len(p))

@@ -52,6 +52,7 @@ func TestFrameRejects(t *testing.T) {
 		"unknown type":         {0, 0, 0, 1, 99},
 		"short hello":          {0, 0, 0, 3, FrameHello, 0, 1},
 		"long ack":             {0, 0, 0, 10, FrameAck, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+		"long keepalive":       {0, 0, 0, 2, FrameKeepalive, 0},
 		"delete with value":    AppendDelta(nil, Delta{Seq: 1, Map: 1, Op: OpDelete, Key: []byte{1}, Value: []byte{2}}),
 		"upsert without value": AppendDelta(nil, Delta{Seq: 1, Map: 1, Op: OpUpsert, Key: []byte{1}}),
 		"unknown op":           AppendDelta(nil, Delta{Seq: 1, Map: 1, Op: 77, Key: []byte{1}}),
@@ -76,6 +77,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(AppendHello(nil, Hello{Version: 1})[4:])
 	f.Add(AppendAck(nil, 5)[4:])
 	f.Add([]byte{FrameDelta})
+	f.Add(AppendKeepalive(nil)[4:])
 	f.Fuzz(func(t *testing.T, body []byte) {
 		m, err := Decode(body)
 		if err != nil {
@@ -92,6 +94,8 @@ func FuzzDecode(f *testing.F) {
 			re = AppendHello(nil, *m.Hello)
 		case m.Ack != nil:
 			re = AppendAck(nil, *m.Ack)
+		case m.Keepalive:
+			re = AppendKeepalive(nil)
 		default:
 			t.Fatal("accepted frame with no message")
 		}

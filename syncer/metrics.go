@@ -25,7 +25,8 @@ type Metrics struct {
 	Unacked        prometheus.Gauge
 	Resyncs        *prometheus.CounterVec
 	SessionUp      prometheus.Gauge
-	Refused        prometheus.Counter
+	Refused        *prometheus.CounterVec
+	CertExpiry     *prometheus.GaugeVec
 	Closed         prometheus.Counter
 	LastSent       prometheus.Gauge
 	Acked          prometheus.Gauge
@@ -63,7 +64,8 @@ func NewMetrics(interval time.Duration) *Metrics {
 		Unacked:        gauge("unacked", "Deltas sent and not yet acknowledged."),
 		Resyncs:        prometheus.NewCounterVec(prometheus.CounterOpts(f("resyncs_total", "Resyncs by the mode chosen.")), []string{"mode"}),
 		SessionUp:      gauge("session_up", "1 while a sync session with the peer is open."),
-		Refused:        counter("peers_refused_total", "Peers refused at the TLS handshake or hello."),
+		Refused:        prometheus.NewCounterVec(prometheus.CounterOpts(f("peers_refused_total", "Connections refused at the TLS handshake or hello, by reason: handshake (not TLS, another CA, too slow), name (a certificate of the pair's CA for another host than the peer), hello, busy (too many handshakes at once).")), []string{"reason"}),
+		CertExpiry:     prometheus.NewGaugeVec(prometheus.GaugeOpts(f("cert_expiry_seconds", "Seconds until a certificate expires, negative once it has: cert=host is this host's sync certificate, cert=ca the pair CA.")), []string{"cert"}),
 		Closed:         counter("sessions_closed_total", "Sessions closed for a bad frame or delta."),
 		LastSent:       gauge("last_sent_seq", "Sequence number of the last delta sent."),
 		Acked:          gauge("acked_seq", "Highest sequence number the peer acknowledged."),
@@ -72,9 +74,12 @@ func NewMetrics(interval time.Duration) *Metrics {
 	for _, mode := range []Mode{ModeAligned, ModeJournal, ModeIncremental, ModeFull} {
 		m.Resyncs.WithLabelValues(string(mode))
 	}
+	for _, r := range RefuseReasons {
+		m.Refused.WithLabelValues(r)
+	}
 	m.Reg.MustRegister(m.Ticks, m.RingRecords, m.RingDepth, m.Overflows, m.Rescans, m.DeltasSent,
 		m.DeltasApplied, m.Lag, m.JournalEntries, m.JournalBytes, m.Unacked, m.Resyncs, m.SessionUp,
-		m.Refused, m.Closed, m.LastSent, m.Acked, m.LastApplied,
+		m.Refused, m.CertExpiry, m.Closed, m.LastSent, m.Acked, m.LastApplied,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

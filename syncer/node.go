@@ -40,6 +40,7 @@ type NodeConfig struct {
 	Role       Role
 	Listen     string // standby: where the primary connects
 	Peer       string // primary: the standby's address
+	PeerName   string // the peer's certificate name, the only one TLS admits (for the status)
 	TLS        *tls.Config
 	Pins       maps.Pins
 	RingBytes  uint32 // a ring a CPU, for rings that do not exist yet
@@ -49,6 +50,10 @@ type NodeConfig struct {
 	JournalMiB int // and at most this many MiB of them
 	Unacked    int // deltas in flight before a silent peer's session is dropped
 	Log        *slog.Logger
+	// When this host's certificate and the pair's CA expire (see
+	// CertExpiry): the node warns ExpiryWarning ahead, at start and daily,
+	// and exports the time left. Zero: unknown, no warning.
+	CertNotAfter, CANotAfter time.Time
 }
 
 // MetaFile and StatusFile are the node's files in its state directory.
@@ -69,6 +74,7 @@ type Node struct {
 
 	mu     sync.Mutex
 	status NodeStatus
+	certAt time.Time // the last certificate check
 }
 
 // OpenNode opens the pinned sync maps and the registered maps under
@@ -151,7 +157,8 @@ func OpenNode(cfg NodeConfig) (*Node, error) {
 		n.log.Warn("sync metadata unusable; the peer will resync in full", "err", err)
 	}
 	n.status = NodeStatus{overflowSeen: n.status.overflowSeen, Role: cfg.Role, Node: hex.EncodeToString(n.meta.Node[:]), PID: os.Getpid(), Generation: n.meta.Generation,
-		Listen: cfg.Listen, Peer: cfg.Peer, Session: "down", Since: time.Now(), Interval: cfg.Interval.String()}
+		Listen: cfg.Listen, Peer: cfg.Peer, Session: "down", Since: time.Now(), Interval: cfg.Interval.String(),
+		PeerName: cfg.PeerName, CertNotAfter: cfg.CertNotAfter, CANotAfter: cfg.CANotAfter}
 	for _, m := range n.regs {
 		n.status.Maps = append(n.status.Maps, m.Name)
 	}
@@ -172,8 +179,29 @@ func (n *Node) Close() {
 	}
 }
 
+// checkCerts exports the certificates' time left and, at start and then
+// once a day, warns about those that expire within ExpiryWarning.
+func (n *Node) checkCerts(now time.Time) {
+	for _, c := range []struct {
+		label string
+		at    time.Time
+	}{{"host", n.cfg.CertNotAfter}, {"ca", n.cfg.CANotAfter}} {
+		if !c.at.IsZero() {
+			n.metrics.CertExpiry.WithLabelValues(c.label).Set(c.at.Sub(now).Seconds())
+		}
+	}
+	if !n.certAt.IsZero() && now.Sub(n.certAt) < 24*time.Hour {
+		return
+	}
+	n.certAt = now
+	for _, w := range ExpiryWarnings(now, n.cfg.CertNotAfter, n.cfg.CANotAfter) {
+		n.log.Warn("sync certificate: " + w)
+	}
+}
+
 // Run runs the node's role until ctx ends.
 func (n *Node) Run(ctx context.Context) error {
+	n.checkCerts(time.Now())
 	if n.cfg.Role == RolePrimary {
 		return n.runPrimary(ctx)
 	}
@@ -335,6 +363,11 @@ func (n *Node) runPrimary(ctx context.Context) error {
 					drop("send: " + err.Error())
 				}
 			}
+			if s != nil {
+				if err := s.Keepalive(DefaultKeepalive); err != nil {
+					drop("send keepalive: " + err.Error())
+				}
+			}
 			if s != nil && e.Seq() > before {
 				n.log.Debug("tick sent", "from", before+1, "to", e.Seq(), "took", time.Since(start))
 				pending = append(pending, tickMark{e.Seq(), start})
@@ -362,6 +395,7 @@ func (n *Node) runPrimary(ctx context.Context) error {
 			})
 			if time.Since(lastSave) >= time.Second {
 				lastSave = time.Now()
+				n.checkCerts(lastSave)
 				n.meta.LastSent = e.Seq()
 				saver.put(n.meta)
 				n.writeStatus()
@@ -390,7 +424,8 @@ func (n *Node) runStandby(ctx context.Context) error {
 
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
-	var applied, refused, closed uint64
+	var applied, closed uint64
+	refused := make([]uint64, len(RefuseReasons))
 	lastSave := time.Now()
 	saver := n.newSaver()
 	defer saver.stop()
@@ -426,9 +461,13 @@ func (n *Node) runStandby(ctx context.Context) error {
 			m.RingRecords.Add(float64(recs))
 			m.RingDepth.Set(float64(recs))
 			m.DeltasApplied.Add(float64(rcv.Applied() - applied))
-			m.Refused.Add(float64(rcv.Refused() - refused))
+			for i, reason := range RefuseReasons {
+				now := rcv.RefusedFor(reason)
+				m.Refused.WithLabelValues(reason).Add(float64(now - refused[i]))
+				refused[i] = now
+			}
 			m.Closed.Add(float64(rcv.Closed() - closed))
-			applied, refused, closed = rcv.Applied(), rcv.Refused(), rcv.Closed()
+			applied, closed = rcv.Applied(), rcv.Closed()
 			la, pg := rcv.State()
 			m.LastApplied.Set(float64(la))
 			peer := rcv.Peer()
@@ -446,7 +485,15 @@ func (n *Node) runStandby(ctx context.Context) error {
 					st.Session, st.Since = session, time.Now()
 				}
 				st.SessionPeer, st.LastApplied, st.PeerGeneration = peer, la, pg
-				st.DeltasApplied, st.Refused, st.Closed, st.Ticks = applied, refused, closed, st.Ticks+1
+				st.DeltasApplied, st.Refused, st.Closed, st.Ticks = applied, rcv.Refused(), closed, st.Ticks+1
+				if st.Refused > 0 && st.RefusedBy == nil {
+					st.RefusedBy = map[string]uint64{}
+				}
+				for i, reason := range RefuseReasons {
+					if refused[i] > 0 {
+						st.RefusedBy[reason] = refused[i]
+					}
+				}
 			})
 			// The applied state is saved often: a restarted standby that
 			// says where it stands gets the journal, not a scan. Saving
@@ -455,6 +502,7 @@ func (n *Node) runStandby(ctx context.Context) error {
 			// once: a crash right after it must not cost another full one.
 			if time.Since(lastSave) >= 250*time.Millisecond || pg != n.meta.PeerGeneration {
 				lastSave = time.Now()
+				n.checkCerts(lastSave)
 				if save() {
 					saver.put(n.meta)
 				}
@@ -537,6 +585,13 @@ func (n *Node) Status() NodeStatus {
 	defer n.mu.Unlock()
 	st := n.status
 	st.overflowSeen = nil
+	if n.status.RefusedBy != nil {
+		// A copy: the caller marshals it outside the lock.
+		st.RefusedBy = make(map[string]uint64, len(n.status.RefusedBy))
+		for k, v := range n.status.RefusedBy {
+			st.RefusedBy[k] = v
+		}
+	}
 	if len(n.lags) > 0 {
 		l := slices.Clone(n.lags)
 		slices.Sort(l)
@@ -562,37 +617,41 @@ func (n *Node) writeStatus() {
 // NodeStatus is what a node says about itself; the daemon writes it to
 // its state directory every second and `tandem status` shows it.
 type NodeStatus struct {
-	Role           Role        `json:"role"`
-	Node           string      `json:"node"`
-	Generation     uint64      `json:"generation,omitempty"`
-	PID            int         `json:"pid"`
-	Maps           []string    `json:"maps"`
-	Listen         string      `json:"listen,omitempty"`
-	Peer           string      `json:"peer,omitempty"`
-	Session        string      `json:"session"` // up or down
-	SessionPeer    string      `json:"session_peer,omitempty"`
-	Since          time.Time   `json:"since"`
-	Interval       string      `json:"interval"`
-	LastSent       uint64      `json:"last_sent,omitempty"`
-	Acked          uint64      `json:"acked,omitempty"`
-	Unacked        int         `json:"unacked"`
-	LastApplied    uint64      `json:"last_applied,omitempty"`
-	PeerGeneration uint64      `json:"peer_generation,omitempty"`
-	LagP50ms       float64     `json:"lag_p50_ms"`
-	LagP99ms       float64     `json:"lag_p99_ms"`
-	LagSamples     int         `json:"lag_samples"`
-	JournalEntries int         `json:"journal_entries"`
-	JournalBytes   int         `json:"journal_bytes"`
-	LastResync     *ResyncInfo `json:"last_resync,omitempty"`
-	Ticks          uint64      `json:"ticks"`
-	RingRecords    uint64      `json:"ring_records"`
-	Overflows      uint64      `json:"ring_overflows"`
-	Rescans        uint64      `json:"rescans"`
-	DeltasSent     uint64      `json:"deltas_sent"`
-	DeltasApplied  uint64      `json:"deltas_applied"`
-	Refused        uint64      `json:"peers_refused"`
-	Closed         uint64      `json:"sessions_closed"`
-	Updated        time.Time   `json:"updated"`
+	Role           Role              `json:"role"`
+	Node           string            `json:"node"`
+	Generation     uint64            `json:"generation,omitempty"`
+	PID            int               `json:"pid"`
+	Maps           []string          `json:"maps"`
+	Listen         string            `json:"listen,omitempty"`
+	Peer           string            `json:"peer,omitempty"`
+	Session        string            `json:"session"` // up or down
+	SessionPeer    string            `json:"session_peer,omitempty"`
+	Since          time.Time         `json:"since"`
+	Interval       string            `json:"interval"`
+	LastSent       uint64            `json:"last_sent,omitempty"`
+	Acked          uint64            `json:"acked,omitempty"`
+	Unacked        int               `json:"unacked"`
+	LastApplied    uint64            `json:"last_applied,omitempty"`
+	PeerGeneration uint64            `json:"peer_generation,omitempty"`
+	LagP50ms       float64           `json:"lag_p50_ms"`
+	LagP99ms       float64           `json:"lag_p99_ms"`
+	LagSamples     int               `json:"lag_samples"`
+	JournalEntries int               `json:"journal_entries"`
+	JournalBytes   int               `json:"journal_bytes"`
+	LastResync     *ResyncInfo       `json:"last_resync,omitempty"`
+	Ticks          uint64            `json:"ticks"`
+	RingRecords    uint64            `json:"ring_records"`
+	Overflows      uint64            `json:"ring_overflows"`
+	Rescans        uint64            `json:"rescans"`
+	DeltasSent     uint64            `json:"deltas_sent"`
+	DeltasApplied  uint64            `json:"deltas_applied"`
+	Refused        uint64            `json:"peers_refused"`
+	RefusedBy      map[string]uint64 `json:"peers_refused_by,omitempty"` // by reason (RefuseReasons)
+	PeerName       string            `json:"peer_name,omitempty"`        // the only certificate name admitted
+	CertNotAfter   time.Time         `json:"cert_not_after,omitzero"`
+	CANotAfter     time.Time         `json:"ca_not_after,omitzero"`
+	Closed         uint64            `json:"sessions_closed"`
+	Updated        time.Time         `json:"updated"`
 
 	overflowSeen []uint64
 }

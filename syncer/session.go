@@ -10,39 +10,93 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-const handshakeTimeout = 10 * time.Second
+// dialTimeout bounds the primary's dial, handshake and hello exchange.
+const dialTimeout = 10 * time.Second
+
+// Defaults of the Receiver's zero fields.
+const (
+	// DefaultHelloTimeout: a connection has this long for its TLS
+	// handshake and hello, then it is refused and closed.
+	DefaultHelloTimeout = 3 * time.Second
+	// DefaultKeepalive is how often a primary with nothing to send tells
+	// the standby it is alive.
+	DefaultKeepalive = time.Second
+	// DefaultIdleTimeout: a session that sends nothing this long (a few
+	// keepalives) is closed.
+	DefaultIdleTimeout = 5 * DefaultKeepalive
+	// DefaultMaxPending bounds the connections in their handshake or
+	// hello at once; more are refused at once (reason busy).
+	DefaultMaxPending = 64
+)
+
+// Reasons a connection is refused, the label of the refused counter.
+const (
+	RefuseHandshake = "handshake" // the TLS handshake failed or timed out (wrong CA, not TLS)
+	RefuseName      = "name"      // a certificate of the pair's CA, for another name than the peer's
+	RefuseHello     = "hello"     // no valid hello in time
+	RefuseBusy      = "busy"      // too many connections in their handshake
+)
+
+// RefuseReasons lists the refusal reasons.
+var RefuseReasons = []string{RefuseHandshake, RefuseName, RefuseHello, RefuseBusy}
 
 // Receiver is the standby's end of the sync channel: it accepts the
 // primary, applies its deltas in sequence order and acknowledges them.
+//
+// Connections are served concurrently: one that never finishes its
+// handshake or hello is closed after HelloTimeout and delays nobody.
+// TLS admits only the configured peer's certificate (see TLSConfig). A
+// new session from the peer replaces the open one (a primary that
+// reconnects while its old session is half-dead gets in at once).
 type Receiver struct {
 	TLS     *tls.Config
 	Hello   Hello // this host's; LastApplied is kept current
 	Applier *Applier
 	Log     *slog.Logger
 
+	HelloTimeout time.Duration // default DefaultHelloTimeout
+	IdleTimeout  time.Duration // default DefaultIdleTimeout
+	MaxPending   int           // default DefaultMaxPending
+
 	mu          sync.Mutex
 	lastApplied uint64
-	peerGen     uint64 // generation of the applied state; 0 while a resync is incomplete
-	refused     atomic.Uint64
+	peerGen     uint64           // generation of the applied state; 0 while a resync is incomplete
+	refused     [4]atomic.Uint64 // by RefuseReasons
 	closed      atomic.Uint64
 	applied     atomic.Uint64 // deltas applied (markers included)
 	sessions    atomic.Uint64
 	peer        atomic.Pointer[string] // the primary's address while a session is open
-	conn        atomic.Pointer[net.Conn]
-	stopping    atomic.Bool
+
+	cmu      sync.Mutex
+	conns    map[net.Conn]struct{} // every open connection, for Stop
+	active   *rsession             // the session that applies
+	stopping bool
+	wg       sync.WaitGroup
+	pending  chan struct{}
+	once     sync.Once
 }
 
-// Stop ends the open session, if any, and makes Serve return once ln is
+// rsession is one session past its hello.
+type rsession struct {
+	c        net.Conn
+	done     chan struct{}
+	replaced atomic.Bool
+}
+
+// Stop ends every open connection and makes Serve return once ln is
 // closed (the caller closes it).
 func (r *Receiver) Stop() {
-	r.stopping.Store(true)
-	if c := r.conn.Load(); c != nil {
-		(*c).Close()
+	r.cmu.Lock()
+	defer r.cmu.Unlock()
+	r.stopping = true
+	for c := range r.conns {
+		c.Close()
 	}
 }
 
@@ -79,13 +133,52 @@ func (r *Receiver) LastApplied() uint64 {
 	return r.lastApplied
 }
 
-// Refused counts peers refused at the handshake or hello; Closed counts
-// sessions closed for a bad frame or delta.
-func (r *Receiver) Refused() uint64 { return r.refused.Load() }
-func (r *Receiver) Closed() uint64  { return r.closed.Load() }
+// Refused counts connections refused at the handshake or hello;
+// RefusedFor counts those of one reason (RefuseReasons). Closed counts
+// sessions closed for a bad frame or delta, or silence.
+func (r *Receiver) Refused() uint64 {
+	var n uint64
+	for i := range r.refused {
+		n += r.refused[i].Load()
+	}
+	return n
+}
 
-// Serve accepts peers until ln closes, one session at a time.
+func (r *Receiver) RefusedFor(reason string) uint64 {
+	if i := slices.Index(RefuseReasons, reason); i >= 0 {
+		return r.refused[i].Load()
+	}
+	return 0
+}
+
+func (r *Receiver) Closed() uint64 { return r.closed.Load() }
+
+func (r *Receiver) refuse(log *slog.Logger, reason, msg string, err error) {
+	r.refused[slices.Index(RefuseReasons, reason)].Add(1)
+	log.Warn("sync peer refused: "+msg, "reason", reason, "err", err)
+}
+
+func (r *Receiver) init() {
+	r.once.Do(func() {
+		if r.HelloTimeout <= 0 {
+			r.HelloTimeout = DefaultHelloTimeout
+		}
+		if r.IdleTimeout <= 0 {
+			r.IdleTimeout = DefaultIdleTimeout
+		}
+		if r.MaxPending <= 0 {
+			r.MaxPending = DefaultMaxPending
+		}
+		r.pending = make(chan struct{}, r.MaxPending)
+		r.conns = map[net.Conn]struct{}{}
+	})
+}
+
+// Serve accepts peers until ln closes, each connection on its own
+// goroutine; it returns when every connection is done.
 func (r *Receiver) Serve(ln net.Listener) error {
+	r.init()
+	defer r.wg.Wait()
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -94,57 +187,137 @@ func (r *Receiver) Serve(ln net.Listener) error {
 			}
 			return err
 		}
-		r.handle(c)
+		select {
+		case r.pending <- struct{}{}:
+		default:
+			// Many connections in their handshake at once are a flood: the
+			// slots free within HelloTimeout, and the primary retries.
+			c.Close()
+			r.refuse(r.Log.With("peer", c.RemoteAddr().String()), RefuseBusy, "too many connections in their handshake", nil)
+			continue
+		}
+		if !r.track(c) {
+			<-r.pending
+			c.Close()
+			continue
+		}
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			defer r.untrack(c)
+			r.handle(c)
+		}()
 	}
+}
+
+func (r *Receiver) track(c net.Conn) bool {
+	r.cmu.Lock()
+	defer r.cmu.Unlock()
+	if r.stopping {
+		return false
+	}
+	r.conns[c] = struct{}{}
+	return true
+}
+
+func (r *Receiver) untrack(c net.Conn) {
+	r.cmu.Lock()
+	defer r.cmu.Unlock()
+	delete(r.conns, c)
 }
 
 func (r *Receiver) handle(c net.Conn) {
 	defer c.Close()
-	r.conn.Store(&c)
-	defer r.conn.Store(nil)
-	if r.stopping.Load() {
-		return
-	}
 	log := r.Log.With("peer", c.RemoteAddr().String())
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			<-r.pending
+		}
+	}
+	defer release()
+	// The handshake and the hello together get one short deadline.
+	c.SetDeadline(time.Now().Add(r.HelloTimeout))
 	tc := tls.Server(c, r.TLS)
-	c.SetDeadline(time.Now().Add(handshakeTimeout))
 	if err := tc.Handshake(); err != nil {
-		r.refused.Add(1)
-		log.Warn("sync peer refused: TLS handshake failed", "err", err)
+		var nameErr *PeerNameError
+		if errors.As(err, &nameErr) {
+			r.refuse(log, RefuseName, "certificate of another host", err)
+		} else {
+			r.refuse(log, RefuseHandshake, "TLS handshake failed", err)
+		}
 		return
 	}
 	fr := NewReader(tc)
 	m, err := fr.Next()
 	if err != nil || m.Hello == nil || m.Hello.Version != ProtocolVersion {
-		r.refused.Add(1)
-		log.Warn("sync peer refused: no valid hello", "err", err, "hello", m.Hello)
+		r.refuse(log, RefuseHello, "no valid hello", fmt.Errorf("%v (hello %+v)", err, m.Hello))
 		return
 	}
-	c.SetDeadline(time.Time{})
+	release()
+	s := &rsession{c: c, done: make(chan struct{})}
+	defer close(s.done)
+	// The newest session wins: the old one may be half-dead (its primary
+	// gone without a FIN), and the primary that reconnects is the live one.
+	r.cmu.Lock()
+	old := r.active
+	r.active = s
+	r.cmu.Unlock()
+	defer func() {
+		r.cmu.Lock()
+		if r.active == s {
+			r.active = nil
+			r.peer.Store(nil)
+		}
+		r.cmu.Unlock()
+	}()
+	if old != nil {
+		old.replaced.Store(true)
+		old.c.Close()
+		<-old.done // its last apply is over: the state below is final
+	}
 	hello := r.Hello
 	hello.LastApplied, hello.PeerGeneration = r.State()
+	hello.Flags |= HelloKeepalive
 	if r.Applier.Empty() {
 		hello.Flags |= HelloMapsEmpty
 	}
 	w := bufio.NewWriter(tc)
 	w.Write(AppendHello(nil, hello))
+	c.SetDeadline(time.Now().Add(r.IdleTimeout))
 	if err := w.Flush(); err != nil {
 		log.Warn("sync session: send hello", "err", err)
 		return
 	}
-	log.Info("sync session open", "peer_last_sent", m.Hello.LastSent, "last_applied", hello.LastApplied)
+	log.Info("sync session open", "peer_last_sent", m.Hello.LastSent, "last_applied", hello.LastApplied, "replaced_old_session", old != nil)
 	r.sessions.Add(1)
 	addr := c.RemoteAddr().String()
-	r.peer.Store(&addr)
-	defer r.peer.Store(nil)
+	r.cmu.Lock()
+	if r.active == s {
+		r.peer.Store(&addr)
+	}
+	r.cmu.Unlock()
 	var batch []Delta
 	for {
+		if fr.r.Buffered() == 0 {
+			// About to wait for the primary: it sends deltas or keepalives
+			// (HelloKeepalive); silence this long is a dead session. Once a
+			// batch, not a frame: deadlines cost a timer update.
+			c.SetDeadline(time.Now().Add(r.IdleTimeout))
+		}
 		m, err := fr.Next()
-		if err == nil && m.Delta == nil {
+		if err == nil && m.Keepalive {
+			if len(batch) == 0 {
+				continue
+			}
+		} else if err == nil && m.Delta == nil {
 			err = errors.New("a frame other than a delta after hello")
 		}
 		if err == nil {
-			batch = append(batch, *m.Delta)
+			if m.Delta != nil {
+				batch = append(batch, *m.Delta)
+			}
 			// Keep collecting while more has arrived: one apply, one ack.
 			if fr.r.Buffered() > 0 && len(batch) < 4096 {
 				continue
@@ -169,9 +342,20 @@ func (r *Receiver) handle(c net.Conn) {
 			log.Info("sync session closed by the peer")
 			return
 		}
-		if r.stopping.Load() {
+		if s.replaced.Load() {
+			log.Info("sync session closed: the peer opened a newer one")
+			return
+		}
+		r.cmu.Lock()
+		stopping := r.stopping
+		r.cmu.Unlock()
+		if stopping {
 			log.Info("sync session closed: this daemon is stopping")
 			return
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			err = fmt.Errorf("the peer sent nothing for %s", r.IdleTimeout)
 		}
 		r.closed.Add(1)
 		log.Warn("sync session closed", "reason", err)
@@ -247,6 +431,7 @@ type Sender struct {
 	done    chan struct{}
 	acks    chan struct{} // a token after each ack: the lag clock reads it
 	err     error
+	wrote   time.Time // the last flush that sent something
 }
 
 // ErrJournalFull means the peer acknowledges too slowly: more deltas are
@@ -255,7 +440,7 @@ var ErrJournalFull = errors.New("sync journal full: the peer is not acknowledgin
 
 // Dial opens a session to the standby at addr.
 func Dial(ctx context.Context, addr string, cfg *tls.Config, hello Hello, journal int) (*Sender, error) {
-	d := tls.Dialer{Config: cfg, NetDialer: &net.Dialer{Timeout: handshakeTimeout}}
+	d := tls.Dialer{Config: cfg, NetDialer: &net.Dialer{Timeout: dialTimeout}}
 	c, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial sync peer %s: %w", addr, err)
@@ -269,7 +454,7 @@ func Dial(ctx context.Context, addr string, cfg *tls.Config, hello Hello, journa
 		return nil, fmt.Errorf("sync hello to %s: %w", addr, err)
 	}
 	fr := NewReader(tc)
-	tc.SetReadDeadline(time.Now().Add(handshakeTimeout))
+	tc.SetReadDeadline(time.Now().Add(dialTimeout))
 	m, err := fr.Next()
 	if err != nil || m.Hello == nil {
 		tc.Close()
@@ -277,6 +462,7 @@ func Dial(ctx context.Context, addr string, cfg *tls.Config, hello Hello, journa
 	}
 	tc.SetReadDeadline(time.Time{})
 	s.Peer = *m.Hello
+	s.wrote = time.Now()
 	go s.readAcks(fr)
 	return s, nil
 }
@@ -338,7 +524,22 @@ func (s *Sender) Send(d Delta) error {
 }
 
 // Flush sends what Send queued.
-func (s *Sender) Flush() error { return s.w.Flush() }
+func (s *Sender) Flush() error {
+	if s.w.Buffered() > 0 {
+		s.wrote = time.Now()
+	}
+	return s.w.Flush()
+}
+
+// Keepalive sends a keepalive if the standby understands them and
+// nothing was sent for every: a standby closes a silent session.
+func (s *Sender) Keepalive(every time.Duration) error {
+	if s.Peer.Flags&HelloKeepalive == 0 || time.Since(s.wrote) < every {
+		return nil
+	}
+	s.w.Write(AppendKeepalive(s.w.AvailableBuffer()))
+	return s.Flush()
+}
 
 // Acked is the highest sequence number the peer acknowledged.
 func (s *Sender) Acked() uint64 { return s.acked.Load() }

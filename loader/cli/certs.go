@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"time"
 
@@ -12,8 +13,10 @@ import (
 )
 
 type certsFlags struct {
-	dir      string
-	validity time.Duration
+	dir        string
+	validity   time.Duration
+	caValidity time.Duration
+	newCA      bool
 }
 
 func init() {
@@ -22,17 +25,29 @@ func init() {
 		summary: "create a pair CA and host certificates for the sync channel (labs and tests)",
 		args:    "HOST[=IP,...] ...",
 		long: `
-Creates, in --dir, a CA for one pair of hosts (ca.pem, ca-key.pem; reused when
-it is there) and for each HOST a certificate and key (HOST.pem, HOST-key.pem)
-valid for its name and the listed addresses. The sync channel is TLS 1.3 with
-mutual authentication: each host accepts only a peer whose certificate this CA
-signed. For production pairs, bring certificates from your own PKI in the same
-layout.`,
-		examples: "  tandem certs --dir /etc/tandem/certs gw-a=192.0.2.1 gw-b=192.0.2.2\n",
+Creates, in --dir, a CA for one pair of hosts (ca.pem, ca-key.pem) and for
+each HOST a certificate and key (HOST.pem, HOST-key.pem) valid for its name
+and the listed addresses. The CA lives --ca-validity (10 years), host
+certificates --validity (1 year). Run again with an existing CA, it issues
+new host certificates signed by that CA, so renewing one host's certificate
+never touches the other; --new-ca replaces the CA, and then every host of
+the pair needs a new certificate. Keys are written mode 0600; the daemon
+refuses a key that group or others can read.
+
+The sync channel is TLS 1.3 with mutual authentication: each host accepts
+only a certificate that this CA signed for the name it is told is its peer
+(--sync-peer-name), in both directions. The output says which names to
+configure on each host. The daemon warns 30 days before its certificate or
+the CA expires; tandem status shows the days left. For production pairs,
+bring certificates from your own PKI in the same layout.`,
+		examples: "  tandem certs --dir /etc/tandem/certs gw-a=192.0.2.1 gw-b=192.0.2.2\n" +
+			"  tandem certs --dir /etc/tandem/certs gw-b=192.0.2.2     # renew one host's, same CA\n",
 		flags: func(fs *pflag.FlagSet) any {
 			f := &certsFlags{}
 			fs.StringVar(&f.dir, "dir", "/etc/tandem/certs", "where the CA and the certificates go")
-			fs.DurationVar(&f.validity, "validity", 365*24*time.Hour, "how long the certificates are valid")
+			fs.DurationVar(&f.validity, "validity", syncer.DefaultHostValidity, "how long the host certificates are valid")
+			fs.DurationVar(&f.caValidity, "ca-validity", syncer.DefaultCAValidity, "how long a new CA is valid")
+			fs.BoolVar(&f.newCA, "new-ca", false, "replace an existing CA (every host then needs a new certificate)")
 			return f
 		},
 		run: func(env Env, opts any, args []string) error {
@@ -40,14 +55,15 @@ layout.`,
 			if len(args) == 0 {
 				return usagef("name at least one host")
 			}
-			if f.validity <= 0 {
-				return usagef("--validity must be positive")
+			if f.validity <= 0 || f.caValidity <= 0 {
+				return usagef("--validity and --ca-validity must be positive")
 			}
 			hosts := map[string][]net.IP{}
+			var names []string
 			for _, a := range args {
 				name, ips, _ := strings.Cut(a, "=")
-				if name == "" || strings.ContainsAny(name, "/ ") {
-					return usagef("host %q: want NAME or NAME=IP,IP", a)
+				if name == "" || name == "ca" || strings.ContainsAny(name, "/ ") || strings.HasSuffix(name, "-key") {
+					return usagef("host %q: want NAME or NAME=IP,IP (not ca, nor ending in -key)", a)
 				}
 				for _, s := range strings.Split(ips, ",") {
 					if s == "" {
@@ -61,16 +77,42 @@ layout.`,
 				}
 				if _, ok := hosts[name]; !ok {
 					hosts[name] = nil
+					names = append(names, name)
+				} else if !slices.Contains(names, name) {
+					names = append(names, name)
 				}
 			}
-			if err := syncer.MakeCerts(f.dir, hosts, f.validity); err != nil {
+			rep, err := syncer.IssueCerts(f.dir, hosts, syncer.CertOptions{HostValidity: f.validity, CAValidity: f.caValidity, NewCA: f.newCA})
+			if err != nil {
 				return err
 			}
-			for name := range hosts {
-				cert, key := syncer.HostFiles(f.dir, name)
-				fmt.Fprintf(env.Stdout, "%s: %s %s\n", name, cert, key)
+			until := func(t time.Time) string { return t.Format(time.DateOnly) }
+			switch {
+			case rep.CAReplaced:
+				fmt.Fprintf(env.Stdout, "pair CA: %s: REPLACED, valid until %s; every host of the pair needs a new certificate from it (certificates of the old CA are refused)\n", rep.CA, until(rep.CANotAfter))
+			case rep.CACreated:
+				fmt.Fprintf(env.Stdout, "pair CA: %s: new, valid until %s\n", rep.CA, until(rep.CANotAfter))
+			default:
+				fmt.Fprintf(env.Stdout, "pair CA: %s: existing one reused (valid until %s); the certificates below are signed by it\n", rep.CA, until(rep.CANotAfter))
 			}
-			fmt.Fprintf(env.Stdout, "pair CA: %s/ca.pem\n", f.dir)
+			for _, h := range rep.Hosts {
+				note := ""
+				if h.Capped {
+					note = " (cut to the CA's end of life: renew the CA with --new-ca)"
+				}
+				fmt.Fprintf(env.Stdout, "%s: %s %s, valid until %s%s\n", h.Name, h.Cert, h.Key, until(h.NotAfter), note)
+			}
+			fmt.Fprintln(env.Stdout, "configure (tandem up flags, or [sync] name and peer_name):")
+			switch len(names) {
+			case 2:
+				for i, n := range names {
+					fmt.Fprintf(env.Stdout, "  on %s: --sync-name %s --sync-peer-name %s\n", n, n, names[1-i])
+				}
+			default:
+				for _, n := range names {
+					fmt.Fprintf(env.Stdout, "  on %s: --sync-name %s; its peer names it with --sync-peer-name %s\n", n, n, n)
+				}
+			}
 			return nil
 		},
 	})

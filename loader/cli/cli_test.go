@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tandem-net/tandem/syncer"
 )
@@ -148,15 +149,33 @@ func TestCerts(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("certs: %d %s", code, errs)
 	}
-	for _, want := range []string{"gw-a.pem", "gw-b-key.pem", "ca.pem"} {
+	for _, want := range []string{"gw-a.pem", "gw-b-key.pem", "ca.pem", ": new,",
+		"on gw-a: --sync-name gw-a --sync-peer-name gw-b", "on gw-b: --sync-name gw-b --sync-peer-name gw-a"} {
 		if !strings.Contains(out, want) {
-			t.Errorf("output lacks %s: %s", want, out)
+			t.Errorf("output lacks %q: %s", want, out)
 		}
 	}
-	for _, h := range []string{"gw-a", "gw-b"} {
-		if _, err := syncer.TLSConfig(dir, h); err != nil {
+	for h, peer := range map[string]string{"gw-a": "gw-b", "gw-b": "gw-a"} {
+		if _, err := syncer.TLSConfig(dir, h, peer); err != nil {
 			t.Errorf("%s: %v", h, err)
 		}
+	}
+	ca, _ := os.ReadFile(filepath.Join(dir, "ca.pem"))
+
+	// Renewing one host keeps the CA and says so.
+	out, errs, code = run("certs", "--dir", dir, "gw-b")
+	now, _ := os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if code != 0 || !strings.Contains(out, "existing one reused") || !bytes.Equal(ca, now) {
+		t.Fatalf("renew gw-b: %d %s %s (CA kept: %v)", code, out, errs, bytes.Equal(ca, now))
+	}
+	// --new-ca replaces it and says every host needs new certificates.
+	out, errs, code = run("certs", "--dir", dir, "--new-ca", "gw-a", "gw-b")
+	now, _ = os.ReadFile(filepath.Join(dir, "ca.pem"))
+	if code != 0 || !strings.Contains(out, "REPLACED") || !strings.Contains(out, "every host") || bytes.Equal(ca, now) {
+		t.Fatalf("--new-ca: %d %s %s", code, out, errs)
+	}
+	if _, errs, code = run("certs", "--dir", dir, "--validity", "0", "gw-a"); code != 2 {
+		t.Fatalf("--validity 0: exit %d %s", code, errs)
 	}
 }
 
@@ -244,5 +263,34 @@ func TestStatusCorruptSyncFile(t *testing.T) {
 				t.Errorf("status --json: exit %d, stdout %q (%v), stderr %q: want exit 0 and sync.unavailable", code, out, err, errs)
 			}
 		})
+	}
+}
+
+// TestSyncStatusCerts: tandem status's Sync section shows the peer name
+// the daemon admits, the days its certificate and the CA have left, and
+// a warning inside the last 30 days; refusals by reason.
+func TestSyncStatusCerts(t *testing.T) {
+	now := time.Now()
+	for _, c := range []struct {
+		host, ca time.Time
+		want     []string
+		not      string
+	}{
+		{now.Add(200*24*time.Hour + time.Hour), now.Add(3000*24*time.Hour + time.Hour), []string{"host until", "(200 days left)", "CA until", "(3000 days left)"}, "WARNING"},
+		{now.Add(12*24*time.Hour + time.Hour), now.Add(3000*24*time.Hour + time.Hour), []string{"(12 days left) WARNING: renew with tandem certs", "(3000 days left)"}, "EXPIRED"},
+		{now.Add(-time.Hour), now.Add(20*24*time.Hour + time.Hour), []string{"host EXPIRED on", "(20 days left) WARNING"}, ""},
+	} {
+		var b bytes.Buffer
+		printSyncStatus(&b, &syncStatus{Running: true, NodeStatus: &syncer.NodeStatus{Role: syncer.RoleStandby, Session: "up", Since: now,
+			PeerName: "gw-a", CertNotAfter: c.host, CANotAfter: c.ca, Refused: 3, RefusedBy: map[string]uint64{"name": 2, "handshake": 1}}})
+		out := b.String()
+		for _, w := range append(c.want, "gw-a (the only certificate admitted)", "3 peers (handshake 1, name 2)") {
+			if !strings.Contains(out, w) {
+				t.Errorf("status lacks %q:\n%s", w, out)
+			}
+		}
+		if c.not != "" && strings.Contains(out, c.not) {
+			t.Errorf("status says %q:\n%s", c.not, out)
+		}
 	}
 }

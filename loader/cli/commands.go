@@ -117,7 +117,9 @@ State sync: with --sync-role, the daemon also replicates every registered
 map to the peer host. The primary drains the per-CPU dirty rings every
 --sync-interval and streams the changed entries to --sync-peer over TLS 1.3
 with mutual certificates (--sync-certs, as tandem certs lays them out; this
-host's certificate is --sync-name). The standby accepts the primary on
+host's certificate is --sync-name, and the only certificate admitted from
+the peer, in both directions, is --sync-peer-name: another host of the same
+CA, or this host's own certificate, is refused). The standby accepts the primary on
 --sync-listen and applies in order. On every (re)connect the primary picks
 the cheapest safe resync (aligned, journal, incremental or full) from both
 hosts' metadata in --state-dir, and logs the choice and why. A daemon that
@@ -140,8 +142,8 @@ translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
   tandem up --config /etc/tandem/tandem.toml
   tandem up -i eth0 -i eth1 --vip 2001:db8::10 --vip 192.0.2.11=standby --once
   tandem up -i veth0 --ingress tc --tc clsact --gate monitor --once
-  tandem up -i eth0 --sync-role primary --sync-peer 192.0.2.2:7400 --sync-name gw-a --metrics-addr 127.0.0.1:9474
-  tandem up -i eth0 --sync-role standby --sync-listen 192.0.2.2:7400 --sync-name gw-b
+  tandem up -i eth0 --sync-role primary --sync-peer 192.0.2.2:7400 --sync-name gw-a --sync-peer-name gw-b --metrics-addr 127.0.0.1:9474
+  tandem up -i eth0 --sync-role standby --sync-listen 192.0.2.2:7400 --sync-name gw-b --sync-peer-name gw-a
   tandem up --proxy-iface eth1 --proxy-iface eth2 --proxy-secret /etc/tandem/cookie.key --service 192.0.2.10:443=10.2.0.11:443,10.2.0.12:443
 `,
 		flags: func(fs *pflag.FlagSet) any {
@@ -161,6 +163,7 @@ translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
 			fs.StringVar(&f.sync.Listen, "sync-listen", d.Sync.Listen, "standby: ADDR:PORT to accept the primary on")
 			fs.StringVar(&f.sync.Certs, "sync-certs", d.Sync.Certs, "directory with ca.pem and NAME.pem/NAME-key.pem (see tandem certs)")
 			fs.StringVar(&f.sync.Name, "sync-name", "", "this host's certificate name (default: the hostname)")
+			fs.StringVar(&f.sync.PeerName, "sync-peer-name", "", "the peer's certificate name, the only one admitted (default: the one other host certificate in --sync-certs)")
 			fs.DurationVar(&f.sync.Interval, "sync-interval", d.Sync.Interval, "how often the primary drains the dirty rings and sends (1ms to 10s)")
 			fs.IntVar(&f.sync.Journal, "sync-journal", syncer.DefaultJournalEntries, "deltas the primary keeps for a standby that reconnects (journal resync; at most 16777216)")
 			fs.IntVar(&f.sync.JournalMiB, "sync-journal-mib", syncer.DefaultJournalBytes>>20, "and at most this many MiB of them (at most 4096)")
@@ -316,7 +319,7 @@ func (f *upFlags) options() (loader.Options, error) {
 	}
 	for name, dst := range map[string]*string{"xdp-mode": &o.XDPMode, "ingress": &o.Ingress, "tc": &o.TC, "gate": &o.Gate,
 		"sync-role": &o.Sync.Role, "sync-peer": &o.Sync.Peer, "sync-listen": &o.Sync.Listen, "sync-certs": &o.Sync.Certs,
-		"sync-name": &o.Sync.Name, "sync-test-iface": &o.SyncTestIface, "metrics-addr": &o.MetricsAddr} {
+		"sync-name": &o.Sync.Name, "sync-peer-name": &o.Sync.PeerName, "sync-test-iface": &o.SyncTestIface, "metrics-addr": &o.MetricsAddr} {
 		if fs.Changed(name) {
 			*dst = fs.Lookup(name).Value.String()
 		}

@@ -100,12 +100,26 @@ func (d *syncd) apply(o loader.Options) error {
 		}
 		name = h
 	}
-	tlsCfg, err := syncer.TLSConfig(o.Sync.Certs, name)
+	peerName := o.Sync.PeerName
+	if peerName == "" {
+		// The lab layout of tandem certs: this host's and the peer's.
+		var err error
+		if peerName, err = syncer.PeerName(o.Sync.Certs, name); err != nil {
+			return fmt.Errorf("sync: %w", err)
+		}
+		d.log.Info("sync: the peer's certificate name is the other one in the certs directory; set --sync-peer-name to pin it", "peer_name", peerName, "certs", o.Sync.Certs)
+	}
+	tlsCfg, err := syncer.TLSConfig(o.Sync.Certs, name, peerName)
 	if err != nil {
 		return fmt.Errorf("sync: %w (create lab certificates with tandem certs --dir %s %s)", err, o.Sync.Certs, name)
 	}
+	certEnd, caEnd, err := syncer.CertExpiry(o.Sync.Certs, name)
+	if err != nil {
+		return fmt.Errorf("sync: read certificate dates: %w", err)
+	}
 	node, err := syncer.OpenNode(syncer.NodeConfig{
-		Role: syncer.Role(o.Sync.Role), Listen: o.Sync.Listen, Peer: o.Sync.Peer, TLS: tlsCfg,
+		Role: syncer.Role(o.Sync.Role), Listen: o.Sync.Listen, Peer: o.Sync.Peer, PeerName: peerName, TLS: tlsCfg,
+		CertNotAfter: certEnd, CANotAfter: caEnd,
 		Pins: o.Pins, RingBytes: o.RingBytes, StateDir: o.StateDir, Interval: o.Sync.Interval,
 		Journal: o.Sync.Journal, JournalMiB: o.Sync.JournalMiB, Log: d.log,
 	})
@@ -279,6 +293,13 @@ func printSyncStatus(w io.Writer, ss *syncStatus) {
 	}
 	since := time.Since(st.Since).Round(time.Second)
 	fmt.Fprintf(tw, "session\t%s for %s (%s)\n", st.Session, since, peer)
+	if st.PeerName != "" {
+		fmt.Fprintf(tw, "peer name\t%s (the only certificate admitted)\n", st.PeerName)
+	}
+	now := time.Now()
+	if line := certLine(now, st.CertNotAfter, st.CANotAfter); line != "" {
+		fmt.Fprintf(tw, "certificates\t%s\n", line)
+	}
 	if st.Role == syncer.RolePrimary {
 		fmt.Fprintf(tw, "sent / acked\t%d / %d (%d unacked)\n", st.LastSent, st.Acked, st.Unacked)
 		fmt.Fprintf(tw, "lag\tp50 %.1f ms, p99 %.1f ms (%d samples; interval %s)\n", st.LagP50ms, st.LagP99ms, st.LagSamples, st.Interval)
@@ -289,9 +310,42 @@ func printSyncStatus(w io.Writer, ss *syncStatus) {
 		fmt.Fprintf(tw, "rings\t%d records, %d overflows, %d rescans\n", st.RingRecords, st.Overflows, st.Rescans)
 	} else {
 		fmt.Fprintf(tw, "applied\t%d deltas, last seq %d (generation %d)\n", st.DeltasApplied, st.LastApplied, st.PeerGeneration)
-		fmt.Fprintf(tw, "refused\t%d peers, %d sessions closed for bad frames\n", st.Refused, st.Closed)
+		by := ""
+		for _, r := range syncer.RefuseReasons {
+			if n := st.RefusedBy[r]; n > 0 {
+				by += fmt.Sprintf(", %s %d", r, n)
+			}
+		}
+		if by != "" {
+			by = " (" + by[2:] + ")"
+		}
+		fmt.Fprintf(tw, "refused\t%d peers%s, %d sessions closed for bad frames or silence\n", st.Refused, by, st.Closed)
 	}
 	tw.Flush()
+}
+
+// certLine says how long this host's certificate and the pair's CA have
+// left, with a warning inside syncer.ExpiryWarning.
+func certLine(now, host, ca time.Time) string {
+	var parts []string
+	for _, c := range []struct {
+		what string
+		at   time.Time
+	}{{"host", host}, {"CA", ca}} {
+		if c.at.IsZero() {
+			continue
+		}
+		left := c.at.Sub(now)
+		s := fmt.Sprintf("%s until %s (%d days left)", c.what, c.at.Format(time.DateOnly), int(left.Hours()/24))
+		switch {
+		case left <= 0:
+			s = fmt.Sprintf("%s EXPIRED on %s", c.what, c.at.Format(time.DateOnly))
+		case left < syncer.ExpiryWarning:
+			s += " WARNING: renew with tandem certs"
+		}
+		parts = append(parts, s)
+	}
+	return strings.Join(parts, "; ")
 }
 
 func short(node string) string {
