@@ -2151,11 +2151,14 @@ struct expire_args {
 	__u64 syn_sent_ns;    /* timeouts by state */
 	__u64 established_ns;
 	__u64 closing_ns;
+	__u32 short_lived;    /* out: entries left in a state with a short timeout */
+	__u32 pad;
 };
 
 struct expire_ctx {
 	struct expire_args a;
 	__u32 deleted;
+	__u32 short_lived;
 };
 
 static long expire_one(void *map, struct conn_key *k, struct conn_val *v, struct expire_ctx *x)
@@ -2167,12 +2170,18 @@ static long expire_one(void *map, struct conn_key *k, struct conn_val *v, struct
 			sync_mark_deleted(SYNC_MAP_CONN, k, sizeof(*k));
 			x->deleted++;
 		}
+		return 0;
 	}
+	if (v->state != CONN_ESTABLISHED)
+		x->short_lived++;
 	return 0;
 }
 
 /* sp_expire deletes the entries idle longer than their state allows
- * (each deletion replicated like any other) and returns how many. */
+ * (each deletion replicated like any other) and returns how many. It
+ * tells the daemon how many entries are left in a short-timeout state:
+ * a sweep walks every bucket of the table, so with none the daemon
+ * sweeps less often. */
 SEC("syscall")
 int sp_expire(struct expire_args *a)
 {
@@ -2180,6 +2189,7 @@ int sp_expire(struct expire_args *a)
 
 	x.a = *a;
 	bpf_for_each_map_elem(&sp_conns, expire_one, &x, 0);
+	a->short_lived = x.short_lived;
 	return x.deleted;
 }
 

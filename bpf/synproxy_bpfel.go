@@ -102,6 +102,8 @@ type SynproxyExpireArgs struct {
 	SynSentNs     uint64
 	EstablishedNs uint64
 	ClosingNs     uint64
+	ShortLived    uint32
+	Pad           uint32
 }
 
 type SynproxyRevVal struct {

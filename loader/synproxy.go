@@ -254,6 +254,21 @@ type Proxy struct {
 	*maps.SynproxyMaps
 	Expire *ebpf.Program // nil when only the maps were found
 	pins   maps.Pins
+	// nextSweep: an expiry sweep walks every bucket of the connection
+	// table (1M), milliseconds of CPU whatever it holds. With no entry in
+	// a state whose timeout is short, the next sweep waits longer.
+	nextSweep time.Time
+}
+
+// SweepInterval is how long the daemon waits for the next expiry sweep:
+// a second while entries with a short timeout (waiting for a backend,
+// closing) exist; else the closing timeout, at most 10 s (an established
+// flow's timeout is minutes). An entry is expired at most that late.
+func SweepInterval(shortLived uint32, t maps.Timeouts) time.Duration {
+	if shortLived > 0 {
+		return time.Second
+	}
+	return max(time.Second, min(10*time.Second, t.Closing))
 }
 
 // PutService adds or replaces a service under the service lock.
@@ -329,8 +344,11 @@ func (p *Proxy) Maintain(secret []byte, now time.Time, t maps.Timeouts) (rotated
 	if rotated, err = p.SetCookiePeriod(secret, maps.PeriodAt(now)); err != nil {
 		return
 	}
-	if p.Expire != nil {
-		expired, err = maps.Expire(p.Expire, maps.TAINow(), t)
+	if p.Expire != nil && !now.Before(p.nextSweep) {
+		var short uint32
+		if expired, short, err = maps.Expire(p.Expire, maps.TAINow(), t); err == nil {
+			p.nextSweep = now.Add(SweepInterval(short, t))
+		}
 	}
 	return
 }

@@ -107,6 +107,11 @@ func (s *SyncMaps) Drain(fn func(*SyncRec)) (int, error) {
 		sr  SyncRec
 	)
 	for cpu, r := range s.readers {
+		// An empty ring is seen in its shared pages, without a syscall:
+		// an idle daemon drains every CPU's ring a hundred times a second.
+		if r.AvailableBytes() == 0 {
+			continue
+		}
 		r.SetDeadline(time.Now())
 		for {
 			err := r.ReadInto(&rec)
@@ -153,6 +158,25 @@ func (s *SyncMaps) AdvanceEpoch() (uint64, error) {
 // Overflows returns, per map id, how many records found a full ring.
 func (s *SyncMaps) Overflows() ([]uint64, error) {
 	out := make([]uint64, s.Overflow.MaxEntries())
+	// One batch read, not a lookup per map id: the drain reads this every
+	// tick, idle or not.
+	if ncpu, err := ebpf.PossibleCPU(); err == nil {
+		keys := make([]uint32, len(out))
+		vals := make([]uint64, len(out)*ncpu)
+		var cursor ebpf.MapBatchCursor
+		n, err := s.Overflow.BatchLookup(&cursor, keys, vals, nil)
+		if err == nil || errors.Is(err, ebpf.ErrKeyNotExist) {
+			for i := 0; i < n; i++ {
+				if int(keys[i]) < len(out) {
+					for _, v := range vals[i*ncpu : (i+1)*ncpu] {
+						out[keys[i]] += v
+					}
+				}
+			}
+			return out, nil
+		}
+	}
+	// Kernels without batch operations on arrays: a lookup per id.
 	for id := range out {
 		var per []uint64
 		if err := s.Overflow.Lookup(uint32(id), &per); err != nil {

@@ -425,11 +425,12 @@ func TAINow() uint64 {
 // Expire runs the sp_expire program at TAI time now (TAINow()): entries
 // idle longer than their state's timeout are deleted (and the deletions
 // replicated). It returns how many went.
-func Expire(prog *ebpf.Program, now uint64, t Timeouts) (uint32, error) {
+func Expire(prog *ebpf.Program, now uint64, t Timeouts) (deleted, shortLived uint32, err error) {
 	args := ExpireArgs{Now: now, SynSentNs: uint64(t.SynSent), EstablishedNs: uint64(t.Established), ClosingNs: uint64(t.Closing)}
-	ret, err := prog.Run(&ebpf.RunOptions{Context: args})
+	var out ExpireArgs
+	ret, err := prog.Run(&ebpf.RunOptions{Context: args, ContextOut: &out})
 	if err != nil {
-		return 0, fmt.Errorf("expire connections: %w", err)
+		return 0, 0, fmt.Errorf("expire connections: %w", err)
 	}
-	return ret, nil
+	return ret, out.ShortLived, nil
 }

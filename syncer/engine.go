@@ -134,9 +134,14 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 	}
 	e.over = over
 	// Clear every drained entry's queued flag at once; reads come after,
-	// so a change from here on is either read now or queued again.
-	if _, err := e.sync.AdvanceEpoch(); err != nil {
-		return err
+	// so a change from here on is either read now or queued again. With
+	// nothing drained and no overflow nothing is queued under this epoch
+	// (an entry queued since the drain is in a ring: the next tick drains
+	// it and advances), so an idle tick costs no write.
+	if n > 0 || len(rescan) > 0 {
+		if _, err := e.sync.AdvanceEpoch(); err != nil {
+			return err
+		}
 	}
 	// Where a large share of a map changed, one batch scan of the map reads
 	// the values in far fewer syscalls than a lookup per entry.
@@ -651,8 +656,14 @@ func (e *Engine) Discard() (int, error) {
 	if err != nil {
 		return n, err
 	}
-	if e.over, err = e.sync.Overflows(); err != nil {
+	over, err := e.sync.Overflows()
+	if err != nil {
 		return n, err
+	}
+	moved := !slices.Equal(over, e.over)
+	e.over = over
+	if n == 0 && !moved {
+		return 0, nil // nothing queued under this epoch: see Tick
 	}
 	_, err = e.sync.AdvanceEpoch()
 	return n, err
