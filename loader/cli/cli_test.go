@@ -76,6 +76,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"up", "--once", "-i", "eth0", "--sync-ring-bytes", "5000"}, "want a power of two"},
 		{[]string{"up", "--once", "-i", "eth0", "--sync-test-iface", "eth0"}, "also a datapath interface"},
 		{[]string{"up", "--once", "-i", "eth0", "--metrics-addr", "9474"}, `--metrics-addr "9474": want HOST:PORT`},
+		{[]string{"up", "--once", "-i", "eth0", "--control-group", "no-such-group-tandem"}, "no such group"},
+		{[]string{"down", "--stop-timeout", "0s"}, "--stop-timeout must be positive"},
 		{[]string{"dump"}, "name one map"},
 		{[]string{"version", "x"}, "no arguments"},
 		{[]string{"certs"}, "name at least one host"},

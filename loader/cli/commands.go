@@ -108,8 +108,22 @@ Then up stays in the foreground as the daemon: it checks the attachments
 every --check-interval and re-applies the config when one is broken, and on
 SIGHUP. SIGINT/SIGTERM (or SIGKILL) stop the daemon, never the datapath:
 a later up adopts what is pinned; tandem down removes it. If a daemon
-already serves --bpffs, up applies the change and leaves that daemon to it.
+already serves --bpffs, up applies the change and leaves that daemon to it;
+if it asks for other daemon options (--state-dir, --metrics-addr, --sync-*,
+the --vip-* election, --proxy-secret, --control-group) it refuses before
+changing anything and names them: those need a restart of the daemon.
 --once applies and exits without running the daemon.
+
+Before it attaches anything, up checks what the daemon needs (certificates,
+secrets, the control group) and locks --state-dir (one daemon per state
+directory). If the daemon still cannot start, up takes back what it made:
+everything when nothing was pinned under --bpffs before, else only the
+attachments it added (a datapath that ran before keeps running). The daemon
+makes --state-dir private (0700; 0750 for --control-group) and its control
+socket (tandem vip) answers root and --control-group members only. Maps
+replaced under the running daemon (unpinned, or pinned anew by another up)
+are noticed at the next check: the daemon re-applies what is missing and
+moves every map handle to the pinned maps.
 
 State sync: with --sync-role, the daemon also replicates every registered
 map to the peer host. The primary drains the per-CPU dirty rings every
@@ -185,15 +199,17 @@ translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
 		name:    "down",
 		summary: "detach and unpin everything tandem made under --bpffs",
 		long: `
-Detaches every program tandem attached (XDP and TCX links, its own cls_bpf
-filters, and a clsact qdisc only if tandem created it and no other filter
-is on it), then unpins tandem's programs and maps and removes the empty
+A daemon serving --bpffs is stopped first (SIGTERM; down waits up to
+--stop-timeout and removes nothing if it does not stop): it would put back
+what down removes. Then down detaches every program tandem attached (XDP
+and TCX links, its own cls_bpf filters, and a clsact qdisc only if tandem
+created it and no other filter is on it), then unpins tandem's programs and maps and removes the empty
 directories. Anything else under --bpffs is left alone and listed. Running
 down when nothing is up is not an error. Counters are lost.
 
 cls_bpf filters are per network namespace: run down in the namespace
 where up ran.`,
-		examples: "  tandem down\n  tandem down --bpffs /sys/fs/bpf/tandem-lab\n",
+		examples: "  tandem down\n  tandem down --bpffs /sys/fs/bpf/tandem-lab\n  tandem down --stop-timeout 30s\n",
 		flags: func(fs *pflag.FlagSet) any {
 			f := &upFlags{rootFlags: addRootFlags(fs)}
 			fs.BoolVarP(&f.verbose, "verbose", "v", false, "log each step")
@@ -403,6 +419,9 @@ func runUp(env Env, opts any, args []string) error {
 	}
 	o, err := f.options()
 	if err != nil {
+		return err
+	}
+	if _, err := controlGID(o.ControlGroup); err != nil {
 		return err
 	}
 	log := logger(env.Stderr, f.verbose)
