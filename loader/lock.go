@@ -100,6 +100,10 @@ var ErrStateDirBusy = errors.New("state directory in use")
 // by the control group (gid >= 0) so its members reach the socket.
 func StateLock(info DaemonInfo, gid int) (unlock func(), err error) {
 	dir := info.StateDir
+	if fi, err := os.Stat(dir); err == nil && fi.Mode()&os.ModeSticky != 0 {
+		// /tmp and its kind are everyone's: never make them private.
+		return nil, fmt.Errorf("state directory %s is a shared directory (mode %s); give tandem a directory of its own (--state-dir)", dir, fi.Mode())
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
