@@ -192,6 +192,7 @@ func TestUpRollsBack(t *testing.T) {
 	}{
 		{"standby without certificates", []string{"--sync-role", "standby", "--sync-listen", "127.0.0.1:7400", "--sync-certs", t.TempDir() + "/none", "--sync-name", "gw"}, "tandem certs"},
 		{"metrics address in use", []string{"--metrics-addr", busy.Addr().String()}, "address already in use"},
+		{"shared state directory", []string{"--state-dir", os.TempDir()}, "shared directory"},
 		{"missing election secret", []string{"--vip-addr", "10.77.9.1/32@eth0", "--vip-peer", "127.0.0.1:17401", "--vip-secret", "/nonexistent/secret"}, "secret"},
 	}
 	for _, before := range []string{"nothing up", "datapath up"} {
