@@ -25,6 +25,7 @@ import (
 //
 //	state_dir    = "/var/lib/tandem"  # sync metadata and status
 //	metrics_addr = "127.0.0.1:9474"   # Prometheus; empty: off
+//	control_group = "tandem"          # may use tandem vip besides root; empty: root only
 //
 //	[[vip]]
 //	addr  = "192.0.2.10"
@@ -74,6 +75,9 @@ type FileConfig struct {
 	Sync        SyncConfig  `toml:"sync"`
 	Proxy       ProxyConfig `toml:"proxy"`
 	Election    ElectConfig `toml:"election"`
+
+	// ControlGroup may use the daemon's control socket besides root.
+	ControlGroup string `toml:"control_group"`
 }
 
 // ElectConfig is the [election] table.
@@ -201,6 +205,7 @@ func (fc *FileConfig) apply(o *Options) error {
 	set(&o.Gate, fc.Gate)
 	set(&o.StateDir, fc.StateDir)
 	set(&o.MetricsAddr, fc.MetricsAddr)
+	set(&o.ControlGroup, fc.ControlGroup)
 	set(&o.Sync.Role, fc.Sync.Role)
 	set(&o.Sync.Peer, fc.Sync.Peer)
 	set(&o.Sync.Listen, fc.Sync.Listen)

@@ -315,10 +315,19 @@ func daemon(t *testing.T, h *lab.Host, args ...string) *exec.Cmd {
 		t.Fatal(err)
 	}
 	pw.Close()
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	ready := make(chan error, 1)
 	var log bytes.Buffer
+	logDone := make(chan struct{})
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		<-logDone
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", log.String())
+		}
+	})
 	go func() {
+		defer close(logDone)
 		sc := bufio.NewScanner(pr)
 		sig := false
 		for sc.Scan() {
@@ -362,7 +371,7 @@ func echoes(t *testing.T, client *lab.Host, n uint64) {
 func TestDaemonKillAdoptDown(t *testing.T) {
 	l := gatewayLab(t)
 	gw, client := l.Host("gw"), l.Host("client")
-	args := []string{"-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS()}
+	args := []string{"-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS(), "--state-dir", t.TempDir()}
 	srv, err := traffic.ListenEcho(gw.Do, netip.AddrPortFrom(vip4, 9000))
 	if err != nil {
 		t.Fatal(err)

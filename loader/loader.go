@@ -57,6 +57,7 @@ type Options struct {
 	RingBytes     uint32 // each CPU's dirty ring; 0: maps.DefaultRingBytes
 	StateDir      string // the daemon's sync metadata and status
 	MetricsAddr   string // the daemon's Prometheus endpoint; "": none
+	ControlGroup  string // group whose members may use the control socket; "": root only
 	Sync          SyncOptions
 	Proxy         ProxyOptions
 	Elect         ElectOptions
@@ -181,6 +182,63 @@ type Result struct {
 	TCPath      string // tcx or clsact
 	Attachments []*Attachment
 	Removed     []string // attachments from an earlier run no longer wanted
+	// Fresh: nothing was pinned under the root before this Up, so
+	// undoing it means taking everything down.
+	Fresh bool
+}
+
+// Undo takes back what a successful Up did, for a daemon that could not
+// start: everything when the root was fresh, else the attachments this Up
+// created. A datapath that ran before it keeps running (with the programs
+// this Up swapped in: they serve the same config).
+func Undo(o Options, res *Result) error {
+	if res == nil {
+		return nil
+	}
+	if res.Fresh {
+		_, err := Down(o.Pins, o.log())
+		return err
+	}
+	unlock, err := lockDir(o.Pins.AttachDir(), false)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	var errs []error
+	for _, a := range slices.Backward(res.Attachments) {
+		if a.created {
+			if err := detach(o.Pins, a.Pin); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// PinnedMapIDs maps each map pinned under the root to its id: a daemon
+// compares them with the maps it holds open.
+func PinnedMapIDs(pins maps.Pins) (map[string]ebpf.MapID, error) {
+	des, err := os.ReadDir(pins.MapsDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return map[string]ebpf.MapID{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", pins.MapsDir(), err)
+	}
+	out := make(map[string]ebpf.MapID, len(des))
+	for _, d := range des {
+		m, err := ebpf.LoadPinnedMap(pins.Map(d.Name()), &ebpf.LoadPinOptions{ReadOnly: true})
+		if err != nil {
+			continue // a directory, or a pin being replaced
+		}
+		if info, err := m.Info(); err == nil {
+			if id, ok := info.ID(); ok {
+				out[d.Name()] = id
+			}
+		}
+		m.Close()
+	}
+	return out, nil
 }
 
 func (o *Options) log() *slog.Logger {
@@ -219,7 +277,7 @@ func Up(o Options) (_ *Result, err error) {
 
 	_, statErr := os.Stat(o.Pins.Root)
 	fresh := errors.Is(statErr, os.ErrNotExist)
-	res := &Result{}
+	res := &Result{Fresh: fresh}
 	if res.Mounted, err = EnsureBPFFS(o.Pins.Root); err != nil {
 		return nil, err
 	}

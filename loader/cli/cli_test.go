@@ -112,6 +112,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"up", "--once", "--proxy-iface", "eth0", "--proxy-secret", "k", "--service", "255.255.255.255:80=10.0.0.2:80"}, "broadcast"},
 		{[]string{"up", "--once", "--proxy-iface", "eth0", "--proxy-secret", "k", "--service", "10.0.0.1:80=0.0.0.0:80"}, "backend 0.0.0.0: the unspecified address"},
 		{[]string{"service", "add", "224.0.0.5:80", "10.0.0.2:80"}, "service VIP 224.0.0.5: a multicast address"},
+		{[]string{"up", "--once", "-i", "eth0", "--control-group", "no-such-group-tandem"}, "no such group"},
+		{[]string{"down", "--stop-timeout", "0s"}, "--stop-timeout must be positive"},
 		{[]string{"dump"}, "name one map"},
 		{[]string{"dump", "frob", "--bpffs", "/sys/fs/bpf/tandem-cli-test-none"}, `unknown map "frob"`},
 		{[]string{"version", "x"}, "no arguments"},

@@ -86,6 +86,8 @@ type upFlags struct {
 	vaddrs   []string
 	vpeers   []string
 	elect    loader.ElectOptions
+
+	stopTimeout time.Duration // down: how long to wait for the daemon to stop
 }
 
 func init() {
@@ -110,8 +112,22 @@ Then up stays in the foreground as the daemon: it checks the attachments
 every --check-interval and re-applies the config when one is broken, and on
 SIGHUP. SIGINT/SIGTERM (or SIGKILL) stop the daemon, never the datapath:
 a later up adopts what is pinned; tandem down removes it. If a daemon
-already serves --bpffs, up applies the change and leaves that daemon to it.
+already serves --bpffs, up applies the change and leaves that daemon to it;
+if it asks for other daemon options (--state-dir, --metrics-addr, --sync-*,
+the --vip-* election, --proxy-secret, --control-group) it refuses before
+changing anything and names them: those need a restart of the daemon.
 --once applies and exits without running the daemon.
+
+Before it attaches anything, up checks what the daemon needs (certificates,
+secrets, the control group) and locks --state-dir (one daemon per state
+directory). If the daemon still cannot start, up takes back what it made:
+everything when nothing was pinned under --bpffs before, else only the
+attachments it added (a datapath that ran before keeps running). The daemon
+makes --state-dir private (0700; 0750 for --control-group) and its control
+socket (tandem vip) answers root and --control-group members only. Maps
+replaced under the running daemon (unpinned, or pinned anew by another up)
+are noticed at the next check: the daemon re-applies what is missing and
+moves every map handle to the pinned maps.
 
 State sync: with --sync-role, the daemon also replicates every registered
 map to the peer host. The primary drains the per-CPU dirty rings every
@@ -182,6 +198,7 @@ translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
 			fs.DurationVar(&f.elect.Interval, "vip-interval", d.Elect.Interval, "time between adverts (10ms to 10s)")
 			fs.IntVar(&f.elect.Dead, "vip-dead", d.Elect.Dead, "adverts missed before the peer counts as gone (2 to 100)")
 			fs.StringVar(&f.elect.Secret, "vip-secret", "", "file with the pair's shared secret the adverts are signed with (default: --proxy-secret; mode 0600 or stricter)")
+			fs.String("control-group", "", "group whose members may use tandem vip (the control socket) besides root; default: root only")
 			return f
 		},
 		run: runUp,
@@ -190,18 +207,21 @@ translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
 		name:    "down",
 		summary: "detach and unpin everything tandem made under --bpffs",
 		long: `
-Detaches every program tandem attached (XDP and TCX links, its own cls_bpf
-filters, and a clsact qdisc only if tandem created it and no other filter
-is on it), then unpins tandem's programs and maps and removes the empty
+A daemon serving --bpffs is stopped first (SIGTERM; down waits up to
+--stop-timeout and removes nothing if it does not stop): it would put back
+what down removes. Then down detaches every program tandem attached (XDP
+and TCX links, its own cls_bpf filters, and a clsact qdisc only if tandem
+created it and no other filter is on it), then unpins tandem's programs and maps and removes the empty
 directories. Anything else under --bpffs is left alone and listed. Running
 down when nothing is up is not an error. Counters are lost.
 
 cls_bpf filters are per network namespace: run down in the namespace
 where up ran.`,
-		examples: "  tandem down\n  tandem down --bpffs /sys/fs/bpf/tandem-lab\n",
+		examples: "  tandem down\n  tandem down --bpffs /sys/fs/bpf/tandem-lab\n  tandem down --stop-timeout 30s\n",
 		flags: func(fs *pflag.FlagSet) any {
 			f := &upFlags{rootFlags: addRootFlags(fs)}
 			fs.BoolVarP(&f.verbose, "verbose", "v", false, "log each step")
+			fs.DurationVar(&f.stopTimeout, "stop-timeout", 10*time.Second, "how long to wait for a running daemon to stop")
 			return f
 		},
 		run: runDown,
@@ -319,7 +339,8 @@ func (f *upFlags) options() (loader.Options, error) {
 	}
 	for name, dst := range map[string]*string{"xdp-mode": &o.XDPMode, "ingress": &o.Ingress, "tc": &o.TC, "gate": &o.Gate,
 		"sync-role": &o.Sync.Role, "sync-peer": &o.Sync.Peer, "sync-listen": &o.Sync.Listen, "sync-certs": &o.Sync.Certs,
-		"sync-name": &o.Sync.Name, "sync-peer-name": &o.Sync.PeerName, "sync-test-iface": &o.SyncTestIface, "metrics-addr": &o.MetricsAddr} {
+		"sync-name": &o.Sync.Name, "sync-peer-name": &o.Sync.PeerName, "sync-test-iface": &o.SyncTestIface, "metrics-addr": &o.MetricsAddr,
+		"control-group": &o.ControlGroup} {
 		if fs.Changed(name) {
 			*dst = fs.Lookup(name).Value.String()
 		}
@@ -413,8 +434,14 @@ func runUp(env Env, opts any, args []string) error {
 	if err != nil {
 		return err
 	}
+	if _, err := controlGID(o.ControlGroup); err != nil {
+		return err
+	}
 	log := logger(env.Stderr, f.verbose)
 	o.Log = log
+	if !f.once {
+		return upDaemon(env, f, o)
+	}
 	res, err := loader.Up(o)
 	if err != nil {
 		return err
@@ -423,42 +450,36 @@ func runUp(env Env, opts any, args []string) error {
 	for _, r := range res.Removed {
 		fmt.Fprintf(env.Stdout, "removed %s (no longer configured)\n", r)
 	}
-	if f.once {
-		if o.Sync.Role != "" || o.MetricsAddr != "" {
-			fmt.Fprintln(env.Stdout, "note: --once runs no daemon, so no state sync and no metrics endpoint")
-		}
-		return nil
+	if o.Sync.Role != "" || o.MetricsAddr != "" {
+		fmt.Fprintln(env.Stdout, "note: --once runs no daemon, so no state sync and no metrics endpoint")
 	}
-	unlock, err := loader.DaemonLock(o.Pins.Root)
-	if errors.Is(err, loader.ErrLocked) {
-		fmt.Fprintf(env.Stdout, "a tandem daemon already serves %s; it carries on with the new programs\n", o.Pins.Root)
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	return daemon(env, f, o)
+	return nil
 }
 
 // daemon keeps the datapath as configured until told to stop. Stopping it
-// leaves the datapath running.
+// leaves the datapath running. A failure to start is a startError.
 func daemon(env Env, f *upFlags, o loader.Options) error {
 	log := o.Log
+	// The ids of the pinned maps before any handle is opened: a map
+	// replaced under the daemon shows as another id (see staleMaps).
+	held, err := loader.PinnedMapIDs(o.Pins)
+	if err != nil {
+		return startError{err}
+	}
 	sd := newSyncd(log)
 	defer sd.close()
 	if err := sd.apply(o); err != nil {
-		return err
+		return startError{err}
 	}
 	pk, err := newProxyKeeper(o, log)
 	if err != nil {
-		return err
+		return startError{err}
 	}
 	defer func() { pk.close() }()
 	pk.tick(time.Now())
 	vd, err := newVipd(o, sd, log)
 	if err != nil {
-		return err
+		return startError{err}
 	}
 	defer func() { vd.close() }()
 	log.Info("daemon running; SIGTERM stops it and leaves the datapath in place (tandem down removes it)", "bpffs", o.Pins.Root, "sync", o.Sync.Role)
@@ -506,8 +527,46 @@ func daemon(env Env, f *upFlags, o loader.Options) error {
 				}
 			}
 			o = no
+			if ids, err := loader.PinnedMapIDs(o.Pins); err == nil {
+				held = ids
+			}
 			log.Info("reloaded")
 		case <-t.C:
+			// Maps replaced under the daemon (unpinned, or pinned anew by
+			// another up): every handle moves to the pinned maps, so the
+			// daemon never works on a map no program uses.
+			if stale, missing, err := staleMaps(o.Pins, held); err != nil {
+				log.Warn("check maps", "err", err)
+			} else if len(stale) > 0 {
+				log.Warn("maps replaced under the daemon; re-opening every map handle", "maps", strings.Join(stale, ","))
+				if missing {
+					if _, err := loader.Up(o); err != nil {
+						log.Error("re-apply", "err", err)
+						vd.setBroken("maps unpinned: " + err.Error())
+						continue
+					}
+				}
+				if held, err = loader.PinnedMapIDs(o.Pins); err != nil {
+					log.Error("check maps", "err", err)
+					continue
+				}
+				if err := sd.restart(o); err != nil {
+					return fmt.Errorf("state sync on the new maps: %w", err)
+				}
+				npk, err := newProxyKeeper(o, log)
+				if err != nil {
+					return fmt.Errorf("SYN proxy on the new maps: %w", err)
+				}
+				pk.close()
+				pk = npk
+				pk.tick(time.Now())
+				if err := vd.reopen(o); err != nil {
+					return fmt.Errorf("election on the new maps: %w", err)
+				}
+			}
+			if err := vd.repairGate(); err != nil {
+				log.Warn("election: repair the VIP gate", "err", err)
+			}
 			problems, err := loader.Check(o)
 			if err != nil {
 				log.Warn("check", "err", err)
@@ -556,6 +615,16 @@ func runDown(env Env, opts any, args []string) error {
 	if err != nil {
 		return err
 	}
+	if f.stopTimeout <= 0 {
+		return usagef("--stop-timeout must be positive")
+	}
+	// A daemon would re-apply what down removes, and keep working on maps
+	// no program uses: down stops it first.
+	unlock, err := stopDaemon(env, o.Pins.Root, f.stopTimeout)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	res, err := loader.Down(o.Pins, logger(env.Stderr, f.verbose))
 	if res != nil {
 		if len(res.Detached)+len(res.Unpinned) == 0 && err == nil {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -43,7 +44,11 @@ priority, then generation (the later primary), then name.
              the announcements land, then close the gate here. No packet
              is lost.
 
-Both talk to the daemon through its control socket in --state-dir.`,
+Both talk to the daemon through its control socket in --state-dir, which
+only root and members of the daemon's control group (control_group in its
+config, tandem up --control-group) may use: the daemon makes the state
+directory 0700 (0750 with a control group) and the socket 0600 (0660), and
+checks each caller's credentials (SO_PEERCRED).`,
 		examples: `  tandem vip
   tandem vip --json | jq .owner
   tandem vip handover
@@ -68,6 +73,9 @@ func runVIP(env Env, opts any, args []string) error {
 	}
 	sock := ControlSocket(o.StateDir)
 	c, err := net.DialTimeout("unix", sock, 2*time.Second)
+	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
+		return fmt.Errorf("permission denied on %s: tandem vip needs root, or membership of the daemon's control group (control_group in its config, --control-group)", sock)
+	}
 	if err != nil {
 		return fmt.Errorf("no daemon runs an election here (%s: %v); start one with tandem up --vip-addr ... (or give its --state-dir)", sock, errors.Unwrap(err))
 	}
@@ -80,6 +88,8 @@ func runVIP(env Env, opts any, args []string) error {
 			switch {
 			case line == "ok":
 				return nil
+			case strings.HasPrefix(line, "error: permission denied"):
+				return fmt.Errorf("handover: %s (tandem vip needs root, or membership of the daemon's control group)", strings.TrimPrefix(line, "error: "))
 			case strings.HasPrefix(line, "error: "):
 				return errors.New("handover: " + strings.TrimPrefix(line, "error: "))
 			}
@@ -90,6 +100,9 @@ func runVIP(env Env, opts any, args []string) error {
 	data, err := io.ReadAll(c)
 	if err != nil {
 		return err
+	}
+	if msg, ok := strings.CutPrefix(string(data), "error: "); ok {
+		return fmt.Errorf("%s (tandem vip needs root, or membership of the daemon's control group)", strings.TrimSpace(msg))
 	}
 	var st vip.Status
 	if err := json.Unmarshal(data, &st); err != nil {

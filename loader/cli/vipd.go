@@ -5,15 +5,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/maps"
@@ -31,6 +37,13 @@ type vipd struct {
 	ln     net.Listener
 	role   chan bool    // the sync role the election wants (true: primary)
 	broken atomic.Value // string: the daemon's last datapath problem
+
+	sock   string // the control socket's path
+	gid    int    // the control group, or -1: root only
+	gateMu sync.Mutex
+	gate   *ebpf.Map // the pinned VIP gate; reopen swaps it
+	vips   []netip.Addr
+	owned  bool // what the election last wrote into the gate
 }
 
 // ControlSocket is where the daemon answers `tandem vip`.
@@ -58,27 +71,18 @@ func newVipd(o loader.Options, sd *syncd, log *slog.Logger) (*vipd, error) {
 		gate.Close()
 		return nil, fmt.Errorf("election: %w", err)
 	}
-	d := &vipd{role: make(chan bool, 1), done: make(chan struct{})}
+	gid, err := controlGID(o.ControlGroup)
+	if err != nil {
+		gate.Close()
+		return nil, err
+	}
+	d := &vipd{role: make(chan bool, 1), done: make(chan struct{}), gid: gid, gate: gate, vips: o.GateVIPs()}
 	d.broken.Store("")
-	vips := o.GateVIPs()
 	setGate := func(owned bool) error {
-		var errs []error
-		for _, a := range vips {
-			k := maps.KeyOf(a)
-			var v maps.VIPEntry
-			if err := gate.Lookup(k, &v); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				errs = append(errs, err)
-				continue
-			}
-			v.Owned = 0
-			if owned {
-				v.Owned = 1
-			}
-			if err := gate.Put(k, v); err != nil {
-				errs = append(errs, fmt.Errorf("gate %s: %w", a, err))
-			}
-		}
-		return errors.Join(errs...)
+		d.gateMu.Lock()
+		defer d.gateMu.Unlock()
+		d.owned = owned
+		return d.writeGate(owned)
 	}
 	// Until the election says otherwise, the gate follows the addresses:
 	// a host that holds them (a restarted owner) keeps serving.
@@ -87,7 +91,7 @@ func newVipd(o loader.Options, sd *syncd, log *slog.Logger) (*vipd, error) {
 		held = held && vip.HasAddr(a)
 	}
 	if err := setGate(held); err != nil {
-		gate.Close()
+		d.closeGate()
 		return nil, fmt.Errorf("election: %w", err)
 	}
 	ifaces := map[string]bool{}
@@ -158,18 +162,13 @@ func newVipd(o loader.Options, sd *syncd, log *slog.Logger) (*vipd, error) {
 		Log: log,
 	})
 	if err != nil {
-		gate.Close()
+		d.closeGate()
 		return nil, err
 	}
 	d.m = m
-	if err := os.MkdirAll(o.StateDir, 0o700); err != nil {
-		gate.Close()
-		return nil, fmt.Errorf("election: state directory: %w", err)
-	}
-	sock := ControlSocket(o.StateDir)
-	os.Remove(sock) // a dead daemon's
-	if d.ln, err = net.Listen("unix", sock); err != nil {
-		gate.Close()
+	d.sock = ControlSocket(o.StateDir)
+	if d.ln, err = listenControl(d.sock, gid); err != nil {
+		d.closeGate()
 		return nil, fmt.Errorf("election: control socket: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -177,7 +176,7 @@ func newVipd(o loader.Options, sd *syncd, log *slog.Logger) (*vipd, error) {
 	go d.serve(ctx)
 	go func() {
 		defer close(d.done)
-		defer gate.Close()
+		defer d.closeGate()
 		if err := m.Run(ctx); err != nil {
 			log.Error("election", "err", err)
 		}
@@ -195,8 +194,17 @@ func (d *vipd) serve(ctx context.Context) {
 		}
 		go func() {
 			defer c.Close()
-			line, err := bufio.NewReader(c).ReadString('\n')
+			// The request first (one short line, soon), then the answer:
+			// closing on an unread request would reset the connection
+			// before the caller reads why it was refused.
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			line, err := bufio.NewReader(io.LimitReader(c, 64)).ReadString('\n')
 			if err != nil {
+				return
+			}
+			c.SetReadDeadline(time.Time{})
+			if err := d.allowed(c); err != nil {
+				fmt.Fprintln(c, "error: "+err.Error())
 				return
 			}
 			switch strings.TrimSpace(line) {
@@ -221,8 +229,161 @@ func (d *vipd) close() {
 		return
 	}
 	d.ln.Close()
+	os.Remove(d.sock)
 	d.stop()
 	<-d.done
+}
+
+// writeGate sets the gate of every VIP the election moves; gateMu held.
+func (d *vipd) writeGate(owned bool) error {
+	var errs []error
+	for _, a := range d.vips {
+		k := maps.KeyOf(a)
+		var v maps.VIPEntry
+		if err := d.gate.Lookup(k, &v); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		v.Owned = 0
+		if owned {
+			v.Owned = 1
+		}
+		if err := d.gate.Put(k, v); err != nil {
+			errs = append(errs, fmt.Errorf("gate %s: %w", a, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (d *vipd) closeGate() {
+	d.gateMu.Lock()
+	defer d.gateMu.Unlock()
+	if d.gate != nil {
+		d.gate.Close()
+		d.gate = nil
+	}
+}
+
+// reopen moves the election to the VIP gate pinned now (the one it held
+// was replaced) and writes this host's ownership into it.
+func (d *vipd) reopen(o loader.Options) error {
+	if d == nil {
+		return nil
+	}
+	gate, err := ebpf.LoadPinnedMap(o.Pins.Map(maps.MapVIPGate), nil)
+	if err != nil {
+		return fmt.Errorf("open the VIP gate: %w", err)
+	}
+	d.gateMu.Lock()
+	defer d.gateMu.Unlock()
+	if d.gate != nil {
+		d.gate.Close()
+	}
+	d.gate = gate
+	return d.writeGate(d.owned)
+}
+
+// repairGate puts back the election's gate entries that an up removed (up
+// sets the gate to its --vip list): what the election last decided, never
+// another state.
+func (d *vipd) repairGate() error {
+	if d == nil {
+		return nil
+	}
+	d.gateMu.Lock()
+	defer d.gateMu.Unlock()
+	if d.gate == nil {
+		return nil
+	}
+	for _, a := range d.vips {
+		var v maps.VIPEntry
+		if err := d.gate.Lookup(maps.KeyOf(a), &v); errors.Is(err, ebpf.ErrKeyNotExist) {
+			return d.writeGate(d.owned)
+		}
+	}
+	return nil
+}
+
+// listenControl makes the control socket with its mode set before anyone
+// can connect: bound in a private directory, given mode 0600 (0660 and
+// the control group), then renamed into place. The umask plays no part.
+func listenControl(path string, gid int) (net.Listener, error) {
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".control-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, filepath.Base(path))
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	ln.SetUnlinkOnClose(false) // it is renamed; close() removes it
+	mode := os.FileMode(0o600)
+	if gid >= 0 {
+		mode = 0o660
+		err = os.Chown(tmp, 0, gid)
+	}
+	if err == nil {
+		err = os.Chmod(tmp, mode)
+	}
+	if err == nil {
+		// A dead daemon's socket: the state lock says no live one owns it.
+		os.Remove(path)
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+// allowed admits root and members of the control group, by the
+// credentials the kernel recorded when the peer connected (SO_PEERCRED,
+// SO_PEERGROUPS): the socket's mode is the first gate, this the second.
+func (d *vipd) allowed(c net.Conn) error {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return errors.New("permission denied: not a unix socket")
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var groups []uint32
+	var cerr error
+	raw.Control(func(fd uintptr) {
+		if cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); cerr == nil {
+			groups = peerGroups(int(fd))
+		}
+	})
+	if cerr != nil {
+		return fmt.Errorf("permission denied: peer credentials: %v", cerr)
+	}
+	if cred.Uid == 0 {
+		return nil
+	}
+	if d.gid >= 0 && (cred.Gid == uint32(d.gid) || slices.Contains(groups, uint32(d.gid))) {
+		return nil
+	}
+	if d.gid < 0 {
+		return fmt.Errorf("permission denied: uid %d is not root (the daemon has no control_group)", cred.Uid)
+	}
+	return fmt.Errorf("permission denied: uid %d is neither root nor in the control group (gid %d)", cred.Uid, d.gid)
+}
+
+// peerGroups is the peer's supplementary groups (SO_PEERGROUPS).
+func peerGroups(fd int) []uint32 {
+	buf := make([]uint32, 256)
+	n := uint32(len(buf) * 4)
+	_, _, e := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+		uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n)), 0)
+	if e != 0 {
+		return nil
+	}
+	return buf[:n/4]
 }
 
 // roles is the channel of sync roles the election asks for; nil without
