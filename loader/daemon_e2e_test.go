@@ -90,7 +90,7 @@ func electionArgs(t *testing.T, gw *lab.Host, state string) []string {
 		t.Fatal(err)
 	}
 	return []string{"-i", "eth0", "--bpffs", gw.BPFFS(), "--state-dir", state,
-		"--vip-addr", "10.77.9.1/32@eth0", "--vip-peer", "127.0.0.1:17401", "--vip-listen", "127.0.0.1:17402",
+		"--vip-addr", "10.77.9.1/32@eth0", "--vip-peer", "127.0.0.1:17401", "--vip-peer-name", "peer", "--vip-listen", "127.0.0.1:17402",
 		"--vip-secret", secret, "--vip-interval", "50ms"}
 }
 

@@ -119,7 +119,7 @@ func preflight(o loader.Options) error {
 		if peer == "" {
 			var err error
 			if peer, err = syncer.PeerName(o.Sync.Certs, name); err != nil {
-				return fmt.Errorf("sync: %w", err)
+				return fmt.Errorf("sync: %w (create lab certificates with tandem certs --dir %s %s PEER, or name the peer with --sync-peer-name)", err, o.Sync.Certs, name)
 			}
 		}
 		if _, err := syncer.TLSConfig(o.Sync.Certs, name, peer); err != nil {
