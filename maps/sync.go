@@ -35,6 +35,7 @@ type SyncMaps struct {
 	Overflow *ebpf.Map // per-CPU count of records lost to a full ring, per map id
 	readers  []*ringbuf.Reader
 	owned    bool // opened from pins: Close closes the maps too
+	nearFull bool // the last Drain found a ring with no room for a record
 }
 
 // SetupRings gives every possible CPU its dirty ring: rings already in the
@@ -106,11 +107,18 @@ func (s *SyncMaps) Drain(fn func(*SyncRec)) (int, error) {
 		rec ringbuf.Record
 		sr  SyncRec
 	)
+	s.nearFull = false
 	for cpu, r := range s.readers {
 		// An empty ring is seen in its shared pages, without a syscall:
 		// an idle daemon drains every CPU's ring a hundred times a second.
-		if r.AvailableBytes() == 0 {
+		avail := r.AvailableBytes()
+		if avail == 0 {
 			continue
+		}
+		// Only the drain consumes: a ring that refused a record since the
+		// last drain is still (nearly) full now.
+		if avail > r.BufferSize()-2*(recSize+ringbufHeader) {
+			s.nearFull = true
 		}
 		r.SetDeadline(time.Now())
 		for {
@@ -140,6 +148,14 @@ func (s *SyncMaps) Drain(fn func(*SyncRec)) (int, error) {
 	}
 	return n, nil
 }
+
+// ringbufHeader is the kernel's per-record header in a ring buffer.
+const ringbufHeader = 8
+
+// NearFull says whether the last Drain found a ring that may have refused
+// a record: only then can the overflow counts have moved (besides a CPU
+// without a ring, which a periodic read catches).
+func (s *SyncMaps) NearFull() bool { return s.nearFull }
 
 // AdvanceEpoch moves the drain epoch on, which un-queues every entry
 // queued before: changes from now on queue their entries again.

@@ -67,7 +67,23 @@ type Engine struct {
 	sent      []sentRec
 	compactAt int
 	kio       map[uint32]*kio // maps read in the kernel in batches
+	drains    uint64
 	Stats     Stats
+}
+
+// overflowCheckEvery: the overflow counts are read after a drain that
+// found a ring nearly full (the only way a record is refused) and, as a
+// backstop, every this many drains (a CPU without a ring counts too).
+const overflowCheckEvery = 100
+
+// overflows reads the ring overflow counts when they may have moved; else
+// it returns the last ones.
+func (e *Engine) overflows() ([]uint64, error) {
+	e.drains++
+	if e.over != nil && !e.sync.NearFull() && e.drains%overflowCheckEvery != 0 {
+		return e.over, nil
+	}
+	return e.sync.Overflows()
 }
 
 // Stats count what the engine did.
@@ -122,7 +138,7 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 	if err != nil {
 		return err
 	}
-	over, err := e.sync.Overflows()
+	over, err := e.overflows()
 	if err != nil {
 		return err
 	}
@@ -656,7 +672,7 @@ func (e *Engine) Discard() (int, error) {
 	if err != nil {
 		return n, err
 	}
-	over, err := e.sync.Overflows()
+	over, err := e.overflows()
 	if err != nil {
 		return n, err
 	}
