@@ -427,3 +427,23 @@ func TestControlSocketPermissions(t *testing.T) {
 		})
 	}
 }
+
+// TestUpKeepsElectionGate: an up that swaps the programs in place under a
+// running election daemon leaves the election's gate entries as they are:
+// the owner's VIP never stops being served (before, up rewrote the gate
+// to its --vip list and the daemon put the owner's entry back only at its
+// next check).
+func TestUpKeepsElectionGate(t *testing.T) {
+	l := gatewayLab(t)
+	gw := l.Host("gw")
+	state := stateDir(t)
+	args := append(electionArgs(t, gw, state), "--check-interval", "1h")
+	daemon(t, gw, args...)
+	waitOwner(t, gw, state)
+	for i := 0; i < 3; i++ {
+		r := mustTandem(t, gw, append([]string{"up", "--once"}, args...)...)
+		if have, owned := gateOwned(t, gw, "10.77.9.1"); !have || !owned {
+			t.Fatalf("after up --once #%d: the owner's gate entry: present %v owned %v; want both\n%s", i+1, have, owned, r.stdout)
+		}
+	}
+}

@@ -380,7 +380,7 @@ func Up(o Options) (_ *Result, err error) {
 	}
 
 	vm := &maps.VIPMaps{Gate: objs.VipGate, Counters: objs.VipStats, Stats: objs.Stats}
-	if err := vm.SetVIPs(o.VIPs); err != nil {
+	if err := vm.SetVIPs(gateWant(vm, o)); err != nil {
 		return res, err
 	}
 
@@ -407,6 +407,31 @@ func Up(o Options) (_ *Result, err error) {
 	// uses it any more: adding or deleting a qdisc deactivates the
 	// device's queues for a moment, and up never costs a packet.
 	return res, nil
+}
+
+// gateWant is the VIP gate Up leaves: the --vip entries, and the entries
+// of the addresses the election moves as they are (the running daemon's
+// election owns those: an up that swaps programs under it must not close
+// the owner's gate, not even until the daemon's next check).
+func gateWant(vm *maps.VIPMaps, o Options) map[netip.Addr]bool {
+	want := make(map[netip.Addr]bool, len(o.VIPs))
+	for a, owned := range o.VIPs {
+		want[a] = owned
+	}
+	if len(o.Elect.Addrs) == 0 {
+		return want // no election: the --vip list is the whole gate
+	}
+	elected := o.GateVIPs()
+	have, err := vm.VIPs()
+	if err != nil {
+		return want // SetVIPs reads them again and says why
+	}
+	for _, v := range have {
+		if _, set := want[v.Addr]; !set && slices.Contains(elected, v.Addr.Unmap()) {
+			want[v.Addr] = v.Owned
+		}
+	}
+	return want
 }
 
 // tcPath resolves --tc auto with the TCX probe.
