@@ -1284,7 +1284,13 @@ __attribute__((noinline)) int backend_seg(struct xdp_md *ctx, struct pkt *p, str
 	if (th->syn) {
 		/* The SYN-ACK completes the backend handshake and opens the
 		 * client's window: it needs a clone, so TC ingress does it. */
-		return th->ack ? XDP_PASS : XDP_DROP;
+		if (th->ack)
+			return XDP_PASS;
+		/* A SYN without ACK from a backend: no state explains it.
+		 * Counted like any such segment (found by FuzzSynproxyXDP:
+		 * every drop moves exactly one drop reason). */
+		sp_count(SP_BAD_FLAGS);
+		return XDP_DROP;
 	}
 	if (c->state == CONN_SYN_SENT) {
 		if (th->rst && bpf_ntohl(th->ack_seq) == c->client_isn + 1) {

@@ -463,10 +463,13 @@ func flip(frame []byte, off int) []byte {
 }
 
 // TestSynproxyOthers: what is not a handshake to a service passes or is
-// counted and dropped; so is a SYN whose checksum is wrong.
+// counted and dropped; so is a SYN whose checksum is wrong, and a
+// backend's segment that no state explains.
 func TestSynproxyOthers(t *testing.T) {
 	p := loadSynproxy(t)
 	o := synOpts{mss: 1460, ws: -1, isn: 1}
+	// A live connection, for the backend's strays.
+	client, _, backend, _, bisn := establish(t, p, newIsolatedNetns(t), 47000)
 	cases := []struct {
 		name, want, stat string
 		frame            []byte
@@ -485,6 +488,11 @@ func TestSynproxyOthers(t *testing.T) {
 		// A local socket's SYN on a veth with tx offload: the checksum
 		// field holds only the pseudo header's sum.
 		{"syn, pseudo-header sum only (tx offload)", "XDP_TX", "syn_answered", partialCsum(o.segment(t, nil))},
+		// Found by FuzzSynproxyXDP (testdata/fuzz/FuzzSynproxyXDP/d1a65cd2c3804160):
+		// a SYN without ACK from the backend of a live connection was
+		// dropped without a counter.
+		{"backend syn without ack on a live connection", "XDP_DROP", "bad_flags",
+			seg{src: backend, dst: client, seq: bisn + 1, syn: true, window: 300, ws: -1}.frame(t)},
 	}
 	for _, c := range cases {
 		before := p.stats(t)
