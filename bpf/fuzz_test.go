@@ -362,7 +362,10 @@ const fuzzSynTries = 2
 
 func newProxyWorld(f *testing.F) *proxyWorld {
 	f.Helper()
-	p := loadSynproxyWith(f, map[string]any{"cfg_syn_retry_ns": uint64(0), "cfg_syn_tries": uint32(fuzzSynTries)})
+	// A small connection table: every run lists it twice, and listing a
+	// hash map walks all of its buckets (2^20 at full size: milliseconds).
+	p := loadSynproxyWith(f, map[string]any{"cfg_syn_retry_ns": uint64(0), "cfg_syn_tries": uint32(fuzzSynTries)},
+		func(s *ebpf.CollectionSpec) { s.Maps[bpf.SynproxyMapSpConns].MaxEntries = 64 })
 	w := &proxyWorld{p: p, ns: newIsolatedNetns(f)}
 	svcs, err := p.m.ListServices()
 	if err != nil {

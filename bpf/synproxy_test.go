@@ -43,13 +43,17 @@ func loadSynproxy(t testing.TB) *proxy {
 	return loadSynproxyWith(t, nil)
 }
 
-// loadSynproxyWith also sets load-time constants (cfg_*).
-func loadSynproxyWith(t testing.TB, consts map[string]any) *proxy {
+// loadSynproxyWith also sets load-time constants (cfg_*), and lets
+// tweaks change the spec (map sizes) before it is loaded.
+func loadSynproxyWith(t testing.TB, consts map[string]any, tweaks ...func(*ebpf.CollectionSpec)) *proxy {
 	t.Helper()
 	testenv.RequireRoot(t)
 	spec, err := bpf.LoadSynproxy()
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, tw := range tweaks {
+		tw(spec)
 	}
 	for name, v := range consts {
 		if err := spec.Variables[name].Set(v); err != nil {
