@@ -470,6 +470,15 @@ func newProxyWorld(f *testing.F) *proxyWorld {
 	probe := cookieAck(netip.AddrPortFrom(client4, 50102), vip4, 3000, opts, false)
 	probe.seq--
 	xs(probe)
+	// Forged: a flipped MAC bit, a flipped option bit, another ISN.
+	for i, flip := range []uint32{0x80000000, 0x10, 0} {
+		a := cookieAck(netip.AddrPortFrom(client4, uint16(50103+i)), vip4, 4000, opts, true)
+		a.ack ^= flip
+		if flip == 0 {
+			a.seq += 5
+		}
+		xs(a)
+	}
 	// SYNs: the fixture tables' (TestSynproxySynAck, TestSynproxyOthers).
 	for _, o := range []synOpts{
 		{mss: 1460, ws: 7, sack: true, tsval: 12345, isn: 1000}, {ws: -1, isn: 0xffffffff}, {mss: 1400, ws: 14, isn: 7},
