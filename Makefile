@@ -12,6 +12,8 @@ GOFLAGS_TEST ?= -count=1 -p 1 -timeout 20m
 # make fuzz: how long each fuzz target runs, and with how many workers.
 FUZZTIME ?= 30s
 FUZZ_PARALLEL ?= 1
+# go test's own deadline for one target (its default, 10m, would cut a long FUZZTIME).
+FUZZ_TIMEOUT ?= 30m
 # Every func FuzzX in bpf/, so a new target is never left out.
 FUZZ_TARGETS := $(shell sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(f \*testing\.F).*/\1/p' bpf/*_test.go)
 
@@ -54,7 +56,7 @@ fuzz: ## fuzz every XDP/TC program for FUZZTIME each (root); crashers land in bp
 	@test -n "$(FUZZ_TARGETS)" || { echo "no fuzz targets found in bpf/"; exit 1; }
 	@for t in $(FUZZ_TARGETS); do \
 		echo "== $$t for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -parallel $(FUZZ_PARALLEL) ./bpf/ || \
+		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -timeout $(FUZZ_TIMEOUT) -parallel $(FUZZ_PARALLEL) ./bpf/ || \
 			{ echo "$$t failed: the input is in bpf/testdata/fuzz/$$t/ (rerun: go test -run '$$t/NAME' ./bpf/); make it a fixture case"; exit 1; }; \
 	done
 
