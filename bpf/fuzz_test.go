@@ -96,6 +96,9 @@ type fzFrame struct {
 	// (CHECKSUM_PARTIAL), which the proxy accepts on handshake segments
 	// (docs/synproxy.md, deployment notes).
 	partial bool
+	// Slices of the frame, for fixSums: the IPv4 header, the L4 header
+	// and payload, and a copy of the pseudo header.
+	hdr, l4, pseudo []byte
 }
 
 func be16(b []byte) uint16 { return binary.BigEndian.Uint16(b) }
@@ -126,7 +129,7 @@ func parseFz(b []byte) fzFrame {
 		if ip[0]>>4 != 4 || ihl < 20 || tot < ihl || len(ip) < tot {
 			return f
 		}
-		f.v4 = true
+		f.v4, f.hdr = true, ip[:ihl]
 		f.ipSumOK = inetSum(ip[:ihl]) == 0xffff
 		f.src, f.dst = netip.AddrFrom4([4]byte(ip[12:16])), netip.AddrFrom4([4]byte(ip[16:20]))
 		f.proto = ip[9]
@@ -166,7 +169,7 @@ func parseFz(b []byte) fzFrame {
 	default:
 		return f
 	}
-	f.ip = true
+	f.ip, f.l4, f.pseudo = true, l4, pseudo
 	if f.frag || routing {
 		return f // the L4 header is elsewhere, or the pseudo header's address is
 	}
@@ -418,7 +421,7 @@ func newProxyWorld(f *testing.F) *proxyWorld {
 		)
 		fin := seg{src: client, dst: vip, seq: 2, ack: cookie + 1, ackf: true, window: 500, ws: -1}.frame(f)
 		fin[len(fin)-20+13] |= 0x01 // FIN: seg has no field for it
-		w.xdpSeeds = append(w.xdpSeeds, fixChecksums(f, fin))
+		w.xdpSeeds = append(w.xdpSeeds, fixSums(fin))
 		// ICMP errors quoting the flow, from either side.
 		router := netip.MustParseAddr("10.9.0.254")
 		if client.Addr().Is6() {
@@ -519,27 +522,58 @@ func newProxyWorld(f *testing.F) *proxyWorld {
 	return w
 }
 
-// fixChecksums recomputes the IPv4 header and TCP checksums of an
-// untagged frame.
-func fixChecksums(t testing.TB, b []byte) []byte {
-	t.Helper()
-	var pseudo, l4 []byte
-	switch be16(b[12:]) {
-	case 0x0800:
-		ip := b[14:]
-		ihl := int(ip[0]&0xf) * 4
-		ip[10], ip[11] = 0, 0
-		binary.BigEndian.PutUint16(ip[10:], ^inetSum(ip[:ihl]))
-		l4 = ip[ihl:be16(ip[2:])]
-		pseudo = append(append([]byte{}, ip[12:20]...), 0, 6, byte(len(l4)>>8), byte(len(l4)))
-	default:
-		ip := b[14:]
-		l4 = ip[40 : 40+int(be16(ip[4:]))]
-		pseudo = append(append(append([]byte{}, ip[8:40]...), binary.BigEndian.AppendUint32(nil, uint32(len(l4)))...), 0, 0, 0, 6)
+// fixSums returns a copy of b with every checksum parseFz judges made
+// valid: the IPv4 header's, a quoted IPv4 header's, TCP's, UDP's, ICMP's.
+// The fuzz targets run a mutated frame this way as well as raw, so that
+// mutations reach what lies behind the checksum checks (option parsing,
+// cookies) and the translations run on frames whose sums held.
+func fixSums(b []byte) []byte {
+	b = bytes.Clone(b)
+	f := parseFz(b)
+	if !f.ip {
+		return b
 	}
-	l4[16], l4[17] = 0, 0
-	binary.BigEndian.PutUint16(l4[16:], ^inetSum(append(pseudo, l4...)))
+	// put zeroes a checksum field, then sums what it covers (parts,
+	// concatenated after the zeroing) into it.
+	put := func(field []byte, parts ...[]byte) {
+		field[0], field[1] = 0, 0
+		binary.BigEndian.PutUint16(field, ^inetSum(bytes.Join(parts, nil)))
+	}
+	if f.v4 {
+		put(f.hdr[10:], f.hdr)
+	}
+	if f.frag || !f.hasL4Sum {
+		return b
+	}
+	l4 := f.l4
+	switch {
+	case f.tcp:
+		put(l4[16:], f.pseudo, l4)
+	case f.proto == 17:
+		put(l4[6:], f.pseudo, l4)
+		if be16(l4[6:]) == 0 {
+			binary.BigEndian.PutUint16(l4[6:], 0xffff) // RFC 768: a computed 0 is sent as all ones
+		}
+	case f.proto == 1:
+		if f.quoted {
+			put(l4[8+10:], l4[8:28])
+		}
+		put(l4[2:], l4)
+	case f.proto == 58:
+		put(l4[2:], f.pseudo, l4)
+	}
 	return b
+}
+
+// fixedSums is fixSums, checked: the harness must not feed a frame it
+// believes valid with a wrong sum.
+func fixedSums(t *testing.T, in []byte) []byte {
+	t.Helper()
+	out := fixSums(in)
+	if f := parseFz(out); f.ip && (!f.ipSumOK || (f.hasL4Sum && !f.l4SumOK) || (f.quoted && !f.quotedOK)) {
+		t.Fatalf("fixSums left a wrong checksum in %x", out)
+	}
+	return out
 }
 
 // conns reads every connection entry.
@@ -782,11 +816,15 @@ func sumOf(d map[string]uint64, names []string) (n uint64) {
 func FuzzSynproxyXDP(f *testing.F) {
 	w := newProxyWorld(f)
 	for _, b := range w.xdpSeeds {
-		f.Add(b)
+		f.Add(b, false)
+		f.Add(b, true)
 	}
-	f.Fuzz(func(t *testing.T, in []byte) {
+	f.Fuzz(func(t *testing.T, in []byte, fix bool) {
 		if len(in) < 14 || len(in) > fuzzMaxFrame {
 			return // the kernel's XDP test run refuses it
+		}
+		if fix {
+			in = fixedSums(t, in)
 		}
 		r := w.run(t, w.p.objs.XdpSynproxy, in)
 		switch r.verdict {
@@ -918,11 +956,15 @@ func checkNewEntries(t *testing.T, r proxyRun) {
 func FuzzSynproxyTC(f *testing.F) {
 	w := newProxyWorld(f)
 	for _, b := range w.tcSeeds {
-		f.Add(b)
+		f.Add(b, false)
+		f.Add(b, true)
 	}
-	f.Fuzz(func(t *testing.T, in []byte) {
+	f.Fuzz(func(t *testing.T, in []byte, fix bool) {
 		if len(in) > fuzzMaxFrame || !fixture.SkbTestable(in) {
 			return // the kernel's skb test run refuses it
+		}
+		if fix {
+			in = fixedSums(t, in)
 		}
 		r := w.run(t, w.p.objs.TcSynproxy, in)
 		d := r.d
