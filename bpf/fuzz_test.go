@@ -370,6 +370,16 @@ func newProxyWorld(f *testing.F) *proxyWorld {
 	p := loadSynproxyWith(f, map[string]any{"cfg_syn_retry_ns": uint64(0), "cfg_syn_tries": uint32(fuzzSynTries)},
 		func(s *ebpf.CollectionSpec) { s.Maps[bpf.SynproxyMapSpConns].MaxEntries = 64 })
 	w := &proxyWorld{p: p, ns: newIsolatedNetns(f)}
+	// Under election: svc4 owned here (the gate is looked up and
+	// passes), a third service on a VIP the peer owns (not_owner).
+	if _, err := p.m.SetService(vipStandby, 80, []netip.AddrPort{netip.MustParseAddrPort("10.9.0.3:8080")}); err != nil {
+		f.Fatal(err)
+	}
+	for vip, owned := range map[netip.Addr]uint32{svc4: 1, vipStandby: 0} {
+		if err := p.objs.VipGate.Put(maps.KeyOf(vip), maps.VIPEntry{Owned: owned}); err != nil {
+			f.Fatal(err)
+		}
+	}
 	svcs, err := p.m.ListServices()
 	if err != nil {
 		f.Fatal(err)
@@ -482,6 +492,10 @@ func newProxyWorld(f *testing.F) *proxyWorld {
 		}
 		xs(a)
 	}
+	// To the VIP the peer owns: a SYN and a cookie ACK.
+	standby := netip.AddrPortFrom(vipStandby, 80)
+	xs(seg{src: netip.AddrPortFrom(client4, 50200), dst: standby, seq: 1, syn: true, window: 64240, mss: 1460, ws: 7, ts: true, tsval: 5},
+		cookieAck(netip.AddrPortFrom(client4, 50201), standby, 1, opts, false))
 	// SYNs: the fixture tables' (TestSynproxySynAck, TestSynproxyOthers).
 	for _, o := range []synOpts{
 		{mss: 1460, ws: 7, sack: true, tsval: 12345, isn: 1000}, {ws: -1, isn: 0xffffffff}, {mss: 1400, ws: 14, isn: 7},
@@ -929,7 +943,7 @@ func checkNewEntries(t *testing.T, r proxyRun) {
 		if !in.tcp || in.flags&0x17 != 0x10 || in.src != client || in.dst != vip || in.sport != maps.HostPort(k.Cport) || in.dport != maps.HostPort(k.Vport) {
 			t.Fatalf("entry %+v made from a frame that is not an ACK of its flow: %x", k, r.in)
 		}
-		if !((vip == svc4 && in.dport == 80) || (vip == svc6 && in.dport == 443)) {
+		if !((vip == svc4 && in.dport == 80) || (vip == svc6 && in.dport == 443)) { // not vipStandby: the peer owns it
 			t.Fatalf("entry made for %s:%d, not a service", vip, in.dport)
 		}
 		flow := maps.CookieFlow{Client: client, VIP: vip, ClientPort: in.sport, VIPPort: in.dport, ClientISN: in.seq - 1}
