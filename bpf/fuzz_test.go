@@ -679,7 +679,7 @@ type proxyRun struct {
 	verdict   string
 	in, out   []byte
 	d         map[string]uint64 // sp_stats that moved
-	svc       maps.SvcCounters  // service counters, moved by
+	svc       maps.SvcCounters  // how far the service counters moved, summed over services
 	before    map[maps.ConnKey]maps.ConnVal
 	after     map[maps.ConnKey]maps.ConnVal
 	changedIn bool
