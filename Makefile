@@ -9,8 +9,15 @@ KERNEL  ?= 6.1
 # sizes by this there (the host runs them at full size).
 VM_TEST_SCALE ?= 10
 GOFLAGS_TEST ?= -count=1 -p 1 -timeout 20m
+# make fuzz: how long each fuzz target runs, and with how many workers.
+FUZZTIME ?= 30s
+FUZZ_PARALLEL ?= 1
+# go test's own deadline for one target (its default, 10m, would cut a long FUZZTIME).
+FUZZ_TIMEOUT ?= 30m
+# Every func FuzzX in bpf/, so a new target is never left out.
+FUZZ_TARGETS := $(shell sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(f \*testing\.F).*/\1/p' bpf/*_test.go)
 
-.PHONY: help deps generate check-generated build test vmtest bench demo lint clean
+.PHONY: help deps generate check-generated build test vmtest fuzz bench demo lint clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -44,6 +51,14 @@ vmtest: deps build ## run the privileged suite in a VM booted from KERNEL (vmlin
 	else \
 		bin/vmtest --kernel "$(KERNEL)" $(VMTEST_FLAGS) --env TANDEM_BIN=$(CURDIR)/bin/tandem --env TANDEM_TEST_SCALE=$(VM_TEST_SCALE) -- tools/vmtest/suite.sh $(CURDIR)/bin/tests/list; \
 	fi
+
+fuzz: ## fuzz every XDP/TC program for FUZZTIME each (root); crashers land in bpf/testdata/fuzz/FuzzX/
+	@test -n "$(FUZZ_TARGETS)" || { echo "no fuzz targets found in bpf/"; exit 1; }
+	@for t in $(FUZZ_TARGETS); do \
+		echo "== $$t for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) -timeout $(FUZZ_TIMEOUT) -parallel $(FUZZ_PARALLEL) ./bpf/ || \
+			{ echo "$$t failed: the input is in bpf/testdata/fuzz/$$t/ (rerun: go test -run '$$t/NAME' ./bpf/); make it a fixture case"; exit 1; }; \
+	done
 
 bench: deps ## run the benchmarks; results in bench/results.json
 	TANDEM_BENCH_OUT=$(CURDIR)/bench/results.json $(GO) test -count=1 -p 1 -run '^$$' -bench . -benchtime 1x ./...

@@ -1774,6 +1774,12 @@ __attribute__((noinline)) int icmp_err(struct xdp_md *ctx, struct pkt *p)
 	if (v4 ? !(type == 3 || type == 11 || type == 12) : !(type >= 1 && type <= 4))
 		return XDP_PASS;
 	ilen = v4 ? 28 : 48;
+	/* The quote (IP header, ports, sequence number) must be inside the
+	 * IP packet, not in the frame's padding after it (found by
+	 * FuzzSynproxyXDP: such an error was translated from the padding
+	 * and its checksum broken). An error quoting less is not ours. */
+	if (p->l4_len < 8 + ilen)
+		return XDP_PASS;
 	if (bpf_xdp_load_bytes(ctx, l4 + 8, in, v4 ? 28 : 48))
 		return XDP_PASS;
 	__builtin_memcpy(old, in, 48);

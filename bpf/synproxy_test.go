@@ -43,13 +43,17 @@ func loadSynproxy(t testing.TB) *proxy {
 	return loadSynproxyWith(t, nil)
 }
 
-// loadSynproxyWith also sets load-time constants (cfg_*).
-func loadSynproxyWith(t testing.TB, consts map[string]any) *proxy {
+// loadSynproxyWith also sets load-time constants (cfg_*), and lets
+// tweaks change the spec (map sizes) before it is loaded.
+func loadSynproxyWith(t testing.TB, consts map[string]any, tweaks ...func(*ebpf.CollectionSpec)) *proxy {
 	t.Helper()
 	testenv.RequireRoot(t)
 	spec, err := bpf.LoadSynproxy()
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, tw := range tweaks {
+		tw(spec)
 	}
 	for name, v := range consts {
 		if err := spec.Variables[name].Set(v); err != nil {
@@ -463,10 +467,13 @@ func flip(frame []byte, off int) []byte {
 }
 
 // TestSynproxyOthers: what is not a handshake to a service passes or is
-// counted and dropped; so is a SYN whose checksum is wrong.
+// counted and dropped; so is a SYN whose checksum is wrong, and a
+// backend's segment that no state explains.
 func TestSynproxyOthers(t *testing.T) {
 	p := loadSynproxy(t)
 	o := synOpts{mss: 1460, ws: -1, isn: 1}
+	// A live connection, for the backend's strays.
+	client, _, backend, _, bisn := establish(t, p, newIsolatedNetns(t), 47000)
 	cases := []struct {
 		name, want, stat string
 		frame            []byte
@@ -485,6 +492,12 @@ func TestSynproxyOthers(t *testing.T) {
 		// A local socket's SYN on a veth with tx offload: the checksum
 		// field holds only the pseudo header's sum.
 		{"syn, pseudo-header sum only (tx offload)", "XDP_TX", "syn_answered", partialCsum(o.segment(t, nil))},
+		// Found by FuzzSynproxyXDP (testdata/fuzz/FuzzSynproxyXDP/d1a65cd2c3804160):
+		// a SYN without ACK from the backend of a live connection was
+		// dropped without a counter. Now it draws a challenge ACK (RFC
+		// 5961 section 4), counted.
+		{"backend syn without ack on a live connection", "XDP_TX", "challenge_ack",
+			seg{src: backend, dst: client, seq: bisn + 1, syn: true, window: 300, ws: -1}.frame(t)},
 	}
 	for _, c := range cases {
 		before := p.stats(t)
