@@ -797,6 +797,9 @@ func kernelCoverage(d map[string]uint64) (n int) {
 	if d["rst_out_of_window"] > 0 {
 		n++
 	}
+	if d["rst_stale"] > 0 {
+		n++
+	}
 	return n
 }
 
@@ -820,7 +823,7 @@ var (
 	// A drop's reason, one each (a client's RST while the backend has not
 	// answered is dropped as "closed").
 	dropReasons = []string{"cookie_bad", "client_waiting_dropped", "bad_flags", "fragment", "malformed", "no_secret", "conn_table_full",
-		"resize_failed", "bad_checksum", "no_backend", "backend_bad_ack", "not_owner", "rst_out_of_window", "challenge_ack_limited"}
+		"resize_failed", "bad_checksum", "no_backend", "backend_bad_ack", "not_owner", "rst_out_of_window", "rst_stale", "challenge_ack_limited"}
 )
 
 func sumOf(d map[string]uint64, names []string) (n uint64) {

@@ -100,6 +100,9 @@ enum sp_stat {
 	SP_CHALLENGE_ACK,   /* challenge ACKs sent (RFC 5961): RST in window, SYN */
 	SP_CHALLENGE_LIMITED, /* challenge ACKs not sent: the per-connection rate */
 	SP_RST_BAD,         /* RSTs outside the window: dropped */
+	SP_RST_STALE,       /* RSTs behind the window, within the sender's last
+			     * flight: a closed socket's answers to ACKs that
+			     * were in flight (the receiver drops them too) */
 	SP_STAT_MAX,
 };
 
@@ -1326,6 +1329,7 @@ enum seq_verdict {
 	SEQ_RESET,     /* a RST at the expected sequence: forwarded, closing */
 	SEQ_CHALLENGE, /* a RST in the window: a challenge ACK instead */
 	SEQ_DROP,      /* a RST outside the window: dropped */
+	SEQ_STALE,     /* a RST behind the window, within X's last flight */
 };
 
 /* seq_track checks a segment (not a SYN) from one side of an established
@@ -1339,6 +1343,12 @@ enum seq_verdict {
  * and what our challenge ACK carries); one elsewhere in Y's window
  * [una, una + maxwin) is answered with a challenge ACK (forwarded once the
  * entry is closing: the endpoint checks it exactly), any other dropped.
+ * Dropped, but told apart: a RST behind una by no more than Y's window
+ * from X's nxt. That is where a socket that is gone answers Y's ACKs
+ * still in flight when it went (RFC 793: seq = the segment's ack; X never
+ * had more than Y's window unacknowledged): each passes the proxy after
+ * Y's later ACKs moved una, so all but the last are behind it. Y's
+ * RCV.NXT is at una or past it, so Y would drop them too.
  *
  * Other segments move the state only when acceptable: the ack acknowledges
  * nothing Y has not sent and is within X's window of Y's nxt, and the
@@ -1372,6 +1382,8 @@ static __always_inline int seq_track(struct conn_val *c, int fromc, const struct
 			return SEQ_CHALLENGE; /* stale state: the sender proves itself */
 		if (seq - *xuna < ymax)
 			return c->state == CONN_CLOSING ? SEQ_RESET : SEQ_CHALLENGE;
+		if ((__s32)(seq - *xuna) < 0 && *xnxt - seq <= ymax + 1)
+			return SEQ_STALE;
 		return SEQ_DROP;
 	}
 	if (!th->ack)
@@ -1529,8 +1541,8 @@ __attribute__((noinline)) int client_seg(struct xdp_md *ctx, struct pkt *p, stru
 	r = seq_track(c, 1, th, l4_payload(p, th));
 	if (r == SEQ_CHALLENGE)
 		return challenge_ack(ctx, p, c, k, 1);
-	if (r == SEQ_DROP) {
-		sp_count(SP_RST_BAD);
+	if (r == SEQ_DROP || r == SEQ_STALE) {
+		sp_count(r == SEQ_DROP ? SP_RST_BAD : SP_RST_STALE);
 		return XDP_DROP;
 	}
 	if (th->fin && r == SEQ_OK && !(c->fins & 1)) {
@@ -1600,8 +1612,8 @@ __attribute__((noinline)) int backend_seg(struct xdp_md *ctx, struct pkt *p, str
 	r = seq_track(c, 0, th, l4_payload(p, th));
 	if (r == SEQ_CHALLENGE)
 		return challenge_ack(ctx, p, c, k, 0);
-	if (r == SEQ_DROP) {
-		sp_count(SP_RST_BAD);
+	if (r == SEQ_DROP || r == SEQ_STALE) {
+		sp_count(r == SEQ_DROP ? SP_RST_BAD : SP_RST_STALE);
 		return XDP_DROP;
 	}
 	if (th->fin && r == SEQ_OK && !(c->fins & 2)) {

@@ -214,7 +214,8 @@ const (
 	SynproxySpStatSP_CHALLENGE_ACK     SynproxySpStat = 25
 	SynproxySpStatSP_CHALLENGE_LIMITED SynproxySpStat = 26
 	SynproxySpStatSP_RST_BAD           SynproxySpStat = 27
-	SynproxySpStatSP_STAT_MAX          SynproxySpStat = 28
+	SynproxySpStatSP_RST_STALE         SynproxySpStat = 28
+	SynproxySpStatSP_STAT_MAX          SynproxySpStat = 29
 )
 
 type SynproxySvcCounters struct {

@@ -896,6 +896,45 @@ func TestSynproxyBlindReset(t *testing.T) {
 	toBackend := func(c conn) want {
 		return want{from: "client", to: "backend", seq: 102, ack: c.bisn + 201, ackf: true, window: 502}
 	}
+	// clientFlight: the client sends 2,000 bytes (its next 2102) and the
+	// backend acknowledges them in two ACKs; backendFlight the same the
+	// other way (the backend's next 201+2000).
+	clientFlight := func() []step {
+		data := func(seq uint32) func(c conn) seg {
+			return func(c conn) seg {
+				return seg{src: c.client, dst: c.vip, seq: seq, ack: c.cookie + 201, ackf: true, window: 502, ws: -1, payload: make([]byte, 1000)}
+			}
+		}
+		ack := func(a uint32) func(c conn) seg {
+			return func(c conn) seg {
+				return seg{src: c.backend, dst: c.client, seq: c.bisn + 201, ack: a, ackf: true, window: 500, ws: -1}
+			}
+		}
+		return []step{
+			{"data", data(102), "XDP_PASS", "to_backend", est, nil},
+			{"more data", data(1102), "XDP_PASS", "to_backend", est, nil},
+			{"the backend's ack of the first", ack(1102), "XDP_PASS", "to_client", est, nil},
+			{"the backend's ack of both", ack(2102), "XDP_PASS", "to_client", est, nil},
+		}
+	}
+	backendFlight := func() []step {
+		data := func(off uint32) func(c conn) seg {
+			return func(c conn) seg {
+				return seg{src: c.backend, dst: c.client, seq: c.bisn + off, ack: 102, ackf: true, window: 500, ws: -1, payload: make([]byte, 1000)}
+			}
+		}
+		ack := func(off uint32) func(c conn) seg {
+			return func(c conn) seg {
+				return seg{src: c.client, dst: c.vip, seq: 102, ack: c.cookie + off, ackf: true, window: 502, ws: -1}
+			}
+		}
+		return []step{
+			{"data", data(201), "XDP_PASS", "to_client", est, nil},
+			{"more data", data(1201), "XDP_PASS", "to_client", est, nil},
+			{"the client's ack of the first", ack(1201), "XDP_PASS", "to_backend", est, nil},
+			{"the client's ack of both", ack(2201), "XDP_PASS", "to_backend", est, nil},
+		}
+	}
 	cases := []struct {
 		name    string
 		v6      bool
@@ -914,7 +953,7 @@ func TestSynproxyBlindReset(t *testing.T) {
 		}},
 		{name: "client rst out of the window", steps: []step{
 			{"rst", fromClient(102+0x40000000, nil), "XDP_DROP", "rst_out_of_window", est, nil},
-			{"rst behind", fromClient(0xfffff066, nil) /* 102 - 0x1000 */, "XDP_DROP", "rst_out_of_window", est, nil},
+			{"rst behind, further than the backend's window from the client's next", fromClient(0xffff0066 /* 102 - 0x10000 */, nil), "XDP_DROP", "rst_out_of_window", est, nil},
 		}},
 		{name: "client syn on established", steps: []step{
 			{"syn+ack", fromClient(5000, func(s *seg) { s.rst, s.syn, s.ackf, s.ack = false, true, true, 77 }), "XDP_TX", "challenge_ack", est, toClient},
@@ -930,6 +969,7 @@ func TestSynproxyBlindReset(t *testing.T) {
 		}},
 		{name: "backend rst out of the window", steps: []step{
 			{"rst", fromBackend(201+0x40000000, nil), "XDP_DROP", "rst_out_of_window", est, nil},
+			{"rst behind, further than the client's window from the backend's next", fromBackend(0xffff00c9 /* 201 - 0x10000 */, nil), "XDP_DROP", "rst_out_of_window", est, nil},
 		}},
 		{name: "backend syn on established", steps: []step{
 			{"syn", fromBackend(9000, func(s *seg) { s.rst, s.syn = false, true }), "XDP_TX", "challenge_ack", est, toBackend},
@@ -951,6 +991,27 @@ func TestSynproxyBlindReset(t *testing.T) {
 				return want{from: "vip", to: "client", seq: c.cookie + 1, ack: 2, rst: true, ackf: true}
 			}},
 		}},
+		// The client aborts with 2,000 bytes in flight: the backend's
+		// ACKs for them reach a socket that is gone, which answers each
+		// with a RST at its ack; all but the last pass the proxy behind
+		// what the backend has acknowledged since. They are stale, not
+		// an attack: dropped as rst_stale, on a closing entry and on an
+		// established one (the abort itself lost on the way).
+		{name: "client aborts with data in flight", steps: append(clientFlight(), []step{
+			{"the abort: rst at its next", fromClient(2102, nil), "XDP_PASS", "closed", closing, nil},
+			{"the answer to the first ack, behind", fromClient(1102, nil), "XDP_DROP", "rst_stale", closing, nil},
+			{"the answer to the last ack", fromClient(2102, nil), "XDP_PASS", "to_backend", closing, nil},
+			{"behind, further than the backend's window", fromClient(0xffff0836 /* 2102 - 0x10000 */, nil), "XDP_DROP", "rst_out_of_window", closing, nil},
+		}...)},
+		{name: "client gone with data in flight, its abort lost", steps: append(clientFlight(), []step{
+			{"the answer to the first ack, behind", fromClient(1102, nil), "XDP_DROP", "rst_stale", est, nil},
+			{"the answer to the last ack", fromClient(2102, nil), "XDP_PASS", "closed", closing, nil},
+		}...)},
+		{name: "backend aborts with data in flight", steps: append(backendFlight(), []step{
+			{"the abort: rst at its next", fromBackend(2201, nil), "XDP_PASS", "closed", closing, nil},
+			{"the answer to the first ack, behind", fromBackend(1201, nil), "XDP_DROP", "rst_stale", closing, nil},
+			{"the answer to the last ack", fromBackend(2201, nil), "XDP_PASS", "to_client", closing, nil},
+		}...)},
 	}
 	var results []fixture.Result
 	for i, tc := range cases {

@@ -65,6 +65,7 @@ var ProxyStatNames = map[ProxyStat]string{
 	bpf.SynproxySpStatSP_CHALLENGE_ACK:     "challenge_ack",
 	bpf.SynproxySpStatSP_CHALLENGE_LIMITED: "challenge_ack_limited",
 	bpf.SynproxySpStatSP_RST_BAD:           "rst_out_of_window",
+	bpf.SynproxySpStatSP_RST_STALE:         "rst_stale",
 }
 
 // ConnStateNames name the connection states for dumps.

@@ -22,7 +22,7 @@ import (
 var defaultModules = []string{
 	"crc32c_generic", "veth", "bridge", "8021q", "dummy", "sch_ingress", "cls_bpf", "cls_u32", "act_gact",
 	"esp4", "esp6", "xfrm_user", "xfrm_interface", "authenc", "echainiv", "gcm", "ccm", "cbc", "ctr", "seqiv",
-	"nf_tables", "nf_conntrack", "nft_ct", "nft_synproxy",
+	"nf_tables", "nf_conntrack", "nft_ct", "nft_synproxy", "sch_tbf",
 }
 
 const usage = `vmtest: run a command as root inside a VM booted from another kernel.
