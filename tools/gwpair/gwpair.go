@@ -215,12 +215,21 @@ func (p *Pair) Tandem(h *lab.Host, args ...string) Result {
 	return Run(p.Bin, h, args...)
 }
 
-// Run runs the tandem binary bin in host h.
+// RunTimeout bounds every tandem command Run runs: a command that asks a
+// stopped daemon (SIGSTOP) would wait for ever.
+const RunTimeout = time.Minute
+
+// Run runs the tandem binary bin in host h, killing it after RunTimeout.
 func Run(bin string, h *lab.Host, args ...string) Result {
 	cmd := h.Cmd(bin, args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
+	if err := cmd.Start(); err != nil {
+		return Result{Err: fmt.Errorf("run tandem %v: %w", args, err)}
+	}
+	t := time.AfterFunc(RunTimeout, func() { cmd.Process.Kill() })
+	err := cmd.Wait()
+	t.Stop()
 	r := Result{Stdout: out.String(), Stderr: errb.String()}
 	var ee *exec.ExitError
 	if errors.As(err, &ee) && ee.Exited() {
