@@ -53,6 +53,7 @@ flags:
 	fs.Uint64Var(&cfg.seed, "seed", 0, "the random seed (0: from the clock; printed, so a run can be repeated)")
 	fs.IntVar(&cfg.conns, "conns", 100, "connections kept open through the SYN proxy")
 	fs.StringVar(&skip, "skip", "", "fault kinds not to inject, comma-separated (-list shows them)")
+	fs.BoolVar(&cfg.noSteady, "no-steady", false, "leave out the steady-pair check (CPU, advert rate) at the start and the end")
 	fs.StringVar(&cfg.dir, "dir", "", "where the daemons' logs go (default: a new temporary directory, kept when the run fails)")
 	fs.BoolVar(&list, "list", false, "list the fault kinds, what each may lose and why, and exit")
 	fs.BoolVar(&keep, "keep", false, "keep the log directory even when the run passes")
