@@ -168,9 +168,9 @@ func (t *tally) summary(seed uint64, d time.Duration) string {
 		invs = append(invs, k)
 	}
 	sort.Strings(invs)
-	fmt.Fprintf(&b, "%-40s %8s\n", "invariant", "checked")
+	fmt.Fprintf(&b, "%-58s %8s\n", "invariant", "checked")
 	for _, k := range invs {
-		fmt.Fprintf(&b, "%-40s %8d\n", k, t.checks[k])
+		fmt.Fprintf(&b, "%-58s %8d\n", k, t.checks[k])
 	}
 	fmt.Fprintf(&b, "\nviolations: %d\n", len(t.violations))
 	for _, v := range t.violations {

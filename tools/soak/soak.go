@@ -26,6 +26,7 @@ const (
 	holdersWithin  = 30 * time.Second // the addresses on exactly one host
 	progressWithin = 60 * time.Second // every connection moves both ways (TCP's backoff after a stall)
 	tablesWithin   = 30 * time.Second // both connection tables equal
+	neighWithin    = 10 * time.Second // the announcements reached every neighbour (the last 5 s after a takeover)
 	flowWithin     = 30 * time.Second // the UDP stream echoes again
 	goroutineSlack = 5                // a daemon's growth that is not a leak
 	fdSlack        = 3
@@ -137,7 +138,7 @@ func (s *soak) setup() error {
 		Window: 1 << 62}); err != nil {
 		return err
 	}
-	for i := range s.conns0() {
+	for i := range s.config.conns {
 		c, err := dial(s.p.Client, s.be, []string{gwpair.VIP, gwpair.VIP6}[i%2])
 		if err != nil {
 			return err
@@ -155,8 +156,6 @@ func (s *soak) setup() error {
 	}
 	return nil
 }
-
-func (s *soak) conns0() []struct{} { return make([]struct{}, s.config.conns) }
 
 func (s *soak) start(g string) error {
 	fmt.Fprintf(s.logs[g], "=== %s: tandem up (round %d)\n", time.Now().Format(time.RFC3339Nano), s.round)
@@ -403,6 +402,18 @@ func (s *soak) holders(n int) error {
 // UDP stream flowing. mark is the stream's sequence when the fault began.
 func (s *soak) checks(k kind, target string, wasOwner bool, mark uint64) {
 	t0 := time.Now()
+	s.t.check("after a heal: both daemons run")
+	for g, d := range s.p.Daemons {
+		select {
+		case <-d.Exited():
+			log := d.Log()
+			s.t.violate(s.round, "%s: gw%s's daemon exited; its log ends:\n%s", k.name, g, log[max(0, len(log)-2000):])
+			if err := s.start(g); err != nil {
+				s.t.violate(s.round, "%s: restart gw%s's daemon: %v", k.name, g, err)
+			}
+		default:
+		}
+	}
 	s.t.check("after a heal: exactly one owner")
 	var owner string
 	err := gwpair.WaitFor(settleWithin, "exactly one owner, the other caught up, the addresses on the owner", func() (bool, string) {
@@ -434,6 +445,7 @@ func (s *soak) checks(k kind, target string, wasOwner bool, mark uint64) {
 		what string
 		f    func()
 	}{
+		{"neighbours", func() { s.checkNeighbours(k) }},
 		{"leak baselines", s.measureNew},
 		{"connections", func() { s.checkConns(k, target, wasOwner) }},
 		{"tables", func() { s.checkTables(k) }},
@@ -444,6 +456,51 @@ func (s *soak) checks(k kind, target string, wasOwner bool, mark uint64) {
 		if d := time.Since(t1); d > 5*time.Second {
 			s.logf("  the %s check took %s", c.what, d.Round(time.Millisecond))
 		}
+	}
+}
+
+// checkNeighbours waits until the client's and the backends' neighbour
+// entries for the VIP addresses name the owner's MAC (or are unresolved):
+// an owner's announcements must pull every host on its segments to it.
+// A host left pointing at the other gateway sends it segments it drops
+// (its gate is closed) until the entry ages out, half a minute or more.
+func (s *soak) checkNeighbours(k kind) {
+	s.t.check("after a heal: neighbours point to the owner")
+	mac := func(g, iface string) string {
+		// ip, not /sys/class/net: nsenter --net leaves /sys showing the
+		// initial namespace's interfaces.
+		out, _ := s.p.GW[g].Cmd("ip", "-o", "link", "show", iface).Output()
+		f := strings.Fields(string(out))
+		if i := slices.Index(f, "link/ether"); i >= 0 && i+1 < len(f) {
+			return f[i+1]
+		}
+		return "?"
+	}
+	type want struct {
+		h     *lab.Host
+		addrs []string
+		iface string
+	}
+	wants := []want{{s.p.Client, []string{gwpair.VIP, gwpair.VIP6}, "eth0"}}
+	for _, b := range s.p.Backends {
+		wants = append(wants, want{b, []string{gwpair.Inner, gwpair.Inner6}, "eth1"})
+	}
+	owner := s.owner
+	if err := gwpair.WaitFor(neighWithin, "every neighbour entry for the VIP addresses names the owner gw"+owner, func() (bool, string) {
+		var wrong []string
+		for _, w := range wants {
+			good := mac(owner, w.iface)
+			for _, a := range w.addrs {
+				out, _ := w.h.Cmd("ip", "neigh", "show", a).Output()
+				f := strings.Fields(string(out))
+				if i := slices.Index(f, "lladdr"); i >= 0 && i+1 < len(f) && f[i+1] != good {
+					wrong = append(wrong, fmt.Sprintf("%s: %s", w.h.Name, strings.TrimSpace(string(out))))
+				}
+			}
+		}
+		return len(wrong) == 0, fmt.Sprintf("gw%s's MACs %s, %s; wrong: %s", owner, mac(owner, "eth0"), mac(owner, "eth1"), strings.Join(wrong, "; "))
+	}); err != nil {
+		s.t.violate(s.round, "%s: %v", k.name, err)
 	}
 }
 
