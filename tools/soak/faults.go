@@ -47,7 +47,7 @@ var kinds = []kind{
 	{name: "handover", weight: 2, lose: never,
 		doc: "tandem vip handover on the owner (on the standby it is refused): a planned move that loses nothing"},
 	{name: "restart", weight: 1, lose: throughOwner,
-		doc: "SIGTERM of a daemon, tandem down, tandem up: the host's datapath and its connection table are removed while it still holds the VIP addresses (a stopped daemon's host is not taken over: its kernel answers the probe), so on the owner the connections through it are lost; on the standby nothing is (a full resync)"},
+		doc: "SIGTERM of a daemon, tandem down, tandem up: the host's datapath and its connection table are removed while it still holds the VIP addresses (a stopped daemon's host is not taken over: its kernel answers the probe), so on the owner the connections through it are lost; on the standby nothing is (a full resync); left out by make soak until new connections on the lost ones' ports are not reset"},
 	{name: "down-live", weight: 1, lose: throughOwner,
 		doc: "tandem down under a running daemon, then tandem up: like restart, but the daemon sees its datapath vanish (left out by make soak until the daemon stops instead of re-attaching with new maps)"},
 }
