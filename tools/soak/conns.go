@@ -56,6 +56,7 @@ type end struct {
 	err  atomic.Pointer[error]
 	bad  atomic.Bool // the stream it read was wrong: never allowed
 	done chan struct{}
+	once sync.Once // closes done: the cleanup and a failing reader or writer race
 }
 
 func runEnd(c net.Conn, out, in uint64) *end {
@@ -115,12 +116,10 @@ func (e *end) fail(err error) {
 }
 
 func (e *end) close() {
-	select {
-	case <-e.done:
-	default:
+	e.once.Do(func() {
 		close(e.done)
 		e.c.Close()
-	}
+	})
 }
 
 // Err is why the end stopped, or nil while it runs.
