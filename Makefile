@@ -17,7 +17,21 @@ FUZZ_TIMEOUT ?= 30m
 # Every func FuzzX in bpf/, so a new target is never left out.
 FUZZ_TARGETS := $(shell sed -n 's/^func \(Fuzz[A-Za-z0-9_]*\)(f \*testing\.F).*/\1/p' bpf/*_test.go)
 
-.PHONY: help deps generate check-generated build test vmtest fuzz bench demo lint clean
+# make soak: how long to inject faults, the seed (empty: from the clock;
+# the run prints it), the fault kinds left out and more flags. Known bugs
+# keep parts out until their fixes land, then drop them:
+# partition (after a split
+# brain the owner that kept the VIPs does not announce them again: hosts
+# that learned the loser's MAC send to it, and it drops, until their
+# neighbour entry ages out, 30-60 s), restart (after a restart on the
+# owner, new connections that reuse the lost ones' ports are reset for
+# seconds: seed 13, round 113).
+SOAK_TIME ?= 10m
+SOAK_SEED ?=
+SOAK_SKIP ?= partition,restart
+SOAK_FLAGS ?=
+
+.PHONY: help deps generate check-generated build test vmtest fuzz bench soak demo lint clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -63,6 +77,10 @@ fuzz: ## fuzz every XDP/TC program for FUZZTIME each (root); crashers land in bp
 bench: deps ## run the benchmarks; results in bench/results.json
 	TANDEM_BENCH_OUT=$(CURDIR)/bench/results.json $(GO) test -count=1 -p 1 -run '^$$' -bench . -benchtime 1x ./...
 	@echo "results: bench/results.json"
+
+soak: deps build ## chaos run: random faults against a gateway pair under load, invariants checked (root; SOAK_TIME=10m SOAK_SEED=N)
+	$(GO) build -o bin/soak ./tools/soak
+	bin/soak -tandem $(BIN) -duration $(SOAK_TIME) -skip "$(SOAK_SKIP)" $(if $(SOAK_SEED),-seed $(SOAK_SEED)) $(SOAK_FLAGS)
 
 demo: deps build ## build a lab, run tandem on its gateway, send traffic, show the counters (root)
 	$(GO) run ./tools/demo -tandem $(BIN)

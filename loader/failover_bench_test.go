@@ -231,7 +231,7 @@ func BenchmarkFailover(b *testing.B) {
 		p.start(b, "b")
 		p.settled(b, "a", 30*time.Second)
 		tandemR = run("tandem", func(g string) {
-			p.daemons[g].stop()
+			p.daemons[g].Kill()
 			p.ifaces(b, g, "down")
 		}, func(g string) {
 			p.ifaces(b, g, "up")
@@ -241,7 +241,7 @@ func BenchmarkFailover(b *testing.B) {
 
 		// keepalived: the same SYN proxy on both gateways, no election, no sync.
 		for g, h := range p.gw {
-			p.daemons[g].stop()
+			p.daemons[g].Kill()
 			delete(p.daemons, g)
 			tandem(b, h, "down", "--bpffs", h.BPFFS())
 			for _, a := range []string{fvip + "/24 dev eth0", finner + "/24 dev eth1"} {

@@ -8,7 +8,6 @@ package loader_test
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -16,7 +15,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -24,103 +22,57 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tandem-net/tandem/syncer"
 	"github.com/tandem-net/tandem/syncer/vip"
+	"github.com/tandem-net/tandem/tools/gwpair"
 	"github.com/tandem-net/tandem/tools/lab"
 	"github.com/tandem-net/tandem/tools/testenv"
 	"golang.org/x/sys/unix"
 )
 
 const (
-	fvip6    = "fd79:1::100" // the IPv6 service VIP
-	finner6  = "fd79:2::1"
-	fvip     = "10.79.1.100" // the service VIP, on the client segment
-	finner   = "10.79.2.1"   // the backends' gateway, on the backend segment
-	fport    = 80
-	fbackend = 8080
+	fvip6    = gwpair.VIP6 // the IPv6 service VIP
+	finner6  = gwpair.Inner6
+	fvip     = gwpair.VIP   // the service VIP, on the client segment
+	finner   = gwpair.Inner // the backends' gateway, on the backend segment
+	fport    = gwpair.Port
+	fbackend = gwpair.BackendPort
 )
 
 // pairLab: client -- [front bridge] -- gwa, gwb -- [back bridge] -- be1, be2;
-// gwa -- gwb over sync0 (state sync and adverts).
+// gwa -- gwb over sync0 (state sync and adverts). The fields name the
+// shared gwpair.Pair's.
 type pairLab struct {
-	*lab.Lab
+	*gwpair.Pair
 	client   *lab.Host
 	gw       map[string]*lab.Host // "a", "b"
 	backends []*lab.Host
 	secret   string
 	certs    string
 	state    map[string]string
-	daemons  map[string]*daemonProc
-}
-
-type daemonProc struct {
-	stop func() // SIGKILL and wait
-	log  func() string
-	pid  int
+	daemons  map[string]*gwpair.Daemon
 }
 
 func newPairLab(t testing.TB) *pairLab {
 	t.Helper()
 	testenv.RequireRoot(t)
-	spec := lab.GatewayPair()
 	// Before the cleanup that stops the daemons: cleanups run last
 	// first, so the daemons are gone before their state directories.
 	dir := t.TempDir()
-	l, err := lab.New(spec)
+	gp, err := gwpair.New(testenv.Tandem(t), dir, advertInterval())
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &pairLab{Lab: l, client: l.Host("client"), gw: map[string]*lab.Host{"a": l.Host("gwa"), "b": l.Host("gwb")},
-		backends: []*lab.Host{l.Host("be1"), l.Host("be2")}, state: map[string]string{}, daemons: map[string]*daemonProc{}}
 	t.Cleanup(func() {
-		for _, d := range p.daemons {
-			d.stop()
-		}
-		for _, g := range p.gw {
-			tandem(t, g, "down", "--bpffs", g.BPFFS())
-		}
-		if err := l.Close(); err != nil {
+		if err := gp.Close(); err != nil {
 			t.Error(err)
 		}
 	})
-	// Frames a gateway's XDP sends into its veth need XDP on the peer end
-	// (the switch's port).
-	for _, sp := range []string{"af", "bf", "ab", "bb"} {
-		xdpPass(t, l.Host("sw"), sp)
-	}
-	p.secret = filepath.Join(dir, "pair.key")
-	if err := os.WriteFile(p.secret, []byte("the pair's shared secret for cookies and adverts"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p.certs = filepath.Join(dir, "certs")
-	if err := syncer.MakeCerts(p.certs, map[string][]net.IP{"a": {net.IPv4(10, 79, 9, 1)}, "b": {net.IPv4(10, 79, 9, 2)}}, time.Hour); err != nil {
-		t.Fatal(err)
-	}
-	for _, g := range []string{"a", "b"} {
-		p.state[g] = filepath.Join(dir, "state-"+g)
-	}
-	return p
+	return &pairLab{Pair: gp, client: gp.Client, gw: gp.GW, backends: gp.Backends, secret: gp.Secret, certs: gp.Certs,
+		state: gp.State, daemons: gp.Daemons}
 }
 
-// args is host g's daemon command line: the proxy on both sides, the
-// election with 50 ms adverts over the sync link and the front segment,
-// the sync following ownership.
-func (p *pairLab) args(g string, extra ...string) []string {
-	self, peer, prio := "10.79.9.1", "10.79.9.2", "200"
-	front := "10.79.1.3"
-	if g == "b" {
-		self, peer, prio, front = "10.79.9.2", "10.79.9.1", "100", "10.79.1.2"
-	}
-	return append([]string{"up", "--bpffs", p.gw[g].BPFFS(), "-v", "--state-dir", p.state[g],
-		"--proxy-iface", "eth0,eth1", "--proxy-secret", p.secret,
-		"--service", fmt.Sprintf("%s:%d=10.79.2.11:%d,10.79.2.12:%d", fvip, fport, fbackend, fbackend),
-		"--service", fmt.Sprintf("[%s]:%d=[fd79:2::11]:%d,[fd79:2::12]:%d", fvip6, fport, fbackend, fbackend),
-		"--vip-addr", fvip + "/24@eth0", "--vip-addr", finner + "/24@eth1",
-		"--vip-addr", fvip6 + "/64@eth0", "--vip-addr", finner6 + "/64@eth1",
-		"--vip-peer", peer + ":7401," + front + ":7401", "--vip-priority", prio, "--vip-interval", advertInterval().String(),
-		"--sync-role", "auto", "--sync-peer", peer + ":7400", "--sync-listen", self + ":7400",
-		"--sync-name", g, "--sync-certs", p.certs, "--sync-interval", "10ms"}, extra...)
-}
+// args is host g's daemon command line (gwpair.Pair.Args).
+func (p *pairLab) args(g string, extra ...string) []string { return p.Args(g, extra...) }
 
 // advertInterval is 50 ms, the interval the failover goals are set for;
 // slower under TCG (TANDEM_TEST_SCALE), where a 150 ms silence is no
@@ -133,120 +85,39 @@ func advertInterval() time.Duration {
 	return time.Duration(s) * 50 * time.Millisecond
 }
 
-// start runs host g's daemon until the test ends or stop is called.
+// start runs host g's daemon until the test ends or it is killed.
 func (p *pairLab) start(t testing.TB, g string, extra ...string) {
 	t.Helper()
-	p.startArgs(t, g, p.args(g, extra...))
-}
-
-// electArgs is host g's daemon command line with the election and the
-// VIP gate, without the SYN proxy and the state sync (whose upkeep is
-// not what TestIdleAdverts measures).
-func (p *pairLab) electArgs(g string, extra ...string) []string {
-	var out []string
-	args := p.args(g)
-	for i := 0; i < len(args); i++ {
-		switch args[i] {
-		case "--proxy-iface", "--service", "--sync-role", "--sync-peer", "--sync-listen", "--sync-interval":
-			i++
-		case "--proxy-secret":
-			out = append(out, "--iface", "eth0,eth1", "--vip-secret", args[i+1])
-			i++
-		default:
-			out = append(out, args[i])
-		}
-	}
-	return append(out, extra...)
-}
-
-// startArgs runs tandem with args in host g until the test ends or
-// stop is called.
-func (p *pairLab) startArgs(t testing.TB, g string, args []string) {
-	t.Helper()
-	var log bytes.Buffer
-	var mu sync.Mutex
-	cmd := p.gw[g].Cmd(testenv.Tandem(t), args...)
-	w := writerFunc(func(b []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return log.Write(b) })
-	cmd.Stdout, cmd.Stderr = w, w
-	if err := cmd.Start(); err != nil {
+	if _, err := p.Start(g, nil, extra...); err != nil {
 		t.Fatal(err)
-	}
-	var once sync.Once
-	d := &daemonProc{
-		stop: func() { once.Do(func() { cmd.Process.Kill(); cmd.Wait() }) },
-		log:  func() string { mu.Lock(); defer mu.Unlock(); return log.String() },
-		pid:  cmd.Process.Pid, // nsenter execs tandem: the same process
-	}
-	p.daemons[g] = d
-	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(d.log(), "daemon running") {
-		if time.Now().After(deadline) || cmd.ProcessState != nil {
-			t.Fatalf("daemon on gw%s not running after 30 s:\n%s", g, d.log())
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
 // vipStatus asks host g's daemon (tandem vip --json).
 func (p *pairLab) vipStatus(t testing.TB, g string) (vip.Status, error) {
 	t.Helper()
-	r := tandem(t, p.gw[g], "vip", "--json", "--state-dir", p.state[g])
-	var st vip.Status
-	if r.code != 0 {
-		return st, fmt.Errorf("tandem vip on gw%s: %d %s", g, r.code, r.stderr)
-	}
-	return st, json.Unmarshal([]byte(r.stdout), &st)
+	return p.VIPStatus(g)
 }
 
 // waitFor polls cond every 20 ms until it holds or d passes.
 func waitFor(t testing.TB, d time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		ok, state := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %s; last: %s", d, what, state)
-		}
-		time.Sleep(20 * time.Millisecond)
+	if err := gwpair.WaitFor(d, what, cond); err != nil {
+		t.Fatal(err)
 	}
 }
 
 // owners reports which daemons say they own the VIPs, and whether the
 // standby has caught up.
 func (p *pairLab) owners(t testing.TB) (own map[string]bool, caught map[string]bool, state string) {
-	own, caught = map[string]bool{}, map[string]bool{}
-	var parts []string
-	for _, g := range []string{"a", "b"} {
-		if _, ok := p.daemons[g]; !ok {
-			continue
-		}
-		st, err := p.vipStatus(t, g)
-		if err != nil {
-			parts = append(parts, err.Error())
-			continue
-		}
-		own[g], caught[g] = st.Owner, st.CaughtUp
-		parts = append(parts, fmt.Sprintf("gw%s owner=%v caught_up=%v (%s)", g, st.Owner, st.CaughtUp, st.Why))
-	}
-	return own, caught, strings.Join(parts, "; ")
+	return p.Owners()
 }
 
 // settled waits until exactly want owns and the other daemon (if running)
 // has caught up.
 func (p *pairLab) settled(t testing.TB, want string, d time.Duration) {
 	t.Helper()
-	waitFor(t, d, "gw"+want+" owns the VIPs and the other caught up", func() (bool, string) {
-		own, caught, state := p.owners(t)
-		for g := range own {
-			if own[g] != (g == want) || (g != want && !caught[g]) {
-				return false, state
-			}
-		}
-		return own[want], state
-	})
+	waitFor(t, d, "gw"+want+" owns the VIPs and the other caught up", func() (bool, string) { return p.Settled(want) })
 }
 
 // serve runs the backends' upload/download server (see proxyLab.serve).
@@ -405,7 +276,7 @@ func TestFailoverKill(t *testing.T) {
 		return len(b) >= n && len(a) == len(b), fmt.Sprintf("gwa %d, gwb %d", len(a), len(b))
 	})
 
-	p.daemons["a"].stop()
+	p.daemons["a"].Kill()
 	for _, i := range []string{"eth0", "eth1"} {
 		if err := p.gw["a"].IP("link", "set", i, "down"); err != nil {
 			t.Fatal(err)
@@ -420,7 +291,7 @@ func TestFailoverKill(t *testing.T) {
 		return st.Owner, st.Why
 	})
 	t.Logf("gwb owns the VIPs %s after gwa went", time.Since(start).Round(time.Millisecond))
-	for _, l := range strings.Split(p.daemons["b"].log(), "\n") {
+	for _, l := range strings.Split(p.daemons["b"].Log(), "\n") {
 		if strings.Contains(l, "took the VIPs") || strings.Contains(l, "sync role") {
 			t.Log(l)
 		}
@@ -473,7 +344,7 @@ func TestFailoverKill(t *testing.T) {
 	if err := live.finish(); err != nil {
 		t.Errorf("the connection open while gwa rejoined: %v", err)
 	}
-	if d := p.daemons["b"].log(); !strings.Contains(d, "took the VIPs") {
+	if d := p.daemons["b"].Log(); !strings.Contains(d, "took the VIPs") {
 		t.Errorf("gwb's log does not say it took the VIPs:\n%s", d)
 	}
 }
@@ -619,7 +490,7 @@ func (p *pairLab) lossless(t *testing.T, st *steady, what string) {
 		p.drops(t)
 		for _, g := range []string{"a", "b"} {
 			out, _ := p.gw[g].Cmd("nstat", "-az", "IpExtInNoRoutes", "TcpExtIPReversePathFilter", "IpInAddrErrors", "IpOutNoRoutes", "IpInDiscards").CombinedOutput()
-			t.Logf("gw%s: %v\n%s\n%s", g, proxyStatsAt(t, p.gw[g]), out, p.daemons[g].log())
+			t.Logf("gw%s: %v\n%s\n%s", g, proxyStatsAt(t, p.gw[g]), out, p.daemons[g].Log())
 		}
 	}
 }
@@ -804,8 +675,8 @@ func TestPreempt(t *testing.T) {
 	if err := p.newConn(t); err != nil {
 		t.Errorf("a new connection after the preemption: %v", err)
 	}
-	if !strings.Contains(p.daemons["b"].log(), "preemption: done") {
-		t.Errorf("gwb did not hand over by preemption:\n%s", p.daemons["b"].log())
+	if !strings.Contains(p.daemons["b"].Log(), "preemption: done") {
+		t.Errorf("gwb did not hand over by preemption:\n%s", p.daemons["b"].Log())
 	}
 }
 
@@ -847,10 +718,13 @@ func cpuTicks(t testing.TB, pid int) uint64 {
 	return u + s
 }
 
-// TestIdleAdverts: two idle daemons at the default 100 ms interval with
-// two paths send 20 adverts a second each way (one per interval per
-// path, within 10%) and each uses under 2% of a core. An advert that
-// answered every advert made this a storm of thousands a second.
+// TestIdleAdverts: two idle daemons with everything on (SYN proxy, state
+// sync at 10 ms ticks, the election at the default 100 ms interval over
+// two paths, the datapath check every second) send 20 adverts a second
+// each way (one per interval per path, within 10%) and each uses under 2%
+// of a core. An advert that answered every advert made this a storm of
+// thousands a second; the idle sync ticks and the expiry sweep of the
+// 1M-entry connection table cost most of the rest.
 func TestIdleAdverts(t *testing.T) {
 	// Under TCG (TANDEM_TEST_SCALE) the interval is longer and every
 	// instruction costs more: the CPU bound grows with the scale.
@@ -858,9 +732,7 @@ func TestIdleAdverts(t *testing.T) {
 	interval, paths, maxCPU := time.Duration(scale)*100*time.Millisecond, 2, 0.02*float64(scale)
 	p := newPairLab(t)
 	for _, g := range []string{"a", "b"} {
-		// The datapath check (every second by default) parses the BPF
-		// objects, about 1% of a core here: not the election's cost.
-		p.startArgs(t, g, p.electArgs(g, "--vip-interval", interval.String(), "--check-interval", "1m"))
+		p.start(t, g, "--vip-interval", interval.String())
 	}
 	p.settled(t, "a", 30*time.Second)
 	time.Sleep(time.Second) // past the state changes of meeting
@@ -875,7 +747,7 @@ func TestIdleAdverts(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			out[g] = snap{st, cpuTicks(t, p.daemons[g].pid)}
+			out[g] = snap{st, cpuTicks(t, p.daemons[g].Pid())}
 		}
 		return out
 	}

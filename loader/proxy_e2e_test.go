@@ -37,6 +37,7 @@ import (
 	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/syncer"
 	"github.com/tandem-net/tandem/tools/bench"
+	"github.com/tandem-net/tandem/tools/gwpair"
 	"github.com/tandem-net/tandem/tools/lab"
 	"github.com/tandem-net/tandem/tools/synflood"
 	"github.com/tandem-net/tandem/tools/testenv"
@@ -317,12 +318,7 @@ func proxyStats(t testing.TB, p *proxyLab) map[string]uint64 {
 // proxyStatsAt reads the SYN proxy's counters on gateway h.
 func proxyStatsAt(t testing.TB, h *lab.Host) map[string]uint64 {
 	t.Helper()
-	px, err := loader.OpenProxy(maps.Pins{Root: h.BPFFS()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer px.Close()
-	s, err := px.ProxyStats()
+	s, err := gwpair.ProxyStats(h)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,22 +329,9 @@ func proxyStatsAt(t testing.TB, h *lab.Host) map[string]uint64 {
 // test's lifetime; the link lets a test swap the program.
 func xdpPass(t testing.TB, h *lab.Host, iface string) link.Link {
 	t.Helper()
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2 /* XDP_PASS */), asm.Return()}})
+	l, err := gwpair.XDPPass(h, iface)
 	if err != nil {
 		t.Fatal(err)
-	}
-	defer prog.Close()
-	var l link.Link
-	if err := h.Do(func() error {
-		ifc, err := net.InterfaceByName(iface)
-		if err != nil {
-			return err
-		}
-		l, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: ifc.Index})
-		return err
-	}); err != nil {
-		t.Fatalf("XDP_PASS on %s %s: %v", h.Name, iface, err)
 	}
 	t.Cleanup(func() { l.Close() })
 	return l
@@ -727,26 +710,11 @@ func (f writerFunc) Write(b []byte) (int, error) { return f(b) }
 // re-anchored by the host that takes over, see docs/synproxy.md).
 func connTable(t testing.TB, h *lab.Host) map[maps.ConnKey]maps.ConnVal {
 	t.Helper()
-	px, err := loader.OpenProxy(maps.Pins{Root: h.BPFFS()})
+	c, err := gwpair.ConnTable(h)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer px.Close()
-	out := map[maps.ConnKey]maps.ConnVal{}
-	var (
-		k maps.ConnKey
-		v maps.ConnVal
-	)
-	it := px.Conns.Iterate()
-	for it.Next(&k, &v) {
-		v.Sync.QueuedEpoch = 0
-		v.Cnxt, v.Cuna, v.Bnxt, v.Buna, v.Cmaxwin, v.Bmaxwin, v.Cwin, v.Bwin, v.Trk, v.ChalT = 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
-		out[k] = v
-	}
-	if err := it.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return c
 }
 
 // TestProxyConnsReplicate: gw (primary) and gw2 (standby) run the daemon

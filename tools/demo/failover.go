@@ -3,30 +3,22 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/asm"
-	"github.com/cilium/ebpf/link"
-
-	"github.com/tandem-net/tandem/syncer"
-	"github.com/tandem-net/tandem/syncer/vip"
+	"github.com/tandem-net/tandem/tools/gwpair"
 	"github.com/tandem-net/tandem/tools/lab"
 )
 
 const (
-	fvip   = "10.79.1.100"
-	finner = "10.79.2.1"
+	fvip   = gwpair.VIP
 	upload = 1 << 20
 )
 
@@ -38,130 +30,47 @@ const (
 // moves the VIPs back without loss.
 func failover(bin string, keep bool) error {
 	step("building the failover lab: client -- [front] -- gwa, gwb -- [back] -- be1, be2; gwa -- gwb sync link")
-	l, err := lab.New(lab.GatewayPair())
-	if err != nil {
-		return err
-	}
-	gw := map[string]*lab.Host{"a": l.Host("gwa"), "b": l.Host("gwb")}
-	client := l.Host("client")
 	dir, err := os.MkdirTemp("", "tandem-demo-")
 	if err != nil {
 		return err
 	}
-	daemons := map[string]*exec.Cmd{}
-	defer func() {
-		for _, c := range daemons {
-			c.Process.Kill()
-			c.Wait()
-		}
-		if keep {
-			fmt.Printf("lab kept: namespaces %s-*, daemon logs in %s\n", l.ID, dir)
-			return
-		}
-		for _, h := range gw {
-			h.Cmd(bin, "down", "--bpffs", h.BPFFS()).Run()
-		}
-		l.Close()
-		os.RemoveAll(dir)
-	}()
-	// Frames the gateways' XDP sends into their veths need XDP on the
-	// switch's ends.
-	pass, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+	p, err := gwpair.New(bin, dir, 50*time.Millisecond)
 	if err != nil {
 		return err
 	}
-	defer pass.Close()
-	var links []link.Link
+	l, gw, client := p.Lab, p.GW, p.Client
 	defer func() {
-		for _, x := range links {
-			x.Close()
+		if keep {
+			for _, d := range p.Daemons {
+				d.Kill()
+			}
+			fmt.Printf("lab kept: namespaces %s-*, daemon logs in %s\n", l.ID, dir)
+			return
 		}
+		p.Close()
+		os.RemoveAll(dir)
 	}()
-	for _, port := range []string{"af", "bf", "ab", "bb"} {
-		if err := l.Host("sw").Do(func() error {
-			i, err := net.InterfaceByName(port)
-			if err != nil {
-				return err
-			}
-			xl, err := link.AttachXDP(link.XDPOptions{Program: pass, Interface: i.Index})
-			if err == nil {
-				links = append(links, xl)
-			}
-			return err
-		}); err != nil {
-			return fmt.Errorf("XDP on the switch port %s: %w", port, err)
-		}
-	}
-	secret := filepath.Join(dir, "pair.key")
-	if err := os.WriteFile(secret, []byte("the demo pair's shared secret, 32+ bytes"), 0o600); err != nil {
-		return err
-	}
-	certs := filepath.Join(dir, "certs")
-	if err := syncer.MakeCerts(certs, map[string][]net.IP{"a": {net.IPv4(10, 79, 9, 1)}, "b": {net.IPv4(10, 79, 9, 2)}}, time.Hour); err != nil {
-		return err
-	}
-	args := func(g string) []string {
-		self, peer, prio, front := "10.79.9.1", "10.79.9.2", "200", "10.79.1.3"
-		if g == "b" {
-			self, peer, prio, front = "10.79.9.2", "10.79.9.1", "100", "10.79.1.2"
-		}
-		return []string{"up", "--bpffs", gw[g].BPFFS(), "--state-dir", filepath.Join(dir, "state-"+g),
-			"--proxy-iface", "eth0,eth1", "--proxy-secret", secret,
-			"--service", fvip + ":80=10.79.2.11:8080,10.79.2.12:8080",
-			"--vip-addr", fvip + "/24@eth0", "--vip-addr", finner + "/24@eth1",
-			"--vip-peer", peer + ":7401," + front + ":7401", "--vip-priority", prio, "--vip-interval", "50ms",
-			"--sync-role", "auto", "--sync-peer", peer + ":7400", "--sync-listen", self + ":7400",
-			"--sync-name", g, "--sync-certs", certs}
-	}
 	start := func(g string) error {
-		logf, err := os.Create(filepath.Join(dir, "gw"+g+".log"))
+		logf, err := os.OpenFile(filepath.Join(dir, "gw"+g+".log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 		if err != nil {
 			return err
 		}
-		cmd := gw[g].Cmd(bin, args(g)...)
-		cmd.Stdout, cmd.Stderr = logf, logf
-		if err := cmd.Start(); err != nil {
-			return err
-		}
-		daemons[g] = cmd
-		// Running before the next one starts: a host that starts alone
-		// and hears nobody takes the VIPs.
-		for t0 := time.Now(); time.Since(t0) < 30*time.Second; time.Sleep(20 * time.Millisecond) {
-			if b, _ := os.ReadFile(logf.Name()); bytes.Contains(b, []byte("daemon running")) {
-				return nil
-			}
-		}
-		return fmt.Errorf("the daemon on gw%s is not running after 30 s (log: %s)", g, logf.Name())
+		_, err = p.Start(g, logf)
+		return err
 	}
-	vipStatus := func(g string) (vip.Status, error) {
-		var st vip.Status
-		out, err := gw[g].Cmd(bin, "vip", "--json", "--state-dir", filepath.Join(dir, "state-"+g)).Output()
-		if err != nil {
-			return st, err
-		}
-		return st, json.Unmarshal(out, &st)
-	}
-	waitOwner := func(g string, caught string) (time.Duration, error) {
+	// waitOwner waits until g owns and every other running daemon has
+	// caught up.
+	waitOwner := func(g string) (time.Duration, error) {
 		t0 := time.Now()
-		for time.Since(t0) < 30*time.Second {
-			st, err := vipStatus(g)
-			ok := err == nil && st.Owner
-			if ok && caught != "" {
-				o, err := vipStatus(caught)
-				ok = err == nil && o.CaughtUp && !o.Owner
-			}
-			if ok {
-				return time.Since(t0), nil
-			}
-			time.Sleep(10 * time.Millisecond)
+		if err := gwpair.WaitFor(30*time.Second, "gw"+g+" owns the VIPs", func() (bool, string) { return p.Settled(g) }); err != nil {
+			return 0, fmt.Errorf("%w (logs in %s)", err, dir)
 		}
-		return 0, fmt.Errorf("gw%s does not own the VIPs after 30 s (logs in %s)", g, dir)
+		return time.Since(t0), nil
 	}
 	show := func(g string) {
-		cmd := gw[g].Cmd(bin, "vip", "--state-dir", filepath.Join(dir, "state-"+g))
-		out, _ := cmd.CombinedOutput()
+		r := p.Tandem(gw[g], "vip", "--state-dir", p.State[g])
 		fmt.Printf("    [gw%s] tandem vip\n", g)
-		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		for _, line := range strings.Split(strings.TrimSpace(r.Stdout+r.Stderr), "\n") {
 			fmt.Println("      " + line)
 		}
 	}
@@ -178,7 +87,7 @@ func failover(bin string, keep bool) error {
 	if err := start("b"); err != nil {
 		return err
 	}
-	if _, err := waitOwner("a", "b"); err != nil {
+	if _, err := waitOwner("a"); err != nil {
 		return err
 	}
 	show("a")
@@ -194,15 +103,14 @@ func failover(bin string, keep bool) error {
 	}
 	time.Sleep(200 * time.Millisecond) // the sync carries the entries to gwb
 	step("gwa dies: its daemon is SIGKILLed and its interfaces go down")
-	daemons["a"].Process.Kill()
-	daemons["a"].Wait()
-	delete(daemons, "a")
+	p.Daemons["a"].Kill()
+	delete(p.Daemons, "a")
 	for _, i := range []string{"eth0", "eth1"} {
 		if err := gw["a"].IP("link", "set", i, "down"); err != nil {
 			return err
 		}
 	}
-	took, err := waitOwner("b", "")
+	took, err := waitOwner("b")
 	if err != nil {
 		return err
 	}
@@ -231,7 +139,7 @@ func failover(bin string, keep bool) error {
 	if err := start("a"); err != nil {
 		return err
 	}
-	if _, err := waitOwner("b", "a"); err != nil {
+	if _, err := waitOwner("b"); err != nil {
 		return err
 	}
 	show("a")
@@ -241,7 +149,7 @@ func failover(bin string, keep bool) error {
 	if err != nil {
 		return err
 	}
-	cmd := gw["b"].Cmd(bin, "vip", "handover", "--state-dir", filepath.Join(dir, "state-b"))
+	cmd := gw["b"].Cmd(bin, "vip", "handover", "--state-dir", p.State["b"])
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stdout
 	if err := cmd.Run(); err != nil {
 		return fmt.Errorf("tandem vip handover: %w", err)
@@ -250,7 +158,7 @@ func failover(bin string, keep bool) error {
 		return fmt.Errorf("the connection across the handover: %w", err)
 	}
 	fmt.Println("    the connection across the handover: intact")
-	if _, err := waitOwner("a", "b"); err != nil {
+	if _, err := waitOwner("a"); err != nil {
 		return err
 	}
 	show("a")

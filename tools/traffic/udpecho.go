@@ -88,6 +88,7 @@ type Flood struct {
 	mu      sync.Mutex
 	seen    []bool
 	echoes  atomic.Uint64
+	dups    atomic.Uint64
 	sent    atomic.Uint64
 	stop    chan struct{}
 	stopped chan struct{}
@@ -188,9 +189,13 @@ func (f *Flood) receive() {
 		}
 		seq := binary.BigEndian.Uint64(buf)
 		f.mu.Lock()
-		if seq < uint64(len(f.seen)) && !f.seen[seq] {
-			f.seen[seq] = true
-			f.echoes.Add(1)
+		if seq < uint64(len(f.seen)) {
+			if f.seen[seq] {
+				f.dups.Add(1)
+			} else {
+				f.seen[seq] = true
+				f.echoes.Add(1)
+			}
 		}
 		f.mu.Unlock()
 	}
@@ -201,6 +206,25 @@ func (f *Flood) Sent() uint64 { return f.sent.Load() }
 
 // Echoes is how many distinct datagrams came back so far.
 func (f *Flood) Echoes() uint64 { return f.echoes.Load() }
+
+// Dups is how many echoes came back a second time (or more).
+func (f *Flood) Dups() uint64 { return f.dups.Load() }
+
+// MissingIn counts the datagrams with sequence numbers in [from, to) that
+// were sent and never echoed so far: the loss of one stretch of a running
+// flood.
+func (f *Flood) MissingIn(from, to uint64) uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	to = min(to, f.sent.Load(), uint64(len(f.seen)))
+	var n uint64
+	for i := from; i < to; i++ {
+		if !f.seen[i] {
+			n++
+		}
+	}
+	return n
+}
 
 // Result is a finished flood's account.
 type Result struct {
