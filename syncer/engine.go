@@ -159,6 +159,9 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 			return err
 		}
 	}
+	if len(e.order) == 0 && len(rescan) == 0 {
+		return nil // an idle tick: nothing to read or send
+	}
 	// Where a large share of a map changed, one batch scan of the map reads
 	// the values in far fewer syscalls than a lookup per entry.
 	perMap := map[uint32]int{}

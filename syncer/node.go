@@ -409,6 +409,9 @@ type dialResult struct {
 	err error
 }
 
+// standbyTick is the standby's drain interval at the shortest.
+const standbyTick = 100 * time.Millisecond
+
 func (n *Node) runStandby(ctx context.Context) error {
 	cfg, m := n.cfg, n.metrics
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -422,7 +425,11 @@ func (n *Node) runStandby(ctx context.Context) error {
 	n.log.Info("standby: accepting the primary", "listen", ln.Addr().String(), "last_applied", n.meta.LastApplied, "peer_generation", n.meta.PeerGeneration, "maps", n.status.Maps)
 	n.update(func(st *NodeStatus) { st.Listen = ln.Addr().String() })
 
-	tick := time.NewTicker(cfg.Interval)
+	// The standby sends nothing: it drains its own rings only so they
+	// never fill (its programs mark entries; the applier's writes do not),
+	// and counts. A tenth of a second is plenty for both, and an idle
+	// standby wakes ten times a second, not a hundred.
+	tick := time.NewTicker(max(cfg.Interval, standbyTick))
 	defer tick.Stop()
 	var applied, closed uint64
 	refused := make([]uint64, len(RefuseReasons))
