@@ -134,6 +134,8 @@ type Manager struct {
 	started   time.Time
 	st        Status
 	announces []time.Time
+	peerOwned bool // the peer said it owned at the last step
+	peerHeard bool // the peer was alive at the last step
 }
 
 // New checks cfg and opens the advert socket.
@@ -526,6 +528,23 @@ func (m *Manager) step(ctx context.Context, ticked bool) (retry time.Duration) {
 			}
 		}()
 	}
+	// A split brain settled in our favour: the peer announced the
+	// addresses too while it owned, and hosts that learned its MAC keep
+	// sending to it, and its closed gate, until their neighbour entries
+	// age out. Announce again, on the takeover's schedule, when the peer
+	// stops owning, and when it is heard again after a silence (it may
+	// have owned while we could not hear it, and let go before we heard
+	// it say so).
+	peerOwns := peer.Alive && peer.Owner
+	m.mu.Lock()
+	back := peer.Alive && !m.peerHeard
+	settled := (back || m.peerOwned && !peerOwns) && m.owner && !m.inherited && !m.yielding && owner && own
+	m.peerOwned, m.peerHeard = peerOwns, peer.Alive
+	m.mu.Unlock()
+	if settled {
+		m.log.Info("the peer is back or let go of the VIPs: announcing them again")
+		m.announceFrom(now)
+	}
 	m.reannounce(now)
 
 	m.mu.Lock()
@@ -635,17 +654,25 @@ func (m *Manager) takeover(why string) {
 	if err := m.cfg.Gate(true); err != nil {
 		m.log.Error("takeover: gate", "err", err)
 	}
-	m.announceAll()
 	m.mu.Lock()
 	m.owner, m.inherited = true, false
 	m.st.Why, m.st.Since, m.st.Takeovers = why, m.now(), m.st.Takeovers+1
+	m.mu.Unlock()
+	m.announceFrom(start)
+	m.log.Info("took the VIPs", "why", why, "took", m.now().Sub(start).Round(time.Microsecond))
+	m.wake() // tell the peer now, not at the next interval
+}
+
+// announceFrom announces the addresses now and schedules the rest of the
+// takeover's announcements from start.
+func (m *Manager) announceFrom(start time.Time) {
+	m.announceAll()
+	m.mu.Lock()
 	m.announces = nil
 	for _, d := range m.cfg.Announce[1:] {
 		m.announces = append(m.announces, start.Add(d))
 	}
 	m.mu.Unlock()
-	m.log.Info("took the VIPs", "why", why, "took", m.now().Sub(start).Round(time.Microsecond))
-	m.wake() // tell the peer now, not at the next interval
 }
 
 // release: gate, then addresses.

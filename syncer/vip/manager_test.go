@@ -259,3 +259,78 @@ func TestReceiveOverflow(t *testing.T) {
 	st := m.Status()
 	t.Logf("dropped %d, refused %d", st.Dropped, st.Refused)
 }
+
+// relay forwards datagrams between two Managers until cut: a path that a
+// test can partition and heal.
+type relay struct {
+	cut atomic.Bool
+}
+
+// link makes m send its adverts through a relay socket that forwards them
+// to peer's socket while r is not cut.
+func (r *relay) link(t *testing.T, m, peer *Manager) {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	m.peer = []*net.UDPAddr{c.LocalAddr().(*net.UDPAddr)}
+	go func() {
+		buf := make([]byte, 2*AdvertLen)
+		for {
+			n, _, err := c.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			if !r.cut.Load() {
+				c.WriteToUDP(buf[:n], peer.addr())
+			}
+		}
+	}()
+}
+
+// TestSplitBrainReannounce: after a split brain, the host that keeps the
+// VIPs announces them again (the loser announced them too while it
+// owned, and the neighbours that learned its MAC would keep sending to it
+// until their entries aged out); the loser announces nothing.
+func TestSplitBrainReannounce(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	a, ha := newTestManager(t, "a", "b", interval, nil)
+	b, hb := newTestManager(t, "b", "a", interval, nil)
+	a.cfg.Priority = 200
+	var announced [2]atomic.Int64
+	for i, h := range []*fakeHost{ha, hb} {
+		ops := h.ops()
+		ops.announce = func(Addr) error { announced[i].Add(1); return nil }
+		[]*Manager{a, b}[i].net = ops
+	}
+	// A short schedule: it runs out during the partition.
+	a.cfg.Announce = []time.Duration{0, interval}
+	b.cfg.Announce = a.cfg.Announce
+	var r relay
+	r.cut.Store(true)
+	r.link(t, a, b)
+	r.link(t, b, a)
+	run(t, a)
+	run(t, b)
+	wait := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !ok(); time.Sleep(interval / 5) {
+			if time.Now().After(deadline) {
+				t.Fatalf("after 10 s: %s: a %+v, b %+v", what, a.Status(), b.Status())
+			}
+		}
+	}
+	wait("both own while cut off", func() bool { return a.Status().Owner && b.Status().Owner })
+	time.Sleep(4 * interval) // past both schedules
+	beforeA, beforeB := announced[0].Load(), announced[1].Load()
+	r.cut.Store(false)
+	wait("b released", func() bool { return !b.Status().Owner && !hb.held.Load() && a.Status().Owner })
+	wait("a announced again", func() bool { return announced[0].Load() >= beforeA+2 })
+	time.Sleep(4 * interval)
+	if n := announced[1].Load() - beforeB; n != 0 {
+		t.Errorf("the host that released announced %d times after the heal; want 0", n)
+	}
+	t.Logf("after the heal: a announced %d times, b %d", announced[0].Load()-beforeA, announced[1].Load()-beforeB)
+}

@@ -43,13 +43,13 @@ var kinds = []kind{
 	{name: "cut-service", weight: 2, lose: never,
 		doc: "the switch drops every frame to and from one gateway's front or back port for 1-3 s (carrier stays up): connections through it stall and TCP retransmits afterwards"},
 	{name: "partition", weight: 1, lose: never,
-		doc: "both paths between the gateways cut for 1-3 s (sync link down, switch ports isolated from each other): both own; after the heal gwa keeps the VIPs by priority, and the connections are in both tables (left out by make soak until the owner that kept the VIPs announces them again after the heal)"},
+		doc: "both paths between the gateways cut for 1-3 s (sync link down, switch ports isolated from each other): both own; after the heal gwa keeps the VIPs by priority, and the connections are in both tables; the owner announces them again"},
 	{name: "handover", weight: 2, lose: never,
 		doc: "tandem vip handover on the owner (on the standby it is refused): a planned move that loses nothing"},
 	{name: "restart", weight: 1, lose: throughOwner,
 		doc: "SIGTERM of a daemon, tandem down, tandem up: the host's datapath and its connection table are removed while it still holds the VIP addresses (a stopped daemon's host is not taken over: its kernel answers the probe), so on the owner the connections through it are lost; on the standby nothing is (a full resync); left out by make soak until new connections on the lost ones' ports are not reset"},
 	{name: "down-live", weight: 1, lose: throughOwner,
-		doc: "tandem down under a running daemon, then tandem up: like restart, but the daemon sees its datapath vanish (left out by make soak until the daemon stops instead of re-attaching with new maps)"},
+		doc: "tandem down under a running daemon, then tandem up: like restart, but the daemon sees its datapath vanish (tandem down stops the daemon first)"},
 }
 
 func never(bool) loss { return lossNone }
