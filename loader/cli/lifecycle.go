@@ -21,7 +21,6 @@ import (
 
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/maps"
-	"github.com/tandem-net/tandem/syncer"
 )
 
 // startError is a daemon that could not start: up takes back what it
@@ -107,23 +106,8 @@ func upDaemon(env Env, f *upFlags, o loader.Options) error {
 // anything: certificates, secrets, the control group.
 func preflight(o loader.Options) error {
 	if o.Sync.Role != "" {
-		name := o.Sync.Name
-		if name == "" {
-			h, err := os.Hostname()
-			if err != nil {
-				return fmt.Errorf("sync: no --sync-name and no hostname: %w", err)
-			}
-			name = h
-		}
-		peer := o.Sync.PeerName
-		if peer == "" {
-			var err error
-			if peer, err = syncer.PeerName(o.Sync.Certs, name); err != nil {
-				return fmt.Errorf("sync: %w (create lab certificates with tandem certs --dir %s %s PEER, or name the peer with --sync-peer-name)", err, o.Sync.Certs, name)
-			}
-		}
-		if _, err := syncer.TLSConfig(o.Sync.Certs, name, peer); err != nil {
-			return fmt.Errorf("sync: %w (create lab certificates with tandem certs --dir %s %s)", err, o.Sync.Certs, name)
+		if _, _, _, _, err := syncTLS(o); err != nil {
+			return err
 		}
 	}
 	if len(o.Proxy.Ifaces) > 0 {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -92,26 +93,12 @@ func (d *syncd) apply(o loader.Options) error {
 	if o.Sync.Role == "" {
 		return nil
 	}
-	name := o.Sync.Name
-	if name == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			return fmt.Errorf("sync: no --sync-name and no hostname: %w", err)
-		}
-		name = h
-	}
-	peerName := o.Sync.PeerName
-	if peerName == "" {
-		// The lab layout of tandem certs: this host's and the peer's.
-		var err error
-		if peerName, err = syncer.PeerName(o.Sync.Certs, name); err != nil {
-			return fmt.Errorf("sync: %w", err)
-		}
-		d.log.Info("sync: the peer's certificate name is the other one in the certs directory; set --sync-peer-name to pin it", "peer_name", peerName, "certs", o.Sync.Certs)
-	}
-	tlsCfg, err := syncer.TLSConfig(o.Sync.Certs, name, peerName)
+	name, peerName, inferred, tlsCfg, err := syncTLS(o)
 	if err != nil {
-		return fmt.Errorf("sync: %w (create lab certificates with tandem certs --dir %s %s)", err, o.Sync.Certs, name)
+		return err
+	}
+	if inferred {
+		d.log.Info("sync: the peer's certificate name is the other one in the certs directory; set --sync-peer-name to pin it", "peer_name", peerName, "certs", o.Sync.Certs)
 	}
 	certEnd, caEnd, err := syncer.CertExpiry(o.Sync.Certs, name)
 	if err != nil {
@@ -356,3 +343,28 @@ func short(node string) string {
 }
 
 func syscallKill0(pid int) error { return syscall.Kill(pid, 0) }
+
+// syncTLS is the sync's TLS setup from o: this host's certificate name
+// (--sync-name, else the hostname), the peer's (--sync-peer-name, else
+// the one other host certificate in --sync-certs: inferred), and the
+// config that admits exactly that peer. Errors say how to fix them.
+func syncTLS(o loader.Options) (name, peer string, inferred bool, cfg *tls.Config, err error) {
+	name = o.Sync.Name
+	if name == "" {
+		if name, err = os.Hostname(); err != nil {
+			return "", "", false, nil, fmt.Errorf("sync: no --sync-name and no hostname: %w", err)
+		}
+	}
+	peer = o.Sync.PeerName
+	if peer == "" {
+		// The lab layout of tandem certs: this host's and the peer's.
+		if peer, err = syncer.PeerName(o.Sync.Certs, name); err != nil {
+			return "", "", false, nil, fmt.Errorf("sync: %w (create lab certificates with tandem certs --dir %s %s PEER, or name the peer with --sync-peer-name)", err, o.Sync.Certs, name)
+		}
+		inferred = true
+	}
+	if cfg, err = syncer.TLSConfig(o.Sync.Certs, name, peer); err != nil {
+		return "", "", false, nil, fmt.Errorf("sync: %w (create lab certificates with tandem certs --dir %s %s)", err, o.Sync.Certs, name)
+	}
+	return name, peer, inferred, cfg, nil
+}
