@@ -141,6 +141,24 @@ func (p *proxyLab) up(t testing.TB, extra ...string) {
 // client's bytes to EOF, answers with their SHA-256 and then xferBytes of
 // data seeded by that hash, and closes.
 func (p *proxyLab) serve(t testing.TB) {
+	p.serveWith(t, func(c net.Conn) {
+		accepted.Store(c.RemoteAddr().String(), c)
+		defer accepted.Delete(c.RemoteAddr().String())
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(60 * time.Second))
+		hs := sha256.New()
+		if _, err := io.Copy(hs, c); err != nil {
+			return
+		}
+		sum := hs.Sum(nil)
+		c.Write(sum)
+		io.Copy(c, io.LimitReader(seeded(sum), xferBytes))
+	})
+}
+
+// serveWith runs handle, on its own goroutine, for every connection a
+// backend accepts on backendPort, until the test ends.
+func (p *proxyLab) serveWith(t testing.TB, handle func(net.Conn)) {
 	t.Helper()
 	for _, h := range p.backends {
 		var ln net.Listener
@@ -157,19 +175,7 @@ func (p *proxyLab) serve(t testing.TB) {
 				if err != nil {
 					return
 				}
-				accepted.Store(c.RemoteAddr().String(), c)
-				go func() {
-					defer accepted.Delete(c.RemoteAddr().String())
-					defer c.Close()
-					c.SetDeadline(time.Now().Add(60 * time.Second))
-					hs := sha256.New()
-					if _, err := io.Copy(hs, c); err != nil {
-						return
-					}
-					sum := hs.Sum(nil)
-					c.Write(sum)
-					io.Copy(c, io.LimitReader(seeded(sum), xferBytes))
-				}()
+				go handle(c)
 			}
 		}()
 	}
@@ -1163,50 +1169,32 @@ func TestProxyReset(t *testing.T) {
 	// 'k' and reads until an error, which it reports; 'r', it answers 'k'
 	// and aborts; 'R', it sends 256 KiB and aborts.
 	backendErr := make(chan error, 16)
-	for _, h := range p.backends {
-		var ln net.Listener
-		if err := h.Do(func() (err error) {
-			ln, err = net.Listen("tcp", fmt.Sprintf("[::]:%d", backendPort))
-			return err
-		}); err != nil {
-			t.Fatal(err)
+	p.serveWith(t, func(c net.Conn) {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		cmd := make([]byte, 1)
+		if _, err := io.ReadFull(c, cmd); err != nil {
+			backendErr <- fmt.Errorf("read the command: %w", err)
+			return
 		}
-		t.Cleanup(func() { ln.Close() })
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					c.SetDeadline(time.Now().Add(30 * time.Second))
-					cmd := make([]byte, 1)
-					if _, err := io.ReadFull(c, cmd); err != nil {
-						backendErr <- fmt.Errorf("read the command: %w", err)
-						return
-					}
-					if _, err := c.Write([]byte("k")); err != nil {
-						backendErr <- err
-						return
-					}
-					switch cmd[0] {
-					case 'w':
-						_, err := io.Copy(io.Discard, c)
-						if err == nil {
-							err = io.EOF
-						}
-						backendErr <- err
-					case 'R':
-						c.Write(make([]byte, 256<<10))
-						fallthrough
-					case 'r':
-						c.(*net.TCPConn).SetLinger(0)
-					}
-				}()
+		if _, err := c.Write([]byte("k")); err != nil {
+			backendErr <- err
+			return
+		}
+		switch cmd[0] {
+		case 'w':
+			_, err := io.Copy(io.Discard, c)
+			if err == nil {
+				err = io.EOF
 			}
-		}()
-	}
+			backendErr <- err
+		case 'R':
+			c.Write(make([]byte, 256<<10))
+			fallthrough
+		case 'r':
+			c.(*net.TCPConn).SetLinger(0)
+		}
+	})
 	dial := func(vip netip.Addr, cmd byte) net.Conn {
 		t.Helper()
 		var c net.Conn
