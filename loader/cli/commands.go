@@ -442,13 +442,8 @@ func runUp(env Env, opts any, args []string) error {
 	if !f.once {
 		return upDaemon(env, f, o)
 	}
-	res, err := loader.Up(o)
-	if err != nil {
+	if _, err := applyUp(env, o); err != nil {
 		return err
-	}
-	printAttachments(env.Stdout, res.Attachments)
-	for _, r := range res.Removed {
-		fmt.Fprintf(env.Stdout, "removed %s (no longer configured)\n", r)
 	}
 	if o.Sync.Role != "" || o.MetricsAddr != "" {
 		fmt.Fprintln(env.Stdout, "note: --once runs no daemon, so no state sync and no metrics endpoint")
@@ -587,6 +582,19 @@ func daemon(env Env, f *upFlags, o loader.Options) error {
 			}
 		}
 	}
+}
+
+// applyUp runs loader.Up and prints what it attached and removed.
+func applyUp(env Env, o loader.Options) (*loader.Result, error) {
+	res, err := loader.Up(o)
+	if err != nil {
+		return nil, err
+	}
+	printAttachments(env.Stdout, res.Attachments)
+	for _, r := range res.Removed {
+		fmt.Fprintf(env.Stdout, "removed %s (no longer configured)\n", r)
+	}
+	return res, nil
 }
 
 func printAttachments(w io.Writer, as []*loader.Attachment) {

@@ -68,13 +68,9 @@ func upDaemon(env Env, f *upFlags, o loader.Options) error {
 		return err
 	}
 	defer unlockState()
-	res, err := loader.Up(o)
+	res, err := applyUp(env, o)
 	if err != nil {
 		return err
-	}
-	printAttachments(env.Stdout, res.Attachments)
-	for _, r := range res.Removed {
-		fmt.Fprintf(env.Stdout, "removed %s (no longer configured)\n", r)
 	}
 	if unlockRoot == nil {
 		if unlockRoot, err = loader.DaemonLock(root); err != nil {
@@ -137,13 +133,8 @@ func upUnderDaemon(env Env, o loader.Options) error {
 			return fmt.Errorf("the tandem daemon (pid %d) serving %s runs with another %s; that needs a restart of the daemon: stop it (kill -TERM %d; the datapath keeps running) and run this up again", pid, root, strings.Join(diff, ", "), pid)
 		}
 	}
-	res, err := loader.Up(o)
-	if err != nil {
+	if _, err := applyUp(env, o); err != nil {
 		return err
-	}
-	printAttachments(env.Stdout, res.Attachments)
-	for _, r := range res.Removed {
-		fmt.Fprintf(env.Stdout, "removed %s (no longer configured)\n", r)
 	}
 	who := "a tandem daemon"
 	if pid > 0 {
