@@ -76,18 +76,7 @@ type result struct {
 // tandem runs the tandem binary inside host h.
 func tandem(t testing.TB, h *lab.Host, args ...string) result {
 	t.Helper()
-	cmd := h.Cmd(testenv.Tandem(t), args...)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	r := result{stdout: out.String(), stderr: errb.String()}
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		r.code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatalf("run tandem %v: %v", args, err)
-	}
-	return r
+	return tandemEnv(t, h, nil, args...)
 }
 
 func mustTandem(t *testing.T, h *lab.Host, args ...string) result {
