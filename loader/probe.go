@@ -15,8 +15,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Feature is one kernel capability tandem may use.
-type Feature struct {
+// KernelFeature is one kernel capability tandem may use.
+type KernelFeature struct {
 	Name      string `json:"name"`
 	Available bool   `json:"available"`
 	Detail    string `json:"detail,omitempty"`  // why not, when not
@@ -77,16 +77,16 @@ func HaveXDPNative(ifname string) error {
 
 // Probe checks what tandem can use on this kernel. ifaces, if given, are
 // also checked for native XDP.
-func Probe(ifaces []string) []Feature {
-	res := func(name string, err error, required bool, without string) Feature {
-		f := Feature{Name: name, Available: err == nil, Required: required}
+func Probe(ifaces []string) []KernelFeature {
+	res := func(name string, err error, required bool, without string) KernelFeature {
+		f := KernelFeature{Name: name, Available: err == nil, Required: required}
 		if err != nil {
 			f.Detail = err.Error()
 			f.Without = without
 		}
 		return f
 	}
-	var out []Feature
+	var out []KernelFeature
 	out = append(out,
 		res("program type xdp", features.HaveProgramType(ebpf.XDP), true, "tandem cannot run"),
 		res("program type sched_cls", features.HaveProgramType(ebpf.SchedCLS), true, "tandem cannot run"),

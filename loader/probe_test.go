@@ -21,7 +21,7 @@ func TestProbeMatchesKernel(t *testing.T) {
 	if err != nil {
 		t.Fatalf("tandem probe: %v\n%s", err, out)
 	}
-	var feats []loader.Feature
+	var feats []loader.KernelFeature
 	if err := json.Unmarshal(out, &feats); err != nil {
 		t.Fatal(err)
 	}

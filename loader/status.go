@@ -140,11 +140,16 @@ func inspect(pins maps.Pins, entry, kind, ifname string) *Attachment {
 		a.Ifindex = iface.Index
 	}
 	path := pins.Attach(entry)
+	kind, a.Feature = splitKind(kind)
 	if isLinkKind(kind) {
 		a.Hook = "xdp"
 		if kind != KindXDP {
 			a.Hook = "tc-" + kind[len("tcx-"):]
 			a.Via = "tcx"
+		} else if ch, err := readChain(pins, ifname); err == nil {
+			a.Chain = ch
+		} else if !errors.Is(err, os.ErrNotExist) {
+			a.Problem = fmt.Sprintf("chain unreadable: %v", err)
 		}
 		l, err := link.LoadPinnedLink(path, nil)
 		if err != nil {
@@ -207,7 +212,7 @@ func inspect(pins maps.Pins, entry, kind, ifname string) *Attachment {
 		return a
 	}
 	defer t.Close()
-	id, err := findClsFilter(t, iface.Index, dir)
+	id, err := findClsFilter(t, iface.Index, dir, clsPrioOf(a.Feature))
 	switch {
 	case err != nil:
 		a.Problem = err.Error()
@@ -269,7 +274,11 @@ var embedded struct {
 }
 
 func readEmbeddedNames() (progs, pinned []string, err error) {
-	for _, load := range []func() (*ebpf.CollectionSpec, error){bpf.LoadVipgate, bpf.LoadSynctest, bpf.LoadSynproxy} {
+	loads := []func() (*ebpf.CollectionSpec, error){bpf.LoadChain}
+	for _, f := range registry {
+		loads = append(loads, f.Spec)
+	}
+	for _, load := range loads {
 		spec, err := load()
 		if err != nil {
 			return nil, nil, fmt.Errorf("read embedded programs: %w", err)
