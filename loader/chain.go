@@ -146,3 +146,39 @@ func readChain(pins maps.Pins, ifname string) ([]ChainStage, error) {
 	out = append(out, ChainStage{Slot: chain.Slots, Feature: "(stack)", Claimed: stats[chain.Slots].Claimed})
 	return out, nil
 }
+
+// chainProblem says what is wrong with an interface's chain: a slot the
+// entry runs that holds no program (its packets pass to the stack
+// unserved), or no chain at all behind a tandem XDP link. stages, when
+// read already, saves reading the maps again.
+func chainProblem(pins maps.Pins, ifname string, stages []ChainStage) string {
+	if stages == nil {
+		cm, err := chain.Open(pins, ifname)
+		if errors.Is(err, os.ErrNotExist) {
+			return "" // a link of a build before the chain
+		}
+		if err != nil {
+			return err.Error()
+		}
+		defer cm.Close()
+		info, err := cm.ReadInfo()
+		if err != nil {
+			return err.Error()
+		}
+		for slot := uint32(0); slot < chain.Slots; slot++ {
+			if info.Stages&(1<<slot) == 0 {
+				continue
+			}
+			var id uint32
+			if err := cm.Progs.Lookup(slot, &id); err != nil {
+				stages = append(stages, ChainStage{Slot: slot})
+			}
+		}
+	}
+	for _, s := range stages {
+		if s.Slot < chain.Slots && s.ProgID == 0 {
+			return fmt.Sprintf("chain slot %d (%s) is empty: its packets pass unserved; run tandem up again", s.Slot, s.Feature)
+		}
+	}
+	return ""
+}

@@ -357,7 +357,7 @@ func Up(o Options) (_ *Result, err error) {
 	for _, a := range res.Attachments {
 		want[a.Pin] = true
 		kind, ifname, _ := maps.SplitAttachName(a.Pin)
-		seen := inspect(o.Pins, a.Pin, kind, ifname)
+		seen := inspect(o.Pins, a.Pin, kind, ifname, true)
 		a.ProgID, a.LinkID, a.Prog, a.Problem, a.Chain = seen.ProgID, seen.LinkID, seen.Prog, seen.Problem, seen.Chain
 		log.Info("attached", "iface", a.Iface, "hook", a.Hook, "feature", a.Feature, "via", a.Via, "prog_id", a.ProgID, "note", a.Note)
 	}
@@ -446,7 +446,7 @@ func (o *Options) ExpectedPins() []string {
 // Check compares the datapath with o and lists what is wrong: attachments
 // missing or broken. Nothing wrong: an empty list.
 func Check(o Options) ([]string, error) {
-	as, err := readAttachments(o.Pins)
+	as, err := readAttachments(o.Pins, false)
 	if err != nil {
 		return nil, err
 	}

@@ -69,7 +69,7 @@ func ReadStatus(pins maps.Pins) (*Status, error) {
 		return st, nil
 	}
 	var err error
-	if st.Attachments, err = readAttachments(pins); err != nil {
+	if st.Attachments, err = readAttachments(pins, true); err != nil {
 		return nil, err
 	}
 	progNames, mapNames, err := embeddedNames()
@@ -133,7 +133,10 @@ func ReadStatus(pins maps.Pins) (*Status, error) {
 }
 
 // inspect checks one attachment entry against the kernel.
-func inspect(pins maps.Pins, entry, kind, ifname string) *Attachment {
+// full: also read the XDP chain's stages and counters (status); without
+// it only the chain's configured slots are checked (the daemon's periodic
+// check, which must stay cheap at rest).
+func inspect(pins maps.Pins, entry, kind, ifname string, full bool) *Attachment {
 	a := &Attachment{Pin: entry, Iface: ifname}
 	iface, ierr := net.InterfaceByName(ifname)
 	if ierr == nil {
@@ -146,10 +149,12 @@ func inspect(pins maps.Pins, entry, kind, ifname string) *Attachment {
 		if kind != KindXDP {
 			a.Hook = "tc-" + kind[len("tcx-"):]
 			a.Via = "tcx"
-		} else if ch, err := readChain(pins, ifname); err == nil {
-			a.Chain = ch
-		} else if !errors.Is(err, os.ErrNotExist) {
-			a.Problem = fmt.Sprintf("chain unreadable: %v", err)
+		} else if full {
+			if ch, err := readChain(pins, ifname); err == nil {
+				a.Chain = ch
+			} else if !errors.Is(err, os.ErrNotExist) {
+				a.Problem = fmt.Sprintf("chain unreadable: %v", err)
+			}
 		}
 		l, err := link.LoadPinnedLink(path, nil)
 		if err != nil {
@@ -183,7 +188,12 @@ func inspect(pins maps.Pins, entry, kind, ifname string) *Attachment {
 		case linkIfindex != iface.Index:
 			a.Problem = fmt.Sprintf("attached to ifindex %d, but %s is now ifindex %d; run tandem up again", linkIfindex, ifname, iface.Index)
 		}
-		a.Prog = progName(a.ProgID)
+		if a.Problem == "" && kind == KindXDP {
+			a.Problem = chainProblem(pins, ifname, a.Chain)
+		}
+		if full {
+			a.Prog = progName(a.ProgID)
+		}
 		return a
 	}
 	// cls_bpf: the pin is the program; the filter must still carry it.
@@ -237,9 +247,10 @@ func progName(id ebpf.ProgramID) string {
 	return info.Name
 }
 
-// readAttachments inspects every attachment pinned under the root: the
-// part of the status the daemon's periodic check needs, and cheap.
-func readAttachments(pins maps.Pins) ([]*Attachment, error) {
+// readAttachments inspects every attachment pinned under the root; not
+// full, it is the part of the status the daemon's periodic check needs,
+// and cheap.
+func readAttachments(pins maps.Pins, full bool) ([]*Attachment, error) {
 	entries, err := listAttach(pins)
 	if err != nil {
 		return nil, err
@@ -250,7 +261,7 @@ func readAttachments(pins maps.Pins) ([]*Attachment, error) {
 		if kind == KindClsactMarker {
 			continue
 		}
-		out = append(out, inspect(pins, e, kind, ifname))
+		out = append(out, inspect(pins, e, kind, ifname, full))
 	}
 	return out, nil
 }
