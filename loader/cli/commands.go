@@ -17,7 +17,6 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/syncer"
@@ -739,8 +738,8 @@ func runDump(env Env, opts any, args []string) error {
 		return err
 	}
 	var t *maps.Table
-	if args[0] == bpf.SynctestMapSyncTest {
-		if t, err = maps.DumpSyncTest(o.Pins); err != nil {
+	if dump := maps.Dumper(args[0]); dump != nil {
+		if t, err = dump(o.Pins); err != nil {
 			return err
 		}
 	} else {
