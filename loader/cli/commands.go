@@ -634,7 +634,10 @@ func runDown(env Env, opts any, args []string) error {
 	defer unlock()
 	res, err := loader.Down(o.Pins, logger(env.Stderr, f.verbose))
 	if res != nil {
-		if len(res.Detached)+len(res.Unpinned) == 0 && err == nil {
+		for _, r := range res.Restored {
+			fmt.Fprintf(env.Stdout, "restored sysctl %s (its value before up)\n", r)
+		}
+		if len(res.Detached)+len(res.Unpinned)+len(res.Restored) == 0 && err == nil {
 			fmt.Fprintf(env.Stdout, "nothing of tandem's is pinned under %s\n", o.Pins.Root)
 		} else {
 			fmt.Fprintf(env.Stdout, "detached %d attachment(s), unpinned %d object(s) under %s\n", len(res.Detached), len(res.Unpinned), o.Pins.Root)
