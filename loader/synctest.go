@@ -8,7 +8,12 @@ import (
 
 	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/maps"
+	"github.com/tandem-net/tandem/tools/synctest"
 )
+
+// The test program's map is registered here, with the lab-only code that
+// loads it, not in the production lists of the maps package.
+func init() { synctest.Register() }
 
 // upSyncTest loads the test-only synctest program (bpf/synctest.c) with
 // the shared sync maps pinned by name, gives every CPU its dirty ring, and
