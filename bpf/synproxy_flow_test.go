@@ -401,7 +401,7 @@ func TestSynproxyBackendFailures(t *testing.T) {
 	}
 	var deletes int
 	if _, err := p.sync.Drain(func(r *maps.SyncRec) {
-		if r.Op == uint32(bpf.SynctestSyncOpSYNC_OP_DELETE) {
+		if r.Op == uint32(bpf.SyncSyncOpSYNC_OP_DELETE) {
 			deletes++
 		}
 	}); err != nil {

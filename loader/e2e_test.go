@@ -110,7 +110,8 @@ func vipCounters(t *testing.T, h *lab.Host, vip netip.Addr) loader.VIPStatus {
 	return loader.VIPStatus{}
 }
 
-// An XDP chain adds its stages ("xdp@eth0#3" for slot 3); the chain's
+// progIDs lists the attached programs by attachment pin. An XDP chain
+// adds its stages ("xdp@eth0#3" for slot 3); the chain's
 // entry stays when up swaps stages in their slots, so it is listed under
 // its own key ("xdp@eth0#entry") and left out of "every program replaced"
 // checks (stageIDs).

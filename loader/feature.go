@@ -21,6 +21,12 @@ type Feature struct {
 	// Name identifies the feature in pins ("tcx-ingress:gate@eth0"),
 	// status and errors.
 	Name string
+	// File is the feature's C source under bpf/ ("vipgate.c"), for probe
+	// and errors.
+	File string
+	// TestOnly: loaded by tests and labs only, never needed in production
+	// (tandem probe does not require what it uses).
+	TestOnly bool
 	// Slot is the feature's stage in the XDP chain (chain.Slot*): the
 	// order packets meet the features.
 	Slot uint32

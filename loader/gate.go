@@ -18,6 +18,7 @@ import (
 func init() {
 	Register(&Feature{
 		Name:   "gate",
+		File:   "vipgate.c",
 		Slot:   chain.SlotGate,
 		Spec:   bpf.LoadVipgate,
 		XDP:    bpf.VipgateProgXdpVipgate,

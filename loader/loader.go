@@ -534,6 +534,7 @@ func detach(pins maps.Pins, entry string) error {
 type DownResult struct {
 	Detached []string
 	Unpinned []string
+	Restored []string // sysctls put back to their value before up, as path=value
 	Left     []string // entries under the root that tandem did not make
 }
 
@@ -582,6 +583,12 @@ func down(pins maps.Pins, log *slog.Logger) (*DownResult, error) {
 		res.Detached = append(res.Detached, e)
 		log.Info("detached", "attachment", e)
 	}
+	// After the detach: no program runs on without what it relied on.
+	restored, err := restoreSysctls(pins)
+	res.Restored = restored
+	if err != nil {
+		errs = append(errs, err)
+	}
 	progs, pinned, err := embeddedNames()
 	if err != nil {
 		return nil, err
@@ -603,7 +610,7 @@ func down(pins maps.Pins, log *slog.Logger) (*DownResult, error) {
 	for _, name := range pinned {
 		res.Unpinned = append(res.Unpinned, removePin(pins.Map(name), &errs)...)
 	}
-	for _, d := range []string{pins.AttachDir(), pins.ProgsDir(), pins.MapsDir(), pins.Root} {
+	for _, d := range []string{pins.AttachDir(), pins.ProgsDir(), pins.MapsDir(), sysctlDir(pins), pins.Root} {
 		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
 			des, _ := os.ReadDir(d)
 			for _, x := range des {

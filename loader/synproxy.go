@@ -161,6 +161,7 @@ func (o *Options) validateProxy() []error {
 func init() {
 	Register(&Feature{
 		Name:   "synproxy",
+		File:   "synproxy.c",
 		Slot:   chain.SlotSynproxy,
 		Spec:   bpf.LoadSynproxy,
 		XDP:    bpf.SynproxyProgXdpSynproxy,
@@ -230,9 +231,9 @@ func setupSynproxy(o *Options, coll *ebpf.Collection) error {
 		// A translated segment the program leaves to the kernel (no
 		// neighbour entry yet, after a takeover above all) has the VIP
 		// as its source: the host holding the VIP would drop it as a
-		// martian without accept_local.
-		if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+name+"/accept_local", []byte("1"), 0o644); err != nil {
-			return fmt.Errorf("--proxy-iface %s: set accept_local: %w", name, err)
+		// martian without accept_local (down restores it).
+		if err := setSysctl(o.Pins, "net/ipv4/conf/"+name+"/accept_local", "1"); err != nil {
+			return fmt.Errorf("--proxy-iface %s: %w", name, err)
 		}
 	}
 	return nil

@@ -8,8 +8,6 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
-
-	"github.com/tandem-net/tandem/bpf"
 )
 
 // Table is a map rendered as rows for `tandem dump`: Columns name the
@@ -31,10 +29,35 @@ func (t *Table) add(rec map[string]any) {
 	t.Records = append(t.Records, rec)
 }
 
-// Dumpable lists the map names Dump accepts.
+// Add appends one record (column name -> value) as a row.
+func (t *Table) Add(rec map[string]any) { t.add(rec) }
+
+// Dumpable lists the map names `tandem dump` accepts: the VIP gate's,
+// which Dump renders, and those registered with RegisterDump.
 func Dumpable() []string {
-	return []string{MapVIPGate, MapVIPStats, MapStats, bpf.SynctestMapSyncTest}
+	out := []string{MapVIPGate, MapVIPStats, MapStats}
+	for name := range dumpers {
+		out = append(out, name)
+	}
+	slices.Sort(out[3:])
+	return out
 }
+
+// dumpers render maps that are not the VIP gate's, by name.
+var dumpers = map[string]func(Pins) (*Table, error){}
+
+// RegisterDump makes `tandem dump name` render the map with fn. It is
+// meant for init functions: the test-only synctest program registers its
+// sync_test map this way, so the production lists do not name it.
+func RegisterDump(name string, fn func(Pins) (*Table, error)) {
+	if slices.Contains([]string{MapVIPGate, MapVIPStats, MapStats}, name) {
+		panic("maps: RegisterDump " + name + ": the VIP gate's map")
+	}
+	dumpers[name] = fn
+}
+
+// Dumper returns the function registered for name, or nil.
+func Dumper(name string) func(Pins) (*Table, error) { return dumpers[name] }
 
 // Dump renders the named map.
 func (m *VIPMaps) Dump(name string) (*Table, error) {

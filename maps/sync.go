@@ -1,12 +1,10 @@
 package maps
 
 import (
-	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -15,16 +13,17 @@ import (
 	"github.com/tandem-net/tandem/bpf"
 )
 
-// Types of the sync plumbing, generated from bpf/include/sync.h's BTF.
+// Types of the sync plumbing, generated from bpf/include/sync.h's BTF
+// through bpf/sync.c, the object that holds only the shared sync maps.
 type (
-	SyncHdr = bpf.SynctestSyncHdr
-	SyncRec = bpf.SynctestSyncRec
-	SyncOp  = bpf.SynctestSyncOp
+	SyncHdr = bpf.SyncSyncHdr
+	SyncRec = bpf.SyncSyncRec
+	SyncOp  = bpf.SyncSyncOp
 )
 
 const (
-	SyncUpsert = bpf.SynctestSyncOpSYNC_OP_UPSERT
-	SyncDelete = bpf.SynctestSyncOpSYNC_OP_DELETE
+	SyncUpsert = bpf.SyncSyncOpSYNC_OP_UPSERT
+	SyncDelete = bpf.SyncSyncOpSYNC_OP_DELETE
 )
 
 // SyncMaps are the maps every program that replicates state shares:
@@ -213,10 +212,26 @@ type SyncedMap struct {
 }
 
 // Synced lists every registered map. A daemon replicates those that are
-// pinned (their program is loaded) and ignores the rest.
+// pinned (their program is loaded) and ignores the rest. Maps of test-only
+// programs are not listed here: their code adds them with RegisterSynced.
 var Synced = []SyncedMap{
-	{ID: uint32(bpf.SynctestSyncMapIdSYNC_MAP_TEST), Name: bpf.SynctestMapSyncTest},
 	{ID: uint32(bpf.SynproxySyncMapIdSYNC_MAP_CONN), Name: bpf.SynproxyMapSpConns},
+}
+
+// RegisterSynced adds m to Synced, once. It is meant for init functions
+// (the test-only synctest program registers its map this way); it panics
+// when m's id or name is already taken by another map, since map ids are
+// part of the wire protocol.
+func RegisterSynced(m SyncedMap) {
+	for _, r := range Synced {
+		if r == m {
+			return
+		}
+		if r.ID == m.ID || r.Name == m.Name {
+			panic(fmt.Sprintf("maps: synced map %s (id %d) clashes with %s (id %d)", m.Name, m.ID, r.Name, r.ID))
+		}
+	}
+	Synced = append(Synced, m)
 }
 
 // DefaultRingBytes is each CPU's dirty ring: 64-byte records, so 65536
@@ -229,11 +244,11 @@ func RingSpec(bytes uint32) (*ebpf.MapSpec, error) {
 	if bytes < page || bytes&(bytes-1) != 0 {
 		return nil, fmt.Errorf("dirty ring of %d bytes: want a power of two of at least %d (the page size)", bytes, page)
 	}
-	spec, err := bpf.LoadSynctest()
+	spec, err := bpf.LoadSync()
 	if err != nil {
 		return nil, err
 	}
-	inner := spec.Maps[bpf.SynctestMapSyncRings].InnerMap.Copy()
+	inner := spec.Maps[bpf.SyncMapSyncRings].InnerMap.Copy()
 	inner.MaxEntries = bytes
 	return inner, nil
 }
@@ -243,9 +258,9 @@ func RingSpec(bytes uint32) (*ebpf.MapSpec, error) {
 func OpenSyncMaps(pins Pins) (*SyncMaps, error) {
 	s := &SyncMaps{}
 	for name, dst := range map[string]**ebpf.Map{
-		bpf.SynctestMapSyncRings:    &s.Rings,
-		bpf.SynctestMapSyncEpoch:    &s.Epoch,
-		bpf.SynctestMapSyncOverflow: &s.Overflow,
+		bpf.SyncMapSyncRings:    &s.Rings,
+		bpf.SyncMapSyncEpoch:    &s.Epoch,
+		bpf.SyncMapSyncOverflow: &s.Overflow,
 	} {
 		m, err := ebpf.LoadPinnedMap(pins.Map(name), nil)
 		if err != nil {
@@ -330,52 +345,4 @@ func OpenSynced(pins Pins) (map[SyncedMap]*SyncedObjects, error) {
 		}
 	}
 	return out, nil
-}
-
-// SyncTestEntry is one entry of the test program's sync_test map, without
-// the queued epoch: that is each host's own business, so a primary's
-// entries and its standby's are equal when their states are.
-type SyncTestEntry struct {
-	Key                     uint32
-	Version, Value, Updates uint64
-}
-
-// ReadSyncTest reads a sync_test map with batch lookups, in key order.
-func ReadSyncTest(m *ebpf.Map) ([]SyncTestEntry, error) {
-	var all []SyncTestEntry
-	keys := make([]uint32, 4096)
-	vals := make([]bpf.SynctestSynctestVal, 4096)
-	var c ebpf.MapBatchCursor
-	for {
-		n, err := m.BatchLookup(&c, keys, vals, nil)
-		for i := range n {
-			all = append(all, SyncTestEntry{keys[i], vals[i].Sync.Version, vals[i].Value, vals[i].Updates})
-		}
-		if errors.Is(err, ebpf.ErrKeyNotExist) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("read %s: %w", bpf.SynctestMapSyncTest, err)
-		}
-	}
-	slices.SortFunc(all, func(a, b SyncTestEntry) int { return cmp.Compare(a.Key, b.Key) })
-	return all, nil
-}
-
-// DumpSyncTest renders the test program's sync_test map in key order.
-func DumpSyncTest(pins Pins) (*Table, error) {
-	m, err := ebpf.LoadPinnedMap(pins.Map(bpf.SynctestMapSyncTest), nil)
-	if err != nil {
-		return nil, fmt.Errorf("open %s: %w (is tandem up with --sync-test-iface?)", pins.Map(bpf.SynctestMapSyncTest), err)
-	}
-	defer m.Close()
-	all, err := ReadSyncTest(m)
-	if err != nil {
-		return nil, err
-	}
-	t := &Table{Map: bpf.SynctestMapSyncTest, Columns: []string{"key", "version", "value", "updates"}}
-	for _, e := range all {
-		t.add(map[string]any{"key": e.Key, "version": e.Version, "value": e.Value, "updates": e.Updates})
-	}
-	return t, nil
 }

@@ -22,9 +22,9 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/tandem-net/tandem/bpf"
-	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/syncer"
 	"github.com/tandem-net/tandem/tools/lab"
+	"github.com/tandem-net/tandem/tools/synctest"
 	"github.com/tandem-net/tandem/tools/testenv"
 )
 
@@ -237,10 +237,10 @@ func (p *daemonPair) syncMap(host string) *ebpf.Map {
 	return m
 }
 
-// batchDump reads a whole sync_test map (maps.ReadSyncTest) as key ->
+// batchDump reads a whole sync_test map (synctest.Read) as key ->
 // version, value, updates.
 func batchDump(m *ebpf.Map) (map[uint32][3]uint64, error) {
-	all, err := maps.ReadSyncTest(m)
+	all, err := synctest.Read(m)
 	if err != nil {
 		return nil, err
 	}

@@ -65,7 +65,7 @@ Commands that write:
 Commands that read:
   status    what is attached where, program ids, map fill, counters
   dump      print one pinned map as a table (or JSON)
-  probe     which kernel features tandem can use here, and its fallbacks
+  probe     check that this kernel has what tandem needs (exit 1 when not)
   version   tandem's version and build
 
 Run 'tandem COMMAND --help' for a command's flags and examples.

@@ -17,7 +17,6 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/syncer"
@@ -212,11 +211,14 @@ A daemon serving --bpffs is stopped first (SIGTERM; down waits up to
 what down removes. Then down detaches every program tandem attached (XDP
 and TCX links, its own cls_bpf filters, and a clsact qdisc only if tandem
 created it and no other filter is on it), then unpins tandem's programs and maps and removes the empty
-directories. Anything else under --bpffs is left alone and listed. Running
+directories. It also puts back every sysctl up changed
+(net.ipv4.conf.IFACE.accept_local on --proxy-iface interfaces) to the
+value it had before the first up; an interface that is gone by then is
+skipped. Anything else under --bpffs is left alone and listed. Running
 down when nothing is up is not an error. Counters are lost.
 
-cls_bpf filters are per network namespace: run down in the namespace
-where up ran.`,
+cls_bpf filters and sysctls are per network namespace: run down in the
+namespace where up ran.`,
 		examples: "  tandem down\n  tandem down --bpffs /sys/fs/bpf/tandem-lab\n  tandem down --stop-timeout 30s\n",
 		flags: func(fs *pflag.FlagSet) any {
 			f := &upFlags{rootFlags: addRootFlags(fs)}
@@ -259,12 +261,18 @@ The same maps carry BTF, so bpftool shows their field names too:
 		name:    "probe",
 		summary: "report which kernel features tandem can use here and its fallbacks",
 		long: `
-Tries each feature tandem uses (program and map types, helpers, XDP and TCX
-links, batch map operations, kernel BTF, bpffs) by loading or attaching a
-trivial program, and says what tandem does where one is missing. With
---iface, also tests native XDP on those interfaces (a program that passes
-every frame is attached for a moment). Exit status 1 when a required
-feature is missing.`,
+Tries each kernel feature tandem uses by loading or attaching a trivial
+program, never by reading the kernel version: every program type, helper
+and map type the embedded programs use (read from the programs
+themselves), loops, program size, instruction set, global data, BTF, XDP
+links, bpffs, and the optional TCX links, batch map operations and kernel
+BTF. One line per feature: ok or missing, and which programs (or which part
+of tandem) need it. With --iface, also tests native XDP on those interfaces
+(a program that passes every frame is attached for a moment).
+
+Exit status 0 when everything required is there (missing optional features
+are warnings, with the fallback tandem takes), 1 when something required
+is missing: tandem needs Linux ` + loader.MinKernel + ` or later, run as root.`,
 		examples: "  tandem probe\n  tandem probe -i eth0 --json\n",
 		flags: func(fs *pflag.FlagSet) any {
 			f := &probeFlags{}
@@ -635,7 +643,10 @@ func runDown(env Env, opts any, args []string) error {
 	defer unlock()
 	res, err := loader.Down(o.Pins, logger(env.Stderr, f.verbose))
 	if res != nil {
-		if len(res.Detached)+len(res.Unpinned) == 0 && err == nil {
+		for _, r := range res.Restored {
+			fmt.Fprintf(env.Stdout, "restored sysctl %s (its value before up)\n", r)
+		}
+		if len(res.Detached)+len(res.Unpinned)+len(res.Restored) == 0 && err == nil {
 			fmt.Fprintf(env.Stdout, "nothing of tandem's is pinned under %s\n", o.Pins.Root)
 		} else {
 			fmt.Fprintf(env.Stdout, "detached %d attachment(s), unpinned %d object(s) under %s\n", len(res.Detached), len(res.Unpinned), o.Pins.Root)
@@ -739,8 +750,8 @@ func runDump(env Env, opts any, args []string) error {
 		return err
 	}
 	var t *maps.Table
-	if args[0] == bpf.SynctestMapSyncTest {
-		if t, err = maps.DumpSyncTest(o.Pins); err != nil {
+	if dump := maps.Dumper(args[0]); dump != nil {
+		if t, err = dump(o.Pins); err != nil {
 			return err
 		}
 	} else {
@@ -769,10 +780,10 @@ func runProbe(env Env, opts any, args []string) error {
 		return usagef("unexpected argument %q", args[0])
 	}
 	feats := loader.Probe(f.ifaces)
-	missing := 0
+	var missing []string
 	for _, x := range feats {
 		if x.Required && !x.Available {
-			missing++
+			missing = append(missing, x.Name)
 		}
 	}
 	if f.json {
@@ -781,23 +792,35 @@ func runProbe(env Env, opts any, args []string) error {
 		}
 	} else {
 		tw := tabwriter.NewWriter(env.Stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "FEATURE\tAVAILABLE\tWITHOUT IT")
+		fmt.Fprintln(tw, "FEATURE\tSTATUS\tNEEDED BY")
 		for _, x := range feats {
-			yes := "yes"
-			if !x.Available {
-				yes = "no"
+			st := "ok"
+			switch {
+			case !x.Available && x.Required:
+				st = "MISSING"
+			case !x.Available:
+				st = "missing (optional)"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\n", x.Name, yes, x.Without)
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", x.Name, st, x.NeededBy)
 		}
 		tw.Flush()
 		for _, x := range feats {
-			if x.Detail != "" {
+			switch {
+			case !x.Available && x.Required:
+				fmt.Fprintf(env.Stdout, "missing: %s: %s; %s\n", x.Name, x.Detail, x.Without)
+			case !x.Available:
+				fmt.Fprintf(env.Stdout, "warning: %s: %s; without it %s\n", x.Name, x.Detail, x.Without)
+			case x.Detail != "":
 				fmt.Fprintf(env.Stdout, "note: %s: %s\n", x.Name, x.Detail)
 			}
 		}
 	}
-	if missing > 0 {
-		return fmt.Errorf("%d required feature(s) missing; tandem cannot run on this kernel (run as root? see the list above)", missing)
+	switch {
+	case len(missing) > 0 && missing[0] == "privileges":
+		return fmt.Errorf("%w; without privileges the kernel refuses %d of the checks", loader.ErrPrivileges, len(missing)-1)
+	case len(missing) > 0:
+		return fmt.Errorf("%d required feature(s) missing (%s): tandem cannot run on this kernel; run it on Linux %s or later",
+			len(missing), strings.Join(missing, ", "), loader.MinKernel)
 	}
 	return nil
 }

@@ -1,0 +1,75 @@
+package loader
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/tandem-net/tandem/maps"
+)
+
+// TestSysctlRecord: the first change records the original, later ones
+// never overwrite it, a value that needs no change records nothing, and
+// restore puts back every original (spaces and '=' included) and drops
+// the records; a sysctl gone by then is skipped.
+func TestSysctlRecord(t *testing.T) {
+	dir := t.TempDir()
+	old := procSys
+	procSys = filepath.Join(dir, "proc")
+	t.Cleanup(func() { procSys = old })
+	pins := maps.Pins{Root: filepath.Join(dir, "root")}
+	write := func(path, v string) {
+		t.Helper()
+		full := filepath.Join(procSys, path)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(v+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(path string) string {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(procSys, path))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	const local, tcp, same, gone = "net/ipv4/conf/eth0.5/accept_local", "net/ipv4/tcp_rmem", "net/ipv4/conf/eth1/accept_local", "net/ipv4/conf/veth9/accept_local"
+	write(local, "0")
+	write(tcp, "4096 a=b 6291456")
+	write(same, "1")
+	write(gone, "0")
+	for _, s := range []struct{ path, v string }{{local, "1"}, {local, "1"}, {tcp, "1 2 3"}, {same, "1"}, {gone, "1"}} {
+		if err := setSysctl(pins, s.path, s.v); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(s.path); got != s.v && got != s.v+"\n" {
+			t.Fatalf("%s = %q after set, want %q", s.path, got, s.v)
+		}
+	}
+	recs, err := sysctlRecords(pins)
+	if err != nil || len(recs) != 3 {
+		t.Fatalf("records %+v, %v: want local, tcp and gone, once each", recs, err)
+	}
+	os.RemoveAll(filepath.Dir(filepath.Join(procSys, gone))) // the interface went away
+	restored, err := restoreSysctls(pins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(restored)
+	if want := []string{local + "=0", tcp + "=4096 a=b 6291456"}; !slices.Equal(restored, want) {
+		t.Errorf("restored %q, want %q", restored, want)
+	}
+	if got := read(local); got != "0" {
+		t.Errorf("%s = %q after restore, want 0", local, got)
+	}
+	if got := read(tcp); got != "4096 a=b 6291456" {
+		t.Errorf("%s = %q after restore", tcp, got)
+	}
+	if des, _ := os.ReadDir(sysctlDir(pins)); len(des) != 0 {
+		t.Errorf("records left after restore: %v", des)
+	}
+}
