@@ -48,6 +48,11 @@ type Feature struct {
 	// Prepare sets load-time constants and map sizes before anything is
 	// loaded; nil: nothing to set.
 	Prepare func(o *Options, spec *ebpf.CollectionSpec) error
+	// Synced lists the feature's maps the state sync replicates (their
+	// ids are enum sync_map_id in bpf/include/sync.h: the wire protocol).
+	Synced []maps.SyncedMap
+	// Dumps are the feature's maps `tandem dump NAME` renders.
+	Dumps map[string]func(maps.Pins) (*maps.Table, error)
 	// Setup fills the feature's maps once its shared part is loaded:
 	// coll holds the maps and every program but the XDP stage (which is
 	// loaded once per interface, with that interface's chain).
@@ -65,6 +70,12 @@ func Register(f *Feature) {
 	}
 	if f.Slot >= chain.Slots {
 		panic(fmt.Sprintf("feature %s: chain slot %d, at most %d", f.Name, f.Slot, chain.Slots-1))
+	}
+	for _, m := range f.Synced {
+		maps.RegisterSynced(m)
+	}
+	for name, fn := range f.Dumps {
+		maps.RegisterDump(name, fn)
 	}
 	registry = append(registry, f)
 	slices.SortStableFunc(registry, func(a, b *Feature) int { return int(a.Slot) - int(b.Slot) })
@@ -206,5 +217,3 @@ func pinnedMapNames() ([]string, error) {
 	}
 	return out, nil
 }
-
-var _ = maps.Pins{}

@@ -170,6 +170,7 @@ func init() {
 			return true, map[Direction]string{Ingress: bpf.SynproxyProgTcSynproxy}
 		},
 		Validate: func(o *Options) []error { return o.validateProxy() },
+		Synced:   []maps.SyncedMap{{ID: uint32(bpf.SynproxySyncMapIdSYNC_MAP_CONN), Name: bpf.SynproxyMapSpConns}},
 		Prepare:  prepareRings(bpf.SynproxyMapSyncRings),
 		Setup:    setupSynproxy,
 	})
