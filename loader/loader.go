@@ -217,7 +217,22 @@ func Undo(o Options, res *Result) error {
 			}
 		}
 	}
+	errs = append(errs, unpinOrphanChains(o.Pins))
 	return errors.Join(errs...)
+}
+
+// unpinOrphanChains drops the chain maps of interfaces that have no XDP
+// link pinned any more (a rolled-back up made them).
+func unpinOrphanChains(pins maps.Pins) error {
+	entries, err := listAttach(pins)
+	if err != nil {
+		return err
+	}
+	have := map[string]bool{}
+	for _, e := range entries {
+		have[e] = true
+	}
+	return unpinStaleChains(pins, have)
 }
 
 // PinnedMapIDs maps each map pinned under the root to its id: a daemon
@@ -301,6 +316,9 @@ func Up(o Options) (_ *Result, err error) {
 					log.Warn("roll back", "attachment", a.Pin, "err", derr)
 				}
 			}
+		}
+		if derr := unpinOrphanChains(o.Pins); derr != nil {
+			log.Warn("roll back", "chains", o.Pins.Root, "err", derr)
 		}
 		if fresh {
 			if _, derr := down(o.Pins, log); derr != nil {
