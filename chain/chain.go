@@ -58,8 +58,10 @@ func (m *Maps) byName() map[string]**ebpf.Map {
 	return map[string]**ebpf.Map{MapProgs: &m.Progs, MapCtx: &m.Ctx, MapStats: &m.Stats, MapInfo: &m.Info}
 }
 
-// NewMaps creates a fresh set of chain maps. The counters of keep, when
-// given, carry over, so a root swap does not reset what status shows.
+// NewMaps creates a fresh set of chain maps. The counters map of keep,
+// when given, is shared (not copied): a root swap does not reset what
+// status shows, and what the old chain still counts while its last
+// packets drain is kept.
 func NewMaps(keep *Maps) (*Maps, error) {
 	spec, err := bpf.LoadChain()
 	if err != nil {

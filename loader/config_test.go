@@ -169,4 +169,13 @@ func TestExpectedPins(t *testing.T) {
 	if got := strings.Join(o.ExpectedPins(), " "); got != "xdp@eth0 tcx-ingress:gate@eth0 tcx-ingress:synproxy@eth0 tcx-egress:gate@eth0 xdp@eth1 tcx-ingress:synproxy@eth1" {
 		t.Errorf("tc gate+proxy: %s", got)
 	}
+	// ... which Validate refuses: the gate would judge after the proxy.
+	o.Proxy.SecretFile = "/dev/null"
+	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "interface eth0: --ingress tc would run the VIP gate after") {
+		t.Errorf("--ingress tc with the proxy on the gate's interface: %v", err)
+	}
+	o.Proxy.Ifaces = []string{"eth1"}
+	if err := o.Validate(); err != nil {
+		t.Errorf("--ingress tc, the proxy on its own interface: %v", err)
+	}
 }

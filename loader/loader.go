@@ -131,6 +131,15 @@ func (o *Options) Validate() error {
 			errs = append(errs, f.Validate(o)...)
 		}
 	}
+	if o.Ingress == IngressTC {
+		// The gate's verdict must come before every feature's: on TC
+		// ingress it would run after the XDP stages of the others.
+		for _, p := range o.plan() {
+			if len(p.tc[Ingress]) > 0 && len(p.stages) > 0 && p.tc[Ingress][0].Name == "gate" {
+				errs = append(errs, fmt.Errorf("interface %s: --ingress tc would run the VIP gate after the XDP stages of %s; use --ingress xdp (the default) on an interface that carries other features", p.name, p.stages[0].Name))
+			}
+		}
+	}
 	if o.Sync.Role != "" {
 		oneOf("sync-role", o.Sync.Role, SyncPrimary, SyncStandby, SyncAuto)
 	}
