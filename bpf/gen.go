@@ -8,6 +8,7 @@
 package bpf
 
 //go:generate go tool bpf2go -go-package bpf -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type vip_key -type vip_entry -type vip_counters -type stat_reason Vipgate vipgate.c
+//go:generate go tool bpf2go -go-package bpf -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel -type chain_ctx -type chain_stat -type chain_info Chain chain.c
 //go:generate go tool bpf2go -go-package bpf -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel Csumtest csumtest.c
 //go:generate go tool bpf2go -go-package bpf -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -target bpfel -type sync_op Sync sync.c
 //go:generate go tool bpf2go -go-package bpf -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -target bpfel -type sync_hdr -type synctest_val -type sync_op -type synctest_op Synctest synctest.c

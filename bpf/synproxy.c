@@ -31,6 +31,7 @@
 #include "include/sync.h"
 #include "include/cookie.h"
 #include "include/gate.h"
+#include "include/chain.h"
 
 #define TCPOPT_EOL 0
 #define TCPOPT_NOP 1
@@ -1908,11 +1909,14 @@ __attribute__((noinline)) int icmp_err(struct xdp_md *ctx, struct pkt *p)
 	return fwd_xdp(ctx, ioff, v4, osrc, odst, p->vlan_depth);
 }
 
+/* xdp_synproxy is the SYN proxy's stage of the XDP chain (slot 3). It
+ * reads the frame the chain's entry parsed, claims what is the proxy's (a
+ * service's segments, a proxied flow's segments and ICMP errors) and
+ * passes everything else to the next stage. */
 SEC("xdp")
 int xdp_synproxy(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	struct chain_ctx *c = chain_get();
 	struct scratch *scr = scratch(0);
 	struct fwd_job *j;
 	struct svc_val *svc;
@@ -1923,16 +1927,23 @@ int xdp_synproxy(struct xdp_md *ctx)
 	/* The parsed packet and the keys live in scratch memory: the
 	 * deepest call chain under this frame needs almost all of the
 	 * 512-byte stack on verifiers that round frames up (before 6.8). */
-	if (!scr)
+	if (!scr || !c)
 		return XDP_PASS;
+	if (c->parsed != PARSE_IP)
+		return chain_next(ctx, c, STAGE_SYNPROXY); /* the gate judges what is not ours */
 	p = &scr->p;
+	*p = c->p;
 	sk = &scr->sk;
-	if (parse_frame(p, data, data_end) != PARSE_IP)
-		return XDP_PASS; /* the gate judges what is not ours */
-	if ((p->l4_proto == IPPROTO_ICMP && p->eth_proto == ETH_P_IP) || (p->l4_proto == IPPROTO_ICMPV6 && p->eth_proto == ETH_P_IPV6))
-		return p->frag ? XDP_PASS : icmp_err(ctx, p);
+	if ((p->l4_proto == IPPROTO_ICMP && p->eth_proto == ETH_P_IP) || (p->l4_proto == IPPROTO_ICMPV6 && p->eth_proto == ETH_P_IPV6)) {
+		if (p->frag)
+			return chain_next(ctx, c, STAGE_SYNPROXY);
+		r = icmp_err(ctx, p);
+		if (r == XDP_PASS)
+			return chain_next(ctx, c, STAGE_SYNPROXY);
+		return chain_claim(STAGE_SYNPROXY, r);
+	}
 	if (p->l4_proto != IPPROTO_TCP)
-		return XDP_PASS;
+		return chain_next(ctx, c, STAGE_SYNPROXY);
 	__builtin_memset(sk, 0, sizeof(*sk));
 	__builtin_memcpy(sk->addr, p->daddr, 16);
 	sk->port = p->dport;
@@ -1944,30 +1955,41 @@ int xdp_synproxy(struct xdp_md *ctx)
 		 * fragmented, and TCP with DF never needs to be). */
 		if (p->frag == 1 && svc) {
 			sp_count(SP_FRAGMENT);
-			return XDP_DROP;
+			return chain_claim(STAGE_SYNPROXY, XDP_DROP);
 		}
-		return XDP_PASS;
+		return chain_next(ctx, c, STAGE_SYNPROXY);
 	}
 	if (!svc) {
 		r = from_backend(ctx, p, scr);
+		if (r == XDP_PASS)
+			return chain_next(ctx, c, STAGE_SYNPROXY);
 	} else {
 		/* A VIP under election is served only by its owner: the
 		 * other host drops what reaches it (a stale neighbour entry),
-		 * and the client's retransmission finds the owner. */
-		struct vip_entry *ve = bpf_map_lookup_elem(&vip_gate, sk->addr);
+		 * and the client's retransmission finds the owner. With the
+		 * gate before this stage the gate has decided already; on an
+		 * interface without it, the proxy asks the gate map itself. */
+		struct vip_entry *ve;
 
-		if (ve && !ve->owned) {
+		if (c->vip == CHAIN_VIP_NOT_OWNED) {
 			sp_count(SP_NOT_OWNER);
-			return XDP_DROP;
+			return chain_claim(STAGE_SYNPROXY, XDP_DROP);
+		}
+		if (c->vip == CHAIN_VIP_UNKNOWN) {
+			ve = bpf_map_lookup_elem(&vip_gate, sk->addr);
+			if (ve && !ve->owned) {
+				sp_count(SP_NOT_OWNER);
+				return chain_claim(STAGE_SYNPROXY, XDP_DROP);
+			}
 		}
 		r = from_client(ctx, p, svc, scr);
 	}
 	if (r != FWD_PENDING)
-		return r;
+		return chain_claim(STAGE_SYNPROXY, r);
 	j = &scr->job;
 	if (j->opts && xlate_opts(ctx, j->where, j->tsval_add, j->tsecr_add, j->sack_add))
-		return XDP_DROP;
-	return fwd_xdp(ctx, j->l3_off, j->v4, j->saddr, j->daddr, j->vlan_depth);
+		return chain_claim(STAGE_SYNPROXY, XDP_DROP);
+	return chain_claim(STAGE_SYNPROXY, fwd_xdp(ctx, j->l3_off, j->v4, j->saddr, j->daddr, j->vlan_depth));
 }
 
 /* ---- TC ingress: the backend's SYN-ACK ---------------------------------- */

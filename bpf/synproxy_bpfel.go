@@ -26,6 +26,68 @@ type SynproxyBackendKey struct {
 	Idx uint32
 }
 
+type SynproxyChainAbi uint32
+
+const (
+	SynproxyChainAbiCHAIN_ABI SynproxyChainAbi = 1
+)
+
+type SynproxyChainCtx struct {
+	_ structs.HostLayout
+	P struct {
+		_         structs.HostLayout
+		L3Off     uint16
+		L4Off     uint16
+		EthProto  uint16
+		L4Proto   uint8
+		Frag      uint8
+		VlanDepth uint16
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		L4Len     uint16
+		Pad       uint16
+	}
+	_      [2]byte
+	Parsed int32
+	Stages uint32
+	Vip    uint32
+	Pad    uint32
+}
+
+type SynproxyChainInfo struct {
+	_      structs.HostLayout
+	Abi    uint32
+	Stages uint32
+}
+
+type SynproxyChainStage uint32
+
+const (
+	SynproxyChainStageSTAGE_GATE     SynproxyChainStage = 0
+	SynproxyChainStageSTAGE_MIGRATE  SynproxyChainStage = 1
+	SynproxyChainStageSTAGE_ESP      SynproxyChainStage = 2
+	SynproxyChainStageSTAGE_SYNPROXY SynproxyChainStage = 3
+	SynproxyChainStageSTAGE_SYNCTEST SynproxyChainStage = 7
+	SynproxyChainStageSTAGE_END      SynproxyChainStage = 8
+)
+
+type SynproxyChainStat struct {
+	_       structs.HostLayout
+	Claimed uint64
+	Missed  uint64
+}
+
+type SynproxyChainVip uint32
+
+const (
+	SynproxyChainVipCHAIN_VIP_UNKNOWN   SynproxyChainVip = 0
+	SynproxyChainVipCHAIN_VIP_NONE      SynproxyChainVip = 1
+	SynproxyChainVipCHAIN_VIP_OWNED     SynproxyChainVip = 2
+	SynproxyChainVipCHAIN_VIP_NOT_OWNED SynproxyChainVip = 3
+)
+
 type SynproxyConnKey struct {
 	_     structs.HostLayout
 	Caddr [16]uint8
@@ -283,6 +345,10 @@ type SynproxyVipKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	SynproxyMapChainCtxMap       = "chain_ctx_map"
+	SynproxyMapChainInfoMap      = "chain_info_map"
+	SynproxyMapChainProgs        = "chain_progs"
+	SynproxyMapChainStats        = "chain_stats"
 	SynproxyMapSpBackendRev      = "sp_backend_rev"
 	SynproxyMapSpBackends        = "sp_backends"
 	SynproxyMapSpConns           = "sp_conns"
@@ -309,6 +375,9 @@ const (
 	SynproxyVarCfgSynTries       = "cfg_syn_tries"
 	SynproxyVarCfgTouchNs        = "cfg_touch_ns"
 	SynproxyVarCfgWscale         = "cfg_wscale"
+	SynproxyVarChainAbiLayout    = "chain_abi_layout"
+	SynproxyVarChainStageLayout  = "chain_stage_layout"
+	SynproxyVarChainVipLayout    = "chain_vip_layout"
 	SynproxyVarConnStateLayout   = "conn_state_layout"
 	SynproxyVarSpStatLayout      = "sp_stat_layout"
 	SynproxyVarSyncMapIdLayout   = "sync_map_id_layout"
@@ -368,6 +437,10 @@ type SynproxyProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SynproxyMapSpecs struct {
+	ChainCtxMap   *ebpf.MapSpec `ebpf:"chain_ctx_map"`
+	ChainInfoMap  *ebpf.MapSpec `ebpf:"chain_info_map"`
+	ChainProgs    *ebpf.MapSpec `ebpf:"chain_progs"`
+	ChainStats    *ebpf.MapSpec `ebpf:"chain_stats"`
 	SpBackendRev  *ebpf.MapSpec `ebpf:"sp_backend_rev"`
 	SpBackends    *ebpf.MapSpec `ebpf:"sp_backends"`
 	SpConns       *ebpf.MapSpec `ebpf:"sp_conns"`
@@ -388,17 +461,20 @@ type SynproxyMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SynproxyVariableSpecs struct {
-	CfgChallengeNs  *ebpf.VariableSpec `ebpf:"cfg_challenge_ns"`
-	CfgMss4         *ebpf.VariableSpec `ebpf:"cfg_mss4"`
-	CfgMss6         *ebpf.VariableSpec `ebpf:"cfg_mss6"`
-	CfgSynRetryNs   *ebpf.VariableSpec `ebpf:"cfg_syn_retry_ns"`
-	CfgSynTries     *ebpf.VariableSpec `ebpf:"cfg_syn_tries"`
-	CfgTouchNs      *ebpf.VariableSpec `ebpf:"cfg_touch_ns"`
-	CfgWscale       *ebpf.VariableSpec `ebpf:"cfg_wscale"`
-	ConnStateLayout *ebpf.VariableSpec `ebpf:"conn_state_layout"`
-	SpStatLayout    *ebpf.VariableSpec `ebpf:"sp_stat_layout"`
-	SyncMapIdLayout *ebpf.VariableSpec `ebpf:"sync_map_id_layout"`
-	SyncRecLayout   *ebpf.VariableSpec `ebpf:"sync_rec_layout"`
+	CfgChallengeNs   *ebpf.VariableSpec `ebpf:"cfg_challenge_ns"`
+	CfgMss4          *ebpf.VariableSpec `ebpf:"cfg_mss4"`
+	CfgMss6          *ebpf.VariableSpec `ebpf:"cfg_mss6"`
+	CfgSynRetryNs    *ebpf.VariableSpec `ebpf:"cfg_syn_retry_ns"`
+	CfgSynTries      *ebpf.VariableSpec `ebpf:"cfg_syn_tries"`
+	CfgTouchNs       *ebpf.VariableSpec `ebpf:"cfg_touch_ns"`
+	CfgWscale        *ebpf.VariableSpec `ebpf:"cfg_wscale"`
+	ChainAbiLayout   *ebpf.VariableSpec `ebpf:"chain_abi_layout"`
+	ChainStageLayout *ebpf.VariableSpec `ebpf:"chain_stage_layout"`
+	ChainVipLayout   *ebpf.VariableSpec `ebpf:"chain_vip_layout"`
+	ConnStateLayout  *ebpf.VariableSpec `ebpf:"conn_state_layout"`
+	SpStatLayout     *ebpf.VariableSpec `ebpf:"sp_stat_layout"`
+	SyncMapIdLayout  *ebpf.VariableSpec `ebpf:"sync_map_id_layout"`
+	SyncRecLayout    *ebpf.VariableSpec `ebpf:"sync_rec_layout"`
 }
 
 // SynproxyObjects contains all objects after they have been loaded into the kernel.
@@ -421,6 +497,10 @@ func (o *SynproxyObjects) Close() error {
 //
 // It can be passed to LoadSynproxyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SynproxyMaps struct {
+	ChainCtxMap   *ebpf.Map `ebpf:"chain_ctx_map"`
+	ChainInfoMap  *ebpf.Map `ebpf:"chain_info_map"`
+	ChainProgs    *ebpf.Map `ebpf:"chain_progs"`
+	ChainStats    *ebpf.Map `ebpf:"chain_stats"`
 	SpBackendRev  *ebpf.Map `ebpf:"sp_backend_rev"`
 	SpBackends    *ebpf.Map `ebpf:"sp_backends"`
 	SpConns       *ebpf.Map `ebpf:"sp_conns"`
@@ -439,6 +519,10 @@ type SynproxyMaps struct {
 
 func (m *SynproxyMaps) Close() error {
 	return _SynproxyClose(
+		m.ChainCtxMap,
+		m.ChainInfoMap,
+		m.ChainProgs,
+		m.ChainStats,
 		m.SpBackendRev,
 		m.SpBackends,
 		m.SpConns,
@@ -460,17 +544,20 @@ func (m *SynproxyMaps) Close() error {
 //
 // It can be passed to LoadSynproxyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SynproxyVariables struct {
-	CfgChallengeNs  *ebpf.Variable `ebpf:"cfg_challenge_ns"`
-	CfgMss4         *ebpf.Variable `ebpf:"cfg_mss4"`
-	CfgMss6         *ebpf.Variable `ebpf:"cfg_mss6"`
-	CfgSynRetryNs   *ebpf.Variable `ebpf:"cfg_syn_retry_ns"`
-	CfgSynTries     *ebpf.Variable `ebpf:"cfg_syn_tries"`
-	CfgTouchNs      *ebpf.Variable `ebpf:"cfg_touch_ns"`
-	CfgWscale       *ebpf.Variable `ebpf:"cfg_wscale"`
-	ConnStateLayout *ebpf.Variable `ebpf:"conn_state_layout"`
-	SpStatLayout    *ebpf.Variable `ebpf:"sp_stat_layout"`
-	SyncMapIdLayout *ebpf.Variable `ebpf:"sync_map_id_layout"`
-	SyncRecLayout   *ebpf.Variable `ebpf:"sync_rec_layout"`
+	CfgChallengeNs   *ebpf.Variable `ebpf:"cfg_challenge_ns"`
+	CfgMss4          *ebpf.Variable `ebpf:"cfg_mss4"`
+	CfgMss6          *ebpf.Variable `ebpf:"cfg_mss6"`
+	CfgSynRetryNs    *ebpf.Variable `ebpf:"cfg_syn_retry_ns"`
+	CfgSynTries      *ebpf.Variable `ebpf:"cfg_syn_tries"`
+	CfgTouchNs       *ebpf.Variable `ebpf:"cfg_touch_ns"`
+	CfgWscale        *ebpf.Variable `ebpf:"cfg_wscale"`
+	ChainAbiLayout   *ebpf.Variable `ebpf:"chain_abi_layout"`
+	ChainStageLayout *ebpf.Variable `ebpf:"chain_stage_layout"`
+	ChainVipLayout   *ebpf.Variable `ebpf:"chain_vip_layout"`
+	ConnStateLayout  *ebpf.Variable `ebpf:"conn_state_layout"`
+	SpStatLayout     *ebpf.Variable `ebpf:"sp_stat_layout"`
+	SyncMapIdLayout  *ebpf.Variable `ebpf:"sync_map_id_layout"`
+	SyncRecLayout    *ebpf.Variable `ebpf:"sync_rec_layout"`
 }
 
 // SynproxyPrograms contains all programs after they have been loaded into the kernel.

@@ -13,6 +13,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/chain"
 	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/tools/bench"
 	"github.com/tandem-net/tandem/tools/fixture"
@@ -66,9 +67,13 @@ func loadSynproxyWith(t testing.TB, consts map[string]any, tweaks ...func(*ebpf.
 	inner := spec.Maps[bpf.SynproxyMapSyncRings].InnerMap
 	inner.MaxEntries = 1 << 16
 	var objs bpf.SynproxyObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+	cm := newChainMaps(t)
+	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: cm.Replacements(spec)}); err != nil {
 		t.Fatalf("load (the verifier must accept every program): %+v", err)
 	}
+	// The proxy's XDP program is a stage: tests run it behind the
+	// chain's entry, as an interface runs it.
+	objs.XdpSynproxy = singleStage(t, cm, chain.SlotSynproxy, objs.XdpSynproxy)
 	p := &proxy{objs: &objs, m: maps.SynproxyMapsOf(&objs.SynproxyMaps),
 		sync: &maps.SyncMaps{Rings: objs.SyncRings, Epoch: objs.SyncEpoch, Overflow: objs.SyncOverflow}}
 	if err := p.sync.SetupRings(inner); err != nil {

@@ -12,6 +12,7 @@
 #include "include/common.h"
 #include "include/parse.h"
 #include "include/gate.h"
+#include "include/chain.h"
 
 enum gate_mode {
 	GATE_MONITOR = 0,
@@ -62,8 +63,9 @@ struct {
 enum verdict { V_PASS, V_DROP };
 
 /* gate_ingress judges one parsed ingress frame; both the XDP and the TC ingress
- * program call it so the two hooks cannot disagree. */
-static __always_inline enum verdict gate_ingress(struct pkt *p, int parsed, __u64 len)
+ * program call it so the two hooks cannot disagree. *vip tells the stages
+ * after the gate what it decided (enum chain_vip). */
+static __always_inline enum verdict gate_ingress(struct pkt *p, int parsed, __u64 len, __u32 *vip)
 {
 	struct vip_counters *vc;
 	struct vip_entry *ve;
@@ -79,11 +81,13 @@ static __always_inline enum verdict gate_ingress(struct pkt *p, int parsed, __u6
 
 	ve = bpf_map_lookup_elem(&vip_gate, p->daddr);
 	if (!ve) {
+		*vip = CHAIN_VIP_NONE;
 		count_percpu(&stats, STAT_PASS_NON_VIP, 1);
 		return V_PASS;
 	}
 	vc = bpf_map_lookup_elem(&vip_stats, &ve->index);
 	if (!ve->owned) {
+		*vip = CHAIN_VIP_NOT_OWNED;
 		if (vc)
 			vc->drop_not_owner++;
 		if (cfg_gate_mode == GATE_ENFORCE) {
@@ -93,6 +97,7 @@ static __always_inline enum verdict gate_ingress(struct pkt *p, int parsed, __u6
 		count_percpu(&stats, STAT_PASS_NOT_OWNER, 1);
 		return V_PASS;
 	}
+	*vip = CHAIN_VIP_OWNED;
 	if (vc) {
 		vc->rx_packets++;
 		vc->rx_bytes += len;
@@ -101,16 +106,19 @@ static __always_inline enum verdict gate_ingress(struct pkt *p, int parsed, __u6
 	return V_PASS;
 }
 
+/* xdp_vipgate is the gate's stage of the XDP chain (slot 0: its verdict
+ * holds for every feature after it). It reads the frame the chain's entry
+ * parsed; what it lets through goes on to the next stage. */
 SEC("xdp")
 int xdp_vipgate(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct pkt p;
+	struct chain_ctx *c = chain_get();
 
-	if (gate_ingress(&p, parse_frame(&p, data, data_end), data_end - data) == V_DROP)
-		return XDP_DROP;
-	return XDP_PASS;
+	if (!c)
+		return XDP_PASS;
+	if (gate_ingress(&c->p, c->parsed, ctx->data_end - ctx->data, &c->vip) == V_DROP)
+		return chain_claim(STAGE_GATE, XDP_DROP);
+	return chain_next(ctx, c, STAGE_GATE);
 }
 
 /* TC programs see only the linear part of an skb. When the headers the
@@ -131,8 +139,9 @@ SEC("tc")
 int tc_vipgate_ingress(struct __sk_buff *skb)
 {
 	struct pkt p;
+	__u32 vip;
 
-	if (gate_ingress(&p, parse_skb(&p, skb), skb->len) == V_DROP)
+	if (gate_ingress(&p, parse_skb(&p, skb), skb->len, &vip) == V_DROP)
 		return TC_ACT_SHOT;
 	return TC_NEXT;
 }

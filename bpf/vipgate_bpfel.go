@@ -13,6 +13,68 @@ import (
 	"github.com/cilium/ebpf"
 )
 
+type VipgateChainAbi uint32
+
+const (
+	VipgateChainAbiCHAIN_ABI VipgateChainAbi = 1
+)
+
+type VipgateChainCtx struct {
+	_ structs.HostLayout
+	P struct {
+		_         structs.HostLayout
+		L3Off     uint16
+		L4Off     uint16
+		EthProto  uint16
+		L4Proto   uint8
+		Frag      uint8
+		VlanDepth uint16
+		Saddr     [16]uint8
+		Daddr     [16]uint8
+		Sport     uint16
+		Dport     uint16
+		L4Len     uint16
+		Pad       uint16
+	}
+	_      [2]byte
+	Parsed int32
+	Stages uint32
+	Vip    uint32
+	Pad    uint32
+}
+
+type VipgateChainInfo struct {
+	_      structs.HostLayout
+	Abi    uint32
+	Stages uint32
+}
+
+type VipgateChainStage uint32
+
+const (
+	VipgateChainStageSTAGE_GATE     VipgateChainStage = 0
+	VipgateChainStageSTAGE_MIGRATE  VipgateChainStage = 1
+	VipgateChainStageSTAGE_ESP      VipgateChainStage = 2
+	VipgateChainStageSTAGE_SYNPROXY VipgateChainStage = 3
+	VipgateChainStageSTAGE_SYNCTEST VipgateChainStage = 7
+	VipgateChainStageSTAGE_END      VipgateChainStage = 8
+)
+
+type VipgateChainStat struct {
+	_       structs.HostLayout
+	Claimed uint64
+	Missed  uint64
+}
+
+type VipgateChainVip uint32
+
+const (
+	VipgateChainVipCHAIN_VIP_UNKNOWN   VipgateChainVip = 0
+	VipgateChainVipCHAIN_VIP_NONE      VipgateChainVip = 1
+	VipgateChainVipCHAIN_VIP_OWNED     VipgateChainVip = 2
+	VipgateChainVipCHAIN_VIP_NOT_OWNED VipgateChainVip = 3
+)
+
 type VipgateGateMode uint32
 
 const (
@@ -57,6 +119,10 @@ type VipgateVipKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
+	VipgateMapChainCtxMap       = "chain_ctx_map"
+	VipgateMapChainInfoMap      = "chain_info_map"
+	VipgateMapChainProgs        = "chain_progs"
+	VipgateMapChainStats        = "chain_stats"
 	VipgateMapStats             = "stats"
 	VipgateMapVipGate           = "vip_gate"
 	VipgateMapVipStats          = "vip_stats"
@@ -64,6 +130,9 @@ const (
 	VipgateProgTcVipgateIngress = "tc_vipgate_ingress"
 	VipgateProgXdpVipgate       = "xdp_vipgate"
 	VipgateVarCfgGateMode       = "cfg_gate_mode"
+	VipgateVarChainAbiLayout    = "chain_abi_layout"
+	VipgateVarChainStageLayout  = "chain_stage_layout"
+	VipgateVarChainVipLayout    = "chain_vip_layout"
 )
 
 // LoadVipgate returns the embedded CollectionSpec for Vipgate.
@@ -117,16 +186,23 @@ type VipgateProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type VipgateMapSpecs struct {
-	Stats    *ebpf.MapSpec `ebpf:"stats"`
-	VipGate  *ebpf.MapSpec `ebpf:"vip_gate"`
-	VipStats *ebpf.MapSpec `ebpf:"vip_stats"`
+	ChainCtxMap  *ebpf.MapSpec `ebpf:"chain_ctx_map"`
+	ChainInfoMap *ebpf.MapSpec `ebpf:"chain_info_map"`
+	ChainProgs   *ebpf.MapSpec `ebpf:"chain_progs"`
+	ChainStats   *ebpf.MapSpec `ebpf:"chain_stats"`
+	Stats        *ebpf.MapSpec `ebpf:"stats"`
+	VipGate      *ebpf.MapSpec `ebpf:"vip_gate"`
+	VipStats     *ebpf.MapSpec `ebpf:"vip_stats"`
 }
 
 // VipgateVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type VipgateVariableSpecs struct {
-	CfgGateMode *ebpf.VariableSpec `ebpf:"cfg_gate_mode"`
+	CfgGateMode      *ebpf.VariableSpec `ebpf:"cfg_gate_mode"`
+	ChainAbiLayout   *ebpf.VariableSpec `ebpf:"chain_abi_layout"`
+	ChainStageLayout *ebpf.VariableSpec `ebpf:"chain_stage_layout"`
+	ChainVipLayout   *ebpf.VariableSpec `ebpf:"chain_vip_layout"`
 }
 
 // VipgateObjects contains all objects after they have been loaded into the kernel.
@@ -149,13 +225,21 @@ func (o *VipgateObjects) Close() error {
 //
 // It can be passed to LoadVipgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type VipgateMaps struct {
-	Stats    *ebpf.Map `ebpf:"stats"`
-	VipGate  *ebpf.Map `ebpf:"vip_gate"`
-	VipStats *ebpf.Map `ebpf:"vip_stats"`
+	ChainCtxMap  *ebpf.Map `ebpf:"chain_ctx_map"`
+	ChainInfoMap *ebpf.Map `ebpf:"chain_info_map"`
+	ChainProgs   *ebpf.Map `ebpf:"chain_progs"`
+	ChainStats   *ebpf.Map `ebpf:"chain_stats"`
+	Stats        *ebpf.Map `ebpf:"stats"`
+	VipGate      *ebpf.Map `ebpf:"vip_gate"`
+	VipStats     *ebpf.Map `ebpf:"vip_stats"`
 }
 
 func (m *VipgateMaps) Close() error {
 	return _VipgateClose(
+		m.ChainCtxMap,
+		m.ChainInfoMap,
+		m.ChainProgs,
+		m.ChainStats,
 		m.Stats,
 		m.VipGate,
 		m.VipStats,
@@ -166,7 +250,10 @@ func (m *VipgateMaps) Close() error {
 //
 // It can be passed to LoadVipgateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type VipgateVariables struct {
-	CfgGateMode *ebpf.Variable `ebpf:"cfg_gate_mode"`
+	CfgGateMode      *ebpf.Variable `ebpf:"cfg_gate_mode"`
+	ChainAbiLayout   *ebpf.Variable `ebpf:"chain_abi_layout"`
+	ChainStageLayout *ebpf.Variable `ebpf:"chain_stage_layout"`
+	ChainVipLayout   *ebpf.Variable `ebpf:"chain_vip_layout"`
 }
 
 // VipgatePrograms contains all programs after they have been loaded into the kernel.

@@ -12,6 +12,7 @@ import (
 	"github.com/gopacket/gopacket/layers"
 
 	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/chain"
 	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/tools/fixture"
 	"github.com/tandem-net/tandem/tools/testenv"
@@ -27,6 +28,30 @@ var (
 	macA, _    = net.ParseMAC("02:00:00:00:00:0a")
 	macB, _    = net.ParseMAC("02:00:00:00:00:0b")
 )
+
+// newChainMaps makes one chain's maps, closed with the test.
+func newChainMaps(t testing.TB) *chain.Maps {
+	t.Helper()
+	cm, err := chain.NewMaps(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cm.Close)
+	return cm
+}
+
+// singleStage puts stage in slot of cm and returns the chain's entry,
+// which runs it; the entry is closed with the test, the stage is held by
+// the chain.
+func singleStage(t testing.TB, cm *chain.Maps, slot uint32, stage *ebpf.Program) *ebpf.Program {
+	t.Helper()
+	entry, err := chain.Single(cm, slot, stage)
+	if err != nil {
+		t.Fatalf("chain: %+v", err)
+	}
+	t.Cleanup(func() { entry.Close() })
+	return entry
+}
 
 // loadVipgate loads the programs unpinned, with the given gate mode and
 // the fixture VIPs in the gate.
@@ -44,10 +69,14 @@ func loadVipgate(t testing.TB, mode maps.GateMode) (*bpf.VipgateObjects, *maps.V
 		t.Fatal(err)
 	}
 	var objs bpf.VipgateObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+	cm := newChainMaps(t)
+	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{MapReplacements: cm.Replacements(spec)}); err != nil {
 		t.Fatalf("load (the verifier must accept every program): %+v", err)
 	}
 	t.Cleanup(func() { objs.Close() })
+	// The gate's XDP program is a stage: tests run it as an interface
+	// runs it, behind the chain's entry.
+	objs.XdpVipgate = singleStage(t, cm, chain.SlotGate, objs.XdpVipgate)
 	vm := &maps.VIPMaps{Gate: objs.VipGate, Counters: objs.VipStats, Stats: objs.Stats}
 	if err := vm.SetVIPs(map[netip.Addr]bool{vipOwned: true, vipStandby: false, vip6: true}); err != nil {
 		t.Fatal(err)

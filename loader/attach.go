@@ -29,12 +29,45 @@ const (
 	KindClsactMarker = "clsact" // directory: tandem created the clsact qdisc
 )
 
-// tandem's cls_bpf filters are known by this priority and handle, so `down`
-// removes its own filter and never another tool's.
+// tandem's cls_bpf filters are known by their handle and priorities, so
+// `down` removes its own filters and never another tool's. Each feature
+// has its own priority, clsPrioBase plus its chain slot: on one hook the
+// features run in chain order (a lower priority runs first), as in XDP.
+// clsPrio is the one priority of builds before the chain; their filters
+// are found and replaced by it.
 const (
-	clsPrio   = 0x7a6d
-	clsHandle = 0x7a6d
+	clsPrio     = 0x7a6d
+	clsPrioBase = 0x7a60
+	clsHandle   = 0x7a6d
 )
+
+// tcKind is the attachment kind of a feature's TC program:
+// "tcx-ingress:synproxy", "cls-egress:gate" (bpffs refuses dots in names).
+func tcKind(tcx bool, dir Direction, feature string) string {
+	k := clsKind(dir)
+	if tcx {
+		k = KindTCXIngress
+		if dir == Egress {
+			k = KindTCXEgress
+		}
+	}
+	return k + ":" + feature
+}
+
+// splitKind splits an attachment kind into the hook kind and the feature
+// ("" for the XDP chain and for entries of builds before the chain).
+func splitKind(kind string) (hook, feature string) {
+	hook, feature, _ = strings.Cut(kind, ":")
+	return hook, feature
+}
+
+// clsPrioOf is the priority of a feature's cls_bpf filters.
+func clsPrioOf(feature string) uint32 {
+	if f := FeatureByName(feature); f != nil {
+		return clsPrioBase + f.Slot
+	}
+	return clsPrio
+}
 
 // Direction of a TC hook.
 type Direction string
@@ -47,6 +80,7 @@ const (
 // Attachment describes one program attached to one hook of one interface.
 type Attachment struct {
 	Pin     string         `json:"pin"`
+	Feature string         `json:"feature,omitempty"` // a TC program's feature; "" for the XDP chain
 	Iface   string         `json:"iface"`
 	Ifindex int            `json:"ifindex"`
 	Hook    string         `json:"hook"` // xdp, tc-ingress, tc-egress
@@ -56,6 +90,7 @@ type Attachment struct {
 	LinkID  link.ID        `json:"link_id,omitempty"`
 	Problem string         `json:"problem,omitempty"` // why it is not working, if it is not
 	Note    string         `json:"note,omitempty"`    // how it was made, e.g. a fallback
+	Chain   []ChainStage   `json:"chain,omitempty"`   // the XDP chain's stages, then the packets none claimed
 	created bool           // made by this run (rolled back on failure)
 }
 
@@ -182,12 +217,15 @@ func xdpAttachedMode(ifindex int) (uint8, error) {
 
 // attachTCX attaches prog to a TCX hook, or swaps the program of the
 // pinned link already there.
-func attachTCX(pins maps.Pins, iface *net.Interface, prog *ebpf.Program, dir Direction) (*Attachment, error) {
-	kind, at := KindTCXIngress, ebpf.AttachTCXIngress
+//
+// A new link goes before the link of the next feature in chain order
+// already on the hook, else at the tail, so features run in chain order.
+func attachTCX(pins maps.Pins, iface *net.Interface, prog *ebpf.Program, dir Direction, f *Feature) (*Attachment, error) {
+	at := ebpf.AttachTCXIngress
 	if dir == Egress {
-		kind, at = KindTCXEgress, ebpf.AttachTCXEgress
+		at = ebpf.AttachTCXEgress
 	}
-	a := &Attachment{Pin: maps.AttachName(kind, iface.Name), Iface: iface.Name, Ifindex: iface.Index, Hook: "tc-" + string(dir), Via: "tcx"}
+	a := &Attachment{Pin: maps.AttachName(tcKind(true, dir, f.Name), iface.Name), Feature: f.Name, Iface: iface.Name, Ifindex: iface.Index, Hook: "tc-" + string(dir), Via: "tcx"}
 	path := pins.Attach(a.Pin)
 	if l, err := link.LoadPinnedLink(path, nil); err == nil {
 		info, ierr := l.Info()
@@ -206,7 +244,24 @@ func attachTCX(pins maps.Pins, iface *net.Interface, prog *ebpf.Program, dir Dir
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("open pinned link %s: %w", path, err)
 	}
-	l, err := link.AttachTCX(link.TCXOptions{Interface: iface.Index, Program: prog, Attach: at})
+	opts := link.TCXOptions{Interface: iface.Index, Program: prog, Attach: at, Anchor: link.Tail()}
+	for _, g := range registry {
+		if g.Slot <= f.Slot {
+			continue
+		}
+		next, err := link.LoadPinnedLink(pins.Attach(maps.AttachName(tcKind(true, dir, g.Name), iface.Name)), nil)
+		if err != nil {
+			continue
+		}
+		if info, err := next.Info(); err == nil && info.TCX() != nil && int(info.TCX().Ifindex) == iface.Index {
+			opts.Anchor = link.BeforeLinkByID(info.ID)
+		}
+		next.Close()
+		if opts.Anchor != nil {
+			break
+		}
+	}
+	l, err := link.AttachTCX(opts)
 	if err != nil {
 		return nil, fmt.Errorf("attach tcx %s %s: %w", dir, iface.Name, err)
 	}
@@ -264,22 +319,22 @@ func clsactObject(ifindex int) *tc.Object {
 	}
 }
 
-// clsFilterMsg addresses tandem's filter on one hook.
-func clsFilterMsg(ifindex int, dir Direction) tc.Msg {
+// clsFilterMsg addresses one of tandem's filters on one hook.
+func clsFilterMsg(ifindex int, dir Direction, prio uint32) tc.Msg {
 	return tc.Msg{
 		Family:  unix.AF_UNSPEC,
 		Ifindex: uint32(ifindex),
 		Handle:  clsHandle,
 		Parent:  clsParent(dir),
-		Info:    clsPrio<<16 | uint32(htons(unix.ETH_P_ALL)),
+		Info:    prio<<16 | uint32(htons(unix.ETH_P_ALL)),
 	}
 }
 
-func clsFilter(ifindex int, dir Direction, prog *ebpf.Program, name string) *tc.Object {
+func clsFilter(ifindex int, dir Direction, prio uint32, prog *ebpf.Program, name string) *tc.Object {
 	fd := uint32(prog.FD())
 	flags := uint32(1) // TCA_BPF_FLAG_ACT_DIRECT: the program's return is the verdict
 	return &tc.Object{
-		Msg:       clsFilterMsg(ifindex, dir),
+		Msg:       clsFilterMsg(ifindex, dir, prio),
 		Attribute: tc.Attribute{Kind: "bpf", BPF: &tc.Bpf{FD: &fd, Name: &name, Flags: &flags}},
 	}
 }
@@ -290,8 +345,9 @@ func htons(v uint16) uint16 { return v<<8 | v>>8 }
 // creating the qdisc when the interface has none. A second run replaces the
 // filter in place (NLM_F_REPLACE on the same priority and handle), which the
 // kernel swaps atomically.
-func attachCls(pins maps.Pins, iface *net.Interface, prog *ebpf.Program, progName string, dir Direction) (*Attachment, error) {
-	a := &Attachment{Pin: maps.AttachName(clsKind(dir), iface.Name), Iface: iface.Name, Ifindex: iface.Index, Hook: "tc-" + string(dir), Via: "clsact"}
+func attachCls(pins maps.Pins, iface *net.Interface, prog *ebpf.Program, progName string, dir Direction, f *Feature) (*Attachment, error) {
+	a := &Attachment{Pin: maps.AttachName(tcKind(false, dir, f.Name), iface.Name), Feature: f.Name, Iface: iface.Name, Ifindex: iface.Index, Hook: "tc-" + string(dir), Via: "clsact"}
+	prio := clsPrioOf(f.Name)
 	t, err := openTC()
 	if err != nil {
 		return nil, err
@@ -311,8 +367,8 @@ func attachCls(pins maps.Pins, iface *net.Interface, prog *ebpf.Program, progNam
 			return nil, fmt.Errorf("record clsact on %s: %w", iface.Name, err)
 		}
 	}
-	existing, _ := findClsFilter(t, iface.Index, dir)
-	if err := t.Filter().Replace(clsFilter(iface.Index, dir, prog, progName)); err != nil {
+	existing, _ := findClsFilter(t, iface.Index, dir, prio)
+	if err := t.Filter().Replace(clsFilter(iface.Index, dir, prio, prog, progName)); err != nil {
 		return nil, fmt.Errorf("attach cls_bpf %s %s: %w", dir, iface.Name, err)
 	}
 	if existing != 0 {
@@ -326,16 +382,17 @@ func attachCls(pins maps.Pins, iface *net.Interface, prog *ebpf.Program, progNam
 	return a, nil
 }
 
-// findClsFilter returns the program id of tandem's filter on a hook, or 0.
-// The dump asks the kernel for tandem's priority only, so other tools'
-// filters (which go-tc cannot always decode) never come back.
-func findClsFilter(t *tc.Tc, ifindex int, dir Direction) (uint32, error) {
-	fs, err := t.Filter().Get(&tc.Msg{Family: unix.AF_UNSPEC, Ifindex: uint32(ifindex), Parent: clsParent(dir), Info: clsPrio<<16 | uint32(htons(unix.ETH_P_ALL))})
+// findClsFilter returns the program id of tandem's filter with priority
+// prio on a hook, or 0. The dump asks the kernel for that priority only,
+// so other tools' filters (which go-tc cannot always decode) never come
+// back.
+func findClsFilter(t *tc.Tc, ifindex int, dir Direction, prio uint32) (uint32, error) {
+	fs, err := t.Filter().Get(&tc.Msg{Family: unix.AF_UNSPEC, Ifindex: uint32(ifindex), Parent: clsParent(dir), Info: prio<<16 | uint32(htons(unix.ETH_P_ALL))})
 	if err != nil {
 		return 0, fmt.Errorf("list filters: %w", err)
 	}
 	for _, f := range fs {
-		if f.Kind == "bpf" && f.Handle == clsHandle && f.Info>>16 == clsPrio && f.BPF != nil && f.BPF.ID != nil {
+		if f.Kind == "bpf" && f.Handle == clsHandle && f.Info>>16 == prio && f.BPF != nil && f.BPF.ID != nil {
 			return *f.BPF.ID, nil
 		}
 	}
@@ -362,9 +419,8 @@ func countFilters(t *tc.Tc, ifindex int) (int, error) {
 	return n, nil
 }
 
-// detachCls removes tandem's filter from a hook and, when tandem created the
-// clsact qdisc and nobody else put a filter there, the qdisc too.
-func detachCls(pins maps.Pins, ifname string, dir Direction) error {
+// detachCls removes tandem's filter with priority prio from a hook.
+func detachCls(pins maps.Pins, ifname string, dir Direction, prio uint32) error {
 	iface, err := net.InterfaceByName(ifname)
 	if err != nil {
 		return nil // the interface is gone, and its filters with it
@@ -374,12 +430,12 @@ func detachCls(pins maps.Pins, ifname string, dir Direction) error {
 		return err
 	}
 	defer t.Close()
-	id, err := findClsFilter(t, iface.Index, dir)
+	id, err := findClsFilter(t, iface.Index, dir, prio)
 	if err != nil {
 		return err
 	}
 	if id != 0 {
-		f := &tc.Object{Msg: clsFilterMsg(iface.Index, dir), Attribute: tc.Attribute{Kind: "bpf"}}
+		f := &tc.Object{Msg: clsFilterMsg(iface.Index, dir, prio), Attribute: tc.Attribute{Kind: "bpf"}}
 		if err := t.Filter().Delete(f); err != nil && !errors.Is(err, unix.ENOENT) {
 			return fmt.Errorf("delete cls_bpf filter %s %s: %w", dir, ifname, err)
 		}

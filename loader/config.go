@@ -17,7 +17,7 @@ import (
 // FileConfig is the host config file (TOML). Flags override its values.
 //
 //	bpffs      = "/sys/fs/bpf/tandem"
-//	interfaces = ["eth0"]
+//	interfaces = ["eth0"]     # the VIP gate; an interface may carry other features too
 //	xdp_mode   = "auto"     # auto | native | generic
 //	ingress    = "xdp"      # xdp | tc
 //	tc         = "auto"     # auto | tcx | clsact
@@ -45,7 +45,7 @@ import (
 //	test_iface  = ""                   # load the test-only synctest program here
 //
 //	[proxy]                            # the SYN proxy
-//	interfaces  = ["eth1", "eth2"]     # client side and backend side
+//	interfaces  = ["eth1", "eth2"]     # client side and backend side (may include the gate's)
 //	secret_file = "/etc/tandem/cookie.key"  # shared by the pair
 //
 //	[[proxy.service]]

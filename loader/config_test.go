@@ -151,11 +151,31 @@ func TestExpectedPins(t *testing.T) {
 	o := Defaults()
 	o.Interfaces = []string{"eth0"}
 	o.TC = TCClsact
-	if got := strings.Join(o.ExpectedPins(), " "); got != "xdp@eth0 cls-egress@eth0" {
+	if got := strings.Join(o.ExpectedPins(), " "); got != "xdp@eth0 cls-egress:gate@eth0" {
 		t.Errorf("xdp+clsact: %s", got)
 	}
 	o.TC, o.Ingress = TCTCX, IngressTC
-	if got := strings.Join(o.ExpectedPins(), " "); got != "tcx-ingress@eth0 tcx-egress@eth0" {
+	if got := strings.Join(o.ExpectedPins(), " "); got != "tcx-ingress:gate@eth0 tcx-egress:gate@eth0" {
 		t.Errorf("tc+tcx: %s", got)
+	}
+	// Several features on one interface: one XDP chain, TC programs per
+	// feature in chain order (gate before proxy on a shared hook).
+	o.Ingress = IngressXDP
+	o.Proxy.Ifaces = []string{"eth1", "eth0"}
+	if got := strings.Join(o.ExpectedPins(), " "); got != "xdp@eth0 tcx-ingress:synproxy@eth0 tcx-egress:gate@eth0 xdp@eth1 tcx-ingress:synproxy@eth1" {
+		t.Errorf("gate+proxy: %s", got)
+	}
+	o.Ingress = IngressTC
+	if got := strings.Join(o.ExpectedPins(), " "); got != "xdp@eth0 tcx-ingress:gate@eth0 tcx-ingress:synproxy@eth0 tcx-egress:gate@eth0 xdp@eth1 tcx-ingress:synproxy@eth1" {
+		t.Errorf("tc gate+proxy: %s", got)
+	}
+	// ... which Validate refuses: the gate would judge after the proxy.
+	o.Proxy.SecretFile = "/dev/null"
+	if err := o.Validate(); err == nil || !strings.Contains(err.Error(), "interface eth0: --ingress tc would run the VIP gate after") {
+		t.Errorf("--ingress tc with the proxy on the gate's interface: %v", err)
+	}
+	o.Proxy.Ifaces = []string{"eth1"}
+	if err := o.Validate(); err != nil {
+		t.Errorf("--ingress tc, the proxy on its own interface: %v", err)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -109,10 +110,36 @@ func vipCounters(t *testing.T, h *lab.Host, vip netip.Addr) loader.VIPStatus {
 	return loader.VIPStatus{}
 }
 
+// progIDs lists the attached programs by attachment pin. An XDP chain
+// adds its stages ("xdp@eth0#3" for slot 3); the chain's
+// entry stays when up swaps stages in their slots, so it is listed under
+// its own key ("xdp@eth0#entry") and left out of "every program replaced"
+// checks (stageIDs).
 func progIDs(st *loader.Status) map[string]ebpf.ProgramID {
 	out := map[string]ebpf.ProgramID{}
 	for _, a := range st.Attachments {
-		out[a.Pin] = a.ProgID
+		if len(a.Chain) == 0 {
+			out[a.Pin] = a.ProgID
+			continue
+		}
+		out[a.Pin+"#entry"] = a.ProgID
+		for _, s := range a.Chain {
+			if s.ProgID != 0 {
+				out[fmt.Sprintf("%s#%d", a.Pin, s.Slot)] = s.ProgID
+			}
+		}
+	}
+	return out
+}
+
+// stageIDs is progIDs without the chains' entries: the programs every up
+// replaces.
+func stageIDs(st *loader.Status) map[string]ebpf.ProgramID {
+	out := progIDs(st)
+	for k := range out {
+		if strings.HasSuffix(k, "#entry") {
+			delete(out, k)
+		}
 	}
 	return out
 }
@@ -201,22 +228,35 @@ func kernelRelease() string {
 // both the ingress and the egress programs, swaps every program and loses
 // no datagram, on each attach path, and when a hook moves between paths.
 func TestReplaceUnderFlood(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "cookie.key")
+	if err := os.WriteFile(secret, []byte("a pair's shared cookie secret, 32+ bytes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	proxy := []string{"--proxy-iface", "eth0", "--proxy-secret", secret}
 	cases := []struct {
-		name   string
-		flags  [][]string // one set of flags per replacement, cycled
-		clsact bool       // create the clsact qdisc before the flood
+		name      string
+		flags     [][]string // one set of flags per replacement, cycled
+		clsact    bool       // create the clsact qdisc before the flood
+		rootSwaps int        // at least this many rounds swap the chain's entry
 	}{
-		{"xdp and the kernel's tc path", [][]string{{"--tc", "auto"}}, false},
-		{"xdp generic and clsact", [][]string{{"--tc", "clsact", "--xdp-mode", "generic"}}, false},
-		{"tc ingress and egress on clsact", [][]string{{"--ingress", "tc", "--tc", "clsact"}}, false},
+		{"xdp and the kernel's tc path", [][]string{{"--tc", "auto"}}, false, 0},
+		{"xdp generic and clsact", [][]string{{"--tc", "clsact", "--xdp-mode", "generic"}}, false, 0},
+		{"tc ingress and egress on clsact", [][]string{{"--ingress", "tc", "--tc", "clsact"}}, false, 0},
 		// Creating or deleting a clsact qdisc deactivates the device's
 		// queues for a moment (the kernel's qdisc_graft), dropping
 		// egress frames; that is a cost of the first move onto clsact,
 		// not of replacing programs, so the qdisc is there beforehand.
-		{"moving between tcx and clsact", [][]string{{"--tc", "tcx"}, {"--tc", "clsact"}}, true},
+		{"moving between tcx and clsact", [][]string{{"--tc", "tcx"}, {"--tc", "clsact"}}, true, 0},
+		// The chain: the SYN proxy joins the gate on eth0 (a new entry
+		// through the link), both stages are swapped in their slots, the
+		// proxy leaves (a new entry again), and around once more. The
+		// flood is UDP: every stage declines it on its way to the stack.
+		{"chain stages and root on tcx", [][]string{{"--tc", "auto"}, append([]string{"--tc", "auto"}, proxy...), append([]string{"--tc", "auto"}, proxy...)}, false, 4},
+		{"chain stages and root on clsact", [][]string{{"--tc", "clsact"}, append([]string{"--tc", "clsact"}, proxy...), append([]string{"--tc", "clsact"}, proxy...)}, true, 4},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			rootSwaps := 0
 			if tc.flags[0][1] == "tcx" {
 				testenv.RequireFeature(t, "tcx links", loader.HaveTCX())
 			}
@@ -252,15 +292,26 @@ func TestReplaceUnderFlood(t *testing.T) {
 			}
 			const rounds = 6
 			seen := map[ebpf.ProgramID]bool{}
+			entries := map[ebpf.ProgramID]bool{}
+			for id := range maps.Values(progIDs(status(t, gw))) {
+				entries[id] = true
+			}
 			for i := 0; i < rounds; i++ {
 				before := f.Sent()
 				mustTandem(t, gw, append(base, tc.flags[(i+1)%len(tc.flags)]...)...)
 				t.Logf("round %d %v: sent %d..%d", i, tc.flags[(i+1)%len(tc.flags)], before, f.Sent())
-				for _, id := range progIDs(status(t, gw)) {
+				st := status(t, gw)
+				for _, id := range stageIDs(st) {
 					if seen[id] {
 						t.Errorf("round %d: program %d still attached: up did not replace it", i, id)
 					}
 					seen[id] = true
+				}
+				for k, id := range progIDs(st) {
+					if strings.HasSuffix(k, "#entry") && !entries[id] {
+						entries[id] = true
+						rootSwaps++
+					}
 				}
 				if f.Sent() == before {
 					t.Fatalf("round %d: the flood stalled", i)
@@ -286,7 +337,10 @@ func TestReplaceUnderFlood(t *testing.T) {
 			if srv.Received.Load() != r.Sent {
 				t.Fatalf("server received %d of %d", srv.Received.Load(), r.Sent)
 			}
-			t.Logf("%d datagrams echoed across %d replacements, none lost", r.Sent, rounds)
+			if rootSwaps < tc.rootSwaps {
+				t.Fatalf("%d root swaps, want %d: the stage set changed but the chain's entry stayed", rootSwaps, tc.rootSwaps)
+			}
+			t.Logf("%d datagrams echoed across %d replacements (%d of them root swaps), none lost", r.Sent, rounds, rootSwaps)
 		})
 	}
 }
@@ -392,8 +446,10 @@ func TestDaemonKillAdoptDown(t *testing.T) {
 		if uint32(a.LinkID) != linkIDs[a.Pin] {
 			t.Errorf("%s: link %d replaced by %d: the new daemon re-attached instead of adopting", a.Pin, linkIDs[a.Pin], a.LinkID)
 		}
-		if a.ProgID == progIDs(before)[a.Pin] {
-			t.Errorf("%s: program %d not replaced by the new up", a.Pin, a.ProgID)
+	}
+	for k, id := range stageIDs(after) {
+		if id == stageIDs(before)[k] {
+			t.Errorf("%s: program %d not replaced by the new up", k, id)
 		}
 	}
 	// While it runs, a second up applies and leaves the daemon in charge.
@@ -514,7 +570,7 @@ func TestDownClsact(t *testing.T) {
 		t.Fatalf("attachments: %+v", st.Attachments)
 	}
 	// Someone deletes tandem's filter: status says so and exits 1; up repairs.
-	if out, err := gw.Cmd("tc", "filter", "del", "dev", "eth0", "egress", "pref", "31341").CombinedOutput(); err != nil {
+	if out, err := gw.Cmd("tc", "filter", "del", "dev", "eth0", "egress", "pref", "31328").CombinedOutput(); err != nil {
 		t.Fatalf("tc filter del: %v %s", err, out)
 	}
 	if r := tandem(t, gw, "status", "--bpffs", gw.BPFFS()); r.code != 1 || !strings.Contains(r.stdout, "filter is gone") {

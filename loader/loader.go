@@ -13,12 +13,13 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/cilium/ebpf"
 
-	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/chain"
 	"github.com/tandem-net/tandem/maps"
 )
 
@@ -112,7 +113,7 @@ func (o *Options) Validate() error {
 	oneOf("ingress", o.Ingress, IngressXDP, IngressTC)
 	oneOf("tc", o.TC, TCAuto, TCTCX, TCClsact)
 	oneOf("gate", o.Gate, GateEnforce, GateMonitor)
-	if len(o.Interfaces) == 0 && len(o.Proxy.Ifaces) == 0 {
+	if len(o.plan()) == 0 {
 		errs = append(errs, errors.New("no interface: name one with --iface or --proxy-iface (or interfaces in the config file)"))
 	}
 	seen := map[string]bool{}
@@ -125,7 +126,20 @@ func (o *Options) Validate() error {
 	if o.SyncTestIface != "" && seen[o.SyncTestIface] {
 		errs = append(errs, fmt.Errorf("--sync-test-iface %s: also a datapath interface; give the test program an interface of its own", o.SyncTestIface))
 	}
-	errs = append(errs, o.validateProxy(seen)...)
+	for _, f := range registry {
+		if f.Validate != nil {
+			errs = append(errs, f.Validate(o)...)
+		}
+	}
+	if o.Ingress == IngressTC {
+		// The gate's verdict must come before every feature's: on TC
+		// ingress it would run after the XDP stages of the others.
+		for _, p := range o.plan() {
+			if len(p.tc[Ingress]) > 0 && len(p.stages) > 0 && p.tc[Ingress][0].Name == "gate" {
+				errs = append(errs, fmt.Errorf("interface %s: --ingress tc would run the VIP gate after the XDP stages of %s; use --ingress xdp (the default) on an interface that carries other features", p.name, p.stages[0].Name))
+			}
+		}
+	}
 	if o.Sync.Role != "" {
 		oneOf("sync-role", o.Sync.Role, SyncPrimary, SyncStandby, SyncAuto)
 	}
@@ -212,7 +226,22 @@ func Undo(o Options, res *Result) error {
 			}
 		}
 	}
+	errs = append(errs, unpinOrphanChains(o.Pins))
 	return errors.Join(errs...)
+}
+
+// unpinOrphanChains drops the chain maps of interfaces that have no XDP
+// link pinned any more (a rolled-back up made them).
+func unpinOrphanChains(pins maps.Pins) error {
+	entries, err := listAttach(pins)
+	if err != nil {
+		return err
+	}
+	have := map[string]bool{}
+	for _, e := range entries {
+		have[e] = true
+	}
+	return unpinStaleChains(pins, have)
 }
 
 // PinnedMapIDs maps each map pinned under the root to its id: a daemon
@@ -260,18 +289,10 @@ func Up(o Options) (_ *Result, err error) {
 		return nil, err
 	}
 	log := o.log()
-	ifaces := make([]*net.Interface, 0, len(o.Interfaces))
-	for _, name := range o.Interfaces {
-		iface, err := net.InterfaceByName(name)
-		if err != nil {
-			return nil, fmt.Errorf("interface %s: not found in this network namespace (see `ip link`)", name)
-		}
-		ifaces = append(ifaces, iface)
-	}
-	var testIface *net.Interface
-	if o.SyncTestIface != "" {
-		if testIface, err = net.InterfaceByName(o.SyncTestIface); err != nil {
-			return nil, fmt.Errorf("--sync-test-iface %s: not found in this network namespace (see `ip link`)", o.SyncTestIface)
+	plan := o.plan()
+	for _, p := range plan {
+		if p.iface, err = net.InterfaceByName(p.name); err != nil {
+			return nil, fmt.Errorf("interface %s: not found in this network namespace (see `ip link`)", p.name)
 		}
 	}
 
@@ -305,6 +326,9 @@ func Up(o Options) (_ *Result, err error) {
 				}
 			}
 		}
+		if derr := unpinOrphanChains(o.Pins); derr != nil {
+			log.Warn("roll back", "chains", o.Pins.Root, "err", derr)
+		}
 		if fresh {
 			if _, derr := down(o.Pins, log); derr != nil {
 				log.Warn("roll back", "root", o.Pins.Root, "err", derr)
@@ -312,76 +336,57 @@ func Up(o Options) (_ *Result, err error) {
 		}
 	}()
 
-	objs, err := load(o.Pins, o.Gate)
-	if err != nil {
-		return res, err
+	// Each feature's maps and shared programs once; then, per interface,
+	// its XDP chain and its TC programs.
+	loaded := map[*Feature]*loadedFeature{}
+	defer func() {
+		for _, lf := range loaded {
+			lf.coll.Close()
+		}
+	}()
+	for _, f := range o.used() {
+		lf, err := loadFeature(&o, f)
+		if err != nil {
+			return res, err
+		}
+		loaded[f] = lf
 	}
-	defer objs.Close()
 
 	res.TCPath = o.tcPath()
-	tcAttach := func(iface *net.Interface, prog *ebpf.Program, name string, dir Direction) (*Attachment, error) {
-		if res.TCPath == TCTCX {
-			return attachTCX(o.Pins, iface, prog, dir)
-		}
-		return attachCls(o.Pins, iface, prog, name, dir)
-	}
-
 	want := map[string]bool{}
-	for _, iface := range ifaces {
-		var a *Attachment
-		if o.Ingress == IngressXDP {
-			a, err = attachXDP(o.Pins, iface, objs.XdpVipgate, o.XDPMode)
-		} else {
-			a, err = tcAttach(iface, objs.TcVipgateIngress, bpf.VipgateProgTcVipgateIngress, Ingress)
+	for _, p := range plan {
+		if len(p.stages) > 0 {
+			a, err := upChain(&o, p, loaded)
+			if a != nil {
+				res.Attachments = append(res.Attachments, a)
+			}
+			if err != nil {
+				return res, err
+			}
 		}
-		if err != nil {
-			return res, err
-		}
-		res.Attachments = append(res.Attachments, a)
-		a, err = tcAttach(iface, objs.TcVipgateEgress, bpf.VipgateProgTcVipgateEgress, Egress)
-		if err != nil {
-			return res, err
-		}
-		res.Attachments = append(res.Attachments, a)
-	}
-	if len(o.Proxy.Ifaces) > 0 {
-		as, err := upSynproxy(o, tcAttach)
-		res.Attachments = append(res.Attachments, as...)
-		if err != nil {
-			return res, err
-		}
-	}
-	if testIface != nil {
-		a, err := upSyncTest(o, testIface)
-		if a != nil {
-			res.Attachments = append(res.Attachments, a)
-		}
-		if err != nil {
-			return res, err
+		for _, dir := range []Direction{Ingress, Egress} {
+			for _, f := range p.tc[dir] {
+				_, tc := f.hooks(&o)
+				prog := loaded[f].coll.Programs[tc[dir]]
+				var a *Attachment
+				if res.TCPath == TCTCX {
+					a, err = attachTCX(o.Pins, p.iface, prog, dir, f)
+				} else {
+					a, err = attachCls(o.Pins, p.iface, prog, tc[dir], dir, f)
+				}
+				if err != nil {
+					return res, err
+				}
+				res.Attachments = append(res.Attachments, a)
+			}
 		}
 	}
 	for _, a := range res.Attachments {
 		want[a.Pin] = true
 		kind, ifname, _ := maps.SplitAttachName(a.Pin)
-		seen := inspect(o.Pins, a.Pin, kind, ifname)
-		a.ProgID, a.LinkID, a.Prog, a.Problem = seen.ProgID, seen.LinkID, seen.Prog, seen.Problem
-		log.Info("attached", "iface", a.Iface, "hook", a.Hook, "via", a.Via, "prog_id", a.ProgID, "note", a.Note)
-	}
-
-	progs := map[string]*ebpf.Program{
-		bpf.VipgateProgXdpVipgate:       objs.XdpVipgate,
-		bpf.VipgateProgTcVipgateIngress: objs.TcVipgateIngress,
-		bpf.VipgateProgTcVipgateEgress:  objs.TcVipgateEgress,
-	}
-	for name, p := range progs {
-		if err := pinReplace(p, o.Pins.Prog(name)); err != nil {
-			return res, err
-		}
-	}
-
-	vm := &maps.VIPMaps{Gate: objs.VipGate, Counters: objs.VipStats, Stats: objs.Stats}
-	if err := vm.SetVIPs(gateWant(vm, o)); err != nil {
-		return res, err
+		seen := inspect(o.Pins, a.Pin, kind, ifname, true)
+		a.ProgID, a.LinkID, a.Prog, a.Problem, a.Chain = seen.ProgID, seen.LinkID, seen.Prog, seen.Problem, seen.Chain
+		log.Info("attached", "iface", a.Iface, "hook", a.Hook, "feature", a.Feature, "via", a.Via, "prog_id", a.ProgID, "note", a.Note)
 	}
 
 	// Only now, with the new datapath in place, drop what is no longer
@@ -402,6 +407,9 @@ func Up(o Options) (_ *Result, err error) {
 		}
 		res.Removed = append(res.Removed, e)
 		log.Info("detached", "attachment", e, "why", "no longer configured")
+	}
+	if err := unpinStaleChains(o.Pins, want); err != nil {
+		return res, err
 	}
 	// A clsact qdisc tandem created stays until down even when no hook
 	// uses it any more: adding or deleting a qdisc deactivates the
@@ -447,26 +455,17 @@ func (o *Options) tcPath() string {
 
 // ExpectedPins lists the attachment entries Up makes for o.
 func (o *Options) ExpectedPins() []string {
-	ingress, egress := KindClsIngress, KindClsEgress
-	if o.tcPath() == TCTCX {
-		ingress, egress = KindTCXIngress, KindTCXEgress
-	}
-	if o.Ingress == IngressXDP {
-		ingress = KindXDP
-	}
+	tcx := o.tcPath() == TCTCX
 	var out []string
-	for _, i := range o.Interfaces {
-		out = append(out, maps.AttachName(ingress, i), maps.AttachName(egress, i))
-	}
-	tcIngress := KindClsIngress
-	if o.tcPath() == TCTCX {
-		tcIngress = KindTCXIngress
-	}
-	for _, i := range o.Proxy.Ifaces {
-		out = append(out, maps.AttachName(KindXDP, i), maps.AttachName(tcIngress, i))
-	}
-	if o.SyncTestIface != "" {
-		out = append(out, maps.AttachName(KindXDP, o.SyncTestIface))
+	for _, p := range o.plan() {
+		if len(p.stages) > 0 {
+			out = append(out, maps.AttachName(KindXDP, p.name))
+		}
+		for _, dir := range []Direction{Ingress, Egress} {
+			for _, f := range p.tc[dir] {
+				out = append(out, maps.AttachName(tcKind(tcx, dir, f.Name), p.name))
+			}
+		}
 	}
 	return out
 }
@@ -474,7 +473,7 @@ func (o *Options) ExpectedPins() []string {
 // Check compares the datapath with o and lists what is wrong: attachments
 // missing or broken. Nothing wrong: an empty list.
 func Check(o Options) ([]string, error) {
-	as, err := readAttachments(o.Pins)
+	as, err := readAttachments(o.Pins, false)
 	if err != nil {
 		return nil, err
 	}
@@ -492,27 +491,6 @@ func Check(o Options) ([]string, error) {
 		}
 	}
 	return problems, nil
-}
-
-// load loads vipgate with its load-time constants, reusing pinned maps.
-func load(pins maps.Pins, gate string) (*bpf.VipgateObjects, error) {
-	spec, err := bpf.LoadVipgate()
-	if err != nil {
-		return nil, fmt.Errorf("read embedded programs: %w", err)
-	}
-	mode := bpf.VipgateGateModeGATE_ENFORCE
-	if gate == GateMonitor {
-		mode = bpf.VipgateGateModeGATE_MONITOR
-	}
-	if err := spec.Variables[bpf.VipgateVarCfgGateMode].Set(mode); err != nil {
-		return nil, fmt.Errorf("set gate mode: %w", err)
-	}
-	var objs bpf.VipgateObjects
-	err = spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: pins.MapsDir()}})
-	if err != nil {
-		return nil, loadError(err, pins)
-	}
-	return &objs, nil
 }
 
 func loadError(err error, pins maps.Pins) error {
@@ -560,12 +538,13 @@ func detach(pins maps.Pins, entry string) error {
 			return fmt.Errorf("unpin %s: %w", path, err)
 		}
 		return nil
-	case kind == KindClsIngress || kind == KindClsEgress:
+	case strings.HasPrefix(kind, "cls-"):
+		hook, feature := splitKind(kind)
 		dir := Ingress
-		if kind == KindClsEgress {
+		if hook == KindClsEgress {
 			dir = Egress
 		}
-		if err := detachCls(pins, ifname, dir); err != nil {
+		if err := detachCls(pins, ifname, dir, clsPrioOf(feature)); err != nil {
 			return err
 		}
 		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -641,6 +620,17 @@ func down(pins maps.Pins, log *slog.Logger) (*DownResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	chains, err := chainIfaces(pins)
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, ifname := range chains {
+		removed, err := chain.Unpin(pins, ifname)
+		res.Unpinned = append(res.Unpinned, removed...)
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, name := range progs {
 		res.Unpinned = append(res.Unpinned, removePin(pins.Prog(name), &errs)...)
 	}
@@ -656,6 +646,43 @@ func down(pins maps.Pins, log *slog.Logger) (*DownResult, error) {
 		}
 	}
 	return res, errors.Join(errs...)
+}
+
+// chainIfaces lists the interfaces with chain maps pinned under the root.
+func chainIfaces(pins maps.Pins) ([]string, error) {
+	des, err := os.ReadDir(pins.MapsDir())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list %s: %w", pins.MapsDir(), err)
+	}
+	var out []string
+	for _, d := range des {
+		name, ifname, err := maps.SplitAttachName(d.Name())
+		if err == nil && name == chain.MapProgs {
+			out = append(out, ifname)
+		}
+	}
+	return out, nil
+}
+
+// unpinStaleChains drops the chain maps of interfaces whose XDP chain is
+// no longer wanted (its link was just detached).
+func unpinStaleChains(pins maps.Pins, want map[string]bool) error {
+	ifaces, err := chainIfaces(pins)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, ifname := range ifaces {
+		if !want[maps.AttachName(KindXDP, ifname)] {
+			if _, err := chain.Unpin(pins, ifname); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func removePin(path string, errs *[]error) []string {

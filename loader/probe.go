@@ -21,8 +21,8 @@ import (
 	"github.com/tandem-net/tandem/bpf"
 )
 
-// Feature is one kernel capability tandem may use.
-type Feature struct {
+// KernelFeature is one kernel capability tandem may use.
+type KernelFeature struct {
 	Name      string `json:"name"`
 	Available bool   `json:"available"`
 	Required  bool   `json:"required"`            // tandem cannot run without it
@@ -88,9 +88,9 @@ func HaveXDPNative(ifname string) error {
 // cannot fall behind the C sources), the loader's kernel interfaces, and
 // the optional features tandem has a fallback for. ifaces, if given, are
 // also checked for native XDP.
-func Probe(ifaces []string) []Feature {
-	res := func(name string, err error, required bool, neededBy, without string) Feature {
-		f := Feature{Name: name, Available: err == nil, Required: required, NeededBy: neededBy}
+func Probe(ifaces []string) []KernelFeature {
+	res := func(name string, err error, required bool, neededBy, without string) KernelFeature {
+		f := KernelFeature{Name: name, Available: err == nil, Required: required, NeededBy: neededBy}
 		if err != nil {
 			f.Detail = err.Error()
 			f.Without = without
@@ -103,7 +103,7 @@ func Probe(ifaces []string) []Feature {
 	}
 	cannot := "tandem's programs do not load: run tandem on Linux " + MinKernel + " or later"
 	// Without privileges the kernel refuses every check: say so first.
-	out := []Feature{res("privileges", RequirePrivileges(), true, "every command that loads or attaches", "the kernel refuses the checks below")}
+	out := []KernelFeature{res("privileges", RequirePrivileges(), true, "every command that loads or attaches", "the kernel refuses the checks below")}
 	u, err := readUsage()
 	if err != nil {
 		// The objects are embedded: only a broken build gets here.
@@ -166,30 +166,24 @@ func Probe(ifaces []string) []Feature {
 // use it; Probe tries each feature instead of reading the version.
 const MinKernel = "6.1"
 
-// shippedObjects are the embedded objects tandem loads in production.
-// Test-only programs (synctest, csumtest) are not listed: a kernel they
-// do not load on is still one tandem runs on. (sync.c is not loaded: its
-// maps come with every program that replicates state.)
-var shippedObjects = []struct {
+type shippedObject struct {
 	file string
 	load func() (*ebpf.CollectionSpec, error)
-}{
-	{"vipgate.c", bpf.LoadVipgate},
-	{"synproxy.c", bpf.LoadSynproxy},
 }
 
-// planned are helpers and map types a feature in the making needs before
-// its C code lands: the per-interface feature chain (issue 12) tail-calls
-// its stages through a PROG_ARRAY. Once a program uses them, readUsage
-// finds them in the objects as well.
-var planned = struct {
-	helpers  map[asm.BuiltinFunc][]ebpf.ProgramType
-	mapTypes []ebpf.MapType
-	user     string
-}{
-	helpers:  map[asm.BuiltinFunc][]ebpf.ProgramType{asm.FnTailCall: {ebpf.XDP, ebpf.SchedCLS}},
-	mapTypes: []ebpf.MapType{ebpf.ProgramArray},
-	user:     "feature chain (tail calls between stages)",
+// shippedObjects are the embedded objects tandem loads in production: the
+// chain's entry and every registered feature's object. Test-only features
+// (synctest) are not listed: a kernel they do not load on is still one
+// tandem runs on. (sync.c is not loaded: its maps come with every program
+// that replicates state.)
+func shippedObjects() []shippedObject {
+	out := []shippedObject{{"chain.c", bpf.LoadChain}}
+	for _, f := range registry {
+		if !f.TestOnly {
+			out = append(out, shippedObject{f.File, f.Spec})
+		}
+	}
+	return out
 }
 
 // users names what needs a kernel feature: per object, its programs (or
@@ -258,7 +252,7 @@ func readUsage() (*usage, error) {
 		h.types[pt] = true
 		h.users.add(file, name)
 	}
-	for _, o := range shippedObjects {
+	for _, o := range shippedObjects() {
 		spec, err := o.load()
 		if err != nil {
 			return nil, fmt.Errorf("read embedded %s: %w", o.file, err)
@@ -302,14 +296,6 @@ func readUsage() (*usage, error) {
 			}
 		}
 	}
-	for fn, types := range planned.helpers {
-		for _, pt := range types {
-			addHelper(fn, pt, planned.user, "")
-		}
-	}
-	for _, mt := range planned.mapTypes {
-		addMap(mt, planned.user, "")
-	}
 	return u, nil
 }
 
@@ -351,7 +337,7 @@ func HelperName(fn asm.BuiltinFunc) string {
 }
 
 // ProbedHelpers lists the helpers Probe checks: those the shipped
-// programs call and those a planned feature needs.
+// programs call.
 func ProbedHelpers() ([]string, error) {
 	u, err := readUsage()
 	if err != nil {

@@ -29,7 +29,7 @@ func TestProbeMatchesKernel(t *testing.T) {
 	if err != nil {
 		t.Fatalf("tandem probe: %v\n%s", err, out)
 	}
-	var feats []loader.Feature
+	var feats []loader.KernelFeature
 	if err := json.Unmarshal(out, &feats); err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +67,7 @@ func TestProbeMatchesKernel(t *testing.T) {
 
 // probeRun runs `tandem probe --json` (as uid 65534 when cred is set) and
 // returns its features, its stderr and its exit code.
-func probeRun(t *testing.T, cred *syscall.Credential) ([]loader.Feature, string, int) {
+func probeRun(t *testing.T, cred *syscall.Credential) ([]loader.KernelFeature, string, int) {
 	t.Helper()
 	cmd := exec.Command(testenv.Tandem(t), "probe", "--json")
 	if cred != nil {
@@ -83,7 +83,7 @@ func probeRun(t *testing.T, cred *syscall.Credential) ([]loader.Feature, string,
 	} else if err != nil {
 		t.Fatal(err)
 	}
-	var feats []loader.Feature
+	var feats []loader.KernelFeature
 	if err := json.Unmarshal(out, &feats); err != nil {
 		t.Fatalf("probe --json: %v\n%s", err, out)
 	}
@@ -99,7 +99,7 @@ func TestProbeRequiredAllOK(t *testing.T) {
 	if code != 0 {
 		t.Errorf("tandem probe: exit %d: %s", code, stderr)
 	}
-	names := map[string]loader.Feature{}
+	names := map[string]loader.KernelFeature{}
 	for _, f := range feats {
 		names[f.Name] = f
 		if f.Required && !f.Available {

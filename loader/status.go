@@ -69,7 +69,7 @@ func ReadStatus(pins maps.Pins) (*Status, error) {
 		return st, nil
 	}
 	var err error
-	if st.Attachments, err = readAttachments(pins); err != nil {
+	if st.Attachments, err = readAttachments(pins, true); err != nil {
 		return nil, err
 	}
 	progNames, mapNames, err := embeddedNames()
@@ -133,18 +133,28 @@ func ReadStatus(pins maps.Pins) (*Status, error) {
 }
 
 // inspect checks one attachment entry against the kernel.
-func inspect(pins maps.Pins, entry, kind, ifname string) *Attachment {
+// full: also read the XDP chain's stages and counters (status); without
+// it only the chain's configured slots are checked (the daemon's periodic
+// check, which must stay cheap at rest).
+func inspect(pins maps.Pins, entry, kind, ifname string, full bool) *Attachment {
 	a := &Attachment{Pin: entry, Iface: ifname}
 	iface, ierr := net.InterfaceByName(ifname)
 	if ierr == nil {
 		a.Ifindex = iface.Index
 	}
 	path := pins.Attach(entry)
+	kind, a.Feature = splitKind(kind)
 	if isLinkKind(kind) {
 		a.Hook = "xdp"
 		if kind != KindXDP {
 			a.Hook = "tc-" + kind[len("tcx-"):]
 			a.Via = "tcx"
+		} else if full {
+			if ch, err := readChain(pins, ifname); err == nil {
+				a.Chain = ch
+			} else if !errors.Is(err, os.ErrNotExist) {
+				a.Problem = fmt.Sprintf("chain unreadable: %v", err)
+			}
 		}
 		l, err := link.LoadPinnedLink(path, nil)
 		if err != nil {
@@ -178,7 +188,12 @@ func inspect(pins maps.Pins, entry, kind, ifname string) *Attachment {
 		case linkIfindex != iface.Index:
 			a.Problem = fmt.Sprintf("attached to ifindex %d, but %s is now ifindex %d; run tandem up again", linkIfindex, ifname, iface.Index)
 		}
-		a.Prog = progName(a.ProgID)
+		if a.Problem == "" && kind == KindXDP {
+			a.Problem = chainProblem(pins, ifname, a.Chain)
+		}
+		if full {
+			a.Prog = progName(a.ProgID)
+		}
 		return a
 	}
 	// cls_bpf: the pin is the program; the filter must still carry it.
@@ -207,7 +222,7 @@ func inspect(pins maps.Pins, entry, kind, ifname string) *Attachment {
 		return a
 	}
 	defer t.Close()
-	id, err := findClsFilter(t, iface.Index, dir)
+	id, err := findClsFilter(t, iface.Index, dir, clsPrioOf(a.Feature))
 	switch {
 	case err != nil:
 		a.Problem = err.Error()
@@ -232,9 +247,10 @@ func progName(id ebpf.ProgramID) string {
 	return info.Name
 }
 
-// readAttachments inspects every attachment pinned under the root: the
-// part of the status the daemon's periodic check needs, and cheap.
-func readAttachments(pins maps.Pins) ([]*Attachment, error) {
+// readAttachments inspects every attachment pinned under the root; not
+// full, it is the part of the status the daemon's periodic check needs,
+// and cheap.
+func readAttachments(pins maps.Pins, full bool) ([]*Attachment, error) {
 	entries, err := listAttach(pins)
 	if err != nil {
 		return nil, err
@@ -245,7 +261,7 @@ func readAttachments(pins maps.Pins) ([]*Attachment, error) {
 		if kind == KindClsactMarker {
 			continue
 		}
-		out = append(out, inspect(pins, e, kind, ifname))
+		out = append(out, inspect(pins, e, kind, ifname, full))
 	}
 	return out, nil
 }
@@ -269,7 +285,11 @@ var embedded struct {
 }
 
 func readEmbeddedNames() (progs, pinned []string, err error) {
-	for _, load := range []func() (*ebpf.CollectionSpec, error){bpf.LoadVipgate, bpf.LoadSynctest, bpf.LoadSynproxy} {
+	loads := []func() (*ebpf.CollectionSpec, error){bpf.LoadChain}
+	for _, f := range registry {
+		loads = append(loads, f.Spec)
+	}
+	for _, load := range loads {
 		spec, err := load()
 		if err != nil {
 			return nil, nil, fmt.Errorf("read embedded programs: %w", err)

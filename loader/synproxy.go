@@ -15,6 +15,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/chain"
 	"github.com/tandem-net/tandem/maps"
 )
 
@@ -122,14 +123,11 @@ func checkService(s maps.Service) error {
 	return nil
 }
 
-func (o *Options) validateProxy(seen map[string]bool) []error {
+func (o *Options) validateProxy() []error {
 	var errs []error
 	p := o.Proxy
 	pseen := map[string]bool{}
 	for _, i := range p.Ifaces {
-		if seen[i] {
-			errs = append(errs, fmt.Errorf("interface %s: both --iface (VIP gate) and --proxy-iface; give the proxy interfaces of their own", i))
-		}
 		if i == o.SyncTestIface {
 			errs = append(errs, fmt.Errorf("interface %s: both --sync-test-iface and --proxy-iface", i))
 		}
@@ -157,77 +155,89 @@ func (o *Options) validateProxy(seen map[string]bool) []error {
 	return errs
 }
 
-// upSynproxy loads the SYN proxy with its maps pinned by name (the dirty
-// rings are shared with every replicated program), installs the cookie
-// keys of the current period and the configured services, and attaches
-// XDP and TC ingress on each proxy interface.
-func upSynproxy(o Options, tcAttach func(*net.Interface, *ebpf.Program, string, Direction) (*Attachment, error)) ([]*Attachment, error) {
-	secret, err := ReadSecret(o.Proxy.SecretFile)
-	if err != nil {
-		return nil, err
+// The SYN proxy (bpf/synproxy.c): its XDP stage (slot 3, after the gate)
+// answers SYNs to services with cookies and translates proxied flows; its
+// TC ingress program turns backends' SYN-ACKs into the handshake's end.
+func init() {
+	Register(&Feature{
+		Name:   "synproxy",
+		File:   "synproxy.c",
+		Slot:   chain.SlotSynproxy,
+		Spec:   bpf.LoadSynproxy,
+		XDP:    bpf.SynproxyProgXdpSynproxy,
+		Ifaces: func(o *Options) []string { return o.Proxy.Ifaces },
+		Hooks: func(o *Options) (bool, map[Direction]string) {
+			return true, map[Direction]string{Ingress: bpf.SynproxyProgTcSynproxy}
+		},
+		Validate: func(o *Options) []error { return o.validateProxy() },
+		Synced:   []maps.SyncedMap{{ID: uint32(bpf.SynproxySyncMapIdSYNC_MAP_CONN), Name: bpf.SynproxyMapSpConns}},
+		Prepare:  prepareRings(bpf.SynproxyMapSyncRings),
+		Setup:    setupSynproxy,
+	})
+}
+
+// prepareRings gives the dirty rings (shared by every replicated
+// program) their size.
+func prepareRings(name string) func(o *Options, spec *ebpf.CollectionSpec) error {
+	return func(o *Options, spec *ebpf.CollectionSpec) error {
+		inner, err := maps.RingSpec(o.ringBytes())
+		if err != nil {
+			return err
+		}
+		spec.Maps[name].InnerMap = inner
+		return nil
 	}
-	spec, err := bpf.LoadSynproxy()
-	if err != nil {
-		return nil, fmt.Errorf("read embedded programs: %w", err)
-	}
+}
+
+// setupRings gives every CPU its dirty ring. The rings exist from the
+// start, daemon or not: until a daemon drains them, a full ring is
+// counted as an overflow and the daemon rescans. The sync maps have the
+// same names in every replicated feature's object (pinned by name: one
+// set per root).
+func setupRings(o *Options, coll *ebpf.Collection) error {
 	inner, err := maps.RingSpec(o.ringBytes())
 	if err != nil {
-		return nil, err
+		return err
 	}
-	spec.Maps[bpf.SynproxyMapSyncRings].InnerMap = inner
-	var objs bpf.SynproxyObjects
-	if err := spec.LoadAndAssign(&objs, &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: o.Pins.MapsDir()}}); err != nil {
-		return nil, loadError(err, o.Pins)
+	s := &maps.SyncMaps{Rings: coll.Maps[bpf.SynproxyMapSyncRings], Epoch: coll.Maps[bpf.SynproxyMapSyncEpoch], Overflow: coll.Maps[bpf.SynproxyMapSyncOverflow]}
+	return s.SetupRings(inner)
+}
+
+// setupSynproxy installs the cookie keys of the current period and the
+// configured services, and lets the kernel take translated segments with
+// a local source on the proxy interfaces.
+func setupSynproxy(o *Options, coll *ebpf.Collection) error {
+	secret, err := ReadSecret(o.Proxy.SecretFile)
+	if err != nil {
+		return err
 	}
-	defer objs.Close()
-	s := &maps.SyncMaps{Rings: objs.SyncRings, Epoch: objs.SyncEpoch, Overflow: objs.SyncOverflow}
-	if err := s.SetupRings(inner); err != nil {
-		return nil, err
+	if err := setupRings(o, coll); err != nil {
+		return err
 	}
-	s.Close()
-	m := maps.SynproxyMapsOf(&objs.SynproxyMaps)
+	var objs bpf.SynproxyMaps
+	if err := coll.Assign(&objs); err != nil {
+		return fmt.Errorf("synproxy maps: %w", err)
+	}
+	m := maps.SynproxyMapsOf(&objs)
 	if _, err := m.SetCookiePeriod(secret, maps.PeriodAt(time.Now())); err != nil {
-		return nil, err
+		return err
 	}
 	if err := putServices(o.Pins, m, o.Proxy.Services); err != nil {
-		return nil, err
+		return err
 	}
-	var out []*Attachment
 	for _, name := range o.Proxy.Ifaces {
-		iface, err := net.InterfaceByName(name)
-		if err != nil {
-			return out, fmt.Errorf("--proxy-iface %s: not found in this network namespace (see `ip link`)", name)
+		if _, err := net.InterfaceByName(name); err != nil {
+			return fmt.Errorf("--proxy-iface %s: not found in this network namespace (see `ip link`)", name)
 		}
 		// A translated segment the program leaves to the kernel (no
 		// neighbour entry yet, after a takeover above all) has the VIP
 		// as its source: the host holding the VIP would drop it as a
 		// martian without accept_local (down restores it).
 		if err := setSysctl(o.Pins, "net/ipv4/conf/"+name+"/accept_local", "1"); err != nil {
-			return out, fmt.Errorf("--proxy-iface %s: %w", name, err)
-		}
-		a, err := attachXDP(o.Pins, iface, objs.XdpSynproxy, o.XDPMode)
-		if err != nil {
-			return out, err
-		}
-		out = append(out, a)
-		a, err = tcAttach(iface, objs.TcSynproxy, bpf.SynproxyProgTcSynproxy, Ingress)
-		if err != nil {
-			return out, err
-		}
-		out = append(out, a)
-	}
-	for name, p := range map[string]*ebpf.Program{
-		bpf.SynproxyProgXdpSynproxy:      objs.XdpSynproxy,
-		bpf.SynproxyProgTcSynproxy:       objs.TcSynproxy,
-		bpf.SynproxyProgSpExpire:         objs.SpExpire,
-		bpf.SynproxyProgSyncReadSpConns:  objs.SyncReadSpConns,
-		bpf.SynproxyProgSyncWriteSpConns: objs.SyncWriteSpConns,
-	} {
-		if err := pinReplace(p, o.Pins.Prog(name)); err != nil {
-			return out, err
+			return fmt.Errorf("--proxy-iface %s: %w", name, err)
 		}
 	}
-	return out, nil
+	return nil
 }
 
 // putServices writes services under the service lock.

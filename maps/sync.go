@@ -212,11 +212,10 @@ type SyncedMap struct {
 }
 
 // Synced lists every registered map. A daemon replicates those that are
-// pinned (their program is loaded) and ignores the rest. Maps of test-only
-// programs are not listed here: their code adds them with RegisterSynced.
-var Synced = []SyncedMap{
-	{ID: uint32(bpf.SynproxySyncMapIdSYNC_MAP_CONN), Name: bpf.SynproxyMapSpConns},
-}
+// pinned (their program is loaded) and ignores the rest. The features
+// register their maps (loader.Register with Feature.Synced; test-only
+// programs from their own code), so this package names none.
+var Synced []SyncedMap
 
 // RegisterSynced adds m to Synced, once. It is meant for init functions
 // (the test-only synctest program registers its map this way); it panics

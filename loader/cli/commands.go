@@ -234,10 +234,14 @@ namespace where up ran.`,
 		long: `
 Reads the pins under --bpffs and checks each attachment against the kernel
 (is the link still on its interface, is tandem's cls_bpf filter still
-there). Exit status 1 when an attachment is broken, so scripts can use it as
-a health check; 0 when all is well or nothing is up. A daemon status file
-that cannot be read (torn by a crash) is a warning line, not a failure.`,
-		examples: "  tandem status\n  tandem status --json | jq .vips\n",
+there), and shows each interface's XDP chain: its stages in the order
+packets meet them (slot, feature, program id), the packets each claimed, the
+tail calls into an empty slot (missed: passed to the stack unserved), and the
+packets no stage claimed (end). Exit status 1 when an attachment is broken,
+so scripts can use it as a health check; 0 when all is well or nothing is up.
+A daemon status file that cannot be read (torn by a crash) is a warning
+line, not a failure.`,
+		examples: "  tandem status\n  tandem status --json | jq .vips\n  tandem status --json | jq '.attachments[] | select(.chain) | {iface, chain}'\n",
 		flags:    addJSONRootFlags,
 		run:      runStatus,
 	})
@@ -707,6 +711,7 @@ func printStatus(w io.Writer, st *loader.Status) {
 	}
 	fmt.Fprintf(w, "bpffs root: %s\n\nAttachments:\n", st.Root)
 	printAttachments(w, st.Attachments)
+	printChain(w, st.Attachments)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nPrograms:\nNAME\tID\tTAG")
 	for _, p := range st.Programs {

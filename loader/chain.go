@@ -1,0 +1,184 @@
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/tandem-net/tandem/chain"
+	"github.com/tandem-net/tandem/maps"
+)
+
+// upChain makes the interface's XDP chain run p.stages. When the running
+// chain has the same stages and the same ABI, each stage's program is
+// swapped in its slot (one atomic map update each; the entry and the link
+// stay). Otherwise a new chain is built beside the old one (new maps, the
+// stages in their slots, a new entry) and the entry is swapped in through
+// the pinned XDP link in one step; the old chain goes when its last packet
+// has left it.
+func upChain(o *Options, p *ifacePlan, loaded map[*Feature]*loadedFeature) (*Attachment, error) {
+	want := stageBits(p.stages)
+	old, err := chain.Open(o.Pins, p.name)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	defer old.Close()
+	if old != nil && xdpLinkReusable(o.Pins, p.iface, o.XDPMode) {
+		if info, err := old.ReadInfo(); err == nil && info.ABI == chain.ABI && info.Stages == want {
+			for _, f := range p.stages {
+				prog, err := chain.LoadStage(loaded[f].spec, f.XDP, old, o.Pins.MapsDir())
+				if err != nil {
+					return nil, loadError(err, o.Pins)
+				}
+				err = old.Set(f.Slot, prog)
+				prog.Close()
+				if err != nil {
+					return nil, fmt.Errorf("chain of %s: %w", p.name, err)
+				}
+			}
+			cur, _ := xdpAttachedMode(p.iface.Index)
+			return &Attachment{Pin: maps.AttachName(KindXDP, p.name), Iface: p.name, Ifindex: p.iface.Index,
+				Hook: "xdp", Via: xdpVia(cur), Note: "stages replaced in their slots"}, nil
+		}
+	}
+
+	cm, err := chain.NewMaps(old)
+	if err != nil {
+		return nil, err
+	}
+	defer cm.Close()
+	for _, f := range p.stages {
+		prog, err := chain.LoadStage(loaded[f].spec, f.XDP, cm, o.Pins.MapsDir())
+		if err != nil {
+			return nil, loadError(err, o.Pins)
+		}
+		err = cm.Set(f.Slot, prog)
+		prog.Close()
+		if err != nil {
+			return nil, fmt.Errorf("chain of %s: %w", p.name, err)
+		}
+	}
+	entry, err := chain.LoadEntry(cm, want)
+	if err != nil {
+		return nil, loadError(err, o.Pins)
+	}
+	defer entry.Close()
+	a, err := attachXDP(o.Pins, p.iface, entry, o.XDPMode)
+	if err != nil {
+		return nil, err
+	}
+	if err := cm.Pin(o.Pins, p.name); err != nil {
+		return a, err
+	}
+	if a.Note == "replaced in place" {
+		a.Note = "new chain swapped in through the link"
+	}
+	return a, nil
+}
+
+// xdpLinkReusable: the interface's pinned XDP link is healthy and in the
+// mode asked for, so its program can stay.
+func xdpLinkReusable(pins maps.Pins, iface *net.Interface, mode string) bool {
+	l, err := link.LoadPinnedLink(pins.Attach(maps.AttachName(KindXDP, iface.Name)), nil)
+	if err != nil {
+		return false
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil || info.XDP() == nil || int(info.XDP().Ifindex) != iface.Index {
+		return false
+	}
+	cur, _ := xdpAttachedMode(iface.Index)
+	return mode == XDPAuto || (mode == XDPNative && cur == xdpAttachedDrv) || (mode == XDPGeneric && cur == xdpAttachedSkb)
+}
+
+// ChainStage is one stage of an interface's chain, for status.
+type ChainStage struct {
+	Slot    uint32         `json:"slot"`
+	Feature string         `json:"feature"`
+	ProgID  ebpf.ProgramID `json:"prog_id"`
+	Prog    string         `json:"prog"`
+	Claimed uint64         `json:"claimed"`
+	Missed  uint64         `json:"missed"`
+}
+
+// readChain lists an interface's chain: every configured slot (filled or
+// not: an empty configured slot is a fault, its missed tail calls say how
+// many packets it cost) and, last, the packets no stage claimed.
+func readChain(pins maps.Pins, ifname string) ([]ChainStage, error) {
+	cm, err := chain.Open(pins, ifname)
+	if err != nil {
+		return nil, err
+	}
+	defer cm.Close()
+	info, err := cm.ReadInfo()
+	if err != nil {
+		return nil, err
+	}
+	ids, err := cm.ProgIDs()
+	if err != nil {
+		return nil, err
+	}
+	stats, err := cm.ReadStats()
+	if err != nil {
+		return nil, err
+	}
+	var out []ChainStage
+	for slot := uint32(0); slot < chain.Slots; slot++ {
+		if info.Stages&(1<<slot) == 0 && ids[slot] == 0 {
+			continue
+		}
+		s := ChainStage{Slot: slot, ProgID: ids[slot], Claimed: stats[slot].Claimed, Missed: stats[slot].Missed}
+		for _, f := range registry {
+			if f.XDP != "" && f.Slot == slot {
+				s.Feature = f.Name
+			}
+		}
+		if s.ProgID != 0 {
+			s.Prog = progName(s.ProgID)
+		}
+		out = append(out, s)
+	}
+	out = append(out, ChainStage{Slot: chain.Slots, Feature: "(stack)", Claimed: stats[chain.Slots].Claimed})
+	return out, nil
+}
+
+// chainProblem says what is wrong with an interface's chain: a slot the
+// entry runs that holds no program (its packets pass to the stack
+// unserved), or no chain at all behind a tandem XDP link. stages, when
+// read already, saves reading the maps again.
+func chainProblem(pins maps.Pins, ifname string, stages []ChainStage) string {
+	if stages == nil {
+		cm, err := chain.Open(pins, ifname)
+		if errors.Is(err, os.ErrNotExist) {
+			return "" // a link of a build before the chain
+		}
+		if err != nil {
+			return err.Error()
+		}
+		defer cm.Close()
+		info, err := cm.ReadInfo()
+		if err != nil {
+			return err.Error()
+		}
+		for slot := uint32(0); slot < chain.Slots; slot++ {
+			if info.Stages&(1<<slot) == 0 {
+				continue
+			}
+			var id uint32
+			if err := cm.Progs.Lookup(slot, &id); err != nil {
+				stages = append(stages, ChainStage{Slot: slot})
+			}
+		}
+	}
+	for _, s := range stages {
+		if s.Slot < chain.Slots && s.ProgID == 0 {
+			return fmt.Sprintf("chain slot %d (%s) is empty: its packets pass unserved; run tandem up again", s.Slot, s.Feature)
+		}
+	}
+	return ""
+}

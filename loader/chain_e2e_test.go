@@ -1,0 +1,233 @@
+package loader_test
+
+// One interface, two features: the gate and the SYN proxy in one XDP
+// chain on the gateway's client-facing interface, real traffic through
+// it.
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"golang.org/x/sys/unix"
+
+	"github.com/tandem-net/tandem/chain"
+	"github.com/tandem-net/tandem/loader"
+	"github.com/tandem-net/tandem/tools/lab"
+	"github.com/tandem-net/tandem/tools/testenv"
+	"github.com/tandem-net/tandem/tools/traffic"
+)
+
+var (
+	// pvipPlain is owned and under the gate, but no service: the proxy
+	// declines its packets, the gate counts them.
+	pvipPlain = netip.MustParseAddr("10.78.0.101")
+	// pvipStandby is a service VIP the other host of the pair owns: the
+	// gate drops what reaches this one, before the proxy sees it.
+	pvipStandby = netip.MustParseAddr("10.78.0.200")
+)
+
+// chainOf reads iface's XDP chain from tandem status --json, by slot
+// (chain.Slots: the packets no stage claimed).
+func chainOf(t *testing.T, h *lab.Host, iface string) map[uint32]loader.ChainStage {
+	t.Helper()
+	for _, a := range status(t, h).Attachments {
+		if a.Iface == iface && a.Hook == "xdp" {
+			out := map[uint32]loader.ChainStage{}
+			for _, s := range a.Chain {
+				out[s.Slot] = s
+			}
+			return out
+		}
+	}
+	t.Fatalf("no XDP attachment on %s in status", iface)
+	return nil
+}
+
+// rawSYNs sends n TCP SYNs from h to dst:port through a raw socket: no
+// socket of h's waits for an answer or retransmits, so exactly n reach
+// the gateway.
+func rawSYNs(t *testing.T, h *lab.Host, src, dst netip.Addr, port uint16, n int) {
+	t.Helper()
+	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: src.AsSlice(), DstIP: dst.AsSlice()}
+	err := h.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_TCP)
+		if err != nil {
+			return fmt.Errorf("raw socket: %w", err)
+		}
+		defer unix.Close(fd)
+		for i := range n {
+			tcp := &layers.TCP{SrcPort: layers.TCPPort(41000 + i), DstPort: layers.TCPPort(port), Seq: 1000, SYN: true, Window: 64240}
+			tcp.SetNetworkLayerForChecksum(ip)
+			buf := gopacket.NewSerializeBuffer()
+			if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, tcp); err != nil {
+				return err
+			}
+			if err := unix.Sendto(fd, buf.Bytes(), 0, &unix.SockaddrInet4{Addr: dst.As4()}); err != nil {
+				return fmt.Errorf("send SYN to %s: %w", dst, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// udpEchoes sends n datagrams from h to dst and waits for their echoes.
+func udpEchoes(t *testing.T, h *lab.Host, dst netip.AddrPort, n int) {
+	t.Helper()
+	err := h.Do(func() error {
+		c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		buf := make([]byte, 64)
+		for i := range n {
+			if _, err := fmt.Fprintf(c, "datagram %d", i); err != nil {
+				return err
+			}
+			c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if _, err := c.Read(buf); err != nil {
+				return fmt.Errorf("echo of datagram %d: %w", i, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestChainGateAndProxy: the gateway's eth0 runs the gate and the SYN
+// proxy in one chain (-i eth0 --proxy-iface eth0,be1,be2). A connection
+// to an owned service VIP is proxied; SYNs to a service VIP the host does
+// not own are dropped by the gate, once each, and the proxy never sees
+// them; UDP and ICMP to an owned VIP that is no service pass the proxy
+// and are counted by the gate; status shows the chain; and the
+// 128-connection matrix passes through the two-feature interface.
+func TestChainGateAndProxy(t *testing.T) {
+	testenv.RequireCommand(t, "ping")
+	p := newProxyLab(t)
+	if err := p.gw.IP("addr", "add", pvipPlain.String()+"/32", "dev", "lo"); err != nil {
+		t.Fatal(err)
+	}
+	p.up(t, "-i", "eth0", "--vip", pvip4.String(), "--vip", pvip6.String(), "--vip", pvipPlain.String(),
+		"--vip", pvipStandby.String()+"=standby", "--service", pvipStandby.String()+":80=10.78.2.2:8081") // nothing listens: no SYN gets there
+	p.serve(t)
+
+	// The layout: eth0 runs both stages in chain order, the backends'
+	// interfaces the proxy alone; no packet met an empty slot.
+	for _, c := range []struct {
+		iface string
+		want  map[uint32]string // slot: feature
+	}{
+		{"eth0", map[uint32]string{chain.SlotGate: "gate", chain.SlotSynproxy: "synproxy", chain.Slots: "(stack)"}},
+		{"be1", map[uint32]string{chain.SlotSynproxy: "synproxy", chain.Slots: "(stack)"}},
+	} {
+		ch := chainOf(t, p.gw, c.iface)
+		if len(ch) != len(c.want) {
+			t.Errorf("chain of %s: %+v, want slots %v", c.iface, ch, c.want)
+		}
+		for slot, feature := range c.want {
+			s := ch[slot]
+			if s.Feature != feature || (slot < chain.Slots && s.ProgID == 0) || s.Missed != 0 {
+				t.Errorf("chain of %s, slot %d: %+v, want feature %s with a program and no missed tail calls", c.iface, slot, s, feature)
+			}
+		}
+	}
+
+	t.Run("owned service VIP proxied", func(t *testing.T) {
+		ch0, px0, v0 := chainOf(t, p.gw, "eth0"), proxyStats(t, p), vipCounters(t, p.gw, pvip4)
+		if err := p.transfer(t, pvip4); err != nil {
+			t.Fatalf("transfer through the proxy: %v", err)
+		}
+		ch, px, v := chainOf(t, p.gw, "eth0"), proxyStats(t, p), vipCounters(t, p.gw, pvip4)
+		if d := px["established"] - px0["established"]; d != 1 {
+			t.Errorf("proxy established +%d, want +1", d)
+		}
+		if d := ch[chain.SlotSynproxy].Claimed - ch0[chain.SlotSynproxy].Claimed; d == 0 {
+			t.Error("the proxy's stage claimed nothing of a proxied connection")
+		}
+		if d := ch[chain.SlotGate].Claimed - ch0[chain.SlotGate].Claimed; d != 0 {
+			t.Errorf("the gate claimed %d packets of a connection to an owned VIP", d)
+		}
+		if v.Counters.RxPackets == v0.Counters.RxPackets {
+			t.Error("the gate did not count the connection's packets to its VIP")
+		}
+	})
+
+	t.Run("standby service VIP dropped by the gate", func(t *testing.T) {
+		const n = 3
+		ch0, px0, v0, st0 := chainOf(t, p.gw, "eth0"), proxyStats(t, p), vipCounters(t, p.gw, pvipStandby), status(t, p.gw).Stats
+		rawSYNs(t, p.client, netip.MustParseAddr("10.78.1.2"), pvipStandby, proxyPort, n)
+		// The SYNs are in flight until the gate has counted them all.
+		var v loader.VIPStatus
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if v = vipCounters(t, p.gw, pvipStandby); v.Counters.DropNotOwner-v0.Counters.DropNotOwner >= n {
+				break
+			}
+		}
+		ch, px, st := chainOf(t, p.gw, "eth0"), proxyStats(t, p), status(t, p.gw).Stats
+		if d := v.Counters.DropNotOwner - v0.Counters.DropNotOwner; d != n {
+			t.Errorf("VIP %s drop_not_owner +%d after %d SYNs, want +%d", pvipStandby, d, n, n)
+		}
+		if d := st["drop_not_owner"] - st0["drop_not_owner"]; d != n {
+			t.Errorf("gate drop_not_owner +%d after %d SYNs, want +%d", d, n, n)
+		}
+		if d := ch[chain.SlotGate].Claimed - ch0[chain.SlotGate].Claimed; d != n {
+			t.Errorf("chain slot 0 (gate) claimed +%d after %d SYNs, want +%d", d, n, n)
+		}
+		for _, k := range []string{"not_owner", "syn_answered"} {
+			if px[k] != px0[k] {
+				t.Errorf("proxy %s %d -> %d: the proxy saw SYNs the gate must have dropped", k, px0[k], px[k])
+			}
+		}
+	})
+
+	t.Run("plain traffic to an owned VIP passes", func(t *testing.T) {
+		const datagrams, pings = 20, 3
+		srv, err := traffic.ListenEcho(p.gw.Do, netip.AddrPortFrom(pvipPlain, 9000))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer srv.Close()
+		ch0, v0 := chainOf(t, p.gw, "eth0"), vipCounters(t, p.gw, pvipPlain)
+		udpEchoes(t, p.client, netip.AddrPortFrom(pvipPlain, 9000), datagrams)
+		if out, err := p.client.Cmd("ping", "-n", "-c", fmt.Sprint(pings), "-i", "0.2", "-W", "5", pvipPlain.String()).CombinedOutput(); err != nil {
+			t.Fatalf("ping %s: %v\n%s", pvipPlain, err, out)
+		}
+		ch, v := chainOf(t, p.gw, "eth0"), vipCounters(t, p.gw, pvipPlain)
+		if d := v.Counters.RxPackets - v0.Counters.RxPackets; d != datagrams+pings {
+			t.Errorf("VIP %s rx_packets +%d, want +%d (the datagrams and the echo requests)", pvipPlain, d, datagrams+pings)
+		}
+		if d := v.Counters.TxPackets - v0.Counters.TxPackets; d != datagrams+pings {
+			t.Errorf("VIP %s tx_packets +%d, want +%d (the echoes and the echo replies)", pvipPlain, d, datagrams+pings)
+		}
+		if d := ch[chain.Slots].Claimed - ch0[chain.Slots].Claimed; d < datagrams+pings {
+			t.Errorf("end of chain +%d, want at least +%d: the packets passed to the stack", d, datagrams+pings)
+		}
+		if d := ch[chain.SlotGate].Claimed - ch0[chain.SlotGate].Claimed; d != 0 {
+			t.Errorf("the gate claimed %d packets to an owned VIP", d)
+		}
+	})
+
+	t.Run("matrix", p.matrix)
+
+	// The human status shows the chain too, stage by stage.
+	r := mustTandem(t, p.gw, "status", "--bpffs", p.gw.BPFFS(), "--state-dir", t.TempDir())
+	for _, want := range []string{"Chain on eth0:", "Chain on be1:", "xdp_vipgate", "xdp_synproxy", "(stack)"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("status lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if t.Failed() {
+		t.Logf("status:\n%s", r.stdout)
+	}
+}
