@@ -127,27 +127,7 @@ func newVipd(o loader.Options, sd *syncd, log *slog.Logger) (*vipd, error) {
 		}
 		return st.Session == "up" && peer.Generation != 0 && st.PeerGeneration == peer.Generation, st.Generation, st.LastApplied
 	}
-	flush := func(ctx context.Context) error {
-		n := sd.current()
-		if n == nil || n.Status().Role != syncer.RolePrimary {
-			return nil
-		}
-		// Everything the rings held when the flush began is sent within
-		// two ticks; then wait for its acknowledgement.
-		time.Sleep(2 * o.Sync.Interval)
-		want := n.Status().LastSent
-		for {
-			st := n.Status()
-			if st.Session == "up" && st.Acked >= want {
-				return nil
-			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("%w (acked %d of %d; session %s)", ctx.Err(), st.Acked, want, st.Session)
-			case <-time.After(o.Sync.Interval / 2):
-			}
-		}
-	}
+	flush := func(ctx context.Context) error { return syncFlush(ctx, sd.current()) }
 	m, err := vip.New(vip.Config{
 		Name: name, PeerName: peerName, Priority: e.Priority, Preempt: e.Preempt, Interval: e.Interval, Dead: e.Dead,
 		Secret: secret, Listen: e.Listen, Peers: e.Peers, Addrs: e.Addrs,
@@ -399,4 +379,14 @@ func (d *vipd) setBroken(problem string) {
 	if d != nil {
 		d.broken.Store(problem)
 	}
+}
+
+// syncFlush waits until the peer acknowledged everything the primary n
+// had to send when it was called (syncer.Node.Flush); nothing to do
+// without a primary.
+func syncFlush(ctx context.Context, n *syncer.Node) error {
+	if n == nil {
+		return nil
+	}
+	return n.Flush(ctx)
 }
