@@ -403,8 +403,10 @@ func (n *Node) runPrimary(ctx context.Context) error {
 			}
 			drop(fmt.Sprint(err))
 		case reply := <-n.flushc:
-			// A handover's barrier: drain and send now, and say up to
-			// which sequence.
+			// A handover's barrier: drain and send now (a change a full
+			// ring refused included: rescanned now), and say up to which
+			// sequence.
+			e.CheckOverflows()
 			runTick()
 			reply <- e.Seq()
 		case <-tick.C:

@@ -1,4 +1,4 @@
-package cli
+package daemon
 
 import (
 	"context"
@@ -169,6 +169,8 @@ func TestSyncFlushBarrier(t *testing.T) {
 		if err := syncFlush(ctx, na); err != nil {
 			t.Fatalf("flush: %v", err)
 		}
+		st := na.Status()
+		t.Logf("primary: %d ring records, %d overflows, %d rescans, %d deltas sent", st.RingRecords, st.Overflows, st.Rescans, st.DeltasSent)
 		got := b.values(t)
 		missing := 0
 		for k := uint32(0); k < n; k++ {

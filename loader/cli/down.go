@@ -1,0 +1,134 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/tandem-net/tandem/loader"
+)
+
+func init() {
+	register(&command{
+		name:    "down",
+		summary: "detach and unpin everything tandem made under --bpffs",
+		long: `
+A daemon serving --bpffs is stopped first (SIGTERM; down waits up to
+--stop-timeout and removes nothing if it does not stop): it would put back
+what down removes. Then down detaches every program tandem attached (XDP
+and TCX links, its own cls_bpf filters, and a clsact qdisc only if tandem
+created it and no other filter is on it), then unpins tandem's programs and maps and removes the empty
+directories. Anything else under --bpffs is left alone and listed. Running
+down when nothing is up is not an error. Counters are lost.
+
+cls_bpf filters are per network namespace: run down in the namespace
+where up ran.`,
+		examples: "  tandem down\n  tandem down --bpffs /sys/fs/bpf/tandem-lab\n  tandem down --stop-timeout 30s\n",
+		flags: func(fs *pflag.FlagSet) any {
+			f := &downFlags{rootFlags: addRootFlags(fs)}
+			fs.BoolVarP(&f.verbose, "verbose", "v", false, "log each step")
+			fs.DurationVar(&f.stopTimeout, "stop-timeout", 10*time.Second, "how long to wait for a running daemon to stop")
+			return f
+		},
+		run: runDown,
+	})
+}
+
+func runDown(env Env, opts any, args []string) error {
+	f := opts.(*downFlags)
+	if len(args) > 0 {
+		return usagef("unexpected argument %q", args[0])
+	}
+	c, err := f.rootFlags.config()
+	if err != nil {
+		return err
+	}
+	if f.stopTimeout <= 0 {
+		return usagef("--stop-timeout must be positive")
+	}
+	// A daemon would re-apply what down removes, and keep working on maps
+	// no program uses: down stops it first.
+	unlock, err := stopDaemon(env, c.Datapath.Pins.Root, f.stopTimeout)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	res, err := loader.Down(c.Datapath.Pins, logger(env.Stderr, f.verbose))
+	if res != nil {
+		if len(res.Detached)+len(res.Unpinned) == 0 && err == nil {
+			fmt.Fprintf(env.Stdout, "nothing of tandem's is pinned under %s\n", c.Datapath.Pins.Root)
+		} else {
+			fmt.Fprintf(env.Stdout, "detached %d attachment(s), unpinned %d object(s) under %s\n", len(res.Detached), len(res.Unpinned), c.Datapath.Pins.Root)
+		}
+		for _, l := range res.Left {
+			fmt.Fprintf(env.Stdout, "left in place (not tandem's): %s\n", l)
+		}
+	}
+	return err
+}
+
+type downFlags struct {
+	*rootFlags
+	verbose     bool
+	stopTimeout time.Duration // how long to wait for the daemon to stop
+}
+
+// stopDaemon stops the daemon serving root, if one does, and returns with
+// the root's daemon lock held, so none starts while down runs.
+func stopDaemon(env Env, root string, timeout time.Duration) (unlock func(), err error) {
+	if _, err := os.Stat(root); err != nil {
+		return func() {}, nil
+	}
+	if err := loader.RequirePrivileges(); err != nil {
+		return nil, err
+	}
+	unlock, err = loader.DaemonLock(root)
+	if !errors.Is(err, loader.ErrLocked) {
+		return unlock, err
+	}
+	pid, err := loader.LockHolder(root)
+	if err != nil {
+		return nil, err
+	}
+	if pid <= 0 {
+		return nil, fmt.Errorf("a tandem daemon serves %s but its pid is not visible here (another pid namespace?); stop it, then run tandem down again", root)
+	}
+	fmt.Fprintf(env.Stdout, "stopping the tandem daemon (pid %d) that serves %s\n", pid, root)
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
+		return nil, fmt.Errorf("stop the daemon (pid %d): %w", pid, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		// The lock goes with the daemon's first closed files; wait until
+		// it has closed them all (gone, or a zombie), links and maps too.
+		unlock, err = loader.DaemonLock(root)
+		if err == nil && !alive(pid) {
+			return unlock, nil
+		}
+		if err == nil {
+			unlock()
+		} else if !errors.Is(err, loader.ErrLocked) {
+			return nil, err
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("the tandem daemon (pid %d) did not stop within %s; nothing was removed: stop it (kill -KILL %d) and run tandem down again", pid, timeout, pid)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// alive: pid runs and is not a zombie.
+func alive(pid int) bool {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// "pid (comm) S ...": the state follows the last ')'.
+	i := strings.LastIndexByte(string(data), ')')
+	return i < 0 || i+2 >= len(data) || (data[i+2] != 'Z' && data[i+2] != 'X')
+}
