@@ -74,10 +74,6 @@ func New(cfg Config) (*Daemon, error) {
 	return d, nil
 }
 
-// MetricsAddr is the address the metrics endpoint listens on ("" when
-// none; the port the kernel chose when the config says port 0).
-func (d *Daemon) MetricsAddr() string { return d.sd.bound }
-
 // Run keeps the datapath and the daemon's parts as configured until ctx
 // ends; then it stops them and returns nil, leaving the datapath running.
 // It returns an error when a part stops on its own and cannot go on.
@@ -170,6 +166,11 @@ func (d *Daemon) reload(no Config) error {
 	if err := d.reloadElection(no); err != nil {
 		log.Error("reload: election; the running election carries on", "err", err)
 		errs = append(errs, fmt.Errorf("election: %w", err))
+		// Up set the gate for the new config's addresses: put back the
+		// entries of the election that runs on.
+		if err := d.vd.repairGate(); err != nil {
+			log.Warn("election: repair the VIP gate", "err", err)
+		}
 	}
 	old := d.cfg
 	d.cfg = no

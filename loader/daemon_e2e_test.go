@@ -450,11 +450,11 @@ func TestUpKeepsElectionGate(t *testing.T) {
 }
 
 // TestReloadKeepsElection: a SIGHUP whose new election cannot start (its
-// advert listener is an address this host does not have) keeps the
-// running election: it still answers tandem vip and still owns the VIPs,
-// and the failed reload shows in tandem vip. A config that works again
-// clears it. (Before, the daemon stopped the old election first and ran
-// on with none.)
+// advert listener is an address this host does not have; its peer's
+// name does not resolve) keeps the running election: it still answers
+// tandem vip and still owns the VIPs, and the failed reload shows in
+// tandem vip. A config that works again clears it. (Before, the daemon
+// stopped the old election first and ran on with none.)
 func TestReloadKeepsElection(t *testing.T) {
 	l := gatewayLab(t)
 	gw := l.Host("gw")
@@ -464,22 +464,23 @@ func TestReloadKeepsElection(t *testing.T) {
 		t.Fatal(err)
 	}
 	conf := filepath.Join(t.TempDir(), "tandem.toml")
-	write := func(listen string) {
+	const goodListen, goodPeer = "127.0.0.1:17402", "127.0.0.1:17401"
+	write := func(listen, peer string) {
 		t.Helper()
 		data := fmt.Sprintf(`interfaces = ["eth0"]
 [election]
 addrs = ["10.77.9.1/32@eth0"]
-peers = ["127.0.0.1:17401"]
+peers = [%q]
 peer_name = "peer"
 listen = %q
 interval = "50ms"
 secret_file = %q
-`, listen, secret)
+`, peer, listen, secret)
 		if err := os.WriteFile(conf, []byte(data), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write("127.0.0.1:17402")
+	write(goodListen, goodPeer)
 	d := daemon(t, gw, "--config", conf, "--bpffs", gw.BPFFS(), "--state-dir", state)
 	waitOwner(t, gw, state)
 	vipStatus := func() (map[string]any, result) {
@@ -510,22 +511,31 @@ secret_file = %q
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
-	// 192.0.2.99 is on no interface of gw: the new listener cannot bind.
-	write("192.0.2.99:17402")
-	st := reload(func(st map[string]any) bool { return st["reload_error"] != nil }, "an election that cannot start")
-	if st["owner"] != true {
-		t.Errorf("after a failed reload the election lost the VIPs: %v", st)
+	for _, c := range []struct {
+		name, listen, peer, says string
+	}{
+		// 192.0.2.99 is on no interface of gw: the new listener cannot bind.
+		{"listener cannot bind", "192.0.2.99:17402", goodPeer, "192.0.2.99:17402"},
+		{"peer does not resolve", goodListen, "nosuch.invalid:17401", "nosuch.invalid"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			write(c.listen, c.peer)
+			st := reload(func(st map[string]any) bool { return st["reload_error"] != nil }, c.name)
+			if st["owner"] != true {
+				t.Errorf("after a failed reload the election lost the VIPs: %v", st)
+			}
+			if msg, _ := st["reload_error"].(string); !strings.Contains(msg, c.says) {
+				t.Errorf("reload_error %q does not name %q", msg, c.says)
+			}
+			if have, owned := gateOwned(t, gw, "10.77.9.1"); !have || !owned {
+				t.Errorf("after a failed reload the gate entry: present %v owned %v; want both", have, owned)
+			}
+			r := tandem(t, gw, "vip", "--state-dir", state)
+			if !strings.Contains(r.stdout, "reload") || !strings.Contains(r.stdout, c.says) {
+				t.Errorf("tandem vip does not show the failed reload:\n%s", r.stdout)
+			}
+			write(goodListen, goodPeer)
+			reload(func(st map[string]any) bool { return st["reload_error"] == nil && st["owner"] == true }, "the config fixed")
+		})
 	}
-	if msg, _ := st["reload_error"].(string); !strings.Contains(msg, "192.0.2.99:17402") {
-		t.Errorf("reload_error %q does not name the listener that failed", msg)
-	}
-	if have, owned := gateOwned(t, gw, "10.77.9.1"); !have || !owned {
-		t.Errorf("after a failed reload the gate entry: present %v owned %v; want both", have, owned)
-	}
-	r := tandem(t, gw, "vip", "--state-dir", state)
-	if !strings.Contains(r.stdout, "192.0.2.99:17402") {
-		t.Errorf("tandem vip does not show the failed reload:\n%s", r.stdout)
-	}
-	write("127.0.0.1:17402")
-	reload(func(st map[string]any) bool { return st["reload_error"] == nil && st["owner"] == true }, "the config fixed")
 }

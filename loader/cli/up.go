@@ -62,7 +62,10 @@ Pinned maps are kept, so counters survive.
 
 Then up stays in the foreground as the daemon: it checks the attachments
 every --check-interval and re-applies the config when one is broken, and on
-SIGHUP. SIGINT/SIGTERM (or SIGKILL) stop the daemon, never the datapath:
+SIGHUP (it reads the config file again). A part whose new config cannot
+start keeps running as it was: a new election that cannot start leaves
+the running one in place, and tandem vip shows the failed reload until a
+reload succeeds. SIGINT/SIGTERM (or SIGKILL) stop the daemon, never the datapath:
 a later up adopts what is pinned; tandem down removes it. If a daemon
 already serves --bpffs, up applies the change and leaves that daemon to it;
 if it asks for other daemon options (--state-dir, --metrics-addr, --sync-*,

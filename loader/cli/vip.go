@@ -39,10 +39,12 @@ priority, then generation (the later primary), then name.
   status     (the default) this host's view: owner or not and why, the
              peer, health, sync, adverts sent, received, dropped by the
              socket's buffer and refused by reason; --json for scripts
-  handover   run on the owner: flush the state sync, wait for the peer to
-             catch up, move the addresses, keep serving stragglers until
-             the announcements land, then close the gate here. No packet
-             is lost.
+  handover   run on the owner: flush the state sync (drain it now and
+             wait until the peer acknowledged every change made before
+             the handover; a peer that does not is an error within 30 s),
+             wait for the peer to catch up, move the addresses, keep
+             serving stragglers until the announcements land, then close
+             the gate here. No packet is lost.
 
 Both talk to the daemon through its control socket in --state-dir, which
 only root and members of the daemon's control group (control_group in its
