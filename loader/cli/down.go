@@ -1,15 +1,12 @@
 package cli
 
 import (
-	"errors"
 	"fmt"
-	"os"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/tandem-net/tandem/daemon"
 	"github.com/tandem-net/tandem/loader"
 )
 
@@ -53,7 +50,10 @@ func runDown(env Env, opts any, args []string) error {
 	}
 	// A daemon would re-apply what down removes, and keep working on maps
 	// no program uses: down stops it first.
-	unlock, err := stopDaemon(env, c.Datapath.Pins.Root, f.stopTimeout)
+	root := c.Datapath.Pins.Root
+	unlock, err := daemon.Stop(root, f.stopTimeout, func(pid int) {
+		fmt.Fprintf(env.Stdout, "stopping the tandem daemon (pid %d) that serves %s\n", pid, root)
+	})
 	if err != nil {
 		return err
 	}
@@ -76,59 +76,4 @@ type downFlags struct {
 	*rootFlags
 	verbose     bool
 	stopTimeout time.Duration // how long to wait for the daemon to stop
-}
-
-// stopDaemon stops the daemon serving root, if one does, and returns with
-// the root's daemon lock held, so none starts while down runs.
-func stopDaemon(env Env, root string, timeout time.Duration) (unlock func(), err error) {
-	if _, err := os.Stat(root); err != nil {
-		return func() {}, nil
-	}
-	if err := loader.RequirePrivileges(); err != nil {
-		return nil, err
-	}
-	unlock, err = loader.DaemonLock(root)
-	if !errors.Is(err, loader.ErrLocked) {
-		return unlock, err
-	}
-	pid, err := loader.LockHolder(root)
-	if err != nil {
-		return nil, err
-	}
-	if pid <= 0 {
-		return nil, fmt.Errorf("a tandem daemon serves %s but its pid is not visible here (another pid namespace?); stop it, then run tandem down again", root)
-	}
-	fmt.Fprintf(env.Stdout, "stopping the tandem daemon (pid %d) that serves %s\n", pid, root)
-	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
-		return nil, fmt.Errorf("stop the daemon (pid %d): %w", pid, err)
-	}
-	deadline := time.Now().Add(timeout)
-	for {
-		// The lock goes with the daemon's first closed files; wait until
-		// it has closed them all (gone, or a zombie), links and maps too.
-		unlock, err = loader.DaemonLock(root)
-		if err == nil && !alive(pid) {
-			return unlock, nil
-		}
-		if err == nil {
-			unlock()
-		} else if !errors.Is(err, loader.ErrLocked) {
-			return nil, err
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("the tandem daemon (pid %d) did not stop within %s; nothing was removed: stop it (kill -KILL %d) and run tandem down again", pid, timeout, pid)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// alive: pid runs and is not a zombie.
-func alive(pid int) bool {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// "pid (comm) S ...": the state follows the last ')'.
-	i := strings.LastIndexByte(string(data), ')')
-	return i < 0 || i+2 >= len(data) || (data[i+2] != 'Z' && data[i+2] != 'X')
 }

@@ -1,12 +1,9 @@
 package cli
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
-	"slices"
 	"strings"
 	"time"
 
@@ -294,69 +291,19 @@ func runUp(env Env, opts any, args []string) error {
 // upDaemon is up without --once: apply, then run the daemon, unless a
 // daemon already serves the root.
 func upDaemon(env Env, f *upFlags, c daemon.Config) error {
-	o := c.Options()
-	log := o.Log
-	root := o.Pins.Root
-	if err := loader.RequirePrivileges(); err != nil {
+	log := c.Datapath.Log
+	d, release, err := daemon.Launch(c, func(o loader.Options) (*loader.Result, error) { return applyUp(env, o) })
+	var served *daemon.ServedError
+	switch {
+	case errors.As(err, &served):
+		return upUnderDaemon(env, c, served)
+	case errors.Is(err, daemon.ErrStartedMeanwhile):
+		fmt.Fprintf(env.Stdout, "a tandem daemon started on %s meanwhile; it carries on with the new programs\n", c.Datapath.Pins.Root)
+		return nil
+	case err != nil:
 		return err
 	}
-	var unlockRoot func()
-	defer func() {
-		if unlockRoot != nil {
-			unlockRoot()
-		}
-	}()
-	if _, err := os.Stat(root); err == nil {
-		u, err := loader.DaemonLock(root)
-		if errors.Is(err, loader.ErrLocked) {
-			return upUnderDaemon(env, c)
-		}
-		if err != nil {
-			return err
-		}
-		unlockRoot = u
-	}
-	gid, err := daemon.ControlGID(c.ControlGroup)
-	if err != nil {
-		return err
-	}
-	// Everything that can be checked without the kernel is checked before
-	// anything is attached.
-	if err := c.Preflight(); err != nil {
-		return err
-	}
-	unlockState, err := daemon.StateLock(daemon.DaemonInfoOf(c), gid)
-	if err != nil {
-		return err
-	}
-	defer unlockState()
-	res, err := applyUp(env, o)
-	if err != nil {
-		return err
-	}
-	if unlockRoot == nil {
-		if unlockRoot, err = loader.DaemonLock(root); err != nil {
-			// Another daemon started on this fresh root meanwhile: this
-			// up applied the same datapath and leaves it to that one.
-			if errors.Is(err, loader.ErrLocked) {
-				fmt.Fprintf(env.Stdout, "a tandem daemon started on %s meanwhile; it carries on with the new programs\n", root)
-				return nil
-			}
-			return err
-		}
-	}
-	d, err := daemon.New(c)
-	if err != nil {
-		// The daemon could not start: up takes back what it attached.
-		if uerr := loader.Undo(o, res); uerr != nil {
-			log.Error("roll back", "err", uerr)
-			return fmt.Errorf("%w (rolling back what this up attached failed too: %v; run tandem down)", err, uerr)
-		}
-		if res.Fresh {
-			return fmt.Errorf("%w (nothing left attached or pinned)", err)
-		}
-		return fmt.Errorf("%w (the datapath that ran before keeps running)", err)
-	}
+	defer release()
 	// SIGHUP: read the config file and the flags again and reload.
 	stop := make(chan struct{})
 	defer close(stop)
@@ -382,19 +329,12 @@ func upDaemon(env Env, f *upFlags, c daemon.Config) error {
 // upUnderDaemon applies the datapath for a root a daemon already serves,
 // unless the daemon-level options differ from that daemon's: those need a
 // restart of the daemon, and up refuses before changing anything.
-func upUnderDaemon(env Env, c daemon.Config) error {
-	o := c.Options()
-	root := o.Pins.Root
-	pid, info, err := daemon.RunningDaemon(root)
-	if err != nil {
-		return err
+func upUnderDaemon(env Env, c daemon.Config, served *daemon.ServedError) error {
+	root, pid := served.Root, served.PID
+	if diff := served.Differs(c); len(diff) > 0 {
+		return fmt.Errorf("the tandem daemon (pid %d) serving %s runs with another %s; that needs a restart of the daemon: stop it (kill -TERM %d; the datapath keeps running) and run this up again", pid, root, strings.Join(diff, ", "), pid)
 	}
-	if info != nil {
-		if diff := daemonDiff(*info, daemon.DaemonInfoOf(c)); len(diff) > 0 {
-			return fmt.Errorf("the tandem daemon (pid %d) serving %s runs with another %s; that needs a restart of the daemon: stop it (kill -TERM %d; the datapath keeps running) and run this up again", pid, root, strings.Join(diff, ", "), pid)
-		}
-	}
-	if _, err := applyUp(env, o); err != nil {
+	if _, err := applyUp(env, c.Options()); err != nil {
 		return err
 	}
 	who := "a tandem daemon"
@@ -402,55 +342,10 @@ func upUnderDaemon(env Env, c daemon.Config) error {
 		who = fmt.Sprintf("a tandem daemon (pid %d)", pid)
 	}
 	fmt.Fprintf(env.Stdout, "%s already serves %s; it carries on with the new programs\n", who, root)
-	if info == nil {
+	if served.Info == nil {
 		fmt.Fprintln(env.Stdout, "note: its options could not be read; sync, metrics, election and state-dir options of this up were not applied")
 	}
 	return nil
-}
-
-// daemonDiff names the options (as flags) in which want differs from the
-// running daemon's.
-func daemonDiff(running, want daemon.DaemonInfo) []string {
-	// Compare as the daemon wrote them: through JSON.
-	flat := func(d daemon.DaemonInfo) map[string]string {
-		d.PID = 0
-		data, _ := json.Marshal(d)
-		var m map[string]json.RawMessage
-		json.Unmarshal(data, &m)
-		out := map[string]string{}
-		for k, v := range m {
-			var sub map[string]json.RawMessage
-			if json.Unmarshal(v, &sub) == nil && (k == "sync" || k == "election") {
-				for sk, sv := range sub {
-					out[k+"."+sk] = string(sv)
-				}
-				continue
-			}
-			out[k] = string(v)
-		}
-		return out
-	}
-	flags := map[string]string{
-		"bpffs": "--bpffs", "state_dir": "--state-dir", "metrics_addr": "--metrics-addr", "control_group": "--control-group",
-		"proxy_secret": "--proxy-secret", "sync.Role": "--sync-role", "sync.Peer": "--sync-peer", "sync.Listen": "--sync-listen",
-		"sync.Certs": "--sync-certs", "sync.Name": "--sync-name", "sync.Interval": "--sync-interval", "sync.Journal": "--sync-journal",
-		"sync.JournalMiB": "--sync-journal-mib", "election.Addrs": "--vip-addr", "election.Peers": "--vip-peer",
-		"election.Listen": "--vip-listen", "election.Priority": "--vip-priority", "election.Preempt": "--vip-preempt",
-		"election.Interval": "--vip-interval", "election.Dead": "--vip-dead", "election.Secret": "--vip-secret",
-	}
-	a, b := flat(running), flat(want)
-	var out []string
-	for k, v := range b {
-		if a[k] != v {
-			name, ok := flags[k]
-			if !ok {
-				name = k
-			}
-			out = append(out, name)
-		}
-	}
-	slices.Sort(out)
-	return slices.Compact(out)
 }
 
 // applyUp runs loader.Up and prints what it attached and removed.
