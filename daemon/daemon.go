@@ -163,7 +163,8 @@ func (d *Daemon) reload(no Config) error {
 		d.pk.close()
 		d.pk = npk
 	}
-	if err := d.reloadElection(no); err != nil {
+	electionErr := d.reloadElection(no)
+	if err := electionErr; err != nil {
 		log.Error("reload: election; the running election carries on", "err", err)
 		errs = append(errs, fmt.Errorf("election: %w", err))
 		// Up set the gate for the new config's addresses: put back the
@@ -174,9 +175,9 @@ func (d *Daemon) reload(no Config) error {
 	}
 	old := d.cfg
 	d.cfg = no
-	if len(errs) > 0 {
-		// What did not start runs on with the old config: the next
-		// reload compares with that.
+	if electionErr != nil {
+		// The election that runs on has the old config: the next reload
+		// compares with that.
 		d.cfg.Elect, d.cfg.ControlGroup = old.Elect, old.ControlGroup
 	}
 	if ids, err := loader.PinnedMapIDs(no.Datapath.Pins); err == nil {
