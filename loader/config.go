@@ -6,15 +6,16 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/BurntSushi/toml"
 
 	"github.com/tandem-net/tandem/maps"
-	"github.com/tandem-net/tandem/syncer/vip"
 )
 
 // FileConfig is the host config file (TOML). Flags override its values.
+// Its datapath keys go to Options (Apply); the daemon's to
+// daemon.Config (daemon.Config.ApplyFile): one file, one schema, read
+// here.
 //
 //	bpffs      = "/sys/fs/bpf/tandem"
 //	interfaces = ["eth0"]     # the VIP gate; an interface may carry other features too
@@ -130,24 +131,14 @@ type VIPConfig struct {
 // Defaults returns the options tandem uses when nothing says otherwise.
 func Defaults() Options {
 	return Options{
-		Pins:     maps.Pins{Root: maps.DefaultRoot},
-		XDPMode:  XDPAuto,
-		Ingress:  IngressXDP,
-		TC:       TCAuto,
-		Gate:     GateEnforce,
-		VIPs:     map[netip.Addr]bool{},
-		StateDir: DefaultStateDir,
-		Elect:    ElectOptions{Listen: DefaultElectListen, Priority: 100, Interval: 100 * time.Millisecond, Dead: 3},
-		Sync: SyncOptions{
-			Listen:   "0.0.0.0:7400",
-			Certs:    "/etc/tandem/certs",
-			Interval: 10 * time.Millisecond,
-		},
+		Pins:    maps.Pins{Root: maps.DefaultRoot},
+		XDPMode: XDPAuto,
+		Ingress: IngressXDP,
+		TC:      TCAuto,
+		Gate:    GateEnforce,
+		VIPs:    map[netip.Addr]bool{},
 	}
 }
-
-// DefaultStateDir holds the daemon's sync metadata and status.
-const DefaultStateDir = "/var/lib/tandem"
 
 // ConfigError is a config file that cannot be used as written: a syntax
 // error, an unknown key, a bad value. It is a mistake in how tandem was
@@ -184,7 +175,10 @@ func ReadConfig(path string) (*FileConfig, error) {
 	return &fc, nil
 }
 
-// Apply lays the file's values over o. Its errors are *ConfigError.
+// Apply lays the file's datapath values over o. Its errors are
+// *ConfigError. The daemon's tables and keys ([sync] but ring_bytes and
+// test_iface, [election], state_dir, metrics_addr, control_group) are
+// applied by daemon.Config.ApplyFile.
 func (fc *FileConfig) Apply(o *Options) error {
 	if err := fc.apply(o); err != nil {
 		return &ConfigError{err}
@@ -203,29 +197,7 @@ func (fc *FileConfig) apply(o *Options) error {
 	set(&o.Ingress, fc.Ingress)
 	set(&o.TC, fc.TC)
 	set(&o.Gate, fc.Gate)
-	set(&o.StateDir, fc.StateDir)
-	set(&o.MetricsAddr, fc.MetricsAddr)
-	set(&o.ControlGroup, fc.ControlGroup)
-	set(&o.Sync.Role, fc.Sync.Role)
-	set(&o.Sync.Peer, fc.Sync.Peer)
-	set(&o.Sync.Listen, fc.Sync.Listen)
-	set(&o.Sync.Certs, fc.Sync.Certs)
-	set(&o.Sync.Name, fc.Sync.Name)
-	set(&o.Sync.PeerName, fc.Sync.PeerName)
 	set(&o.SyncTestIface, fc.Sync.TestIface)
-	if fc.Sync.Interval != "" {
-		d, err := time.ParseDuration(fc.Sync.Interval)
-		if err != nil {
-			return fmt.Errorf("config: sync.interval %q: %v", fc.Sync.Interval, err)
-		}
-		o.Sync.Interval = d
-	}
-	if fc.Sync.Journal != 0 {
-		o.Sync.Journal = fc.Sync.Journal
-	}
-	if fc.Sync.JournalMiB != 0 {
-		o.Sync.JournalMiB = fc.Sync.JournalMiB
-	}
 	if fc.Sync.RingBytes != 0 {
 		o.RingBytes = fc.Sync.RingBytes
 	}
@@ -242,9 +214,6 @@ func (fc *FileConfig) apply(o *Options) error {
 			return fmt.Errorf("config: proxy.service #%d: %v", i+1, err)
 		}
 		o.Proxy.Services = append(o.Proxy.Services, svc)
-	}
-	if err := fc.Election.apply(&o.Elect); err != nil {
-		return err
 	}
 	if len(fc.VIPs) > 0 {
 		o.VIPs = map[netip.Addr]bool{}
@@ -282,47 +251,4 @@ func ParseVIP(s string) (netip.Addr, bool, error) {
 		return a.Unmap(), false, nil
 	}
 	return netip.Addr{}, false, fmt.Errorf("--vip %q: role %q: use ADDR, ADDR=owned or ADDR=standby", s, role)
-}
-
-func (ec ElectConfig) apply(e *ElectOptions) error {
-	for _, a := range ec.Addrs {
-		x, err := vip.ParseAddr(a)
-		if err != nil {
-			return fmt.Errorf("config: election.addrs: %v", err)
-		}
-		if err := checkVIPPrefix(x.Prefix); err != nil {
-			return fmt.Errorf("config: election.addrs: %w", err)
-		}
-		e.Addrs = append(e.Addrs, x)
-	}
-	if len(ec.Peers) > 0 {
-		e.Peers = append([]string(nil), ec.Peers...)
-	}
-	if ec.Listen != "" {
-		e.Listen = ec.Listen
-	}
-	if ec.PeerName != "" {
-		e.PeerName = ec.PeerName
-	}
-	if ec.Priority != nil {
-		if *ec.Priority < 0 || *ec.Priority > 255 {
-			return fmt.Errorf("config: election.priority %d: 0 to 255", *ec.Priority)
-		}
-		e.Priority = uint8(*ec.Priority)
-	}
-	e.Preempt = e.Preempt || ec.Preempt
-	if ec.Interval != "" {
-		d, err := time.ParseDuration(ec.Interval)
-		if err != nil {
-			return fmt.Errorf("config: election.interval %q: %v", ec.Interval, err)
-		}
-		e.Interval = d
-	}
-	if ec.Dead != 0 {
-		e.Dead = ec.Dead
-	}
-	if ec.Secret != "" {
-		e.Secret = ec.Secret
-	}
-	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 func TestReadConfig(t *testing.T) {
@@ -45,45 +44,6 @@ owned = false
 				t.Errorf("vips %v", o.VIPs)
 			}
 		}},
-		{"election table", `
-interfaces = ["eth0"]
-[election]
-addrs = ["192.0.2.10/24@eth0"]
-peers = ["10.9.0.2:7401"]
-peer_name = "gw-b"
-priority = 200
-interval = "50ms"
-`, "", func(t *testing.T, o Options) {
-			e := o.Elect
-			if len(e.Addrs) != 1 || len(e.Peers) != 1 || e.PeerName != "gw-b" || e.Priority != 200 || e.Interval != 50*time.Millisecond {
-				t.Errorf("election %+v", e)
-			}
-		}},
-		{"sync table", `
-interfaces = ["eth0"]
-state_dir = "/var/lib/x"
-metrics_addr = "127.0.0.1:9474"
-[sync]
-role = "primary"
-peer = "192.0.2.2:7400"
-certs = "/etc/x/certs"
-name = "gw-a"
-peer_name = "gw-b"
-interval = "20ms"
-journal = 1000
-journal_mib = 8
-ring_bytes = 65536
-test_iface = "cmd0"
-`, "", func(t *testing.T, o Options) {
-			want := SyncOptions{Role: "primary", Peer: "192.0.2.2:7400", Listen: "0.0.0.0:7400", Certs: "/etc/x/certs", Name: "gw-a", PeerName: "gw-b", Interval: 20 * time.Millisecond, Journal: 1000, JournalMiB: 8}
-			if o.Sync != want || o.StateDir != "/var/lib/x" || o.MetricsAddr != "127.0.0.1:9474" || o.RingBytes != 65536 || o.SyncTestIface != "cmd0" {
-				t.Errorf("sync options %+v (state %s, metrics %s, ring %d, test %s)", o.Sync, o.StateDir, o.MetricsAddr, o.RingBytes, o.SyncTestIface)
-			}
-			if err := o.Validate(); err != nil {
-				t.Errorf("validate: %v", err)
-			}
-		}},
-		{"bad sync interval", "[sync]\ninterval = \"often\"", "sync.interval", nil},
 		{"unknown sync key", "[sync]\nrole = \"primary\"\npeers = [\"x\"]", "sync.peers", nil},
 		{"syntax error", "interfaces = [\"eth0\"\n", "line", nil},
 		{"unknown key", "interface = [\"eth0\"]", "unknown key(s) interface", nil},

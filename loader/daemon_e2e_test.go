@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	tdaemon "github.com/tandem-net/tandem/daemon"
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/tools/lab"
@@ -333,7 +334,7 @@ func TestStateDirLock(t *testing.T) {
 	if _, err := os.Stat(root2); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("the refused daemon pinned under %s", root2)
 	}
-	info, err := loader.ReadDaemonInfo(state)
+	info, err := tdaemon.ReadDaemonInfo(state)
 	if err != nil || info.PID != d.Process.Pid {
 		t.Errorf("the state lock no longer names the first daemon: %+v %v", info, err)
 	}
@@ -445,5 +446,96 @@ func TestUpKeepsElectionGate(t *testing.T) {
 		if have, owned := gateOwned(t, gw, "10.77.9.1"); !have || !owned {
 			t.Fatalf("after up --once #%d: the owner's gate entry: present %v owned %v; want both\n%s", i+1, have, owned, r.stdout)
 		}
+	}
+}
+
+// TestReloadKeepsElection: a SIGHUP whose new election cannot start (its
+// advert listener is an address this host does not have; its peer's
+// name does not resolve) keeps the running election: it still answers
+// tandem vip and still owns the VIPs, and the failed reload shows in
+// tandem vip. A config that works again clears it. (Before, the daemon
+// stopped the old election first and ran on with none.)
+func TestReloadKeepsElection(t *testing.T) {
+	l := gatewayLab(t)
+	gw := l.Host("gw")
+	state := stateDir(t)
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte("0123456789abcdef0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(t.TempDir(), "tandem.toml")
+	const goodListen, goodPeer = "127.0.0.1:17402", "127.0.0.1:17401"
+	write := func(listen, peer string) {
+		t.Helper()
+		data := fmt.Sprintf(`interfaces = ["eth0"]
+[election]
+addrs = ["10.77.9.1/32@eth0"]
+peers = [%q]
+peer_name = "peer"
+listen = %q
+interval = "50ms"
+secret_file = %q
+`, peer, listen, secret)
+		if err := os.WriteFile(conf, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(goodListen, goodPeer)
+	d := daemon(t, gw, "--config", conf, "--bpffs", gw.BPFFS(), "--state-dir", state)
+	waitOwner(t, gw, state)
+	vipStatus := func() (map[string]any, result) {
+		r := tandem(t, gw, "vip", "--json", "--state-dir", state)
+		var st map[string]any
+		if r.code == 0 {
+			json.Unmarshal([]byte(r.stdout), &st)
+		}
+		return st, r
+	}
+	reload := func(want func(st map[string]any) bool, what string) map[string]any {
+		t.Helper()
+		if err := d.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			st, r := vipStatus()
+			if r.code != 0 {
+				t.Fatalf("after SIGHUP (%s), tandem vip: exit %d %s%s", what, r.code, r.stdout, r.stderr)
+			}
+			if want(st) {
+				return st
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after SIGHUP (%s): tandem vip says %s", what, r.stdout)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	for _, c := range []struct {
+		name, listen, peer, says string
+	}{
+		// 192.0.2.99 is on no interface of gw: the new listener cannot bind.
+		{"listener cannot bind", "192.0.2.99:17402", goodPeer, "192.0.2.99:17402"},
+		{"peer does not resolve", goodListen, "nosuch.invalid:17401", "nosuch.invalid"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			write(c.listen, c.peer)
+			st := reload(func(st map[string]any) bool { return st["reload_error"] != nil }, c.name)
+			if st["owner"] != true {
+				t.Errorf("after a failed reload the election lost the VIPs: %v", st)
+			}
+			if msg, _ := st["reload_error"].(string); !strings.Contains(msg, c.says) {
+				t.Errorf("reload_error %q does not name %q", msg, c.says)
+			}
+			if have, owned := gateOwned(t, gw, "10.77.9.1"); !have || !owned {
+				t.Errorf("after a failed reload the gate entry: present %v owned %v; want both", have, owned)
+			}
+			r := tandem(t, gw, "vip", "--state-dir", state)
+			if !strings.Contains(r.stdout, "reload") || !strings.Contains(r.stdout, c.says) {
+				t.Errorf("tandem vip does not show the failed reload:\n%s", r.stdout)
+			}
+			write(goodListen, goodPeer)
+			reload(func(st map[string]any) bool { return st["reload_error"] == nil && st["owner"] == true }, "the config fixed")
+		})
 	}
 }

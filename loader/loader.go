@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/cilium/ebpf"
 
@@ -56,50 +55,18 @@ type Options struct {
 	// (bpf/synctest.c) on that interface's XDP hook, for labs and tests.
 	SyncTestIface string
 	RingBytes     uint32 // each CPU's dirty ring; 0: maps.DefaultRingBytes
-	StateDir      string // the daemon's sync metadata and status
-	MetricsAddr   string // the daemon's Prometheus endpoint; "": none
-	ControlGroup  string // group whose members may use the control socket; "": root only
-	Sync          SyncOptions
 	Proxy         ProxyOptions
-	Elect         ElectOptions
-	Log           *slog.Logger
+	// ElectedVIPs are the addresses whose gate entries a running VIP
+	// election owns (the daemon's: daemon.Config.Options sets them); Up
+	// leaves those entries as they are. The election, the state sync and
+	// the daemon's own options live in daemon.Config, not here.
+	ElectedVIPs []netip.Addr
+	Log         *slog.Logger
 }
 
-// Sync roles accepted by --sync-role ("" runs no sync).
-const (
-	SyncPrimary = "primary"
-	SyncStandby = "standby"
-)
-
-// SyncOptions configure the state sync the daemon runs.
-type SyncOptions struct {
-	Role       string // "", primary, standby
-	Peer       string // primary: the standby's HOST:PORT
-	Listen     string // standby: ADDR:PORT to accept the primary on
-	Certs      string // directory laid out as tandem certs makes it
-	Name       string // this host's certificate name; "": the hostname
-	PeerName   string // the peer's certificate name, the only one admitted; "": the other host certificate in Certs
-	Interval   time.Duration
-	Journal    int
-	JournalMiB int
-}
-
-// Bounds of the daemon's timers and sizes. Below a minimum a timer keeps
-// a CPU busy for nothing; above a maximum a value pins kernel or daemon
-// memory no pair needs, or makes failover meaningless.
-const (
-	MinCheckInterval  = 100 * time.Millisecond // up --check-interval
-	MaxCheckInterval  = time.Hour
-	MinSyncInterval   = time.Millisecond // --sync-interval
-	MaxSyncInterval   = 10 * time.Second
-	MinElectInterval  = 10 * time.Millisecond // --vip-interval
-	MaxElectInterval  = 10 * time.Second
-	MinElectDead      = 2 // --vip-dead
-	MaxElectDead      = 100
-	MaxRingBytes      = 64 << 20 // --sync-ring-bytes, each CPU's ring
-	MaxJournalEntries = 1 << 24  // --sync-journal
-	MaxJournalMiB     = 4096     // --sync-journal-mib
-)
+// MaxRingBytes bounds --sync-ring-bytes, each CPU's ring: above it a
+// ring pins kernel memory no pair needs.
+const MaxRingBytes = 64 << 20
 
 // Validate checks the choices, not the machine.
 func (o *Options) Validate() error {
@@ -140,28 +107,6 @@ func (o *Options) Validate() error {
 			}
 		}
 	}
-	if o.Sync.Role != "" {
-		oneOf("sync-role", o.Sync.Role, SyncPrimary, SyncStandby, SyncAuto)
-	}
-	errs = append(errs, o.validateElect()...)
-	if o.Sync.Role == SyncPrimary && o.Sync.Peer == "" {
-		errs = append(errs, errors.New("--sync-role primary: name the standby with --sync-peer HOST:PORT"))
-	}
-	if o.Sync.Role == SyncStandby && o.Sync.Listen == "" {
-		errs = append(errs, errors.New("--sync-role standby: give --sync-listen ADDR:PORT"))
-	}
-	if o.Sync.Interval < MinSyncInterval || o.Sync.Interval > MaxSyncInterval {
-		errs = append(errs, fmt.Errorf("--sync-interval %s: between %s and %s", o.Sync.Interval, MinSyncInterval, MaxSyncInterval))
-	}
-	if o.Sync.Journal < 0 || o.Sync.JournalMiB < 0 {
-		errs = append(errs, errors.New("--sync-journal and --sync-journal-mib cannot be negative"))
-	}
-	if o.Sync.Journal > MaxJournalEntries {
-		errs = append(errs, fmt.Errorf("--sync-journal %d: at most %d deltas", o.Sync.Journal, MaxJournalEntries))
-	}
-	if o.Sync.JournalMiB > MaxJournalMiB {
-		errs = append(errs, fmt.Errorf("--sync-journal-mib %d: at most %d", o.Sync.JournalMiB, MaxJournalMiB))
-	}
 	vips := make([]netip.Addr, 0, len(o.VIPs))
 	for a := range o.VIPs {
 		vips = append(vips, a)
@@ -170,14 +115,6 @@ func (o *Options) Validate() error {
 	for _, a := range vips {
 		if err := CheckVIP(a); err != nil {
 			errs = append(errs, fmt.Errorf("--vip %s: %w", a, err))
-		}
-	}
-	for _, fa := range [][2]string{{"sync-peer", o.Sync.Peer}, {"sync-listen", o.Sync.Listen}, {"metrics-addr", o.MetricsAddr}} {
-		if fa[1] == "" {
-			continue
-		}
-		if _, _, err := net.SplitHostPort(fa[1]); err != nil {
-			errs = append(errs, fmt.Errorf("--%s %q: want HOST:PORT", fa[0], fa[1]))
 		}
 	}
 	if o.RingBytes > MaxRingBytes {
@@ -426,10 +363,10 @@ func gateWant(vm *maps.VIPMaps, o Options) map[netip.Addr]bool {
 	for a, owned := range o.VIPs {
 		want[a] = owned
 	}
-	if len(o.Elect.Addrs) == 0 {
+	if len(o.ElectedVIPs) == 0 {
 		return want // no election: the --vip list is the whole gate
 	}
-	elected := o.GateVIPs()
+	elected := o.ElectedVIPs
 	have, err := vm.VIPs()
 	if err != nil {
 		return want // SetVIPs reads them again and says why

@@ -68,6 +68,7 @@ type Engine struct {
 	compactAt int
 	kio       map[uint32]*kio // maps read in the kernel in batches
 	drains    uint64
+	checkOver bool // the next tick reads the overflow counts (a flush)
 	Stats     Stats
 }
 
@@ -80,7 +81,9 @@ const overflowCheckEvery = 100
 // it returns the last ones.
 func (e *Engine) overflows() ([]uint64, error) {
 	e.drains++
-	if e.over != nil && !e.sync.NearFull() && e.drains%overflowCheckEvery != 0 {
+	check := e.checkOver
+	e.checkOver = false
+	if !check && e.over != nil && !e.sync.NearFull() && e.drains%overflowCheckEvery != 0 {
 		return e.over, nil
 	}
 	return e.sync.Overflows()
@@ -121,6 +124,11 @@ func NewEngine(s *maps.SyncMaps, ms ...Map) (*Engine, error) {
 	e.over = over
 	return e, nil
 }
+
+// CheckOverflows makes the next Tick read the rings' overflow counts,
+// whatever the rings look like: a flush then answers every overflow
+// before it, by a rescan in that tick.
+func (e *Engine) CheckOverflows() { e.checkOver = true }
 
 // Tick drains the rings, un-queues what it drained (one epoch advance),
 // then reads each changed entry's current value and emits a delta for it;

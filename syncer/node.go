@@ -72,9 +72,12 @@ type Node struct {
 	metrics *Metrics
 	lags    []time.Duration // recent lag samples, for status percentiles
 
-	mu     sync.Mutex
-	status NodeStatus
-	certAt time.Time // the last certificate check
+	mu      sync.Mutex
+	status  NodeStatus
+	ackWake chan struct{} // closed (and replaced) when Acked or Session change
+	certAt  time.Time     // the last certificate check
+
+	flushc chan chan uint64 // Flush asks the primary's loop for a tick now
 }
 
 // OpenNode opens the pinned sync maps and the registered maps under
@@ -111,7 +114,8 @@ func OpenNode(cfg NodeConfig) (*Node, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	n := &Node{cfg: cfg, log: cfg.Log.With("sync", cfg.Role), metrics: NewMetrics(cfg.Interval)}
+	n := &Node{cfg: cfg, log: cfg.Log.With("sync", cfg.Role), metrics: NewMetrics(cfg.Interval),
+		ackWake: make(chan struct{}), flushc: make(chan chan uint64)}
 	var err error
 	if n.sync, err = maps.OpenSyncMaps(cfg.Pins); err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -244,6 +248,7 @@ func (n *Node) runPrimary(ctx context.Context) error {
 		s, pending = nil, nil
 		m.SessionUp.Set(0)
 		n.update(func(st *NodeStatus) { st.Session, st.SessionPeer, st.Since, st.Unacked = "down", "", time.Now(), 0 })
+		n.wakeAcks()
 		n.log.Warn("sync session dropped; reconnecting", "reason", why)
 		nextDial = time.Now().Add(backoff)
 		n.writeStatus()
@@ -270,6 +275,51 @@ func (n *Node) runPrimary(ctx context.Context) error {
 		}
 		pending = pending[i:]
 		m.Acked.Set(float64(acked))
+		n.update(func(st *NodeStatus) { st.Acked = acked })
+		n.wakeAcks()
+	}
+	runTick := func() {
+		start := time.Now()
+		before, recs := e.Seq(), e.Stats.Records
+		rescans := e.Stats.OverflowRescans
+		if err := e.Tick(emit); err != nil {
+			n.log.Error("sync tick", "err", err)
+		}
+		if s != nil {
+			if err := s.Flush(); err != nil {
+				drop("send: " + err.Error())
+			}
+		}
+		if s != nil {
+			if err := s.Keepalive(DefaultKeepalive); err != nil {
+				drop("send keepalive: " + err.Error())
+			}
+		}
+		if s != nil && e.Seq() > before {
+			n.log.Debug("tick sent", "from", before+1, "to", e.Seq(), "took", time.Since(start))
+			pending = append(pending, tickMark{e.Seq(), start})
+		}
+		m.Ticks.Inc()
+		m.RingRecords.Add(float64(e.Stats.Records - recs))
+		m.RingDepth.Set(float64(e.Stats.Records - recs))
+		m.Rescans.Add(float64(e.Stats.OverflowRescans - rescans))
+		m.DeltasSent.Add(float64(e.Seq() - before))
+		m.LastSent.Set(float64(e.Seq()))
+		m.JournalEntries.Set(float64(j.Len()))
+		m.JournalBytes.Set(float64(j.Bytes()))
+		n.countOverflows()
+		unacked := 0
+		if s != nil {
+			unacked = s.Unacked()
+		}
+		m.Unacked.Set(float64(unacked))
+		n.update(func(st *NodeStatus) {
+			st.LastSent, st.Unacked, st.JournalEntries, st.JournalBytes = e.Seq(), unacked, j.Len(), j.Bytes()
+			if s != nil {
+				st.Acked = s.Acked()
+			}
+			st.Ticks, st.RingRecords, st.Rescans, st.DeltasSent = e.Stats.Ticks, e.Stats.Records, e.Stats.OverflowRescans, e.Seq()
+		})
 	}
 	tick := time.NewTicker(cfg.Interval)
 	defer tick.Stop()
@@ -320,6 +370,7 @@ func (n *Node) runPrimary(ctx context.Context) error {
 			n.update(func(st *NodeStatus) {
 				st.Session, st.SessionPeer, st.Since = "up", hex.EncodeToString(s.Peer.Node[:]), time.Now()
 			})
+			n.wakeAcks()
 			n.meta.LastSent = e.Seq()
 			start, before := time.Now(), e.Seq()
 			mode, why, err := ResyncProgress(n.meta, j, e, s, func(mode Mode, why string, sent int) {
@@ -351,48 +402,15 @@ func (n *Node) runPrimary(ctx context.Context) error {
 				err = errors.New("closed by the peer")
 			}
 			drop(fmt.Sprint(err))
+		case reply := <-n.flushc:
+			// A handover's barrier: drain and send now (a change a full
+			// ring refused included: rescanned now), and say up to which
+			// sequence.
+			e.CheckOverflows()
+			runTick()
+			reply <- e.Seq()
 		case <-tick.C:
-			start := time.Now()
-			before, recs := e.Seq(), e.Stats.Records
-			rescans := e.Stats.OverflowRescans
-			if err := e.Tick(emit); err != nil {
-				n.log.Error("sync tick", "err", err)
-			}
-			if s != nil {
-				if err := s.Flush(); err != nil {
-					drop("send: " + err.Error())
-				}
-			}
-			if s != nil {
-				if err := s.Keepalive(DefaultKeepalive); err != nil {
-					drop("send keepalive: " + err.Error())
-				}
-			}
-			if s != nil && e.Seq() > before {
-				n.log.Debug("tick sent", "from", before+1, "to", e.Seq(), "took", time.Since(start))
-				pending = append(pending, tickMark{e.Seq(), start})
-			}
-			m.Ticks.Inc()
-			m.RingRecords.Add(float64(e.Stats.Records - recs))
-			m.RingDepth.Set(float64(e.Stats.Records - recs))
-			m.Rescans.Add(float64(e.Stats.OverflowRescans - rescans))
-			m.DeltasSent.Add(float64(e.Seq() - before))
-			m.LastSent.Set(float64(e.Seq()))
-			m.JournalEntries.Set(float64(j.Len()))
-			m.JournalBytes.Set(float64(j.Bytes()))
-			n.countOverflows()
-			unacked := 0
-			if s != nil {
-				unacked = s.Unacked()
-			}
-			m.Unacked.Set(float64(unacked))
-			n.update(func(st *NodeStatus) {
-				st.LastSent, st.Unacked, st.JournalEntries, st.JournalBytes = e.Seq(), unacked, j.Len(), j.Bytes()
-				if s != nil {
-					st.Acked = s.Acked()
-				}
-				st.Ticks, st.RingRecords, st.Rescans, st.DeltasSent = e.Stats.Ticks, e.Stats.Records, e.Stats.OverflowRescans, e.Seq()
-			})
+			runTick()
 			if time.Since(lastSave) >= time.Second {
 				lastSave = time.Now()
 				n.checkCerts(lastSave)
@@ -584,6 +602,63 @@ func (n *Node) update(f func(*NodeStatus)) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	f(&n.status)
+}
+
+// wakeAcks tells the waiters of Flush that the session or the peer's
+// acknowledgements changed.
+func (n *Node) wakeAcks() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	close(n.ackWake)
+	n.ackWake = make(chan struct{})
+}
+
+// Flush is the barrier of a planned handover: the primary drains its
+// rings now, sends what they held, and Flush returns once the peer has
+// acknowledged every delta sent up to then, so whatever the datapath
+// changed before the call is applied on the standby. A session that
+// drops meanwhile is no failure in itself: the reconnect's resync
+// delivers the rest (from the journal). When ctx ends first, the error
+// says how far the peer got and what to check. A standby has nothing to
+// flush.
+func (n *Node) Flush(ctx context.Context) error {
+	if n.cfg.Role != RolePrimary {
+		return nil
+	}
+	reply := make(chan uint64, 1)
+	var want uint64
+	select {
+	case n.flushc <- reply:
+		select {
+		case want = <-reply:
+		case <-ctx.Done():
+			return n.flushErr(ctx, 0)
+		}
+	case <-ctx.Done():
+		return n.flushErr(ctx, 0)
+	}
+	for {
+		n.mu.Lock()
+		up, acked, wake := n.status.Session == "up", n.status.Acked, n.ackWake
+		n.mu.Unlock()
+		if up && acked >= want {
+			return nil
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return n.flushErr(ctx, want)
+		}
+	}
+}
+
+func (n *Node) flushErr(ctx context.Context, want uint64) error {
+	st := n.Status()
+	if want == 0 {
+		return fmt.Errorf("the sync did not take the flush (session %s): %w; is the daemon's sync running? (tandem status)", st.Session, ctx.Err())
+	}
+	return fmt.Errorf("the peer %s acknowledged %d of the %d deltas sent before the flush (session %s): %w; check that its daemon runs and the sync link between the hosts (tandem status on both), then try again",
+		n.cfg.Peer, st.Acked, want, st.Session, ctx.Err())
 }
 
 // Status is a copy of the node's status now.

@@ -1,7 +1,10 @@
-// Package cli is the tandem command line. It runs against an injected Env
-// so tests drive it in-process; loader/cmd/tandem only wires up os.Stdout,
-// signals and the exit code. Noun commands (status, dump, probe, version)
-// read; verb commands (up, down) write.
+// Package cli is the tandem command line: flag parsing, printing and the
+// wiring of signals to the daemon (package daemon). It runs against an
+// injected Env so tests drive it in-process; loader/cmd/tandem only wires
+// up os.Stdout, signals and the exit code. One file per command (up.go,
+// down.go, status.go, ...); shared flags and printing in flags.go. Noun
+// commands (status, dump, probe, version) read; verb commands (up, down)
+// write.
 package cli
 
 import (
@@ -15,6 +18,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/tandem-net/tandem/daemon"
 	"github.com/tandem-net/tandem/loader"
 )
 
@@ -117,11 +121,12 @@ func Run(env Env, args []string) int {
 	if err := c.run(env, opts, fs.Args()); err != nil {
 		var (
 			ue usageError
+			de daemon.UsageError
 			ce *loader.ConfigError
 		)
 		// A config file that cannot be used as written is a usage
 		// error too; a file that cannot be read is a failure.
-		if errors.As(err, &ue) || errors.As(err, &ce) {
+		if errors.As(err, &ue) || errors.As(err, &de) || errors.As(err, &ce) {
 			fmt.Fprintf(env.Stderr, "tandem %s: %v (see tandem %s --help)\n", c.name, err, c.name)
 			return 2
 		}

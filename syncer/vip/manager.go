@@ -138,8 +138,16 @@ type Manager struct {
 	peerHeard bool // the peer was alive at the last step
 }
 
-// New checks cfg and opens the advert socket.
-func New(cfg Config) (*Manager, error) {
+// Check checks cfg as New does, without opening anything: a daemon
+// reloading its config learns whether the new election can start before
+// it stops the running one.
+func Check(cfg Config) error {
+	_, err := cfg.prepare()
+	return err
+}
+
+// prepare fills cfg's defaults, checks it and resolves the peers.
+func (cfg *Config) prepare() ([]*net.UDPAddr, error) {
 	if cfg.Interval <= 0 {
 		cfg.Interval = 100 * time.Millisecond
 	}
@@ -172,18 +180,28 @@ func New(cfg Config) (*Manager, error) {
 			return nil, fmt.Errorf("vip: Config.%s is required", f.name)
 		}
 	}
-	m := &Manager{cfg: cfg, log: cfg.Log.With("vip", cfg.Name), kick: make(chan struct{}, 1), now: cfg.Clock,
-		net: netOps{has: HasAddr, add: addAddr, del: delAddr, probe: probe, announce: announce}}
+	var peers []*net.UDPAddr
 	for _, p := range cfg.Peers {
 		a, err := net.ResolveUDPAddr("udp", p)
 		if err != nil {
 			return nil, fmt.Errorf("vip: peer %q: %w", p, err)
 		}
-		m.peer = append(m.peer, a)
+		peers = append(peers, a)
 	}
 	if cfg.PeerName == "" {
 		return nil, errors.New("vip: name the peer with --vip-peer-name (adverts under any other name are refused)")
 	}
+	return peers, nil
+}
+
+// New checks cfg and opens the advert socket.
+func New(cfg Config) (*Manager, error) {
+	peers, err := cfg.prepare()
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{cfg: cfg, log: cfg.Log.With("vip", cfg.Name), kick: make(chan struct{}, 1), now: cfg.Clock, peer: peers,
+		net: netOps{has: HasAddr, add: addAddr, del: delAddr, probe: probe, announce: announce}}
 	m.boot, m.chal = nonce(), nonce()
 	c, err := net.ListenPacket("udp", cfg.Listen)
 	if err != nil {

@@ -12,7 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/tandem-net/tandem/syncer/vip"
+	"github.com/tandem-net/tandem/daemon"
 )
 
 func init() {
@@ -39,10 +39,12 @@ priority, then generation (the later primary), then name.
   status     (the default) this host's view: owner or not and why, the
              peer, health, sync, adverts sent, received, dropped by the
              socket's buffer and refused by reason; --json for scripts
-  handover   run on the owner: flush the state sync, wait for the peer to
-             catch up, move the addresses, keep serving stragglers until
-             the announcements land, then close the gate here. No packet
-             is lost.
+  handover   run on the owner: flush the state sync (drain it now and
+             wait until the peer acknowledged every change made before
+             the handover; a peer that does not is an error within 30 s),
+             wait for the peer to catch up, move the addresses, keep
+             serving stragglers until the announcements land, then close
+             the gate here. No packet is lost.
 
 Both talk to the daemon through its control socket in --state-dir, which
 only root and members of the daemon's control group (control_group in its
@@ -60,7 +62,7 @@ checks each caller's credentials (SO_PEERCRED).`,
 
 func runVIP(env Env, opts any, args []string) error {
 	f := opts.(*jsonFlags)
-	o, err := f.rootFlags.options()
+	c, err := f.rootFlags.config()
 	if err != nil {
 		return err
 	}
@@ -71,18 +73,18 @@ func runVIP(env Env, opts any, args []string) error {
 	if len(args) > 1 || (action != "status" && action != "handover") {
 		return usagef("tandem vip [status | handover]")
 	}
-	sock := ControlSocket(o.StateDir)
-	c, err := net.DialTimeout("unix", sock, 2*time.Second)
+	sock := daemon.ControlSocket(c.StateDir)
+	conn, err := net.DialTimeout("unix", sock, 2*time.Second)
 	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) {
 		return fmt.Errorf("permission denied on %s: tandem vip needs root, or membership of the daemon's control group (control_group in its config, --control-group)", sock)
 	}
 	if err != nil {
 		return fmt.Errorf("no daemon runs an election here (%s: %v); start one with tandem up --vip-addr ... (or give its --state-dir)", sock, errors.Unwrap(err))
 	}
-	defer c.Close()
-	fmt.Fprintln(c, action)
+	defer conn.Close()
+	fmt.Fprintln(conn, action)
 	if action == "handover" {
-		sc := bufio.NewScanner(c)
+		sc := bufio.NewScanner(conn)
 		for sc.Scan() {
 			line := sc.Text()
 			switch {
@@ -97,14 +99,14 @@ func runVIP(env Env, opts any, args []string) error {
 		}
 		return errors.New("handover: the daemon closed the connection without an answer (see its log)")
 	}
-	data, err := io.ReadAll(c)
+	data, err := io.ReadAll(conn)
 	if err != nil {
 		return err
 	}
 	if msg, ok := strings.CutPrefix(string(data), "error: "); ok {
 		return fmt.Errorf("%s (tandem vip needs root, or membership of the daemon's control group)", strings.TrimSpace(msg))
 	}
-	var st vip.Status
+	var st daemon.ElectionStatus
 	if err := json.Unmarshal(data, &st); err != nil {
 		return fmt.Errorf("daemon status: %w", err)
 	}
@@ -115,7 +117,7 @@ func runVIP(env Env, opts any, args []string) error {
 	return nil
 }
 
-func printVIPStatus(w io.Writer, st vip.Status) {
+func printVIPStatus(w io.Writer, st daemon.ElectionStatus) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	role := "standby"
 	if st.Owner {
@@ -138,6 +140,9 @@ func printVIPStatus(w io.Writer, st vip.Status) {
 			state = "alive"
 		}
 		fmt.Fprintf(tw, "peer\t%s %s (owner %v, healthy %v), last advert %s ago\n", st.Peer, state, st.PeerOwner, st.PeerHealthy, time.Since(st.PeerSeen).Round(time.Millisecond))
+	}
+	if st.ReloadError != "" {
+		fmt.Fprintf(tw, "reload\tFAILED, the running config carries on: %s\n", st.ReloadError)
 	}
 	fmt.Fprintf(tw, "history\t%d takeovers, %d releases\n", st.Takeovers, st.Releases)
 	fmt.Fprintf(tw, "adverts\t%d sent, %d received, %d dropped by the socket's buffer\n", st.Sent, st.Received, st.Dropped)

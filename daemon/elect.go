@@ -1,4 +1,4 @@
-package loader
+package daemon
 
 import (
 	"errors"
@@ -9,12 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/syncer/vip"
 )
-
-// SyncAuto is the sync role that follows VIP ownership: primary while
-// this host owns the VIPs, standby otherwise.
-const SyncAuto = "auto"
 
 // ElectOptions configure the VIP election the daemon runs; it runs when
 // Addrs is not empty.
@@ -35,7 +32,7 @@ type ElectOptions struct {
 // is not self's (tandem certs writes one per host, named after it). It
 // never guesses from what arrives: a name pinned from the first advert
 // would be whoever spoke first.
-func (e ElectOptions) PeerNameFor(o *Options, self string) (string, error) {
+func (e ElectOptions) PeerNameFor(c *Config, self string) (string, error) {
 	if e.PeerName == self {
 		return "", fmt.Errorf("--vip-peer-name %q is this host's own name: name the other host", self)
 	}
@@ -43,7 +40,7 @@ func (e ElectOptions) PeerNameFor(o *Options, self string) (string, error) {
 		return e.PeerName, nil
 	}
 	var names []string
-	ents, _ := os.ReadDir(o.Sync.Certs)
+	ents, _ := os.ReadDir(c.Sync.Certs)
 	for _, f := range ents {
 		n, ok := strings.CutSuffix(f.Name(), ".pem")
 		if ok && n != "ca" && n != "ca-key" && n != self && !strings.HasSuffix(n, "-key") {
@@ -51,7 +48,7 @@ func (e ElectOptions) PeerNameFor(o *Options, self string) (string, error) {
 		}
 	}
 	if len(names) != 1 {
-		return "", fmt.Errorf("name the peer with --vip-peer-name NAME (its --sync-name): %s holds %d host certificates besides %q's, want exactly 1", o.Sync.Certs, len(names), self)
+		return "", fmt.Errorf("name the peer with --vip-peer-name NAME (its --sync-name): %s holds %d host certificates besides %q's, want exactly 1", c.Sync.Certs, len(names), self)
 	}
 	return names[0], nil
 }
@@ -60,21 +57,21 @@ func (e ElectOptions) PeerNameFor(o *Options, self string) (string, error) {
 const DefaultElectListen = "[::]:7401"
 
 // SecretFile is the file the adverts are signed with.
-func (e ElectOptions) SecretFile(o *Options) string {
+func (e ElectOptions) SecretFile(c *Config) string {
 	if e.Secret != "" {
 		return e.Secret
 	}
-	return o.Proxy.SecretFile
+	return c.Datapath.Proxy.SecretFile
 }
 
-func (o *Options) validateElect() []error {
-	e := o.Elect
+func (c *Config) validateElect() []error {
+	e := c.Elect
 	var errs []error
 	if len(e.Addrs) == 0 {
 		if len(e.Peers) > 0 {
 			errs = append(errs, errors.New("--vip-peer without --vip-addr: name the addresses the owner holds"))
 		}
-		if o.Sync.Role == SyncAuto {
+		if c.Sync.Role == SyncAuto {
 			errs = append(errs, errors.New("--sync-role auto follows the VIP election: give --vip-addr and --vip-peer"))
 		}
 		return errs
@@ -87,7 +84,7 @@ func (o *Options) validateElect() []error {
 			errs = append(errs, fmt.Errorf("--vip-peer/--vip-listen %q: want HOST:PORT", p))
 		}
 	}
-	if e.SecretFile(o) == "" {
+	if e.SecretFile(c) == "" {
 		errs = append(errs, errors.New("--vip-addr: adverts are signed with the pair's secret: give --vip-secret FILE (or --proxy-secret)"))
 	}
 	if e.Interval < MinElectInterval {
@@ -102,7 +99,7 @@ func (o *Options) validateElect() []error {
 	}
 	seen := map[netip.Addr]bool{}
 	for _, a := range e.Addrs {
-		if err := checkVIPPrefix(a.Prefix); err != nil {
+		if err := loader.CheckVIPPrefix(a.Prefix); err != nil {
 			errs = append(errs, fmt.Errorf("--vip-addr %w", err))
 		}
 		if seen[a.Prefix.Addr()] {
@@ -110,79 +107,51 @@ func (o *Options) validateElect() []error {
 		}
 		seen[a.Prefix.Addr()] = true
 	}
-	if o.Sync.Role == SyncAuto && (o.Sync.Peer == "" || o.Sync.Listen == "") {
+	if c.Sync.Role == SyncAuto && (c.Sync.Peer == "" || c.Sync.Listen == "") {
 		errs = append(errs, errors.New("--sync-role auto: give both --sync-peer (used as primary) and --sync-listen (as standby)"))
 	}
 	return errs
 }
 
-// GateVIPs are the addresses the VIP gate opens for the owner: the
-// addresses it holds and the SYN proxy's service VIPs.
-func (o *Options) GateVIPs() []netip.Addr {
-	var out []netip.Addr
-	seen := map[netip.Addr]bool{}
-	add := func(a netip.Addr) {
-		if a = a.Unmap(); !seen[a] {
-			seen[a] = true
-			out = append(out, a)
+func applyElect(ec loader.ElectConfig, e *ElectOptions) error {
+	for _, a := range ec.Addrs {
+		x, err := vip.ParseAddr(a)
+		if err != nil {
+			return fmt.Errorf("config: election.addrs: %v", err)
 		}
+		if err := loader.CheckVIPPrefix(x.Prefix); err != nil {
+			return fmt.Errorf("config: election.addrs: %w", err)
+		}
+		e.Addrs = append(e.Addrs, x)
 	}
-	for _, a := range o.Elect.Addrs {
-		add(a.Prefix.Addr())
+	if len(ec.Peers) > 0 {
+		e.Peers = append([]string(nil), ec.Peers...)
 	}
-	for _, s := range o.Proxy.Services {
-		add(s.VIP.Addr())
+	if ec.Listen != "" {
+		e.Listen = ec.Listen
 	}
-	return out
-}
-
-// CheckVIP refuses an address no host can own as a VIP (or send to as a
-// backend): the answer says what the address is.
-func CheckVIP(a netip.Addr) error {
-	a = a.Unmap()
-	var why string
-	switch {
-	case !a.IsValid():
-		why = "not an IP address"
-	case a.IsUnspecified():
-		why = "the unspecified address"
-	case a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
-		why = "the broadcast address"
-	case a.IsMulticast():
-		why = "a multicast address"
-	case a.IsLoopback():
-		why = "a loopback address"
-	case a.IsLinkLocalUnicast():
-		why = "a link-local address"
-	case a.Is4() && a.As4()[0] == 0:
-		why = "in 0.0.0.0/8 (this network: never a destination)"
-	default:
-		return nil
+	if ec.PeerName != "" {
+		e.PeerName = ec.PeerName
 	}
-	return fmt.Errorf("%s; a VIP or backend is a unicast address clients can reach", why)
-}
-
-// checkVIPPrefix is CheckVIP for an address with its prefix (--vip-addr):
-// an IPv4 address may also not be its subnet's network or broadcast
-// address (prefixes of 30 bits and shorter).
-func checkVIPPrefix(p netip.Prefix) error {
-	if err := CheckVIP(p.Addr()); err != nil {
-		return fmt.Errorf("%s: %w", p.Addr(), err)
+	if ec.Priority != nil {
+		if *ec.Priority < 0 || *ec.Priority > 255 {
+			return fmt.Errorf("config: election.priority %d: 0 to 255", *ec.Priority)
+		}
+		e.Priority = uint8(*ec.Priority)
 	}
-	a := p.Addr()
-	if !a.Is4() || p.Bits() > 30 {
-		return nil
+	e.Preempt = e.Preempt || ec.Preempt
+	if ec.Interval != "" {
+		d, err := time.ParseDuration(ec.Interval)
+		if err != nil {
+			return fmt.Errorf("config: election.interval %q: %v", ec.Interval, err)
+		}
+		e.Interval = d
 	}
-	net := p.Masked()
-	b := net.Addr().As4()
-	host := uint32(1)<<(32-p.Bits()) - 1
-	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3]) | host
-	bcast := netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
-	switch a {
-	case net.Addr():
-		return fmt.Errorf("%s: the network address of %s; give the VIP a host address of its subnet", p, net)
-	case bcast:
-		return fmt.Errorf("%s: the broadcast address of %s; give the VIP a host address of its subnet", p, net)
+	if ec.Dead != 0 {
+		e.Dead = ec.Dead
+	}
+	if ec.Secret != "" {
+		e.Secret = ec.Secret
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package loader
+package daemon
 
 import (
 	"os"
@@ -11,7 +11,7 @@ import (
 // certificate in the sync's directory that is not this host's; anything
 // else is an error that names the flag.
 func TestPeerNameFor(t *testing.T) {
-	for _, c := range []struct {
+	for _, tc := range []struct {
 		name  string
 		flag  string
 		files []string
@@ -24,19 +24,19 @@ func TestPeerNameFor(t *testing.T) {
 		{"three hosts", "", []string{"ca.pem", "a.pem", "b.pem", "c.pem"}, "", "besides"},
 		{"our own name", "a", nil, "", "own name"},
 	} {
-		t.Run(c.name, func(t *testing.T) {
+		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
-			for _, f := range c.files {
+			for _, f := range tc.files {
 				if err := os.WriteFile(filepath.Join(dir, f), nil, 0o600); err != nil {
 					t.Fatal(err)
 				}
 			}
-			o := Defaults()
-			o.Sync.Certs = dir
-			o.Elect.PeerName = c.flag
-			got, err := o.Elect.PeerNameFor(&o, "a")
-			if got != c.want || (c.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.err)) {
-				t.Errorf("PeerNameFor = %q, %v; want %q, error ~%q", got, err, c.want, c.err)
+			c := Defaults()
+			c.Sync.Certs = dir
+			c.Elect.PeerName = tc.flag
+			got, err := c.Elect.PeerNameFor(&c, "a")
+			if got != tc.want || (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+				t.Errorf("PeerNameFor = %q, %v; want %q, error ~%q", got, err, tc.want, tc.err)
 			}
 		})
 	}

@@ -1,8 +1,9 @@
-package cli
+package daemon
 
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -38,62 +39,50 @@ type vipd struct {
 	role   chan bool    // the sync role the election wants (true: primary)
 	broken atomic.Value // string: the daemon's last datapath problem
 
-	sock   string // the control socket's path
-	gid    int    // the control group, or -1: root only
-	gateMu sync.Mutex
-	gate   *ebpf.Map // the pinned VIP gate; reopen swaps it
-	vips   []netip.Addr
-	owned  bool // what the election last wrote into the gate
+	sock      string // the control socket's path
+	gid       int    // the control group, or -1: root only
+	listen    string // where the adverts arrive
+	reloadErr func() string
+	gateMu    sync.Mutex
+	gate      *ebpf.Map // the pinned VIP gate; reopen swaps it
+	vips      []netip.Addr
+	owned     bool // what the election last wrote into the gate
 }
 
 // ControlSocket is where the daemon answers `tandem vip`.
 func ControlSocket(stateDir string) string { return filepath.Join(stateDir, "vip.sock") }
 
-func newVipd(o loader.Options, sd *syncd, log *slog.Logger) (*vipd, error) {
-	e := o.Elect
-	if len(e.Addrs) == 0 {
-		return nil, nil
-	}
-	secret, err := loader.ReadSecret(e.SecretFile(&o))
+// ElectionStatus is the control socket's answer to "status": the
+// election's status, and the daemon's last reload that failed (the
+// running config carries on; empty once a reload succeeds).
+type ElectionStatus struct {
+	vip.Status
+	ReloadError string `json:"reload_error,omitempty"`
+}
+
+// prepareVipd is newVipd up to what opens anything: the vipd and the
+// election's config, checked by what can fail without the kernel.
+func prepareVipd(c Config, sd *syncd, log *slog.Logger) (*vipd, vip.Config, error) {
+	e := c.Elect
+	secret, err := loader.ReadSecret(e.SecretFile(&c))
 	if err != nil {
-		return nil, fmt.Errorf("election: %w", err)
+		return nil, vip.Config{}, fmt.Errorf("election: %w", err)
 	}
-	gate, err := ebpf.LoadPinnedMap(o.Pins.Map(maps.MapVIPGate), nil)
-	if err != nil {
-		return nil, fmt.Errorf("election: open the VIP gate: %w (is the datapath up?)", err)
-	}
-	name := o.Sync.Name
+	name := c.Sync.Name
 	if name == "" {
 		name, _ = os.Hostname()
 	}
-	peerName, err := e.PeerNameFor(&o, name)
+	peerName, err := e.PeerNameFor(&c, name)
 	if err != nil {
-		gate.Close()
-		return nil, fmt.Errorf("election: %w", err)
+		return nil, vip.Config{}, fmt.Errorf("election: %w", err)
 	}
-	gid, err := controlGID(o.ControlGroup)
+	gid, err := ControlGID(c.ControlGroup)
 	if err != nil {
-		gate.Close()
-		return nil, err
+		return nil, vip.Config{}, err
 	}
-	d := &vipd{role: make(chan bool, 1), done: make(chan struct{}), gid: gid, gate: gate, vips: o.GateVIPs()}
+	o := c.Options()
+	d := &vipd{role: make(chan bool, 1), done: make(chan struct{}), gid: gid, vips: c.GateVIPs(), listen: e.Listen}
 	d.broken.Store("")
-	setGate := func(owned bool) error {
-		d.gateMu.Lock()
-		defer d.gateMu.Unlock()
-		d.owned = owned
-		return d.writeGate(owned)
-	}
-	// Until the election says otherwise, the gate follows the addresses:
-	// a host that holds them (a restarted owner) keeps serving.
-	held := true
-	for _, a := range e.Addrs {
-		held = held && vip.HasAddr(a)
-	}
-	if err := setGate(held); err != nil {
-		d.closeGate()
-		return nil, fmt.Errorf("election: %w", err)
-	}
 	ifaces := map[string]bool{}
 	for _, a := range e.Addrs {
 		ifaces[a.Iface] = true
@@ -112,7 +101,7 @@ func newVipd(o loader.Options, sd *syncd, log *slog.Logger) (*vipd, error) {
 		}
 		return nil
 	}
-	syncOn := o.Sync.Role != ""
+	syncOn := c.Sync.Role != ""
 	syncState := func(peer vip.Advert) (bool, uint64, uint64) {
 		n := sd.current()
 		if !syncOn {
@@ -127,31 +116,11 @@ func newVipd(o loader.Options, sd *syncd, log *slog.Logger) (*vipd, error) {
 		}
 		return st.Session == "up" && peer.Generation != 0 && st.PeerGeneration == peer.Generation, st.Generation, st.LastApplied
 	}
-	flush := func(ctx context.Context) error {
-		n := sd.current()
-		if n == nil || n.Status().Role != syncer.RolePrimary {
-			return nil
-		}
-		// Everything the rings held when the flush began is sent within
-		// two ticks; then wait for its acknowledgement.
-		time.Sleep(2 * o.Sync.Interval)
-		want := n.Status().LastSent
-		for {
-			st := n.Status()
-			if st.Session == "up" && st.Acked >= want {
-				return nil
-			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("%w (acked %d of %d; session %s)", ctx.Err(), st.Acked, want, st.Session)
-			case <-time.After(o.Sync.Interval / 2):
-			}
-		}
-	}
-	m, err := vip.New(vip.Config{
+	flush := func(ctx context.Context) error { return syncFlush(ctx, sd.current()) }
+	vcfg := vip.Config{
 		Name: name, PeerName: peerName, Priority: e.Priority, Preempt: e.Preempt, Interval: e.Interval, Dead: e.Dead,
 		Secret: secret, Listen: e.Listen, Peers: e.Peers, Addrs: e.Addrs,
-		Gate: setGate, Health: health, Sync: syncState, Flush: flush,
+		Gate: d.setGate, Health: health, Sync: syncState, Flush: flush,
 		Role: func(primary bool) {
 			select {
 			case <-d.role:
@@ -160,14 +129,61 @@ func newVipd(o loader.Options, sd *syncd, log *slog.Logger) (*vipd, error) {
 			d.role <- primary
 		},
 		Log: log,
-	})
+	}
+	return d, vcfg, nil
+}
+
+// checkElection checks what can be checked of c's election without
+// stopping the running one (nil: none): its config, and its advert
+// listener when that moves (the running one holds its own).
+func checkElection(c Config, running *vipd) error {
+	_, vcfg, err := prepareVipd(c, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	if err := vip.Check(vcfg); err != nil {
+		return err
+	}
+	if running == nil || running.listen != c.Elect.Listen {
+		pc, err := net.ListenPacket("udp", c.Elect.Listen)
+		if err != nil {
+			return fmt.Errorf("vip: listen for adverts on %s: %w", c.Elect.Listen, err)
+		}
+		pc.Close()
+	}
+	return nil
+}
+
+func newVipd(c Config, sd *syncd, log *slog.Logger, reloadErr func() string) (*vipd, error) {
+	if len(c.Elect.Addrs) == 0 {
+		return nil, nil
+	}
+	d, vcfg, err := prepareVipd(c, sd, log)
+	if err != nil {
+		return nil, err
+	}
+	d.reloadErr = reloadErr
+	if d.gate, err = ebpf.LoadPinnedMap(c.Datapath.Pins.Map(maps.MapVIPGate), nil); err != nil {
+		return nil, fmt.Errorf("election: open the VIP gate: %w (is the datapath up?)", err)
+	}
+	// Until the election says otherwise, the gate follows the addresses:
+	// a host that holds them (a restarted owner) keeps serving.
+	held := true
+	for _, a := range c.Elect.Addrs {
+		held = held && vip.HasAddr(a)
+	}
+	if err := d.setGate(held); err != nil {
+		d.closeGate()
+		return nil, fmt.Errorf("election: %w", err)
+	}
+	m, err := vip.New(vcfg)
 	if err != nil {
 		d.closeGate()
 		return nil, err
 	}
 	d.m = m
-	d.sock = ControlSocket(o.StateDir)
-	if d.ln, err = listenControl(d.sock, gid); err != nil {
+	d.sock = ControlSocket(c.StateDir)
+	if d.ln, err = listenControl(d.sock, d.gid); err != nil {
 		d.closeGate()
 		return nil, fmt.Errorf("election: control socket: %w", err)
 	}
@@ -182,6 +198,14 @@ func newVipd(o loader.Options, sd *syncd, log *slog.Logger) (*vipd, error) {
 		}
 	}()
 	return d, nil
+}
+
+// setGate writes what the election decided into the gate.
+func (d *vipd) setGate(owned bool) error {
+	d.gateMu.Lock()
+	defer d.gateMu.Unlock()
+	d.owned = owned
+	return d.writeGate(owned)
 }
 
 // serve answers the control socket: one request line, "status" or
@@ -209,7 +233,11 @@ func (d *vipd) serve(ctx context.Context) {
 			}
 			switch strings.TrimSpace(line) {
 			case "status":
-				writeJSON(c, d.m.Status())
+				st := ElectionStatus{Status: d.m.Status()}
+				if d.reloadErr != nil {
+					st.ReloadError = d.reloadErr()
+				}
+				json.NewEncoder(c).Encode(st)
 			case "handover":
 				err := d.m.Handover(ctx, func(s string) { fmt.Fprintln(c, s) })
 				if err != nil {
@@ -236,6 +264,9 @@ func (d *vipd) close() {
 
 // writeGate sets the gate of every VIP the election moves; gateMu held.
 func (d *vipd) writeGate(owned bool) error {
+	if d.gate == nil {
+		return nil // closed: the election stopped
+	}
 	var errs []error
 	for _, a := range d.vips {
 		k := maps.KeyOf(a)
@@ -399,4 +430,14 @@ func (d *vipd) setBroken(problem string) {
 	if d != nil {
 		d.broken.Store(problem)
 	}
+}
+
+// syncFlush waits until the peer acknowledged everything the primary n
+// had to send when it was called (syncer.Node.Flush); nothing to do
+// without a primary.
+func syncFlush(ctx context.Context, n *syncer.Node) error {
+	if n == nil {
+		return nil
+	}
+	return n.Flush(ctx)
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/netip"
 	"os"
 	"slices"
@@ -57,7 +56,8 @@ func runService(env Env, opts any, args []string) error {
 	if len(args) == 0 {
 		return usagef("name an action: list, add or del")
 	}
-	o, err := f.rootFlags.options()
+	c, err := f.rootFlags.config()
+	o := c.Datapath
 	if err != nil {
 		return err
 	}
@@ -222,50 +222,4 @@ func proxyStatus(pins maps.Pins) (*ProxyStatus, error) {
 	}
 	defer p.Close()
 	return readProxyStatus(p)
-}
-
-// proxyKeeper is the daemon's work for the SYN proxy: the cookie keys of
-// the current period and the expiry of idle connection entries.
-type proxyKeeper struct {
-	log    *slog.Logger
-	secret []byte
-	p      *loader.Proxy
-}
-
-func newProxyKeeper(o loader.Options, log *slog.Logger) (*proxyKeeper, error) {
-	if len(o.Proxy.Ifaces) == 0 {
-		return nil, nil
-	}
-	secret, err := loader.ReadSecret(o.Proxy.SecretFile)
-	if err != nil {
-		return nil, err
-	}
-	p, err := loader.OpenProxy(o.Pins)
-	if err != nil {
-		return nil, err
-	}
-	return &proxyKeeper{log: log, secret: secret, p: p}, nil
-}
-
-func (k *proxyKeeper) tick(now time.Time) {
-	if k == nil {
-		return
-	}
-	rotated, expired, err := k.p.Maintain(k.secret, now, maps.DefaultTimeouts)
-	if err != nil {
-		k.log.Warn("SYN proxy upkeep", "err", err)
-		return
-	}
-	if rotated {
-		k.log.Info("cookie key rotated", "period", maps.PeriodAt(now))
-	}
-	if expired > 0 {
-		k.log.Debug("idle connections expired", "n", expired)
-	}
-}
-
-func (k *proxyKeeper) close() {
-	if k != nil {
-		k.p.Close()
-	}
 }

@@ -1,5 +1,0 @@
-package cli
-
-import "sort"
-
-func sortStrings(s []string) { sort.Strings(s) }
