@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 
 	"github.com/cilium/ebpf"
+	"github.com/spf13/pflag"
 
 	"github.com/tandem-net/tandem/chain"
 	"github.com/tandem-net/tandem/maps"
@@ -43,6 +45,10 @@ type Feature struct {
 	// up, even with no interface carrying it (the gate: its map is the
 	// ownership every feature honours, and the election writes it).
 	Always bool
+	// Flags defines the feature's `tandem up` flags on fs and returns what
+	// applies the ones given on the command line to o (they override the
+	// config file). Its error is a usage error. nil: no flags.
+	Flags func(fs *pflag.FlagSet) func(o *Options) error
 	// Validate checks the feature's options; nil: nothing to check.
 	Validate func(o *Options) []error
 	// Prepare sets load-time constants and map sizes before anything is
@@ -53,6 +59,10 @@ type Feature struct {
 	Synced []maps.SyncedMap
 	// Dumps are the feature's maps `tandem dump NAME` renders.
 	Dumps map[string]func(maps.Pins) (*maps.Table, error)
+	// Counters reads the feature's global counters for `tandem status`
+	// (by name, summed over CPUs); nil: none. ErrNotLoaded (or a missing
+	// pin) leaves the feature out.
+	Counters func(pins maps.Pins) (map[string]uint64, error)
 	// Setup fills the feature's maps once its shared part is loaded:
 	// coll holds the maps and every program but the XDP stage (which is
 	// loaded once per interface, with that interface's chain).
@@ -92,6 +102,17 @@ func FeatureByName(name string) *Feature {
 		}
 	}
 	return nil
+}
+
+// trimmed drops empty names from a repeated or comma-separated list flag.
+func trimmed(in []string) []string {
+	var out []string
+	for _, s := range in {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 func (f *Feature) hooks(o *Options) (bool, map[Direction]string) {

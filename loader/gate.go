@@ -2,8 +2,10 @@ package loader
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
+	"github.com/spf13/pflag"
 
 	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/chain"
@@ -32,6 +34,7 @@ func init() {
 			return true, tc
 		},
 		Always:  true,
+		Flags:   gateFlags,
 		Prepare: prepareGate,
 		Setup:   setupGate,
 	})
@@ -53,4 +56,36 @@ func prepareGate(o *Options, spec *ebpf.CollectionSpec) error {
 func setupGate(o *Options, coll *ebpf.Collection) error {
 	vm := &maps.VIPMaps{Gate: coll.Maps[bpf.VipgateMapVipGate], Counters: coll.Maps[bpf.VipgateMapVipStats], Stats: coll.Maps[bpf.VipgateMapStats]}
 	return vm.SetVIPs(gateWant(vm, *o))
+}
+
+func gateFlags(fs *pflag.FlagSet) func(o *Options) error {
+	ifaces := fs.StringSliceP("iface", "i", nil, "run the VIP gate on this interface (repeat, or comma-separate); it may carry other features too")
+	ingress := fs.String("ingress", IngressXDP, "the gate's ingress hook: xdp, or tc (only on an interface with no other XDP feature)")
+	gate := fs.String("gate", GateEnforce, "for VIPs this host does not own: enforce (drop) or monitor (count, pass)")
+	vips := fs.StringArray("vip", nil, "VIP as ADDR (owned here) or ADDR=standby (repeat); a unicast address: not unspecified, broadcast, multicast, loopback or link-local")
+	return func(o *Options) error {
+		if fs.Changed("iface") {
+			o.Interfaces = trimmed(*ifaces)
+		}
+		if fs.Changed("ingress") {
+			o.Ingress = *ingress
+		}
+		if fs.Changed("gate") {
+			o.Gate = *gate
+		}
+		if fs.Changed("vip") {
+			o.VIPs = map[netip.Addr]bool{}
+			for _, v := range *vips {
+				a, owned, err := ParseVIP(v)
+				if err != nil {
+					return err
+				}
+				if _, dup := o.VIPs[a]; dup {
+					return fmt.Errorf("--vip %s given twice", a)
+				}
+				o.VIPs[a] = owned
+			}
+		}
+		return nil
+	}
 }

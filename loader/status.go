@@ -49,6 +49,9 @@ type Status struct {
 	Maps        []MapStatus       `json:"maps"`
 	VIPs        []VIPStatus       `json:"vips"`
 	Stats       map[string]uint64 `json:"stats"`
+	// Features are the counters of each loaded feature that has some
+	// (Feature.Counters), by feature name.
+	Features map[string]map[string]uint64 `json:"features,omitempty"`
 }
 
 // Healthy reports whether every attachment works.
@@ -104,6 +107,17 @@ func ReadStatus(pins maps.Pins) (*Status, error) {
 		st.Maps = append(st.Maps, ms)
 	}
 	sortBy(st.Maps, func(m MapStatus) string { return m.Name })
+	for _, f := range registry {
+		if f.Counters == nil {
+			continue
+		}
+		if c, err := f.Counters(pins); err == nil {
+			if st.Features == nil {
+				st.Features = map[string]map[string]uint64{}
+			}
+			st.Features[f.Name] = c
+		}
+	}
 
 	vm, err := maps.OpenVIPMaps(pins)
 	if err != nil {

@@ -1,6 +1,8 @@
 package loader
 
 import (
+	"github.com/spf13/pflag"
+
 	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/chain"
 	"github.com/tandem-net/tandem/maps"
@@ -28,6 +30,15 @@ func init() {
 				return nil
 			}
 			return []string{o.SyncTestIface}
+		},
+		Flags: func(fs *pflag.FlagSet) func(o *Options) error {
+			iface := fs.String("sync-test-iface", "", "test only: also load the synctest program on this interface (labs, tests)")
+			return func(o *Options) error {
+				if fs.Changed("sync-test-iface") {
+					o.SyncTestIface = *iface
+				}
+				return nil
+			}
 		},
 		Prepare: prepareRings(bpf.SynctestMapSyncRings),
 		Setup:   setupRings,

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf"
+	"github.com/spf13/pflag"
 
 	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/chain"
@@ -169,11 +170,42 @@ func init() {
 		Hooks: func(o *Options) (bool, map[Direction]string) {
 			return true, map[Direction]string{Ingress: bpf.SynproxyProgTcSynproxy}
 		},
+		Flags:    proxyFlags,
+		Counters: func(pins maps.Pins) (map[string]uint64, error) {
+			p, err := OpenProxy(pins)
+			if err != nil {
+				return nil, err
+			}
+			defer p.Close()
+			return p.ProxyStats()
+		},
 		Validate: func(o *Options) []error { return o.validateProxy() },
 		Synced:   []maps.SyncedMap{{ID: uint32(bpf.SynproxySyncMapIdSYNC_MAP_CONN), Name: bpf.SynproxyMapSpConns}},
 		Prepare:  prepareRings(bpf.SynproxyMapSyncRings),
 		Setup:    setupSynproxy,
 	})
+}
+
+func proxyFlags(fs *pflag.FlagSet) func(o *Options) error {
+	ifaces := fs.StringSlice("proxy-iface", nil, "run the SYN proxy on this interface, client or backend side (repeat); it may carry the gate too")
+	secret := fs.String("proxy-secret", "", "file with the pair's shared cookie secret (at least 16 bytes; mode 0600 or stricter, owned by root or you)")
+	services := fs.StringArray("service", nil, "proxy service VIP:PORT=BACKEND:PORT[,BACKEND:PORT...] (repeat)")
+	return func(o *Options) error {
+		if fs.Changed("proxy-iface") {
+			o.Proxy.Ifaces = trimmed(*ifaces)
+		}
+		if fs.Changed("proxy-secret") {
+			o.Proxy.SecretFile = *secret
+		}
+		for _, s := range *services {
+			svc, err := ParseService(s)
+			if err != nil {
+				return fmt.Errorf("--service: %w", err)
+			}
+			o.Proxy.Services = append(o.Proxy.Services, svc)
+		}
+		return nil
+	}
 }
 
 // prepareRings gives the dirty rings (shared by every replicated

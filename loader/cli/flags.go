@@ -89,7 +89,7 @@ func printAttachments(w io.Writer, as []*loader.Attachment) {
 	tw.Flush()
 }
 
-func sortedKeys(m map[string]uint64) []string {
+func sortedKeys[V any](m map[string]V) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
 		out = append(out, k)

@@ -96,6 +96,12 @@ func printStatus(w io.Writer, st *loader.Status) {
 	for _, n := range sortedKeys(st.Stats) {
 		fmt.Fprintf(tw, "%s\t%d\n", n, st.Stats[n])
 	}
+	for _, f := range sortedKeys(st.Features) {
+		fmt.Fprintf(tw, "\nCounters of %s:\nCOUNTER\tVALUE\n", f)
+		for _, n := range sortedKeys(st.Features[f]) {
+			fmt.Fprintf(tw, "%s\t%d\n", n, st.Features[f][n])
+		}
+	}
 	tw.Flush()
 }
 

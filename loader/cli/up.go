@@ -3,7 +3,6 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"net/netip"
 	"strings"
 	"time"
 
@@ -18,25 +17,18 @@ import (
 
 type upFlags struct {
 	*rootFlags
-	ifaces   []string
 	xdpMode  string
-	ingress  string
 	tc       string
-	gate     string
-	vips     []string
 	once     bool
 	interval time.Duration
 	verbose  bool
 	sync     daemon.SyncOptions
-	testIf   string
 	ring     uint32
 	metrics  string
-	proxy    []string
-	secret   string
-	services []string
 	vaddrs   []string
 	vpeers   []string
 	elect    daemon.ElectOptions
+	features []func(*loader.Options) error // the registered features' flags
 }
 
 func init() {
@@ -113,15 +105,12 @@ translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
   tandem up -i eth0 --sync-role primary --sync-peer 192.0.2.2:7400 --sync-name gw-a --sync-peer-name gw-b --metrics-addr 127.0.0.1:9474
   tandem up -i eth0 --sync-role standby --sync-listen 192.0.2.2:7400 --sync-name gw-b --sync-peer-name gw-a
   tandem up --proxy-iface eth1 --proxy-iface eth2 --proxy-secret /etc/tandem/cookie.key --service 192.0.2.10:443=10.2.0.11:443,10.2.0.12:443
+  tandem up -i eth1 --vip 192.0.2.10 --proxy-iface eth1,eth2 --proxy-secret /etc/tandem/cookie.key --service 192.0.2.10:443=10.2.0.11:443
 `,
 		flags: func(fs *pflag.FlagSet) any {
 			f := &upFlags{rootFlags: addRootFlags(fs)}
-			fs.StringSliceVarP(&f.ifaces, "iface", "i", nil, "interface to attach to (repeat, or comma-separate)")
 			fs.StringVar(&f.xdpMode, "xdp-mode", loader.XDPAuto, "XDP mode: auto (native, else generic), native, generic")
-			fs.StringVar(&f.ingress, "ingress", loader.IngressXDP, "ingress hook: xdp or tc")
 			fs.StringVar(&f.tc, "tc", loader.TCAuto, "TC attach path: auto (tcx where available), tcx, clsact")
-			fs.StringVar(&f.gate, "gate", loader.GateEnforce, "for VIPs this host does not own: enforce (drop) or monitor (count, pass)")
-			fs.StringArrayVar(&f.vips, "vip", nil, "VIP as ADDR (owned here) or ADDR=standby (repeat); a unicast address: not unspecified, broadcast, multicast, loopback or link-local")
 			fs.BoolVar(&f.once, "once", false, "apply and exit; do not run the daemon")
 			fs.DurationVar(&f.interval, "check-interval", time.Second, "how often the daemon checks its attachments (100ms to 1h)")
 			fs.BoolVarP(&f.verbose, "verbose", "v", false, "log debug detail")
@@ -136,11 +125,7 @@ translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
 			fs.IntVar(&f.sync.Journal, "sync-journal", syncer.DefaultJournalEntries, "deltas the primary keeps for a standby that reconnects (journal resync; at most 16777216)")
 			fs.IntVar(&f.sync.JournalMiB, "sync-journal-mib", syncer.DefaultJournalBytes>>20, "and at most this many MiB of them (at most 4096)")
 			fs.Uint32Var(&f.ring, "sync-ring-bytes", maps.DefaultRingBytes, "each CPU's dirty ring, a power of two from the page size (4 KiB) to 64 MiB (applies to rings not yet created)")
-			fs.StringVar(&f.testIf, "sync-test-iface", "", "also load the test-only synctest program on this interface (labs, tests)")
 			fs.StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus metrics on ADDR:PORT at /metrics")
-			fs.StringSliceVar(&f.proxy, "proxy-iface", nil, "run the SYN proxy on this interface, client or backend side (repeat)")
-			fs.StringVar(&f.secret, "proxy-secret", "", "file with the pair's shared cookie secret (at least 16 bytes; mode 0600 or stricter, owned by root or you)")
-			fs.StringArrayVar(&f.services, "service", nil, "proxy service VIP:PORT=BACKEND:PORT[,BACKEND:PORT...] (repeat)")
 			fs.StringArrayVar(&f.vaddrs, "vip-addr", nil, "run the VIP election; the owner holds ADDR/LEN@IFACE (repeat; all move together)")
 			fs.StringSliceVar(&f.vpeers, "vip-peer", nil, "the peer's advert HOST:PORT, one per path: sync link and service network (repeat); adverts from other addresses are refused")
 			fs.StringVar(&f.elect.PeerName, "vip-peer-name", "", "the peer's name (its --sync-name); adverts under another name are refused (default: the one other host certificate in --sync-certs)")
@@ -151,6 +136,12 @@ translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
 			fs.IntVar(&f.elect.Dead, "vip-dead", d.Elect.Dead, "adverts missed before the peer counts as gone (2 to 100)")
 			fs.StringVar(&f.elect.Secret, "vip-secret", "", "file with the pair's shared secret the adverts are signed with (default: --proxy-secret; mode 0600 or stricter)")
 			fs.String("control-group", "", "group whose members may use tandem vip (the control socket) besides root; default: root only")
+			// Each datapath feature defines its own flags (loader.Register).
+			for _, ft := range loader.Features() {
+				if ft.Flags != nil {
+					f.features = append(f.features, ft.Flags(fs))
+				}
+			}
 			return f
 		},
 		run: runUp,
@@ -167,39 +158,18 @@ func (f *upFlags) config() (daemon.Config, error) {
 	c.CheckInterval = f.interval
 	o := &c.Datapath
 	fs := f.fs
-	if fs.Changed("iface") {
-		o.Interfaces = nil
-		for _, i := range f.ifaces {
-			if i = strings.TrimSpace(i); i != "" {
-				o.Interfaces = append(o.Interfaces, i)
-			}
+	for _, apply := range f.features {
+		if err := apply(o); err != nil {
+			return c, usageError{err.Error()}
 		}
 	}
-	for name, dst := range map[string]*string{"xdp-mode": &o.XDPMode, "ingress": &o.Ingress, "tc": &o.TC, "gate": &o.Gate,
+	for name, dst := range map[string]*string{"xdp-mode": &o.XDPMode, "tc": &o.TC,
 		"sync-role": &c.Sync.Role, "sync-peer": &c.Sync.Peer, "sync-listen": &c.Sync.Listen, "sync-certs": &c.Sync.Certs,
-		"sync-name": &c.Sync.Name, "sync-peer-name": &c.Sync.PeerName, "sync-test-iface": &o.SyncTestIface, "metrics-addr": &c.MetricsAddr,
+		"sync-name": &c.Sync.Name, "sync-peer-name": &c.Sync.PeerName, "metrics-addr": &c.MetricsAddr,
 		"control-group": &c.ControlGroup} {
 		if fs.Changed(name) {
 			*dst = fs.Lookup(name).Value.String()
 		}
-	}
-	if fs.Changed("proxy-iface") {
-		o.Proxy.Ifaces = nil
-		for _, i := range f.proxy {
-			if i = strings.TrimSpace(i); i != "" {
-				o.Proxy.Ifaces = append(o.Proxy.Ifaces, i)
-			}
-		}
-	}
-	if fs.Changed("proxy-secret") {
-		o.Proxy.SecretFile = f.secret
-	}
-	for _, s := range f.services {
-		svc, err := loader.ParseService(s)
-		if err != nil {
-			return c, usageError{"--service: " + err.Error()}
-		}
-		o.Proxy.Services = append(o.Proxy.Services, svc)
 	}
 	if fs.Changed("vip-addr") {
 		c.Elect.Addrs = nil
@@ -240,19 +210,6 @@ func (f *upFlags) config() (daemon.Config, error) {
 	}
 	if fs.Changed("sync-ring-bytes") {
 		o.RingBytes = f.ring
-	}
-	if fs.Changed("vip") {
-		o.VIPs = map[netip.Addr]bool{}
-		for _, v := range f.vips {
-			a, owned, err := loader.ParseVIP(v)
-			if err != nil {
-				return c, usageError{err.Error()}
-			}
-			if _, dup := o.VIPs[a]; dup {
-				return c, usagef("--vip %s given twice", a)
-			}
-			o.VIPs[a] = owned
-		}
 	}
 	if err := c.Validate(); err != nil {
 		return c, usageError{strings.ReplaceAll(err.Error(), "\n", "; ")}
