@@ -79,15 +79,18 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	ChainbenchMapChainCtxMap      = "chain_ctx_map"
-	ChainbenchMapChainInfoMap     = "chain_info_map"
-	ChainbenchMapChainProgs       = "chain_progs"
-	ChainbenchMapChainStats       = "chain_stats"
-	ChainbenchProgXdpMono         = "xdp_mono"
-	ChainbenchVarCfgStages        = "cfg_stages"
-	ChainbenchVarChainAbiLayout   = "chain_abi_layout"
-	ChainbenchVarChainStageLayout = "chain_stage_layout"
-	ChainbenchVarChainVipLayout   = "chain_vip_layout"
+	ChainbenchMapChainCtxMap       = "chain_ctx_map"
+	ChainbenchMapChainInfoMap      = "chain_info_map"
+	ChainbenchMapChainProgs        = "chain_progs"
+	ChainbenchMapChainStats        = "chain_stats"
+	ChainbenchProgXdpDeclineDirect = "xdp_decline_direct"
+	ChainbenchProgXdpEntryDirect   = "xdp_entry_direct"
+	ChainbenchProgXdpMono          = "xdp_mono"
+	ChainbenchVarCfgSlot           = "cfg_slot"
+	ChainbenchVarCfgStages         = "cfg_stages"
+	ChainbenchVarChainAbiLayout    = "chain_abi_layout"
+	ChainbenchVarChainStageLayout  = "chain_stage_layout"
+	ChainbenchVarChainVipLayout    = "chain_vip_layout"
 )
 
 // LoadChainbench returns the embedded CollectionSpec for Chainbench.
@@ -132,7 +135,9 @@ type ChainbenchSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ChainbenchProgramSpecs struct {
-	XdpMono *ebpf.ProgramSpec `ebpf:"xdp_mono"`
+	XdpDeclineDirect *ebpf.ProgramSpec `ebpf:"xdp_decline_direct"`
+	XdpEntryDirect   *ebpf.ProgramSpec `ebpf:"xdp_entry_direct"`
+	XdpMono          *ebpf.ProgramSpec `ebpf:"xdp_mono"`
 }
 
 // ChainbenchMapSpecs contains maps before they are loaded into the kernel.
@@ -149,6 +154,7 @@ type ChainbenchMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ChainbenchVariableSpecs struct {
+	CfgSlot          *ebpf.VariableSpec `ebpf:"cfg_slot"`
 	CfgStages        *ebpf.VariableSpec `ebpf:"cfg_stages"`
 	ChainAbiLayout   *ebpf.VariableSpec `ebpf:"chain_abi_layout"`
 	ChainStageLayout *ebpf.VariableSpec `ebpf:"chain_stage_layout"`
@@ -194,6 +200,7 @@ func (m *ChainbenchMaps) Close() error {
 //
 // It can be passed to LoadChainbenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ChainbenchVariables struct {
+	CfgSlot          *ebpf.Variable `ebpf:"cfg_slot"`
 	CfgStages        *ebpf.Variable `ebpf:"cfg_stages"`
 	ChainAbiLayout   *ebpf.Variable `ebpf:"chain_abi_layout"`
 	ChainStageLayout *ebpf.Variable `ebpf:"chain_stage_layout"`
@@ -204,11 +211,15 @@ type ChainbenchVariables struct {
 //
 // It can be passed to LoadChainbenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ChainbenchPrograms struct {
-	XdpMono *ebpf.Program `ebpf:"xdp_mono"`
+	XdpDeclineDirect *ebpf.Program `ebpf:"xdp_decline_direct"`
+	XdpEntryDirect   *ebpf.Program `ebpf:"xdp_entry_direct"`
+	XdpMono          *ebpf.Program `ebpf:"xdp_mono"`
 }
 
 func (p *ChainbenchPrograms) Close() error {
 	return _ChainbenchClose(
+		p.XdpDeclineDirect,
+		p.XdpEntryDirect,
 		p.XdpMono,
 	)
 }

@@ -1,0 +1,394 @@
+package bpf_test
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/cilium/ebpf"
+	"github.com/gopacket/gopacket/layers"
+
+	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/chain"
+	"github.com/tandem-net/tandem/maps"
+	"github.com/tandem-net/tandem/tools/bench"
+	"github.com/tandem-net/tandem/tools/testenv"
+)
+
+// maxDecline is how many declining stages the benchmark chains: every
+// slot but the synctest one.
+const maxDecline = 7
+
+// benchProg is one program the chain benchmark runs, with the chain maps
+// whose counters prove the packet went the whole way (nil: none).
+type benchProg struct {
+	name string
+	prog *ebpf.Program
+	cm   *chain.Maps
+	ns   []float64 // ns per run, one per round
+}
+
+// BenchmarkXDPChain measures what the XDP feature chain costs a packet no
+// stage claims, with BPF_PROG_TEST_RUN (prog.Run with a repeat count) on
+// one frame for every program, in interleaved rounds, medians reported:
+//
+//   - xdp_pass alone, the anchor: the cheapest XDP program there is;
+//   - the chain's entry with no stage;
+//   - the entry with k = 1..7 stages that all decline (xdp_decline in
+//     slots 0..k-1): the slope over k is what one hop costs;
+//   - the same k declining stages as noinline bpf-to-bpf calls in one
+//     program (chainbench.c's xdp_mono, the monolith issue 12 rejects):
+//     its slope is what a hop would cost without tail calls;
+//   - an interface's real chain, the gate (slot 0) and the SYN proxy
+//     (slot 3), both declining: a UDP datagram and a TCP segment to an
+//     address that is no VIP and no service, of no proxied flow.
+//
+// Nothing here asserts a time; the chain counters are checked so the
+// figures are of the path they name.
+func BenchmarkXDPChain(b *testing.B) {
+	testenv.RequireRoot(b)
+	ip := ip4(client4, other4, layers.IPProtocolUDP)
+	udpFrame := serialize(b, eth(layers.EthernetTypeIPv4), ip, udp(ip), payload)
+	// A plain ACK, not a SYN: the proxy finds no service and looks for a
+	// proxied flow it is the backend's side of.
+	ip = ip4(client4, other4, layers.IPProtocolTCP)
+	ack := &layers.TCP{SrcPort: 40000, DstPort: 80, Seq: 1, Ack: 1, ACK: true, Window: 502}
+	ack.SetNetworkLayerForChecksum(ip)
+	tcpFrame := serialize(b, eth(layers.EthernetTypeIPv4), ip, ack, payload)
+
+	cspec, err := bpf.LoadChain()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var pass struct {
+		P *ebpf.Program `ebpf:"xdp_pass"`
+	}
+	if err := cspec.LoadAndAssign(&pass, nil); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { pass.P.Close() })
+
+	var chains, directs, monos []*benchProg
+	for k := 0; k <= maxDecline; k++ {
+		chains = append(chains, declineChain(b, k))
+		directs = append(directs, directChain(b, k))
+		monos = append(monos, monoChain(b, k))
+	}
+	real := realChain(b)
+
+	anchor := &benchProg{name: "xdp_pass", prog: pass.P}
+	udpProgs := slices.Concat([]*benchProg{anchor}, chains, directs, monos)
+	udpProgs = append(udpProgs, &benchProg{name: "gate+synproxy", prog: real.entry, cm: real.cm})
+	const rounds, repeat = 21, 1 << 15
+	tcpAnchor := &benchProg{name: "xdp_pass (tcp)", prog: pass.P}
+	tcpReal := &benchProg{name: "gate+synproxy (tcp)", prog: real.entry, cm: real.cm}
+	for b.Loop() {
+		gateBefore := real.nonVIP(b)
+		measure(b, udpProgs, udpFrame, rounds, repeat)
+		measure(b, []*benchProg{tcpAnchor, tcpReal}, tcpFrame, rounds, repeat)
+		// The gate saw every packet of the real chain and found no VIP.
+		if got, want := real.nonVIP(b)-gateBefore, uint64(2*rounds*repeat); got < want {
+			b.Fatalf("gate counted %d packets to a non-VIP, want %d: the real chain did not run the gate", got, want)
+		}
+	}
+
+	med := func(p *benchProg) float64 { return median(p.ns) }
+	floor := med(anchor)
+	ks := make([]float64, 0, maxDecline)
+	var cy, dy, my []float64
+	fmt.Printf("XDP chain, ns/packet (medians of %d rounds of %d runs; anchor xdp_pass %.0f ns):\n", rounds, repeat, floor)
+	fmt.Printf("  %-6s %16s %16s %16s\n", "stages", "chain", "direct tail", "mono (call)")
+	for k := 0; k <= maxDecline; k++ {
+		c, d, m := med(chains[k]), med(directs[k]), med(monos[k])
+		fmt.Printf("  %-6d %8.0f %6.2fx %8.0f %6.2fx %8.0f %6.2fx\n", k, c, c/floor, d, d/floor, m, m/floor)
+		if k > 0 {
+			ks = append(ks, float64(k))
+			cy, dy, my = append(cy, c), append(dy, d), append(my, m)
+		}
+	}
+	hop, base := leastSquares(ks, cy)
+	direct, directBase := leastSquares(ks, dy)
+	call, callBase := leastSquares(ks, my)
+	fmt.Printf("  per declining stage (slope over 1..%d): chain %.2f ns (intercept %.1f), direct tail calls %.2f ns (intercept %.1f), bpf-to-bpf call %.2f ns (intercept %.1f)\n",
+		maxDecline, hop, base, direct, directBase, call, callBase)
+	b.ReportMetric(hop, "ns/hop")
+	b.ReportMetric(direct, "ns/direct-hop")
+	b.ReportMetric(call, "ns/call")
+
+	entry := med(chains[0])
+	realUDP, realTCP := med(udpProgs[len(udpProgs)-1]), med(tcpReal)
+	b.ReportMetric(realUDP, "ns/pkt-gate+synproxy")
+	for _, r := range []bench.Result{
+		{Name: "xdp chain entry, no stage (ipv4 udp), prog.Run", Unit: "ns/pkt", Value: entry,
+			Anchor: "xdp_pass (returns XDP_PASS), same runs", AnchorValue: floor,
+			Goal: "record only (parse once into the per-CPU context, count, pass)"},
+		{Name: "xdp chain gate + SYN proxy, both declining (ipv4 udp to a non-VIP), prog.Run", Unit: "ns/pkt", Value: realUDP,
+			Anchor: "xdp_pass (returns XDP_PASS), same runs", AnchorValue: floor,
+			Goal: "record only (what a packet no feature claims pays)"},
+		{Name: "xdp chain gate + SYN proxy, both declining (ipv4 tcp ack to a non-VIP, no flow), prog.Run", Unit: "ns/pkt", Value: realTCP,
+			Anchor: "xdp_pass (returns XDP_PASS), same runs", AnchorValue: med(tcpAnchor),
+			Goal: "record only (what a packet no feature claims pays)"},
+		{Name: "xdp chain per-hop cost (a declining stage, tail call), prog.Run", Unit: "ns", Value: hop,
+			Anchor: "the same stage as a noinline bpf-to-bpf call in one program, same runs", AnchorValue: call,
+			Goal: "record only (slope over 1..7 declining stages, least squares)"},
+	} {
+		if _, err := bench.Record(r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// measure runs every program on frame with repeat runs per call, rounds
+// times, each round starting at the next program so none always runs
+// first; it appends each call's ns per run to the program's figures and
+// checks its chain counters: every run ended unclaimed (the stack's
+// slot), no stage claimed and no tail call missed.
+func measure(b *testing.B, progs []*benchProg, frame []byte, rounds, repeat int) {
+	b.Helper()
+	before := make([]chain.Stat, len(progs))
+	for i, p := range progs {
+		if p.cm != nil {
+			before[i] = readStats(b, p.cm)[chain.Slots]
+		}
+	}
+	for r := range rounds {
+		for j := range progs {
+			p := progs[(r+j)%len(progs)]
+			ret, d, err := p.prog.Benchmark(frame, repeat, nil)
+			if err != nil {
+				b.Fatalf("%s: %v", p.name, err)
+			}
+			if ret != 2 {
+				b.Fatalf("%s: returned %d, want XDP_PASS", p.name, ret)
+			}
+			p.ns = append(p.ns, float64(d.Nanoseconds()))
+		}
+	}
+	// A program that appears twice (the real chain, the anchor) is
+	// counted once per appearance.
+	seen := map[*chain.Maps]int{}
+	for _, p := range progs {
+		if p.cm != nil {
+			seen[p.cm]++
+		}
+	}
+	for i, p := range progs {
+		if p.cm == nil {
+			continue
+		}
+		st := readStats(b, p.cm)
+		// At least: a signal interrupts a test run (EINTR) after some
+		// runs, and cilium/ebpf starts it again.
+		if got, want := st[chain.Slots].Claimed-before[i].Claimed, uint64(seen[p.cm]*rounds*repeat); got < want {
+			b.Fatalf("%s: %d packets reached the end of the chain, want %d", p.name, got, want)
+		}
+		for slot, s := range st[:chain.Slots] {
+			if s.Missed != 0 || s.Claimed != 0 {
+				b.Fatalf("%s: slot %d claimed %d, missed %d: every stage should decline", p.name, slot, s.Claimed, s.Missed)
+			}
+		}
+	}
+}
+
+func readStats(b *testing.B, cm *chain.Maps) []chain.Stat {
+	b.Helper()
+	st, err := cm.ReadStats()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return st
+}
+
+// declineChain is a chain of k xdp_decline stages in slots 0..k-1 behind
+// its entry (k = 0: the entry alone).
+func declineChain(b *testing.B, k int) *benchProg {
+	b.Helper()
+	cm := newChainMaps(b)
+	for slot := range k {
+		spec, err := bpf.LoadChain()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := spec.Variables[bpf.ChainVarCfgSlot].Set(int32(slot)); err != nil {
+			b.Fatal(err)
+		}
+		p, err := chain.LoadStage(spec, bpf.ChainProgXdpDecline, cm, "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		err = cm.Set(uint32(slot), p)
+		p.Close() // the program array holds it
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	entry, err := chain.LoadEntry(cm, 1<<k-1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { entry.Close() })
+	return &benchProg{name: fmt.Sprintf("chain %d", k), prog: entry, cm: cm}
+}
+
+// directChain is declineChain built from chainbench.c's copies of the
+// entry and the declining stage whose tail calls have constant keys.
+func directChain(b *testing.B, k int) *benchProg {
+	b.Helper()
+	cm := newChainMaps(b)
+	load := func(prog, name string, v any) *ebpf.Program {
+		spec, err := bpf.LoadChainbench()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := spec.Variables[name].Set(v); err != nil {
+			b.Fatal(err)
+		}
+		p, err := chain.LoadStage(spec, prog, cm, "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		return p
+	}
+	for slot := range k {
+		p := load(bpf.ChainbenchProgXdpDeclineDirect, bpf.ChainbenchVarCfgSlot, int32(slot))
+		err := cm.Set(uint32(slot), p)
+		p.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	entry := load(bpf.ChainbenchProgXdpEntryDirect, bpf.ChainbenchVarCfgStages, uint32(1<<k-1))
+	b.Cleanup(func() { entry.Close() })
+	return &benchProg{name: fmt.Sprintf("direct %d", k), prog: entry, cm: cm}
+}
+
+// monoChain is xdp_mono calling k declining stage functions.
+func monoChain(b *testing.B, k int) *benchProg {
+	b.Helper()
+	spec, err := bpf.LoadChainbench()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := spec.Variables[bpf.ChainbenchVarCfgStages].Set(uint32(1<<k - 1)); err != nil {
+		b.Fatal(err)
+	}
+	cm := newChainMaps(b)
+	var o bpf.ChainbenchObjects
+	if err := spec.LoadAndAssign(&o, &ebpf.CollectionOptions{MapReplacements: cm.Replacements(spec)}); err != nil {
+		b.Fatalf("load xdp_mono: %+v", err)
+	}
+	b.Cleanup(func() { o.Close() })
+	return &benchProg{name: fmt.Sprintf("mono %d", k), prog: o.XdpMono, cm: cm}
+}
+
+// gateProxyChain is an interface's chain running the gate and the SYN
+// proxy, loaded as the loader loads them: one chain's maps, the proxy
+// reading the gate's vip_gate, the fixture VIPs and services set.
+type gateProxyChain struct {
+	cm    *chain.Maps
+	entry *ebpf.Program
+	gate  *bpf.VipgateObjects
+}
+
+func realChain(b *testing.B) *gateProxyChain {
+	b.Helper()
+	cm := newChainMaps(b)
+	gspec, err := bpf.LoadVipgate()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, m := range gspec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	if err := gspec.Variables[bpf.VipgateVarCfgGateMode].Set(bpf.VipgateGateModeGATE_ENFORCE); err != nil {
+		b.Fatal(err)
+	}
+	var gate bpf.VipgateObjects
+	if err := gspec.LoadAndAssign(&gate, &ebpf.CollectionOptions{MapReplacements: cm.Replacements(gspec)}); err != nil {
+		b.Fatalf("load gate: %+v", err)
+	}
+	b.Cleanup(func() { gate.Close() })
+	vm := &maps.VIPMaps{Gate: gate.VipGate, Counters: gate.VipStats, Stats: gate.Stats}
+	if err := vm.SetVIPs(map[netip.Addr]bool{vipOwned: true, vipStandby: false, vip6: true}); err != nil {
+		b.Fatal(err)
+	}
+
+	sspec, err := bpf.LoadSynproxy()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, m := range sspec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	inner := sspec.Maps[bpf.SynproxyMapSyncRings].InnerMap
+	inner.MaxEntries = 1 << 16
+	repl := cm.Replacements(sspec)
+	repl[bpf.SynproxyMapVipGate] = gate.VipGate // shared by pin name in the loader
+	var sp bpf.SynproxyObjects
+	if err := sspec.LoadAndAssign(&sp, &ebpf.CollectionOptions{MapReplacements: repl}); err != nil {
+		b.Fatalf("load synproxy: %+v", err)
+	}
+	sync := &maps.SyncMaps{Rings: sp.SyncRings, Epoch: sp.SyncEpoch, Overflow: sp.SyncOverflow}
+	if err := sync.SetupRings(inner); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { sync.Close(); sp.Close() })
+	pm := maps.SynproxyMapsOf(&sp.SynproxyMaps)
+	if _, err := pm.SetService(svc4, 80, backends4); err != nil {
+		b.Fatal(err)
+	}
+	if err := pm.SetCookieKeys(spKeys, 0); err != nil {
+		b.Fatal(err)
+	}
+
+	if err := cm.Set(chain.SlotGate, gate.XdpVipgate); err != nil {
+		b.Fatal(err)
+	}
+	if err := cm.Set(chain.SlotSynproxy, sp.XdpSynproxy); err != nil {
+		b.Fatal(err)
+	}
+	entry, err := chain.LoadEntry(cm, 1<<chain.SlotGate|1<<chain.SlotSynproxy)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { entry.Close() })
+	return &gateProxyChain{cm: cm, entry: entry, gate: &gate}
+}
+
+// nonVIP is the gate's count of packets to no VIP, over CPUs.
+func (c *gateProxyChain) nonVIP(b *testing.B) uint64 {
+	b.Helper()
+	var per []uint64
+	if err := c.gate.Stats.Lookup(bpf.VipgateStatReasonSTAT_PASS_NON_VIP, &per); err != nil {
+		b.Fatal(err)
+	}
+	var n uint64
+	for _, v := range per {
+		n += v
+	}
+	return n
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// leastSquares fits y = slope*x + intercept.
+func leastSquares(x, y []float64) (slope, intercept float64) {
+	n := float64(len(x))
+	var sx, sy, sxx, sxy float64
+	for i := range x {
+		sx += x[i]
+		sy += y[i]
+		sxx += x[i] * x[i]
+		sxy += x[i] * y[i]
+	}
+	slope = (n*sxy - sx*sy) / (n*sxx - sx*sx)
+	return slope, (sy - slope*sx) / n
+}
