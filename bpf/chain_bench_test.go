@@ -37,6 +37,9 @@ type benchProg struct {
 //   - the chain's entry with no stage;
 //   - the entry with k = 1..7 stages that all decline (xdp_decline in
 //     slots 0..k-1): the slope over k is what one hop costs;
+//   - the same with chain_next as first written (chainbench.c's
+//     indirect copies: one tail-call site, the key in a register), which
+//     the JIT cannot make a direct jump;
 //   - the same k declining stages as noinline bpf-to-bpf calls in one
 //     program (chainbench.c's xdp_mono, the monolith issue 12 rejects):
 //     its slope is what a hop would cost without tail calls;
@@ -69,16 +72,16 @@ func BenchmarkXDPChain(b *testing.B) {
 	}
 	b.Cleanup(func() { pass.P.Close() })
 
-	var chains, directs, monos []*benchProg
+	var chains, indirects, monos []*benchProg
 	for k := 0; k <= maxDecline; k++ {
 		chains = append(chains, declineChain(b, k))
-		directs = append(directs, directChain(b, k))
+		indirects = append(indirects, indirectChain(b, k))
 		monos = append(monos, monoChain(b, k))
 	}
 	real := realChain(b)
 
 	anchor := &benchProg{name: "xdp_pass", prog: pass.P}
-	udpProgs := slices.Concat([]*benchProg{anchor}, chains, directs, monos)
+	udpProgs := slices.Concat([]*benchProg{anchor}, chains, indirects, monos)
 	udpProgs = append(udpProgs, &benchProg{name: "gate+synproxy", prog: real.entry, cm: real.cm})
 	const rounds, repeat = 21, 1 << 15
 	tcpAnchor := &benchProg{name: "xdp_pass (tcp)", prog: pass.P}
@@ -96,24 +99,24 @@ func BenchmarkXDPChain(b *testing.B) {
 	med := func(p *benchProg) float64 { return median(p.ns) }
 	floor := med(anchor)
 	ks := make([]float64, 0, maxDecline)
-	var cy, dy, my []float64
+	var cy, iy, my []float64
 	fmt.Printf("XDP chain, ns/packet (medians of %d rounds of %d runs; anchor xdp_pass %.0f ns):\n", rounds, repeat, floor)
-	fmt.Printf("  %-6s %16s %16s %16s\n", "stages", "chain", "direct tail", "mono (call)")
+	fmt.Printf("  %-6s %16s %16s %16s\n", "stages", "chain", "indirect", "mono (call)")
 	for k := 0; k <= maxDecline; k++ {
-		c, d, m := med(chains[k]), med(directs[k]), med(monos[k])
+		c, d, m := med(chains[k]), med(indirects[k]), med(monos[k])
 		fmt.Printf("  %-6d %8.0f %6.2fx %8.0f %6.2fx %8.0f %6.2fx\n", k, c, c/floor, d, d/floor, m, m/floor)
 		if k > 0 {
 			ks = append(ks, float64(k))
-			cy, dy, my = append(cy, c), append(dy, d), append(my, m)
+			cy, iy, my = append(cy, c), append(iy, d), append(my, m)
 		}
 	}
 	hop, base := leastSquares(ks, cy)
-	direct, directBase := leastSquares(ks, dy)
+	indirect, indirectBase := leastSquares(ks, iy)
 	call, callBase := leastSquares(ks, my)
-	fmt.Printf("  per declining stage (slope over 1..%d): chain %.2f ns (intercept %.1f), direct tail calls %.2f ns (intercept %.1f), bpf-to-bpf call %.2f ns (intercept %.1f)\n",
-		maxDecline, hop, base, direct, directBase, call, callBase)
+	fmt.Printf("  per declining stage (slope over 1..%d): chain %.2f ns (intercept %.1f), indirect tail calls %.2f ns (intercept %.1f), bpf-to-bpf call %.2f ns (intercept %.1f)\n",
+		maxDecline, hop, base, indirect, indirectBase, call, callBase)
 	b.ReportMetric(hop, "ns/hop")
-	b.ReportMetric(direct, "ns/direct-hop")
+	b.ReportMetric(indirect, "ns/indirect-hop")
 	b.ReportMetric(call, "ns/call")
 
 	entry := med(chains[0])
@@ -132,6 +135,9 @@ func BenchmarkXDPChain(b *testing.B) {
 		{Name: "xdp chain per-hop cost (a declining stage, tail call), prog.Run", Unit: "ns", Value: hop,
 			Anchor: "the same stage as a noinline bpf-to-bpf call in one program, same runs", AnchorValue: call,
 			Goal: "record only (slope over 1..7 declining stages, least squares)"},
+		{Name: "xdp chain per-hop cost, one tail-call site with a variable key (indirect jump), prog.Run", Unit: "ns", Value: indirect,
+			Anchor: "the chain's per-hop cost (a constant key per site: direct jumps), same runs", AnchorValue: hop,
+			Goal: "record only (why chain_next uses bpf_tail_call_static)"},
 	} {
 		if _, err := bench.Record(r); err != nil {
 			b.Fatal(err)
@@ -231,9 +237,10 @@ func declineChain(b *testing.B, k int) *benchProg {
 	return &benchProg{name: fmt.Sprintf("chain %d", k), prog: entry, cm: cm}
 }
 
-// directChain is declineChain built from chainbench.c's copies of the
-// entry and the declining stage whose tail calls have constant keys.
-func directChain(b *testing.B, k int) *benchProg {
+// indirectChain is declineChain built from chainbench.c's copies of the
+// entry and the declining stage whose tail calls share one call site with
+// a variable key (chain_next as first written).
+func indirectChain(b *testing.B, k int) *benchProg {
 	b.Helper()
 	cm := newChainMaps(b)
 	load := func(prog, name string, v any) *ebpf.Program {
@@ -251,16 +258,16 @@ func directChain(b *testing.B, k int) *benchProg {
 		return p
 	}
 	for slot := range k {
-		p := load(bpf.ChainbenchProgXdpDeclineDirect, bpf.ChainbenchVarCfgSlot, int32(slot))
+		p := load(bpf.ChainbenchProgXdpDeclineIndirect, bpf.ChainbenchVarCfgSlot, int32(slot))
 		err := cm.Set(uint32(slot), p)
 		p.Close()
 		if err != nil {
 			b.Fatal(err)
 		}
 	}
-	entry := load(bpf.ChainbenchProgXdpEntryDirect, bpf.ChainbenchVarCfgStages, uint32(1<<k-1))
+	entry := load(bpf.ChainbenchProgXdpEntryIndirect, bpf.ChainbenchVarCfgStages, uint32(1<<k-1))
 	b.Cleanup(func() { entry.Close() })
-	return &benchProg{name: fmt.Sprintf("direct %d", k), prog: entry, cm: cm}
+	return &benchProg{name: fmt.Sprintf("indirect %d", k), prog: entry, cm: cm}
 }
 
 // monoChain is xdp_mono calling k declining stage functions.

@@ -8,12 +8,11 @@
  * declining stages, so docs/chain.md can say what a tail-call hop costs
  * against a function call. The loader never loads it.
  *
- * It also holds a second chain (xdp_entry_direct, xdp_decline_direct)
- * whose tail calls use bpf_tail_call_static: one call site per slot, each
- * with a constant key, which the x86-64 JIT turns into a direct jump
- * patched when the slot changes. chain.h's chain_next lets clang merge its
- * eight tail calls into one call site with a variable key, which the JIT
- * must emit as an indirect jump (a retpoline where those are on).
+ * It also holds the chain as it was first written (xdp_entry_indirect,
+ * xdp_decline_indirect): chain_next with one bpf_tail_call in a loop,
+ * which clang compiles to one call site with a variable key; the x86-64
+ * JIT emits that as an indirect jump (a retpoline where those are on),
+ * where chain.h's constant key per call site becomes a direct jump.
  */
 #include "include/common.h"
 #include "include/parse.h"
@@ -75,34 +74,30 @@ int xdp_mono(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
-/* chain_next_direct is chain_next with a constant key at each tail call. */
-#define TRY_SLOT(i)                                                      \
-	if (rest & (1u << i)) {                                          \
-		bpf_tail_call_static(ctx, &chain_progs, i);              \
-		chain_count(i, 1);                                       \
-		return XDP_PASS;                                         \
-	}
-static __always_inline int chain_next_direct(struct xdp_md *ctx, struct chain_ctx *c, int after)
+/* chain_next_indirect is chain.h's chain_next with one tail call in a
+ * loop: clang merges the unrolled calls into one site, key in a register. */
+static __always_inline int chain_next_indirect(struct xdp_md *ctx, struct chain_ctx *c, int after)
 {
 	__u32 rest = c->stages;
+	__u32 i;
 
 	if (after >= 0)
 		rest &= ~((2u << after) - 1);
-	TRY_SLOT(0)
-	TRY_SLOT(1)
-	TRY_SLOT(2)
-	TRY_SLOT(3)
-	TRY_SLOT(4)
-	TRY_SLOT(5)
-	TRY_SLOT(6)
-	TRY_SLOT(7)
+#pragma unroll
+	for (i = 0; i < CHAIN_SLOTS; i++) {
+		if (rest & (1u << i)) {
+			bpf_tail_call(ctx, &chain_progs, i);
+			chain_count(i, 1);
+			return XDP_PASS;
+		}
+	}
 	chain_count(STAGE_END, 0);
 	return XDP_PASS;
 }
 
-/* xdp_entry_direct is chain.c's xdp_chain with direct tail calls. */
+/* xdp_entry_indirect is chain.c's xdp_chain with chain_next_indirect. */
 SEC("xdp")
-int xdp_entry_direct(struct xdp_md *ctx)
+int xdp_entry_indirect(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -113,20 +108,20 @@ int xdp_entry_direct(struct xdp_md *ctx)
 	c->parsed = parse_frame(&c->p, data, data_end);
 	c->stages = cfg_stages;
 	c->vip = CHAIN_VIP_UNKNOWN;
-	return chain_next_direct(ctx, c, -1);
+	return chain_next_indirect(ctx, c, -1);
 }
 
-/* xdp_decline_direct is chain.c's xdp_decline with direct tail calls. */
+/* xdp_decline_indirect is chain.c's xdp_decline with chain_next_indirect. */
 const volatile __s32 cfg_slot = 0;
 
 SEC("xdp")
-int xdp_decline_direct(struct xdp_md *ctx)
+int xdp_decline_indirect(struct xdp_md *ctx)
 {
 	struct chain_ctx *c = chain_get();
 
 	if (!c)
 		return XDP_PASS;
-	return chain_next_direct(ctx, c, cfg_slot);
+	return chain_next_indirect(ctx, c, cfg_slot);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

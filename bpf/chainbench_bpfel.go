@@ -79,18 +79,18 @@ const (
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	ChainbenchMapChainCtxMap       = "chain_ctx_map"
-	ChainbenchMapChainInfoMap      = "chain_info_map"
-	ChainbenchMapChainProgs        = "chain_progs"
-	ChainbenchMapChainStats        = "chain_stats"
-	ChainbenchProgXdpDeclineDirect = "xdp_decline_direct"
-	ChainbenchProgXdpEntryDirect   = "xdp_entry_direct"
-	ChainbenchProgXdpMono          = "xdp_mono"
-	ChainbenchVarCfgSlot           = "cfg_slot"
-	ChainbenchVarCfgStages         = "cfg_stages"
-	ChainbenchVarChainAbiLayout    = "chain_abi_layout"
-	ChainbenchVarChainStageLayout  = "chain_stage_layout"
-	ChainbenchVarChainVipLayout    = "chain_vip_layout"
+	ChainbenchMapChainCtxMap         = "chain_ctx_map"
+	ChainbenchMapChainInfoMap        = "chain_info_map"
+	ChainbenchMapChainProgs          = "chain_progs"
+	ChainbenchMapChainStats          = "chain_stats"
+	ChainbenchProgXdpDeclineIndirect = "xdp_decline_indirect"
+	ChainbenchProgXdpEntryIndirect   = "xdp_entry_indirect"
+	ChainbenchProgXdpMono            = "xdp_mono"
+	ChainbenchVarCfgSlot             = "cfg_slot"
+	ChainbenchVarCfgStages           = "cfg_stages"
+	ChainbenchVarChainAbiLayout      = "chain_abi_layout"
+	ChainbenchVarChainStageLayout    = "chain_stage_layout"
+	ChainbenchVarChainVipLayout      = "chain_vip_layout"
 )
 
 // LoadChainbench returns the embedded CollectionSpec for Chainbench.
@@ -135,9 +135,9 @@ type ChainbenchSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type ChainbenchProgramSpecs struct {
-	XdpDeclineDirect *ebpf.ProgramSpec `ebpf:"xdp_decline_direct"`
-	XdpEntryDirect   *ebpf.ProgramSpec `ebpf:"xdp_entry_direct"`
-	XdpMono          *ebpf.ProgramSpec `ebpf:"xdp_mono"`
+	XdpDeclineIndirect *ebpf.ProgramSpec `ebpf:"xdp_decline_indirect"`
+	XdpEntryIndirect   *ebpf.ProgramSpec `ebpf:"xdp_entry_indirect"`
+	XdpMono            *ebpf.ProgramSpec `ebpf:"xdp_mono"`
 }
 
 // ChainbenchMapSpecs contains maps before they are loaded into the kernel.
@@ -211,15 +211,15 @@ type ChainbenchVariables struct {
 //
 // It can be passed to LoadChainbenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type ChainbenchPrograms struct {
-	XdpDeclineDirect *ebpf.Program `ebpf:"xdp_decline_direct"`
-	XdpEntryDirect   *ebpf.Program `ebpf:"xdp_entry_direct"`
-	XdpMono          *ebpf.Program `ebpf:"xdp_mono"`
+	XdpDeclineIndirect *ebpf.Program `ebpf:"xdp_decline_indirect"`
+	XdpEntryIndirect   *ebpf.Program `ebpf:"xdp_entry_indirect"`
+	XdpMono            *ebpf.Program `ebpf:"xdp_mono"`
 }
 
 func (p *ChainbenchPrograms) Close() error {
 	return _ChainbenchClose(
-		p.XdpDeclineDirect,
-		p.XdpEntryDirect,
+		p.XdpDeclineIndirect,
+		p.XdpEntryIndirect,
 		p.XdpMono,
 	)
 }
