@@ -11,125 +11,64 @@ import (
 	"github.com/tandem-net/tandem/tools/testenv"
 )
 
-// TestChainNext: a packet goes through the configured slots in order,
-// each declining stage passing it to the next configured one; a
-// configured slot with no program counts a missed tail call and passes
-// the packet to the stack. chain_next's tail calls are direct jumps the
-// kernel patches when a slot changes, so the slots are filled and emptied
-// after the entry is loaded, and again between runs.
-func TestChainNext(t *testing.T) {
-	testenv.RequireRoot(t)
-	ip := ip4(client4, other4, layers.IPProtocolUDP)
-	frame := serialize(t, eth(layers.EthernetTypeIPv4), ip, udp(ip), payload)
-	type want struct {
-		end    uint64            // packets that reached the stack's slot
-		missed map[uint32]uint64 // per slot
-	}
-	for _, tc := range []struct {
-		name   string
-		stages []uint32 // configured in the entry
-		filled []uint32 // slots holding xdp_decline
-		want   want
-	}{
-		{"no stage", nil, nil, want{end: 1}},
-		{"every stage declines", []uint32{0, 3, 7}, []uint32{0, 3, 7}, want{end: 1}},
-		{"slots between configured ones are skipped", []uint32{1, 6}, []uint32{0, 1, 2, 5, 6, 7}, want{end: 1}},
-		{"first slot empty", []uint32{0, 3}, []uint32{3}, want{missed: map[uint32]uint64{0: 1}}},
-		{"a later slot empty", []uint32{0, 3, 7}, []uint32{0, 7}, want{missed: map[uint32]uint64{3: 1}}},
-		{"last slot empty", []uint32{2, 7}, []uint32{2}, want{missed: map[uint32]uint64{7: 1}}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			cm := newChainMaps(t)
-			var bits uint32
-			for _, s := range tc.stages {
-				bits |= 1 << s
-			}
-			entry, err := chain.LoadEntry(cm, bits)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer entry.Close()
-			decline := make(map[uint32]*ebpf.Program)
-			for _, s := range tc.filled {
-				decline[s] = loadDecline(t, cm, s)
-			}
-			// Filled after the entry and the stages were loaded: every
-			// tail call site that reaches a slot must see it.
-			fill := func() {
-				for s, p := range decline {
-					if err := cm.Set(s, p); err != nil {
-						t.Fatal(err)
-					}
-				}
-			}
-			check := func(round uint64) {
-				t.Helper()
-				if v, err := entry.Run(&ebpf.RunOptions{Data: frame}); err != nil || v != 2 {
-					t.Fatalf("round %d: verdict %d, %v: want XDP_PASS", round, v, err)
-				}
-				st, err := cm.ReadStats()
-				if err != nil {
-					t.Fatal(err)
-				}
-				if got := st[chain.Slots].Claimed; got != round*tc.want.end {
-					t.Errorf("round %d: %d packets reached the stack's slot, want %d", round, got, round*tc.want.end)
-				}
-				for slot, s := range st[:chain.Slots] {
-					if s.Claimed != 0 {
-						t.Errorf("round %d: slot %d claimed %d: xdp_decline claims nothing", round, slot, s.Claimed)
-					}
-					if want := round * tc.want.missed[uint32(slot)]; s.Missed != want {
-						t.Errorf("round %d: slot %d missed %d tail calls, want %d", round, slot, s.Missed, want)
-					}
-				}
-			}
-			fill()
-			check(1)
-			// Emptied and filled again: the patched jumps follow.
-			for s := range decline {
-				if err := cm.Clear(s); err != nil {
-					t.Fatal(err)
-				}
-			}
-			fill()
-			check(2)
-		})
-	}
-}
-
-// TestChainNextEmptied: a slot emptied under a loaded chain is a missed
-// tail call from then on, and filling it again ends the misses.
-func TestChainNextEmptied(t *testing.T) {
+// TestChainNextPatched: chain_next tail-calls each slot with a constant
+// key, which the JIT makes a direct jump that the kernel re-patches in
+// every program whenever the slot's program changes. The chain package's
+// tests swap a slot the entry jumps to; this one empties, refills and
+// swaps slots that stages jump to, one step at a time under a loaded
+// chain: an empty configured slot counts a missed tail call and passes
+// the packet, a filled one runs, whichever program last went in.
+func TestChainNextPatched(t *testing.T) {
 	testenv.RequireRoot(t)
 	ip := ip4(client4, other4, layers.IPProtocolUDP)
 	frame := serialize(t, eth(layers.EthernetTypeIPv4), ip, udp(ip), payload)
 	cm := newChainMaps(t)
-	p := loadDecline(t, cm, 3)
-	entry, err := chain.Single(cm, 3, p)
+	d0, d3, d3b, d7 := loadDecline(t, cm, 0), loadDecline(t, cm, 3), loadDecline(t, cm, 3), loadDecline(t, cm, 7)
+	entry, err := chain.LoadEntry(cm, 1<<0|1<<3|1<<7)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer entry.Close()
-	for i, step := range []struct {
-		do           func() error
-		end, missed3 uint64 // totals after the run
+	for _, step := range []struct {
+		name   string
+		set    map[uint32]*ebpf.Program // nil program: Clear
+		end    uint64                   // packets at the stack's slot, so far
+		missed map[uint32]uint64        // so far
 	}{
-		{func() error { return nil }, 1, 0},
-		{func() error { return cm.Clear(3) }, 1, 1},
-		{func() error { return cm.Set(3, p) }, 2, 1},
+		{"every slot filled", map[uint32]*ebpf.Program{0: d0, 3: d3, 7: d7}, 1, nil},
+		{"slot 3 emptied: the jump from slot 0 misses", map[uint32]*ebpf.Program{3: nil}, 1, map[uint32]uint64{3: 1}},
+		{"slot 3 refilled with another program", map[uint32]*ebpf.Program{3: d3b}, 2, map[uint32]uint64{3: 1}},
+		{"slot 7 emptied: the jump from the new slot 3 misses", map[uint32]*ebpf.Program{7: nil}, 2, map[uint32]uint64{3: 1, 7: 1}},
+		{"slot 7 and slot 3 back to the first programs", map[uint32]*ebpf.Program{3: d3, 7: d7}, 3, map[uint32]uint64{3: 1, 7: 1}},
 	} {
-		if err := step.do(); err != nil {
-			t.Fatal(err)
+		for slot, p := range step.set {
+			var err error
+			if p == nil {
+				err = cm.Clear(slot)
+			} else {
+				err = cm.Set(slot, p)
+			}
+			if err != nil {
+				t.Fatalf("%s: %v", step.name, err)
+			}
 		}
 		if v, err := entry.Run(&ebpf.RunOptions{Data: frame}); err != nil || v != 2 {
-			t.Fatalf("step %d: verdict %d, %v: want XDP_PASS", i, v, err)
+			t.Fatalf("%s: verdict %d, %v: want XDP_PASS", step.name, v, err)
 		}
 		st, err := cm.ReadStats()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st[chain.Slots].Claimed != step.end || st[3].Missed != step.missed3 {
-			t.Errorf("step %d: %d at the stack's slot, %d missed in slot 3; want %d, %d", i, st[chain.Slots].Claimed, st[3].Missed, step.end, step.missed3)
+		if got := st[chain.Slots].Claimed; got != step.end {
+			t.Errorf("%s: %d packets at the stack's slot, want %d", step.name, got, step.end)
+		}
+		for slot, s := range st[:chain.Slots] {
+			if s.Claimed != 0 {
+				t.Errorf("%s: slot %d claimed %d: xdp_decline claims nothing", step.name, slot, s.Claimed)
+			}
+			if want := step.missed[uint32(slot)]; s.Missed != want {
+				t.Errorf("%s: slot %d missed %d tail calls, want %d", step.name, slot, s.Missed, want)
+			}
 		}
 	}
 }
