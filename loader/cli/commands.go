@@ -83,6 +83,7 @@ type upFlags struct {
 	proxy    []string
 	secret   string
 	services []string
+	ptune    loader.ProxyOptions // the proxy's load-time settings (--proxy-mss4 ...)
 	vaddrs   []string
 	vpeers   []string
 	elect    loader.ElectOptions
@@ -189,6 +190,11 @@ translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
 			fs.StringSliceVar(&f.proxy, "proxy-iface", nil, "run the SYN proxy on this interface, client or backend side (repeat)")
 			fs.StringVar(&f.secret, "proxy-secret", "", "file with the pair's shared cookie secret (at least 16 bytes; mode 0600 or stricter, owned by root or you)")
 			fs.StringArrayVar(&f.services, "service", nil, "proxy service VIP:PORT=BACKEND:PORT[,BACKEND:PORT...] (repeat)")
+			fs.IntVar(&f.ptune.MSS4, "proxy-mss4", d.Proxy.MSS4, "MSS the SYN proxy announces to IPv4 clients (536 to 65495; lower it for a tunnel to the backends)")
+			fs.IntVar(&f.ptune.MSS6, "proxy-mss6", d.Proxy.MSS6, "MSS the SYN proxy announces to IPv6 clients (1220 to 65475)")
+			fs.DurationVar(&f.ptune.SynRetry, "proxy-syn-retry", d.Proxy.SynRetry, "a backend that has not answered gets another SYN after this (100ms to 10s)")
+			fs.IntVar(&f.ptune.SynTries, "proxy-syn-tries", d.Proxy.SynTries, "backend SYNs before the client gets a RST (1 to 100)")
+			fs.DurationVar(&f.ptune.ChallengeInterval, "proxy-challenge-interval", d.Proxy.ChallengeInterval, "at most one challenge ACK (RFC 5961) per connection this often (10ms to 60s)")
 			fs.StringArrayVar(&f.vaddrs, "vip-addr", nil, "run the VIP election; the owner holds ADDR/LEN@IFACE (repeat; all move together)")
 			fs.StringSliceVar(&f.vpeers, "vip-peer", nil, "the peer's advert HOST:PORT, one per path: sync link and service network (repeat); adverts from other addresses are refused")
 			fs.StringVar(&f.elect.PeerName, "vip-peer-name", "", "the peer's name (its --sync-name); adverts under another name are refused (default: the one other host certificate in --sync-certs)")
@@ -355,6 +361,13 @@ func (f *upFlags) options() (loader.Options, error) {
 	}
 	if fs.Changed("proxy-secret") {
 		o.Proxy.SecretFile = f.secret
+	}
+	for name, set := range map[string]func(){"proxy-mss4": func() { o.Proxy.MSS4 = f.ptune.MSS4 }, "proxy-mss6": func() { o.Proxy.MSS6 = f.ptune.MSS6 },
+		"proxy-syn-retry": func() { o.Proxy.SynRetry = f.ptune.SynRetry }, "proxy-syn-tries": func() { o.Proxy.SynTries = f.ptune.SynTries },
+		"proxy-challenge-interval": func() { o.Proxy.ChallengeInterval = f.ptune.ChallengeInterval }} {
+		if fs.Changed(name) {
+			set()
+		}
 	}
 	for _, s := range f.services {
 		svc, err := loader.ParseService(s)
