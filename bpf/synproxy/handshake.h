@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
-/* handshake.h: the two handshakes. The client's SYN is answered with a
+/* handshake.h: the two handshakes. Their segments' checksums are checked
+ * in full (tcp_csum_ok). The client's SYN is answered with a
  * cookie SYN-ACK (answer_syn); its ACK with a valid cookie makes the
  * connection entry and becomes the SYN to the backend (cookie_ack,
  * backend_syn), sent again while the client waits (client_syn_sent); the

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /* tcpopt.h: TCP options: the walk that reads a segment's (MSS, window
  * scale, SACK, timestamps), and the rewrite that moves an established
- * segment's timestamps and SACK edges into the other side's spaces.
+ * segment's timestamps and SACK edges into the other side's spaces; and
+ * the checksum folding (csum_finish, csum_add_diff) the later stages use
+ * too.
  */
 #ifndef SYNPROXY_TCPOPT_H
 #define SYNPROXY_TCPOPT_H
