@@ -381,6 +381,7 @@ func (c *gateProxyChain) nonVIP(b *testing.B) uint64 {
 	return n
 }
 
+// median of xs (left as it is).
 func median(xs []float64) float64 {
 	s := slices.Clone(xs)
 	slices.Sort(s)

@@ -176,29 +176,7 @@ type SynproxyRevVal struct {
 }
 
 type SynproxyScratch struct {
-	_   structs.HostLayout
-	Buf [80]uint8
-	Ph  [40]uint8
-	Seg [64]uint8
-	H   struct {
-		_      structs.HostLayout
-		Saddr  [16]uint8
-		Daddr  [16]uint8
-		Sport  uint16
-		Dport  uint16
-		Seq    uint32
-		Ack    uint32
-		Window uint16
-		Flags  uint8
-		V4     uint8
-		Mss    uint16
-		Ws     uint8
-		Sack   uint8
-		Ts     uint8
-		Pad    [3]uint8
-		Tsval  uint32
-		Tsecr  uint32
-	}
+	_ structs.HostLayout
 	P struct {
 		_         structs.HostLayout
 		L3Off     uint16
@@ -214,8 +192,10 @@ type SynproxyScratch struct {
 		L4Len     uint16
 		Pad       uint16
 	}
-	_   [6]byte
-	V   SynproxyConnVal
+	Sk  SynproxySvcKey
+	Rk  SynproxySvcKey
+	Ck  SynproxyConnKey
+	_   [2]byte
 	Job struct {
 		_         structs.HostLayout
 		Where     uint32
@@ -230,8 +210,48 @@ type SynproxyScratch struct {
 		Opts      uint8
 		Pad       [2]uint8
 	}
-	K    SynproxyConnKey
-	Ck   SynproxyConnKey
+	_   [4]byte
+	Seg struct {
+		_ structs.HostLayout
+		H struct {
+			_      structs.HostLayout
+			Saddr  [16]uint8
+			Daddr  [16]uint8
+			Sport  uint16
+			Dport  uint16
+			Seq    uint32
+			Ack    uint32
+			Window uint16
+			Flags  uint8
+			V4     uint8
+			Mss    uint16
+			Ws     uint8
+			Sack   uint8
+			Ts     uint8
+			Pad    [3]uint8
+			Tsval  uint32
+			Tsecr  uint32
+		}
+		Buf [80]uint8
+		L2  [64]uint8
+	}
+	Csum struct {
+		_   structs.HostLayout
+		Seg [64]uint8
+	}
+	Cookie struct {
+		_ structs.HostLayout
+		V SynproxyConnVal
+	}
+	Xlate struct {
+		_  structs.HostLayout
+		Oa [4]uint32
+		Na [4]uint32
+	}
+	Del struct {
+		_ structs.HostLayout
+		K SynproxyConnKey
+	}
 	Icmp struct {
 		_    structs.HostLayout
 		In   [48]uint8
@@ -241,8 +261,9 @@ type SynproxyScratch struct {
 		Osrc [16]uint8
 		Odst [16]uint8
 		Ip   [20]uint8
+		Sk   SynproxySvcKey
+		K    SynproxyConnKey
 	}
-	Sk SynproxySvcKey
 }
 
 type SynproxySpStat uint32
@@ -373,8 +394,6 @@ const (
 	SynproxyVarCfgMss6           = "cfg_mss6"
 	SynproxyVarCfgSynRetryNs     = "cfg_syn_retry_ns"
 	SynproxyVarCfgSynTries       = "cfg_syn_tries"
-	SynproxyVarCfgTouchNs        = "cfg_touch_ns"
-	SynproxyVarCfgWscale         = "cfg_wscale"
 	SynproxyVarChainAbiLayout    = "chain_abi_layout"
 	SynproxyVarChainStageLayout  = "chain_stage_layout"
 	SynproxyVarChainVipLayout    = "chain_vip_layout"
@@ -466,8 +485,6 @@ type SynproxyVariableSpecs struct {
 	CfgMss6          *ebpf.VariableSpec `ebpf:"cfg_mss6"`
 	CfgSynRetryNs    *ebpf.VariableSpec `ebpf:"cfg_syn_retry_ns"`
 	CfgSynTries      *ebpf.VariableSpec `ebpf:"cfg_syn_tries"`
-	CfgTouchNs       *ebpf.VariableSpec `ebpf:"cfg_touch_ns"`
-	CfgWscale        *ebpf.VariableSpec `ebpf:"cfg_wscale"`
 	ChainAbiLayout   *ebpf.VariableSpec `ebpf:"chain_abi_layout"`
 	ChainStageLayout *ebpf.VariableSpec `ebpf:"chain_stage_layout"`
 	ChainVipLayout   *ebpf.VariableSpec `ebpf:"chain_vip_layout"`
@@ -549,8 +566,6 @@ type SynproxyVariables struct {
 	CfgMss6          *ebpf.Variable `ebpf:"cfg_mss6"`
 	CfgSynRetryNs    *ebpf.Variable `ebpf:"cfg_syn_retry_ns"`
 	CfgSynTries      *ebpf.Variable `ebpf:"cfg_syn_tries"`
-	CfgTouchNs       *ebpf.Variable `ebpf:"cfg_touch_ns"`
-	CfgWscale        *ebpf.Variable `ebpf:"cfg_wscale"`
 	ChainAbiLayout   *ebpf.Variable `ebpf:"chain_abi_layout"`
 	ChainStageLayout *ebpf.Variable `ebpf:"chain_stage_layout"`
 	ChainVipLayout   *ebpf.Variable `ebpf:"chain_vip_layout"`

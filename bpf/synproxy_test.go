@@ -53,6 +53,14 @@ func loadSynproxyWith(t testing.TB, consts map[string]any, tweaks ...func(*ebpf.
 	if err != nil {
 		t.Fatal(err)
 	}
+	return loadSynproxySpec(t, spec, consts, tweaks...)
+}
+
+// loadSynproxySpec is loadSynproxyWith for a spec read elsewhere (another
+// build of synproxy.c, for the benchmarks).
+func loadSynproxySpec(t testing.TB, spec *ebpf.CollectionSpec, consts map[string]any, tweaks ...func(*ebpf.CollectionSpec)) *proxy {
+	t.Helper()
+	testenv.RequireRoot(t)
 	for _, tw := range tweaks {
 		tw(spec)
 	}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
@@ -48,6 +49,11 @@ import (
 //	[proxy]                            # the SYN proxy
 //	interfaces  = ["eth1", "eth2"]     # client side and backend side (may include the gate's)
 //	secret_file = "/etc/tandem/cookie.key"  # shared by the pair
+//	mss4        = 1460                 # MSS announced to IPv4 clients (536 to 65495)
+//	mss6        = 1440                 # and to IPv6 clients (1220 to 65475)
+//	syn_retry   = "1s"                 # backend SYN sent again after (100ms to 10s)
+//	syn_tries   = 4                    # backend SYNs before the client's RST (1 to 100)
+//	challenge_interval = "500ms"       # challenge ACKs per connection at most every (10ms to 60s)
 //
 //	[[proxy.service]]
 //	vip      = "192.0.2.10:443"
@@ -96,9 +102,14 @@ type ElectConfig struct {
 
 // ProxyConfig is the [proxy] table with its [[proxy.service]] tables.
 type ProxyConfig struct {
-	Interfaces []string        `toml:"interfaces"`
-	Secret     string          `toml:"secret_file"`
-	Services   []ServiceConfig `toml:"service"`
+	Interfaces        []string        `toml:"interfaces"`
+	Secret            string          `toml:"secret_file"`
+	MSS4              int             `toml:"mss4"`
+	MSS6              int             `toml:"mss6"`
+	SynRetry          string          `toml:"syn_retry"`
+	SynTries          int             `toml:"syn_tries"`
+	ChallengeInterval string          `toml:"challenge_interval"`
+	Services          []ServiceConfig `toml:"service"`
 }
 
 // ServiceConfig is one [[proxy.service]].
@@ -137,6 +148,8 @@ func Defaults() Options {
 		TC:      TCAuto,
 		Gate:    GateEnforce,
 		VIPs:    map[netip.Addr]bool{},
+		Proxy: ProxyOptions{MSS4: DefaultMSS4, MSS6: DefaultMSS6, SynRetry: DefaultSynRetry, SynTries: DefaultSynTries,
+			ChallengeInterval: DefaultChallengeInterval},
 	}
 }
 
@@ -208,6 +221,9 @@ func (fc *FileConfig) apply(o *Options) error {
 		o.Proxy.Ifaces = append([]string(nil), fc.Proxy.Interfaces...)
 	}
 	set(&o.Proxy.SecretFile, fc.Proxy.Secret)
+	if err := fc.Proxy.applySettings(&o.Proxy); err != nil {
+		return err
+	}
 	for i, sc := range fc.Proxy.Services {
 		svc, err := ServiceFrom(sc.VIP, sc.Backends)
 		if err != nil {
@@ -251,4 +267,31 @@ func ParseVIP(s string) (netip.Addr, bool, error) {
 		return a.Unmap(), false, nil
 	}
 	return netip.Addr{}, false, fmt.Errorf("--vip %q: role %q: use ADDR, ADDR=owned or ADDR=standby", s, role)
+}
+
+// applySettings lays the [proxy] table's load-time settings over p; their
+// bounds are checked with the flags' (validateProxy).
+func (pc ProxyConfig) applySettings(p *ProxyOptions) error {
+	for _, n := range []struct {
+		v   int
+		dst *int
+	}{{pc.MSS4, &p.MSS4}, {pc.MSS6, &p.MSS6}, {pc.SynTries, &p.SynTries}} {
+		if n.v != 0 {
+			*n.dst = n.v
+		}
+	}
+	for _, d := range []struct {
+		key, v string
+		dst    *time.Duration
+	}{{"syn_retry", pc.SynRetry, &p.SynRetry}, {"challenge_interval", pc.ChallengeInterval, &p.ChallengeInterval}} {
+		if d.v == "" {
+			continue
+		}
+		v, err := time.ParseDuration(d.v)
+		if err != nil {
+			return fmt.Errorf("config: proxy.%s %q: %v (a duration: 1s, 500ms)", d.key, d.v, err)
+		}
+		*d.dst = v
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestReadConfig(t *testing.T) {
@@ -44,6 +45,38 @@ owned = false
 				t.Errorf("vips %v", o.VIPs)
 			}
 		}},
+		{"proxy settings", `
+[proxy]
+interfaces = ["eth1"]
+secret_file = "/etc/tandem/cookie.key"
+mss4 = 1400
+mss6 = 1380
+syn_retry = "2s"
+syn_tries = 6
+challenge_interval = "1s"
+`, "", func(t *testing.T, o Options) {
+			p := o.Proxy
+			if p.MSS4 != 1400 || p.MSS6 != 1380 || p.SynRetry != 2*time.Second || p.SynTries != 6 || p.ChallengeInterval != time.Second {
+				t.Errorf("proxy settings %+v", p)
+			}
+			if err := o.Validate(); err != nil {
+				t.Errorf("validate: %v", err)
+			}
+		}},
+		{"proxy settings default", "[proxy]\ninterfaces = [\"eth1\"]", "", func(t *testing.T, o Options) {
+			p := o.Proxy
+			if p.MSS4 != DefaultMSS4 || p.MSS6 != DefaultMSS6 || p.SynRetry != DefaultSynRetry || p.SynTries != DefaultSynTries || p.ChallengeInterval != DefaultChallengeInterval {
+				t.Errorf("proxy settings %+v", p)
+			}
+		}},
+		// Out of bounds: Apply takes the value, Validate names the range.
+		{"proxy mss4 too small", "[proxy]\nmss4 = 500", "--proxy-mss4 500: between 536 and 65495", validateErr},
+		{"proxy mss6 too large", "[proxy]\nmss6 = 65476", "--proxy-mss6 65476: between 1220 and 65475", validateErr},
+		{"proxy syn_retry too long", "[proxy]\nsyn_retry = \"11s\"", "--proxy-syn-retry 11s: between 100ms and 10s", validateErr},
+		{"proxy syn_tries past the entry's timeout", "[proxy]\nsyn_retry = \"10s\"\nsyn_tries = 5", "expires after 30s", validateErr},
+		{"proxy challenge_interval too short", "[proxy]\nchallenge_interval = \"1ms\"", "--proxy-challenge-interval 1ms: between 10ms and 1m0s", validateErr},
+		{"bad proxy duration", "[proxy]\nsyn_retry = \"soon\"", "proxy.syn_retry", nil},
+		{"unknown proxy key", "[proxy]\nmss = 1400", "proxy.mss", nil},
 		{"unknown sync key", "[sync]\nrole = \"primary\"\npeers = [\"x\"]", "sync.peers", nil},
 		{"syntax error", "interfaces = [\"eth0\"\n", "line", nil},
 		{"unknown key", "interface = [\"eth0\"]", "unknown key(s) interface", nil},
@@ -73,10 +106,21 @@ owned = false
 			if err != nil {
 				t.Fatal(err)
 			}
+			if c.err != "" {
+				o.Interfaces = []string{"eth0"}
+				err := o.Validate()
+				if err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("validate: %v, want an error with %q", err, c.err)
+				}
+			}
 			c.check(t, o)
 		})
 	}
 }
+
+// validateErr is a check for a config that applies but must not validate:
+// the case's err names what Validate must say.
+var validateErr = func(t *testing.T, o Options) { t.Helper() }
 
 func TestParseVIP(t *testing.T) {
 	cases := []struct {

@@ -228,6 +228,36 @@ func TestProxyCapture(t *testing.T) {
 	}
 }
 
+// TestProxyMSSSetting: --proxy-mss4 and --proxy-mss6 reach the loaded
+// program: the SYN-ACKs a client gets announce them, per family, and a
+// transfer under them completes.
+func TestProxyMSSSetting(t *testing.T) {
+	p := newProxyLab(t)
+	p.up(t, "--proxy-mss4", "1300", "--proxy-mss6", "1280")
+	p.serve(t)
+	stop := capture(t, p.client, "tcp port 80")
+	for _, vip := range []netip.Addr{pvip4, pvip6} {
+		if err := p.transfer(t, vip); err != nil {
+			t.Fatalf("connection to %s: %v", vip, err)
+		}
+	}
+	got := map[bool]uint16{} // by IPv4
+	for _, pk := range stop() {
+		tl, ok := pk.Layer(layers.LayerTypeTCP).(*layers.TCP)
+		if !ok || !tl.SYN || !tl.ACK {
+			continue
+		}
+		for _, o := range tl.Options {
+			if o.OptionType == layers.TCPOptionKindMSS && len(o.OptionData) == 2 {
+				got[pk.Layer(layers.LayerTypeIPv4) != nil] = binary.BigEndian.Uint16(o.OptionData)
+			}
+		}
+	}
+	if got[true] != 1300 || got[false] != 1280 {
+		t.Errorf("SYN-ACK MSS: IPv4 %d, IPv6 %d; want 1300 and 1280 (--proxy-mss4, --proxy-mss6)", got[true], got[false])
+	}
+}
+
 // TestProxyWindowUpdateLost: the window update (the first ACK from the
 // VIP after the window-0 SYN-ACK) is dropped on its way to the client.
 // The client, left with a zero window, sends zero-window probes; the

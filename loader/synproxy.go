@@ -32,6 +32,58 @@ type ProxyOptions struct {
 	// Services are added or replaced by up; services added with tandem
 	// service add and not in the config are left alone.
 	Services []maps.Service
+
+	// Load-time settings of the programs (bpf/synproxy/maps.h, cfg_*);
+	// Defaults sets them, the bounds are validateProxy's.
+	//
+	// MSS4 and MSS6 are the MSS announced to clients: lower them when the
+	// path to the backends has a lower MTU (a tunnel).
+	MSS4, MSS6 int
+	// SynRetry is how long a backend that has not answered gets before
+	// the next SYN (sent when the waiting client's segments arrive);
+	// after SynTries SYNs the client gets a RST, like the kernel's
+	// tcp_syn_retries.
+	SynRetry time.Duration
+	SynTries int
+	// ChallengeInterval: at most one challenge ACK (RFC 5961) per
+	// connection this often, like the kernel's tcp_invalid_ratelimit.
+	ChallengeInterval time.Duration
+}
+
+// The proxy's load-time settings by default: the values the programs are
+// built with (TestProxyDefaultsMatchProgram), and their bounds.
+const (
+	DefaultMSS4              = 1460
+	DefaultMSS6              = 1440
+	DefaultSynRetry          = time.Second
+	DefaultSynTries          = 4
+	DefaultChallengeInterval = 500 * time.Millisecond
+
+	MinMSS4, MaxMSS4 = 536, 65495  // RFC 9293's least for IPv4; a 64 KiB packet's
+	MinMSS6, MaxMSS6 = 1220, 65475 // IPv6's 1280-byte minimum MTU; a 64 KiB packet's
+	MinSynRetry      = 100 * time.Millisecond
+	MaxSynRetry      = 10 * time.Second
+	MinSynTries      = 1
+	MaxSynTries      = 100
+	// Below about 1 ms the program's clock (ns >> 20) sees no interval.
+	MinChallengeInterval = 10 * time.Millisecond
+	MaxChallengeInterval = 60 * time.Second
+)
+
+// setProxyConsts writes the proxy's load-time settings into its spec.
+func setProxyConsts(spec *ebpf.CollectionSpec, p ProxyOptions) error {
+	for name, v := range map[string]any{
+		bpf.SynproxyVarCfgMss4:        uint16(p.MSS4),
+		bpf.SynproxyVarCfgMss6:        uint16(p.MSS6),
+		bpf.SynproxyVarCfgSynRetryNs:  uint64(p.SynRetry),
+		bpf.SynproxyVarCfgSynTries:    uint32(p.SynTries),
+		bpf.SynproxyVarCfgChallengeNs: uint64(p.ChallengeInterval),
+	} {
+		if err := spec.Variables[name].Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	return nil
 }
 
 // MinSecretBytes is the shortest cookie secret accepted.
@@ -143,6 +195,7 @@ func (o *Options) validateProxy() []error {
 	if len(p.Ifaces) == 0 && len(p.Services) > 0 {
 		errs = append(errs, errors.New("services configured but no --proxy-iface to serve them on"))
 	}
+	errs = append(errs, p.validateSettings()...)
 	vips := map[netip.AddrPort]bool{}
 	for _, s := range p.Services {
 		if err := checkService(s); err != nil {
@@ -152,6 +205,34 @@ func (o *Options) validateProxy() []error {
 			errs = append(errs, fmt.Errorf("service %s configured twice", s.VIP))
 		}
 		vips[s.VIP] = true
+	}
+	return errs
+}
+
+// validateSettings checks the load-time settings against their bounds.
+func (p ProxyOptions) validateSettings() []error {
+	var errs []error
+	between := func(flag string, v, lo, hi int, why string) {
+		if v < lo || v > hi {
+			errs = append(errs, fmt.Errorf("--%s %d: between %d and %d (%s)", flag, v, lo, hi, why))
+		}
+	}
+	between("proxy-mss4", p.MSS4, MinMSS4, MaxMSS4, "bytes; the path MTU to the backends less 40")
+	between("proxy-mss6", p.MSS6, MinMSS6, MaxMSS6, "bytes; the path MTU to the backends less 60")
+	between("proxy-syn-tries", p.SynTries, MinSynTries, MaxSynTries, "backend SYNs before the client gets a RST")
+	for _, d := range []struct {
+		flag   string
+		v      time.Duration
+		lo, hi time.Duration
+	}{{"proxy-syn-retry", p.SynRetry, MinSynRetry, MaxSynRetry}, {"proxy-challenge-interval", p.ChallengeInterval, MinChallengeInterval, MaxChallengeInterval}} {
+		if d.v < d.lo || d.v > d.hi {
+			errs = append(errs, fmt.Errorf("--%s %s: between %s and %s", d.flag, d.v, d.lo, d.hi))
+		}
+	}
+	// An entry waiting for its backend expires this long after the
+	// cookie ACK whatever the retries: the last SYN must go out before.
+	if wait := time.Duration(p.SynTries-1) * p.SynRetry; len(errs) == 0 && wait >= maps.DefaultTimeouts.SynSent {
+		errs = append(errs, fmt.Errorf("--proxy-syn-tries %d with --proxy-syn-retry %s: the last SYN would go out %s after the first, but an entry waiting for its backend expires after %s: lower either", p.SynTries, p.SynRetry, wait, maps.DefaultTimeouts.SynSent))
 	}
 	return errs
 }
@@ -170,7 +251,7 @@ func init() {
 		Hooks: func(o *Options) (bool, map[Direction]string) {
 			return true, map[Direction]string{Ingress: bpf.SynproxyProgTcSynproxy}
 		},
-		Flags:    proxyFlags,
+		Flags: proxyFlags,
 		Counters: func(pins maps.Pins) (map[string]uint64, error) {
 			p, err := OpenProxy(pins)
 			if err != nil {
@@ -181,8 +262,13 @@ func init() {
 		},
 		Validate: func(o *Options) []error { return o.validateProxy() },
 		Synced:   []maps.SyncedMap{{ID: uint32(bpf.SynproxySyncMapIdSYNC_MAP_CONN), Name: bpf.SynproxyMapSpConns}},
-		Prepare:  prepareRings(bpf.SynproxyMapSyncRings),
-		Setup:    setupSynproxy,
+		Prepare: func(o *Options, spec *ebpf.CollectionSpec) error {
+			if err := prepareRings(bpf.SynproxyMapSyncRings)(o, spec); err != nil {
+				return err
+			}
+			return setProxyConsts(spec, o.Proxy)
+		},
+		Setup: setupSynproxy,
 	})
 }
 
@@ -190,7 +276,20 @@ func proxyFlags(fs *pflag.FlagSet) func(o *Options) error {
 	ifaces := fs.StringSlice("proxy-iface", nil, "run the SYN proxy on this interface, client or backend side (repeat); it may carry the gate too")
 	secret := fs.String("proxy-secret", "", "file with the pair's shared cookie secret (at least 16 bytes; mode 0600 or stricter, owned by root or you)")
 	services := fs.StringArray("service", nil, "proxy service VIP:PORT=BACKEND:PORT[,BACKEND:PORT...] (repeat)")
+	d := Defaults().Proxy
+	mss4 := fs.Int("proxy-mss4", d.MSS4, "MSS the SYN proxy announces to IPv4 clients (536 to 65495; lower it for a tunnel to the backends)")
+	mss6 := fs.Int("proxy-mss6", d.MSS6, "MSS the SYN proxy announces to IPv6 clients (1220 to 65475)")
+	retry := fs.Duration("proxy-syn-retry", d.SynRetry, "a backend that has not answered gets another SYN after this (100ms to 10s)")
+	tries := fs.Int("proxy-syn-tries", d.SynTries, "backend SYNs before the client gets a RST (1 to 100)")
+	challenge := fs.Duration("proxy-challenge-interval", d.ChallengeInterval, "at most one challenge ACK (RFC 5961) per connection this often (10ms to 60s)")
 	return func(o *Options) error {
+		for name, set := range map[string]func(){"proxy-mss4": func() { o.Proxy.MSS4 = *mss4 }, "proxy-mss6": func() { o.Proxy.MSS6 = *mss6 },
+			"proxy-syn-retry": func() { o.Proxy.SynRetry = *retry }, "proxy-syn-tries": func() { o.Proxy.SynTries = *tries },
+			"proxy-challenge-interval": func() { o.Proxy.ChallengeInterval = *challenge }} {
+			if fs.Changed(name) {
+				set()
+			}
+		}
 		if fs.Changed("proxy-iface") {
 			o.Proxy.Ifaces = trimmed(*ifaces)
 		}

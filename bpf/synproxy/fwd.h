@@ -1,0 +1,98 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/* fwd.h: sending a rewritten frame on: back where it came from
+ * (xdp_tx_back), or towards its new destination through a FIB lookup
+ * (fwd_xdp), and the pending forward an established segment leaves to the
+ * program's top frame (fwd_job).
+ */
+#ifndef SYNPROXY_FWD_H
+#define SYNPROXY_FWD_H
+
+static __always_inline void swap_macs(struct ethhdr *eth)
+{
+	__u8 mac[ETH_ALEN];
+
+	__builtin_memcpy(mac, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
+}
+
+static __always_inline int xdp_tx_back(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	swap_macs(eth);
+	return XDP_TX;
+}
+
+/* fwd_xdp sends the rewritten packet towards its new destination: a FIB
+ * lookup, TTL decremented, MACs from the neighbour table, XDP_REDIRECT.
+ * Whatever the lookup cannot finish (no neighbour yet, VLAN tags, TTL
+ * running out) goes to the kernel, which forwards the same bytes. */
+static __always_inline int fwd_xdp(struct xdp_md *ctx, __u32 l3_off, int v4, const __u8 *saddr, const __u8 *daddr, __u16 vlan_depth)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct bpf_fib_lookup f = {};
+	struct ethhdr *eth = data;
+	long rc;
+
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	f.ifindex = ctx->ingress_ifindex;
+	f.l4_protocol = IPPROTO_TCP;
+	if (v4) {
+		struct iphdr *ip = data + (l3_off & 0x3f);
+
+		if ((void *)(ip + 1) > data_end)
+			return XDP_DROP;
+		f.family = AF_INET;
+		f.tot_len = bpf_ntohs(ip->tot_len);
+		__builtin_memcpy(&f.ipv4_src, saddr + 12, 4);
+		__builtin_memcpy(&f.ipv4_dst, daddr + 12, 4);
+		rc = bpf_fib_lookup(ctx, &f, sizeof(f), 0);
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS || vlan_depth || ip->ttl <= 1)
+			goto kernel;
+		csum_replace2(&ip->check, bpf_htons((__u16)ip->ttl << 8), bpf_htons((__u16)(ip->ttl - 1) << 8));
+		ip->ttl--;
+	} else {
+		struct ipv6hdr *ip6 = data + (l3_off & 0x3f);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return XDP_DROP;
+		f.family = AF_INET6;
+		f.tot_len = bpf_ntohs(ip6->payload_len) + sizeof(*ip6);
+		__builtin_memcpy(f.ipv6_src, saddr, 16);
+		__builtin_memcpy(f.ipv6_dst, daddr, 16);
+		rc = bpf_fib_lookup(ctx, &f, sizeof(f), 0);
+		if (rc != BPF_FIB_LKUP_RET_SUCCESS || vlan_depth || ip6->hop_limit <= 1)
+			goto kernel;
+		ip6->hop_limit--;
+	}
+	__builtin_memcpy(eth->h_dest, f.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, f.smac, ETH_ALEN);
+	if (f.ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(f.ifindex, 0);
+kernel:
+	sp_count(SP_KERNEL_FWD);
+	return XDP_PASS;
+}
+
+static __always_inline struct fwd_job *fwd_job_start(const struct pkt *p)
+{
+	struct scratch *s = scratch(0);
+
+	if (!s)
+		return 0;
+	__builtin_memset(&s->job, 0, sizeof(s->job));
+	s->job.l3_off = p->l3_off;
+	s->job.vlan_depth = p->vlan_depth;
+	s->job.v4 = p->eth_proto == ETH_P_IP;
+	return &s->job;
+}
+
+#endif /* SYNPROXY_FWD_H */
