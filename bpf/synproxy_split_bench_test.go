@@ -104,4 +104,3 @@ func BenchmarkSynproxySplit(b *testing.B) {
 		})
 	}
 }
-

@@ -221,20 +221,3 @@ func loadFeature(o *Options, f *Feature) (*loadedFeature, error) {
 	}
 	return lf, nil
 }
-
-// pinnedMapNames lists the maps every registered feature pins by name.
-func pinnedMapNames() ([]string, error) {
-	var out []string
-	for _, f := range registry {
-		spec, err := f.Spec()
-		if err != nil {
-			return nil, fmt.Errorf("read embedded programs of %s: %w", f.Name, err)
-		}
-		for name, m := range spec.Maps {
-			if m.Pinning == ebpf.PinByName && !slices.Contains(out, name) {
-				out = append(out, name)
-			}
-		}
-	}
-	return out, nil
-}
