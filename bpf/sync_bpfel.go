@@ -22,8 +22,11 @@ type SyncSyncHdr struct {
 type SyncSyncMapId uint32
 
 const (
-	SyncSyncMapIdSYNC_MAP_TEST SyncSyncMapId = 1
-	SyncSyncMapIdSYNC_MAP_CONN SyncSyncMapId = 2
+	SyncSyncMapIdSYNC_MAP_TEST      SyncSyncMapId = 1
+	SyncSyncMapIdSYNC_MAP_CONN      SyncSyncMapId = 2
+	SyncSyncMapIdSYNC_MAP_ENDPOINT  SyncSyncMapId = 3
+	SyncSyncMapIdSYNC_MAP_MIGRATION SyncSyncMapId = 4
+	SyncSyncMapIdSYNC_MAP_SA        SyncSyncMapId = 5
 )
 
 type SyncSyncOp uint32

@@ -31,8 +31,11 @@ type SynctestSyncIoSyncTest struct {
 type SynctestSyncMapId uint32
 
 const (
-	SynctestSyncMapIdSYNC_MAP_TEST SynctestSyncMapId = 1
-	SynctestSyncMapIdSYNC_MAP_CONN SynctestSyncMapId = 2
+	SynctestSyncMapIdSYNC_MAP_TEST      SynctestSyncMapId = 1
+	SynctestSyncMapIdSYNC_MAP_CONN      SynctestSyncMapId = 2
+	SynctestSyncMapIdSYNC_MAP_ENDPOINT  SynctestSyncMapId = 3
+	SynctestSyncMapIdSYNC_MAP_MIGRATION SynctestSyncMapId = 4
+	SynctestSyncMapIdSYNC_MAP_SA        SynctestSyncMapId = 5
 )
 
 type SynctestSyncOp uint32

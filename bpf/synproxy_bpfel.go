@@ -339,8 +339,11 @@ type SynproxySyncIoSpConns struct {
 type SynproxySyncMapId uint32
 
 const (
-	SynproxySyncMapIdSYNC_MAP_TEST SynproxySyncMapId = 1
-	SynproxySyncMapIdSYNC_MAP_CONN SynproxySyncMapId = 2
+	SynproxySyncMapIdSYNC_MAP_TEST      SynproxySyncMapId = 1
+	SynproxySyncMapIdSYNC_MAP_CONN      SynproxySyncMapId = 2
+	SynproxySyncMapIdSYNC_MAP_ENDPOINT  SynproxySyncMapId = 3
+	SynproxySyncMapIdSYNC_MAP_MIGRATION SynproxySyncMapId = 4
+	SynproxySyncMapIdSYNC_MAP_SA        SynproxySyncMapId = 5
 )
 
 type SynproxySyncRec struct {

@@ -37,6 +37,9 @@ struct sync_hdr {
 enum sync_map_id {
 	SYNC_MAP_TEST = 1, /* synctest.c's sync_test */
 	SYNC_MAP_CONN = 2, /* synproxy.c's sp_conns */
+	SYNC_MAP_ENDPOINT = 3,  /* migrate.c's endpoint locations (issue 13) */
+	SYNC_MAP_MIGRATION = 4, /* migrate.c's migrations in progress (issue 13) */
+	SYNC_MAP_SA = 5,        /* esp.c's SA replay state (issue 14) */
 };
 
 enum sync_op {
