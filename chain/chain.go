@@ -288,6 +288,40 @@ func (m *Maps) ReadStats() ([]Stat, error) {
 	return out, nil
 }
 
+// RunBy reports whether the program id runs this chain: whether it uses
+// m's program array, as the chain's entry does. An XDP link whose program
+// does not (an earlier build's program, swapped in by its up; another
+// chain's entry) reaches none of m's slots.
+func (m *Maps) RunBy(id ebpf.ProgramID) (bool, error) {
+	mi, err := m.Progs.Info()
+	if err != nil {
+		return false, fmt.Errorf("chain program array: %w", err)
+	}
+	want, ok := mi.ID()
+	if !ok {
+		return false, errors.New("chain program array: the kernel gives no map id")
+	}
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return false, fmt.Errorf("program %d: %w", id, err)
+	}
+	defer p.Close()
+	pi, err := p.Info()
+	if err != nil {
+		return false, fmt.Errorf("program %d: %w", id, err)
+	}
+	ids, ok := pi.MapIDs()
+	if !ok {
+		return false, fmt.Errorf("program %d: the kernel gives no map ids", id)
+	}
+	for _, mid := range ids {
+		if mid == want {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // ProgIDs lists the program in each filled slot.
 func (m *Maps) ProgIDs() (map[uint32]ebpf.ProgramID, error) {
 	out := map[uint32]ebpf.ProgramID{}

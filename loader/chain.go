@@ -27,7 +27,7 @@ func upChain(o *Options, p *ifacePlan, loaded map[*Feature]*loadedFeature) (*Att
 		return nil, err
 	}
 	defer old.Close()
-	if old != nil && xdpLinkReusable(o.Pins, p.iface, o.XDPMode) {
+	if old != nil && xdpLinkReusable(o.Pins, p.iface, o.XDPMode) && linkRunsChain(o.Pins, p.name, old) {
 		if info, err := old.ReadInfo(); err == nil && info.ABI == chain.ABI && info.Stages == want {
 			for _, f := range p.stages {
 				prog, err := chain.LoadStage(loaded[f].spec, f.XDP, old, o.Pins.MapsDir())
@@ -96,6 +96,32 @@ func xdpLinkReusable(pins maps.Pins, iface *net.Interface, mode string) bool {
 	return mode == XDPAuto || (mode == XDPNative && cur == xdpAttachedDrv) || (mode == XDPGeneric && cur == xdpAttachedSkb)
 }
 
+// linkRunsChain: the interface's pinned XDP link runs the entry of the
+// chain cm, so filling cm's slots changes what packets meet. An earlier
+// build's up may have swapped its own program into the link (a downgrade,
+// then this upgrade), leaving this build's chain pins behind unused.
+func linkRunsChain(pins maps.Pins, ifname string, cm *chain.Maps) bool {
+	l, err := link.LoadPinnedLink(pins.Attach(maps.AttachName(KindXDP, ifname)), nil)
+	if err != nil {
+		return false
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return false
+	}
+	ok, err := cm.RunBy(info.Program)
+	return err == nil && ok
+}
+
+// progLabel names a program for a message: "program 12 (xdp_chain)".
+func progLabel(id ebpf.ProgramID) string {
+	if name := progName(id); name != "" {
+		return fmt.Sprintf("program %d (%s)", id, name)
+	}
+	return fmt.Sprintf("program %d", id)
+}
+
 // ChainStage is one stage of an interface's chain, for status.
 type ChainStage struct {
 	Slot    uint32         `json:"slot"`
@@ -147,20 +173,27 @@ func readChain(pins maps.Pins, ifname string) ([]ChainStage, error) {
 	return out, nil
 }
 
-// chainProblem says what is wrong with an interface's chain: a slot the
-// entry runs that holds no program (its packets pass to the stack
-// unserved), or no chain at all behind a tandem XDP link. stages, when
-// read already, saves reading the maps again.
-func chainProblem(pins maps.Pins, ifname string, stages []ChainStage) string {
+// chainProblem says what is wrong with an interface's chain: the XDP
+// link (running program prog) does not run the chain pinned for the
+// interface (an earlier build's program swapped into the link, or a chain
+// pin removed), or a slot the entry runs holds no program (its packets
+// pass to the stack unserved). stages, when read already, saves reading
+// the slots again.
+func chainProblem(pins maps.Pins, ifname string, prog ebpf.ProgramID, stages []ChainStage) string {
+	cm, err := chain.Open(pins, ifname)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Sprintf("the XDP link runs %s, but the chain pins of %s are missing: run tandem up again", progLabel(prog), ifname)
+	}
+	if err != nil {
+		return err.Error()
+	}
+	defer cm.Close()
+	if ok, err := cm.RunBy(prog); err != nil {
+		return err.Error()
+	} else if !ok {
+		return fmt.Sprintf("the XDP link runs %s, not the entry of the chain pinned for %s: run tandem up again", progLabel(prog), ifname)
+	}
 	if stages == nil {
-		cm, err := chain.Open(pins, ifname)
-		if errors.Is(err, os.ErrNotExist) {
-			return "" // a link of a build before the chain
-		}
-		if err != nil {
-			return err.Error()
-		}
-		defer cm.Close()
 		info, err := cm.ReadInfo()
 		if err != nil {
 			return err.Error()

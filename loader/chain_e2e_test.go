@@ -5,13 +5,19 @@ package loader_test
 // it.
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"golang.org/x/sys/unix"
@@ -229,5 +235,85 @@ func TestChainGateAndProxy(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("status:\n%s", r.stdout)
+	}
+}
+
+// TestChainRepairsForeignRoot: the XDP link or the chain pins no longer
+// match (an earlier build's up swapped its own program into the link, as
+// a downgrade then an upgrade does; someone removed a chain map's pin).
+// status says so and exits 1, and up swaps a new chain in through the
+// link: a slot swap would fill slots of a chain no packet reaches.
+func TestChainRepairsForeignRoot(t *testing.T) {
+	cases := []struct {
+		name    string
+		breakIt func(t *testing.T, gw *lab.Host)
+	}{
+		{"the link runs another program", func(t *testing.T, gw *lab.Host) {
+			l, err := link.LoadPinnedLink(filepath.Join(gw.BPFFS(), "attach", "xdp@eth0"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			// What an earlier build's up does: its own gate program,
+			// straight into the link (here one that passes everything).
+			p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, AttachType: ebpf.AttachXDP, License: "GPL",
+				Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			if err := l.Update(p); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"a chain map's pin is gone", func(t *testing.T, gw *lab.Host) {
+			if err := os.Remove(filepath.Join(gw.BPFFS(), "maps", chain.PinName(chain.MapStats, "eth0"))); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			l := gatewayLab(t)
+			gw := l.Host("gw")
+			up := []string{"up", "--once", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS()}
+			mustTandem(t, gw, up...)
+			tc.breakIt(t, gw)
+
+			r := tandem(t, gw, "status", "--json", "--bpffs", gw.BPFFS())
+			var st loader.Status
+			if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+				t.Fatalf("status --json: %v\n%s", err, r.stdout)
+			}
+			problem := ""
+			for _, a := range st.Attachments {
+				if a.Hook == "xdp" {
+					problem = a.Problem
+				}
+			}
+			if r.code != 1 || problem == "" {
+				t.Fatalf("status exit %d, xdp problem %q: want exit 1 and the problem named\n%s", r.code, problem, r.stderr)
+			}
+			t.Logf("status: %s", problem)
+
+			mustTandem(t, gw, up...)
+			r = tandem(t, gw, "status", "--json", "--bpffs", gw.BPFFS())
+			if r.code != 0 {
+				t.Fatalf("status after up: exit %d: up did not repair the chain\n%s\n%s", r.code, r.stdout, r.stderr)
+			}
+			for _, a := range status(t, gw).Attachments {
+				if a.Hook == "xdp" && (a.Prog != "xdp_chain" || len(a.Chain) == 0 || a.Chain[0].ProgID == 0) {
+					t.Fatalf("after up the link runs %s (%d), chain %+v: want the chain's entry and the gate in slot 0", a.Prog, a.ProgID, a.Chain)
+				}
+			}
+			// The gate is the one that runs: a datagram to the VIP is counted.
+			before := vipCounters(t, gw, vip4).Counters.RxPackets
+			if out, err := l.Host("client").Cmd("ping", "-c", "1", "-W", "1", vip4.String()).CombinedOutput(); err != nil {
+				t.Fatalf("ping %s: %v\n%s", vip4, err, out)
+			}
+			if after := vipCounters(t, gw, vip4).Counters.RxPackets; after == before {
+				t.Fatalf("the gate counted nothing (rx %d): the link does not run the chain up filled", after)
+			}
+		})
 	}
 }

@@ -410,6 +410,16 @@ func (o *Options) ExpectedPins() []string {
 // Check compares the datapath with o and lists what is wrong: attachments
 // missing or broken. Nothing wrong: an empty list.
 func Check(o Options) ([]string, error) {
+	// Under the lock: an up running meanwhile (another tandem up) swaps a
+	// chain's entry through the link before it pins the new chain, and a
+	// check in between would see a link that runs no pinned chain.
+	if _, err := os.Stat(o.Pins.AttachDir()); err == nil {
+		unlock, err := lockDir(o.Pins.AttachDir(), false)
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
+	}
 	as, err := readAttachments(o.Pins, false)
 	if err != nil {
 		return nil, err
