@@ -16,7 +16,9 @@ import (
 // files, so a record is an empty directory named after the sysctl and its
 // original value: sysctl/net:ipv4:conf:eth0:accept_local=0 (interface
 // names cannot hold ':'; the value is query-escaped, so the last '='
-// splits the two).
+// splits the two). bpffs refuses '.' in names, which VLAN interfaces
+// have: the path is path-escaped with '.' too ("eth0%2E100"; a record
+// without escapes reads the same).
 
 // procSys is where sysctls live; a variable so a test can use a temp dir.
 var procSys = "/proc/sys"
@@ -46,7 +48,7 @@ func setSysctl(pins maps.Pins, path, value string) error {
 		}
 		// Recorded before the write: a crash in between leaves the
 		// original on record, never a lost one.
-		name := strings.ReplaceAll(path, "/", ":") + "=" + url.QueryEscape(orig)
+		name := sysctlRecordName(path) + "=" + url.QueryEscape(orig)
 		if err := os.Mkdir(filepath.Join(sysctlDir(pins), name), 0o700); err != nil {
 			return fmt.Errorf("record sysctl %s: %w", path, err)
 		}
@@ -55,6 +57,14 @@ func setSysctl(pins maps.Pins, path, value string) error {
 		return fmt.Errorf("set sysctl %s=%s: %w", path, value, err)
 	}
 	return nil
+}
+
+// sysctlRecordName is the record's name for a sysctl path: '/' as ':',
+// '.' (and '%', the escape itself) as %2E (%25).
+func sysctlRecordName(path string) string {
+	path = strings.ReplaceAll(path, "%", "%25")
+	path = strings.ReplaceAll(path, ".", "%2E")
+	return strings.ReplaceAll(path, "/", ":")
 }
 
 type sysctlSaved struct{ entry, path, value string }
@@ -78,7 +88,11 @@ func sysctlRecords(pins maps.Pins) ([]sysctlSaved, error) {
 		if err != nil {
 			continue
 		}
-		out = append(out, sysctlSaved{entry: d.Name(), path: strings.ReplaceAll(d.Name()[:i], ":", "/"), value: v})
+		path, err := url.PathUnescape(strings.ReplaceAll(d.Name()[:i], ":", "/"))
+		if err != nil {
+			continue
+		}
+		out = append(out, sysctlSaved{entry: d.Name(), path: path, value: v})
 	}
 	return out, nil
 }

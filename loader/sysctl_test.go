@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/tandem-net/tandem/maps"
@@ -50,9 +51,23 @@ func TestSysctlRecord(t *testing.T) {
 			t.Fatalf("%s = %q after set, want %q", s.path, got, s.v)
 		}
 	}
+	// A record is a bpffs directory: no '.' in its name (bpffs refuses
+	// it; this temp dir would not), yet local's interface has one.
+	des, _ := os.ReadDir(sysctlDir(pins))
+	for _, d := range des {
+		if strings.Contains(d.Name(), ".") {
+			t.Errorf("record %q has a '.': bpffs refuses it", d.Name())
+		}
+	}
+	// A record an earlier build made (no escapes) reads as before.
+	const earlier = "net/ipv4/conf/eth2/accept_local"
+	write(earlier, "1")
+	if err := os.Mkdir(filepath.Join(sysctlDir(pins), "net:ipv4:conf:eth2:accept_local=0"), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	recs, err := sysctlRecords(pins)
-	if err != nil || len(recs) != 3 {
-		t.Fatalf("records %+v, %v: want local, tcp and gone, once each", recs, err)
+	if err != nil || len(recs) != 4 {
+		t.Fatalf("records %+v, %v: want local, tcp, gone and earlier, once each", recs, err)
 	}
 	os.RemoveAll(filepath.Dir(filepath.Join(procSys, gone))) // the interface went away
 	restored, err := restoreSysctls(pins)
@@ -60,7 +75,7 @@ func TestSysctlRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	slices.Sort(restored)
-	if want := []string{local + "=0", tcp + "=4096 a=b 6291456"}; !slices.Equal(restored, want) {
+	if want := []string{local + "=0", earlier + "=0", tcp + "=4096 a=b 6291456"}; !slices.Equal(restored, want) {
 		t.Errorf("restored %q, want %q", restored, want)
 	}
 	if got := read(local); got != "0" {
