@@ -26,7 +26,7 @@ func upChain(o *Options, p *ifacePlan, loaded map[*Feature]*loadedFeature) (*Att
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	defer old.Close()
+	defer func() { old.Close() }() // the old maps may be handed to swapBack
 	if old != nil && xdpLinkReusable(o.Pins, p.iface, o.XDPMode) && linkRunsChain(o.Pins, p.name, old) {
 		if info, err := old.ReadInfo(); err == nil && info.ABI == chain.ABI && info.Stages == want {
 			for _, f := range p.stages {
@@ -46,6 +46,16 @@ func upChain(o *Options, p *ifacePlan, loaded map[*Feature]*loadedFeature) (*Att
 		}
 	}
 
+	// The entry the link runs now, to swap back if this up fails later
+	// (Up's rollback) with the old chain's maps: held open, because the
+	// kernel empties a program array when its last descriptor or pin
+	// goes, and the old entry would then reach no stage.
+	prev := linkProgram(o.Pins, p.name)
+	defer func() {
+		if prev != nil {
+			prev.Close()
+		}
+	}()
 	cm, err := chain.NewMaps(old)
 	if err != nil {
 		return nil, err
@@ -74,10 +84,60 @@ func upChain(o *Options, p *ifacePlan, loaded map[*Feature]*loadedFeature) (*Att
 	if err := cm.Pin(o.Pins, p.name); err != nil {
 		return a, err
 	}
+	if !a.created && prev != nil {
+		a.undo, a.release = swapBack(o.Pins, p.name, prev, old)
+		prev, old = nil, nil // theirs now
+	}
 	if a.Note == "replaced in place" {
 		a.Note = "new chain swapped in through the link"
 	}
 	return a, nil
+}
+
+// linkProgram is the program the interface's pinned XDP link runs; nil
+// when there is no link.
+func linkProgram(pins maps.Pins, ifname string) *ebpf.Program {
+	l, err := link.LoadPinnedLink(pins.Attach(maps.AttachName(KindXDP, ifname)), nil)
+	if err != nil {
+		return nil
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return nil
+	}
+	p, err := ebpf.NewProgramFromID(info.Program)
+	if err != nil {
+		return nil
+	}
+	return p
+}
+
+// swapBack returns what puts back the chain an interface ran before a
+// root swap (its entry prev, its maps old; nil maps: none were pinned),
+// and what lets go of them once the swap stays.
+func swapBack(pins maps.Pins, ifname string, prev *ebpf.Program, old *chain.Maps) (undo func() error, release func()) {
+	release = func() {
+		prev.Close()
+		old.Close()
+	}
+	undo = func() error {
+		l, err := link.LoadPinnedLink(pins.Attach(maps.AttachName(KindXDP, ifname)), nil)
+		if err != nil {
+			return fmt.Errorf("swap back the chain of %s: %w", ifname, err)
+		}
+		err = l.Update(prev)
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("swap back the chain of %s: %w", ifname, err)
+		}
+		if old == nil {
+			_, err = chain.Unpin(pins, ifname)
+			return err
+		}
+		return old.Pin(pins, ifname)
+	}
+	return undo, release
 }
 
 // xdpLinkReusable: the interface's pinned XDP link is healthy and in the

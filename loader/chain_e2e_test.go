@@ -317,3 +317,81 @@ func TestChainRepairsForeignRoot(t *testing.T) {
 		})
 	}
 }
+
+// TestUpFailureKeepsChain: an up that adds a feature to a running
+// interface and then fails on another interface takes back the new chain
+// too: the interface runs the chain it ran before (same entry, same
+// stages), not the new feature's XDP stage without its TC program.
+func TestUpFailureKeepsChain(t *testing.T) {
+	l := gatewayLab(t)
+	gw := l.Host("gw")
+	if err := gw.IP("link", "add", "eth1", "type", "veth", "peer", "name", "eth1p"); err != nil {
+		t.Fatal(err)
+	}
+	for _, dev := range []string{"eth1", "eth1p"} {
+		if err := gw.IP("link", "set", dev, "up"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another tool's XDP program on eth1: tandem's attach there fails.
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	var foreign link.Link
+	if err := gw.Do(func() error {
+		iface, err := net.InterfaceByName("eth1")
+		if err != nil {
+			return err
+		}
+		foreign, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: iface.Index})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer foreign.Close()
+	secret := filepath.Join(t.TempDir(), "cookie.key")
+	if err := os.WriteFile(secret, []byte("a pair's shared cookie secret, 32+ bytes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	base := []string{"up", "--once", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS()}
+	mustTandem(t, gw, base...)
+	before := status(t, gw)
+	r := tandem(t, gw, append(base, "--proxy-iface", "eth0,eth1", "--proxy-secret", secret)...)
+	if r.code != 1 || !strings.Contains(r.stderr, "eth1") {
+		t.Fatalf("exit %d, stderr %q: want the refusal on eth1", r.code, r.stderr)
+	}
+	after := status(t, gw)
+	if !after.Healthy() {
+		t.Fatalf("after the failed up: %+v", after.Attachments)
+	}
+	pins := func(st *loader.Status) map[string]ebpf.ProgramID {
+		out := map[string]ebpf.ProgramID{}
+		for _, a := range st.Attachments {
+			out[a.Pin] = a.ProgID
+			for _, s := range a.Chain {
+				if s.Slot < chain.Slots {
+					out[fmt.Sprintf("%s#%d", a.Pin, s.Slot)] = 1 // the stage is there; its program may be new
+				}
+			}
+		}
+		return out
+	}
+	b, a := pins(before), pins(after)
+	for k := range a {
+		if _, ok := b[k]; !ok {
+			t.Errorf("after the failed up %s is there, and was not before", k)
+		}
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			t.Errorf("after the failed up %s is gone", k)
+		}
+	}
+	if a["xdp@eth0"] != b["xdp@eth0"] {
+		t.Errorf("eth0's link runs program %d, not the entry %d it ran before the failed up", a["xdp@eth0"], b["xdp@eth0"])
+	}
+}

@@ -236,6 +236,14 @@ func Up(o Options) (_ *Result, err error) {
 	_, statErr := os.Stat(o.Pins.Root)
 	fresh := errors.Is(statErr, os.ErrNotExist)
 	res := &Result{Fresh: fresh}
+	// Last, after any rollback: what the attachments held to undo.
+	defer func() {
+		for _, a := range res.Attachments {
+			if a.release != nil {
+				a.release()
+			}
+		}
+	}()
 	if res.Mounted, err = EnsureBPFFS(o.Pins.Root); err != nil {
 		return nil, err
 	}
@@ -257,8 +265,16 @@ func Up(o Options) (_ *Result, err error) {
 			return
 		}
 		for _, a := range slices.Backward(res.Attachments) {
-			if a.created {
+			switch {
+			case a.created:
 				if derr := detach(o.Pins, a.Pin); derr != nil {
+					log.Warn("roll back", "attachment", a.Pin, "err", derr)
+				}
+			case a.undo != nil:
+				// A chain swapped in through a link that ran before:
+				// the interface runs its earlier chain again, not a
+				// feature's XDP stage without the rest of it.
+				if derr := a.undo(); derr != nil {
 					log.Warn("roll back", "attachment", a.Pin, "err", derr)
 				}
 			}
