@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/tandem-net/tandem/maps"
 )
@@ -71,6 +72,19 @@ type sysctlSaved struct{ entry, path, value string }
 
 // sysctlRecords lists the recorded originals under pins.
 func sysctlRecords(pins maps.Pins) ([]sysctlSaved, error) {
+	// down writes what the records say, as root: trust them only when
+	// nobody else could have made them (a root directory someone made
+	// before up, in a bpffs mounted open to all, would let them).
+	fi, err := os.Lstat(sysctlDir(pins))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sysctl records: %w", err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !fi.IsDir() || fi.Mode().Perm()&0o022 != 0 || (ok && st.Uid != 0 && int(st.Uid) != os.Geteuid()) {
+		return nil, fmt.Errorf("sysctl records %s: group or others may write them (mode %s): not trusted; check them, restore the sysctls by hand and remove the directory", sysctlDir(pins), fi.Mode())
+	}
 	des, err := os.ReadDir(sysctlDir(pins))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -89,8 +103,8 @@ func sysctlRecords(pins maps.Pins) ([]sysctlSaved, error) {
 			continue
 		}
 		path, err := url.PathUnescape(strings.ReplaceAll(d.Name()[:i], ":", "/"))
-		if err != nil {
-			continue
+		if err != nil || !filepath.IsLocal(path) || filepath.Clean(path) != path {
+			continue // not tandem's (nor under /proc/sys): down reports it as left in place
 		}
 		out = append(out, sysctlSaved{entry: d.Name(), path: path, value: v})
 	}

@@ -88,3 +88,36 @@ func TestSysctlRecord(t *testing.T) {
 		t.Errorf("records left after restore: %v", des)
 	}
 }
+
+// TestSysctlRecordsUntrusted: down writes what the records say as root,
+// so a record is honoured only when nobody else could have made it: a
+// path that leaves /proc/sys (escaped dots decode to "..") is ignored,
+// and a records directory that group or others may write is refused.
+func TestSysctlRecordsUntrusted(t *testing.T) {
+	dir := t.TempDir()
+	old := procSys
+	procSys = filepath.Join(dir, "proc")
+	t.Cleanup(func() { procSys = old })
+	if err := os.MkdirAll(procSys, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pins := maps.Pins{Root: filepath.Join(dir, "root")}
+	if err := os.MkdirAll(filepath.Join(sysctlDir(pins), "%2E%2E:escaped=1"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "escaped"), []byte("0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := restoreSysctls(pins); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "escaped")); string(b) != "0" {
+		t.Errorf("a record of ../escaped was written outside /proc/sys: %q", b)
+	}
+	if err := os.Chmod(sysctlDir(pins), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sysctlRecords(pins); err == nil {
+		t.Error("records in a directory others may write were trusted")
+	}
+}
