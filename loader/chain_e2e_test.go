@@ -395,3 +395,33 @@ func TestUpFailureKeepsChain(t *testing.T) {
 		t.Errorf("eth0's link runs program %d, not the entry %d it ran before the failed up", a["xdp@eth0"], b["xdp@eth0"])
 	}
 }
+
+// TestUpDropsStagePinOfEarlierBuild: builds before the chain pinned the
+// gate's XDP program by name (progs/xdp_vipgate); a stage is never pinned
+// now (it belongs to one interface's chain), so up removes that pin: it
+// held an old program loaded, and status listed it as tandem's.
+func TestUpDropsStagePinOfEarlierBuild(t *testing.T) {
+	l := gatewayLab(t)
+	gw := l.Host("gw")
+	up := []string{"up", "--once", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS()}
+	mustTandem(t, gw, up...)
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	stale := filepath.Join(gw.BPFFS(), "progs", "xdp_vipgate")
+	if err := p.Pin(stale); err != nil {
+		t.Fatal(err)
+	}
+	mustTandem(t, gw, up...)
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("%s is still pinned after up (%v)", stale, err)
+	}
+	for _, ps := range status(t, gw).Programs {
+		if ps.Name == "xdp_vipgate" {
+			t.Errorf("status lists program %+v, pinned by an earlier build", ps)
+		}
+	}
+}

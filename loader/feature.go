@@ -1,8 +1,10 @@
 package loader
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"strings"
 
@@ -217,6 +219,14 @@ func loadFeature(o *Options, f *Feature) (*loadedFeature, error) {
 		if err := pinReplace(p, o.Pins.Prog(name)); err != nil {
 			coll.Close()
 			return nil, err
+		}
+	}
+	// Builds before the chain pinned the XDP program by name: that pin
+	// would keep an old program loaded, listed as tandem's by status.
+	if f.XDP != "" {
+		if err := os.Remove(o.Pins.Prog(f.XDP)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			coll.Close()
+			return nil, fmt.Errorf("unpin %s of an earlier build: %w", o.Pins.Prog(f.XDP), err)
 		}
 	}
 	return lf, nil
