@@ -169,6 +169,18 @@ func Unpin(pins maps.Pins, ifname string) (removed []string, err error) {
 	return removed, errors.Join(errs...)
 }
 
+// Rename moves an interface's chain pins to another interface name (the
+// interface was renamed); missing ones are not an error.
+func Rename(pins maps.Pins, from, to string) error {
+	for _, name := range mapNames {
+		err := os.Rename(pins.Map(PinName(name, from)), pins.Map(PinName(name, to)))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("chain of %s: %w", to, err)
+		}
+	}
+	return nil
+}
+
 // Info is what a chain says about itself.
 type Info struct {
 	ABI    uint32

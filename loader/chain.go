@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -19,9 +20,63 @@ import (
 // stay). Otherwise a new chain is built beside the old one (new maps, the
 // stages in their slots, a new entry) and the entry is swapped in through
 // the pinned XDP link in one step; the old chain goes when its last packet
-// has left it.
+// has left it. Pins of an interface renamed since are adopted first.
 func upChain(o *Options, p *ifacePlan, loaded map[*Feature]*loadedFeature) (*Attachment, error) {
 	want := stageBits(p.stages)
+	renamed, err := adoptRenamed(o.Pins, p.iface)
+	if err != nil {
+		return nil, err
+	}
+	a, err := upChainOn(o, p, loaded, want)
+	if a != nil && renamed != "" {
+		a.Note = strings.TrimSuffix("adopted from "+renamed+" (the interface was renamed); "+a.Note, "; ")
+	}
+	return a, err
+}
+
+// adoptRenamed finds tandem's XDP link on iface pinned under another
+// name, one no interface has any more (iface was renamed since an
+// earlier up), and moves its pins and its chain's to iface's name, so
+// up replaces in place what runs there instead of failing on "another
+// XDP program". It returns the old name, or "".
+func adoptRenamed(pins maps.Pins, iface *net.Interface) (string, error) {
+	if _, err := os.Lstat(pins.Attach(maps.AttachName(KindXDP, iface.Name))); err == nil {
+		return "", nil
+	}
+	entries, err := listAttach(pins)
+	if err != nil {
+		return "", err
+	}
+	for _, e := range entries {
+		kind, name, _ := maps.SplitAttachName(e)
+		if kind != KindXDP || name == iface.Name {
+			continue
+		}
+		if _, err := net.InterfaceByName(name); err == nil {
+			continue // that interface is there: the link is its own
+		}
+		l, err := link.LoadPinnedLink(pins.Attach(e), nil)
+		if err != nil {
+			continue
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil || info.XDP() == nil || int(info.XDP().Ifindex) != iface.Index {
+			continue
+		}
+		if err := os.Rename(pins.Attach(e), pins.Attach(maps.AttachName(KindXDP, iface.Name))); err != nil {
+			return "", fmt.Errorf("adopt xdp link of %s, now %s: %w", name, iface.Name, err)
+		}
+		if err := chain.Rename(pins, name, iface.Name); err != nil {
+			return "", err
+		}
+		return name, nil
+	}
+	return "", nil
+}
+
+// upChainOn is upChain once the pins carry the interface's name.
+func upChainOn(o *Options, p *ifacePlan, loaded map[*Feature]*loadedFeature, want uint32) (*Attachment, error) {
 	old, err := chain.Open(o.Pins, p.name)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err

@@ -425,3 +425,47 @@ func TestUpDropsStagePinOfEarlierBuild(t *testing.T) {
 		}
 	}
 }
+
+// TestUpAdoptsRenamedInterface: the interface was renamed under a running
+// datapath (eth0 to wan0). up -i wan0 finds tandem's own XDP link on it,
+// pinned under the old name, and takes it over (same link, its chain
+// swapped in place) instead of failing on "another XDP program"; nothing
+// stays pinned under the old name.
+func TestUpAdoptsRenamedInterface(t *testing.T) {
+	l := gatewayLab(t)
+	gw := l.Host("gw")
+	mustTandem(t, gw, "up", "--once", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS())
+	var linkID link.ID
+	for _, a := range status(t, gw).Attachments {
+		if a.Hook == "xdp" {
+			linkID = a.LinkID
+		}
+	}
+	for _, args := range [][]string{{"link", "set", "eth0", "down"}, {"link", "set", "eth0", "name", "wan0"}, {"link", "set", "wan0", "up"}} {
+		if err := gw.IP(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := tandem(t, gw, "up", "--once", "-i", "wan0", "--vip", vip4.String(), "--bpffs", gw.BPFFS())
+	if r.code != 0 {
+		t.Fatalf("up on the renamed interface: exit %d\n%s", r.code, r.stderr)
+	}
+	st := status(t, gw)
+	if !st.Healthy() {
+		t.Fatalf("status after up: %+v", st.Attachments)
+	}
+	for _, a := range st.Attachments {
+		if a.Iface != "wan0" {
+			t.Errorf("%s still pinned under the old name", a.Pin)
+		}
+		if a.Hook == "xdp" && (a.LinkID != linkID || len(a.Chain) == 0 || a.Chain[0].ProgID == 0) {
+			t.Errorf("xdp on wan0: link %d (was %d), chain %+v: want the same link, its chain running the gate", a.LinkID, linkID, a.Chain)
+		}
+	}
+	des, _ := os.ReadDir(filepath.Join(gw.BPFFS(), "maps"))
+	for _, d := range des {
+		if strings.HasSuffix(d.Name(), "@eth0") {
+			t.Errorf("maps/%s left under the old name", d.Name())
+		}
+	}
+}
