@@ -266,6 +266,12 @@ func TestChainRepairsForeignRoot(t *testing.T) {
 				t.Fatal(err)
 			}
 		}},
+		{"the XDP link's pin is gone", func(t *testing.T, gw *lab.Host) {
+			// The link goes with its pin: eth0 runs no chain, no gate.
+			if err := os.Remove(filepath.Join(gw.BPFFS(), "attach", "xdp@eth0")); err != nil {
+				t.Fatal(err)
+			}
+		}},
 		{"a chain map's pin is gone", func(t *testing.T, gw *lab.Host) {
 			if err := os.Remove(filepath.Join(gw.BPFFS(), "maps", chain.PinName(chain.MapStats, "eth0"))); err != nil {
 				t.Fatal(err)
