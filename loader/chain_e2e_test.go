@@ -374,6 +374,13 @@ func TestUpFailureKeepsChain(t *testing.T) {
 	if !after.Healthy() {
 		t.Fatalf("after the failed up: %+v", after.Attachments)
 	}
+	sameChains(t, before, after)
+}
+
+// sameChains: after runs the attachments and chains before ran (the same
+// pins, the same stages, the same XDP entry).
+func sameChains(t *testing.T, before, after *loader.Status) {
+	t.Helper()
 	pins := func(st *loader.Status) map[string]ebpf.ProgramID {
 		out := map[string]ebpf.ProgramID{}
 		for _, a := range st.Attachments {
@@ -474,4 +481,34 @@ func TestUpAdoptsRenamedInterface(t *testing.T) {
 			t.Errorf("maps/%s left under the old name", d.Name())
 		}
 	}
+}
+
+// TestUpDaemonFailureKeepsChain: up adds the SYN proxy to eth0 (a root
+// swap through eth0's running link), then its daemon cannot start (the
+// metrics address is taken): the rollback puts eth0's earlier chain back,
+// as for a failure within up.
+func TestUpDaemonFailureKeepsChain(t *testing.T) {
+	l := gatewayLab(t)
+	gw := l.Host("gw")
+	var busy net.Listener
+	if err := gw.Do(func() (err error) { busy, err = net.Listen("tcp", "127.0.0.1:0"); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	secret := filepath.Join(t.TempDir(), "cookie.key")
+	if err := os.WriteFile(secret, []byte("a pair's shared cookie secret, 32+ bytes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustTandem(t, gw, "up", "--once", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS())
+	before := status(t, gw)
+	r := tandemBounded(t, gw, 30*time.Second, "up", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS(),
+		"--proxy-iface", "eth0", "--proxy-secret", secret, "--state-dir", stateDir(t), "--metrics-addr", busy.Addr().String())
+	if r.code != 1 || !strings.Contains(r.stderr, "address already in use") {
+		t.Fatalf("exit %d, want 1 and the metrics address refused\n%s", r.code, r.stderr)
+	}
+	after := status(t, gw)
+	if !after.Healthy() {
+		t.Fatalf("after the failed up: %+v", after.Attachments)
+	}
+	sameChains(t, before, after)
 }

@@ -61,7 +61,11 @@ type Options struct {
 	// leaves those entries as they are. The election, the state sync and
 	// the daemon's own options live in daemon.Config, not here.
 	ElectedVIPs []netip.Addr
-	Log         *slog.Logger
+	// Undoable: a successful Up keeps what Undo needs to put back a chain
+	// it swapped in through a running link (the earlier entry and maps,
+	// held open); the caller must then call Result.Release.
+	Undoable bool
+	Log      *slog.Logger
 }
 
 // MaxRingBytes bounds --sync-ring-bytes, each CPU's ring: above it a
@@ -136,16 +140,35 @@ type Result struct {
 	// Fresh: nothing was pinned under the root before this Up, so
 	// undoing it means taking everything down.
 	Fresh bool
+	// With Options.Undoable: what puts back the chains this Up swapped
+	// in through running links, and what lets go of what they hold.
+	undos    []func() error
+	releases []func()
+}
+
+// Release lets go of what Undo would have needed (Options.Undoable).
+// Safe to call twice, and on nil.
+func (r *Result) Release() {
+	if r == nil {
+		return
+	}
+	for _, f := range r.releases {
+		f()
+	}
+	r.undos, r.releases = nil, nil
 }
 
 // Undo takes back what a successful Up did, for a daemon that could not
 // start: everything when the root was fresh, else the attachments this Up
-// created. A datapath that ran before it keeps running (with the programs
-// this Up swapped in: they serve the same config).
+// created, and (with Options.Undoable) the chains it swapped in through
+// running links. A datapath that ran before it keeps running (with the
+// programs this Up swapped into their slots: they serve the same config).
+// It releases the result.
 func Undo(o Options, res *Result) error {
 	if res == nil {
 		return nil
 	}
+	defer res.Release()
 	if res.Fresh {
 		_, err := Down(o.Pins, o.log())
 		return err
@@ -162,6 +185,9 @@ func Undo(o Options, res *Result) error {
 				errs = append(errs, err)
 			}
 		}
+	}
+	for _, undo := range slices.Backward(res.undos) {
+		errs = append(errs, undo())
 	}
 	errs = append(errs, unpinOrphanChains(o.Pins))
 	return errors.Join(errs...)
@@ -236,12 +262,19 @@ func Up(o Options) (_ *Result, err error) {
 	_, statErr := os.Stat(o.Pins.Root)
 	fresh := errors.Is(statErr, os.ErrNotExist)
 	res := &Result{Fresh: fresh}
-	// Last, after any rollback: what the attachments held to undo.
+	// Last, after any rollback: what the attachments held to undo, kept
+	// for Undo when the caller asked and Up succeeded.
 	defer func() {
 		for _, a := range res.Attachments {
-			if a.release != nil {
-				a.release()
+			if a.release == nil {
+				continue
 			}
+			if err == nil && o.Undoable {
+				res.undos = append(res.undos, a.undo)
+				res.releases = append(res.releases, a.release)
+				continue
+			}
+			a.release()
 		}
 	}()
 	if res.Mounted, err = EnsureBPFFS(o.Pins.Root); err != nil {
