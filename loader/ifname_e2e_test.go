@@ -2,6 +2,7 @@ package loader_test
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -80,4 +81,49 @@ func procSys(t *testing.T, h *lab.Host, path string) string {
 		t.Fatal(err)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// TestUpRefusesOpenRoot: up pins, loads pinned maps by name and records
+// sysctls under the root, then trusts all of it as root; a root (or a
+// directory in it) that someone else made or may write, as anyone can
+// in a bpffs mounted open to all, is refused before anything is loaded.
+func TestUpRefusesOpenRoot(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		dir  string // under the root; "" for the root itself
+		mode os.FileMode
+		uid  int
+	}{
+		{"root writable by others", "", 0o777, 0},
+		{"root owned by another user", "", 0o700, 65534},
+		{"maps directory writable by the group", "maps", 0o770, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := gatewayLab(t)
+			gw := l.Host("gw")
+			dir := filepath.Join(gw.BPFFS(), tc.dir)
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(dir, tc.mode); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(dir, tc.uid, tc.uid); err != nil {
+				t.Fatal(err)
+			}
+			r := tandem(t, gw, "up", "--once", "-i", "eth0", "--bpffs", gw.BPFFS())
+			if r.code != 1 || !strings.Contains(r.stderr, dir) {
+				t.Fatalf("exit %d, stderr %q: want a refusal naming %s", r.code, r.stderr, dir)
+			}
+			des, _ := os.ReadDir(filepath.Join(gw.BPFFS(), "attach"))
+			if len(des) != 0 {
+				t.Errorf("the refused up attached %v", des)
+			}
+			// down of a root someone else may have filled: what it would
+			// remove is only what tandem names, so it runs; put the
+			// root back as tandem makes it for the lab's cleanup.
+			os.Chmod(dir, 0o700)
+			os.Chown(dir, 0, 0)
+		})
+	}
 }

@@ -288,6 +288,11 @@ func Up(o Options) (_ *Result, err error) {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
 	}
+	for _, d := range []string{o.Pins.Root, o.Pins.MapsDir(), o.Pins.ProgsDir(), o.Pins.AttachDir()} {
+		if err := checkPrivate(d); err != nil {
+			return nil, err
+		}
+	}
 	unlock, err := lockDir(o.Pins.AttachDir(), false)
 	if err != nil {
 		return nil, err
