@@ -20,36 +20,31 @@ import (
 // stay). Otherwise a new chain is built beside the old one (new maps, the
 // stages in their slots, a new entry) and the entry is swapped in through
 // the pinned XDP link in one step; the old chain goes when its last packet
-// has left it. Pins of an interface renamed since are adopted first.
+// has left it.
 func upChain(o *Options, p *ifacePlan, loaded map[*Feature]*loadedFeature) (*Attachment, error) {
-	want := stageBits(p.stages)
-	renamed, err := adoptRenamed(o.Pins, p.iface)
-	if err != nil {
-		return nil, err
-	}
-	a, err := upChainOn(o, p, loaded, want)
-	if a != nil && renamed != "" {
-		a.Note = strings.TrimSuffix("adopted from "+renamed+" (the interface was renamed); "+a.Note, "; ")
+	a, err := upChainOn(o, p, loaded, stageBits(p.stages))
+	if a != nil && p.renamed != "" {
+		a.Note = strings.TrimSuffix("adopted from "+p.renamed+" (the interface was renamed); "+a.Note, "; ")
 	}
 	return a, err
 }
 
-// adoptRenamed finds tandem's XDP link on iface pinned under another
-// name, one no interface has any more (iface was renamed since an
-// earlier up), and moves its pins and its chain's to iface's name, so
-// up replaces in place what runs there instead of failing on "another
-// XDP program". It returns the old name, or "".
+// adoptRenamed finds tandem's links on iface pinned under another name,
+// one no interface has any more (iface was renamed since an earlier up),
+// and moves every pin of that name (links, filters' programs, the clsact
+// marker, the chain's maps, the sysctl records) to iface's name, so up
+// replaces in place what runs there instead of failing on "another XDP
+// program" or running a feature's TC program twice. It returns the old
+// name, or "".
 func adoptRenamed(pins maps.Pins, iface *net.Interface) (string, error) {
-	if _, err := os.Lstat(pins.Attach(maps.AttachName(KindXDP, iface.Name))); err == nil {
-		return "", nil
-	}
 	entries, err := listAttach(pins)
 	if err != nil {
 		return "", err
 	}
+	old := ""
 	for _, e := range entries {
 		kind, name, _ := maps.SplitAttachName(e)
-		if kind != KindXDP || name == iface.Name {
+		if !isLinkKind(kind) || name == iface.Name {
 			continue
 		}
 		if _, err := net.InterfaceByName(name); err == nil {
@@ -61,18 +56,41 @@ func adoptRenamed(pins maps.Pins, iface *net.Interface) (string, error) {
 		}
 		info, err := l.Info()
 		l.Close()
-		if err != nil || info.XDP() == nil || int(info.XDP().Ifindex) != iface.Index {
+		if err != nil {
 			continue
 		}
-		if err := os.Rename(pins.Attach(e), pins.Attach(maps.AttachName(KindXDP, iface.Name))); err != nil {
-			return "", fmt.Errorf("adopt xdp link of %s, now %s: %w", name, iface.Name, err)
+		idx := 0
+		switch {
+		case info.XDP() != nil:
+			idx = int(info.XDP().Ifindex)
+		case info.TCX() != nil:
+			idx = int(info.TCX().Ifindex)
 		}
-		if err := chain.Rename(pins, name, iface.Name); err != nil {
-			return "", err
+		if idx == iface.Index {
+			old = name
+			break
 		}
-		return name, nil
 	}
-	return "", nil
+	if old == "" {
+		return "", nil
+	}
+	for _, e := range entries {
+		kind, name, _ := maps.SplitAttachName(e)
+		if name != old {
+			continue
+		}
+		to := pins.Attach(maps.AttachName(kind, iface.Name))
+		if _, err := os.Lstat(to); err == nil {
+			continue // the new name has its own already
+		}
+		if err := os.Rename(pins.Attach(e), to); err != nil {
+			return "", fmt.Errorf("adopt %s of %s, now %s: %w", e, old, iface.Name, err)
+		}
+	}
+	if err := chain.Rename(pins, old, iface.Name); err != nil {
+		return "", err
+	}
+	return old, renameSysctlRecords(pins, old, iface.Name)
 }
 
 // upChainOn is upChain once the pins carry the interface's name.

@@ -447,19 +447,24 @@ func TestUpDropsStagePinOfEarlierBuild(t *testing.T) {
 func TestUpAdoptsRenamedInterface(t *testing.T) {
 	l := gatewayLab(t)
 	gw := l.Host("gw")
-	mustTandem(t, gw, "up", "--once", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS())
-	var linkID link.ID
+	secret := filepath.Join(t.TempDir(), "cookie.key")
+	if err := os.WriteFile(secret, []byte("a pair's shared cookie secret, 32+ bytes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Sysctl("net.ipv4.conf.eth0.accept_local", "0"); err != nil {
+		t.Fatal(err)
+	}
+	mustTandem(t, gw, "up", "--once", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS(), "--proxy-iface", "eth0", "--proxy-secret", secret)
+	links := map[string]link.ID{} // by hook
 	for _, a := range status(t, gw).Attachments {
-		if a.Hook == "xdp" {
-			linkID = a.LinkID
-		}
+		links[a.Hook] = a.LinkID
 	}
 	for _, args := range [][]string{{"link", "set", "eth0", "down"}, {"link", "set", "eth0", "name", "wan0"}, {"link", "set", "wan0", "up"}} {
 		if err := gw.IP(args...); err != nil {
 			t.Fatal(err)
 		}
 	}
-	r := tandem(t, gw, "up", "--once", "-i", "wan0", "--vip", vip4.String(), "--bpffs", gw.BPFFS())
+	r := tandem(t, gw, "up", "--once", "-i", "wan0", "--vip", vip4.String(), "--bpffs", gw.BPFFS(), "--proxy-iface", "wan0", "--proxy-secret", secret)
 	if r.code != 0 {
 		t.Fatalf("up on the renamed interface: exit %d\n%s", r.code, r.stderr)
 	}
@@ -471,8 +476,11 @@ func TestUpAdoptsRenamedInterface(t *testing.T) {
 		if a.Iface != "wan0" {
 			t.Errorf("%s still pinned under the old name", a.Pin)
 		}
-		if a.Hook == "xdp" && (a.LinkID != linkID || len(a.Chain) == 0 || a.Chain[0].ProgID == 0) {
-			t.Errorf("xdp on wan0: link %d (was %d), chain %+v: want the same link, its chain running the gate", a.LinkID, linkID, a.Chain)
+		if a.LinkID != links[a.Hook] {
+			t.Errorf("%s on wan0: link %d, was %d: want the same link (a second one runs the feature twice)", a.Hook, a.LinkID, links[a.Hook])
+		}
+		if a.Hook == "xdp" && (len(a.Chain) == 0 || a.Chain[0].ProgID == 0) {
+			t.Errorf("xdp on wan0: chain %+v: want the chain running the gate", a.Chain)
 		}
 	}
 	des, _ := os.ReadDir(filepath.Join(gw.BPFFS(), "maps"))
@@ -480,6 +488,12 @@ func TestUpAdoptsRenamedInterface(t *testing.T) {
 		if strings.HasSuffix(d.Name(), "@eth0") {
 			t.Errorf("maps/%s left under the old name", d.Name())
 		}
+	}
+	// accept_local went with the interface: down puts back its value
+	// from before the first up, not the one up had set.
+	mustTandem(t, gw, "down", "--bpffs", gw.BPFFS())
+	if got := readSysctl(t, gw, "net.ipv4.conf.wan0.accept_local"); got != "0" {
+		t.Errorf("after down: wan0's accept_local = %s, want 0 (its value before the first up)", got)
 	}
 }
 

@@ -127,10 +127,13 @@ func (f *Feature) hooks(o *Options) (bool, map[Direction]string) {
 // ifacePlan is what one interface carries: its XDP stages and its TC
 // programs, each in chain order.
 type ifacePlan struct {
-	name   string
-	iface  *net.Interface // nil until resolved
-	stages []*Feature
-	tc     map[Direction][]*Feature
+	name  string
+	iface *net.Interface // nil until resolved
+	// renamed: the interface's name in the pins of an earlier up, which
+	// this up adopted (the interface was renamed since); "" for none.
+	renamed string
+	stages  []*Feature
+	tc      map[Direction][]*Feature
 }
 
 // plan lists the interfaces o configures, in the order they are first

@@ -346,6 +346,11 @@ func Up(o Options) (_ *Result, err error) {
 	res.TCPath = o.tcPath()
 	want := map[string]bool{}
 	for _, p := range plan {
+		if p.renamed, err = adoptRenamed(o.Pins, p.iface); err != nil {
+			return res, err
+		}
+	}
+	for _, p := range plan {
 		if len(p.stages) > 0 {
 			a, err := upChain(&o, p, loaded)
 			if a != nil {

@@ -148,3 +148,26 @@ func restoreSysctls(pins maps.Pins) ([]string, error) {
 	}
 	return done, errors.Join(errs...)
 }
+
+// renameSysctlRecords moves the records of an interface's sysctls to its
+// new name (it was renamed): the sysctl went with the interface, and its
+// original is still the one recorded.
+func renameSysctlRecords(pins maps.Pins, from, to string) error {
+	recs, err := sysctlRecords(pins)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		parts := strings.Split(r.path, "/")
+		if len(parts) != 5 || parts[0] != "net" || parts[2] != "conf" || parts[3] != from {
+			continue
+		}
+		parts[3] = to
+		_, value, _ := strings.Cut(r.entry[strings.LastIndexByte(r.entry, '='):], "=")
+		name := sysctlRecordName(strings.Join(parts, "/")) + "=" + value
+		if err := os.Rename(filepath.Join(sysctlDir(pins), r.entry), filepath.Join(sysctlDir(pins), name)); err != nil {
+			return fmt.Errorf("sysctl record of %s, now %s: %w", from, to, err)
+		}
+	}
+	return nil
+}
