@@ -515,7 +515,7 @@ func TestUpDaemonFailureKeepsChain(t *testing.T) {
 	}
 	mustTandem(t, gw, "up", "--once", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS())
 	before := status(t, gw)
-	r := tandemBounded(t, gw, 30*time.Second, "up", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS(),
+	r := tandemBounded(t, gw, 30*time.Second, "up", "-i", "eth0", "--vip", vip4.String()+"=standby", "--bpffs", gw.BPFFS(),
 		"--proxy-iface", "eth0", "--proxy-secret", secret, "--state-dir", stateDir(t), "--metrics-addr", busy.Addr().String())
 	if r.code != 1 || !strings.Contains(r.stderr, "address already in use") {
 		t.Fatalf("exit %d, want 1 and the metrics address refused\n%s", r.code, r.stderr)
@@ -525,4 +525,29 @@ func TestUpDaemonFailureKeepsChain(t *testing.T) {
 		t.Fatalf("after the failed up: %+v", after.Attachments)
 	}
 	sameChains(t, before, after)
+	if len(after.VIPs) != 1 || !after.VIPs[0].Owned {
+		t.Errorf("after the failed up the gate holds %+v: want %s owned, as before", after.VIPs, vip4)
+	}
+}
+
+// TestUpFailureKeepsGate: an up that fails after the gate's setup (the
+// SYN proxy's secret is too short) leaves the VIP gate as it was: a
+// failed up never hands a VIP this host serves to the peer.
+func TestUpFailureKeepsGate(t *testing.T) {
+	l := gatewayLab(t)
+	gw := l.Host("gw")
+	mustTandem(t, gw, "up", "--once", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS())
+	short := filepath.Join(t.TempDir(), "short.key")
+	if err := os.WriteFile(short, []byte("short"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := tandem(t, gw, "up", "--once", "-i", "eth0", "--vip", vip4.String()+"=standby", "--vip", "10.77.0.101",
+		"--bpffs", gw.BPFFS(), "--proxy-iface", "eth0", "--proxy-secret", short)
+	if r.code != 1 || !strings.Contains(r.stderr, "secret") {
+		t.Fatalf("exit %d, stderr %q: want the short secret refused", r.code, r.stderr)
+	}
+	vips := status(t, gw).VIPs
+	if len(vips) != 1 || vips[0].Addr != vip4 || !vips[0].Owned {
+		t.Fatalf("after the failed up the gate holds %+v: want only %s, owned, as before", vips, vip4)
+	}
 }

@@ -144,6 +144,7 @@ type Result struct {
 	// in through running links, and what lets go of what they hold.
 	undos    []func() error
 	releases []func()
+	gate     gateSnapshot // the VIP gate before this Up
 }
 
 // Release lets go of what Undo would have needed (Options.Undoable).
@@ -155,7 +156,7 @@ func (r *Result) Release() {
 	for _, f := range r.releases {
 		f()
 	}
-	r.undos, r.releases = nil, nil
+	r.undos, r.releases, r.gate = nil, nil, nil
 }
 
 // Undo takes back what a successful Up did, for a daemon that could not
@@ -188,6 +189,9 @@ func Undo(o Options, res *Result) error {
 	}
 	for _, undo := range slices.Backward(res.undos) {
 		errs = append(errs, undo())
+	}
+	if res.gate != nil {
+		errs = append(errs, res.gate.restore(o.Pins))
 	}
 	errs = append(errs, unpinOrphanChains(o.Pins))
 	return errors.Join(errs...)
@@ -298,9 +302,23 @@ func Up(o Options) (_ *Result, err error) {
 		return nil, err
 	}
 	defer unlock()
+	// The VIP gate as it is: a failed up puts it back (the gate's setup
+	// runs before the features after it load, and any of them may fail).
+	gate, err := snapshotGate(o.Pins)
+	if err != nil {
+		return nil, err
+	}
+	if o.Undoable {
+		res.gate = gate
+	}
 	defer func() {
 		if err == nil {
 			return
+		}
+		if gate != nil {
+			if derr := gate.restore(o.Pins); derr != nil {
+				log.Warn("roll back", "gate", o.Pins.Map(maps.MapVIPGate), "err", derr)
+			}
 		}
 		for _, a := range slices.Backward(res.Attachments) {
 			switch {
