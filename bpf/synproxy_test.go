@@ -35,6 +35,7 @@ type proxy struct {
 	objs *bpf.SynproxyObjects
 	m    *maps.SynproxyMaps
 	sync *maps.SyncMaps
+	cm   *chain.Maps // the chain objs.XdpSynproxy runs behind
 }
 
 // loadSynproxy loads the SYN proxy unpinned with services on svc4:80 and
@@ -82,7 +83,7 @@ func loadSynproxySpec(t testing.TB, spec *ebpf.CollectionSpec, consts map[string
 	// The proxy's XDP program is a stage: tests run it behind the
 	// chain's entry, as an interface runs it.
 	objs.XdpSynproxy = singleStage(t, cm, chain.SlotSynproxy, objs.XdpSynproxy)
-	p := &proxy{objs: &objs, m: maps.SynproxyMapsOf(&objs.SynproxyMaps),
+	p := &proxy{objs: &objs, m: maps.SynproxyMapsOf(&objs.SynproxyMaps), cm: cm,
 		sync: &maps.SyncMaps{Rings: objs.SyncRings, Epoch: objs.SyncEpoch, Overflow: objs.SyncOverflow}}
 	if err := p.sync.SetupRings(inner); err != nil {
 		t.Fatal(err)

@@ -169,6 +169,18 @@ func Unpin(pins maps.Pins, ifname string) (removed []string, err error) {
 	return removed, errors.Join(errs...)
 }
 
+// Rename moves an interface's chain pins to another interface name (the
+// interface was renamed); missing ones are not an error.
+func Rename(pins maps.Pins, from, to string) error {
+	for _, name := range mapNames {
+		err := os.Rename(pins.Map(PinName(name, from)), pins.Map(PinName(name, to)))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("chain of %s: %w", to, err)
+		}
+	}
+	return nil
+}
+
 // Info is what a chain says about itself.
 type Info struct {
 	ABI    uint32
@@ -286,6 +298,40 @@ func (m *Maps) ReadStats() ([]Stat, error) {
 		}
 	}
 	return out, nil
+}
+
+// RunBy reports whether the program id runs this chain: whether it uses
+// m's program array, as the chain's entry does. An XDP link whose program
+// does not (an earlier build's program, swapped in by its up; another
+// chain's entry) reaches none of m's slots.
+func (m *Maps) RunBy(id ebpf.ProgramID) (bool, error) {
+	mi, err := m.Progs.Info()
+	if err != nil {
+		return false, fmt.Errorf("chain program array: %w", err)
+	}
+	want, ok := mi.ID()
+	if !ok {
+		return false, errors.New("chain program array: the kernel gives no map id")
+	}
+	p, err := ebpf.NewProgramFromID(id)
+	if err != nil {
+		return false, fmt.Errorf("program %d: %w", id, err)
+	}
+	defer p.Close()
+	pi, err := p.Info()
+	if err != nil {
+		return false, fmt.Errorf("program %d: %w", id, err)
+	}
+	ids, ok := pi.MapIDs()
+	if !ok {
+		return false, fmt.Errorf("program %d: the kernel gives no map ids", id)
+	}
+	for _, mid := range ids {
+		if mid == want {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // ProgIDs lists the program in each filled slot.

@@ -99,10 +99,14 @@ func Launch(c Config, apply func(loader.Options) (*loader.Result, error)) (d *Da
 		return nil, nil, err
 	}
 	unlocks = append(unlocks, unlockState)
+	// Undoable: if the daemon cannot start, Undo puts back a chain this
+	// up swapped in through a running link.
+	o.Undoable = true
 	res, err := apply(o)
 	if err != nil {
 		return nil, nil, err
 	}
+	defer res.Release()
 	if !rootLocked {
 		u, err := loader.DaemonLock(root)
 		if errors.Is(err, loader.ErrLocked) {

@@ -92,6 +92,11 @@ type Attachment struct {
 	Note    string         `json:"note,omitempty"`    // how it was made, e.g. a fallback
 	Chain   []ChainStage   `json:"chain,omitempty"`   // the XDP chain's stages, then the packets none claimed
 	created bool           // made by this run (rolled back on failure)
+	// undo puts back what the attachment ran before this run (a chain
+	// swapped through its link) when the run fails; release lets go of
+	// what undo holds. nil: nothing to put back.
+	undo    func() error
+	release func()
 }
 
 // XDP modes accepted by --xdp-mode.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -71,4 +72,27 @@ func EnsureBPFFS(root string) (mounted string, err error) {
 		return mounted, fmt.Errorf("%s is not on a BPF filesystem (choose a --bpffs below a bpffs mount such as %s)", root, DefaultBPFFS)
 	}
 	return mounted, nil
+}
+
+// checkPrivate refuses a directory of the pin root that someone else made
+// or may write: up loads the maps pinned there by name, adopts the links,
+// and down writes back the sysctls recorded there, all as root, so a user
+// who could plant a pin or a record there (a bpffs mounted open to all,
+// the kernel's default mode 1777, lets anyone make the root first) could
+// steer them.
+func checkPrivate(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("check %s: %w", dir, err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.IsDir():
+		return fmt.Errorf("%s is not a directory (mode %s): remove it, or choose another --bpffs", dir, fi.Mode())
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("%s may be written by group or others (mode %04o): someone else could have pinned there; check what it holds, then chmod 700 %s (or choose another --bpffs)", dir, fi.Mode().Perm(), dir)
+	case ok && st.Uid != 0 && int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("%s is owned by uid %d, not root: someone else could have pinned there; check what it holds, then chown root %s (or choose another --bpffs)", dir, st.Uid, dir)
+	}
+	return nil
 }

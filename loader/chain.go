@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -21,13 +22,85 @@ import (
 // the pinned XDP link in one step; the old chain goes when its last packet
 // has left it.
 func upChain(o *Options, p *ifacePlan, loaded map[*Feature]*loadedFeature) (*Attachment, error) {
-	want := stageBits(p.stages)
+	a, err := upChainOn(o, p, loaded, stageBits(p.stages))
+	if a != nil && p.renamed != "" {
+		a.Note = strings.TrimSuffix("adopted from "+p.renamed+" (the interface was renamed); "+a.Note, "; ")
+	}
+	return a, err
+}
+
+// adoptRenamed finds tandem's links on iface pinned under another name,
+// one no interface has any more (iface was renamed since an earlier up),
+// and moves every pin of that name (links, filters' programs, the clsact
+// marker, the chain's maps, the sysctl records) to iface's name, so up
+// replaces in place what runs there instead of failing on "another XDP
+// program" or running a feature's TC program twice. It returns the old
+// name, or "".
+func adoptRenamed(pins maps.Pins, iface *net.Interface) (string, error) {
+	entries, err := listAttach(pins)
+	if err != nil {
+		return "", err
+	}
+	old := ""
+	for _, e := range entries {
+		kind, name, _ := maps.SplitAttachName(e)
+		if !isLinkKind(kind) || name == iface.Name {
+			continue
+		}
+		if _, err := net.InterfaceByName(name); err == nil {
+			continue // that interface is there: the link is its own
+		}
+		l, err := link.LoadPinnedLink(pins.Attach(e), nil)
+		if err != nil {
+			continue
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			continue
+		}
+		idx := 0
+		switch {
+		case info.XDP() != nil:
+			idx = int(info.XDP().Ifindex)
+		case info.TCX() != nil:
+			idx = int(info.TCX().Ifindex)
+		}
+		if idx == iface.Index {
+			old = name
+			break
+		}
+	}
+	if old == "" {
+		return "", nil
+	}
+	for _, e := range entries {
+		kind, name, _ := maps.SplitAttachName(e)
+		if name != old {
+			continue
+		}
+		to := pins.Attach(maps.AttachName(kind, iface.Name))
+		if _, err := os.Lstat(to); err == nil {
+			continue // the new name has its own already
+		}
+		if err := os.Rename(pins.Attach(e), to); err != nil {
+			return "", fmt.Errorf("adopt %s of %s, now %s: %w", e, old, iface.Name, err)
+		}
+	}
+	if err := chain.Rename(pins, old, iface.Name); err != nil {
+		return "", err
+	}
+	return old, renameSysctlRecords(pins, old, iface.Name)
+}
+
+// upChainOn is upChain once the pins carry the interface's name.
+func upChainOn(o *Options, p *ifacePlan, loaded map[*Feature]*loadedFeature, want uint32) (*Attachment, error) {
 	old, err := chain.Open(o.Pins, p.name)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
-	defer old.Close()
-	if old != nil && xdpLinkReusable(o.Pins, p.iface, o.XDPMode) {
+	defer func() { old.Close() }() // the old maps may be handed to swapBack
+	if old != nil && xdpLinkReusable(o.Pins, p.iface, o.XDPMode) && linkRunsChain(o.Pins, p.name, old) {
 		if info, err := old.ReadInfo(); err == nil && info.ABI == chain.ABI && info.Stages == want {
 			for _, f := range p.stages {
 				prog, err := chain.LoadStage(loaded[f].spec, f.XDP, old, o.Pins.MapsDir())
@@ -46,6 +119,16 @@ func upChain(o *Options, p *ifacePlan, loaded map[*Feature]*loadedFeature) (*Att
 		}
 	}
 
+	// The entry the link runs now, to swap back if this up fails later
+	// (Up's rollback) with the old chain's maps: held open, because the
+	// kernel empties a program array when its last descriptor or pin
+	// goes, and the old entry would then reach no stage.
+	prev := linkProgram(o.Pins, p.name)
+	defer func() {
+		if prev != nil {
+			prev.Close()
+		}
+	}()
 	cm, err := chain.NewMaps(old)
 	if err != nil {
 		return nil, err
@@ -74,10 +157,60 @@ func upChain(o *Options, p *ifacePlan, loaded map[*Feature]*loadedFeature) (*Att
 	if err := cm.Pin(o.Pins, p.name); err != nil {
 		return a, err
 	}
+	if !a.created && prev != nil {
+		a.undo, a.release = swapBack(o.Pins, p.name, prev, old)
+		prev, old = nil, nil // theirs now
+	}
 	if a.Note == "replaced in place" {
 		a.Note = "new chain swapped in through the link"
 	}
 	return a, nil
+}
+
+// linkProgram is the program the interface's pinned XDP link runs; nil
+// when there is no link.
+func linkProgram(pins maps.Pins, ifname string) *ebpf.Program {
+	l, err := link.LoadPinnedLink(pins.Attach(maps.AttachName(KindXDP, ifname)), nil)
+	if err != nil {
+		return nil
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return nil
+	}
+	p, err := ebpf.NewProgramFromID(info.Program)
+	if err != nil {
+		return nil
+	}
+	return p
+}
+
+// swapBack returns what puts back the chain an interface ran before a
+// root swap (its entry prev, its maps old; nil maps: none were pinned),
+// and what lets go of them once the swap stays.
+func swapBack(pins maps.Pins, ifname string, prev *ebpf.Program, old *chain.Maps) (undo func() error, release func()) {
+	release = func() {
+		prev.Close()
+		old.Close()
+	}
+	undo = func() error {
+		l, err := link.LoadPinnedLink(pins.Attach(maps.AttachName(KindXDP, ifname)), nil)
+		if err != nil {
+			return fmt.Errorf("swap back the chain of %s: %w", ifname, err)
+		}
+		err = l.Update(prev)
+		l.Close()
+		if err != nil {
+			return fmt.Errorf("swap back the chain of %s: %w", ifname, err)
+		}
+		if old == nil {
+			_, err = chain.Unpin(pins, ifname)
+			return err
+		}
+		return old.Pin(pins, ifname)
+	}
+	return undo, release
 }
 
 // xdpLinkReusable: the interface's pinned XDP link is healthy and in the
@@ -94,6 +227,32 @@ func xdpLinkReusable(pins maps.Pins, iface *net.Interface, mode string) bool {
 	}
 	cur, _ := xdpAttachedMode(iface.Index)
 	return mode == XDPAuto || (mode == XDPNative && cur == xdpAttachedDrv) || (mode == XDPGeneric && cur == xdpAttachedSkb)
+}
+
+// linkRunsChain: the interface's pinned XDP link runs the entry of the
+// chain cm, so filling cm's slots changes what packets meet. An earlier
+// build's up may have swapped its own program into the link (a downgrade,
+// then this upgrade), leaving this build's chain pins behind unused.
+func linkRunsChain(pins maps.Pins, ifname string, cm *chain.Maps) bool {
+	l, err := link.LoadPinnedLink(pins.Attach(maps.AttachName(KindXDP, ifname)), nil)
+	if err != nil {
+		return false
+	}
+	defer l.Close()
+	info, err := l.Info()
+	if err != nil {
+		return false
+	}
+	ok, err := cm.RunBy(info.Program)
+	return err == nil && ok
+}
+
+// progLabel names a program for a message: "program 12 (xdp_chain)".
+func progLabel(id ebpf.ProgramID) string {
+	if name := progName(id); name != "" {
+		return fmt.Sprintf("program %d (%s)", id, name)
+	}
+	return fmt.Sprintf("program %d", id)
 }
 
 // ChainStage is one stage of an interface's chain, for status.
@@ -147,20 +306,27 @@ func readChain(pins maps.Pins, ifname string) ([]ChainStage, error) {
 	return out, nil
 }
 
-// chainProblem says what is wrong with an interface's chain: a slot the
-// entry runs that holds no program (its packets pass to the stack
-// unserved), or no chain at all behind a tandem XDP link. stages, when
-// read already, saves reading the maps again.
-func chainProblem(pins maps.Pins, ifname string, stages []ChainStage) string {
+// chainProblem says what is wrong with an interface's chain: the XDP
+// link (running program prog) does not run the chain pinned for the
+// interface (an earlier build's program swapped into the link, or a chain
+// pin removed), or a slot the entry runs holds no program (its packets
+// pass to the stack unserved). stages, when read already, saves reading
+// the slots again.
+func chainProblem(pins maps.Pins, ifname string, prog ebpf.ProgramID, stages []ChainStage) string {
+	cm, err := chain.Open(pins, ifname)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Sprintf("the XDP link runs %s, but the chain pins of %s are missing: run tandem up again", progLabel(prog), ifname)
+	}
+	if err != nil {
+		return err.Error()
+	}
+	defer cm.Close()
+	if ok, err := cm.RunBy(prog); err != nil {
+		return err.Error()
+	} else if !ok {
+		return fmt.Sprintf("the XDP link runs %s, not the entry of the chain pinned for %s: run tandem up again", progLabel(prog), ifname)
+	}
 	if stages == nil {
-		cm, err := chain.Open(pins, ifname)
-		if errors.Is(err, os.ErrNotExist) {
-			return "" // a link of a build before the chain
-		}
-		if err != nil {
-			return err.Error()
-		}
-		defer cm.Close()
 		info, err := cm.ReadInfo()
 		if err != nil {
 			return err.Error()

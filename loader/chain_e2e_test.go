@@ -5,13 +5,19 @@ package loader_test
 // it.
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
 	"golang.org/x/sys/unix"
@@ -229,5 +235,319 @@ func TestChainGateAndProxy(t *testing.T) {
 	}
 	if t.Failed() {
 		t.Logf("status:\n%s", r.stdout)
+	}
+}
+
+// TestChainRepairsForeignRoot: the XDP link or the chain pins no longer
+// match (an earlier build's up swapped its own program into the link, as
+// a downgrade then an upgrade does; someone removed a chain map's pin).
+// status says so and exits 1, and up swaps a new chain in through the
+// link: a slot swap would fill slots of a chain no packet reaches.
+func TestChainRepairsForeignRoot(t *testing.T) {
+	cases := []struct {
+		name    string
+		breakIt func(t *testing.T, gw *lab.Host)
+	}{
+		{"the link runs another program", func(t *testing.T, gw *lab.Host) {
+			l, err := link.LoadPinnedLink(filepath.Join(gw.BPFFS(), "attach", "xdp@eth0"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			// What an earlier build's up does: its own gate program,
+			// straight into the link (here one that passes everything).
+			p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, AttachType: ebpf.AttachXDP, License: "GPL",
+				Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			if err := l.Update(p); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"the XDP link's pin is gone", func(t *testing.T, gw *lab.Host) {
+			// The link goes with its pin: eth0 runs no chain, no gate.
+			if err := os.Remove(filepath.Join(gw.BPFFS(), "attach", "xdp@eth0")); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"a chain map's pin is gone", func(t *testing.T, gw *lab.Host) {
+			if err := os.Remove(filepath.Join(gw.BPFFS(), "maps", chain.PinName(chain.MapStats, "eth0"))); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			l := gatewayLab(t)
+			gw := l.Host("gw")
+			up := []string{"up", "--once", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS()}
+			mustTandem(t, gw, up...)
+			tc.breakIt(t, gw)
+
+			r := tandem(t, gw, "status", "--json", "--bpffs", gw.BPFFS())
+			var st loader.Status
+			if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+				t.Fatalf("status --json: %v\n%s", err, r.stdout)
+			}
+			problem := ""
+			for _, a := range st.Attachments {
+				if a.Hook == "xdp" {
+					problem = a.Problem
+				}
+			}
+			if r.code != 1 || problem == "" {
+				t.Fatalf("status exit %d, xdp problem %q: want exit 1 and the problem named\n%s", r.code, problem, r.stderr)
+			}
+			t.Logf("status: %s", problem)
+
+			mustTandem(t, gw, up...)
+			r = tandem(t, gw, "status", "--json", "--bpffs", gw.BPFFS())
+			if r.code != 0 {
+				t.Fatalf("status after up: exit %d: up did not repair the chain\n%s\n%s", r.code, r.stdout, r.stderr)
+			}
+			for _, a := range status(t, gw).Attachments {
+				if a.Hook == "xdp" && (a.Prog != "xdp_chain" || len(a.Chain) == 0 || a.Chain[0].ProgID == 0) {
+					t.Fatalf("after up the link runs %s (%d), chain %+v: want the chain's entry and the gate in slot 0", a.Prog, a.ProgID, a.Chain)
+				}
+			}
+			// The gate is the one that runs: a datagram to the VIP is counted.
+			before := vipCounters(t, gw, vip4).Counters.RxPackets
+			if out, err := l.Host("client").Cmd("ping", "-c", "1", "-W", "1", vip4.String()).CombinedOutput(); err != nil {
+				t.Fatalf("ping %s: %v\n%s", vip4, err, out)
+			}
+			if after := vipCounters(t, gw, vip4).Counters.RxPackets; after == before {
+				t.Fatalf("the gate counted nothing (rx %d): the link does not run the chain up filled", after)
+			}
+		})
+	}
+}
+
+// TestUpFailureKeepsChain: an up that adds a feature to a running
+// interface and then fails on another interface takes back the new chain
+// too: the interface runs the chain it ran before (same entry, same
+// stages), not the new feature's XDP stage without its TC program.
+func TestUpFailureKeepsChain(t *testing.T) {
+	l := gatewayLab(t)
+	gw := l.Host("gw")
+	if err := gw.IP("link", "add", "eth1", "type", "veth", "peer", "name", "eth1p"); err != nil {
+		t.Fatal(err)
+	}
+	for _, dev := range []string{"eth1", "eth1p"} {
+		if err := gw.IP("link", "set", dev, "up"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Another tool's XDP program on eth1: tandem's attach there fails.
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	var foreign link.Link
+	if err := gw.Do(func() error {
+		iface, err := net.InterfaceByName("eth1")
+		if err != nil {
+			return err
+		}
+		foreign, err = link.AttachXDP(link.XDPOptions{Program: prog, Interface: iface.Index})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer foreign.Close()
+	secret := filepath.Join(t.TempDir(), "cookie.key")
+	if err := os.WriteFile(secret, []byte("a pair's shared cookie secret, 32+ bytes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	base := []string{"up", "--once", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS()}
+	mustTandem(t, gw, base...)
+	before := status(t, gw)
+	r := tandem(t, gw, append(base, "--proxy-iface", "eth0,eth1", "--proxy-secret", secret)...)
+	if r.code != 1 || !strings.Contains(r.stderr, "eth1") {
+		t.Fatalf("exit %d, stderr %q: want the refusal on eth1", r.code, r.stderr)
+	}
+	after := status(t, gw)
+	if !after.Healthy() {
+		t.Fatalf("after the failed up: %+v", after.Attachments)
+	}
+	sameChains(t, before, after)
+}
+
+// sameChains: after runs the attachments and chains before ran (the same
+// pins, the same stages, the same XDP entry).
+func sameChains(t *testing.T, before, after *loader.Status) {
+	t.Helper()
+	pins := func(st *loader.Status) map[string]ebpf.ProgramID {
+		out := map[string]ebpf.ProgramID{}
+		for _, a := range st.Attachments {
+			out[a.Pin] = a.ProgID
+			for _, s := range a.Chain {
+				if s.Slot < chain.Slots {
+					out[fmt.Sprintf("%s#%d", a.Pin, s.Slot)] = 1 // the stage is there; its program may be new
+				}
+			}
+		}
+		return out
+	}
+	b, a := pins(before), pins(after)
+	for k := range a {
+		if _, ok := b[k]; !ok {
+			t.Errorf("after the failed up %s is there, and was not before", k)
+		}
+	}
+	for k := range b {
+		if _, ok := a[k]; !ok {
+			t.Errorf("after the failed up %s is gone", k)
+		}
+	}
+	if a["xdp@eth0"] != b["xdp@eth0"] {
+		t.Errorf("eth0's link runs program %d, not the entry %d it ran before the failed up", a["xdp@eth0"], b["xdp@eth0"])
+	}
+}
+
+// TestUpDropsStagePinOfEarlierBuild: builds before the chain pinned the
+// gate's XDP program by name (progs/xdp_vipgate); a stage is never pinned
+// now (it belongs to one interface's chain), so up removes that pin: it
+// held an old program loaded, and status listed it as tandem's.
+func TestUpDropsStagePinOfEarlierBuild(t *testing.T) {
+	l := gatewayLab(t)
+	gw := l.Host("gw")
+	up := []string{"up", "--once", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS()}
+	mustTandem(t, gw, up...)
+	p, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	stale := filepath.Join(gw.BPFFS(), "progs", "xdp_vipgate")
+	if err := p.Pin(stale); err != nil {
+		t.Fatal(err)
+	}
+	mustTandem(t, gw, up...)
+	if _, err := os.Stat(stale); !os.IsNotExist(err) {
+		t.Errorf("%s is still pinned after up (%v)", stale, err)
+	}
+	for _, ps := range status(t, gw).Programs {
+		if ps.Name == "xdp_vipgate" {
+			t.Errorf("status lists program %+v, pinned by an earlier build", ps)
+		}
+	}
+}
+
+// TestUpAdoptsRenamedInterface: the interface was renamed under a running
+// datapath (eth0 to wan0). up -i wan0 finds tandem's own XDP link on it,
+// pinned under the old name, and takes it over (same link, its chain
+// swapped in place) instead of failing on "another XDP program"; nothing
+// stays pinned under the old name.
+func TestUpAdoptsRenamedInterface(t *testing.T) {
+	l := gatewayLab(t)
+	gw := l.Host("gw")
+	secret := filepath.Join(t.TempDir(), "cookie.key")
+	if err := os.WriteFile(secret, []byte("a pair's shared cookie secret, 32+ bytes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := gw.Sysctl("net.ipv4.conf.eth0.accept_local", "0"); err != nil {
+		t.Fatal(err)
+	}
+	mustTandem(t, gw, "up", "--once", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS(), "--proxy-iface", "eth0", "--proxy-secret", secret)
+	links := map[string]link.ID{} // by hook
+	for _, a := range status(t, gw).Attachments {
+		links[a.Hook] = a.LinkID
+	}
+	for _, args := range [][]string{{"link", "set", "eth0", "down"}, {"link", "set", "eth0", "name", "wan0"}, {"link", "set", "wan0", "up"}} {
+		if err := gw.IP(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := tandem(t, gw, "up", "--once", "-i", "wan0", "--vip", vip4.String(), "--bpffs", gw.BPFFS(), "--proxy-iface", "wan0", "--proxy-secret", secret)
+	if r.code != 0 {
+		t.Fatalf("up on the renamed interface: exit %d\n%s", r.code, r.stderr)
+	}
+	st := status(t, gw)
+	if !st.Healthy() {
+		t.Fatalf("status after up: %+v", st.Attachments)
+	}
+	for _, a := range st.Attachments {
+		if a.Iface != "wan0" {
+			t.Errorf("%s still pinned under the old name", a.Pin)
+		}
+		if a.LinkID != links[a.Hook] {
+			t.Errorf("%s on wan0: link %d, was %d: want the same link (a second one runs the feature twice)", a.Hook, a.LinkID, links[a.Hook])
+		}
+		if a.Hook == "xdp" && (len(a.Chain) == 0 || a.Chain[0].ProgID == 0) {
+			t.Errorf("xdp on wan0: chain %+v: want the chain running the gate", a.Chain)
+		}
+	}
+	des, _ := os.ReadDir(filepath.Join(gw.BPFFS(), "maps"))
+	for _, d := range des {
+		if strings.HasSuffix(d.Name(), "@eth0") {
+			t.Errorf("maps/%s left under the old name", d.Name())
+		}
+	}
+	// accept_local went with the interface: down puts back its value
+	// from before the first up, not the one up had set.
+	mustTandem(t, gw, "down", "--bpffs", gw.BPFFS())
+	if got := readSysctl(t, gw, "net.ipv4.conf.wan0.accept_local"); got != "0" {
+		t.Errorf("after down: wan0's accept_local = %s, want 0 (its value before the first up)", got)
+	}
+}
+
+// TestUpDaemonFailureKeepsChain: up adds the SYN proxy to eth0 (a root
+// swap through eth0's running link), then its daemon cannot start (the
+// metrics address is taken): the rollback puts eth0's earlier chain back,
+// as for a failure within up.
+func TestUpDaemonFailureKeepsChain(t *testing.T) {
+	l := gatewayLab(t)
+	gw := l.Host("gw")
+	var busy net.Listener
+	if err := gw.Do(func() (err error) { busy, err = net.Listen("tcp", "127.0.0.1:0"); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	secret := filepath.Join(t.TempDir(), "cookie.key")
+	if err := os.WriteFile(secret, []byte("a pair's shared cookie secret, 32+ bytes"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mustTandem(t, gw, "up", "--once", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS())
+	before := status(t, gw)
+	r := tandemBounded(t, gw, 30*time.Second, "up", "-i", "eth0", "--vip", vip4.String()+"=standby", "--bpffs", gw.BPFFS(),
+		"--proxy-iface", "eth0", "--proxy-secret", secret, "--state-dir", stateDir(t), "--metrics-addr", busy.Addr().String())
+	if r.code != 1 || !strings.Contains(r.stderr, "address already in use") {
+		t.Fatalf("exit %d, want 1 and the metrics address refused\n%s", r.code, r.stderr)
+	}
+	after := status(t, gw)
+	if !after.Healthy() {
+		t.Fatalf("after the failed up: %+v", after.Attachments)
+	}
+	sameChains(t, before, after)
+	if len(after.VIPs) != 1 || !after.VIPs[0].Owned {
+		t.Errorf("after the failed up the gate holds %+v: want %s owned, as before", after.VIPs, vip4)
+	}
+}
+
+// TestUpFailureKeepsGate: an up that fails after the gate's setup (the
+// SYN proxy's secret is too short) leaves the VIP gate as it was: a
+// failed up never hands a VIP this host serves to the peer.
+func TestUpFailureKeepsGate(t *testing.T) {
+	l := gatewayLab(t)
+	gw := l.Host("gw")
+	mustTandem(t, gw, "up", "--once", "-i", "eth0", "--vip", vip4.String(), "--bpffs", gw.BPFFS())
+	short := filepath.Join(t.TempDir(), "short.key")
+	if err := os.WriteFile(short, []byte("short"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := tandem(t, gw, "up", "--once", "-i", "eth0", "--vip", vip4.String()+"=standby", "--vip", "10.77.0.101",
+		"--bpffs", gw.BPFFS(), "--proxy-iface", "eth0", "--proxy-secret", short)
+	if r.code != 1 || !strings.Contains(r.stderr, "secret") {
+		t.Fatalf("exit %d, stderr %q: want the short secret refused", r.code, r.stderr)
+	}
+	vips := status(t, gw).VIPs
+	if len(vips) != 1 || vips[0].Addr != vip4 || !vips[0].Owned {
+		t.Fatalf("after the failed up the gate holds %+v: want only %s, owned, as before", vips, vip4)
 	}
 }

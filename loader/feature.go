@@ -1,8 +1,10 @@
 package loader
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"os"
 	"slices"
 	"strings"
 
@@ -125,10 +127,13 @@ func (f *Feature) hooks(o *Options) (bool, map[Direction]string) {
 // ifacePlan is what one interface carries: its XDP stages and its TC
 // programs, each in chain order.
 type ifacePlan struct {
-	name   string
-	iface  *net.Interface // nil until resolved
-	stages []*Feature
-	tc     map[Direction][]*Feature
+	name  string
+	iface *net.Interface // nil until resolved
+	// renamed: the interface's name in the pins of an earlier up, which
+	// this up adopted (the interface was renamed since); "" for none.
+	renamed string
+	stages  []*Feature
+	tc      map[Direction][]*Feature
 }
 
 // plan lists the interfaces o configures, in the order they are first
@@ -217,6 +222,14 @@ func loadFeature(o *Options, f *Feature) (*loadedFeature, error) {
 		if err := pinReplace(p, o.Pins.Prog(name)); err != nil {
 			coll.Close()
 			return nil, err
+		}
+	}
+	// Builds before the chain pinned the XDP program by name: that pin
+	// would keep an old program loaded, listed as tandem's by status.
+	if f.XDP != "" {
+		if err := os.Remove(o.Pins.Prog(f.XDP)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			coll.Close()
+			return nil, fmt.Errorf("unpin %s of an earlier build: %w", o.Pins.Prog(f.XDP), err)
 		}
 	}
 	return lf, nil

@@ -1,8 +1,10 @@
 package loader
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 
 	"github.com/cilium/ebpf"
 	"github.com/spf13/pflag"
@@ -88,4 +90,68 @@ func gateFlags(fs *pflag.FlagSet) func(o *Options) error {
 		}
 		return nil
 	}
+}
+
+// gateSnapshot is the VIP gate's entries, as a failed Up found them.
+type gateSnapshot map[maps.VIPKey]maps.VIPEntry
+
+// snapshotGate reads the pinned VIP gate; nil when none is pinned.
+func snapshotGate(pins maps.Pins) (gateSnapshot, error) {
+	m, err := ebpf.LoadPinnedMap(pins.Map(maps.MapVIPGate), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read the VIP gate: %w", err)
+	}
+	defer m.Close()
+	out := gateSnapshot{}
+	var (
+		k maps.VIPKey
+		v maps.VIPEntry
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		out[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read the VIP gate: %w", err)
+	}
+	return out, nil
+}
+
+// restore puts the gate back as it was: entries added since go, the
+// others get their value (and counter slot) back.
+func (s gateSnapshot) restore(pins maps.Pins) error {
+	m, err := ebpf.LoadPinnedMap(pins.Map(maps.MapVIPGate), nil)
+	if err != nil {
+		return fmt.Errorf("restore the VIP gate: %w", err)
+	}
+	defer m.Close()
+	var (
+		k     maps.VIPKey
+		v     maps.VIPEntry
+		added []maps.VIPKey
+	)
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		if _, ok := s[k]; !ok {
+			added = append(added, k)
+		}
+	}
+	var errs []error
+	for _, k := range added {
+		if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	for k, v := range s {
+		if err := m.Put(k, v); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(append(errs, it.Err())...); err != nil {
+		return fmt.Errorf("restore the VIP gate: %w", err)
+	}
+	return nil
 }

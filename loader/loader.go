@@ -61,7 +61,11 @@ type Options struct {
 	// leaves those entries as they are. The election, the state sync and
 	// the daemon's own options live in daemon.Config, not here.
 	ElectedVIPs []netip.Addr
-	Log         *slog.Logger
+	// Undoable: a successful Up keeps what Undo needs to put back a chain
+	// it swapped in through a running link (the earlier entry and maps,
+	// held open); the caller must then call Result.Release.
+	Undoable bool
+	Log      *slog.Logger
 }
 
 // MaxRingBytes bounds --sync-ring-bytes, each CPU's ring: above it a
@@ -136,16 +140,36 @@ type Result struct {
 	// Fresh: nothing was pinned under the root before this Up, so
 	// undoing it means taking everything down.
 	Fresh bool
+	// With Options.Undoable: what puts back the chains this Up swapped
+	// in through running links, and what lets go of what they hold.
+	undos    []func() error
+	releases []func()
+	gate     gateSnapshot // the VIP gate before this Up
+}
+
+// Release lets go of what Undo would have needed (Options.Undoable).
+// Safe to call twice, and on nil.
+func (r *Result) Release() {
+	if r == nil {
+		return
+	}
+	for _, f := range r.releases {
+		f()
+	}
+	r.undos, r.releases, r.gate = nil, nil, nil
 }
 
 // Undo takes back what a successful Up did, for a daemon that could not
 // start: everything when the root was fresh, else the attachments this Up
-// created. A datapath that ran before it keeps running (with the programs
-// this Up swapped in: they serve the same config).
+// created, and (with Options.Undoable) the chains it swapped in through
+// running links. A datapath that ran before it keeps running (with the
+// programs this Up swapped into their slots: they serve the same config).
+// It releases the result.
 func Undo(o Options, res *Result) error {
 	if res == nil {
 		return nil
 	}
+	defer res.Release()
 	if res.Fresh {
 		_, err := Down(o.Pins, o.log())
 		return err
@@ -162,6 +186,12 @@ func Undo(o Options, res *Result) error {
 				errs = append(errs, err)
 			}
 		}
+	}
+	for _, undo := range slices.Backward(res.undos) {
+		errs = append(errs, undo())
+	}
+	if res.gate != nil {
+		errs = append(errs, res.gate.restore(o.Pins))
 	}
 	errs = append(errs, unpinOrphanChains(o.Pins))
 	return errors.Join(errs...)
@@ -236,6 +266,21 @@ func Up(o Options) (_ *Result, err error) {
 	_, statErr := os.Stat(o.Pins.Root)
 	fresh := errors.Is(statErr, os.ErrNotExist)
 	res := &Result{Fresh: fresh}
+	// Last, after any rollback: what the attachments held to undo, kept
+	// for Undo when the caller asked and Up succeeded.
+	defer func() {
+		for _, a := range res.Attachments {
+			if a.release == nil {
+				continue
+			}
+			if err == nil && o.Undoable {
+				res.undos = append(res.undos, a.undo)
+				res.releases = append(res.releases, a.release)
+				continue
+			}
+			a.release()
+		}
+	}()
 	if res.Mounted, err = EnsureBPFFS(o.Pins.Root); err != nil {
 		return nil, err
 	}
@@ -247,18 +292,45 @@ func Up(o Options) (_ *Result, err error) {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
 	}
+	for _, d := range []string{o.Pins.Root, o.Pins.MapsDir(), o.Pins.ProgsDir(), o.Pins.AttachDir()} {
+		if err := checkPrivate(d); err != nil {
+			return nil, err
+		}
+	}
 	unlock, err := lockDir(o.Pins.AttachDir(), false)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	// The VIP gate as it is: a failed up puts it back (the gate's setup
+	// runs before the features after it load, and any of them may fail).
+	gate, err := snapshotGate(o.Pins)
+	if err != nil {
+		return nil, err
+	}
+	if o.Undoable {
+		res.gate = gate
+	}
 	defer func() {
 		if err == nil {
 			return
 		}
+		if gate != nil {
+			if derr := gate.restore(o.Pins); derr != nil {
+				log.Warn("roll back", "gate", o.Pins.Map(maps.MapVIPGate), "err", derr)
+			}
+		}
 		for _, a := range slices.Backward(res.Attachments) {
-			if a.created {
+			switch {
+			case a.created:
 				if derr := detach(o.Pins, a.Pin); derr != nil {
+					log.Warn("roll back", "attachment", a.Pin, "err", derr)
+				}
+			case a.undo != nil:
+				// A chain swapped in through a link that ran before:
+				// the interface runs its earlier chain again, not a
+				// feature's XDP stage without the rest of it.
+				if derr := a.undo(); derr != nil {
 					log.Warn("roll back", "attachment", a.Pin, "err", derr)
 				}
 			}
@@ -291,6 +363,11 @@ func Up(o Options) (_ *Result, err error) {
 
 	res.TCPath = o.tcPath()
 	want := map[string]bool{}
+	for _, p := range plan {
+		if p.renamed, err = adoptRenamed(o.Pins, p.iface); err != nil {
+			return res, err
+		}
+	}
 	for _, p := range plan {
 		if len(p.stages) > 0 {
 			a, err := upChain(&o, p, loaded)
@@ -410,6 +487,16 @@ func (o *Options) ExpectedPins() []string {
 // Check compares the datapath with o and lists what is wrong: attachments
 // missing or broken. Nothing wrong: an empty list.
 func Check(o Options) ([]string, error) {
+	// Under the lock: an up running meanwhile (another tandem up) swaps a
+	// chain's entry through the link before it pins the new chain, and a
+	// check in between would see a link that runs no pinned chain.
+	if _, err := os.Stat(o.Pins.AttachDir()); err == nil {
+		unlock, err := lockDir(o.Pins.AttachDir(), false)
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
+	}
 	as, err := readAttachments(o.Pins, false)
 	if err != nil {
 		return nil, err

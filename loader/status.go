@@ -203,7 +203,7 @@ func inspect(pins maps.Pins, entry, kind, ifname string, full bool) *Attachment 
 			a.Problem = fmt.Sprintf("attached to ifindex %d, but %s is now ifindex %d; run tandem up again", linkIfindex, ifname, iface.Index)
 		}
 		if a.Problem == "" && kind == KindXDP {
-			a.Problem = chainProblem(pins, ifname, a.Chain)
+			a.Problem = chainProblem(pins, ifname, a.ProgID, a.Chain)
 		}
 		if full {
 			a.Prog = progName(a.ProgID)
@@ -270,12 +270,26 @@ func readAttachments(pins maps.Pins, full bool) ([]*Attachment, error) {
 		return nil, err
 	}
 	var out []*Attachment
+	have := map[string]bool{}
 	for _, e := range entries {
+		have[e] = true
 		kind, ifname, _ := maps.SplitAttachName(e)
 		if kind == KindClsactMarker {
 			continue
 		}
 		out = append(out, inspect(pins, e, kind, ifname, full))
+	}
+	// A chain pinned with no XDP link: the link's pin was removed, and
+	// the link (the gate, every feature's XDP stage) with it.
+	chains, err := chainIfaces(pins)
+	if err != nil {
+		return nil, err
+	}
+	for _, ifname := range chains {
+		if pin := maps.AttachName(KindXDP, ifname); !have[pin] {
+			out = append(out, &Attachment{Pin: pin, Iface: ifname, Hook: "xdp",
+				Problem: "the XDP link is gone (its pin was removed): no chain runs on " + ifname + "; run tandem up again"})
+		}
 	}
 	return out, nil
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/tandem-net/tandem/maps"
 )
@@ -16,7 +17,9 @@ import (
 // files, so a record is an empty directory named after the sysctl and its
 // original value: sysctl/net:ipv4:conf:eth0:accept_local=0 (interface
 // names cannot hold ':'; the value is query-escaped, so the last '='
-// splits the two).
+// splits the two). bpffs refuses '.' in names, which VLAN interfaces
+// have: the path is path-escaped with '.' too ("eth0%2E100"; a record
+// without escapes reads the same).
 
 // procSys is where sysctls live; a variable so a test can use a temp dir.
 var procSys = "/proc/sys"
@@ -46,7 +49,7 @@ func setSysctl(pins maps.Pins, path, value string) error {
 		}
 		// Recorded before the write: a crash in between leaves the
 		// original on record, never a lost one.
-		name := strings.ReplaceAll(path, "/", ":") + "=" + url.QueryEscape(orig)
+		name := sysctlRecordName(path) + "=" + url.QueryEscape(orig)
 		if err := os.Mkdir(filepath.Join(sysctlDir(pins), name), 0o700); err != nil {
 			return fmt.Errorf("record sysctl %s: %w", path, err)
 		}
@@ -57,10 +60,31 @@ func setSysctl(pins maps.Pins, path, value string) error {
 	return nil
 }
 
+// sysctlRecordName is the record's name for a sysctl path: '/' as ':',
+// '.' (and '%', the escape itself) as %2E (%25).
+func sysctlRecordName(path string) string {
+	path = strings.ReplaceAll(path, "%", "%25")
+	path = strings.ReplaceAll(path, ".", "%2E")
+	return strings.ReplaceAll(path, "/", ":")
+}
+
 type sysctlSaved struct{ entry, path, value string }
 
 // sysctlRecords lists the recorded originals under pins.
 func sysctlRecords(pins maps.Pins) ([]sysctlSaved, error) {
+	// down writes what the records say, as root: trust them only when
+	// nobody else could have made them (a root directory someone made
+	// before up, in a bpffs mounted open to all, would let them).
+	fi, err := os.Lstat(sysctlDir(pins))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("sysctl records: %w", err)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !fi.IsDir() || fi.Mode().Perm()&0o022 != 0 || (ok && st.Uid != 0 && int(st.Uid) != os.Geteuid()) {
+		return nil, fmt.Errorf("sysctl records %s: group or others may write them (mode %s): not trusted; check them, restore the sysctls by hand and remove the directory", sysctlDir(pins), fi.Mode())
+	}
 	des, err := os.ReadDir(sysctlDir(pins))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -78,7 +102,11 @@ func sysctlRecords(pins maps.Pins) ([]sysctlSaved, error) {
 		if err != nil {
 			continue
 		}
-		out = append(out, sysctlSaved{entry: d.Name(), path: strings.ReplaceAll(d.Name()[:i], ":", "/"), value: v})
+		path, err := url.PathUnescape(strings.ReplaceAll(d.Name()[:i], ":", "/"))
+		if err != nil || !filepath.IsLocal(path) || filepath.Clean(path) != path {
+			continue // not tandem's (nor under /proc/sys): down reports it as left in place
+		}
+		out = append(out, sysctlSaved{entry: d.Name(), path: path, value: v})
 	}
 	return out, nil
 }
@@ -119,4 +147,27 @@ func restoreSysctls(pins maps.Pins) ([]string, error) {
 		}
 	}
 	return done, errors.Join(errs...)
+}
+
+// renameSysctlRecords moves the records of an interface's sysctls to its
+// new name (it was renamed): the sysctl went with the interface, and its
+// original is still the one recorded.
+func renameSysctlRecords(pins maps.Pins, from, to string) error {
+	recs, err := sysctlRecords(pins)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		parts := strings.Split(r.path, "/")
+		if len(parts) != 5 || parts[0] != "net" || parts[2] != "conf" || parts[3] != from {
+			continue
+		}
+		parts[3] = to
+		_, value, _ := strings.Cut(r.entry[strings.LastIndexByte(r.entry, '='):], "=")
+		name := sysctlRecordName(strings.Join(parts, "/")) + "=" + value
+		if err := os.Rename(filepath.Join(sysctlDir(pins), r.entry), filepath.Join(sysctlDir(pins), name)); err != nil {
+			return fmt.Errorf("sysctl record of %s, now %s: %w", from, to, err)
+		}
+	}
+	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/tandem-net/tandem/maps"
@@ -50,9 +51,23 @@ func TestSysctlRecord(t *testing.T) {
 			t.Fatalf("%s = %q after set, want %q", s.path, got, s.v)
 		}
 	}
+	// A record is a bpffs directory: no '.' in its name (bpffs refuses
+	// it; this temp dir would not), yet local's interface has one.
+	des, _ := os.ReadDir(sysctlDir(pins))
+	for _, d := range des {
+		if strings.Contains(d.Name(), ".") {
+			t.Errorf("record %q has a '.': bpffs refuses it", d.Name())
+		}
+	}
+	// A record an earlier build made (no escapes) reads as before.
+	const earlier = "net/ipv4/conf/eth2/accept_local"
+	write(earlier, "1")
+	if err := os.Mkdir(filepath.Join(sysctlDir(pins), "net:ipv4:conf:eth2:accept_local=0"), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	recs, err := sysctlRecords(pins)
-	if err != nil || len(recs) != 3 {
-		t.Fatalf("records %+v, %v: want local, tcp and gone, once each", recs, err)
+	if err != nil || len(recs) != 4 {
+		t.Fatalf("records %+v, %v: want local, tcp, gone and earlier, once each", recs, err)
 	}
 	os.RemoveAll(filepath.Dir(filepath.Join(procSys, gone))) // the interface went away
 	restored, err := restoreSysctls(pins)
@@ -60,7 +75,7 @@ func TestSysctlRecord(t *testing.T) {
 		t.Fatal(err)
 	}
 	slices.Sort(restored)
-	if want := []string{local + "=0", tcp + "=4096 a=b 6291456"}; !slices.Equal(restored, want) {
+	if want := []string{local + "=0", earlier + "=0", tcp + "=4096 a=b 6291456"}; !slices.Equal(restored, want) {
 		t.Errorf("restored %q, want %q", restored, want)
 	}
 	if got := read(local); got != "0" {
@@ -71,5 +86,38 @@ func TestSysctlRecord(t *testing.T) {
 	}
 	if des, _ := os.ReadDir(sysctlDir(pins)); len(des) != 0 {
 		t.Errorf("records left after restore: %v", des)
+	}
+}
+
+// TestSysctlRecordsUntrusted: down writes what the records say as root,
+// so a record is honoured only when nobody else could have made it: a
+// path that leaves /proc/sys (escaped dots decode to "..") is ignored,
+// and a records directory that group or others may write is refused.
+func TestSysctlRecordsUntrusted(t *testing.T) {
+	dir := t.TempDir()
+	old := procSys
+	procSys = filepath.Join(dir, "proc")
+	t.Cleanup(func() { procSys = old })
+	if err := os.MkdirAll(procSys, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pins := maps.Pins{Root: filepath.Join(dir, "root")}
+	if err := os.MkdirAll(filepath.Join(sysctlDir(pins), "%2E%2E:escaped=1"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "escaped"), []byte("0"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := restoreSysctls(pins); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "escaped")); string(b) != "0" {
+		t.Errorf("a record of ../escaped was written outside /proc/sys: %q", b)
+	}
+	if err := os.Chmod(sysctlDir(pins), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sysctlRecords(pins); err == nil {
+		t.Error("records in a directory others may write were trusted")
 	}
 }

@@ -26,6 +26,10 @@ func TestKeyRoundTrip(t *testing.T) {
 }
 
 func TestAttachNames(t *testing.T) {
+	// A VLAN's name has a '.', which bpffs refuses in a pin's name.
+	if name := AttachName("tcx-egress", "eth0.100"); strings.Contains(name, ".") {
+		t.Errorf("AttachName gives %q: bpffs refuses a '.'", name)
+	}
 	kind, ifname, err := SplitAttachName(AttachName("tcx-egress", "eth0.100"))
 	if err != nil || kind != "tcx-egress" || ifname != "eth0.100" {
 		t.Errorf("%q %q %v", kind, ifname, err)

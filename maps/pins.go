@@ -40,7 +40,12 @@ func (p Pins) Prog(name string) string { return filepath.Join(p.ProgsDir(), name
 func (p Pins) Attach(name string) string { return filepath.Join(p.AttachDir(), name) }
 
 // AttachName joins a hook kind and an interface name: "tcx-egress@eth0".
-func AttachName(kind, ifname string) string { return kind + "@" + ifname }
+// bpffs refuses a '.' in any name, and VLAN interfaces have one
+// ("eth0.100"): it is written as ':', which no interface name holds
+// (the kernel refuses '/', ':' and spaces), so "xdp@eth0:100".
+func AttachName(kind, ifname string) string {
+	return kind + "@" + strings.ReplaceAll(ifname, ".", ":")
+}
 
 // SplitAttachName is the inverse of AttachName.
 func SplitAttachName(name string) (kind, ifname string, err error) {
@@ -48,5 +53,5 @@ func SplitAttachName(name string) (kind, ifname string, err error) {
 	if !ok || kind == "" || ifname == "" {
 		return "", "", fmt.Errorf("attachment pin %q: want KIND@IFNAME", name)
 	}
-	return kind, ifname, nil
+	return kind, strings.ReplaceAll(ifname, ":", "."), nil
 }

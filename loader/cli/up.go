@@ -65,8 +65,9 @@ changing anything and names them: those need a restart of the daemon.
 Before it attaches anything, up checks what the daemon needs (certificates,
 secrets, the control group) and locks --state-dir (one daemon per state
 directory). If the daemon still cannot start, up takes back what it made:
-everything when nothing was pinned under --bpffs before, else only the
-attachments it added (a datapath that ran before keeps running). The daemon
+everything when nothing was pinned under --bpffs before, else the
+attachments it added and the chains it swapped (a datapath that ran before
+keeps running, each interface with the features it had). The daemon
 makes --state-dir private (0700; 0750 for --control-group) and its control
 socket (tandem vip) answers root and --control-group members only. Maps
 replaced under the running daemon (unpinned, or pinned anew by another up)
