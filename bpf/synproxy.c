@@ -44,6 +44,13 @@
 #include "synproxy/icmp.h"
 #include "synproxy/expire.h"
 
+/* sp_claim answers a frame the proxy handled: a rewritten segment left to
+ * the kernel (FWD_KERNEL) is XDP_PASS to the hook, yet the proxy's. */
+static __always_inline int sp_claim(int r)
+{
+	return chain_claim(STAGE_SYNPROXY, r == FWD_KERNEL ? XDP_PASS : r);
+}
+
 /* xdp_synproxy is the SYN proxy's stage of the XDP chain (slot 3). It
  * reads the frame the chain's entry parsed, claims what is the proxy's (a
  * service's segments, a proxied flow's segments and ICMP errors) and
@@ -75,7 +82,7 @@ int xdp_synproxy(struct xdp_md *ctx)
 		r = icmp_err(ctx, p);
 		if (r == XDP_PASS)
 			return chain_next(ctx, c, STAGE_SYNPROXY);
-		return chain_claim(STAGE_SYNPROXY, r);
+		return sp_claim(r);
 	}
 	if (p->l4_proto != IPPROTO_TCP)
 		return chain_next(ctx, c, STAGE_SYNPROXY);
@@ -120,11 +127,11 @@ int xdp_synproxy(struct xdp_md *ctx)
 		r = from_client(ctx, p, svc, scr);
 	}
 	if (r != FWD_PENDING)
-		return chain_claim(STAGE_SYNPROXY, r);
+		return sp_claim(r);
 	j = &scr->job;
 	if (j->opts && xlate_opts(ctx, j->where, j->tsval_add, j->tsecr_add, j->sack_add))
 		return chain_claim(STAGE_SYNPROXY, XDP_DROP);
-	return chain_claim(STAGE_SYNPROXY, fwd_xdp(ctx, j->l3_off, j->v4, j->saddr, j->daddr, j->vlan_depth));
+	return sp_claim(fwd_xdp(ctx, j->l3_off, j->v4, j->saddr, j->daddr, j->vlan_depth));
 }
 
 /* ---- TC ingress: the backend's SYN-ACK ---------------------------------- */

@@ -79,7 +79,7 @@ static __always_inline int fwd_xdp(struct xdp_md *ctx, __u32 l3_off, int v4, con
 	return bpf_redirect(f.ifindex, 0);
 kernel:
 	sp_count(SP_KERNEL_FWD);
-	return XDP_PASS;
+	return FWD_KERNEL;
 }
 
 static __always_inline struct fwd_job *fwd_job_start(const struct pkt *p)

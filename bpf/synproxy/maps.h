@@ -320,6 +320,11 @@ struct fwd_job {
 };
 
 #define FWD_PENDING 0x100
+/* A segment the proxy rewrote and leaves to the kernel to forward (no
+ * neighbour yet, VLAN-tagged): XDP_PASS to the hook, but claimed, unlike
+ * the XDP_PASS of a frame that is not the proxy's (which goes on to the
+ * next stage of the chain). */
+#define FWD_KERNEL 0x101
 
 /* Per-CPU scratch: the verifier's 512-byte stack cannot hold what the
  * stages work on next to their callers' frames (before 6.8 it rounds
