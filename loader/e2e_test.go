@@ -496,9 +496,32 @@ func TestDaemonKillAdoptDown(t *testing.T) {
 // assertClean checks with ip, tc and bpftool that nothing of st is left.
 func assertClean(t *testing.T, h *lab.Host, iface string, st *loader.Status) {
 	t.Helper()
+	// The kernel detaches an unpinned link and frees programs once the
+	// last reference goes, from a work queue: on a busy machine that
+	// takes seconds. Wait for it, then say what is left.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		left := leftovers(t, h, iface, st)
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			for _, l := range left {
+				t.Error(l)
+			}
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// leftovers lists what of tandem's is still on iface or loaded.
+func leftovers(t *testing.T, h *lab.Host, iface string, st *loader.Status) []string {
+	t.Helper()
+	var left []string
 	out, _ := h.Cmd("ip", "-d", "link", "show", iface).CombinedOutput()
 	if bytes.Contains(out, []byte("prog/xdp")) {
-		t.Errorf("ip link still shows an XDP program:\n%s", out)
+		left = append(left, fmt.Sprintf("ip link still shows an XDP program:\n%s", out))
 	}
 	out, _ = h.Cmd("bpftool", "-j", "net", "show", "dev", iface).CombinedOutput()
 	var nets []struct {
@@ -510,31 +533,22 @@ func assertClean(t *testing.T, h *lab.Host, iface string, st *loader.Status) {
 	}
 	for _, n := range nets {
 		if len(n.XDP)+len(n.TC) != 0 {
-			t.Errorf("bpftool net show still lists programs on %s: %s", iface, out)
+			left = append(left, fmt.Sprintf("bpftool net show still lists programs on %s: %s", iface, out))
 		}
 	}
 	for _, dir := range []string{"ingress", "egress"} {
 		out, _ := h.Cmd("tc", "filter", "show", "dev", iface, dir).CombinedOutput()
 		if len(bytes.TrimSpace(out)) != 0 {
-			t.Errorf("tc filter %s still shows: %s", dir, out)
+			left = append(left, fmt.Sprintf("tc filter %s still shows: %s", dir, out))
 		}
 	}
-	// The kernel frees programs once the last reference goes, shortly after.
-	deadline := time.Now().Add(5 * time.Second)
 	for _, a := range st.Attachments {
-		for {
-			p, err := ebpf.NewProgramFromID(a.ProgID)
-			if err != nil {
-				break
-			}
+		if p, err := ebpf.NewProgramFromID(a.ProgID); err == nil {
 			p.Close()
-			if time.Now().After(deadline) {
-				t.Errorf("program %d (%s) still loaded after down", a.ProgID, a.Pin)
-				break
-			}
-			time.Sleep(50 * time.Millisecond)
+			left = append(left, fmt.Sprintf("program %d (%s) still loaded after down", a.ProgID, a.Pin))
 		}
 	}
+	return left
 }
 
 // TestDownClsactKeepsForeignQdisc: down removes a clsact qdisc only when
