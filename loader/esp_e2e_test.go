@@ -11,6 +11,7 @@ import (
 
 	"github.com/tandem-net/tandem/chain"
 	"github.com/tandem-net/tandem/maps"
+	"github.com/tandem-net/tandem/syncer"
 	"github.com/tandem-net/tandem/tools/lab"
 )
 
@@ -97,5 +98,119 @@ func TestESPFilterLab(t *testing.T) {
 	stat := status(t, gw)
 	if n := stat.Features["esp"]["no_sa"]; n != 1 {
 		t.Fatalf("status: esp no_sa %d, want 1: %v", n, stat.Features)
+	}
+}
+
+// syncNode opens the sync of the datapath under root as the daemon does.
+func syncNode(t *testing.T, root string) (*maps.SyncMaps, []syncer.Map) {
+	t.Helper()
+	pins := maps.Pins{Root: root}
+	s, err := maps.OpenSyncMaps(pins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	inner, err := maps.RingSpec(maps.DefaultRingBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetupRings(inner); err != nil {
+		t.Fatal(err)
+	}
+	opened, err := maps.OpenSynced(pins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var regs []syncer.Map
+	for r, o := range opened {
+		t.Cleanup(o.Close)
+		regs = append(regs, syncer.Map{ID: r.ID, Name: r.Name, M: o.Map, IO: o.IO, Read: o.Read, Write: o.Write})
+	}
+	return s, regs
+}
+
+// TestESPPutReplicates: user-space writes of SA state (PutSA, DeleteSA)
+// reach the peer through the state sync's one path (dirty rings, engine,
+// applier): a put that changes nothing sends nothing, an advance sends
+// the new state, a delete a tombstone, and the peer ends with the
+// primary's entries.
+func TestESPPutReplicates(t *testing.T) {
+	l := gatewayLab(t)
+	gw, peer := l.Host("gw"), l.Host("client")
+	t.Cleanup(func() { tandem(t, peer, "down", "--bpffs", peer.BPFFS()) })
+	mustTandem(t, gw, "up", "--once", "--bpffs", gw.BPFFS(), "--esp-iface", "eth0")
+	mustTandem(t, peer, "up", "--once", "--bpffs", peer.BPFFS(), "--esp-iface", "eth0")
+	sm, regs := syncNode(t, gw.BPFFS())
+	eng, err := syncer.NewEngine(sm, regs...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, peerRegs := syncNode(t, peer.BPFFS())
+	app := syncer.NewApplier(peerRegs...)
+	m, err := maps.OpenSAMaps(maps.Pins{Root: gw.BPFFS()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	pm, err := maps.OpenSAMaps(maps.Pins{Root: peer.BPFFS()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pm.Close()
+
+	sa := func(spi uint32, top uint64, got ...uint32) maps.SAState {
+		s := maps.SAState{Dst: vip4, SPI: spi, ESN: true, Seq: uint32(top), SeqHi: uint32(top >> 32), Window: 128, Bitmap: make([]uint32, 4), OSeq: 10}
+		for _, g := range got {
+			s.SetBit(g)
+		}
+		return s
+	}
+	tick := func() []syncer.Delta {
+		var ds []syncer.Delta
+		if err := eng.Tick(func(d syncer.Delta) error { ds = append(ds, d); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if err := app.ApplyBatch(ds); err != nil {
+			t.Fatal(err)
+		}
+		return ds
+	}
+	steps := []struct {
+		name   string
+		do     func() error
+		deltas int
+	}{
+		{"two new SAs", func() error {
+			if _, err := m.PutSA(sa(1, 1<<32|500, 500, 499)); err != nil {
+				return err
+			}
+			_, err := m.PutSA(sa(2, 7, 7))
+			return err
+		}, 2},
+		{"an older snapshot", func() error { _, err := m.PutSA(sa(1, 1<<32|400, 400)); return err }, 0},
+		{"an advance", func() error { _, err := m.PutSA(sa(1, 1<<32|600, 600, 550)); return err }, 1},
+		{"a rekey: the old SA deleted", func() error { return m.DeleteSA(vip4, 2, false) }, 1},
+	}
+	for _, s := range steps {
+		if err := s.do(); err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if ds := tick(); len(ds) != s.deltas {
+			t.Fatalf("%s: %d deltas, want %d", s.name, len(ds), s.deltas)
+		}
+		want, err := m.ListSAs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := pm.ListSAs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", want) {
+			t.Fatalf("%s: the peer has\n%+v\nthe primary\n%+v", s.name, got, want)
+		}
+	}
+	if got, _, _ := pm.GetSA(vip4, 1, false); got.Top() != 1<<32|600 || !got.Bit(50) || got.Bit(1) {
+		t.Fatalf("peer's SA 1: top %#x; want 1<<32|600 with 550 received", got.Top())
 	}
 }
