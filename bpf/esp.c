@@ -181,7 +181,9 @@ static __always_inline int sa_check(const struct sa_val *v, __u32 seq)
 			return ESP_STALE; /* not reached: inference lands in the window or above */
 		diff = (__u32)(t - s);
 	}
-	pos = (top - 1) % w;
+	/* A division costs more than the rest of the check: windows are
+	 * mostly powers of two. */
+	pos = w & (w - 1) ? (top - 1) % w : (top - 1) & (w - 1);
 	bitnr = pos >= diff ? pos - diff : w - (diff - pos);
 	if (v->bmp[(bitnr >> 5) & (ESP_BMP_WORDS - 1)] & (1u << (bitnr & 31)))
 		return ESP_REPLAY;
