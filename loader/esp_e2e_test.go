@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io/fs"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -98,6 +100,24 @@ func TestESPFilterLab(t *testing.T) {
 	stat := status(t, gw)
 	if n := stat.Features["esp"]["no_sa"]; n != 1 {
 		t.Fatalf("status: esp no_sa %d, want 1: %v", n, stat.Features)
+	}
+
+	// down removes the ESP stage and every pin of the feature.
+	m.Close()
+	mustTandem(t, gw, "down", "--bpffs", gw.BPFFS())
+	assertClean(t, gw, "eth0", stat)
+	var left []string
+	filepath.WalkDir(gw.BPFFS(), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			left = append(left, p)
+		}
+		return nil
+	})
+	if len(left) != 0 {
+		t.Fatalf("pins left after down: %v", left)
+	}
+	if r := tandem(t, gw, "sa", "list", "--bpffs", gw.BPFFS()); r.code != 1 || !strings.Contains(r.stderr, "--esp-iface") {
+		t.Fatalf("sa list without the filter: exit %d, stderr %q; want 1 and how to load it", r.code, r.stderr)
 	}
 }
 
