@@ -40,7 +40,8 @@ enum sa_encap {
 };
 
 enum sa_flags {
-	SA_F_ESN = 1, /* extended (64-bit) sequence numbers */
+	SA_F_ESN = 1,     /* extended (64-bit) sequence numbers */
+	SA_F_REPLACE = 2, /* esp_sa_put only, never stored: a new SA under the key (XFRM_MSG_NEWSA) */
 };
 
 struct sa_key {
@@ -317,7 +318,9 @@ static __always_inline __u64 seq64(__u32 hi, __u32 lo)
 /* esp_sa_put writes a kernel-verified snapshot into esp_sa, never moving
  * an SA backwards: a newer top replaces the inbound window, the same top
  * adds the snapshot's bits, an older one leaves it; the outbound sequence
- * only rises. What changed is marked for the sync (sync_mark: a version
+ * only rises. SA_F_REPLACE (a new SA in the kernel under a key esp_sa
+ * still holds: deleted and added again with the same SPI) takes the
+ * snapshot whole. What changed is marked for the sync (sync_mark: a version
  * bump and a dirty-ring record), so user-space writes replicate through
  * the same path as the packet programs'. The value is replaced whole
  * (see esp_sa), keeping its counters and sync header. */
@@ -327,10 +330,12 @@ int esp_sa_put(void *ctx)
 	__u32 zero = 0, i;
 	struct sa_put *a = bpf_map_lookup_elem(&esp_sa_args, &zero);
 	struct sa_val *cur, *nv;
-	int res = SA_PUT_NEW, changed = 0;
+	int res = SA_PUT_NEW, changed = 0, replace;
 
 	if (!a || a->val.window > ESP_WIN_MAX)
 		return SA_PUT_EINVAL;
+	replace = a->val.flags & SA_F_REPLACE;
+	a->val.flags &= ~SA_F_REPLACE;
 	a->val.sync.version = 0;
 	a->val.sync.queued_epoch = 0;
 	a->val.drop_replay = a->val.drop_stale = a->val.passed = 0;
@@ -340,7 +345,7 @@ int esp_sa_put(void *ctx)
 		a->val.drop_replay = cur->drop_replay;
 		a->val.drop_stale = cur->drop_stale;
 		a->val.passed = cur->passed;
-		if (cur->window != a->val.window || (cur->flags ^ a->val.flags) & SA_F_ESN) {
+		if (replace || cur->window != a->val.window || (cur->flags ^ a->val.flags) & SA_F_ESN) {
 			res = SA_PUT_REPLACED;
 		} else {
 			__u64 ct = seq64(cur->seq_hi, cur->seq), nt = seq64(a->val.seq_hi, a->val.seq);

@@ -108,7 +108,8 @@ const (
 type EspSaFlags uint32
 
 const (
-	EspSaFlagsSA_F_ESN EspSaFlags = 1
+	EspSaFlagsSA_F_ESN     EspSaFlags = 1
+	EspSaFlagsSA_F_REPLACE EspSaFlags = 2
 )
 
 type EspSaKey struct {

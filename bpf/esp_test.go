@@ -303,6 +303,13 @@ func TestESPPutNeverBackwards(t *testing.T) {
 			}
 		}
 	}
+	// A new kernel SA under the same key: taken whole, lower top and all.
+	if err := m.ReplaceSA(window(espGW4, 7, true, 3, 128, 3)); err != nil {
+		t.Fatal(err)
+	}
+	if st := get(); st.Top() != 3 || st.Version != 5 || st.OTop() != 0 || !st.Bit(0) || st.Bit(2) || st.ESN != true {
+		t.Fatalf("replace: %+v, want top 3, version 5, oseq 0, only 3 received", st)
+	}
 	// The outbound sequence only rises.
 	s := get()
 	for _, o := range []struct {

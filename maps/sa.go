@@ -237,11 +237,16 @@ const (
 // what changed for the state sync: one path for every write, so the
 // standby gets user-space writes as it gets the programs'. Callers are
 // serialised (one args slot): the daemon's SA follower is the one writer.
-func (m *SAMaps) PutSA(s SAState) (SAPutResult, error) {
+func (m *SAMaps) PutSA(s SAState) (SAPutResult, error) { return m.put(s, false) }
+
+func (m *SAMaps) put(s SAState, replace bool) (SAPutResult, error) {
 	if err := s.Validate(); err != nil {
 		return 0, err
 	}
 	a := bpf.EspSaPut{Key: s.Key(), Val: s.Val()}
+	if replace {
+		a.Val.Flags |= uint32(bpf.EspSaFlagsSA_F_REPLACE)
+	}
 	if err := m.Args.Put(uint32(0), &a); err != nil {
 		return 0, fmt.Errorf("put SA %s spi 0x%08x: %w", s.Dst, s.SPI, err)
 	}
@@ -257,6 +262,17 @@ func (m *SAMaps) PutSA(s SAState) (SAPutResult, error) {
 	default:
 		return 0, fmt.Errorf("put SA %s spi 0x%08x: esp_sa_put refused it (%d)", s.Dst, s.SPI, int32(ret))
 	}
+}
+
+// ReplaceSA writes the snapshot of a new kernel SA (XFRM_MSG_NEWSA, or
+// one found by a dump that esp_sa holds under the same key with a higher
+// top: deleted and added again with the same SPI while nobody watched)
+// whole, whatever the entry held: PutSA would keep the old SA's higher
+// window, and the stage would drop the new SA's first packets. Marked for
+// the sync like PutSA.
+func (m *SAMaps) ReplaceSA(s SAState) error {
+	_, err := m.put(s, true)
+	return err
 }
 
 // DeleteSA removes an SA (deleted or rekeyed away in the kernel) and
