@@ -124,7 +124,11 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } esp_sa SEC(".maps");
 
-SYNC_ACCESSORS(esp_sa, struct sa_key, struct sa_val)
+/* No SYNC_ACCESSORS on purpose: their I/O buffer holds SYNC_IO_MAX values
+ * (618 KB for this 576-byte value) and is copied in and out whole on
+ * every run, ~270 us a tick even for one changed SA, where the syncer's
+ * fallback (a lookup per changed entry; a batch scan when a large share
+ * changed) takes 4-17 us for 1-10 changed SAs (docs/sa.md, Cost). */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

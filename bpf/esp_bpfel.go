@@ -157,15 +157,6 @@ type EspSaVal struct {
 	Bmp        [128]uint32
 }
 
-type EspSyncIoEspSa struct {
-	_     structs.HostLayout
-	N     uint32
-	Flags uint32
-	Keys  [1024]EspSaKey
-	Found [1024]uint32
-	Vals  [1024]EspSaVal
-}
-
 type EspSyncMapId uint32
 
 const (
@@ -196,13 +187,10 @@ const (
 	EspMapEspSaArgs         = "esp_sa_args"
 	EspMapEspStats          = "esp_stats"
 	EspMapSyncEpoch         = "sync_epoch"
-	EspMapSyncIoEspSa       = "sync_io_esp_sa"
 	EspMapSyncOverflow      = "sync_overflow"
 	EspMapSyncRings         = "sync_rings"
 	EspProgEspSaDel         = "esp_sa_del"
 	EspProgEspSaPut         = "esp_sa_put"
-	EspProgSyncReadEspSa    = "sync_read_esp_sa"
-	EspProgSyncWriteEspSa   = "sync_write_esp_sa"
 	EspProgXdpEsp           = "xdp_esp"
 	EspVarChainAbiLayout    = "chain_abi_layout"
 	EspVarChainStageLayout  = "chain_stage_layout"
@@ -258,11 +246,9 @@ type EspSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type EspProgramSpecs struct {
-	EspSaDel       *ebpf.ProgramSpec `ebpf:"esp_sa_del"`
-	EspSaPut       *ebpf.ProgramSpec `ebpf:"esp_sa_put"`
-	SyncReadEspSa  *ebpf.ProgramSpec `ebpf:"sync_read_esp_sa"`
-	SyncWriteEspSa *ebpf.ProgramSpec `ebpf:"sync_write_esp_sa"`
-	XdpEsp         *ebpf.ProgramSpec `ebpf:"xdp_esp"`
+	EspSaDel *ebpf.ProgramSpec `ebpf:"esp_sa_del"`
+	EspSaPut *ebpf.ProgramSpec `ebpf:"esp_sa_put"`
+	XdpEsp   *ebpf.ProgramSpec `ebpf:"xdp_esp"`
 }
 
 // EspMapSpecs contains maps before they are loaded into the kernel.
@@ -277,7 +263,6 @@ type EspMapSpecs struct {
 	EspSaArgs    *ebpf.MapSpec `ebpf:"esp_sa_args"`
 	EspStats     *ebpf.MapSpec `ebpf:"esp_stats"`
 	SyncEpoch    *ebpf.MapSpec `ebpf:"sync_epoch"`
-	SyncIoEspSa  *ebpf.MapSpec `ebpf:"sync_io_esp_sa"`
 	SyncOverflow *ebpf.MapSpec `ebpf:"sync_overflow"`
 	SyncRings    *ebpf.MapSpec `ebpf:"sync_rings"`
 }
@@ -326,7 +311,6 @@ type EspMaps struct {
 	EspSaArgs    *ebpf.Map `ebpf:"esp_sa_args"`
 	EspStats     *ebpf.Map `ebpf:"esp_stats"`
 	SyncEpoch    *ebpf.Map `ebpf:"sync_epoch"`
-	SyncIoEspSa  *ebpf.Map `ebpf:"sync_io_esp_sa"`
 	SyncOverflow *ebpf.Map `ebpf:"sync_overflow"`
 	SyncRings    *ebpf.Map `ebpf:"sync_rings"`
 }
@@ -341,7 +325,6 @@ func (m *EspMaps) Close() error {
 		m.EspSaArgs,
 		m.EspStats,
 		m.SyncEpoch,
-		m.SyncIoEspSa,
 		m.SyncOverflow,
 		m.SyncRings,
 	)
@@ -367,19 +350,15 @@ type EspVariables struct {
 //
 // It can be passed to LoadEspObjects or ebpf.CollectionSpec.LoadAndAssign.
 type EspPrograms struct {
-	EspSaDel       *ebpf.Program `ebpf:"esp_sa_del"`
-	EspSaPut       *ebpf.Program `ebpf:"esp_sa_put"`
-	SyncReadEspSa  *ebpf.Program `ebpf:"sync_read_esp_sa"`
-	SyncWriteEspSa *ebpf.Program `ebpf:"sync_write_esp_sa"`
-	XdpEsp         *ebpf.Program `ebpf:"xdp_esp"`
+	EspSaDel *ebpf.Program `ebpf:"esp_sa_del"`
+	EspSaPut *ebpf.Program `ebpf:"esp_sa_put"`
+	XdpEsp   *ebpf.Program `ebpf:"xdp_esp"`
 }
 
 func (p *EspPrograms) Close() error {
 	return _EspClose(
 		p.EspSaDel,
 		p.EspSaPut,
-		p.SyncReadEspSa,
-		p.SyncWriteEspSa,
 		p.XdpEsp,
 	)
 }
