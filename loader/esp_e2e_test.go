@@ -1,13 +1,16 @@
 package loader_test
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -43,6 +46,36 @@ func rawESP(t *testing.T, h *lab.Host, spi uint32, seqs ...uint32) {
 	}
 }
 
+// udp4500 sends UDP datagrams from h to vip4:4500 (ESP in UDP, RFC 3948).
+func udp4500(t *testing.T, h *lab.Host, payloads ...[]byte) {
+	t.Helper()
+	err := h.Do(func() error {
+		// Unconnected: the gateway has no socket on 4500, and its port
+		// unreachables must not fail the next write.
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{Port: 4500})
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for _, p := range payloads {
+			if _, err := c.WriteToUDP(p, &net.UDPAddr{IP: vip4.AsSlice(), Port: 4500}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func espHeader(spi, seq uint32) []byte {
+	b := make([]byte, 8+32)
+	binary.BigEndian.PutUint32(b, spi)
+	binary.BigEndian.PutUint32(b[4:], seq)
+	return b
+}
+
 // TestESPFilterLab: the gateway's eth0 runs the gate and the ESP filter
 // (-i eth0 --esp-iface eth0); with an SA's verified state in esp_sa,
 // ESP from the client that replays a received number or falls below the
@@ -66,6 +99,14 @@ func TestESPFilterLab(t *testing.T) {
 	}
 	rawESP(t, client, 0x1234, 100, 99, 30, 101, 5000, 98)
 	rawESP(t, client, 0x9999, 100) // no such SA
+	// ESP in UDP 4500 to an SA configured for it: a replay is dropped; IKE
+	// (the non-ESP marker) and a keepalive pass.
+	natt := maps.SAState{Dst: vip4, SPI: 0x5678, Encap: true, Seq: 10, Window: 32, Bitmap: make([]uint32, 1)}
+	natt.SetBit(10)
+	if _, err := m.PutSA(natt); err != nil {
+		t.Fatal(err)
+	}
+	udp4500(t, client, espHeader(0x5678, 10), espHeader(0, 0), []byte{0xff})
 
 	var got []struct {
 		SPI        string `json:"spi"`
@@ -80,8 +121,11 @@ func TestESPFilterLab(t *testing.T) {
 	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
 		t.Fatalf("sa list --json: %v\n%s", err, r.stdout)
 	}
-	if len(got) != 1 {
-		t.Fatalf("sa list: %d SAs, want 1\n%s", len(got), r.stdout)
+	if len(got) != 2 {
+		t.Fatalf("sa list: %d SAs, want 2\n%s", len(got), r.stdout)
+	}
+	if n := got[1]; n.SPI != "0x00005678" || n.DropReplay != 1 || n.Passed != 0 {
+		t.Fatalf("sa list: the UDP-encapsulated SA %+v; want 1 replay dropped", n)
 	}
 	s := got[0]
 	// 100, 99: replays; 30: stale; 101, 5000, 98: passed to the kernel
@@ -94,17 +138,25 @@ func TestESPFilterLab(t *testing.T) {
 		t.Fatalf("sa list:\n%s", text)
 	}
 	st := chainOf(t, gw, "eth0")
-	if st[chain.SlotESP].Claimed != 3 {
-		t.Fatalf("chain: the ESP stage claimed %d packets, want 3: %+v", st[chain.SlotESP].Claimed, st)
+	if st[chain.SlotESP].Claimed != 4 {
+		t.Fatalf("chain: the ESP stage claimed %d packets, want 4: %+v", st[chain.SlotESP].Claimed, st)
 	}
 	stat := status(t, gw)
-	if n := stat.Features["esp"]["no_sa"]; n != 1 {
-		t.Fatalf("status: esp no_sa %d, want 1: %v", n, stat.Features)
+	if c := stat.Features["esp"]; c["no_sa"] != 1 || c["ike"] != 1 || c["keepalive"] != 1 || c["drop_replay"] != 3 || c["drop_stale"] != 1 {
+		t.Fatalf("status: esp counters %v; want no_sa 1, ike 1, keepalive 1, drop_replay 3, drop_stale 1", c)
 	}
 
 	// down removes the ESP stage and every pin of the feature.
 	m.Close()
 	mustTandem(t, gw, "down", "--bpffs", gw.BPFFS())
+	// The kernel detaches an unpinned link after an RCU grace period, in
+	// a worker that takes the RTNL lock: with other labs' namespaces
+	// coming and going on the same machine that can take seconds.
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if out, _ := gw.Cmd("ip", "-d", "link", "show", "eth0").CombinedOutput(); !bytes.Contains(out, []byte("prog/xdp")) {
+			break
+		}
+	}
 	assertClean(t, gw, "eth0", stat)
 	var left []string
 	filepath.WalkDir(gw.BPFFS(), func(p string, d fs.DirEntry, err error) error {
