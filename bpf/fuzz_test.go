@@ -1033,3 +1033,118 @@ func FuzzSynproxyTC(f *testing.F) {
 		}
 	})
 }
+
+// ---- the ESP pre-filter ------------------------------------------------
+
+// espFuzzSAs are the SAs the ESP fuzz target's map holds: ESN and not,
+// over IP and in UDP, both families, windows that do and do not divide 2^32.
+func espFuzzSAs() []maps.SAState {
+	return []maps.SAState{
+		window(espGW4, 0x100, false, 1000, 64, 1000, 990, 950),
+		window(espGW4, 0x101, true, 3<<32|20, 128, 3<<32|20, 3<<32|1, 2<<32|0xfffffff0),
+		func() maps.SAState {
+			s := window(espGW4, 0x102, false, 500, 32, 500, 499)
+			s.Encap = true
+			return s
+		}(),
+		window(espGW6, 0x103, true, 1<<32|5000, 1000, 1<<32|5000, 1<<32|4500),
+		window(espGW6, 0x104, false, 70000, 4096, 70000, 66000),
+	}
+}
+
+// FuzzESPXDP: the ESP stage passes or drops, never changes a frame, never
+// moves an SA's window (only user space does), and drops only what the
+// kernel's own check (the Go port, kernelWindow.check) refuses: an ESP
+// header, found independently of the program, to a known SA, whose
+// sequence number is a replay or below the window. Each drop counts one
+// reason, in esp_stats and in the SA.
+func FuzzESPXDP(f *testing.F) {
+	objs, m := loadESP(f)
+	sas := espFuzzSAs()
+	for _, s := range sas {
+		mustPut(f, m, s)
+		for _, seq := range []uint32{s.Seq, s.Seq + 1, s.Seq - 1, s.Seq - s.Window, 0, 1} {
+			if s.Encap {
+				f.Add(natTFrame(f, s.Dst, s.SPI, seq))
+			} else {
+				f.Add(espFrame(f, s.Dst, s.SPI, seq))
+			}
+		}
+	}
+	f.Add(udpFrame(f, espGW4, 4500, []byte{0xff}))
+	f.Add(udpFrame(f, espGW4, 4500, []byte{0, 0, 0, 0, 1, 2, 3, 4}))
+	byKey := map[maps.SAKey]maps.SAState{}
+	for _, s := range sas {
+		byKey[s.Key()] = s
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		if len(in) < 14 || len(in) > fuzzMaxFrame {
+			return // the kernel's XDP test run refuses it
+		}
+		before, err := m.ESPStats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		beforeSAs, err := m.ListSAs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		verdict, out, err := fixture.Run(objs.XdpEsp, in)
+		if err != nil {
+			t.Fatalf("prog.Run: %v", err)
+		}
+		if verdict != "XDP_PASS" && verdict != "XDP_DROP" {
+			t.Fatalf("verdict %s: the stage passes or drops", verdict)
+		}
+		if !bytes.Equal(out, in) {
+			t.Fatalf("the stage changed the frame:\n in  %x\n out %x", in, out)
+		}
+		after, _ := m.ESPStats()
+		afterSAs, _ := m.ListSAs()
+		drops := after["drop_replay"] + after["drop_stale"] - before["drop_replay"] - before["drop_stale"]
+		if (verdict == "XDP_DROP") != (drops == 1) || drops > 1 {
+			t.Fatalf("%s: esp_stats %v -> %v", verdict, before, after)
+		}
+		var saDrops uint64
+		for i := range afterSAs {
+			a, b := afterSAs[i], beforeSAs[i]
+			if a.Top() != b.Top() || a.Version != b.Version || fmt.Sprint(a.Bitmap) != fmt.Sprint(b.Bitmap) || a.OTop() != b.OTop() {
+				t.Fatalf("a packet moved SA %#x: %+v -> %+v", a.SPI, b, a)
+			}
+			saDrops += a.DropReplay + a.DropStale - b.DropReplay - b.DropStale
+		}
+		if saDrops != drops {
+			t.Fatalf("SA drop counters moved by %d, esp_stats by %d", saDrops, drops)
+		}
+		if verdict != "XDP_DROP" {
+			return
+		}
+		// Independently: where is the ESP header, which SA, what would
+		// the kernel say?
+		fr := parseFz(in)
+		if !fr.ip || fr.frag {
+			t.Fatalf("dropped a frame that is not an unfragmented IP packet")
+		}
+		var esp []byte
+		var encap bool
+		switch {
+		case fr.proto == 50:
+			esp = fr.l4
+		case fr.proto == 17 && len(fr.l4) >= 8 && be16(fr.l4[2:]) == 4500:
+			esp, encap = fr.l4[8:], true
+		default:
+			t.Fatalf("dropped protocol %d: neither ESP nor UDP 4500", fr.proto)
+		}
+		if len(esp) < 8 {
+			t.Fatalf("dropped a %d-byte ESP header", len(esp))
+		}
+		s, ok := byKey[maps.SAState{Dst: fr.dst, SPI: binary.BigEndian.Uint32(esp), Encap: encap}.Key()]
+		if !ok {
+			t.Fatalf("dropped ESP to %s spi %#x encap %v: no such SA", fr.dst, binary.BigEndian.Uint32(esp), encap)
+		}
+		k := &kernelWindow{esn: s.ESN, w: s.Window, seq: s.Seq, seqHi: s.SeqHi, bmp: s.Bitmap}
+		if seq := binary.BigEndian.Uint32(esp[4:]); k.check(seq) == mPass {
+			t.Fatalf("dropped seq %#x to SA %#x (top %#x): the kernel passes it", seq, s.SPI, s.Top())
+		}
+	})
+}

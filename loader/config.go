@@ -59,6 +59,9 @@ import (
 //	vip      = "192.0.2.10:443"
 //	backends = ["10.2.0.11:443", "10.2.0.12:443"]
 //
+//	[esp]                              # the ESP anti-replay filter (docs/sa.md)
+//	interfaces  = ["eth1"]             # where inbound ESP arrives (may include the gate's)
+//
 //	[election]                         # VIP ownership and failover
 //	addrs       = ["192.0.2.10/24@eth1", "10.2.0.1/24@eth2"]  # moved together
 //	peers       = ["10.9.0.2:7401", "192.0.2.3:7401"]         # one per path
@@ -81,6 +84,7 @@ type FileConfig struct {
 	VIPs        []VIPConfig `toml:"vip"`
 	Sync        SyncConfig  `toml:"sync"`
 	Proxy       ProxyConfig `toml:"proxy"`
+	ESP         ESPConfig   `toml:"esp"`
 	Election    ElectConfig `toml:"election"`
 
 	// ControlGroup may use the daemon's control socket besides root.
@@ -98,6 +102,11 @@ type ElectConfig struct {
 	Interval string   `toml:"interval"`
 	Dead     int      `toml:"dead"`
 	Secret   string   `toml:"secret_file"`
+}
+
+// ESPConfig is the [esp] table: the ESP anti-replay filter.
+type ESPConfig struct {
+	Interfaces []string `toml:"interfaces"`
 }
 
 // ProxyConfig is the [proxy] table with its [[proxy.service]] tables.
@@ -219,6 +228,9 @@ func (fc *FileConfig) apply(o *Options) error {
 	}
 	if len(fc.Proxy.Interfaces) > 0 {
 		o.Proxy.Ifaces = append([]string(nil), fc.Proxy.Interfaces...)
+	}
+	if len(fc.ESP.Interfaces) > 0 {
+		o.ESP.Ifaces = append([]string(nil), fc.ESP.Interfaces...)
 	}
 	set(&o.Proxy.SecretFile, fc.Proxy.Secret)
 	if err := fc.Proxy.applySettings(&o.Proxy); err != nil {

@@ -45,6 +45,14 @@ owned = false
 				t.Errorf("vips %v", o.VIPs)
 			}
 		}},
+		{"esp interfaces", "interfaces = [\"eth0\"]\n[esp]\ninterfaces = [\"eth0\", \"eth1\"]", "", func(t *testing.T, o Options) {
+			if len(o.ESP.Ifaces) != 2 || o.ESP.Ifaces[1] != "eth1" {
+				t.Errorf("esp interfaces %v", o.ESP.Ifaces)
+			}
+			if err := o.Validate(); err != nil {
+				t.Errorf("validate: %v", err)
+			}
+		}},
 		{"proxy settings", `
 [proxy]
 interfaces = ["eth1"]

@@ -69,6 +69,7 @@ Commands that write:
 Commands that read:
   status    what is attached where, program ids, map fill, counters
   dump      print one pinned map as a table (or JSON)
+  sa        the IPsec SAs' replay state, windows, outbound sequences and drops (sa list)
   probe     check that this kernel has what tandem needs (exit 1 when not)
   version   tandem's version and build
 

@@ -98,7 +98,13 @@ handshake begun on one completes on the other; the daemon rotates them
 every 64 s (a cookie stays valid one period more) and expires idle
 connection entries. Connection entries are replicated by --sync-role.
 Partial checksums from local sockets on veths (tx offload) cannot be
-translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
+translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).
+
+ESP filter: --esp-iface adds the ESP anti-replay stage to the interface's
+XDP chain: ESP (protocol 50, or UDP 4500) whose sequence number is a replay
+or below its SA's window, as the kernel verified it, is dropped before the
+kernel decrypts it; everything else goes on. The SAs' replay state (esp_sa)
+is replicated by --sync-role; tandem sa list shows it (docs/sa.md).`,
 		examples: `  tandem up -i eth0 --vip 192.0.2.10
   tandem up --config /etc/tandem/tandem.toml
   tandem up -i eth0 -i eth1 --vip 2001:db8::10 --vip 192.0.2.11=standby --once
@@ -107,6 +113,7 @@ translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).`,
   tandem up -i eth0 --sync-role standby --sync-listen 192.0.2.2:7400 --sync-name gw-b --sync-peer-name gw-a
   tandem up --proxy-iface eth1 --proxy-iface eth2 --proxy-secret /etc/tandem/cookie.key --service 192.0.2.10:443=10.2.0.11:443,10.2.0.12:443
   tandem up -i eth1 --vip 192.0.2.10 --proxy-iface eth1,eth2 --proxy-secret /etc/tandem/cookie.key --service 192.0.2.10:443=10.2.0.11:443
+  tandem up -i eth0 --vip 192.0.2.10 --esp-iface eth0
 `,
 		flags: func(fs *pflag.FlagSet) any {
 			f := &upFlags{rootFlags: addRootFlags(fs)}
