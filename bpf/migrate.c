@@ -109,7 +109,7 @@ enum mig_op {
 	MIG_OP_PUT = 3,     /* state[key]: state, from, to, queued (counters kept) */
 	MIG_OP_DEL = 4,
 	MIG_OP_FLUSHED = 5, /* state[key].flushed += n; clear MIG_FLUSHING when caught up */
-	MIG_OP_RESET = 6,   /* what is held is lost (restart): counted, MIG_FLUSHING cleared */
+	MIG_OP_LOST = 6,    /* state[key].lost += n (held packets a restart lost); clear as FLUSHED */
 };
 
 #define MIG_CMD_HOLD 1 /* MIG_OP_PUT: set MIG_FLUSHING (blackout: hold from now on) */
@@ -425,25 +425,25 @@ int mig_ctl(struct mig_cmd *cmd)
 		sync_mark_deleted(SYNC_MAP_MIGRATION, &key, sizeof(key));
 		return 0;
 	case MIG_OP_FLUSHED:
-	case MIG_OP_RESET:
+	case MIG_OP_LOST:
 		m = bpf_map_lookup_elem(&mig_state, &key);
 		if (!m) {
 			cmd->ret = -2;
 			return 0;
 		}
-		if (cmd->n)
+		if (cmd->n && cmd->op == MIG_OP_FLUSHED)
 			__sync_fetch_and_add(&m->flushed, cmd->n);
+		if (cmd->n && cmd->op == MIG_OP_LOST)
+			__sync_fetch_and_add(&m->lost, cmd->n);
+		/* Caught up when every ticket is flushed, dropped or lost; the
+		 * CAS fails if a packet took a ticket meanwhile (it is then
+		 * held, and the daemon flushes it on its next round). */
 		old = *(volatile __u64 *)&m->hold;
-		if (cmd->op == MIG_OP_RESET) {
-			target = (old & ~MIG_FLUSHING) - m->flushed - m->overflow - m->lost;
-			if ((__s64)target > 0)
-				__sync_fetch_and_add(&m->lost, target);
-		}
 		target = m->flushed + m->overflow + m->lost;
 		if (!(old & MIG_FLUSHING)) {
 			cmd->ret = 1;
-		} else if ((old & ~MIG_FLUSHING) == target &&
-			   __sync_val_compare_and_swap(&m->hold, old, target) == old) {
+		} else if ((old & ~MIG_FLUSHING) <= target &&
+			   __sync_val_compare_and_swap(&m->hold, old, old & ~MIG_FLUSHING) == old) {
 			cmd->ret = 1;
 		}
 		sync_mark(SYNC_MAP_MIGRATION, &m->sync, &key, sizeof(key));

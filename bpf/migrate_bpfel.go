@@ -138,7 +138,7 @@ const (
 	MigrateMigOpMIG_OP_PUT     MigrateMigOp = 3
 	MigrateMigOpMIG_OP_DEL     MigrateMigOp = 4
 	MigrateMigOpMIG_OP_FLUSHED MigrateMigOp = 5
-	MigrateMigOpMIG_OP_RESET   MigrateMigOp = 6
+	MigrateMigOpMIG_OP_LOST    MigrateMigOp = 6
 )
 
 type MigrateMigStat uint32

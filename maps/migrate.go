@@ -173,11 +173,23 @@ func (m *MigrateMaps) Flushed(ep netip.Addr, n uint64) (bool, error) {
 	return r == 1, err
 }
 
-// ResetHold counts what ep still has held as lost and ends the hold (a
-// daemon that restarted cannot re-inject what the old one had read).
-func (m *MigrateMaps) ResetHold(ep netip.Addr) error {
-	_, err := m.Run(&MigCmd{Op: uint32(bpf.MigrateMigOpMIG_OP_RESET), Key: MigKeyOf(ep)})
-	return err
+// Lost counts n of ep's held packets as lost (a daemon that restarted
+// cannot re-inject what the old one had read) and, like Flushed, reports
+// whether the flush has caught up.
+func (m *MigrateMaps) Lost(ep netip.Addr, n uint64) (bool, error) {
+	r, err := m.Run(&MigCmd{Op: uint32(bpf.MigrateMigOpMIG_OP_LOST), Key: MigKeyOf(ep), N: n})
+	return r == 1, err
+}
+
+// Pending is how many of v's held packets are neither flushed, dropped
+// nor lost: in the hold ring, or read from it and not yet re-injected.
+func Pending(v *MigVal) uint64 {
+	t := v.Hold &^ MigFlushing
+	done := v.Flushed + v.Overflow + v.Lost
+	if done >= t {
+		return 0
+	}
+	return t - done
 }
 
 // Endpoint reads one endpoint's location; ok false when there is none.
