@@ -56,6 +56,7 @@ type Options struct {
 	SyncTestIface string
 	RingBytes     uint32 // each CPU's dirty ring; 0: maps.DefaultRingBytes
 	Proxy         ProxyOptions
+	Migrate       MigrateOptions
 	// ElectedVIPs are the addresses whose gate entries a running VIP
 	// election owns (the daemon's: daemon.Config.Options sets them); Up
 	// leaves those entries as they are. The election, the state sync and
