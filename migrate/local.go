@@ -1,10 +1,12 @@
 package migrate
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -13,14 +15,11 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
 
 	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/maps"
 )
-
-// bpfFTestXDPLiveFrames is BPF_F_TEST_XDP_LIVE_FRAMES: the test run's
-// verdict is carried out (a redirect really sends the frame).
-const bpfFTestXDPLiveFrames = 1 << 1
 
 // FlushTimeout bounds how long a flush waits for held packets that took a
 // ticket but never reached the ring; past it they are counted lost.
@@ -41,7 +40,9 @@ type Local struct {
 	pend map[netip.Addr][]heldFrame // read from the ring while their endpoint is still held
 	log  *slog.Logger
 	rec  ringbuf.Record
-	xctx [24]byte // struct xdp_md
+	out  []byte
+	pkt  int             // AF_PACKET socket the flush sends on
+	ifs  map[[6]byte]int // egress interface by its MAC
 }
 
 var _ Controller = (*Local)(nil)
@@ -58,7 +59,15 @@ func NewLocal(m *maps.MigrateMaps, log *slog.Logger) (*Local, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read hold ring: %w", err)
 	}
-	l := &Local{m: m, rd: rd, pend: map[netip.Addr][]heldFrame{}, log: log}
+	l := &Local{m: m, rd: rd, pend: map[netip.Addr][]heldFrame{}, log: log, out: make([]byte, 4096), ifs: map[[6]byte]int{}}
+	// Protocol 0: the socket only sends. It bypasses the qdisc, as the
+	// datapath's redirects do, so a flushed frame is not queued behind
+	// (or overtaken by) anything.
+	if l.pkt, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
+		rd.Close()
+		return nil, fmt.Errorf("packet socket for the flush: %w", err)
+	}
+	unix.SetsockoptInt(l.pkt, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1)
 	if err := l.adopt(); err != nil {
 		l.Close()
 		return nil, err
@@ -98,6 +107,7 @@ func (l *Local) adopt() error {
 // Close releases the maps. Packets still held stay in the ring for the
 // next daemon.
 func (l *Local) Close() error {
+	unix.Close(l.pkt)
 	l.rd.Close()
 	l.m.Close()
 	return nil
@@ -305,7 +315,7 @@ func (l *Local) flush(ep netip.Addr) error {
 		}
 		d, err := l.drain(ep)
 		if err != nil {
-			return err
+			return fmt.Errorf("after %d: %w", n+d, err)
 		}
 		n += d
 		done, err := l.m.Flushed(ep, n)
@@ -383,14 +393,54 @@ func (l *Local) drain(ep netip.Addr) (uint64, error) {
 	}
 }
 
-// inject sends one held frame on through xdp_mig_flush, as a live frame.
+// inject sends one held frame on. xdp_mig_flush decides where, as the
+// stage would (FIB and neighbour lookup, TTL, MACs), in a test run that
+// returns the rewritten frame; the frame then leaves through a packet
+// socket on the interface whose MAC it now carries as its source.
+// (Running xdp_mig_flush with live frames, which sends by itself, failed
+// with ENOSPC after ~28,000 frames: each live run registers a page pool,
+// and their ids run out while frames are in flight; docs/migration.md.)
 func (l *Local) inject(ifindex uint32, data []byte) error {
-	binary.LittleEndian.PutUint32(l.xctx[0:], 0)
-	binary.LittleEndian.PutUint32(l.xctx[4:], uint32(len(data)))
-	binary.LittleEndian.PutUint32(l.xctx[12:], ifindex)
-	_, err := l.m.Flush.Run(&ebpf.RunOptions{Data: data, Context: l.xctx[:], Flags: bpfFTestXDPLiveFrames, Repeat: 1})
+	opts := &ebpf.RunOptions{Data: data, DataOut: l.out, Repeat: 1}
+	ret, err := l.m.Flush.Run(opts)
 	if err != nil {
-		return fmt.Errorf("re-inject held packet: %w", err)
+		return fmt.Errorf("re-inject held packet (%d bytes): %w", len(data), err)
+	}
+	if ret != xdpRedirect {
+		// No route or neighbour, TTL expired, not IP: counted by the
+		// program; the frame goes no further.
+		return nil
+	}
+	frame := opts.DataOut
+	var src [6]byte
+	copy(src[:], frame[6:12])
+	idx, ok := l.ifs[src]
+	if !ok {
+		if idx, err = ifindexOf(src); err != nil {
+			return err
+		}
+		l.ifs[src] = idx
+	}
+	proto := uint16(frame[12])<<8 | uint16(frame[13])
+	to := &unix.SockaddrLinklayer{Ifindex: idx, Protocol: proto<<8 | proto>>8, Halen: 6}
+	copy(to.Addr[:], frame[0:6])
+	if err := unix.Sendto(l.pkt, frame, 0, to); err != nil {
+		return fmt.Errorf("re-inject held packet on ifindex %d: %w", idx, err)
 	}
 	return nil
+}
+
+const xdpRedirect = 4
+
+func ifindexOf(mac [6]byte) (int, error) {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return 0, fmt.Errorf("list interfaces: %w", err)
+	}
+	for _, i := range ifs {
+		if bytes.Equal(i.HardwareAddr, mac[:]) {
+			return i.Index, nil
+		}
+	}
+	return 0, fmt.Errorf("re-inject held packet: no interface has MAC %s", net.HardwareAddr(mac[:]))
 }

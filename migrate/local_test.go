@@ -167,7 +167,7 @@ func (w *world) send(t *testing.T, seq, n int) map[string]int {
 		ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: net.IPv4(198, 51, 100, 7), DstIP: ep4.AsSlice()}
 		u := &layers.UDP{SrcPort: 40000, DstPort: 9}
 		u.SetNetworkLayerForChecksum(ip)
-		pl := make([]byte, 8)
+		pl := make([]byte, 64)
 		binary.BigEndian.PutUint64(pl, uint64(i))
 		buf := gopacket.NewSerializeBuffer()
 		if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
