@@ -43,7 +43,7 @@ type migFixture struct {
 // newMigFixture loads migrate.c unpinned in a one-host lab whose segment
 // has S and D as permanent neighbours (bpf_fib_lookup reads this
 // namespace's FIB).
-func newMigFixture(t *testing.T) *migFixture {
+func newMigFixture(t testing.TB) *migFixture {
 	t.Helper()
 	testenv.RequireRoot(t)
 	l, err := lab.New(lab.Spec{
@@ -198,3 +198,7 @@ func TestMigrateStage(t *testing.T) {
 		}
 	})
 }
+
+type netipAddr = netip.Addr
+
+func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
