@@ -44,7 +44,11 @@ type world struct {
 	sock    int
 }
 
-func newWorld(t *testing.T, holdPackets uint64) *world {
+func newWorld(t testing.TB, holdPackets uint64) *world {
+	return newWorldRing(t, holdPackets, 1<<22)
+}
+
+func newWorldRing(t testing.TB, holdPackets uint64, ringBytes uint32) *world {
 	t.Helper()
 	testenv.RequireRoot(t)
 	l, err := lab.New(lab.Spec{
@@ -105,7 +109,7 @@ func newWorld(t *testing.T, holdPackets uint64) *world {
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinNone
 	}
-	spec.Maps[bpf.MigrateMapMigHold].MaxEntries = 1 << 22
+	spec.Maps[bpf.MigrateMapMigHold].MaxEntries = ringBytes
 	if err := spec.Variables[bpf.MigrateVarCfgHoldPackets].Set(holdPackets); err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +193,7 @@ func (w *world) send(t *testing.T, seq, n int) map[string]int {
 
 // received reads what seg got: the sequence numbers, in order, and the
 // destination MAC of each.
-func (w *world) received(t *testing.T) (seqs []int, macs []string) {
+func (w *world) received(t testing.TB) (seqs []int, macs []string) {
 	t.Helper()
 	buf := make([]byte, 2048)
 	tv := unix.Timeval{Usec: 200000}
@@ -212,7 +216,7 @@ func (w *world) received(t *testing.T) (seqs []int, macs []string) {
 	}
 }
 
-func (w *world) do(t *testing.T, f func() error) {
+func (w *world) do(t testing.TB, f func() error) {
 	t.Helper()
 	if err := w.gw.Do(f); err != nil {
 		t.Fatal(err)
