@@ -34,6 +34,8 @@ var (
 )
 
 type migFixture struct {
+	t    testing.TB
+	sync *maps.SyncMaps
 	objs bpf.MigrateObjects
 	mm   *maps.MigrateMaps
 	gw   *lab.Host
@@ -63,7 +65,7 @@ func newMigFixture(t testing.TB) *migFixture {
 			t.Fatal(err)
 		}
 	}
-	f := &migFixture{gw: gw}
+	f := &migFixture{gw: gw, t: t}
 	spec, err := bpf.LoadMigrate()
 	if err != nil {
 		t.Fatal(err)
@@ -86,6 +88,7 @@ func newMigFixture(t testing.TB) *migFixture {
 	if err := sm.SetupRings(inner); err != nil {
 		t.Fatal(err)
 	}
+	f.sync = sm
 	f.objs.XdpMigrate = singleStage(t, f.cm, chain.SlotMigrate, f.objs.XdpMigrate)
 	f.mm = &maps.MigrateMaps{Endpoints: f.objs.MigEndpoints, State: f.objs.MigState, Hold: f.objs.MigHold, Stats: f.objs.MigStats, Ctl: f.objs.MigCtl, Flush: f.objs.XdpMigFlush}
 	return f
@@ -202,3 +205,47 @@ func TestMigrateStage(t *testing.T) {
 type netipAddr = netip.Addr
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+// TestMigCtlMarksSync: what the daemon writes through mig_ctl (endpoints,
+// migrations, deletions) goes into the dirty rings for the state sync,
+// under the maps' ids, as the datapath's own changes would.
+func TestMigCtlMarksSync(t *testing.T) {
+	f := newMigFixture(t)
+	type rec struct {
+		id uint32
+		op uint32
+	}
+	drain := func() []rec {
+		var out []rec
+		if _, err := f.sync.Drain(func(r *maps.SyncRec) { out = append(out, rec{r.MapId, uint32(r.Op)}) }); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.sync.AdvanceEpoch(); err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	drain()
+	const ep, mig = uint32(bpf.MigrateSyncMapIdSYNC_MAP_ENDPOINT), uint32(bpf.MigrateSyncMapIdSYNC_MAP_MIGRATION)
+	up, del := uint32(bpf.SyncSyncOpSYNC_OP_UPSERT), uint32(bpf.SyncSyncOpSYNC_OP_DELETE)
+	for _, tc := range []struct {
+		name string
+		do   func() error
+		want rec
+	}{
+		{"endpoint set", func() error { return f.mm.SetEndpoint(migEP4, hopS4) }, rec{ep, up}},
+		{"migration put", func() error {
+			return f.mm.PutMigration(migEP4, &maps.MigVal{State: uint32(bpf.MigrateMigStateIdMIG_MIGRATING), From: maps.MigLocOf(hopS4), To: maps.MigLocOf(hopD4)}, false)
+		}, rec{mig, up}},
+		{"flushed", func() error { _, err := f.mm.Flushed(migEP4, 0); return err }, rec{mig, up}},
+		{"migration del", func() error { return f.mm.DelMigration(migEP4) }, rec{mig, del}},
+		{"endpoint del", func() error { return f.mm.DelEndpoint(migEP4) }, rec{ep, del}},
+	} {
+		if err := tc.do(); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if got := drain(); len(got) != 1 || got[0] != tc.want {
+			t.Errorf("%s: dirty records %v, want [%v]", tc.name, got, tc.want)
+		}
+	}
+}
