@@ -130,6 +130,16 @@ type MigrateMigLoc struct {
 	Hop [16]uint8
 }
 
+type MigrateMigNexthop struct {
+	_       structs.HostLayout
+	Stamp   uint64
+	Ifindex uint32
+	Dmac    [6]uint8
+	Smac    [6]uint8
+	Pad     uint16
+	_       [6]byte
+}
+
 type MigrateMigOp uint32
 
 const (
@@ -232,6 +242,7 @@ const (
 	MigrateMapChainStats             = "chain_stats"
 	MigrateMapMigEndpoints           = "mig_endpoints"
 	MigrateMapMigHold                = "mig_hold"
+	MigrateMapMigNexthops            = "mig_nexthops"
 	MigrateMapMigScratch             = "mig_scratch"
 	MigrateMapMigState               = "mig_state"
 	MigrateMapMigStats               = "mig_stats"
@@ -248,6 +259,7 @@ const (
 	MigrateProgXdpMigFlush           = "xdp_mig_flush"
 	MigrateProgXdpMigrate            = "xdp_migrate"
 	MigrateVarCfgHoldPackets         = "cfg_hold_packets"
+	MigrateVarCfgNexthopNs           = "cfg_nexthop_ns"
 	MigrateVarChainAbiLayout         = "chain_abi_layout"
 	MigrateVarChainStageLayout       = "chain_stage_layout"
 	MigrateVarChainVipLayout         = "chain_vip_layout"
@@ -321,6 +333,7 @@ type MigrateMapSpecs struct {
 	ChainStats         *ebpf.MapSpec `ebpf:"chain_stats"`
 	MigEndpoints       *ebpf.MapSpec `ebpf:"mig_endpoints"`
 	MigHold            *ebpf.MapSpec `ebpf:"mig_hold"`
+	MigNexthops        *ebpf.MapSpec `ebpf:"mig_nexthops"`
 	MigScratch         *ebpf.MapSpec `ebpf:"mig_scratch"`
 	MigState           *ebpf.MapSpec `ebpf:"mig_state"`
 	MigStats           *ebpf.MapSpec `ebpf:"mig_stats"`
@@ -336,6 +349,7 @@ type MigrateMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type MigrateVariableSpecs struct {
 	CfgHoldPackets   *ebpf.VariableSpec `ebpf:"cfg_hold_packets"`
+	CfgNexthopNs     *ebpf.VariableSpec `ebpf:"cfg_nexthop_ns"`
 	ChainAbiLayout   *ebpf.VariableSpec `ebpf:"chain_abi_layout"`
 	ChainStageLayout *ebpf.VariableSpec `ebpf:"chain_stage_layout"`
 	ChainVipLayout   *ebpf.VariableSpec `ebpf:"chain_vip_layout"`
@@ -374,6 +388,7 @@ type MigrateMaps struct {
 	ChainStats         *ebpf.Map `ebpf:"chain_stats"`
 	MigEndpoints       *ebpf.Map `ebpf:"mig_endpoints"`
 	MigHold            *ebpf.Map `ebpf:"mig_hold"`
+	MigNexthops        *ebpf.Map `ebpf:"mig_nexthops"`
 	MigScratch         *ebpf.Map `ebpf:"mig_scratch"`
 	MigState           *ebpf.Map `ebpf:"mig_state"`
 	MigStats           *ebpf.Map `ebpf:"mig_stats"`
@@ -392,6 +407,7 @@ func (m *MigrateMaps) Close() error {
 		m.ChainStats,
 		m.MigEndpoints,
 		m.MigHold,
+		m.MigNexthops,
 		m.MigScratch,
 		m.MigState,
 		m.MigStats,
@@ -408,6 +424,7 @@ func (m *MigrateMaps) Close() error {
 // It can be passed to LoadMigrateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type MigrateVariables struct {
 	CfgHoldPackets   *ebpf.Variable `ebpf:"cfg_hold_packets"`
+	CfgNexthopNs     *ebpf.Variable `ebpf:"cfg_nexthop_ns"`
 	ChainAbiLayout   *ebpf.Variable `ebpf:"chain_abi_layout"`
 	ChainStageLayout *ebpf.Variable `ebpf:"chain_stage_layout"`
 	ChainVipLayout   *ebpf.Variable `ebpf:"chain_vip_layout"`
