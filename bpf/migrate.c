@@ -15,8 +15,8 @@
  * The hold: XDP cannot keep a packet, so a held packet is copied into a
  * ring buffer (mig_hold, one for the host: reservation order is the order
  * the daemon reads) and dropped; at the switch the daemon re-injects the
- * copies, in order, through xdp_mig_flush (BPF_PROG_TEST_RUN with live
- * frames), which forwards each one as the stage would. While a flush
+ * copies, in order: xdp_mig_flush (BPF_PROG_TEST_RUN) decides the hop and
+ * rewrites the frame as the stage would, a packet socket sends it. While a flush
  * runs, new packets of the endpoint are held too, behind the old ones, so
  * none overtakes: mig_val.hold carries MIG_FLUSHING with the count of
  * packets given to the hold, and the daemon clears the bit (mig_ctl,
@@ -92,7 +92,7 @@ enum mig_stat {
 	MIG_STAT_OVERFLOW = 4, /* the hold was full (packets, bytes) or the frame too big */
 	MIG_STAT_NO_ROUTE = 5, /* the hop has no route, or no neighbour entry yet */
 	MIG_STAT_TTL = 6,      /* TTL expired: passed to the stack (ICMP) */
-	MIG_STAT_FLUSHED = 7,  /* held packets re-injected (xdp_mig_flush) */
+	MIG_STAT_FLUSHED = 7,  /* held packets re-injected (the daemon's count, through mig_ctl) */
 	MIG_STAT_MAX = 8,
 };
 
@@ -362,9 +362,10 @@ int xdp_migrate(struct xdp_md *ctx)
 	return chain_claim(STAGE_MIGRATE, mig_forward(ctx, &c->p, &ep->loc, MIG_STAT_FORWARD));
 }
 
-/* xdp_mig_flush re-injects one held frame (BPF_PROG_TEST_RUN, live
- * frames): to the destination once switched, else (aborted, or the
- * record gone) to the endpoint's location, which is then the source. */
+/* xdp_mig_flush decides where a held frame goes and rewrites it, as the
+ * stage would (BPF_PROG_TEST_RUN; the daemon sends the result, and gives
+ * the endpoint's other held frames the same MACs): to the destination
+ * once switched, else (aborted, or the record gone) to the source. */
 SEC("xdp")
 int xdp_mig_flush(struct xdp_md *ctx)
 {
@@ -376,7 +377,6 @@ int xdp_mig_flush(struct xdp_md *ctx)
 
 	if (parse_frame(&p, data, data_end) != PARSE_IP || p.vlan_depth)
 		return XDP_DROP;
-	count_percpu(&mig_stats, MIG_STAT_FLUSHED, 1);
 	m = bpf_map_lookup_elem(&mig_state, p.daddr);
 	if (m && m->state == MIG_SWITCHED)
 		return mig_forward(ctx, &p, &m->to, MIG_STAT_DEST);
@@ -464,8 +464,10 @@ int mig_ctl(struct mig_cmd *cmd)
 			cmd->ret = -2;
 			return 0;
 		}
-		if (cmd->n && cmd->op == MIG_OP_FLUSHED)
+		if (cmd->n && cmd->op == MIG_OP_FLUSHED) {
 			__sync_fetch_and_add(&m->flushed, cmd->n);
+			count_percpu(&mig_stats, MIG_STAT_FLUSHED, cmd->n);
+		}
 		if (cmd->n && cmd->op == MIG_OP_LOST)
 			__sync_fetch_and_add(&m->lost, cmd->n);
 		/* Caught up when every ticket is flushed, dropped or lost; the

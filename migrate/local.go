@@ -43,6 +43,8 @@ type Local struct {
 	out  []byte
 	pkt  int             // AF_PACKET socket the flush sends on
 	ifs  map[[6]byte]int // egress interface by its MAC
+	tmpl hopTemplate     // the current flush's hop
+	out2 batch
 }
 
 var _ Controller = (*Local)(nil)
@@ -308,6 +310,7 @@ func MigrationOf(v *maps.MigVal) *Migration {
 // meanwhile are held behind them and flushed in the same loop.
 func (l *Local) flush(ep netip.Addr) error {
 	deadline := time.Now().Add(FlushTimeout)
+	l.tmpl = hopTemplate{}
 	for {
 		n, err := l.injectPending(ep)
 		if err != nil {
@@ -318,6 +321,10 @@ func (l *Local) flush(ep netip.Addr) error {
 			return fmt.Errorf("after %d: %w", n+d, err)
 		}
 		n += d
+		// Everything re-injected must be sent before the hold may end.
+		if err := l.sendBatch(); err != nil {
+			return err
+		}
 		done, err := l.m.Flushed(ep, n)
 		if err != nil {
 			return err
@@ -401,6 +408,11 @@ func (l *Local) drain(ep netip.Addr) (uint64, error) {
 // with ENOSPC after ~28,000 frames: each live run registers a page pool,
 // and their ids run out while frames are in flight; docs/migration.md.)
 func (l *Local) inject(ifindex uint32, data []byte) error {
+	// The frame is the ring's (or pend's): rewritten in place, then
+	// copied into the batch.
+	if l.tmpl.rewrite(data) {
+		return l.add(&l.tmpl, data)
+	}
 	opts := &ebpf.RunOptions{Data: data, DataOut: l.out, Repeat: 1}
 	ret, err := l.m.Flush.Run(opts)
 	if err != nil {
@@ -422,12 +434,12 @@ func (l *Local) inject(ifindex uint32, data []byte) error {
 		l.ifs[src] = idx
 	}
 	proto := uint16(frame[12])<<8 | uint16(frame[13])
-	to := &unix.SockaddrLinklayer{Ifindex: idx, Protocol: proto<<8 | proto>>8, Halen: 6}
-	copy(to.Addr[:], frame[0:6])
-	if err := unix.Sendto(l.pkt, frame, 0, to); err != nil {
-		return fmt.Errorf("re-inject held packet on ifindex %d: %w", idx, err)
-	}
-	return nil
+	t := hopTemplate{ok: true, ether: proto}
+	copy(t.macs[:], frame[0:12])
+	t.to = unix.RawSockaddrLinklayer{Family: unix.AF_PACKET, Ifindex: int32(idx), Protocol: proto<<8 | proto>>8, Halen: 6}
+	copy(t.to.Addr[:], frame[0:6])
+	l.tmpl = t
+	return l.add(&l.tmpl, frame)
 }
 
 const xdpRedirect = 4

@@ -49,6 +49,13 @@ func newWorld(t testing.TB, holdPackets uint64) *world {
 }
 
 func newWorldRing(t testing.TB, holdPackets uint64, ringBytes uint32) *world {
+	return newWorldSink(t, holdPackets, ringBytes, 2)
+}
+
+// newWorldSink: the segment host's XDP program returns verdict (2 pass:
+// frames reach its stack and the packet socket; 1 drop: a sink that
+// costs the sender nothing, for timing the gateway's side alone).
+func newWorldSink(t testing.TB, holdPackets uint64, ringBytes uint32, verdict int32) *world {
 	t.Helper()
 	testenv.RequireRoot(t)
 	l, err := lab.New(lab.Spec{
@@ -72,7 +79,7 @@ func newWorldRing(t testing.TB, holdPackets uint64, ringBytes uint32) *world {
 		}
 	}
 	// Frames redirected into a veth need an XDP program on its peer.
-	pass, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+	pass, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, verdict), asm.Return()}})
 	if err != nil {
 		t.Fatal(err)
 	}
