@@ -27,6 +27,7 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/tandem-net/tandem/tools/bench"
 	"github.com/tandem-net/tandem/tools/lab"
 	"github.com/tandem-net/tandem/tools/testenv"
 )
@@ -294,6 +295,18 @@ func TestMigrateStrictLoss(t *testing.T) {
 	t.Logf("with the hold:    sent %d, lost %d, duplicated %d, reordered %d", sentH, lostH, dupH, reoH)
 	t.Logf("without the hold: sent %d, lost %d (%.1f%%; the blackout is 20%% of the run), duplicated %d, reordered %d",
 		sentB, lostB, 100*float64(lostB)/float64(sentB), dupB, reoB)
+	// bench/results.json when TANDEM_BENCH_OUT is set (make bench runs
+	// this test too): the loss with the hold against without, same run.
+	for _, r := range []bench.Result{
+		{Name: fmt.Sprintf("migrate: datagrams lost across a move with a 300 ms blackout (%d pps UDP, 1.5 s, namespaces)", rate), Unit: "datagrams",
+			Value: float64(lostH), Anchor: "the same move without the hold, same run", AnchorValue: float64(lostB), Goal: "zero lost, zero duplicated, order kept"},
+		{Name: fmt.Sprintf("migrate: datagrams reordered or duplicated across the move (%d pps UDP)", rate), Unit: "datagrams",
+			Value: float64(reoH + dupH), Anchor: "the same move without the hold, same run", AnchorValue: float64(reoB + dupB), Goal: "zero"},
+	} {
+		if _, err := bench.Record(r); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if lostH != 0 || dupH != 0 || reoH != 0 {
 		t.Errorf("with the hold: %d lost, %d duplicated, %d reordered; want none", lostH, dupH, reoH)
 	}
