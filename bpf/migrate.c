@@ -93,7 +93,8 @@ enum mig_stat {
 	MIG_STAT_NO_ROUTE = 5, /* the hop has no route, or no neighbour entry yet */
 	MIG_STAT_TTL = 6,      /* TTL expired: passed to the stack (ICMP) */
 	MIG_STAT_FLUSHED = 7,  /* held packets re-injected (the daemon's count, through mig_ctl) */
-	MIG_STAT_MAX = 8,
+	MIG_STAT_LOST = 8,     /* held packets a daemon restart lost (the daemon's count) */
+	MIG_STAT_MAX = 9,
 };
 
 /* One held packet in mig_hold. */
@@ -468,8 +469,10 @@ int mig_ctl(struct mig_cmd *cmd)
 			__sync_fetch_and_add(&m->flushed, cmd->n);
 			count_percpu(&mig_stats, MIG_STAT_FLUSHED, cmd->n);
 		}
-		if (cmd->n && cmd->op == MIG_OP_LOST)
+		if (cmd->n && cmd->op == MIG_OP_LOST) {
 			__sync_fetch_and_add(&m->lost, cmd->n);
+			count_percpu(&mig_stats, MIG_STAT_LOST, cmd->n);
+		}
 		/* Caught up when every ticket is flushed, dropped or lost; the
 		 * CAS fails if a packet took a ticket meanwhile (it is then
 		 * held, and the daemon flushes it on its next round). */

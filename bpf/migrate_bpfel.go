@@ -162,7 +162,8 @@ const (
 	MigrateMigStatMIG_STAT_NO_ROUTE MigrateMigStat = 5
 	MigrateMigStatMIG_STAT_TTL      MigrateMigStat = 6
 	MigrateMigStatMIG_STAT_FLUSHED  MigrateMigStat = 7
-	MigrateMigStatMIG_STAT_MAX      MigrateMigStat = 8
+	MigrateMigStatMIG_STAT_LOST     MigrateMigStat = 8
+	MigrateMigStatMIG_STAT_MAX      MigrateMigStat = 9
 )
 
 type MigrateMigStateId uint32

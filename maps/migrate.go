@@ -46,7 +46,7 @@ const MigQueueMax = len(MigVal{}.Queued)
 const MigHoldHeader = int(unsafe.Offsetof(MigHoldRec{}.Data))
 
 // MigStatNames label mig_stats, by index.
-var MigStatNames = []string{"forward", "to_source", "to_dest", "held", "hold_overflow", "no_route", "ttl_expired", "flushed"}
+var MigStatNames = []string{"forward", "to_source", "to_dest", "held", "hold_overflow", "no_route", "ttl_expired", "flushed", "hold_lost"}
 
 // MigKeyOf is an endpoint's key: IPv6 as is, IPv4 mapped (as vip_gate).
 func MigKeyOf(a netip.Addr) MigKey { return MigKey{Addr: a.Unmap().As16()} }
