@@ -111,6 +111,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			if err := d.sd.setPrimary(primary, d.cfg); err != nil {
 				log.Error("sync role", "primary", primary, "err", err)
 			}
+			d.md.setActive(primary, log)
 		case r := <-d.reloads:
 			err := d.reload(r.cfg)
 			if err != nil {

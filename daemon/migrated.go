@@ -36,7 +36,11 @@ func newMigrated(c Config, log *slog.Logger) (*migrated, error) {
 	if err != nil {
 		return nil, fmt.Errorf("migrate: %w", err)
 	}
-	ctl, err := migrate.NewLocal(m, log)
+	// The owner of the state: a host without sync, or the primary. A
+	// standby's controller only reads until the election makes it the
+	// owner (setActive).
+	active := c.Sync.Role == "" || c.Sync.Role == SyncPrimary
+	ctl, err := migrate.NewLocalRole(m, log, active)
 	if err != nil {
 		m.Close()
 		return nil, fmt.Errorf("migrate: %w", err)
@@ -71,6 +75,16 @@ func (d *Daemon) Controller() migrate.Controller {
 		return nil
 	}
 	return d.md.ctl
+}
+
+// setActive follows the sync role the election gave this host.
+func (d *migrated) setActive(primary bool, log *slog.Logger) {
+	if d == nil {
+		return
+	}
+	if err := d.ctl.SetActive(primary); err != nil {
+		log.Error("migrate: take over the migrations", "err", err)
+	}
 }
 
 func (d *migrated) close() {

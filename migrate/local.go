@@ -45,15 +45,31 @@ type Local struct {
 	ifs  map[[6]byte]int // egress interface by its MAC
 	tmpl hopTemplate     // the current flush's hop
 	out2 batch
+	// active: this gateway owns the state (primary, or no sync). A
+	// standby's replicated maps are written by the state sync only: a
+	// write of its own would bump versions the primary's next change
+	// must beat, so a passive controller refuses changes.
+	active  bool
+	adopted bool // the restart's losses are counted
 }
 
 var _ Controller = (*Local)(nil)
 
-// NewLocal takes over m (closed by Close). It adopts what a previous
-// daemon left: held packets still in the ring stay held; held packets the
-// previous daemon had read but not re-injected are gone and counted
-// (Migration.Lost, and the log).
+// ErrStandby: the controller runs on the standby gateway of a pair; the
+// owner's daemon takes migration commands.
+var ErrStandby = errors.New("this gateway is the standby (its state comes from the owner through the sync): drive the owner's daemon")
+
+// NewLocal takes over m (closed by Close) as the owner of the state. It
+// adopts what a previous daemon left: held packets still in the ring stay
+// held; held packets the previous daemon had read but not re-injected are
+// gone and counted (Migration.Lost, mig_stats hold_lost, and the log).
 func NewLocal(m *maps.MigrateMaps, log *slog.Logger) (*Local, error) {
+	return NewLocalRole(m, log, true)
+}
+
+// NewLocalRole is NewLocal for a daemon that may be a standby (active
+// false): it reads the hold ring but changes nothing until SetActive.
+func NewLocalRole(m *maps.MigrateMaps, log *slog.Logger, active bool) (*Local, error) {
 	if log == nil {
 		log = slog.Default()
 	}
@@ -61,7 +77,7 @@ func NewLocal(m *maps.MigrateMaps, log *slog.Logger) (*Local, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read hold ring: %w", err)
 	}
-	l := &Local{m: m, rd: rd, pend: map[netip.Addr][]heldFrame{}, log: log, out: make([]byte, 4096), ifs: map[[6]byte]int{}}
+	l := &Local{m: m, rd: rd, pend: map[netip.Addr][]heldFrame{}, log: log, out: make([]byte, 4096), ifs: map[[6]byte]int{}, active: active}
 	// Protocol 0: the socket only sends. It bypasses the qdisc, as the
 	// datapath's redirects do, so a flushed frame is not queued behind
 	// (or overtaken by) anything.
@@ -77,12 +93,32 @@ func NewLocal(m *maps.MigrateMaps, log *slog.Logger) (*Local, error) {
 	return l, nil
 }
 
-// adopt reads every record in the ring into pend, then counts what each
-// migration's tickets say is held beyond that as lost.
+// SetActive makes the controller the owner of the state (the election
+// made this gateway the owner) or a standby. Becoming the owner counts
+// what the old owner held as lost (it was in the old owner's ring; the
+// replicated counters still say it is held) and finishes a flush the old
+// owner left running.
+func (l *Local) SetActive(active bool) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.active = active
+	if !active {
+		return nil
+	}
+	l.adopted = false
+	return l.adopt()
+}
+
+// adopt reads every record in the ring into pend, then (as the owner)
+// counts what each migration's tickets say is held beyond that as lost.
 func (l *Local) adopt() error {
 	if _, err := l.drain(netip.Addr{}); err != nil {
 		return err
 	}
+	if !l.active || l.adopted {
+		return nil
+	}
+	l.adopted = true
 	migs, err := l.m.Migrations()
 	if err != nil {
 		return err
@@ -115,7 +151,17 @@ func (l *Local) Close() error {
 	return nil
 }
 
+func (l *Local) owner() error {
+	if !l.active {
+		return ErrStandby
+	}
+	return nil
+}
+
 func (l *Local) get(ep netip.Addr) (netip.Addr, *maps.MigVal, error) {
+	if err := l.owner(); err != nil {
+		return netip.Addr{}, nil, err
+	}
 	hop, ok, err := l.m.Endpoint(ep)
 	if err != nil {
 		return netip.Addr{}, nil, err
@@ -238,6 +284,9 @@ func (l *Local) Abort(ep netip.Addr) error {
 func (l *Local) SetLocation(ep netip.Addr, loc Location) (bool, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if err := l.owner(); err != nil {
+		return false, err
+	}
 	if !loc.Hop.IsValid() {
 		return false, fmt.Errorf("set %s: no location", ep)
 	}

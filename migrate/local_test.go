@@ -482,3 +482,47 @@ func TestRestartDuringBlackout(t *testing.T) {
 		t.Errorf("mig_stats %v %v, want hold_lost 100", st, err)
 	}
 }
+
+// TestStandbyController: a standby's controller reads but refuses every
+// change (the sync owns its maps); once the election makes it the owner
+// it continues the migration from the state it has, flushing what its
+// own datapath held.
+func TestStandbyController(t *testing.T) {
+	w := newWorld(t, 65536)
+	w.do(t, func() error {
+		if _, err := w.ctl.SetLocation(ep4, migrate.Location{Hop: hopS}); err != nil {
+			return err
+		}
+		if err := w.ctl.Start(ep4, migrate.Location{Hop: hopD}); err != nil {
+			return err
+		}
+		return w.ctl.Blackout(ep4)
+	})
+	var sb *migrate.Local
+	w.do(t, func() (err error) { sb, err = migrate.NewLocalRole(w.cloneMaps(t), nil, false); return err })
+	defer sb.Close()
+	w.send(t, 0, 40)
+	for name, f := range map[string]func() error{
+		"switch": func() error { return sb.Switch(ep4) },
+		"abort":  func() error { return sb.Abort(ep4) },
+		"set":    func() error { _, err := sb.SetLocation(ep4, migrate.Location{Hop: hopE}); return err },
+		"delete": func() error { return sb.Delete(ep4) },
+	} {
+		if err := f(); !errors.Is(err, migrate.ErrStandby) {
+			t.Errorf("standby %s: %v, want ErrStandby", name, err)
+		}
+	}
+	if list, err := sb.List(); err != nil || len(list) != 1 || list[0].Migration.State != migrate.StateBlackout {
+		t.Errorf("standby list: %+v %v, want the endpoint in blackout", list, err)
+	}
+	w.do(t, func() error {
+		if err := sb.SetActive(true); err != nil {
+			return err
+		}
+		return sb.Switch(ep4)
+	})
+	seqs, _ := w.received(t)
+	if !inOrder(seqs, 0, 40) {
+		t.Errorf("the new owner flushed %v, want 0..39 in order", seqs)
+	}
+}

@@ -25,7 +25,7 @@ type Request struct {
 // Answer is the result of one Request.
 type Answer struct {
 	Error     string     `json:"error,omitempty"`
-	Kind      string     `json:"kind,omitempty"` // no_endpoint, state, queue_full
+	Kind      string     `json:"kind,omitempty"` // no_endpoint, state, queue_full, standby
 	Queued    bool       `json:"queued,omitempty"`
 	Endpoints []Endpoint `json:"endpoints,omitempty"`
 }
@@ -65,6 +65,8 @@ func Handle(c Controller, r Request) Answer {
 			a.Kind = "state"
 		case errors.Is(err, ErrQueueFull):
 			a.Kind = "queue_full"
+		case errors.Is(err, ErrStandby):
+			a.Kind = "standby"
 		}
 	}
 	return a
@@ -130,6 +132,8 @@ func (c *Client) call(r Request) (Answer, error) {
 			kind = ErrState
 		case "queue_full":
 			kind = ErrQueueFull
+		case "standby":
+			kind = ErrStandby
 		}
 		if kind != nil {
 			return a, &remoteError{msg: a.Error, kind: kind}
