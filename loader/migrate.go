@@ -50,11 +50,25 @@ func init() {
 		Ifaces: func(o *Options) []string { return o.Migrate.Ifaces },
 		Flags:  migrateFlags,
 		Validate: func(o *Options) []error {
+			var errs []error
+			seen := map[string]bool{}
+			for _, i := range o.Migrate.Ifaces {
+				if i == o.SyncTestIface {
+					errs = append(errs, fmt.Errorf("interface %s: both --sync-test-iface and --migrate-iface", i))
+				}
+				if seen[i] {
+					errs = append(errs, fmt.Errorf("--migrate-iface %s named twice", i))
+				}
+				seen[i] = true
+			}
 			b := o.Migrate.holdBytes()
 			if b < minHoldBytes || b > maxHoldBytes || b&(b-1) != 0 {
-				return []error{fmt.Errorf("--migrate-hold-bytes %d: want a power of two from %d to %d", b, minHoldBytes, maxHoldBytes)}
+				errs = append(errs, fmt.Errorf("--migrate-hold-bytes %d: want a power of two from %d to %d", b, minHoldBytes, maxHoldBytes))
 			}
-			return nil
+			if o.Migrate.HoldPackets > 1<<24 {
+				errs = append(errs, fmt.Errorf("--migrate-hold-packets %d: at most %d", o.Migrate.HoldPackets, 1<<24))
+			}
+			return errs
 		},
 		Synced: []maps.SyncedMap{
 			{ID: uint32(bpf.MigrateSyncMapIdSYNC_MAP_ENDPOINT), Name: bpf.MigrateMapMigEndpoints},
