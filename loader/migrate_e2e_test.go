@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -406,5 +407,18 @@ func TestMigrateTCP(t *testing.T) {
 	conn.Close()
 	timeouts1, _ := m.client.SNMP("TcpExt", "TCPTimeouts")
 	t.Logf("%d MiB across the move, SHA-256 intact; client retransmission timeouts: %d", size>>20, timeouts1-timeouts0)
-	t.Logf("%s", m.cli(t, "endpoint", "list").stdout)
+
+	// A location update during a move is queued (said so, exit 0) and
+	// applied after it: moved back to S, the update names D.
+	m.ep.IP("link", "set", "eths", "up")
+	m.cli(t, "migrate", "start", migEP.String(), "--to", migS)
+	if out := m.cli(t, "endpoint", "set", migEP.String(), migD).stdout; !strings.Contains(out, "queued") {
+		t.Errorf("endpoint set during a move said %q, want it queued", out)
+	}
+	m.cli(t, "migrate", "switch", migEP.String())
+	m.cli(t, "migrate", "done", migEP.String())
+	out := m.cli(t, "endpoint", "list", "--json").stdout
+	if !strings.Contains(out, `"Hop": "`+migD+`"`) || strings.Contains(out, `"Migration": {`) {
+		t.Errorf("after the move with a queued update: %s, want located via %s (the queued update), no migration", out, migD)
+	}
 }
