@@ -31,6 +31,7 @@ type Daemon struct {
 	sd   *syncd
 	pk   *proxyKeeper
 	vd   *vipd
+	md   *migrated
 
 	reloads   chan reload
 	done      chan struct{}          // closed when Run returns
@@ -71,6 +72,12 @@ func New(cfg Config) (*Daemon, error) {
 		d.sd.close()
 		return nil, err
 	}
+	if d.md, err = newMigrated(cfg, d.log); err != nil {
+		d.vd.close()
+		d.pk.close()
+		d.sd.close()
+		return nil, err
+	}
 	return d, nil
 }
 
@@ -80,6 +87,7 @@ func New(cfg Config) (*Daemon, error) {
 func (d *Daemon) Run(ctx context.Context) error {
 	defer close(d.done)
 	defer func() {
+		d.md.close()
 		d.vd.close()
 		d.pk.close()
 		d.sd.close()
@@ -103,6 +111,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			if err := d.sd.setPrimary(primary, d.cfg); err != nil {
 				log.Error("sync role", "primary", primary, "err", err)
 			}
+			d.md.setActive(primary, log)
 		case r := <-d.reloads:
 			err := d.reload(r.cfg)
 			if err != nil {

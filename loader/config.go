@@ -62,6 +62,11 @@ import (
 //	[esp]                              # the ESP anti-replay filter (docs/sa.md)
 //	interfaces  = ["eth1"]             # where inbound ESP arrives (may include the gate's)
 //
+//	[migrate]                          # migration redirects (docs/migration.md)
+//	interfaces   = ["eth1"]            # where endpoints' packets arrive (may include the gate's)
+//	hold_bytes   = 33554432            # the hold ring: a power of two, 64 KiB to 1 GiB
+//	hold_packets = 65536               # packets held per endpoint at most
+//
 //	[election]                         # VIP ownership and failover
 //	addrs       = ["192.0.2.10/24@eth1", "10.2.0.1/24@eth2"]  # moved together
 //	peers       = ["10.9.0.2:7401", "192.0.2.3:7401"]         # one per path
@@ -73,19 +78,20 @@ import (
 //	dead        = 3                    # adverts missed before the peer is gone (2 to 100)
 //	secret_file = ""                   # default: proxy.secret_file
 type FileConfig struct {
-	BPFFS       string      `toml:"bpffs"`
-	Interfaces  []string    `toml:"interfaces"`
-	XDPMode     string      `toml:"xdp_mode"`
-	Ingress     string      `toml:"ingress"`
-	TC          string      `toml:"tc"`
-	Gate        string      `toml:"gate"`
-	StateDir    string      `toml:"state_dir"`
-	MetricsAddr string      `toml:"metrics_addr"`
-	VIPs        []VIPConfig `toml:"vip"`
-	Sync        SyncConfig  `toml:"sync"`
-	Proxy       ProxyConfig `toml:"proxy"`
-	ESP         ESPConfig   `toml:"esp"`
-	Election    ElectConfig `toml:"election"`
+	BPFFS       string        `toml:"bpffs"`
+	Interfaces  []string      `toml:"interfaces"`
+	XDPMode     string        `toml:"xdp_mode"`
+	Ingress     string        `toml:"ingress"`
+	TC          string        `toml:"tc"`
+	Gate        string        `toml:"gate"`
+	StateDir    string        `toml:"state_dir"`
+	MetricsAddr string        `toml:"metrics_addr"`
+	VIPs        []VIPConfig   `toml:"vip"`
+	Sync        SyncConfig    `toml:"sync"`
+	Proxy       ProxyConfig   `toml:"proxy"`
+	ESP         ESPConfig     `toml:"esp"`
+	Election    ElectConfig   `toml:"election"`
+	Migrate     MigrateConfig `toml:"migrate"`
 
 	// ControlGroup may use the daemon's control socket besides root.
 	ControlGroup string `toml:"control_group"`
@@ -225,6 +231,15 @@ func (fc *FileConfig) apply(o *Options) error {
 	}
 	if len(fc.Interfaces) > 0 {
 		o.Interfaces = append([]string(nil), fc.Interfaces...)
+	}
+	if len(fc.Migrate.Interfaces) > 0 {
+		o.Migrate.Ifaces = append([]string(nil), fc.Migrate.Interfaces...)
+	}
+	if fc.Migrate.HoldBytes != 0 {
+		o.Migrate.HoldBytes = fc.Migrate.HoldBytes
+	}
+	if fc.Migrate.HoldPackets != 0 {
+		o.Migrate.HoldPackets = fc.Migrate.HoldPackets
 	}
 	if len(fc.Proxy.Interfaces) > 0 {
 		o.Proxy.Ifaces = append([]string(nil), fc.Proxy.Interfaces...)

@@ -57,6 +57,7 @@ type Options struct {
 	RingBytes     uint32 // each CPU's dirty ring; 0: maps.DefaultRingBytes
 	Proxy         ProxyOptions
 	ESP           ESPOptions
+	Migrate       MigrateOptions
 	// ElectedVIPs are the addresses whose gate entries a running VIP
 	// election owns (the daemon's: daemon.Config.Options sets them); Up
 	// leaves those entries as they are. The election, the state sync and
@@ -86,7 +87,7 @@ func (o *Options) Validate() error {
 	oneOf("tc", o.TC, TCAuto, TCTCX, TCClsact)
 	oneOf("gate", o.Gate, GateEnforce, GateMonitor)
 	if len(o.plan()) == 0 {
-		errs = append(errs, errors.New("no interface: name one with --iface, --proxy-iface or --esp-iface (or interfaces in the config file)"))
+		errs = append(errs, errors.New("no interface: name one with --iface, --proxy-iface, --esp-iface or --migrate-iface (or interfaces in the config file)"))
 	}
 	seen := map[string]bool{}
 	for _, i := range o.Interfaces {

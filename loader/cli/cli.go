@@ -65,6 +65,8 @@ Commands that write:
   certs     create a pair CA and host certificates for the sync channel
   service   list, add or delete the SYN proxy's services (list only reads)
   vip       show the VIP election; vip handover moves the VIPs to the peer
+  endpoint  list, set or delete endpoints' locations (list only reads)
+  migrate   move an endpoint between hosts without loss: start, blackout, switch, done, abort
 
 Commands that read:
   status    what is attached where, program ids, map fill, counters

@@ -60,6 +60,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"up", "--once", "-i", "eth0", "-i", "eth0"}, "eth0 named twice"},
 		{[]string{"up", "--once", "--esp-iface", "eth0", "--esp-iface", "eth0"}, "--esp-iface eth0 named twice"},
 		{[]string{"sa", "flush"}, `unknown action "flush": use list`},
+		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-iface", "eth0"}, "--migrate-iface eth0 named twice"},
+		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-hold-bytes", "1000"}, "--migrate-hold-bytes 1000: want a power of two"},
 		{[]string{"up", "--once", "-i", "eth0", "--vip", "10.0.0.1", "--vip", "10.0.0.1=standby"}, "given twice"},
 		{[]string{"up", "--once", "-i", "eth0", "--vip", "10.0.0.1=primary"}, `role "primary"`},
 		{[]string{"up", "--once", "-i", "eth0", "--check-interval", "0s"}, "--check-interval must be positive"},

@@ -1,0 +1,238 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+
+	"github.com/spf13/pflag"
+
+	"github.com/tandem-net/tandem/daemon"
+	"github.com/tandem-net/tandem/migrate"
+)
+
+func init() {
+	register(&command{
+		name:    "endpoint",
+		summary: "list, set or delete endpoints and their locations (list only reads)",
+		args:    "list | set ENDPOINT HOST | del ENDPOINT",
+		long: `
+An endpoint is an address served through the gateway from a host on an
+attached segment (a virtual machine, say); its location is that host, the
+next hop the gateway forwards the endpoint's packets to (its interface and
+MAC come from this host's neighbour table). The migrate feature
+(tandem up --migrate-iface IFACE) forwards packets that arrive on IFACE for
+an endpoint to its location; tandem migrate moves an endpoint without
+losing a packet. Endpoints are replicated to the peer gateway.
+
+  list                     every endpoint, its location and its migration
+                           (state, source, destination, queued updates,
+                           held/flushed/overflow/lost packets); --json
+  set ENDPOINT HOST        set the location; while ENDPOINT migrates the
+                           update is queued (said so, exit 0) and applied
+                           in order when the move is done (dropped if it
+                           is aborted)
+  del ENDPOINT             remove it (refused while it migrates)
+
+All talk to the daemon through its control socket in --state-dir
+(migrate.sock), which only root and members of the daemon's control group
+may use.`,
+		examples: `  tandem endpoint set 10.2.0.50 10.2.1.11
+  tandem endpoint list
+  tandem endpoint del 10.2.0.50
+`,
+		flags: addJSONRootFlags,
+		run:   runEndpoint,
+	})
+	register(&command{
+		name:    "migrate",
+		summary: "drive an endpoint's move between hosts: start, blackout, switch, done, abort",
+		args:    "start ENDPOINT --to HOST | blackout | switch | done | abort ENDPOINT",
+		long: `
+Moves an endpoint (tandem endpoint) from its host S to a host D without
+losing a packet (docs/migration.md):
+
+  start ENDPOINT --to D   pre-copy: packets still go to S; location
+                          updates from now on are queued
+  blackout ENDPOINT       S has stopped: packets are held by the gateway
+                          (bounded: --migrate-hold-bytes/-packets of up)
+  switch ENDPOINT         D runs: the held packets go to D first, in order,
+                          then every new one (returns once the held ones
+                          are sent)
+  done ENDPOINT           the endpoint's location is D; queued updates are
+                          applied in order
+  abort ENDPOINT          back to S in any state (held packets first, to S);
+                          queued updates are dropped
+
+A step that does not follow from the migration's state is refused (exit 1)
+and changes nothing. The migration is replicated: the peer gateway
+continues it after a failover.`,
+		examples: `  tandem migrate start 10.2.0.50 --to 10.2.1.12
+  tandem migrate blackout 10.2.0.50
+  tandem migrate switch 10.2.0.50
+  tandem migrate done 10.2.0.50
+`,
+		flags: func(fs *pflag.FlagSet) any {
+			f := &migrateFlags{rootFlags: addRootFlags(fs)}
+			fs.StringVar(&f.to, "to", "", "start: the destination host (an address on an attached segment)")
+			return f
+		},
+		run: runMigrate,
+	})
+}
+
+type migrateFlags struct {
+	*rootFlags
+	to string
+}
+
+// migrateClient is the daemon's controller through its control socket.
+func migrateClient(r *rootFlags) (*migrate.Client, string, error) {
+	c, err := r.config()
+	if err != nil {
+		return nil, "", err
+	}
+	sock := daemon.MigrateSocket(c.StateDir)
+	return migrate.UnixClient(sock), sock, nil
+}
+
+// controlErr says what to do about a failed call.
+func controlErr(sock string, err error) error {
+	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM) || strings.Contains(err.Error(), "permission denied") {
+		return fmt.Errorf("%v: this needs root, or membership of the daemon's control group (--control-group)", err)
+	}
+	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+		return fmt.Errorf("no daemon serves migrations here (%s): start one with tandem up --migrate-iface IFACE (or give its --state-dir)", sock)
+	}
+	return err
+}
+
+func parseAddr(what, s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Addr{}, usagef("%s %q: want an IPv4 or IPv6 address", what, s)
+	}
+	return a.Unmap(), nil
+}
+
+func runEndpoint(env Env, opts any, args []string) error {
+	f := opts.(*jsonFlags)
+	const use = "tandem endpoint list | set ENDPOINT HOST | del ENDPOINT"
+	action := "list"
+	if len(args) > 0 {
+		action = args[0]
+	}
+	want := map[string]int{"list": 1, "set": 3, "del": 2}
+	if n, ok := want[action]; !ok || (len(args) != n && !(action == "list" && len(args) == 0)) {
+		return usagef(use)
+	}
+	cl, sock, err := migrateClient(f.rootFlags)
+	if err != nil {
+		return err
+	}
+	switch action {
+	case "list":
+		list, err := cl.List()
+		if err != nil {
+			return controlErr(sock, err)
+		}
+		if f.json {
+			return writeJSON(env.Stdout, list)
+		}
+		printEndpoints(env.Stdout, list)
+		return nil
+	case "set":
+		ep, err := parseAddr("ENDPOINT", args[1])
+		if err != nil {
+			return err
+		}
+		hop, err := parseAddr("HOST", args[2])
+		if err != nil {
+			return err
+		}
+		queued, err := cl.SetLocation(ep, migrate.Location{Hop: hop})
+		if err != nil {
+			return controlErr(sock, err)
+		}
+		if queued {
+			fmt.Fprintf(env.Stdout, "%s is migrating: location %s queued, applied when the move is done (dropped if it is aborted)\n", ep, hop)
+		}
+		return nil
+	default:
+		ep, err := parseAddr("ENDPOINT", args[1])
+		if err != nil {
+			return err
+		}
+		if err := cl.Delete(ep); err != nil {
+			return controlErr(sock, err)
+		}
+		return nil
+	}
+}
+
+func printEndpoints(w io.Writer, list []migrate.Endpoint) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ENDPOINT\tLOCATION\tMIGRATION\tHELD\tFLUSHED\tOVERFLOW\tLOST\tQUEUED")
+	for _, e := range list {
+		if e.Migration == nil {
+			fmt.Fprintf(tw, "%s\t%s\t-\t\t\t\t\t\n", e.Addr, e.Location)
+			continue
+		}
+		m := e.Migration
+		var q []string
+		for _, l := range m.Queued {
+			q = append(q, l.Hop.String())
+		}
+		st := fmt.Sprintf("%s %s -> %s", m.State, m.From.Hop, m.To.Hop)
+		if m.Flushing {
+			st += " (holding)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", e.Addr, e.Location, st, m.Held, m.Flushed, m.Overflow, m.Lost, strings.Join(q, ","))
+	}
+	tw.Flush()
+}
+
+func runMigrate(env Env, opts any, args []string) error {
+	f := opts.(*migrateFlags)
+	const use = "tandem migrate start ENDPOINT --to HOST | blackout | switch | done | abort ENDPOINT"
+	if len(args) != 2 {
+		return usagef(use)
+	}
+	ep, err := parseAddr("ENDPOINT", args[1])
+	if err != nil {
+		return err
+	}
+	cl, sock, err := migrateClient(f.rootFlags)
+	if err != nil {
+		return err
+	}
+	step := map[string]func(netip.Addr) error{"blackout": cl.Blackout, "switch": cl.Switch, "done": cl.Done, "abort": cl.Abort}
+	switch {
+	case args[0] == "start":
+		if f.to == "" {
+			return usagef("tandem migrate start ENDPOINT --to HOST: --to is required")
+		}
+		to, err := parseAddr("--to", f.to)
+		if err != nil {
+			return err
+		}
+		err = cl.Start(ep, migrate.Location{Hop: to})
+		if err != nil {
+			return controlErr(sock, err)
+		}
+		return nil
+	case step[args[0]] != nil:
+		if f.to != "" {
+			return usagef("--to goes with start only")
+		}
+		if err := step[args[0]](ep); err != nil {
+			return controlErr(sock, err)
+		}
+		return nil
+	}
+	return usagef(use)
+}

@@ -1,0 +1,35 @@
+package cli
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestEndpointMigrateUsage: the endpoint and migrate commands' usage
+// errors exit 2 before anything is asked of a daemon; with no daemon,
+// a well-formed command exits 1 and says how to start one.
+func TestEndpointMigrateUsage(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"endpoint", "frob"}, 2, "tandem endpoint list"},
+		{[]string{"endpoint", "set", "10.0.0.5"}, 2, "tandem endpoint list"},
+		{[]string{"endpoint", "set", "nope", "10.0.0.9"}, 2, `ENDPOINT "nope"`},
+		{[]string{"endpoint", "del", "10.0.0.5", "x"}, 2, "tandem endpoint list"},
+		{[]string{"migrate", "start", "10.0.0.5"}, 2, "--to is required"},
+		{[]string{"migrate", "start", "10.0.0.5", "--to", "host"}, 2, `--to "host"`},
+		{[]string{"migrate", "switch", "10.0.0.5", "--to", "10.0.0.9"}, 2, "--to goes with start only"},
+		{[]string{"migrate", "frob", "10.0.0.5"}, 2, "tandem migrate start"},
+		{[]string{"migrate", "done"}, 2, "tandem migrate start"},
+		{[]string{"endpoint", "list", "--state-dir", dir}, 1, "tandem up --migrate-iface"},
+		{[]string{"migrate", "blackout", "10.0.0.5", "--state-dir", dir}, 1, "tandem up --migrate-iface"},
+	} {
+		_, errs, code := run(tc.args...)
+		if code != tc.code || !strings.Contains(errs, tc.want) {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d and %q", tc.args, code, errs, tc.code, tc.want)
+		}
+	}
+}

@@ -1,0 +1,126 @@
+package migrate
+
+import (
+	"encoding/binary"
+	"fmt"
+	"runtime"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// sendBatchMax frames go out per sendmmsg.
+const sendBatchMax = 256
+
+// hopTemplate is where xdp_mig_flush sent the first frame of a flush:
+// every held frame of one endpoint goes to the same hop (the state cannot
+// change while the controller flushes), so the others get the same MACs
+// and egress without a test run each.
+type hopTemplate struct {
+	ok    bool
+	ether uint16 // the ethertype the template was made for
+	macs  [12]byte
+	to    unix.RawSockaddrLinklayer
+}
+
+// batch collects rewritten frames for one sendmmsg.
+type batch struct {
+	buf   []byte // frames back to back
+	lens  []int
+	to    unix.RawSockaddrLinklayer
+	iov   []unix.Iovec
+	msgs  []mmsghdr
+	count int
+}
+
+type mmsghdr struct {
+	hdr unix.Msghdr
+	len uint32
+	_   [4]byte
+}
+
+// rewrite applies t to frame in place, as xdp_mig_flush would: the MACs,
+// the TTL or hop limit decremented (the IPv4 checksum updated, RFC 1624).
+// false: the frame needs the program (another family, an expiring TTL,
+// too short).
+func (t *hopTemplate) rewrite(frame []byte) bool {
+	if !t.ok || len(frame) < 14+40 || binary.BigEndian.Uint16(frame[12:]) != t.ether {
+		return false
+	}
+	switch t.ether {
+	case unix.ETH_P_IP:
+		ttl := frame[14+8]
+		if ttl <= 1 || frame[14]>>4 != 4 {
+			return false
+		}
+		// ttl is the high byte of the 16-bit word ttl|protocol.
+		old := uint32(binary.BigEndian.Uint16(frame[14+8:]))
+		frame[14+8] = ttl - 1
+		nw := uint32(binary.BigEndian.Uint16(frame[14+8:]))
+		sum := uint32(^binary.BigEndian.Uint16(frame[14+10:])) + uint32(^uint16(old)) + nw
+		sum = sum&0xffff + sum>>16
+		sum = sum&0xffff + sum>>16
+		binary.BigEndian.PutUint16(frame[14+10:], ^uint16(sum))
+	case unix.ETH_P_IPV6:
+		if frame[14+7] <= 1 {
+			return false
+		}
+		frame[14+7]--
+	default:
+		return false
+	}
+	copy(frame[0:12], t.macs[:])
+	return true
+}
+
+// add queues frame for t's destination; a batch to another destination,
+// or a full one, is sent first.
+func (l *Local) add(t *hopTemplate, frame []byte) error {
+	b := &l.out2
+	if b.count > 0 && (b.to != t.to || b.count == sendBatchMax) {
+		if err := l.sendBatch(); err != nil {
+			return err
+		}
+	}
+	b.to = t.to
+	b.buf = append(b.buf, frame...)
+	b.lens = append(b.lens, len(frame))
+	b.count++
+	return nil
+}
+
+// sendBatch sends what add queued, all of it, in order.
+func (l *Local) sendBatch() error {
+	b := &l.out2
+	if b.count == 0 {
+		return nil
+	}
+	defer func() { b.buf, b.lens, b.count = b.buf[:0], b.lens[:0], 0 }()
+	b.iov = b.iov[:0]
+	b.msgs = b.msgs[:0]
+	off := 0
+	for _, n := range b.lens {
+		b.iov = append(b.iov, unix.Iovec{Base: &b.buf[off], Len: uint64(n)})
+		off += n
+	}
+	for i := range b.lens {
+		var m mmsghdr
+		m.hdr.Name = (*byte)(unsafe.Pointer(&b.to))
+		m.hdr.Namelen = uint32(unsafe.Sizeof(b.to))
+		m.hdr.Iov = &b.iov[i]
+		m.hdr.Iovlen = 1
+		b.msgs = append(b.msgs, m)
+	}
+	for sent := 0; sent < len(b.msgs); {
+		r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(l.pkt), uintptr(unsafe.Pointer(&b.msgs[sent])), uintptr(len(b.msgs)-sent), 0, 0, 0)
+		if errno == unix.EINTR {
+			continue
+		}
+		if errno != 0 {
+			return fmt.Errorf("re-inject held packets on ifindex %d: %w", b.to.Ifindex, errno)
+		}
+		sent += int(r)
+	}
+	runtime.KeepAlive(b)
+	return nil
+}
