@@ -69,22 +69,34 @@ import (
 //	interval    = "100ms"              # 10ms to 10s
 //	dead        = 3                    # adverts missed before the peer is gone (2 to 100)
 //	secret_file = ""                   # default: proxy.secret_file
+//
+//	[migrate]                          # remote control of migrations (tandem migrate follow)
+//	listen      = "10.9.0.1:7402"      # TLS 1.3, certificates of sync.certs' CA
+//	clients     = ["hv-1", "hv-2"]     # the certificate names allowed to drive migrations
 type FileConfig struct {
-	BPFFS       string      `toml:"bpffs"`
-	Interfaces  []string    `toml:"interfaces"`
-	XDPMode     string      `toml:"xdp_mode"`
-	Ingress     string      `toml:"ingress"`
-	TC          string      `toml:"tc"`
-	Gate        string      `toml:"gate"`
-	StateDir    string      `toml:"state_dir"`
-	MetricsAddr string      `toml:"metrics_addr"`
-	VIPs        []VIPConfig `toml:"vip"`
-	Sync        SyncConfig  `toml:"sync"`
-	Proxy       ProxyConfig `toml:"proxy"`
-	Election    ElectConfig `toml:"election"`
+	BPFFS       string        `toml:"bpffs"`
+	Interfaces  []string      `toml:"interfaces"`
+	XDPMode     string        `toml:"xdp_mode"`
+	Ingress     string        `toml:"ingress"`
+	TC          string        `toml:"tc"`
+	Gate        string        `toml:"gate"`
+	StateDir    string        `toml:"state_dir"`
+	MetricsAddr string        `toml:"metrics_addr"`
+	VIPs        []VIPConfig   `toml:"vip"`
+	Sync        SyncConfig    `toml:"sync"`
+	Proxy       ProxyConfig   `toml:"proxy"`
+	Election    ElectConfig   `toml:"election"`
+	Migrate     MigrateConfig `toml:"migrate"`
 
 	// ControlGroup may use the daemon's control socket besides root.
 	ControlGroup string `toml:"control_group"`
+}
+
+// MigrateConfig is the [migrate] table: the migration control listener
+// (applied by daemon.Config.ApplyFile).
+type MigrateConfig struct {
+	Listen  string   `toml:"listen"`
+	Clients []string `toml:"clients"`
 }
 
 // ElectConfig is the [election] table.
