@@ -31,7 +31,7 @@ type Daemon struct {
 	sd   *syncd
 	pk   *proxyKeeper
 	vd   *vipd
-	md   *migrated
+	mr   *migremote
 
 	reloads   chan reload
 	done      chan struct{}          // closed when Run returns
@@ -58,8 +58,8 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	d.held = held
 	d.sd = newSyncd(d.log)
-	d.md = newMigrated(d.log)
-	d.sd.gather(d.md.reg)
+	d.mr = newMigremote(d.log)
+	d.sd.gather(d.mr.reg)
 	if err := d.sd.apply(cfg); err != nil {
 		d.sd.close()
 		return nil, err
@@ -69,13 +69,13 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d.pk.tick(time.Now())
-	if err := d.md.apply(cfg); err != nil {
+	if err := d.mr.apply(cfg); err != nil {
 		d.pk.close()
 		d.sd.close()
 		return nil, err
 	}
 	if d.vd, err = newVipd(cfg, d.sd, d.log, d.lastReloadError); err != nil {
-		d.md.close()
+		d.mr.close()
 		d.pk.close()
 		d.sd.close()
 		return nil, err
@@ -90,7 +90,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer close(d.done)
 	defer func() {
 		d.vd.close()
-		d.md.close()
+		d.mr.close()
 		d.pk.close()
 		d.sd.close()
 	}()
@@ -173,7 +173,7 @@ func (d *Daemon) reload(no Config) error {
 		d.pk.close()
 		d.pk = npk
 	}
-	if err := d.md.apply(no); err != nil {
+	if err := d.mr.apply(no); err != nil {
 		log.Error("reload: migration control; the running listener carries on", "err", err)
 		errs = append(errs, fmt.Errorf("migration control: %w", err))
 	}

@@ -65,6 +65,8 @@ Commands that write:
   certs     create a pair CA and host certificates for the sync channel
   service   list, add or delete the SYN proxy's services (list only reads)
   vip       show the VIP election; vip handover moves the VIPs to the peer
+  migrate   drive an endpoint's live migration over the gateways' migration control
+            (by hand, or migrate follow --qmp next to QEMU)
 
 Commands that read:
   status    what is attached where, program ids, map fill, counters

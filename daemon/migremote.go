@@ -11,11 +11,11 @@ import (
 	"github.com/tandem-net/tandem/migrate/remote"
 )
 
-// migrated is the daemon's migration control listener (--migrate-listen):
+// migremote is the daemon's migration control listener (--migrate-listen):
 // drivers on the hosts named by --migrate-clients send migration steps
 // over mutual TLS. Its counters live in their own registry, served with
 // the sync's at --metrics-addr, and survive a restart of the listener.
-type migrated struct {
+type migremote struct {
 	log               *slog.Logger
 	reg               *prometheus.Registry
 	refused, requests *prometheus.CounterVec
@@ -37,8 +37,8 @@ func keyOf(c Config) migrateKey {
 	return migrateKey{c.Migrate.Listen, c.Sync.Certs, c.Sync.Name, fmt.Sprint(cl), c.Migrate.Controller}
 }
 
-func newMigrated(log *slog.Logger) *migrated {
-	m := &migrated{log: log, reg: prometheus.NewRegistry()}
+func newMigremote(log *slog.Logger) *migremote {
+	m := &migremote{log: log, reg: prometheus.NewRegistry()}
 	var s remote.Server
 	s.NewMetrics(m.reg)
 	m.refused, m.requests = s.Refused, s.Requests
@@ -46,7 +46,7 @@ func newMigrated(log *slog.Logger) *migrated {
 }
 
 // apply makes the listener match c: started, restarted or stopped.
-func (m *migrated) apply(c Config) error {
+func (m *migremote) apply(c Config) error {
 	k := keyOf(c)
 	if m.srv != nil && k == m.cur {
 		return nil
@@ -89,14 +89,14 @@ func (m *migrated) apply(c Config) error {
 }
 
 // addr is the listener's bound address, "" when none.
-func (m *migrated) addr() string {
+func (m *migremote) addr() string {
 	if m == nil || m.ln == nil {
 		return ""
 	}
 	return m.ln.Addr().String()
 }
 
-func (m *migrated) close() {
+func (m *migremote) close() {
 	if m.srv == nil {
 		return
 	}

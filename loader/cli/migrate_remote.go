@@ -1,0 +1,254 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/tandem-net/tandem/migrate/qmp"
+	"github.com/tandem-net/tandem/migrate/remote"
+	"github.com/tandem-net/tandem/syncer"
+)
+
+type migrateFlags struct {
+	gateways []string
+	gwNames  []string
+	certs    string
+	name     string
+	to       string
+	endpoint string
+	qmp      string
+	role     string
+	timeout  time.Duration
+	verbose  bool
+}
+
+func init() {
+	register(&command{
+		name:    "migrate",
+		summary: "drive an endpoint's live migration on the gateways, by hand or by following QEMU",
+		args:    "start|blackout|switch|done|abort|status ENDPOINT | follow",
+		long: `
+Moves an endpoint (an address served through the gateway pair, e.g. a
+virtual machine) from its source host to a destination host without losing
+a packet: start (packets keep going to the source), blackout (the source
+stopped: the gateway holds the endpoint's packets), switch (the destination
+runs: the held packets go there first, in order, then every new one), done
+(the destination is the endpoint's location). abort returns to the source
+from any step. status shows the move. docs/migration.md explains the method.
+
+tandem migrate reaches the gateways' daemons over mutual TLS 1.3 at their
+--migrate-listen address (--gateway, repeat it for both gateways of the
+pair: after a failover the other one answers). It presents the certificate
+--name from --certs (ca.pem, NAME.pem, NAME-key.pem: issue it on the pair's
+CA host with tandem certs --dir DIR NAME and copy those three files here);
+the gateway admits it only when NAME is in its --migrate-clients. The
+gateway's certificate must be of the same CA and list the address or name
+dialled (tandem certs gw-a=IP), or one of --gateway-name.
+
+tandem migrate follow runs next to QEMU, not on the gateway: it connects to
+QEMU's QMP socket (QEMU started with -qmp unix:SOCKET,server=on,wait=off),
+turns on migration events and maps them to the steps for --endpoint:
+MIGRATION active -> start; STOP while migrating -> blackout; MIGRATION
+completed (or RESUME on the destination, --role destination) -> switch and
+done; failed or cancelled -> abort. Repeated events send nothing twice and
+the gateways treat a repeated step as done, so the follower reconnects to
+QEMU (catching up from query-migrate) and to the gateways freely. It runs
+until interrupted. Steps the gateway refuses are logged and skipped.
+
+Exit status: 0 done, 1 the gateway refused or could not be reached, 2 a
+usage error.`,
+		examples: `  tandem migrate start 10.1.0.5 --to 10.2.0.12 --gateway 10.9.0.1:7402 --gateway 10.9.0.2:7402 --certs /etc/tandem/certs --name hv-1
+  tandem migrate status 10.1.0.5 --gateway 10.9.0.1:7402 --name hv-1
+  tandem migrate follow --qmp /run/vm1.qmp --endpoint 10.1.0.5 --to 10.2.0.12 --gateway 10.9.0.1:7402,10.9.0.2:7402 --name hv-1
+`,
+		flags: func(fs *pflag.FlagSet) any {
+			f := &migrateFlags{}
+			fs.StringSliceVar(&f.gateways, "gateway", nil, "a gateway daemon's --migrate-listen HOST:PORT (repeat, or NAME,NAME: tried in turn)")
+			fs.StringSliceVar(&f.gwNames, "gateway-name", nil, "accept only gateway certificates for these names (default: the certificate must list the HOST dialled)")
+			fs.StringVar(&f.certs, "certs", "/etc/tandem/certs", "directory with ca.pem and NAME.pem/NAME-key.pem (see tandem certs)")
+			fs.StringVar(&f.name, "name", "", "this host's certificate name, one of the gateway's --migrate-clients (default: the hostname)")
+			fs.StringVar(&f.to, "to", "", "start, follow: the destination host's address (the endpoint's next hop after the move)")
+			fs.StringVar(&f.endpoint, "endpoint", "", "follow: the endpoint's address (the guest's)")
+			fs.StringVar(&f.qmp, "qmp", "", "follow: QEMU's QMP unix socket")
+			fs.StringVar(&f.role, "role", qmp.RoleSource, "follow: which QEMU this is: source (STOP is the blackout, completed the switch) or destination (RESUME is the switch)")
+			fs.DurationVar(&f.timeout, "timeout", remote.DefaultDialTimeout, "bound on a dial and on one request's answer")
+			fs.BoolVarP(&f.verbose, "verbose", "v", false, "follow: log debug detail")
+			return f
+		},
+		run: runMigrate,
+	})
+}
+
+func (f *migrateFlags) client() (*remote.Client, error) {
+	if len(f.gateways) == 0 {
+		return nil, usagef("give the gateways with --gateway HOST:PORT (their --migrate-listen)")
+	}
+	for _, g := range f.gateways {
+		if _, _, err := net.SplitHostPort(g); err != nil {
+			return nil, usagef("--gateway %q: want HOST:PORT", g)
+		}
+	}
+	name := f.name
+	if name == "" {
+		var err error
+		if name, err = os.Hostname(); err != nil {
+			return nil, usagef("no --name and no hostname: %v", err)
+		}
+	}
+	var cfg, err = syncer.ClientTLSConfig(f.certs, name)
+	if len(f.gwNames) > 0 {
+		cfg, err = syncer.TLSConfigAllowing(f.certs, name, f.gwNames)
+		if err == nil {
+			// The names are checked instead of the address dialled.
+			names := slices.Clone(f.gwNames)
+			cfg.ServerName = names[0]
+			verify := cfg.VerifyConnection
+			cfg.InsecureSkipVerify = true // the chain is verified below, against the pair's CA
+			roots := cfg.RootCAs
+			cfg.VerifyConnection = func(cs tlsState) error {
+				if err := verifyChain(cs, roots); err != nil {
+					return err
+				}
+				return verify(cs)
+			}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &remote.Client{Gateways: f.gateways, TLS: cfg, Timeout: f.timeout}, nil
+}
+
+func runMigrate(env Env, opts any, args []string) error {
+	f := opts.(*migrateFlags)
+	if len(args) == 0 {
+		return usagef("name a step: start, blackout, switch, done, abort, status ENDPOINT; or follow")
+	}
+	if args[0] == "follow" {
+		return runFollow(env, f, args[1:])
+	}
+	op := args[0]
+	if !slices.Contains(remote.Ops, op) {
+		return usagef("unknown step %q: want one of %s, or follow", op, strings.Join(remote.Ops, ", "))
+	}
+	if len(args) != 2 {
+		return usagef("tandem migrate %s ENDPOINT", op)
+	}
+	if _, err := netip.ParseAddr(args[1]); err != nil {
+		return usagef("endpoint %q: not an IP address", args[1])
+	}
+	if op == remote.OpStart {
+		if _, err := netip.ParseAddr(f.to); err != nil {
+			return usagef("start: give the destination host's address with --to ADDR")
+		}
+	}
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(env.Ctx, 4*f.timeout)
+	defer cancel()
+	resp, err := c.Do(ctx, remote.Request{Op: op, Endpoint: args[1], To: f.to})
+	if err != nil {
+		return err
+	}
+	note := ""
+	if resp.Noop {
+		note = " (already so: nothing changed)"
+	}
+	fmt.Fprintf(env.Stdout, "%s: %s", args[1], resp.State)
+	if resp.From != "" || resp.To != "" {
+		fmt.Fprintf(env.Stdout, " from %s to %s", orDash(resp.From), orDash(resp.To))
+	}
+	if resp.Held > 0 {
+		fmt.Fprintf(env.Stdout, ", %d held", resp.Held)
+	}
+	fmt.Fprintln(env.Stdout, note)
+	return nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// remoteSteps is the follower's Stepper: one endpoint, one destination.
+type remoteSteps struct {
+	c        *remote.Client
+	ep, to   string
+	deadline time.Duration
+}
+
+func (s *remoteSteps) Step(ctx context.Context, op string) error {
+	ctx, cancel := context.WithTimeout(ctx, s.deadline)
+	defer cancel()
+	req := remote.Request{Op: op, Endpoint: s.ep}
+	if op == remote.OpStart {
+		req.To = s.to
+	}
+	_, err := s.c.Do(ctx, req)
+	var re *remote.RemoteError
+	if errors.As(err, &re) {
+		return &qmp.Permanent{Err: err}
+	}
+	return err
+}
+
+func runFollow(env Env, f *migrateFlags, args []string) error {
+	if len(args) > 0 {
+		return usagef("follow takes no arguments (unexpected %q): give --qmp, --endpoint, --to, --gateway", args[0])
+	}
+	if f.qmp == "" {
+		return usagef("follow: give QEMU's QMP socket with --qmp SOCKET")
+	}
+	if _, err := netip.ParseAddr(f.endpoint); err != nil {
+		return usagef("follow: give the endpoint's address with --endpoint ADDR")
+	}
+	if _, err := netip.ParseAddr(f.to); err != nil {
+		return usagef("follow: give the destination host's address with --to ADDR")
+	}
+	if f.role != qmp.RoleSource && f.role != qmp.RoleDestination {
+		return usagef("--role %q: source or destination", f.role)
+	}
+	c, err := f.client()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	log := logger(env.Stderr, f.verbose)
+	fl := &qmp.Follower{QMP: f.qmp, Role: f.role, Log: log,
+		Steps: &remoteSteps{c: c, ep: f.endpoint, to: f.to, deadline: 4 * f.timeout}}
+	log.Info("following QEMU's migration", "qmp", f.qmp, "endpoint", f.endpoint, "to", f.to, "gateways", f.gateways)
+	return fl.Run(env.Ctx)
+}
+
+type tlsState = tls.ConnectionState
+
+// verifyChain checks the peer's chain against roots (the pair's CA) when
+// the standard verification is off because names, not the address
+// dialled, are checked.
+func verifyChain(cs tls.ConnectionState, roots *x509.CertPool) error {
+	if len(cs.PeerCertificates) == 0 {
+		return errors.New("the gateway presented no certificate")
+	}
+	inter := x509.NewCertPool()
+	for _, c := range cs.PeerCertificates[1:] {
+		inter.AddCert(c)
+	}
+	_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	return err
+}
