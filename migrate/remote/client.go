@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"time"
 )
@@ -107,6 +108,12 @@ func (c *Client) Do(ctx context.Context, req Request) (Response, error) {
 		c.next = (c.next + 1) % max(len(c.Gateways), 1)
 	}
 	if err != nil {
+		// crypto/tls reports the peer's alert as an unexported type.
+		if strings.Contains(err.Error(), "remote error: tls:") {
+			// TLS 1.3: the server judges the client's certificate after
+			// the client's handshake is over; its verdict arrives here.
+			return resp, fmt.Errorf("%s %s: %w (the gateway refused this host's certificate: is its name in the gateway's --migrate-clients, and is it signed by the pair's CA?)", req.Op, req.Endpoint, err)
+		}
 		return resp, fmt.Errorf("%s %s: %w", req.Op, req.Endpoint, err)
 	}
 	if !resp.OK {
