@@ -230,3 +230,47 @@ func TestNoDatapath(t *testing.T) {
 		t.Fatalf("got %+v, want code %s", resp, CodeNoDatapath)
 	}
 }
+
+// TestClientFailsOver: the follower is given both gateways of the pair;
+// when the one it talks to dies mid-move, the next step goes to the other
+// (which holds the replicated migration state), and a step resent there
+// after the failover is a no-op, not an error.
+func TestClientFailsOver(t *testing.T) {
+	a := newLab(t, 2*time.Second, time.Minute)
+	// Gateway b: the same pair CA and controller state (replicated), its
+	// own listener.
+	cfg, err := syncer.TLSConfigAllowing(a.dir, "gw", []string{"hv-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &Server{TLS: cfg, Controller: a.ctl, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	lnB, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go b.Serve(lnB)
+	defer func() { lnB.Close(); b.Stop() }()
+
+	c := a.client(t, a.dir, "hv-a")
+	c.Gateways = append(c.Gateways, lnB.Addr().String())
+	defer c.Close()
+	ctx := context.Background()
+	if _, err := c.Do(ctx, Request{Op: OpStart, Endpoint: "10.1.0.5", To: "192.0.2.9"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Do(ctx, Request{Op: OpBlackout, Endpoint: "10.1.0.5"}); err != nil {
+		t.Fatal(err)
+	}
+	// Gateway a dies.
+	a.srv.Stop()
+	resp, err := c.Do(ctx, Request{Op: OpBlackout, Endpoint: "10.1.0.5"})
+	if err != nil || !resp.Noop {
+		t.Fatalf("blackout resent after the failover: %+v, %v; want a no-op", resp, err)
+	}
+	if _, err := c.Do(ctx, Request{Op: OpSwitch, Endpoint: "10.1.0.5"}); err != nil {
+		t.Fatalf("switch after the failover: %v", err)
+	}
+	if got, want := a.ctl.Calls(), []string{"start 10.1.0.5 192.0.2.9", "blackout 10.1.0.5", "switch 10.1.0.5"}; !slices.Equal(got, want) {
+		t.Fatalf("controller calls %v, want %v", got, want)
+	}
+}
