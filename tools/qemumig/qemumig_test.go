@@ -2,14 +2,23 @@ package qemumig
 
 import (
 	"context"
-	"errors"
+	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+
+	"github.com/tandem-net/tandem/syncer"
+	"github.com/tandem-net/tandem/tools/lab"
 	"github.com/tandem-net/tandem/tools/testenv"
 	"github.com/tandem-net/tandem/tools/traffic"
 )
@@ -110,26 +119,180 @@ func TestQEMUMigrationBaseline(t *testing.T) {
 
 // TestQEMUMigrationWithTandem is the same move driven only by tandem
 // migrate follow on the source's QMP socket, with the gateway running
-// tandem's migration stage: the stream loses nothing, against the
-// baseline's loss in the same run.
+// tandem's migration stage and its migration control: the stream loses
+// nothing and duplicates nothing, against the baseline's loss (the same
+// move without tandem) in the same run.
 func TestQEMUMigrationWithTandem(t *testing.T) {
 	tandem := testenv.Tandem(t)
 	out, _ := exec.Command(tandem, "up", "--help").CombinedOutput()
-	if !containsAll(string(out), "--migrate-iface", "--migrate-listen") {
-		t.Skip("skipped: the migration datapath (tandem up --migrate-iface, tandem endpoint set: branch h-migdp) is not in this build; the drivers half (--migrate-listen, tandem migrate follow) is")
+	if !strings.Contains(string(out), "--migrate-iface") || !strings.Contains(string(out), "--migrate-listen") {
+		t.Skip("skipped: the migration datapath (tandem up --migrate-iface, tandem endpoint set: branch h-migdp) is not in this build; only the drivers half (--migrate-listen, tandem migrate follow) is")
 	}
-	t.Fatal(errors.New("TODO(merge): wire the gateway (tandem up --migrate-iface eth1,eth2 --migrate-listen, tandem endpoint set 10.88.0.5 10.88.2.2) and run the follower; see docs/migration.md ## Drivers"))
-}
-
-func containsAll(s string, subs ...string) bool {
-	for _, x := range subs {
-		if !contains(s, x) {
-			return false
+	var base moveResult
+	t.Run("baseline", func(t *testing.T) {
+		l, ctx := setup(t)
+		gw := l.L.Host("gw")
+		base = streamAcrossMove(t, l, ctx, func() {
+			if err := gw.IP("route", "replace", GuestAddr+"/32", "via", DstHop); err != nil {
+				t.Error(err)
+			}
+		})
+	})
+	l, ctx := setup(t)
+	gw, hs := l.L.Host("gw"), l.L.Host("hs")
+	certs := t.TempDir()
+	if _, err := syncer.IssueCerts(certs, map[string][]net.IP{"gw": {net.ParseIP("10.88.2.1")}, "hs": nil}, syncer.CertOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The gateway's neighbour entries for both hosts, fixed: the hold
+	// must not wait on a resolution.
+	for _, n := range [][2]string{{SrcHop, "eth1"}, {DstHop, "eth2"}} {
+		mac, err := hostMAC(l, n[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := gw.IP("neigh", "replace", n[0], "lladdr", mac, "dev", n[1], "nud", "permanent"); err != nil {
+			t.Fatal(err)
 		}
 	}
-	return true
+	// Frames the gateway redirects into a veth need an XDP program on
+	// the peer.
+	pass, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 2), asm.Return()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pass.Close() })
+	for _, h := range []string{"hs", "hd"} {
+		err := l.L.Host(h).Do(func() error {
+			i, err := net.InterfaceByName("eth0")
+			if err != nil {
+				return err
+			}
+			lk, err := link.AttachXDP(link.XDPOptions{Program: pass, Interface: i.Index})
+			if err != nil {
+				return fmt.Errorf("xdp on %s eth0: %w", h, err)
+			}
+			t.Cleanup(func() { lk.Close() })
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	state := t.TempDir()
+	common := []string{"--bpffs", gw.BPFFS(), "--state-dir", state}
+	up := gw.Cmd(tandem, append([]string{"up", "--migrate-iface", "eth0", "--sync-certs", certs, "--sync-name", "gw",
+		"--migrate-listen", "10.88.2.1:7402", "--migrate-clients", "hs"}, common...)...)
+	var upLog strings.Builder
+	up.Stdout, up.Stderr = &upLog, &upLog
+	if err := up.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		up.Process.Signal(os.Interrupt)
+		up.Wait()
+		gw.Cmd(tandem, append([]string{"down"}, common...)...).Run()
+		if t.Failed() {
+			t.Logf("gateway daemon:\n%s", upLog.String())
+		}
+	})
+	if err := waitDial(ctx, hs, "10.88.2.1:7402"); err != nil {
+		t.Fatalf("the gateway's migration control: %v\n%s", err, upLog.String())
+	}
+	if b, err := gw.Cmd(tandem, append([]string{"endpoint", "set", GuestAddr, SrcHop}, common...)...).CombinedOutput(); err != nil {
+		t.Fatalf("tandem endpoint set: %v: %s", err, b)
+	}
+	fctx, stop := context.WithCancel(ctx)
+	follow := exec.CommandContext(fctx, "nsenter", "--net=/run/netns/"+hs.NS, "--", tandem, "migrate", "follow",
+		"--qmp", l.Src.Follow, "--endpoint", GuestAddr, "--to", DstHop,
+		"--gateway", "10.88.2.1:7402", "--certs", certs, "--name", "hs")
+	var followLog syncBuf
+	follow.Stdout, follow.Stderr = &followLog, &followLog
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { stop(); follow.Wait() }()
+	for !strings.Contains(followLog.String(), "qmp: following") {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the follower never followed QEMU:\n%s", followLog.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	r := streamAcrossMove(t, l, ctx, nil)
+	// The follower's done comes right after the source reports completed.
+	for !strings.Contains(followLog.String(), "op=done") {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the follower never finished the move:\n%s", followLog.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Logf("QEMU live migration, echo stream %d/s: baseline %d of %d lost (downtime %d ms); tandem %d of %d lost, %d duplicated (downtime %d ms)",
+		int(burst*time.Second/gap), base.lost, base.sent, base.mig.DowntimeMS, r.lost, r.sent, r.dups, r.mig.DowntimeMS)
+	if r.lost != 0 || r.dups != 0 {
+		t.Fatalf("with tandem's hold the stream lost %d and duplicated %d datagrams across the move (baseline lost %d)\nfollower:\n%s", r.lost, r.dups, base.lost, followLog.String())
+	}
+	for _, op := range []string{"op=start", "op=blackout", "op=switch", "op=done"} {
+		if !strings.Contains(followLog.String(), op) {
+			t.Errorf("the follower never sent %s:\n%s", op, followLog.String())
+		}
+	}
 }
 
-func contains(s, sub string) bool {
-	return len(sub) == 0 || (len(s) >= len(sub) && (s[:len(sub)] == sub || contains(s[1:], sub)))
+// hostMAC is the MAC of the lab host's eth0 that has addr.
+func hostMAC(l *Lab, addr string) (string, error) {
+	h := l.L.Host("hs")
+	if addr == DstHop {
+		h = l.L.Host("hd")
+	}
+	var mac string
+	err := h.Do(func() error {
+		i, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		mac = i.HardwareAddr.String()
+		return nil
+	})
+	return mac, err
+}
+
+// waitDial waits until addr accepts TCP connections from h.
+func waitDial(ctx context.Context, h *lab.Host, addr string) error {
+	for {
+		err := h.Do(func() error {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return err
+		})
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// syncBuf is a strings.Builder safe for a process's output and a reader.
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
