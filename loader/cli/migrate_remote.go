@@ -20,17 +20,40 @@ import (
 	"github.com/tandem-net/tandem/syncer"
 )
 
-type migrateFlags struct {
+// remoteFlags are the flags of the migration drivers: the gateways'
+// migration control (--migrate-listen) and the QMP follower. The migrate
+// command adds them with addRemoteFlags; its run calls runFollow for
+// follow and runRemoteStep when --gateway is given.
+type remoteFlags struct {
 	gateways []string
 	gwNames  []string
 	certs    string
 	name     string
-	to       string
 	endpoint string
 	qmp      string
 	role     string
 	timeout  time.Duration
 	verbose  bool
+}
+
+func addRemoteFlags(fs *pflag.FlagSet) *remoteFlags {
+	f := &remoteFlags{}
+	fs.StringSliceVar(&f.gateways, "gateway", nil, "a gateway daemon's --migrate-listen HOST:PORT (repeat, or HOST:PORT,HOST:PORT: tried in turn)")
+	fs.StringSliceVar(&f.gwNames, "gateway-name", nil, "accept only gateway certificates for these names (default: the certificate must list the HOST dialled)")
+	fs.StringVar(&f.certs, "certs", "/etc/tandem/certs", "directory with ca.pem and NAME.pem/NAME-key.pem (see tandem certs)")
+	fs.StringVar(&f.name, "name", "", "this host's certificate name, one of the gateway's --migrate-clients (default: the hostname)")
+	fs.StringVar(&f.endpoint, "endpoint", "", "follow: the endpoint's address (the guest's)")
+	fs.StringVar(&f.qmp, "qmp", "", "follow: QEMU's QMP unix socket")
+	fs.StringVar(&f.role, "role", qmp.RoleSource, "follow: which QEMU this is: source (STOP is the blackout, completed the switch) or destination (RESUME is the switch)")
+	fs.DurationVar(&f.timeout, "timeout", remote.DefaultDialTimeout, "bound on a dial and on one request's answer")
+	fs.BoolVarP(&f.verbose, "verbose", "v", false, "follow: log debug detail")
+	return f
+}
+
+// migrateRemoteFlags are the flags of the migrate command on this branch.
+type migrateRemoteFlags struct {
+	*remoteFlags
+	to string
 }
 
 func init() {
@@ -73,24 +96,21 @@ usage error.`,
   tandem migrate follow --qmp /run/vm1.qmp --endpoint 10.1.0.5 --to 10.2.0.12 --gateway 10.9.0.1:7402,10.9.0.2:7402 --name hv-1
 `,
 		flags: func(fs *pflag.FlagSet) any {
-			f := &migrateFlags{}
-			fs.StringSliceVar(&f.gateways, "gateway", nil, "a gateway daemon's --migrate-listen HOST:PORT (repeat, or NAME,NAME: tried in turn)")
-			fs.StringSliceVar(&f.gwNames, "gateway-name", nil, "accept only gateway certificates for these names (default: the certificate must list the HOST dialled)")
-			fs.StringVar(&f.certs, "certs", "/etc/tandem/certs", "directory with ca.pem and NAME.pem/NAME-key.pem (see tandem certs)")
-			fs.StringVar(&f.name, "name", "", "this host's certificate name, one of the gateway's --migrate-clients (default: the hostname)")
+			f := &migrateRemoteFlags{remoteFlags: addRemoteFlags(fs)}
 			fs.StringVar(&f.to, "to", "", "start, follow: the destination host's address (the endpoint's next hop after the move)")
-			fs.StringVar(&f.endpoint, "endpoint", "", "follow: the endpoint's address (the guest's)")
-			fs.StringVar(&f.qmp, "qmp", "", "follow: QEMU's QMP unix socket")
-			fs.StringVar(&f.role, "role", qmp.RoleSource, "follow: which QEMU this is: source (STOP is the blackout, completed the switch) or destination (RESUME is the switch)")
-			fs.DurationVar(&f.timeout, "timeout", remote.DefaultDialTimeout, "bound on a dial and on one request's answer")
-			fs.BoolVarP(&f.verbose, "verbose", "v", false, "follow: log debug detail")
 			return f
 		},
-		run: runMigrate,
+		run: func(env Env, opts any, args []string) error {
+			f := opts.(*migrateRemoteFlags)
+			if len(args) > 0 && args[0] == "follow" {
+				return runFollow(env, f.remoteFlags, f.to, args[1:])
+			}
+			return runRemoteStep(env, f.remoteFlags, f.to, args)
+		},
 	})
 }
 
-func (f *migrateFlags) client() (*remote.Client, error) {
+func (f *remoteFlags) client() (*remote.Client, error) {
 	if len(f.gateways) == 0 {
 		return nil, usagef("give the gateways with --gateway HOST:PORT (their --migrate-listen)")
 	}
@@ -130,13 +150,11 @@ func (f *migrateFlags) client() (*remote.Client, error) {
 	return &remote.Client{Gateways: f.gateways, TLS: cfg, Timeout: f.timeout}, nil
 }
 
-func runMigrate(env Env, opts any, args []string) error {
-	f := opts.(*migrateFlags)
+// runRemoteStep is tandem migrate STEP ENDPOINT against the gateways'
+// migration control.
+func runRemoteStep(env Env, f *remoteFlags, to string, args []string) error {
 	if len(args) == 0 {
 		return usagef("name a step: start, blackout, switch, done, abort, status ENDPOINT; or follow")
-	}
-	if args[0] == "follow" {
-		return runFollow(env, f, args[1:])
 	}
 	op := args[0]
 	if !slices.Contains(remote.Ops, op) {
@@ -149,7 +167,7 @@ func runMigrate(env Env, opts any, args []string) error {
 		return usagef("endpoint %q: not an IP address", args[1])
 	}
 	if op == remote.OpStart {
-		if _, err := netip.ParseAddr(f.to); err != nil {
+		if _, err := netip.ParseAddr(to); err != nil {
 			return usagef("start: give the destination host's address with --to ADDR")
 		}
 	}
@@ -160,7 +178,7 @@ func runMigrate(env Env, opts any, args []string) error {
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(env.Ctx, 4*f.timeout)
 	defer cancel()
-	resp, err := c.Do(ctx, remote.Request{Op: op, Endpoint: args[1], To: f.to})
+	resp, err := c.Do(ctx, remote.Request{Op: op, Endpoint: args[1], To: to})
 	if err != nil {
 		return err
 	}
@@ -208,7 +226,8 @@ func (s *remoteSteps) Step(ctx context.Context, op string) error {
 	return err
 }
 
-func runFollow(env Env, f *migrateFlags, args []string) error {
+// runFollow is tandem migrate follow.
+func runFollow(env Env, f *remoteFlags, to string, args []string) error {
 	if len(args) > 0 {
 		return usagef("follow takes no arguments (unexpected %q): give --qmp, --endpoint, --to, --gateway", args[0])
 	}
@@ -218,7 +237,7 @@ func runFollow(env Env, f *migrateFlags, args []string) error {
 	if _, err := netip.ParseAddr(f.endpoint); err != nil {
 		return usagef("follow: give the endpoint's address with --endpoint ADDR")
 	}
-	if _, err := netip.ParseAddr(f.to); err != nil {
+	if _, err := netip.ParseAddr(to); err != nil {
 		return usagef("follow: give the destination host's address with --to ADDR")
 	}
 	if f.role != qmp.RoleSource && f.role != qmp.RoleDestination {
@@ -231,8 +250,8 @@ func runFollow(env Env, f *migrateFlags, args []string) error {
 	defer c.Close()
 	log := logger(env.Stderr, f.verbose)
 	fl := &qmp.Follower{QMP: f.qmp, Role: f.role, Log: log,
-		Steps: &remoteSteps{c: c, ep: f.endpoint, to: f.to, deadline: 4 * f.timeout}}
-	log.Info("following QEMU's migration", "qmp", f.qmp, "endpoint", f.endpoint, "to", f.to, "gateways", f.gateways)
+		Steps: &remoteSteps{c: c, ep: f.endpoint, to: to, deadline: 4 * f.timeout}}
+	log.Info("following QEMU's migration", "qmp", f.qmp, "endpoint", f.endpoint, "to", to, "gateways", f.gateways)
 	return fl.Run(env.Ctx)
 }
 
