@@ -148,10 +148,12 @@ func Spec() lab.Spec {
 			{Name: "hs", Forward: true, Routes: []string{"default via 10.88.2.1"}},
 			{Name: "hd", Forward: true, Routes: []string{"default via 10.88.3.1"}},
 		},
+		// Tx checksum offload off: the gateway's XDP redirect drops the
+		// partial-checksum mark of the client's locally sent datagrams.
 		Links: []lab.LinkSpec{
-			{A: lab.End{Host: "client", Iface: "eth0", Addrs: []string{ClientAddr + "/24"}}, B: lab.End{Host: "gw", Iface: "eth0", Addrs: []string{"10.88.1.1/24"}}},
-			{A: lab.End{Host: "gw", Iface: "eth1", Addrs: []string{"10.88.2.1/24"}}, B: lab.End{Host: "hs", Iface: "eth0", Addrs: []string{SrcHop + "/24"}}},
-			{A: lab.End{Host: "gw", Iface: "eth2", Addrs: []string{"10.88.3.1/24"}}, B: lab.End{Host: "hd", Iface: "eth0", Addrs: []string{DstHop + "/24"}}},
+			{A: lab.End{Host: "client", Iface: "eth0", Addrs: []string{ClientAddr + "/24"}}, B: lab.End{Host: "gw", Iface: "eth0", Addrs: []string{"10.88.1.1/24"}}, TxOff: true},
+			{A: lab.End{Host: "gw", Iface: "eth1", Addrs: []string{"10.88.2.1/24"}}, B: lab.End{Host: "hs", Iface: "eth0", Addrs: []string{SrcHop + "/24"}}, TxOff: true},
+			{A: lab.End{Host: "gw", Iface: "eth2", Addrs: []string{"10.88.3.1/24"}}, B: lab.End{Host: "hd", Iface: "eth0", Addrs: []string{DstHop + "/24"}}, TxOff: true},
 		},
 	}
 }

@@ -18,7 +18,6 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/tandem-net/tandem/syncer"
-	"github.com/tandem-net/tandem/tools/lab"
 	"github.com/tandem-net/tandem/tools/testenv"
 	"github.com/tandem-net/tandem/tools/traffic"
 )
@@ -183,7 +182,7 @@ func TestQEMUMigrationWithTandem(t *testing.T) {
 	common := []string{"--bpffs", gw.BPFFS(), "--state-dir", state}
 	up := gw.Cmd(tandem, append([]string{"up", "--migrate-iface", "eth0", "--sync-certs", certs, "--sync-name", "gw",
 		"--migrate-listen", "10.88.2.1:7402", "--migrate-clients", "hs"}, common...)...)
-	var upLog strings.Builder
+	var upLog syncBuf
 	up.Stdout, up.Stderr = &upLog, &upLog
 	if err := up.Start(); err != nil {
 		t.Fatal(err)
@@ -196,8 +195,14 @@ func TestQEMUMigrationWithTandem(t *testing.T) {
 			t.Logf("gateway daemon:\n%s", upLog.String())
 		}
 	})
-	if err := waitDial(ctx, hs, "10.88.2.1:7402"); err != nil {
-		t.Fatalf("the gateway's migration control: %v\n%s", err, upLog.String())
+	// Wait for the listener by its log line: a probe connection would
+	// be refused and counted as a stranger.
+	for !strings.Contains(upLog.String(), "migration control listening") {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the gateway's migration control never listened:\n%s", upLog.String())
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 	if b, err := gw.Cmd(tandem, append([]string{"endpoint", "set", GuestAddr, SrcHop}, common...)...).CombinedOutput(); err != nil {
 		t.Fatalf("tandem endpoint set: %v: %s", err, b)
@@ -256,27 +261,6 @@ func hostMAC(l *Lab, addr string) (string, error) {
 		return nil
 	})
 	return mac, err
-}
-
-// waitDial waits until addr accepts TCP connections from h.
-func waitDial(ctx context.Context, h *lab.Host, addr string) error {
-	for {
-		err := h.Do(func() error {
-			c, err := net.DialTimeout("tcp", addr, time.Second)
-			if err == nil {
-				c.Close()
-			}
-			return err
-		})
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
 }
 
 // syncBuf is a strings.Builder safe for a process's output and a reader.
