@@ -21,6 +21,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -199,7 +200,9 @@ func New(dir string) (*Lab, error) {
 				return nil, fmt.Errorf("host %s: ip %s: %w", name, strings.Join(args, " "), err)
 			}
 		}
-		for k, v := range map[string]string{"net.ipv4.conf.tap0.proxy_arp": "1", "net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.tap0.rp_filter": "0"} {
+		// proxy_delay 0: the guest's ARP for the client is answered at
+		// once, not after up to 0.8 s.
+		for k, v := range map[string]string{"net.ipv4.conf.tap0.proxy_arp": "1", "net.ipv4.neigh.tap0.proxy_delay": "0", "net.ipv4.conf.all.rp_filter": "0", "net.ipv4.conf.tap0.rp_filter": "0"} {
 			if err := h.Sysctl(k, v); err != nil {
 				ml.Close()
 				return nil, err
@@ -228,7 +231,36 @@ func (l *Lab) Start(ctx context.Context, k *Kernel, initrd string) error {
 	if l.Src, err = l.start(ctx, "hs", k, initrd, false); err != nil {
 		return err
 	}
-	return l.Src.WaitConsole(ctx, "echoing UDP")
+	if err := l.Src.WaitConsole(ctx, "echoing UDP"); err != nil {
+		return err
+	}
+	return l.WaitEcho(ctx)
+}
+
+// WaitEcho waits until a datagram from the client comes back from the
+// guest: every neighbour on the path is resolved, so a stream started
+// now loses nothing before the move.
+func (l *Lab) WaitEcho(ctx context.Context) error {
+	var c net.Conn
+	err := l.L.Host("client").Do(func() (err error) {
+		c, err = net.Dial("udp4", net.JoinHostPort(GuestAddr, fmt.Sprint(EchoPort)))
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	buf := make([]byte, 64)
+	for {
+		c.Write([]byte("ping"))
+		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if n, err := c.Read(buf); err == nil && string(buf[:n]) == "ping" {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("no echo from the guest at %s: %w", GuestAddr, ctx.Err())
+		}
+	}
 }
 
 func (l *Lab) start(ctx context.Context, host string, k *Kernel, initrd string, incoming bool) (*QEMU, error) {
