@@ -125,12 +125,19 @@ type Conn struct {
 	c      net.Conn
 	r      *bufio.Reader
 	events []Event // events read while waiting for a command's answer
+	// CapsErr: the migration capabilities could not be set (QEMU refuses
+	// while a migration runs: a follower that reconnects mid-move finds
+	// them set by its previous connection).
+	CapsErr error
 }
 
 // Dial connects to the QMP socket at path (unix), negotiates
 // capabilities and turns on migration events (the "events" migration
-// capability: without it QEMU sends no MIGRATION event).
-func Dial(ctx context.Context, path string) (*Conn, error) {
+// capability: without it QEMU sends no MIGRATION event), and with
+// pauseBeforeSwitchover the "pause-before-switchover" capability: the
+// source then waits, stopped, in status pre-switchover until the follower
+// sends migrate-continue.
+func Dial(ctx context.Context, path string, pauseBeforeSwitchover bool) (*Conn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
@@ -152,8 +159,19 @@ func Dial(ctx context.Context, path string) (*Conn, error) {
 		_, err = q.Execute("qmp_capabilities", nil)
 	}
 	if err == nil {
-		_, err = q.Execute("migrate-set-capabilities", map[string]any{
-			"capabilities": []map[string]any{{"capability": "events", "state": true}}})
+		caps := []map[string]any{{"capability": "events", "state": true}}
+		if pauseBeforeSwitchover {
+			caps = append(caps, map[string]any{"capability": "pause-before-switchover", "state": true})
+		}
+		// A QMP error here is not the connection's: keep it for the caller.
+		var cerr error
+		_, cerr = q.Execute("migrate-set-capabilities", map[string]any{"capabilities": caps})
+		var qe *QMPError
+		if errors.As(cerr, &qe) {
+			q.CapsErr = cerr
+		} else {
+			err = cerr
+		}
 	}
 	if err != nil {
 		c.Close()
@@ -198,12 +216,17 @@ func (q *Conn) Execute(cmd string, args any) (json.RawMessage, error) {
 			json.Unmarshal(line, &ev)
 			q.events = append(q.events, ev)
 		case m.Error != nil:
-			return nil, fmt.Errorf("%s: %s: %s", cmd, m.Error.Class, m.Error.Desc)
+			return nil, &QMPError{Cmd: cmd, Class: m.Error.Class, Desc: m.Error.Desc}
 		case m.Return != nil:
 			return m.Return, nil
 		}
 	}
 }
+
+// QMPError is a command QEMU answered with an error.
+type QMPError struct{ Cmd, Class, Desc string }
+
+func (e *QMPError) Error() string { return fmt.Sprintf("%s: %s: %s", e.Cmd, e.Class, e.Desc) }
 
 // Next is the next event.
 func (q *Conn) Next() (Event, error) {
@@ -253,7 +276,7 @@ func (q *Conn) Current() ([]Event, error) {
 		ev := Event{Event: "MIGRATION"}
 		ev.Data.Status = mig.Status
 		out = append(out, ev)
-		if !st.Running && (mig.Status == "active") {
+		if !st.Running && mig.Status == "active" {
 			out = append(out, Event{Event: "STOP"})
 		}
 	}
@@ -285,6 +308,14 @@ type Follower struct {
 	// Retry is how long to wait before dialling QMP again, or resending
 	// a step the gateway could not be reached for.
 	Retry time.Duration // default 500ms
+	// PauseBeforeSwitchover (source only) makes QEMU wait, with the
+	// guest stopped, until the gateway holds (blackout acknowledged); then
+	// the follower sends migrate-continue. Without it QEMU reports STOP
+	// only once its stop-and-copy is over (it holds its main lock
+	// meanwhile), so the hold starts late and what reached the source in
+	// between is lost. ContinueAfter bounds the wait for the gateway.
+	PauseBeforeSwitchover bool
+	ContinueAfter         time.Duration // default 2s
 
 	mapper Mapper
 }
@@ -294,6 +325,9 @@ type Follower struct {
 func (f *Follower) Run(ctx context.Context) error {
 	if f.Retry <= 0 {
 		f.Retry = 500 * time.Millisecond
+	}
+	if f.ContinueAfter <= 0 {
+		f.ContinueAfter = 2 * time.Second
 	}
 	f.mapper.Role = f.Role
 	for ctx.Err() == nil {
@@ -311,9 +345,13 @@ func (f *Follower) Run(ctx context.Context) error {
 }
 
 func (f *Follower) session(ctx context.Context) error {
-	q, err := Dial(ctx, f.QMP)
+	pause := f.PauseBeforeSwitchover && f.Role != RoleDestination
+	q, err := Dial(ctx, f.QMP, pause)
 	if err != nil {
 		return err
+	}
+	if q.CapsErr != nil {
+		f.Log.Warn("qmp: migration capabilities not set (a move in progress has them from the previous connection)", "err", q.CapsErr)
 	}
 	defer q.Close()
 	stop := context.AfterFunc(ctx, func() { q.Close() })
@@ -323,15 +361,43 @@ func (f *Follower) session(ctx context.Context) error {
 		return err
 	}
 	f.Log.Info("qmp: following", "socket", f.QMP, "role", f.mapper.Role)
+	handle := func(ev Event) error {
+		if !pause || ev.Event != "MIGRATION" || ev.Data.Status != "pre-switchover" {
+			f.apply(ctx, ev)
+			return nil
+		}
+		// The source waits, stopped: hold first, then let it go on. A
+		// gateway that cannot be reached within ContinueAfter does not
+		// keep the guest paused: the move goes on unheld.
+		actx, cancel := context.WithTimeout(ctx, f.ContinueAfter)
+		f.apply(actx, ev)
+		cancel()
+		_, err := q.Execute("migrate-continue", map[string]any{"state": "pre-switchover"})
+		if err != nil {
+			var qe *QMPError
+			if errors.As(err, &qe) {
+				// Someone else continued it already.
+				f.Log.Warn("qmp: migrate-continue", "err", err)
+				return nil
+			}
+			return err
+		}
+		f.Log.Info("qmp: source continues to the switchover")
+		return nil
+	}
 	for _, ev := range cur {
-		f.apply(ctx, ev)
+		if err := handle(ev); err != nil {
+			return err
+		}
 	}
 	for {
 		ev, err := q.Next()
 		if err != nil {
 			return err
 		}
-		f.apply(ctx, ev)
+		if err := handle(ev); err != nil {
+			return err
+		}
 	}
 }
 

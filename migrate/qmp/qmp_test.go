@@ -73,6 +73,9 @@ type fakeQEMU struct {
 	events chan string
 	conns  chan net.Conn
 	cmds   []string
+	// refuseCaps: migrate-set-capabilities fails, as in QEMU while a
+	// migration runs.
+	refuseCaps bool
 }
 
 func newFakeQEMU(t *testing.T) *fakeQEMU {
@@ -141,6 +144,15 @@ func (q *fakeQEMU) handle(c net.Conn) {
 		switch cmd.Execute {
 		case "query-migrate":
 			write(`{"return": {"status": "` + mig + `"}}`)
+		case "migrate-set-capabilities":
+			q.mu.Lock()
+			refuse := q.refuseCaps
+			q.mu.Unlock()
+			if refuse {
+				write(`{"error": {"class": "GenericError", "desc": "There's a migration process in progress"}}`)
+			} else {
+				write(`{"return": {}}`)
+			}
 		case "query-status":
 			b, _ := json.Marshal(map[string]any{"running": run, "status": "x"})
 			write(`{"return": ` + string(b) + `}`)
@@ -234,5 +246,82 @@ func TestFollowerReconnects(t *testing.T) {
 	defer q.mu.Unlock()
 	if !slices.Contains(q.cmds, "migrate-set-capabilities") || q.cmds[0] != "qmp_capabilities" {
 		t.Fatalf("commands %v: want qmp_capabilities first and migration events turned on", q.cmds)
+	}
+}
+
+func (q *fakeQEMU) commands() []string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return append([]string(nil), q.cmds...)
+}
+
+// waitCmd waits for the follower to send cmd to QEMU n times in all.
+func (q *fakeQEMU) waitCmd(t *testing.T, cmd string, n int) {
+	t.Helper()
+	for i := 0; i < 1000; i++ {
+		c := 0
+		for _, x := range q.commands() {
+			if x == cmd {
+				c++
+			}
+		}
+		if c >= n {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("the follower sent %s fewer than %d times: %v", cmd, n, q.commands())
+}
+
+// TestFollowerPausesBeforeSwitchover: with pause-before-switchover the
+// source waits, stopped, in pre-switchover; the follower sends
+// migrate-continue only once the blackout went through, or, when the
+// gateway cannot be reached, after ContinueAfter (the guest is never left
+// paused). A follower reconnecting mid-move, when QEMU refuses to set
+// capabilities, carries on.
+func TestFollowerPausesBeforeSwitchover(t *testing.T) {
+	q := newFakeQEMU(t)
+	rec := &recorder{seen: make(chan string, 64)}
+	f := &Follower{QMP: q.path, Steps: rec, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Retry: 20 * time.Millisecond,
+		PauseBeforeSwitchover: true, ContinueAfter: 300 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	c := <-q.conns
+	q.events <- "MIGRATION:active"
+	rec.wait(t, "start")
+	q.events <- "STOP"
+	rec.wait(t, "blackout")
+	if slices.Contains(q.commands(), "migrate-continue") {
+		t.Fatal("migrate-continue before pre-switchover")
+	}
+	q.events <- "MIGRATION:pre-switchover"
+	q.waitCmd(t, "migrate-continue", 1)
+	q.events <- "MIGRATION:device"
+	q.events <- "MIGRATION:completed"
+	rec.wait(t, "switch", "done")
+
+	// A second move; the gateway is down when the source pauses, and the
+	// follower reconnects to QEMU mid-move (capabilities refused).
+	q.events <- "MIGRATION:active"
+	rec.wait(t, "start")
+	q.mu.Lock()
+	q.refuseCaps = true
+	q.mig, q.run = "pre-switchover", false
+	q.mu.Unlock()
+	rec.mu.Lock()
+	rec.fail = 1 << 30
+	rec.mu.Unlock()
+	c.Close()
+	<-q.conns
+	// Caught up from query-migrate: blackout tried until ContinueAfter,
+	// then the source is let go on.
+	q.waitCmd(t, "migrate-continue", 2)
+	rec.mu.Lock()
+	ops := append([]string(nil), rec.ops...)
+	rec.mu.Unlock()
+	if want := []string{"start", "blackout", "switch", "done", "start"}; !slices.Equal(ops, want) {
+		t.Fatalf("steps %v, want %v", ops, want)
 	}
 }

@@ -293,7 +293,7 @@ func (l *Lab) start(ctx context.Context, host string, k *Kernel, initrd string, 
 	}
 	go func() { q.done <- q.cmd.Wait(); out.Close() }()
 	for {
-		if q.Ctl, err = qmp.Dial(ctx, ctl); err == nil {
+		if q.Ctl, err = qmp.Dial(ctx, ctl, false); err == nil {
 			return q, nil
 		}
 		select {

@@ -213,7 +213,7 @@ func TestQEMUMigrationWithTandem(t *testing.T) {
 	fctx, stop := context.WithCancel(ctx)
 	follow := exec.CommandContext(fctx, "nsenter", "--net=/run/netns/"+hs.NS, "--", tandem, "migrate", "follow",
 		"--qmp", l.Src.Follow, "--endpoint", GuestAddr, "--to", DstHop,
-		"--gateway", "10.88.2.1:7402", "--certs", certs, "--name", "hs")
+		"--gateway", "10.88.2.1:7402", "--certs", certs, "--name", "hs", "--pause-before-switchover")
 	var followLog syncBuf
 	follow.Stdout, follow.Stderr = &followLog, &followLog
 	if err := follow.Start(); err != nil {
