@@ -35,6 +35,7 @@ type remoteFlags struct {
 	timeout  time.Duration
 	verbose  bool
 	pause    bool
+	dstSw    bool
 }
 
 func addRemoteFlags(fs *pflag.FlagSet) *remoteFlags {
@@ -47,6 +48,7 @@ func addRemoteFlags(fs *pflag.FlagSet) *remoteFlags {
 	fs.StringVar(&f.qmp, "qmp", "", "follow: QEMU's QMP unix socket")
 	fs.StringVar(&f.role, "role", qmp.RoleSource, "follow: which QEMU this is: source (STOP is the blackout, completed the switch) or destination (RESUME is the switch)")
 	fs.BoolVar(&f.pause, "pause-before-switchover", false, "follow, source: QEMU waits with the guest stopped until the gateway holds, then the follower lets it go on (no loss between the stop and the hold; a follower gone at that moment leaves the guest paused up to 2s)")
+	fs.BoolVar(&f.dstSw, "destination-switches", false, "follow, source: leave switch and done to a follower on the destination (--role destination), which switches when the guest runs there")
 	fs.DurationVar(&f.timeout, "timeout", remote.DefaultDialTimeout, "bound on a dial and on one request's answer")
 	fs.BoolVarP(&f.verbose, "verbose", "v", false, "follow: log debug detail")
 	return f
@@ -251,7 +253,7 @@ func runFollow(env Env, f *remoteFlags, to string, args []string) error {
 	}
 	defer c.Close()
 	log := logger(env.Stderr, f.verbose)
-	fl := &qmp.Follower{QMP: f.qmp, Role: f.role, Log: log, PauseBeforeSwitchover: f.pause,
+	fl := &qmp.Follower{QMP: f.qmp, Role: f.role, Log: log, PauseBeforeSwitchover: f.pause, DestinationSwitches: f.dstSw,
 		Steps: &remoteSteps{c: c, ep: f.endpoint, to: to, deadline: 4 * f.timeout}}
 	log.Info("following QEMU's migration", "qmp", f.qmp, "endpoint", f.endpoint, "to", to, "gateways", f.gateways)
 	return fl.Run(env.Ctx)

@@ -52,8 +52,14 @@ const (
 // Mapper turns QMP events into migration steps; it keeps the phase so a
 // repeated event yields nothing.
 type Mapper struct {
-	Role  string // RoleSource (default) or RoleDestination
-	phase int
+	Role string // RoleSource (default) or RoleDestination
+	// DestinationSwitches (source role): the source's completed is not
+	// the switch; a follower on the destination (RoleDestination)
+	// switches when the guest runs there (RESUME). The source's completed
+	// comes before that, and what a switch then sends waits for a QEMU
+	// that does not read its tap yet.
+	DestinationSwitches bool
+	phase               int
 }
 
 // Map is the steps (remote.Op*) ev calls for, in order.
@@ -96,7 +102,11 @@ func (m *Mapper) Map(ev Event) []string {
 			// On the destination, completed comes before the guest runs
 			// (RESUME); on the source it is the end of the copy.
 			if m.Role != RoleDestination && m.phase != phaseIdle {
-				finish()
+				if m.DestinationSwitches {
+					m.phase = phaseIdle // this side's part is over
+				} else {
+					finish()
+				}
 			}
 		case "failed", "cancelled":
 			if m.phase != phaseIdle {
@@ -316,6 +326,8 @@ type Follower struct {
 	// between is lost. ContinueAfter bounds the wait for the gateway.
 	PauseBeforeSwitchover bool
 	ContinueAfter         time.Duration // default 2s
+	// DestinationSwitches: see Mapper.
+	DestinationSwitches bool
 
 	mapper Mapper
 }
@@ -329,7 +341,7 @@ func (f *Follower) Run(ctx context.Context) error {
 	if f.ContinueAfter <= 0 {
 		f.ContinueAfter = 2 * time.Second
 	}
-	f.mapper.Role = f.Role
+	f.mapper.Role, f.mapper.DestinationSwitches = f.Role, f.DestinationSwitches
 	for ctx.Err() == nil {
 		err := f.session(ctx)
 		if ctx.Err() != nil {

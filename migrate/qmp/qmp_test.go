@@ -29,27 +29,31 @@ func TestMapper(t *testing.T) {
 		role   string
 		events string
 		want   string
+		dst    bool // DestinationSwitches
 	}{
-		{"source, the usual move", RoleSource, "MIGRATION:setup MIGRATION:active STOP MIGRATION:completed", "start blackout switch done"},
-		{"source, every event twice", RoleSource, "MIGRATION:setup MIGRATION:active MIGRATION:active STOP STOP MIGRATION:completed MIGRATION:completed", "start blackout switch done"},
-		{"source, device state after STOP", RoleSource, "MIGRATION:active STOP MIGRATION:device MIGRATION:completed", "start blackout switch done"},
-		{"source, STOP missed (reconnect), device seen", RoleSource, "MIGRATION:active MIGRATION:device MIGRATION:completed", "start blackout switch done"},
-		{"source, pre-switchover", RoleSource, "MIGRATION:active STOP MIGRATION:pre-switchover MIGRATION:device MIGRATION:completed", "start blackout switch done"},
-		{"source, joined during the blackout", RoleSource, "MIGRATION:active STOP MIGRATION:completed", "start blackout switch done"},
-		{"source, failed in pre-copy", RoleSource, "MIGRATION:active MIGRATION:failed RESUME", "start abort"},
-		{"source, cancelled in the blackout", RoleSource, "MIGRATION:active STOP MIGRATION:cancelled RESUME", "start blackout abort"},
-		{"source, failed twice", RoleSource, "MIGRATION:active MIGRATION:failed MIGRATION:failed", "start abort"},
-		{"source, a pause that is no move", RoleSource, "STOP RESUME STOP", ""},
-		{"source, completed with nothing seen", RoleSource, "MIGRATION:completed", ""},
-		{"source, two moves in a row", RoleSource, "MIGRATION:active STOP MIGRATION:completed MIGRATION:active STOP MIGRATION:completed", "start blackout switch done start blackout switch done"},
-		{"source, postcopy", RoleSource, "MIGRATION:active STOP MIGRATION:postcopy-active MIGRATION:completed", "start blackout switch done"},
-		{"destination, the usual move", RoleDestination, "MIGRATION:setup MIGRATION:active MIGRATION:completed RESUME", "start switch done"},
-		{"destination, RESUME twice", RoleDestination, "MIGRATION:active MIGRATION:completed RESUME RESUME", "start switch done"},
-		{"destination, failed", RoleDestination, "MIGRATION:active MIGRATION:failed", "start abort"},
-		{"destination, a plain cont", RoleDestination, "RESUME", ""},
+		{"source, the destination switches", RoleSource, "MIGRATION:active STOP MIGRATION:pre-switchover MIGRATION:device MIGRATION:completed MIGRATION:completed", "start blackout", true},
+		{"source, the destination switches, two moves", RoleSource, "MIGRATION:active STOP MIGRATION:completed MIGRATION:active STOP MIGRATION:completed", "start blackout start blackout", true},
+		{"source, the destination switches, failed", RoleSource, "MIGRATION:active STOP MIGRATION:failed", "start blackout abort", true},
+		{"source, the usual move", RoleSource, "MIGRATION:setup MIGRATION:active STOP MIGRATION:completed", "start blackout switch done", false},
+		{"source, every event twice", RoleSource, "MIGRATION:setup MIGRATION:active MIGRATION:active STOP STOP MIGRATION:completed MIGRATION:completed", "start blackout switch done", false},
+		{"source, device state after STOP", RoleSource, "MIGRATION:active STOP MIGRATION:device MIGRATION:completed", "start blackout switch done", false},
+		{"source, STOP missed (reconnect), device seen", RoleSource, "MIGRATION:active MIGRATION:device MIGRATION:completed", "start blackout switch done", false},
+		{"source, pre-switchover", RoleSource, "MIGRATION:active STOP MIGRATION:pre-switchover MIGRATION:device MIGRATION:completed", "start blackout switch done", false},
+		{"source, joined during the blackout", RoleSource, "MIGRATION:active STOP MIGRATION:completed", "start blackout switch done", false},
+		{"source, failed in pre-copy", RoleSource, "MIGRATION:active MIGRATION:failed RESUME", "start abort", false},
+		{"source, cancelled in the blackout", RoleSource, "MIGRATION:active STOP MIGRATION:cancelled RESUME", "start blackout abort", false},
+		{"source, failed twice", RoleSource, "MIGRATION:active MIGRATION:failed MIGRATION:failed", "start abort", false},
+		{"source, a pause that is no move", RoleSource, "STOP RESUME STOP", "", false},
+		{"source, completed with nothing seen", RoleSource, "MIGRATION:completed", "", false},
+		{"source, two moves in a row", RoleSource, "MIGRATION:active STOP MIGRATION:completed MIGRATION:active STOP MIGRATION:completed", "start blackout switch done start blackout switch done", false},
+		{"source, postcopy", RoleSource, "MIGRATION:active STOP MIGRATION:postcopy-active MIGRATION:completed", "start blackout switch done", false},
+		{"destination, the usual move", RoleDestination, "MIGRATION:setup MIGRATION:active MIGRATION:completed RESUME", "start switch done", false},
+		{"destination, RESUME twice", RoleDestination, "MIGRATION:active MIGRATION:completed RESUME RESUME", "start switch done", false},
+		{"destination, failed", RoleDestination, "MIGRATION:active MIGRATION:failed", "start abort", false},
+		{"destination, a plain cont", RoleDestination, "RESUME", "", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			m := Mapper{Role: tc.role}
+			m := Mapper{Role: tc.role, DestinationSwitches: tc.dst}
 			var got []string
 			for _, e := range strings.Fields(tc.events) {
 				got = append(got, m.Map(ev(e))...)

@@ -18,6 +18,7 @@ import (
 	"github.com/cilium/ebpf/link"
 
 	"github.com/tandem-net/tandem/syncer"
+	"github.com/tandem-net/tandem/tools/lab"
 	"github.com/tandem-net/tandem/tools/testenv"
 	"github.com/tandem-net/tandem/tools/traffic"
 )
@@ -210,20 +211,41 @@ func TestQEMUMigrationWithTandem(t *testing.T) {
 	if b, err := gw.Cmd(tandem, append([]string{"endpoint", "set", GuestAddr, SrcHop}, common...)...).CombinedOutput(); err != nil {
 		t.Fatalf("tandem endpoint set: %v: %s", err, b)
 	}
+	// One follower next to each QEMU: the source's holds (pausing QEMU
+	// until the gateway holds), the destination's switches once the
+	// guest runs there.
 	fctx, stop := context.WithCancel(ctx)
-	follow := exec.CommandContext(fctx, "nsenter", "--net=/run/netns/"+hs.NS, "--", tandem, "migrate", "follow",
-		"--qmp", l.Src.Follow, "--endpoint", GuestAddr, "--to", DstHop,
-		"--gateway", "10.88.2.1:7402", "--certs", certs, "--name", "hs", "--pause-before-switchover")
-	var followLog syncBuf
-	follow.Stdout, follow.Stderr = &followLog, &followLog
-	if err := follow.Start(); err != nil {
-		t.Fatal(err)
+	var logs [2]syncBuf
+	var followers []*exec.Cmd
+	for i, fw := range []struct {
+		host *lab.Host
+		q    *QEMU
+		args []string
+	}{
+		{hs, l.Src, []string{"--pause-before-switchover", "--destination-switches"}},
+		{l.L.Host("hd"), l.Dst, []string{"--role", "destination"}},
+	} {
+		args := append([]string{"--net=/run/netns/" + fw.host.NS, "--", tandem, "migrate", "follow",
+			"--qmp", fw.q.Follow, "--endpoint", GuestAddr, "--to", DstHop,
+			"--gateway", "10.88.2.1:7402", "--certs", certs, "--name", "hs"}, fw.args...)
+		cmd := exec.CommandContext(fctx, "nsenter", args...)
+		cmd.Stdout, cmd.Stderr = &logs[i], &logs[i]
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		followers = append(followers, cmd)
 	}
-	defer func() { stop(); follow.Wait() }()
-	for !strings.Contains(followLog.String(), "qmp: following") {
+	defer func() {
+		stop()
+		for _, c := range followers {
+			c.Wait()
+		}
+	}()
+	followLog := func() string { return "source:\n" + logs[0].String() + "destination:\n" + logs[1].String() }
+	for !strings.Contains(logs[0].String(), "qmp: following") || !strings.Contains(logs[1].String(), "qmp: following") {
 		select {
 		case <-ctx.Done():
-			t.Fatalf("the follower never followed QEMU:\n%s", followLog.String())
+			t.Fatalf("the followers never followed QEMU:\n%s", followLog())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -233,21 +255,21 @@ func TestQEMUMigrationWithTandem(t *testing.T) {
 	}
 	r := streamAcrossMove(t, l, ctx, nil)
 	// The follower's done comes right after the source reports completed.
-	for !strings.Contains(followLog.String(), "op=done") {
+	for !strings.Contains(logs[1].String(), "op=done") {
 		select {
 		case <-ctx.Done():
-			t.Fatalf("the follower never finished the move:\n%s", followLog.String())
+			t.Fatalf("the followers never finished the move:\n%s", followLog())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
 	t.Logf("QEMU live migration, echo stream %d/s: baseline %d of %d lost (downtime %d ms); tandem %d of %d lost, %d duplicated (downtime %d ms)",
 		int(burst*time.Second/gap), base.lost, base.sent, base.mig.DowntimeMS, r.lost, r.sent, r.dups, r.mig.DowntimeMS)
 	if r.lost != 0 || r.dups != 0 {
-		t.Fatalf("with tandem's hold the stream lost %d and duplicated %d datagrams across the move (baseline lost %d)\nfollower:\n%s", r.lost, r.dups, base.lost, followLog.String())
+		t.Fatalf("with tandem's hold the stream lost %d and duplicated %d datagrams across the move (baseline lost %d)\nfollowers:\n%s", r.lost, r.dups, base.lost, followLog())
 	}
 	for _, op := range []string{"op=start", "op=blackout", "op=switch", "op=done"} {
-		if !strings.Contains(followLog.String(), op) {
-			t.Errorf("the follower never sent %s:\n%s", op, followLog.String())
+		if !strings.Contains(followLog(), op) {
+			t.Errorf("the followers never sent %s:\n%s", op, followLog())
 		}
 	}
 }
