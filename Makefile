@@ -27,7 +27,7 @@ SOAK_SEED ?=
 SOAK_SKIP ?= restart
 SOAK_FLAGS ?=
 
-.PHONY: help deps generate check-generated build test vmtest fuzz bench soak demo lint clean
+.PHONY: help deps generate check-generated build test vmtest fuzz bench soak qemumig demo lint clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -77,6 +77,9 @@ bench: deps ## run the benchmarks; results in bench/results.json
 soak: deps build ## chaos run: random faults against a gateway pair under load, invariants checked (root; SOAK_TIME=10m SOAK_SEED=N)
 	$(GO) build -o bin/soak ./tools/soak
 	bin/soak -tandem $(BIN) -duration $(SOAK_TIME) -skip "$(SOAK_SKIP)" $(if $(SOAK_SEED),-seed $(SOAK_SEED)) $(SOAK_FLAGS)
+
+qemumig: deps build ## the QEMU live-migration lab: a guest moved with and without tandem's hold (root, host only, minutes)
+	$(GO) test -tags qemu -count=1 -p 1 -v -timeout 30m ./tools/qemumig/
 
 demo: deps build ## build a lab, run tandem on its gateway, send traffic, show the counters (root)
 	$(GO) run ./tools/demo -tandem $(BIN)

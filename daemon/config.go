@@ -9,10 +9,13 @@ import (
 	"net/netip"
 	"os"
 	"os/user"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/tandem-net/tandem/loader"
+	"github.com/tandem-net/tandem/migrate/remote"
 	"github.com/tandem-net/tandem/syncer"
 )
 
@@ -29,6 +32,19 @@ type Config struct {
 	CheckInterval time.Duration
 	Sync          SyncOptions
 	Elect         ElectOptions
+	Migrate       MigrateOptions
+}
+
+// MigrateOptions configure the migration control listener: drivers of
+// migrations (tandem migrate, the QMP follower) reach the daemon there
+// over mutual TLS with the sync's certificates (Sync.Certs, Sync.Name).
+type MigrateOptions struct {
+	Listen  string   // ADDR:PORT; "": no remote control
+	Clients []string // certificate names of the pair's CA allowed to drive migrations
+	// Controller carries the steps out (the migration datapath's); nil:
+	// the listener refuses every step (CodeNoDatapath). Not from the
+	// config file: the code that builds the datapath sets it.
+	Controller remote.Controller
 }
 
 // Sync roles accepted by --sync-role ("" runs no sync).
@@ -128,6 +144,10 @@ func (c *Config) applyFile(fc *loader.FileConfig) error {
 	if fc.Sync.JournalMiB != 0 {
 		c.Sync.JournalMiB = fc.Sync.JournalMiB
 	}
+	set(&c.Migrate.Listen, fc.Migrate.Listen)
+	if len(fc.Migrate.Clients) > 0 {
+		c.Migrate.Clients = slices.Clone(fc.Migrate.Clients)
+	}
 	return applyElect(fc.Election, &c.Elect)
 }
 
@@ -166,7 +186,15 @@ func (c *Config) Validate() error {
 	if s.JournalMiB > MaxJournalMiB {
 		errs = append(errs, fmt.Errorf("--sync-journal-mib %d: at most %d", s.JournalMiB, MaxJournalMiB))
 	}
-	for _, fa := range [][2]string{{"sync-peer", s.Peer}, {"sync-listen", s.Listen}, {"metrics-addr", c.MetricsAddr}} {
+	if c.Migrate.Listen != "" && len(c.Migrate.Clients) == 0 {
+		errs = append(errs, errors.New("--migrate-listen: name the certificates allowed to drive migrations with --migrate-clients NAME,... (issue them with tandem certs)"))
+	}
+	for _, n := range c.Migrate.Clients {
+		if n == "" || strings.ContainsAny(n, "/ ") {
+			errs = append(errs, fmt.Errorf("--migrate-clients: %q is not a certificate name", n))
+		}
+	}
+	for _, fa := range [][2]string{{"sync-peer", s.Peer}, {"sync-listen", s.Listen}, {"metrics-addr", c.MetricsAddr}, {"migrate-listen", c.Migrate.Listen}} {
 		if fa[1] == "" {
 			continue
 		}
@@ -217,6 +245,11 @@ func (c *Config) Preflight() error {
 	}
 	if c.Sync.Role != "" {
 		if _, _, _, _, err := SyncTLS(*c); err != nil {
+			return err
+		}
+	}
+	if c.Migrate.Listen != "" {
+		if _, err := MigrateTLS(*c); err != nil {
 			return err
 		}
 	}
@@ -284,6 +317,24 @@ func SyncTLS(c Config) (name, peer string, inferred bool, cfg *tls.Config, err e
 		return "", "", false, nil, fmt.Errorf("sync: %w (create lab certificates with tandem certs --dir %s %s)", err, s.Certs, name)
 	}
 	return name, peer, inferred, cfg, nil
+}
+
+// MigrateTLS is the migration control listener's TLS config from c: it
+// presents this host's sync certificate and admits only certificates of
+// the pair's CA named in Migrate.Clients.
+func MigrateTLS(c Config) (*tls.Config, error) {
+	name := c.Sync.Name
+	if name == "" {
+		var err error
+		if name, err = os.Hostname(); err != nil {
+			return nil, fmt.Errorf("migrate: no --sync-name and no hostname: %w", err)
+		}
+	}
+	cfg, err := syncer.TLSConfigAllowing(c.Sync.Certs, name, c.Migrate.Clients)
+	if err != nil {
+		return nil, fmt.Errorf("migrate: %w (the listener uses --sync-certs and --sync-name; issue certificates with tandem certs --dir %s %s FOLLOWER)", err, c.Sync.Certs, name)
+	}
+	return cfg, nil
 }
 
 func (c *Config) log() *slog.Logger {

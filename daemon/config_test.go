@@ -33,6 +33,27 @@ interval = "50ms"
 				t.Errorf("election %+v", e)
 			}
 		}},
+		{"migrate table", `
+interfaces = ["eth0"]
+[migrate]
+listen = "10.9.0.1:7402"
+clients = ["hv-1", "hv-2"]
+`, "", func(t *testing.T, c Config) {
+			if c.Migrate.Listen != "10.9.0.1:7402" || strings.Join(c.Migrate.Clients, ",") != "hv-1,hv-2" {
+				t.Errorf("migrate options %+v", c.Migrate)
+			}
+			if err := c.Validate(); err != nil {
+				t.Errorf("validate: %v", err)
+			}
+			c.Migrate.Clients = nil
+			if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--migrate-clients") {
+				t.Errorf("a listener with no client allowed: %v, want an error naming --migrate-clients", err)
+			}
+			c.Migrate.Clients, c.Migrate.Listen = []string{"hv-1"}, "10.9.0.1"
+			if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "--migrate-listen") {
+				t.Errorf("listen without a port: %v, want an error naming --migrate-listen", err)
+			}
+		}},
 		{"sync table", `
 interfaces = ["eth0"]
 state_dir = "/var/lib/x"

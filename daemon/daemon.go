@@ -32,6 +32,7 @@ type Daemon struct {
 	pk   *proxyKeeper
 	vd   *vipd
 	md   *migrated
+	mr   *migremote
 
 	reloads   chan reload
 	done      chan struct{}          // closed when Run returns
@@ -58,6 +59,8 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	d.held = held
 	d.sd = newSyncd(d.log)
+	d.mr = newMigremote(d.log)
+	d.sd.gather(d.mr.reg)
 	if err := d.sd.apply(cfg); err != nil {
 		d.sd.close()
 		return nil, err
@@ -78,6 +81,16 @@ func New(cfg Config) (*Daemon, error) {
 		d.sd.close()
 		return nil, err
 	}
+	if d.md != nil {
+		d.cfg.Migrate.Controller = remoteController{d.md.ctl}
+	}
+	if err := d.mr.apply(d.cfg); err != nil {
+		d.md.close()
+		d.vd.close()
+		d.pk.close()
+		d.sd.close()
+		return nil, err
+	}
 	return d, nil
 }
 
@@ -87,6 +100,7 @@ func New(cfg Config) (*Daemon, error) {
 func (d *Daemon) Run(ctx context.Context) error {
 	defer close(d.done)
 	defer func() {
+		d.mr.close() // before md: it drives md's controller
 		d.md.close()
 		d.vd.close()
 		d.pk.close()
@@ -171,6 +185,11 @@ func (d *Daemon) reload(no Config) error {
 	} else {
 		d.pk.close()
 		d.pk = npk
+	}
+	no.Migrate.Controller = d.cfg.Migrate.Controller
+	if err := d.mr.apply(no); err != nil {
+		log.Error("reload: migration control; the running listener carries on", "err", err)
+		errs = append(errs, fmt.Errorf("migration control: %w", err))
 	}
 	electionErr := d.reloadElection(no)
 	if err := electionErr; err != nil {

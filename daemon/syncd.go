@@ -31,6 +31,7 @@ type syncd struct {
 	stop    context.CancelFunc
 	done    chan error
 	reg     atomic.Pointer[prometheus.Registry]
+	extra   prometheus.Gatherers // served with reg (the migration control's); set before apply
 	srv     *http.Server
 	addr    string
 	bound   string // the metrics listener's address (addr may say port 0)
@@ -61,6 +62,9 @@ func newSyncd(log *slog.Logger) *syncd {
 	d.reg.Store(idle)
 	return d
 }
+
+// gather serves g's metrics with the sync's; before the endpoint serves.
+func (d *syncd) gather(g prometheus.Gatherer) { d.extra = append(d.extra, g) }
 
 // Done reports a node that stopped on its own (an error).
 func (d *syncd) Done() <-chan error { return d.done }
@@ -167,7 +171,8 @@ func (d *syncd) serveMetrics(addr string) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		promhttp.HandlerFor(d.reg.Load(), promhttp.HandlerOpts{}).ServeHTTP(w, r)
+		g := append(prometheus.Gatherers{d.reg.Load()}, d.extra...)
+		promhttp.HandlerFor(g, promhttp.HandlerOpts{}).ServeHTTP(w, r)
 	}))
 	l := metricsLimits
 	ln = &limitListener{Listener: ln, slots: make(chan struct{}, max(l.Conns, 1))}

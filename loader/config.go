@@ -77,6 +77,10 @@ import (
 //	interval    = "100ms"              # 10ms to 10s
 //	dead        = 3                    # adverts missed before the peer is gone (2 to 100)
 //	secret_file = ""                   # default: proxy.secret_file
+//
+//	[migrate]                          # remote control of migrations (tandem migrate follow)
+//	listen      = "10.9.0.1:7402"      # TLS 1.3, certificates of sync.certs' CA
+//	clients     = ["hv-1", "hv-2"]     # the certificate names allowed to drive migrations
 type FileConfig struct {
 	BPFFS       string        `toml:"bpffs"`
 	Interfaces  []string      `toml:"interfaces"`

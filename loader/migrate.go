@@ -21,6 +21,9 @@ type MigrateOptions struct {
 
 // MigrateConfig is the [migrate] table.
 type MigrateConfig struct {
+	// The migration control listener (daemon.Config.Migrate).
+	Listen      string   `toml:"listen"`
+	Clients     []string `toml:"clients"`
 	Interfaces  []string `toml:"interfaces"`
 	HoldBytes   uint32   `toml:"hold_bytes"`
 	HoldPackets uint64   `toml:"hold_packets"`

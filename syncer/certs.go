@@ -269,6 +269,49 @@ func TLSConfig(dir, name, peer string) (*tls.Config, error) {
 	if peer == name {
 		return nil, fmt.Errorf("peer name %s is this host's own name: name the other host's certificate", peer)
 	}
+	return tlsConfig(dir, name, func(names []string) error {
+		if !slices.Contains(names, peer) {
+			return &PeerNameError{Want: peer, Got: names}
+		}
+		return nil
+	})
+}
+
+// ClientNameError is a client whose certificate the pair's CA signed
+// for a name that is not among those allowed.
+type ClientNameError struct {
+	Allowed []string
+	Got     []string
+}
+
+func (e *ClientNameError) Error() string {
+	return fmt.Sprintf("client certificate is for %s, not one of the allowed %s", strings.Join(e.Got, ", "), strings.Join(e.Allowed, ", "))
+}
+
+// TLSConfigAllowing is the mutual TLS 1.3 configuration of a listener of
+// host name that admits several clients: it presents name's certificate
+// and accepts only a client certificate that the pair's CA signed for
+// one of allowed (a DNS name or the common name, exactly); any other is
+// refused with a *ClientNameError. The migration control listener uses
+// it with the names of the hosts allowed to drive migrations.
+func TLSConfigAllowing(dir, name string, allowed []string) (*tls.Config, error) {
+	if len(allowed) == 0 {
+		return nil, errors.New("no client is allowed: name the certificates of the hosts that may connect")
+	}
+	allowed = slices.Clone(allowed)
+	return tlsConfig(dir, name, func(names []string) error {
+		for _, n := range names {
+			if slices.Contains(allowed, n) {
+				return nil
+			}
+		}
+		return &ClientNameError{Allowed: allowed, Got: names}
+	})
+}
+
+// tlsConfig presents name's certificate, trusts only the pair's CA in
+// both directions and hands the other end's certificate names to check.
+func tlsConfig(dir, name string, check func(names []string) error) (*tls.Config, error) {
 	cf, kf := HostFiles(dir, name)
 	if err := checkKeyMode(kf); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
@@ -298,11 +341,7 @@ func TLSConfig(dir, name, peer string) (*tls.Config, error) {
 			if len(cs.PeerCertificates) == 0 {
 				return errors.New("the peer presented no certificate")
 			}
-			names := certNames(cs.PeerCertificates[0])
-			if !slices.Contains(names, peer) {
-				return &PeerNameError{Want: peer, Got: names}
-			}
-			return nil
+			return check(certNames(cs.PeerCertificates[0]))
 		},
 	}, nil
 }
@@ -380,4 +419,14 @@ func ExpiryWarnings(now, host, ca time.Time) []string {
 		}
 	}
 	return out
+}
+
+// ClientTLSConfig is the mutual TLS 1.3 configuration of a client, host
+// name, of a listener that checks client names (TLSConfigAllowing): it
+// presents name's certificate and trusts only the pair's CA. The server
+// is checked by the standard verification: the caller sets ServerName
+// to the name or address it dials, which the server's certificate must
+// list (tandem certs HOST=IP puts IP in it).
+func ClientTLSConfig(dir, name string) (*tls.Config, error) {
+	return tlsConfig(dir, name, func([]string) error { return nil })
 }

@@ -73,13 +73,10 @@ type Receiver struct {
 	sessions    atomic.Uint64
 	peer        atomic.Pointer[string] // the primary's address while a session is open
 
-	cmu      sync.Mutex
-	conns    map[net.Conn]struct{} // every open connection, for Stop
-	active   *rsession             // the session that applies
-	stopping bool
-	wg       sync.WaitGroup
-	pending  chan struct{}
-	once     sync.Once
+	adm    Admission // the accept loop, the pending bound, Stop
+	cmu    sync.Mutex
+	active *rsession // the session that applies
+	once   sync.Once
 }
 
 // rsession is one session past its hello.
@@ -92,12 +89,8 @@ type rsession struct {
 // Stop ends every open connection and makes Serve return once ln is
 // closed (the caller closes it).
 func (r *Receiver) Stop() {
-	r.cmu.Lock()
-	defer r.cmu.Unlock()
-	r.stopping = true
-	for c := range r.conns {
-		c.Close()
-	}
+	r.init()
+	r.adm.Stop()
 }
 
 // Applied counts deltas applied; Sessions counts sessions opened.
@@ -169,8 +162,10 @@ func (r *Receiver) init() {
 		if r.MaxPending <= 0 {
 			r.MaxPending = DefaultMaxPending
 		}
-		r.pending = make(chan struct{}, r.MaxPending)
-		r.conns = map[net.Conn]struct{}{}
+		r.adm.MaxPending = r.MaxPending
+		r.adm.Busy = func(c net.Conn) {
+			r.refuse(r.Log.With("peer", c.RemoteAddr().String()), RefuseBusy, "too many connections in their handshake", nil)
+		}
 	})
 }
 
@@ -178,69 +173,14 @@ func (r *Receiver) init() {
 // goroutine; it returns when every connection is done.
 func (r *Receiver) Serve(ln net.Listener) error {
 	r.init()
-	defer r.wg.Wait()
-	for {
-		c, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			return err
-		}
-		select {
-		case r.pending <- struct{}{}:
-		default:
-			// Many connections in their handshake at once are a flood: the
-			// slots free within HelloTimeout, and the primary retries.
-			c.Close()
-			r.refuse(r.Log.With("peer", c.RemoteAddr().String()), RefuseBusy, "too many connections in their handshake", nil)
-			continue
-		}
-		if !r.track(c) {
-			<-r.pending
-			c.Close()
-			continue
-		}
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			defer r.untrack(c)
-			r.handle(c)
-		}()
-	}
+	return r.adm.Serve(ln, r.handle)
 }
 
-func (r *Receiver) track(c net.Conn) bool {
-	r.cmu.Lock()
-	defer r.cmu.Unlock()
-	if r.stopping {
-		return false
-	}
-	r.conns[c] = struct{}{}
-	return true
-}
-
-func (r *Receiver) untrack(c net.Conn) {
-	r.cmu.Lock()
-	defer r.cmu.Unlock()
-	delete(r.conns, c)
-}
-
-func (r *Receiver) handle(c net.Conn) {
-	defer c.Close()
+func (r *Receiver) handle(c net.Conn, release func()) {
 	log := r.Log.With("peer", c.RemoteAddr().String())
-	released := false
-	release := func() {
-		if !released {
-			released = true
-			<-r.pending
-		}
-	}
-	defer release()
 	// The handshake and the hello together get one short deadline.
-	c.SetDeadline(time.Now().Add(r.HelloTimeout))
-	tc := tls.Server(c, r.TLS)
-	if err := tc.Handshake(); err != nil {
+	tc, err := Handshake(c, r.TLS, r.HelloTimeout)
+	if err != nil {
 		var nameErr *PeerNameError
 		if errors.As(err, &nameErr) {
 			r.refuse(log, RefuseName, "certificate of another host", err)
@@ -346,10 +286,7 @@ func (r *Receiver) handle(c net.Conn) {
 			log.Info("sync session closed: the peer opened a newer one")
 			return
 		}
-		r.cmu.Lock()
-		stopping := r.stopping
-		r.cmu.Unlock()
-		if stopping {
+		if r.adm.Stopping() {
 			log.Info("sync session closed: this daemon is stopping")
 			return
 		}

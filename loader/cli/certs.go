@@ -37,7 +37,12 @@ refuses a key that group or others can read.
 The sync channel is TLS 1.3 with mutual authentication: each host accepts
 only a certificate that this CA signed for the name it is told is its peer
 (--sync-peer-name), in both directions. The output says which names to
-configure on each host. The daemon warns 30 days before its certificate or
+configure on each host. A host that drives migrations (tandem migrate,
+tandem migrate follow next to QEMU) gets its certificate the same way,
+signed by the same CA: tandem certs --dir DIR hv-1; copy ca.pem, hv-1.pem
+and hv-1-key.pem to it and add hv-1 to the gateways' --migrate-clients
+(with more than two host certificates in the gateways' directory, name the
+sync peer with --sync-peer-name). The daemon warns 30 days before its certificate or
 the CA expires; tandem status shows the days left. For production pairs,
 bring certificates from your own PKI in the same layout.`,
 		examples: "  tandem certs --dir /etc/tandem/certs gw-a=192.0.2.1 gw-b=192.0.2.2\n" +

@@ -66,7 +66,9 @@ Commands that write:
   service   list, add or delete the SYN proxy's services (list only reads)
   vip       show the VIP election; vip handover moves the VIPs to the peer
   endpoint  list, set or delete endpoints' locations (list only reads)
-  migrate   move an endpoint between hosts without loss: start, blackout, switch, done, abort
+  migrate   move an endpoint between hosts without loss: start, blackout, switch, done,
+            abort, locally or over the gateways' migration control (--gateway), or
+            migrate follow --qmp next to QEMU
 
 Commands that read:
   status    what is attached where, program ids, map fill, counters

@@ -51,7 +51,7 @@ may use.`,
 	register(&command{
 		name:    "migrate",
 		summary: "drive an endpoint's move between hosts: start, blackout, switch, done, abort",
-		args:    "start ENDPOINT --to HOST | blackout | switch | done | abort ENDPOINT",
+		args:    "start ENDPOINT --to HOST | blackout | switch | done | abort | status ENDPOINT | follow",
 		long: `
 Moves an endpoint (tandem endpoint) from its host S to a host D without
 losing a packet (docs/migration.md):
@@ -70,14 +70,40 @@ losing a packet (docs/migration.md):
 
 A step that does not follow from the migration's state is refused (exit 1)
 and changes nothing. The migration is replicated: the peer gateway
-continues it after a failover.`,
+continues it after a failover. Without --gateway, steps go to this host's
+daemon through its control socket in --state-dir.
+
+tandem migrate reaches the gateways' daemons over mutual TLS 1.3 at their
+--migrate-listen address (--gateway, repeat it for both gateways of the
+pair: after a failover the other one answers). It presents the certificate
+--name from --certs (ca.pem, NAME.pem, NAME-key.pem: issue it on the pair's
+CA host with tandem certs --dir DIR NAME and copy those three files here);
+the gateway admits it only when NAME is in its --migrate-clients. The
+gateway's certificate must be of the same CA and list the address or name
+dialled (tandem certs gw-a=IP), or one of --gateway-name.
+
+tandem migrate follow runs next to QEMU, not on the gateway: it connects to
+QEMU's QMP socket (QEMU started with -qmp unix:SOCKET,server=on,wait=off),
+turns on migration events and maps them to the steps for --endpoint:
+MIGRATION active -> start; STOP while migrating -> blackout; MIGRATION
+completed (or RESUME on the destination, --role destination) -> switch and
+done; failed or cancelled -> abort. Repeated events send nothing twice and
+the gateways treat a repeated step as done, so the follower reconnects to
+QEMU (catching up from query-migrate) and to the gateways freely. It runs
+until interrupted. Steps the gateway refuses are logged and skipped.
+
+Exit status: 0 done, 1 the gateway refused or could not be reached, 2 a
+usage error.`,
 		examples: `  tandem migrate start 10.2.0.50 --to 10.2.1.12
   tandem migrate blackout 10.2.0.50
   tandem migrate switch 10.2.0.50
   tandem migrate done 10.2.0.50
+  tandem migrate start 10.1.0.5 --to 10.2.0.12 --gateway 10.9.0.1:7402 --gateway 10.9.0.2:7402 --certs /etc/tandem/certs --name hv-1
+  tandem migrate status 10.1.0.5 --gateway 10.9.0.1:7402 --name hv-1
+  tandem migrate follow --qmp /run/vm1.qmp --endpoint 10.1.0.5 --to 10.2.0.12 --gateway 10.9.0.1:7402,10.9.0.2:7402 --name hv-1
 `,
 		flags: func(fs *pflag.FlagSet) any {
-			f := &migrateFlags{rootFlags: addRootFlags(fs)}
+			f := &migrateFlags{rootFlags: addRootFlags(fs), remote: addRemoteFlags(fs)}
 			fs.StringVar(&f.to, "to", "", "start: the destination host (an address on an attached segment)")
 			return f
 		},
@@ -87,7 +113,8 @@ continues it after a failover.`,
 
 type migrateFlags struct {
 	*rootFlags
-	to string
+	remote *remoteFlags
+	to     string
 }
 
 // migrateClient is the daemon's controller through its control socket.
@@ -198,6 +225,12 @@ func printEndpoints(w io.Writer, list []migrate.Endpoint) {
 
 func runMigrate(env Env, opts any, args []string) error {
 	f := opts.(*migrateFlags)
+	if len(args) > 0 && args[0] == "follow" {
+		return runFollow(env, f.remote, f.to, args[1:])
+	}
+	if len(f.remote.gateways) > 0 {
+		return runRemoteStep(env, f.remote, f.to, args)
+	}
 	const use = "tandem migrate start ENDPOINT --to HOST | blackout | switch | done | abort ENDPOINT"
 	if len(args) != 2 {
 		return usagef(use)

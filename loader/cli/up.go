@@ -104,7 +104,17 @@ ESP filter: --esp-iface adds the ESP anti-replay stage to the interface's
 XDP chain: ESP (protocol 50, or UDP 4500) whose sequence number is a replay
 or below its SA's window, as the kernel verified it, is dropped before the
 kernel decrypts it; everything else goes on. The SAs' replay state (esp_sa)
-is replicated by --sync-role; tandem sa list shows it (docs/sa.md).`,
+is replicated by --sync-role; tandem sa list shows it (docs/sa.md).
+
+
+Migration control: --migrate-listen accepts migration steps (start,
+blackout, switch, done, abort, status) from the drivers of live migrations:
+tandem migrate on an operator's host, tandem migrate follow next to QEMU.
+TLS 1.3 with mutual certificates of the --sync-certs CA; this host presents
+its --sync-name certificate and admits only the names in --migrate-clients
+(issue one per host with tandem certs). Anyone else is refused before a
+request is read, logged and counted (tandem_migrate_clients_refused_total);
+connections idle past their deadlines are closed. docs/migration.md.`,
 		examples: `  tandem up -i eth0 --vip 192.0.2.10
   tandem up --config /etc/tandem/tandem.toml
   tandem up -i eth0 -i eth1 --vip 2001:db8::10 --vip 192.0.2.11=standby --once
@@ -112,6 +122,7 @@ is replicated by --sync-role; tandem sa list shows it (docs/sa.md).`,
   tandem up -i eth0 --sync-role primary --sync-peer 192.0.2.2:7400 --sync-name gw-a --sync-peer-name gw-b --metrics-addr 127.0.0.1:9474
   tandem up -i eth0 --sync-role standby --sync-listen 192.0.2.2:7400 --sync-name gw-b --sync-peer-name gw-a
   tandem up --proxy-iface eth1 --proxy-iface eth2 --proxy-secret /etc/tandem/cookie.key --service 192.0.2.10:443=10.2.0.11:443,10.2.0.12:443
+  tandem up -i eth0 --sync-role auto --sync-name gw-a --migrate-listen 10.9.0.1:7402 --migrate-clients hv-1,hv-2
   tandem up -i eth1 --vip 192.0.2.10 --proxy-iface eth1,eth2 --proxy-secret /etc/tandem/cookie.key --service 192.0.2.10:443=10.2.0.11:443
   tandem up -i eth0 --vip 192.0.2.10 --esp-iface eth0
 `,
@@ -143,6 +154,8 @@ is replicated by --sync-role; tandem sa list shows it (docs/sa.md).`,
 			fs.DurationVar(&f.elect.Interval, "vip-interval", d.Elect.Interval, "time between adverts (10ms to 10s)")
 			fs.IntVar(&f.elect.Dead, "vip-dead", d.Elect.Dead, "adverts missed before the peer counts as gone (2 to 100)")
 			fs.StringVar(&f.elect.Secret, "vip-secret", "", "file with the pair's shared secret the adverts are signed with (default: --proxy-secret; mode 0600 or stricter)")
+			fs.String("migrate-listen", "", "accept migration steps from drivers (tandem migrate follow) on ADDR:PORT, TLS 1.3 with --sync-certs' CA; empty: none")
+			fs.StringSlice("migrate-clients", nil, "certificate names (of --sync-certs' CA) allowed to drive migrations over --migrate-listen, NAME,...; everyone else is refused")
 			fs.String("control-group", "", "group whose members may use tandem vip (the control socket) besides root; default: root only")
 			// Each datapath feature defines its own flags (loader.Register).
 			for _, ft := range loader.Features() {
@@ -174,7 +187,7 @@ func (f *upFlags) config() (daemon.Config, error) {
 	for name, dst := range map[string]*string{"xdp-mode": &o.XDPMode, "tc": &o.TC,
 		"sync-role": &c.Sync.Role, "sync-peer": &c.Sync.Peer, "sync-listen": &c.Sync.Listen, "sync-certs": &c.Sync.Certs,
 		"sync-name": &c.Sync.Name, "sync-peer-name": &c.Sync.PeerName, "metrics-addr": &c.MetricsAddr,
-		"control-group": &c.ControlGroup} {
+		"control-group": &c.ControlGroup, "migrate-listen": &c.Migrate.Listen} {
 		if fs.Changed(name) {
 			*dst = fs.Lookup(name).Value.String()
 		}
@@ -205,6 +218,15 @@ func (f *upFlags) config() (daemon.Config, error) {
 	} {
 		if fs.Changed(name) {
 			set()
+		}
+	}
+	if fs.Changed("migrate-clients") {
+		c.Migrate.Clients = nil
+		cl, _ := fs.GetStringSlice("migrate-clients")
+		for _, n := range cl {
+			if n = strings.TrimSpace(n); n != "" {
+				c.Migrate.Clients = append(c.Migrate.Clients, n)
+			}
 		}
 	}
 	if fs.Changed("sync-interval") {

@@ -1,0 +1,66 @@
+package cli
+
+import (
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/tandem-net/tandem/migrate/remote"
+	"github.com/tandem-net/tandem/syncer"
+)
+
+// statusOnly answers status for one endpoint and refuses every step.
+type statusOnly struct{ remote.Controller }
+
+func (statusOnly) Status(ep netip.Addr) (remote.Status, error) {
+	return remote.Status{State: remote.StateNone}, nil
+}
+
+// TestMigrateRemote runs tandem migrate status against a migration
+// control on loopback: the gateway is checked by the address dialled
+// (its certificate lists 127.0.0.1) or by --gateway-name, and a wrong
+// --gateway-name is refused by the client.
+func TestMigrateRemote(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := syncer.IssueCerts(dir, map[string][]net.IP{"gw": {net.ParseIP("127.0.0.1")}, "hv-a": nil}, syncer.CertOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := syncer.TLSConfigAllowing(dir, "gw", []string{"hv-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &remote.Server{TLS: cfg, Controller: statusOnly{}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer func() { ln.Close(); srv.Stop() }()
+	base := []string{"migrate", "status", "10.1.0.5", "--gateway", ln.Addr().String(), "--certs", dir, "--name", "hv-a", "--timeout", "5s"}
+	for _, tc := range []struct {
+		name  string
+		extra []string
+		code  int
+		out   string
+	}{
+		{"address dialled", nil, 0, "10.1.0.5: none"},
+		{"gateway name", []string{"--gateway-name", "gw"}, 0, "10.1.0.5: none"},
+		{"wrong gateway name", []string{"--gateway-name", "gw-z"}, 1, "not one of the allowed gw-z"},
+		{"not an allowed client", []string{"--name", "gw"}, 1, "the gateway refused this host's certificate"},
+		{"start without --to", []string{"start"}, 2, "--to"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			args := append(append([]string(nil), base...), tc.extra...)
+			if tc.extra != nil && tc.extra[0] == "start" {
+				args = []string{"migrate", "start", "10.1.0.5", "--gateway", ln.Addr().String(), "--certs", dir, "--name", "hv-a"}
+			}
+			out, errOut, code := run(args...)
+			if code != tc.code || !strings.Contains(out+errOut, tc.out) {
+				t.Fatalf("exit %d, want %d; out %q err %q, want %q", code, tc.code, out, errOut, tc.out)
+			}
+		})
+	}
+}

@@ -1,0 +1,440 @@
+// Package qmp follows a QEMU process's live migration through its QMP
+// socket and drives the gateway's migration control (package
+// migrate/remote) from it, so nobody times a move by hand:
+//
+//	MIGRATION "active"                 -> start (the pre-copy runs on the source)
+//	STOP while the migration is active -> blackout (the source paused for the stop-and-copy)
+//	MIGRATION "completed" (source)     -> switch, then done
+//	RESUME (destination)               -> switch, then done
+//	MIGRATION "postcopy-active"        -> switch (the destination runs the guest)
+//	MIGRATION "failed" / "cancelled"   -> abort
+//
+// docs/migration.md (## Drivers) explains the mapping. The follower keeps
+// its own phase so a repeated event sends nothing twice, and the gateway
+// answers a repeated step as a no-op, so a reconnect (to QEMU, which it
+// resumes from query-migrate and query-status, or to the gateway) never
+// breaks the move.
+package qmp
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// Roles: which side of the move the followed QEMU is.
+const (
+	RoleSource      = "source"
+	RoleDestination = "destination"
+)
+
+// Event is one QMP event, as much of it as the follower reads.
+type Event struct {
+	Event string `json:"event"`
+	Data  struct {
+		Status string `json:"status"`
+	} `json:"data"`
+}
+
+// Phases of the follower's view of the move.
+const (
+	phaseIdle     = iota // no move seen (or the last one is over)
+	phaseStarted         // start sent
+	phaseBlackout        // blackout sent
+	phaseSwitched        // switch sent
+)
+
+// Mapper turns QMP events into migration steps; it keeps the phase so a
+// repeated event yields nothing.
+type Mapper struct {
+	Role string // RoleSource (default) or RoleDestination
+	// DestinationSwitches (source role): the source's completed is not
+	// the switch; a follower on the destination (RoleDestination)
+	// switches when the guest runs there (RESUME). The source's completed
+	// comes before that, and what a switch then sends waits for a QEMU
+	// that does not read its tap yet.
+	DestinationSwitches bool
+	phase               int
+}
+
+// Map is the steps (remote.Op*) ev calls for, in order.
+func (m *Mapper) Map(ev Event) []string {
+	var out []string
+	start := func() {
+		if m.phase == phaseIdle {
+			out = append(out, "start")
+			m.phase = phaseStarted
+		}
+	}
+	finish := func() {
+		start()
+		if m.phase < phaseSwitched {
+			out = append(out, "switch")
+		}
+		out = append(out, "done")
+		m.phase = phaseIdle
+	}
+	switch ev.Event {
+	case "MIGRATION":
+		switch ev.Data.Status {
+		case "active", "pre-switchover", "device":
+			// device and pre-switchover come with the source paused: a
+			// follower that missed STOP (a reconnect) still holds.
+			start()
+			if ev.Data.Status != "active" && m.Role != RoleDestination && m.phase == phaseStarted {
+				out = append(out, "blackout")
+				m.phase = phaseBlackout
+			}
+		case "postcopy-active":
+			// The destination runs the guest from here; pages it lacks
+			// come from the source on demand.
+			start()
+			if m.phase < phaseSwitched {
+				out = append(out, "switch")
+				m.phase = phaseSwitched
+			}
+		case "completed":
+			// On the destination, completed comes before the guest runs
+			// (RESUME); on the source it is the end of the copy.
+			if m.Role != RoleDestination && m.phase != phaseIdle {
+				if m.DestinationSwitches {
+					m.phase = phaseIdle // this side's part is over
+				} else {
+					finish()
+				}
+			}
+		case "failed", "cancelled":
+			if m.phase != phaseIdle {
+				out = append(out, "abort")
+				m.phase = phaseIdle
+			}
+		}
+	case "STOP":
+		if m.Role != RoleDestination && m.phase == phaseStarted {
+			out = append(out, "blackout")
+			m.phase = phaseBlackout
+		}
+	case "RESUME":
+		// On the source a RESUME during a move means the move failed (a
+		// failed event follows, or preceded it): nothing here. On the
+		// destination it is the guest running there.
+		if m.Role == RoleDestination && m.phase != phaseIdle {
+			finish()
+		}
+	}
+	return out
+}
+
+// Conn is a QMP connection past its capabilities negotiation.
+type Conn struct {
+	c      net.Conn
+	r      *bufio.Reader
+	events []Event // events read while waiting for a command's answer
+	// CapsErr: the migration capabilities could not be set (QEMU refuses
+	// while a migration runs: a follower that reconnects mid-move finds
+	// them set by its previous connection).
+	CapsErr error
+}
+
+// Dial connects to the QMP socket at path (unix), negotiates
+// capabilities and turns on migration events (the "events" migration
+// capability: without it QEMU sends no MIGRATION event), and with
+// pauseBeforeSwitchover the "pause-before-switchover" capability: the
+// source then waits, stopped, in status pre-switchover until the follower
+// sends migrate-continue.
+func Dial(ctx context.Context, path string, pauseBeforeSwitchover bool) (*Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("qmp %s: %w (is QEMU running with -qmp unix:%s,server=on,wait=off?)", path, err, path)
+	}
+	q := &Conn{c: c, r: bufio.NewReader(c)}
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	var greeting struct {
+		QMP json.RawMessage `json:"QMP"`
+	}
+	line, err := q.r.ReadBytes('\n')
+	if err == nil {
+		err = json.Unmarshal(line, &greeting)
+	}
+	if err == nil && greeting.QMP == nil {
+		err = fmt.Errorf("no QMP greeting: %q", line)
+	}
+	if err == nil {
+		_, err = q.Execute("qmp_capabilities", nil)
+	}
+	if err == nil {
+		caps := []map[string]any{{"capability": "events", "state": true}}
+		if pauseBeforeSwitchover {
+			caps = append(caps, map[string]any{"capability": "pause-before-switchover", "state": true})
+		}
+		// A QMP error here is not the connection's: keep it for the caller.
+		var cerr error
+		_, cerr = q.Execute("migrate-set-capabilities", map[string]any{"capabilities": caps})
+		var qe *QMPError
+		if errors.As(cerr, &qe) {
+			q.CapsErr = cerr
+		} else {
+			err = cerr
+		}
+	}
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("qmp %s: %w", path, err)
+	}
+	c.SetDeadline(time.Time{})
+	return q, nil
+}
+
+// Close closes the connection.
+func (q *Conn) Close() error { return q.c.Close() }
+
+// Execute runs one command and returns its "return" value; events that
+// arrive meanwhile are kept for Next.
+func (q *Conn) Execute(cmd string, args any) (json.RawMessage, error) {
+	req := map[string]any{"execute": cmd}
+	if args != nil {
+		req["arguments"] = args
+	}
+	b, _ := json.Marshal(req)
+	if _, err := q.c.Write(append(b, '\n')); err != nil {
+		return nil, err
+	}
+	for {
+		line, err := q.r.ReadBytes('\n')
+		if err != nil {
+			return nil, err
+		}
+		var m struct {
+			Return json.RawMessage `json:"return"`
+			Error  *struct {
+				Class, Desc string
+			} `json:"error"`
+			Event string `json:"event"`
+		}
+		if err := json.Unmarshal(line, &m); err != nil {
+			return nil, fmt.Errorf("%s: answer %q: %w", cmd, line, err)
+		}
+		switch {
+		case m.Event != "":
+			var ev Event
+			json.Unmarshal(line, &ev)
+			q.events = append(q.events, ev)
+		case m.Error != nil:
+			return nil, &QMPError{Cmd: cmd, Class: m.Error.Class, Desc: m.Error.Desc}
+		case m.Return != nil:
+			return m.Return, nil
+		}
+	}
+}
+
+// QMPError is a command QEMU answered with an error.
+type QMPError struct{ Cmd, Class, Desc string }
+
+func (e *QMPError) Error() string { return fmt.Sprintf("%s: %s: %s", e.Cmd, e.Class, e.Desc) }
+
+// Next is the next event.
+func (q *Conn) Next() (Event, error) {
+	if len(q.events) > 0 {
+		ev := q.events[0]
+		q.events = q.events[1:]
+		return ev, nil
+	}
+	for {
+		line, err := q.r.ReadBytes('\n')
+		if err != nil {
+			return Event{}, err
+		}
+		var ev Event
+		if err := json.Unmarshal(line, &ev); err != nil {
+			return Event{}, fmt.Errorf("qmp line %q: %w", line, err)
+		}
+		if ev.Event != "" {
+			return ev, nil
+		}
+	}
+}
+
+// Current is the state of the migration and the guest now, as events:
+// the follower feeds them to its Mapper after a (re)connect, so it
+// catches up with what happened while it was away.
+func (q *Conn) Current() ([]Event, error) {
+	raw, err := q.Execute("query-migrate", nil)
+	if err != nil {
+		return nil, err
+	}
+	var mig struct {
+		Status string `json:"status"`
+	}
+	json.Unmarshal(raw, &mig)
+	raw, err = q.Execute("query-status", nil)
+	if err != nil {
+		return nil, err
+	}
+	var st struct {
+		Running bool   `json:"running"`
+		Status  string `json:"status"`
+	}
+	json.Unmarshal(raw, &st)
+	var out []Event
+	if mig.Status != "" && mig.Status != "none" && mig.Status != "setup" {
+		ev := Event{Event: "MIGRATION"}
+		ev.Data.Status = mig.Status
+		out = append(out, ev)
+		if !st.Running && mig.Status == "active" {
+			out = append(out, Event{Event: "STOP"})
+		}
+	}
+	if st.Running && mig.Status == "completed" {
+		out = append(out, Event{Event: "RESUME"})
+	}
+	return out, nil
+}
+
+// Stepper carries out a step for the followed endpoint (a client of the
+// gateway's migration control). An error that retrying cannot fix
+// (the gateway refused the step) is Permanent.
+type Stepper interface {
+	Step(ctx context.Context, op string) error
+}
+
+// Permanent marks a step error that a retry cannot fix.
+type Permanent struct{ Err error }
+
+func (p *Permanent) Error() string { return p.Err.Error() }
+func (p *Permanent) Unwrap() error { return p.Err }
+
+// Follower follows one QEMU and drives one endpoint's moves.
+type Follower struct {
+	QMP   string // the QMP socket
+	Role  string
+	Steps Stepper
+	Log   *slog.Logger
+	// Retry is how long to wait before dialling QMP again, or resending
+	// a step the gateway could not be reached for.
+	Retry time.Duration // default 500ms
+	// PauseBeforeSwitchover (source only) makes QEMU wait, with the
+	// guest stopped, until the gateway holds (blackout acknowledged); then
+	// the follower sends migrate-continue. Without it QEMU reports STOP
+	// only once its stop-and-copy is over (it holds its main lock
+	// meanwhile), so the hold starts late and what reached the source in
+	// between is lost. ContinueAfter bounds the wait for the gateway.
+	PauseBeforeSwitchover bool
+	ContinueAfter         time.Duration // default 2s
+	// DestinationSwitches: see Mapper.
+	DestinationSwitches bool
+
+	mapper Mapper
+}
+
+// Run follows until ctx ends. It dials QEMU again whenever the socket
+// closes (QEMU restarted, or the follower started first).
+func (f *Follower) Run(ctx context.Context) error {
+	if f.Retry <= 0 {
+		f.Retry = 500 * time.Millisecond
+	}
+	if f.ContinueAfter <= 0 {
+		f.ContinueAfter = 2 * time.Second
+	}
+	f.mapper.Role, f.mapper.DestinationSwitches = f.Role, f.DestinationSwitches
+	for ctx.Err() == nil {
+		err := f.session(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		f.Log.Warn("qmp: connection lost; dialling again", "socket", f.QMP, "err", err, "in", f.Retry)
+		select {
+		case <-ctx.Done():
+		case <-time.After(f.Retry):
+		}
+	}
+	return nil
+}
+
+func (f *Follower) session(ctx context.Context) error {
+	pause := f.PauseBeforeSwitchover && f.Role != RoleDestination
+	q, err := Dial(ctx, f.QMP, pause)
+	if err != nil {
+		return err
+	}
+	if q.CapsErr != nil {
+		f.Log.Warn("qmp: migration capabilities not set (a move in progress has them from the previous connection)", "err", q.CapsErr)
+	}
+	defer q.Close()
+	stop := context.AfterFunc(ctx, func() { q.Close() })
+	defer stop()
+	cur, err := q.Current()
+	if err != nil {
+		return err
+	}
+	f.Log.Info("qmp: following", "socket", f.QMP, "role", f.mapper.Role)
+	handle := func(ev Event) error {
+		if !pause || ev.Event != "MIGRATION" || ev.Data.Status != "pre-switchover" {
+			f.apply(ctx, ev)
+			return nil
+		}
+		// The source waits, stopped: hold first, then let it go on. A
+		// gateway that cannot be reached within ContinueAfter does not
+		// keep the guest paused: the move goes on unheld.
+		actx, cancel := context.WithTimeout(ctx, f.ContinueAfter)
+		f.apply(actx, ev)
+		cancel()
+		_, err := q.Execute("migrate-continue", map[string]any{"state": "pre-switchover"})
+		if err != nil {
+			var qe *QMPError
+			if errors.As(err, &qe) {
+				// Someone else continued it already.
+				f.Log.Warn("qmp: migrate-continue", "err", err)
+				return nil
+			}
+			return err
+		}
+		f.Log.Info("qmp: source continues to the switchover")
+		return nil
+	}
+	for _, ev := range cur {
+		if err := handle(ev); err != nil {
+			return err
+		}
+	}
+	for {
+		ev, err := q.Next()
+		if err != nil {
+			return err
+		}
+		if err := handle(ev); err != nil {
+			return err
+		}
+	}
+}
+
+// apply maps ev and sends its steps in order; a step the gateway could
+// not be reached for is sent again (each step is idempotent there) until
+// it goes through or ctx ends: a later step must not overtake it.
+func (f *Follower) apply(ctx context.Context, ev Event) {
+	for _, op := range f.mapper.Map(ev) {
+		for {
+			err := f.Steps.Step(ctx, op)
+			if err == nil {
+				f.Log.Info("migration step", "op", op, "event", ev.Event, "status", ev.Data.Status)
+				break
+			}
+			var p *Permanent
+			if errors.As(err, &p) {
+				f.Log.Error("migration step refused by the gateway; going on with the next event", "op", op, "err", err)
+				break
+			}
+			f.Log.Warn("migration step: gateway unreachable; retrying", "op", op, "err", err, "in", f.Retry)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(f.Retry):
+			}
+		}
+	}
+}

@@ -1,0 +1,331 @@
+package qmp
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func ev(s string) Event {
+	name, status, _ := strings.Cut(s, ":")
+	e := Event{Event: name}
+	e.Data.Status = status
+	return e
+}
+
+func TestMapper(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		role   string
+		events string
+		want   string
+		dst    bool // DestinationSwitches
+	}{
+		{"source, the destination switches", RoleSource, "MIGRATION:active STOP MIGRATION:pre-switchover MIGRATION:device MIGRATION:completed MIGRATION:completed", "start blackout", true},
+		{"source, the destination switches, two moves", RoleSource, "MIGRATION:active STOP MIGRATION:completed MIGRATION:active STOP MIGRATION:completed", "start blackout start blackout", true},
+		{"source, the destination switches, failed", RoleSource, "MIGRATION:active STOP MIGRATION:failed", "start blackout abort", true},
+		{"source, the usual move", RoleSource, "MIGRATION:setup MIGRATION:active STOP MIGRATION:completed", "start blackout switch done", false},
+		{"source, every event twice", RoleSource, "MIGRATION:setup MIGRATION:active MIGRATION:active STOP STOP MIGRATION:completed MIGRATION:completed", "start blackout switch done", false},
+		{"source, device state after STOP", RoleSource, "MIGRATION:active STOP MIGRATION:device MIGRATION:completed", "start blackout switch done", false},
+		{"source, STOP missed (reconnect), device seen", RoleSource, "MIGRATION:active MIGRATION:device MIGRATION:completed", "start blackout switch done", false},
+		{"source, pre-switchover", RoleSource, "MIGRATION:active STOP MIGRATION:pre-switchover MIGRATION:device MIGRATION:completed", "start blackout switch done", false},
+		{"source, joined during the blackout", RoleSource, "MIGRATION:active STOP MIGRATION:completed", "start blackout switch done", false},
+		{"source, failed in pre-copy", RoleSource, "MIGRATION:active MIGRATION:failed RESUME", "start abort", false},
+		{"source, cancelled in the blackout", RoleSource, "MIGRATION:active STOP MIGRATION:cancelled RESUME", "start blackout abort", false},
+		{"source, failed twice", RoleSource, "MIGRATION:active MIGRATION:failed MIGRATION:failed", "start abort", false},
+		{"source, a pause that is no move", RoleSource, "STOP RESUME STOP", "", false},
+		{"source, completed with nothing seen", RoleSource, "MIGRATION:completed", "", false},
+		{"source, two moves in a row", RoleSource, "MIGRATION:active STOP MIGRATION:completed MIGRATION:active STOP MIGRATION:completed", "start blackout switch done start blackout switch done", false},
+		{"source, postcopy", RoleSource, "MIGRATION:active STOP MIGRATION:postcopy-active MIGRATION:completed", "start blackout switch done", false},
+		{"destination, the usual move", RoleDestination, "MIGRATION:setup MIGRATION:active MIGRATION:completed RESUME", "start switch done", false},
+		{"destination, RESUME twice", RoleDestination, "MIGRATION:active MIGRATION:completed RESUME RESUME", "start switch done", false},
+		{"destination, failed", RoleDestination, "MIGRATION:active MIGRATION:failed", "start abort", false},
+		{"destination, a plain cont", RoleDestination, "RESUME", "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := Mapper{Role: tc.role, DestinationSwitches: tc.dst}
+			var got []string
+			for _, e := range strings.Fields(tc.events) {
+				got = append(got, m.Map(ev(e))...)
+			}
+			if strings.Join(got, " ") != tc.want {
+				t.Fatalf("%s:\n got %q\nwant %q", tc.events, strings.Join(got, " "), tc.want)
+			}
+		})
+	}
+}
+
+// fakeQEMU is a QMP server on a unix socket: it greets, answers the
+// commands the follower sends, and sends the events a test pushes.
+type fakeQEMU struct {
+	t      *testing.T
+	path   string
+	ln     net.Listener
+	mu     sync.Mutex
+	mig    string // query-migrate's status
+	run    bool   // query-status's running
+	events chan string
+	conns  chan net.Conn
+	cmds   []string
+	// refuseCaps: migrate-set-capabilities fails, as in QEMU while a
+	// migration runs.
+	refuseCaps bool
+}
+
+func newFakeQEMU(t *testing.T) *fakeQEMU {
+	q := &fakeQEMU{t: t, path: filepath.Join(t.TempDir(), "qmp.sock"), mig: "none", run: true,
+		events: make(chan string, 64), conns: make(chan net.Conn, 4)}
+	var err error
+	if q.ln, err = net.Listen("unix", q.path); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { q.ln.Close() })
+	go q.serve()
+	return q
+}
+
+func (q *fakeQEMU) serve() {
+	for {
+		c, err := q.ln.Accept()
+		if err != nil {
+			return
+		}
+		q.conns <- c
+		go q.handle(c)
+	}
+}
+
+func (q *fakeQEMU) handle(c net.Conn) {
+	defer c.Close()
+	var wmu sync.Mutex
+	write := func(s string) {
+		wmu.Lock()
+		defer wmu.Unlock()
+		io.WriteString(c, s+"\n")
+	}
+	write(`{"QMP": {"version": {"qemu": {"major": 7}}, "capabilities": []}}`)
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case e := <-q.events:
+				n, s, _ := strings.Cut(e, ":")
+				if s != "" {
+					write(`{"event": "` + n + `", "data": {"status": "` + s + `"}, "timestamp": {"seconds": 1, "microseconds": 2}}`)
+				} else {
+					write(`{"event": "` + n + `", "timestamp": {"seconds": 1, "microseconds": 2}}`)
+				}
+			}
+		}
+	}()
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadBytes('\n')
+		if err != nil {
+			return
+		}
+		var cmd struct {
+			Execute string `json:"execute"`
+		}
+		json.Unmarshal(line, &cmd)
+		q.mu.Lock()
+		q.cmds = append(q.cmds, cmd.Execute)
+		mig, run := q.mig, q.run
+		q.mu.Unlock()
+		switch cmd.Execute {
+		case "query-migrate":
+			write(`{"return": {"status": "` + mig + `"}}`)
+		case "migrate-set-capabilities":
+			q.mu.Lock()
+			refuse := q.refuseCaps
+			q.mu.Unlock()
+			if refuse {
+				write(`{"error": {"class": "GenericError", "desc": "There's a migration process in progress"}}`)
+			} else {
+				write(`{"return": {}}`)
+			}
+		case "query-status":
+			b, _ := json.Marshal(map[string]any{"running": run, "status": "x"})
+			write(`{"return": ` + string(b) + `}`)
+		default:
+			write(`{"return": {}}`)
+		}
+	}
+}
+
+func (q *fakeQEMU) set(mig string, run bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.mig, q.run = mig, run
+}
+
+// recorder is a Stepper that records steps; fail makes the next n steps
+// fail as an unreachable gateway would.
+type recorder struct {
+	mu    sync.Mutex
+	ops   []string
+	fail  int
+	tries int
+	seen  chan string
+}
+
+func (r *recorder) Step(ctx context.Context, op string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.tries++
+	if r.fail > 0 {
+		r.fail--
+		return errors.New("dial: connection refused")
+	}
+	r.ops = append(r.ops, op)
+	r.seen <- op
+	return nil
+}
+
+func (r *recorder) wait(t *testing.T, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		select {
+		case got := <-r.seen:
+			if got != w {
+				t.Fatalf("step %q, want %q", got, w)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no step %q", w)
+		}
+	}
+}
+
+func TestFollowerReconnects(t *testing.T) {
+	q := newFakeQEMU(t)
+	rec := &recorder{seen: make(chan string, 64), fail: 2}
+	f := &Follower{QMP: q.path, Steps: rec, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Retry: 20 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	c := <-q.conns
+	// The gateway is unreachable for the first two tries: start is sent
+	// again, and blackout waits behind it.
+	q.events <- "MIGRATION:setup"
+	q.events <- "MIGRATION:active"
+	q.events <- "MIGRATION:active"
+	rec.wait(t, "start")
+	// QEMU's socket closes in the pre-copy; meanwhile the source stops.
+	q.set("active", false)
+	c.Close()
+	<-q.conns
+	// Caught up from query-migrate/query-status: blackout, once.
+	rec.wait(t, "blackout")
+	q.events <- "STOP"
+	q.set("completed", false)
+	q.events <- "MIGRATION:completed"
+	q.events <- "MIGRATION:completed"
+	rec.wait(t, "switch", "done")
+	// Nothing more: the repeats sent nothing.
+	time.Sleep(100 * time.Millisecond)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if want := []string{"start", "blackout", "switch", "done"}; !slices.Equal(rec.ops, want) {
+		t.Fatalf("steps %v, want %v", rec.ops, want)
+	}
+	if rec.tries != 6 {
+		t.Fatalf("%d tries, want 6 (two failed starts, then one per step)", rec.tries)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !slices.Contains(q.cmds, "migrate-set-capabilities") || q.cmds[0] != "qmp_capabilities" {
+		t.Fatalf("commands %v: want qmp_capabilities first and migration events turned on", q.cmds)
+	}
+}
+
+func (q *fakeQEMU) commands() []string {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return append([]string(nil), q.cmds...)
+}
+
+// waitCmd waits for the follower to send cmd to QEMU n times in all.
+func (q *fakeQEMU) waitCmd(t *testing.T, cmd string, n int) {
+	t.Helper()
+	for i := 0; i < 1000; i++ {
+		c := 0
+		for _, x := range q.commands() {
+			if x == cmd {
+				c++
+			}
+		}
+		if c >= n {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("the follower sent %s fewer than %d times: %v", cmd, n, q.commands())
+}
+
+// TestFollowerPausesBeforeSwitchover: with pause-before-switchover the
+// source waits, stopped, in pre-switchover; the follower sends
+// migrate-continue only once the blackout went through, or, when the
+// gateway cannot be reached, after ContinueAfter (the guest is never left
+// paused). A follower reconnecting mid-move, when QEMU refuses to set
+// capabilities, carries on.
+func TestFollowerPausesBeforeSwitchover(t *testing.T) {
+	q := newFakeQEMU(t)
+	rec := &recorder{seen: make(chan string, 64)}
+	f := &Follower{QMP: q.path, Steps: rec, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Retry: 20 * time.Millisecond,
+		PauseBeforeSwitchover: true, ContinueAfter: 300 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	c := <-q.conns
+	q.events <- "MIGRATION:active"
+	rec.wait(t, "start")
+	q.events <- "STOP"
+	rec.wait(t, "blackout")
+	if slices.Contains(q.commands(), "migrate-continue") {
+		t.Fatal("migrate-continue before pre-switchover")
+	}
+	q.events <- "MIGRATION:pre-switchover"
+	q.waitCmd(t, "migrate-continue", 1)
+	q.events <- "MIGRATION:device"
+	q.events <- "MIGRATION:completed"
+	rec.wait(t, "switch", "done")
+
+	// A second move; the gateway is down when the source pauses, and the
+	// follower reconnects to QEMU mid-move (capabilities refused).
+	q.events <- "MIGRATION:active"
+	rec.wait(t, "start")
+	q.mu.Lock()
+	q.refuseCaps = true
+	q.mig, q.run = "pre-switchover", false
+	q.mu.Unlock()
+	rec.mu.Lock()
+	rec.fail = 1 << 30
+	rec.mu.Unlock()
+	c.Close()
+	<-q.conns
+	// Caught up from query-migrate: blackout tried until ContinueAfter,
+	// then the source is let go on.
+	q.waitCmd(t, "migrate-continue", 2)
+	rec.mu.Lock()
+	ops := append([]string(nil), rec.ops...)
+	rec.mu.Unlock()
+	if want := []string{"start", "blackout", "switch", "done", "start"}; !slices.Equal(ops, want) {
+		t.Fatalf("steps %v, want %v", ops, want)
+	}
+}

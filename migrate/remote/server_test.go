@@ -1,0 +1,276 @@
+package remote
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/tandem-net/tandem/syncer"
+)
+
+// lab is a gateway's migration control on loopback with certificates of
+// the pair's CA for the gateway gw, an allowed follower hv-a and a
+// follower hv-b that is not allowed, and a stranger CA's hv-a.
+type lab struct {
+	dir, other string
+	srv        *Server
+	ctl        *fakeController
+	addr       string
+}
+
+func newLab(t *testing.T, handshake, idle time.Duration) *lab {
+	t.Helper()
+	l := &lab{dir: t.TempDir(), other: t.TempDir(), ctl: newFake("10.1.0.5", "fd00::5")}
+	gw := map[string][]net.IP{"gw": {net.ParseIP("127.0.0.1")}, "hv-a": nil, "hv-b": nil}
+	if _, err := syncer.IssueCerts(l.dir, gw, syncer.CertOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Another pair's CA, with a certificate for the same, allowed name.
+	if _, err := syncer.IssueCerts(l.other, map[string][]net.IP{"hv-a": nil}, syncer.CertOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := syncer.TLSConfigAllowing(l.dir, "gw", []string{"hv-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.srv = &Server{TLS: cfg, Controller: l.ctl, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), HandshakeTimeout: handshake, IdleTimeout: idle}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.addr = ln.Addr().String()
+	done := make(chan error, 1)
+	go func() { done <- l.srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ln.Close()
+		l.srv.Stop()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return l
+}
+
+func (l *lab) client(t *testing.T, dir, name string) *Client {
+	t.Helper()
+	cfg, err := syncer.ClientTLSConfig(dir, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &Client{Gateways: []string{l.addr}, TLS: cfg, Timeout: 5 * time.Second}
+}
+
+// noCertClient trusts the pair's CA but presents no certificate.
+func (l *lab) noCertClient(t *testing.T) *Client {
+	pem, err := os.ReadFile(filepath.Join(l.dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	return &Client{Gateways: []string{l.addr}, TLS: &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool}, Timeout: 5 * time.Second}
+}
+
+// waitRefused waits for the server to count a refusal: the client may
+// learn of it before the server's handler has counted it.
+func waitRefused(t *testing.T, s *Server, reason string, want uint64) {
+	t.Helper()
+	for i := 0; i < 500 && s.RefusedFor(reason) < want; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := s.RefusedFor(reason); got != want {
+		t.Fatalf("refused for %s: %d, want %d", reason, got, want)
+	}
+}
+
+func TestStrangersRefused(t *testing.T) {
+	l := newLab(t, 2*time.Second, time.Minute)
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		client func() *Client
+		reason string
+	}{
+		{"certificate of another CA", func() *Client { return l.client(t, l.other, "hv-a") }, RefuseHandshake},
+		{"no certificate", func() *Client { return l.noCertClient(t) }, RefuseHandshake},
+		{"pair CA, name not allowed", func() *Client { return l.client(t, l.dir, "hv-b") }, RefuseName},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := l.srv.RefusedFor(tc.reason)
+			c := tc.client()
+			defer c.Close()
+			for _, req := range []Request{
+				{Op: OpStart, Endpoint: "10.1.0.5", To: "192.0.2.9"},
+				{Op: OpAbort, Endpoint: "10.1.0.5"},
+			} {
+				if _, err := c.Do(ctx, req); err == nil {
+					t.Fatalf("%s: a stranger's request was answered", req.Op)
+				}
+			}
+			// Do dials again after a failure: two requests, up to four tries.
+			for i := 0; i < 500 && l.srv.RefusedFor(tc.reason)-before < 2; i++ {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if n := l.srv.RefusedFor(tc.reason) - before; n < 2 {
+				t.Fatalf("refused for %s: %d, want at least 2", tc.reason, n)
+			}
+			if calls := l.ctl.Calls(); len(calls) != 0 {
+				t.Fatalf("a stranger reached the controller: %v", calls)
+			}
+		})
+	}
+}
+
+func TestAllowedFollowerDrivesAMove(t *testing.T) {
+	l := newLab(t, 2*time.Second, time.Minute)
+	c := l.client(t, l.dir, "hv-a")
+	defer c.Close()
+	ctx := context.Background()
+	steps := []struct {
+		req   Request
+		state string
+		noop  bool
+		code  string
+	}{
+		{Request{Op: OpStatus, Endpoint: "10.1.0.5"}, StateNone, false, ""},
+		{Request{Op: OpStart, Endpoint: "10.1.0.5", To: "192.0.2.9"}, StateMigrating, false, ""},
+		{Request{Op: OpStart, Endpoint: "10.1.0.5", To: "192.0.2.9"}, StateMigrating, true, ""},
+		{Request{Op: OpStart, Endpoint: "10.1.0.5", To: "192.0.2.10"}, "", false, CodeDifferentTo},
+		{Request{Op: OpBlackout, Endpoint: "10.1.0.5"}, StateBlackout, false, ""},
+		{Request{Op: OpBlackout, Endpoint: "10.1.0.5"}, StateBlackout, true, ""},
+		{Request{Op: OpSwitch, Endpoint: "10.1.0.5"}, StateSwitched, false, ""},
+		{Request{Op: OpBlackout, Endpoint: "10.1.0.5"}, "", false, CodeState},
+		{Request{Op: OpDone, Endpoint: "10.1.0.5"}, StateNone, false, ""},
+		{Request{Op: OpDone, Endpoint: "10.1.0.5"}, StateNone, true, ""},
+		{Request{Op: OpBlackout, Endpoint: "10.9.9.9"}, "", false, CodeNoEndpoint},
+		{Request{Op: "reboot", Endpoint: "10.1.0.5"}, "", false, CodeBadRequest},
+		{Request{Op: OpStart, Endpoint: "fd00::5", To: "2001:db8::9"}, StateMigrating, false, ""},
+		{Request{Op: OpAbort, Endpoint: "fd00::5"}, StateNone, false, ""},
+	}
+	for i, s := range steps {
+		resp, err := c.Do(ctx, s.req)
+		if s.code != "" {
+			var re *RemoteError
+			if !errors.As(err, &re) || re.Code != s.code {
+				t.Fatalf("step %d %+v: err %v, want code %s", i, s.req, err, s.code)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("step %d %+v: %v", i, s.req, err)
+		}
+		if resp.State != s.state || resp.Noop != s.noop {
+			t.Fatalf("step %d %+v: state %s noop %v, want %s noop %v", i, s.req, resp.State, resp.Noop, s.state, s.noop)
+		}
+	}
+	want := []string{"start 10.1.0.5 192.0.2.9", "blackout 10.1.0.5", "switch 10.1.0.5", "blackout 10.1.0.5", "done 10.1.0.5",
+		"blackout 10.9.9.9", "start fd00::5 2001:db8::9", "abort fd00::5"}
+	// The refused blackout after the switch reaches the controller (it
+	// says no); the one for the unknown endpoint stops at Status.
+	want = slices.Delete(want, 5, 6)
+	if got := l.ctl.Calls(); !slices.Equal(got, want) {
+		t.Fatalf("controller calls:\n got %v\nwant %v", got, want)
+	}
+	for _, r := range RefuseReasons {
+		if n := l.srv.RefusedFor(r); n != 0 {
+			t.Fatalf("the allowed follower was refused (%s: %d)", r, n)
+		}
+	}
+}
+
+func TestIdleConnectionsClosed(t *testing.T) {
+	l := newLab(t, 300*time.Millisecond, 300*time.Millisecond)
+	// A TCP connection that never starts TLS: closed at the handshake
+	// deadline and counted.
+	raw, err := net.Dial("tcp", l.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := raw.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the server wrote to a connection that never said hello")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("the server kept an idle connection open")
+	}
+	waitRefused(t, l.srv, RefuseHandshake, 1)
+
+	// An allowed follower that goes quiet after a request: closed at the
+	// idle deadline, and the next request dials again.
+	c := l.client(t, l.dir, "hv-a")
+	defer c.Close()
+	if _, err := c.Do(context.Background(), Request{Op: OpStatus, Endpoint: "10.1.0.5"}); err != nil {
+		t.Fatal(err)
+	}
+	conn := c.c
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := conn.Read(make([]byte, 1)); err == nil {
+		t.Fatal("read data from an idle control connection")
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("the server kept an idle follower's connection open")
+	}
+	if _, err := c.Do(context.Background(), Request{Op: OpStatus, Endpoint: "10.1.0.5"}); err != nil {
+		t.Fatalf("request after the idle close: %v", err)
+	}
+}
+
+func TestNoDatapath(t *testing.T) {
+	s := &Server{}
+	resp := s.Do(Request{Op: OpStart, Endpoint: "10.1.0.5", To: "192.0.2.9"})
+	if resp.OK || resp.Code != CodeNoDatapath {
+		t.Fatalf("got %+v, want code %s", resp, CodeNoDatapath)
+	}
+}
+
+// TestClientFailsOver: the follower is given both gateways of the pair;
+// when the one it talks to dies mid-move, the next step goes to the other
+// (which holds the replicated migration state), and a step resent there
+// after the failover is a no-op, not an error.
+func TestClientFailsOver(t *testing.T) {
+	a := newLab(t, 2*time.Second, time.Minute)
+	// Gateway b: the same pair CA and controller state (replicated), its
+	// own listener.
+	cfg, err := syncer.TLSConfigAllowing(a.dir, "gw", []string{"hv-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &Server{TLS: cfg, Controller: a.ctl, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	lnB, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go b.Serve(lnB)
+	defer func() { lnB.Close(); b.Stop() }()
+
+	c := a.client(t, a.dir, "hv-a")
+	c.Gateways = append(c.Gateways, lnB.Addr().String())
+	defer c.Close()
+	ctx := context.Background()
+	if _, err := c.Do(ctx, Request{Op: OpStart, Endpoint: "10.1.0.5", To: "192.0.2.9"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Do(ctx, Request{Op: OpBlackout, Endpoint: "10.1.0.5"}); err != nil {
+		t.Fatal(err)
+	}
+	// Gateway a dies.
+	a.srv.Stop()
+	resp, err := c.Do(ctx, Request{Op: OpBlackout, Endpoint: "10.1.0.5"})
+	if err != nil || !resp.Noop {
+		t.Fatalf("blackout resent after the failover: %+v, %v; want a no-op", resp, err)
+	}
+	if _, err := c.Do(ctx, Request{Op: OpSwitch, Endpoint: "10.1.0.5"}); err != nil {
+		t.Fatalf("switch after the failover: %v", err)
+	}
+	if got, want := a.ctl.Calls(), []string{"start 10.1.0.5 192.0.2.9", "blackout 10.1.0.5", "switch 10.1.0.5"}; !slices.Equal(got, want) {
+		t.Fatalf("controller calls %v, want %v", got, want)
+	}
+}
