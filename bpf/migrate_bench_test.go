@@ -96,7 +96,7 @@ func BenchmarkMigrateStage(b *testing.B) {
 // setTTL255 sets an IPv4 TTL or IPv6 hop limit of an untagged frame
 // to 255 (and fixes the IPv4 header checksum).
 func setTTL255(f []byte) {
-	switch f[12]<<0 | 0 {
+	switch f[12] {
 	case 0x08:
 		if f[13] != 0 {
 			return

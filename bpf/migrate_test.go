@@ -109,10 +109,6 @@ func udp6to(t testing.TB, dst netip.Addr) []byte {
 // frame), and that a held packet is in the hold ring.
 func TestMigrateStage(t *testing.T) {
 	f := newMigFixture(t)
-	type step struct {
-		state uint32 // MIG_* ; 0: no migration record
-		hold  bool
-	}
 	const (
 		none      = 0
 		migrating = uint32(bpf.MigrateMigStateIdMIG_MIGRATING)

@@ -54,12 +54,6 @@ func addRemoteFlags(fs *pflag.FlagSet) *remoteFlags {
 	return f
 }
 
-// migrateRemoteFlags are the flags of the migrate command on this branch.
-type migrateRemoteFlags struct {
-	*remoteFlags
-	to string
-}
-
 func (f *remoteFlags) client() (*remote.Client, error) {
 	if len(f.gateways) == 0 {
 		return nil, usagef("give the gateways with --gateway HOST:PORT (their --migrate-listen)")

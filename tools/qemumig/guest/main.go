@@ -31,15 +31,16 @@ func main() {
 	if c, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
 		os.Stdout, os.Stderr = c, c
 	}
-	if err := run(); err != nil {
-		fmt.Println("qemumig guest: error:", err)
-	}
+	// run echoes until it fails.
+	fmt.Println("qemumig guest: error:", run())
 	// PID 1 must not exit.
 	for {
 		time.Sleep(time.Hour)
 	}
 }
 
+// run loads the NIC modules, sets the address from the kernel command
+// line and echoes UDP; it returns only with an error.
 func run() error {
 	for _, m := range modules {
 		f, err := os.Open("/modules/" + m)
