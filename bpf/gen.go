@@ -14,3 +14,4 @@ package bpf
 //go:generate go tool bpf2go -go-package bpf -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -target bpfel -type sync_hdr -type synctest_val -type sync_op -type synctest_op Synctest synctest.c
 //go:generate go tool bpf2go -go-package bpf -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -target bpfel -type svc_key -type svc_val -type backend_key -type backend -type rev_val -type svc_counters -type conn_key -type conn_val -type cookie_keys -type expire_args Synproxy synproxy.c
 //go:generate go tool bpf2go -go-package bpf -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel Chainbench chainbench.c
+//go:generate go tool bpf2go -go-package bpf -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -target bpfel -type sa_key -type sa_val Esptrace esptrace.c
