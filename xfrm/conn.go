@@ -96,6 +96,7 @@ type Event struct {
 	Type uint16 // MsgNewSA, MsgUpdSA, MsgDelSA, MsgExpire, MsgNewAE
 	SA   SA     // NEWSA, UPDSA, DELSA, EXPIRE
 	AE   AEvent // NEWAE
+	Hard bool   // EXPIRE: the hard limit (the SA is gone), else the soft one
 }
 
 // Watcher follows XFRM SA notifications (new, updated, deleted SAs: a
@@ -140,6 +141,7 @@ func (w *Watcher) Next() ([]Event, error) {
 		case MsgExpire:
 			// struct xfrm_user_expire: the SA, then hard (u8), no attributes.
 			ev.SA, err = DecodeSA(m.Data[:min(len(m.Data), sizeUsersaInfo)])
+			ev.Hard = len(m.Data) > sizeUsersaInfo && m.Data[sizeUsersaInfo] != 0
 		case MsgNewAE:
 			ev.AE, err = DecodeAE(m.Data)
 		default:
