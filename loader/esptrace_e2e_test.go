@@ -502,6 +502,37 @@ func espTraceE2E(t *testing.T, mode string) {
 		}
 	})
 
+	// The fallback's source: with a listener on XFRMNLGRP_AEVENTS the
+	// kernel reports replay state every xfrm_aevent_rseqth packets (2).
+	t.Run("aevents", func(t *testing.T) {
+		w, err := xfrm.Watch(nsfd, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		id := xfrm.SAID{Dst: netip.MustParseAddr("10.78.1.3"), SPI: 0x1002, Proto: 50}
+		ae0, err := conn.GetAE(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		udpTo(t, peer, "10.78.1.3", 4)
+		time.AfterFunc(30*time.Second, func() { w.Close() }) // a Next that waits forever fails instead
+		for {
+			evs, err := w.Next()
+			if err != nil {
+				t.Fatalf("no aevent for %v: %v", id, err)
+			}
+			for _, ev := range evs {
+				if ev.Type == xfrm.MsgNewAE && ev.AE.SPI == id.SPI && ev.AE.HasReplay && ev.AE.Replay.Seq > ae0.Replay.Seq {
+					if ev.AE.Replay.Window != 128 || len(ev.AE.Replay.Bitmap) != 4 {
+						t.Fatalf("aevent replay state %+v", ev.AE.Replay)
+					}
+					return
+				}
+			}
+		}
+	})
+
 	t.Run("rekey events", func(t *testing.T) {
 		w, err := xfrm.Watch(nsfd, true)
 		if err != nil {
@@ -544,10 +575,11 @@ func espTraceE2E(t *testing.T, mode string) {
 			t.Fatal(err)
 		}
 		var seen []string
+		time.AfterFunc(30*time.Second, func() { w.Close() })
 		for len(seen) < 2 {
 			evs, err := w.Next()
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("events so far %q: %v", seen, err)
 			}
 			for _, ev := range evs {
 				switch ev.Type {
