@@ -16,3 +16,4 @@ package bpf
 //go:generate go tool bpf2go -go-package bpf -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -target bpfel -type sa_key -type sa_val -type sa_put Esp esp.c
 //go:generate go tool bpf2go -go-package bpf -cc clang -cflags "-O2 -g -Wall -Werror -I/usr/include/x86_64-linux-gnu" -target bpfel Chainbench chainbench.c
 //go:generate go tool bpf2go -go-package bpf -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -target bpfel -type mig_key -type mig_loc -type ep_val -type mig_val -type sync_hdr Migrate migrate.c
+//go:generate go tool bpf2go -go-package bpf -cc clang -cflags "-O2 -g -Wall -Werror -mcpu=v3 -I/usr/include/x86_64-linux-gnu" -target bpfel -type sa_key -type sa_val Esptrace esptrace.c

@@ -143,7 +143,8 @@ func Probe(ifaces []string) []KernelFeature {
 	out = append(out,
 		res("btf (program and map types)", haveBTF(), true, "every object", cannot),
 		res("xdp links (bpf_link)", haveXDPLink(), true, "every XDP attachment (pinned, replaced atomically)", "tandem cannot pin XDP attachments: run tandem on Linux "+MinKernel+" or later"),
-		res("kernel btf", kernelBTF(), false, "nothing yet (no program uses CO-RE)", "nothing changes"),
+		res("kernel btf", kernelBTF(), false, "the ESP replay tracer (esptrace.c, CO-RE)", "SA replay state follows XFRM aevents"),
+		espHooksFeature(),
 		res("tcx links", HaveTCX(), false, "TC hooks (--tc auto)", "TC hooks use clsact + cls_bpf (replaced atomically with NLM_F_REPLACE)"),
 		res("map batch operations", haveBatch(), false, "state sync scans and applies", "maps are read and written one key at a time"),
 	)
@@ -165,6 +166,27 @@ func Probe(ifaces []string) []KernelFeature {
 // load/store helpers in 5.18, bpf_loop in 5.17). Only messages and docs
 // use it; Probe tries each feature instead of reading the version.
 const MinKernel = "6.1"
+
+// espHooksFeature says where SA replay state comes from on this kernel:
+// fexit, else kprobes, on the replay functions; else XFRM aevents.
+func espHooksFeature() KernelFeature {
+	src, err := ESPSource()
+	f := KernelFeature{
+		Name:      "esp replay hooks (" + strings.Join(espTraceHooks, ", ") + ")",
+		Available: src != ESPSourceAEvents,
+		NeededBy:  "SA replay state marked dirty per ESP packet (source on this kernel: " + src + ")",
+	}
+	if err != nil {
+		f.Detail = err.Error()
+	}
+	switch src {
+	case ESPSourceKprobe:
+		f.Without = "fexit refused: the kprobe fallback is used (same state, a little more per packet)"
+	case ESPSourceAEvents:
+		f.Without = "SA replay state follows XFRM aevents (NEWAE on the kernel's replay threshold and timer)"
+	}
+	return f
+}
 
 type shippedObject struct {
 	file string

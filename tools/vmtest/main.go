@@ -21,7 +21,7 @@ import (
 // fatal: a kernel may have them built in).
 var defaultModules = []string{
 	"crc32c_generic", "veth", "bridge", "8021q", "dummy", "sch_ingress", "cls_bpf", "cls_u32", "act_gact",
-	"esp4", "esp6", "xfrm_user", "xfrm_interface", "authenc", "echainiv", "gcm", "ccm", "cbc", "ctr", "seqiv",
+	"esp4", "esp6", "xfrm_user", "xfrm_interface", "authenc", "authencesn", "echainiv", "gcm", "ccm", "cbc", "ctr", "seqiv",
 	"nf_tables", "nf_conntrack", "nft_ct", "nft_synproxy", "sch_tbf",
 }
 
