@@ -184,6 +184,15 @@ type event struct {
 
 func seqSend(t *testing.T, h *lab.Host, port, rate int, d time.Duration, events []event) uint64 {
 	t.Helper()
+	return seqSendProgress(t, h, port, rate, d, events, nil)
+}
+
+// seqSendProgress is seqSend that also stores, after each datagram is
+// written, how many were written into progress (when not nil): an event
+// that reads n there knows that every datagram from n+1 on is written
+// after its read (n+1 is stored only after n is written).
+func seqSendProgress(t *testing.T, h *lab.Host, port, rate int, d time.Duration, events []event, progress *atomic.Uint64) uint64 {
+	t.Helper()
 	var fd int
 	err := h.Do(func() error {
 		var err error
@@ -217,6 +226,9 @@ func seqSend(t *testing.T, h *lab.Host, port, rate int, d time.Duration, events 
 			binary.BigEndian.PutUint64(buf, seq)
 			if _, err := unix.Write(fd, buf); err != nil {
 				t.Fatalf("send %d: %v", seq, err)
+			}
+			if progress != nil {
+				progress.Store(seq + 1)
 			}
 		}
 		time.Sleep(100 * time.Microsecond)

@@ -526,3 +526,62 @@ func TestStandbyController(t *testing.T) {
 		t.Errorf("the new owner flushed %v, want 0..39 in order", seqs)
 	}
 }
+
+// TestAdoptCountsOnlyTheOldOwners: the new owner counts lost exactly the
+// tickets no frame in its ring answers for (the old owner's), even when
+// its own datapath holds more packets while it takes over. Counting
+// those as lost too let the flush end early and strand the last held
+// packets in the ring (TestMigrateFailover, loader/).
+func TestAdoptCountsOnlyTheOldOwners(t *testing.T) {
+	w := newWorld(t, 65536)
+	w.do(t, func() error {
+		if _, err := w.ctl.SetLocation(ep4, migrate.Location{Hop: hopS}); err != nil {
+			return err
+		}
+		if err := w.ctl.Start(ep4, migrate.Location{Hop: hopD}); err != nil {
+			return err
+		}
+		return w.ctl.Blackout(ep4)
+	})
+	var sb *migrate.Local
+	w.do(t, func() (err error) { sb, err = migrate.NewLocalRole(w.cloneMaps(t), nil, false); return err })
+	defer sb.Close()
+	w.send(t, 0, 40) // held here: frames in the ring
+	// The old owner's 5 tickets, whose frames died with it.
+	const oldOwners = 5
+	var v maps.MigVal
+	k := maps.MigKeyOf(ep4)
+	if err := w.mm.State.Lookup(k, &v); err != nil {
+		t.Fatal(err)
+	}
+	v.Hold += oldOwners
+	if err := w.mm.State.Update(k, &v, ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+	// 10 more held while the standby takes over, after it drained the
+	// ring.
+	once := true
+	migrate.SetAfterAdoptDrain(func() {
+		if once {
+			once = false
+			w.send(t, 40, 10)
+		}
+	})
+	defer migrate.SetAfterAdoptDrain(nil)
+	w.do(t, func() error {
+		if err := sb.SetActive(true); err != nil {
+			return err
+		}
+		return sb.Switch(ep4)
+	})
+	if err := w.mm.State.Lookup(k, &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.Lost != oldOwners || v.Flushed != 50 {
+		t.Errorf("after the takeover and the switch: lost %d, flushed %d; want lost %d (the old owner's), flushed 50", v.Lost, v.Flushed, oldOwners)
+	}
+	seqs, _ := w.received(t)
+	if !inOrder(seqs, 0, 50) {
+		t.Errorf("the new owner flushed %v, want 0..49 in order", seqs)
+	}
+}
