@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"runtime"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -11,6 +12,9 @@ import (
 
 // sendBatchMax frames go out per sendmmsg.
 const sendBatchMax = 256
+
+// sendFullMax bounds how long one batch waits for a full egress.
+const sendFullMax = 2 * time.Second
 
 // hopTemplate is where xdp_mig_flush sent the first frame of a flush:
 // every held frame of one endpoint goes to the same hop (the state cannot
@@ -111,15 +115,29 @@ func (l *Local) sendBatch() error {
 		m.hdr.Iovlen = 1
 		b.msgs = append(b.msgs, m)
 	}
+	wait, waited := 100*time.Microsecond, time.Duration(0)
 	for sent := 0; sent < len(b.msgs); {
 		r, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, uintptr(l.pkt), uintptr(unsafe.Pointer(&b.msgs[sent])), uintptr(len(b.msgs)-sent), 0, 0, 0)
 		if errno == unix.EINTR {
+			continue
+		}
+		if errno == unix.ENOBUFS || errno == unix.EAGAIN {
+			// The egress is full (a veth peer's ring on a slow
+			// host): the first unsent frame was dropped, not sent.
+			// Wait for the receiver and send it again, in order.
+			if waited > sendFullMax {
+				return fmt.Errorf("re-inject held packets on ifindex %d: the egress stayed full for %s (%w); the rest are counted lost", b.to.Ifindex, sendFullMax, errno)
+			}
+			time.Sleep(wait)
+			waited += wait
+			wait = min(2*wait, 10*time.Millisecond)
 			continue
 		}
 		if errno != 0 {
 			return fmt.Errorf("re-inject held packets on ifindex %d: %w", b.to.Ifindex, errno)
 		}
 		sent += int(r)
+		wait = 100 * time.Microsecond
 	}
 	runtime.KeepAlive(b)
 	return nil
