@@ -361,6 +361,29 @@ func TestSynproxyBackendFailures(t *testing.T) {
 	if err := p.m.Conns.Lookup(key, &cv); err == nil {
 		t.Errorf("entry kept after the backend refused")
 	}
+	// A stale socket: the backend still has a connection on this 4-tuple
+	// (one the proxy lost) and answers the SYN with a challenge ACK for
+	// its own sequence space. The proxy resets it at the sequence it
+	// acknowledges (RFC 9293 3.10.7.3) and keeps waiting.
+	client, _, backend, key = open(42002)
+	before := p.stats(t)["backend_bad_ack"]
+	chal := seg{src: backend, dst: client, seq: 777000, ack: 5555, ackf: true, window: 100, ws: -1}
+	v, out, err = ns.run(p.objs.XdpSynproxy, chal.frame(t))
+	if err != nil || v != "XDP_TX" {
+		t.Fatalf("challenge ACK from a stale backend socket: %s %v, want XDP_TX (a RST back)", v, err)
+	}
+	if r := parseOut(t, out); !r.rst || r.ackf || r.seq != 5555 || r.src != client || r.dst != backend {
+		t.Errorf("RST to the stale backend socket %+v, want from %s to %s, seq 5555, no ACK", r, client, backend)
+	}
+	if got := p.stats(t)["backend_bad_ack"]; got != before+1 {
+		t.Errorf("backend_bad_ack %d -> %d, want +1", before, got)
+	}
+	if err := p.m.Conns.Lookup(key, &cv); err != nil {
+		t.Errorf("entry gone after a stale socket's ACK: %v (the SYN is sent again on the client's next segment)", err)
+	}
+	if err := p.m.Conns.Delete(key); err != nil { // out of the expiry count below
+		t.Fatal(err)
+	}
 	// Never answers: the client's next ACK sends the SYN again (try 2),
 	// the one after that gets the client a RST.
 	client, cookie, _, key = open(42001)

@@ -421,8 +421,31 @@ static __always_inline int client_syn_sent(struct xdp_md *ctx, struct pkt *p, st
 	return backend_syn(ctx, p, c);
 }
 
+/* rst_to_backend rewrites ctx (a backend's segment) into a RST from the
+ * client of k to the backend at seq, sent back where it came from. */
+static __always_inline int rst_to_backend(struct xdp_md *ctx, const struct pkt *p, const struct conn_key *k, const struct conn_val *c, __u32 seq)
+{
+	struct hs *h = hs_start(0);
+
+	if (!h)
+		return XDP_DROP;
+	__builtin_memcpy(h->saddr, k->caddr, 16);
+	__builtin_memcpy(h->daddr, c->baddr, 16);
+	h->sport = k->cport;
+	h->dport = c->bport;
+	h->seq = seq;
+	h->ack = 0;
+	h->flags = TCPF_RST;
+	h->v4 = p->eth_proto == ETH_P_IP;
+	h->ws = COOKIE_WS_NONE;
+	if (hs_write_xdp(ctx, p->l3_off))
+		return XDP_DROP;
+	return xdp_tx_back(ctx);
+}
+
 /* backend_syn_sent handles a backend segment (not a SYN) while the entry
- * waits for its SYN-ACK: only a refusal of our SYN means something. */
+ * waits for its SYN-ACK: a refusal of our SYN, or a stale socket's
+ * answer. */
 static __always_inline int backend_syn_sent(struct xdp_md *ctx, struct pkt *p, struct conn_val *c, const struct conn_key *k, const struct tcphdr *th)
 {
 	struct svc_counters *sc;
@@ -434,6 +457,17 @@ static __always_inline int backend_syn_sent(struct xdp_md *ctx, struct pkt *p, s
 		sp_count(SP_BACKEND_RST);
 		conn_delete(k);
 		return rst_to_client(ctx, p, k, c->cookie + 1, c->client_isn + 1, 0);
+	}
+	/* An ACK of something other than our SYN comes from a socket the
+	 * backend still has on this 4-tuple (a connection the proxy lost:
+	 * tandem down, a restart, a client reusing the port): it answers our
+	 * SYN with a challenge ACK, and would until it times out. Like a TCP
+	 * in SYN-SENT (RFC 9293 3.10.7.3), reset it at the sequence it
+	 * acknowledges: the stale socket goes, and the SYN sent again on the
+	 * client's next segment finds the backend listening. */
+	if (!th->rst && th->ack && bpf_ntohl(th->ack_seq) != c->client_isn + 1) {
+		sp_count(SP_BAD_ACK);
+		return rst_to_backend(ctx, p, k, c, bpf_ntohl(th->ack_seq));
 	}
 	sp_count(th->rst ? SP_RST_BAD : SP_BAD_FLAGS);
 	return XDP_DROP;

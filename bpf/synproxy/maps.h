@@ -65,7 +65,7 @@ enum sp_stat {
 	SP_NO_BACKEND,      /* valid cookie but the service has no backend */
 	SP_KERNEL_FWD,      /* translated, then left to the kernel to forward */
 	SP_ICMP,            /* ICMP errors for a proxied flow translated */
-	SP_BAD_ACK,         /* backend SYN-ACKs that acknowledge nothing we sent */
+	SP_BAD_ACK,         /* backend SYN-ACKs or ACKs that acknowledge nothing we sent (an ACK: a stale socket, answered with a RST) */
 	SP_NOT_OWNER,       /* segments to a VIP the gate says another host owns */
 	SP_CHALLENGE_ACK,   /* challenge ACKs sent (RFC 5961): RST in window, SYN */
 	SP_CHALLENGE_LIMITED, /* challenge ACKs not sent: the per-connection rate */
