@@ -155,6 +155,25 @@ func Open(pins maps.Pins, ifname string) (*Maps, error) {
 	return m, nil
 }
 
+// OpenSlots opens only an interface's program array and info map, for a
+// cheap check of which slots are filled (the daemon's periodic check);
+// the other fields are nil.
+func OpenSlots(pins maps.Pins, ifname string) (*Maps, error) {
+	m := &Maps{}
+	for name, dst := range map[string]**ebpf.Map{MapProgs: &m.Progs, MapInfo: &m.Info} {
+		mp, err := ebpf.LoadPinnedMap(pins.Map(PinName(name, ifname)), nil)
+		if err != nil {
+			m.Close()
+			if errors.Is(err, os.ErrNotExist) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("open chain of %s: %w", ifname, err)
+		}
+		*dst = mp
+	}
+	return m, nil
+}
+
 // Unpin removes an interface's chain pins; missing ones are not an error.
 func Unpin(pins maps.Pins, ifname string) (removed []string, err error) {
 	var errs []error

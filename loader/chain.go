@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -255,6 +256,15 @@ func progLabel(id ebpf.ProgramID) string {
 	return fmt.Sprintf("program %d", id)
 }
 
+// entryOf is a program found to be the entry of the chain whose program
+// array has id progs.
+type entryOf struct {
+	prog  ebpf.ProgramID
+	progs ebpf.MapID
+}
+
+var runningEntries sync.Map // entryOf -> true
+
 // ChainStage is one stage of an interface's chain, for status.
 type ChainStage struct {
 	Slot    uint32         `json:"slot"`
@@ -312,8 +322,12 @@ func readChain(pins maps.Pins, ifname string) ([]ChainStage, error) {
 // pin removed), or a slot the entry runs holds no program (its packets
 // pass to the stack unserved). stages, when read already, saves reading
 // the slots again.
-func chainProblem(pins maps.Pins, ifname string, prog ebpf.ProgramID, stages []ChainStage) string {
-	cm, err := chain.Open(pins, ifname)
+func chainProblem(pins maps.Pins, ifname string, prog ebpf.ProgramID, stages []ChainStage, full bool) string {
+	open := chain.OpenSlots // the daemon's periodic check: the slots only
+	if full {
+		open = chain.Open // status: every pin of the chain
+	}
+	cm, err := open(pins, ifname)
 	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Sprintf("the XDP link runs %s, but the chain pins of %s are missing: run tandem up again", progLabel(prog), ifname)
 	}
@@ -321,10 +335,21 @@ func chainProblem(pins maps.Pins, ifname string, prog ebpf.ProgramID, stages []C
 		return err.Error()
 	}
 	defer cm.Close()
-	if ok, err := cm.RunBy(prog); err != nil {
-		return err.Error()
-	} else if !ok {
-		return fmt.Sprintf("the XDP link runs %s, not the entry of the chain pinned for %s: run tandem up again", progLabel(prog), ifname)
+	// Whether the link's program is the pinned chain's entry takes reading
+	// the program's map ids; the daemon checks every few seconds, so a
+	// pair found to match is remembered (ids are not reused while the
+	// system runs).
+	key := entryOf{prog: prog}
+	if mi, err := cm.Progs.Info(); err == nil {
+		key.progs, _ = mi.ID()
+	}
+	if _, seen := runningEntries.Load(key); !seen || key.progs == 0 {
+		if ok, err := cm.RunBy(prog); err != nil {
+			return err.Error()
+		} else if !ok {
+			return fmt.Sprintf("the XDP link runs %s, not the entry of the chain pinned for %s: run tandem up again", progLabel(prog), ifname)
+		}
+		runningEntries.Store(key, true)
 	}
 	if stages == nil {
 		info, err := cm.ReadInfo()

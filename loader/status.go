@@ -203,7 +203,7 @@ func inspect(pins maps.Pins, entry, kind, ifname string, full bool) *Attachment 
 			a.Problem = fmt.Sprintf("attached to ifindex %d, but %s is now ifindex %d; run tandem up again", linkIfindex, ifname, iface.Index)
 		}
 		if a.Problem == "" && kind == KindXDP {
-			a.Problem = chainProblem(pins, ifname, a.ProgID, a.Chain)
+			a.Problem = chainProblem(pins, ifname, a.ProgID, a.Chain, full)
 		}
 		if full {
 			a.Prog = progName(a.ProgID)
