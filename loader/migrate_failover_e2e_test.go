@@ -93,6 +93,7 @@ func (p *pairLab) migration(g string) (*migrate.Endpoint, error) {
 // in order (held by gwb in the blackout, flushed at the switch, then
 // straight to D); none of them reaches S.
 func TestMigrateFailover(t *testing.T) {
+	skipTimingInVM(t)
 	p := newPairLab(t)
 	extra := []string{"--migrate-iface", "eth0"}
 	p.start(t, "a", extra...)
