@@ -230,6 +230,21 @@ func (w *world) do(t testing.TB, f func() error) {
 	}
 }
 
+// blackout puts ep4 at S and moves it towards D as far as the blackout:
+// the gateway holds its packets from now on.
+func (w *world) blackout(t testing.TB) {
+	t.Helper()
+	w.do(t, func() error {
+		if _, err := w.ctl.SetLocation(ep4, migrate.Location{Hop: hopS}); err != nil {
+			return err
+		}
+		if err := w.ctl.Start(ep4, migrate.Location{Hop: hopD}); err != nil {
+			return err
+		}
+		return w.ctl.Blackout(ep4)
+	})
+}
+
 func inOrder(seqs []int, from, n int) bool {
 	if len(seqs) != n {
 		return false
@@ -247,15 +262,7 @@ func inOrder(seqs []int, from, n int) bool {
 func TestHoldFlushOrder(t *testing.T) {
 	w := newWorld(t, 65536)
 	const n = 3000
-	w.do(t, func() error {
-		if _, err := w.ctl.SetLocation(ep4, migrate.Location{Hop: hopS}); err != nil {
-			return err
-		}
-		if err := w.ctl.Start(ep4, migrate.Location{Hop: hopD}); err != nil {
-			return err
-		}
-		return w.ctl.Blackout(ep4)
-	})
+	w.blackout(t)
 	if v := w.send(t, 0, n); v["drop"] != n {
 		t.Fatalf("blackout verdicts %v, want %d drops (held)", v, n)
 	}
@@ -290,15 +297,7 @@ func TestHoldFlushOrder(t *testing.T) {
 // order) and drops the newest, counted.
 func TestHoldOverflow(t *testing.T) {
 	w := newWorld(t, 100)
-	w.do(t, func() error {
-		if _, err := w.ctl.SetLocation(ep4, migrate.Location{Hop: hopS}); err != nil {
-			return err
-		}
-		if err := w.ctl.Start(ep4, migrate.Location{Hop: hopD}); err != nil {
-			return err
-		}
-		return w.ctl.Blackout(ep4)
-	})
+	w.blackout(t)
 	w.send(t, 0, 250)
 	w.do(t, func() error { return w.ctl.Switch(ep4) })
 	seqs, _ := w.received(t)
@@ -446,15 +445,7 @@ func (w *world) cloneMaps(t testing.TB) *maps.MigrateMaps {
 // mig_stats); the migration's state is untouched.
 func TestRestartDuringBlackout(t *testing.T) {
 	w := newWorld(t, 65536)
-	w.do(t, func() error {
-		if _, err := w.ctl.SetLocation(ep4, migrate.Location{Hop: hopS}); err != nil {
-			return err
-		}
-		if err := w.ctl.Start(ep4, migrate.Location{Hop: hopD}); err != nil {
-			return err
-		}
-		return w.ctl.Blackout(ep4)
-	})
+	w.blackout(t)
 	w.send(t, 0, 100)
 	// A daemon starts (it reads the ring's 100 packets, as it adopts
 	// them) and dies before the switch: those 100 are gone with it.
@@ -489,15 +480,7 @@ func TestRestartDuringBlackout(t *testing.T) {
 // own datapath held.
 func TestStandbyController(t *testing.T) {
 	w := newWorld(t, 65536)
-	w.do(t, func() error {
-		if _, err := w.ctl.SetLocation(ep4, migrate.Location{Hop: hopS}); err != nil {
-			return err
-		}
-		if err := w.ctl.Start(ep4, migrate.Location{Hop: hopD}); err != nil {
-			return err
-		}
-		return w.ctl.Blackout(ep4)
-	})
+	w.blackout(t)
 	var sb *migrate.Local
 	w.do(t, func() (err error) { sb, err = migrate.NewLocalRole(w.cloneMaps(t), nil, false); return err })
 	defer sb.Close()
@@ -534,15 +517,7 @@ func TestStandbyController(t *testing.T) {
 // packets in the ring (TestMigrateFailover, loader/).
 func TestAdoptCountsOnlyTheOldOwners(t *testing.T) {
 	w := newWorld(t, 65536)
-	w.do(t, func() error {
-		if _, err := w.ctl.SetLocation(ep4, migrate.Location{Hop: hopS}); err != nil {
-			return err
-		}
-		if err := w.ctl.Start(ep4, migrate.Location{Hop: hopD}); err != nil {
-			return err
-		}
-		return w.ctl.Blackout(ep4)
-	})
+	w.blackout(t)
 	var sb *migrate.Local
 	w.do(t, func() (err error) { sb, err = migrate.NewLocalRole(w.cloneMaps(t), nil, false); return err })
 	defer sb.Close()
