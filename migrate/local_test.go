@@ -213,6 +213,11 @@ func (w *world) received(t testing.TB) (seqs []int, macs []string) {
 			if errors.Is(err, unix.EAGAIN) {
 				return
 			}
+			// A receive timeout makes the call return EINTR on any
+			// signal (the runtime's preemption too), SA_RESTART or not.
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
 			t.Fatal(err)
 		}
 		if n < 14+20+8+8 || buf[14+9] != 17 {
