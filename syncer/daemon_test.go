@@ -190,6 +190,20 @@ func (p *daemonPair) waitLog(host, want string, from int, timeout time.Duration)
 	}
 }
 
+// waitSaved waits until host's metadata names the generation it applies
+// (its periodic save ran after the first contact).
+func (p *daemonPair) waitSaved(host string, timeout time.Duration) {
+	p.t.Helper()
+	for end := time.Now().Add(timeout); ; time.Sleep(20 * time.Millisecond) {
+		if m, err := syncer.LoadMeta(syncer.MetaFile(p.state[host])); err == nil && m.PeerGeneration != 0 && m.LastApplied != 0 {
+			return
+		}
+		if time.Now().After(end) {
+			p.t.Fatalf("%s: no metadata with the peer's generation saved after %s", host, timeout)
+		}
+	}
+}
+
 func (p *daemonPair) logLen(host string) int { return len(p.procs[host].log.String()) }
 
 // resyncMode waits for the primary's next "resync sent" line after from.
@@ -462,6 +476,10 @@ func TestDaemonsResyncModes(t *testing.T) {
 		t.Logf("%s: %s, converged", name, want)
 	}
 	step("standby killed mid-stream", syncer.ModeJournal, func() {
+		// A standby killed before its first save since the first
+		// contact knows no generation: a full resync is then the right
+		// answer, not what this step tests.
+		p.waitSaved("b", 10*time.Second)
 		p.upsert(2000, 1000, 1)
 		p.kill("b")
 		p.upsert(3000, 1000, 1)
