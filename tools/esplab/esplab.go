@@ -63,6 +63,8 @@ const (
 	DefaultSPIIn  = 0xc0000100 // peer -> VIP (the gateways' inbound SA)
 	DefaultSPIOut = 0xc0000200 // VIP -> peer (the gateways' outbound SA)
 	IdleSPIBase   = 0xd0000000 // IdleSAs: SPIs from here up
+	FlowSPIBase   = 0xc1000000 // FlowSAs: SPIs from here up
+	FlowPort      = 7600       // FlowSAs: UDP ports from here up
 )
 
 // Spec describes an ESP lab. The zero value is one gateway, transport
@@ -79,6 +81,10 @@ type Spec struct {
 	// IdleSAs more inbound SAs on every gateway (not the peer), with no
 	// traffic and no policy: SPIs IdleSPIBase.., to the VIP.
 	IdleSAs int
+	// FlowSAs more inbound SAs with traffic of their own: flow i is UDP
+	// to port FlowPort+i, through SA FlowSPIBase+i (a policy per port,
+	// ahead of the main one). Lab.Flows names them; StartFlow streams.
+	FlowSAs int
 }
 
 // Lab is a built ESP lab. Close removes it.
@@ -89,6 +95,7 @@ type Lab struct {
 	GWs      []*lab.Host // gwa, gwb
 	Owner    int         // index in GWs of the host holding the VIP
 	In, Out  xfrm.SAID   // the gateways' inbound and outbound SA
+	Flows    []xfrm.SAID // FlowSAs' inbound SAs
 	PeerAddr netip.Addr  // the SAs' peer end
 	VIP      netip.Addr  // the SAs' gateway end
 	// StreamSrc and StreamDst are the addresses of the protected traffic
@@ -176,8 +183,21 @@ func New(spec Spec) (_ *Lab, err error) {
 	if err := l.batch(l.Peer, l.policies(false)); err != nil {
 		return nil, err
 	}
+	var flows strings.Builder
+	for i := range spec.FlowSAs {
+		spi := FlowSPIBase + uint32(i)
+		l.Flows = append(l.Flows, xfrm.SAID{Dst: l.VIP, SPI: spi, Proto: unix.IPPROTO_ESP})
+		flows.WriteString(l.saLine(l.PeerAddr, l.VIP, spi))
+	}
+	if spec.FlowSAs > 0 {
+		if err := l.batch(l.Peer, flows.String()+l.flowPolicies("out")); err != nil {
+			return nil, err
+		}
+	}
 	for _, g := range l.GWs {
 		var b strings.Builder
+		b.WriteString(flows.String())
+		b.WriteString(l.flowPolicies("in"))
 		b.WriteString(l.saLine(l.PeerAddr, l.VIP, spec.SPIIn))
 		b.WriteString(l.saLine(l.VIP, l.PeerAddr, spec.SPIOut))
 		b.WriteString(l.policies(true))
@@ -236,7 +256,7 @@ func (l *Lab) addSA(h *lab.Host, src, dst netip.Addr, spi uint32) error {
 }
 
 // policies: the peer's (gw false) or a gateway's, UDP only, so ARP, ND
-// and ICMP stay outside them.
+// and ICMP stay outside them; priority 200, behind the flows' 100.
 func (l *Lab) policies(gw bool) string {
 	sel := func(src, dst netip.Addr) string {
 		return fmt.Sprintf("src %s dst %s proto udp", netip.PrefixFrom(src, src.BitLen()), netip.PrefixFrom(dst, dst.BitLen()))
@@ -251,11 +271,27 @@ func (l *Lab) policies(gw bool) string {
 	toPeer := sel(l.StreamDst, l.StreamSrc)
 	var b strings.Builder
 	if gw {
-		fmt.Fprintf(&b, "xfrm policy add %s dir in %s\n", toGW, tmpl(l.PeerAddr, l.VIP))
-		fmt.Fprintf(&b, "xfrm policy add %s dir out %s\n", toPeer, tmpl(l.VIP, l.PeerAddr))
+		fmt.Fprintf(&b, "xfrm policy add %s dir in priority 200 %s\n", toGW, tmpl(l.PeerAddr, l.VIP))
+		fmt.Fprintf(&b, "xfrm policy add %s dir out priority 200 %s\n", toPeer, tmpl(l.VIP, l.PeerAddr))
 	} else {
-		fmt.Fprintf(&b, "xfrm policy add %s dir out %s\n", toGW, tmpl(l.PeerAddr, l.VIP))
-		fmt.Fprintf(&b, "xfrm policy add %s dir in %s\n", toPeer, tmpl(l.VIP, l.PeerAddr))
+		fmt.Fprintf(&b, "xfrm policy add %s dir out priority 200 %s\n", toGW, tmpl(l.PeerAddr, l.VIP))
+		fmt.Fprintf(&b, "xfrm policy add %s dir in priority 200 %s\n", toPeer, tmpl(l.VIP, l.PeerAddr))
+	}
+	return b.String()
+}
+
+// flowPolicies: one policy per flow (its port, its SA's SPI in the
+// template), at a priority ahead of the main policies' (a lower number).
+func (l *Lab) flowPolicies(dir string) string {
+	var b strings.Builder
+	for i := range l.FlowSAs {
+		ends, mode := "", "transport"
+		if l.Tunnel {
+			ends, mode = fmt.Sprintf("src %s dst %s ", l.PeerAddr, l.VIP), "tunnel"
+		}
+		fmt.Fprintf(&b, "xfrm policy add src %s dst %s proto udp dport %d dir %s priority 100 tmpl %sproto esp spi 0x%x mode %s\n",
+			netip.PrefixFrom(l.StreamSrc, l.StreamSrc.BitLen()), netip.PrefixFrom(l.StreamDst, l.StreamDst.BitLen()),
+			FlowPort+i, dir, ends, FlowSPIBase+uint32(i), mode)
 	}
 	return b.String()
 }

@@ -99,7 +99,7 @@ func build(t *testing.T, spec Spec) *Lab {
 // integrity counter and not the window; a rekey keeps the stream going.
 func TestLab(t *testing.T) {
 	for _, spec := range []Spec{
-		{},
+		{FlowSAs: 2, IdleSAs: 3},
 		{ESN: true, Window: 128, IPv6: true},
 		{Tunnel: true, Window: 256, Gateways: 2},
 		{Tunnel: true, ESN: true, IPv6: true, Window: 1024, Gateways: 2},
@@ -170,6 +170,22 @@ func TestLab(t *testing.T) {
 			}
 			if r := rs.Stop(5 * time.Second); r.Lost != 0 {
 				t.Fatalf("reverse stream: %v", r)
+			}
+			for i, id := range l.Flows {
+				fs, err := l.StartFlow(i, 200)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := fs.WaitReceived(10, 60*time.Second); err != nil {
+					t.Fatal(err)
+				}
+				r := fs.Stop(5 * time.Second)
+				if c, err := Read(gw, id); err != nil || c.Top != r.Sent || r.Lost != 0 {
+					t.Fatalf("flow %d: %v; its SA's top %d (%v), want one packet per datagram through it", i, r, c.Top, err)
+				}
+			}
+			if sas, err := SAs(gw); err != nil || len(sas) != 2+spec.FlowSAs+spec.IdleSAs {
+				t.Fatalf("gateway holds %d SAs (%v), want %d", len(sas), err, 2+spec.FlowSAs+spec.IdleSAs)
 			}
 			if len(l.GWs) == 2 {
 				if err := l.Failover(1); err != nil {

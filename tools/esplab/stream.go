@@ -50,6 +50,12 @@ func (l *Lab) StartStream(rate int) (*Stream, error) {
 	return StartStream(l.Peer, l.StreamSrc, l.GWs, netip.AddrPortFrom(l.StreamDst, StreamPort), rate)
 }
 
+// StartFlow streams to flow i (FlowSAs): port FlowPort+i, SA
+// FlowSPIBase+i.
+func (l *Lab) StartFlow(i, rate int) (*Stream, error) {
+	return StartStream(l.Peer, l.StreamSrc, l.GWs, netip.AddrPortFrom(l.StreamDst, uint16(FlowPort+i)), rate)
+}
+
 // StartReverse starts the stream the other way: from the owner (the VIP
 // or its inner address) to the peer, through the outbound SA.
 func (l *Lab) StartReverse(rate int) (*Stream, error) {
