@@ -67,6 +67,16 @@ const (
 	FlowPort      = 7600       // FlowSAs: UDP ports from here up
 )
 
+// Request ids bind each policy to its SAs (a template without one would
+// take any SA between the same addresses, the newest first): the inbound
+// SA and its rekeys, the outbound SA, flow i's SA (ReqIDFlow+i). Idle SAs
+// have none.
+const (
+	ReqIDIn   = 1
+	ReqIDOut  = 2
+	ReqIDFlow = 100
+)
+
 // Spec describes an ESP lab. The zero value is one gateway, transport
 // mode, IPv4, no ESN, a 64-packet window.
 type Spec struct {
@@ -174,10 +184,10 @@ func New(spec Spec) (_ *Lab, err error) {
 	l.Out = xfrm.SAID{Dst: l.PeerAddr, SPI: spec.SPIOut, Proto: unix.IPPROTO_ESP}
 
 	// One SA first, alone, on the peer: a kernel without ESP refuses it.
-	if err := l.addSA(l.Peer, l.PeerAddr, l.VIP, spec.SPIIn); err != nil {
+	if err := l.addSA(l.Peer, l.PeerAddr, l.VIP, spec.SPIIn, ReqIDIn); err != nil {
 		return nil, err
 	}
-	if err := l.addSA(l.Peer, l.VIP, l.PeerAddr, spec.SPIOut); err != nil {
+	if err := l.addSA(l.Peer, l.VIP, l.PeerAddr, spec.SPIOut, ReqIDOut); err != nil {
 		return nil, err
 	}
 	if err := l.batch(l.Peer, l.policies(false)); err != nil {
@@ -187,7 +197,7 @@ func New(spec Spec) (_ *Lab, err error) {
 	for i := range spec.FlowSAs {
 		spi := FlowSPIBase + uint32(i)
 		l.Flows = append(l.Flows, xfrm.SAID{Dst: l.VIP, SPI: spi, Proto: unix.IPPROTO_ESP})
-		flows.WriteString(l.saLine(l.PeerAddr, l.VIP, spi))
+		flows.WriteString(l.saLine(l.PeerAddr, l.VIP, spi, ReqIDFlow+uint32(i)))
 	}
 	if spec.FlowSAs > 0 {
 		if err := l.batch(l.Peer, flows.String()+l.flowPolicies("out")); err != nil {
@@ -198,11 +208,11 @@ func New(spec Spec) (_ *Lab, err error) {
 		var b strings.Builder
 		b.WriteString(flows.String())
 		b.WriteString(l.flowPolicies("in"))
-		b.WriteString(l.saLine(l.PeerAddr, l.VIP, spec.SPIIn))
-		b.WriteString(l.saLine(l.VIP, l.PeerAddr, spec.SPIOut))
+		b.WriteString(l.saLine(l.PeerAddr, l.VIP, spec.SPIIn, ReqIDIn))
+		b.WriteString(l.saLine(l.VIP, l.PeerAddr, spec.SPIOut, ReqIDOut))
 		b.WriteString(l.policies(true))
 		for i := range spec.IdleSAs {
-			b.WriteString(l.saLine(l.PeerAddr, l.VIP, IdleSPIBase+uint32(i)))
+			b.WriteString(l.saLine(l.PeerAddr, l.VIP, IdleSPIBase+uint32(i), 0))
 		}
 		if err := l.batch(g, b.String()); err != nil {
 			return nil, err
@@ -222,7 +232,7 @@ func (l *Lab) mode() string {
 }
 
 // saLine is one `ip xfrm state add` in batch form.
-func (l *Lab) saLine(src, dst netip.Addr, spi uint32) string {
+func (l *Lab) saLine(src, dst netip.Addr, spi, reqid uint32) string {
 	f := ""
 	if l.ESN {
 		f = " flag esn"
@@ -234,13 +244,13 @@ func (l *Lab) saLine(src, dst netip.Addr, spi uint32) string {
 		}
 		keys[i] = k
 	}
-	return fmt.Sprintf("xfrm state add src %s dst %s proto esp spi 0x%x mode %s replay-window %d%s %s\n",
-		src, dst, spi, l.mode(), l.Window, f, strings.Join(keys, " "))
+	return fmt.Sprintf("xfrm state add src %s dst %s proto esp spi 0x%x reqid %d mode %s replay-window %d%s %s\n",
+		src, dst, spi, reqid, l.mode(), l.Window, f, strings.Join(keys, " "))
 }
 
-func (l *Lab) addSA(h *lab.Host, src, dst netip.Addr, spi uint32) error {
+func (l *Lab) addSA(h *lab.Host, src, dst netip.Addr, spi, reqid uint32) error {
 	args := []string{"-n", h.NS, "xfrm", "state", "add", "src", src.String(), "dst", dst.String(), "proto", "esp",
-		"spi", fmt.Sprintf("0x%x", spi), "mode", l.mode(), "replay-window", fmt.Sprint(l.Window)}
+		"spi", fmt.Sprintf("0x%x", spi), "reqid", fmt.Sprint(reqid), "mode", l.mode(), "replay-window", fmt.Sprint(l.Window)}
 	if l.ESN {
 		args = append(args, "flag", "esn")
 	}
@@ -261,21 +271,21 @@ func (l *Lab) policies(gw bool) string {
 	sel := func(src, dst netip.Addr) string {
 		return fmt.Sprintf("src %s dst %s proto udp", netip.PrefixFrom(src, src.BitLen()), netip.PrefixFrom(dst, dst.BitLen()))
 	}
-	tmpl := func(src, dst netip.Addr) string {
+	tmpl := func(src, dst netip.Addr, reqid int) string {
 		if l.Tunnel {
-			return fmt.Sprintf("tmpl src %s dst %s proto esp mode tunnel", src, dst)
+			return fmt.Sprintf("tmpl src %s dst %s proto esp reqid %d mode tunnel", src, dst, reqid)
 		}
-		return "tmpl proto esp mode transport"
+		return fmt.Sprintf("tmpl proto esp reqid %d mode transport", reqid)
 	}
 	toGW := sel(l.StreamSrc, l.StreamDst)
 	toPeer := sel(l.StreamDst, l.StreamSrc)
 	var b strings.Builder
 	if gw {
-		fmt.Fprintf(&b, "xfrm policy add %s dir in priority 200 %s\n", toGW, tmpl(l.PeerAddr, l.VIP))
-		fmt.Fprintf(&b, "xfrm policy add %s dir out priority 200 %s\n", toPeer, tmpl(l.VIP, l.PeerAddr))
+		fmt.Fprintf(&b, "xfrm policy add %s dir in priority 200 %s\n", toGW, tmpl(l.PeerAddr, l.VIP, ReqIDIn))
+		fmt.Fprintf(&b, "xfrm policy add %s dir out priority 200 %s\n", toPeer, tmpl(l.VIP, l.PeerAddr, ReqIDOut))
 	} else {
-		fmt.Fprintf(&b, "xfrm policy add %s dir out priority 200 %s\n", toGW, tmpl(l.PeerAddr, l.VIP))
-		fmt.Fprintf(&b, "xfrm policy add %s dir in priority 200 %s\n", toPeer, tmpl(l.VIP, l.PeerAddr))
+		fmt.Fprintf(&b, "xfrm policy add %s dir out priority 200 %s\n", toGW, tmpl(l.PeerAddr, l.VIP, ReqIDIn))
+		fmt.Fprintf(&b, "xfrm policy add %s dir in priority 200 %s\n", toPeer, tmpl(l.VIP, l.PeerAddr, ReqIDOut))
 	}
 	return b.String()
 }
@@ -289,9 +299,9 @@ func (l *Lab) flowPolicies(dir string) string {
 		if l.Tunnel {
 			ends, mode = fmt.Sprintf("src %s dst %s ", l.PeerAddr, l.VIP), "tunnel"
 		}
-		fmt.Fprintf(&b, "xfrm policy add src %s dst %s proto udp dport %d dir %s priority 100 tmpl %sproto esp spi 0x%x mode %s\n",
+		fmt.Fprintf(&b, "xfrm policy add src %s dst %s proto udp dport %d dir %s priority 100 tmpl %sproto esp spi 0x%x reqid %d mode %s\n",
 			netip.PrefixFrom(l.StreamSrc, l.StreamSrc.BitLen()), netip.PrefixFrom(l.StreamDst, l.StreamDst.BitLen()),
-			FlowPort+i, dir, ends, FlowSPIBase+uint32(i), mode)
+			FlowPort+i, dir, ends, FlowSPIBase+uint32(i), ReqIDFlow+i, mode)
 	}
 	return b.String()
 }
@@ -396,7 +406,7 @@ func (l *Lab) Rekey(newSPI uint32) error {
 // half of a rekey.
 func (l *Lab) AddInbound(spi uint32) error {
 	for _, h := range append(append([]*lab.Host{}, l.GWs...), l.Peer) {
-		if err := l.addSA(h, l.PeerAddr, l.VIP, spi); err != nil {
+		if err := l.addSA(h, l.PeerAddr, l.VIP, spi, ReqIDIn); err != nil {
 			return err
 		}
 	}
