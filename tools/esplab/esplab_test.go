@@ -194,6 +194,19 @@ func TestLab(t *testing.T) {
 				if l.OwnerHost() != l.GWs[1] {
 					t.Fatal("failover did not move the owner")
 				}
+				// The peer goes on with its numbers; gwb's copy of the
+				// SA (window at 0) takes them.
+				s, err := l.StartStream(200)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := s.WaitReceived(10, 60*time.Second); err != nil {
+					t.Fatal(err)
+				}
+				s.Stop(5 * time.Second)
+				if c, err := Read(l.GWs[1], l.In); err != nil || c.Top == 0 {
+					t.Fatalf("gwb's inbound SA after the failover: %+v (%v), want traffic", c, err)
+				}
 			}
 		})
 	}
