@@ -1,0 +1,147 @@
+package bpf_test
+
+import (
+	"math"
+	"net/netip"
+	"testing"
+
+	"github.com/tandem-net/tandem/lb"
+	"github.com/tandem-net/tandem/maps"
+)
+
+// cookieAcks runs n cookie ACKs of new flows (clients 10.50.x.y, ports
+// from base) to svc4:80 and returns the connection entries' backends.
+func cookieAcks(t *testing.T, p *proxy, ns *isolatedNetns, n int, base uint16) map[netip.AddrPort]netip.AddrPort {
+	t.Helper()
+	out := map[netip.AddrPort]netip.AddrPort{}
+	for i := range n {
+		client := netip.AddrFrom4([4]byte{10, 50, byte(i >> 8), byte(i)})
+		o := synOpts{mss: 1460, ws: -1, isn: uint32(i) * 7919, client: client, port: base + uint16(i%1000)}
+		cookie := maps.Cookie(spKeys[0], 0, o.flow(), maps.CookieOpts{MSS: 1460, WScale: maps.CookieWSNone})
+		if v, _, err := ns.run(p.objs.XdpSynproxy, o.ack(t, cookie)); err != nil || v != "XDP_PASS" {
+			t.Fatalf("cookie ACK %d: %s %v, want XDP_PASS (the backend SYN, left to the kernel)", i, v, err)
+		}
+		key := maps.ConnKey{Caddr: client.As16(), Vaddr: svc4.As16(), Cport: maps.HostPort(o.port), Vport: maps.HostPort(80), Proto: 6}
+		var cv maps.ConnVal
+		if err := p.m.Conns.Lookup(key, &cv); err != nil {
+			t.Fatalf("cookie ACK %d: no entry: %v", i, err)
+		}
+		out[netip.AddrPortFrom(client, o.port)] = netip.AddrPortFrom(netip.AddrFrom16(cv.Baddr).Unmap(), maps.HostPort(cv.Bport))
+	}
+	return out
+}
+
+func backendConns(t *testing.T, p *proxy, s maps.Service) []uint64 {
+	t.Helper()
+	st, err := p.m.BackendStates(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make([]uint64, len(st))
+	for i, b := range st {
+		out[i] = b.Conns
+	}
+	return out
+}
+
+// TestSynproxyMaglevWeights: three backends weighted 1:2:3 take 1/6, 2/6
+// and 3/6 (within 5%) of 60,000 new flows, counted by the datapath's
+// per-backend counters; each flow's backend is the one Go's table and
+// flow hash name (what the peer gateway computes too); drained (weight
+// 0), a backend takes no new flow and its connection entries stay; with
+// every backend drained a cookie ACK finds none (no_backend).
+func TestSynproxyMaglevWeights(t *testing.T) {
+	p := loadSynproxy(t)
+	ns := newIsolatedNetns(t)
+	bs := []netip.AddrPort{netip.MustParseAddrPort("10.9.0.1:8080"), netip.MustParseAddrPort("10.9.0.2:8080"), netip.MustParseAddrPort("10.9.0.3:8080")}
+	svc, err := p.m.PutService(maps.Service{VIP: netip.AddrPortFrom(svc4, 80), Backends: bs, Weights: []uint32{1, 2, 3}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	table, err := p.m.Table(svc.ID)
+	if err != nil || table == nil {
+		t.Fatalf("no table installed for the service: %v", err)
+	}
+	n := espScaled(60000)
+	got := cookieAcks(t, p, ns, n, 20000)
+	vip := netip.AddrPortFrom(svc4, 80)
+	for client, b := range got {
+		if want := bs[table[maps.FlowHash(client, vip)%lb.TableSize]]; b != want {
+			t.Fatalf("flow %s went to %s; Go's table and flow hash say %s", client, b, want)
+		}
+	}
+	conns := backendConns(t, p, svc)
+	var total uint64
+	for _, c := range conns {
+		total += c
+	}
+	if total != uint64(n) {
+		t.Fatalf("per-backend counters sum to %d, want %d (%v)", total, n, conns)
+	}
+	for i, want := range []float64{1. / 6, 2. / 6, 3. / 6} {
+		share := float64(conns[i]) / float64(total)
+		if math.Abs(share/want-1) > 0.05 {
+			t.Errorf("backend %s (weight %d): %.4f of the flows, want %.4f within 5%%", bs[i], i+1, share, want)
+		}
+		t.Logf("backend %s weight %d: %d flows, share %.4f (want %.4f)", bs[i], i+1, conns[i], share, want)
+	}
+
+	// Drain the third: no new flows; its entries are untouched.
+	var on3 []maps.ConnKey
+	for client, b := range got {
+		if b == bs[2] && len(on3) < 10 {
+			on3 = append(on3, maps.ConnKey{Caddr: client.Addr().As16(), Vaddr: svc4.As16(), Cport: maps.HostPort(client.Port()), Vport: maps.HostPort(80), Proto: 6})
+		}
+	}
+	if err := p.m.SetBackendWeight(vip, bs[2], 0); err != nil {
+		t.Fatal(err)
+	}
+	before := backendConns(t, p, svc)
+	m := espScaled(6000)
+	after := cookieAcks(t, p, ns, m, 30000)
+	for client, b := range after {
+		if b == bs[2] {
+			t.Fatalf("drained backend %s took new flow %s", b, client)
+		}
+	}
+	if c := backendConns(t, p, svc); c[2] != before[2] || c[0]+c[1] != before[0]+before[1]+uint64(m) {
+		t.Errorf("after the drain, counters %v (before %v): backend 3 must stay, the others take %d", c, before, m)
+	}
+	for _, k := range on3 {
+		var cv maps.ConnVal
+		if err := p.m.Conns.Lookup(k, &cv); err != nil || netip.AddrFrom16(cv.Baddr).Unmap() != bs[2].Addr() {
+			t.Errorf("an entry on the drained backend changed or went: %v %+v", err, cv)
+		}
+	}
+	st, _ := p.m.BackendStates(svc)
+	if !st[2].Drained || st[2].Slots != 0 || st[0].Slots+st[1].Slots != lb.TableSize {
+		t.Errorf("states after the drain: %+v", st)
+	}
+
+	// Every backend drained: a valid cookie finds no backend.
+	for _, b := range bs[:2] {
+		if err := p.m.SetBackendWeight(vip, b, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	o := synOpts{mss: 1460, ws: -1, isn: 5, client: netip.MustParseAddr("10.51.0.1"), port: 999}
+	cookie := maps.Cookie(spKeys[0], 0, o.flow(), maps.CookieOpts{MSS: 1460, WScale: maps.CookieWSNone})
+	if v, _, err := ns.run(p.objs.XdpSynproxy, o.ack(t, cookie)); err != nil || v != "XDP_DROP" || p.stats(t)["no_backend"] != 1 {
+		t.Errorf("all drained: %s %v, no_backend %d; want XDP_DROP, 1", v, err, p.stats(t)["no_backend"])
+	}
+	// A health verdict is an input like a weight: back to weight 1, the
+	// first backend down, the second takes every slot.
+	for _, b := range bs {
+		if err := p.m.SetBackendWeight(vip, b, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, b := range []netip.AddrPort{bs[0], bs[2]} {
+		if err := p.m.SetBackendHealth(vip, b, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st, _ := p.m.BackendStates(svc); st[1].Slots != lb.TableSize || st[0].Health != maps.HealthDown {
+		t.Errorf("two backends down: %+v", st)
+	}
+}
