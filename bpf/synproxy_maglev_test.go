@@ -145,3 +145,29 @@ func TestSynproxyMaglevWeights(t *testing.T) {
 		t.Errorf("two backends down: %+v", st)
 	}
 }
+
+// TestSynproxyNoTable: a service without a table (a pinned service from
+// before tables, until the next up writes one) keeps the fixed hash over
+// its backends, so a gateway that has a table and one that has not yet
+// both serve it.
+func TestSynproxyNoTable(t *testing.T) {
+	p := loadSynproxy(t)
+	ns := newIsolatedNetns(t)
+	svcs, err := p.m.ListServices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := netip.AddrPortFrom(svc4, 80)
+	for _, s := range svcs {
+		if s.VIP == vip {
+			if err := p.m.Maglev.Delete(s.ID); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for client, b := range cookieAcks(t, p, ns, 200, 20000) {
+		if want := backends4[maps.FlowHash(client, vip)%2]; b != want {
+			t.Fatalf("flow %s with no table went to %s, want %s (the fixed hash)", client, b, want)
+		}
+	}
+}

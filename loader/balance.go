@@ -79,3 +79,34 @@ func (p *Proxy) SetBackendHealth(vip, backend netip.AddrPort, healthy bool) erro
 	defer unlock()
 	return p.SynproxyMaps.SetBackendHealth(vip, backend, healthy)
 }
+
+// ensureTables gives every service without a table one (services written
+// by a tandem from before tables, or by a writer that failed between the
+// backends and the table): up runs it, so after an up every service's
+// new flows go by its table, the same on both gateways.
+func ensureTables(pins maps.Pins, m *maps.SynproxyMaps) error {
+	if m.Maglev == nil {
+		return nil
+	}
+	unlock, err := ServiceLock(pins)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	svcs, err := m.ListServices()
+	if err != nil {
+		return err
+	}
+	for _, s := range svcs {
+		ok, err := m.HasTable(s.ID)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			if err := m.Rebuild(s); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
+	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/loader/cli"
 	"github.com/tandem-net/tandem/maps"
 )
@@ -160,5 +163,59 @@ func TestProxyDrain(t *testing.T) {
 	}
 	if back["be1"] == 0 {
 		t.Errorf("undrained be1 took none of 20 new flows (%v)", back)
+	}
+}
+
+// TestProxyTableAfterUp: a service whose table is missing (written by a
+// tandem from before tables) gets one from the next up, built from its
+// pinned weights: up never leaves a service on the fixed hash.
+func TestProxyTableAfterUp(t *testing.T) {
+	p := newProxyLab(t)
+	p.up(t)
+	if r := tandem(t, p.gw, "service", "add", "--bpffs", p.gw.BPFFS(), "10.78.0.100:81", "10.78.2.2:8081@3", "10.78.3.2:8081"); r.code != 0 {
+		t.Fatalf("service add: %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	pins := maps.Pins{Root: p.gw.BPFFS()}
+	outer, err := ebpf.LoadPinnedMap(pins.Map(bpf.SynproxyMapSpMaglev), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outer.Close()
+	var ids []uint32
+	var id uint32
+	var inner *ebpf.Map
+	for it := outer.Iterate(); it.Next(&id, &inner); {
+		ids = append(ids, id)
+		inner.Close()
+	}
+	if len(ids) != 3 {
+		t.Fatalf("tables for services %v, want 3 (two from up, one from add)", ids)
+	}
+	for _, id := range ids {
+		if err := outer.Delete(id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.up(t)
+	n := 0
+	for it := outer.Iterate(); it.Next(&id, &inner); {
+		n++
+		inner.Close()
+	}
+	if n != 3 {
+		t.Fatalf("%d tables after up, want 3", n)
+	}
+	r := tandem(t, p.gw, "service", "list", "--json", "--bpffs", p.gw.BPFFS())
+	var svcs []cli.ServiceStatus
+	if err := json.Unmarshal([]byte(r.stdout), &svcs); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range svcs {
+		if s.VIP.Port() != 81 {
+			continue
+		}
+		if st := s.BackendStates; len(st) != 2 || st[0].Weight != 3 || st[0].Slots*4 < 65537*3-400 || st[0].Slots*4 > 65537*3+400 {
+			t.Errorf("the added service's table after up: %+v, want weights 3:1 in the slots", st)
+		}
 	}
 }

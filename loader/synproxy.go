@@ -359,6 +359,9 @@ func setupSynproxy(o *Options, coll *ebpf.Collection) error {
 	if err := putServices(o.Pins, m, o.Proxy.Services); err != nil {
 		return err
 	}
+	if err := ensureTables(o.Pins, m); err != nil {
+		return err
+	}
 	for _, name := range o.Proxy.Ifaces {
 		if _, err := net.InterfaceByName(name); err != nil {
 			return fmt.Errorf("--proxy-iface %s: not found in this network namespace (see `ip link`)", name)

@@ -169,6 +169,19 @@ func (m *SynproxyMaps) SetTable(id uint32, table []uint32) error {
 	return nil
 }
 
+// HasTable reports whether service id has a table installed.
+func (m *SynproxyMaps) HasTable(id uint32) (bool, error) {
+	var inner *ebpf.Map
+	if err := m.Maglev.Lookup(id, &inner); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return false, nil
+		}
+		return false, fmt.Errorf("service %d: table: %w", id, err)
+	}
+	inner.Close()
+	return true, nil
+}
+
 // Table reads service id's installed table (nil: none installed).
 func (m *SynproxyMaps) Table(id uint32) ([]uint32, error) {
 	var inner *ebpf.Map
