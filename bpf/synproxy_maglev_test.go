@@ -1,12 +1,16 @@
 package bpf_test
 
 import (
+	"errors"
 	"math"
 	"net/netip"
 	"testing"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/tandem-net/tandem/lb"
 	"github.com/tandem-net/tandem/maps"
+	"github.com/tandem-net/tandem/tools/bench"
 )
 
 // cookieAcks runs n cookie ACKs of new flows (clients 10.50.x.y, ports
@@ -169,5 +173,127 @@ func TestSynproxyNoTable(t *testing.T) {
 		if want := backends4[maps.FlowHash(client, vip)%2]; b != want {
 			t.Fatalf("flow %s with no table went to %s, want %s (the fixed hash)", client, b, want)
 		}
+	}
+}
+
+// BenchmarkSynproxyCookieAckTable: the cost of a cookie ACK (cookie
+// check, checksum, entry, backend SYN) whose backend comes from the
+// service's Maglev table, against the same ACKs with the table removed,
+// where the program falls back to the fixed hash over the backends (the
+// path every cookie ACK took before tables, plus one empty outer
+// lookup). Same build, same frames, rounds interleaved, the median round
+// of each; the program's own run time (bench.RunTime). Twice: flows
+// whose hashes fall anywhere in the table (each ACK reads another part
+// of its 256 KiB, which a test run, a syscall apart, finds out of the
+// caches and the TLB), and flows that all fall in its first 1,000 slots
+// (4 KiB: the lookup itself, the table in the caches).
+func BenchmarkSynproxyCookieAckTable(b *testing.B) {
+	for _, tc := range []struct {
+		name  string
+		slots uint32
+	}{{"flows anywhere in the table", lb.TableSize}, {"flows in 1,000 slots", 1000}} {
+		b.Run(tc.name, func(b *testing.B) { benchCookieAckTable(b, tc.name, tc.slots) })
+	}
+}
+
+func benchCookieAckTable(b *testing.B, name string, slots uint32) {
+	p := loadSynproxy(b)
+	ns := newIsolatedNetns(b)
+	const n, rounds = 1 << 12, 16
+	vip := netip.AddrPortFrom(svc4, 80)
+	svcs, err := p.m.ListServices()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var svc maps.Service
+	for _, s := range svcs {
+		if s.VIP == vip {
+			svc = s
+		}
+	}
+	frames := make([][]byte, n)
+	keys := make([]maps.ConnKey, n)
+	cand := 0
+	for i := range n {
+		var client netip.Addr
+		for {
+			cand++
+			client = netip.AddrFrom4([4]byte{10, byte(cand >> 16), byte(cand >> 8), byte(cand)})
+			if maps.FlowHash(netip.AddrPortFrom(client, 20000), vip)%lb.TableSize < slots {
+				break
+			}
+		}
+		o := synOpts{mss: 1460, ws: 7, sack: true, tsval: 5, isn: uint32(i) * 7919, client: client, port: 20000}
+		cookie := maps.Cookie(spKeys[0], 0, o.flow(), maps.CookieOpts{MSS: 1460, WScale: 7, SACK: true})
+		frames[i] = o.ack(b, cookie)
+		keys[i] = maps.ConnKey{Caddr: client.As16(), Vaddr: svc4.As16(), Cport: maps.HostPort(20000), Vport: maps.HostPort(80), Proto: 6}
+	}
+	prog := p.objs.XdpSynproxy
+	// One table, put back in its slot for each table round: its memory
+	// stays the same, as a service's does between changes.
+	var inner *ebpf.Map
+	if err := p.m.Maglev.Lookup(svc.ID, &inner); err != nil {
+		b.Fatal(err)
+	}
+	defer inner.Close()
+	batch := func(table bool) (d float64) {
+		if table {
+			if err := p.m.Maglev.Put(svc.ID, inner); err != nil {
+				b.Fatal(err)
+			}
+		} else if err := p.m.Maglev.Delete(svc.ID); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			b.Fatal(err)
+		}
+		before := p.stats(b)["cookie_ok"]
+		done := make(chan struct{})
+		ns.req <- func() {
+			defer close(done)
+			d, err = bench.RunTime(prog, func() error {
+				for _, f := range frames {
+					if _, err := prog.Run(&ebpf.RunOptions{Data: f}); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		}
+		<-done
+		if err != nil {
+			b.Fatal(err)
+		}
+		if got := p.stats(b)["cookie_ok"] - before; got != n {
+			b.Fatalf("%d of %d cookie ACKs made an entry: the benchmark did not run the path it names", got, n)
+		}
+		// The next round's ACKs must find no entry; the dirty ring is
+		// drained as the daemon would.
+		if _, err := p.m.Conns.BatchDelete(keys, nil); err != nil {
+			for _, k := range keys {
+				_ = p.m.Conns.Delete(k)
+			}
+		}
+		if _, err := p.sync.Drain(func(*maps.SyncRec) {}); err != nil {
+			b.Fatal(err)
+		}
+		return d
+	}
+	var withTable, fixed float64
+	for b.Loop() {
+		var dt, df []float64
+		for r := range rounds {
+			if r%2 == 0 {
+				dt = append(dt, batch(true))
+				df = append(df, batch(false))
+			} else {
+				df = append(df, batch(false))
+				dt = append(dt, batch(true))
+			}
+		}
+		withTable, fixed = median(dt), median(df)
+	}
+	b.ReportMetric(withTable, "ns/ack")
+	b.ReportMetric(fixed, "fixed-ns/ack")
+	if _, err := bench.Record(bench.Result{Name: "xdp_synproxy cookie ACK, backend from the Maglev table vs the fixed flow hash, " + name + ", program run time", Unit: "ns/ACK", Value: withTable,
+		Anchor: "the same build and ACKs with the table removed (the fixed hash over the backends), interleaved rounds", AnchorValue: fixed, Goal: "record only (the table costs two lookups and a read of its 256 KiB)"}); err != nil {
+		b.Fatal(err)
 	}
 }
