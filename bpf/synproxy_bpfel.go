@@ -34,8 +34,9 @@ type SynproxyBackendCounters struct {
 type SynproxyBackendFlags uint32
 
 const (
-	SynproxyBackendFlagsBACKEND_F_SET  SynproxyBackendFlags = 1
-	SynproxyBackendFlagsBACKEND_F_DOWN SynproxyBackendFlags = 2
+	SynproxyBackendFlagsBACKEND_F_SET     SynproxyBackendFlags = 1
+	SynproxyBackendFlagsBACKEND_F_DOWN    SynproxyBackendFlags = 2
+	SynproxyBackendFlagsBACKEND_F_CHECKED SynproxyBackendFlags = 4
 )
 
 type SynproxyBackendKey struct {

@@ -145,8 +145,43 @@ func TestSynproxyMaglevWeights(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if st, _ := p.m.BackendStates(svc); st[1].Slots != lb.TableSize || st[0].Health != maps.HealthDown {
+	if st, _ := p.m.BackendStates(svc); st[1].Slots != lb.TableSize || st[0].Health != maps.HealthDown || st[1].Health != maps.HealthUnchecked {
 		t.Errorf("two backends down: %+v", st)
+	}
+	// A verdict repeated (the checks report every interval) swaps no
+	// table; a new one does.
+	tableID := func() ebpf.MapID {
+		var inner *ebpf.Map
+		if err := p.m.Maglev.Lookup(svc.ID, &inner); err != nil {
+			t.Fatal(err)
+		}
+		defer inner.Close()
+		info, err := inner.Info()
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := info.ID()
+		return id
+	}
+	id := tableID()
+	if err := p.m.SetBackendHealth(vip, bs[0], false); err != nil {
+		t.Fatal(err)
+	}
+	if tableID() != id {
+		t.Error("a repeated verdict swapped the table")
+	}
+	if err := p.m.SetBackendHealth(vip, bs[1], true); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := p.m.BackendStates(svc); tableID() == id || st[1].Health != maps.HealthUp || st[1].Slots != lb.TableSize {
+		t.Errorf("a first verdict (up): table swapped %v, states %+v", tableID() != id, st)
+	}
+	// Writing the service again keeps the verdicts of the backends it keeps.
+	if _, err := p.m.PutService(maps.Service{VIP: vip, Backends: bs}); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := p.m.BackendStates(svc); st[0].Health != maps.HealthDown || st[1].Health != maps.HealthUp || st[2].Health != maps.HealthDown || st[1].Slots != lb.TableSize {
+		t.Errorf("verdicts after the service was written again: %+v", st)
 	}
 }
 

@@ -22,6 +22,8 @@ type (
 const (
 	backendSet  = uint32(bpf.SynproxyBackendFlagsBACKEND_F_SET)
 	backendDown = uint32(bpf.SynproxyBackendFlagsBACKEND_F_DOWN)
+	// backendChecked: a verdict exists (HealthUp or HealthDown).
+	backendChecked = uint32(bpf.SynproxyBackendFlagsBACKEND_F_CHECKED)
 )
 
 // MaxWeight bounds a backend's weight: the table has 65,537 slots, so a
@@ -68,7 +70,7 @@ func (m *SynproxyMaps) putBalance(s Service, old *Service) error {
 		var cur BackendCfg
 		flags := backendSet
 		if err := m.BackendCfg.Lookup(k, &cur); err == nil {
-			flags |= cur.Flags & backendDown
+			flags |= cur.Flags & (backendDown | backendChecked)
 		}
 		if err := m.BackendCfg.Put(k, BackendCfg{Weight: s.weightOf(i), Flags: flags}); err != nil {
 			return fmt.Errorf("service %s: backend %s: weight: %w", s.VIP, b, err)
@@ -244,8 +246,16 @@ func (m *SynproxyMaps) updateCfg(vip, backend netip.AddrPort, f func(*BackendCfg
 	if err := m.BackendCfg.Lookup(k, &c); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 		return fmt.Errorf("backend %s: %w", backend, err)
 	}
+	was := c
 	f(&c)
 	c.Flags |= backendSet
+	// The health checks report every interval: an unchanged input with a
+	// table in place rebuilds nothing.
+	if c == was {
+		if ok, err := m.HasTable(s.ID); err != nil || ok {
+			return err
+		}
+	}
 	if err := m.BackendCfg.Put(k, c); err != nil {
 		return fmt.Errorf("backend %s: %w", backend, err)
 	}
@@ -264,10 +274,12 @@ func (m *SynproxyMaps) SetBackendWeight(vip, backend netip.AddrPort, weight uint
 
 // SetBackendHealth records the health checks' verdict on a backend and
 // swaps its service's table when it changed (a down backend takes no new
-// connections; its open ones are left alone). The health checks call it.
+// connections; its open ones are left alone). The health checks call it,
+// as often as they like: an unchanged verdict costs two map lookups.
 func (m *SynproxyMaps) SetBackendHealth(vip, backend netip.AddrPort, healthy bool) error {
 	return m.updateCfg(vip, backend, func(c *BackendCfg) {
 		c.Flags &^= backendDown
+		c.Flags |= backendChecked
 		if !healthy {
 			c.Flags |= backendDown
 		}
@@ -295,8 +307,11 @@ func (m *SynproxyMaps) BackendStates(s Service) ([]BackendState, error) {
 	shares := lb.Shares(table, len(s.Backends))
 	for i := range out {
 		out[i].Weight, out[i].Drained = cfgs[i].Weight, cfgs[i].Weight == 0
-		if cfgs[i].Flags&backendDown != 0 {
+		switch {
+		case cfgs[i].Flags&backendDown != 0:
 			out[i].Health = HealthDown
+		case cfgs[i].Flags&backendChecked != 0:
+			out[i].Health = HealthUp
 		}
 		out[i].Slots = shares[i]
 		out[i].Share = float64(shares[i]) / lb.TableSize

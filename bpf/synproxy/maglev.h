@@ -44,8 +44,9 @@ struct backend_cfg {
 };
 
 enum backend_flags {
-	BACKEND_F_SET = 1,  /* the entry exists (a zero value is not "unset") */
-	BACKEND_F_DOWN = 2, /* the health checks say down */
+	BACKEND_F_SET = 1,     /* the entry exists (a zero value is not "unset") */
+	BACKEND_F_DOWN = 2,    /* the health checks say down */
+	BACKEND_F_CHECKED = 4, /* the health checks have a verdict (up unless DOWN) */
 };
 
 /* Never read: keep the layout in BTF for bpf2go. */
