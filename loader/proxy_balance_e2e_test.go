@@ -147,6 +147,7 @@ func TestProxyDrain(t *testing.T) {
 		t.Errorf("after the drain (flows before %v, 30 after): %+v", on, st)
 	}
 	r = tandem(t, p.gw, "service", "list", "--bpffs", p.gw.BPFFS())
+	t.Logf("service list after the drain:\n%s", r.stdout)
 	if !bytes.Contains([]byte(r.stdout), []byte("drained")) {
 		t.Errorf("service list does not show the drain:\n%s", r.stdout)
 	}

@@ -304,6 +304,7 @@ func proxyStatus(pins maps.Pins) (*ProxyStatus, error) {
 // printBackends is the per-backend table under the services: what the
 // Maglev table gives each backend and what it took.
 func printBackends(w io.Writer, svcs []ServiceStatus) {
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "SERVICE\tBACKEND\tWEIGHT\tSTATE\tHEALTH\tSHARE\tCONNS")
 	for _, s := range svcs {
