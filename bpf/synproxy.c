@@ -36,6 +36,7 @@
 /* The stages, in the order a packet meets them (docs/synproxy.md, "File
  * layout"). */
 #include "synproxy/maps.h"
+#include "synproxy/maglev.h"
 #include "synproxy/tcpopt.h"
 #include "synproxy/segment.h"
 #include "synproxy/fwd.h"

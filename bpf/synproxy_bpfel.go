@@ -20,6 +20,25 @@ type SynproxyBackend struct {
 	Pad  [2]uint8
 }
 
+type SynproxyBackendCfg struct {
+	_      structs.HostLayout
+	Weight uint32
+	Flags  uint32
+}
+
+type SynproxyBackendCounters struct {
+	_     structs.HostLayout
+	Conns uint64
+}
+
+type SynproxyBackendFlags uint32
+
+const (
+	SynproxyBackendFlagsBACKEND_F_SET     SynproxyBackendFlags = 1
+	SynproxyBackendFlagsBACKEND_F_DOWN    SynproxyBackendFlags = 2
+	SynproxyBackendFlagsBACKEND_F_CHECKED SynproxyBackendFlags = 4
+)
+
 type SynproxyBackendKey struct {
 	_   structs.HostLayout
 	Svc uint32
@@ -369,41 +388,45 @@ type SynproxyVipKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	SynproxyMapChainCtxMap       = "chain_ctx_map"
-	SynproxyMapChainInfoMap      = "chain_info_map"
-	SynproxyMapChainProgs        = "chain_progs"
-	SynproxyMapChainStats        = "chain_stats"
-	SynproxyMapSpBackendRev      = "sp_backend_rev"
-	SynproxyMapSpBackends        = "sp_backends"
-	SynproxyMapSpConns           = "sp_conns"
-	SynproxyMapSpCookieKeys      = "sp_cookie_keys"
-	SynproxyMapSpLocal           = "sp_local"
-	SynproxyMapSpScratch         = "sp_scratch"
-	SynproxyMapSpServices        = "sp_services"
-	SynproxyMapSpStats           = "sp_stats"
-	SynproxyMapSpSvcStats        = "sp_svc_stats"
-	SynproxyMapSyncEpoch         = "sync_epoch"
-	SynproxyMapSyncIoSpConns     = "sync_io_sp_conns"
-	SynproxyMapSyncOverflow      = "sync_overflow"
-	SynproxyMapSyncRings         = "sync_rings"
-	SynproxyMapVipGate           = "vip_gate"
-	SynproxyProgSpExpire         = "sp_expire"
-	SynproxyProgSyncReadSpConns  = "sync_read_sp_conns"
-	SynproxyProgSyncWriteSpConns = "sync_write_sp_conns"
-	SynproxyProgTcSynproxy       = "tc_synproxy"
-	SynproxyProgXdpSynproxy      = "xdp_synproxy"
-	SynproxyVarCfgChallengeNs    = "cfg_challenge_ns"
-	SynproxyVarCfgMss4           = "cfg_mss4"
-	SynproxyVarCfgMss6           = "cfg_mss6"
-	SynproxyVarCfgSynRetryNs     = "cfg_syn_retry_ns"
-	SynproxyVarCfgSynTries       = "cfg_syn_tries"
-	SynproxyVarChainAbiLayout    = "chain_abi_layout"
-	SynproxyVarChainStageLayout  = "chain_stage_layout"
-	SynproxyVarChainVipLayout    = "chain_vip_layout"
-	SynproxyVarConnStateLayout   = "conn_state_layout"
-	SynproxyVarSpStatLayout      = "sp_stat_layout"
-	SynproxyVarSyncMapIdLayout   = "sync_map_id_layout"
-	SynproxyVarSyncRecLayout     = "sync_rec_layout"
+	SynproxyMapChainCtxMap        = "chain_ctx_map"
+	SynproxyMapChainInfoMap       = "chain_info_map"
+	SynproxyMapChainProgs         = "chain_progs"
+	SynproxyMapChainStats         = "chain_stats"
+	SynproxyMapSpBackendCfg       = "sp_backend_cfg"
+	SynproxyMapSpBackendRev       = "sp_backend_rev"
+	SynproxyMapSpBackendStats     = "sp_backend_stats"
+	SynproxyMapSpBackends         = "sp_backends"
+	SynproxyMapSpConns            = "sp_conns"
+	SynproxyMapSpCookieKeys       = "sp_cookie_keys"
+	SynproxyMapSpLocal            = "sp_local"
+	SynproxyMapSpMaglev           = "sp_maglev"
+	SynproxyMapSpScratch          = "sp_scratch"
+	SynproxyMapSpServices         = "sp_services"
+	SynproxyMapSpStats            = "sp_stats"
+	SynproxyMapSpSvcStats         = "sp_svc_stats"
+	SynproxyMapSyncEpoch          = "sync_epoch"
+	SynproxyMapSyncIoSpConns      = "sync_io_sp_conns"
+	SynproxyMapSyncOverflow       = "sync_overflow"
+	SynproxyMapSyncRings          = "sync_rings"
+	SynproxyMapVipGate            = "vip_gate"
+	SynproxyProgSpExpire          = "sp_expire"
+	SynproxyProgSyncReadSpConns   = "sync_read_sp_conns"
+	SynproxyProgSyncWriteSpConns  = "sync_write_sp_conns"
+	SynproxyProgTcSynproxy        = "tc_synproxy"
+	SynproxyProgXdpSynproxy       = "xdp_synproxy"
+	SynproxyVarBackendFlagsLayout = "backend_flags_layout"
+	SynproxyVarCfgChallengeNs     = "cfg_challenge_ns"
+	SynproxyVarCfgMss4            = "cfg_mss4"
+	SynproxyVarCfgMss6            = "cfg_mss6"
+	SynproxyVarCfgSynRetryNs      = "cfg_syn_retry_ns"
+	SynproxyVarCfgSynTries        = "cfg_syn_tries"
+	SynproxyVarChainAbiLayout     = "chain_abi_layout"
+	SynproxyVarChainStageLayout   = "chain_stage_layout"
+	SynproxyVarChainVipLayout     = "chain_vip_layout"
+	SynproxyVarConnStateLayout    = "conn_state_layout"
+	SynproxyVarSpStatLayout       = "sp_stat_layout"
+	SynproxyVarSyncMapIdLayout    = "sync_map_id_layout"
+	SynproxyVarSyncRecLayout      = "sync_rec_layout"
 )
 
 // LoadSynproxy returns the embedded CollectionSpec for Synproxy.
@@ -459,42 +482,46 @@ type SynproxyProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SynproxyMapSpecs struct {
-	ChainCtxMap   *ebpf.MapSpec `ebpf:"chain_ctx_map"`
-	ChainInfoMap  *ebpf.MapSpec `ebpf:"chain_info_map"`
-	ChainProgs    *ebpf.MapSpec `ebpf:"chain_progs"`
-	ChainStats    *ebpf.MapSpec `ebpf:"chain_stats"`
-	SpBackendRev  *ebpf.MapSpec `ebpf:"sp_backend_rev"`
-	SpBackends    *ebpf.MapSpec `ebpf:"sp_backends"`
-	SpConns       *ebpf.MapSpec `ebpf:"sp_conns"`
-	SpCookieKeys  *ebpf.MapSpec `ebpf:"sp_cookie_keys"`
-	SpLocal       *ebpf.MapSpec `ebpf:"sp_local"`
-	SpScratch     *ebpf.MapSpec `ebpf:"sp_scratch"`
-	SpServices    *ebpf.MapSpec `ebpf:"sp_services"`
-	SpStats       *ebpf.MapSpec `ebpf:"sp_stats"`
-	SpSvcStats    *ebpf.MapSpec `ebpf:"sp_svc_stats"`
-	SyncEpoch     *ebpf.MapSpec `ebpf:"sync_epoch"`
-	SyncIoSpConns *ebpf.MapSpec `ebpf:"sync_io_sp_conns"`
-	SyncOverflow  *ebpf.MapSpec `ebpf:"sync_overflow"`
-	SyncRings     *ebpf.MapSpec `ebpf:"sync_rings"`
-	VipGate       *ebpf.MapSpec `ebpf:"vip_gate"`
+	ChainCtxMap    *ebpf.MapSpec `ebpf:"chain_ctx_map"`
+	ChainInfoMap   *ebpf.MapSpec `ebpf:"chain_info_map"`
+	ChainProgs     *ebpf.MapSpec `ebpf:"chain_progs"`
+	ChainStats     *ebpf.MapSpec `ebpf:"chain_stats"`
+	SpBackendCfg   *ebpf.MapSpec `ebpf:"sp_backend_cfg"`
+	SpBackendRev   *ebpf.MapSpec `ebpf:"sp_backend_rev"`
+	SpBackendStats *ebpf.MapSpec `ebpf:"sp_backend_stats"`
+	SpBackends     *ebpf.MapSpec `ebpf:"sp_backends"`
+	SpConns        *ebpf.MapSpec `ebpf:"sp_conns"`
+	SpCookieKeys   *ebpf.MapSpec `ebpf:"sp_cookie_keys"`
+	SpLocal        *ebpf.MapSpec `ebpf:"sp_local"`
+	SpMaglev       *ebpf.MapSpec `ebpf:"sp_maglev"`
+	SpScratch      *ebpf.MapSpec `ebpf:"sp_scratch"`
+	SpServices     *ebpf.MapSpec `ebpf:"sp_services"`
+	SpStats        *ebpf.MapSpec `ebpf:"sp_stats"`
+	SpSvcStats     *ebpf.MapSpec `ebpf:"sp_svc_stats"`
+	SyncEpoch      *ebpf.MapSpec `ebpf:"sync_epoch"`
+	SyncIoSpConns  *ebpf.MapSpec `ebpf:"sync_io_sp_conns"`
+	SyncOverflow   *ebpf.MapSpec `ebpf:"sync_overflow"`
+	SyncRings      *ebpf.MapSpec `ebpf:"sync_rings"`
+	VipGate        *ebpf.MapSpec `ebpf:"vip_gate"`
 }
 
 // SynproxyVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SynproxyVariableSpecs struct {
-	CfgChallengeNs   *ebpf.VariableSpec `ebpf:"cfg_challenge_ns"`
-	CfgMss4          *ebpf.VariableSpec `ebpf:"cfg_mss4"`
-	CfgMss6          *ebpf.VariableSpec `ebpf:"cfg_mss6"`
-	CfgSynRetryNs    *ebpf.VariableSpec `ebpf:"cfg_syn_retry_ns"`
-	CfgSynTries      *ebpf.VariableSpec `ebpf:"cfg_syn_tries"`
-	ChainAbiLayout   *ebpf.VariableSpec `ebpf:"chain_abi_layout"`
-	ChainStageLayout *ebpf.VariableSpec `ebpf:"chain_stage_layout"`
-	ChainVipLayout   *ebpf.VariableSpec `ebpf:"chain_vip_layout"`
-	ConnStateLayout  *ebpf.VariableSpec `ebpf:"conn_state_layout"`
-	SpStatLayout     *ebpf.VariableSpec `ebpf:"sp_stat_layout"`
-	SyncMapIdLayout  *ebpf.VariableSpec `ebpf:"sync_map_id_layout"`
-	SyncRecLayout    *ebpf.VariableSpec `ebpf:"sync_rec_layout"`
+	BackendFlagsLayout *ebpf.VariableSpec `ebpf:"backend_flags_layout"`
+	CfgChallengeNs     *ebpf.VariableSpec `ebpf:"cfg_challenge_ns"`
+	CfgMss4            *ebpf.VariableSpec `ebpf:"cfg_mss4"`
+	CfgMss6            *ebpf.VariableSpec `ebpf:"cfg_mss6"`
+	CfgSynRetryNs      *ebpf.VariableSpec `ebpf:"cfg_syn_retry_ns"`
+	CfgSynTries        *ebpf.VariableSpec `ebpf:"cfg_syn_tries"`
+	ChainAbiLayout     *ebpf.VariableSpec `ebpf:"chain_abi_layout"`
+	ChainStageLayout   *ebpf.VariableSpec `ebpf:"chain_stage_layout"`
+	ChainVipLayout     *ebpf.VariableSpec `ebpf:"chain_vip_layout"`
+	ConnStateLayout    *ebpf.VariableSpec `ebpf:"conn_state_layout"`
+	SpStatLayout       *ebpf.VariableSpec `ebpf:"sp_stat_layout"`
+	SyncMapIdLayout    *ebpf.VariableSpec `ebpf:"sync_map_id_layout"`
+	SyncRecLayout      *ebpf.VariableSpec `ebpf:"sync_rec_layout"`
 }
 
 // SynproxyObjects contains all objects after they have been loaded into the kernel.
@@ -517,24 +544,27 @@ func (o *SynproxyObjects) Close() error {
 //
 // It can be passed to LoadSynproxyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SynproxyMaps struct {
-	ChainCtxMap   *ebpf.Map `ebpf:"chain_ctx_map"`
-	ChainInfoMap  *ebpf.Map `ebpf:"chain_info_map"`
-	ChainProgs    *ebpf.Map `ebpf:"chain_progs"`
-	ChainStats    *ebpf.Map `ebpf:"chain_stats"`
-	SpBackendRev  *ebpf.Map `ebpf:"sp_backend_rev"`
-	SpBackends    *ebpf.Map `ebpf:"sp_backends"`
-	SpConns       *ebpf.Map `ebpf:"sp_conns"`
-	SpCookieKeys  *ebpf.Map `ebpf:"sp_cookie_keys"`
-	SpLocal       *ebpf.Map `ebpf:"sp_local"`
-	SpScratch     *ebpf.Map `ebpf:"sp_scratch"`
-	SpServices    *ebpf.Map `ebpf:"sp_services"`
-	SpStats       *ebpf.Map `ebpf:"sp_stats"`
-	SpSvcStats    *ebpf.Map `ebpf:"sp_svc_stats"`
-	SyncEpoch     *ebpf.Map `ebpf:"sync_epoch"`
-	SyncIoSpConns *ebpf.Map `ebpf:"sync_io_sp_conns"`
-	SyncOverflow  *ebpf.Map `ebpf:"sync_overflow"`
-	SyncRings     *ebpf.Map `ebpf:"sync_rings"`
-	VipGate       *ebpf.Map `ebpf:"vip_gate"`
+	ChainCtxMap    *ebpf.Map `ebpf:"chain_ctx_map"`
+	ChainInfoMap   *ebpf.Map `ebpf:"chain_info_map"`
+	ChainProgs     *ebpf.Map `ebpf:"chain_progs"`
+	ChainStats     *ebpf.Map `ebpf:"chain_stats"`
+	SpBackendCfg   *ebpf.Map `ebpf:"sp_backend_cfg"`
+	SpBackendRev   *ebpf.Map `ebpf:"sp_backend_rev"`
+	SpBackendStats *ebpf.Map `ebpf:"sp_backend_stats"`
+	SpBackends     *ebpf.Map `ebpf:"sp_backends"`
+	SpConns        *ebpf.Map `ebpf:"sp_conns"`
+	SpCookieKeys   *ebpf.Map `ebpf:"sp_cookie_keys"`
+	SpLocal        *ebpf.Map `ebpf:"sp_local"`
+	SpMaglev       *ebpf.Map `ebpf:"sp_maglev"`
+	SpScratch      *ebpf.Map `ebpf:"sp_scratch"`
+	SpServices     *ebpf.Map `ebpf:"sp_services"`
+	SpStats        *ebpf.Map `ebpf:"sp_stats"`
+	SpSvcStats     *ebpf.Map `ebpf:"sp_svc_stats"`
+	SyncEpoch      *ebpf.Map `ebpf:"sync_epoch"`
+	SyncIoSpConns  *ebpf.Map `ebpf:"sync_io_sp_conns"`
+	SyncOverflow   *ebpf.Map `ebpf:"sync_overflow"`
+	SyncRings      *ebpf.Map `ebpf:"sync_rings"`
+	VipGate        *ebpf.Map `ebpf:"vip_gate"`
 }
 
 func (m *SynproxyMaps) Close() error {
@@ -543,11 +573,14 @@ func (m *SynproxyMaps) Close() error {
 		m.ChainInfoMap,
 		m.ChainProgs,
 		m.ChainStats,
+		m.SpBackendCfg,
 		m.SpBackendRev,
+		m.SpBackendStats,
 		m.SpBackends,
 		m.SpConns,
 		m.SpCookieKeys,
 		m.SpLocal,
+		m.SpMaglev,
 		m.SpScratch,
 		m.SpServices,
 		m.SpStats,
@@ -564,18 +597,19 @@ func (m *SynproxyMaps) Close() error {
 //
 // It can be passed to LoadSynproxyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SynproxyVariables struct {
-	CfgChallengeNs   *ebpf.Variable `ebpf:"cfg_challenge_ns"`
-	CfgMss4          *ebpf.Variable `ebpf:"cfg_mss4"`
-	CfgMss6          *ebpf.Variable `ebpf:"cfg_mss6"`
-	CfgSynRetryNs    *ebpf.Variable `ebpf:"cfg_syn_retry_ns"`
-	CfgSynTries      *ebpf.Variable `ebpf:"cfg_syn_tries"`
-	ChainAbiLayout   *ebpf.Variable `ebpf:"chain_abi_layout"`
-	ChainStageLayout *ebpf.Variable `ebpf:"chain_stage_layout"`
-	ChainVipLayout   *ebpf.Variable `ebpf:"chain_vip_layout"`
-	ConnStateLayout  *ebpf.Variable `ebpf:"conn_state_layout"`
-	SpStatLayout     *ebpf.Variable `ebpf:"sp_stat_layout"`
-	SyncMapIdLayout  *ebpf.Variable `ebpf:"sync_map_id_layout"`
-	SyncRecLayout    *ebpf.Variable `ebpf:"sync_rec_layout"`
+	BackendFlagsLayout *ebpf.Variable `ebpf:"backend_flags_layout"`
+	CfgChallengeNs     *ebpf.Variable `ebpf:"cfg_challenge_ns"`
+	CfgMss4            *ebpf.Variable `ebpf:"cfg_mss4"`
+	CfgMss6            *ebpf.Variable `ebpf:"cfg_mss6"`
+	CfgSynRetryNs      *ebpf.Variable `ebpf:"cfg_syn_retry_ns"`
+	CfgSynTries        *ebpf.Variable `ebpf:"cfg_syn_tries"`
+	ChainAbiLayout     *ebpf.Variable `ebpf:"chain_abi_layout"`
+	ChainStageLayout   *ebpf.Variable `ebpf:"chain_stage_layout"`
+	ChainVipLayout     *ebpf.Variable `ebpf:"chain_vip_layout"`
+	ConnStateLayout    *ebpf.Variable `ebpf:"conn_state_layout"`
+	SpStatLayout       *ebpf.Variable `ebpf:"sp_stat_layout"`
+	SyncMapIdLayout    *ebpf.Variable `ebpf:"sync_map_id_layout"`
+	SyncRecLayout      *ebpf.Variable `ebpf:"sync_rec_layout"`
 }
 
 // SynproxyPrograms contains all programs after they have been loaded into the kernel.

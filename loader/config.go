@@ -57,7 +57,7 @@ import (
 //
 //	[[proxy.service]]
 //	vip      = "192.0.2.10:443"
-//	backends = ["10.2.0.11:443", "10.2.0.12:443"]
+//	backends = ["10.2.0.11:443", "10.2.0.12:443@2"] # ADDR:PORT[@WEIGHT]: weight 1 by default, 0 drains
 //
 //	[esp]                              # the ESP anti-replay filter (docs/sa.md)
 //	interfaces  = ["eth1"]             # where inbound ESP arrives (may include the gate's)

@@ -1,6 +1,7 @@
 package loader
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -53,6 +54,19 @@ owned = false
 				t.Errorf("validate: %v", err)
 			}
 		}},
+		{"service weights", `
+[proxy]
+interfaces = ["eth1"]
+secret_file = "/etc/tandem/cookie.key"
+[[proxy.service]]
+vip = "192.0.2.10:443"
+backends = ["10.2.0.11:443@3", "10.2.0.12:443", "10.2.0.13:443@0"]
+`, "", func(t *testing.T, o Options) {
+			if len(o.Proxy.Services) != 1 || fmt.Sprint(o.Proxy.Services[0].Weights) != "[3 1 0]" || o.Proxy.Services[0].Backends[2] != netip.MustParseAddrPort("10.2.0.13:443") {
+				t.Errorf("services %+v", o.Proxy.Services)
+			}
+		}},
+		{"service weight out of range", "[[proxy.service]]\nvip = \"192.0.2.10:443\"\nbackends = [\"10.2.0.11:443@99999\"]", "weight \"99999\": want 0 (drained) to 10000", nil},
 		{"proxy settings", `
 [proxy]
 interfaces = ["eth1"]

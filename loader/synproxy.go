@@ -132,16 +132,18 @@ func ReadSecret(path string) ([]byte, error) {
 	return b, nil
 }
 
-// ParseService reads a --service value: VIP:PORT=BACKEND:PORT,BACKEND:PORT.
+// ParseService reads a --service value:
+// VIP:PORT=BACKEND:PORT[@WEIGHT],BACKEND:PORT[@WEIGHT]...
 func ParseService(s string) (maps.Service, error) {
 	vip, bs, ok := strings.Cut(s, "=")
 	if !ok {
-		return maps.Service{}, fmt.Errorf("service %q: want VIP:PORT=BACKEND:PORT[,BACKEND:PORT...]", s)
+		return maps.Service{}, fmt.Errorf("service %q: want VIP:PORT=BACKEND:PORT[@WEIGHT][,BACKEND:PORT[@WEIGHT]...]", s)
 	}
 	return ServiceFrom(vip, strings.Split(bs, ","))
 }
 
-// ServiceFrom builds a service from its VIP:PORT and backends' ADDR:PORT.
+// ServiceFrom builds a service from its VIP:PORT and backends'
+// ADDR:PORT[@WEIGHT] (weight 1 when not given, 0 drains).
 func ServiceFrom(vip string, backends []string) (maps.Service, error) {
 	var svc maps.Service
 	v, err := netip.ParseAddrPort(strings.TrimSpace(vip))
@@ -150,11 +152,12 @@ func ServiceFrom(vip string, backends []string) (maps.Service, error) {
 	}
 	svc.VIP = netip.AddrPortFrom(v.Addr().Unmap(), v.Port())
 	for _, b := range backends {
-		a, err := netip.ParseAddrPort(strings.TrimSpace(b))
+		a, w, err := parseBackend(b)
 		if err != nil {
-			return svc, fmt.Errorf("service %s: backend %q: want ADDR:PORT ([ADDR]:PORT for IPv6)", svc.VIP, b)
+			return svc, fmt.Errorf("service %s: %w", svc.VIP, err)
 		}
-		svc.Backends = append(svc.Backends, netip.AddrPortFrom(a.Addr().Unmap(), a.Port()))
+		svc.Backends = append(svc.Backends, a)
+		svc.Weights = append(svc.Weights, w)
 	}
 	return svc, checkService(svc)
 }
@@ -275,7 +278,7 @@ func init() {
 func proxyFlags(fs *pflag.FlagSet) func(o *Options) error {
 	ifaces := fs.StringSlice("proxy-iface", nil, "run the SYN proxy on this interface, client or backend side (repeat); it may carry the gate too")
 	secret := fs.String("proxy-secret", "", "file with the pair's shared cookie secret (at least 16 bytes; mode 0600 or stricter, owned by root or you)")
-	services := fs.StringArray("service", nil, "proxy service VIP:PORT=BACKEND:PORT[,BACKEND:PORT...] (repeat)")
+	services := fs.StringArray("service", nil, "proxy service VIP:PORT=BACKEND:PORT[@WEIGHT][,BACKEND:PORT[@WEIGHT]...] (repeat); weight 1 by default, 0 drains; new flows go by a Maglev table")
 	d := Defaults().Proxy
 	mss4 := fs.Int("proxy-mss4", d.MSS4, "MSS the SYN proxy announces to IPv4 clients (536 to 65495; lower it for a tunnel to the backends)")
 	mss6 := fs.Int("proxy-mss6", d.MSS6, "MSS the SYN proxy announces to IPv6 clients (1220 to 65475)")
@@ -354,6 +357,9 @@ func setupSynproxy(o *Options, coll *ebpf.Collection) error {
 		return err
 	}
 	if err := putServices(o.Pins, m, o.Proxy.Services); err != nil {
+		return err
+	}
+	if err := ensureTables(o.Pins, m); err != nil {
 		return err
 	}
 	for _, name := range o.Proxy.Ifaces {
@@ -461,6 +467,10 @@ func OpenProxy(pins maps.Pins) (*Proxy, error) {
 			return nil, err
 		}
 	}
+	if err := openBalance(pins, p.SynproxyMaps); err != nil {
+		p.Close()
+		return nil, err
+	}
 	if prog, err := ebpf.LoadPinnedProgram(pins.Prog(bpf.SynproxyProgSpExpire), nil); err == nil {
 		p.Expire = prog
 	}
@@ -469,7 +479,7 @@ func OpenProxy(pins maps.Pins) (*Proxy, error) {
 
 // Close releases the maps.
 func (p *Proxy) Close() {
-	for _, m := range []*ebpf.Map{p.Services, p.Backends, p.Rev, p.Keys, p.Stats, p.SvcStats, p.Conns} {
+	for _, m := range []*ebpf.Map{p.Services, p.Backends, p.Rev, p.Keys, p.Stats, p.SvcStats, p.Conns, p.Maglev, p.BackendCfg, p.BackendStats} {
 		if m != nil {
 			m.Close()
 		}

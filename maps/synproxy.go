@@ -89,12 +89,16 @@ func HostPort(p uint16) uint16 { return netPort(p) }
 // SynproxyMaps are the SYN proxy's maps.
 type SynproxyMaps struct {
 	Services, Backends, Rev, Keys, Stats, SvcStats, Conns *ebpf.Map
+	// The services' tables and what they are built from (maglev.go);
+	// nil when the pinned datapath predates them.
+	Maglev, BackendCfg, BackendStats *ebpf.Map
 }
 
 // SynproxyMapsOf picks the maps out of loaded objects.
 func SynproxyMapsOf(o *bpf.SynproxyMaps) *SynproxyMaps {
 	return &SynproxyMaps{Services: o.SpServices, Backends: o.SpBackends, Rev: o.SpBackendRev, Keys: o.SpCookieKeys,
-		Stats: o.SpStats, SvcStats: o.SpSvcStats, Conns: o.SpConns}
+		Stats: o.SpStats, SvcStats: o.SpSvcStats, Conns: o.SpConns,
+		Maglev: o.SpMaglev, BackendCfg: o.SpBackendCfg, BackendStats: o.SpBackendStats}
 }
 
 // SvcKeyOf is the services key of a TCP VIP:port (and, in sp_backend_rev,
@@ -110,6 +114,10 @@ type Service struct {
 	ID       uint32           `json:"id"`
 	VIP      netip.AddrPort   `json:"vip"`
 	Backends []netip.AddrPort `json:"backends"`
+	// Weights are the backends' weights, by position, for PutService
+	// (missing: 1; 0 drains). ListServices leaves them nil: the pinned
+	// weights are in BackendStates.
+	Weights []uint32 `json:"weights,omitempty"`
 }
 
 // Validate checks a service before it is written.
@@ -132,6 +140,14 @@ func (s *Service) Validate() error {
 			return fmt.Errorf("service %s: backend %s named twice", s.VIP, b)
 		}
 		seen[b] = true
+	}
+	if len(s.Weights) > len(s.Backends) {
+		return fmt.Errorf("service %s: %d weights for %d backends", s.VIP, len(s.Weights), len(s.Backends))
+	}
+	for i, w := range s.Weights {
+		if w > MaxWeight {
+			return fmt.Errorf("service %s: backend %s: weight %d, at most %d", s.VIP, s.Backends[i], w, MaxWeight)
+		}
 	}
 	return nil
 }
@@ -228,6 +244,10 @@ func (m *SynproxyMaps) PutService(s Service) (Service, error) {
 	if err := m.Services.Put(SvcKeyOf(s.VIP.Addr(), s.VIP.Port()), SvcVal{Id: s.ID, Backends: uint32(len(s.Backends))}); err != nil {
 		return s, fmt.Errorf("service %s: %w", s.VIP, err)
 	}
+	// The table after the backends it names, before the old ones go.
+	if err := m.putBalance(s, old); err != nil {
+		return s, err
+	}
 	if old != nil {
 		for i := len(s.Backends); i < len(old.Backends); i++ {
 			_ = m.Backends.Delete(BackendKey{Svc: s.ID, Idx: uint32(i)})
@@ -258,6 +278,7 @@ func (m *SynproxyMaps) DeleteService(vip netip.AddrPort) error {
 		if err := m.Services.Delete(SvcKeyOf(vip.Addr(), vip.Port())); err != nil {
 			return fmt.Errorf("service %s: %w", vip, err)
 		}
+		m.deleteBalance(s)
 		for i, b := range s.Backends {
 			_ = m.Backends.Delete(BackendKey{Svc: s.ID, Idx: uint32(i)})
 			_ = m.Rev.Delete(SvcKeyOf(b.Addr(), b.Port()))

@@ -308,10 +308,12 @@ __attribute__((noinline)) int cookie_ack(struct xdp_md *ctx, struct pkt *p, cons
 	parse_tcp_opts(ctx, p->l4_off & 0x1ff, opts_len(th), &o);
 
 	v->svc = svc->id;
-	v->backend = svc->backends ? flow_hash(k) % svc->backends : 0;
+	/* The service's Maglev table (maglev.h); without one, the fixed
+	 * hash over its backends. */
+	v->backend = pick_backend(svc, flow_hash(k));
 	bk.svc = svc->id;
 	bk.idx = v->backend;
-	b = bpf_map_lookup_elem(&sp_backends, &bk);
+	b = v->backend == SP_MAGLEV_NONE ? 0 : bpf_map_lookup_elem(&sp_backends, &bk);
 	if (!b) {
 		sp_count(SP_NO_BACKEND);
 		return XDP_DROP;
@@ -352,6 +354,7 @@ __attribute__((noinline)) int cookie_ack(struct xdp_md *ctx, struct pkt *p, cons
 	sp_count(SP_BACKEND_SYN);
 	if ((sc = svc_stats(svc->id)))
 		sc->conns++;
+	backend_count_conn(cur->svc, cur->backend);
 	return backend_syn(ctx, p, cur);
 }
 

@@ -219,7 +219,7 @@ struct conn_val {
 	 * shifted left then right (no rewrite when they are equal). */
 	__u8 fwd_shl, fwd_shr, rev_shl, rev_shr;
 	__u32 svc;
-	__u32 backend;    /* index among the service's backends, by flow hash */
+	__u32 backend;    /* index among the service's backends: its Maglev table's pick (maglev.h) */
 	/* Sequence tracking (RFC 5961 checks of RSTs and SYNs), each side in
 	 * its own sequence space: nxt is the highest sequence end (seq +
 	 * payload + FIN) the side sent, una the highest ack the other side
