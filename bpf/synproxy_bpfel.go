@@ -168,6 +168,45 @@ type SynproxyExpireArgs struct {
 	Pad           uint32
 }
 
+type SynproxyHealthCmd struct {
+	_         structs.HostLayout
+	Key       SynproxyHealthKey
+	Op        uint32
+	Up        uint32
+	ChangedNs uint64
+	Ret       int32
+	Pad       uint32
+}
+
+type SynproxyHealthKey struct {
+	_     structs.HostLayout
+	Vaddr [16]uint8
+	Baddr [16]uint8
+	Vport uint16
+	Bport uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
+type SynproxyHealthOp uint32
+
+const (
+	SynproxyHealthOpHEALTH_OP_SET SynproxyHealthOp = 1
+	SynproxyHealthOpHEALTH_OP_DEL SynproxyHealthOp = 2
+)
+
+type SynproxyHealthVal struct {
+	_    structs.HostLayout
+	Sync struct {
+		_           structs.HostLayout
+		Version     uint64
+		QueuedEpoch uint64
+	}
+	Up        uint8
+	Pad       [7]uint8
+	ChangedNs uint64
+}
+
 type SynproxyRevVal struct {
 	_     structs.HostLayout
 	Vaddr [16]uint8
@@ -336,6 +375,15 @@ type SynproxySyncIoSpConns struct {
 	Vals  [1024]SynproxyConnVal
 }
 
+type SynproxySyncIoSpHealth struct {
+	_     structs.HostLayout
+	N     uint32
+	Flags uint32
+	Keys  [1024]SynproxyHealthKey
+	Found [1024]uint32
+	Vals  [1024]SynproxyHealthVal
+}
+
 type SynproxySyncMapId uint32
 
 const (
@@ -344,6 +392,7 @@ const (
 	SynproxySyncMapIdSYNC_MAP_ENDPOINT  SynproxySyncMapId = 3
 	SynproxySyncMapIdSYNC_MAP_MIGRATION SynproxySyncMapId = 4
 	SynproxySyncMapIdSYNC_MAP_SA        SynproxySyncMapId = 5
+	SynproxySyncMapIdSYNC_MAP_HEALTH    SynproxySyncMapId = 6
 )
 
 type SynproxySyncRec struct {
@@ -369,41 +418,47 @@ type SynproxyVipKey struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	SynproxyMapChainCtxMap       = "chain_ctx_map"
-	SynproxyMapChainInfoMap      = "chain_info_map"
-	SynproxyMapChainProgs        = "chain_progs"
-	SynproxyMapChainStats        = "chain_stats"
-	SynproxyMapSpBackendRev      = "sp_backend_rev"
-	SynproxyMapSpBackends        = "sp_backends"
-	SynproxyMapSpConns           = "sp_conns"
-	SynproxyMapSpCookieKeys      = "sp_cookie_keys"
-	SynproxyMapSpLocal           = "sp_local"
-	SynproxyMapSpScratch         = "sp_scratch"
-	SynproxyMapSpServices        = "sp_services"
-	SynproxyMapSpStats           = "sp_stats"
-	SynproxyMapSpSvcStats        = "sp_svc_stats"
-	SynproxyMapSyncEpoch         = "sync_epoch"
-	SynproxyMapSyncIoSpConns     = "sync_io_sp_conns"
-	SynproxyMapSyncOverflow      = "sync_overflow"
-	SynproxyMapSyncRings         = "sync_rings"
-	SynproxyMapVipGate           = "vip_gate"
-	SynproxyProgSpExpire         = "sp_expire"
-	SynproxyProgSyncReadSpConns  = "sync_read_sp_conns"
-	SynproxyProgSyncWriteSpConns = "sync_write_sp_conns"
-	SynproxyProgTcSynproxy       = "tc_synproxy"
-	SynproxyProgXdpSynproxy      = "xdp_synproxy"
-	SynproxyVarCfgChallengeNs    = "cfg_challenge_ns"
-	SynproxyVarCfgMss4           = "cfg_mss4"
-	SynproxyVarCfgMss6           = "cfg_mss6"
-	SynproxyVarCfgSynRetryNs     = "cfg_syn_retry_ns"
-	SynproxyVarCfgSynTries       = "cfg_syn_tries"
-	SynproxyVarChainAbiLayout    = "chain_abi_layout"
-	SynproxyVarChainStageLayout  = "chain_stage_layout"
-	SynproxyVarChainVipLayout    = "chain_vip_layout"
-	SynproxyVarConnStateLayout   = "conn_state_layout"
-	SynproxyVarSpStatLayout      = "sp_stat_layout"
-	SynproxyVarSyncMapIdLayout   = "sync_map_id_layout"
-	SynproxyVarSyncRecLayout     = "sync_rec_layout"
+	SynproxyMapChainCtxMap        = "chain_ctx_map"
+	SynproxyMapChainInfoMap       = "chain_info_map"
+	SynproxyMapChainProgs         = "chain_progs"
+	SynproxyMapChainStats         = "chain_stats"
+	SynproxyMapSpBackendRev       = "sp_backend_rev"
+	SynproxyMapSpBackends         = "sp_backends"
+	SynproxyMapSpConns            = "sp_conns"
+	SynproxyMapSpCookieKeys       = "sp_cookie_keys"
+	SynproxyMapSpHealth           = "sp_health"
+	SynproxyMapSpLocal            = "sp_local"
+	SynproxyMapSpScratch          = "sp_scratch"
+	SynproxyMapSpServices         = "sp_services"
+	SynproxyMapSpStats            = "sp_stats"
+	SynproxyMapSpSvcStats         = "sp_svc_stats"
+	SynproxyMapSyncEpoch          = "sync_epoch"
+	SynproxyMapSyncIoSpConns      = "sync_io_sp_conns"
+	SynproxyMapSyncIoSpHealth     = "sync_io_sp_health"
+	SynproxyMapSyncOverflow       = "sync_overflow"
+	SynproxyMapSyncRings          = "sync_rings"
+	SynproxyMapVipGate            = "vip_gate"
+	SynproxyProgSpExpire          = "sp_expire"
+	SynproxyProgSpHealthCtl       = "sp_health_ctl"
+	SynproxyProgSyncReadSpConns   = "sync_read_sp_conns"
+	SynproxyProgSyncReadSpHealth  = "sync_read_sp_health"
+	SynproxyProgSyncWriteSpConns  = "sync_write_sp_conns"
+	SynproxyProgSyncWriteSpHealth = "sync_write_sp_health"
+	SynproxyProgTcSynproxy        = "tc_synproxy"
+	SynproxyProgXdpSynproxy       = "xdp_synproxy"
+	SynproxyVarCfgChallengeNs     = "cfg_challenge_ns"
+	SynproxyVarCfgMss4            = "cfg_mss4"
+	SynproxyVarCfgMss6            = "cfg_mss6"
+	SynproxyVarCfgSynRetryNs      = "cfg_syn_retry_ns"
+	SynproxyVarCfgSynTries        = "cfg_syn_tries"
+	SynproxyVarChainAbiLayout     = "chain_abi_layout"
+	SynproxyVarChainStageLayout   = "chain_stage_layout"
+	SynproxyVarChainVipLayout     = "chain_vip_layout"
+	SynproxyVarConnStateLayout    = "conn_state_layout"
+	SynproxyVarHealthOpLayout     = "health_op_layout"
+	SynproxyVarSpStatLayout       = "sp_stat_layout"
+	SynproxyVarSyncMapIdLayout    = "sync_map_id_layout"
+	SynproxyVarSyncRecLayout      = "sync_rec_layout"
 )
 
 // LoadSynproxy returns the embedded CollectionSpec for Synproxy.
@@ -448,35 +503,40 @@ type SynproxySpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SynproxyProgramSpecs struct {
-	SpExpire         *ebpf.ProgramSpec `ebpf:"sp_expire"`
-	SyncReadSpConns  *ebpf.ProgramSpec `ebpf:"sync_read_sp_conns"`
-	SyncWriteSpConns *ebpf.ProgramSpec `ebpf:"sync_write_sp_conns"`
-	TcSynproxy       *ebpf.ProgramSpec `ebpf:"tc_synproxy"`
-	XdpSynproxy      *ebpf.ProgramSpec `ebpf:"xdp_synproxy"`
+	SpExpire          *ebpf.ProgramSpec `ebpf:"sp_expire"`
+	SpHealthCtl       *ebpf.ProgramSpec `ebpf:"sp_health_ctl"`
+	SyncReadSpConns   *ebpf.ProgramSpec `ebpf:"sync_read_sp_conns"`
+	SyncReadSpHealth  *ebpf.ProgramSpec `ebpf:"sync_read_sp_health"`
+	SyncWriteSpConns  *ebpf.ProgramSpec `ebpf:"sync_write_sp_conns"`
+	SyncWriteSpHealth *ebpf.ProgramSpec `ebpf:"sync_write_sp_health"`
+	TcSynproxy        *ebpf.ProgramSpec `ebpf:"tc_synproxy"`
+	XdpSynproxy       *ebpf.ProgramSpec `ebpf:"xdp_synproxy"`
 }
 
 // SynproxyMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SynproxyMapSpecs struct {
-	ChainCtxMap   *ebpf.MapSpec `ebpf:"chain_ctx_map"`
-	ChainInfoMap  *ebpf.MapSpec `ebpf:"chain_info_map"`
-	ChainProgs    *ebpf.MapSpec `ebpf:"chain_progs"`
-	ChainStats    *ebpf.MapSpec `ebpf:"chain_stats"`
-	SpBackendRev  *ebpf.MapSpec `ebpf:"sp_backend_rev"`
-	SpBackends    *ebpf.MapSpec `ebpf:"sp_backends"`
-	SpConns       *ebpf.MapSpec `ebpf:"sp_conns"`
-	SpCookieKeys  *ebpf.MapSpec `ebpf:"sp_cookie_keys"`
-	SpLocal       *ebpf.MapSpec `ebpf:"sp_local"`
-	SpScratch     *ebpf.MapSpec `ebpf:"sp_scratch"`
-	SpServices    *ebpf.MapSpec `ebpf:"sp_services"`
-	SpStats       *ebpf.MapSpec `ebpf:"sp_stats"`
-	SpSvcStats    *ebpf.MapSpec `ebpf:"sp_svc_stats"`
-	SyncEpoch     *ebpf.MapSpec `ebpf:"sync_epoch"`
-	SyncIoSpConns *ebpf.MapSpec `ebpf:"sync_io_sp_conns"`
-	SyncOverflow  *ebpf.MapSpec `ebpf:"sync_overflow"`
-	SyncRings     *ebpf.MapSpec `ebpf:"sync_rings"`
-	VipGate       *ebpf.MapSpec `ebpf:"vip_gate"`
+	ChainCtxMap    *ebpf.MapSpec `ebpf:"chain_ctx_map"`
+	ChainInfoMap   *ebpf.MapSpec `ebpf:"chain_info_map"`
+	ChainProgs     *ebpf.MapSpec `ebpf:"chain_progs"`
+	ChainStats     *ebpf.MapSpec `ebpf:"chain_stats"`
+	SpBackendRev   *ebpf.MapSpec `ebpf:"sp_backend_rev"`
+	SpBackends     *ebpf.MapSpec `ebpf:"sp_backends"`
+	SpConns        *ebpf.MapSpec `ebpf:"sp_conns"`
+	SpCookieKeys   *ebpf.MapSpec `ebpf:"sp_cookie_keys"`
+	SpHealth       *ebpf.MapSpec `ebpf:"sp_health"`
+	SpLocal        *ebpf.MapSpec `ebpf:"sp_local"`
+	SpScratch      *ebpf.MapSpec `ebpf:"sp_scratch"`
+	SpServices     *ebpf.MapSpec `ebpf:"sp_services"`
+	SpStats        *ebpf.MapSpec `ebpf:"sp_stats"`
+	SpSvcStats     *ebpf.MapSpec `ebpf:"sp_svc_stats"`
+	SyncEpoch      *ebpf.MapSpec `ebpf:"sync_epoch"`
+	SyncIoSpConns  *ebpf.MapSpec `ebpf:"sync_io_sp_conns"`
+	SyncIoSpHealth *ebpf.MapSpec `ebpf:"sync_io_sp_health"`
+	SyncOverflow   *ebpf.MapSpec `ebpf:"sync_overflow"`
+	SyncRings      *ebpf.MapSpec `ebpf:"sync_rings"`
+	VipGate        *ebpf.MapSpec `ebpf:"vip_gate"`
 }
 
 // SynproxyVariableSpecs contains global variables before they are loaded into the kernel.
@@ -492,6 +552,7 @@ type SynproxyVariableSpecs struct {
 	ChainStageLayout *ebpf.VariableSpec `ebpf:"chain_stage_layout"`
 	ChainVipLayout   *ebpf.VariableSpec `ebpf:"chain_vip_layout"`
 	ConnStateLayout  *ebpf.VariableSpec `ebpf:"conn_state_layout"`
+	HealthOpLayout   *ebpf.VariableSpec `ebpf:"health_op_layout"`
 	SpStatLayout     *ebpf.VariableSpec `ebpf:"sp_stat_layout"`
 	SyncMapIdLayout  *ebpf.VariableSpec `ebpf:"sync_map_id_layout"`
 	SyncRecLayout    *ebpf.VariableSpec `ebpf:"sync_rec_layout"`
@@ -517,24 +578,26 @@ func (o *SynproxyObjects) Close() error {
 //
 // It can be passed to LoadSynproxyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SynproxyMaps struct {
-	ChainCtxMap   *ebpf.Map `ebpf:"chain_ctx_map"`
-	ChainInfoMap  *ebpf.Map `ebpf:"chain_info_map"`
-	ChainProgs    *ebpf.Map `ebpf:"chain_progs"`
-	ChainStats    *ebpf.Map `ebpf:"chain_stats"`
-	SpBackendRev  *ebpf.Map `ebpf:"sp_backend_rev"`
-	SpBackends    *ebpf.Map `ebpf:"sp_backends"`
-	SpConns       *ebpf.Map `ebpf:"sp_conns"`
-	SpCookieKeys  *ebpf.Map `ebpf:"sp_cookie_keys"`
-	SpLocal       *ebpf.Map `ebpf:"sp_local"`
-	SpScratch     *ebpf.Map `ebpf:"sp_scratch"`
-	SpServices    *ebpf.Map `ebpf:"sp_services"`
-	SpStats       *ebpf.Map `ebpf:"sp_stats"`
-	SpSvcStats    *ebpf.Map `ebpf:"sp_svc_stats"`
-	SyncEpoch     *ebpf.Map `ebpf:"sync_epoch"`
-	SyncIoSpConns *ebpf.Map `ebpf:"sync_io_sp_conns"`
-	SyncOverflow  *ebpf.Map `ebpf:"sync_overflow"`
-	SyncRings     *ebpf.Map `ebpf:"sync_rings"`
-	VipGate       *ebpf.Map `ebpf:"vip_gate"`
+	ChainCtxMap    *ebpf.Map `ebpf:"chain_ctx_map"`
+	ChainInfoMap   *ebpf.Map `ebpf:"chain_info_map"`
+	ChainProgs     *ebpf.Map `ebpf:"chain_progs"`
+	ChainStats     *ebpf.Map `ebpf:"chain_stats"`
+	SpBackendRev   *ebpf.Map `ebpf:"sp_backend_rev"`
+	SpBackends     *ebpf.Map `ebpf:"sp_backends"`
+	SpConns        *ebpf.Map `ebpf:"sp_conns"`
+	SpCookieKeys   *ebpf.Map `ebpf:"sp_cookie_keys"`
+	SpHealth       *ebpf.Map `ebpf:"sp_health"`
+	SpLocal        *ebpf.Map `ebpf:"sp_local"`
+	SpScratch      *ebpf.Map `ebpf:"sp_scratch"`
+	SpServices     *ebpf.Map `ebpf:"sp_services"`
+	SpStats        *ebpf.Map `ebpf:"sp_stats"`
+	SpSvcStats     *ebpf.Map `ebpf:"sp_svc_stats"`
+	SyncEpoch      *ebpf.Map `ebpf:"sync_epoch"`
+	SyncIoSpConns  *ebpf.Map `ebpf:"sync_io_sp_conns"`
+	SyncIoSpHealth *ebpf.Map `ebpf:"sync_io_sp_health"`
+	SyncOverflow   *ebpf.Map `ebpf:"sync_overflow"`
+	SyncRings      *ebpf.Map `ebpf:"sync_rings"`
+	VipGate        *ebpf.Map `ebpf:"vip_gate"`
 }
 
 func (m *SynproxyMaps) Close() error {
@@ -547,6 +610,7 @@ func (m *SynproxyMaps) Close() error {
 		m.SpBackends,
 		m.SpConns,
 		m.SpCookieKeys,
+		m.SpHealth,
 		m.SpLocal,
 		m.SpScratch,
 		m.SpServices,
@@ -554,6 +618,7 @@ func (m *SynproxyMaps) Close() error {
 		m.SpSvcStats,
 		m.SyncEpoch,
 		m.SyncIoSpConns,
+		m.SyncIoSpHealth,
 		m.SyncOverflow,
 		m.SyncRings,
 		m.VipGate,
@@ -573,6 +638,7 @@ type SynproxyVariables struct {
 	ChainStageLayout *ebpf.Variable `ebpf:"chain_stage_layout"`
 	ChainVipLayout   *ebpf.Variable `ebpf:"chain_vip_layout"`
 	ConnStateLayout  *ebpf.Variable `ebpf:"conn_state_layout"`
+	HealthOpLayout   *ebpf.Variable `ebpf:"health_op_layout"`
 	SpStatLayout     *ebpf.Variable `ebpf:"sp_stat_layout"`
 	SyncMapIdLayout  *ebpf.Variable `ebpf:"sync_map_id_layout"`
 	SyncRecLayout    *ebpf.Variable `ebpf:"sync_rec_layout"`
@@ -582,18 +648,24 @@ type SynproxyVariables struct {
 //
 // It can be passed to LoadSynproxyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SynproxyPrograms struct {
-	SpExpire         *ebpf.Program `ebpf:"sp_expire"`
-	SyncReadSpConns  *ebpf.Program `ebpf:"sync_read_sp_conns"`
-	SyncWriteSpConns *ebpf.Program `ebpf:"sync_write_sp_conns"`
-	TcSynproxy       *ebpf.Program `ebpf:"tc_synproxy"`
-	XdpSynproxy      *ebpf.Program `ebpf:"xdp_synproxy"`
+	SpExpire          *ebpf.Program `ebpf:"sp_expire"`
+	SpHealthCtl       *ebpf.Program `ebpf:"sp_health_ctl"`
+	SyncReadSpConns   *ebpf.Program `ebpf:"sync_read_sp_conns"`
+	SyncReadSpHealth  *ebpf.Program `ebpf:"sync_read_sp_health"`
+	SyncWriteSpConns  *ebpf.Program `ebpf:"sync_write_sp_conns"`
+	SyncWriteSpHealth *ebpf.Program `ebpf:"sync_write_sp_health"`
+	TcSynproxy        *ebpf.Program `ebpf:"tc_synproxy"`
+	XdpSynproxy       *ebpf.Program `ebpf:"xdp_synproxy"`
 }
 
 func (p *SynproxyPrograms) Close() error {
 	return _SynproxyClose(
 		p.SpExpire,
+		p.SpHealthCtl,
 		p.SyncReadSpConns,
+		p.SyncReadSpHealth,
 		p.SyncWriteSpConns,
+		p.SyncWriteSpHealth,
 		p.TcSynproxy,
 		p.XdpSynproxy,
 	)
