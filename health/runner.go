@@ -104,7 +104,8 @@ type Options struct {
 // so neither the checks nor Set wait for it.
 //
 // Events "backend down" and "backend up" are logged once per change, with
-// the keys service, backend, check, and err (down) or rise (up).
+// the keys service, backend, check, fall (down) or rise (up), checks and
+// failed (the backend's counts so far), and err (down: the last error).
 type Runner struct {
 	o       Options
 	mu      sync.Mutex
@@ -225,9 +226,11 @@ func (r *Runner) run(ctx context.Context, w *worker) {
 		w.mu.Unlock()
 		if changed {
 			if st.Up {
-				r.o.Log.Info("backend up", "service", t.Service, "backend", t.Backend, "check", t.Check.Kind, "rise", t.Check.Rise)
+				r.o.Log.Info("backend up", "service", t.Service, "backend", t.Backend, "check", t.Check.Kind, "rise", t.Check.Rise,
+					"checks", st.Checks, "failed", st.Failed)
 			} else {
-				r.o.Log.Warn("backend down", "service", t.Service, "backend", t.Backend, "check", t.Check.Kind, "fall", t.Check.Fall, "err", st.LastErr)
+				r.o.Log.Warn("backend down", "service", t.Service, "backend", t.Backend, "check", t.Check.Kind, "fall", t.Check.Fall,
+					"checks", st.Checks, "failed", st.Failed, "err", st.LastErr)
 			}
 			r.emit(k, st.Up)
 		}

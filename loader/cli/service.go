@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tandem-net/tandem/health"
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/maps"
 )
@@ -30,7 +31,11 @@ backend address:port serves one VIP.
 
   list   the services, their backends and counters (SYNs answered, cookie
          ACKs, backend handshakes completed and failed, segments and payload
-         bytes each way); --json for scripts
+         bytes each way), and each checked backend's health: the verdict in
+         use and where it comes from (own checks, or the owner's while this
+         host is a standby), this host's own checks' verdict, the last check,
+         checks and failures, the last error (from the daemon's status in
+         --state-dir); --json for scripts
   add    adds a service or replaces its backends; connections already
          open keep their backend
   del    removes a service; its open connections run to their end
@@ -120,10 +125,14 @@ func runService(env Env, opts any, args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := addHealth(ps.Services, c.StateDir, o.Pins); err != nil {
+		return err
+	}
 	if f.json {
 		return writeJSON(env.Stdout, ps.Services)
 	}
 	printServices(env.Stdout, ps.Services)
+	printHealth(env.Stdout, ps.Services, time.Now())
 	return nil
 }
 
@@ -131,6 +140,8 @@ func runService(env Env, opts any, args []string) error {
 type ServiceStatus struct {
 	maps.Service
 	Counters maps.SvcCounters `json:"counters"`
+	// Health: each checked backend's verdict and last check (health.go).
+	Health []health.BackendStatus `json:"health,omitempty"`
 }
 
 // ProxyStatus is the SYN proxy part of tandem status.
@@ -151,7 +162,7 @@ func readProxyStatus(p *loader.Proxy) (*ProxyStatus, error) {
 		if err != nil {
 			return nil, err
 		}
-		ps.Services = append(ps.Services, ServiceStatus{s, c})
+		ps.Services = append(ps.Services, ServiceStatus{Service: s, Counters: c})
 	}
 	if ps.Connections, err = p.ConnCounts(); err != nil {
 		return nil, fmt.Errorf("count connections: %w", err)
