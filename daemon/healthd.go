@@ -124,6 +124,20 @@ func (h *healthd) use(k health.Key, up bool, source string) {
 	}
 }
 
+// chooseVerdict is the verdict a host uses for k, and its source: the
+// owner its own checks'; a standby the owner's (peer: what the sync wrote
+// into sp_health), or its own for a backend the owner published nothing
+// about. ok is false before any verdict exists.
+func chooseVerdict(owner bool, own, peer map[health.Key]bool, k health.Key) (up bool, source string, ok bool) {
+	if !owner {
+		if up, ok := peer[k]; ok {
+			return up, health.SourceOwner, true
+		}
+	}
+	up, ok = own[k]
+	return up, health.SourceOwn, ok
+}
+
 // setOwner switches between the owner's and the standby's way (see
 // healthd); on the daemon's loop.
 func (h *healthd) setOwner(owner bool) {
@@ -192,19 +206,13 @@ func (h *healthd) tick(now time.Time) {
 	}
 	for k := range targets {
 		own, checked := h.own[k]
-		if h.owner {
-			if checked {
-				if up, ok := peer[k]; !ok || up != own {
-					h.publish(k, own)
-				}
-				h.use(k, own, health.SourceOwn)
+		if h.owner && checked {
+			if up, ok := peer[k]; !ok || up != own {
+				h.publish(k, own)
 			}
-			continue
 		}
-		if up, ok := peer[k]; ok {
-			h.use(k, up, health.SourceOwner)
-		} else if checked {
-			h.use(k, own, health.SourceOwn)
+		if up, src, ok := chooseVerdict(h.owner, h.own, peer, k); ok {
+			h.use(k, up, src)
 		}
 	}
 	h.mu.Unlock()
