@@ -348,6 +348,11 @@ func upUnderDaemon(env Env, c daemon.Config, served *daemon.ServedError) error {
 	if served.Info == nil {
 		fmt.Fprintln(env.Stdout, "note: its options could not be read; sync, metrics, election and state-dir options of this up were not applied")
 	}
+	if len(c.Health) > 0 {
+		// The checks are the daemon's: it reads them at its start and on
+		// SIGHUP (its own flags and the config file), not from this up.
+		fmt.Fprintf(env.Stdout, "note: the daemon keeps its health checks; kill -HUP %d applies the config file's [proxy.service.check], a restart new --health-check flags\n", pid)
+	}
 	return nil
 }
 
