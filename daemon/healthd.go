@@ -245,6 +245,11 @@ func (h *healthd) status(now time.Time) *health.StatusFile {
 	return out
 }
 
+// HealthVerdicts are the backends' verdicts in use now (up or down, by
+// service and backend), for a backend choice built from scratch; later
+// changes go to Config.HealthObserver. Nil when no checks run.
+func (d *Daemon) HealthVerdicts() map[health.Key]bool { return d.hd.Load().verdicts() }
+
 // verdicts are the verdicts in use, for a table built from scratch.
 func (h *healthd) verdicts() map[health.Key]bool {
 	if h == nil {
