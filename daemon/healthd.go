@@ -166,6 +166,14 @@ func (h *healthd) tick(now time.Time) {
 		h.log.Warn("health checks: read services", "err", err)
 		return
 	}
+	var published []maps.Verdict
+	if published, err = h.hm.List(); err != nil {
+		h.log.Warn("health checks: read verdicts", "err", err)
+	}
+	down := map[health.Key]bool{}
+	for _, v := range published {
+		down[health.Key{Service: v.Service, Backend: v.Backend}] = !v.Up
+	}
 	targets := map[health.Key]health.Check{}
 	var ts []health.Target
 	for _, s := range svcs {
@@ -174,13 +182,12 @@ func (h *healthd) tick(now time.Time) {
 			continue
 		}
 		for _, b := range s.Backends {
-			targets[health.Key{Service: s.VIP, Backend: b}] = c
-			ts = append(ts, health.Target{Service: s.VIP, Backend: b, Check: c})
+			k := health.Key{Service: s.VIP, Backend: b}
+			targets[k] = c
+			// A backend published down (by this host before a restart,
+			// or by the owner) starts down: rise passes bring it up.
+			ts = append(ts, health.Target{Service: s.VIP, Backend: b, Check: c, StartDown: down[k]})
 		}
-	}
-	var published []maps.Verdict
-	if published, err = h.hm.List(); err != nil {
-		h.log.Warn("health checks: read verdicts", "err", err)
 	}
 	h.mu.Lock()
 	h.targets = targets

@@ -278,7 +278,7 @@ func TestRunnerNoneBlocks(t *testing.T) {
 	r := New(Options{NewChecker: f.newChecker, OnHealth: ObserverFunc(func(s, b netip.AddrPort, up bool) { events.Add(1) })})
 	defer func() { close(release); r.Close() }()
 	c := Check{Kind: TCP, Interval: 10 * time.Millisecond, Timeout: 10 * time.Millisecond, Rise: 1, Fall: 1}
-	r.Set([]Target{{svc, hung, c}, {svc, slow, c}, {svc, fine, c}})
+	r.Set([]Target{{Service: svc, Backend: hung, Check: c}, {Service: svc, Backend: slow, Check: c}, {Service: svc, Backend: fine, Check: c}})
 	waitFor(t, "50 checks of the healthy backend", func() bool { return f.count(fine) >= 50 })
 	if n := f.count(hung); n != 1 {
 		t.Errorf("the hanging backend was checked %d times, want 1 (still in its first)", n)
@@ -292,7 +292,7 @@ func TestRunnerNoneBlocks(t *testing.T) {
 		return false
 	})
 	// The runner's own calls return while the hanging check holds.
-	r.Set([]Target{{svc, hung, c}, {svc, slow, c}, {svc, fine, c}})
+	r.Set([]Target{{Service: svc, Backend: hung, Check: c}, {Service: svc, Backend: slow, Check: c}, {Service: svc, Backend: fine, Check: c}})
 	if st := r.Status(); len(st) != 3 {
 		t.Errorf("status lists %d backends, want 3", len(st))
 	}
@@ -325,7 +325,7 @@ func TestRunnerEvents(t *testing.T) {
 	})})
 	defer r.Close()
 	c := Check{Kind: TCP, Interval: 5 * time.Millisecond, Timeout: 5 * time.Millisecond, Rise: 2, Fall: 3}
-	r.Set([]Target{{svc, b, c}})
+	r.Set([]Target{{Service: svc, Backend: b, Check: c}})
 	events := func() []ev { mu.Lock(); defer mu.Unlock(); return append([]ev(nil), got...) }
 	waitFor(t, "5 passing checks", func() bool { return f.count(b) >= 5 })
 	failing.Store(true)
@@ -367,9 +367,9 @@ func TestRunnerSet(t *testing.T) {
 	r := New(Options{NewChecker: f.newChecker})
 	defer r.Close()
 	c := Check{Kind: TCP, Interval: 5 * time.Millisecond, Timeout: 5 * time.Millisecond, Rise: 1, Fall: 1}
-	r.Set([]Target{{svc, a, c}, {svc, b, c}})
+	r.Set([]Target{{Service: svc, Backend: a, Check: c}, {Service: svc, Backend: b, Check: c}})
 	waitFor(t, "both checked", func() bool { return f.count(a) > 2 && f.count(b) > 2 })
-	r.Set([]Target{{svc, a, c}})
+	r.Set([]Target{{Service: svc, Backend: a, Check: c}})
 	if st := r.Status(); len(st) != 1 || st[0].Backend != a {
 		t.Fatalf("status %+v, want only %s", st, a)
 	}
@@ -401,3 +401,31 @@ func (s *syncBuf) String() string {
 }
 
 func newTextLogger(w *syncBuf) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+// TestRunnerStartDown: a target added down is reported down first and
+// comes up after rise passes, not before.
+func TestRunnerStartDown(t *testing.T) {
+	b := netip.MustParseAddrPort("10.0.0.1:80")
+	f := &fakeChecks{calls: map[netip.AddrPort]int{}, fn: map[netip.AddrPort]func(context.Context, int) error{
+		b: func(context.Context, int) error { return nil },
+	}}
+	type ev struct {
+		up bool
+		n  int
+	}
+	var mu sync.Mutex
+	var got []ev
+	r := New(Options{NewChecker: f.newChecker, OnHealth: ObserverFunc(func(_, _ netip.AddrPort, up bool) {
+		mu.Lock()
+		got = append(got, ev{up, f.count(b)})
+		mu.Unlock()
+	})})
+	defer r.Close()
+	r.Set([]Target{{Service: svc, Backend: b, Check: Check{Kind: TCP, Interval: 5 * time.Millisecond, Timeout: 5 * time.Millisecond, Rise: 3, Fall: 1}, StartDown: true}})
+	waitFor(t, "up", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 2 })
+	mu.Lock()
+	defer mu.Unlock()
+	if got[0].up || !got[1].up || got[1].n != 3 {
+		t.Errorf("events %+v, want down (added), then up at the 3rd check", got)
+	}
+}

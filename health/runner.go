@@ -28,6 +28,12 @@ type State struct {
 // NewState is a backend's state before its first check: up.
 func NewState(now time.Time) State { return State{Up: true, Changed: now} }
 
+func newStateFor(t Target, now time.Time) State {
+	s := NewState(now)
+	s.Up = !t.StartDown
+	return s
+}
+
 // Observe records one check's result (nil: passed) and reports whether the
 // verdict changed.
 func (s *State) Observe(err error, rise, fall int, now time.Time) bool {
@@ -61,6 +67,11 @@ type Target struct {
 	Service netip.AddrPort
 	Backend netip.AddrPort
 	Check   Check
+	// StartDown starts a new target down (rise passes bring it up), as
+	// keepalived's alpha does: the daemon sets it for a backend whose
+	// published verdict is down, so a restart does not bring a dead
+	// backend back for fall checks. Read only when the target is added.
+	StartDown bool
 }
 
 // Key names a backend of a service.
@@ -75,7 +86,7 @@ type Status struct {
 }
 
 // Observer is told of every verdict change (and of each backend's first
-// verdict when it is added: up). The Maglev table builder is one.
+// verdict when it is added: up, or down with StartDown). The Maglev table builder is one.
 type Observer interface {
 	OnHealth(service, backend netip.AddrPort, up bool)
 }
@@ -168,8 +179,8 @@ func (r *Runner) emit(k Key, up bool) {
 	}
 }
 
-// Set makes the runner check exactly ts: new targets start (up, first
-// check at once), removed ones stop, and a target whose check changed
+// Set makes the runner check exactly ts: new targets start (up unless
+// StartDown, first check at once), removed ones stop, and a target whose check changed
 // starts over. It returns without waiting for any check.
 func (r *Runner) Set(ts []Target) {
 	want := map[Key]Target{}
@@ -189,7 +200,7 @@ func (r *Runner) Set(ts []Target) {
 			continue
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		w := &worker{t: t, cancel: cancel, done: make(chan struct{}), st: NewState(r.o.Now())}
+		w := &worker{t: t, cancel: cancel, done: make(chan struct{}), st: newStateFor(t, r.o.Now())}
 		r.workers[k] = w
 		r.wg.Add(1)
 		go r.run(ctx, w)
@@ -203,7 +214,7 @@ func (r *Runner) run(ctx context.Context, w *worker) {
 	t := w.t
 	k := Key{t.Service, t.Backend}
 	checker := r.o.NewChecker(t.Check)
-	r.emit(k, true)
+	r.emit(k, !t.StartDown)
 	tick := time.NewTicker(t.Check.Interval)
 	defer tick.Stop()
 	for {
