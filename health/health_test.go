@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -311,16 +313,13 @@ func TestRunnerEvents(t *testing.T) {
 			return nil
 		},
 	}}
-	type ev struct {
-		up bool
-		n  int // checks done when it came
-	}
+	type ev struct{ up bool }
 	var mu sync.Mutex
 	var got []ev
 	var logs syncBuf
 	r := New(Options{NewChecker: f.newChecker, Log: newTextLogger(&logs), OnHealth: ObserverFunc(func(s, bk netip.AddrPort, up bool) {
 		mu.Lock()
-		got = append(got, ev{up, f.count(b)})
+		got = append(got, ev{up})
 		mu.Unlock()
 	})})
 	defer r.Close()
@@ -338,10 +337,16 @@ func TestRunnerEvents(t *testing.T) {
 	if len(e) != 3 || !e[0].up || e[1].up || !e[2].up {
 		t.Fatalf("events %+v, want up (added), down, up", e)
 	}
-	// Down came with the fall-th failing check at the earliest (one may
-	// have been in flight when failing was set).
-	if e[1].n < start+3-1 || e[1].n > start+3+1 {
-		t.Errorf("down at check %d, want about %d (fall 3 after %d)", e[1].n, start+3, start)
+	// Counted from the log, which the check's own goroutine writes: every
+	// check before failing was set passed, so down came at exactly the
+	// fall-th failure, and up at exactly the rise-th pass after it.
+	downC, downF := logCounts(t, logs.String(), "down")
+	upC, upF := logCounts(t, logs.String(), "up")
+	if downF != 3 {
+		t.Errorf("down after %d failures, want fall = 3", downF)
+	}
+	if passes := (upC - downC) - (upF - downF); passes != 2 {
+		t.Errorf("up after %d passes, want rise = 2", passes)
 	}
 	if n := strings.Count(logs.String(), "msg=\"backend down\""); n != 1 {
 		t.Errorf("%d 'backend down' log lines, want 1:\n%s", n, logs.String())
@@ -357,12 +362,20 @@ func TestRunnerEvents(t *testing.T) {
 }
 
 // TestRunnerSet: Set adds, removes and restarts targets; a removed
-// backend's checks stop.
+// backend's checks stop: at most the one its goroutine was starting, and
+// that one with its context already cancelled.
 func TestRunnerSet(t *testing.T) {
 	a, b := netip.MustParseAddrPort("10.0.0.1:80"), netip.MustParseAddrPort("10.0.0.2:80")
+	var removed atomic.Bool
+	var live atomic.Int64 // checks of b after its removal with a live context
 	f := &fakeChecks{calls: map[netip.AddrPort]int{}, fn: map[netip.AddrPort]func(context.Context, int) error{
 		a: func(context.Context, int) error { return nil },
-		b: func(context.Context, int) error { return nil },
+		b: func(ctx context.Context, _ int) error {
+			if removed.Load() && ctx.Err() == nil {
+				live.Add(1)
+			}
+			return nil
+		},
 	}}
 	r := New(Options{NewChecker: f.newChecker})
 	defer r.Close()
@@ -370,16 +383,25 @@ func TestRunnerSet(t *testing.T) {
 	r.Set([]Target{{Service: svc, Backend: a, Check: c}, {Service: svc, Backend: b, Check: c}})
 	waitFor(t, "both checked", func() bool { return f.count(a) > 2 && f.count(b) > 2 })
 	r.Set([]Target{{Service: svc, Backend: a, Check: c}})
+	removed.Store(true)
+	nb := f.count(b)
 	if st := r.Status(); len(st) != 1 || st[0].Backend != a {
 		t.Fatalf("status %+v, want only %s", st, a)
 	}
-	// b's last check may be in flight; after it, no more.
-	time.Sleep(20 * time.Millisecond)
-	nb := f.count(b)
 	na := f.count(a)
-	waitFor(t, "a checked 10 more times", func() bool { return f.count(a) >= na+10 })
-	if f.count(b) != nb {
-		t.Errorf("removed backend checked %d more times", f.count(b)-nb)
+	waitFor(t, "a checked 20 more times", func() bool { return f.count(a) >= na+20 })
+	if d := f.count(b) - nb; d > 1 {
+		t.Errorf("removed backend checked %d more times, want at most the one in flight", d)
+	}
+	if n := live.Load(); n != 0 {
+		t.Errorf("%d checks of the removed backend with a live context", n)
+	}
+	// A changed check restarts the target: a fresh state.
+	c2 := c
+	c2.Rise = 2
+	r.Set([]Target{{Service: svc, Backend: a, Check: c2}})
+	if st := r.Status(); len(st) != 1 || st[0].Checks > 1 {
+		t.Errorf("status after a changed check %+v, want a fresh state", st)
 	}
 }
 
@@ -409,15 +431,12 @@ func TestRunnerStartDown(t *testing.T) {
 	f := &fakeChecks{calls: map[netip.AddrPort]int{}, fn: map[netip.AddrPort]func(context.Context, int) error{
 		b: func(context.Context, int) error { return nil },
 	}}
-	type ev struct {
-		up bool
-		n  int
-	}
 	var mu sync.Mutex
-	var got []ev
-	r := New(Options{NewChecker: f.newChecker, OnHealth: ObserverFunc(func(_, _ netip.AddrPort, up bool) {
+	var got []bool
+	var logs syncBuf
+	r := New(Options{NewChecker: f.newChecker, Log: newTextLogger(&logs), OnHealth: ObserverFunc(func(_, _ netip.AddrPort, up bool) {
 		mu.Lock()
-		got = append(got, ev{up, f.count(b)})
+		got = append(got, up)
 		mu.Unlock()
 	})})
 	defer r.Close()
@@ -425,7 +444,30 @@ func TestRunnerStartDown(t *testing.T) {
 	waitFor(t, "up", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 2 })
 	mu.Lock()
 	defer mu.Unlock()
-	if got[0].up || !got[1].up || got[1].n != 3 {
-		t.Errorf("events %+v, want down (added), then up at the 3rd check", got)
+	if got[0] || !got[1] {
+		t.Errorf("events %v, want down (added), then up", got)
 	}
+	if c, _ := logCounts(t, logs.String(), "up"); c != 3 {
+		t.Errorf("up at check %d, want the 3rd (rise)", c)
+	}
+}
+
+var countsRE = regexp.MustCompile(`msg="backend (down|up)".* checks=(\d+) failed=(\d+)`)
+
+// logCounts are the checks and failed counts of the one log line of the
+// event (down or up).
+func logCounts(t *testing.T, log, event string) (checks, failed int) {
+	t.Helper()
+	n := 0
+	for _, m := range countsRE.FindAllStringSubmatch(log, -1) {
+		if m[1] == event {
+			checks, _ = strconv.Atoi(m[2])
+			failed, _ = strconv.Atoi(m[3])
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d %q lines in the log, want 1:\n%s", n, event, log)
+	}
+	return checks, failed
 }
