@@ -38,9 +38,11 @@ func healthDaemon(t *testing.T, h *lab.Host, args ...string) func() string {
 		cmd.Wait()
 	})
 	read := func() string { mu.Lock(); defer mu.Unlock(); return log.String() }
-	for deadline := time.Now().Add(30 * time.Second); !strings.Contains(read(), "daemon running"); time.Sleep(20 * time.Millisecond) {
+	// Loading the SYN proxy alone takes about 20 s in the TCG VM.
+	bound := min(30*time.Duration(scaleOf()), 180) * time.Second
+	for deadline := time.Now().Add(bound); !strings.Contains(read(), "daemon running"); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatalf("daemon on %s not running after 30 s:\n%s", h.Name, read())
+			t.Fatalf("daemon on %s not running after %s:\n%s", h.Name, bound, read())
 		}
 	}
 	return read
@@ -79,6 +81,14 @@ func httpBackend(t *testing.T, h *lab.Host) (stop func()) {
 	stop = func() { once.Do(func() { srv.Close() }) }
 	t.Cleanup(stop)
 	return stop
+}
+
+// scaleOf is TANDEM_TEST_SCALE (testScale without its log line).
+func scaleOf() int {
+	if s, err := strconv.Atoi(os.Getenv("TANDEM_TEST_SCALE")); err == nil && s > 1 {
+		return s
+	}
+	return 1
 }
 
 var healthEventRE = regexp.MustCompile(`msg="backend (down|up)".*backend=(\S+).*checks=(\d+) failed=(\d+)`)
