@@ -39,7 +39,7 @@ type healthd struct {
 	obs      health.Observer
 	runner   *health.Runner
 	hm       *maps.HealthMaps
-	p        *loader.Proxy
+	p        serviceLister
 
 	mu      sync.Mutex
 	owner   bool
@@ -66,12 +66,24 @@ func newHealthd(c Config, owner bool, obs health.Observer, log *slog.Logger) (*h
 		p.Close()
 		return nil, fmt.Errorf("health checks: %w", err)
 	}
+	return startHealthd(c, owner, obs, log, p, hm, nil), nil
+}
+
+// serviceLister reads the services (loader.Proxy; tests fake it).
+type serviceLister interface {
+	ListServices() ([]maps.Service, error)
+	Close()
+}
+
+// startHealthd starts the checks on open maps; newChecker nil: the real
+// checkers (tests fake them).
+func startHealthd(c Config, owner bool, obs health.Observer, log *slog.Logger, p serviceLister, hm *maps.HealthMaps, newChecker func(health.Check) health.Checker) *healthd {
 	h := &healthd{log: log, stateDir: c.StateDir, checks: c.Health, obs: obs, hm: hm, p: p, owner: owner,
 		targets: map[health.Key]health.Check{}, own: map[health.Key]bool{}, inUse: map[health.Key]bool{},
 		source: map[health.Key]string{}, events: map[string]uint64{}}
-	h.runner = health.New(health.Options{Log: log, OnHealth: health.ObserverFunc(h.ownVerdict)})
+	h.runner = health.New(health.Options{Log: log, OnHealth: health.ObserverFunc(h.ownVerdict), NewChecker: newChecker})
 	h.tick(time.Now())
-	return h, nil
+	return h
 }
 
 // ownVerdict is the runner's report of this host's verdict (its own
