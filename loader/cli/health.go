@@ -16,28 +16,31 @@ import (
 // status file in stateDir (its checks and the verdict it uses), else from
 // the published verdicts in sp_health (no check details: no daemon runs
 // checks here, or it has not written its status yet).
-func addHealth(svcs []ServiceStatus, stateDir string, pins maps.Pins) error {
+// It returns when the daemon wrote its status (zero: none read).
+func addHealth(svcs []ServiceStatus, stateDir string, pins maps.Pins) (time.Time, error) {
 	byKey := map[health.Key]health.BackendStatus{}
 	st, err := health.ReadStatus(stateDir)
 	if err != nil {
-		return err
+		return time.Time{}, err
 	}
+	var updated time.Time
 	if st != nil {
+		updated = st.Updated
 		for _, b := range st.Backends {
 			byKey[health.Key{Service: b.Service, Backend: b.Backend}] = b
 		}
 	} else {
 		hm, err := maps.OpenHealth(pins)
 		if errors.Is(err, maps.ErrHealthNotLoaded) {
-			return nil
+			return updated, nil
 		}
 		if err != nil {
-			return err
+			return updated, err
 		}
 		defer hm.Close()
 		vs, err := hm.List()
 		if err != nil {
-			return err
+			return updated, err
 		}
 		for _, v := range vs {
 			byKey[health.Key{Service: v.Service, Backend: v.Backend}] = health.BackendStatus{Service: v.Service, Backend: v.Backend,
@@ -51,14 +54,14 @@ func addHealth(svcs []ServiceStatus, stateDir string, pins maps.Pins) error {
 			}
 		}
 	}
-	return nil
+	return updated, nil
 }
 
 func unmap(a netip.AddrPort) netip.AddrPort { return netip.AddrPortFrom(a.Addr().Unmap(), a.Port()) }
 
 // printHealth is service list's backend table; nothing when no service
 // has health checks.
-func printHealth(w io.Writer, svcs []ServiceStatus, now time.Time) {
+func printHealth(w io.Writer, svcs []ServiceStatus, updated, now time.Time) {
 	n := 0
 	for _, s := range svcs {
 		n += len(s.Health)
@@ -93,4 +96,8 @@ func printHealth(w io.Writer, svcs []ServiceStatus, now time.Time) {
 		}
 	}
 	tw.Flush()
+	// The daemon rewrites its status every second.
+	if !updated.IsZero() && now.Sub(updated) > 10*time.Second {
+		fmt.Fprintf(w, "note: the daemon's health status is %s old: is the daemon running (tandem status)?\n", now.Sub(updated).Round(time.Second))
+	}
 }

@@ -125,14 +125,15 @@ func runService(env Env, opts any, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := addHealth(ps.Services, c.StateDir, o.Pins); err != nil {
+	updated, err := addHealth(ps.Services, c.StateDir, o.Pins)
+	if err != nil {
 		return err
 	}
 	if f.json {
 		return writeJSON(env.Stdout, ps.Services)
 	}
 	printServices(env.Stdout, ps.Services)
-	printHealth(env.Stdout, ps.Services, time.Now())
+	printHealth(env.Stdout, ps.Services, updated, time.Now())
 	return nil
 }
 
