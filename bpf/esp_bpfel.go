@@ -165,6 +165,7 @@ const (
 	EspSyncMapIdSYNC_MAP_ENDPOINT  EspSyncMapId = 3
 	EspSyncMapIdSYNC_MAP_MIGRATION EspSyncMapId = 4
 	EspSyncMapIdSYNC_MAP_SA        EspSyncMapId = 5
+	EspSyncMapIdSYNC_MAP_HEALTH    EspSyncMapId = 6
 )
 
 type EspSyncRec struct {

@@ -61,6 +61,7 @@ const (
 	EsptraceSyncMapIdSYNC_MAP_ENDPOINT  EsptraceSyncMapId = 3
 	EsptraceSyncMapIdSYNC_MAP_MIGRATION EsptraceSyncMapId = 4
 	EsptraceSyncMapIdSYNC_MAP_SA        EsptraceSyncMapId = 5
+	EsptraceSyncMapIdSYNC_MAP_HEALTH    EsptraceSyncMapId = 6
 )
 
 type EsptraceSyncRec struct {

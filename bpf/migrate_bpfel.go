@@ -223,6 +223,7 @@ const (
 	MigrateSyncMapIdSYNC_MAP_ENDPOINT  MigrateSyncMapId = 3
 	MigrateSyncMapIdSYNC_MAP_MIGRATION MigrateSyncMapId = 4
 	MigrateSyncMapIdSYNC_MAP_SA        MigrateSyncMapId = 5
+	MigrateSyncMapIdSYNC_MAP_HEALTH    MigrateSyncMapId = 6
 )
 
 type MigrateSyncRec struct {

@@ -27,6 +27,7 @@ const (
 	SyncSyncMapIdSYNC_MAP_ENDPOINT  SyncSyncMapId = 3
 	SyncSyncMapIdSYNC_MAP_MIGRATION SyncSyncMapId = 4
 	SyncSyncMapIdSYNC_MAP_SA        SyncSyncMapId = 5
+	SyncSyncMapIdSYNC_MAP_HEALTH    SyncSyncMapId = 6
 )
 
 type SyncSyncOp uint32

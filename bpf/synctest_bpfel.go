@@ -36,6 +36,7 @@ const (
 	SynctestSyncMapIdSYNC_MAP_ENDPOINT  SynctestSyncMapId = 3
 	SynctestSyncMapIdSYNC_MAP_MIGRATION SynctestSyncMapId = 4
 	SynctestSyncMapIdSYNC_MAP_SA        SynctestSyncMapId = 5
+	SynctestSyncMapIdSYNC_MAP_HEALTH    SynctestSyncMapId = 6
 )
 
 type SynctestSyncOp uint32

@@ -44,6 +44,7 @@
 #include "synproxy/established.h"
 #include "synproxy/icmp.h"
 #include "synproxy/expire.h"
+#include "synproxy/health.h"
 
 /* sp_claim answers a frame the proxy handled: a rewritten segment left to
  * the kernel (FWD_KERNEL) is XDP_PASS to the hook, yet the proxy's. */

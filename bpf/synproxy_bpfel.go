@@ -187,6 +187,45 @@ type SynproxyExpireArgs struct {
 	Pad           uint32
 }
 
+type SynproxyHealthCmd struct {
+	_         structs.HostLayout
+	Key       SynproxyHealthKey
+	Op        uint32
+	Up        uint32
+	ChangedNs uint64
+	Ret       int32
+	Pad       uint32
+}
+
+type SynproxyHealthKey struct {
+	_     structs.HostLayout
+	Vaddr [16]uint8
+	Baddr [16]uint8
+	Vport uint16
+	Bport uint16
+	Proto uint8
+	Pad   [3]uint8
+}
+
+type SynproxyHealthOp uint32
+
+const (
+	SynproxyHealthOpHEALTH_OP_SET SynproxyHealthOp = 1
+	SynproxyHealthOpHEALTH_OP_DEL SynproxyHealthOp = 2
+)
+
+type SynproxyHealthVal struct {
+	_    structs.HostLayout
+	Sync struct {
+		_           structs.HostLayout
+		Version     uint64
+		QueuedEpoch uint64
+	}
+	Up        uint8
+	Pad       [7]uint8
+	ChangedNs uint64
+}
+
 type SynproxyRevVal struct {
 	_     structs.HostLayout
 	Vaddr [16]uint8
@@ -355,6 +394,15 @@ type SynproxySyncIoSpConns struct {
 	Vals  [1024]SynproxyConnVal
 }
 
+type SynproxySyncIoSpHealth struct {
+	_     structs.HostLayout
+	N     uint32
+	Flags uint32
+	Keys  [1024]SynproxyHealthKey
+	Found [1024]uint32
+	Vals  [1024]SynproxyHealthVal
+}
+
 type SynproxySyncMapId uint32
 
 const (
@@ -363,6 +411,7 @@ const (
 	SynproxySyncMapIdSYNC_MAP_ENDPOINT  SynproxySyncMapId = 3
 	SynproxySyncMapIdSYNC_MAP_MIGRATION SynproxySyncMapId = 4
 	SynproxySyncMapIdSYNC_MAP_SA        SynproxySyncMapId = 5
+	SynproxySyncMapIdSYNC_MAP_HEALTH    SynproxySyncMapId = 6
 )
 
 type SynproxySyncRec struct {
@@ -398,6 +447,7 @@ const (
 	SynproxyMapSpBackends         = "sp_backends"
 	SynproxyMapSpConns            = "sp_conns"
 	SynproxyMapSpCookieKeys       = "sp_cookie_keys"
+	SynproxyMapSpHealth           = "sp_health"
 	SynproxyMapSpLocal            = "sp_local"
 	SynproxyMapSpMaglev           = "sp_maglev"
 	SynproxyMapSpScratch          = "sp_scratch"
@@ -406,12 +456,16 @@ const (
 	SynproxyMapSpSvcStats         = "sp_svc_stats"
 	SynproxyMapSyncEpoch          = "sync_epoch"
 	SynproxyMapSyncIoSpConns      = "sync_io_sp_conns"
+	SynproxyMapSyncIoSpHealth     = "sync_io_sp_health"
 	SynproxyMapSyncOverflow       = "sync_overflow"
 	SynproxyMapSyncRings          = "sync_rings"
 	SynproxyMapVipGate            = "vip_gate"
 	SynproxyProgSpExpire          = "sp_expire"
+	SynproxyProgSpHealthCtl       = "sp_health_ctl"
 	SynproxyProgSyncReadSpConns   = "sync_read_sp_conns"
+	SynproxyProgSyncReadSpHealth  = "sync_read_sp_health"
 	SynproxyProgSyncWriteSpConns  = "sync_write_sp_conns"
+	SynproxyProgSyncWriteSpHealth = "sync_write_sp_health"
 	SynproxyProgTcSynproxy        = "tc_synproxy"
 	SynproxyProgXdpSynproxy       = "xdp_synproxy"
 	SynproxyVarBackendFlagsLayout = "backend_flags_layout"
@@ -424,6 +478,7 @@ const (
 	SynproxyVarChainStageLayout   = "chain_stage_layout"
 	SynproxyVarChainVipLayout     = "chain_vip_layout"
 	SynproxyVarConnStateLayout    = "conn_state_layout"
+	SynproxyVarHealthOpLayout     = "health_op_layout"
 	SynproxyVarSpStatLayout       = "sp_stat_layout"
 	SynproxyVarSyncMapIdLayout    = "sync_map_id_layout"
 	SynproxyVarSyncRecLayout      = "sync_rec_layout"
@@ -471,11 +526,14 @@ type SynproxySpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type SynproxyProgramSpecs struct {
-	SpExpire         *ebpf.ProgramSpec `ebpf:"sp_expire"`
-	SyncReadSpConns  *ebpf.ProgramSpec `ebpf:"sync_read_sp_conns"`
-	SyncWriteSpConns *ebpf.ProgramSpec `ebpf:"sync_write_sp_conns"`
-	TcSynproxy       *ebpf.ProgramSpec `ebpf:"tc_synproxy"`
-	XdpSynproxy      *ebpf.ProgramSpec `ebpf:"xdp_synproxy"`
+	SpExpire          *ebpf.ProgramSpec `ebpf:"sp_expire"`
+	SpHealthCtl       *ebpf.ProgramSpec `ebpf:"sp_health_ctl"`
+	SyncReadSpConns   *ebpf.ProgramSpec `ebpf:"sync_read_sp_conns"`
+	SyncReadSpHealth  *ebpf.ProgramSpec `ebpf:"sync_read_sp_health"`
+	SyncWriteSpConns  *ebpf.ProgramSpec `ebpf:"sync_write_sp_conns"`
+	SyncWriteSpHealth *ebpf.ProgramSpec `ebpf:"sync_write_sp_health"`
+	TcSynproxy        *ebpf.ProgramSpec `ebpf:"tc_synproxy"`
+	XdpSynproxy       *ebpf.ProgramSpec `ebpf:"xdp_synproxy"`
 }
 
 // SynproxyMapSpecs contains maps before they are loaded into the kernel.
@@ -492,6 +550,7 @@ type SynproxyMapSpecs struct {
 	SpBackends     *ebpf.MapSpec `ebpf:"sp_backends"`
 	SpConns        *ebpf.MapSpec `ebpf:"sp_conns"`
 	SpCookieKeys   *ebpf.MapSpec `ebpf:"sp_cookie_keys"`
+	SpHealth       *ebpf.MapSpec `ebpf:"sp_health"`
 	SpLocal        *ebpf.MapSpec `ebpf:"sp_local"`
 	SpMaglev       *ebpf.MapSpec `ebpf:"sp_maglev"`
 	SpScratch      *ebpf.MapSpec `ebpf:"sp_scratch"`
@@ -500,6 +559,7 @@ type SynproxyMapSpecs struct {
 	SpSvcStats     *ebpf.MapSpec `ebpf:"sp_svc_stats"`
 	SyncEpoch      *ebpf.MapSpec `ebpf:"sync_epoch"`
 	SyncIoSpConns  *ebpf.MapSpec `ebpf:"sync_io_sp_conns"`
+	SyncIoSpHealth *ebpf.MapSpec `ebpf:"sync_io_sp_health"`
 	SyncOverflow   *ebpf.MapSpec `ebpf:"sync_overflow"`
 	SyncRings      *ebpf.MapSpec `ebpf:"sync_rings"`
 	VipGate        *ebpf.MapSpec `ebpf:"vip_gate"`
@@ -519,6 +579,7 @@ type SynproxyVariableSpecs struct {
 	ChainStageLayout   *ebpf.VariableSpec `ebpf:"chain_stage_layout"`
 	ChainVipLayout     *ebpf.VariableSpec `ebpf:"chain_vip_layout"`
 	ConnStateLayout    *ebpf.VariableSpec `ebpf:"conn_state_layout"`
+	HealthOpLayout     *ebpf.VariableSpec `ebpf:"health_op_layout"`
 	SpStatLayout       *ebpf.VariableSpec `ebpf:"sp_stat_layout"`
 	SyncMapIdLayout    *ebpf.VariableSpec `ebpf:"sync_map_id_layout"`
 	SyncRecLayout      *ebpf.VariableSpec `ebpf:"sync_rec_layout"`
@@ -554,6 +615,7 @@ type SynproxyMaps struct {
 	SpBackends     *ebpf.Map `ebpf:"sp_backends"`
 	SpConns        *ebpf.Map `ebpf:"sp_conns"`
 	SpCookieKeys   *ebpf.Map `ebpf:"sp_cookie_keys"`
+	SpHealth       *ebpf.Map `ebpf:"sp_health"`
 	SpLocal        *ebpf.Map `ebpf:"sp_local"`
 	SpMaglev       *ebpf.Map `ebpf:"sp_maglev"`
 	SpScratch      *ebpf.Map `ebpf:"sp_scratch"`
@@ -562,6 +624,7 @@ type SynproxyMaps struct {
 	SpSvcStats     *ebpf.Map `ebpf:"sp_svc_stats"`
 	SyncEpoch      *ebpf.Map `ebpf:"sync_epoch"`
 	SyncIoSpConns  *ebpf.Map `ebpf:"sync_io_sp_conns"`
+	SyncIoSpHealth *ebpf.Map `ebpf:"sync_io_sp_health"`
 	SyncOverflow   *ebpf.Map `ebpf:"sync_overflow"`
 	SyncRings      *ebpf.Map `ebpf:"sync_rings"`
 	VipGate        *ebpf.Map `ebpf:"vip_gate"`
@@ -579,6 +642,7 @@ func (m *SynproxyMaps) Close() error {
 		m.SpBackends,
 		m.SpConns,
 		m.SpCookieKeys,
+		m.SpHealth,
 		m.SpLocal,
 		m.SpMaglev,
 		m.SpScratch,
@@ -587,6 +651,7 @@ func (m *SynproxyMaps) Close() error {
 		m.SpSvcStats,
 		m.SyncEpoch,
 		m.SyncIoSpConns,
+		m.SyncIoSpHealth,
 		m.SyncOverflow,
 		m.SyncRings,
 		m.VipGate,
@@ -607,6 +672,7 @@ type SynproxyVariables struct {
 	ChainStageLayout   *ebpf.Variable `ebpf:"chain_stage_layout"`
 	ChainVipLayout     *ebpf.Variable `ebpf:"chain_vip_layout"`
 	ConnStateLayout    *ebpf.Variable `ebpf:"conn_state_layout"`
+	HealthOpLayout     *ebpf.Variable `ebpf:"health_op_layout"`
 	SpStatLayout       *ebpf.Variable `ebpf:"sp_stat_layout"`
 	SyncMapIdLayout    *ebpf.Variable `ebpf:"sync_map_id_layout"`
 	SyncRecLayout      *ebpf.Variable `ebpf:"sync_rec_layout"`
@@ -616,18 +682,24 @@ type SynproxyVariables struct {
 //
 // It can be passed to LoadSynproxyObjects or ebpf.CollectionSpec.LoadAndAssign.
 type SynproxyPrograms struct {
-	SpExpire         *ebpf.Program `ebpf:"sp_expire"`
-	SyncReadSpConns  *ebpf.Program `ebpf:"sync_read_sp_conns"`
-	SyncWriteSpConns *ebpf.Program `ebpf:"sync_write_sp_conns"`
-	TcSynproxy       *ebpf.Program `ebpf:"tc_synproxy"`
-	XdpSynproxy      *ebpf.Program `ebpf:"xdp_synproxy"`
+	SpExpire          *ebpf.Program `ebpf:"sp_expire"`
+	SpHealthCtl       *ebpf.Program `ebpf:"sp_health_ctl"`
+	SyncReadSpConns   *ebpf.Program `ebpf:"sync_read_sp_conns"`
+	SyncReadSpHealth  *ebpf.Program `ebpf:"sync_read_sp_health"`
+	SyncWriteSpConns  *ebpf.Program `ebpf:"sync_write_sp_conns"`
+	SyncWriteSpHealth *ebpf.Program `ebpf:"sync_write_sp_health"`
+	TcSynproxy        *ebpf.Program `ebpf:"tc_synproxy"`
+	XdpSynproxy       *ebpf.Program `ebpf:"xdp_synproxy"`
 }
 
 func (p *SynproxyPrograms) Close() error {
 	return _SynproxyClose(
 		p.SpExpire,
+		p.SpHealthCtl,
 		p.SyncReadSpConns,
+		p.SyncReadSpHealth,
 		p.SyncWriteSpConns,
+		p.SyncWriteSpHealth,
 		p.TcSynproxy,
 		p.XdpSynproxy,
 	)

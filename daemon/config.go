@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tandem-net/tandem/health"
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/migrate/remote"
 	"github.com/tandem-net/tandem/syncer"
@@ -33,6 +34,13 @@ type Config struct {
 	Sync          SyncOptions
 	Elect         ElectOptions
 	Migrate       MigrateOptions
+	// Health are the backend checks, by service VIP:port ([proxy.service]
+	// check, --health-check); healthd runs them.
+	Health map[netip.AddrPort]health.Check
+	// HealthObserver is told each backend's verdict in use (health.go's
+	// healthd): the backend choice is built from it. Not from the config
+	// file: the code that builds the choice sets it.
+	HealthObserver health.Observer
 }
 
 // MigrateOptions configure the migration control listener: drivers of
@@ -147,6 +155,9 @@ func (c *Config) applyFile(fc *loader.FileConfig) error {
 	set(&c.Migrate.Listen, fc.Migrate.Listen)
 	if len(fc.Migrate.Clients) > 0 {
 		c.Migrate.Clients = slices.Clone(fc.Migrate.Clients)
+	}
+	if err := c.applyHealthFile(fc); err != nil {
+		return err
 	}
 	return applyElect(fc.Election, &c.Elect)
 }

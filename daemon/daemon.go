@@ -33,6 +33,7 @@ type Daemon struct {
 	vd   *vipd
 	md   *migrated
 	mr   *migremote
+	hd   atomic.Pointer[healthd] // nil: no health checks; read by the metrics endpoint
 
 	reloads   chan reload
 	done      chan struct{}          // closed when Run returns
@@ -62,6 +63,7 @@ func New(cfg Config) (*Daemon, error) {
 	d.mr = newMigremote(d.log)
 	d.sd.gather(d.mr.reg)
 	d.sd.gather(newBackendMetrics(pinnedProxy(cfg.Datapath.Pins)).registry())
+	d.sd.gather(healthRegistry(d))
 	if err := d.sd.apply(cfg); err != nil {
 		d.sd.close()
 		return nil, err
@@ -71,13 +73,22 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d.pk.tick(time.Now())
+	hd, err := newHealthd(cfg, healthOwner(cfg, d.sd.primary), cfg.HealthObserver, d.log)
+	if err != nil {
+		d.pk.close()
+		d.sd.close()
+		return nil, err
+	}
+	d.hd.Store(hd)
 	if d.vd, err = newVipd(cfg, d.sd, d.log, d.lastReloadError); err != nil {
+		d.hd.Load().close()
 		d.pk.close()
 		d.sd.close()
 		return nil, err
 	}
 	if d.md, err = newMigrated(cfg, d.log); err != nil {
 		d.vd.close()
+		d.hd.Load().close()
 		d.pk.close()
 		d.sd.close()
 		return nil, err
@@ -88,6 +99,7 @@ func New(cfg Config) (*Daemon, error) {
 	if err := d.mr.apply(d.cfg); err != nil {
 		d.md.close()
 		d.vd.close()
+		d.hd.Load().close()
 		d.pk.close()
 		d.sd.close()
 		return nil, err
@@ -104,6 +116,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.mr.close() // before md: it drives md's controller
 		d.md.close()
 		d.vd.close()
+		d.hd.Load().close()
 		d.pk.close()
 		d.sd.close()
 	}()
@@ -117,6 +130,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		select {
 		case now := <-upkeep.C:
 			d.pk.tick(now)
+			d.hd.Load().tick(now)
 		case <-ctx.Done():
 			log.Info("daemon stopping; the datapath keeps running")
 			return nil
@@ -127,6 +141,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 				log.Error("sync role", "primary", primary, "err", err)
 			}
 			d.md.setActive(primary, log)
+			d.hd.Load().setOwner(healthOwner(d.cfg, primary))
 		case r := <-d.reloads:
 			err := d.reload(r.cfg)
 			if err != nil {
@@ -187,7 +202,14 @@ func (d *Daemon) reload(no Config) error {
 		d.pk.close()
 		d.pk = npk
 	}
+	if err := d.reloadHealth(no); err != nil {
+		log.Error("reload: health checks; the running checks carry on", "err", err)
+		errs = append(errs, fmt.Errorf("health checks: %w", err))
+	}
 	no.Migrate.Controller = d.cfg.Migrate.Controller
+	if no.HealthObserver == nil {
+		no.HealthObserver = d.cfg.HealthObserver
+	}
 	if err := d.mr.apply(no); err != nil {
 		log.Error("reload: migration control; the running listener carries on", "err", err)
 		errs = append(errs, fmt.Errorf("migration control: %w", err))

@@ -10,6 +10,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/tandem-net/tandem/health"
 	"github.com/tandem-net/tandem/maps"
 )
 
@@ -58,6 +59,11 @@ import (
 //	[[proxy.service]]
 //	vip      = "192.0.2.10:443"
 //	backends = ["10.2.0.11:443", "10.2.0.12:443@2"] # ADDR:PORT[@WEIGHT]: weight 1 by default, 0 drains
+//	[proxy.service.check]              # backend health checks (docs/synproxy.md, "Health checks")
+//	type     = "http"                  # tcp, http, https or command
+//	path     = "/healthz"              # http(s): GET this; up when the status is 200 (status = N)
+//	interval = "2s"                    # timeout = "1s", rise = 2, fall = 3, insecure = false,
+//	                                   # host = "", command = ["/usr/local/bin/check"]
 //
 //	[esp]                              # the ESP anti-replay filter (docs/sa.md)
 //	interfaces  = ["eth1"]             # where inbound ESP arrives (may include the gate's)
@@ -135,6 +141,9 @@ type ProxyConfig struct {
 type ServiceConfig struct {
 	VIP      string   `toml:"vip"`
 	Backends []string `toml:"backends"`
+	// Check is the backends' health check ([proxy.service.check]); the
+	// daemon runs it (daemon.Config.Health).
+	Check *health.Config `toml:"check"`
 }
 
 // SyncConfig is the [sync] table.

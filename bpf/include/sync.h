@@ -40,6 +40,7 @@ enum sync_map_id {
 	SYNC_MAP_ENDPOINT = 3,  /* migrate.c's endpoint locations (issue 13) */
 	SYNC_MAP_MIGRATION = 4, /* migrate.c's migrations in progress (issue 13) */
 	SYNC_MAP_SA = 5,        /* esp.c's SA replay state (issue 14) */
+	SYNC_MAP_HEALTH = 6,    /* synproxy.c's sp_health: backend verdicts (issue 17) */
 };
 
 enum sync_op {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/tandem-net/tandem/health"
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/maps"
 )
@@ -37,8 +38,12 @@ whatever the table says.
   list   the services and their counters (SYNs answered, cookie ACKs,
          backend handshakes completed and failed, segments and payload
          bytes each way), then each backend: weight, state (active or
-         drained), health (unchecked until health checks run), share of
-         the table, new connections; --json for scripts
+         drained), health, share of the table, new connections; and each
+         checked backend's health detail: the verdict in use and where it
+         comes from (own checks, or the owner's while this host is a
+         standby), this host's own checks' verdict, the last check, checks
+         and failures, the last error (from the daemon's status in
+         --state-dir); --json for scripts
   add    adds a service or replaces its backends (BACKEND:PORT@WEIGHT,
          weight 1 by default, 0 drains); connections already open keep
          their backend
@@ -190,10 +195,15 @@ func runService(env Env, opts any, args []string) error {
 	if err != nil {
 		return err
 	}
+	updated, err := addHealth(ps.Services, c.StateDir, o.Pins)
+	if err != nil {
+		return err
+	}
 	if f.json {
 		return writeJSON(env.Stdout, ps.Services)
 	}
 	printServices(env.Stdout, ps.Services)
+	printHealth(env.Stdout, ps.Services, updated, time.Now())
 	return nil
 }
 
@@ -203,6 +213,8 @@ type ServiceStatus struct {
 	Counters maps.SvcCounters `json:"counters"`
 	// Each backend's weight, health, table share and new connections.
 	BackendStates []maps.BackendState `json:"backend_states"`
+	// Health: each checked backend's verdict and last check (health.go).
+	Health []health.BackendStatus `json:"health,omitempty"`
 }
 
 // ProxyStatus is the SYN proxy part of tandem status.
@@ -227,7 +239,7 @@ func readProxyStatus(p *loader.Proxy) (*ProxyStatus, error) {
 		if err != nil {
 			return nil, err
 		}
-		ps.Services = append(ps.Services, ServiceStatus{s, c, bs})
+		ps.Services = append(ps.Services, ServiceStatus{Service: s, Counters: c, BackendStates: bs})
 	}
 	if ps.Connections, err = p.ConnCounts(); err != nil {
 		return nil, fmt.Errorf("count connections: %w", err)

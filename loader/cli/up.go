@@ -99,6 +99,12 @@ every 64 s (a cookie stays valid one period more) and expires idle
 connection entries. Connection entries are replicated by --sync-role.
 Partial checksums from local sockets on veths (tx offload) cannot be
 translated: turn tx offload off on such endpoints (ethtool -K DEV tx off).
+--health-check VIP:PORT=KIND checks the service's backends (tcp connect,
+http or https GET, or a command; interval, timeout, rise, fall): a backend
+goes down after fall failures in a row and comes back after rise passes,
+each change logged once ("backend down", "backend up"). The owner's
+verdicts are replicated by --sync-role; a standby uses them until it owns.
+tandem service list shows each backend's health.
 
 ESP filter: --esp-iface adds the ESP anti-replay stage to the interface's
 XDP chain: ESP (protocol 50, or UDP 4500) whose sequence number is a replay
@@ -125,6 +131,7 @@ connections idle past their deadlines are closed. docs/migration.md.`,
   tandem up -i eth0 --sync-role auto --sync-name gw-a --migrate-listen 10.9.0.1:7402 --migrate-clients hv-1,hv-2
   tandem up -i eth1 --vip 192.0.2.10 --proxy-iface eth1,eth2 --proxy-secret /etc/tandem/cookie.key --service 192.0.2.10:443=10.2.0.11:443
   tandem up -i eth0 --vip 192.0.2.10 --esp-iface eth0
+  tandem up --proxy-iface eth1,eth2 --proxy-secret /etc/tandem/cookie.key --service 192.0.2.10:80=10.2.0.11:80,10.2.0.12:80 --health-check '192.0.2.10:80=http,path=/healthz,interval=1s,fall=3,rise=2'
 `,
 		flags: func(fs *pflag.FlagSet) any {
 			f := &upFlags{rootFlags: addRootFlags(fs)}
@@ -156,6 +163,7 @@ connections idle past their deadlines are closed. docs/migration.md.`,
 			fs.StringVar(&f.elect.Secret, "vip-secret", "", "file with the pair's shared secret the adverts are signed with (default: --proxy-secret; mode 0600 or stricter)")
 			fs.String("migrate-listen", "", "accept migration steps from drivers (tandem migrate follow) on ADDR:PORT, TLS 1.3 with --sync-certs' CA; empty: none")
 			fs.StringSlice("migrate-clients", nil, "certificate names (of --sync-certs' CA) allowed to drive migrations over --migrate-listen, NAME,...; everyone else is refused")
+			fs.StringArray("health-check", nil, "check the backends of service VIP:PORT: VIP:PORT=KIND[,interval=2s,timeout=1s,rise=2,fall=3,path=/,status=200,host=H,insecure,cmd=PATH ARGS] with KIND tcp, http, https or command (repeat; docs/synproxy.md)")
 			fs.String("control-group", "", "group whose members may use tandem vip (the control socket) besides root; default: root only")
 			// Each datapath feature defines its own flags (loader.Register).
 			for _, ft := range loader.Features() {
@@ -226,6 +234,14 @@ func (f *upFlags) config() (daemon.Config, error) {
 		for _, n := range cl {
 			if n = strings.TrimSpace(n); n != "" {
 				c.Migrate.Clients = append(c.Migrate.Clients, n)
+			}
+		}
+	}
+	if fs.Changed("health-check") {
+		checks, _ := fs.GetStringArray("health-check")
+		for _, hc := range checks {
+			if err := c.ParseHealthFlag(hc); err != nil {
+				return c, usageError{err.Error()}
 			}
 		}
 	}
@@ -331,6 +347,11 @@ func upUnderDaemon(env Env, c daemon.Config, served *daemon.ServedError) error {
 	fmt.Fprintf(env.Stdout, "%s already serves %s; it carries on with the new programs\n", who, root)
 	if served.Info == nil {
 		fmt.Fprintln(env.Stdout, "note: its options could not be read; sync, metrics, election and state-dir options of this up were not applied")
+	}
+	if len(c.Health) > 0 {
+		// The checks are the daemon's: it reads them at its start and on
+		// SIGHUP (its own flags and the config file), not from this up.
+		fmt.Fprintf(env.Stdout, "note: the daemon keeps its health checks; kill -HUP %d applies the config file's [proxy.service.check], a restart new --health-check flags\n", pid)
 	}
 	return nil
 }
