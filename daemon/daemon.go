@@ -33,6 +33,7 @@ type Daemon struct {
 	vd   *vipd
 	md   *migrated
 	mr   *migremote
+	ed   *espd // the IPsec SAs' replay state (daemon/esp.go)
 
 	reloads   chan reload
 	done      chan struct{}          // closed when Run returns
@@ -70,13 +71,21 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d.pk.tick(time.Now())
+	if d.ed, err = newEspd(cfg, espActive(cfg, false), d.log); err != nil {
+		d.pk.close()
+		d.sd.close()
+		return nil, err
+	}
+	d.sd.esp.Store(d.ed)
 	if d.vd, err = newVipd(cfg, d.sd, d.log, d.lastReloadError); err != nil {
+		d.ed.close()
 		d.pk.close()
 		d.sd.close()
 		return nil, err
 	}
 	if d.md, err = newMigrated(cfg, d.log); err != nil {
 		d.vd.close()
+		d.ed.close()
 		d.pk.close()
 		d.sd.close()
 		return nil, err
@@ -87,6 +96,7 @@ func New(cfg Config) (*Daemon, error) {
 	if err := d.mr.apply(d.cfg); err != nil {
 		d.md.close()
 		d.vd.close()
+		d.ed.close()
 		d.pk.close()
 		d.sd.close()
 		return nil, err
@@ -103,6 +113,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.mr.close() // before md: it drives md's controller
 		d.md.close()
 		d.vd.close()
+		d.ed.close()
 		d.pk.close()
 		d.sd.close()
 	}()
@@ -126,6 +137,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 				log.Error("sync role", "primary", primary, "err", err)
 			}
 			d.md.setActive(primary, log)
+			d.ed.setActive(espActive(d.cfg, primary))
 		case r := <-d.reloads:
 			err := d.reload(r.cfg)
 			if err != nil {
@@ -185,6 +197,12 @@ func (d *Daemon) reload(no Config) error {
 	} else {
 		d.pk.close()
 		d.pk = npk
+	}
+	if espKey(no) != espKey(d.cfg) {
+		if err := d.restartESP(no); err != nil {
+			log.Error("reload: ESP SAs", "err", err)
+			errs = append(errs, fmt.Errorf("ESP SAs: %w", err))
+		}
 	}
 	no.Migrate.Controller = d.cfg.Migrate.Controller
 	if err := d.mr.apply(no); err != nil {
@@ -292,6 +310,9 @@ func (d *Daemon) check() error {
 		d.pk.close()
 		d.pk = npk
 		d.pk.tick(time.Now())
+		if err := d.restartESP(d.cfg); err != nil {
+			return fmt.Errorf("ESP SAs on the new maps: %w", err)
+		}
 		if err := d.vd.reopen(o); err != nil {
 			return fmt.Errorf("election on the new maps: %w", err)
 		}
@@ -337,6 +358,17 @@ func staleMaps(pins maps.Pins, held map[string]ebpf.MapID) (stale []string, miss
 	}
 	slices.Sort(stale)
 	return stale, missing, nil
+}
+
+// restartESP starts the ESP side anew on c (its options changed, or
+// the maps were replaced), in the role this host has now.
+func (d *Daemon) restartESP(c Config) error {
+	d.ed.close()
+	d.sd.esp.Store(nil)
+	ed, err := newEspd(c, espActive(c, d.sd.primary), d.log)
+	d.ed = ed
+	d.sd.esp.Store(ed)
+	return err
 }
 
 // restart stops the sync node and starts it on the maps pinned now.

@@ -63,6 +63,7 @@ func runStatus(env Env, opts any, args []string) error {
 		printStatus(env.Stdout, st)
 		printProxyStatus(env.Stdout, ps)
 		printSyncStatus(env.Stdout, ss)
+		printESPDaemon(env.Stdout, c.StateDir)
 	}
 	if len(st.Attachments) > 0 && !st.Healthy() {
 		return errors.New("an attachment is broken (see PROBLEM above); run tandem up again")
