@@ -164,38 +164,61 @@ func newEspd(c Config, active bool, log *slog.Logger) (*espd, error) {
 	if len(c.Elect.Addrs) == 0 {
 		e.detect = 0
 	}
-	if err := e.startSource(o); err != nil {
-		sam.Close()
-		return nil, err
-	}
-	if err := e.pause(!e.active); err != nil {
-		e.closeSource()
-		return nil, err
-	}
+	e.source = "loading"
 	ctx, cancel := context.WithCancel(context.Background())
 	e.stop = cancel
-	go e.run(ctx)
+	go e.run(ctx, o)
 	return e, nil
 }
 
 // startSource loads the replay tracer on esp_sa and the sync's rings:
 // fexit, else kprobes, else none (the aevents source), as the options
-// ask. It says which in the log and the status.
-func (e *espd) startSource(o loader.Options) error {
+// ask, and pauses it on the standby. It says which in the log and the
+// status. It runs on the ESP side's goroutine, not in the daemon's
+// start: the verifier takes its time over the tracer's bitmap copy
+// (seconds under emulation), and the datapath serves meanwhile.
+func (e *espd) startSource(o loader.Options) {
+	start := time.Now()
+	t, source, why, err := e.loadTracer(o)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.trace, e.source, e.why = t, source, why
+	switch {
+	case err != nil:
+		e.log.Error("esp: the replay tracer asked for does not run; replay state from XFRM aevents (NEWAE on the kernel's threshold and timer)", "err", err)
+	case t == nil && why == "--esp-source aevents":
+		e.log.Info("esp: replay state from XFRM aevents (NEWAE on the kernel's threshold and timer)", "why", why)
+	case t == nil:
+		e.log.Warn("esp: the replay tracer does not run on this kernel; replay state from XFRM aevents (NEWAE on the kernel's threshold and timer: coarser)", "why", why)
+	default:
+		e.log.Info("esp: replay tracer attached: changed SAs are copied into esp_sa and marked for the sync", "source", source,
+			"paused", !e.active, "took", time.Since(start).Round(time.Millisecond))
+	}
+	if perr := e.pause(!e.active); perr != nil {
+		e.log.Error("esp: tracer", "err", perr)
+	}
+	e.writeStatusLocked(time.Now())
+}
+
+func (e *espd) loadTracer(o loader.Options) (t *loader.ESPTrace, source, why string, err error) {
 	want := o.ESP.Source
 	if want == loader.ESPSourceAEvents {
-		e.source, e.why = loader.ESPSourceAEvents, "--esp-source aevents"
-		e.log.Info("esp: replay state from XFRM aevents (NEWAE on the kernel's threshold and timer)", "why", e.why)
-		return nil
+		return nil, loader.ESPSourceAEvents, "--esp-source aevents", nil
+	}
+	fail := func(err error) (*loader.ESPTrace, string, string, error) {
+		if want != "" && want != "auto" {
+			return nil, loader.ESPSourceAEvents, err.Error(), fmt.Errorf("--esp-source %s: %w (auto falls back by itself)", want, err)
+		}
+		return nil, loader.ESPSourceAEvents, err.Error(), nil
 	}
 	ino, err := netnsInode()
 	if err != nil {
-		return fmt.Errorf("esp: %w", err)
+		return fail(err)
 	}
 	ms := map[string]*ebpf.Map{bpf.EspMapEspSa: e.sam.SA}
 	sm, err := maps.OpenSyncMaps(o.Pins)
 	if err != nil {
-		return fmt.Errorf("esp: the tracer marks esp_sa for the sync: %w", err)
+		return fail(fmt.Errorf("the tracer marks esp_sa for the sync: %w", err))
 	}
 	defer sm.Close()
 	ms[bpf.SyncMapSyncRings], ms[bpf.SyncMapSyncEpoch], ms[bpf.SyncMapSyncOverflow] = sm.Rings, sm.Epoch, sm.Overflow
@@ -203,21 +226,14 @@ func (e *espd) startSource(o loader.Options) error {
 	if mode == "auto" {
 		mode = ""
 	}
-	t, err := loader.LoadESPTrace(loader.ESPTraceOptions{Mode: mode, NetNS: ino, Maps: ms})
+	t, err = loader.LoadESPTrace(loader.ESPTraceOptions{Mode: mode, NetNS: ino, Maps: ms})
 	if err != nil {
-		if want != "" && want != "auto" {
-			return fmt.Errorf("esp: --esp-source %s: %w (auto falls back by itself)", want, err)
-		}
-		e.source, e.why = loader.ESPSourceAEvents, err.Error()
-		e.log.Warn("esp: the replay tracer does not run on this kernel; replay state from XFRM aevents (NEWAE on the kernel's threshold and timer: coarser)", "why", e.why)
-		return nil
+		return fail(err)
 	}
-	e.trace, e.source = t, t.Mode
 	if t.Mode == loader.ESPSourceKprobe && want != loader.ESPSourceKprobe {
-		e.why = "the kernel refuses fexit"
+		why = "the kernel refuses fexit"
 	}
-	e.log.Info("esp: replay tracer attached: changed SAs are copied into esp_sa and marked for the sync", "source", e.source, "netns", ino)
-	return nil
+	return t, t.Mode, why, nil
 }
 
 // netnsInode is the inode number of the daemon's network namespace: the
@@ -248,7 +264,7 @@ func (e *espd) closeSource() {
 // run follows the kernel's SAs until ctx ends (restarting the follower
 // after an error) and, every 2 s, samples the standby's replicated
 // outbound rates and rewrites the status.
-func (e *espd) run(ctx context.Context) {
+func (e *espd) run(ctx context.Context, o loader.Options) {
 	var wg sync.WaitGroup
 	defer close(e.done)
 	defer wg.Wait()
@@ -266,7 +282,13 @@ func (e *espd) run(ctx context.Context) {
 			}
 		}
 	}()
+	e.startSource(o)
+	if ctx.Err() != nil {
+		return
+	}
+	e.mu.Lock()
 	aevents := e.source == loader.ESPSourceAEvents
+	e.mu.Unlock()
 	for ctx.Err() == nil {
 		e.mu.Lock()
 		e.known = map[xfrm.SAID]xfrm.SA{}

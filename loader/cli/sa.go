@@ -100,6 +100,9 @@ func printESPDaemon(w io.Writer, stateDir string) {
 	}
 	fmt.Fprintf(tw, "replay state from\t%s\n", src)
 	role := "owner: the follower and the tracer write esp_sa"
+	if st.Source == "aevents" {
+		role = "owner: the follower writes esp_sa (the kernel's aevents)"
+	}
 	if !st.Active {
 		role = "standby: only the sync's applier writes esp_sa; tracer paused"
 	}
