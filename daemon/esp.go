@@ -58,7 +58,6 @@ type espd struct {
 	missing []ESPMissing           // synced SAs this host's kernel lacks
 	synced  int                    // standby: SAs in esp_sa at the last sample
 	last    *ESPTakeover
-	puts    uint64
 
 	stop context.CancelFunc
 	done chan struct{}
@@ -385,7 +384,6 @@ func (e *espd) putLocked(sa xfrm.SA, replace bool) {
 		e.log.Warn("esp: put SA", "err", err)
 		return
 	}
-	e.puts++
 }
 
 // delete: DELSA or a hard expire.
@@ -601,13 +599,6 @@ func (e *espd) writeStatusLocked(now time.Time) {
 		return
 	}
 	os.Rename(tmp, e.state)
-}
-
-// Puts is how many snapshots the follower put into esp_sa.
-func (e *espd) Puts() uint64 {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.puts
 }
 
 func (e *espd) close() {
