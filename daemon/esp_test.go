@@ -1,10 +1,21 @@
 package daemon
 
 import (
+	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
+	"os"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/cilium/ebpf"
+
+	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/loader"
+	"github.com/tandem-net/tandem/maps"
+	"github.com/tandem-net/tandem/tools/testenv"
 	"github.com/tandem-net/tandem/xfrm"
 )
 
@@ -46,5 +57,83 @@ func TestESPStateRoundTrip(t *testing.T) {
 				t.Fatalf("back %+v, want %+v", back, tc.sa.Replay)
 			}
 		})
+	}
+}
+
+// TestESPClaimNamesMissing: a takeover whose kernel lacks the synced SAs
+// (here: all of them; this host has no ESP) installs nothing, names each
+// one in one log line with its SPI and destination, counts them in the
+// status file and never fails; an owner's claim does nothing.
+func TestESPClaimNamesMissing(t *testing.T) {
+	testenv.RequireRoot(t)
+	spec, err := bpf.LoadEsp()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	inner, err := maps.RingSpec(maps.DefaultRingBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Maps[bpf.EspMapSyncRings].InnerMap = inner
+	var objs bpf.EspObjects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		t.Fatal(err)
+	}
+	defer objs.Close()
+	sam := maps.SAMapsOf(&objs)
+	// TEST-NET destinations and SPIs no host has: GETAE finds nothing.
+	spis := []uint32{0x7e570001, 0x7e570002, 0x7e570003}
+	for i, spi := range spis {
+		s := maps.SAState{Dst: netip.MustParseAddr(fmt.Sprintf("192.0.2.%d", 201+i)), SPI: spi, ESN: true, Seq: 100, Window: 128, OSeq: 50}
+		s.SetBit(100)
+		if _, err := sam.PutSA(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var logs strings.Builder
+	dir := t.TempDir()
+	e := &espd{log: slog.New(slog.NewTextHandler(&logs, nil)), sam: sam, source: loader.ESPSourceAEvents, fstr: "all",
+		sync: 10 * time.Millisecond, detect: 300 * time.Millisecond, safety: 2, state: ESPStatusFile(dir),
+		known: map[xfrm.SAID]xfrm.SA{}, rates: map[maps.SAKey]espRate{}}
+
+	e.active = true
+	e.claim()
+	if _, err := ReadESPStatus(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the owner's claim installed something (status: %v)", err)
+	}
+
+	e.active = false
+	e.claim()
+	st, err := ReadESPStatus(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.LastTakeover == nil || st.LastTakeover.SAs != 3 || st.LastTakeover.Missing != 3 || st.LastTakeover.Resumed != 0 || len(st.Missing) != 3 {
+		t.Fatalf("status %+v, takeover %+v: want 3 SAs, 3 missing", st, st.LastTakeover)
+	}
+	lines := strings.Split(logs.String(), "\n")
+	for i, spi := range spis {
+		want := fmt.Sprintf("spi=0x%08x", spi)
+		n := 0
+		for _, l := range lines {
+			if strings.Contains(l, "a synced SA is missing on this host") && strings.Contains(l, want) && strings.Contains(l, fmt.Sprintf("dst=192.0.2.%d", 201+i)) {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Errorf("%d log lines name the missing SA %s:\n%s", n, want, logs.String())
+		}
+	}
+	if !strings.Contains(logs.String(), "missing=3") {
+		t.Errorf("no takeover summary with missing=3:\n%s", logs.String())
+	}
+	// A second claim in the same standby period does nothing more.
+	before := logs.Len()
+	e.claim()
+	if logs.Len() != before {
+		t.Errorf("a second claim ran again:\n%s", logs.String()[before:])
 	}
 }
