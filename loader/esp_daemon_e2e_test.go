@@ -44,7 +44,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	tdaemon "github.com/tandem-net/tandem/daemon"
 	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/tools/lab"
 	"github.com/tandem-net/tandem/tools/testenv"
@@ -313,15 +312,6 @@ func (p *pairLab) scrape(t *testing.T, g string) map[string]float64 {
 	return out
 }
 
-func espStatus(t *testing.T, p *pairLab, g string) *tdaemon.ESPStatus {
-	t.Helper()
-	st, err := tdaemon.ReadESPStatus(p.state[g])
-	if err != nil {
-		t.Fatalf("gw%s's ESP status: %v", g, err)
-	}
-	return st
-}
-
 // TestESPDaemon: tandem up with --esp-iface on both gateways of the
 // failover lab (the election, the sync following it), SAs with ESN and a
 // 128-packet window on both, 10,000 on each (divided by
@@ -355,13 +345,7 @@ func TestESPDaemon(t *testing.T) {
 	// kernel, and under TCG one daemon's tracer load (the verifier, the
 	// fexit trampolines) held the other's start past gwpair's 30 s
 	// (seen in the 6.1 VM; two hosts never share a kernel).
-	waitFor(t, 180*time.Second, "gwa's replay-state source is up", func() (bool, string) {
-		st, err := tdaemon.ReadESPStatus(p.state["a"])
-		if err != nil {
-			return false, err.Error()
-		}
-		return st.Source != "loading", st.Source
-	})
+	p.espSourceUp(t, "a")
 	p.start(t, "b", extra...)
 	p.settled(t, "a", 60*time.Second)
 	// The tracer loads after the daemon runs (its verification takes
