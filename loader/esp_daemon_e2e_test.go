@@ -24,13 +24,11 @@ package loader_test
 // before it serves.
 
 import (
-	"bufio"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -279,37 +277,6 @@ func (s *udpSink) count(tag byte) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.tags[tag]
-}
-
-// scrape reads gateway g's metrics (--metrics-addr 127.0.0.1:9474) from
-// inside its namespace.
-func (p *pairLab) scrape(t *testing.T, g string) map[string]float64 {
-	t.Helper()
-	out := map[string]float64{}
-	if err := p.gw[g].Do(func() error {
-		c, err := net.DialTimeout("tcp", "127.0.0.1:9474", 5*time.Second)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		fmt.Fprintf(c, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		for sc.Scan() {
-			name, val, ok := strings.Cut(sc.Text(), " ")
-			if f, err := strconv.ParseFloat(val, 64); ok && err == nil && !strings.HasPrefix(name, "#") {
-				out[name] = f
-			}
-		}
-		return sc.Err()
-	}); err != nil {
-		t.Fatalf("scrape gw%s's metrics: %v", g, err)
-	}
-	return out
 }
 
 // TestESPDaemon: tandem up with --esp-iface on both gateways of the

@@ -1,8 +1,13 @@
 package loader_test
 
 import (
+	"bufio"
 	"fmt"
+	"net"
+	"net/http"
 	"net/netip"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -36,6 +41,37 @@ func (p *pairLab) espSourceUp(t *testing.T, g string) {
 	})
 }
 
+// scrape reads gateway g's metrics (--metrics-addr 127.0.0.1:9474) from
+// inside its namespace.
+func (p *pairLab) scrape(t *testing.T, g string) map[string]float64 {
+	t.Helper()
+	out := map[string]float64{}
+	if err := p.gw[g].Do(func() error {
+		c, err := net.DialTimeout("tcp", "127.0.0.1:9474", 5*time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		fmt.Fprintf(c, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			name, val, ok := strings.Cut(sc.Text(), " ")
+			if f, err := strconv.ParseFloat(val, 64); ok && err == nil && !strings.HasPrefix(name, "#") {
+				out[name] = f
+			}
+		}
+		return sc.Err()
+	}); err != nil {
+		t.Fatalf("scrape gw%s's metrics: %v", g, err)
+	}
+	return out
+}
+
 // TestESPDaemonPair: the daemon's ESP side on the failover pair, without
 // kernel SAs (it runs where ESP does not): SA state the owner holds in
 // esp_sa reaches the standby through the daemons' sync, first and
@@ -45,9 +81,10 @@ func (p *pairLab) espSourceUp(t *testing.T, g string) {
 // resume in one log line, counts them in its status, and serves on.
 func TestESPDaemonPair(t *testing.T) {
 	p := newPairLab(t)
-	p.start(t, "a", "--esp-iface", "eth0")
+	extra := []string{"--esp-iface", "eth0", "--metrics-addr", "127.0.0.1:9474"}
+	p.start(t, "a", extra...)
 	p.espSourceUp(t, "a")
-	p.start(t, "b", "--esp-iface", "eth0")
+	p.start(t, "b", extra...)
 	p.espSourceUp(t, "b")
 	p.settled(t, "a", 60*time.Second)
 	sa, sb := espStatus(t, p, "a"), espStatus(t, p, "b")
@@ -104,6 +141,65 @@ func TestESPDaemonPair(t *testing.T) {
 	waitFor(t, 30*time.Second, "gwb names the 3 synced SAs its kernel lacks", func() (bool, string) {
 		st := espStatus(t, p, "b")
 		return len(st.Missing) == 3 && st.Synced == 3, fmt.Sprintf("missing %+v, synced %d", st.Missing, st.Synced)
+	})
+
+	// Only changed SAs are read: with 10,000 SAs (divided by
+	// TANDEM_TEST_SCALE) replicated, a change to 10 of them costs the
+	// owner's ticks 10 records, whatever the table's size.
+	scale := 1
+	if s, err := strconv.Atoi(os.Getenv("TANDEM_TEST_SCALE")); err == nil && s > 1 {
+		scale = s
+	}
+	nSA := 10000 / scale
+	for i := range uint32(nSA) {
+		s := maps.SAState{Dst: vip, SPI: 0x100000 + i, ESN: true, Seq: 10, Window: 128, Bitmap: make([]uint32, 4)}
+		if _, err := ma.PutSA(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 60*time.Second, fmt.Sprintf("gwb holds the %d SAs", nSA+3), func() (bool, string) {
+		n := 0
+		var k maps.SAKey
+		for it := mb.SA.Iterate(); it.Next(&k, new(maps.SAVal)); {
+			n++
+		}
+		return n == nSA+3, fmt.Sprintf("%d", n)
+	})
+	r0 := p.scrape(t, "a")["tandem_sync_ring_records_total"]
+	for i := range uint32(10) {
+		s := maps.SAState{Dst: vip, SPI: 0x100000 + i*97, ESN: true, Seq: 20, Window: 128, Bitmap: make([]uint32, 4)}
+		if _, err := ma.PutSA(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 30*time.Second, "gwb holds the 10 changes", func() (bool, string) {
+		for i := range uint32(10) {
+			got, _, err := mb.GetSA(vip, 0x100000+i*97, false)
+			if err != nil || got.Seq != 20 {
+				return false, fmt.Sprintf("spi 0x%x: seq %d %v", 0x100000+i*97, got.Seq, err)
+			}
+		}
+		return true, ""
+	})
+	recs := p.scrape(t, "a")["tandem_sync_ring_records_total"] - r0
+	t.Logf("%d SAs, 10 changed: the owner's ticks read %v records", nSA+3, recs)
+	if recs != 10 {
+		t.Errorf("10 changed SAs of %d cost %v records, want 10", nSA+3, recs)
+	}
+	// Deleted again (tombstones replicate): the takeover below deals
+	// with the 3 SAs above.
+	for i := range uint32(nSA) {
+		if err := ma.DeleteSA(vip, 0x100000+i, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 60*time.Second, "gwb holds the 3 SAs again", func() (bool, string) {
+		n := 0
+		var k maps.SAKey
+		for it := mb.SA.Iterate(); it.Next(&k, new(maps.SAVal)); {
+			n++
+		}
+		return n == 3, fmt.Sprintf("%d", n)
 	})
 
 	p.daemons["a"].Kill()
