@@ -363,8 +363,8 @@ func staleMaps(pins maps.Pins, held map[string]ebpf.MapID) (stale []string, miss
 // restartESP starts the ESP side anew on c (its options changed, or
 // the maps were replaced), in the role this host has now.
 func (d *Daemon) restartESP(c Config) error {
+	d.sd.esp.Store(nil) // a takeover meanwhile installs nothing from a closed side
 	d.ed.close()
-	d.sd.esp.Store(nil)
 	ed, err := newEspd(c, espActive(c, d.sd.primary), d.log)
 	d.ed = ed
 	d.sd.esp.Store(ed)
