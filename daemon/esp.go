@@ -57,6 +57,7 @@ type espd struct {
 	rates   map[maps.SAKey]espRate // standby: the owner's outbound rates, from the replicated oseq
 	missing []ESPMissing           // synced SAs this host's kernel lacks
 	synced  int                    // standby: SAs in esp_sa at the last sample
+	listed  bool                   // the follower's dump is in known
 	last    *ESPTakeover
 
 	stop context.CancelFunc
@@ -290,9 +291,14 @@ func (e *espd) run(ctx context.Context, o loader.Options) {
 	e.mu.Unlock()
 	for ctx.Err() == nil {
 		e.mu.Lock()
-		e.known = map[xfrm.SAID]xfrm.SA{}
+		e.known, e.listed = map[xfrm.SAID]xfrm.SA{}, false
 		e.mu.Unlock()
-		err := xfrm.Follow(ctx, 0, e.filter, aevents, xfrm.Handler{Put: e.put, New: e.replace, Replay: e.replay, Delete: e.delete})
+		listed := func() {
+			e.mu.Lock()
+			e.listed = true
+			e.mu.Unlock()
+		}
+		err := xfrm.Follow(ctx, 0, e.filter, aevents, xfrm.Handler{Put: e.put, New: e.replace, Replay: e.replay, Delete: e.delete, Listed: listed})
 		if err == nil || ctx.Err() != nil {
 			return
 		}
@@ -557,7 +563,7 @@ func (e *espd) sample(now time.Time) {
 			}
 			r.otop, r.at = s.OTop(), now
 			e.rates[k] = r
-			if _, ok := e.known[xfrm.SAID{Dst: s.Dst, SPI: s.SPI, Proto: 50}]; !ok {
+			if _, ok := e.known[xfrm.SAID{Dst: s.Dst, SPI: s.SPI, Proto: 50}]; !ok && e.listed {
 				missing = append(missing, ESPMissing{Dst: s.Dst.String(), SPI: fmt.Sprintf("0x%08x", s.SPI)})
 			}
 		}

@@ -19,6 +19,9 @@ type Handler struct {
 	// Replay, when set, receives the replay state of NEWAE notifications
 	// (aevents) instead of Put.
 	Replay func(SAID, Replay)
+	// Listed, when set, is called once every SA of the initial dump has
+	// been handed to Put.
+	Listed func()
 	// Delete: an SA went away (DELSA, a hard EXPIRE: a rekey's old SPI).
 	Delete func(SAID)
 }
@@ -48,6 +51,9 @@ func Follow(ctx context.Context, netns int, f *Filter, aevents bool, h Handler) 
 	for _, sa := range sas {
 		selected[sa.key()] = true
 		h.Put(sa)
+	}
+	if h.Listed != nil {
+		h.Listed()
 	}
 	stop := context.AfterFunc(ctx, func() { w.Close() })
 	defer stop()
