@@ -2,6 +2,7 @@ package loader_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -240,6 +241,13 @@ func TestESPDaemonPair(t *testing.T) {
 	st := espStatus(t, p, "b")
 	if st.LastTakeover == nil || st.LastTakeover.SAs != 3 || st.LastTakeover.Missing != 3 || len(st.Missing) != 3 {
 		t.Errorf("gwb's ESP status after the takeover: %+v, last takeover %+v (want 3 SAs, 3 missing)", st, st.LastTakeover)
+	}
+	r := p.Tandem(p.gw["b"], "status", "--json", "--bpffs", p.gw["b"].BPFFS(), "--state-dir", p.state["b"])
+	var sj struct {
+		ESP *tdaemon.ESPStatus `json:"esp"`
+	}
+	if err := json.Unmarshal([]byte(r.Stdout), &sj); err != nil || sj.ESP == nil || len(sj.ESP.Missing) != 3 || !sj.ESP.Active {
+		t.Errorf("tandem status --json on gwb: esp %+v (%v)", sj.ESP, err)
 	}
 	// The synced state stays (an IKE daemon may install the SAs yet).
 	if ok, why := same(); !ok {
