@@ -65,25 +65,7 @@ func TestESPStateRoundTrip(t *testing.T) {
 // one in one log line with its SPI and destination, counts them in the
 // status file and never fails; an owner's claim does nothing.
 func TestESPClaimNamesMissing(t *testing.T) {
-	testenv.RequireRoot(t)
-	spec, err := bpf.LoadEsp()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range spec.Maps {
-		m.Pinning = ebpf.PinNone
-	}
-	inner, err := maps.RingSpec(maps.DefaultRingBytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec.Maps[bpf.EspMapSyncRings].InnerMap = inner
-	var objs bpf.EspObjects
-	if err := spec.LoadAndAssign(&objs, nil); err != nil {
-		t.Fatal(err)
-	}
-	defer objs.Close()
-	sam := maps.SAMapsOf(&objs)
+	sam := loadSAMaps(t)
 	// TEST-NET destinations and SPIs no host has: GETAE finds nothing.
 	spis := []uint32{0x7e570001, 0x7e570002, 0x7e570003}
 	for i, spi := range spis {
@@ -135,5 +117,65 @@ func TestESPClaimNamesMissing(t *testing.T) {
 	e.claim()
 	if logs.Len() != before {
 		t.Errorf("a second claim ran again:\n%s", logs.String()[before:])
+	}
+}
+
+// loadSAMaps loads the ESP feature's maps and writers, unpinned.
+func loadSAMaps(t *testing.T) *maps.SAMaps {
+	t.Helper()
+	testenv.RequireRoot(t)
+	spec, err := bpf.LoadEsp()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	inner, err := maps.RingSpec(maps.DefaultRingBytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Maps[bpf.EspMapSyncRings].InnerMap = inner
+	var objs bpf.EspObjects
+	if err := spec.LoadAndAssign(&objs, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { objs.Close() })
+	return maps.SAMapsOf(&objs)
+}
+
+// TestESPStandbyRates: the standby measures each SA's outbound rate from
+// the replicated sequence numbers (the margin's rate): the delta over the
+// time between samples, and a burst is remembered, halving each sample
+// it is not reached.
+func TestESPStandbyRates(t *testing.T) {
+	sam := loadSAMaps(t)
+	dst := netip.MustParseAddr("192.0.2.9")
+	e := &espd{log: slog.New(slog.DiscardHandler), sam: sam, state: ESPStatusFile(t.TempDir()),
+		known: map[xfrm.SAID]xfrm.SA{}, rates: map[maps.SAKey]espRate{}}
+	at := time.Unix(1000, 0)
+	for _, step := range []struct {
+		oseq uint32
+		dt   time.Duration
+		want float64
+	}{
+		{100, 0, 0},                  // first sample: no rate yet
+		{300, 2 * time.Second, 100},  // 200 in 2 s
+		{300, 2 * time.Second, 50},   // idle: half the last
+		{1300, 2 * time.Second, 500}, // a burst
+		{1400, 2 * time.Second, 250}, // slower than half the burst: the halved burst
+	} {
+		at = at.Add(step.dt)
+		s := maps.SAState{Dst: dst, SPI: 7, Window: 32, OSeq: step.oseq, Bitmap: []uint32{0}}
+		if _, err := sam.PutSA(s); err != nil {
+			t.Fatal(err)
+		}
+		e.sample(at)
+		if got := e.rates[s.Key()].rate; got != step.want {
+			t.Fatalf("oseq %d after %s: rate %g, want %g", step.oseq, step.dt, got, step.want)
+		}
+	}
+	if m := xfrm.Margin(e.rates[(maps.SAState{Dst: dst, SPI: 7}).Key()].rate, 10*time.Millisecond, 990*time.Millisecond, 2); m != 500 {
+		t.Fatalf("margin %d, want 250/s x 1 s x 2 = 500", m)
 	}
 }
