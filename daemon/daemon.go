@@ -34,6 +34,7 @@ type Daemon struct {
 	md   *migrated
 	mr   *migremote
 	hd   atomic.Pointer[healthd] // nil: no health checks; read by the metrics endpoint
+	ed   *espd                   // the IPsec SAs' replay state (daemon/esp.go)
 
 	reloads   chan reload
 	done      chan struct{}          // closed when Run returns
@@ -80,7 +81,15 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d.hd.Store(hd)
+	if d.ed, err = newEspd(cfg, espActive(cfg, false), d.log); err != nil {
+		d.hd.Load().close()
+		d.pk.close()
+		d.sd.close()
+		return nil, err
+	}
+	d.sd.esp.Store(d.ed)
 	if d.vd, err = newVipd(cfg, d.sd, d.log, d.lastReloadError); err != nil {
+		d.ed.close()
 		d.hd.Load().close()
 		d.pk.close()
 		d.sd.close()
@@ -88,6 +97,7 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	if d.md, err = newMigrated(cfg, d.log); err != nil {
 		d.vd.close()
+		d.ed.close()
 		d.hd.Load().close()
 		d.pk.close()
 		d.sd.close()
@@ -99,6 +109,7 @@ func New(cfg Config) (*Daemon, error) {
 	if err := d.mr.apply(d.cfg); err != nil {
 		d.md.close()
 		d.vd.close()
+		d.ed.close()
 		d.hd.Load().close()
 		d.pk.close()
 		d.sd.close()
@@ -116,6 +127,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.mr.close() // before md: it drives md's controller
 		d.md.close()
 		d.vd.close()
+		d.ed.close()
 		d.hd.Load().close()
 		d.pk.close()
 		d.sd.close()
@@ -142,6 +154,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 			d.md.setActive(primary, log)
 			d.hd.Load().setOwner(healthOwner(d.cfg, primary))
+			d.ed.setActive(espActive(d.cfg, primary))
 		case r := <-d.reloads:
 			err := d.reload(r.cfg)
 			if err != nil {
@@ -205,6 +218,12 @@ func (d *Daemon) reload(no Config) error {
 	if err := d.reloadHealth(no); err != nil {
 		log.Error("reload: health checks; the running checks carry on", "err", err)
 		errs = append(errs, fmt.Errorf("health checks: %w", err))
+	}
+	if espKey(no) != espKey(d.cfg) {
+		if err := d.restartESP(no); err != nil {
+			log.Error("reload: ESP SAs", "err", err)
+			errs = append(errs, fmt.Errorf("ESP SAs: %w", err))
+		}
 	}
 	no.Migrate.Controller = d.cfg.Migrate.Controller
 	if no.HealthObserver == nil {
@@ -315,6 +334,9 @@ func (d *Daemon) check() error {
 		d.pk.close()
 		d.pk = npk
 		d.pk.tick(time.Now())
+		if err := d.restartESP(d.cfg); err != nil {
+			return fmt.Errorf("ESP SAs on the new maps: %w", err)
+		}
 		if err := d.vd.reopen(o); err != nil {
 			return fmt.Errorf("election on the new maps: %w", err)
 		}
@@ -360,6 +382,17 @@ func staleMaps(pins maps.Pins, held map[string]ebpf.MapID) (stale []string, miss
 	}
 	slices.Sort(stale)
 	return stale, missing, nil
+}
+
+// restartESP starts the ESP side anew on c (its options changed, or
+// the maps were replaced), in the role this host has now.
+func (d *Daemon) restartESP(c Config) error {
+	d.sd.esp.Store(nil) // a takeover meanwhile installs nothing from a closed side
+	d.ed.close()
+	ed, err := newEspd(c, espActive(c, d.sd.primary), d.log)
+	d.ed = ed
+	d.sd.esp.Store(ed)
+	return err
 }
 
 // restart stops the sync node and starts it on the maps pinned now.

@@ -27,7 +27,8 @@ type syncd struct {
 	cur     syncKey
 	node    *syncer.Node
 	live    atomic.Pointer[syncer.Node] // node, for other goroutines
-	primary bool                        // --sync-role auto: the election made this host the owner
+	primary bool                        // the election made this host the owner (what --sync-role auto follows)
+	esp     atomic.Pointer[espd]        // the ESP side, whose replicated state a takeover installs
 	stop    context.CancelFunc
 	done    chan error
 	reg     atomic.Pointer[prometheus.Registry]

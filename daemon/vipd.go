@@ -121,6 +121,13 @@ func prepareVipd(c Config, sd *syncd, log *slog.Logger) (*vipd, vip.Config, erro
 		Name: name, PeerName: peerName, Priority: e.Priority, Preempt: e.Preempt, Interval: e.Interval, Dead: e.Dead,
 		Secret: secret, Listen: e.Listen, Peers: e.Peers, Addrs: e.Addrs,
 		Gate: d.setGate, Health: health, Sync: syncState, Flush: flush,
+		// Before the VIPs are served: the IPsec SAs resume where the
+		// old owner stopped (daemon/esp.go).
+		Claim: func() {
+			if sd != nil {
+				sd.esp.Load().claim()
+			}
+		},
 		Role: func(primary bool) {
 			select {
 			case <-d.role:

@@ -67,6 +67,9 @@ import (
 //
 //	[esp]                              # the ESP anti-replay filter (docs/sa.md)
 //	interfaces  = ["eth1"]             # where inbound ESP arrives (may include the gate's)
+//	sa_filter   = "all"                # which SAs are synced: all, or spi=LO-HI,dst=PREFIX,src=,reqid=
+//	source      = "auto"               # replay state from: auto (fexit, else kprobe, else aevents), or one
+//	margin_safety = 2.0                # takeover: outbound margin's factor for bursts (>= 1)
 //
 //	[migrate]                          # migration redirects (docs/migration.md)
 //	interfaces   = ["eth1"]            # where endpoints' packets arrive (may include the gate's)
@@ -122,7 +125,10 @@ type ElectConfig struct {
 
 // ESPConfig is the [esp] table: the ESP anti-replay filter.
 type ESPConfig struct {
-	Interfaces []string `toml:"interfaces"`
+	Interfaces   []string `toml:"interfaces"`
+	SAFilter     string   `toml:"sa_filter"`     // which SAs are synced (xfrm.ParseFilter)
+	Source       string   `toml:"source"`        // auto, fexit, kprobe, aevents
+	MarginSafety float64  `toml:"margin_safety"` // the takeover margin's safety factor
 }
 
 // ProxyConfig is the [proxy] table with its [[proxy.service]] tables.
@@ -260,6 +266,7 @@ func (fc *FileConfig) apply(o *Options) error {
 	if len(fc.ESP.Interfaces) > 0 {
 		o.ESP.Ifaces = append([]string(nil), fc.ESP.Interfaces...)
 	}
+	fc.ESP.apply(&o.ESP)
 	set(&o.Proxy.SecretFile, fc.Proxy.Secret)
 	if err := fc.Proxy.applySettings(&o.Proxy); err != nil {
 		return err

@@ -11,6 +11,17 @@ type Handler struct {
 	// changed (UPDSA) or reported new replay state (a NEWAE aevent: the
 	// SA's other fields are then zero but for its id).
 	Put func(SA)
+	// New, when set, receives NEWSA notifications instead of Put: a new
+	// kernel SA (a rekey's new SPI, or an SA deleted and added again
+	// under the same SPI), whose state replaces whatever was kept for
+	// its key rather than merging with it.
+	New func(SA)
+	// Replay, when set, receives the replay state of NEWAE notifications
+	// (aevents) instead of Put.
+	Replay func(SAID, Replay)
+	// Listed, when set, is called once every SA of the initial dump has
+	// been handed to Put.
+	Listed func()
 	// Delete: an SA went away (DELSA, a hard EXPIRE: a rekey's old SPI).
 	Delete func(SAID)
 }
@@ -41,6 +52,9 @@ func Follow(ctx context.Context, netns int, f *Filter, aevents bool, h Handler) 
 		selected[sa.key()] = true
 		h.Put(sa)
 	}
+	if h.Listed != nil {
+		h.Listed()
+	}
 	stop := context.AfterFunc(ctx, func() { w.Close() })
 	defer stop()
 	for {
@@ -56,7 +70,11 @@ func Follow(ctx context.Context, netns int, f *Filter, aevents bool, h Handler) 
 			case MsgNewSA, MsgUpdSA:
 				if f.Match(ev.SA) {
 					selected[ev.SA.key()] = true
-					h.Put(ev.SA)
+					if ev.Type == MsgNewSA && h.New != nil {
+						h.New(ev.SA)
+					} else {
+						h.Put(ev.SA)
+					}
 				}
 			case MsgDelSA, MsgExpire:
 				// A soft expire only warns the IKE daemon to rekey.
@@ -69,6 +87,10 @@ func Follow(ctx context.Context, netns int, f *Filter, aevents bool, h Handler) 
 				}
 			case MsgNewAE:
 				if ev.AE.HasReplay && selected[ev.AE.key()] {
+					if h.Replay != nil {
+						h.Replay(ev.AE.SAID, ev.AE.Replay)
+						continue
+					}
 					sa := SA{SAID: ev.AE.SAID, Src: ev.AE.Src, ReqID: ev.AE.ReqID, Replay: ev.AE.Replay}
 					h.Put(sa)
 				}

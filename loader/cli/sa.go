@@ -1,9 +1,14 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"os"
 	"text/tabwriter"
+	"time"
+
+	"github.com/tandem-net/tandem/daemon"
 
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/maps"
@@ -68,7 +73,50 @@ func runSA(env Env, opts any, args []string) error {
 		return writeJSON(env.Stdout, out)
 	}
 	printSAs(env.Stdout, sas)
+	printESPDaemon(env.Stdout, c.StateDir)
 	return nil
+}
+
+// printESPDaemon shows what the daemon says of the SAs (esp-status.json):
+// its replay-state source, its role, and the synced SAs this host's
+// kernel lacks, one line each. Nothing when no daemon ran the ESP side.
+func printESPDaemon(w io.Writer, stateDir string) {
+	st, err := daemon.ReadESPStatus(stateDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return
+	}
+	fmt.Fprintln(w, "\nESP SAs (daemon):")
+	if err != nil {
+		fmt.Fprintf(w, "warning: daemon ESP status unavailable: %v\n", err)
+		return
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	if st.PID <= 0 || syscallKill0(st.PID) != nil || time.Since(st.Updated) > 10*time.Second {
+		fmt.Fprintf(tw, "daemon\tnot running (pid %d; status from %s)\n", st.PID, st.Updated.Format(time.RFC3339))
+	}
+	src := st.Source
+	if st.SourceWhy != "" {
+		src += " (" + st.SourceWhy + ")"
+	}
+	fmt.Fprintf(tw, "replay state from\t%s\n", src)
+	role := "owner: the follower and the tracer write esp_sa"
+	if st.Source == "aevents" {
+		role = "owner: the follower writes esp_sa (the kernel's aevents)"
+	}
+	if !st.Active {
+		role = "standby: only the sync's applier writes esp_sa; tracer paused"
+	}
+	fmt.Fprintf(tw, "role\t%s\n", role)
+	fmt.Fprintf(tw, "SAs\t%d in the kernel (filter %s), %d synced\n", st.Kernel, st.Filter, st.Synced)
+	fmt.Fprintf(tw, "missing on this host\t%d\n", len(st.Missing))
+	if t := st.LastTakeover; t != nil {
+		fmt.Fprintf(tw, "last takeover\t%s: %d SAs, %d resumed, %d missing, %d failed, in %s\n", t.At.Format(time.RFC3339), t.SAs, t.Resumed,
+			t.Missing, t.Failed, t.Took.Round(time.Microsecond))
+	}
+	tw.Flush()
+	for _, m := range st.Missing {
+		fmt.Fprintf(w, "missing: dst %s spi %s (synced, not in this host's kernel: install it here too)\n", m.Dst, m.SPI)
+	}
 }
 
 // saJSON is one SA in tandem sa list --json.

@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/tandem-net/tandem/daemon"
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/syncer"
 )
@@ -56,13 +57,15 @@ func runStatus(env Env, opts any, args []string) error {
 		return err
 	}
 	if f.json {
-		if err := writeJSON(env.Stdout, statusJSON{st, ss, ps}); err != nil {
+		es, _ := daemon.ReadESPStatus(c.StateDir) // none, or unreadable: the text form says which
+		if err := writeJSON(env.Stdout, statusJSON{st, ss, ps, es}); err != nil {
 			return err
 		}
 	} else {
 		printStatus(env.Stdout, st)
 		printProxyStatus(env.Stdout, ps)
 		printSyncStatus(env.Stdout, ss)
+		printESPDaemon(env.Stdout, c.StateDir)
 	}
 	if len(st.Attachments) > 0 && !st.Healthy() {
 		return errors.New("an attachment is broken (see PROBLEM above); run tandem up again")
@@ -111,6 +114,9 @@ type statusJSON struct {
 	*loader.Status
 	Sync  *syncStatus  `json:"sync,omitempty"`
 	Proxy *ProxyStatus `json:"proxy,omitempty"`
+	// ESP is the daemon's ESP side (esp-status.json): source, role,
+	// missing SAs, last takeover.
+	ESP *daemon.ESPStatus `json:"esp,omitempty"`
 }
 
 type syncStatus struct {

@@ -110,7 +110,17 @@ ESP filter: --esp-iface adds the ESP anti-replay stage to the interface's
 XDP chain: ESP (protocol 50, or UDP 4500) whose sequence number is a replay
 or below its SA's window, as the kernel verified it, is dropped before the
 kernel decrypts it; everything else goes on. The SAs' replay state (esp_sa)
-is replicated by --sync-role; tandem sa list shows it (docs/sa.md).
+is replicated by --sync-role; tandem sa list shows it (docs/sa.md). The
+daemon follows the kernel's SAs (--esp-sa-filter: all, or spi=LO-HI,
+dst=PREFIX, src=PREFIX, reqid=N) into it and, on the owner, runs the replay
+tracer that marks each changed SA for the sync (--esp-source: fexit, else
+kprobe, else XFRM aevents); the standby's tracer is paused. Before a standby
+the election makes the owner serves the VIPs, it installs the replicated
+state into its kernel SAs (XFRM_MSG_NEWAE): inbound windows where the old
+owner left them, outbound sequence numbers above its last by a margin of
+rate x (sync interval + detection time) x --esp-margin-safety (default 2).
+Synced SAs this host's kernel lacks are logged one per line and counted in
+tandem sa list.
 
 
 Migration control: --migrate-listen accepts migration steps (start,
@@ -132,6 +142,7 @@ connections idle past their deadlines are closed. docs/migration.md.`,
   tandem up -i eth1 --vip 192.0.2.10 --proxy-iface eth1,eth2 --proxy-secret /etc/tandem/cookie.key --service 192.0.2.10:443=10.2.0.11:443
   tandem up -i eth0 --vip 192.0.2.10 --esp-iface eth0
   tandem up --proxy-iface eth1,eth2 --proxy-secret /etc/tandem/cookie.key --service 192.0.2.10:80=10.2.0.11:80,10.2.0.12:80 --health-check '192.0.2.10:80=http,path=/healthz,interval=1s,fall=3,rise=2'
+  tandem up --esp-iface eth0 --esp-sa-filter spi=0xc0000000-0xcfffffff --vip-addr 192.0.2.10/24@eth0 --vip-peer 10.9.0.2:7401 --vip-secret /etc/tandem/pair.key --sync-role auto --sync-peer 10.9.0.2:7400 --sync-listen 10.9.0.1:7400
 `,
 		flags: func(fs *pflag.FlagSet) any {
 			f := &upFlags{rootFlags: addRootFlags(fs)}

@@ -45,6 +45,10 @@ type Config struct {
 	Role func(primary bool)
 	// Flush waits until everything this host's sync sent is acknowledged.
 	Flush func(ctx context.Context) error
+	// Claim, when set, runs at the start of a takeover, before the
+	// addresses are added and the gate opens: what the new owner must
+	// install before it serves (the IPsec SAs' replicated replay state).
+	Claim func()
 
 	Announce []time.Duration // gratuitous ARP/NA schedule after a takeover
 	Log      *slog.Logger
@@ -664,6 +668,9 @@ func (m *Manager) probeAll() string {
 // takeover: addresses, gate, announcements.
 func (m *Manager) takeover(why string) {
 	start := m.now()
+	if m.cfg.Claim != nil {
+		m.cfg.Claim()
+	}
 	for _, a := range m.cfg.Addrs {
 		if err := m.net.add(a); err != nil {
 			m.log.Error("takeover: address", "err", err)
