@@ -61,6 +61,7 @@ func New(cfg Config) (*Daemon, error) {
 	d.sd = newSyncd(d.log)
 	d.mr = newMigremote(d.log)
 	d.sd.gather(d.mr.reg)
+	d.sd.gather(d.sd.daemonMetrics(cfg.Datapath.Pins))
 	if err := d.sd.apply(cfg); err != nil {
 		d.sd.close()
 		return nil, err
