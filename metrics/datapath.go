@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +25,43 @@ const ns = "tandem"
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
 	return prometheus.NewDesc(ns+"_"+name, help, labels, nil)
+}
+
+// Family is one metric family the daemon may export.
+type Family struct {
+	Name, Type, Help string
+	Labels           []string
+}
+
+// static lists the families with a fixed name, as their descriptions are
+// made (counter, gauge).
+var static []Family
+
+func counter(name, help string, labels ...string) *prometheus.Desc {
+	static = append(static, Family{Name: ns + "_" + name, Type: "counter", Help: help, Labels: labels})
+	return desc(name, help, labels...)
+}
+
+func gauge(name, help string, labels ...string) *prometheus.Desc {
+	static = append(static, Family{Name: ns + "_" + name, Type: "gauge", Help: help, Labels: labels})
+	return desc(name, help, labels...)
+}
+
+// Families lists every family the collectors of this package may export
+// (which ones a scrape shows depends on what is loaded), sorted by name.
+// The state sync's are syncer.Metrics'.
+func Families() []Family {
+	out := slices.Clone(static)
+	for _, name := range maps.ProxyStatNames {
+		if _, drop := Drops["synproxy"][name]; !drop {
+			out = append(out, Family{Name: ns + "_synproxy_" + name + "_total", Type: "counter", Help: synproxyHelp(name)})
+		}
+	}
+	for f := range FeatureHelp {
+		out = append(out, Family{Name: ns + "_" + f + "_packets_total", Type: "counter", Help: featureHelp(f), Labels: []string{"result"}})
+	}
+	slices.SortFunc(out, func(a, b Family) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }
 
 // Drops maps a feature's status counters that count dropped packets to
@@ -63,30 +101,30 @@ var SynproxyHelp = map[string]string{
 }
 
 var (
-	dropsDesc = desc("drops_total", "Packets a datapath stage dropped, by feature and reason (tandem status counters; per-CPU values summed).", "feature", "reason")
+	dropsDesc = counter("drops_total", "Packets a datapath stage dropped, by feature and reason (tandem status counters; per-CPU values summed).", "feature", "reason")
 
-	gateOwned   = desc("gate_vip_owned", "1 when this host's VIP gate serves the VIP, 0 when it leaves it to the peer.", "vip")
-	gatePackets = desc("gate_vip_packets_total", "Packets to (direction=rx, XDP or TC ingress) and from (direction=tx, TC egress) the VIP that the gate passed.", "vip", "direction")
-	gateBytes   = desc("gate_vip_bytes_total", "Bytes to (direction=rx) and from (direction=tx) the VIP that the gate passed.", "vip", "direction")
-	gateNotOwn  = desc("gate_vip_not_owner_packets_total", "Packets to the VIP while this host did not own it: dropped with --gate enforce, passed with monitor.", "vip")
-	gatePassed  = desc("gate_passed_packets_total", "Packets the gate passed at ingress, by reason: non_ip, non_vip, vip (owned), not_owner (--gate monitor).", "reason")
-	gateTx      = desc("gate_tx_vip_packets_total", "Packets from a VIP counted at TC egress.")
+	gateOwned   = gauge("gate_vip_owned", "1 when this host's VIP gate serves the VIP, 0 when it leaves it to the peer.", "vip")
+	gatePackets = counter("gate_vip_packets_total", "Packets to (direction=rx, XDP or TC ingress) and from (direction=tx, TC egress) the VIP that the gate passed.", "vip", "direction")
+	gateBytes   = counter("gate_vip_bytes_total", "Bytes to (direction=rx) and from (direction=tx) the VIP that the gate passed.", "vip", "direction")
+	gateNotOwn  = counter("gate_vip_not_owner_packets_total", "Packets to the VIP while this host did not own it: dropped with --gate enforce, passed with monitor.", "vip")
+	gatePassed  = counter("gate_passed_packets_total", "Packets the gate passed at ingress, by reason: non_ip, non_vip, vip (owned), not_owner (--gate monitor).", "reason")
+	gateTx      = counter("gate_tx_vip_packets_total", "Packets from a VIP counted at TC egress.")
 
-	svcSyns    = desc("synproxy_service_syns_total", "SYNs to the service answered with a cookie SYN-ACK.", "service")
-	svcCookie  = desc("synproxy_service_cookie_ok_total", "ACKs to the service with a valid cookie: connections made.", "service")
-	svcEst     = desc("synproxy_service_established_total", "Backend handshakes of the service completed.", "service")
-	svcFailed  = desc("synproxy_service_failed_total", "Backend handshakes of the service that failed (refused or timed out).", "service")
-	svcPackets = desc("synproxy_service_packets_total", "Established segments of the service: direction=in client to backend, out backend to client.", "service", "direction")
-	svcBytes   = desc("synproxy_service_bytes_total", "Payload bytes of the service: direction=in client to backend, out backend to client.", "service", "direction")
-	svcBackend = desc("synproxy_service_backends", "Backends configured for the service.", "service")
-	services   = desc("synproxy_services", "Services the SYN proxy answers for.")
-	connsDesc  = desc("synproxy_connections", "Entries in the SYN proxy's connection table, by state.", "state")
-	connsMax   = desc("synproxy_connections_max", "Entries the SYN proxy's connection table holds at most.")
+	svcSyns    = counter("synproxy_service_syns_total", "SYNs to the service answered with a cookie SYN-ACK.", "service")
+	svcCookie  = counter("synproxy_service_cookie_ok_total", "ACKs to the service with a valid cookie: connections made.", "service")
+	svcEst     = counter("synproxy_service_established_total", "Backend handshakes of the service completed.", "service")
+	svcFailed  = counter("synproxy_service_failed_total", "Backend handshakes of the service that failed (refused or timed out).", "service")
+	svcPackets = counter("synproxy_service_packets_total", "Established segments of the service: direction=in client to backend, out backend to client.", "service", "direction")
+	svcBytes   = counter("synproxy_service_bytes_total", "Payload bytes of the service: direction=in client to backend, out backend to client.", "service", "direction")
+	svcBackend = gauge("synproxy_service_backends", "Backends configured for the service.", "service")
+	services   = gauge("synproxy_services", "Services the SYN proxy answers for.")
+	connsDesc  = gauge("synproxy_connections", "Entries in the SYN proxy's connection table, by state.", "state")
+	connsMax   = gauge("synproxy_connections_max", "Entries the SYN proxy's connection table holds at most.")
 
-	chainClaimed = desc("chain_stage_packets_total", "Packets each stage of an interface's XDP chain claimed (stage=stack: no stage claimed them, passed to the kernel).", "iface", "stage")
-	chainMissed  = desc("chain_stage_missed_tail_calls_total", "Tail calls into an empty chain slot: the packet passed to the stack unserved.", "iface", "stage")
+	chainClaimed = counter("chain_stage_packets_total", "Packets each stage of an interface's XDP chain claimed (stage=stack: no stage claimed them, passed to the kernel).", "iface", "stage")
+	chainMissed  = counter("chain_stage_missed_tail_calls_total", "Tail calls into an empty chain slot: the packet passed to the stack unserved.", "iface", "stage")
 
-	readErrors = desc("metrics_read_errors", "1 when this scrape could not read a part of the datapath (part=gate, synproxy, chain, FEATURE); the log says why.", "part")
+	readErrors = gauge("metrics_read_errors", "1 when this scrape could not read a part of the datapath (part=gate, synproxy, chain, FEATURE); the log says why.", "part")
 )
 
 // Datapath reads the maps pinned under pins at every scrape. It keeps no
@@ -251,11 +289,21 @@ func (d *Datapath) synproxy(counter emit, gauge emitGauge) error {
 
 // synproxyDesc is the metric of a SYN proxy counter that is not a drop.
 func synproxyDesc(name string) *prometheus.Desc {
-	help := SynproxyHelp[name]
-	if help == "" {
-		help = "The SYN proxy's " + name + " counter (tandem status)."
+	return desc("synproxy_"+name+"_total", synproxyHelp(name))
+}
+
+func synproxyHelp(name string) string {
+	if help := SynproxyHelp[name]; help != "" {
+		return help
 	}
-	return desc("synproxy_"+name+"_total", help)
+	return "The SYN proxy's " + name + " counter (tandem status)."
+}
+
+func featureHelp(name string) string {
+	if help := FeatureHelp[name]; help != "" {
+		return help
+	}
+	return "The " + name + " feature's counters (tandem status), by counter."
 }
 
 // FeatureHelp is the HELP of the counter families of the features whose
@@ -268,11 +316,7 @@ var FeatureHelp = map[string]string{
 // feature exports a feature's status counters: drops in
 // tandem_drops_total, the rest as tandem_FEATURE_packets_total{result}.
 func (d *Datapath) feature(ch chan<- prometheus.Metric, name string, c map[string]uint64) {
-	help := FeatureHelp[name]
-	if help == "" {
-		help = "The " + name + " feature's counters (tandem status), by counter."
-	}
-	dc := desc(name+"_packets_total", help, "result")
+	dc := desc(name+"_packets_total", featureHelp(name), "result")
 	for k, n := range c {
 		if reason, drop := Drops[name][k]; drop {
 			ch <- prometheus.MustNewConstMetric(dropsDesc, prometheus.CounterValue, float64(n), name, reason)
