@@ -306,3 +306,34 @@ func CheckMetricsText(t *testing.T, text string) {
 		t.Errorf("promtool check metrics: %v\n%s", err, out)
 	}
 }
+
+// TestElectedVIPsOwnCounterSlots: a VIP the election moves (--vip-addr)
+// that no --vip names gets its own counter slot in the gate, as every
+// --vip does: its per-VIP counters (tandem status, the metrics) are its
+// own, not those of the VIP in slot 0. (The election wrote such an entry
+// itself, with slot 0, so both VIPs showed the same counters.)
+func TestElectedVIPsOwnCounterSlots(t *testing.T) {
+	l := gatewayLab(t)
+	gw := l.Host("gw")
+	state := stateDir(t)
+	daemon(t, gw, append(electionArgs(t, gw, state), "--vip", vip4.String())...)
+	waitOwner(t, gw, state)
+	r := mustTandem(t, gw, "dump", "vip_gate", "--json", "--bpffs", gw.BPFFS())
+	var recs []struct {
+		VIP   string `json:"vip"`
+		Index uint32 `json:"index"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &recs); err != nil {
+		t.Fatalf("dump vip_gate: %v\n%s", err, r.stdout)
+	}
+	slot := map[uint32]string{}
+	for _, v := range recs {
+		if other, taken := slot[v.Index]; taken {
+			t.Errorf("VIPs %s and %s share counter slot %d", other, v.VIP, v.Index)
+		}
+		slot[v.Index] = v.VIP
+	}
+	if len(recs) != 2 {
+		t.Errorf("the gate holds %d VIPs, want 2 (--vip and --vip-addr):\n%s", len(recs), r.stdout)
+	}
+}
