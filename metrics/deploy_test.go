@@ -2,6 +2,7 @@ package metrics_test
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -136,6 +137,30 @@ func TestDashboard(t *testing.T) {
 	}
 	if n < 20 {
 		t.Errorf("the dashboard names %d metrics in its queries; want them read", n)
+	}
+	checkPromQL(t, all)
+}
+
+// checkPromQL has promtool parse each PromQL query (Grafana's variables
+// put in, its label_values() left out) as a recording rule.
+func checkPromQL(t *testing.T, queries []string) {
+	t.Helper()
+	var rules strings.Builder
+	rules.WriteString("groups:\n  - name: dashboard\n    rules:\n")
+	r := strings.NewReplacer("$__rate_interval", "1m", "$instance", ".*")
+	for i, q := range queries {
+		if strings.HasPrefix(q, "label_values(") {
+			continue
+		}
+		b, _ := json.Marshal(r.Replace(q))
+		fmt.Fprintf(&rules, "      - record: dashboard:query%d\n        expr: %s\n", i, b)
+	}
+	f := filepath.Join(t.TempDir(), "dashboard.yml")
+	if err := os.WriteFile(f, []byte(rules.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(testenv.RequireCommand(t, "promtool"), "check", "rules", f).CombinedOutput(); err != nil {
+		t.Errorf("the dashboard's queries, as rules: promtool check rules: %v\n%s\n%s", err, out, rules.String())
 	}
 }
 
