@@ -40,6 +40,14 @@ deps: ## install the Debian packages tandem's build and tests need (root)
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	@# promtool (the tests check deploy/prometheus and /metrics with it) from
+	@# Debian's prometheus package, unpacked, not installed: installing it
+	@# would start a Prometheus server on the machine.
+	@command -v promtool >/dev/null 2>&1 || { \
+		echo "installing: promtool (from Debian's prometheus package)"; tmp=$$(mktemp -d); \
+		( cd $$tmp && { apt-get download -qq prometheus 2>/dev/null || { apt-get update -qq && apt-get download -qq prometheus; }; } ) && \
+		dpkg -x $$tmp/prometheus_*.deb $$tmp/root && install -m 0755 $$tmp/root/usr/bin/promtool /usr/local/bin/promtool; \
+		status=$$?; rm -rf $$tmp; exit $$status; }
 
 generate: ## rebuild the bpf2go output (bpf/*_bpfel.{go,o}) from bpf/*.c with clang
 	$(GO) generate ./bpf/...

@@ -60,10 +60,10 @@ func TestBackendMetrics(t *testing.T) {
 		}
 	}
 	want := map[string]float64{
-		"tandem_proxy_backend_connections_total 10.9.0.1:80": 7, "tandem_proxy_backend_connections_total 10.9.0.2:80": 0,
-		"tandem_proxy_backend_weight 10.9.0.1:80": 1, "tandem_proxy_backend_weight 10.9.0.2:80": 0,
-		"tandem_proxy_backend_drained 10.9.0.1:80": 0, "tandem_proxy_backend_drained 10.9.0.2:80": 1,
-		"tandem_proxy_backend_table_share 10.9.0.1:80": 1, "tandem_proxy_backend_table_share 10.9.0.2:80": 0,
+		"tandem_synproxy_backend_connections_total 10.9.0.1:80": 7, "tandem_synproxy_backend_connections_total 10.9.0.2:80": 0,
+		"tandem_synproxy_backend_weight 10.9.0.1:80": 1, "tandem_synproxy_backend_weight 10.9.0.2:80": 0,
+		"tandem_synproxy_backend_drained 10.9.0.1:80": 0, "tandem_synproxy_backend_drained 10.9.0.2:80": 1,
+		"tandem_synproxy_backend_table_share 10.9.0.1:80": 1, "tandem_synproxy_backend_table_share 10.9.0.2:80": 0,
 	}
 	if !gomaps.Equal(got, want) {
 		t.Errorf("metrics %v, want %v", got, want)

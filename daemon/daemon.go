@@ -65,6 +65,7 @@ func New(cfg Config) (*Daemon, error) {
 	d.sd.gather(d.mr.reg)
 	d.sd.gather(newBackendMetrics(pinnedProxy(cfg.Datapath.Pins)).registry())
 	d.sd.gather(healthRegistry(d))
+	d.sd.gather(d.sd.daemonMetrics(cfg.Datapath.Pins))
 	if err := d.sd.apply(cfg); err != nil {
 		d.sd.close()
 		return nil, err

@@ -310,11 +310,11 @@ func (h *healthd) close() {
 type healthCollector struct{ d *Daemon }
 
 var (
-	descBackendUp = prometheus.NewDesc("tandem_backend_up", "1 when the backend's verdict in use is up (source: own checks or the owner's).", []string{"service", "backend", "source"}, nil)
+	descBackendUp = prometheus.NewDesc("tandem_synproxy_backend_up", "1 when the backend's verdict in use is up (source: own checks or the owner's).", []string{"service", "backend", "source"}, nil)
 	descChecks    = prometheus.NewDesc("tandem_health_checks_total", "Health checks this host ran on the backend.", []string{"service", "backend"}, nil)
 	descFailed    = prometheus.NewDesc("tandem_health_check_failures_total", "Health checks of the backend that failed.", []string{"service", "backend"}, nil)
 	descLast      = prometheus.NewDesc("tandem_health_last_check_seconds", "Unix time of the backend's last check.", []string{"service", "backend"}, nil)
-	descEvents    = prometheus.NewDesc("tandem_backend_events_total", "Changes of backend verdicts in use, by direction.", []string{"to"}, nil)
+	descEvents    = prometheus.NewDesc("tandem_synproxy_backend_events_total", "Changes of backend verdicts in use, by direction.", []string{"to"}, nil)
 )
 
 func (c healthCollector) Describe(ch chan<- *prometheus.Desc) {

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tandem-net/tandem/syncer"
+	"github.com/tandem-net/tandem/syncer/vip"
 )
 
 // syncd is the daemon's state sync and metrics endpoint: it starts the
@@ -36,6 +37,8 @@ type syncd struct {
 	srv     *http.Server
 	addr    string
 	bound   string // the metrics listener's address (addr may say port 0)
+	// election is the running election, for its metrics (daemonMetrics).
+	election atomic.Pointer[vip.Manager]
 }
 
 // metricsLimits bound what clients of --metrics-addr can hold: a

@@ -36,6 +36,7 @@ type vipd struct {
 	stop   context.CancelFunc
 	done   chan struct{}
 	ln     net.Listener
+	sd     *syncd       // its metrics export the election (syncd.election)
 	role   chan bool    // the sync role the election wants (true: primary)
 	broken atomic.Value // string: the daemon's last datapath problem
 
@@ -194,6 +195,8 @@ func newVipd(c Config, sd *syncd, log *slog.Logger, reloadErr func() string) (*v
 		d.closeGate()
 		return nil, fmt.Errorf("election: control socket: %w", err)
 	}
+	d.sd = sd
+	sd.election.Store(m)
 	ctx, cancel := context.WithCancel(context.Background())
 	d.stop = cancel
 	go d.serve(ctx)
@@ -267,6 +270,7 @@ func (d *vipd) close() {
 	os.Remove(d.sock)
 	d.stop()
 	<-d.done
+	d.sd.election.CompareAndSwap(d.m, nil)
 }
 
 // writeGate sets the gate of every VIP the election moves; gateMu held.

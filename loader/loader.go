@@ -455,6 +455,15 @@ func gateWant(vm *maps.VIPMaps, o Options) map[netip.Addr]bool {
 			want[v.Addr] = v.Owned
 		}
 	}
+	// An elected address not in the gate yet gets its entry here, closed
+	// until the election decides, so that it has a counter slot of its
+	// own (the election only flips entries; one it made would share slot
+	// 0's counters).
+	for _, a := range elected {
+		if _, set := want[a]; !set {
+			want[a] = false
+		}
+	}
 	return want
 }
 

@@ -732,7 +732,10 @@ func (p *proxyLab) daemon(t *testing.T, h *lab.Host, args ...string) {
 		cmd.Process.Kill()
 		cmd.Wait()
 	})
-	deadline := time.Now().Add(30 * time.Second)
+	// Under TCG (the kernel-matrix VM) verifying the proxy's programs for
+	// each interface alone takes many seconds.
+	bound := time.Duration(testScale(t)) * 30 * time.Second
+	deadline := time.Now().Add(bound)
 	for {
 		mu.Lock()
 		s := log.String()
@@ -741,7 +744,7 @@ func (p *proxyLab) daemon(t *testing.T, h *lab.Host, args ...string) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("daemon on %s not running after 30 s:\n%s", h.Name, s)
+			t.Fatalf("daemon on %s not running after %s:\n%s", h.Name, bound, s)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

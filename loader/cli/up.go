@@ -85,8 +85,9 @@ CA, or this host's own certificate, is refused). The standby accepts the primary
 the cheapest safe resync (aligned, journal, incremental or full) from both
 hosts' metadata in --state-dir, and logs the choice and why. A daemon that
 starts as primary serves a new generation, so its standby resyncs in full.
---metrics-addr serves Prometheus metrics at /metrics; tandem status shows
-the session and the replication lag.
+--metrics-addr serves Prometheus metrics at /metrics: the sync's, the
+election's and the datapath's counters, read at each scrape (docs/metrics.md);
+tandem status shows the session and the replication lag.
 
 SYN proxy: --proxy-iface loads the zero-window SYN proxy on the client-side
 and backend-side interfaces (XDP, plus TC ingress for the backends'
@@ -162,7 +163,7 @@ connections idle past their deadlines are closed. docs/migration.md.`,
 			fs.IntVar(&f.sync.Journal, "sync-journal", syncer.DefaultJournalEntries, "deltas the primary keeps for a standby that reconnects (journal resync; at most 16777216)")
 			fs.IntVar(&f.sync.JournalMiB, "sync-journal-mib", syncer.DefaultJournalBytes>>20, "and at most this many MiB of them (at most 4096)")
 			fs.Uint32Var(&f.ring, "sync-ring-bytes", maps.DefaultRingBytes, "each CPU's dirty ring, a power of two from the page size (4 KiB) to 64 MiB (applies to rings not yet created)")
-			fs.StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus metrics on ADDR:PORT at /metrics")
+			fs.StringVar(&f.metrics, "metrics-addr", "", "serve Prometheus metrics (sync, election, datapath) on ADDR:PORT at /metrics")
 			fs.StringArrayVar(&f.vaddrs, "vip-addr", nil, "run the VIP election; the owner holds ADDR/LEN@IFACE (repeat; all move together)")
 			fs.StringSliceVar(&f.vpeers, "vip-peer", nil, "the peer's advert HOST:PORT, one per path: sync link and service network (repeat); adverts from other addresses are refused")
 			fs.StringVar(&f.elect.PeerName, "vip-peer-name", "", "the peer's name (its --sync-name); adverts under another name are refused (default: the one other host certificate in --sync-certs)")

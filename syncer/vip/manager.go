@@ -91,6 +91,7 @@ type Status struct {
 	PeerSeen    time.Time `json:"peer_seen"`
 	Takeovers   uint64    `json:"takeovers"`
 	Releases    uint64    `json:"releases"`
+	SplitBrains uint64    `json:"split_brains_settled"` // both hosts owned (a partition healed), then one let go
 	Refused     uint64    `json:"adverts_refused"`
 	RefusedBy   Refusals  `json:"adverts_refused_by"`
 	Sent        uint64    `json:"adverts_sent"`     // datagrams sent, every path
@@ -140,6 +141,7 @@ type Manager struct {
 	announces []time.Time
 	peerOwned bool // the peer said it owned at the last step
 	peerHeard bool // the peer was alive at the last step
+	split     bool // both hosts owned at the last step (neither handing over)
 }
 
 // Check checks cfg as New does, without opening anything: a daemon
@@ -562,6 +564,13 @@ func (m *Manager) step(ctx context.Context, ticked bool) (retry time.Duration) {
 	back := peer.Alive && !m.peerHeard
 	settled := (back || m.peerOwned && !peerOwns) && m.owner && !m.inherited && !m.yielding && owner && own
 	m.peerOwned, m.peerHeard = peerOwns, peer.Alive
+	// A split brain: both own and neither hands over. It is settled when
+	// either lets go (or the peer falls silent).
+	split := owner && peerOwns && !peer.Yield && !yielding
+	if m.split && !split {
+		m.st.SplitBrains++
+	}
+	m.split = split
 	m.mu.Unlock()
 	if settled {
 		m.log.Info("the peer is back or let go of the VIPs: announcing them again")
