@@ -310,7 +310,11 @@ func upDaemon(env Env, f *upFlags, c daemon.Config) error {
 			d.Reload(nc) // it logs what failed; tandem vip shows it
 		}
 	}()
-	return d.Run(env.Ctx)
+	// Type=notify: READY=1 once attached and, on a standby, caught up.
+	go d.NotifyReady(env.Ctx, 100*time.Millisecond)
+	err = d.Run(env.Ctx)
+	daemon.Notify("STOPPING=1\nSTATUS=stopped; the datapath keeps running from its pins\n")
+	return err
 }
 
 // upUnderDaemon applies the datapath for a root a daemon already serves,
