@@ -263,6 +263,12 @@ func runUp(env Env, opts any, args []string) error {
 		return err
 	}
 	c.Datapath.Log = logger(env.Stderr, f.verbose)
+	if err := loader.MountTrap(c.Datapath.Pins.Root); err != nil {
+		if f.once {
+			return err // nothing touched yet
+		}
+		c.Datapath.Log.Warn("the datapath goes with this daemon: "+err.Error(), "event", "private_mount")
+	}
 	if !f.once {
 		return upDaemon(env, f, c)
 	}
