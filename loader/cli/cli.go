@@ -76,6 +76,7 @@ Commands that read:
   sa        the IPsec SAs' replay state, windows, outbound sequences and drops (sa list)
   probe     check that this kernel has what tandem needs (exit 1 when not)
   version   tandem's version and build
+  config    check a config file without touching the machine (config check FILE)
 
 Run 'tandem COMMAND --help' for a command's flags and examples.
 Pins live under --bpffs (default /sys/fs/bpf/tandem); inspect them with
