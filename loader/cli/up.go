@@ -22,6 +22,7 @@ type upFlags struct {
 	once     bool
 	interval time.Duration
 	verbose  bool
+	logFmt   string
 	sync     daemon.SyncOptions
 	ring     uint32
 	metrics  string
@@ -133,6 +134,7 @@ connections idle past their deadlines are closed. docs/migration.md.`,
 			fs.BoolVar(&f.once, "once", false, "apply and exit; do not run the daemon")
 			fs.DurationVar(&f.interval, "check-interval", time.Second, "how often the daemon checks its attachments (100ms to 1h)")
 			fs.BoolVarP(&f.verbose, "verbose", "v", false, "log debug detail")
+			addLogFormat(fs, &f.logFmt)
 			d := daemon.Defaults()
 			fs.StringVar(&f.sync.Role, "sync-role", "", "replicate state: primary (send) or standby (receive); empty: no sync")
 			fs.StringVar(&f.sync.Peer, "sync-peer", "", "primary: the standby's HOST:PORT")
@@ -262,7 +264,9 @@ func runUp(env Env, opts any, args []string) error {
 	if _, err := daemon.ControlGID(c.ControlGroup); err != nil {
 		return err
 	}
-	c.Datapath.Log = logger(env.Stderr, f.verbose)
+	if c.Datapath.Log, err = loggerAs(env.Stderr, f.verbose, f.logFmt); err != nil {
+		return err
+	}
 	if err := loader.MountTrap(c.Datapath.Pins.Root); err != nil {
 		if f.once {
 			return err // nothing touched yet
