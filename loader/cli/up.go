@@ -61,7 +61,19 @@ already serves --bpffs, up applies the change and leaves that daemon to it;
 if it asks for other daemon options (--state-dir, --metrics-addr, --sync-*,
 the --vip-* election, --proxy-secret, --control-group) it refuses before
 changing anything and names them: those need a restart of the daemon.
---once applies and exits without running the daemon.
+--once applies and exits without running the daemon. Where up would have
+to mount bpffs in a mount namespace that is not the host's (ip netns exec
+gives a command a /sys of its own), the pins would vanish with the
+command: --once refuses (enter only the network namespace, nsenter
+--net=/run/netns/NAME, or mount bpffs in the host's namespace first), the
+daemon warns that the datapath goes with it.
+
+Under systemd (Type=notify, deploy/tandem.service) the daemon sends
+READY=1 once the datapath is attached and, on a standby, once it has
+applied a complete copy of the primary's state; STATUS= says what it
+waits for. --log-format json writes one JSON object a line; the state
+changes an operator acts on carry an "event" key (attach, replace,
+detach, takeover, release, role, resync, resync_done, rescan, ready).
 
 Before it attaches anything, up checks what the daemon needs (certificates,
 secrets, the control group) and locks --state-dir (one daemon per state
