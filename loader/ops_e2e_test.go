@@ -17,6 +17,12 @@ import (
 // a JSON object must be one; those with an "event" key are returned.
 func jsonEvents(t *testing.T, who, log string) []map[string]any {
 	t.Helper()
+	return jsonEventsAt(t, who, log, "INFO")
+}
+
+// jsonEventsAt is jsonEvents for the lines of one level.
+func jsonEventsAt(t *testing.T, who, log, level string) []map[string]any {
+	t.Helper()
 	var out []map[string]any
 	for _, line := range strings.Split(log, "\n") {
 		if !strings.HasPrefix(line, "{") {
@@ -27,7 +33,7 @@ func jsonEvents(t *testing.T, who, log string) []map[string]any {
 			t.Errorf("%s: a log line that is not JSON: %q", who, line)
 			continue
 		}
-		if m["event"] != nil && m["level"] == "INFO" {
+		if m["event"] != nil && m["level"] == level {
 			out = append(out, m)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tandem-net/tandem/tools/testenv"
 )
@@ -60,5 +61,43 @@ func TestUpOnceRefusesPrivateMount(t *testing.T) {
 	}
 	if !attached {
 		t.Errorf("after nsenter --net tandem up --once, no working XDP attachment on eth0: %+v", st.Attachments)
+	}
+}
+
+// TestUpDaemonWarnsPrivateMount: the daemon, run through ip netns exec,
+// holds the datapath while it runs (its mount namespace lives as long as
+// it does), so it starts, but warns that the datapath goes with it.
+func TestUpDaemonWarnsPrivateMount(t *testing.T) {
+	l := gatewayLab(t)
+	gw := l.Host("gw")
+	cmd := exec.Command("ip", "netns", "exec", gw.NS, testenv.Tandem(t), "up", "-i", "eth0", "--vip", vip4.String(),
+		"--bpffs", gw.BPFFS(), "--state-dir", stateDir(t), "--log-format", "json")
+	var log lockedLog
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	defer func() {
+		cmd.Process.Signal(os.Interrupt)
+		<-done
+	}()
+	for !strings.Contains(log.String(), "daemon running") {
+		select {
+		case <-done:
+			t.Fatalf("the daemon exited:\n%s", log.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	warned := false
+	for _, e := range jsonEventsAt(t, "daemon", log.String(), "WARN") {
+		if e["event"] == "private_mount" && strings.Contains(e["msg"].(string), "the datapath goes with this daemon") &&
+			strings.Contains(e["msg"].(string), "nsenter --net=/run/netns/"+gw.NS) {
+			warned = true
+		}
+	}
+	if !warned {
+		t.Errorf("no private_mount warning naming the nsenter form:\n%s", log.String())
 	}
 }
