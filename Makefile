@@ -2,7 +2,10 @@
 GO      ?= go
 BIN     := bin/tandem
 # Debian packages the build, the tests, the demo and the benchmarks use.
-DEB_PKGS := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping netcat-openbsd tcpdump nftables qemu-system-x86 conntrackd conntrack iperf3 keepalived
+DEB_PKGS := clang llvm libbpf-dev bpftool iproute2 ethtool iputils-ping netcat-openbsd tcpdump nftables qemu-system-x86 conntrackd conntrack iperf3 keepalived systemd lintian
+# make deb: the package's version (Debian's rules: it starts with a digit);
+# by default from the last commit's date and hash.
+DEB_VERSION ?= 0.0~git$(shell git log -1 --format=%cd --date=format:%Y%m%d 2>/dev/null).$(shell git rev-parse --short=12 HEAD 2>/dev/null)
 # make vmtest: a vmlinuz path, or a Debian kernel version fetched and cached (6.1)
 KERNEL  ?= 6.1
 # The VM runs under TCG where KVM hangs: the long lab tests divide their
@@ -29,7 +32,7 @@ SOAK_SEED ?=
 SOAK_SKIP ?= restart
 SOAK_FLAGS ?=
 
-.PHONY: help deps generate check-generated build test vmtest fuzz bench soak qemumig demo lint clean
+.PHONY: help deps generate check-generated build deb test vmtest fuzz bench soak qemumig demo lint clean
 
 help: ## list the targets
 	@awk 'BEGIN{FS=":.*## "} /^[a-z-]+:.*## /{printf "  %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,6 +60,10 @@ check-generated: generate ## fail when the committed bpf2go output is not what t
 
 build: ## build bin/tandem
 	$(GO) build -o $(BIN) ./loader/cmd/tandem
+
+deb: ## build bin/tandem_DEB_VERSION_amd64.deb (binary, unit, /etc/tandem/tandem.toml, man pages), checked by lintian
+	GO=$(GO) deploy/deb/build.sh "$(DEB_VERSION)" bin
+	@if command -v lintian >/dev/null 2>&1; then lintian --fail-on error,warning "bin/tandem_$(DEB_VERSION)_amd64.deb"; else echo "lintian not installed (make deps): package not checked"; fi
 
 test: deps build ## run every test (as root: the privileged ones too)
 	$(GO) test $(GOFLAGS_TEST) ./...

@@ -19,7 +19,7 @@ type backendMetrics struct {
 func newBackendMetrics(open func() (*maps.SynproxyMaps, func(), error)) *backendMetrics {
 	labels := []string{"service", "backend"}
 	d := func(name, help string) *prometheus.Desc {
-		return prometheus.NewDesc(prometheus.BuildFQName("tandem", "proxy_backend", name), help, labels, nil)
+		return prometheus.NewDesc(prometheus.BuildFQName("tandem", "synproxy_backend", name), help, labels, nil)
 	}
 	return &backendMetrics{open: open,
 		conns:   d("connections_total", "New connections sent to the backend (cookie ACKs that made an entry)."),

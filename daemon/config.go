@@ -115,16 +115,23 @@ func Defaults() Config {
 // loader, then the daemon's ([sync], [election], state_dir, metrics_addr,
 // control_group). Its errors are *loader.ConfigError.
 func (c *Config) ApplyFile(fc *loader.FileConfig) error {
+	// Both halves run whatever the other found, so every bad value is
+	// reported (tandem config check lists them all).
+	var errs []error
 	if err := fc.Apply(&c.Datapath); err != nil {
-		return err
+		errs = append(errs, err)
 	}
 	if err := c.applyFile(fc); err != nil {
-		return &loader.ConfigError{Err: err}
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return &loader.ConfigError{Err: errors.Join(errs...)}
 	}
 	return nil
 }
 
 func (c *Config) applyFile(fc *loader.FileConfig) error {
+	var errs []error
 	set := func(dst *string, v string) {
 		if v != "" {
 			*dst = v
@@ -142,9 +149,10 @@ func (c *Config) applyFile(fc *loader.FileConfig) error {
 	if fc.Sync.Interval != "" {
 		d, err := time.ParseDuration(fc.Sync.Interval)
 		if err != nil {
-			return fmt.Errorf("config: sync.interval %q: %v", fc.Sync.Interval, err)
+			errs = append(errs, fmt.Errorf("config: sync.interval %q: %v", fc.Sync.Interval, err))
+		} else {
+			c.Sync.Interval = d
 		}
-		c.Sync.Interval = d
 	}
 	if fc.Sync.Journal != 0 {
 		c.Sync.Journal = fc.Sync.Journal
@@ -157,9 +165,12 @@ func (c *Config) applyFile(fc *loader.FileConfig) error {
 		c.Migrate.Clients = slices.Clone(fc.Migrate.Clients)
 	}
 	if err := c.applyHealthFile(fc); err != nil {
-		return err
+		errs = append(errs, err)
 	}
-	return applyElect(fc.Election, &c.Elect)
+	if err := applyElect(fc.Election, &c.Elect); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
 // Validate checks the choices, not the machine: the datapath's, then the

@@ -114,13 +114,16 @@ func (c *Config) validateElect() []error {
 }
 
 func applyElect(ec loader.ElectConfig, e *ElectOptions) error {
+	var errs []error
 	for _, a := range ec.Addrs {
 		x, err := vip.ParseAddr(a)
 		if err != nil {
-			return fmt.Errorf("config: election.addrs: %v", err)
+			errs = append(errs, fmt.Errorf("config: election.addrs: %v", err))
+			continue
 		}
 		if err := loader.CheckVIPPrefix(x.Prefix); err != nil {
-			return fmt.Errorf("config: election.addrs: %w", err)
+			errs = append(errs, fmt.Errorf("config: election.addrs: %w", err))
+			continue
 		}
 		e.Addrs = append(e.Addrs, x)
 	}
@@ -135,17 +138,19 @@ func applyElect(ec loader.ElectConfig, e *ElectOptions) error {
 	}
 	if ec.Priority != nil {
 		if *ec.Priority < 0 || *ec.Priority > 255 {
-			return fmt.Errorf("config: election.priority %d: 0 to 255", *ec.Priority)
+			errs = append(errs, fmt.Errorf("config: election.priority %d: 0 to 255", *ec.Priority))
+		} else {
+			e.Priority = uint8(*ec.Priority)
 		}
-		e.Priority = uint8(*ec.Priority)
 	}
 	e.Preempt = e.Preempt || ec.Preempt
 	if ec.Interval != "" {
 		d, err := time.ParseDuration(ec.Interval)
 		if err != nil {
-			return fmt.Errorf("config: election.interval %q: %v", ec.Interval, err)
+			errs = append(errs, fmt.Errorf("config: election.interval %q: %v", ec.Interval, err))
+		} else {
+			e.Interval = d
 		}
-		e.Interval = d
 	}
 	if ec.Dead != 0 {
 		e.Dead = ec.Dead
@@ -153,5 +158,5 @@ func applyElect(ec loader.ElectConfig, e *ElectOptions) error {
 	if ec.Secret != "" {
 		e.Secret = ec.Secret
 	}
-	return nil
+	return errors.Join(errs...)
 }

@@ -233,7 +233,10 @@ func (fc *FileConfig) Apply(o *Options) error {
 	return nil
 }
 
+// apply lays every value it can and reports every bad one (joined), so
+// tandem config check lists all problems, not just the first.
 func (fc *FileConfig) apply(o *Options) error {
+	var errs []error
 	set := func(dst *string, v string) {
 		if v != "" {
 			*dst = v
@@ -269,12 +272,13 @@ func (fc *FileConfig) apply(o *Options) error {
 	fc.ESP.apply(&o.ESP)
 	set(&o.Proxy.SecretFile, fc.Proxy.Secret)
 	if err := fc.Proxy.applySettings(&o.Proxy); err != nil {
-		return err
+		errs = append(errs, err)
 	}
 	for i, sc := range fc.Proxy.Services {
 		svc, err := ServiceFrom(sc.VIP, sc.Backends)
 		if err != nil {
-			return fmt.Errorf("config: proxy.service #%d: %v", i+1, err)
+			errs = append(errs, fmt.Errorf("config: proxy.service #%d: %v", i+1, err))
+			continue
 		}
 		o.Proxy.Services = append(o.Proxy.Services, svc)
 	}
@@ -283,18 +287,21 @@ func (fc *FileConfig) apply(o *Options) error {
 		for i, v := range fc.VIPs {
 			a, err := netip.ParseAddr(v.Addr)
 			if err != nil {
-				return fmt.Errorf("config: vip #%d: %q is not an IP address", i+1, v.Addr)
+				errs = append(errs, fmt.Errorf("config: vip #%d: %q is not an IP address", i+1, v.Addr))
+				continue
 			}
 			if err := CheckVIP(a); err != nil {
-				return fmt.Errorf("config: vip #%d: %s: %w", i+1, a.Unmap(), err)
+				errs = append(errs, fmt.Errorf("config: vip #%d: %s: %w", i+1, a.Unmap(), err))
+				continue
 			}
 			if _, dup := o.VIPs[a.Unmap()]; dup {
-				return fmt.Errorf("config: vip %s listed twice", a)
+				errs = append(errs, fmt.Errorf("config: vip %s listed twice", a))
+				continue
 			}
 			o.VIPs[a.Unmap()] = v.Owned == nil || *v.Owned
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // ParseVIP reads a --vip value: ADDR (owned) or ADDR=standby / ADDR=owned.
@@ -319,6 +326,7 @@ func ParseVIP(s string) (netip.Addr, bool, error) {
 // applySettings lays the [proxy] table's load-time settings over p; their
 // bounds are checked with the flags' (validateProxy).
 func (pc ProxyConfig) applySettings(p *ProxyOptions) error {
+	var errs []error
 	for _, n := range []struct {
 		v   int
 		dst *int
@@ -336,9 +344,10 @@ func (pc ProxyConfig) applySettings(p *ProxyOptions) error {
 		}
 		v, err := time.ParseDuration(d.v)
 		if err != nil {
-			return fmt.Errorf("config: proxy.%s %q: %v (a duration: 1s, 500ms)", d.key, d.v, err)
+			errs = append(errs, fmt.Errorf("config: proxy.%s %q: %v (a duration: 1s, 500ms)", d.key, d.v, err))
+			continue
 		}
 		*d.dst = v
 	}
-	return nil
+	return errors.Join(errs...)
 }

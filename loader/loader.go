@@ -287,7 +287,7 @@ func Up(o Options) (_ *Result, err error) {
 		return nil, err
 	}
 	if res.Mounted != "" {
-		log.Info("mounted bpffs", "at", res.Mounted)
+		log.Info("mounted bpffs", "event", "mount", "at", res.Mounted)
 	}
 	for _, d := range []string{o.Pins.MapsDir(), o.Pins.ProgsDir(), o.Pins.AttachDir()} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -402,7 +402,11 @@ func Up(o Options) (_ *Result, err error) {
 		kind, ifname, _ := maps.SplitAttachName(a.Pin)
 		seen := inspect(o.Pins, a.Pin, kind, ifname, true)
 		a.ProgID, a.LinkID, a.Prog, a.Problem, a.Chain = seen.ProgID, seen.LinkID, seen.Prog, seen.Problem, seen.Chain
-		log.Info("attached", "iface", a.Iface, "hook", a.Hook, "feature", a.Feature, "via", a.Via, "prog_id", a.ProgID, "note", a.Note)
+		event := "replace" // an attachment that was there, its program swapped
+		if a.created {
+			event = "attach"
+		}
+		log.Info("attached", "event", event, "iface", a.Iface, "hook", a.Hook, "feature", a.Feature, "via", a.Via, "prog_id", a.ProgID, "note", a.Note)
 	}
 
 	// Only now, with the new datapath in place, drop what is no longer
@@ -422,7 +426,7 @@ func Up(o Options) (_ *Result, err error) {
 			return res, err
 		}
 		res.Removed = append(res.Removed, e)
-		log.Info("detached", "attachment", e, "why", "no longer configured")
+		log.Info("detached", "event", "detach", "attachment", e, "why", "no longer configured")
 	}
 	if err := unpinStaleChains(o.Pins, want); err != nil {
 		return res, err
@@ -643,7 +647,7 @@ func down(pins maps.Pins, log *slog.Logger) (*DownResult, error) {
 			continue
 		}
 		res.Detached = append(res.Detached, e)
-		log.Info("detached", "attachment", e)
+		log.Info("detached", "event", "detach", "attachment", e)
 	}
 	// After the detach: no program runs on without what it relied on.
 	restored, err := restoreSysctls(pins)

@@ -46,6 +46,7 @@ type daemonPair struct {
 	state  map[string]string
 	procs  map[string]*daemonProc
 	client *net.UDPConn
+	env    map[string][]string // more environment for a host's daemon
 }
 
 type daemonProc struct {
@@ -129,6 +130,9 @@ func (p *daemonPair) start(host string, extra ...string) *daemonProc {
 	args = append(args, extra...)
 	d := &daemonProc{cmd: h.Cmd(testenv.Tandem(p.t), args...), log: &lockedBuffer{}, done: make(chan error, 1)}
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	if env := p.env[host]; env != nil {
+		d.cmd.Env = append(os.Environ(), env...)
+	}
 	if err := d.cmd.Start(); err != nil {
 		p.t.Fatal(err)
 	}

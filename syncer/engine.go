@@ -68,7 +68,8 @@ type Engine struct {
 	compactAt int
 	kio       map[uint32]*kio // maps read in the kernel in batches
 	drains    uint64
-	checkOver bool // the next tick reads the overflow counts (a flush)
+	checkOver bool     // the next tick reads the overflow counts (a flush)
+	rescanned []string // the maps the last tick sent whole for an overflow
 	Stats     Stats
 }
 
@@ -252,8 +253,12 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 	}
 	clear(e.waiting)
 	e.order = e.order[:0]
+	e.rescanned = e.rescanned[:0]
 	for _, id := range rescan {
 		e.Stats.OverflowRescans++
+		if m, ok := e.maps[id]; ok {
+			e.rescanned = append(e.rescanned, m.Name)
+		}
 		if err := e.rescan(id, emit); err != nil {
 			return err
 		}
@@ -391,6 +396,10 @@ func (e *Engine) Marker(op Op, gen uint64, emit func(Delta) error) error {
 }
 
 // rescan sends a whole map between snapshot markers.
+// Rescanned names the maps the last Tick sent whole because their ring
+// records overflowed.
+func (e *Engine) Rescanned() []string { return append([]string(nil), e.rescanned...) }
+
 func (e *Engine) rescan(id uint32, emit func(Delta) error) error {
 	m, ok := e.maps[id]
 	if !ok {

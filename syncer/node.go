@@ -302,7 +302,10 @@ func (n *Node) runPrimary(ctx context.Context) error {
 		m.Ticks.Inc()
 		m.RingRecords.Add(float64(e.Stats.Records - recs))
 		m.RingDepth.Set(float64(e.Stats.Records - recs))
-		m.Rescans.Add(float64(e.Stats.OverflowRescans - rescans))
+		if d := e.Stats.OverflowRescans - rescans; d > 0 {
+			m.Rescans.Add(float64(d))
+			n.log.Info("dirty ring overflowed: maps sent whole", "event", "rescan", "maps", e.Rescanned(), "rescans_total", e.Stats.OverflowRescans)
+		}
 		m.DeltasSent.Add(float64(e.Seq() - before))
 		m.LastSent.Set(float64(e.Seq()))
 		m.JournalEntries.Set(float64(j.Len()))
@@ -375,7 +378,7 @@ func (n *Node) runPrimary(ctx context.Context) error {
 			start, before := time.Now(), e.Seq()
 			mode, why, err := ResyncProgress(n.meta, j, e, s, func(mode Mode, why string, sent int) {
 				if sent == 0 {
-					n.log.Info("resync starting", "mode", mode, "why", why, "standby_applied", s.Peer.LastApplied, "last_sent", n.meta.LastSent)
+					n.log.Info("resync starting", "event", "resync", "mode", mode, "why", why, "standby_applied", s.Peer.LastApplied, "last_sent", n.meta.LastSent)
 				} else {
 					n.log.Info("resync in progress", "mode", mode, "deltas_sent", sent, "elapsed", time.Since(start).Round(time.Millisecond))
 				}
@@ -386,7 +389,7 @@ func (n *Node) runPrimary(ctx context.Context) error {
 			}
 			m.Resyncs.WithLabelValues(string(mode)).Inc()
 			m.DeltasSent.Add(float64(e.Seq() - before))
-			n.log.Info("resync sent", "mode", mode, "why", why, "deltas", e.Seq()-before, "took", time.Since(start).Round(time.Millisecond))
+			n.log.Info("resync sent", "event", "resync_done", "mode", mode, "why", why, "deltas", e.Seq()-before, "took", time.Since(start).Round(time.Millisecond))
 			n.update(func(st *NodeStatus) {
 				st.LastResync = &ResyncInfo{Mode: mode, Why: why, At: time.Now(), Deltas: e.Seq() - before}
 			})

@@ -230,7 +230,7 @@ func (r *Receiver) handle(c net.Conn, release func()) {
 		log.Warn("sync session: send hello", "err", err)
 		return
 	}
-	log.Info("sync session open", "peer_last_sent", m.Hello.LastSent, "last_applied", hello.LastApplied, "replaced_old_session", old != nil)
+	log.Info("sync session open", "event", "session_open", "peer_last_sent", m.Hello.LastSent, "last_applied", hello.LastApplied, "replaced_old_session", old != nil)
 	r.sessions.Add(1)
 	addr := c.RemoteAddr().String()
 	r.cmu.Lock()

@@ -76,6 +76,7 @@ Commands that read:
   sa        the IPsec SAs' replay state, windows, outbound sequences and drops (sa list)
   probe     check that this kernel has what tandem needs (exit 1 when not)
   version   tandem's version and build
+  config    check a config file without touching the machine (config check FILE)
 
 Run 'tandem COMMAND --help' for a command's flags and examples.
 Pins live under --bpffs (default /sys/fs/bpf/tandem); inspect them with
@@ -171,9 +172,29 @@ func (c *command) help() string {
 }
 
 func logger(w io.Writer, verbose bool) *slog.Logger {
+	l, _ := loggerAs(w, verbose, "text")
+	return l
+}
+
+// loggerAs is logger in --log-format format: text (key=value) or json
+// (one object a line). The state changes an operator acts on are info
+// lines with an "event" key (README.md, "Install as a service", lists them).
+func loggerAs(w io.Writer, verbose bool, format string) (*slog.Logger, error) {
 	level := slog.LevelInfo
 	if verbose {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	o := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, o)), nil
+	}
+	return nil, usagef("--log-format %q: text or json", format)
+}
+
+// addLogFormat defines --log-format.
+func addLogFormat(fs *pflag.FlagSet, dst *string) {
+	fs.StringVar(dst, "log-format", "text", "log lines as text (key=value) or json (one object a line)")
 }

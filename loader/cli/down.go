@@ -32,6 +32,7 @@ namespace where up ran.`,
 		flags: func(fs *pflag.FlagSet) any {
 			f := &downFlags{rootFlags: addRootFlags(fs)}
 			fs.BoolVarP(&f.verbose, "verbose", "v", false, "log each step")
+			addLogFormat(fs, &f.logFmt)
 			fs.DurationVar(&f.stopTimeout, "stop-timeout", 10*time.Second, "how long to wait for a running daemon to stop")
 			return f
 		},
@@ -48,6 +49,10 @@ func runDown(env Env, opts any, args []string) error {
 	if err != nil {
 		return err
 	}
+	log, err := loggerAs(env.Stderr, f.verbose, f.logFmt)
+	if err != nil {
+		return err
+	}
 	if f.stopTimeout <= 0 {
 		return usagef("--stop-timeout must be positive")
 	}
@@ -61,7 +66,7 @@ func runDown(env Env, opts any, args []string) error {
 		return err
 	}
 	defer unlock()
-	res, err := loader.Down(c.Datapath.Pins, logger(env.Stderr, f.verbose))
+	res, err := loader.Down(c.Datapath.Pins, log)
 	if res != nil {
 		for _, r := range res.Restored {
 			fmt.Fprintf(env.Stdout, "restored sysctl %s (its value before up)\n", r)
@@ -81,5 +86,6 @@ func runDown(env Env, opts any, args []string) error {
 type downFlags struct {
 	*rootFlags
 	verbose     bool
+	logFmt      string
 	stopTimeout time.Duration // how long to wait for the daemon to stop
 }

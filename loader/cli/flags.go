@@ -2,10 +2,12 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
 	"slices"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/pflag"
@@ -40,7 +42,8 @@ func (r *rootFlags) config() (daemon.Config, error) {
 			return c, err
 		}
 		if err := c.ApplyFile(fc); err != nil {
-			return c, err
+			// Every bad value, on one line (tandem config check lists them one a line).
+			return c, &loader.ConfigError{Err: errors.New(strings.ReplaceAll(err.Error(), "\n", "; "))}
 		}
 	}
 	if r.fs.Changed("bpffs") {

@@ -22,6 +22,7 @@ type upFlags struct {
 	once     bool
 	interval time.Duration
 	verbose  bool
+	logFmt   string
 	sync     daemon.SyncOptions
 	ring     uint32
 	metrics  string
@@ -60,7 +61,19 @@ already serves --bpffs, up applies the change and leaves that daemon to it;
 if it asks for other daemon options (--state-dir, --metrics-addr, --sync-*,
 the --vip-* election, --proxy-secret, --control-group) it refuses before
 changing anything and names them: those need a restart of the daemon.
---once applies and exits without running the daemon.
+--once applies and exits without running the daemon. Where up would have
+to mount bpffs in a mount namespace that is not the host's (ip netns exec
+gives a command a /sys of its own), the pins would vanish with the
+command: --once refuses (enter only the network namespace, nsenter
+--net=/run/netns/NAME, or mount bpffs in the host's namespace first), the
+daemon warns that the datapath goes with it.
+
+Under systemd (Type=notify, deploy/tandem.service) the daemon sends
+READY=1 once the datapath is attached and, on a standby, once it has
+applied a complete copy of the primary's state; STATUS= says what it
+waits for. --log-format json writes one JSON object a line; the state
+changes an operator acts on carry an "event" key (attach, replace,
+detach, takeover, release, role, resync, resync_done, rescan, ready).
 
 Before it attaches anything, up checks what the daemon needs (certificates,
 secrets, the control group) and locks --state-dir (one daemon per state
@@ -152,6 +165,7 @@ connections idle past their deadlines are closed. docs/migration.md.`,
 			fs.BoolVar(&f.once, "once", false, "apply and exit; do not run the daemon")
 			fs.DurationVar(&f.interval, "check-interval", time.Second, "how often the daemon checks its attachments (100ms to 1h)")
 			fs.BoolVarP(&f.verbose, "verbose", "v", false, "log debug detail")
+			addLogFormat(fs, &f.logFmt)
 			d := daemon.Defaults()
 			fs.StringVar(&f.sync.Role, "sync-role", "", "replicate state: primary (send) or standby (receive); empty: no sync")
 			fs.StringVar(&f.sync.Peer, "sync-peer", "", "primary: the standby's HOST:PORT")
@@ -290,7 +304,15 @@ func runUp(env Env, opts any, args []string) error {
 	if _, err := daemon.ControlGID(c.ControlGroup); err != nil {
 		return err
 	}
-	c.Datapath.Log = logger(env.Stderr, f.verbose)
+	if c.Datapath.Log, err = loggerAs(env.Stderr, f.verbose, f.logFmt); err != nil {
+		return err
+	}
+	if err := loader.MountTrap(c.Datapath.Pins.Root); err != nil {
+		if f.once {
+			return err // nothing touched yet
+		}
+		c.Datapath.Log.Warn("the datapath goes with this daemon: "+err.Error(), "event", "private_mount")
+	}
 	if !f.once {
 		return upDaemon(env, f, c)
 	}
@@ -338,7 +360,11 @@ func upDaemon(env Env, f *upFlags, c daemon.Config) error {
 			d.Reload(nc) // it logs what failed; tandem vip shows it
 		}
 	}()
-	return d.Run(env.Ctx)
+	// Type=notify: READY=1 once attached and, on a standby, caught up.
+	go d.NotifyReady(env.Ctx, 100*time.Millisecond)
+	err = d.Run(env.Ctx)
+	daemon.Notify("STOPPING=1\nSTATUS=stopped; the datapath keeps running from its pins\n")
+	return err
 }
 
 // upUnderDaemon applies the datapath for a root a daemon already serves,

@@ -597,7 +597,7 @@ func (m *Manager) step(ctx context.Context, ticked bool) (retry time.Duration) {
 	m.st.Peer, m.st.PeerOwner, m.st.PeerHealthy, m.st.PeerSeen = peer.Name, peer.Owner, peer.Healthy, m.lastAt
 	m.mu.Unlock()
 	if changed {
-		m.log.Info("sync role", "primary", primary)
+		m.log.Info("sync role", "event", "role", "primary", primary)
 		m.cfg.Role(primary)
 	}
 	return retry
@@ -693,7 +693,7 @@ func (m *Manager) takeover(why string) {
 	m.st.Why, m.st.Since, m.st.Takeovers = why, m.now(), m.st.Takeovers+1
 	m.mu.Unlock()
 	m.announceFrom(start)
-	m.log.Info("took the VIPs", "why", why, "took", m.now().Sub(start).Round(time.Microsecond))
+	m.log.Info("took the VIPs", "event", "takeover", "why", why, "took", m.now().Sub(start).Round(time.Microsecond))
 	m.wake() // tell the peer now, not at the next interval
 }
 
@@ -724,7 +724,7 @@ func (m *Manager) release(why string) {
 	m.st.Why, m.st.Since, m.st.Releases = why, m.now(), m.st.Releases+1
 	m.announces = nil
 	m.mu.Unlock()
-	m.log.Info("released the VIPs", "why", why)
+	m.log.Info("released the VIPs", "event", "release", "why", why)
 	m.wake() // tell the peer now, not at the next interval
 }
 
