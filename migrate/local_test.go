@@ -565,3 +565,77 @@ func TestAdoptCountsOnlyTheOldOwners(t *testing.T) {
 		t.Errorf("the new owner flushed %v, want 0..49 in order", seqs)
 	}
 }
+
+// TestTakeoverCountsBoth: the new owner's counters are the old owner's
+// (as last replicated) plus what it held itself as the standby. The
+// owner's record reaches the standby whole (the sync writes the value),
+// so tickets the standby's datapath took in its copy vanished with the
+// owner's next change while their frames sat in its ring: Held and Lost
+// undercounted after the takeover (Held 100, Lost 60 here).
+func TestTakeoverCountsBoth(t *testing.T) {
+	w := newWorld(t, 65536)
+	w.blackout(t)
+	var sb *migrate.Local
+	w.do(t, func() (err error) { sb, err = migrate.NewLocalRole(w.cloneMaps(t), nil, false); return err })
+	defer sb.Close()
+	w.send(t, 0, 40) // reach the standby (flooded to it, say): held here
+	// The owner's record as the sync writes it on the standby: the
+	// owner has held 100 packets (in its own ring), none flushed.
+	const oldOwners = 100
+	k := maps.MigKeyOf(ep4)
+	var v maps.MigVal
+	if err := w.mm.State.Lookup(k, &v); err != nil {
+		t.Fatal(err)
+	}
+	v.Hold = maps.MigFlushing | oldOwners
+	v.Sync.Version += 10
+	if err := w.mm.State.Update(k, &v, ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+	w.do(t, func() error {
+		if err := sb.SetActive(true); err != nil {
+			return err
+		}
+		return sb.Switch(ep4)
+	})
+	list, err := sb.List()
+	if err != nil || len(list) != 1 || list[0].Migration == nil {
+		t.Fatalf("list after the takeover: %+v %v", list, err)
+	}
+	m := list[0].Migration
+	if m.Held != oldOwners+40 || m.Lost != oldOwners || m.Flushed != 40 || m.Overflow != 0 {
+		t.Errorf("after the takeover and the switch: held %d, lost %d, flushed %d, overflow %d; want held %d (the old owner's %d and this host's 40), lost %d, flushed 40",
+			m.Held, m.Lost, m.Flushed, m.Overflow, oldOwners+40, oldOwners, oldOwners)
+	}
+	if seqs, _ := w.received(t); !inOrder(seqs, 0, 40) {
+		t.Errorf("the new owner flushed %v, want 0..39 in order", seqs)
+	}
+}
+
+// TestOwnerReplicatesHoldCounts: while the owner holds, its record is
+// marked for the sync (its version moves) without any step, so the peer
+// learns the hold counters. Before, the tickets went to the peer only
+// with the record's next change: after a failover the new owner's Held
+// and Lost missed what the old owner held since the blackout began.
+func TestOwnerReplicatesHoldCounts(t *testing.T) {
+	w := newWorld(t, 65536)
+	w.blackout(t)
+	k := maps.MigKeyOf(ep4)
+	var v maps.MigVal
+	if err := w.mm.State.Lookup(k, &v); err != nil {
+		t.Fatal(err)
+	}
+	v0 := v.Sync.Version
+	w.send(t, 0, 100)
+	// Polled, not timed: the mark comes within a few TouchIntervals.
+	for i := 0; i < 500; i++ {
+		if err := w.mm.State.Lookup(k, &v); err != nil {
+			t.Fatal(err)
+		}
+		if v.Sync.Version > v0 {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Errorf("the holding record's version stayed %d with 100 packets held: its counters never went to the sync", v0)
+}
