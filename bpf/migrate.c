@@ -295,7 +295,12 @@ static __always_inline int mig_encap_out(struct xdp_md *ctx, const struct mig_lo
 		ip6->payload_len = bpf_htons(inner);
 		ip6->nexthdr = proto;
 		ip6->hop_limit = 64;
-		__builtin_memcpy(&ip6->saddr, (const void *)cfg_encap_src6, 16);
+		/* word by word: a memcpy would read the initializer, not the
+		 * loader's value (the volatile qualifier cast away) */
+		((__u32 *)&ip6->saddr)[0] = cfg_encap_src6[0];
+		((__u32 *)&ip6->saddr)[1] = cfg_encap_src6[1];
+		((__u32 *)&ip6->saddr)[2] = cfg_encap_src6[2];
+		((__u32 *)&ip6->saddr)[3] = cfg_encap_src6[3];
 		__builtin_memcpy(&ip6->daddr, loc->hop, 16);
 		eth->h_proto = bpf_htons(ETH_P_IPV6);
 	}

@@ -621,7 +621,9 @@ func (l *Local) inject(ifindex uint32, data []byte) error {
 		l.ifs[src] = idx
 	}
 	proto := uint16(frame[12])<<8 | uint16(frame[13])
-	t := hopTemplate{ok: true, ether: proto}
+	// A routed location's frames carry an outer header the template
+	// does not write: each goes through the program.
+	t := hopTemplate{ok: len(frame) == len(data), ether: proto}
 	copy(t.macs[:], frame[0:12])
 	t.to = unix.RawSockaddrLinklayer{Family: unix.AF_PACKET, Ifindex: int32(idx), Protocol: proto<<8 | proto>>8, Halen: 6}
 	copy(t.to.Addr[:], frame[0:6])

@@ -68,7 +68,7 @@ func ParseLocation(s string) (Location, error) {
 	}
 	a, err := netip.ParseAddr(s)
 	if err != nil {
-		return Location{}, fmt.Errorf("location %q: want HOST or ipip:HOST, HOST an IPv4 or IPv6 address", s)
+		return Location{}, errors.New("want HOST or ipip:HOST, HOST an IPv4 or IPv6 address")
 	}
 	l.Hop = a.Unmap()
 	return l, l.Validate()
