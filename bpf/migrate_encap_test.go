@@ -3,6 +3,7 @@ package bpf_test
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/maps"
+	"github.com/tandem-net/tandem/tools/bench"
 	"github.com/tandem-net/tandem/tools/fixture"
 )
 
@@ -209,3 +211,75 @@ func checkEncap(t *testing.T, in, out []byte, host netip.Addr) {
 }
 
 func slicesClone(b []byte) []byte { return append([]byte(nil), b...) }
+
+// BenchmarkMigrateEncap: what a routed location costs the stage against a
+// segment hop: the same endpoint forwarded with a MAC rewrite, and with
+// an IP-in-IP header pushed (IPv4 and IPv6 outer). One run per call (a
+// repeated run would push its header again into the same buffer), many
+// rotated rounds, medians; each figure includes the test run's own
+// per-call overhead, the same for all.
+func BenchmarkMigrateEncap(b *testing.B) {
+	f := newMigFixtureWith(b, func(spec *ebpf.CollectionSpec) error {
+		if err := spec.Variables[bpf.MigrateVarCfgEncapSrc4].Set(encSrc4.As4()); err != nil {
+			return err
+		}
+		return spec.Variables[bpf.MigrateVarCfgEncapSrc6].Set(encSrc6.As16())
+	})
+	for _, r := range [][]string{{"192.0.2.0/24", "via", hopD4.String()}, {"2001:db8:7::/48", "via", hopD6.String()}} {
+		if err := f.gw.IP(append([]string{"route", "add"}, r...)...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	seg, r4, r6 := mustAddr("10.98.0.60"), mustAddr("10.98.0.61"), mustAddr("10.98.0.62")
+	if err := f.gw.Do(func() error {
+		if err := f.mm.SetEndpoint(seg, hopS4); err != nil {
+			return err
+		}
+		if err := f.mm.SetEndpointLoc(r4, maps.MigLocEncap(routed4, encapLoc)); err != nil {
+			return err
+		}
+		return f.mm.SetEndpointLoc(r6, maps.MigLocEncap(routed6, encapLoc))
+	}); err != nil {
+		b.Fatal(err)
+	}
+	type run struct {
+		name  string
+		frame []byte
+		ns    []float64
+	}
+	runs := []*run{
+		{name: "segment hop (MACs rewritten)", frame: udp4to(b, seg)},
+		{name: "routed, IP-in-IP, IPv4 outer (+20 bytes)", frame: udp4to(b, r4)},
+		{name: "routed, IP-in-IP, IPv6 outer (+40 bytes)", frame: udp4to(b, r6)},
+	}
+	const rounds = 2001
+	for b.Loop() {
+		for r := range rounds {
+			for i := range runs {
+				x := runs[(i+r)%len(runs)]
+				err := f.gw.Do(func() error {
+					ret, d, err := f.objs.XdpMigrate.Benchmark(x.frame, 1, nil)
+					if err != nil {
+						return err
+					}
+					if ret != 4 {
+						return fmt.Errorf("%s: verdict %d, want XDP_REDIRECT", x.name, ret)
+					}
+					x.ns = append(x.ns, float64(d.Nanoseconds()))
+					return nil
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+	}
+	fmt.Printf("migrate stage to a location, ns/packet (medians of %d single runs, with the run's overhead):\n", rounds)
+	for _, x := range runs {
+		fmt.Printf("  %-44s %6.1f  (%+.1f over the segment hop)\n", x.name, median(x.ns), median(x.ns)-median(runs[0].ns))
+	}
+	if _, err := bench.Record(bench.Result{Name: "migrate stage, endpoint at a routed location (IP-in-IP, IPv4 outer), prog.Run single runs", Unit: "ns/pkt",
+		Value: median(runs[1].ns), Anchor: "the same endpoint at a segment hop, same runs", AnchorValue: median(runs[0].ns), Goal: "record only"}); err != nil {
+		b.Fatal(err)
+	}
+}

@@ -45,6 +45,7 @@ type Local struct {
 	ifs  map[[6]byte]int // egress interface by its MAC
 	tmpl hopTemplate     // the current flush's hop
 	out2 batch
+	enc  []byte // an encapsulated frame being built (hopTemplate.encapsulate)
 	// active: this gateway owns the state (primary, or no sync). A
 	// standby's replicated maps are written by the state sync only: a
 	// write of its own would bump versions the primary's next change
@@ -598,6 +599,10 @@ func (l *Local) inject(ifindex uint32, data []byte) error {
 	// The frame is the ring's (or pend's): rewritten in place, then
 	// copied into the batch.
 	if l.tmpl.rewrite(data) {
+		if l.tmpl.outer != nil {
+			l.enc = l.tmpl.encapsulate(l.enc[:0], data)
+			return l.add(&l.tmpl, l.enc)
+		}
 		return l.add(&l.tmpl, data)
 	}
 	opts := &ebpf.RunOptions{Data: data, DataOut: l.out, Repeat: 1}
@@ -621,9 +626,16 @@ func (l *Local) inject(ifindex uint32, data []byte) error {
 		l.ifs[src] = idx
 	}
 	proto := uint16(frame[12])<<8 | uint16(frame[13])
-	// A routed location's frames carry an outer header the template
-	// does not write: each goes through the program.
-	t := hopTemplate{ok: len(frame) == len(data), ether: proto}
+	t := hopTemplate{ok: true, ether: proto}
+	if n := len(frame) - len(data); n != 0 {
+		// A routed location: the program pushed an outer header; the
+		// template keeps it for the endpoint's other frames (the
+		// inner packet is rewritten as for a segment hop).
+		t.ether = uint16(data[12])<<8 | uint16(data[13])
+		t.outerEther = proto
+		t.ok = (n == 20 && proto == unix.ETH_P_IP) || (n == 40 && proto == unix.ETH_P_IPV6)
+		t.outer = slices.Clone(frame[14 : 14+n])
+	}
 	copy(t.macs[:], frame[0:12])
 	t.to = unix.RawSockaddrLinklayer{Family: unix.AF_PACKET, Ifindex: int32(idx), Protocol: proto<<8 | proto>>8, Halen: 6}
 	copy(t.to.Addr[:], frame[0:6])

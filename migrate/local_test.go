@@ -31,6 +31,9 @@ var (
 	macS, _ = net.ParseMAC("02:00:00:00:97:02")
 	macD, _ = net.ParseMAC("02:00:00:00:97:03")
 	macE, _ = net.ParseMAC("02:00:00:00:97:04")
+	// The gateway's address on the segment, and a host beyond D.
+	gwSeg      = netip.MustParseAddr("10.97.1.1")
+	routedHost = netip.MustParseAddr("192.0.2.7")
 )
 
 // world is a gateway (gw) with the migrate feature loaded unpinned, a
@@ -78,6 +81,10 @@ func newWorldSink(t testing.TB, holdPackets uint64, ringBytes uint32, verdict in
 			t.Fatal(err)
 		}
 	}
+	// A routed host, beyond D.
+	if err := w.gw.IP("route", "add", routedHost.String()+"/32", "via", hopD.String()); err != nil {
+		t.Fatal(err)
+	}
 	// Frames redirected into a veth need an XDP program on its peer.
 	pass, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, verdict), asm.Return()}})
 	if err != nil {
@@ -118,6 +125,11 @@ func newWorldSink(t testing.TB, holdPackets uint64, ringBytes uint32, verdict in
 	}
 	spec.Maps[bpf.MigrateMapMigHold].MaxEntries = ringBytes
 	if err := spec.Variables[bpf.MigrateVarCfgHoldPackets].Set(holdPackets); err != nil {
+		t.Fatal(err)
+	}
+	// Routed locations (TestFlushToRoutedLocation) leave from the
+	// gateway's segment address.
+	if err := spec.Variables[bpf.MigrateVarCfgEncapSrc4].Set(gwSeg.As4()); err != nil {
 		t.Fatal(err)
 	}
 	inner, err := maps.RingSpec(1 << 16)
@@ -638,4 +650,63 @@ func TestOwnerReplicatesHoldCounts(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Errorf("the holding record's version stayed %d with 100 packets held: its counters never went to the sync", v0)
+}
+
+// TestFlushToRoutedLocation: a move from a segment hop to a routed
+// location (ipip:HOST): the held packets leave encapsulated, in order,
+// each as xdp_mig_flush makes it (the first through the program, the rest
+// through the flush's template): an outer IPv4 header from the gateway
+// to HOST with its own length and a valid checksum, to D's MAC (the
+// router towards HOST), the inner packet with its TTL one less.
+func TestFlushToRoutedLocation(t *testing.T) {
+	w := newWorld(t, 65536)
+	w.do(t, func() error {
+		if _, err := w.ctl.SetLocation(ep4, migrate.Location{Hop: hopS}); err != nil {
+			return err
+		}
+		if err := w.ctl.Start(ep4, migrate.Location{Hop: routedHost, Encap: migrate.EncapIPIP}); err != nil {
+			return err
+		}
+		return w.ctl.Blackout(ep4)
+	})
+	const n = 300
+	w.send(t, 0, n)
+	w.do(t, func() error { return w.ctl.Switch(ep4) })
+	buf := make([]byte, 2048)
+	tv := unix.Timeval{Usec: 200000}
+	if err := unix.SetsockoptTimeval(w.sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		t.Fatal(err)
+	}
+	var seqs []int
+	for {
+		k, _, err := unix.Recvfrom(w.sock, buf, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			break
+		}
+		f := buf[:k]
+		p := gopacket.NewPacket(f, layers.LayerTypeEthernet, gopacket.Default)
+		outer, ok := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		if !ok || outer.Protocol != layers.IPProtocolIPv4 {
+			t.Fatalf("frame %d: not IP-in-IP: %v", len(seqs), p)
+		}
+		var sum uint32
+		for i := 14; i < 34; i += 2 {
+			sum += uint32(binary.BigEndian.Uint16(f[i:]))
+		}
+		for sum > 0xffff {
+			sum = sum&0xffff + sum>>16
+		}
+		if !outer.SrcIP.Equal(gwSeg.AsSlice()) || !outer.DstIP.Equal(routedHost.AsSlice()) || int(outer.Length) != k-14 || sum != 0xffff ||
+			net.HardwareAddr(f[:6]).String() != macD.String() || f[14+20+8] != 63 {
+			t.Fatalf("frame %d: outer %s -> %s length %d (frame %d) checksum ok %v, dst MAC %s, inner TTL %d; want %s -> %s, %d, ok, %s, 63",
+				len(seqs), outer.SrcIP, outer.DstIP, outer.Length, k, sum == 0xffff, net.HardwareAddr(f[:6]), f[14+20+8], gwSeg, routedHost, k-14, macD)
+		}
+		seqs = append(seqs, int(binary.BigEndian.Uint64(f[14+20+28:])))
+	}
+	if !inOrder(seqs, 0, n) {
+		t.Errorf("flushed %d frames %v..., want 0..%d in order", len(seqs), seqs[:min(len(seqs), 10)], n-1)
+	}
 }
