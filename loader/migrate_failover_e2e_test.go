@@ -84,10 +84,11 @@ func (p *pairLab) migration(g string) (*migrate.Endpoint, error) {
 // in this lab: once gwa's port is down the bridge forgets gwa's MAC and
 // floods its frames, and gwb's XDP (a veth shows XDP every frame,
 // addressed to it or not) holds them; a NIC that filters by MAC would
-// not. gwb's Lost counter is not compared with gwa's ring either: the
-// datapath's hold tickets are replicated only with the record's other
-// changes, so it is a lower bound (docs/migration.md, "What a failover
-// loses"). What is asserted: gwb's migration
+// not. gwb's Lost counter is not compared with gwa's ring either: gwa's
+// hold tickets reach gwb with the record's marks, every TouchInterval
+// while it holds, so what gwa held in its last ~20 ms is missing from it
+// (docs/migration.md, "What a failover loses"); the log shows gwa's
+// count just before the kill beside it. What is asserted: gwb's migration
 // record is gwa's (state, source, destination); every datagram sent
 // after the client's neighbour entry moved to gwb reaches D exactly once,
 // in order (held by gwb in the blackout, flushed at the switch, then
@@ -306,5 +307,6 @@ func TestMigrateFailover(t *testing.T) {
 		detect.Round(time.Millisecond), killAt, first, count(killAt, first))
 	t.Logf("held by gwb (%d..%d): %d delivered to D after the switch; after it (%d..%d): lost %d",
 		first, switchAt, heldAtD, switchAt, sent, count(switchAt, sent))
+	t.Logf("gwa's record just before the kill: %+v", *bm)
 	t.Logf("gwb's record: before the switch %+v, after %+v", *am, *final.Migration)
 }

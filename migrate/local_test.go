@@ -45,6 +45,7 @@ type world struct {
 	mm      *maps.MigrateMaps
 	ctl     *migrate.Local
 	sock    int
+	sync    *maps.SyncMaps // the dirty rings, for what goes to the peer
 }
 
 func newWorld(t testing.TB, holdPackets uint64) *world {
@@ -151,6 +152,7 @@ func newWorldSink(t testing.TB, holdPackets uint64, ringBytes uint32, verdict in
 	if err := sm.SetupRings(inner); err != nil {
 		t.Fatal(err)
 	}
+	w.sync = sm
 	if w.entry, err = chain.Single(cm, chain.SlotMigrate, objs.XdpMigrate); err != nil {
 		t.Fatal(err)
 	}
@@ -638,6 +640,22 @@ func TestOwnerReplicatesHoldCounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	v0 := v.Sync.Version
+	// What the blackout queued for the sync is sent: a round of the
+	// syncer (drain, advance the epoch).
+	round := func() (n int) {
+		if _, err := w.sync.Drain(func(r *maps.SyncRec) {
+			if r.MapId == uint32(bpf.MigrateSyncMapIdSYNC_MAP_MIGRATION) {
+				n++
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.sync.AdvanceEpoch(); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	round()
 	w.send(t, 0, 100)
 	// Polled, not timed: the mark comes within a few TouchIntervals.
 	for i := 0; i < 500; i++ {
@@ -645,6 +663,9 @@ func TestOwnerReplicatesHoldCounts(t *testing.T) {
 			t.Fatal(err)
 		}
 		if v.Sync.Version > v0 {
+			if n := round(); n != 1 {
+				t.Errorf("the holding record was marked (version %d -> %d) but %d records went to the sync, want 1", v0, v.Sync.Version, n)
+			}
 			return
 		}
 		time.Sleep(10 * time.Millisecond)
