@@ -45,7 +45,6 @@ type Local struct {
 	ifs  map[[6]byte]int // egress interface by its MAC
 	tmpl hopTemplate     // the current flush's hop
 	out2 batch
-	enc  []byte // an encapsulated frame being built (hopTemplate.encapsulate)
 	// active: this gateway owns the state (primary, or no sync). A
 	// standby's replicated maps are written by the state sync only: a
 	// write of its own would bump versions the primary's next change
@@ -600,8 +599,7 @@ func (l *Local) inject(ifindex uint32, data []byte) error {
 	// copied into the batch.
 	if l.tmpl.rewrite(data) {
 		if l.tmpl.outer != nil {
-			l.enc = l.tmpl.encapsulate(l.enc[:0], data)
-			return l.add(&l.tmpl, l.enc)
+			return l.addEncap(&l.tmpl, data)
 		}
 		return l.add(&l.tmpl, data)
 	}

@@ -123,6 +123,23 @@ func (l *Local) add(t *hopTemplate, frame []byte) error {
 	return nil
 }
 
+// addEncap is add for a routed location: frame goes into the batch with
+// t's outer header, written there (no copy in between).
+func (l *Local) addEncap(t *hopTemplate, frame []byte) error {
+	b := &l.out2
+	if b.count > 0 && (b.to != t.to || b.count == sendBatchMax) {
+		if err := l.sendBatch(); err != nil {
+			return err
+		}
+	}
+	b.to = t.to
+	start := len(b.buf)
+	b.buf = t.encapsulate(b.buf, frame)
+	b.lens = append(b.lens, len(b.buf)-start)
+	b.count++
+	return nil
+}
+
 // sendBatch sends what add queued, all of it, in order.
 func (l *Local) sendBatch() error {
 	b := &l.out2
