@@ -179,6 +179,23 @@ func TestMigrateFailover(t *testing.T) {
 			fail(err)
 			return
 		}
+		// gwa's hold count reaches gwb while gwa holds (the owner marks
+		// a holding record for the sync): gwb's copy catches up with
+		// what gwa said it held. Before, gwb's copy kept the count of
+		// the blackout step itself.
+		if err := gwpair.WaitFor(10*time.Second, "gwb's copy of the hold count reaches gwa's", func() (bool, string) {
+			e, err := p.migration("b")
+			if err != nil {
+				return false, err.Error()
+			}
+			if e == nil || e.Migration == nil {
+				return false, fmt.Sprintf("gwb has no migration: %+v", e)
+			}
+			return e.Migration.Held >= before.Migration.Held, fmt.Sprintf("gwb's copy says %d held, gwa said %d", e.Migration.Held, before.Migration.Held)
+		}); err != nil {
+			fail(err)
+			return
+		}
 		p.daemons["a"].Kill()
 		for _, i := range []string{"eth0", "eth1"} {
 			if err := p.gw["a"].IP("link", "set", i, "down"); err != nil {
@@ -246,6 +263,11 @@ func TestMigrateFailover(t *testing.T) {
 	}
 	if final == nil || final.Migration == nil || final.Migration.State != migrate.StateSwitched {
 		t.Errorf("gwb after the switch: %+v", final)
+	}
+	// gwb counts lost at least what gwa had held when gwb's copy caught
+	// up (none of it was flushed: gwa died in the blackout).
+	if am.Lost < bm.Held {
+		t.Errorf("gwb counts %d held packets lost; gwa had held %d before it died, all in its ring", am.Lost, bm.Held)
 	}
 
 	// From takeover+1 on every datagram was written after the client's
