@@ -100,8 +100,6 @@ func NewLocalRole(m *maps.MigrateMaps, log *slog.Logger, active bool) (*Local, e
 		return nil, fmt.Errorf("packet socket for the flush: %w", err)
 	}
 	unix.SetsockoptInt(l.pkt, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1)
-	l.stopped.Add(1)
-	go l.touchLoop()
 	if err := l.m.SetRole(!active); err != nil {
 		l.Close()
 		return nil, err
@@ -110,6 +108,8 @@ func NewLocalRole(m *maps.MigrateMaps, log *slog.Logger, active bool) (*Local, e
 		l.Close()
 		return nil, err
 	}
+	l.stopped.Add(1)
+	go l.touchLoop()
 	return l, nil
 }
 
