@@ -56,9 +56,17 @@ enum mig_state_id {
 	MIG_ABORTED = 5,
 };
 
-/* A location: the next hop that serves the endpoint. */
+/* How a location is reached (docs/migration.md, "Routed locations"). */
+enum mig_encap {
+	MIG_ENCAP_NONE = 0, /* the hop is on an attached segment: MACs rewritten */
+	MIG_ENCAP_IPIP = 1, /* routed: an IP-in-IP header to the hop (a host that
+			     * decapsulates), sent via the FIB towards it */
+};
+
+/* A location: the host that serves the endpoint, and how it is reached. */
 struct mig_loc {
 	__u8 hop[16]; /* IPv6, or IPv4-mapped; all zero: none */
+	__u32 encap;  /* enum mig_encap */
 };
 
 struct mig_key {
@@ -112,6 +120,9 @@ enum mig_op {
 	MIG_OP_DEL = 4,
 	MIG_OP_FLUSHED = 5, /* state[key].flushed += n; clear MIG_FLUSHING when caught up */
 	MIG_OP_LOST = 6,    /* state[key].lost += n (held packets a restart lost); clear as FLUSHED */
+	MIG_OP_TOUCH = 7,   /* mark state[key] for the sync: its counters go to the peer */
+	MIG_OP_ADOPT = 8,   /* state[key].hold += what this host held as the standby (mig_standby) */
+	MIG_OP_ROLE = 9,    /* mig_role = n (0 owner, 1 standby) */
 };
 
 #define MIG_CMD_HOLD 1 /* MIG_OP_PUT: set MIG_FLUSHING (blackout: hold from now on) */
@@ -137,6 +148,7 @@ const volatile struct mig_cmd mig_cmd_layout = {};
 const volatile enum mig_state_id mig_state_id_layout = 0;
 const volatile enum mig_op mig_op_layout = 0;
 const volatile enum mig_stat mig_stat_layout = 0;
+const volatile enum mig_encap mig_encap_layout = 0;
 
 /* Load-time: held packets per endpoint at most (the bytes are bounded by
  * the ring's size). */
@@ -211,6 +223,97 @@ static __always_inline int loc_none(const struct mig_loc *l)
 	return w[0] == 0 && w[1] == 0;
 }
 
+/* ---- Routed locations (MIG_ENCAP_IPIP) -------------------------------------
+ * A routed location is a host reached through routers: the frame gets an
+ * outer IP header to it (IP-in-IP: IPv4 protocol 4 or 41 by the inner
+ * family, or the same next headers in IPv6, by the host's family), source
+ * this host's address for that family (cfg_encap_src4/6, --migrate-encap-src),
+ * TTL 64, and goes to the FIB's next hop towards the host; the host's
+ * kernel decapsulates it (tunl0, sit0, ip6tnl0) and delivers the inner
+ * packet. The inner TTL was decremented as for a segment hop. Kept apart
+ * from the segment path: mig_forward branches here on loc->encap only. */
+const volatile __u32 cfg_encap_src4 = 0;     /* network order; 0: none */
+const volatile __u32 cfg_encap_src6[4] = {}; /* all zero: none */
+
+static __always_inline int mig_loc_v4(const struct mig_loc *loc)
+{
+	const __u32 *hop = (const __u32 *)loc->hop;
+
+	return hop[0] == 0 && hop[1] == 0 && hop[2] == bpf_htonl(0xffff);
+}
+
+static __always_inline int mig_encap_out(struct xdp_md *ctx, const struct mig_loc *loc, const struct mig_nexthop *nh,
+					 __u16 inner_proto, __u32 stat)
+{
+	const __u32 *hop = (const __u32 *)loc->hop;
+	__u8 proto = inner_proto == ETH_P_IP ? 4 : 41;
+	__u32 inner = ctx->data_end - ctx->data - sizeof(struct ethhdr);
+	__u8 dmac[ETH_ALEN], smac[ETH_ALEN];
+	__u32 ifindex = nh->ifindex;
+	void *data, *data_end;
+	struct ethhdr *eth;
+
+	__builtin_memcpy(dmac, nh->dmac, ETH_ALEN);
+	__builtin_memcpy(smac, nh->smac, ETH_ALEN);
+	if (mig_loc_v4(loc)) {
+		struct iphdr o = {}, *ip;
+
+		if (!cfg_encap_src4)
+			goto no_src;
+		o.version = 4;
+		o.ihl = 5;
+		o.tot_len = bpf_htons(inner + sizeof(o));
+		o.ttl = 64;
+		o.protocol = proto;
+		o.saddr = cfg_encap_src4;
+		o.daddr = hop[3];
+		o.check = ~csum_fold32(csum_words((const __u32 *)&o, 5, 0));
+		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(o)))
+			goto drop;
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		eth = data;
+		ip = data + sizeof(*eth);
+		if ((void *)(ip + 1) > data_end)
+			goto drop;
+		__builtin_memcpy(ip, &o, sizeof(o));
+		eth->h_proto = bpf_htons(ETH_P_IP);
+	} else {
+		struct ipv6hdr *ip6;
+
+		if (!(cfg_encap_src6[0] | cfg_encap_src6[1] | cfg_encap_src6[2] | cfg_encap_src6[3]))
+			goto no_src;
+		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(*ip6)))
+			goto drop;
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		eth = data;
+		ip6 = data + sizeof(*eth);
+		if ((void *)(ip6 + 1) > data_end)
+			goto drop;
+		*(__u32 *)ip6 = bpf_htonl(6 << 28);
+		ip6->payload_len = bpf_htons(inner);
+		ip6->nexthdr = proto;
+		ip6->hop_limit = 64;
+		/* word by word: a memcpy would read the initializer, not the
+		 * loader's value (the volatile qualifier cast away) */
+		((__u32 *)&ip6->saddr)[0] = cfg_encap_src6[0];
+		((__u32 *)&ip6->saddr)[1] = cfg_encap_src6[1];
+		((__u32 *)&ip6->saddr)[2] = cfg_encap_src6[2];
+		((__u32 *)&ip6->saddr)[3] = cfg_encap_src6[3];
+		__builtin_memcpy(&ip6->daddr, loc->hop, 16);
+		eth->h_proto = bpf_htons(ETH_P_IPV6);
+	}
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	count_percpu(&mig_stats, stat, 1);
+	return bpf_redirect(ifindex, 0);
+no_src:
+	count_percpu(&mig_stats, MIG_STAT_NO_ROUTE, 1);
+drop:
+	return XDP_DROP;
+}
+
 /* mig_forward sends the frame to the host at loc: the hop's interface and
  * MACs from the FIB and neighbour table, the TTL decremented, redirected.
  * Only untagged frames reach it (the stage declines tagged ones). */
@@ -271,6 +374,8 @@ static __always_inline int mig_forward(struct xdp_md *ctx, const struct pkt *p, 
 		}
 		ip6->hop_limit--;
 	}
+	if (loc->encap)
+		return mig_encap_out(ctx, loc, nh, p->eth_proto, stat);
 	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
 	count_percpu(&mig_stats, stat, 1);
@@ -326,6 +431,113 @@ static __always_inline int mig_take_ticket(struct mig_val *m, __u64 *ticket)
 	return 1;
 }
 
+/* ---- The standby's hold -------------------------------------------------------
+ * mig_state is the owner's: the sync overwrites this host's copy with each
+ * of the owner's changes, so tickets the stage took there on the standby
+ * (frames flooded to it while the owner dies, say) vanished from the count
+ * while their frames sat in this host's ring: the new owner's Held and
+ * Lost undercounted. On the standby (mig_role, the daemon's role) the
+ * stage counts what it holds in mig_standby, local and never replicated;
+ * the daemon adds it to the record when this host becomes the owner
+ * (MIG_OP_ADOPT). The owner's own tickets reach the peer with the record:
+ * its daemon marks a holding record for the sync every few milliseconds
+ * (MIG_OP_TOUCH). Only migration states reach this code. */
+struct mig_standby_val {
+	__u64 tickets;  /* packets given to the hold (held or dropped) */
+	__u64 overflow; /* of those, dropped: the hold was full */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32); /* 0: the owner (or no pair), 1: the standby */
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mig_role SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MIG_MAX);
+	__type(key, struct mig_key);
+	__type(value, struct mig_standby_val);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mig_standby SEC(".maps");
+
+static __always_inline int mig_is_standby(void)
+{
+	__u32 zero = 0, *r = bpf_map_lookup_elem(&mig_role, &zero);
+
+	return r && *r;
+}
+
+/* mig_hold_standby holds the frame as mig_hold_one does, counting it in
+ * mig_standby instead of the replicated record. */
+static __always_inline int mig_hold_standby(struct xdp_md *ctx, const struct mig_key *key)
+{
+	struct mig_standby_val *s, fresh = {};
+	__u32 zero = 0, len = ctx->data_end - ctx->data;
+	struct mig_hold_rec *r;
+
+	s = bpf_map_lookup_elem(&mig_standby, key);
+	if (!s) {
+		bpf_map_update_elem(&mig_standby, key, &fresh, BPF_NOEXIST);
+		s = bpf_map_lookup_elem(&mig_standby, key);
+		if (!s)
+			goto drop;
+	}
+	if (__sync_fetch_and_add(&s->tickets, 1) >= cfg_hold_packets)
+		goto full;
+	r = bpf_map_lookup_elem(&mig_scratch, &zero);
+	if (!r || len == 0 || len > MIG_FRAME_MAX)
+		goto full;
+	__builtin_memcpy(&r->ep, key, sizeof(*key));
+	r->ifindex = ctx->ingress_ifindex;
+	len = ((len - 1) & (MIG_FRAME_MAX - 1)) + 1;
+	r->len = len;
+	if (bpf_xdp_load_bytes(ctx, 0, r->data, len))
+		goto full;
+	if (bpf_ringbuf_output(&mig_hold, r, offsetof(struct mig_hold_rec, data) + len, 0))
+		goto full;
+	count_percpu(&mig_stats, MIG_STAT_HELD, 1);
+	return XDP_DROP;
+full:
+	__sync_fetch_and_add(&s->overflow, 1);
+drop:
+	count_percpu(&mig_stats, MIG_STAT_OVERFLOW, 1);
+	return XDP_DROP;
+}
+
+/* mig_ctl_standby: the daemon's ops on the local standby state. */
+static __always_inline void mig_ctl_standby(struct mig_cmd *cmd, const struct mig_key *key)
+{
+	struct mig_standby_val *sv;
+	struct mig_val *m;
+	__u32 zero = 0, role = cmd->n ? 1 : 0;
+	__u64 t, o;
+
+	if (cmd->op == MIG_OP_ROLE) {
+		bpf_map_update_elem(&mig_role, &zero, &role, BPF_ANY);
+		return;
+	}
+	/* MIG_OP_ADOPT: n = the tickets moved into the record */
+	cmd->n = 0;
+	m = bpf_map_lookup_elem(&mig_state, key);
+	sv = bpf_map_lookup_elem(&mig_standby, key);
+	if (!sv)
+		return;
+	t = __sync_lock_test_and_set(&sv->tickets, 0);
+	o = __sync_lock_test_and_set(&sv->overflow, 0);
+	if (!m || !t)
+		return;
+	/* The frames are in this host's ring: the flush must run for them. */
+	__sync_fetch_and_or(&m->hold, MIG_FLUSHING);
+	__sync_fetch_and_add(&m->hold, t);
+	if (o)
+		__sync_fetch_and_add(&m->overflow, o);
+	cmd->n = t;
+	sync_mark(SYNC_MAP_MIGRATION, &m->sync, key, sizeof(*key));
+}
+
 SEC("xdp")
 int xdp_migrate(struct xdp_md *ctx)
 {
@@ -350,10 +562,14 @@ int xdp_migrate(struct xdp_md *ctx)
 	case MIG_MIGRATING:
 		return chain_claim(STAGE_MIGRATE, mig_forward(ctx, &c->p, &m->from, MIG_STAT_SOURCE));
 	case MIG_BLACKOUT:
+		if (mig_is_standby())
+			return chain_claim(STAGE_MIGRATE, mig_hold_standby(ctx, (struct mig_key *)c->p.daddr));
 		ticket = __sync_fetch_and_add(&m->hold, 1);
 		return chain_claim(STAGE_MIGRATE, mig_hold_one(ctx, m, (struct mig_key *)c->p.daddr, ticket));
 	case MIG_SWITCHED:
 	case MIG_ABORTED:
+		if ((m->hold & MIG_FLUSHING) && mig_is_standby())
+			return chain_claim(STAGE_MIGRATE, mig_hold_standby(ctx, (struct mig_key *)c->p.daddr));
 		if (mig_take_ticket(m, &ticket))
 			return chain_claim(STAGE_MIGRATE, mig_hold_one(ctx, m, (struct mig_key *)c->p.daddr, ticket));
 		if (m->state == MIG_SWITCHED)
@@ -485,6 +701,18 @@ int mig_ctl(struct mig_cmd *cmd)
 			cmd->ret = 1;
 		}
 		sync_mark(SYNC_MAP_MIGRATION, &m->sync, &key, sizeof(key));
+		return 0;
+	case MIG_OP_TOUCH:
+		m = bpf_map_lookup_elem(&mig_state, &key);
+		if (!m) {
+			cmd->ret = -2;
+			return 0;
+		}
+		sync_mark(SYNC_MAP_MIGRATION, &m->sync, &key, sizeof(key));
+		return 0;
+	case MIG_OP_ADOPT:
+	case MIG_OP_ROLE:
+		mig_ctl_standby(cmd, &key);
 		return 0;
 	}
 	cmd->ret = -22; /* EINVAL */

@@ -79,6 +79,7 @@ type MigrateEpVal struct {
 	_    structs.HostLayout
 	Sync MigrateSyncHdr
 	Loc  MigrateMigLoc
+	_    [4]byte
 }
 
 type MigrateMigCmd struct {
@@ -90,27 +91,39 @@ type MigrateMigCmd struct {
 		Addr [16]uint8
 	}
 	Loc struct {
-		_   structs.HostLayout
-		Hop [16]uint8
+		_     structs.HostLayout
+		Hop   [16]uint8
+		Encap uint32
 	}
 	State   uint32
 	Nqueued uint32
 	From    struct {
-		_   structs.HostLayout
-		Hop [16]uint8
+		_     structs.HostLayout
+		Hop   [16]uint8
+		Encap uint32
 	}
 	To struct {
-		_   structs.HostLayout
-		Hop [16]uint8
+		_     structs.HostLayout
+		Hop   [16]uint8
+		Encap uint32
 	}
 	Queued [8]struct {
-		_   structs.HostLayout
-		Hop [16]uint8
+		_     structs.HostLayout
+		Hop   [16]uint8
+		Encap uint32
 	}
+	_   [4]byte
 	N   uint64
 	Ret int32
 	Pad uint32
 }
+
+type MigrateMigEncap uint32
+
+const (
+	MigrateMigEncapMIG_ENCAP_NONE MigrateMigEncap = 0
+	MigrateMigEncapMIG_ENCAP_IPIP MigrateMigEncap = 1
+)
 
 type MigrateMigHoldRec struct {
 	_       structs.HostLayout
@@ -126,8 +139,9 @@ type MigrateMigKey struct {
 }
 
 type MigrateMigLoc struct {
-	_   structs.HostLayout
-	Hop [16]uint8
+	_     structs.HostLayout
+	Hop   [16]uint8
+	Encap uint32
 }
 
 type MigrateMigNexthop struct {
@@ -149,7 +163,16 @@ const (
 	MigrateMigOpMIG_OP_DEL     MigrateMigOp = 4
 	MigrateMigOpMIG_OP_FLUSHED MigrateMigOp = 5
 	MigrateMigOpMIG_OP_LOST    MigrateMigOp = 6
+	MigrateMigOpMIG_OP_TOUCH   MigrateMigOp = 7
+	MigrateMigOpMIG_OP_ADOPT   MigrateMigOp = 8
+	MigrateMigOpMIG_OP_ROLE    MigrateMigOp = 9
 )
+
+type MigrateMigStandbyVal struct {
+	_        structs.HostLayout
+	Tickets  uint64
+	Overflow uint64
+}
 
 type MigrateMigStat uint32
 
@@ -245,7 +268,9 @@ const (
 	MigrateMapMigEndpoints           = "mig_endpoints"
 	MigrateMapMigHold                = "mig_hold"
 	MigrateMapMigNexthops            = "mig_nexthops"
+	MigrateMapMigRole                = "mig_role"
 	MigrateMapMigScratch             = "mig_scratch"
+	MigrateMapMigStandby             = "mig_standby"
 	MigrateMapMigState               = "mig_state"
 	MigrateMapMigStats               = "mig_stats"
 	MigrateMapSyncEpoch              = "sync_epoch"
@@ -260,12 +285,15 @@ const (
 	MigrateProgSyncWriteMigState     = "sync_write_mig_state"
 	MigrateProgXdpMigFlush           = "xdp_mig_flush"
 	MigrateProgXdpMigrate            = "xdp_migrate"
+	MigrateVarCfgEncapSrc4           = "cfg_encap_src4"
+	MigrateVarCfgEncapSrc6           = "cfg_encap_src6"
 	MigrateVarCfgHoldPackets         = "cfg_hold_packets"
 	MigrateVarCfgNexthopNs           = "cfg_nexthop_ns"
 	MigrateVarChainAbiLayout         = "chain_abi_layout"
 	MigrateVarChainStageLayout       = "chain_stage_layout"
 	MigrateVarChainVipLayout         = "chain_vip_layout"
 	MigrateVarMigCmdLayout           = "mig_cmd_layout"
+	MigrateVarMigEncapLayout         = "mig_encap_layout"
 	MigrateVarMigHoldRecLayout       = "mig_hold_rec_layout"
 	MigrateVarMigOpLayout            = "mig_op_layout"
 	MigrateVarMigStatLayout          = "mig_stat_layout"
@@ -336,7 +364,9 @@ type MigrateMapSpecs struct {
 	MigEndpoints       *ebpf.MapSpec `ebpf:"mig_endpoints"`
 	MigHold            *ebpf.MapSpec `ebpf:"mig_hold"`
 	MigNexthops        *ebpf.MapSpec `ebpf:"mig_nexthops"`
+	MigRole            *ebpf.MapSpec `ebpf:"mig_role"`
 	MigScratch         *ebpf.MapSpec `ebpf:"mig_scratch"`
+	MigStandby         *ebpf.MapSpec `ebpf:"mig_standby"`
 	MigState           *ebpf.MapSpec `ebpf:"mig_state"`
 	MigStats           *ebpf.MapSpec `ebpf:"mig_stats"`
 	SyncEpoch          *ebpf.MapSpec `ebpf:"sync_epoch"`
@@ -350,12 +380,15 @@ type MigrateMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type MigrateVariableSpecs struct {
+	CfgEncapSrc4     *ebpf.VariableSpec `ebpf:"cfg_encap_src4"`
+	CfgEncapSrc6     *ebpf.VariableSpec `ebpf:"cfg_encap_src6"`
 	CfgHoldPackets   *ebpf.VariableSpec `ebpf:"cfg_hold_packets"`
 	CfgNexthopNs     *ebpf.VariableSpec `ebpf:"cfg_nexthop_ns"`
 	ChainAbiLayout   *ebpf.VariableSpec `ebpf:"chain_abi_layout"`
 	ChainStageLayout *ebpf.VariableSpec `ebpf:"chain_stage_layout"`
 	ChainVipLayout   *ebpf.VariableSpec `ebpf:"chain_vip_layout"`
 	MigCmdLayout     *ebpf.VariableSpec `ebpf:"mig_cmd_layout"`
+	MigEncapLayout   *ebpf.VariableSpec `ebpf:"mig_encap_layout"`
 	MigHoldRecLayout *ebpf.VariableSpec `ebpf:"mig_hold_rec_layout"`
 	MigOpLayout      *ebpf.VariableSpec `ebpf:"mig_op_layout"`
 	MigStatLayout    *ebpf.VariableSpec `ebpf:"mig_stat_layout"`
@@ -391,7 +424,9 @@ type MigrateMaps struct {
 	MigEndpoints       *ebpf.Map `ebpf:"mig_endpoints"`
 	MigHold            *ebpf.Map `ebpf:"mig_hold"`
 	MigNexthops        *ebpf.Map `ebpf:"mig_nexthops"`
+	MigRole            *ebpf.Map `ebpf:"mig_role"`
 	MigScratch         *ebpf.Map `ebpf:"mig_scratch"`
+	MigStandby         *ebpf.Map `ebpf:"mig_standby"`
 	MigState           *ebpf.Map `ebpf:"mig_state"`
 	MigStats           *ebpf.Map `ebpf:"mig_stats"`
 	SyncEpoch          *ebpf.Map `ebpf:"sync_epoch"`
@@ -410,7 +445,9 @@ func (m *MigrateMaps) Close() error {
 		m.MigEndpoints,
 		m.MigHold,
 		m.MigNexthops,
+		m.MigRole,
 		m.MigScratch,
+		m.MigStandby,
 		m.MigState,
 		m.MigStats,
 		m.SyncEpoch,
@@ -425,12 +462,15 @@ func (m *MigrateMaps) Close() error {
 //
 // It can be passed to LoadMigrateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type MigrateVariables struct {
+	CfgEncapSrc4     *ebpf.Variable `ebpf:"cfg_encap_src4"`
+	CfgEncapSrc6     *ebpf.Variable `ebpf:"cfg_encap_src6"`
 	CfgHoldPackets   *ebpf.Variable `ebpf:"cfg_hold_packets"`
 	CfgNexthopNs     *ebpf.Variable `ebpf:"cfg_nexthop_ns"`
 	ChainAbiLayout   *ebpf.Variable `ebpf:"chain_abi_layout"`
 	ChainStageLayout *ebpf.Variable `ebpf:"chain_stage_layout"`
 	ChainVipLayout   *ebpf.Variable `ebpf:"chain_vip_layout"`
 	MigCmdLayout     *ebpf.Variable `ebpf:"mig_cmd_layout"`
+	MigEncapLayout   *ebpf.Variable `ebpf:"mig_encap_layout"`
 	MigHoldRecLayout *ebpf.Variable `ebpf:"mig_hold_rec_layout"`
 	MigOpLayout      *ebpf.Variable `ebpf:"mig_op_layout"`
 	MigStatLayout    *ebpf.Variable `ebpf:"mig_stat_layout"`

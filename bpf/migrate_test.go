@@ -47,6 +47,13 @@ type migFixture struct {
 // namespace's FIB).
 func newMigFixture(t testing.TB) *migFixture {
 	t.Helper()
+	return newMigFixtureWith(t, nil)
+}
+
+// newMigFixtureWith is newMigFixture with tweak applied to the spec
+// before it loads (load-time constants).
+func newMigFixtureWith(t testing.TB, tweak func(*ebpf.CollectionSpec) error) *migFixture {
+	t.Helper()
 	testenv.RequireRoot(t)
 	l, err := lab.New(lab.Spec{
 		Hosts: []lab.HostSpec{{Name: "gw", Forward: true}, {Name: "seg"}},
@@ -79,6 +86,11 @@ func newMigFixture(t testing.TB) *migFixture {
 		t.Fatal(err)
 	}
 	spec.Maps[bpf.MigrateMapSyncRings].InnerMap = inner
+	if tweak != nil {
+		if err := tweak(spec); err != nil {
+			t.Fatal(err)
+		}
+	}
 	f.cm = newChainMaps(t)
 	if err := spec.LoadAndAssign(&f.objs, &ebpf.CollectionOptions{MapReplacements: f.cm.Replacements(spec)}); err != nil {
 		t.Fatalf("load (the verifier must accept every program): %+v", err)

@@ -29,8 +29,8 @@ func remoteErr(err error) error {
 	return err
 }
 
-func (r remoteController) Start(ep, to netip.Addr) error {
-	return remoteErr(r.c.Start(ep, migrate.Location{Hop: to}))
+func (r remoteController) Start(ep netip.Addr, to remote.Dest) error {
+	return remoteErr(r.c.Start(ep, migrate.Location{Hop: to.Addr, Encap: to.Encap}))
 }
 func (r remoteController) Blackout(ep netip.Addr) error { return remoteErr(r.c.Blackout(ep)) }
 func (r remoteController) Switch(ep netip.Addr) error   { return remoteErr(r.c.Switch(ep)) }
@@ -48,7 +48,8 @@ func (r remoteController) Status(ep netip.Addr) (remote.Status, error) {
 		}
 		st := remote.Status{State: remote.StateNone}
 		if m := e.Migration; m != nil {
-			st = remote.Status{State: m.State.String(), From: m.From.Hop, To: m.To.Hop, Held: m.Held}
+			st = remote.Status{State: m.State.String(), From: remote.Dest{Addr: m.From.Hop, Encap: m.From.Encap},
+				To: remote.Dest{Addr: m.To.Hop, Encap: m.To.Encap}, Held: m.Held}
 		}
 		return st, nil
 	}

@@ -75,6 +75,7 @@ import (
 //	interfaces   = ["eth1"]            # where endpoints' packets arrive (may include the gate's)
 //	hold_bytes   = 33554432            # the hold ring: a power of two, 64 KiB to 1 GiB
 //	hold_packets = 65536               # packets held per endpoint at most
+//	encap_sources = ["192.0.2.2"]      # this host's outer source for routed locations (one per family)
 //
 //	[election]                         # VIP ownership and failover
 //	addrs       = ["192.0.2.10/24@eth1", "10.2.0.1/24@eth2"]  # moved together
@@ -262,6 +263,9 @@ func (fc *FileConfig) apply(o *Options) error {
 	}
 	if fc.Migrate.HoldPackets != 0 {
 		o.Migrate.HoldPackets = fc.Migrate.HoldPackets
+	}
+	if len(fc.Migrate.EncapSources) > 0 {
+		o.Migrate.EncapSrc = append([]string(nil), fc.Migrate.EncapSources...)
 	}
 	if len(fc.Proxy.Interfaces) > 0 {
 		o.Proxy.Ifaces = append([]string(nil), fc.Proxy.Interfaces...)

@@ -36,6 +36,16 @@ owned = false
 				t.Errorf("vips %v", o.VIPs)
 			}
 		}},
+		{"migrate", `
+[migrate]
+interfaces = ["eth1"]
+hold_packets = 1000
+encap_sources = ["192.0.2.2", "2001:db8::2"]
+`, "", func(t *testing.T, o Options) {
+			if len(o.Migrate.Ifaces) != 1 || o.Migrate.HoldPackets != 1000 || strings.Join(o.Migrate.EncapSrc, ",") != "192.0.2.2,2001:db8::2" {
+				t.Errorf("migrate options %+v", o.Migrate)
+			}
+		}},
 		{"defaults kept", `interfaces = ["eth0"]`, "", func(t *testing.T, o Options) {
 			if o.Pins.Root != "/sys/fs/bpf/tandem" || o.XDPMode != XDPAuto || o.Gate != GateEnforce {
 				t.Errorf("defaults lost: %+v", o)

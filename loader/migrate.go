@@ -2,6 +2,7 @@ package loader
 
 import (
 	"fmt"
+	"net/netip"
 
 	"github.com/cilium/ebpf"
 	"github.com/spf13/pflag"
@@ -17,16 +18,21 @@ type MigrateOptions struct {
 	Ifaces      []string // interfaces where endpoints' packets arrive
 	HoldBytes   uint32   // the hold ring's size; 0: DefaultHoldBytes
 	HoldPackets uint64   // packets held per endpoint at most; 0: DefaultHoldPackets
+	// EncapSrc: this host's source address for routed (IP-in-IP)
+	// locations, at most one IPv4 and one IPv6. A routed location of a
+	// family without one is not reached (counted no_route).
+	EncapSrc []string
 }
 
 // MigrateConfig is the [migrate] table.
 type MigrateConfig struct {
 	// The migration control listener (daemon.Config.Migrate).
-	Listen      string   `toml:"listen"`
-	Clients     []string `toml:"clients"`
-	Interfaces  []string `toml:"interfaces"`
-	HoldBytes   uint32   `toml:"hold_bytes"`
-	HoldPackets uint64   `toml:"hold_packets"`
+	Listen       string   `toml:"listen"`
+	Clients      []string `toml:"clients"`
+	Interfaces   []string `toml:"interfaces"`
+	HoldBytes    uint32   `toml:"hold_bytes"`
+	HoldPackets  uint64   `toml:"hold_packets"`
+	EncapSources []string `toml:"encap_sources"`
 }
 
 // The hold's defaults: 32 MiB holds a 300 ms blackout of a 100k packets/s
@@ -71,6 +77,9 @@ func init() {
 			if o.Migrate.HoldPackets > 1<<24 {
 				errs = append(errs, fmt.Errorf("--migrate-hold-packets %d: at most %d", o.Migrate.HoldPackets, 1<<24))
 			}
+			if _, _, err := o.Migrate.encapSrc(); err != nil {
+				errs = append(errs, err)
+			}
 			return errs
 		},
 		Synced: []maps.SyncedMap{
@@ -103,6 +112,18 @@ func init() {
 			if err := spec.Variables[bpf.MigrateVarCfgHoldPackets].Set(n); err != nil {
 				return fmt.Errorf("set hold packets: %w", err)
 			}
+			src4, src6, err := o.Migrate.encapSrc()
+			if err != nil {
+				return err
+			}
+			// Both are the address's bytes in memory, as the outer
+			// header takes them.
+			if err := spec.Variables[bpf.MigrateVarCfgEncapSrc4].Set(src4); err != nil {
+				return fmt.Errorf("set encap source: %w", err)
+			}
+			if err := spec.Variables[bpf.MigrateVarCfgEncapSrc6].Set(src6); err != nil {
+				return fmt.Errorf("set encap source: %w", err)
+			}
 			return nil
 		},
 		Setup: setupRings,
@@ -116,10 +137,35 @@ func (m MigrateOptions) holdBytes() uint32 {
 	return m.HoldBytes
 }
 
+// encapSrc parses EncapSrc: the IPv4 and the IPv6 source (zero: none).
+func (m MigrateOptions) encapSrc() (src4 [4]byte, src6 [16]byte, err error) {
+	var have4, have6 bool
+	for _, s := range m.EncapSrc {
+		a, perr := netip.ParseAddr(s)
+		if perr != nil || a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() {
+			return src4, src6, fmt.Errorf("--migrate-encap-src %q: want a unicast address of this host", s)
+		}
+		a = a.Unmap()
+		if a.Is4() {
+			if have4 {
+				return src4, src6, fmt.Errorf("--migrate-encap-src: two IPv4 sources (%s and %s): give one per family", netip.AddrFrom4(src4), a)
+			}
+			src4, have4 = a.As4(), true
+		} else {
+			if have6 {
+				return src4, src6, fmt.Errorf("--migrate-encap-src: two IPv6 sources (%s and %s): give one per family", netip.AddrFrom16(src6), a)
+			}
+			src6, have6 = a.As16(), true
+		}
+	}
+	return src4, src6, nil
+}
+
 func migrateFlags(fs *pflag.FlagSet) func(o *Options) error {
 	ifaces := fs.StringSlice("migrate-iface", nil, "run migration redirects on this interface (repeat, or comma-separate): endpoints' packets arriving there go where the endpoint is (tandem endpoint, tandem migrate)")
 	bytes := fs.Uint32("migrate-hold-bytes", DefaultHoldBytes, "the hold ring for packets of endpoints in a blackout: a power of two (bytes); a pinned hold ring keeps its size (and what it holds) until tandem down")
 	pkts := fs.Uint64("migrate-hold-packets", DefaultHoldPackets, "packets held per endpoint at most; the newest beyond it are dropped and counted")
+	encSrc := fs.StringSlice("migrate-encap-src", nil, "this host's source address for routed endpoint locations (tandem endpoint set EP ipip:HOST): the outer IP-in-IP header's; one per family (repeat, or comma-separate)")
 	return func(o *Options) error {
 		if fs.Changed("migrate-iface") {
 			o.Migrate.Ifaces = trimmed(*ifaces)
@@ -129,6 +175,9 @@ func migrateFlags(fs *pflag.FlagSet) func(o *Options) error {
 		}
 		if fs.Changed("migrate-hold-packets") {
 			o.Migrate.HoldPackets = *pkts
+		}
+		if fs.Changed("migrate-encap-src") {
+			o.Migrate.EncapSrc = trimmed(*encSrc)
 		}
 		return nil
 	}

@@ -37,6 +37,10 @@ var (
 	migEP = netip.MustParseAddr("10.96.0.50")
 	migS  = "10.96.2.2" // E's address on the S path
 	migD  = "10.96.3.3" // E's address on the D path
+	// The lab is dual-stack: E's IPv6 address and its hosts.
+	migEP6 = netip.MustParseAddr("fd96::50")
+	migS6  = "fd96:2::2"
+	migD6  = "fd96:3::3"
 )
 
 type migLab struct {
@@ -47,23 +51,43 @@ type migLab struct {
 
 func newMigLab(t *testing.T) *migLab {
 	t.Helper()
-	testenv.RequireRoot(t)
-	l, err := lab.New(lab.Spec{
+	return newMigLabSpec(t, migLabSpec(false))
+}
+
+// migLabSpec is the lab: client — gw — E, dual-stack. routed adds the
+// routed path (migrate_routed_e2e_test.go): gw eth3 — router rt — E's
+// ethr, E's tunnel address beyond rt.
+func migLabSpec(routed bool) lab.Spec {
+	keep := map[string]string{"net.ipv6.conf.all.keep_addr_on_down": "1", "net.ipv6.conf.default.keep_addr_on_down": "1"}
+	spec := lab.Spec{
 		Hosts: []lab.HostSpec{
-			{Name: "client", Routes: []string{"10.96.0.0/24 via 10.96.1.1"}},
+			{Name: "client", Routes: []string{"10.96.0.0/24 via 10.96.1.1", "fd96::/64 via fd96:1::1"}},
 			{Name: "gw", Forward: true},
-			{Name: "ep", Loopback: []string{migEP.String() + "/32"},
-				Routes: []string{"10.96.1.0/24 via 10.96.2.1 metric 10", "10.96.1.0/24 via 10.96.3.1 metric 20"}},
+			{Name: "ep", Loopback: []string{migEP.String() + "/32", migEP6.String() + "/128"}, Sysctls: keep,
+				Routes: []string{"10.96.1.0/24 via 10.96.2.1 metric 10", "10.96.1.0/24 via 10.96.3.1 metric 20",
+					"fd96:1::/64 via fd96:2::1 metric 10", "fd96:1::/64 via fd96:3::1 metric 20"}},
 		},
 		Links: []lab.LinkSpec{
-			{A: lab.End{Host: "client", Iface: "eth0", Addrs: []string{"10.96.1.2/24"}},
-				B: lab.End{Host: "gw", Iface: "eth0", Addrs: []string{"10.96.1.1/24"}}, TxOff: true},
-			{A: lab.End{Host: "gw", Iface: "eth1", Addrs: []string{"10.96.2.1/24"}},
-				B: lab.End{Host: "ep", Iface: "eths", Addrs: []string{migS + "/24"}, MAC: "02:00:00:96:02:02"}, TxOff: true},
-			{A: lab.End{Host: "gw", Iface: "eth2", Addrs: []string{"10.96.3.1/24"}},
-				B: lab.End{Host: "ep", Iface: "ethd", Addrs: []string{migD + "/24"}, MAC: "02:00:00:96:03:03"}, TxOff: true},
+			{A: lab.End{Host: "client", Iface: "eth0", Addrs: []string{"10.96.1.2/24", "fd96:1::2/64"}},
+				B: lab.End{Host: "gw", Iface: "eth0", Addrs: []string{"10.96.1.1/24", "fd96:1::1/64"}}, TxOff: true},
+			{A: lab.End{Host: "gw", Iface: "eth1", Addrs: []string{"10.96.2.1/24", "fd96:2::1/64"}},
+				B: lab.End{Host: "ep", Iface: "eths", Addrs: []string{migS + "/24", migS6 + "/64"}, MAC: "02:00:00:96:02:02"}, TxOff: true},
+			{A: lab.End{Host: "gw", Iface: "eth2", Addrs: []string{"10.96.3.1/24", "fd96:3::1/64"}},
+				B: lab.End{Host: "ep", Iface: "ethd", Addrs: []string{migD + "/24", migD6 + "/64"}, MAC: "02:00:00:96:03:03"}, TxOff: true},
 		},
-	})
+	}
+	if routed {
+		addRoutedPath(&spec)
+	}
+	return spec
+}
+
+// newMigLabSpec builds the lab of spec and runs the daemon on gw with
+// the endpoint at S (daemonArgs added to tandem up's).
+func newMigLabSpec(t *testing.T, spec lab.Spec, daemonArgs ...string) *migLab {
+	t.Helper()
+	testenv.RequireRoot(t)
+	l, err := lab.New(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +98,8 @@ func newMigLab(t *testing.T) *migLab {
 	})
 	// The gateway's neighbour entries for both paths, fixed: the S path
 	// goes down mid-test and must not be re-resolved meanwhile.
-	for _, n := range [][3]string{{migS, "02:00:00:96:02:02", "eth1"}, {migD, "02:00:00:96:03:03", "eth2"}} {
+	for _, n := range [][3]string{{migS, "02:00:00:96:02:02", "eth1"}, {migD, "02:00:00:96:03:03", "eth2"},
+		{migS6, "02:00:00:96:02:02", "eth1"}, {migD6, "02:00:00:96:03:03", "eth2"}} {
 		if err := m.gw.IP("neigh", "replace", n[0], "lladdr", n[1], "dev", n[2], "nud", "permanent"); err != nil {
 			t.Fatal(err)
 		}
@@ -86,8 +111,13 @@ func newMigLab(t *testing.T) *migLab {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { pass.Close() })
-	for _, ifc := range []string{"eths", "ethd"} {
-		err := m.ep.Do(func() error {
+	xdpOn := [][2]string{{"ep", "eths"}, {"ep", "ethd"}}
+	if l.Hosts["rt"] != nil {
+		xdpOn = append(xdpOn, [2]string{"rt", "eth0"})
+	}
+	for _, hi := range xdpOn {
+		ifc := hi[1]
+		err := l.Host(hi[0]).Do(func() error {
 			i, err := net.InterfaceByName(ifc)
 			if err != nil {
 				return err
@@ -105,7 +135,7 @@ func newMigLab(t *testing.T) *migLab {
 	}
 	// The hold must take the blackout plus the CLI's own latency (each
 	// step is a process start on a loaded machine) at the full rate.
-	daemon(t, m.gw, "--migrate-iface", "eth0", "--migrate-hold-packets", "262144", "--bpffs", m.gw.BPFFS(), "--state-dir", m.state)
+	daemon(t, m.gw, append([]string{"--migrate-iface", "eth0", "--migrate-hold-packets", "262144", "--bpffs", m.gw.BPFFS(), "--state-dir", m.state}, daemonArgs...)...)
 	m.cli(t, "endpoint", "set", migEP.String(), migS)
 	return m
 }
@@ -128,11 +158,15 @@ func listenSeq(t *testing.T, h *lab.Host, port int) *receiver {
 	t.Helper()
 	r := &receiver{done: make(chan struct{})}
 	err := h.Do(func() error {
-		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0)
+		// Dual-stack: IPv4 datagrams arrive too (as mapped addresses).
+		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM, 0)
 		if err != nil {
 			return err
 		}
 		r.fd = fd
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+			return err
+		}
 		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 256<<20); err != nil {
 			return err
 		}
@@ -140,7 +174,7 @@ func listenSeq(t *testing.T, h *lab.Host, port int) *receiver {
 		if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 100000}); err != nil {
 			return err
 		}
-		return unix.Bind(fd, &unix.SockaddrInet4{Port: port})
+		return unix.Bind(fd, &unix.SockaddrInet6{Port: port})
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -193,13 +227,25 @@ func seqSend(t *testing.T, h *lab.Host, port, rate int, d time.Duration, events 
 // after its read (n+1 is stored only after n is written).
 func seqSendProgress(t *testing.T, h *lab.Host, port, rate int, d time.Duration, events []event, progress *atomic.Uint64) uint64 {
 	t.Helper()
+	return seqSendTo(t, h, migEP, port, rate, d, events, progress)
+}
+
+// seqSendTo is seqSendProgress to dst (IPv4 or IPv6).
+func seqSendTo(t *testing.T, h *lab.Host, dst netip.Addr, port, rate int, d time.Duration, events []event, progress *atomic.Uint64) uint64 {
+	t.Helper()
 	var fd int
 	err := h.Do(func() error {
 		var err error
-		if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0); err != nil {
+		if dst.Is4() {
+			if fd, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM, 0); err != nil {
+				return err
+			}
+			return unix.Connect(fd, &unix.SockaddrInet4{Port: port, Addr: dst.As4()})
+		}
+		if fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM, 0); err != nil {
 			return err
 		}
-		return unix.Connect(fd, &unix.SockaddrInet4{Port: port, Addr: migEP.As4()})
+		return unix.Connect(fd, &unix.SockaddrInet6{Port: port, Addr: dst.As16()})
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -270,29 +316,43 @@ func judge(got []uint64, sent uint64) (lost, dup, reordered uint64) {
 // gateway holds the blackout's packets (migrate blackout), else it only
 // switches when D is up (the baseline).
 func moveRun(t *testing.T, m *migLab, hold bool, rate int) (sent, lost, dup, reordered uint64) {
+	return moveRunOf(t, m, hold, rate, migMove{ep: migEP, s: migS, d: migD, sIface: "eths"})
+}
+
+// migMove is one move of moveRunOf: the endpoint ep from location s to
+// location d (as tandem migrate start --to takes them); "S stops" is E's
+// link sIface going down (up again, and the location s again, after).
+type migMove struct {
+	ep     netip.Addr
+	s, d   string
+	sIface string
+}
+
+// moveRunOf is moveRun for mv.
+func moveRunOf(t *testing.T, m *migLab, hold bool, rate int, mv migMove) (sent, lost, dup, reordered uint64) {
 	r := listenSeq(t, m.ep, 9000)
 	blackout := 300 * time.Millisecond
 	events := []event{
-		{300 * time.Millisecond, func() { m.cli(t, "migrate", "start", migEP.String(), "--to", migD) }},
+		{300 * time.Millisecond, func() { m.cli(t, "migrate", "start", mv.ep.String(), "--to", mv.d) }},
 		{500 * time.Millisecond, func() {
 			if hold {
-				m.cli(t, "migrate", "blackout", migEP.String())
+				m.cli(t, "migrate", "blackout", mv.ep.String())
 			}
-			m.ep.IP("link", "set", "eths", "down") // S stops
+			m.ep.IP("link", "set", mv.sIface, "down") // S stops
 		}},
 		{500*time.Millisecond + blackout, func() {
-			m.cli(t, "migrate", "switch", migEP.String()) // D runs
+			m.cli(t, "migrate", "switch", mv.ep.String()) // D runs
 			t.Logf("after the switch:\n%s", m.cli(t, "endpoint", "list").stdout)
-			m.cli(t, "migrate", "done", migEP.String())
+			m.cli(t, "migrate", "done", mv.ep.String())
 		}},
 	}
-	sent = seqSend(t, m.client, 9000, rate, 1500*time.Millisecond, events)
+	sent = seqSendTo(t, m.client, mv.ep, 9000, rate, 1500*time.Millisecond, events, nil)
 	time.Sleep(300 * time.Millisecond)
 	got := r.stop()
 	lost, dup, reordered = judge(got, sent)
 	// Back to S for the next run.
-	m.ep.IP("link", "set", "eths", "up")
-	m.cli(t, "endpoint", "set", migEP.String(), migS)
+	m.ep.IP("link", "set", mv.sIface, "up")
+	m.cli(t, "endpoint", "set", mv.ep.String(), mv.s)
 	return
 }
 

@@ -67,6 +67,19 @@ func HopOf(l MigLoc) netip.Addr {
 	return netip.AddrFrom16(l.Hop).Unmap()
 }
 
+// MigEncapIPIP marks a routed location: IP-in-IP to the hop.
+const MigEncapIPIP = uint32(bpf.MigrateMigEncapMIG_ENCAP_IPIP)
+
+// MigLocEncap is a location record for a routed hop (encap
+// MigEncapIPIP), or a segment hop (0).
+func MigLocEncap(hop netip.Addr, encap uint32) MigLoc {
+	l := MigLocOf(hop)
+	if l.Hop != ([16]byte{}) {
+		l.Encap = encap
+	}
+	return l
+}
+
 // MigrateMaps are migrate.c's maps and control programs, opened from pins
 // or from a fresh load.
 type MigrateMaps struct {
@@ -139,6 +152,39 @@ func (m *MigrateMaps) SetEndpoint(ep, hop netip.Addr) error {
 	return err
 }
 
+// SetEndpointLoc sets an endpoint's location record (a routed one too).
+func (m *MigrateMaps) SetEndpointLoc(ep netip.Addr, loc MigLoc) error {
+	_, err := m.Run(&MigCmd{Op: uint32(bpf.MigrateMigOpMIG_OP_EP_SET), Key: MigKeyOf(ep), Loc: loc})
+	return err
+}
+
+// Touch marks ep's migration record for the sync: the peer gets its
+// counters as they are now.
+func (m *MigrateMaps) Touch(ep netip.Addr) error {
+	_, err := m.Run(&MigCmd{Op: uint32(bpf.MigrateMigOpMIG_OP_TOUCH), Key: MigKeyOf(ep)})
+	return err
+}
+
+// SetRole tells this host's datapath whether it is the standby (its
+// held packets are then counted locally, in mig_standby, not in the
+// replicated record the owner's changes overwrite).
+func (m *MigrateMaps) SetRole(standby bool) error {
+	cmd := &MigCmd{Op: uint32(bpf.MigrateMigOpMIG_OP_ROLE)}
+	if standby {
+		cmd.N = 1
+	}
+	_, err := m.Run(cmd)
+	return err
+}
+
+// AdoptStandby moves what this host held for ep as the standby into ep's
+// migration record (its tickets, and the flush bit); it returns how many.
+func (m *MigrateMaps) AdoptStandby(ep netip.Addr) (uint64, error) {
+	cmd := &MigCmd{Op: uint32(bpf.MigrateMigOpMIG_OP_ADOPT), Key: MigKeyOf(ep)}
+	_, err := m.Run(cmd)
+	return cmd.N, err
+}
+
 // DelEndpoint removes an endpoint.
 func (m *MigrateMaps) DelEndpoint(ep netip.Addr) error {
 	_, err := m.Run(&MigCmd{Op: uint32(bpf.MigrateMigOpMIG_OP_EP_DEL), Key: MigKeyOf(ep)})
@@ -149,9 +195,9 @@ func (m *MigrateMaps) DelEndpoint(ep netip.Addr) error {
 // counters stay the datapath's); hold starts holding packets.
 func (m *MigrateMaps) PutMigration(ep netip.Addr, v *MigVal, hold bool) error {
 	cmd := &MigCmd{Op: uint32(bpf.MigrateMigOpMIG_OP_PUT), Key: MigKeyOf(ep), State: v.State, Nqueued: v.Nqueued}
-	cmd.From.Hop, cmd.To.Hop = v.From.Hop, v.To.Hop
+	cmd.From, cmd.To = v.From, v.To
 	for i := range v.Queued {
-		cmd.Queued[i].Hop = v.Queued[i].Hop
+		cmd.Queued[i].Hop, cmd.Queued[i].Encap = v.Queued[i].Hop, v.Queued[i].Encap
 	}
 	if hold {
 		cmd.Flags = 1
@@ -204,6 +250,19 @@ func (m *MigrateMaps) Endpoint(ep netip.Addr) (netip.Addr, bool, error) {
 	return HopOf(v.Loc), true, nil
 }
 
+// EndpointLoc reads one endpoint's location record; ok false when there
+// is none.
+func (m *MigrateMaps) EndpointLoc(ep netip.Addr) (MigLoc, bool, error) {
+	var v EndpointV
+	if err := m.Endpoints.Lookup(MigKeyOf(ep), &v); err != nil {
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return MigLoc{}, false, nil
+		}
+		return MigLoc{}, false, fmt.Errorf("read endpoint %s: %w", ep, err)
+	}
+	return v.Loc, true, nil
+}
+
 // Migration reads one migration; nil when ep is not migrating.
 func (m *MigrateMaps) Migration(ep netip.Addr) (*MigVal, error) {
 	var v MigVal
@@ -217,15 +276,15 @@ func (m *MigrateMaps) Migration(ep netip.Addr) (*MigVal, error) {
 }
 
 // EndpointList lists every endpoint and its location.
-func (m *MigrateMaps) EndpointList() (map[netip.Addr]netip.Addr, error) {
-	out := map[netip.Addr]netip.Addr{}
+func (m *MigrateMaps) EndpointList() (map[netip.Addr]MigLoc, error) {
+	out := map[netip.Addr]MigLoc{}
 	var (
 		k MigKey
 		v EndpointV
 	)
 	it := m.Endpoints.Iterate()
 	for it.Next(&k, &v) {
-		out[netip.AddrFrom16(k.Addr).Unmap()] = HopOf(v.Loc)
+		out[netip.AddrFrom16(k.Addr).Unmap()] = v.Loc
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("list endpoints: %w", err)

@@ -51,7 +51,20 @@ type Local struct {
 	// must beat, so a passive controller refuses changes.
 	active  bool
 	adopted bool // the restart's losses are counted
+	// touched: each holding migration's tickets when last marked for
+	// the sync (touchLoop); stop ends the loop, at Close.
+	touched map[netip.Addr]uint64
+	stop    chan struct{}
+	stopped sync.WaitGroup
 }
+
+// TouchInterval is how often the owner marks a migration that holds
+// packets for the sync: the datapath's hold tickets change without a
+// mark of their own (one per held packet would put the sync's version
+// bump on the hold's path), so this is what brings the peer the owner's
+// counts. A failover loses at most this interval's (and one sync
+// round's) share of the count.
+var TouchInterval = 10 * time.Millisecond
 
 var _ Controller = (*Local)(nil)
 
@@ -77,7 +90,8 @@ func NewLocalRole(m *maps.MigrateMaps, log *slog.Logger, active bool) (*Local, e
 	if err != nil {
 		return nil, fmt.Errorf("read hold ring: %w", err)
 	}
-	l := &Local{m: m, rd: rd, pend: map[netip.Addr][]heldFrame{}, log: log, out: make([]byte, 4096), ifs: map[[6]byte]int{}, active: active}
+	l := &Local{m: m, rd: rd, pend: map[netip.Addr][]heldFrame{}, log: log, out: make([]byte, 4096), ifs: map[[6]byte]int{}, active: active,
+		touched: map[netip.Addr]uint64{}, stop: make(chan struct{})}
 	// Protocol 0: the socket only sends. It bypasses the qdisc, as the
 	// datapath's redirects do, so a flushed frame is not queued behind
 	// (or overtaken by) anything.
@@ -86,11 +100,61 @@ func NewLocalRole(m *maps.MigrateMaps, log *slog.Logger, active bool) (*Local, e
 		return nil, fmt.Errorf("packet socket for the flush: %w", err)
 	}
 	unix.SetsockoptInt(l.pkt, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1)
+	if err := l.m.SetRole(!active); err != nil {
+		l.Close()
+		return nil, err
+	}
 	if err := l.adopt(); err != nil {
 		l.Close()
 		return nil, err
 	}
+	l.stopped.Add(1)
+	go l.touchLoop()
 	return l, nil
+}
+
+// touchLoop marks, every TouchInterval, each migration whose hold
+// tickets moved since its last mark, while this controller is the owner.
+func (l *Local) touchLoop() {
+	defer l.stopped.Done()
+	t := time.NewTicker(TouchInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-l.stop:
+			return
+		case <-t.C:
+		}
+		l.mu.Lock()
+		if l.active {
+			l.touch()
+		}
+		l.mu.Unlock()
+	}
+}
+
+func (l *Local) touch() {
+	migs, err := l.m.Migrations()
+	if err != nil {
+		return
+	}
+	for ep := range l.touched {
+		if _, ok := migs[ep]; !ok {
+			delete(l.touched, ep)
+		}
+	}
+	for ep, v := range migs {
+		if last, ok := l.touched[ep]; ok && last == v.Hold {
+			continue
+		}
+		if v.Hold&^maps.MigFlushing == 0 {
+			continue
+		}
+		if err := l.m.Touch(ep); err != nil {
+			continue
+		}
+		l.touched[ep] = v.Hold
+	}
 }
 
 // SetActive makes the controller the owner of the state (the election
@@ -102,6 +166,11 @@ func (l *Local) SetActive(active bool) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.active = active
+	// The datapath first: from now on it counts what it holds where
+	// the new role says.
+	if err := l.m.SetRole(!active); err != nil {
+		return err
+	}
 	if !active {
 		return nil
 	}
@@ -134,6 +203,22 @@ func (l *Local) adopt() error {
 	if !l.active || l.adopted {
 		_, err := l.drain(netip.Addr{})
 		return err
+	}
+	// What this host held as the standby joins the record's tickets
+	// (its frames are in this host's ring): the totals are the old
+	// owner's (as last replicated) plus this host's.
+	cur, err := l.m.Migrations()
+	if err != nil {
+		return err
+	}
+	for ep := range cur {
+		n, err := l.m.AdoptStandby(ep)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			l.log.Info("migration: packets held as the standby join the count", "endpoint", ep, "held", n)
+		}
 	}
 	var migs map[netip.Addr]maps.MigVal
 	for try := 0; ; try++ {
@@ -193,6 +278,8 @@ func sameTickets(a, b map[netip.Addr]maps.MigVal) bool {
 // Close releases the maps. Packets still held stay in the ring for the
 // next daemon.
 func (l *Local) Close() error {
+	close(l.stop)
+	l.stopped.Wait()
 	unix.Close(l.pkt)
 	l.rd.Close()
 	l.m.Close()
@@ -206,16 +293,16 @@ func (l *Local) owner() error {
 	return nil
 }
 
-func (l *Local) get(ep netip.Addr) (netip.Addr, *maps.MigVal, error) {
+func (l *Local) get(ep netip.Addr) (maps.MigLoc, *maps.MigVal, error) {
 	if err := l.owner(); err != nil {
-		return netip.Addr{}, nil, err
+		return maps.MigLoc{}, nil, err
 	}
-	hop, ok, err := l.m.Endpoint(ep)
+	hop, ok, err := l.m.EndpointLoc(ep)
 	if err != nil {
-		return netip.Addr{}, nil, err
+		return maps.MigLoc{}, nil, err
 	}
 	if !ok {
-		return netip.Addr{}, nil, fmt.Errorf("endpoint %s: %w", ep, ErrNoEndpoint)
+		return maps.MigLoc{}, nil, fmt.Errorf("endpoint %s: %w", ep, ErrNoEndpoint)
 	}
 	v, err := l.m.Migration(ep)
 	return hop, v, err
@@ -242,7 +329,10 @@ func (l *Local) Start(ep netip.Addr, to Location) error {
 	if !to.Hop.IsValid() {
 		return fmt.Errorf("start %s: no destination (--to HOST)", ep)
 	}
-	return l.m.PutMigration(ep, &maps.MigVal{State: uint32(bpf.MigrateMigStateIdMIG_MIGRATING), From: maps.MigLocOf(from), To: maps.MigLocOf(to.Hop)}, false)
+	if err := to.Validate(); err != nil {
+		return fmt.Errorf("start %s: %w", ep, err)
+	}
+	return l.m.PutMigration(ep, &maps.MigVal{State: uint32(bpf.MigrateMigStateIdMIG_MIGRATING), From: from, To: to.rec()}, false)
 }
 
 func (l *Local) Blackout(ep netip.Addr) error {
@@ -293,11 +383,11 @@ func (l *Local) Done(ep netip.Addr) error {
 	}
 	// The destination, then every queued update in order; the record
 	// goes last, so a failover in between still knows the move.
-	if err := l.m.SetEndpoint(ep, maps.HopOf(v.To)); err != nil {
+	if err := l.m.SetEndpointLoc(ep, v.To); err != nil {
 		return err
 	}
 	for i := 0; i < int(v.Nqueued) && i < maps.MigQueueMax; i++ {
-		if err := l.m.SetEndpoint(ep, maps.HopOf(v.Queued[i])); err != nil {
+		if err := l.m.SetEndpointLoc(ep, v.Queued[i]); err != nil {
 			return err
 		}
 	}
@@ -335,20 +425,20 @@ func (l *Local) SetLocation(ep netip.Addr, loc Location) (bool, error) {
 	if err := l.owner(); err != nil {
 		return false, err
 	}
-	if !loc.Hop.IsValid() {
-		return false, fmt.Errorf("set %s: no location", ep)
+	if err := loc.Validate(); err != nil {
+		return false, fmt.Errorf("set %s: %w", ep, err)
 	}
 	v, err := l.m.Migration(ep)
 	if err != nil {
 		return false, err
 	}
 	if v == nil {
-		return false, l.m.SetEndpoint(ep, loc.Hop)
+		return false, l.m.SetEndpointLoc(ep, loc.rec())
 	}
 	if int(v.Nqueued) >= maps.MigQueueMax {
 		return false, fmt.Errorf("set %s: %d updates queued already: %w", ep, v.Nqueued, ErrQueueFull)
 	}
-	v.Queued[v.Nqueued] = maps.MigLocOf(loc.Hop)
+	v.Queued[v.Nqueued] = loc.rec()
 	v.Nqueued++
 	return true, l.m.PutMigration(ep, v, false)
 }
@@ -379,7 +469,7 @@ func (l *Local) List() ([]Endpoint, error) {
 	}
 	var out []Endpoint
 	for a, hop := range eps {
-		e := Endpoint{Addr: a, Location: Location{Hop: hop}}
+		e := Endpoint{Addr: a, Location: locOf(hop)}
 		if v, ok := migs[a]; ok {
 			e.Migration = MigrationOf(&v)
 		}
@@ -392,12 +482,12 @@ func (l *Local) List() ([]Endpoint, error) {
 // MigrationOf converts a mig_state value.
 func MigrationOf(v *maps.MigVal) *Migration {
 	m := &Migration{
-		State: State(v.State), From: Location{maps.HopOf(v.From)}, To: Location{maps.HopOf(v.To)},
+		State: State(v.State), From: locOf(v.From), To: locOf(v.To),
 		Held: v.Hold &^ maps.MigFlushing, Flushed: v.Flushed, Overflow: v.Overflow, Lost: v.Lost,
 		Flushing: v.Hold&maps.MigFlushing != 0,
 	}
 	for i := 0; i < int(v.Nqueued) && i < maps.MigQueueMax; i++ {
-		m.Queued = append(m.Queued, Location{maps.HopOf(v.Queued[i])})
+		m.Queued = append(m.Queued, locOf(v.Queued[i]))
 	}
 	return m
 }
@@ -508,6 +598,9 @@ func (l *Local) inject(ifindex uint32, data []byte) error {
 	// The frame is the ring's (or pend's): rewritten in place, then
 	// copied into the batch.
 	if l.tmpl.rewrite(data) {
+		if l.tmpl.outer != nil {
+			return l.addEncap(&l.tmpl, data)
+		}
 		return l.add(&l.tmpl, data)
 	}
 	opts := &ebpf.RunOptions{Data: data, DataOut: l.out, Repeat: 1}
@@ -532,6 +625,15 @@ func (l *Local) inject(ifindex uint32, data []byte) error {
 	}
 	proto := uint16(frame[12])<<8 | uint16(frame[13])
 	t := hopTemplate{ok: true, ether: proto}
+	if n := len(frame) - len(data); n != 0 {
+		// A routed location: the program pushed an outer header; the
+		// template keeps it for the endpoint's other frames (the
+		// inner packet is rewritten as for a segment hop).
+		t.ether = uint16(data[12])<<8 | uint16(data[13])
+		t.outerEther = proto
+		t.ok = (n == 20 && proto == unix.ETH_P_IP) || (n == 40 && proto == unix.ETH_P_IPV6)
+		t.outer = slices.Clone(frame[14 : 14+n])
+	}
 	copy(t.macs[:], frame[0:12])
 	t.to = unix.RawSockaddrLinklayer{Family: unix.AF_PACKET, Ifindex: int32(idx), Protocol: proto<<8 | proto>>8, Halen: 6}
 	copy(t.to.Addr[:], frame[0:6])

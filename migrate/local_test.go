@@ -31,6 +31,9 @@ var (
 	macS, _ = net.ParseMAC("02:00:00:00:97:02")
 	macD, _ = net.ParseMAC("02:00:00:00:97:03")
 	macE, _ = net.ParseMAC("02:00:00:00:97:04")
+	// The gateway's address on the segment, and a host beyond D.
+	gwSeg      = netip.MustParseAddr("10.97.1.1")
+	routedHost = netip.MustParseAddr("192.0.2.7")
 )
 
 // world is a gateway (gw) with the migrate feature loaded unpinned, a
@@ -42,6 +45,7 @@ type world struct {
 	mm      *maps.MigrateMaps
 	ctl     *migrate.Local
 	sock    int
+	sync    *maps.SyncMaps // the dirty rings, for what goes to the peer
 }
 
 func newWorld(t testing.TB, holdPackets uint64) *world {
@@ -77,6 +81,10 @@ func newWorldSink(t testing.TB, holdPackets uint64, ringBytes uint32, verdict in
 		if err := w.gw.IP("neigh", "replace", n.hop.String(), "lladdr", n.mac.String(), "dev", "eth1", "nud", "permanent"); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// A routed host, beyond D.
+	if err := w.gw.IP("route", "add", routedHost.String()+"/32", "via", hopD.String()); err != nil {
+		t.Fatal(err)
 	}
 	// Frames redirected into a veth need an XDP program on its peer.
 	pass, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, verdict), asm.Return()}})
@@ -120,6 +128,11 @@ func newWorldSink(t testing.TB, holdPackets uint64, ringBytes uint32, verdict in
 	if err := spec.Variables[bpf.MigrateVarCfgHoldPackets].Set(holdPackets); err != nil {
 		t.Fatal(err)
 	}
+	// Routed locations (TestFlushToRoutedLocation) leave from the
+	// gateway's segment address.
+	if err := spec.Variables[bpf.MigrateVarCfgEncapSrc4].Set(gwSeg.As4()); err != nil {
+		t.Fatal(err)
+	}
 	inner, err := maps.RingSpec(1 << 16)
 	if err != nil {
 		t.Fatal(err)
@@ -139,6 +152,7 @@ func newWorldSink(t testing.TB, holdPackets uint64, ringBytes uint32, verdict in
 	if err := sm.SetupRings(inner); err != nil {
 		t.Fatal(err)
 	}
+	w.sync = sm
 	if w.entry, err = chain.Single(cm, chain.SlotMigrate, objs.XdpMigrate); err != nil {
 		t.Fatal(err)
 	}
@@ -563,5 +577,157 @@ func TestAdoptCountsOnlyTheOldOwners(t *testing.T) {
 	seqs, _ := w.received(t)
 	if !inOrder(seqs, 0, 50) {
 		t.Errorf("the new owner flushed %v, want 0..49 in order", seqs)
+	}
+}
+
+// TestTakeoverCountsBoth: the new owner's counters are the old owner's
+// (as last replicated) plus what it held itself as the standby. The
+// owner's record reaches the standby whole (the sync writes the value),
+// so tickets the standby's datapath took in its copy vanished with the
+// owner's next change while their frames sat in its ring: Held and Lost
+// undercounted after the takeover (Held 100, Lost 60 here).
+func TestTakeoverCountsBoth(t *testing.T) {
+	w := newWorld(t, 65536)
+	w.blackout(t)
+	var sb *migrate.Local
+	w.do(t, func() (err error) { sb, err = migrate.NewLocalRole(w.cloneMaps(t), nil, false); return err })
+	defer sb.Close()
+	w.send(t, 0, 40) // reach the standby (flooded to it, say): held here
+	// The owner's record as the sync writes it on the standby: the
+	// owner has held 100 packets (in its own ring), none flushed.
+	const oldOwners = 100
+	k := maps.MigKeyOf(ep4)
+	var v maps.MigVal
+	if err := w.mm.State.Lookup(k, &v); err != nil {
+		t.Fatal(err)
+	}
+	v.Hold = maps.MigFlushing | oldOwners
+	v.Sync.Version += 10
+	if err := w.mm.State.Update(k, &v, ebpf.UpdateExist); err != nil {
+		t.Fatal(err)
+	}
+	w.do(t, func() error {
+		if err := sb.SetActive(true); err != nil {
+			return err
+		}
+		return sb.Switch(ep4)
+	})
+	list, err := sb.List()
+	if err != nil || len(list) != 1 || list[0].Migration == nil {
+		t.Fatalf("list after the takeover: %+v %v", list, err)
+	}
+	m := list[0].Migration
+	if m.Held != oldOwners+40 || m.Lost != oldOwners || m.Flushed != 40 || m.Overflow != 0 {
+		t.Errorf("after the takeover and the switch: held %d, lost %d, flushed %d, overflow %d; want held %d (the old owner's %d and this host's 40), lost %d, flushed 40",
+			m.Held, m.Lost, m.Flushed, m.Overflow, oldOwners+40, oldOwners, oldOwners)
+	}
+	if seqs, _ := w.received(t); !inOrder(seqs, 0, 40) {
+		t.Errorf("the new owner flushed %v, want 0..39 in order", seqs)
+	}
+}
+
+// TestOwnerReplicatesHoldCounts: while the owner holds, its record is
+// marked for the sync (its version moves) without any step, so the peer
+// learns the hold counters. Before, the tickets went to the peer only
+// with the record's next change: after a failover the new owner's Held
+// and Lost missed what the old owner held since the blackout began.
+func TestOwnerReplicatesHoldCounts(t *testing.T) {
+	w := newWorld(t, 65536)
+	w.blackout(t)
+	k := maps.MigKeyOf(ep4)
+	var v maps.MigVal
+	if err := w.mm.State.Lookup(k, &v); err != nil {
+		t.Fatal(err)
+	}
+	v0 := v.Sync.Version
+	// What the blackout queued for the sync is sent: a round of the
+	// syncer (drain, advance the epoch).
+	round := func() (n int) {
+		if _, err := w.sync.Drain(func(r *maps.SyncRec) {
+			if r.MapId == uint32(bpf.MigrateSyncMapIdSYNC_MAP_MIGRATION) {
+				n++
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.sync.AdvanceEpoch(); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	round()
+	w.send(t, 0, 100)
+	// Polled, not timed: the mark comes within a few TouchIntervals.
+	for i := 0; i < 500; i++ {
+		if err := w.mm.State.Lookup(k, &v); err != nil {
+			t.Fatal(err)
+		}
+		if v.Sync.Version > v0 {
+			if n := round(); n != 1 {
+				t.Errorf("the holding record was marked (version %d -> %d) but %d records went to the sync, want 1", v0, v.Sync.Version, n)
+			}
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Errorf("the holding record's version stayed %d with 100 packets held: its counters never went to the sync", v0)
+}
+
+// TestFlushToRoutedLocation: a move from a segment hop to a routed
+// location (ipip:HOST): the held packets leave encapsulated, in order,
+// each as xdp_mig_flush makes it (the first through the program, the rest
+// through the flush's template): an outer IPv4 header from the gateway
+// to HOST with its own length and a valid checksum, to D's MAC (the
+// router towards HOST), the inner packet with its TTL one less.
+func TestFlushToRoutedLocation(t *testing.T) {
+	w := newWorld(t, 65536)
+	w.do(t, func() error {
+		if _, err := w.ctl.SetLocation(ep4, migrate.Location{Hop: hopS}); err != nil {
+			return err
+		}
+		if err := w.ctl.Start(ep4, migrate.Location{Hop: routedHost, Encap: migrate.EncapIPIP}); err != nil {
+			return err
+		}
+		return w.ctl.Blackout(ep4)
+	})
+	const n = 300
+	w.send(t, 0, n)
+	w.do(t, func() error { return w.ctl.Switch(ep4) })
+	buf := make([]byte, 2048)
+	tv := unix.Timeval{Usec: 200000}
+	if err := unix.SetsockoptTimeval(w.sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		t.Fatal(err)
+	}
+	var seqs []int
+	for {
+		k, _, err := unix.Recvfrom(w.sock, buf, 0)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			break
+		}
+		f := buf[:k]
+		p := gopacket.NewPacket(f, layers.LayerTypeEthernet, gopacket.Default)
+		outer, ok := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		if !ok || outer.Protocol != layers.IPProtocolIPv4 {
+			t.Fatalf("frame %d: not IP-in-IP: %v", len(seqs), p)
+		}
+		var sum uint32
+		for i := 14; i < 34; i += 2 {
+			sum += uint32(binary.BigEndian.Uint16(f[i:]))
+		}
+		for sum > 0xffff {
+			sum = sum&0xffff + sum>>16
+		}
+		if !outer.SrcIP.Equal(gwSeg.AsSlice()) || !outer.DstIP.Equal(routedHost.AsSlice()) || int(outer.Length) != k-14 || sum != 0xffff ||
+			net.HardwareAddr(f[:6]).String() != macD.String() || f[14+20+8] != 63 {
+			t.Fatalf("frame %d: outer %s -> %s length %d (frame %d) checksum ok %v, dst MAC %s, inner TTL %d; want %s -> %s, %d, ok, %s, 63",
+				len(seqs), outer.SrcIP, outer.DstIP, outer.Length, k, sum == 0xffff, net.HardwareAddr(f[:6]), f[14+20+8], gwSeg, routedHost, k-14, macD)
+		}
+		seqs = append(seqs, int(binary.BigEndian.Uint64(f[14+20+28:])))
+	}
+	if !inOrder(seqs, 0, n) {
+		t.Errorf("flushed %d frames %v..., want 0..%d in order", len(seqs), seqs[:min(len(seqs), 10)], n-1)
 	}
 }

@@ -27,21 +27,82 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
+
+	"github.com/tandem-net/tandem/maps"
 )
 
 // Location is where an endpoint is served from.
 type Location struct {
-	// Hop is the host serving the endpoint: a next hop on a segment
-	// directly attached to the gateway (its interface and MAC come from
-	// the gateway's neighbour table).
+	// Hop is the host serving the endpoint: without Encap, a next hop on
+	// a segment directly attached to the gateway (its interface and MAC
+	// come from the gateway's neighbour table); with Encap, a host
+	// reached through routers.
 	Hop netip.Addr
+	// Encap is how a routed Hop is reached: EncapIPIP (IP-in-IP to Hop,
+	// which decapsulates it). Empty: a segment hop.
+	Encap string `json:",omitempty"`
 }
+
+// EncapIPIP: the packet goes to the host in an outer IP header
+// (IP-in-IP, protocol 4 or 41), sent the way this host routes to it.
+const EncapIPIP = "ipip"
 
 func (l Location) String() string {
 	if !l.Hop.IsValid() {
 		return "-"
 	}
+	if l.Encap != "" {
+		return l.Encap + ":" + l.Hop.String()
+	}
 	return "via " + l.Hop.String()
+}
+
+// ParseLocation reads a location as the CLI and the control protocol
+// write it: HOST (a next hop on an attached segment) or ipip:HOST (a
+// routed host, IP-in-IP).
+func ParseLocation(s string) (Location, error) {
+	var l Location
+	if enc, host, ok := strings.Cut(s, ":"); ok && enc == EncapIPIP {
+		l.Encap, s = EncapIPIP, host
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return Location{}, errors.New("want HOST or ipip:HOST, HOST an IPv4 or IPv6 address")
+	}
+	l.Hop = a.Unmap()
+	return l, l.Validate()
+}
+
+// Validate says what is wrong with l, if anything.
+func (l Location) Validate() error {
+	switch {
+	case l.Encap != "" && l.Encap != EncapIPIP:
+		return fmt.Errorf("location encapsulation %q: want %q (or none: a segment hop)", l.Encap, EncapIPIP)
+	case !l.Hop.IsValid():
+		return errors.New("no location: want HOST or ipip:HOST")
+	case l.Hop.IsUnspecified() || l.Hop.IsMulticast() || l.Hop.IsLoopback() || (l.Hop.Is4() && l.Hop == netip.AddrFrom4([4]byte{255, 255, 255, 255})):
+		return fmt.Errorf("location %s: want a host's unicast address", l.Hop)
+	}
+	return nil
+}
+
+// rec is l as the maps store it.
+func (l Location) rec() maps.MigLoc {
+	var enc uint32
+	if l.Encap == EncapIPIP {
+		enc = maps.MigEncapIPIP
+	}
+	return maps.MigLocEncap(l.Hop, enc)
+}
+
+// locOf is the inverse of rec.
+func locOf(r maps.MigLoc) Location {
+	l := Location{Hop: maps.HopOf(r)}
+	if r.Encap == maps.MigEncapIPIP && l.Hop.IsValid() {
+		l.Encap = EncapIPIP
+	}
+	return l
 }
 
 // State is a migration's phase.

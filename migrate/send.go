@@ -25,6 +25,36 @@ type hopTemplate struct {
 	ether uint16 // the ethertype the template was made for
 	macs  [12]byte
 	to    unix.RawSockaddrLinklayer
+	// A routed location: the outer IP header xdp_mig_flush pushed (its
+	// lengths and IPv4 checksum are redone per frame) and its ethertype.
+	outer      []byte
+	outerEther uint16
+}
+
+// encapsulate appends to dst frame (already rewritten) with t's outer
+// header between its Ethernet header and its packet, as xdp_mig_flush
+// pushes it.
+func (t *hopTemplate) encapsulate(dst, frame []byte) []byte {
+	inner := len(frame) - 14
+	dst = append(dst, frame[:12]...)
+	dst = binary.BigEndian.AppendUint16(dst, t.outerEther)
+	o := len(dst)
+	dst = append(dst, t.outer...)
+	h := dst[o:]
+	if t.outerEther == unix.ETH_P_IP {
+		binary.BigEndian.PutUint16(h[2:], uint16(inner+20))
+		h[10], h[11] = 0, 0
+		var sum uint32
+		for i := 0; i < 20; i += 2 {
+			sum += uint32(binary.BigEndian.Uint16(h[i:]))
+		}
+		sum = sum&0xffff + sum>>16
+		sum = sum&0xffff + sum>>16
+		binary.BigEndian.PutUint16(h[10:], ^uint16(sum))
+	} else {
+		binary.BigEndian.PutUint16(h[4:], uint16(inner))
+	}
+	return append(dst, frame[14:]...)
 }
 
 // batch collects rewritten frames for one sendmmsg.
@@ -89,6 +119,23 @@ func (l *Local) add(t *hopTemplate, frame []byte) error {
 	b.to = t.to
 	b.buf = append(b.buf, frame...)
 	b.lens = append(b.lens, len(frame))
+	b.count++
+	return nil
+}
+
+// addEncap is add for a routed location: frame goes into the batch with
+// t's outer header, written there (no copy in between).
+func (l *Local) addEncap(t *hopTemplate, frame []byte) error {
+	b := &l.out2
+	if b.count > 0 && (b.to != t.to || b.count == sendBatchMax) {
+		if err := l.sendBatch(); err != nil {
+			return err
+		}
+	}
+	b.to = t.to
+	start := len(b.buf)
+	b.buf = t.encapsulate(b.buf, frame)
+	b.lens = append(b.lens, len(b.buf)-start)
 	b.count++
 	return nil
 }

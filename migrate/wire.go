@@ -20,6 +20,9 @@ type Request struct {
 	Op string     `json:"op"` // start, blackout, switch, done, abort, set, del, list
 	EP netip.Addr `json:"endpoint,omitzero"`
 	To netip.Addr `json:"to,omitzero"` // start: the destination; set: the location
+	// Encap goes with To: "ipip" for a routed location, empty for a
+	// segment hop (Location.Encap).
+	Encap string `json:"encap,omitempty"`
 }
 
 // Answer is the result of one Request.
@@ -38,7 +41,7 @@ func Handle(c Controller, r Request) Answer {
 	)
 	switch r.Op {
 	case "start":
-		err = c.Start(r.EP, Location{Hop: r.To})
+		err = c.Start(r.EP, Location{Hop: r.To, Encap: r.Encap})
 	case "blackout":
 		err = c.Blackout(r.EP)
 	case "switch":
@@ -48,7 +51,7 @@ func Handle(c Controller, r Request) Answer {
 	case "abort":
 		err = c.Abort(r.EP)
 	case "set":
-		a.Queued, err = c.SetLocation(r.EP, Location{Hop: r.To})
+		a.Queued, err = c.SetLocation(r.EP, Location{Hop: r.To, Encap: r.Encap})
 	case "del":
 		err = c.Delete(r.EP)
 	case "list":
@@ -154,7 +157,7 @@ func (e *remoteError) Unwrap() error { return e.kind }
 func (c *Client) do(r Request) error { _, err := c.call(r); return err }
 
 func (c *Client) Start(ep netip.Addr, to Location) error {
-	return c.do(Request{Op: "start", EP: ep, To: to.Hop})
+	return c.do(Request{Op: "start", EP: ep, To: to.Hop, Encap: to.Encap})
 }
 func (c *Client) Blackout(ep netip.Addr) error { return c.do(Request{Op: "blackout", EP: ep}) }
 func (c *Client) Switch(ep netip.Addr) error   { return c.do(Request{Op: "switch", EP: ep}) }
@@ -162,7 +165,7 @@ func (c *Client) Done(ep netip.Addr) error     { return c.do(Request{Op: "done",
 func (c *Client) Abort(ep netip.Addr) error    { return c.do(Request{Op: "abort", EP: ep}) }
 func (c *Client) Delete(ep netip.Addr) error   { return c.do(Request{Op: "del", EP: ep}) }
 func (c *Client) SetLocation(ep netip.Addr, loc Location) (bool, error) {
-	a, err := c.call(Request{Op: "set", EP: ep, To: loc.Hop})
+	a, err := c.call(Request{Op: "set", EP: ep, To: loc.Hop, Encap: loc.Encap})
 	return a.Queued, err
 }
 func (c *Client) List() ([]Endpoint, error) {

@@ -19,12 +19,16 @@ func init() {
 	register(&command{
 		name:    "endpoint",
 		summary: "list, set or delete endpoints and their locations (list only reads)",
-		args:    "list | set ENDPOINT HOST | del ENDPOINT",
+		args:    "list | set ENDPOINT HOST | set ENDPOINT --encap HOST | del ENDPOINT",
 		long: `
-An endpoint is an address served through the gateway from a host on an
-attached segment (a virtual machine, say); its location is that host, the
-next hop the gateway forwards the endpoint's packets to (its interface and
-MAC come from this host's neighbour table). The migrate feature
+An endpoint is an address served through the gateway from a host (a
+virtual machine, say); its location is that host. HOST is a next hop on an
+attached segment: the gateway forwards the endpoint's packets to it (its
+interface and MAC come from this host's neighbour table). A routed host,
+--encap HOST (or ipip:HOST), is reached through routers: the gateway puts
+each packet in an IP-in-IP header to HOST (source --migrate-encap-src of
+tandem up) and HOST's kernel decapsulates it (its tunl0, sit0 or ip6tnl0
+up; docs/migration.md). The migrate feature
 (tandem up --migrate-iface IFACE) forwards packets that arrive on IFACE for
 an endpoint to its location; tandem migrate moves an endpoint without
 losing a packet. Endpoints are replicated to the peer gateway.
@@ -32,7 +36,8 @@ losing a packet. Endpoints are replicated to the peer gateway.
   list                     every endpoint, its location and its migration
                            (state, source, destination, queued updates,
                            held/flushed/overflow/lost packets); --json
-  set ENDPOINT HOST        set the location; while ENDPOINT migrates the
+  set ENDPOINT HOST        set the location (HOST, ipip:HOST, or
+                           --encap HOST); while ENDPOINT migrates the
                            update is queued (said so, exit 0) and applied
                            in order when the move is done (dropped if it
                            is aborted)
@@ -42,11 +47,16 @@ All talk to the daemon through its control socket in --state-dir
 (migrate.sock), which only root and members of the daemon's control group
 may use.`,
 		examples: `  tandem endpoint set 10.2.0.50 10.2.1.11
+  tandem endpoint set 10.2.0.51 --encap 192.0.2.7
   tandem endpoint list
   tandem endpoint del 10.2.0.50
 `,
-		flags: addJSONRootFlags,
-		run:   runEndpoint,
+		flags: func(fs *pflag.FlagSet) any {
+			f := &endpointFlags{jsonFlags: addJSONRootFlags(fs).(*jsonFlags)}
+			fs.StringVar(&f.encap, "encap", "", "set: the location is the routed host HOST, reached by IP-in-IP (as ipip:HOST)")
+			return f
+		},
+		run: runEndpoint,
 	})
 	register(&command{
 		name:    "migrate",
@@ -104,7 +114,7 @@ usage error.`,
 `,
 		flags: func(fs *pflag.FlagSet) any {
 			f := &migrateFlags{rootFlags: addRootFlags(fs), remote: addRemoteFlags(fs)}
-			fs.StringVar(&f.to, "to", "", "start: the destination host (an address on an attached segment)")
+			fs.StringVar(&f.to, "to", "", "start: the destination: HOST (an address on an attached segment) or ipip:HOST (a routed host, IP-in-IP)")
 			return f
 		},
 		run: runMigrate,
@@ -146,16 +156,40 @@ func parseAddr(what, s string) (netip.Addr, error) {
 	return a.Unmap(), nil
 }
 
+type endpointFlags struct {
+	*jsonFlags
+	encap string
+}
+
+// parseLocation reads a location argument: HOST or ipip:HOST.
+func parseLocation(what, s string) (migrate.Location, error) {
+	l, err := migrate.ParseLocation(s)
+	if err != nil {
+		return migrate.Location{}, usagef("%s %q: %v", what, s, err)
+	}
+	return l, nil
+}
+
 func runEndpoint(env Env, opts any, args []string) error {
-	f := opts.(*jsonFlags)
-	const use = "tandem endpoint list | set ENDPOINT HOST | del ENDPOINT"
+	ef := opts.(*endpointFlags)
+	f := ef.jsonFlags
+	const use = "tandem endpoint list | set ENDPOINT HOST | set ENDPOINT --encap HOST | del ENDPOINT"
 	action := "list"
 	if len(args) > 0 {
 		action = args[0]
 	}
 	want := map[string]int{"list": 1, "set": 3, "del": 2}
+	if action == "set" && ef.encap != "" {
+		want["set"] = 2 // the location is --encap's
+	}
 	if n, ok := want[action]; !ok || (len(args) != n && !(action == "list" && len(args) == 0)) {
+		if action == "set" && ef.encap != "" && len(args) == 3 {
+			return usagef("tandem endpoint set ENDPOINT --encap HOST: give the host once (--encap HOST, or HOST alone for a segment hop)")
+		}
 		return usagef(use)
+	}
+	if ef.encap != "" && action != "set" {
+		return usagef("--encap goes with set only")
 	}
 	cl, sock, err := migrateClient(f.rootFlags)
 	if err != nil {
@@ -177,16 +211,25 @@ func runEndpoint(env Env, opts any, args []string) error {
 		if err != nil {
 			return err
 		}
-		hop, err := parseAddr("HOST", args[2])
-		if err != nil {
+		var loc migrate.Location
+		if ef.encap != "" {
+			a, err := parseAddr("--encap", ef.encap)
+			if err != nil {
+				return err
+			}
+			loc = migrate.Location{Hop: a, Encap: migrate.EncapIPIP}
+			if err := loc.Validate(); err != nil {
+				return usagef("--encap: %v", err)
+			}
+		} else if loc, err = parseLocation("HOST", args[2]); err != nil {
 			return err
 		}
-		queued, err := cl.SetLocation(ep, migrate.Location{Hop: hop})
+		queued, err := cl.SetLocation(ep, loc)
 		if err != nil {
 			return controlErr(sock, err)
 		}
 		if queued {
-			fmt.Fprintf(env.Stdout, "%s is migrating: location %s queued, applied when the move is done (dropped if it is aborted)\n", ep, hop)
+			fmt.Fprintf(env.Stdout, "%s is migrating: location %s queued, applied when the move is done (dropped if it is aborted)\n", ep, loc)
 		}
 		return nil
 	default:
@@ -212,9 +255,9 @@ func printEndpoints(w io.Writer, list []migrate.Endpoint) {
 		m := e.Migration
 		var q []string
 		for _, l := range m.Queued {
-			q = append(q, l.Hop.String())
+			q = append(q, l.String())
 		}
-		st := fmt.Sprintf("%s %s -> %s", m.State, m.From.Hop, m.To.Hop)
+		st := fmt.Sprintf("%s %s -> %s", m.State, m.From, m.To)
 		if m.Flushing {
 			st += " (holding)"
 		}
@@ -249,11 +292,11 @@ func runMigrate(env Env, opts any, args []string) error {
 		if f.to == "" {
 			return usagef("tandem migrate start ENDPOINT --to HOST: --to is required")
 		}
-		to, err := parseAddr("--to", f.to)
+		to, err := parseLocation("--to", f.to)
 		if err != nil {
 			return err
 		}
-		err = cl.Start(ep, migrate.Location{Hop: to})
+		err = cl.Start(ep, to)
 		if err != nil {
 			return controlErr(sock, err)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/tandem-net/tandem/migrate"
 	"github.com/tandem-net/tandem/migrate/qmp"
 	"github.com/tandem-net/tandem/migrate/remote"
 	"github.com/tandem-net/tandem/syncer"
@@ -111,8 +112,8 @@ func runRemoteStep(env Env, f *remoteFlags, to string, args []string) error {
 		return usagef("endpoint %q: not an IP address", args[1])
 	}
 	if op == remote.OpStart {
-		if _, err := netip.ParseAddr(to); err != nil {
-			return usagef("start: give the destination host's address with --to ADDR")
+		if _, err := migrate.ParseLocation(to); err != nil {
+			return usagef("start: give the destination with --to HOST or --to ipip:HOST (%v)", err)
 		}
 	}
 	c, err := f.client()
@@ -181,8 +182,8 @@ func runFollow(env Env, f *remoteFlags, to string, args []string) error {
 	if _, err := netip.ParseAddr(f.endpoint); err != nil {
 		return usagef("follow: give the endpoint's address with --endpoint ADDR")
 	}
-	if _, err := netip.ParseAddr(to); err != nil {
-		return usagef("follow: give the destination host's address with --to ADDR")
+	if _, err := migrate.ParseLocation(to); err != nil {
+		return usagef("follow: give the destination with --to HOST or --to ipip:HOST (%v)", err)
 	}
 	if f.role != qmp.RoleSource && f.role != qmp.RoleDestination {
 		return usagef("--role %q: source or destination", f.role)

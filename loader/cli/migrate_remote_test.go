@@ -51,11 +51,12 @@ func TestMigrateRemote(t *testing.T) {
 		{"wrong gateway name", []string{"--gateway-name", "gw-z"}, 1, "not one of the allowed gw-z"},
 		{"not an allowed client", []string{"--name", "gw"}, 1, "the gateway refused this host's certificate"},
 		{"start without --to", []string{"start"}, 2, "--to"},
+		{"start to a bad routed host", []string{"start", "--to", "ipip:nope"}, 2, "--to HOST or --to ipip:HOST"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append(append([]string(nil), base...), tc.extra...)
 			if tc.extra != nil && tc.extra[0] == "start" {
-				args = []string{"migrate", "start", "10.1.0.5", "--gateway", ln.Addr().String(), "--certs", dir, "--name", "hv-a"}
+				args = append([]string{"migrate", "start", "10.1.0.5", "--gateway", ln.Addr().String(), "--certs", dir, "--name", "hv-a"}, tc.extra[1:]...)
 			}
 			out, errOut, code := run(args...)
 			if code != tc.code || !strings.Contains(out+errOut, tc.out) {

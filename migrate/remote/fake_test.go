@@ -40,7 +40,7 @@ func (f *fakeController) step(op string, ep netip.Addr, from []string, to string
 		if st.State == s {
 			st.State = to
 			if to == StateNone {
-				st.From, st.To = netip.Addr{}, netip.Addr{}
+				st.From, st.To = Dest{}, Dest{}
 			}
 			return nil
 		}
@@ -48,7 +48,7 @@ func (f *fakeController) step(op string, ep netip.Addr, from []string, to string
 	return fmt.Errorf("%s %s in state %s: %w", op, ep, st.State, ErrState)
 }
 
-func (f *fakeController) Start(ep, to netip.Addr) error {
+func (f *fakeController) Start(ep netip.Addr, to Dest) error {
 	if err := f.step("start", ep, []string{StateNone}, StateMigrating); err != nil {
 		return err
 	}

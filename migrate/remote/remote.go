@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strings"
 )
 
 // Ops a request names.
@@ -47,7 +48,7 @@ const (
 type Request struct {
 	Op       string `json:"op"`
 	Endpoint string `json:"endpoint"`
-	To       string `json:"to,omitempty"` // start: the destination host's address
+	To       string `json:"to,omitempty"` // start: the destination: HOST, or ipip:HOST (a routed host)
 }
 
 // Response is the server's answer to one request.
@@ -76,10 +77,45 @@ const (
 	CodeUnknown      = "unknown_error" // anything else
 )
 
+// Dest is a location as the remote control names it: a host's address
+// and, for a routed host, its encapsulation ("ipip"; empty: a next hop
+// on one of the gateway's segments). Written HOST or ipip:HOST.
+type Dest struct {
+	Addr  netip.Addr
+	Encap string
+}
+
+// EncapIPIP is a routed host reached by IP-in-IP (package migrate's).
+const EncapIPIP = "ipip"
+
+// ParseDest reads HOST or ipip:HOST.
+func ParseDest(s string) (Dest, error) {
+	var d Dest
+	if enc, host, ok := strings.Cut(s, ":"); ok && enc == EncapIPIP {
+		d.Encap, s = EncapIPIP, host
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return Dest{}, errors.New("want HOST or ipip:HOST, HOST an IP address")
+	}
+	d.Addr = a.Unmap()
+	return d, nil
+}
+
+func (d Dest) String() string {
+	if !d.Addr.IsValid() {
+		return ""
+	}
+	if d.Encap != "" {
+		return d.Encap + ":" + d.Addr.String()
+	}
+	return d.Addr.String()
+}
+
 // Status is an endpoint's migration as the controller reports it.
 type Status struct {
 	State    string // StateNone when not migrating
-	From, To netip.Addr
+	From, To Dest
 	Held     uint64
 }
 
@@ -87,7 +123,7 @@ type Status struct {
 // controller (package migrate's Controller, through a thin adapter that
 // turns a host address into its Location and List into Status).
 type Controller interface {
-	Start(ep, to netip.Addr) error
+	Start(ep netip.Addr, to Dest) error
 	Blackout(ep netip.Addr) error
 	Switch(ep netip.Addr) error
 	Done(ep netip.Addr) error

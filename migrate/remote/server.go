@@ -214,10 +214,10 @@ func (s *Server) do(req Request) Response {
 	if err != nil {
 		return fail(CodeBadRequest, fmt.Errorf("endpoint %q: not an IP address", req.Endpoint))
 	}
-	var to netip.Addr
+	var to Dest
 	if req.Op == OpStart {
-		if to, err = netip.ParseAddr(req.To); err != nil {
-			return fail(CodeBadRequest, fmt.Errorf("start %s: to %q: not an IP address (the destination host)", ep, req.To))
+		if to, err = ParseDest(req.To); err != nil {
+			return fail(CodeBadRequest, fmt.Errorf("start %s: to %q: %v (the destination host)", ep, req.To, err))
 		}
 	}
 	ctl := s.Controller
@@ -271,12 +271,7 @@ func (s *Server) do(req Request) Response {
 		}
 	}
 	resp := Response{OK: true, State: st.State, Held: st.Held, Noop: noop && req.Op != OpStatus}
-	if st.From.IsValid() {
-		resp.From = st.From.String()
-	}
-	if st.To.IsValid() {
-		resp.To = st.To.String()
-	}
+	resp.From, resp.To = st.From.String(), st.To.String()
 	return resp
 }
 

@@ -155,6 +155,13 @@ func TestAllowedFollowerDrivesAMove(t *testing.T) {
 		{Request{Op: "reboot", Endpoint: "10.1.0.5"}, "", false, CodeBadRequest},
 		{Request{Op: OpStart, Endpoint: "fd00::5", To: "2001:db8::9"}, StateMigrating, false, ""},
 		{Request{Op: OpAbort, Endpoint: "fd00::5"}, StateNone, false, ""},
+		// A routed destination: the same host by IP-in-IP is another
+		// destination than the host as a segment hop.
+		{Request{Op: OpStart, Endpoint: "10.1.0.5", To: "ipip:192.0.2.77"}, StateMigrating, false, ""},
+		{Request{Op: OpStart, Endpoint: "10.1.0.5", To: "ipip:192.0.2.77"}, StateMigrating, true, ""},
+		{Request{Op: OpStart, Endpoint: "10.1.0.5", To: "192.0.2.77"}, "", false, CodeDifferentTo},
+		{Request{Op: OpStart, Endpoint: "10.1.0.5", To: "gre:192.0.2.77"}, "", false, CodeBadRequest},
+		{Request{Op: OpAbort, Endpoint: "10.1.0.5"}, StateNone, false, ""},
 	}
 	for i, s := range steps {
 		resp, err := c.Do(ctx, s.req)
@@ -173,7 +180,7 @@ func TestAllowedFollowerDrivesAMove(t *testing.T) {
 		}
 	}
 	want := []string{"start 10.1.0.5 192.0.2.9", "blackout 10.1.0.5", "switch 10.1.0.5", "blackout 10.1.0.5", "done 10.1.0.5",
-		"blackout 10.9.9.9", "start fd00::5 2001:db8::9", "abort fd00::5"}
+		"blackout 10.9.9.9", "start fd00::5 2001:db8::9", "abort fd00::5", "start 10.1.0.5 ipip:192.0.2.77", "abort 10.1.0.5"}
 	// The refused blackout after the switch reaches the controller (it
 	// says no); the one for the unknown endpoint stops at Status.
 	want = slices.Delete(want, 5, 6)
