@@ -79,6 +79,16 @@ type MigrateEpVal struct {
 	_    structs.HostLayout
 	Sync MigrateSyncHdr
 	Loc  MigrateMigLoc
+	Fwd  struct {
+		_        structs.HostLayout
+		Gen      uint64
+		Stamp    uint64
+		Ifindex  uint32
+		Dmac     [6]uint8
+		Smac     [6]uint8
+		HasState uint8
+		Pad      [7]uint8
+	}
 }
 
 type MigrateMigCmd struct {
@@ -242,6 +252,7 @@ const (
 	MigrateMapChainProgs             = "chain_progs"
 	MigrateMapChainStats             = "chain_stats"
 	MigrateMapMigEndpoints           = "mig_endpoints"
+	MigrateMapMigGen                 = "mig_gen"
 	MigrateMapMigHold                = "mig_hold"
 	MigrateMapMigNexthops            = "mig_nexthops"
 	MigrateMapMigScratch             = "mig_scratch"
@@ -333,6 +344,7 @@ type MigrateMapSpecs struct {
 	ChainProgs         *ebpf.MapSpec `ebpf:"chain_progs"`
 	ChainStats         *ebpf.MapSpec `ebpf:"chain_stats"`
 	MigEndpoints       *ebpf.MapSpec `ebpf:"mig_endpoints"`
+	MigGen             *ebpf.MapSpec `ebpf:"mig_gen"`
 	MigHold            *ebpf.MapSpec `ebpf:"mig_hold"`
 	MigNexthops        *ebpf.MapSpec `ebpf:"mig_nexthops"`
 	MigScratch         *ebpf.MapSpec `ebpf:"mig_scratch"`
@@ -388,6 +400,7 @@ type MigrateMaps struct {
 	ChainProgs         *ebpf.Map `ebpf:"chain_progs"`
 	ChainStats         *ebpf.Map `ebpf:"chain_stats"`
 	MigEndpoints       *ebpf.Map `ebpf:"mig_endpoints"`
+	MigGen             *ebpf.Map `ebpf:"mig_gen"`
 	MigHold            *ebpf.Map `ebpf:"mig_hold"`
 	MigNexthops        *ebpf.Map `ebpf:"mig_nexthops"`
 	MigScratch         *ebpf.Map `ebpf:"mig_scratch"`
@@ -407,6 +420,7 @@ func (m *MigrateMaps) Close() error {
 		m.ChainProgs,
 		m.ChainStats,
 		m.MigEndpoints,
+		m.MigGen,
 		m.MigHold,
 		m.MigNexthops,
 		m.MigScratch,
