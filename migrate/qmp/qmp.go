@@ -490,7 +490,6 @@ type migrateInfo struct {
 	Status string `json:"status"`
 	RAM    struct {
 		Remaining uint64 `json:"remaining"`
-		Syncs     uint64 `json:"dirty-sync-count"`
 	} `json:"ram"`
 }
 
@@ -513,8 +512,7 @@ func (f *Follower) holdThenStop(ctx context.Context, q *Conn) error {
 			f.Log.Warn("qmp: QEMU left the pre-copy before the hold (it converged between two polls); holding at its stop", "status", m.Status)
 			return nil
 		}
-		// The first bitmap sync is at setup: a second one means the
-		// first pass over the RAM is done.
+		// Events that arrive meanwhile wait in q for the session loop.
 		if f.HoldRemaining == 0 || m.RAM.Remaining <= f.HoldRemaining {
 			break
 		}
