@@ -271,6 +271,11 @@ func judge(got []uint64, sent uint64) (lost, dup, reordered uint64) {
 // switches when D is up (the baseline).
 func moveRun(t *testing.T, m *migLab, hold bool, rate int) (sent, lost, dup, reordered uint64) {
 	r := listenSeq(t, m.ep, 9000)
+	// Warm the path first (the client's ARP for the gateway): under TCG
+	// the stream's first datagrams overflowed the unresolved queue.
+	if out, err := m.client.Cmd("ping", "-c", "1", "-W", "5", migEP.String()).CombinedOutput(); err != nil {
+		t.Logf("warm-up ping to %s: %v: %s", migEP, err, out)
+	}
 	blackout := 300 * time.Millisecond
 	events := []event{
 		{300 * time.Millisecond, func() { m.cli(t, "migrate", "start", migEP.String(), "--to", migD) }},
