@@ -32,6 +32,11 @@
 #include "include/parse.h"
 #include "include/csum.h"
 #include "include/chain.h"
+
+/* A replicated write (the standby applying the owner's change) bumps the
+ * forward cache's generation, as mig_ctl's own writes do (mig_gen_bump). */
+static __always_inline void mig_gen_bump(void);
+#define SYNC_WRITE_HOOK(name) mig_gen_bump()
 #include "include/sync.h"
 
 #ifndef AF_INET
@@ -73,9 +78,24 @@ struct mig_key {
 	__u8 addr[16]; /* the endpoint, IPv6 or IPv4-mapped (as vip_gate) */
 };
 
+/* The forward cache (mig_fast_forward): what the stage found for an
+ * endpoint at generation gen of mig_gen. Local to this host: it rides in
+ * the replicated record, but the peer's copy never matches this host's
+ * generation (it starts at a random value), so it is found stale there. */
+struct mig_fwd_cache {
+	__u64 gen;   /* mig_gen when filled; 0: empty */
+	__u64 stamp; /* bpf_ktime_get_coarse_ns() of the FIB lookup */
+	__u32 ifindex;
+	__u8 dmac[6];
+	__u8 smac[6];
+	__u8 has_state; /* mig_state had an entry for the endpoint */
+	__u8 pad[7];
+};
+
 struct ep_val {
 	struct sync_hdr sync;
 	struct mig_loc loc;
+	struct mig_fwd_cache fwd; /* local: see above */
 };
 
 struct mig_val {
@@ -215,6 +235,37 @@ struct {
 	__type(value, struct mig_nexthop);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } mig_nexthops SEC(".maps");
+
+/* mig_gen: the forward cache's generation. mig_ctl bumps it on every
+ * write to mig_endpoints or mig_state, and so does every replicated write
+ * (SYNC_WRITE_HOOK): a cache filled before the change is stale after it.
+ * It starts at a random value (the first bump or fill sets it), so a
+ * cache copied from the peer never matches. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} mig_gen SEC(".maps");
+
+static __always_inline __u64 *mig_gen_ptr(void)
+{
+	__u32 zero = 0;
+	__u64 *g = bpf_map_lookup_elem(&mig_gen, &zero);
+
+	if (g && *(volatile __u64 *)g == 0)
+		__sync_val_compare_and_swap(g, 0, ((__u64)bpf_get_prandom_u32() << 32) | 1);
+	return g;
+}
+
+static __always_inline void mig_gen_bump(void)
+{
+	__u64 *g = mig_gen_ptr();
+
+	if (g)
+		__sync_fetch_and_add(g, 1);
+}
 
 static __always_inline int loc_none(const struct mig_loc *l)
 {
@@ -382,6 +433,95 @@ static __always_inline int mig_forward(struct xdp_md *ctx, const struct pkt *p, 
 	return bpf_redirect(nh->ifindex, 0);
 }
 
+/* mig_fast_forward: an endpoint that is not moving, in one lookup (its
+ * record's). The record's forward cache says, for the current mig_gen,
+ * that there is no migration record and where the location is (the
+ * FIB's answer, at most cfg_nexthop_ns old); then the frame is rewritten
+ * and redirected without looking at mig_state or mig_nexthops. Returns
+ * -1 when the cache cannot answer (a migration exists, the cache is
+ * stale, the hop has no route): the caller goes the full way. It fills
+ * the cache when it finds no migration record. */
+static __always_inline int mig_fast_forward(struct xdp_md *ctx, const struct pkt *p, struct ep_val *ep)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	__u64 *gp = mig_gen_ptr(), gen, now;
+	struct mig_fwd_cache *fc = &ep->fwd;
+	int fresh;
+
+	/* A routed location pushes an outer header (mig_encap_out): the
+	 * full way. The cache holds segment hops only. */
+	if (!gp || ep->loc.encap)
+		return -1;
+	/* The generation before the record: a change bumps it after writing. */
+	gen = *(volatile __u64 *)gp;
+	fresh = *(volatile __u64 *)&fc->gen == gen;
+	/* A moving endpoint: the caller looks its record up, no clock read. */
+	if (fresh && fc->has_state)
+		return -1;
+	now = bpf_ktime_get_coarse_ns();
+	if (!fresh || now - fc->stamp > cfg_nexthop_ns) {
+		struct bpf_fib_lookup fib = {};
+		const __u32 *hop = (const __u32 *)ep->loc.hop;
+
+		if (bpf_map_lookup_elem(&mig_state, p->daddr)) {
+			fc->has_state = 1;
+			*(volatile __u64 *)&fc->gen = gen;
+			return -1;
+		}
+		if (loc_none(&ep->loc))
+			return -1;
+		if (hop[0] == 0 && hop[1] == 0 && hop[2] == bpf_htonl(0xffff)) {
+			fib.family = AF_INET;
+			fib.ipv4_dst = hop[3];
+		} else {
+			fib.family = AF_INET6;
+			__builtin_memcpy(fib.ipv6_dst, ep->loc.hop, 16);
+		}
+		fib.ifindex = ctx->ingress_ifindex;
+		if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
+			return -1;
+		fc->ifindex = fib.ifindex;
+		__builtin_memcpy(fc->dmac, fib.dmac, ETH_ALEN);
+		__builtin_memcpy(fc->smac, fib.smac, ETH_ALEN);
+		fc->has_state = 0;
+		fc->stamp = now;
+		/* the generation last: a reader that sees it sees the rest */
+		*(volatile __u64 *)&fc->gen = gen;
+	} else if (fc->has_state) {
+		return -1;
+	}
+	if ((void *)(eth + 1) > data_end)
+		return XDP_DROP;
+	if (p->eth_proto == ETH_P_IP) {
+		struct iphdr *ip = data + sizeof(*eth);
+
+		if ((void *)(ip + 1) > data_end)
+			return XDP_DROP;
+		if (ip->ttl <= 1) {
+			count_percpu(&mig_stats, MIG_STAT_TTL, 1);
+			return XDP_PASS;
+		}
+		csum_replace2(&ip->check, bpf_htons(ip->ttl << 8), bpf_htons((ip->ttl - 1) << 8));
+		ip->ttl--;
+	} else {
+		struct ipv6hdr *ip6 = data + sizeof(*eth);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return XDP_DROP;
+		if (ip6->hop_limit <= 1) {
+			count_percpu(&mig_stats, MIG_STAT_TTL, 1);
+			return XDP_PASS;
+		}
+		ip6->hop_limit--;
+	}
+	__builtin_memcpy(eth->h_dest, fc->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fc->smac, ETH_ALEN);
+	count_percpu(&mig_stats, MIG_STAT_FORWARD, 1);
+	return bpf_redirect(fc->ifindex, 0);
+}
+
 /* mig_hold_one copies the frame into the hold; the ticket is taken. */
 static __always_inline int mig_hold_one(struct xdp_md *ctx, struct mig_val *m, const struct mig_key *key, __u64 ticket)
 {
@@ -545,6 +685,7 @@ int xdp_migrate(struct xdp_md *ctx)
 	struct ep_val *ep;
 	struct mig_val *m;
 	__u64 ticket;
+	int ret;
 
 	if (!c)
 		return XDP_PASS;
@@ -555,6 +696,9 @@ int xdp_migrate(struct xdp_md *ctx)
 	ep = bpf_map_lookup_elem(&mig_endpoints, c->p.daddr);
 	if (!ep)
 		return chain_next(ctx, c, STAGE_MIGRATE);
+	ret = mig_fast_forward(ctx, &c->p, ep);
+	if (ret >= 0)
+		return chain_claim(STAGE_MIGRATE, ret);
 	m = bpf_map_lookup_elem(&mig_state, c->p.daddr);
 	if (!m)
 		return chain_claim(STAGE_MIGRATE, mig_forward(ctx, &c->p, &ep->loc, MIG_STAT_FORWARD));
@@ -634,6 +778,7 @@ int mig_ctl(struct mig_cmd *cmd)
 		}
 		__builtin_memcpy(&ep->loc, &cmd->loc, sizeof(ep->loc));
 		sync_mark(SYNC_MAP_ENDPOINT, &ep->sync, &key, sizeof(key));
+		mig_gen_bump();
 		return 0;
 	case MIG_OP_EP_DEL:
 		if (bpf_map_delete_elem(&mig_endpoints, &key)) {
@@ -641,6 +786,7 @@ int mig_ctl(struct mig_cmd *cmd)
 			return 0;
 		}
 		sync_mark_deleted(SYNC_MAP_ENDPOINT, &key, sizeof(key));
+		mig_gen_bump();
 		return 0;
 	case MIG_OP_PUT:
 		m = bpf_map_lookup_elem(&mig_state, &key);
@@ -666,6 +812,7 @@ int mig_ctl(struct mig_cmd *cmd)
 		/* the state last: the datapath reads it first */
 		__sync_lock_test_and_set(&m->state, cmd->state);
 		sync_mark(SYNC_MAP_MIGRATION, &m->sync, &key, sizeof(key));
+		mig_gen_bump();
 		return 0;
 	case MIG_OP_DEL:
 		if (bpf_map_delete_elem(&mig_state, &key)) {
@@ -673,6 +820,7 @@ int mig_ctl(struct mig_cmd *cmd)
 			return 0;
 		}
 		sync_mark_deleted(SYNC_MAP_MIGRATION, &key, sizeof(key));
+		mig_gen_bump();
 		return 0;
 	case MIG_OP_FLUSHED:
 	case MIG_OP_LOST:

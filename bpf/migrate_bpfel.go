@@ -80,6 +80,16 @@ type MigrateEpVal struct {
 	Sync MigrateSyncHdr
 	Loc  MigrateMigLoc
 	_    [4]byte
+	Fwd  struct {
+		_        structs.HostLayout
+		Gen      uint64
+		Stamp    uint64
+		Ifindex  uint32
+		Dmac     [6]uint8
+		Smac     [6]uint8
+		HasState uint8
+		Pad      [7]uint8
+	}
 }
 
 type MigrateMigCmd struct {
@@ -266,6 +276,7 @@ const (
 	MigrateMapChainProgs             = "chain_progs"
 	MigrateMapChainStats             = "chain_stats"
 	MigrateMapMigEndpoints           = "mig_endpoints"
+	MigrateMapMigGen                 = "mig_gen"
 	MigrateMapMigHold                = "mig_hold"
 	MigrateMapMigNexthops            = "mig_nexthops"
 	MigrateMapMigRole                = "mig_role"
@@ -362,6 +373,7 @@ type MigrateMapSpecs struct {
 	ChainProgs         *ebpf.MapSpec `ebpf:"chain_progs"`
 	ChainStats         *ebpf.MapSpec `ebpf:"chain_stats"`
 	MigEndpoints       *ebpf.MapSpec `ebpf:"mig_endpoints"`
+	MigGen             *ebpf.MapSpec `ebpf:"mig_gen"`
 	MigHold            *ebpf.MapSpec `ebpf:"mig_hold"`
 	MigNexthops        *ebpf.MapSpec `ebpf:"mig_nexthops"`
 	MigRole            *ebpf.MapSpec `ebpf:"mig_role"`
@@ -422,6 +434,7 @@ type MigrateMaps struct {
 	ChainProgs         *ebpf.Map `ebpf:"chain_progs"`
 	ChainStats         *ebpf.Map `ebpf:"chain_stats"`
 	MigEndpoints       *ebpf.Map `ebpf:"mig_endpoints"`
+	MigGen             *ebpf.Map `ebpf:"mig_gen"`
 	MigHold            *ebpf.Map `ebpf:"mig_hold"`
 	MigNexthops        *ebpf.Map `ebpf:"mig_nexthops"`
 	MigRole            *ebpf.Map `ebpf:"mig_role"`
@@ -443,6 +456,7 @@ func (m *MigrateMaps) Close() error {
 		m.ChainProgs,
 		m.ChainStats,
 		m.MigEndpoints,
+		m.MigGen,
 		m.MigHold,
 		m.MigNexthops,
 		m.MigRole,

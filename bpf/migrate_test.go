@@ -2,6 +2,7 @@ package bpf_test
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"net/netip"
 	"testing"
@@ -255,5 +256,110 @@ func TestMigCtlMarksSync(t *testing.T) {
 		if got := drain(); len(got) != 1 || got[0] != tc.want {
 			t.Errorf("%s: dirty records %v, want [%v]", tc.name, got, tc.want)
 		}
+	}
+}
+
+// TestMigrateForwardCache: an endpoint that is not moving is forwarded
+// from its record's forward cache (no mig_state or FIB lookup), and every
+// change that matters makes the cache stale at once: a migration record
+// or a location written through mig_ctl (the owner) or through the
+// replicated write (sync_write_*, the standby applying the owner's
+// change). A stale cache would send the packet to the old location.
+func TestMigrateForwardCache(t *testing.T) {
+	f := newMigFixture(t)
+	blackout := uint32(bpf.MigrateMigStateIdMIG_BLACKOUT)
+	// Inside the lab host's namespace (f.gw.Do) a step returns its
+	// error: t.Fatal there would never return to Do.
+	run := func(step, verdict string, mac net.HardwareAddr) error {
+		got, out, err := fixture.Run(f.objs.XdpMigrate, udp4to(t, migEP4))
+		if err != nil {
+			return fmt.Errorf("%s: %w", step, err)
+		}
+		if got != verdict || mac != nil && !bytes.Equal(out[0:6], mac) {
+			return fmt.Errorf("%s: %s to %s, want %s to %s", step, got, net.HardwareAddr(out[0:6]), verdict, mac)
+		}
+		return nil
+	}
+	// replicate writes one value through the standby's path.
+	replicate := func(io *ebpf.Map, prog *ebpf.Program, v any) error {
+		if err := io.Put(uint32(1), v); err != nil {
+			return err
+		}
+		ret, err := prog.Run(&ebpf.RunOptions{})
+		if err != nil || ret&0xffff != 1 {
+			return fmt.Errorf("replicated write: %d applied, err %v", ret&0xffff, err)
+		}
+		return nil
+	}
+	var version uint64 = 1 << 40 // newer than anything mig_ctl wrote
+	err := f.gw.Do(func() error {
+		if err := f.mm.SetEndpoint(migEP4, hopS4); err != nil {
+			return err
+		}
+		if err := run("normal", "XDP_REDIRECT", macS); err != nil {
+			return err
+		}
+		if err := run("normal, cached", "XDP_REDIRECT", macS); err != nil {
+			return err
+		}
+		var ep bpf.MigrateEpVal
+		key := maps.MigKeyOf(migEP4)
+		if err := f.objs.MigEndpoints.Lookup(&key, &ep); err != nil {
+			return err
+		}
+		if ep.Fwd.Gen == 0 || ep.Fwd.HasState != 0 {
+			return fmt.Errorf("forward cache %+v: want it filled (a generation, no migration)", ep.Fwd)
+		}
+
+		// The standby applies the owner's blackout: held, not forwarded.
+		st := &bpf.MigrateSyncIoMigState{N: 1}
+		st.Keys[0] = key
+		version++
+		st.Vals[0] = bpf.MigrateMigVal{Sync: bpf.MigrateSyncHdr{Version: version}, State: blackout,
+			From: maps.MigLocOf(hopS4), To: maps.MigLocOf(hopD4), Hold: maps.MigFlushing}
+		if err := replicate(f.objs.SyncIoMigState, f.objs.SyncWriteMigState, st); err != nil {
+			return err
+		}
+		if err := run("replicated blackout", "XDP_DROP", nil); err != nil {
+			return err
+		}
+
+		// The owner's way: the record goes, forwarded again.
+		if err := f.mm.DelMigration(migEP4); err != nil {
+			return err
+		}
+		if err := run("migration deleted", "XDP_REDIRECT", macS); err != nil {
+			return err
+		}
+		// A new location through mig_ctl.
+		if err := f.mm.SetEndpoint(migEP4, hopD4); err != nil {
+			return err
+		}
+		if err := run("location set", "XDP_REDIRECT", macD); err != nil {
+			return err
+		}
+		// A new location through the replicated write.
+		se := &bpf.MigrateSyncIoMigEndpoints{N: 1}
+		se.Keys[0] = key
+		version++
+		se.Vals[0] = bpf.MigrateEpVal{Sync: bpf.MigrateSyncHdr{Version: version}, Loc: maps.MigLocOf(hopS4)}
+		if err := replicate(f.objs.SyncIoMigEndpoints, f.objs.SyncWriteMigEndpoints, se); err != nil {
+			return err
+		}
+		if err := run("replicated location", "XDP_REDIRECT", macS); err != nil {
+			return err
+		}
+		// A migration through mig_ctl.
+		v := &maps.MigVal{State: blackout, From: maps.MigLocOf(hopS4), To: maps.MigLocOf(hopD4)}
+		if err := f.mm.PutMigration(migEP4, v, true); err != nil {
+			return err
+		}
+		if err := run("blackout", "XDP_DROP", nil); err != nil {
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

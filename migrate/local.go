@@ -45,6 +45,9 @@ type Local struct {
 	ifs  map[[6]byte]int // egress interface by its MAC
 	tmpl hopTemplate     // the current flush's hop
 	out2 batch
+	// sendFull counts ENOBUFS/EAGAIN answers to the flush's sendmmsg (the
+	// egress was full); BenchmarkHold reports it.
+	sendFull uint64
 	// active: this gateway owns the state (primary, or no sync). A
 	// standby's replicated maps are written by the state sync only: a
 	// write of its own would bump versions the primary's next change
@@ -100,6 +103,12 @@ func NewLocalRole(m *maps.MigrateMaps, log *slog.Logger, active bool) (*Local, e
 		return nil, fmt.Errorf("packet socket for the flush: %w", err)
 	}
 	unix.SetsockoptInt(l.pkt, unix.SOL_PACKET, unix.PACKET_QDISC_BYPASS, 1)
+	// Room for several batches in flight (the default 208 KiB holds
+	// about one batch of small frames): the flush then waits on the
+	// socket less often. FORCE needs CAP_NET_ADMIN, which the daemon has.
+	if unix.SetsockoptInt(l.pkt, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, sendBufBytes) != nil {
+		unix.SetsockoptInt(l.pkt, unix.SOL_SOCKET, unix.SO_SNDBUF, sendBufBytes)
+	}
 	if err := l.m.SetRole(!active); err != nil {
 		l.Close()
 		return nil, err

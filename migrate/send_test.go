@@ -1,8 +1,11 @@
 package migrate
 
 import (
+	"bytes"
 	"net"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
@@ -55,5 +58,57 @@ func TestTemplateRewrite(t *testing.T) {
 	}
 	if !(&hopTemplate{ok: true, ether: unix.ETH_P_IPV6, macs: macs}).rewrite(f) || f[14+7] != 8 {
 		t.Errorf("IPv6: hop limit %d, want 8", f[14+7])
+	}
+}
+
+// TestSendBatchEgressFull: the flush's sendmmsg meets a full egress
+// (ENOBUFS, the first unsent frame dropped): a slow egress that takes one
+// frame between two refusals gets every frame, once, in order, however
+// long the batch takes in all; one that takes nothing fails after the
+// bound, naming it.
+func TestSendBatchEgressFull(t *testing.T) {
+	saved, savedMax := sendmmsg, sendFullMax
+	t.Cleanup(func() { sendmmsg, sendFullMax = saved, savedMax })
+	sendFullMax = 5 * time.Millisecond
+	for _, tc := range []struct {
+		name     string
+		progress bool
+	}{{"slow egress", true}, {"stuck egress", false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got []byte
+			calls := 0
+			sendmmsg = func(fd int, msgs []mmsghdr) (int, unix.Errno) {
+				calls++
+				if !tc.progress || calls%2 == 1 {
+					return 0, unix.ENOBUFS
+				}
+				got = append(got, *msgs[0].hdr.Iov.Base) // one frame taken
+				return 1, 0
+			}
+			l := &Local{pkt: -1}
+			tmpl := &hopTemplate{ok: true}
+			var want []byte
+			for i := range sendBatchMax {
+				frame := make([]byte, 64)
+				frame[0] = byte(i)
+				want = append(want, byte(i))
+				if err := l.add(tmpl, frame); err != nil {
+					t.Fatal(err)
+				}
+			}
+			err := l.sendBatch()
+			if !tc.progress {
+				if err == nil || !strings.Contains(err.Error(), "took nothing") {
+					t.Fatalf("a stuck egress: %v, want the bound's error", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("a slow egress that keeps taking frames: %v (%d refusals)", err, l.sendFull)
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("frames sent %v, want %v (all, once, in order)", got, want)
+			}
+		})
 	}
 }

@@ -177,6 +177,13 @@ static __always_inline void sync_mark_deleted(__u32 map_id, const void *key, __u
  * (8-aligned, as SYNC_IO_MAX is a multiple of 8).
  */
 #define SYNC_IO_MAX 1024
+
+/* SYNC_WRITE_HOOK(name) runs after a replicated value was written into a
+ * map on this host: a feature that caches what it derives from its maps
+ * defines it before including this header (migrate.c bumps mig_gen). */
+#ifndef SYNC_WRITE_HOOK
+#define SYNC_WRITE_HOOK(name) do { } while (0)
+#endif
 #define SYNC_IO_FORCE 1 /* a resync: the primary's values win whatever their versions */
 
 /* The loops run under bpf_loop: the verifier checks one step, not 1024
@@ -256,6 +263,7 @@ static __always_inline void sync_mark_deleted(__u32 map_id, const void *key, __u
 		} else {                                                              \
 			io->found[i] = 1;                                             \
 			st->applied++;                                                \
+			SYNC_WRITE_HOOK(name);                                        \
 		}                                                                     \
 		return 0;                                                             \
 	}                                                                             \

@@ -37,6 +37,10 @@ type remoteFlags struct {
 	verbose  bool
 	pause    bool
 	dstSw    bool
+	holdStop bool
+	holdRem  uint64
+	drain    time.Duration
+	startG   bool
 }
 
 func addRemoteFlags(fs *pflag.FlagSet) *remoteFlags {
@@ -48,8 +52,12 @@ func addRemoteFlags(fs *pflag.FlagSet) *remoteFlags {
 	fs.StringVar(&f.endpoint, "endpoint", "", "follow: the endpoint's address (the guest's)")
 	fs.StringVar(&f.qmp, "qmp", "", "follow: QEMU's QMP unix socket")
 	fs.StringVar(&f.role, "role", qmp.RoleSource, "follow: which QEMU this is: source (STOP is the blackout, completed the switch) or destination (RESUME is the switch)")
-	fs.BoolVar(&f.pause, "pause-before-switchover", false, "follow, source: QEMU waits with the guest stopped until the gateway holds, then the follower lets it go on (no loss between the stop and the hold; a follower gone at that moment leaves the guest paused up to 2s)")
+	fs.BoolVar(&f.pause, "pause-before-switchover", false, "follow, source: QEMU waits with the guest stopped until the gateway holds, then the follower lets it go on (the hold begins before the switchover, not a QEMU downtime late; what reached the source between QEMU's stop and the hold is still lost: add --hold-before-stop; a follower gone at that moment leaves the guest paused up to 2s)")
 	fs.BoolVar(&f.dstSw, "destination-switches", false, "follow, source: leave switch and done to a follower on the destination (--role destination), which switches when the guest runs there")
+	fs.BoolVar(&f.holdStop, "hold-before-stop", false, "follow, source: the follower stops the guest, after the gateway holds and the guest drained its tap (nothing is in flight to a stopped guest); the destination stays paused until a destination follower with --start-guest resumes it")
+	fs.Uint64Var(&f.holdRem, "hold-remaining", 0, "follow, source, with --hold-before-stop: hold and stop once the pre-copy has at most this many bytes of RAM left (0: at once, when the move is active; a threshold QEMU passes between two polls falls back to the hold at QEMU's stop)")
+	fs.DurationVar(&f.drain, "drain", 20*time.Millisecond, "follow, source, with --hold-before-stop: how long the running guest gets to read what reached its tap before the hold")
+	fs.BoolVar(&f.startG, "start-guest", false, "follow, destination: resume the guest when its incoming move completed with it paused (the source's --hold-before-stop)")
 	fs.DurationVar(&f.timeout, "timeout", remote.DefaultDialTimeout, "bound on a dial and on one request's answer")
 	fs.BoolVarP(&f.verbose, "verbose", "v", false, "follow: log debug detail")
 	return f
@@ -195,6 +203,7 @@ func runFollow(env Env, f *remoteFlags, to string, args []string) error {
 	defer c.Close()
 	log := logger(env.Stderr, f.verbose)
 	fl := &qmp.Follower{QMP: f.qmp, Role: f.role, Log: log, PauseBeforeSwitchover: f.pause, DestinationSwitches: f.dstSw,
+		HoldBeforeStop: f.holdStop, HoldRemaining: f.holdRem, Drain: f.drain, StartGuest: f.startG,
 		Steps: &remoteSteps{c: c, ep: f.endpoint, to: to, deadline: 4 * f.timeout}}
 	log.Info("following QEMU's migration", "qmp", f.qmp, "endpoint", f.endpoint, "to", to, "gateways", f.gateways)
 	return fl.Run(env.Ctx)

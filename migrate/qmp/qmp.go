@@ -39,6 +39,19 @@ type Event struct {
 	Data  struct {
 		Status string `json:"status"`
 	} `json:"data"`
+	// Timestamp is when QEMU emitted the event (its host's clock).
+	Timestamp struct {
+		Seconds      int64 `json:"seconds"`
+		Microseconds int64 `json:"microseconds"`
+	} `json:"timestamp"`
+}
+
+// Time is when QEMU emitted the event; zero for a synthesized one.
+func (e Event) Time() time.Time {
+	if e.Timestamp.Seconds == 0 {
+		return time.Time{}
+	}
+	return time.Unix(e.Timestamp.Seconds, e.Timestamp.Microseconds*1000)
 }
 
 // Phases of the follower's view of the move.
@@ -238,6 +251,15 @@ type QMPError struct{ Cmd, Class, Desc string }
 
 func (e *QMPError) Error() string { return fmt.Sprintf("%s: %s: %s", e.Cmd, e.Class, e.Desc) }
 
+// Buffered takes the events read so far while waiting for answers,
+// without reading more: a lab that only executes commands collects its
+// events here.
+func (q *Conn) Buffered() []Event {
+	ev := q.events
+	q.events = nil
+	return ev
+}
+
 // Next is the next event.
 func (q *Conn) Next() (Event, error) {
 	if len(q.events) > 0 {
@@ -328,8 +350,28 @@ type Follower struct {
 	ContinueAfter         time.Duration // default 2s
 	// DestinationSwitches: see Mapper.
 	DestinationSwitches bool
+	// HoldBeforeStop (source only): the follower, not QEMU, stops the
+	// guest, after the hold: once the pre-copy has at most HoldRemaining
+	// bytes of RAM left it sends blackout, waits Drain for the running
+	// guest to read what reached its tap before the hold, then sends QEMU
+	// stop; the stop-and-copy then runs with the guest already paused.
+	// Nothing is in flight to a stopped guest, so nothing is lost there.
+	// QEMU keeps the guest paused on the destination (it was paused when
+	// the move completed): a destination follower with StartGuest
+	// resumes it. If QEMU reaches its own stop first (it converged before
+	// the follower's poll saw the threshold), the follower goes on as
+	// without this option (and logs it).
+	HoldBeforeStop bool
+	HoldRemaining  uint64        // 0: at once, when the move is active (the pre-copy then runs with the guest paused)
+	Drain          time.Duration // default 20ms
+	Poll           time.Duration // query-migrate every Poll in the pre-copy; default 5ms
+	// StartGuest (destination only): when the incoming move completed
+	// with the guest paused (the source's follower stopped it), send
+	// cont; its RESUME is the switch.
+	StartGuest bool
 
-	mapper Mapper
+	mapper  Mapper
+	stopped bool // this follower stopped the source guest (HoldBeforeStop): cont it if the move fails
 }
 
 // Run follows until ctx ends. It dials QEMU again whenever the socket
@@ -340,6 +382,12 @@ func (f *Follower) Run(ctx context.Context) error {
 	}
 	if f.ContinueAfter <= 0 {
 		f.ContinueAfter = 2 * time.Second
+	}
+	if f.Drain <= 0 {
+		f.Drain = 20 * time.Millisecond
+	}
+	if f.Poll <= 0 {
+		f.Poll = 5 * time.Millisecond
 	}
 	f.mapper.Role, f.mapper.DestinationSwitches = f.Role, f.DestinationSwitches
 	for ctx.Err() == nil {
@@ -373,7 +421,31 @@ func (f *Follower) session(ctx context.Context) error {
 		return err
 	}
 	f.Log.Info("qmp: following", "socket", f.QMP, "role", f.mapper.Role)
+	holdFirst := f.HoldBeforeStop && f.Role != RoleDestination
 	handle := func(ev Event) error {
+		if ev.Event == "MIGRATION" {
+			switch st := ev.Data.Status; {
+			case holdFirst && st == "active":
+				f.apply(ctx, ev)
+				return f.holdThenStop(ctx, q)
+			case f.StartGuest && f.Role == RoleDestination && st == "completed" && f.mapper.phase != phaseIdle:
+				f.apply(ctx, ev)
+				return f.startGuest(q)
+			case f.stopped && (st == "failed" || st == "cancelled"):
+				// The follower paused the guest; QEMU resumes only a
+				// guest that ran when the move began.
+				f.apply(ctx, ev)
+				f.stopped = false
+				if _, err := q.Execute("cont", nil); err != nil {
+					f.Log.Error("qmp: the move failed and the source guest stays paused: cont it by hand", "err", err)
+				} else {
+					f.Log.Info("qmp: the move failed; source guest resumed")
+				}
+				return nil
+			case st == "completed":
+				f.stopped = false
+			}
+		}
 		if !pause || ev.Event != "MIGRATION" || ev.Data.Status != "pre-switchover" {
 			f.apply(ctx, ev)
 			return nil
@@ -411,6 +483,110 @@ func (f *Follower) session(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// migrateInfo is what holdThenStop reads of query-migrate.
+type migrateInfo struct {
+	Status string `json:"status"`
+	RAM    struct {
+		Remaining uint64 `json:"remaining"`
+	} `json:"ram"`
+}
+
+// holdThenStop (source, HoldBeforeStop) polls the pre-copy until at most
+// HoldRemaining bytes are left, then holds, lets the running guest drain
+// its tap, and stops the guest. It returns nil, doing nothing more, when
+// QEMU got to its own stop first: the events that follow carry on.
+func (f *Follower) holdThenStop(ctx context.Context, q *Conn) error {
+	if f.mapper.phase != phaseStarted {
+		return nil
+	}
+	for {
+		raw, err := q.Execute("query-migrate", nil)
+		if err != nil {
+			return err
+		}
+		var m migrateInfo
+		json.Unmarshal(raw, &m)
+		if m.Status != "active" {
+			f.Log.Warn("qmp: QEMU left the pre-copy before the hold (it converged between two polls); holding at its stop", "status", m.Status)
+			return nil
+		}
+		// Events that arrive meanwhile wait in q for the session loop.
+		if f.HoldRemaining == 0 || m.RAM.Remaining <= f.HoldRemaining {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(f.Poll):
+		}
+	}
+	raw, err := q.Execute("query-status", nil)
+	if err != nil {
+		return err
+	}
+	var st struct {
+		Running bool `json:"running"`
+	}
+	json.Unmarshal(raw, &st)
+	if !st.Running {
+		f.Log.Warn("qmp: the guest stopped before the hold; holding at its stop")
+		return nil
+	}
+	// Hold, bounded as the pause before the switchover is: a gateway
+	// that cannot be reached does not keep the move from going on.
+	actx, cancel := context.WithTimeout(ctx, f.ContinueAfter)
+	f.apply(actx, Event{Event: "STOP"})
+	err = actx.Err()
+	cancel()
+	if err != nil {
+		f.Log.Error("qmp: the gateway did not acknowledge the hold; QEMU stops the guest itself", "err", err)
+		return nil
+	}
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(f.Drain):
+	}
+	if _, err := q.Execute("stop", nil); err != nil {
+		var qe *QMPError
+		if errors.As(err, &qe) {
+			f.Log.Warn("qmp: stop", "err", err)
+			return nil
+		}
+		return err
+	}
+	f.stopped = true
+	f.Log.Info("qmp: guest stopped after the hold", "drain", f.Drain)
+	return nil
+}
+
+// startGuest (destination, StartGuest) resumes a guest whose incoming
+// move completed with it paused.
+func (f *Follower) startGuest(q *Conn) error {
+	raw, err := q.Execute("query-status", nil)
+	if err != nil {
+		return err
+	}
+	var st struct {
+		Running bool   `json:"running"`
+		Status  string `json:"status"`
+	}
+	json.Unmarshal(raw, &st)
+	if st.Running || st.Status != "paused" {
+		return nil
+	}
+	if _, err := q.Execute("cont", nil); err != nil {
+		var qe *QMPError
+		if errors.As(err, &qe) {
+			f.Log.Warn("qmp: cont", "err", err)
+			return nil
+		}
+		return err
+	}
+	f.Log.Info("qmp: guest started on the destination")
+	return nil
 }
 
 // apply maps ev and sends its steps in order; a step the gateway could

@@ -158,7 +158,11 @@ func (q *fakeQEMU) handle(c net.Conn) {
 				write(`{"return": {}}`)
 			}
 		case "query-status":
-			b, _ := json.Marshal(map[string]any{"running": run, "status": "x"})
+			status := "running"
+			if !run {
+				status = "paused"
+			}
+			b, _ := json.Marshal(map[string]any{"running": run, "status": status})
 			write(`{"return": ` + string(b) + `}`)
 		default:
 			write(`{"return": {}}`)
@@ -328,4 +332,68 @@ func TestFollowerPausesBeforeSwitchover(t *testing.T) {
 	if want := []string{"start", "blackout", "switch", "done", "start"}; !slices.Equal(ops, want) {
 		t.Fatalf("steps %v, want %v", ops, want)
 	}
+}
+
+// TestFollowerHoldsBeforeStop: with HoldBeforeStop the source's follower
+// holds while the guest still runs, and only then (after the drain) stops
+// the guest; a move that fails after that resumes the guest it stopped.
+// The destination's follower with StartGuest resumes a guest whose move
+// completed paused.
+func TestFollowerHoldsBeforeStop(t *testing.T) {
+	q := newFakeQEMU(t)
+	q.set("active", true)
+	rec := &recorder{seen: make(chan string, 64)}
+	f := &Follower{QMP: q.path, Steps: rec, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Retry: 20 * time.Millisecond,
+		PauseBeforeSwitchover: true, DestinationSwitches: true, HoldBeforeStop: true, Drain: time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-q.conns
+	q.events <- "MIGRATION:active"
+	rec.wait(t, "start", "blackout")
+	q.waitCmd(t, "stop", 1)
+	// stop only after the blackout went through.
+	cmds := q.commands()
+	if i := slices.Index(cmds, "stop"); i < 0 || len(rec.ops) < 2 {
+		t.Fatalf("commands %v, steps %v", cmds, rec.ops)
+	}
+	q.set("active", false)
+	q.events <- "STOP"
+	q.events <- "MIGRATION:pre-switchover"
+	q.waitCmd(t, "migrate-continue", 1)
+	q.events <- "MIGRATION:completed"
+	// A second move fails after the follower stopped the guest: abort,
+	// and the guest runs again.
+	q.set("active", true)
+	q.events <- "MIGRATION:active"
+	rec.wait(t, "start", "blackout")
+	q.waitCmd(t, "stop", 2)
+	q.events <- "MIGRATION:failed"
+	rec.wait(t, "abort")
+	q.waitCmd(t, "cont", 1)
+	rec.mu.Lock()
+	ops := append([]string(nil), rec.ops...)
+	rec.mu.Unlock()
+	if want := []string{"start", "blackout", "start", "blackout", "abort"}; !slices.Equal(ops, want) {
+		t.Fatalf("steps %v, want %v", ops, want)
+	}
+
+	// The destination: the move completes with the guest paused; the
+	// follower resumes it, and RESUME is the switch.
+	d := newFakeQEMU(t)
+	drec := &recorder{seen: make(chan string, 64)}
+	df := &Follower{QMP: d.path, Role: RoleDestination, Steps: drec, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Retry: 20 * time.Millisecond, StartGuest: true}
+	dctx, dcancel := context.WithCancel(context.Background())
+	ddone := make(chan struct{})
+	go func() { defer close(ddone); df.Run(dctx) }()
+	defer func() { dcancel(); <-ddone }()
+	<-d.conns
+	d.events <- "MIGRATION:active"
+	drec.wait(t, "start")
+	d.set("completed", false)
+	d.events <- "MIGRATION:completed"
+	d.waitCmd(t, "cont", 1)
+	d.events <- "RESUME"
+	drec.wait(t, "switch", "done")
 }

@@ -344,6 +344,8 @@ type MigrationResult struct {
 	Status     string
 	DowntimeMS int64 // the guest's stop-and-copy, as QEMU measured it
 	TotalMS    int64
+	Completed  time.Time // when the lab saw completed (and ran onCompleted)
+	Trace      []string  // query-migrate's answers as they changed
 }
 
 // Migrate moves the guest from hs to hd and waits for the source to
@@ -363,15 +365,24 @@ func (l *Lab) Migrate(ctx context.Context, onCompleted func()) (MigrationResult,
 			Status    string `json:"status"`
 			Downtime  int64  `json:"downtime"`
 			TotalTime int64  `json:"total-time"`
+			Expected  int64  `json:"expected-downtime"`
 			ErrorDesc string `json:"error-desc"`
+			RAM       struct {
+				Remaining int64 `json:"remaining"`
+				Syncs     int64 `json:"dirty-sync-count"`
+			} `json:"ram"`
 		}
 		json.Unmarshal(raw, &m)
+		if s := fmt.Sprintf("%s remaining=%d syncs=%d expected=%dms", m.Status, m.RAM.Remaining, m.RAM.Syncs, m.Expected); len(r.Trace) == 0 || r.Trace[len(r.Trace)-1][13:] != s {
+			r.Trace = append(r.Trace, time.Now().Format("15:04:05.000")+" "+s)
+		}
 		switch m.Status {
 		case "completed":
+			at := time.Now()
 			if onCompleted != nil {
 				onCompleted()
 			}
-			return MigrationResult{Status: m.Status, DowntimeMS: m.Downtime, TotalMS: m.TotalTime}, nil
+			return MigrationResult{Status: m.Status, DowntimeMS: m.Downtime, TotalMS: m.TotalTime, Completed: at, Trace: r.Trace}, nil
 		case "failed", "cancelled":
 			return MigrationResult{Status: m.Status}, fmt.Errorf("migration %s: %s", m.Status, m.ErrorDesc)
 		}
