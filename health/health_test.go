@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -477,4 +478,78 @@ func logCounts(t *testing.T, log, event string) (checks, failed int) {
 		t.Fatalf("%d %q lines in the log, want 1:\n%s", n, event, log)
 	}
 	return checks, failed
+}
+
+// TestCommandLeavesNothing: a check command's exit status is its verdict,
+// and nothing it started outlives the check. A command that backgrounds a
+// child (which inherits its output pipe, or not) and exits 0 is up, and
+// the child is gone once the check returns; the daemon's NOTIFY_SOCKET
+// (the service manager's readiness socket) is not the command's to use.
+// Repeated, the checks leave no file descriptor and no child behind.
+func TestCommandLeavesNothing(t *testing.T) {
+	t.Setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+	dir := t.TempDir()
+	script := func(name, body string) []string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return []string{p}
+	}
+	pidFile := filepath.Join(dir, "child.pid")
+	for _, tc := range []struct {
+		name string
+		argv []string
+	}{
+		{"child holds the output pipe", script("pipe.sh", "sleep 300 & echo $! >"+pidFile+"; exit 0")},
+		{"child detached from the output", script("quiet.sh", "sleep 300 >/dev/null 2>&1 & echo $! >"+pidFile+"; exit 0")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			os.Remove(pidFile)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := (commandChecker{argv: tc.argv}).Check(ctx, svc, netip.MustParseAddrPort("10.0.0.1:80")); err != nil {
+				t.Errorf("down: %v (the command exited 0)", err)
+			}
+			b, err := os.ReadFile(pidFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pid := strings.TrimSpace(string(b))
+			// Killed, the orphan is reaped by init: poll (bounded
+			// generously; nothing asserts how long it took).
+			for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+				if _, err := os.Stat("/proc/" + pid); err != nil {
+					return
+				}
+			}
+			n, _ := strconv.Atoi(pid)
+			syscall.Kill(n, syscall.SIGKILL)
+			t.Errorf("the command's child %s still runs after the check", pid)
+		})
+	}
+	t.Run("no NOTIFY_SOCKET", func(t *testing.T) {
+		err := (commandChecker{argv: script("env.sh", `[ -z "$NOTIFY_SOCKET" ] || { echo "NOTIFY_SOCKET=$NOTIFY_SOCKET"; exit 1; }`)}).Check(
+			context.Background(), svc, netip.MustParseAddrPort("10.0.0.1:80"))
+		if err != nil {
+			t.Errorf("the command saw the daemon's readiness socket: %v", err)
+		}
+	})
+	t.Run("repeated", func(t *testing.T) {
+		fds := func() int { e, _ := os.ReadDir("/proc/self/fd"); return len(e) }
+		before := fds()
+		argv := script("ok.sh", "echo ok")
+		for i := 0; i < 200; i++ {
+			if err := (commandChecker{argv: argv}).Check(context.Background(), svc, netip.MustParseAddrPort("10.0.0.1:80")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if after := fds(); after > before+2 {
+			t.Errorf("%d file descriptors open after 200 checks, %d before", after, before)
+		}
+		// No zombie children: wait4 on any child finds none.
+		if pid, err := syscall.Wait4(-1, nil, syscall.WNOHANG, nil); err != syscall.ECHILD {
+			t.Errorf("wait4: pid %d, err %v: a child left unreaped", pid, err)
+		}
+	})
 }
