@@ -54,6 +54,10 @@ const (
 	MaxCount    = 100
 )
 
+// MaxResponseHeader bounds the response headers an HTTP check reads:
+// more fails the check.
+const MaxResponseHeader = 64 << 10
+
 // Check is one service's check, applied to each of its backends.
 type Check struct {
 	Kind     string
@@ -272,8 +276,12 @@ func newHTTPChecker(c Check) *httpChecker {
 		// A fresh connection each check: a check proves the backend
 		// accepts connections, which a kept-alive one would not.
 		DisableKeepAlives: true,
-		TLSClientConfig:   &tls.Config{InsecureSkipVerify: c.Insecure, ServerName: c.Host},
-		Proxy:             nil, // a backend is never reached through an HTTP proxy
+		// A check needs the status line; a backend's headers beyond this
+		// are not worth the memory (the client's default is 10 MiB, per
+		// check, per backend, at once).
+		MaxResponseHeaderBytes: MaxResponseHeader,
+		TLSClientConfig:        &tls.Config{InsecureSkipVerify: c.Insecure, ServerName: c.Host},
+		Proxy:                  nil, // a backend is never reached through an HTTP proxy
 	}
 	return &httpChecker{c: c, client: &http.Client{
 		Transport: tr,

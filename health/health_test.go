@@ -553,3 +553,52 @@ func TestCommandLeavesNothing(t *testing.T) {
 		}
 	})
 }
+
+// TestHTTPCheckBoundsTheAnswer: what a backend answers a check is read
+// only as far as the verdict needs. A response header block of 1 MiB (a
+// hostile or broken backend; Go's client default allows 10 MiB per
+// check, per backend, at once) fails the check at MaxResponseHeader; a
+// body that never ends does not hold the check past the first 4 KiB.
+func TestHTTPCheckBoundsTheAnswer(t *testing.T) {
+	big := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for i := 0; i < 256; i++ {
+			w.Header().Set("X-Pad-"+strconv.Itoa(i), strings.Repeat("p", 4096))
+		}
+		w.WriteHeader(200)
+	}))
+	defer big.Close()
+	endless := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		buf := make([]byte, 64<<10)
+		for r.Context().Err() == nil {
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+		}
+	}))
+	defer endless.Close()
+	for _, tc := range []struct {
+		name   string
+		srv    *httptest.Server
+		errHas string
+	}{
+		{"1 MiB of headers", big, "header"},
+		{"endless body", endless, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseCheck("http,interval=30s,timeout=20s")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
+			defer cancel()
+			err = NewChecker(c).Check(ctx, svc, listenAddr(t, tc.srv.Listener.Addr()))
+			switch {
+			case tc.errHas == "" && err != nil:
+				t.Errorf("down: %v", err)
+			case tc.errHas != "" && (err == nil || !strings.Contains(err.Error(), tc.errHas)):
+				t.Errorf("err %v, want one with %q", err, tc.errHas)
+			}
+		})
+	}
+}
