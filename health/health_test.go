@@ -602,3 +602,57 @@ func TestHTTPCheckBoundsTheAnswer(t *testing.T) {
 		})
 	}
 }
+
+// TestRunnerSpreadsChecks: backends added together are not checked in
+// lockstep forever. Their first checks run at once (a new backend's
+// verdict comes quickly); after that each backend keeps its own phase in
+// the interval, from its key, so 200 command checks are not 200 forks in
+// the same instant every interval. Measured: the steady-state check
+// times of 40 backends, modulo the interval, cover most of it (in
+// lockstep they fall within the scheduling noise of one instant).
+func TestRunnerSpreadsChecks(t *testing.T) {
+	const n = 40
+	interval := 400 * time.Millisecond
+	var mu sync.Mutex
+	second := map[netip.AddrPort]time.Time{} // each backend's 2nd check
+	calls := map[netip.AddrPort]int{}
+	r := New(Options{NewChecker: func(Check) Checker {
+		return CheckerFunc(func(_ context.Context, _, b netip.AddrPort) error {
+			mu.Lock()
+			defer mu.Unlock()
+			calls[b]++
+			if calls[b] == 2 {
+				second[b] = time.Now()
+			}
+			return nil
+		})
+	}})
+	defer r.Close()
+	var ts []Target
+	for i := range n {
+		b := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 80)
+		ts = append(ts, Target{Service: svc, Backend: b, Check: Check{Kind: TCP, Interval: interval, Timeout: 10 * time.Millisecond, Rise: 1, Fall: 1}})
+	}
+	start := time.Now()
+	r.Set(ts)
+	waitFor(t, "every backend checked twice", func() bool { mu.Lock(); defer mu.Unlock(); return len(second) == n })
+	mu.Lock()
+	defer mu.Unlock()
+	// Phases in tenths of the interval: how many tenths hold a check.
+	var tenths [10]bool
+	for _, at := range second {
+		tenths[int(at.Sub(start)%interval*10/interval)] = true
+	}
+	used := 0
+	for _, u := range tenths {
+		if u {
+			used++
+		}
+	}
+	if used < 5 {
+		t.Errorf("the second checks of %d backends fall in %d tenths of the interval, want them spread (at least 5)", n, used)
+	}
+	if want := phase(Key{svc, ts[0].Backend}, interval); want != phase(Key{svc, ts[0].Backend}, interval) || want >= interval {
+		t.Errorf("phase %v: want a fixed offset below the interval", want)
+	}
+}
