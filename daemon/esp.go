@@ -466,7 +466,7 @@ func (e *espd) claimLocked() {
 				"dst", s.Dst.String(), "spi", fmt.Sprintf("0x%08x", s.SPI))
 		case err != nil:
 			tk.Failed++
-			e.log.Error("esp takeover: resume SA", "dst", s.Dst.String(), "spi", fmt.Sprintf("0x%08x", s.SPI), "err", err)
+			e.log.Error("esp takeover: resume SA (what could be resumed was installed)", "dst", s.Dst.String(), "spi", fmt.Sprintf("0x%08x", s.SPI), "err", err)
 		default:
 			tk.Resumed++
 			e.log.Debug("esp takeover: resumed", "dst", s.Dst.String(), "spi", fmt.Sprintf("0x%08x", s.SPI),

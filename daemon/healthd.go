@@ -47,8 +47,10 @@ type healthd struct {
 	own     map[health.Key]bool // this host's checks' verdicts
 	inUse   map[health.Key]bool // what the observer was last told
 	source  map[health.Key]string
-	events  map[string]uint64 // "down", "up": verdict changes in use
-	lastErr string            // the last publish error, logged once
+	// unapplied: verdicts in use the table refused (retried each tick).
+	unapplied map[health.Key]bool
+	events    map[string]uint64 // "down", "up": verdict changes in use
+	lastErr   string            // the last publish error, logged once
 }
 
 // newHealthd starts the checks of c.Health on the services pinned under
@@ -80,7 +82,7 @@ type serviceLister interface {
 func startHealthd(c Config, owner bool, obs health.Observer, log *slog.Logger, p serviceLister, hm *maps.HealthMaps, newChecker func(health.Check) health.Checker) *healthd {
 	h := &healthd{log: log, stateDir: c.StateDir, checks: c.Health, obs: obs, hm: hm, p: p, owner: owner,
 		targets: map[health.Key]health.Check{}, own: map[health.Key]bool{}, inUse: map[health.Key]bool{},
-		source: map[health.Key]string{}, events: map[string]uint64{}}
+		source: map[health.Key]string{}, unapplied: map[health.Key]bool{}, events: map[string]uint64{}}
 	h.runner = health.New(health.Options{Log: log, OnHealth: health.ObserverFunc(h.ownVerdict), NewChecker: newChecker})
 	h.tick(time.Now())
 	return h
@@ -117,6 +119,9 @@ func (h *healthd) publish(k health.Key, up bool) {
 func (h *healthd) use(k health.Key, up bool, source string) {
 	h.source[k] = source
 	if was, ok := h.inUse[k]; ok && was == up {
+		if h.unapplied[k] {
+			h.apply(k, up) // the table refused it last time: again, each tick
+		}
 		return
 	}
 	_, known := h.inUse[k]
@@ -131,15 +136,31 @@ func (h *healthd) use(k health.Key, up bool, source string) {
 	if source == health.SourceOwner && known {
 		h.log.Info("backend verdict from the owner", "service", k.Service, "backend", k.Backend, "up", up)
 	}
-	if a, ok := h.p.(tableWriter); ok {
-		// The service's Maglev table leaves a down backend out (and
-		// takes it back when up): new flows go by the verdict in use.
-		if err := a.SetBackendHealth(k.Service, k.Backend, up); err != nil {
-			h.log.Warn("apply backend health to the table", "service", k.Service, "backend", k.Backend, "up", up, "err", err)
-		}
-	}
+	h.apply(k, up)
 	if h.obs != nil {
 		h.obs.OnHealth(k.Service, k.Backend, up)
+	}
+}
+
+// apply writes the verdict in use into the service's Maglev table, which
+// leaves a down backend out (and takes it back when up): new flows go by
+// the verdict in use. A write that fails is retried at each tick until
+// one succeeds (logged once per failure run); h.mu held.
+func (h *healthd) apply(k health.Key, up bool) {
+	a, ok := h.p.(tableWriter)
+	if !ok {
+		return
+	}
+	if err := a.SetBackendHealth(k.Service, k.Backend, up); err != nil {
+		if !h.unapplied[k] {
+			h.log.Warn("apply backend health to the table (retried each second)", "service", k.Service, "backend", k.Backend, "up", up, "err", err)
+		}
+		h.unapplied[k] = true
+		return
+	}
+	if h.unapplied[k] {
+		h.log.Info("applied backend health to the table", "service", k.Service, "backend", k.Backend, "up", up)
+		delete(h.unapplied, k)
 	}
 }
 
@@ -221,6 +242,7 @@ func (h *healthd) tick(now time.Time) {
 			delete(h.own, k)
 			delete(h.inUse, k)
 			delete(h.source, k)
+			delete(h.unapplied, k)
 		}
 	}
 	peer := map[health.Key]bool{}

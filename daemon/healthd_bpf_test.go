@@ -131,3 +131,81 @@ func TestHealthdOwnerSwitch(t *testing.T) {
 		t.Errorf("observer heard %v for b2, want down (owner's), then up (own)", l)
 	}
 }
+
+// flakyTable is a service lister and table writer whose first writes
+// fail (the service lock or a map update refused for a moment).
+type flakyTable struct {
+	fixedServices
+	mu    sync.Mutex
+	fails int
+	got   map[netip.AddrPort]bool // the verdicts the table has
+}
+
+func (f *flakyTable) SetBackendHealth(_, b netip.AddrPort, up bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.fails > 0 {
+		f.fails--
+		return errors.New("resource temporarily unavailable")
+	}
+	f.got[b] = up
+	return nil
+}
+
+// TestHealthdRetriesTable: a verdict the table could not take is applied
+// again at the next tick. Before, the verdict in use was recorded before
+// the write and the write never repeated: a dead backend whose down
+// verdict met a failed table write kept taking new connections until its
+// verdict changed again.
+func TestHealthdRetriesTable(t *testing.T) {
+	testenv.RequireRoot(t)
+	spec, err := bpf.LoadSynproxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	spec.Programs = map[string]*ebpf.ProgramSpec{maps.ProgSpHealthCtl: spec.Programs[maps.ProgSpHealthCtl]}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	defer coll.Close()
+	m, err := coll.Maps[maps.MapSpHealth].Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prog, err := coll.Programs[maps.ProgSpHealthCtl].Clone()
+	if err != nil {
+		t.Fatal(err)
+	}
+	hm := &maps.HealthMaps{Map: m, Ctl: prog}
+	svc := netip.MustParseAddrPort("192.0.2.10:80")
+	b1 := netip.MustParseAddrPort("10.0.0.1:80")
+	newChecker := func(health.Check) health.Checker {
+		return health.CheckerFunc(func(context.Context, netip.AddrPort, netip.AddrPort) error { return errors.New("refused") })
+	}
+	c := Defaults()
+	c.StateDir = t.TempDir()
+	c.Health = map[netip.AddrPort]health.Check{svc: {Kind: health.TCP, Interval: 10 * time.Millisecond, Timeout: 10 * time.Millisecond, Rise: 1, Fall: 1}}
+	ft := &flakyTable{fixedServices: fixedServices{{VIP: svc, Backends: []netip.AddrPort{b1}}}, fails: 1000, got: map[netip.AddrPort]bool{}}
+	h := startHealthd(c, true, nil, slog.New(slog.DiscardHandler), ft, hm, newChecker)
+	defer h.close()
+	k := health.Key{Service: svc, Backend: b1}
+	for deadline := time.Now().Add(30 * time.Second); h.verdicts()[k] || len(h.verdicts()) == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("never down: %v", h.verdicts())
+		}
+	}
+	// The writes failed so far; now the table takes them.
+	ft.mu.Lock()
+	ft.fails = 0
+	ft.mu.Unlock()
+	h.tick(time.Now())
+	ft.mu.Lock()
+	defer ft.mu.Unlock()
+	if up, ok := ft.got[b1]; !ok || up {
+		t.Errorf("the table has %v (known %v) for the down backend after a tick, want down", up, ok)
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -52,6 +53,10 @@ const (
 	MinTimeout  = time.Millisecond
 	MaxCount    = 100
 )
+
+// MaxResponseHeader bounds the response headers an HTTP check reads:
+// more fails the check.
+const MaxResponseHeader = 64 << 10
 
 // Check is one service's check, applied to each of its backends.
 type Check struct {
@@ -271,8 +276,12 @@ func newHTTPChecker(c Check) *httpChecker {
 		// A fresh connection each check: a check proves the backend
 		// accepts connections, which a kept-alive one would not.
 		DisableKeepAlives: true,
-		TLSClientConfig:   &tls.Config{InsecureSkipVerify: c.Insecure, ServerName: c.Host},
-		Proxy:             nil, // a backend is never reached through an HTTP proxy
+		// A check needs the status line; a backend's headers beyond this
+		// are not worth the memory (the client's default is 10 MiB, per
+		// check, per backend, at once).
+		MaxResponseHeaderBytes: MaxResponseHeader,
+		TLSClientConfig:        &tls.Config{InsecureSkipVerify: c.Insecure, ServerName: c.Host},
+		Proxy:                  nil, // a backend is never reached through an HTTP proxy
 	}
 	return &httpChecker{c: c, client: &http.Client{
 		Transport: tr,
@@ -309,10 +318,14 @@ type commandChecker struct{ argv []string }
 
 // Check runs the command in its own process group, so the kill at the
 // timeout reaches whatever it started too, and does not wait for pipes
-// an orphan keeps open (WaitDelay).
+// an orphan keeps open (WaitDelay). Its exit status is the verdict: what
+// it left running in its group is killed when it exits (thousands of
+// checks would otherwise leave thousands of processes), and an orphan
+// that held its output past the exit does not fail it. A child that
+// leaves the group (setsid) escapes: a check must not daemonize.
 func (cc commandChecker) Check(ctx context.Context, service, backend netip.AddrPort) error {
 	cmd := exec.CommandContext(ctx, cc.argv[0], cc.argv[1:]...)
-	cmd.Env = append(os.Environ(),
+	cmd.Env = append(checkEnv(os.Environ()),
 		"TANDEM_SERVICE="+service.String(),
 		"TANDEM_BACKEND_ADDR="+backend.Addr().String(),
 		"TANDEM_BACKEND_PORT="+strconv.Itoa(int(backend.Port())))
@@ -322,6 +335,14 @@ func (cc commandChecker) Check(ctx context.Context, service, backend netip.AddrP
 	var tail tailBuf
 	cmd.Stdout, cmd.Stderr = &tail, &tail
 	err := cmd.Run()
+	if cmd.Process != nil {
+		// The leader is reaped; its group id stays reserved while a
+		// member lives, so this reaches only what the command left.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	if errors.Is(err, exec.ErrWaitDelay) && cmd.ProcessState != nil && cmd.ProcessState.Success() {
+		err = nil // an orphan held the output: the command itself passed
+	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("command killed at the timeout: %w", ctx.Err())
 	}
@@ -332,6 +353,16 @@ func (cc commandChecker) Check(ctx context.Context, service, backend netip.AddrP
 		return err
 	}
 	return nil
+}
+
+// checkEnv is the daemon's environment without what is the daemon's
+// alone: the service manager's readiness and watchdog sockets (a check
+// that ran systemd-notify would speak for the daemon).
+func checkEnv(env []string) []string {
+	return slices.DeleteFunc(env, func(kv string) bool {
+		k, _, _ := strings.Cut(kv, "=")
+		return k == "NOTIFY_SOCKET" || k == "WATCHDOG_PID" || k == "WATCHDOG_USEC" || k == "LISTEN_FDS" || k == "LISTEN_PID" || k == "LISTEN_FDNAMES"
+	})
 }
 
 // tailBuf keeps the last 200 bytes a command wrote: the error's detail.

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -477,4 +478,181 @@ func logCounts(t *testing.T, log, event string) (checks, failed int) {
 		t.Fatalf("%d %q lines in the log, want 1:\n%s", n, event, log)
 	}
 	return checks, failed
+}
+
+// TestCommandLeavesNothing: a check command's exit status is its verdict,
+// and nothing it started outlives the check. A command that backgrounds a
+// child (which inherits its output pipe, or not) and exits 0 is up, and
+// the child is gone once the check returns; the daemon's NOTIFY_SOCKET
+// (the service manager's readiness socket) is not the command's to use.
+// Repeated, the checks leave no file descriptor and no child behind.
+func TestCommandLeavesNothing(t *testing.T) {
+	t.Setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+	dir := t.TempDir()
+	script := func(name, body string) []string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("#!/bin/sh\n"+body+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return []string{p}
+	}
+	pidFile := filepath.Join(dir, "child.pid")
+	for _, tc := range []struct {
+		name string
+		argv []string
+	}{
+		{"child holds the output pipe", script("pipe.sh", "sleep 300 & echo $! >"+pidFile+"; exit 0")},
+		{"child detached from the output", script("quiet.sh", "sleep 300 >/dev/null 2>&1 & echo $! >"+pidFile+"; exit 0")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			os.Remove(pidFile)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := (commandChecker{argv: tc.argv}).Check(ctx, svc, netip.MustParseAddrPort("10.0.0.1:80")); err != nil {
+				t.Errorf("down: %v (the command exited 0)", err)
+			}
+			b, err := os.ReadFile(pidFile)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pid := strings.TrimSpace(string(b))
+			// Killed, the orphan is reaped by init: poll (bounded
+			// generously; nothing asserts how long it took).
+			for end := time.Now().Add(10 * time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+				if _, err := os.Stat("/proc/" + pid); err != nil {
+					return
+				}
+			}
+			n, _ := strconv.Atoi(pid)
+			syscall.Kill(n, syscall.SIGKILL)
+			t.Errorf("the command's child %s still runs after the check", pid)
+		})
+	}
+	t.Run("no NOTIFY_SOCKET", func(t *testing.T) {
+		err := (commandChecker{argv: script("env.sh", `[ -z "$NOTIFY_SOCKET" ] || { echo "NOTIFY_SOCKET=$NOTIFY_SOCKET"; exit 1; }`)}).Check(
+			context.Background(), svc, netip.MustParseAddrPort("10.0.0.1:80"))
+		if err != nil {
+			t.Errorf("the command saw the daemon's readiness socket: %v", err)
+		}
+	})
+	t.Run("repeated", func(t *testing.T) {
+		fds := func() int { e, _ := os.ReadDir("/proc/self/fd"); return len(e) }
+		before := fds()
+		argv := script("ok.sh", "echo ok")
+		for i := 0; i < 200; i++ {
+			if err := (commandChecker{argv: argv}).Check(context.Background(), svc, netip.MustParseAddrPort("10.0.0.1:80")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if after := fds(); after > before+2 {
+			t.Errorf("%d file descriptors open after 200 checks, %d before", after, before)
+		}
+		// No zombie children: wait4 on any child finds none.
+		if pid, err := syscall.Wait4(-1, nil, syscall.WNOHANG, nil); err != syscall.ECHILD {
+			t.Errorf("wait4: pid %d, err %v: a child left unreaped", pid, err)
+		}
+	})
+}
+
+// TestHTTPCheckBoundsTheAnswer: what a backend answers a check is read
+// only as far as the verdict needs. A response header block of 1 MiB (a
+// hostile or broken backend; Go's client default allows 10 MiB per
+// check, per backend, at once) fails the check at MaxResponseHeader; a
+// body that never ends does not hold the check past the first 4 KiB.
+func TestHTTPCheckBoundsTheAnswer(t *testing.T) {
+	big := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for i := 0; i < 256; i++ {
+			w.Header().Set("X-Pad-"+strconv.Itoa(i), strings.Repeat("p", 4096))
+		}
+		w.WriteHeader(200)
+	}))
+	defer big.Close()
+	endless := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		buf := make([]byte, 64<<10)
+		for r.Context().Err() == nil {
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+		}
+	}))
+	defer endless.Close()
+	for _, tc := range []struct {
+		name   string
+		srv    *httptest.Server
+		errHas string
+	}{
+		{"1 MiB of headers", big, "header"},
+		{"endless body", endless, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := ParseCheck("http,interval=30s,timeout=20s")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
+			defer cancel()
+			err = NewChecker(c).Check(ctx, svc, listenAddr(t, tc.srv.Listener.Addr()))
+			switch {
+			case tc.errHas == "" && err != nil:
+				t.Errorf("down: %v", err)
+			case tc.errHas != "" && (err == nil || !strings.Contains(err.Error(), tc.errHas)):
+				t.Errorf("err %v, want one with %q", err, tc.errHas)
+			}
+		})
+	}
+}
+
+// TestRunnerSpreadsChecks: backends added together are not checked in
+// lockstep forever. Their first checks run at once (a new backend's
+// verdict comes quickly); after that each backend keeps its own phase in
+// the interval, from its key, so 200 command checks are not 200 forks in
+// the same instant every interval. Measured: the steady-state check
+// times of 40 backends, modulo the interval, cover most of it (in
+// lockstep they fall within the scheduling noise of one instant).
+func TestRunnerSpreadsChecks(t *testing.T) {
+	const n = 40
+	interval := 400 * time.Millisecond
+	var mu sync.Mutex
+	second := map[netip.AddrPort]time.Time{} // each backend's 2nd check
+	calls := map[netip.AddrPort]int{}
+	r := New(Options{NewChecker: func(Check) Checker {
+		return CheckerFunc(func(_ context.Context, _, b netip.AddrPort) error {
+			mu.Lock()
+			defer mu.Unlock()
+			calls[b]++
+			if calls[b] == 2 {
+				second[b] = time.Now()
+			}
+			return nil
+		})
+	}})
+	defer r.Close()
+	var ts []Target
+	for i := range n {
+		b := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}), 80)
+		ts = append(ts, Target{Service: svc, Backend: b, Check: Check{Kind: TCP, Interval: interval, Timeout: 10 * time.Millisecond, Rise: 1, Fall: 1}})
+	}
+	start := time.Now()
+	r.Set(ts)
+	waitFor(t, "every backend checked twice", func() bool { mu.Lock(); defer mu.Unlock(); return len(second) == n })
+	mu.Lock()
+	defer mu.Unlock()
+	// Phases in tenths of the interval: how many tenths hold a check.
+	var tenths [10]bool
+	for _, at := range second {
+		tenths[int(at.Sub(start)%interval*10/interval)] = true
+	}
+	used := 0
+	for _, u := range tenths {
+		if u {
+			used++
+		}
+	}
+	if used < 5 {
+		t.Errorf("the second checks of %d backends fall in %d tenths of the interval, want them spread (at least 5)", n, used)
+	}
+	if want := phase(Key{svc, ts[0].Backend}, interval); want != phase(Key{svc, ts[0].Backend}, interval) || want >= interval {
+		t.Errorf("phase %v: want a fixed offset below the interval", want)
+	}
 }

@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"errors"
+	"hash/fnv"
 	"log/slog"
 	"net/netip"
 	"reflect"
@@ -215,8 +216,12 @@ func (r *Runner) run(ctx context.Context, w *worker) {
 	k := Key{t.Service, t.Backend}
 	checker := r.o.NewChecker(t.Check)
 	r.emit(k, !t.StartDown)
+	// The first check runs at once; the next ones at this backend's own
+	// phase of the interval, so backends added together (a daemon's
+	// start, a service with many backends) are not checked in lockstep.
 	tick := time.NewTicker(t.Check.Interval)
 	defer tick.Stop()
+	first := true
 	for {
 		cctx, cancel := context.WithTimeout(ctx, t.Check.Timeout)
 		err := checker.Check(cctx, t.Service, t.Backend)
@@ -245,12 +250,37 @@ func (r *Runner) run(ctx context.Context, w *worker) {
 			}
 			r.emit(k, st.Up)
 		}
+		if first {
+			first = false
+			if p := phase(k, t.Check.Interval); p > 0 {
+				wait := time.NewTimer(p)
+				select {
+				case <-ctx.Done():
+					wait.Stop()
+					return
+				case <-wait.C:
+				}
+				tick.Reset(t.Check.Interval)
+				continue
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
 	}
+}
+
+// phase is backend k's offset in the interval, the same at every start
+// (FNV-1a of the service and backend).
+func phase(k Key, interval time.Duration) time.Duration {
+	h := fnv.New64a()
+	b, _ := k.Service.MarshalBinary()
+	h.Write(b)
+	b, _ = k.Backend.MarshalBinary()
+	h.Write(b)
+	return time.Duration(h.Sum64() % uint64(interval))
 }
 
 // Status lists every backend's state, sorted by service and backend.

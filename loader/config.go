@@ -3,9 +3,11 @@ package loader
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -200,9 +202,9 @@ func (e *ConfigError) Unwrap() error { return e.Err }
 // ReadConfig parses a config file strictly: unknown keys and bad values
 // are errors (*ConfigError) that name the file and the key.
 func ReadConfig(path string) (*FileConfig, error) {
-	data, err := os.ReadFile(path)
+	data, err := readConfigFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("read config: %w", err)
+		return nil, err
 	}
 	var fc FileConfig
 	md, err := toml.Decode(string(data), &fc)
@@ -221,6 +223,40 @@ func ReadConfig(path string) (*FileConfig, error) {
 		return nil, &ConfigError{fmt.Errorf("config %s: unknown key(s) %s", path, strings.Join(keys, ", "))}
 	}
 	return &fc, nil
+}
+
+// MaxConfigBytes bounds a config file: a host's config is a few
+// kilobytes; a larger one is a wrong path.
+const MaxConfigBytes = 1 << 20
+
+// readConfigFile reads a config that is a regular file (a symlink to one
+// is followed) of at most MaxConfigBytes. The open does not block: a FIFO
+// given as the config would otherwise hold the command in open(2) until
+// a writer came; a device (/dev/zero) would read without end.
+func readConfigFile(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("read config %s: not a regular file (%s): give the path of the TOML file", path, fi.Mode().Type())
+	}
+	if fi.Size() > MaxConfigBytes {
+		return nil, fmt.Errorf("read config %s: %d bytes, larger than %d: is this the config?", path, fi.Size(), MaxConfigBytes)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxConfigBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	if len(data) > MaxConfigBytes {
+		return nil, fmt.Errorf("read config %s: larger than %d bytes: is this the config?", path, MaxConfigBytes)
+	}
+	return data, nil
 }
 
 // Apply lays the file's datapath values over o. Its errors are

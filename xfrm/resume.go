@@ -51,13 +51,20 @@ var ErrWindowMismatch = errors.New("replay windows differ")
 // (the same top merges both bitmaps), so replays of what the old owner
 // accepted are refused. Outbound, the SA continues at synced + margin
 // unless its own counter is already past that.
+//
+// The two directions are independent, and an error in one (windows that
+// differ: ErrWindowMismatch; numbers that run out: ErrSeqExhausted) comes
+// with the state to install all the same: the other direction resumed,
+// and, run out, the outbound counter at its last number, so the kernel
+// refuses to send (it must be rekeyed) rather than send again numbers
+// (with seqiv, GCM nonces) the old owner used under the same key.
 func Resume(cur, synced Replay, margin uint64, esn bool) (Replay, error) {
 	out := cur
 	out.Bitmap = append([]uint32(nil), cur.Bitmap...)
-	if synced.Window != cur.Window && synced.Top() > 0 {
-		return Replay{}, fmt.Errorf("%w: synced %d, kernel %d", ErrWindowMismatch, synced.Window, cur.Window)
-	}
+	var errs []error
 	switch {
+	case synced.Window != cur.Window && synced.Top() > 0:
+		errs = append(errs, fmt.Errorf("%w: synced %d, kernel %d: inbound left as the kernel has it", ErrWindowMismatch, synced.Window, cur.Window))
 	case synced.Top() > cur.Top():
 		out.Seq, out.SeqHi = synced.Seq, synced.SeqHi
 		for i := range out.Bitmap {
@@ -80,13 +87,14 @@ func Resume(cur, synced Replay, margin uint64, esn bool) (Replay, error) {
 			limit = math.MaxUint64
 		}
 		if want < synced.OTop() || want > limit {
-			return Replay{}, fmt.Errorf("%w: last sent %d, margin %d: rekey the SA", ErrSeqExhausted, synced.OTop(), margin)
+			errs = append(errs, fmt.Errorf("%w: last sent %d, margin %d: outbound stopped at %d: rekey the SA", ErrSeqExhausted, synced.OTop(), margin, limit))
+			want = limit
 		}
 		if want > cur.OTop() {
 			out.OSeq, out.OSeqHi = uint32(want), uint32(want>>32)
 		}
 	}
-	return out, nil
+	return out, errors.Join(errs...)
 }
 
 // Resume installs synced into the kernel SA id (GETAE, Resume, NEWAE).
@@ -103,12 +111,13 @@ func (c *Conn) Resume(id SAID, synced Replay, margin uint64, esn bool) (Replay, 
 	if ae.Replay.Legacy && ae.Replay.Window == 0 {
 		ae.Replay.Window = synced.Window // XFRMA_REPLAY_VAL carries no window
 	}
-	next, err := Resume(ae.Replay, synced, margin, esn)
-	if err != nil {
-		return Replay{}, fmt.Errorf("resume %s: %w", id, err)
-	}
+	// Resume's errors come with a state to install (see Resume).
+	next, rerr := Resume(ae.Replay, synced, margin, esn)
 	if err := c.SetReplay(id, next); err != nil {
-		return Replay{}, fmt.Errorf("resume %s: %w", id, err)
+		return Replay{}, fmt.Errorf("resume %s: %w", id, errors.Join(err, rerr))
+	}
+	if rerr != nil {
+		return next, fmt.Errorf("resume %s: %w", id, rerr)
 	}
 	return next, nil
 }
