@@ -322,6 +322,11 @@ type SynproxyScratch struct {
 		Sk   SynproxySvcKey
 		K    SynproxyConnKey
 	}
+	Clock struct {
+		_      structs.HostLayout
+		Coarse uint64
+		TaiOff uint64
+	}
 }
 
 type SynproxySpStat uint32

@@ -372,6 +372,13 @@ struct icmp_scratch {
 	struct conn_key k; /* the quoted flow's connection */
 } SCRATCH_STAGE;
 
+/* touch's clock (established.h, touch_now): TAI as the coarse monotonic
+ * clock plus an offset read from the precise clock now and then. */
+struct clock_scratch {
+	__u64 coarse; /* the coarse clock when tai_off was taken */
+	__u64 tai_off; /* TAI - coarse monotonic then */
+} SCRATCH_STAGE;
+
 /* A slot. Its own fields are the entry stage's (xdp_synproxy,
  * from_client, from_backend), which the program reads as scr->p (bpf2go,
  * which makes a Go type of every map value, refuses an unnamed struct);
@@ -388,6 +395,7 @@ struct scratch {
 	struct xlate_scratch xlate;
 	struct del_scratch del;
 	struct icmp_scratch icmp;
+	struct clock_scratch clock;
 };
 
 struct {
