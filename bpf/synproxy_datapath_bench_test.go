@@ -12,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/tools/bench"
 )
 
@@ -54,6 +55,23 @@ func routeNetns(t testing.TB, ns *isolatedNetns) {
 	}
 }
 
+// withMaps adds to an older build's spec the maps the current one has and
+// it lacks (unused by its programs), so that it loads into the current
+// objects.
+func withMaps(t testing.TB, old *ebpf.CollectionSpec) *ebpf.CollectionSpec {
+	t.Helper()
+	cur, err := bpf.LoadSynproxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, m := range cur.Maps {
+		if _, ok := old.Maps[name]; !ok {
+			old.Maps[name] = m
+		}
+	}
+	return old
+}
+
 // BenchmarkSynproxyDatapath: an established segment (1448 bytes,
 // timestamps) each way, IPv4 and IPv6, the current build against the
 // build before issue 15's datapath work (pre15Object), in the same run:
@@ -81,14 +99,14 @@ func BenchmarkSynproxyDatapath(b *testing.B) {
 		if routed {
 			rname = "routed"
 		}
-		builds := []build{{"now", loadSynproxy(b)}, {"pre15", loadSynproxySpec(b, old, nil)}}
+		builds := []build{{"now", loadSynproxy(b)}, {"pre15", loadSynproxySpec(b, withMaps(b, old.Copy()), nil)}}
 		if v := os.Getenv("TANDEM_SP_VARIANTS"); v != "" {
 			for _, path := range strings.Split(v, ",") {
 				spec, err := ebpf.LoadCollectionSpec(path)
 				if err != nil {
 					b.Fatalf("%s: %v", path, err)
 				}
-				builds = append(builds, build{filepath.Base(path), loadSynproxySpec(b, spec, nil)})
+				builds = append(builds, build{filepath.Base(path), loadSynproxySpec(b, withMaps(b, spec), nil)})
 			}
 		}
 		ns := newIsolatedNetns(b)

@@ -338,6 +338,7 @@ static __always_inline int est_seg(struct xdp_md *ctx, struct pkt *p, struct con
 		return XDP_DROP;
 	__builtin_memcpy(j->saddr, fromc ? p->saddr : k->vaddr, 16);
 	__builtin_memcpy(j->daddr, fromc ? c->baddr : p->daddr, 16);
+	nh_resolve(ctx, c, j, !fromc, ((p->l4_off - p->l3_off) & 0x1ff) + p->l4_len);
 	sp_count(fromc ? SP_FWD : SP_REV);
 	return FWD_PENDING;
 }
