@@ -1,18 +1,23 @@
 package bpf_test
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/loader"
+	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/tools/bench"
 )
 
@@ -27,11 +32,6 @@ const pre15Object = "testdata/synproxy_pre15.o"
 // alone makes every lookup fail at once: forwarding is off there).
 func routeNetns(t testing.TB, ns *isolatedNetns) {
 	t.Helper()
-	var tid int
-	done := make(chan struct{})
-	ns.req <- func() { tid = unix.Gettid(); close(done) }
-	<-done
-	nsPath := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), tid)
 	for _, c := range []string{
 		"sysctl -qw net.ipv4.conf.all.forwarding=1 net.ipv6.conf.all.forwarding=1",
 		"ip link add dp0 type veth peer name dp1",
@@ -43,15 +43,10 @@ func routeNetns(t testing.TB, ns *isolatedNetns) {
 		"ip route add 198.51.100.0/24 via 10.9.0.250 dev dp0",
 		"ip route add 2001:db8:1::/64 via fd09::fa dev dp0",
 	} {
-		if out, err := exec.Command("nsenter", append([]string{"--net=" + nsPath}, strings.Fields(c)...)...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v: %s", c, err, out)
-		}
+		nsSh(t, ns, c)
 	}
 	for _, n := range []string{"10.9.0.1", "10.9.0.2", "10.9.0.250", "fd09::1", "fd09::2", "fd09::fa"} {
-		c := "ip neigh replace " + n + " lladdr 02:00:00:00:09:01 nud permanent dev dp0"
-		if out, err := exec.Command("nsenter", append([]string{"--net=" + nsPath}, strings.Fields(c)...)...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v: %s", c, err, out)
-		}
+		nsSh(t, ns, "ip neigh replace "+n+" lladdr 02:00:00:00:09:01 nud permanent dev dp0")
 	}
 }
 
@@ -192,4 +187,115 @@ func BenchmarkSynproxyDatapath(b *testing.B) {
 			})
 		}
 	}
+}
+
+// nsSh runs a command (ip, sysctl) in the isolated namespace.
+func nsSh(t testing.TB, ns *isolatedNetns, cmd string) {
+	t.Helper()
+	var tid int
+	done := make(chan struct{})
+	ns.req <- func() { tid = unix.Gettid(); close(done) }
+	<-done
+	nsPath := fmt.Sprintf("/proc/%d/task/%d/ns/net", os.Getpid(), tid)
+	if out, err := exec.Command("nsenter", append([]string{"--net=" + nsPath}, strings.Fields(cmd)...)...).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v: %s", cmd, err, out)
+	}
+}
+
+// TestSynproxyNextHopCache: an established segment's next hop is cached
+// in its connection entry and looked up again when the next-hop
+// generation moves: without a move a changed neighbour is not seen (the
+// cache is in use); the watcher moves it at a neighbour change and at a
+// route change, and the next segment follows each (counted by the
+// watcher's bumps, not timed).
+func TestSynproxyNextHopCache(t *testing.T) {
+	p := loadSynproxy(t)
+	ns := newIsolatedNetns(t)
+	client, vip, _, cookie, _ := establish(t, p, ns, 47000)
+	routeNetns(t, ns)
+	frame := seg{src: client, dst: vip, seq: 2, ack: cookie + 1, ackf: true, window: 500, ws: -1, ts: true, tsval: 12, tsecr: cookie}.frame(t)
+	key := maps.ConnKey{Caddr: client.Addr().As16(), Vaddr: vip.Addr().As16(), Cport: maps.HostPort(client.Port()), Vport: maps.HostPort(vip.Port()), Proto: 6}
+	ifindex := func(name string) uint32 {
+		var idx int
+		done := make(chan struct{})
+		ns.req <- func() {
+			defer close(done)
+			if i, err := net.InterfaceByName(name); err == nil {
+				idx = i.Index
+			}
+		}
+		<-done
+		if idx == 0 {
+			t.Fatalf("no %s in the namespace", name)
+		}
+		return uint32(idx)
+	}
+	send := func(what, mac string, dev string) {
+		t.Helper()
+		v, out, err := ns.run(p.objs.XdpSynproxy, frame)
+		if err != nil || v != "XDP_REDIRECT" {
+			t.Fatalf("%s: %s %v, want XDP_REDIRECT", what, v, err)
+		}
+		if got := net.HardwareAddr(out[:6]).String(); got != mac {
+			t.Errorf("%s: to %s, want %s", what, got, mac)
+		}
+		var cv maps.ConnVal
+		if err := p.m.Conns.Lookup(key, &cv); err != nil {
+			t.Fatal(err)
+		}
+		if cv.NhIfindex[0] != ifindex(dev) || net.HardwareAddr(cv.NhMac[0][:6]).String() != mac {
+			t.Errorf("%s: cached hop ifindex %d mac %s, want %s (%d) %s", what, cv.NhIfindex[0], net.HardwareAddr(cv.NhMac[0][:6]), dev, ifindex(dev), mac)
+		}
+	}
+	send("first segment", "02:00:00:00:09:01", "dp0")
+	// No generation move: the cached hop is used, whatever the kernel
+	// says now.
+	nsSh(t, ns, "ip neigh replace 10.9.0.1 lladdr 02:00:00:00:09:02 nud permanent dev dp0")
+	send("neighbour changed, generation unmoved", "02:00:00:00:09:01", "dp0")
+	if err := loader.BumpNextHopGen(p.objs.SpNhGen); err != nil {
+		t.Fatal(err)
+	}
+	send("generation moved", "02:00:00:00:09:02", "dp0")
+
+	var w *loader.NextHopWatcher
+	var err error
+	done := make(chan struct{})
+	ns.req <- func() { w, err = loader.WatchNextHops(p.objs.SpNhGen); close(done) }
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error)
+	go func() { ran <- w.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-ran; err != nil {
+			t.Error(err)
+		}
+	}()
+	// waitBump waits for the watcher to act on a change (the guard only
+	// ends a broken run; nothing is timed).
+	waitBump := func(from uint64) {
+		t.Helper()
+		for i := 0; w.Bumps() == from; i++ {
+			if i > 1000 {
+				t.Fatal("the watcher never moved the generation")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	b := w.Bumps()
+	nsSh(t, ns, "ip neigh replace 10.9.0.1 lladdr 02:00:00:00:09:03 nud permanent dev dp0")
+	waitBump(b)
+	send("neighbour changed, watched", "02:00:00:00:09:03", "dp0")
+	nsSh(t, ns, "ip link add dp2 type veth peer name dp3")
+	nsSh(t, ns, "ip link set dp2 up mtu 9000")
+	nsSh(t, ns, "ip link set dp3 up")
+	nsSh(t, ns, "ip addr add 10.8.0.254/24 dev dp2")
+	nsSh(t, ns, "ip neigh replace 10.8.0.1 lladdr 02:00:00:00:08:01 nud permanent dev dp2")
+	b = w.Bumps()
+	nsSh(t, ns, "ip route add 10.9.0.1/32 via 10.8.0.1 dev dp2")
+	waitBump(b)
+	send("route changed, watched", "02:00:00:00:08:01", "dp2")
 }
