@@ -17,8 +17,8 @@ import (
 // nh_resolve): a FIB lookup per segment was the largest cost of the
 // established path (docs/synproxy.md, "Benchmarks"). NextHopWatcher moves
 // the generation whenever the kernel's routes, rules, next hops,
-// neighbours, addresses or links change, so the next segment of every
-// connection looks its next hop up again.
+// neighbours, addresses, links or forwarding settings change, so the next
+// segment of every connection looks its next hop up again.
 
 // BumpNextHopGen moves the next-hop generation on by one: every cached
 // next hop is looked up again at its connection's next segment. The daemon
@@ -50,8 +50,9 @@ func WatchNextHops(gen *ebpf.Map) (*NextHopWatcher, error) {
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to routing changes: %w", err)
 	}
-	// Policy rules and next-hop objects have no legacy group bit.
-	for _, g := range []uint32{unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE, unix.RTNLGRP_NEXTHOP} {
+	// Policy rules, next-hop objects and forwarding switched on or off
+	// (netconf) have no legacy group bit.
+	for _, g := range []uint32{unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE, unix.RTNLGRP_NEXTHOP, unix.RTNLGRP_IPV4_NETCONF, unix.RTNLGRP_IPV6_NETCONF} {
 		if err := c.JoinGroup(g); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("subscribe to routing changes (group %d): %w", g, err)
