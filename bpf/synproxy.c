@@ -133,7 +133,7 @@ int xdp_synproxy(struct xdp_md *ctx)
 	j = &scr->job;
 	if (j->opts && xlate_opts(ctx, j->where, j->tsval_add, j->tsecr_add, j->sack_add))
 		return chain_claim(STAGE_SYNPROXY, XDP_DROP);
-	return sp_claim(fwd_xdp(ctx, j->l3_off, j->v4, j->saddr, j->daddr, j->vlan_depth));
+	return sp_claim(fwd_pending(ctx, j));
 }
 
 /* ---- TC ingress: the backend's SYN-ACK ---------------------------------- */

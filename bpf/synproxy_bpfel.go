@@ -168,6 +168,10 @@ type SynproxyConnVal struct {
 	CreatedNs   uint64
 	LastNs      uint64
 	SynNs       uint64
+	NhGen       uint32
+	NhMtu       [2]uint16
+	NhIfindex   [2]uint32
+	NhMac       [2][12]uint8
 }
 
 type SynproxyCookieKeys struct {
@@ -266,7 +270,10 @@ type SynproxyScratch struct {
 		VlanDepth uint16
 		V4        uint8
 		Opts      uint8
-		Pad       [2]uint8
+		Nh        uint8
+		Pad       uint8
+		Ifindex   uint32
+		Mac       [12]uint8
 	}
 	_   [4]byte
 	Seg struct {
@@ -321,6 +328,15 @@ type SynproxyScratch struct {
 		Ip   [20]uint8
 		Sk   SynproxySvcKey
 		K    SynproxyConnKey
+	}
+	Clock struct {
+		_      structs.HostLayout
+		Coarse uint64
+		TaiOff uint64
+	}
+	Nh struct {
+		_ structs.HostLayout
+		F [8]uint64
 	}
 }
 
@@ -450,6 +466,7 @@ const (
 	SynproxyMapSpHealth           = "sp_health"
 	SynproxyMapSpLocal            = "sp_local"
 	SynproxyMapSpMaglev           = "sp_maglev"
+	SynproxyMapSpNhGen            = "sp_nh_gen"
 	SynproxyMapSpScratch          = "sp_scratch"
 	SynproxyMapSpServices         = "sp_services"
 	SynproxyMapSpStats            = "sp_stats"
@@ -553,6 +570,7 @@ type SynproxyMapSpecs struct {
 	SpHealth       *ebpf.MapSpec `ebpf:"sp_health"`
 	SpLocal        *ebpf.MapSpec `ebpf:"sp_local"`
 	SpMaglev       *ebpf.MapSpec `ebpf:"sp_maglev"`
+	SpNhGen        *ebpf.MapSpec `ebpf:"sp_nh_gen"`
 	SpScratch      *ebpf.MapSpec `ebpf:"sp_scratch"`
 	SpServices     *ebpf.MapSpec `ebpf:"sp_services"`
 	SpStats        *ebpf.MapSpec `ebpf:"sp_stats"`
@@ -618,6 +636,7 @@ type SynproxyMaps struct {
 	SpHealth       *ebpf.Map `ebpf:"sp_health"`
 	SpLocal        *ebpf.Map `ebpf:"sp_local"`
 	SpMaglev       *ebpf.Map `ebpf:"sp_maglev"`
+	SpNhGen        *ebpf.Map `ebpf:"sp_nh_gen"`
 	SpScratch      *ebpf.Map `ebpf:"sp_scratch"`
 	SpServices     *ebpf.Map `ebpf:"sp_services"`
 	SpStats        *ebpf.Map `ebpf:"sp_stats"`
@@ -645,6 +664,7 @@ func (m *SynproxyMaps) Close() error {
 		m.SpHealth,
 		m.SpLocal,
 		m.SpMaglev,
+		m.SpNhGen,
 		m.SpScratch,
 		m.SpServices,
 		m.SpStats,

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -512,9 +513,13 @@ func establishOn(t testing.TB, p *proxy, ns *isolatedNetns, client, vip netip.Ad
 	}
 	var cv maps.ConnVal
 	key := maps.ConnKey{Caddr: client.Addr().As16(), Vaddr: vip.Addr().As16(), Cport: maps.HostPort(client.Port()), Vport: maps.HostPort(vip.Port()), Proto: 6}
-	if err := p.m.Conns.Lookup(key, &cv); err != nil {
+	// Read as bytes: an older build's entry (the benchmarks' anchors) is
+	// a prefix of today's, its fields at the same offsets.
+	raw := make([]byte, p.m.Conns.ValueSize())
+	if err := p.m.Conns.Lookup(key, &raw); err != nil {
 		t.Fatal(err)
 	}
+	copy(unsafe.Slice((*byte)(unsafe.Pointer(&cv)), unsafe.Sizeof(cv)), raw)
 	backend = netip.AddrPortFrom(netip.AddrFrom16(cv.Baddr).Unmap(), maps.HostPort(cv.Bport))
 	bisn = 0x12345678
 	synack := seg{src: backend, dst: client, seq: bisn, ack: 2, syn: true, ackf: true, window: 65160, mss: 1400, ws: 7, sackPerm: true, ts: true, tsval: 99, tsecr: 11}

@@ -1,19 +1,33 @@
 package daemon
 
 import (
+	"context"
+	"errors"
 	"log/slog"
+	"os"
+	"sync/atomic"
 	"time"
 
+	"github.com/cilium/ebpf"
+
+	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/maps"
 )
 
 // proxyKeeper is the daemon's work for the SYN proxy: the cookie keys of
-// the current period and the expiry of idle connection entries.
+// the current period, the expiry of idle connection entries, and the
+// next-hop generation (moved on every routing change, so established
+// segments look their cached next hop up again: loader.WatchNextHops).
 type proxyKeeper struct {
 	log    *slog.Logger
 	secret []byte
 	p      *loader.Proxy
+	nhGen  *ebpf.Map // nil: programs from before the next-hop cache
+	stop   context.CancelFunc
+	// nhLost: the watcher ended; every tick moves the generation instead,
+	// so a change is still followed within a tick.
+	nhLost atomic.Bool
 }
 
 func newProxyKeeper(c Config, log *slog.Logger) (*proxyKeeper, error) {
@@ -29,12 +43,47 @@ func newProxyKeeper(c Config, log *slog.Logger) (*proxyKeeper, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &proxyKeeper{log: log, secret: secret, p: p}, nil
+	k := &proxyKeeper{log: log, secret: secret, p: p}
+	k.watchNextHops(o.Pins)
+	return k, nil
+}
+
+// watchNextHops starts the routing-change watcher; without it (no
+// sp_nh_gen pinned, or no subscription) every tick moves the generation.
+func (k *proxyKeeper) watchNextHops(pins maps.Pins) {
+	m, err := ebpf.LoadPinnedMap(pins.Map(bpf.SynproxyMapSpNhGen), nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return // programs from before the next-hop cache: nothing to move
+	}
+	if err != nil {
+		k.log.Warn("SYN proxy next hops: open the generation; established segments look up every next hop once per second", "err", err)
+		return
+	}
+	k.nhGen = m
+	w, err := loader.WatchNextHops(m)
+	if err != nil {
+		k.log.Warn("SYN proxy next hops: no routing-change subscription; the generation moves every second instead", "err", err)
+		k.nhLost.Store(true)
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	k.stop = cancel
+	go func() {
+		if err := w.Run(ctx); err != nil {
+			k.log.Warn("SYN proxy next hops: routing-change subscription ended; the generation moves every second instead", "err", err)
+		}
+		k.nhLost.Store(true)
+	}()
 }
 
 func (k *proxyKeeper) tick(now time.Time) {
 	if k == nil {
 		return
+	}
+	if k.nhGen != nil && k.nhLost.Load() {
+		if err := loader.BumpNextHopGen(k.nhGen); err != nil {
+			k.log.Warn("SYN proxy next hops", "err", err)
+		}
 	}
 	rotated, expired, err := k.p.Maintain(k.secret, now, maps.DefaultTimeouts)
 	if err != nil {
@@ -51,6 +100,12 @@ func (k *proxyKeeper) tick(now time.Time) {
 
 func (k *proxyKeeper) close() {
 	if k != nil {
+		if k.stop != nil {
+			k.stop()
+		}
+		if k.nhGen != nil {
+			k.nhGen.Close()
+		}
 		k.p.Close()
 	}
 }

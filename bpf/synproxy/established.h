@@ -9,12 +9,37 @@
 #ifndef SYNPROXY_ESTABLISHED_H
 #define SYNPROXY_ESTABLISHED_H
 
+/* SP_CLOCK_NS: how often touch_now reads the precise clock (per CPU). */
+#define SP_CLOCK_NS (64ULL << 20)
+
+/* touch_now is TAI for last-seen times, within a tick of the kernel's
+ * coarse clock: the coarse monotonic clock (a read of the timekeeper's
+ * last tick, ~5 ns) plus the offset to TAI, which the precise clock
+ * (bpf_ktime_get_tai_ns, a clocksource read: ~25 ns of an established
+ * segment in this VM, docs/synproxy.md "Benchmarks") gives every
+ * SP_CLOCK_NS per CPU, so a clock step is followed within that. A
+ * last-seen time needs no better: it is refreshed every SP_TOUCH_NS and
+ * expires after seconds. */
+static __always_inline __u64 touch_now(void)
+{
+	struct scratch *s = scratch(0);
+	__u64 co = bpf_ktime_get_coarse_ns();
+
+	if (!s)
+		return now_ns();
+	if (co - s->clock.coarse > SP_CLOCK_NS || !s->clock.coarse) {
+		s->clock.tai_off = now_ns() - co;
+		s->clock.coarse = co;
+	}
+	return co + s->clock.tai_off;
+}
+
 /* touch refreshes c's last-seen time, at most every SP_TOUCH_NS, so that
  * an active entry is replicated now and then and never expires on the
  * peer while it lives here. */
 static __always_inline void touch(struct conn_val *c, const struct conn_key *k, int changed)
 {
-	__u64 now = now_ns();
+	__u64 now = touch_now();
 
 	if (changed || now - c->last_ns > SP_TOUCH_NS) {
 		c->last_ns = now;
@@ -313,6 +338,7 @@ static __always_inline int est_seg(struct xdp_md *ctx, struct pkt *p, struct con
 		return XDP_DROP;
 	__builtin_memcpy(j->saddr, fromc ? p->saddr : k->vaddr, 16);
 	__builtin_memcpy(j->daddr, fromc ? c->baddr : p->daddr, 16);
+	nh_resolve(ctx, c, j, !fromc, ((p->l4_off - p->l3_off) & 0x1ff) + p->l4_len);
 	sp_count(fromc ? SP_FWD : SP_REV);
 	return FWD_PENDING;
 }

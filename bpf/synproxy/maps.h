@@ -235,6 +235,16 @@ struct conn_val {
 	__u64 created_ns; /* TAI */
 	__u64 last_ns;    /* TAI, refreshed at most every SP_TOUCH_NS */
 	__u64 syn_ns;     /* TAI, the last backend SYN */
+	/* The next hop each way ([0] towards the backend, [1] towards the
+	 * client), from the last FIB lookup (fwd.h, nh_resolve): valid while
+	 * nh_gen is this host's current generation (nh_gen_now), which the
+	 * daemon moves on every route, neighbour, address or link change.
+	 * Not connection state: a copy from the peer carries the peer's
+	 * generation, which never matches here. ifindex 0: none cached. */
+	__u32 nh_gen;
+	__u16 nh_mtu[2];
+	__u32 nh_ifindex[2];
+	__u8 nh_mac[2][12]; /* destination MAC, then source MAC */
 };
 
 struct {
@@ -268,6 +278,27 @@ static __always_inline __u32 local_token(void)
 	if (*t == 0)
 		__sync_val_compare_and_swap(t, 0, bpf_get_prandom_u32() | 1);
 	return *t;
+}
+
+/* sp_nh_gen[0]: the next-hop generation. The daemon adds one whenever
+ * the routes, neighbours, addresses or links change (loader.WatchNextHops);
+ * entries' cached next hops of another generation are looked up again. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} sp_nh_gen SEC(".maps");
+
+/* nh_gen_now is the generation a cached next hop must carry: the
+ * daemon's count plus this host's token, so that an entry replicated
+ * from the peer (the peer's token) never matches. 0: cache nothing. */
+static __always_inline __u32 nh_gen_now(void)
+{
+	__u32 zero = 0, *g = bpf_map_lookup_elem(&sp_nh_gen, &zero);
+
+	return g ? local_token() + *g : 0;
 }
 
 static __always_inline void sp_count(__u32 s)
@@ -316,7 +347,10 @@ struct fwd_job {
 	__u8 saddr[16], daddr[16];
 	__u16 l3_off, vlan_depth;
 	__u8 v4, opts;
-	__u8 pad[2];
+	__u8 nh;      /* 1: the next hop below is known (nh_resolve) */
+	__u8 pad;
+	__u32 ifindex;
+	__u8 mac[12]; /* destination MAC, then source MAC */
 };
 
 #define FWD_PENDING 0x100
@@ -372,6 +406,19 @@ struct icmp_scratch {
 	struct conn_key k; /* the quoted flow's connection */
 } SCRATCH_STAGE;
 
+/* touch's clock (established.h, touch_now): TAI as the coarse monotonic
+ * clock plus an offset read from the precise clock now and then. */
+struct clock_scratch {
+	__u64 coarse; /* the coarse clock when tai_off was taken */
+	__u64 tai_off; /* TAI - coarse monotonic then */
+} SCRATCH_STAGE;
+
+/* nh_resolve's FIB lookup: a struct bpf_fib_lookup (as words: bpf2go,
+ * which makes a Go type of the scratch, refuses its unions). */
+struct nh_scratch {
+	__u64 f[(sizeof(struct bpf_fib_lookup) + 7) / 8];
+} SCRATCH_STAGE;
+
 /* A slot. Its own fields are the entry stage's (xdp_synproxy,
  * from_client, from_backend), which the program reads as scr->p (bpf2go,
  * which makes a Go type of every map value, refuses an unnamed struct);
@@ -388,6 +435,8 @@ struct scratch {
 	struct xlate_scratch xlate;
 	struct del_scratch del;
 	struct icmp_scratch icmp;
+	struct clock_scratch clock;
+	struct nh_scratch nh;
 };
 
 struct {

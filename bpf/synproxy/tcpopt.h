@@ -178,23 +178,24 @@ __attribute__((noinline)) int xlate_opts(struct xdp_md *ctx, __u32 where, __u32 
 		return 0;
 	if (n == 12) {
 		/* NOP NOP TS, what an established segment carries but for
-		 * SACK blocks: two words change, no walk. */
-		__be32 b[3], nv, ne;
+		 * SACK blocks: two words change in place, no walk, no copy
+		 * (the helpers' loads and stores were a sixth of the
+		 * segment's cost). */
+		void *data = (void *)(long)ctx->data;
+		void *data_end = (void *)(long)ctx->data_end;
+		struct tcphdr *th = data + l4_off;
+		__be32 *b = (void *)(th + 1), nv, ne;
 
-		if (bpf_xdp_load_bytes(ctx, l4_off + 20, b, sizeof(b)))
+		if ((void *)(b + 3) > data_end)
 			return -1;
 		if (b[0] == bpf_htonl(TCPOPT_NOP << 24 | TCPOPT_NOP << 16 | TCPOPT_TS << 8 | 10)) {
 			nv = bpf_htonl(bpf_ntohl(b[1]) + tsval_add);
 			ne = bpf_htonl(bpf_ntohl(b[2]) + tsecr_add);
-			if (bpf_xdp_load_bytes(ctx, l4_off + 16, &check, 2))
-				return -1;
-			csum_replace4(&check, b[1], nv);
-			csum_replace4(&check, b[2], ne);
+			csum_replace4(&th->check, b[1], nv);
+			csum_replace4(&th->check, b[2], ne);
 			b[1] = nv;
 			b[2] = ne;
-			if (bpf_xdp_store_bytes(ctx, l4_off + 24, &b[1], 8))
-				return -1;
-			return bpf_xdp_store_bytes(ctx, l4_off + 16, &check, 2);
+			return 0;
 		}
 	}
 	opt_walk_init(&w, n);
