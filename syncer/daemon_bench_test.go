@@ -4,13 +4,18 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/syncer"
 	"github.com/tandem-net/tandem/tools/bench"
 	"github.com/tandem-net/tandem/tools/testenv"
@@ -29,7 +34,7 @@ func BenchmarkDaemonsVsConntrackd(b *testing.B) {
 	const n = 200_000
 	for b.Loop() {
 		p := newDaemonPair(b)
-		t := tandemRun(b, p, n, 0)
+		t := tandemRun(b, p, n, 0, false)
 		p.kill("a")
 		p.kill("b")
 		c := conntrackdRun(b, p, n)
@@ -43,18 +48,27 @@ func BenchmarkDaemonsVsConntrackd(b *testing.B) {
 }
 
 // BenchmarkDaemonsMillion: 1,000,000 changes between two lab hosts, two
-// tandem daemons. As a burst (every command sent as fast as the veth takes
-// it): deltas/s end to end. At a steady 100,000 changes/s: the per-tick
-// lag (a burst's ticks are as long as the burst, so their lag says
-// nothing about the tick).
+// tandem daemons, the changes made in a's kernel at full rate (kernelGen).
+// As a burst: deltas/s end to end. At a steady 100,000 changes/s: the
+// per-tick lag (a burst's ticks are as long as the burst, so their lag
+// says nothing about the tick). Then a full resync of the 1,000,000
+// entries to a standby that starts empty.
 func BenchmarkDaemonsMillion(b *testing.B) {
 	for b.Loop() {
 		p := newDaemonPair(b)
-		burst := tandemRun(b, p, 1_000_000, 0)
+		burst := tandemRun(b, p, 1_000_000, 0, true)
 		p.kill("a")
 		p.kill("b")
 		p2 := newDaemonPair(b)
-		steady := tandemRun(b, p2, 1_000_000, 100_000)
+		steady := tandemRun(b, p2, 1_000_000, 100_000, true)
+		// The full resync: b restarts with its maps wiped.
+		p2.kill("b")
+		if out, err := exec.Command(testenv.Tandem(b), "down", "--bpffs", p2.lab.Host("b").BPFFS()).CombinedOutput(); err != nil {
+			b.Fatalf("tandem down on b: %v\n%s", err, out)
+		}
+		full := fullResyncRun(b, p2, 1_000_000)
+		bench.Record(bench.Result{Name: "full resync of 1M entries between two lab hosts", Unit: "s", Value: full.Seconds(),
+			Anchor: "goal", AnchorValue: 2, Goal: "under 2 s"})
 		bench.Record(bench.Result{Name: "sync deltas/s, 1M changes between two lab hosts", Unit: "deltas/s", Value: burst.rate,
 			Anchor: "goal", AnchorValue: 1_000_000, Goal: "at least 1,000,000 deltas/s"})
 		bench.Record(bench.Result{Name: "sync lag p50, 100k changes/s between two lab hosts", Unit: "ticks", Value: steady.p50 / 10,
@@ -71,30 +85,38 @@ type runResult struct {
 	missing  int     // of the n entries, not on the standby at the end
 }
 
-// tandemRun starts the pair, makes n new entries on a with packets (as
-// fast as it can, or at rate changes/s), and waits until b holds them all.
-func tandemRun(b *testing.B, p *daemonPair, n uint32, rate int) runResult {
+// tandemRun starts the pair, makes n new entries on a (as fast as it can,
+// or at rate changes/s), and waits until b holds them all. The changes
+// are datagrams from the client host, or with kernel, made in a's kernel
+// by kernelGen.
+func tandemRun(b *testing.B, p *daemonPair, n uint32, rate int, kernel bool) runResult {
 	p.start("b")
-	p.start("a")
+	p.start("a", strings.Fields(os.Getenv("TANDEM_BENCH_A_ARGS"))...)
 	p.resyncMode(0)
+	upsert := p.upsert
+	if kernel {
+		upsert = newKernelGen(b, p, "a").upsert
+	}
 	base := p.metrics("b")["tandem_sync_deltas_applied_total"]
 	start := time.Now()
 	if rate == 0 {
-		p.upsert(0, n, 1)
+		upsert(0, n, 1)
 	} else {
 		// 10 ms worth of changes every 10 ms.
 		per := uint32(rate / 100)
 		next := start
 		for k := uint32(0); k < n; k += per {
-			p.upsert(k, min(per, n-k), 1)
+			upsert(k, min(per, n-k), 1)
 			next = next.Add(10 * time.Millisecond)
 			time.Sleep(time.Until(next))
 		}
 	}
 	lastChange := time.Now()
-	p.complete(bpf.SynctestSynctestOpST_UPSERT, 0, n)
-	if time.Since(lastChange) > 400*time.Millisecond {
-		lastChange = time.Now() // re-sent commands: the last change is later
+	if !kernel {
+		p.complete(bpf.SynctestSynctestOpST_UPSERT, 0, n)
+		if time.Since(lastChange) > 400*time.Millisecond {
+			lastChange = time.Now() // re-sent commands: the last change is later
+		}
 	}
 	// Done when b holds every key: the applied count says when to look
 	// (re-sent commands change some entries twice, so it can run ahead).
@@ -132,6 +154,38 @@ func tandemRun(b *testing.B, p *daemonPair, n uint32, rate int) runResult {
 	missing := missingOn()
 	b.Logf("tandem: %d entries in %s, lag p50 %.1f ms p99 %.1f ms over %d ticks, %d missing", n, done.Sub(start), st.LagP50ms, st.LagP99ms, st.LagSamples, missing)
 	return runResult{rate: float64(n) / done.Sub(start).Seconds(), drain: done.Sub(lastChange), p50: st.LagP50ms, p99: st.LagP99ms, missing: missing}
+}
+
+// fullResyncRun restarts b (its maps wiped before) and times the full
+// resync of a's n entries: from a's "resync starting" until b holds them
+// all.
+func fullResyncRun(b *testing.B, p *daemonPair, n uint32) time.Duration {
+	from := p.logLen("a")
+	p.start("b")
+	p.waitLog("a", "resync starting", from, time.Minute)
+	start := time.Now()
+	mb := p.syncMap("b")
+	defer mb.Close()
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		var v bpf.SynctestSynctestVal
+		// Full resyncs send in key order within a batch scan, not by key
+		// value: wait for the count, then check every key.
+		if p.metrics("b")["tandem_sync_deltas_applied_total"] >= float64(n) && mb.Lookup(n-1, &v) == nil {
+			have, err := batchDump(mb)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(have) >= int(n) {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatal("full resync: b lacks entries after 2 minutes")
+		}
+	}
+	took := time.Since(start)
+	b.Logf("full resync of %d entries: %s (%s)", n, took, p.waitLog("a", "resync sent", from, time.Minute))
+	return took
 }
 
 var externalRE = regexp.MustCompile(`cache:external\s+active objects:\s+(\d+)`)
@@ -266,4 +320,43 @@ type ctResult struct {
 	rate    float64
 	drain   time.Duration
 	missing int
+}
+
+// kernelGen makes changes on host a in the kernel at full rate: a copy
+// of the synctest program, loaded in this process against a's pinned
+// maps (its map, its rings, its epoch), run with BPF_PROG_TEST_RUN on
+// command frames of 64 keys. No datagram crosses a veth, so none is
+// dropped or re-sent, and the generator is not what a benchmark measures.
+type kernelGen struct {
+	b    testing.TB
+	prog *ebpf.Program
+}
+
+func newKernelGen(b testing.TB, p *daemonPair, host string) *kernelGen {
+	b.Helper()
+	spec, err := bpf.LoadSynctest()
+	if err != nil {
+		b.Fatal(err)
+	}
+	inner, err := maps.RingSpec(maps.DefaultRingBytes)
+	if err != nil {
+		b.Fatal(err)
+	}
+	spec.Maps[bpf.SynctestMapSyncRings].InnerMap = inner
+	coll, err := ebpf.NewCollectionWithOptions(spec, ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: filepath.Join(p.lab.Host(host).BPFFS(), "maps")}})
+	if err != nil {
+		b.Fatalf("load synctest against %s's pinned maps: %v", host, err)
+	}
+	b.Cleanup(func() { coll.Close() })
+	return &kernelGen{b: b, prog: coll.Programs[bpf.SynctestProgXdpSynctest]}
+}
+
+// upsert changes keys [from, from+n) by delta.
+func (g *kernelGen) upsert(from, n uint32, delta uint64) {
+	for k := from; k < from+n; k += 64 {
+		f := frame(bpf.SynctestSynctestOpST_UPSERT, k, min(64, from+n-k), delta)
+		if ret, err := g.prog.Run(&ebpf.RunOptions{Data: f}); err != nil || ret != 1 /* XDP_DROP: consumed */ {
+			g.b.Fatalf("synctest run: ret %d, %v", ret, err)
+		}
+	}
 }

@@ -1,12 +1,15 @@
 package syncer
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"reflect"
 	"slices"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 
@@ -52,12 +55,28 @@ type entryKey struct {
 	k string
 }
 
+// pendEntry is an entry the rings named this tick: its map and its key,
+// held in the tick's key slab.
+type pendEntry struct {
+	m        uint32
+	off, len uint32
+}
+
 // Engine turns what the dirty rings say into deltas, one tick at a time.
 type Engine struct {
 	sync    *maps.SyncMaps
 	maps    map[uint32]Map
-	waiting map[entryKey]maps.SyncOp // coalesced by entry: one delta per entry per tick
-	order   []entryKey
+	// The entries the rings named this tick, in drain order, coalesced
+	// by entry (one delta per entry per tick): their keys are appended
+	// to one slab a tick (the deltas share it, so it is never reused),
+	// and seen finds an entry by a hash of its map and key. No
+	// allocation and no string per record: at a million records a
+	// second, a map keyed by a string of each key and the garbage it
+	// made were half of the primary's CPU.
+	pend []pendEntry
+	slab []byte
+	seen map[uint64]int32
+	seed maphash.Seed
 	over    []uint64 // overflow counts already answered with a rescan
 	seq     uint64
 	// sent logs, in sequence order, which entry each delta named: an
@@ -101,7 +120,7 @@ type Stats struct {
 
 // NewEngine drives s for the registered maps ms.
 func NewEngine(s *maps.SyncMaps, ms ...Map) (*Engine, error) {
-	e := &Engine{sync: s, maps: map[uint32]Map{}, waiting: map[entryKey]maps.SyncOp{}, compactAt: 1 << 20, kio: map[uint32]*kio{}}
+	e := &Engine{sync: s, maps: map[uint32]Map{}, seen: map[uint64]int32{}, seed: maphash.MakeSeed(), compactAt: 1 << 20, kio: map[uint32]*kio{}}
 	for _, m := range ms {
 		if m.ID >= s.Overflow.MaxEntries() {
 			return nil, fmt.Errorf("map %s: id %d past the %d the datapath counts", m.Name, m.ID, s.Overflow.MaxEntries())
@@ -137,11 +156,19 @@ func (e *Engine) CheckOverflows() { e.checkOver = true }
 func (e *Engine) Tick(emit func(Delta) error) error {
 	e.Stats.Ticks++
 	n, err := e.sync.Drain(func(r *maps.SyncRec) {
-		k := entryKey{r.MapId, string(r.Key[:r.KeyLen])}
-		if _, ok := e.waiting[k]; !ok {
-			e.order = append(e.order, k)
+		key := r.Key[:r.KeyLen]
+		h := maphash.Bytes(e.seed, key) ^ uint64(r.MapId)*0x9e3779b97f4a7c15
+		if i, ok := e.seen[h]; ok {
+			if p := e.pend[i]; p.m == r.MapId && bytes.Equal(e.slab[p.off:p.off+p.len], key) {
+				return // queued already this tick
+			}
+			// Another entry with the same hash: it gets its own
+			// delta (a second record of either costs a second delta,
+			// never a lost one).
 		}
-		e.waiting[k] = maps.SyncOp(r.Op)
+		e.seen[h] = int32(len(e.pend))
+		e.pend = append(e.pend, pendEntry{r.MapId, uint32(len(e.slab)), uint32(len(key))})
+		e.slab = append(e.slab, key...)
 	})
 	e.Stats.Records += uint64(n)
 	if err != nil {
@@ -168,13 +195,17 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 			return err
 		}
 	}
-	if len(e.order) == 0 && len(rescan) == 0 {
+	if len(e.pend) == 0 && len(rescan) == 0 {
 		return nil // an idle tick: nothing to read or send
 	}
+	// The tick's deltas keep their keys in the slab: the next tick
+	// starts another (appending never moves what they hold).
+	slab := e.slab
+	keyOf := func(p pendEntry) []byte { return slab[p.off : p.off+p.len : p.off+p.len] }
 	// Where a large share of a map changed, one batch scan of the map reads
 	// the values in far fewer syscalls than a lookup per entry.
 	perMap := map[uint32]int{}
-	for _, k := range e.order {
+	for _, k := range e.pend {
 		perMap[k.m]++
 	}
 	scanned := map[uint32]map[string][]byte{}
@@ -183,9 +214,15 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 		if !ok || slices.Contains(rescan, id) || n < scanThreshold(m.M) || e.kio[id] != nil {
 			continue
 		}
+		want := make(map[string]bool, n)
+		for _, p := range e.pend {
+			if p.m == id {
+				want[string(keyOf(p))] = true
+			}
+		}
 		vals := make(map[string][]byte, n)
 		err := batchScan(m.M, func(key, val []byte) error {
-			if _, ok := e.waiting[entryKey{id, string(key)}]; ok {
+			if want[string(key)] {
 				vals[string(key)] = val
 			}
 			return nil
@@ -200,12 +237,12 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 	var pos []int
 	kvals := map[uint32][][]byte{}
 	if len(e.kio) > 0 {
-		pos = make([]int, len(e.order))
+		pos = make([]int, len(e.pend))
 		kkeys := map[uint32][][]byte{}
-		for i, k := range e.order {
+		for i, k := range e.pend {
 			if e.kio[k.m] != nil && !slices.Contains(rescan, k.m) {
 				pos[i] = len(kkeys[k.m])
-				kkeys[k.m] = append(kkeys[k.m], []byte(k.k))
+				kkeys[k.m] = append(kkeys[k.m], keyOf(k))
 			}
 		}
 		for id, keys := range kkeys {
@@ -217,7 +254,7 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 			e.Stats.KernelReads += uint64(len(keys))
 		}
 	}
-	for i, k := range e.order {
+	for i, k := range e.pend {
 		if slices.Contains(rescan, k.m) {
 			continue // the rescan sends it
 		}
@@ -226,13 +263,13 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 			e.Stats.UnknownMap++
 			continue
 		}
-		d := Delta{Map: k.m, Key: []byte(k.k), Op: OpUpsert}
+		d := Delta{Map: k.m, Key: keyOf(k), Op: OpUpsert}
 		if vals, ok := kvals[k.m]; ok {
 			if d.Value = vals[pos[i]]; d.Value == nil {
 				d.Op = OpDelete // deleted since: the tombstone is the truth
 			}
 		} else if vals, ok := scanned[k.m]; ok {
-			if d.Value = vals[k.k]; d.Value == nil {
+			if d.Value = vals[string(d.Key)]; d.Value == nil {
 				d.Op = OpDelete
 			}
 		} else {
@@ -251,8 +288,13 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 			return err
 		}
 	}
-	clear(e.waiting)
-	e.order = e.order[:0]
+	// Sent: what failed before here is sent again by the next tick.
+	if len(e.pend) > 1<<16 {
+		e.seen = map[uint64]int32{} // clearing a map costs its capacity, every tick after
+	} else {
+		clear(e.seen)
+	}
+	e.pend, e.slab = e.pend[:0], nil
 	e.rescanned = e.rescanned[:0]
 	for _, id := range rescan {
 		e.Stats.OverflowRescans++
@@ -271,7 +313,7 @@ func (e *Engine) send(emit func(Delta) error, d Delta) error {
 	d.Seq = e.seq
 	e.Stats.Deltas++
 	if d.Op == OpUpsert || d.Op == OpDelete {
-		e.sent = append(e.sent, sentRec{d.Seq, entryKey{d.Map, string(d.Key)}})
+		e.sent = append(e.sent, sentRec{d.Seq, d.Map, d.Key})
 		if len(e.sent) > e.compactAt {
 			e.compact()
 		}
@@ -279,25 +321,39 @@ func (e *Engine) send(emit func(Delta) error, d Delta) error {
 	return emit(d)
 }
 
+// sentRec names the entry of a delta: the key is the delta's own (no
+// copy, no string per delta).
 type sentRec struct {
 	seq uint64
-	k   entryKey
+	m   uint32
+	key []byte
 }
 
-// compact keeps the last record of each entry, in sequence order.
+func (r sentRec) entry() entryKey { return entryKey{r.m, string(r.key)} }
+
+// compact keeps the last record of each entry, in sequence order, their
+// keys copied to one slab so the ticks' slabs can go.
 func (e *Engine) compact() {
 	seen := make(map[entryKey]bool, len(e.sent)/2)
 	keep := len(e.sent)
+	size := 0
 	for i := len(e.sent) - 1; i >= 0; i-- {
-		if r := e.sent[i]; !seen[r.k] {
-			seen[r.k] = true
+		if r := e.sent[i]; !seen[r.entry()] {
+			seen[r.entry()] = true
 			keep--
 			e.sent[keep] = r
+			size += len(r.key)
 		}
 	}
 	n := copy(e.sent, e.sent[keep:])
 	clear(e.sent[n:])
 	e.sent = e.sent[:n]
+	slab := make([]byte, 0, size)
+	for i := range e.sent {
+		off := len(slab)
+		slab = append(slab, e.sent[i].key...)
+		e.sent[i].key = slab[off:len(slab):len(slab)]
+	}
 	e.compactAt = max(1<<20, 2*n)
 }
 
@@ -308,7 +364,7 @@ func (e *Engine) changedAfter(seq uint64) []entryKey {
 	seen := map[entryKey]bool{}
 	var keys []entryKey
 	for j := len(e.sent) - 1; j >= i; j-- {
-		if k := e.sent[j].k; !seen[k] {
+		if k := e.sent[j].entry(); !seen[k] {
 			seen[k] = true
 			keys = append(keys, k)
 		}
@@ -432,14 +488,21 @@ func batchScan(m *ebpf.Map, fn func(key, val []byte) error) error {
 	ks, vs := int(m.KeySize()), int(m.ValueSize())
 	keys := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(ks, reflect.TypeFor[byte]())), chunk, chunk)
 	vals := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(vs, reflect.TypeFor[byte]())), chunk, chunk)
+	// The arrays' bytes, in one piece each: a chunk's keys and values
+	// are copied out with two allocations, not two per entry.
+	rawKeys := unsafe.Slice((*byte)(keys.UnsafePointer()), chunk*ks)
+	rawVals := unsafe.Slice((*byte)(vals.UnsafePointer()), chunk*vs)
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := m.BatchLookup(&cursor, keys.Interface(), vals.Interface(), nil)
 		if errors.Is(err, ebpf.ErrNotSupported) {
 			return iterScan(m, fn)
 		}
+		kslab, vslab := slices.Clone(rawKeys[:n*ks]), slices.Clone(rawVals[:n*vs])
 		for i := range n {
-			if ferr := fn(slices.Clone(keys.Index(i).Bytes()), slices.Clone(vals.Index(i).Bytes())); ferr != nil {
+			k := kslab[i*ks : (i+1)*ks : (i+1)*ks]
+			v := vslab[i*vs : (i+1)*vs : (i+1)*vs]
+			if ferr := fn(k, v); ferr != nil {
 				return ferr
 			}
 		}
