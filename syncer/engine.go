@@ -64,8 +64,8 @@ type pendEntry struct {
 
 // Engine turns what the dirty rings say into deltas, one tick at a time.
 type Engine struct {
-	sync    *maps.SyncMaps
-	maps    map[uint32]Map
+	sync *maps.SyncMaps
+	maps map[uint32]Map
 	// The entries the rings named this tick, in drain order, coalesced
 	// by entry (one delta per entry per tick): their keys are appended
 	// to one slab a tick (the deltas share it, so it is never reused),
@@ -77,8 +77,8 @@ type Engine struct {
 	slab []byte
 	seen map[uint64]int32
 	seed maphash.Seed
-	over    []uint64 // overflow counts already answered with a rescan
-	seq     uint64
+	over []uint64 // overflow counts already answered with a rescan
+	seq  uint64
 	// sent logs, in sequence order, which entry each delta named: an
 	// incremental resync sends the entries named after the standby's
 	// checkpoint. An append per delta (no hashing); compacted to the last
