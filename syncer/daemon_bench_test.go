@@ -66,9 +66,16 @@ func BenchmarkDaemonsMillion(b *testing.B) {
 		if out, err := exec.Command(testenv.Tandem(b), "down", "--bpffs", p2.lab.Host("b").BPFFS()).CombinedOutput(); err != nil {
 			b.Fatalf("tandem down on b: %v\n%s", err, out)
 		}
-		full := fullResyncRun(b, p2, 1_000_000)
+		full, fullCPU := fullResyncRun(b, p2, 1_000_000)
 		bench.Record(bench.Result{Name: "full resync of 1M entries between two lab hosts", Unit: "s", Value: full.Seconds(),
 			Anchor: "goal", AnchorValue: 2, Goal: "under 2 s"})
+		// On a machine shared with other work the wall times above are
+		// what the daemons got of the two cores; their own CPU time says
+		// what they would do with a core each.
+		bench.Record(bench.Result{Name: "full resync of 1M entries between two lab hosts, CPU of the busier daemon", Unit: "CPU s", Value: fullCPU.Seconds(),
+			Anchor: "goal", AnchorValue: 2, Goal: "under 2 s (with a core each)"})
+		bench.Record(bench.Result{Name: "sync deltas per CPU-second of the busier daemon, 1M changes between two lab hosts", Unit: "deltas/CPU-s",
+			Value: 1_000_000 / max(burst.cpuA, burst.cpuB).Seconds(), Anchor: "goal", AnchorValue: 1_000_000, Goal: "at least 1,000,000 deltas/s (with a core each)"})
 		bench.Record(bench.Result{Name: "sync deltas/s, 1M changes between two lab hosts", Unit: "deltas/s", Value: burst.rate,
 			Anchor: "goal", AnchorValue: 1_000_000, Goal: "at least 1,000,000 deltas/s"})
 		bench.Record(bench.Result{Name: "sync lag p50, 100k changes/s between two lab hosts", Unit: "ticks", Value: steady.p50 / 10,
@@ -80,6 +87,8 @@ func BenchmarkDaemonsMillion(b *testing.B) {
 
 type runResult struct {
 	rate     float64
+	cpuA     time.Duration // CPU the primary's daemon used, first change to done
+	cpuB     time.Duration // and the standby's
 	drain    time.Duration
 	p50, p99 float64 // ms, from the primary's status
 	missing  int     // of the n entries, not on the standby at the end
@@ -98,6 +107,7 @@ func tandemRun(b *testing.B, p *daemonPair, n uint32, rate int, kernel bool) run
 		upsert = newKernelGen(b, p, "a").upsert
 	}
 	base := p.metrics("b")["tandem_sync_deltas_applied_total"]
+	a0, b0 := p.cpu("a"), p.cpu("b")
 	start := time.Now()
 	if rate == 0 {
 		upsert(0, n, 1)
@@ -146,24 +156,45 @@ func tandemRun(b *testing.B, p *daemonPair, n uint32, rate int, kernel bool) run
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	cpuA, cpuB := p.cpu("a")-a0, p.cpu("b")-b0
 	time.Sleep(1100 * time.Millisecond) // the status file catches up
 	st, err := syncer.ReadNodeStatus(p.state["a"])
 	if err != nil {
 		b.Fatal(err)
 	}
 	missing := missingOn()
-	b.Logf("tandem: %d entries in %s, lag p50 %.1f ms p99 %.1f ms over %d ticks, %d missing", n, done.Sub(start), st.LagP50ms, st.LagP99ms, st.LagSamples, missing)
-	return runResult{rate: float64(n) / done.Sub(start).Seconds(), drain: done.Sub(lastChange), p50: st.LagP50ms, p99: st.LagP99ms, missing: missing}
+	b.Logf("tandem: %d entries in %s, lag p50 %.1f ms p99 %.1f ms over %d ticks, %d missing; CPU a %s, b %s", n, done.Sub(start), st.LagP50ms, st.LagP99ms, st.LagSamples, missing, cpuA, cpuB)
+	return runResult{rate: float64(n) / done.Sub(start).Seconds(), cpuA: cpuA, cpuB: cpuB, drain: done.Sub(lastChange), p50: st.LagP50ms, p99: st.LagP99ms, missing: missing}
+}
+
+// cpu is the user and system time host's daemon used so far, from
+// /proc/PID/stat: the time it ran, which the other work sharing this
+// machine's two cores does not inflate (wall time does).
+func (p *daemonPair) cpu(host string) time.Duration {
+	pid := p.procs[host].cmd.Process.Pid
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	// The command name may hold spaces: fields count from its ')'.
+	f := strings.Fields(string(raw[strings.LastIndexByte(string(raw), ')')+2:]))
+	u, err1 := strconv.ParseUint(f[11], 10, 64)  // utime, field 14
+	st, err2 := strconv.ParseUint(f[12], 10, 64) // stime, field 15
+	if err1 != nil || err2 != nil {
+		p.t.Fatalf("/proc/%d/stat: %q", pid, raw)
+	}
+	return time.Duration(u+st) * 10 * time.Millisecond // USER_HZ is 100
 }
 
 // fullResyncRun restarts b (its maps wiped before) and times the full
 // resync of a's n entries: from a's "resync starting" until b holds them
 // all.
-func fullResyncRun(b *testing.B, p *daemonPair, n uint32) time.Duration {
+func fullResyncRun(b *testing.B, p *daemonPair, n uint32) (took, cpu time.Duration) {
 	from := p.logLen("a")
 	p.start("b")
 	p.waitLog("a", "resync starting", from, time.Minute)
 	start := time.Now()
+	a0, b0 := p.cpu("a"), p.cpu("b")
 	mb := p.syncMap("b")
 	defer mb.Close()
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(10 * time.Millisecond) {
@@ -183,9 +214,10 @@ func fullResyncRun(b *testing.B, p *daemonPair, n uint32) time.Duration {
 			b.Fatal("full resync: b lacks entries after 2 minutes")
 		}
 	}
-	took := time.Since(start)
-	b.Logf("full resync of %d entries: %s (%s)", n, took, p.waitLog("a", "resync sent", from, time.Minute))
-	return took
+	took = time.Since(start)
+	cpuA, cpuB := p.cpu("a")-a0, p.cpu("b")-b0
+	b.Logf("full resync of %d entries: %s, CPU a %s, b %s (%s)", n, took, cpuA, cpuB, p.waitLog("a", "resync sent", from, time.Minute))
+	return took, max(cpuA, cpuB)
 }
 
 var externalRE = regexp.MustCompile(`cache:external\s+active objects:\s+(\d+)`)

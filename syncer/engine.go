@@ -542,8 +542,13 @@ func Version(value []byte) uint64 {
 // BPF_MAP_UPDATE_BATCH. Only the applier writes a standby's replicated
 // maps, so its record of versions stays true.
 type Applier struct {
-	maps     map[uint32]Map
-	snap     map[uint32]map[string]bool
+	maps map[uint32]Map
+	snap map[uint32]map[string]bool
+	// fresh: maps that were empty when their snapshot began. Only the
+	// applier writes a standby's replicated maps, so at the snapshot's
+	// end such a map holds what the snapshot named and nothing else:
+	// no set of a million keys to keep, no scan to find the rest.
+	fresh    map[uint32]bool
 	versions map[uint32]map[string]uint64
 	// resyncing: between a resync's markers the primary's values are the
 	// truth whatever their versions (a new primary may count lower than
@@ -560,7 +565,7 @@ type ApplyStats struct {
 
 // NewApplier applies to ms.
 func NewApplier(ms ...Map) *Applier {
-	a := &Applier{maps: map[uint32]Map{}, snap: map[uint32]map[string]bool{}, versions: map[uint32]map[string]uint64{}, kio: map[uint32]*kio{}}
+	a := &Applier{maps: map[uint32]Map{}, snap: map[uint32]map[string]bool{}, fresh: map[uint32]bool{}, versions: map[uint32]map[string]uint64{}, kio: map[uint32]*kio{}}
 	for _, m := range ms {
 		a.maps[m.ID] = m
 		if m.Write != nil && m.IO != nil {
@@ -708,9 +713,20 @@ func (a *Applier) Apply(d Delta) error {
 	}
 	switch d.Op {
 	case OpSnapshotBegin:
+		key := make([]byte, m.M.KeySize())
+		if err := m.M.NextKey(nil, &key); errors.Is(err, ebpf.ErrKeyNotExist) {
+			delete(a.snap, d.Map)
+			a.fresh[d.Map] = true
+			return nil
+		}
+		delete(a.fresh, d.Map)
 		a.snap[d.Map] = map[string]bool{}
 		return nil
 	case OpSnapshotEnd:
+		if a.fresh[d.Map] {
+			delete(a.fresh, d.Map)
+			return nil // it was empty: everything in it now was named
+		}
 		seen := a.snap[d.Map]
 		delete(a.snap, d.Map)
 		var gone [][]byte
