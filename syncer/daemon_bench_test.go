@@ -100,6 +100,9 @@ type runResult struct {
 // by kernelGen.
 func tandemRun(b *testing.B, p *daemonPair, n uint32, rate int, kernel bool) runResult {
 	p.start("b")
+	// TANDEM_BENCH_A_ARGS adds flags to the primary, e.g. larger rings
+	// ("--sync-ring-bytes 67108864") to measure a burst apart from the
+	// overflow rescans the default rings answer it with (docs/sync.md).
 	p.start("a", strings.Fields(os.Getenv("TANDEM_BENCH_A_ARGS"))...)
 	p.resyncMode(0)
 	upsert := p.upsert
