@@ -378,13 +378,28 @@ func (e *Engine) compact() {
 // in the order of their last delta.
 func (e *Engine) changedAfter(seq uint64) []entryKey {
 	i, _ := slices.BinarySearchFunc(e.sent, seq+1, func(r sentRec, s uint64) int { return cmp.Compare(r.seq, s) })
-	seen := map[entryKey]bool{}
+	// As in compact: by hash, keys compared, an exact set for clashes.
+	seen := map[uint64]int{}
+	var clash map[entryKey]bool
 	var keys []entryKey
 	for j := len(e.sent) - 1; j >= i; j-- {
-		if k := e.sent[j].entry(); !seen[k] {
-			seen[k] = true
-			keys = append(keys, k)
+		r := e.sent[j]
+		h := maphash.Bytes(e.seed, r.key) ^ uint64(r.m)*0x9e3779b97f4a7c15
+		if k, ok := seen[h]; ok {
+			if o := e.sent[k]; o.m == r.m && bytes.Equal(o.key, r.key) {
+				continue
+			}
+			if clash == nil {
+				clash = map[entryKey]bool{}
+			}
+			if clash[r.entry()] {
+				continue
+			}
+			clash[r.entry()] = true
+		} else {
+			seen[h] = j
 		}
+		keys = append(keys, r.entry())
 	}
 	slices.Reverse(keys)
 	return keys
@@ -401,6 +416,20 @@ func (e *Engine) SetSeq(seq uint64) { e.seq = seq }
 // delta came after seq: what a standby that applied up to seq is missing.
 func (e *Engine) Incremental(after uint64, emit func(Delta) error) (int, error) {
 	keys := e.changedAfter(after)
+	// In chunks, each read and then sent: the standby hears from the
+	// start (reading a million values first kept it waiting past its
+	// idle timeout on a loaded machine), and each value is read closer
+	// to when it is sent.
+	const chunk = 1 << 16
+	for start := 0; start < len(keys); start += chunk {
+		if err := e.incremental(keys[start:min(start+chunk, len(keys))], emit); err != nil {
+			return 0, err
+		}
+	}
+	return len(keys), nil
+}
+
+func (e *Engine) incremental(keys []entryKey, emit func(Delta) error) error {
 	// Values read now, in batches where the map has a reader.
 	byMap := map[uint32][][]byte{}
 	for _, k := range keys {
@@ -412,7 +441,7 @@ func (e *Engine) Incremental(after uint64, emit func(Delta) error) (int, error) 
 	for id, ks := range byMap {
 		vals, err := e.kio[id].read(ks)
 		if err != nil {
-			return 0, err
+			return err
 		}
 		kvals[id] = vals
 	}
@@ -436,16 +465,16 @@ func (e *Engine) Incremental(after uint64, emit func(Delta) error) (int, error) 
 			case errors.Is(err, ebpf.ErrKeyNotExist):
 				d.Op = OpDelete
 			case err != nil:
-				return 0, fmt.Errorf("read %s: %w", m.Name, err)
+				return fmt.Errorf("read %s: %w", m.Name, err)
 			default:
 				d.Op, d.Value = OpUpsert, val
 			}
 		}
 		if err := e.send(emit, d); err != nil {
-			return 0, err
+			return err
 		}
 	}
-	return len(keys), nil
+	return nil
 }
 
 // Full sends every registered map whole.
