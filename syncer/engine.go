@@ -1,12 +1,15 @@
 package syncer
 
 import (
+	"bytes"
 	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"reflect"
 	"slices"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 
@@ -52,14 +55,30 @@ type entryKey struct {
 	k string
 }
 
+// pendEntry is an entry the rings named this tick: its map and its key,
+// held in the tick's key slab.
+type pendEntry struct {
+	m        uint32
+	off, len uint32
+}
+
 // Engine turns what the dirty rings say into deltas, one tick at a time.
 type Engine struct {
-	sync    *maps.SyncMaps
-	maps    map[uint32]Map
-	waiting map[entryKey]maps.SyncOp // coalesced by entry: one delta per entry per tick
-	order   []entryKey
-	over    []uint64 // overflow counts already answered with a rescan
-	seq     uint64
+	sync *maps.SyncMaps
+	maps map[uint32]Map
+	// The entries the rings named this tick, in drain order, coalesced
+	// by entry (one delta per entry per tick): their keys are appended
+	// to one slab a tick (the deltas share it, so it is never reused),
+	// and seen finds an entry by a hash of its map and key. No
+	// allocation and no string per record: at a million records a
+	// second, a map keyed by a string of each key and the garbage it
+	// made were half of the primary's CPU.
+	pend []pendEntry
+	slab []byte
+	seen map[uint64]int32
+	seed maphash.Seed
+	over []uint64 // overflow counts already answered with a rescan
+	seq  uint64
 	// sent logs, in sequence order, which entry each delta named: an
 	// incremental resync sends the entries named after the standby's
 	// checkpoint. An append per delta (no hashing); compacted to the last
@@ -101,7 +120,7 @@ type Stats struct {
 
 // NewEngine drives s for the registered maps ms.
 func NewEngine(s *maps.SyncMaps, ms ...Map) (*Engine, error) {
-	e := &Engine{sync: s, maps: map[uint32]Map{}, waiting: map[entryKey]maps.SyncOp{}, compactAt: 1 << 20, kio: map[uint32]*kio{}}
+	e := &Engine{sync: s, maps: map[uint32]Map{}, seen: map[uint64]int32{}, seed: maphash.MakeSeed(), compactAt: 1 << 20, kio: map[uint32]*kio{}}
 	for _, m := range ms {
 		if m.ID >= s.Overflow.MaxEntries() {
 			return nil, fmt.Errorf("map %s: id %d past the %d the datapath counts", m.Name, m.ID, s.Overflow.MaxEntries())
@@ -137,11 +156,19 @@ func (e *Engine) CheckOverflows() { e.checkOver = true }
 func (e *Engine) Tick(emit func(Delta) error) error {
 	e.Stats.Ticks++
 	n, err := e.sync.Drain(func(r *maps.SyncRec) {
-		k := entryKey{r.MapId, string(r.Key[:r.KeyLen])}
-		if _, ok := e.waiting[k]; !ok {
-			e.order = append(e.order, k)
+		key := r.Key[:r.KeyLen]
+		h := maphash.Bytes(e.seed, key) ^ uint64(r.MapId)*0x9e3779b97f4a7c15
+		if i, ok := e.seen[h]; ok {
+			if p := e.pend[i]; p.m == r.MapId && bytes.Equal(e.slab[p.off:p.off+p.len], key) {
+				return // queued already this tick
+			}
+			// Another entry with the same hash: it gets its own
+			// delta (a second record of either costs a second delta,
+			// never a lost one).
 		}
-		e.waiting[k] = maps.SyncOp(r.Op)
+		e.seen[h] = int32(len(e.pend))
+		e.pend = append(e.pend, pendEntry{r.MapId, uint32(len(e.slab)), uint32(len(key))})
+		e.slab = append(e.slab, key...)
 	})
 	e.Stats.Records += uint64(n)
 	if err != nil {
@@ -168,13 +195,17 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 			return err
 		}
 	}
-	if len(e.order) == 0 && len(rescan) == 0 {
+	if len(e.pend) == 0 && len(rescan) == 0 {
 		return nil // an idle tick: nothing to read or send
 	}
+	// The tick's deltas keep their keys in the slab: the next tick
+	// starts another (appending never moves what they hold).
+	slab := e.slab
+	keyOf := func(p pendEntry) []byte { return slab[p.off : p.off+p.len : p.off+p.len] }
 	// Where a large share of a map changed, one batch scan of the map reads
 	// the values in far fewer syscalls than a lookup per entry.
 	perMap := map[uint32]int{}
-	for _, k := range e.order {
+	for _, k := range e.pend {
 		perMap[k.m]++
 	}
 	scanned := map[uint32]map[string][]byte{}
@@ -183,9 +214,15 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 		if !ok || slices.Contains(rescan, id) || n < scanThreshold(m.M) || e.kio[id] != nil {
 			continue
 		}
+		want := make(map[string]bool, n)
+		for _, p := range e.pend {
+			if p.m == id {
+				want[string(keyOf(p))] = true
+			}
+		}
 		vals := make(map[string][]byte, n)
 		err := batchScan(m.M, func(key, val []byte) error {
-			if _, ok := e.waiting[entryKey{id, string(key)}]; ok {
+			if want[string(key)] {
 				vals[string(key)] = val
 			}
 			return nil
@@ -200,12 +237,12 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 	var pos []int
 	kvals := map[uint32][][]byte{}
 	if len(e.kio) > 0 {
-		pos = make([]int, len(e.order))
+		pos = make([]int, len(e.pend))
 		kkeys := map[uint32][][]byte{}
-		for i, k := range e.order {
+		for i, k := range e.pend {
 			if e.kio[k.m] != nil && !slices.Contains(rescan, k.m) {
 				pos[i] = len(kkeys[k.m])
-				kkeys[k.m] = append(kkeys[k.m], []byte(k.k))
+				kkeys[k.m] = append(kkeys[k.m], keyOf(k))
 			}
 		}
 		for id, keys := range kkeys {
@@ -217,7 +254,7 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 			e.Stats.KernelReads += uint64(len(keys))
 		}
 	}
-	for i, k := range e.order {
+	for i, k := range e.pend {
 		if slices.Contains(rescan, k.m) {
 			continue // the rescan sends it
 		}
@@ -226,13 +263,13 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 			e.Stats.UnknownMap++
 			continue
 		}
-		d := Delta{Map: k.m, Key: []byte(k.k), Op: OpUpsert}
+		d := Delta{Map: k.m, Key: keyOf(k), Op: OpUpsert}
 		if vals, ok := kvals[k.m]; ok {
 			if d.Value = vals[pos[i]]; d.Value == nil {
 				d.Op = OpDelete // deleted since: the tombstone is the truth
 			}
 		} else if vals, ok := scanned[k.m]; ok {
-			if d.Value = vals[k.k]; d.Value == nil {
+			if d.Value = vals[string(d.Key)]; d.Value == nil {
 				d.Op = OpDelete
 			}
 		} else {
@@ -251,8 +288,13 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 			return err
 		}
 	}
-	clear(e.waiting)
-	e.order = e.order[:0]
+	// Sent: what failed before here is sent again by the next tick.
+	if len(e.pend) > 1<<16 {
+		e.seen = map[uint64]int32{} // clearing a map costs its capacity, every tick after
+	} else {
+		clear(e.seen)
+	}
+	e.pend, e.slab = e.pend[:0], nil
 	e.rescanned = e.rescanned[:0]
 	for _, id := range rescan {
 		e.Stats.OverflowRescans++
@@ -271,7 +313,7 @@ func (e *Engine) send(emit func(Delta) error, d Delta) error {
 	d.Seq = e.seq
 	e.Stats.Deltas++
 	if d.Op == OpUpsert || d.Op == OpDelete {
-		e.sent = append(e.sent, sentRec{d.Seq, entryKey{d.Map, string(d.Key)}})
+		e.sent = append(e.sent, sentRec{d.Seq, d.Map, d.Key})
 		if len(e.sent) > e.compactAt {
 			e.compact()
 		}
@@ -279,25 +321,56 @@ func (e *Engine) send(emit func(Delta) error, d Delta) error {
 	return emit(d)
 }
 
+// sentRec names the entry of a delta: the key is the delta's own (no
+// copy, no string per delta).
 type sentRec struct {
 	seq uint64
-	k   entryKey
+	m   uint32
+	key []byte
 }
 
-// compact keeps the last record of each entry, in sequence order.
+func (r sentRec) entry() entryKey { return entryKey{r.m, string(r.key)} }
+
+// compact keeps the last record of each entry, in sequence order, their
+// keys copied to one slab so the ticks' slabs can go.
+// Entries are found by a 64-bit hash, their keys compared; the rare
+// entries whose hash another entry has are kept in an exact set. (A set
+// of strings was a fifth of the primary's CPU in a full resync.)
 func (e *Engine) compact() {
-	seen := make(map[entryKey]bool, len(e.sent)/2)
+	seen := make(map[uint64]int, len(e.sent)/2)
+	var clash map[entryKey]bool
 	keep := len(e.sent)
+	size := 0
 	for i := len(e.sent) - 1; i >= 0; i-- {
-		if r := e.sent[i]; !seen[r.k] {
-			seen[r.k] = true
-			keep--
-			e.sent[keep] = r
+		r := e.sent[i]
+		h := maphash.Bytes(e.seed, r.key) ^ uint64(r.m)*0x9e3779b97f4a7c15
+		if j, ok := seen[h]; ok {
+			if k := e.sent[j]; k.m == r.m && bytes.Equal(k.key, r.key) {
+				continue // a later delta of this entry is kept
+			}
+			if clash == nil {
+				clash = map[entryKey]bool{}
+			}
+			if clash[r.entry()] {
+				continue
+			}
+			clash[r.entry()] = true
+		} else {
+			seen[h] = keep - 1 // where it is kept
 		}
+		keep--
+		e.sent[keep] = r
+		size += len(r.key)
 	}
 	n := copy(e.sent, e.sent[keep:])
 	clear(e.sent[n:])
 	e.sent = e.sent[:n]
+	slab := make([]byte, 0, size)
+	for i := range e.sent {
+		off := len(slab)
+		slab = append(slab, e.sent[i].key...)
+		e.sent[i].key = slab[off:len(slab):len(slab)]
+	}
 	e.compactAt = max(1<<20, 2*n)
 }
 
@@ -305,13 +378,28 @@ func (e *Engine) compact() {
 // in the order of their last delta.
 func (e *Engine) changedAfter(seq uint64) []entryKey {
 	i, _ := slices.BinarySearchFunc(e.sent, seq+1, func(r sentRec, s uint64) int { return cmp.Compare(r.seq, s) })
-	seen := map[entryKey]bool{}
+	// As in compact: by hash, keys compared, an exact set for clashes.
+	seen := map[uint64]int{}
+	var clash map[entryKey]bool
 	var keys []entryKey
 	for j := len(e.sent) - 1; j >= i; j-- {
-		if k := e.sent[j].k; !seen[k] {
-			seen[k] = true
-			keys = append(keys, k)
+		r := e.sent[j]
+		h := maphash.Bytes(e.seed, r.key) ^ uint64(r.m)*0x9e3779b97f4a7c15
+		if k, ok := seen[h]; ok {
+			if o := e.sent[k]; o.m == r.m && bytes.Equal(o.key, r.key) {
+				continue
+			}
+			if clash == nil {
+				clash = map[entryKey]bool{}
+			}
+			if clash[r.entry()] {
+				continue
+			}
+			clash[r.entry()] = true
+		} else {
+			seen[h] = j
 		}
+		keys = append(keys, r.entry())
 	}
 	slices.Reverse(keys)
 	return keys
@@ -328,6 +416,20 @@ func (e *Engine) SetSeq(seq uint64) { e.seq = seq }
 // delta came after seq: what a standby that applied up to seq is missing.
 func (e *Engine) Incremental(after uint64, emit func(Delta) error) (int, error) {
 	keys := e.changedAfter(after)
+	// In chunks, each read and then sent: the standby hears from the
+	// start (reading a million values first kept it waiting past its
+	// idle timeout on a loaded machine), and each value is read closer
+	// to when it is sent.
+	const chunk = 1 << 16
+	for start := 0; start < len(keys); start += chunk {
+		if err := e.incremental(keys[start:min(start+chunk, len(keys))], emit); err != nil {
+			return 0, err
+		}
+	}
+	return len(keys), nil
+}
+
+func (e *Engine) incremental(keys []entryKey, emit func(Delta) error) error {
 	// Values read now, in batches where the map has a reader.
 	byMap := map[uint32][][]byte{}
 	for _, k := range keys {
@@ -339,7 +441,7 @@ func (e *Engine) Incremental(after uint64, emit func(Delta) error) (int, error) 
 	for id, ks := range byMap {
 		vals, err := e.kio[id].read(ks)
 		if err != nil {
-			return 0, err
+			return err
 		}
 		kvals[id] = vals
 	}
@@ -363,16 +465,16 @@ func (e *Engine) Incremental(after uint64, emit func(Delta) error) (int, error) 
 			case errors.Is(err, ebpf.ErrKeyNotExist):
 				d.Op = OpDelete
 			case err != nil:
-				return 0, fmt.Errorf("read %s: %w", m.Name, err)
+				return fmt.Errorf("read %s: %w", m.Name, err)
 			default:
 				d.Op, d.Value = OpUpsert, val
 			}
 		}
 		if err := e.send(emit, d); err != nil {
-			return 0, err
+			return err
 		}
 	}
-	return len(keys), nil
+	return nil
 }
 
 // Full sends every registered map whole.
@@ -432,14 +534,21 @@ func batchScan(m *ebpf.Map, fn func(key, val []byte) error) error {
 	ks, vs := int(m.KeySize()), int(m.ValueSize())
 	keys := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(ks, reflect.TypeFor[byte]())), chunk, chunk)
 	vals := reflect.MakeSlice(reflect.SliceOf(reflect.ArrayOf(vs, reflect.TypeFor[byte]())), chunk, chunk)
+	// The arrays' bytes, in one piece each: a chunk's keys and values
+	// are copied out with two allocations, not two per entry.
+	rawKeys := unsafe.Slice((*byte)(keys.UnsafePointer()), chunk*ks)
+	rawVals := unsafe.Slice((*byte)(vals.UnsafePointer()), chunk*vs)
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := m.BatchLookup(&cursor, keys.Interface(), vals.Interface(), nil)
 		if errors.Is(err, ebpf.ErrNotSupported) {
 			return iterScan(m, fn)
 		}
+		kslab, vslab := slices.Clone(rawKeys[:n*ks]), slices.Clone(rawVals[:n*vs])
 		for i := range n {
-			if ferr := fn(slices.Clone(keys.Index(i).Bytes()), slices.Clone(vals.Index(i).Bytes())); ferr != nil {
+			k := kslab[i*ks : (i+1)*ks : (i+1)*ks]
+			v := vslab[i*vs : (i+1)*vs : (i+1)*vs]
+			if ferr := fn(k, v); ferr != nil {
 				return ferr
 			}
 		}
@@ -479,8 +588,13 @@ func Version(value []byte) uint64 {
 // BPF_MAP_UPDATE_BATCH. Only the applier writes a standby's replicated
 // maps, so its record of versions stays true.
 type Applier struct {
-	maps     map[uint32]Map
-	snap     map[uint32]map[string]bool
+	maps map[uint32]Map
+	snap map[uint32]map[string]bool
+	// fresh: maps that were empty when their snapshot began. Only the
+	// applier writes a standby's replicated maps, so at the snapshot's
+	// end such a map holds what the snapshot named and nothing else:
+	// no set of a million keys to keep, no scan to find the rest.
+	fresh    map[uint32]bool
 	versions map[uint32]map[string]uint64
 	// resyncing: between a resync's markers the primary's values are the
 	// truth whatever their versions (a new primary may count lower than
@@ -497,7 +611,7 @@ type ApplyStats struct {
 
 // NewApplier applies to ms.
 func NewApplier(ms ...Map) *Applier {
-	a := &Applier{maps: map[uint32]Map{}, snap: map[uint32]map[string]bool{}, versions: map[uint32]map[string]uint64{}, kio: map[uint32]*kio{}}
+	a := &Applier{maps: map[uint32]Map{}, snap: map[uint32]map[string]bool{}, fresh: map[uint32]bool{}, versions: map[uint32]map[string]uint64{}, kio: map[uint32]*kio{}}
 	for _, m := range ms {
 		a.maps[m.ID] = m
 		if m.Write != nil && m.IO != nil {
@@ -645,9 +759,20 @@ func (a *Applier) Apply(d Delta) error {
 	}
 	switch d.Op {
 	case OpSnapshotBegin:
+		key := make([]byte, m.M.KeySize())
+		if err := m.M.NextKey(nil, &key); errors.Is(err, ebpf.ErrKeyNotExist) {
+			delete(a.snap, d.Map)
+			a.fresh[d.Map] = true
+			return nil
+		}
+		delete(a.fresh, d.Map)
 		a.snap[d.Map] = map[string]bool{}
 		return nil
 	case OpSnapshotEnd:
+		if a.fresh[d.Map] {
+			delete(a.fresh, d.Map)
+			return nil // it was empty: everything in it now was named
+		}
 		seen := a.snap[d.Map]
 		delete(a.snap, d.Map)
 		var gone [][]byte

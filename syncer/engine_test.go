@@ -333,3 +333,49 @@ func TestBatchScanFallback(t *testing.T) {
 	tick(t, e, a)
 	equalMaps(t, h.objs.SyncTest, peer.M)
 }
+
+// TestSnapshotKeepsOnlyWhatItNamed: after a snapshot, the standby's map
+// holds exactly the entries the snapshot named, whether it began empty
+// (no set of keys kept, nothing scanned at the end) or held entries the
+// snapshot no longer names (those go).
+func TestSnapshotKeepsOnlyWhatItNamed(t *testing.T) {
+	h := newHost(t, 1<<16)
+	val := func(version uint64) []byte {
+		b, _ := binary.Append(nil, binary.NativeEndian, bpf.SynctestSynctestVal{Sync: bpf.SynctestSyncHdr{Version: version}, Value: version})
+		return b
+	}
+	snapshot := func(a *syncer.Applier, keys ...uint32) {
+		ds := []syncer.Delta{{Map: synctestMapID, Op: syncer.OpSnapshotBegin}}
+		for _, k := range keys {
+			ds = append(ds, syncer.Delta{Map: synctestMapID, Op: syncer.OpUpsert, Key: binary.NativeEndian.AppendUint32(nil, k), Value: val(1)})
+		}
+		ds = append(ds, syncer.Delta{Map: synctestMapID, Op: syncer.OpSnapshotEnd})
+		if err := a.ApplyBatch(ds); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, peer := range map[string]syncer.Map{"in-kernel": newPeerMap(t, h), "syscalls": newPlainPeerMap(t, h)} {
+		t.Run(name, func(t *testing.T) {
+			a := syncer.NewApplier(peer)
+			for _, tc := range []struct {
+				what string
+				keys []uint32
+			}{
+				{"into an empty map", []uint32{1, 2, 3}},
+				{"into a map with entries it no longer names", []uint32{2, 4}},
+				{"into a map with entries it all names again", []uint32{2, 4}},
+			} {
+				snapshot(a, tc.keys...)
+				got := dump(t, peer.M)
+				if len(got) != len(tc.keys) {
+					t.Fatalf("snapshot %s: %d entries, want %d (%v)", tc.what, len(got), len(tc.keys), tc.keys)
+				}
+				for _, k := range tc.keys {
+					if _, ok := got[k]; !ok {
+						t.Fatalf("snapshot %s: entry %d missing", tc.what, k)
+					}
+				}
+			}
+		})
+	}
+}

@@ -125,7 +125,12 @@ func NewReader(r io.Reader) *Reader { return &Reader{r: bufio.NewReaderSize(r, 6
 
 // Next reads one frame. io.EOF means the stream ended between frames;
 // a stream that ends inside one is an ErrFrame.
-func (fr *Reader) Next() (Message, error) {
+func (fr *Reader) Next() (Message, error) { return fr.next(nil, nil) }
+
+// next reads one frame; a delta goes into d, when given, its key and
+// value appended to arena (a receiver's batch shares one, reused once
+// the batch is applied): no allocation per delta.
+func (fr *Reader) next(d *Delta, arena *[]byte) (Message, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(fr.r, hdr[:]); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
@@ -144,11 +149,13 @@ func (fr *Reader) Next() (Message, error) {
 	if _, err := io.ReadFull(fr.r, body); err != nil {
 		return Message{}, frameErr("stream ends inside a %d-byte frame", n)
 	}
-	return Decode(body)
+	return decode(body, d, arena)
 }
 
 // Decode decodes one frame body (type and payload, without the length).
-func Decode(body []byte) (Message, error) {
+func Decode(body []byte) (Message, error) { return decode(body, nil, nil) }
+
+func decode(body []byte, into *Delta, arena *[]byte) (Message, error) {
 	if len(body) == 0 {
 		return Message{}, frameErr("empty")
 	}
@@ -180,7 +187,11 @@ func Decode(body []byte) (Message, error) {
 		if len(p) < 8+4+1+2+4 {
 			return Message{}, frameErr("delta of %d bytes", len(p))
 		}
-		d := &Delta{Seq: binary.BigEndian.Uint64(p), Map: binary.BigEndian.Uint32(p[8:]), Op: Op(p[12])}
+		d := into
+		if d == nil {
+			d = new(Delta)
+		}
+		*d = Delta{Seq: binary.BigEndian.Uint64(p), Map: binary.BigEndian.Uint32(p[8:]), Op: Op(p[12])}
 		kl, vl := int(binary.BigEndian.Uint16(p[13:])), int(binary.BigEndian.Uint32(p[15:]))
 		rest := p[19:]
 		if kl+vl != len(rest) {
@@ -206,7 +217,14 @@ func Decode(body []byte) (Message, error) {
 		default:
 			return Message{}, frameErr("delta %d: op %d", d.Seq, d.Op)
 		}
-		kv := append([]byte(nil), rest...) // one allocation for both
+		var kv []byte
+		if arena != nil {
+			off := len(*arena)
+			*arena = append(*arena, rest...)
+			kv = (*arena)[off:len(*arena):len(*arena)]
+		} else {
+			kv = append([]byte(nil), rest...) // one allocation for both
+		}
 		d.Key, d.Value = kv[:kl:kl], kv[kl:]
 		if vl == 0 {
 			d.Value = nil

@@ -238,7 +238,11 @@ func (r *Receiver) handle(c net.Conn, release func()) {
 		r.peer.Store(&addr)
 	}
 	r.cmu.Unlock()
-	var batch []Delta
+	var (
+		batch []Delta
+		arena []byte // the batch's keys and values
+		next  Delta
+	)
 	for {
 		if fr.r.Buffered() == 0 {
 			// About to wait for the primary: it sends deltas or keepalives
@@ -246,7 +250,7 @@ func (r *Receiver) handle(c net.Conn, release func()) {
 			// batch, not a frame: deadlines cost a timer update.
 			c.SetDeadline(time.Now().Add(r.IdleTimeout))
 		}
-		m, err := fr.Next()
+		m, err := fr.next(&next, &arena)
 		if err == nil && m.Keepalive {
 			if len(batch) == 0 {
 				continue
@@ -263,7 +267,7 @@ func (r *Receiver) handle(c net.Conn, release func()) {
 				continue
 			}
 			err = r.apply(batch)
-			batch = batch[:0]
+			batch, arena = batch[:0], arena[:0] // applied: nothing keeps them
 			if err == nil {
 				w.Write(AppendAck(nil, r.LastApplied()))
 				if ferr := w.Flush(); ferr != nil {
