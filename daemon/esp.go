@@ -470,7 +470,7 @@ func (e *espd) claimLocked() {
 		default:
 			tk.Resumed++
 			e.log.Debug("esp takeover: resumed", "dst", s.Dst.String(), "spi", fmt.Sprintf("0x%08x", s.SPI),
-				"top", next.Top(), "oseq", next.OTop(), "synced_oseq", s.OTop(), "margin", margin)
+				"top", next.Top(), "oseq", next.OTop(), "synced_oseq", s.OTop(), "margin", margin, "rate", e.rates[s.Key()].rate)
 		}
 	}
 	e.log.Info("esp takeover: installed the replicated replay state into the kernel's SAs", "sas", tk.SAs, "resumed", tk.Resumed,

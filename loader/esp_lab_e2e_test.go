@@ -54,6 +54,8 @@ type espFeed struct {
 	source string
 	sync   *maps.SyncMaps // the dirty rings the tracer marks (nil with aevents)
 	errs   []error
+	encap  bool             // the lab's SAs are ESP in UDP 4500: esp_sa keys them so
+	tr     *loader.ESPTrace // nil with aevents
 }
 
 // espSyncRings opens the datapath's sync maps under root and sets up
@@ -99,6 +101,7 @@ func newESPFeed(t testing.TB, h *lab.Host) *espFeed {
 			t.Fatalf("load the replay tracer (%s): %v", f.source, err)
 		}
 		t.Cleanup(func() { tr.Close() })
+		f.tr = tr
 	}
 	t.Logf("replay state source: %s", f.source)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -174,7 +177,7 @@ func (f *espFeed) del(id xfrm.SAID) {
 // get reads an SA's entry in esp_sa.
 func (f *espFeed) get(t testing.TB, id xfrm.SAID) (maps.SAState, bool) {
 	t.Helper()
-	s, ok, err := f.m.GetSA(id.Dst, id.SPI, false)
+	s, ok, err := f.m.GetSA(id.Dst, id.SPI, f.encap)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,8 +235,9 @@ func TestESPLabReplay(t *testing.T) {
 	for _, spec := range []esplab.Spec{
 		{ESN: true, Window: 128},
 		{Window: 64, IPv6: true, Tunnel: true},
+		{ESN: true, Window: 128, Encap: true},
 	} {
-		t.Run(fmt.Sprintf("esn=%v,window=%d,ipv6=%v,tunnel=%v", spec.ESN, spec.Window, spec.IPv6, spec.Tunnel), func(t *testing.T) {
+		t.Run(fmt.Sprintf("esn=%v,window=%d,ipv6=%v,tunnel=%v,encap=%v", spec.ESN, spec.Window, spec.IPv6, spec.Tunnel, spec.Encap), func(t *testing.T) {
 			espLabReplay(t, spec)
 		})
 	}
@@ -243,6 +247,7 @@ func espLabReplay(t *testing.T, spec esplab.Spec) {
 	l := espLabUp(t, spec)
 	gw := l.OwnerHost()
 	feed := newESPFeed(t, gw)
+	feed.encap = spec.Encap
 	feed.waitSA(t, l.In, "put by the follower", func(_ maps.SAState, ok bool) bool { return ok })
 
 	s, err := l.StartStream(100)
@@ -320,6 +325,42 @@ func espLabReplay(t *testing.T, spec esplab.Spec) {
 				huge, x1.Top(), x0.DropReplay, x0.DropStale, x1.DropReplay, x1.DropStale, x0.Passed, x1.Passed)
 		}
 	})
+
+	if spec.Encap {
+		// IKE on the ESP-in-UDP port (the non-ESP marker, SPI 0): the
+		// stage passes it untouched and counts it; the kernel hands it
+		// to the socket on 4500, marker and all.
+		t.Run("ike", func(t *testing.T) {
+			frame, err := esplab.Capture(l.Peer, "eth0", l.In.SPI, 30*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			msg := []byte("tandem IKE_SA_INIT stand-in")
+			ike, err := esplab.IKE(frame, msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st0 := espStats(t, feed)
+			c := l.EncapConn(gw)
+			if err := esplab.Send(l.Peer, "eth0", ike); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(30 * time.Second))
+			b := make([]byte, 256)
+			n, from, err := c.ReadFrom(b)
+			if err != nil {
+				t.Fatalf("the IKE datagram never reached the gateway's socket on 4500: %v (esp counters %v)", err, espStats(t, feed))
+			}
+			if want := append([]byte{0, 0, 0, 0}, msg...); string(b[:n]) != string(want) {
+				t.Fatalf("the gateway's socket got % x from %v, want % x", b[:n], from, want)
+			}
+			st1 := espStats(t, feed)
+			if st1["ike"] != st0["ike"]+1 || st1["drop_replay"] != st0["drop_replay"] || st1["drop_stale"] != st0["drop_stale"] {
+				t.Fatalf("esp counters %v -> %v: want one IKE passed, no drop", st0, st1)
+			}
+			t.Logf("an IKE datagram (non-ESP marker) passed by the stage untouched, read from %v", from)
+		})
+	}
 
 	t.Run("rekey", func(t *testing.T) {
 		old := l.In

@@ -165,6 +165,24 @@ func LoadESPTrace(o ESPTraceOptions) (*ESPTrace, error) {
 	if err2 != nil {
 		return nil, fmt.Errorf("load esptrace (%s): %w", o.Mode, err2)
 	}
+	if o.Mode == ESPSourceFexit {
+		t.progs = []*ebpf.Program{t.Objs.fexit.Advance, t.Objs.fexit.Overflow}
+	} else {
+		t.progs = []*ebpf.Program{t.Objs.kprobe.AdvanceRet, t.Objs.kprobe.OverRet}
+	}
+	if err := t.Attach(); err != nil {
+		t.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// Attach attaches the loaded programs to the kernel's replay hooks (done
+// by LoadESPTrace; again after Detach). Attached already: nothing to do.
+func (t *ESPTrace) Attach() error {
+	if len(t.links) > 0 {
+		return nil
+	}
 	attach := func(f func() (link.Link, error)) error {
 		l, err := f()
 		if err != nil {
@@ -173,42 +191,47 @@ func LoadESPTrace(o ESPTraceOptions) (*ESPTrace, error) {
 		t.links = append(t.links, l)
 		return nil
 	}
-	var err3 error
-	if o.Mode == ESPSourceFexit {
-		f := &t.Objs.fexit
-		t.progs = []*ebpf.Program{f.Advance, f.Overflow}
+	var err error
+	if t.Mode == ESPSourceFexit {
 		for _, p := range t.progs {
-			if err3 = attach(func() (link.Link, error) { return link.AttachTracing(link.TracingOptions{Program: p}) }); err3 != nil {
+			if err = attach(func() (link.Link, error) { return link.AttachTracing(link.TracingOptions{Program: p}) }); err != nil {
 				break
 			}
 		}
 	} else {
 		k := &t.Objs.kprobe
-		t.progs = []*ebpf.Program{k.AdvanceRet, k.OverRet}
 		for i, fn := range espTraceHooks {
 			entry, ret := []*ebpf.Program{k.Advance, k.Overflow}[i], []*ebpf.Program{k.AdvanceRet, k.OverRet}[i]
-			if err3 = attach(func() (link.Link, error) { return link.Kprobe(fn, entry, nil) }); err3 != nil {
+			if err = attach(func() (link.Link, error) { return link.Kprobe(fn, entry, nil) }); err != nil {
 				break
 			}
-			if err3 = attach(func() (link.Link, error) { return link.Kretprobe(fn, ret, nil) }); err3 != nil {
+			if err = attach(func() (link.Link, error) { return link.Kretprobe(fn, ret, nil) }); err != nil {
 				break
 			}
 		}
 	}
-	if err3 != nil {
-		t.Close()
-		return nil, fmt.Errorf("attach esptrace (%s): %w", o.Mode, err3)
+	if err != nil {
+		t.Detach()
+		return fmt.Errorf("attach esptrace (%s): %w", t.Mode, err)
 	}
-	return t, nil
+	return nil
 }
 
-// Close detaches and unloads.
-func (t *ESPTrace) Close() error {
+// Detach takes the programs off the kernel's hooks and keeps them loaded
+// (Attach puts them back without verifying them again): the benchmark's
+// "detached" rounds. The hooks then cost the kernel nothing.
+func (t *ESPTrace) Detach() error {
 	var errs []error
 	for _, l := range t.links {
 		errs = append(errs, l.Close())
 	}
 	t.links = nil
+	return errors.Join(errs...)
+}
+
+// Close detaches and unloads.
+func (t *ESPTrace) Close() error {
+	errs := []error{t.Detach()}
 	errs = append(errs, t.Objs.EsptraceMaps.Close())
 	for _, p := range []*ebpf.Program{t.Objs.fexit.Advance, t.Objs.fexit.Overflow, t.Objs.kprobe.Advance,
 		t.Objs.kprobe.AdvanceRet, t.Objs.kprobe.Overflow, t.Objs.kprobe.OverRet} {

@@ -42,6 +42,22 @@ func TestESPTraceAttaches(t *testing.T) {
 	if src, err := ESPSource(); src != ESPSourceFexit {
 		t.Fatalf("ESPSource %s (%v), want fexit", src, err)
 	}
+	// Detached and attached again without a new load (the benchmark's
+	// rounds): the kernel takes a tracing program back on its hook.
+	for range 2 {
+		if err := tr.Detach(); err != nil {
+			t.Fatal(err)
+		}
+		if len(tr.links) != 0 {
+			t.Fatalf("%d links after Detach", len(tr.links))
+		}
+		if err := tr.Attach(); err != nil {
+			t.Fatal(err)
+		}
+		if len(tr.links) != 2 {
+			t.Fatalf("%d links after Attach, want 2", len(tr.links))
+		}
+	}
 }
 
 // TestESPTraceKprobeAttaches: the kprobe fallback passes the verifier and

@@ -16,6 +16,7 @@ package esplab
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -95,6 +96,13 @@ type Spec struct {
 	// to port FlowPort+i, through SA FlowSPIBase+i (a policy per port,
 	// ahead of the main one). Lab.Flows names them; StartFlow streams.
 	FlowSAs int
+	// Encap: ESP in UDP 4500 (RFC 3948, `encap espinudp 4500 4500
+	// 0.0.0.0` on every SA). Every host holds a UDP socket on port 4500
+	// with UDP_ENCAP_ESPINUDP (the kernel decapsulates only on such a
+	// socket, as an IKE daemon holds it; EncapConn gives it) and
+	// policies that let UDP to port 4500 bypass IPsec (IKE's own
+	// traffic, as an IKE daemon's socket policy does).
+	Encap bool
 }
 
 // Lab is a built ESP lab. Close removes it.
@@ -112,6 +120,7 @@ type Lab struct {
 	// from the peer to the gateways (outer in transport mode, inner in
 	// tunnel mode); reversed for the other direction.
 	StreamSrc, StreamDst netip.Addr
+	encapConns           map[*lab.Host][]*net.UDPConn // Encap: per host, IPv4 and IPv6
 }
 
 func (s *Spec) defaults() {
@@ -164,7 +173,7 @@ func New(spec Spec) (_ *Lab, err error) {
 	l := &Lab{Lab: ll, Spec: spec, Peer: ll.Host("peer")}
 	defer func() {
 		if err != nil {
-			ll.Close()
+			l.Close()
 		}
 	}()
 	for _, n := range gwNames {
@@ -218,10 +227,83 @@ func New(spec Spec) (_ *Lab, err error) {
 			return nil, err
 		}
 	}
+	if spec.Encap {
+		if err := l.openEncap(); err != nil {
+			return nil, err
+		}
+	}
 	if err := l.placeVIP(0); err != nil {
 		return nil, err
 	}
 	return l, nil
+}
+
+// EncapPort is RFC 3948's port for ESP in UDP (and IKE after NAT
+// detection).
+const EncapPort = 4500
+
+const encapArgs = "encap espinudp 4500 4500 0.0.0.0"
+
+// openEncap opens, on every host, UDP sockets on port 4500 (IPv4 and
+// IPv6) with UDP_ENCAP_ESPINUDP: the kernel hands ESP in UDP to XFRM and
+// IKE (the non-ESP marker) to the socket.
+func (l *Lab) openEncap() error {
+	l.encapConns = map[*lab.Host][]*net.UDPConn{}
+	for _, h := range append([]*lab.Host{l.Peer}, l.GWs...) {
+		for _, nw := range []string{"udp4", "udp6"} {
+			var c *net.UDPConn
+			err := h.Do(func() (err error) {
+				c, err = net.ListenUDP(nw, &net.UDPAddr{Port: EncapPort})
+				if err != nil {
+					return err
+				}
+				rc, err := c.SyscallConn()
+				if err != nil {
+					return err
+				}
+				var serr error
+				if err := rc.Control(func(fd uintptr) {
+					serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_ENCAP, unix.UDP_ENCAP_ESPINUDP)
+				}); err != nil {
+					return err
+				}
+				return serr
+			})
+			if err != nil {
+				if c != nil {
+					c.Close()
+				}
+				return fmt.Errorf("esplab: the ESP-in-UDP socket (%s :4500) on %s: %w", nw, h.Name, err)
+			}
+			l.encapConns[h] = append(l.encapConns[h], c)
+		}
+	}
+	return nil
+}
+
+// EncapConn is h's ESP-in-UDP socket on port 4500 (IPv4 or IPv6, as the
+// lab's SAs): what the kernel does not take as ESP (IKE, after the
+// non-ESP marker, which stays in the payload) is read from it.
+func (l *Lab) EncapConn(h *lab.Host) *net.UDPConn {
+	cs := l.encapConns[h]
+	if len(cs) < 2 {
+		return nil
+	}
+	if l.IPv6 {
+		return cs[1]
+	}
+	return cs[0]
+}
+
+// Close removes the lab (the ESP-in-UDP sockets first).
+func (l *Lab) Close() error {
+	for _, cs := range l.encapConns {
+		for _, c := range cs {
+			c.Close()
+		}
+	}
+	l.encapConns = nil
+	return l.Lab.Close()
 }
 
 func (l *Lab) mode() string {
@@ -244,6 +326,9 @@ func (l *Lab) saLine(src, dst netip.Addr, spi, reqid uint32) string {
 		}
 		keys[i] = k
 	}
+	if l.Encap {
+		f += " " + encapArgs
+	}
 	return fmt.Sprintf("xfrm state add src %s dst %s proto esp spi 0x%x reqid %d mode %s replay-window %d%s %s\n",
 		src, dst, spi, reqid, l.mode(), l.Window, f, strings.Join(keys, " "))
 }
@@ -253,6 +338,9 @@ func (l *Lab) addSA(h *lab.Host, src, dst netip.Addr, spi, reqid uint32) error {
 		"spi", fmt.Sprintf("0x%x", spi), "reqid", fmt.Sprint(reqid), "mode", l.mode(), "replay-window", fmt.Sprint(l.Window)}
 	if l.ESN {
 		args = append(args, "flag", "esn")
+	}
+	if l.Encap {
+		args = append(args, strings.Fields(encapArgs)...)
 	}
 	out, err := exec.Command("ip", append(args, Keys...)...).CombinedOutput()
 	if err != nil {
@@ -280,6 +368,16 @@ func (l *Lab) policies(gw bool) string {
 	toGW := sel(l.StreamSrc, l.StreamDst)
 	toPeer := sel(l.StreamDst, l.StreamSrc)
 	var b strings.Builder
+	if l.Encap {
+		// UDP to 4500 (IKE, marker 0) bypasses IPsec both ways, ahead
+		// of every other policy; the ESP in it is the kernel's.
+		for _, d := range []string{"in", "out"} {
+			fmt.Fprintf(&b, "xfrm policy add src %s dst %s proto udp dport %d dir %s priority 50 action allow\n",
+				netip.PrefixFrom(l.PeerAddr, l.PeerAddr.BitLen()), netip.PrefixFrom(l.VIP, l.VIP.BitLen()), EncapPort, d)
+			fmt.Fprintf(&b, "xfrm policy add src %s dst %s proto udp dport %d dir %s priority 50 action allow\n",
+				netip.PrefixFrom(l.VIP, l.VIP.BitLen()), netip.PrefixFrom(l.PeerAddr, l.PeerAddr.BitLen()), EncapPort, d)
+		}
+	}
 	if gw {
 		fmt.Fprintf(&b, "xfrm policy add %s dir in priority 200 %s\n", toGW, tmpl(l.PeerAddr, l.VIP, ReqIDIn))
 		fmt.Fprintf(&b, "xfrm policy add %s dir out priority 200 %s\n", toPeer, tmpl(l.VIP, l.PeerAddr, ReqIDOut))

@@ -69,6 +69,56 @@ func TestESPAt(t *testing.T) {
 	}
 }
 
+// TestIKE: an IKE datagram built on a captured ESP-in-UDP frame has the
+// non-ESP marker, the payload, and lengths and checksums a receiver
+// accepts (IPv4 header, UDP with its pseudo-header, IPv4 and IPv6).
+func TestIKE(t *testing.T) {
+	esp := []byte{0xc0, 0, 1, 0, 0, 0, 0, 7, 1, 2, 3, 4, 5}
+	u := make([]byte, 8)
+	binary.BigEndian.PutUint16(u[0:], 4500)
+	binary.BigEndian.PutUint16(u[2:], 4500)
+	v4 := frame4(17, append(u, esp...))
+	copy(v4[26:], []byte{10, 80, 0, 1, 10, 80, 1, 1})
+	v6 := make([]byte, 14+40)
+	binary.BigEndian.PutUint16(v6[12:], 0x86dd)
+	v6[14], v6[20] = 0x60, 17
+	v6[22], v6[53] = 0xfd, 1
+	v6 = append(append(v6, u...), esp...)
+	payload := []byte("IKE_SA_INIT, odd")
+	for _, tc := range []struct {
+		name string
+		f    []byte
+		udp  int
+	}{{"ipv4", v4, 34}, {"ipv6", v6, 54}} {
+		g, err := IKE(tc.f, payload)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		ulen := len(g) - tc.udp
+		if _, _, _, ok := ESPAt(g); ok || string(g[tc.udp+8:]) != "\x00\x00\x00\x00"+string(payload) || int(binary.BigEndian.Uint16(g[tc.udp+4:])) != ulen {
+			t.Fatalf("%s: % x", tc.name, g)
+		}
+		var pseudo []byte
+		if tc.name == "ipv4" {
+			if binary.BigEndian.Uint16(g[16:]) != uint16(len(g)-14) || csum(0, g[14:34]) != 0xffff {
+				t.Fatalf("ipv4 header % x: length or checksum wrong", g[14:34])
+			}
+			pseudo = append(append([]byte{}, g[26:34]...), 0, 17, byte(ulen>>8), byte(ulen))
+		} else {
+			if binary.BigEndian.Uint16(g[18:]) != uint16(ulen) {
+				t.Fatalf("ipv6 payload length %d, want %d", binary.BigEndian.Uint16(g[18:]), ulen)
+			}
+			pseudo = append(append([]byte{}, g[22:54]...), 0, 0, byte(ulen>>8), byte(ulen), 0, 0, 0, 17)
+		}
+		if c := csum(uint32(csum(0, pseudo)), g[tc.udp:]); c != 0xffff {
+			t.Fatalf("%s: the UDP checksum does not verify (sum 0x%x)", tc.name, c)
+		}
+	}
+	if _, err := IKE(frame4(50, esp), payload); err == nil {
+		t.Fatal("IKE built on ESP over IP")
+	}
+}
+
 func TestParseXfrmStat(t *testing.T) {
 	m, err := parseXfrmStat("XfrmInError             \t0\nXfrmInStateSeqError     \t12\n\n")
 	if err != nil || m["XfrmInStateSeqError"] != 12 || len(m) != 2 {

@@ -77,6 +77,55 @@ func Forge(frame []byte, seq uint32) ([]byte, error) {
 	return f, nil
 }
 
+// IKE returns a UDP datagram to port 4500 with the non-ESP marker (four
+// zero bytes, RFC 3948 section 2.2) followed by payload: an IKE message
+// as it travels once NAT-T is on. It is built on a captured ESP-in-UDP
+// frame (its Ethernet and IP headers and ports), lengths and checksums
+// recomputed.
+func IKE(frame, payload []byte) ([]byte, error) {
+	off, _, _, ok := ESPAt(frame)
+	if !ok || off < 8 || binary.BigEndian.Uint16(frame[off-6:]) != EncapPort {
+		return nil, errors.New("esplab: IKE: not an ESP-in-UDP frame")
+	}
+	udp := off - 8
+	f := append([]byte(nil), frame[:off]...)
+	f = append(f, 0, 0, 0, 0)
+	f = append(f, payload...)
+	ulen := len(f) - udp
+	binary.BigEndian.PutUint16(f[udp+4:], uint16(ulen))
+	binary.BigEndian.PutUint16(f[udp+6:], 0)
+	var pseudo []byte
+	if binary.BigEndian.Uint16(f[12:]) == unix.ETH_P_IP {
+		binary.BigEndian.PutUint16(f[16:], uint16(len(f)-14))
+		binary.BigEndian.PutUint16(f[24:], 0)
+		binary.BigEndian.PutUint16(f[24:], ^csum(0, f[14:udp]))
+		pseudo = append(append([]byte{}, f[26:34]...), 0, unix.IPPROTO_UDP, byte(ulen>>8), byte(ulen))
+	} else {
+		binary.BigEndian.PutUint16(f[18:], uint16(ulen))
+		pseudo = append(append([]byte{}, f[22:54]...), 0, 0, byte(ulen>>8), byte(ulen), 0, 0, 0, unix.IPPROTO_UDP)
+	}
+	c := ^csum(uint32(csum(0, pseudo)), f[udp:])
+	if c == 0 {
+		c = 0xffff
+	}
+	binary.BigEndian.PutUint16(f[udp+6:], c)
+	return f, nil
+}
+
+// csum adds b to the ones' complement sum s (RFC 1071), folded.
+func csum(s uint32, b []byte) uint16 {
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return uint16(s)
+}
+
 // Capture waits up to timeout for an ESP frame with this SPI (0: any)
 // on h's iface, in either direction, and returns it (Ethernet header
 // included). Start it before the traffic it should see, or while a

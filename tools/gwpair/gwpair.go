@@ -53,7 +53,11 @@ type Pair struct {
 	State    map[string]string  // each gateway's --state-dir
 	Daemons  map[string]*Daemon // the running daemons, by gateway
 	Interval time.Duration      // --vip-interval
-	links    []link.Link
+	// StartWait is how long Start waits for "daemon running" (0: 30 s).
+	// Longer under emulation, where the datapath's verification shares
+	// two slow CPUs with the other daemon (TANDEM_TEST_SCALE).
+	StartWait time.Duration
+	links     []link.Link
 }
 
 // New builds the lab under dir (which it fills: secret, certificates,
@@ -190,11 +194,15 @@ func (p *Pair) Start(g string, log io.Writer, extra ...string) (*Daemon, error) 
 	}
 	go func() { d.cmd.Wait(); close(d.done) }()
 	p.Daemons[g] = d
-	deadline := time.After(30 * time.Second)
+	wait := p.StartWait
+	if wait == 0 {
+		wait = 30 * time.Second
+	}
+	deadline := time.After(wait)
 	for !strings.Contains(d.Log(), "daemon running") {
 		select {
 		case <-deadline:
-			return d, fmt.Errorf("the daemon on gw%s is not running after 30 s:\n%s", g, d.Log())
+			return d, fmt.Errorf("the daemon on gw%s is not running after %v:\n%s", g, wait, d.Log())
 		case <-d.done:
 			return d, fmt.Errorf("the daemon on gw%s exited (%v):\n%s", g, d.cmd.ProcessState, d.Log())
 		case <-time.After(20 * time.Millisecond):
