@@ -339,7 +339,9 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 		early.Reset(time.Hour)
 		if standby && !lastAt.IsZero() && left > 0 && (m.early == nil || !m.early.after.Equal(lastAt)) {
-			early.Reset(max(left-m.probeWait(), 0))
+			// Half a wait early: the probe is up and listening by the
+			// time its window starts, on a busy machine too.
+			early.Reset(max(left-m.probeWait()*3/2, 0))
 		}
 		select {
 		case <-ctx.Done():
@@ -377,8 +379,11 @@ func (m *Manager) startEarlyProbe(lastAt time.Time) {
 	}
 	e := &earlyProbe{after: lastAt, done: make(chan struct{})}
 	m.early = e
+	// It listens until the peer's dead interval ends, and at least a
+	// probe's wait.
+	wait := max(lastAt.Add(time.Duration(m.cfg.Dead)*m.cfg.Interval).Sub(m.now()), m.probeWait())
 	go func() {
-		e.who = m.probeAll()
+		e.who = m.probeAll(wait)
 		e.end = m.now()
 		close(e.done)
 	}()
@@ -709,19 +714,26 @@ func (m *Manager) step(ctx context.Context, ticked bool) (retry time.Duration) {
 	case own && inherited && held:
 		m.takeover(why + " (addresses held from before the restart)")
 	case own && !held:
+		var silent []any // where a takeover's time went, for its log line
 		if !peer.Alive {
 			// Nobody must answer for the addresses: a peer whose daemon
 			// died may still serve them. All are probed at once.
-			who, ok := m.probed(lastAt)
-			if !ok {
-				who = m.probeAll()
+			decided := m.now()
+			who, early := m.probed(lastAt)
+			if !early {
+				who = m.probeAll(m.probeWait())
 			}
 			if who != "" {
 				own, why = false, who
+				m.log.Debug("takeover probe answered", "who", who)
+			}
+			if !lastAt.IsZero() {
+				silent = []any{"silent", decided.Sub(lastAt).Round(10 * time.Microsecond), "early_probe", early,
+					"probe_wait", m.now().Sub(decided).Round(10 * time.Microsecond)}
 			}
 		}
 		if own {
-			m.takeover(why)
+			m.takeover(why, silent...)
 		}
 	case !own && held && !yielding:
 		m.release(why)
@@ -872,11 +884,10 @@ func (m *Manager) sendLoop(ctx context.Context) {
 	}
 }
 
-// probeAll probes every address in parallel and waits a quarter of an
-// advert interval (at least 10 ms) for answers. It says who answered or
+// probeAll probes every address in parallel and waits wait (a quarter of
+// an advert interval, at least 10 ms: probeWait) for answers. It says who answered or
 // why a probe failed; "" when nobody holds any address.
-func (m *Manager) probeAll() string {
-	wait := m.probeWait()
+func (m *Manager) probeAll(wait time.Duration) string {
 	res := make([]string, len(m.cfg.Addrs))
 	var wg sync.WaitGroup
 	for i, a := range m.cfg.Addrs {
@@ -906,7 +917,7 @@ func (m *Manager) probeAll() string {
 func (m *Manager) probeWait() time.Duration { return max(m.cfg.Interval/4, 10*time.Millisecond) }
 
 // takeover: addresses, gate, announcements.
-func (m *Manager) takeover(why string) {
+func (m *Manager) takeover(why string, logAttrs ...any) {
 	start := m.now()
 	if m.cfg.Claim != nil {
 		m.cfg.Claim()
@@ -924,7 +935,7 @@ func (m *Manager) takeover(why string) {
 	m.st.Why, m.st.Since, m.st.Takeovers = why, m.now(), m.st.Takeovers+1
 	m.mu.Unlock()
 	m.announceFrom(start)
-	m.log.Info("took the VIPs", "event", "takeover", "why", why, "took", m.now().Sub(start).Round(time.Microsecond))
+	m.log.Info("took the VIPs", append([]any{"event", "takeover", "why", why, "took", m.now().Sub(start).Round(time.Microsecond)}, logAttrs...)...)
 	m.wake() // tell the peer now, not at the next interval
 }
 
