@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -349,7 +351,13 @@ func TestSplitBrainReannounce(t *testing.T) {
 // step reads the socket first and judges the peer by the kernel's
 // receive time of its adverts, not by when this process got to them.
 func TestStalledReceiverHearsQueued(t *testing.T) {
-	const interval = 10 * time.Millisecond
+	// Slower under TCG (TANDEM_TEST_SCALE): the last advert must still
+	// be fresh when the step runs right after it.
+	scale, err := strconv.Atoi(os.Getenv("TANDEM_TEST_SCALE"))
+	if err != nil || scale < 1 {
+		scale = 1
+	}
+	interval := time.Duration(scale) * 10 * time.Millisecond
 	m, h := newTestManager(t, "a", "b", interval, nil)
 	s, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
