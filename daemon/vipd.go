@@ -50,6 +50,11 @@ type vipd struct {
 	owned     bool // what the election last wrote into the gate
 }
 
+// AdvertRealtime is the SCHED_FIFO priority of the election's advert
+// sender thread: above every ordinary task, below the kernel's own
+// threaded interrupts (50).
+const AdvertRealtime = 10
+
 // ControlSocket is where the daemon answers `tandem vip`.
 func ControlSocket(stateDir string) string { return filepath.Join(stateDir, "vip.sock") }
 
@@ -137,6 +142,9 @@ func prepareVipd(c Config, sd *syncd, log *slog.Logger) (*vipd, vip.Config, erro
 			d.role <- primary
 		},
 		Log: log,
+		// The adverts leave on time on a busy CPU (docs/failover.md,
+		// "Short intervals"); without the privilege the daemon warns.
+		Realtime: AdvertRealtime,
 	}
 	return d, vcfg, nil
 }

@@ -10,8 +10,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -51,6 +53,10 @@ type Config struct {
 	Claim func()
 
 	Announce []time.Duration // gratuitous ARP/NA schedule after a takeover
+	// Realtime is the SCHED_FIFO priority (1-99) of the thread that sends
+	// the adverts on the interval, 0 for the default policy: a peer must
+	// not look dead because a busy CPU kept its adverts back.
+	Realtime int
 	Log      *slog.Logger
 	// Clock is the wall clock (default time.Now); tests skew it.
 	Clock func() time.Time
@@ -118,8 +124,19 @@ type Manager struct {
 	conn net.PacketConn
 	peer []*net.UDPAddr
 	boot uint64
-	seq  uint64
+	seq  atomic.Uint64
 	kick chan struct{}
+
+	// The sender thread's advert: what the last election round said.
+	tmpl atomic.Pointer[Advert]
+	sent atomic.Uint64 // datagrams sent, every path
+
+	// rxMu is held while datagrams are read and handled: whoever holds it
+	// has seen every datagram the kernel queued until then.
+	rxMu  sync.Mutex
+	rxBuf []byte
+	rxOOB []byte
+	early *earlyProbe // the takeover probe started before the dead interval ends (Run's goroutine only)
 
 	mu        sync.Mutex
 	last      Advert // the peer's last advert
@@ -214,15 +231,26 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("vip: listen for adverts on %s: %w", cfg.Listen, err)
 	}
 	// Datagrams the receive buffer drops are counted by the kernel and
-	// reported with the next datagram read (SO_RXQ_OVFL).
+	// reported with the next datagram read (SO_RXQ_OVFL). Every datagram
+	// carries the kernel's receive time (SO_TIMESTAMPNS): the peer is
+	// judged alive by when its adverts arrived, not by when this process
+	// got to read them.
 	if rc, err := c.(*net.UDPConn).SyscallConn(); err == nil {
-		var serr error
-		rc.Control(func(fd uintptr) { serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1) })
-		if serr != nil {
-			cfg.Log.Warn("advert socket: drops will not be counted", "err", serr)
+		var ovfl, ts error
+		rc.Control(func(fd uintptr) {
+			ovfl = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RXQ_OVFL, 1)
+			ts = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1)
+		})
+		if ovfl != nil {
+			cfg.Log.Warn("advert socket: drops will not be counted", "err", ovfl)
+		}
+		if ts != nil {
+			cfg.Log.Warn("advert socket: no receive timestamps, the peer is judged by when adverts are read", "err", ts)
 		}
 	}
 	m.conn = c
+	m.rxBuf = make([]byte, 2*AdvertLen)
+	m.rxOOB = make([]byte, unix.CmsgSpace(4)+unix.CmsgSpace(16))
 	m.st = Status{Name: cfg.Name, Priority: cfg.Priority, Why: "starting", Since: m.now()}
 	for _, a := range cfg.Addrs {
 		m.st.Addrs = append(m.st.Addrs, a.String())
@@ -248,6 +276,7 @@ func (m *Manager) Status() Status {
 	st := m.st
 	st.Addrs = append([]string(nil), st.Addrs...)
 	st.Refused = st.RefusedBy.Total()
+	st.Sent = m.sent.Load()
 	st.At = m.now()
 	st.PeerAlive = m.peerAlive(st.At)
 	return st
@@ -276,12 +305,19 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.log.Info("holding the VIPs from before the restart")
 	}
 	go m.receive(ctx)
+	// The adverts go out from a thread of their own, on the interval,
+	// whatever the election is doing.
+	go m.sendLoop(ctx)
 	tick := time.NewTicker(m.cfg.Interval)
 	defer tick.Stop()
 	// The peer is declared gone the moment its dead interval ends, not
 	// at the next tick.
 	dead := time.NewTimer(time.Hour)
 	defer dead.Stop()
+	// The takeover's probe runs during the last stretch of the dead
+	// interval, not after it.
+	early := time.NewTimer(time.Hour)
+	defer early.Stop()
 	// A change of state that comes too soon after the last advert sent
 	// between intervals goes out when the rate limit allows.
 	soon := time.NewTimer(time.Hour)
@@ -293,12 +329,20 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 		ticked = false
 		m.mu.Lock()
-		if left := m.lastAt.Add(time.Duration(m.cfg.Dead) * m.cfg.Interval).Sub(m.now()); !m.lastAt.IsZero() && left > 0 {
-			dead.Reset(left + time.Millisecond)
+		lastAt, standby := m.lastAt, !m.owner || m.inherited
+		m.mu.Unlock()
+		left := lastAt.Add(time.Duration(m.cfg.Dead) * m.cfg.Interval).Sub(m.now())
+		if !lastAt.IsZero() && left > 0 {
+			dead.Reset(left + 100*time.Microsecond)
 		} else {
 			dead.Reset(time.Hour)
 		}
-		m.mu.Unlock()
+		early.Reset(time.Hour)
+		if standby && !lastAt.IsZero() && left > 0 && (m.early == nil || !m.early.after.Equal(lastAt)) {
+			// Half a wait early: the probe is up and listening by the
+			// time its window starts, on a busy machine too.
+			early.Reset(max(left-m.probeWait()*3/2, 0))
+		}
 		select {
 		case <-ctx.Done():
 			return nil
@@ -307,8 +351,59 @@ func (m *Manager) Run(ctx context.Context) error {
 		case <-m.kick:
 		case <-dead.C:
 		case <-soon.C:
+		case <-early.C:
+			m.startEarlyProbe(lastAt)
 		}
 	}
+}
+
+// earlyProbe is a takeover probe started before the peer's dead interval
+// ends, so that it costs the takeover nothing: if no advert comes by the
+// end, the probe has already listened for the whole of its wait.
+type earlyProbe struct {
+	after time.Time     // the peer's last advert when it started: a later one voids it
+	done  chan struct{} // closed with who set
+	end   time.Time
+	who   string
+}
+
+// startEarlyProbe probes the addresses now, in the background, unless an
+// advert arrived since lastAt.
+func (m *Manager) startEarlyProbe(lastAt time.Time) {
+	m.drain()
+	m.mu.Lock()
+	quiet := m.lastAt.Equal(lastAt) && (!m.owner || m.inherited)
+	m.mu.Unlock()
+	if !quiet {
+		return
+	}
+	e := &earlyProbe{after: lastAt, done: make(chan struct{})}
+	m.early = e
+	// It listens until the peer's dead interval ends, and at least a
+	// probe's wait.
+	wait := max(lastAt.Add(time.Duration(m.cfg.Dead)*m.cfg.Interval).Sub(m.now()), m.probeWait())
+	go func() {
+		e.who = m.probeAll(wait)
+		e.end = m.now()
+		close(e.done)
+	}()
+}
+
+// probed is the answer of an early probe that listened until about now
+// for the silence since lastAt, if there is one.
+func (m *Manager) probed(lastAt time.Time) (who string, ok bool) {
+	e := m.early
+	m.early = nil
+	if e == nil || !e.after.Equal(lastAt) {
+		return "", false
+	}
+	<-e.done
+	// A probe that ended long ago (this round ran late) is no proof
+	// about now: probe again.
+	if m.now().Sub(e.end) > m.probeWait() {
+		return "", false
+	}
+	return e.who, true
 }
 
 // refusal is why an advert was refused.
@@ -345,62 +440,134 @@ func (r refusal) count(c *Refusals) {
 }
 
 func (m *Manager) receive(ctx context.Context) {
-	conn := m.conn.(*net.UDPConn)
-	buf := make([]byte, 2*AdvertLen)
-	oob := make([]byte, unix.CmsgSpace(4))
+	rc, err := m.conn.(*net.UDPConn).SyscallConn()
+	if err != nil {
+		m.log.Error("advert socket", "err", err)
+		return
+	}
 	for ctx.Err() == nil {
-		n, oobn, _, from, err := conn.ReadMsgUDPAddrPort(buf, oob)
+		// Read waits until the socket is readable and drains it; the
+		// election drains it too before it judges the peer (drain).
+		var rerr error
+		err := rc.Read(func(fd uintptr) bool {
+			rerr = m.drainFD(int(fd))
+			return rerr != nil
+		})
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, net.ErrClosed) {
 				m.log.Warn("advert socket", "err", err)
 			}
 			return
 		}
-		if dropped, ok := rxqOverflow(oob[:oobn]); ok {
-			m.mu.Lock()
-			m.st.Dropped = max(m.st.Dropped, uint64(dropped))
-			m.mu.Unlock()
-		}
-		r, wake, err := m.check(buf[:n], from.Addr().Unmap())
-		if err != nil {
-			m.mu.Lock()
-			r.count(&m.st.RefusedBy)
-			refused := m.st.RefusedBy.Total()
-			m.mu.Unlock()
-			if refused == 1 || refused%100 == 0 {
-				m.log.Warn("advert refused", "from", from.String(), "err", err, "refused", refused)
-			}
-			continue
-		}
-		// Only news wakes the election: an advert that repeats what the
-		// peer said is recorded (it keeps the peer alive) and waits for
-		// the next round. Waking on every advert, with a step that
-		// advertises, made two peers answer each other in a storm.
-		if wake {
-			m.wake()
+		if rerr != nil && ctx.Err() == nil {
+			m.log.Warn("advert socket", "err", rerr)
+			time.Sleep(m.cfg.Interval / 4)
 		}
 	}
 }
 
-// rxqOverflow reads the SO_RXQ_OVFL count from a datagram's control
-// messages: how many datagrams the socket dropped so far.
-func rxqOverflow(oob []byte) (uint32, bool) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
+// drain reads and handles every datagram queued on the advert socket,
+// here and now: an election that runs late (a busy CPU) hears what the
+// kernel received in time before it calls the peer silent.
+func (m *Manager) drain() {
+	rc, err := m.conn.(*net.UDPConn).SyscallConn()
 	if err != nil {
-		return 0, false
+		return
 	}
-	for _, c := range msgs {
-		if c.Header.Level == unix.SOL_SOCKET && c.Header.Type == unix.SO_RXQ_OVFL && len(c.Data) >= 4 {
-			return binary.NativeEndian.Uint32(c.Data), true
+	rc.Control(func(fd uintptr) { m.drainFD(int(fd)) })
+}
+
+// drainFD reads fd until it would block, under rxMu: whoever holds it
+// next has seen every datagram queued before.
+func (m *Manager) drainFD(fd int) error {
+	m.rxMu.Lock()
+	defer m.rxMu.Unlock()
+	for {
+		n, oobn, _, sa, err := unix.Recvmsg(fd, m.rxBuf, m.rxOOB, unix.MSG_DONTWAIT)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			return nil
+		case err != nil:
+			return err
+		}
+		var from netip.AddrPort
+		switch sa := sa.(type) {
+		case *unix.SockaddrInet4:
+			from = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
+		case *unix.SockaddrInet6:
+			from = netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port))
+		}
+		m.handle(m.rxBuf[:n], m.rxOOB[:oobn], from)
+	}
+}
+
+// handle is one datagram with its control messages.
+func (m *Manager) handle(b, oob []byte, from netip.AddrPort) {
+	at := m.now()
+	dropped, ok, rx := controls(oob)
+	if ok {
+		m.mu.Lock()
+		m.st.Dropped = max(m.st.Dropped, uint64(dropped))
+		m.mu.Unlock()
+	}
+	if !rx.IsZero() {
+		// The kernel's receive time, on this Manager's clock (which
+		// tests skew): now, less how long the datagram waited.
+		if waited := time.Since(rx); waited > 0 {
+			at = at.Add(-waited)
 		}
 	}
-	return 0, false
+	r, wake, err := m.checkAt(b, from.Addr(), at)
+	if err != nil {
+		m.mu.Lock()
+		r.count(&m.st.RefusedBy)
+		refused := m.st.RefusedBy.Total()
+		m.mu.Unlock()
+		if refused == 1 || refused%100 == 0 {
+			m.log.Warn("advert refused", "from", from.String(), "err", err, "refused", refused)
+		}
+		return
+	}
+	// Only news wakes the election: an advert that repeats what the
+	// peer said is recorded (it keeps the peer alive) and waits for
+	// the next round. Waking on every advert, with a step that
+	// advertises, made two peers answer each other in a storm.
+	if wake {
+		m.wake()
+	}
+}
+
+// controls reads a datagram's control messages: the SO_RXQ_OVFL count
+// (how many datagrams the socket dropped so far) and the kernel's
+// receive time (SO_TIMESTAMPNS; zero without).
+func controls(oob []byte) (dropped uint32, ok bool, rx time.Time) {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return 0, false, time.Time{}
+	}
+	for _, c := range msgs {
+		switch {
+		case c.Header.Level != unix.SOL_SOCKET:
+		case c.Header.Type == unix.SO_RXQ_OVFL && len(c.Data) >= 4:
+			dropped, ok = binary.NativeEndian.Uint32(c.Data), true
+		case c.Header.Type == unix.SCM_TIMESTAMPNS && len(c.Data) >= 16:
+			rx = time.Unix(int64(binary.NativeEndian.Uint64(c.Data)), int64(binary.NativeEndian.Uint64(c.Data[8:])))
+		}
+	}
+	return dropped, ok, rx
 }
 
 // check decides about one datagram from from: the cheap checks first
 // (a flood from a stranger costs no MAC). wake says the election should
 // look at it now.
 func (m *Manager) check(b []byte, from netip.Addr) (r refusal, wake bool, err error) {
+	return m.checkAt(b, from, m.now())
+}
+
+// checkAt is check for a datagram that arrived at at.
+func (m *Manager) checkAt(b []byte, from netip.Addr, at time.Time) (r refusal, wake bool, err error) {
 	if !m.fromPeer(from) {
 		return wrongSource, false, fmt.Errorf("from %s, not a --vip-peer address", from)
 	}
@@ -420,7 +587,7 @@ func (m *Manager) check(b []byte, from netip.Addr) (r refusal, wake bool, err er
 	if a.Name != m.cfg.PeerName {
 		return wrongName, false, fmt.Errorf("advert from %q, the peer is %q (--vip-peer-name)", a.Name, m.cfg.PeerName)
 	}
-	return m.accept(a)
+	return m.acceptAt(a, at)
 }
 
 // fromPeer says whether a datagram from addr comes from a --vip-peer
@@ -450,9 +617,14 @@ const retiredBoots = 8
 // could carry. No clock is compared, so the hosts' clocks may disagree.
 // wake says the advert changes something the election decides on.
 func (m *Manager) accept(a Advert) (r refusal, wake bool, err error) {
+	return m.acceptAt(a, m.now())
+}
+
+// acceptAt is accept for an advert that arrived at now.
+func (m *Manager) acceptAt(a Advert, now time.Time) (r refusal, wake bool, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := m.now()
+	now = later(now, m.lastAt) // the queue is in order; the clock readings may not be
 	switch {
 	case m.lastBoot != 0 && a.Boot == m.lastBoot:
 		if a.Seq <= m.lastSeq {
@@ -490,6 +662,13 @@ func (m *Manager) accept(a Advert) (r refusal, wake bool, err error) {
 	return accepted, wake, nil
 }
 
+func later(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return b
+	}
+	return a
+}
+
 // news says whether b changes anything the election decides on.
 func news(a, b Advert) bool {
 	return a.Owner != b.Owner || a.Healthy != b.Healthy || a.CaughtUp != b.CaughtUp || a.Yield != b.Yield ||
@@ -501,10 +680,13 @@ func news(a, b Advert) bool {
 // says has changed, at most once per urgentGap; when the limit holds a
 // change back, it returns how long until it may go.
 func (m *Manager) step(ctx context.Context, ticked bool) (retry time.Duration) {
+	// What the kernel queued counts, whenever this round runs.
+	m.drain()
 	now := m.now()
 	healthErr := m.cfg.Health()
 	m.mu.Lock()
 	peer := Peer{Advert: m.last, Alive: m.peerAlive(now)}
+	lastAt := m.lastAt
 	held, inherited, yielding := m.owner, m.inherited, m.yielding
 	m.mu.Unlock()
 	// An owner is a host that took the VIPs in this run; addresses held
@@ -532,15 +714,26 @@ func (m *Manager) step(ctx context.Context, ticked bool) (retry time.Duration) {
 	case own && inherited && held:
 		m.takeover(why + " (addresses held from before the restart)")
 	case own && !held:
+		var silent []any // where a takeover's time went, for its log line
 		if !peer.Alive {
 			// Nobody must answer for the addresses: a peer whose daemon
 			// died may still serve them. All are probed at once.
-			if who := m.probeAll(); who != "" {
+			decided := m.now()
+			who, early := m.probed(lastAt)
+			if !early {
+				who = m.probeAll(m.probeWait())
+			}
+			if who != "" {
 				own, why = false, who
+				m.log.Debug("takeover probe answered", "who", who)
+			}
+			if !lastAt.IsZero() {
+				silent = []any{"silent", decided.Sub(lastAt).Round(10 * time.Microsecond), "early_probe", early,
+					"probe_wait", m.now().Sub(decided).Round(10 * time.Microsecond)}
 			}
 		}
 		if own {
-			m.takeover(why)
+			m.takeover(why, silent...)
 		}
 	case !own && held && !yielding:
 		m.release(why)
@@ -606,49 +799,95 @@ func (m *Manager) step(ctx context.Context, ticked bool) (retry time.Duration) {
 // urgentGap is the least time between two adverts sent between ticks.
 func (m *Manager) urgentGap() time.Duration { return m.cfg.Interval / 4 }
 
-// advertise sends a on every path: always on a tick; between ticks only
-// when it says something the last advert did not (a change of ownership,
-// health, a yield, an echo the peer waits for), and then at most once per
-// urgentGap. It returns how long a change held back must wait, or 0.
+// advertise sends a on every path between ticks, when it says something
+// the last advert did not (a change of ownership, health, a yield, an
+// echo the peer waits for), and then at most once per urgentGap; on a
+// tick it only hands a to the sender thread (sendLoop). It returns how
+// long a change held back must wait, or 0.
 func (m *Manager) advertise(a Advert, ticked bool, now time.Time) time.Duration {
 	m.mu.Lock()
 	a.Challenge, a.Echo = m.chal, m.echo
 	state := a // the applied sequence moves with traffic: not a change of state
 	state.Applied = 0
-	if !ticked {
-		if state == m.sentState {
-			m.mu.Unlock()
-			return 0
-		}
-		if wait := m.urgentAt.Add(m.urgentGap()).Sub(now); wait > 0 {
-			m.mu.Unlock()
-			return wait
-		}
-		m.urgentAt = now
+	if ticked || state == m.sentState {
+		m.tmpl.Store(&a)
+		m.sentState = state
+		m.mu.Unlock()
+		return 0
 	}
+	if wait := m.urgentAt.Add(m.urgentGap()).Sub(now); wait > 0 {
+		m.mu.Unlock()
+		return wait
+	}
+	m.urgentAt = now
 	m.sentState = state
-	m.seq++
-	a.Seq, a.Boot, a.SentNanos = m.seq, m.boot, now.UnixNano()
+	m.tmpl.Store(&a)
 	m.mu.Unlock()
+	m.send(a)
+	return 0
+}
+
+// send signs a with the next sequence and sends it on every path.
+func (m *Manager) send(a Advert) {
+	a.Seq, a.Boot, a.SentNanos = m.seq.Add(1), m.boot, m.now().UnixNano()
 	b, err := a.Marshal(m.cfg.Secret)
 	if err != nil {
 		m.log.Error("advert", "err", err)
-		return 0
+		return
 	}
 	for _, p := range m.peer {
 		m.conn.WriteTo(b, p) // a path that is down is what the other paths are for
 	}
-	m.mu.Lock()
-	m.st.Sent += uint64(len(m.peer))
-	m.mu.Unlock()
-	return 0
+	m.sent.Add(uint64(len(m.peer)))
 }
 
-// probeAll probes every address in parallel and waits a quarter of an
-// advert interval (at least 10 ms) for answers. It says who answered or
+// sendLoop sends the adverts on the interval from a thread of its own,
+// at SCHED_FIFO priority cfg.Realtime when set, sleeping in the kernel
+// to absolute deadlines: neither a busy Go scheduler nor a busy CPU
+// holds them back (a late advert is what makes a live peer look dead).
+// The thread is never unlocked: it ends with the goroutine, priority
+// and all.
+func (m *Manager) sendLoop(ctx context.Context) {
+	runtime.LockOSThread()
+	if p := m.cfg.Realtime; p > 0 {
+		err := unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: uint32(p)}, 0)
+		if err != nil {
+			m.log.Warn("advert sender: no realtime priority (CAP_SYS_NICE?): adverts may be late on a busy CPU", "err", err)
+		}
+	}
+	var next unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &next); err != nil {
+		m.log.Error("advert sender", "err", err)
+		return
+	}
+	iv := m.cfg.Interval.Nanoseconds()
+	for ctx.Err() == nil {
+		at := next.Nano() + iv
+		var now unix.Timespec
+		unix.ClockGettime(unix.CLOCK_MONOTONIC, &now)
+		if at < now.Nano()-iv {
+			at = now.Nano() // far behind (a suspended host): no burst to catch up
+		}
+		next = unix.NsecToTimespec(at)
+		for {
+			err := unix.ClockNanosleep(unix.CLOCK_MONOTONIC, unix.TIMER_ABSTIME, &next, nil)
+			if !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if a := m.tmpl.Load(); a != nil {
+			m.send(*a)
+		}
+	}
+}
+
+// probeAll probes every address in parallel and waits wait (a quarter of
+// an advert interval, at least 10 ms: probeWait) for answers. It says who answered or
 // why a probe failed; "" when nobody holds any address.
-func (m *Manager) probeAll() string {
-	wait := max(m.cfg.Interval/4, 10*time.Millisecond)
+func (m *Manager) probeAll(wait time.Duration) string {
 	res := make([]string, len(m.cfg.Addrs))
 	var wg sync.WaitGroup
 	for i, a := range m.cfg.Addrs {
@@ -674,8 +913,11 @@ func (m *Manager) probeAll() string {
 	return ""
 }
 
+// probeWait is how long a takeover probe listens for an answer.
+func (m *Manager) probeWait() time.Duration { return max(m.cfg.Interval/4, 10*time.Millisecond) }
+
 // takeover: addresses, gate, announcements.
-func (m *Manager) takeover(why string) {
+func (m *Manager) takeover(why string, logAttrs ...any) {
 	start := m.now()
 	if m.cfg.Claim != nil {
 		m.cfg.Claim()
@@ -693,7 +935,7 @@ func (m *Manager) takeover(why string) {
 	m.st.Why, m.st.Since, m.st.Takeovers = why, m.now(), m.st.Takeovers+1
 	m.mu.Unlock()
 	m.announceFrom(start)
-	m.log.Info("took the VIPs", "event", "takeover", "why", why, "took", m.now().Sub(start).Round(time.Microsecond))
+	m.log.Info("took the VIPs", append([]any{"event", "takeover", "why", why, "took", m.now().Sub(start).Round(time.Microsecond)}, logAttrs...)...)
 	m.wake() // tell the peer now, not at the next interval
 }
 

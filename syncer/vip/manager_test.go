@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -341,4 +343,51 @@ func TestSplitBrainReannounce(t *testing.T) {
 		t.Errorf("the host that released announced %d times after the heal; want 0", n)
 	}
 	t.Logf("after the heal: a announced %d times, b %d", announced[0].Load()-beforeA, announced[1].Load()-beforeB)
+}
+
+// TestStalledReceiverHearsQueued: a host whose election runs late (a
+// starved CPU: the receiving goroutine has not read the peer's adverts
+// that the kernel queued in time) does not declare the peer silent. The
+// step reads the socket first and judges the peer by the kernel's
+// receive time of its adverts, not by when this process got to them.
+func TestStalledReceiverHearsQueued(t *testing.T) {
+	// Slower under TCG (TANDEM_TEST_SCALE): the last advert must still
+	// be fresh when the step runs right after it.
+	scale, err := strconv.Atoi(os.Getenv("TANDEM_TEST_SCALE"))
+	if err != nil || scale < 1 {
+		scale = 1
+	}
+	interval := time.Duration(scale) * 10 * time.Millisecond
+	m, h := newTestManager(t, "a", "b", interval, nil)
+	s, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m.peer = []*net.UDPAddr{s.LocalAddr().(*net.UDPAddr)}
+	// The peer (boot 7) was heard long ago, by this process's reckoning.
+	m.lastBoot, m.lastSeq, m.lastAt = 7, 1, time.Now().Add(-time.Hour)
+	m.last = Advert{Name: "b", Boot: 7, Seq: 1, Priority: 100, Generation: 1, Owner: true, Healthy: true, CaughtUp: true}
+	m.started = time.Now().Add(-time.Hour)
+	// It kept advertising on the interval while this host's election
+	// stalled for 6 intervals (past the dead interval): the adverts sit
+	// in the socket, unread.
+	sent := time.Now()
+	for seq := uint64(2); seq < 8; seq++ {
+		time.Sleep(interval)
+		b, _ := Advert{Name: "b", Boot: 7, Seq: seq, Priority: 100, Generation: 1, Owner: true, Healthy: true, CaughtUp: true}.Marshal(testKey)
+		if _, err := s.WriteTo(b, m.addr()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stepped := time.Now()
+	m.step(context.Background(), false)
+	st := m.Status()
+	if h.held.Load() || st.Owner {
+		t.Fatalf("the peer's adverts were queued in time, yet the late step took the VIPs (%s)", st.Why)
+	}
+	if st.PeerSeen.Before(sent) || !st.PeerSeen.Before(stepped) {
+		t.Errorf("peer seen at %s: want its adverts' kernel receive time, between the send (%s) and the step (%s)",
+			st.PeerSeen.Format(time.StampMicro), sent.Format(time.StampMicro), stepped.Format(time.StampMicro))
+	}
 }

@@ -184,7 +184,10 @@ func (c *packetConn) send(frame []byte, dst net.HardwareAddr) error {
 }
 
 // recv waits until deadline for frames and hands each to f; f returning
-// true stops the wait.
+// true stops the wait. It waits in ppoll, whose timeout is a
+// high-resolution timer: a socket's SO_RCVTIMEO counts in jiffies and
+// overshot a 10 ms probe by up to two of them (8 ms at HZ=250), which a
+// takeover waited out.
 func (c *packetConn) recv(deadline time.Time, f func([]byte) bool) error {
 	buf := make([]byte, 2048)
 	for {
@@ -192,11 +195,14 @@ func (c *packetConn) recv(deadline time.Time, f func([]byte) bool) error {
 		if left <= 0 {
 			return nil
 		}
-		tv := unix.NsecToTimeval(left.Nanoseconds())
-		if err := unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		ts := unix.NsecToTimespec(left.Nanoseconds())
+		pfd := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLIN}}
+		if n, err := unix.Ppoll(pfd, &ts, nil); n == 0 || errors.Is(err, unix.EINTR) {
+			continue
+		} else if err != nil {
 			return err
 		}
-		n, _, err := unix.Recvfrom(c.fd, buf, 0)
+		n, _, err := unix.Recvfrom(c.fd, buf, unix.MSG_DONTWAIT)
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 			continue
 		}
