@@ -71,9 +71,6 @@ func newPairLab(t testing.TB) *pairLab {
 		state: gp.State, daemons: gp.Daemons}
 }
 
-// args is host g's daemon command line (gwpair.Pair.Args).
-func (p *pairLab) args(g string, extra ...string) []string { return p.Args(g, extra...) }
-
 // advertInterval is 50 ms, the interval the failover goals are set for;
 // slower under TCG (TANDEM_TEST_SCALE), where a 150 ms silence is no
 // proof of death.

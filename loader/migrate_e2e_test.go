@@ -216,12 +216,8 @@ type event struct {
 	f  func()
 }
 
-func seqSend(t *testing.T, h *lab.Host, port, rate int, d time.Duration, events []event) uint64 {
-	t.Helper()
-	return seqSendProgress(t, h, port, rate, d, events, nil)
-}
-
-// seqSendProgress is seqSend that also stores, after each datagram is
+// seqSendProgress sends a numbered UDP stream at rate for d, running
+// events on the way, and also stores, after each datagram is
 // written, how many were written into progress (when not nil): an event
 // that reads n there knows that every datagram from n+1 on is written
 // after its read (n+1 is stored only after n is written).
