@@ -20,6 +20,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+
 	"github.com/tandem-net/tandem/health"
 	"github.com/tandem-net/tandem/lb"
 	"github.com/tandem-net/tandem/loader"
@@ -353,12 +357,45 @@ func run(t *testing.T, h *lab.Host, name string, args ...string) {
 	}
 }
 
+// steerSYNs is an XDP program for the switch's port from the client: an
+// IPv4 TCP SYN to vip gets mac as its destination; everything passes on
+// to the bridge.
+func steerSYNs(vip netip.Addr, mac string) asm.Instructions {
+	hw, err := net.ParseMAC(mac)
+	if err != nil {
+		panic(err)
+	}
+	a := vip.As4()
+	return asm.Instructions{
+		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), // data
+		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word), // data_end
+		asm.Mov.Reg(asm.R4, asm.R2),
+		asm.Add.Imm(asm.R4, 48),
+		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 12, asm.Half),
+		asm.JNE.Imm(asm.R5, int32(binary.NativeEndian.Uint16([]byte{0x08, 0x00})), "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 14, asm.Byte),
+		asm.JNE.Imm(asm.R5, 0x45, "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 23, asm.Byte),
+		asm.JNE.Imm(asm.R5, 6, "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 30, asm.Word),
+		asm.JNE.Imm32(asm.R5, int32(binary.NativeEndian.Uint32(a[:])), "pass"),
+		asm.LoadMem(asm.R5, asm.R2, 47, asm.Byte), // TCP flags
+		asm.And.Imm(asm.R5, 0x02),
+		asm.JEq.Imm(asm.R5, 0, "pass"),
+		asm.StoreImm(asm.R2, 0, int64(int32(binary.NativeEndian.Uint32(hw[:4]))), asm.Word),
+		asm.StoreImm(asm.R2, 4, int64(int16(binary.NativeEndian.Uint16(hw[4:6]))), asm.Half),
+		asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), // XDP_PASS
+		asm.Return(),
+	}
+}
+
 // TestServiceHandshakeAcrossPair: the failover lab's two gateways run the
 // daemon (gwa the sync primary, gwb the standby) with one service, three
 // backends weighted 1:2:3 and TCP health checks. The client's SYNs reach
 // gwa and everything after them gwb (its neighbour entry for the VIP
-// names gwb; a tc filter on its egress rewrites a SYN's destination MAC
-// to gwa's): every handshake is begun on gwa (its SYN-ACK cookie) and
+// names gwb; an XDP program on the switch's port from the client rewrites
+// a SYN's destination MAC to gwa's): every handshake is begun on gwa (its SYN-ACK cookie) and
 // completed on gwb (the cookie ACK), which sends the backend SYN. Each
 // connection reaches the backend gwa's table names for its flow, and the
 // two tables are equal. Then gwa's checks of the weight-2 backend fail
@@ -379,10 +416,24 @@ func TestServiceHandshakeAcrossPair(t *testing.T) {
 	// and the backends route back through gwb (it holds their gateway
 	// address).
 	run(t, p.client, "ip", "neigh", "replace", fvip, "lladdr", macOf(t, gwb, "eth0"), "dev", "eth0", "nud", "permanent")
-	run(t, p.client, "tc", "qdisc", "add", "dev", "eth0", "clsact")
-	run(t, p.client, "tc", "filter", "add", "dev", "eth0", "egress", "protocol", "ip", "flower", "ip_proto", "tcp",
-		"dst_ip", fvip, "dst_port", fmt.Sprint(fport), "tcp_flags", "0x2/0x2",
-		"action", "pedit", "ex", "munge", "eth", "dst", "set", macOf(t, gwa, "eth0"))
+	steer, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: steerSYNs(netip.MustParseAddr(fvip), macOf(t, gwa, "eth0"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer steer.Close()
+	if err := p.Host("sw").Do(func() error {
+		ifc, err := net.InterfaceByName("client")
+		if err != nil {
+			return err
+		}
+		l, err := link.AttachXDP(link.XDPOptions{Program: steer, Interface: ifc.Index})
+		if err == nil {
+			t.Cleanup(func() { l.Close() })
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if err := gwb.IP("addr", "add", finner+"/24", "dev", "eth1"); err != nil {
 		t.Fatal(err)
 	}
