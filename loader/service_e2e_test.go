@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -224,7 +225,8 @@ func TestServiceHealthKill(t *testing.T) {
 			c.c.Close()
 		}
 		st := serviceStatesOn(t, p.gw, vip)
-		if stateOf(st, addrs[killed]).Health == maps.HealthDown {
+		// The verdict is recorded, then the table swapped: both.
+		if k := stateOf(st, addrs[killed]); k.Health == maps.HealthDown && k.Slots == 0 {
 			down = st
 			break
 		}
@@ -240,11 +242,7 @@ func TestServiceHealthKill(t *testing.T) {
 	if len(ev) != 1 || ev[0].up || ev[0].backend != addrs[killed].String() || ev[0].failed != fall {
 		t.Fatalf("events %+v, want one: %s down after exactly fall = %d failed checks (every check before the kill passed)", ev, addrs[killed], fall)
 	}
-	// The verdict in use is the table: the killed backend has no slot
-	// and the others share them 1:3.
-	if d := stateOf(down, addrs[killed]); d.Slots != 0 {
-		t.Fatalf("down, yet %d slots in the table: %+v", d.Slots, down)
-	}
+	// The others share the table 1:3.
 	if a, c := stateOf(down, addrs[0]).Slots, stateOf(down, addrs[2]).Slots; a+c != lb.TableSize || a*4 < lb.TableSize-400 || a*4 > lb.TableSize+400 {
 		t.Errorf("slots after the kill %d and %d, want all %d at 1:3", a, c, lb.TableSize)
 	}
@@ -283,7 +281,10 @@ func TestServiceHealthKill(t *testing.T) {
 	stream("while it is down")
 
 	bes[killed].listen(t)
-	up := waitStates("the backend up again", func(st []maps.BackendState) bool { return stateOf(st, addrs[killed]).Health == maps.HealthUp })
+	up := waitStates("the backend up again", func(st []maps.BackendState) bool {
+		k := stateOf(st, addrs[killed])
+		return k.Health == maps.HealthUp && k.Slots > 0
+	})
 	if s := stateOf(up, addrs[killed]).Slots; s*3 < lb.TableSize-300 || s*3 > lb.TableSize+300 {
 		t.Errorf("back with %d slots, want its weight's third of %d", s, lb.TableSize)
 	}
@@ -541,5 +542,56 @@ func TestServiceHandshakeAcrossPair(t *testing.T) {
 	t.Logf("back up: %v", got)
 	if got[addrs[failing].String()] == 0 {
 		t.Errorf("back up on the owner, the backend took none of 60 crossing handshakes: %v", got)
+	}
+}
+
+// TestServiceCheckRemoved: a backend that the health checks took down,
+// then the daemon restarted without a check for its service. Nothing
+// will ever check it again, so its old verdict must not keep it out of
+// the table: it is unchecked again and takes new connections (it was
+// kept down for ever: `down`, no slot).
+func TestServiceCheckRemoved(t *testing.T) {
+	p := newProxyLab(t)
+	client := netip.MustParseAddr("10.78.1.2")
+	vip := netip.AddrPortFrom(pvip4, proxyPort)
+	addrs := []netip.AddrPort{netip.MustParseAddrPort("10.78.2.2:8080"), netip.MustParseAddrPort("10.78.3.2:8080")}
+	bes := []*countedBackend{startBackend(t, p.backends[0], addrs[0], client), startBackend(t, p.backends[1], addrs[1], client)}
+	scale := time.Duration(scaleOf())
+	args := []string{"--proxy-iface", "eth0,be1,be2", "--proxy-secret", p.secret, "--state-dir", t.TempDir(),
+		"--service", fmt.Sprintf("%s=%s,%s", vip, addrs[0], addrs[1])}
+	cmd, log := healthDaemonCmd(t, p.gw, append(args, "--health-check",
+		fmt.Sprintf("%s=tcp,interval=%s,timeout=%s,fall=2,rise=2", vip, 500*time.Millisecond*scale, 400*time.Millisecond*scale))...)
+	bound := min(20*scale, 120) * time.Second
+	wait := func(what string, log func() string, ok func(maps.BackendState) bool) {
+		t.Helper()
+		for deadline := time.Now().Add(bound); ; time.Sleep(50 * time.Millisecond) {
+			st := serviceStatesOn(t, p.gw, vip)
+			if ok(stateOf(st, addrs[1])) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %+v\ndaemon's log:\n%s", what, st, log())
+			}
+		}
+	}
+	bes[1].kill()
+	wait("be2 down, out of the table", log, func(s maps.BackendState) bool { return s.Health == maps.HealthDown && s.Slots == 0 })
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Wait()
+	bes[1].listen(t)
+	_, log = healthDaemonCmd(t, p.gw, args...)
+	wait("be2 unchecked and in the table once no check is configured", log, func(s maps.BackendState) bool {
+		return s.Health == maps.HealthUnchecked && s.Slots > 0
+	})
+	got := map[string]int{}
+	for i := range 20 {
+		c := p.dialNamed(t, 48000+i)
+		got[c.backend]++
+		c.c.Close()
+	}
+	if got[addrs[1].String()] == 0 {
+		t.Errorf("20 new connections went %v: none to %s", got, addrs[1])
 	}
 }

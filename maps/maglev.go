@@ -286,6 +286,13 @@ func (m *SynproxyMaps) SetBackendHealth(vip, backend netip.AddrPort, healthy boo
 	})
 }
 
+// ClearBackendHealth forgets the health checks' verdict on a backend (no
+// check runs for it any more): it is unchecked, takes new connections by
+// its weight, and its service's table is swapped when it was down.
+func (m *SynproxyMaps) ClearBackendHealth(vip, backend netip.AddrPort) error {
+	return m.updateCfg(vip, backend, func(c *BackendCfg) { c.Flags &^= backendDown | backendChecked })
+}
+
 // BackendStates reads s's backends: weight, health verdict, share of the
 // installed table, new connections.
 func (m *SynproxyMaps) BackendStates(s Service) ([]BackendState, error) {
