@@ -210,6 +210,27 @@ func TestServiceHealthKill(t *testing.T) {
 	}
 	stream("before the kill")
 
+	// From the kill to the verdict the 100 long connections stream
+	// without a pause, round after round, each round's echo compared.
+	stop, streamed := make(chan struct{}), make(chan error, 1)
+	var rounds atomic.Int64
+	go func() {
+		for r := 0; ; r++ {
+			select {
+			case <-stop:
+				streamed <- nil
+				return
+			default:
+			}
+			for i, c := range others {
+				if err := echoed(c, uint64(1_000_000+r*1000+i), 8<<10, 30*time.Second*scale); err != nil {
+					streamed <- fmt.Errorf("round %d, long connection %d: %w", r, i, err)
+					return
+				}
+			}
+			rounds.Add(1)
+		}
+	}()
 	bes[killed].kill()
 	// Until the verdict: new connections; those the table still sends
 	// to the killed backend are refused by it (its RST reaches the
@@ -234,7 +255,11 @@ func TestServiceHealthKill(t *testing.T) {
 			t.Fatalf("%s not down after %s: %+v\n%s", addrs[killed], bound, st, log())
 		}
 	}
-	t.Logf("between the kill and the verdict: %d new connections refused by the killed backend, %v reached the others", refused, reached)
+	close(stop)
+	if err := <-streamed; err != nil {
+		t.Fatalf("streaming between the kill and the verdict: %v", err)
+	}
+	t.Logf("between the kill and the verdict: %d new connections refused by the killed backend, %v reached the others; the long connections streamed %d rounds", refused, reached, rounds.Load())
 	if got := stateOf(down, addrs[killed]).Conns - stateOf(before, addrs[killed]).Conns; got != uint64(refused) {
 		t.Errorf("the datapath counted %d new connections to the killed backend after the kill, the client saw %d refused", got, refused)
 	}
