@@ -13,6 +13,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -571,52 +573,93 @@ func TestServiceHandshakeAcrossPair(t *testing.T) {
 }
 
 // TestServiceCheckRemoved: a backend that the health checks took down,
-// then the daemon restarted without a check for its service. Nothing
-// will ever check it again, so its old verdict must not keep it out of
-// the table: it is unchecked again and takes new connections (it was
-// kept down for ever: `down`, no slot).
+// then its service's check removed from the config, by a restart of the
+// daemon or by a reload (SIGHUP). Nothing will ever check it again, so
+// its old verdict must not keep it out of the table: it is unchecked
+// again and takes new connections (it was kept down for ever: `down`,
+// no slot).
 func TestServiceCheckRemoved(t *testing.T) {
-	p := newProxyLab(t)
-	client := netip.MustParseAddr("10.78.1.2")
-	vip := netip.AddrPortFrom(pvip4, proxyPort)
-	addrs := []netip.AddrPort{netip.MustParseAddrPort("10.78.2.2:8080"), netip.MustParseAddrPort("10.78.3.2:8080")}
-	bes := []*countedBackend{startBackend(t, p.backends[0], addrs[0], client), startBackend(t, p.backends[1], addrs[1], client)}
-	scale := time.Duration(scaleOf())
-	args := []string{"--proxy-iface", "eth0,be1,be2", "--proxy-secret", p.secret, "--state-dir", t.TempDir(),
-		"--service", fmt.Sprintf("%s=%s,%s", vip, addrs[0], addrs[1])}
-	cmd, log := healthDaemonCmd(t, p.gw, append(args, "--health-check",
-		fmt.Sprintf("%s=tcp,interval=%s,timeout=%s,fall=2,rise=2", vip, 500*time.Millisecond*scale, 400*time.Millisecond*scale))...)
-	bound := min(20*scale, 120) * time.Second
-	wait := func(what string, log func() string, ok func(maps.BackendState) bool) {
-		t.Helper()
-		for deadline := time.Now().Add(bound); ; time.Sleep(50 * time.Millisecond) {
-			st := serviceStatesOn(t, p.gw, vip)
-			if ok(stateOf(st, addrs[1])) {
-				return
+	for _, how := range []string{"restart", "reload"} {
+		t.Run(how, func(t *testing.T) {
+			p := newProxyLab(t)
+			client := netip.MustParseAddr("10.78.1.2")
+			vip := netip.AddrPortFrom(pvip4, proxyPort)
+			addrs := []netip.AddrPort{netip.MustParseAddrPort("10.78.2.2:8080"), netip.MustParseAddrPort("10.78.3.2:8080")}
+			bes := []*countedBackend{startBackend(t, p.backends[0], addrs[0], client), startBackend(t, p.backends[1], addrs[1], client)}
+			scale := time.Duration(scaleOf())
+			conf := filepath.Join(t.TempDir(), "tandem.toml")
+			write := func(check bool) {
+				t.Helper()
+				data := fmt.Sprintf(`[proxy]
+interfaces = ["eth0", "be1", "be2"]
+secret_file = %q
+[[proxy.service]]
+vip = "%s"
+backends = ["%s", "%s"]
+`, p.secret, vip, addrs[0], addrs[1])
+				if check {
+					data += fmt.Sprintf(`[proxy.service.check]
+type = "tcp"
+interval = "%s"
+timeout = "%s"
+rise = 2
+fall = 2
+`, 500*time.Millisecond*scale, 400*time.Millisecond*scale)
+				}
+				if err := os.WriteFile(conf, []byte(data), 0o600); err != nil {
+					t.Fatal(err)
+				}
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %+v\ndaemon's log:\n%s", what, st, log())
+			write(true)
+			args := []string{"--config", conf, "--state-dir", t.TempDir()}
+			cmd, log := healthDaemonCmd(t, p.gw, args...)
+			bound := min(20*scale, 120) * time.Second
+			wait := func(what string, ok func(maps.BackendState) bool) {
+				t.Helper()
+				for deadline := time.Now().Add(bound); ; time.Sleep(50 * time.Millisecond) {
+					st := serviceStatesOn(t, p.gw, vip)
+					if ok(stateOf(st, addrs[1])) {
+						return
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("%s: %+v\ndaemon's log:\n%s", what, st, log())
+					}
+				}
 			}
-		}
-	}
-	bes[1].kill()
-	wait("be2 down, out of the table", log, func(s maps.BackendState) bool { return s.Health == maps.HealthDown && s.Slots == 0 })
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	cmd.Wait()
-	bes[1].listen(t)
-	_, log = healthDaemonCmd(t, p.gw, args...)
-	wait("be2 unchecked and in the table once no check is configured", log, func(s maps.BackendState) bool {
-		return s.Health == maps.HealthUnchecked && s.Slots > 0
-	})
-	got := map[string]int{}
-	for i := range 20 {
-		c := p.dialNamed(t, 48000+i)
-		got[c.backend]++
-		c.c.Close()
-	}
-	if got[addrs[1].String()] == 0 {
-		t.Errorf("20 new connections went %v: none to %s", got, addrs[1])
+			bes[1].kill()
+			wait("be2 down, out of the table", func(s maps.BackendState) bool { return s.Health == maps.HealthDown && s.Slots == 0 })
+			write(false)
+			if how == "restart" {
+				if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+					t.Fatal(err)
+				}
+				cmd.Wait()
+				_, log = healthDaemonCmd(t, p.gw, args...)
+			} else {
+				if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+					t.Fatal(err)
+				}
+				// The old checks end with the reload: the server comes
+				// back only after (else they would see it up first).
+				for deadline := time.Now().Add(bound); !strings.Contains(log(), "msg=reloaded"); time.Sleep(20 * time.Millisecond) {
+					if time.Now().After(deadline) {
+						t.Fatalf("no reload after SIGHUP:\n%s", log())
+					}
+				}
+			}
+			bes[1].listen(t)
+			wait("be2 unchecked and in the table once no check is configured", func(s maps.BackendState) bool {
+				return s.Health == maps.HealthUnchecked && s.Slots > 0
+			})
+			got := map[string]int{}
+			for i := range 20 {
+				c := p.dialNamed(t, 48000+i)
+				got[c.backend]++
+				c.c.Close()
+			}
+			if got[addrs[1].String()] == 0 {
+				t.Errorf("20 new connections went %v: none to %s", got, addrs[1])
+			}
+		})
 	}
 }
