@@ -553,8 +553,15 @@ func TestServiceHandshakeAcrossPair(t *testing.T) {
 	run(t, gwa, "nft", "add", "chain", "inet", "svctest", "out", "{ type filter hook output priority 0; }")
 	run(t, gwa, "nft", "add", "rule", "inet", "svctest", "out", "ip", "daddr", addrs[failing].Addr().String(), "tcp", "dport", fmt.Sprint(addrs[failing].Port()), "reject", "with", "tcp", "reset")
 	table = settle("UDU")
-	if st := healthOf(t, gwb, p.state["b"])[addrs[failing].Addr().String()]; st.Up || !st.OwnUp || st.Source != health.SourceOwner {
-		t.Fatalf("gwb's status of %s: %+v, want down from the owner while its own checks pass", addrs[failing], st)
+	// The status file follows the table within a second.
+	for deadline := time.Now().Add(bound); ; time.Sleep(100 * time.Millisecond) {
+		st := healthOf(t, gwb, p.state["b"])[addrs[failing].Addr().String()]
+		if !st.Up && st.OwnUp && st.Source == health.SourceOwner {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gwb's status of %s: %+v, want down from the owner while its own checks pass", addrs[failing], st)
+		}
 	}
 	acc := bes[failing].accepts.Load()
 	got = cross(60, table)
