@@ -2,6 +2,7 @@ package bpf_test
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"net/netip"
 	"testing"
@@ -331,4 +332,56 @@ func benchCookieAckTable(b *testing.B, name string, slots uint32) {
 		Anchor: "the same build and ACKs with the table removed (the fixed hash over the backends), interleaved rounds", AnchorValue: fixed, Goal: "record only (the table costs two lookups and a read of its 256 KiB)"}); err != nil {
 		b.Fatal(err)
 	}
+}
+
+// TestSynproxyMaglevReadDuringSwap: readers of a service's table
+// (service list: Table, BackendStates; up: HasTable) while a writer swaps
+// it again and again (the health checks, service set) never fail. The
+// lookup gives the inner map's id, which is freed when a swap replaces it
+// before the reader opens it (`service list` failed with "service 1:
+// table: no such file or directory" in the 6.1 VM).
+func TestSynproxyMaglevReadDuringSwap(t *testing.T) {
+	p := loadSynproxy(t)
+	bs := []netip.AddrPort{netip.MustParseAddrPort("10.9.0.1:8080"), netip.MustParseAddrPort("10.9.0.2:8080")}
+	svc, err := p.m.PutService(maps.Service{VIP: netip.AddrPortFrom(svc4, 80), Backends: bs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables := [2][]uint32{lb.Build([]lb.Backend{{Addr: bs[0], Weight: 1, Healthy: true}}, lb.TableSize),
+		lb.Build([]lb.Backend{{Addr: bs[1], Weight: 1, Healthy: true}}, lb.TableSize)}
+	stop := make(chan struct{})
+	swaps := make(chan int)
+	go func() {
+		n := 0
+		for ; ; n++ {
+			select {
+			case <-stop:
+				swaps <- n
+				return
+			default:
+			}
+			if err := p.m.SetTable(svc.ID, tables[n%2]); err != nil {
+				t.Error(err)
+			}
+		}
+	}()
+	reads := espScaled(3000)
+	var failed []error
+	for i := 0; i < reads; i++ {
+		if _, err := p.m.Table(svc.ID); err != nil {
+			failed = append(failed, err)
+		}
+		if ok, err := p.m.HasTable(svc.ID); err != nil || !ok {
+			failed = append(failed, fmt.Errorf("has table %v: %v", ok, err))
+		}
+		if _, err := p.m.BackendStates(svc); err != nil {
+			failed = append(failed, err)
+		}
+	}
+	close(stop)
+	n := <-swaps
+	if len(failed) > 0 {
+		t.Fatalf("%d of %d reads failed during %d swaps, the first: %v", len(failed), 3*reads, n, failed[0])
+	}
+	t.Logf("%d reads during %d swaps", 3*reads, n)
 }

@@ -82,6 +82,7 @@ func New(cfg Config) (*Daemon, error) {
 		return nil, err
 	}
 	d.hd.Store(hd)
+	d.pk.clearVerdicts(cfg.Health)
 	if d.ed, err = newEspd(cfg, espActive(cfg, false), d.log); err != nil {
 		d.hd.Load().close()
 		d.pk.close()
@@ -219,6 +220,8 @@ func (d *Daemon) reload(no Config) error {
 	if err := d.reloadHealth(no); err != nil {
 		log.Error("reload: health checks; the running checks carry on", "err", err)
 		errs = append(errs, fmt.Errorf("health checks: %w", err))
+	} else {
+		d.pk.clearVerdicts(no.Health)
 	}
 	if espKey(no) != espKey(d.cfg) {
 		if err := d.restartESP(no); err != nil {

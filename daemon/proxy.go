@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net/netip"
 	"os"
 	"sync/atomic"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/cilium/ebpf"
 
 	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/health"
 	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/maps"
 )
@@ -95,6 +97,44 @@ func (k *proxyKeeper) tick(now time.Time) {
 	}
 	if expired > 0 {
 		k.log.Debug("idle connections expired", "n", expired)
+	}
+}
+
+// clearVerdicts forgets the health verdicts of the backends of every
+// service without a configured check (checked: the checks by service
+// VIP), at start and after a reload. A verdict is pinned and outlives the
+// checks that made it: a backend once marked down, its check then
+// removed from the config, would stay out of the table for ever, as
+// nothing would check it again. The services with checks are healthd's.
+func (k *proxyKeeper) clearVerdicts(checked map[netip.AddrPort]health.Check) {
+	if k == nil {
+		return
+	}
+	svcs, err := k.p.ListServices()
+	if err != nil {
+		k.log.Warn("health verdicts of unchecked services", "err", err)
+		return
+	}
+	for _, s := range svcs {
+		if _, ok := checked[s.VIP]; ok {
+			continue
+		}
+		st, err := k.p.BackendStates(s)
+		if err != nil {
+			k.log.Warn("health verdicts of unchecked services", "service", s.VIP, "err", err)
+			continue
+		}
+		for _, b := range st {
+			if b.Health == maps.HealthUnchecked {
+				continue
+			}
+			if err := k.p.ClearBackendHealth(s.VIP, b.Addr); err != nil {
+				k.log.Warn("clear a health verdict", "service", s.VIP, "backend", b.Addr, "err", err)
+				continue
+			}
+			k.log.Info("backend health verdict cleared: no check configured for its service", "event", "backend_unchecked",
+				"service", s.VIP, "backend", b.Addr, "was", b.Health)
+		}
 	}
 }
 

@@ -80,6 +80,17 @@ func (p *Proxy) SetBackendHealth(vip, backend netip.AddrPort, healthy bool) erro
 	return p.SynproxyMaps.SetBackendHealth(vip, backend, healthy)
 }
 
+// ClearBackendHealth forgets a backend's health verdict under the service
+// lock and swaps the service's table: for a backend no check runs for.
+func (p *Proxy) ClearBackendHealth(vip, backend netip.AddrPort) error {
+	unlock, err := ServiceLock(p.pins)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return p.SynproxyMaps.ClearBackendHealth(vip, backend)
+}
+
 // ensureTables gives every service without a table one (services written
 // by a tandem from before tables, or by a writer that failed between the
 // backends and the table): up runs it, so after an up every service's

@@ -19,6 +19,7 @@ import (
 	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/loader/cli"
 	"github.com/tandem-net/tandem/maps"
+	"github.com/tandem-net/tandem/tools/lab"
 )
 
 // serveNamed runs, on each backend, a server that names the backend
@@ -64,36 +65,60 @@ type namedConn struct {
 // backends the table picks, the same in every run.
 func (p *proxyLab) dialNamed(t *testing.T, port int) namedConn {
 	t.Helper()
+	c, err := p.tryNamed(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// tryNamed is dialNamed that reports a connection refused or reset (a
+// backend that is gone) as an error.
+func (p *proxyLab) tryNamed(port int) (namedConn, error) {
+	return tryNamedOn(p.client, netip.MustParseAddrPort(fmt.Sprintf("10.78.1.2:%d", port)), netip.AddrPortFrom(pvip4, proxyPort))
+}
+
+// tryNamedOn connects from client's address and port from to vip and
+// reads which backend answered (a serveNamed-style server's first line).
+func tryNamedOn(client *lab.Host, from, vip netip.AddrPort) (namedConn, error) {
 	var c net.Conn
-	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP("10.78.1.2"), Port: port}}
-	if err := p.client.Do(func() (err error) {
-		c, err = d.Dial("tcp", netip.AddrPortFrom(pvip4, proxyPort).String())
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(from)}
+	if err := client.Do(func() (err error) {
+		c, err = d.Dial("tcp", vip.String())
 		return err
 	}); err != nil {
-		t.Fatalf("connect from port %d: %v", port, err)
+		return namedConn{}, fmt.Errorf("connect from %s: %w", from, err)
 	}
 	c.SetDeadline(time.Now().Add(30 * time.Second))
 	r := bufio.NewReader(c)
 	name, err := r.ReadString('\n')
 	if err != nil {
-		t.Fatalf("connection from port %d: no backend name: %v", port, err)
+		c.Close()
+		return namedConn{}, fmt.Errorf("connection from %s: no backend name: %w", from, err)
 	}
-	return namedConn{c: c, r: r, backend: name[:len(name)-1]}
+	return namedConn{c: c, r: r, backend: name[:len(name)-1]}, nil
 }
 
 func serviceStates(t *testing.T, p *proxyLab) []maps.BackendState {
 	t.Helper()
-	r := tandem(t, p.gw, "service", "list", "--json", "--bpffs", p.gw.BPFFS())
+	return serviceStatesOn(t, p.gw, netip.AddrPortFrom(pvip4, proxyPort))
+}
+
+// serviceStatesOn reads the backends of h's service at vip (service list
+// --json: weights, health, table slots, new connections).
+func serviceStatesOn(t *testing.T, h *lab.Host, vip netip.AddrPort) []maps.BackendState {
+	t.Helper()
+	r := tandem(t, h, "service", "list", "--json", "--bpffs", h.BPFFS())
 	var svcs []cli.ServiceStatus
 	if r.code != 0 || json.Unmarshal([]byte(r.stdout), &svcs) != nil {
-		t.Fatalf("service list --json: %d\n%s%s", r.code, r.stdout, r.stderr)
+		t.Fatalf("service list --json on %s: %d\n%s%s", h.Name, r.code, r.stdout, r.stderr)
 	}
 	for _, s := range svcs {
-		if s.VIP == netip.AddrPortFrom(pvip4, proxyPort) {
+		if s.VIP == vip {
 			return s.BackendStates
 		}
 	}
-	t.Fatalf("service list: no %s:%d\n%s", pvip4, proxyPort, r.stdout)
+	t.Fatalf("service list on %s: no %s\n%s", h.Name, vip, r.stdout)
 	return nil
 }
 

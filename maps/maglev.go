@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 
 	"github.com/cilium/ebpf"
@@ -171,10 +172,28 @@ func (m *SynproxyMaps) SetTable(id uint32, table []uint32) error {
 	return nil
 }
 
+// innerTable opens service id's table. Reading an array of maps gives
+// the inner map's id, which the caller then opens: a swap in between
+// frees that map (ENOENT, not ErrKeyNotExist), and the lookup is repeated,
+// finding the new table.
+func (m *SynproxyMaps) innerTable(id uint32) (*ebpf.Map, error) {
+	var err error
+	for range 100 {
+		var inner *ebpf.Map
+		if err = m.Maglev.Lookup(id, &inner); err == nil {
+			return inner, nil
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) || !errors.Is(err, os.ErrNotExist) {
+			return nil, err
+		}
+	}
+	return nil, err
+}
+
 // HasTable reports whether service id has a table installed.
 func (m *SynproxyMaps) HasTable(id uint32) (bool, error) {
-	var inner *ebpf.Map
-	if err := m.Maglev.Lookup(id, &inner); err != nil {
+	inner, err := m.innerTable(id)
+	if err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return false, nil
 		}
@@ -186,8 +205,8 @@ func (m *SynproxyMaps) HasTable(id uint32) (bool, error) {
 
 // Table reads service id's installed table (nil: none installed).
 func (m *SynproxyMaps) Table(id uint32) ([]uint32, error) {
-	var inner *ebpf.Map
-	if err := m.Maglev.Lookup(id, &inner); err != nil {
+	inner, err := m.innerTable(id)
+	if err != nil {
 		if errors.Is(err, ebpf.ErrKeyNotExist) {
 			return nil, nil
 		}
@@ -284,6 +303,13 @@ func (m *SynproxyMaps) SetBackendHealth(vip, backend netip.AddrPort, healthy boo
 			c.Flags |= backendDown
 		}
 	})
+}
+
+// ClearBackendHealth forgets the health checks' verdict on a backend (no
+// check runs for it any more): it is unchecked, takes new connections by
+// its weight, and its service's table is swapped when it was down.
+func (m *SynproxyMaps) ClearBackendHealth(vip, backend netip.AddrPort) error {
+	return m.updateCfg(vip, backend, func(c *BackendCfg) { c.Flags &^= backendDown | backendChecked })
 }
 
 // BackendStates reads s's backends: weight, health verdict, share of the
