@@ -852,7 +852,9 @@ func (m *Manager) sendLoop(ctx context.Context) {
 	if p := m.cfg.Realtime; p > 0 {
 		err := unix.SchedSetAttr(0, &unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: uint32(p)}, 0)
 		if err != nil {
-			m.log.Warn("advert sender: no realtime priority (CAP_SYS_NICE?): adverts may be late on a busy CPU", "err", err)
+			// Info, not a warning: the packaged unit refuses realtime on
+			// purpose (RestrictRealtime=yes, docs/failover.md).
+			m.log.Info("advert sender at normal priority (realtime needs CAP_SYS_NICE and RestrictRealtime=no): adverts may be late on a saturated CPU", "err", err)
 		}
 	}
 	var next unix.Timespec

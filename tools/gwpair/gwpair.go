@@ -330,6 +330,9 @@ func ConnTable(h *lab.Host) (map[maps.ConnKey]maps.ConnVal, error) {
 	for it.Next(&k, &v) {
 		v.Sync.QueuedEpoch = 0
 		v.Cnxt, v.Cuna, v.Bnxt, v.Buna, v.Cmaxwin, v.Bmaxwin, v.Cwin, v.Bwin, v.Trk, v.ChalT = 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+		// The cached next hops are this host's own (a fill marks
+		// nothing for the sync; the peer's never match the generation).
+		v.NhGen, v.NhMtu, v.NhIfindex, v.NhMac = 0, [2]uint16{}, [2]uint32{}, [2][12]uint8{}
 		out[k] = v
 	}
 	return out, it.Err()
