@@ -82,6 +82,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"up", "--once", "-i", "eth0", "--vip-peer", "10.0.0.2:1"}, "--vip-peer without --vip-addr"},
 		{[]string{"up", "--once", "-i", "eth0", "--vip-priority", "300"}, "vip-priority"},
 		{[]string{"vip", "frob"}, "tandem vip [status | handover]"},
+		{[]string{"migrate", "follow", "--log-format", "xml", "--gateway", "192.0.2.1:7402", "--qmp", "/run/q", "--endpoint", "10.0.0.1", "--to", "10.0.0.2"}, `--log-format "xml": text or json`},
+		{[]string{"up", "--once", "-i", "eth0", "--log-format", "xml"}, `--log-format "xml": text or json`},
 		{[]string{"up", "--once", "-i", "eth0", "--sync-role", "primary"}, "--sync-peer HOST:PORT"},
 		{[]string{"up", "--once", "-i", "eth0", "--sync-role", "primary", "--sync-peer", "10.0.0.2"}, `--sync-peer "10.0.0.2": want HOST:PORT`},
 		{[]string{"up", "--once", "-i", "eth0", "--sync-interval", "0s"}, "--sync-interval 0s: between 1ms and 10s"},

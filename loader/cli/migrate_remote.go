@@ -35,6 +35,7 @@ type remoteFlags struct {
 	role     string
 	timeout  time.Duration
 	verbose  bool
+	logFmt   string
 	pause    bool
 	dstSw    bool
 	holdStop bool
@@ -60,6 +61,7 @@ func addRemoteFlags(fs *pflag.FlagSet) *remoteFlags {
 	fs.BoolVar(&f.startG, "start-guest", false, "follow, destination: resume the guest when its incoming move completed with it paused (the source's --hold-before-stop)")
 	fs.DurationVar(&f.timeout, "timeout", remote.DefaultDialTimeout, "bound on a dial and on one request's answer")
 	fs.BoolVarP(&f.verbose, "verbose", "v", false, "follow: log debug detail")
+	addLogFormat(fs, &f.logFmt)
 	return f
 }
 
@@ -196,12 +198,15 @@ func runFollow(env Env, f *remoteFlags, to string, args []string) error {
 	if f.role != qmp.RoleSource && f.role != qmp.RoleDestination {
 		return usagef("--role %q: source or destination", f.role)
 	}
+	log, err := loggerAs(env.Stderr, f.verbose, f.logFmt)
+	if err != nil {
+		return err
+	}
 	c, err := f.client()
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	log := logger(env.Stderr, f.verbose)
 	fl := &qmp.Follower{QMP: f.qmp, Role: f.role, Log: log, PauseBeforeSwitchover: f.pause, DestinationSwitches: f.dstSw,
 		HoldBeforeStop: f.holdStop, HoldRemaining: f.holdRem, Drain: f.drain, StartGuest: f.startG,
 		Steps: &remoteSteps{c: c, ep: f.endpoint, to: to, deadline: 4 * f.timeout}}
