@@ -365,6 +365,37 @@ drop:
 	return XDP_DROP;
 }
 
+/* mig_ttl_dec takes one hop off the packet after the Ethernet header in
+ * place (IPv4 with its checksum, or IPv6): -1 to go on, or the verdict
+ * (a packet at its last hop goes to the stack, which answers ICMP). */
+static __always_inline int mig_ttl_dec(void *data, void *data_end, __u16 eth_proto)
+{
+	if (eth_proto == ETH_P_IP) {
+		struct iphdr *ip = data + sizeof(struct ethhdr);
+
+		if ((void *)(ip + 1) > data_end)
+			return XDP_DROP;
+		if (ip->ttl <= 1) {
+			count_percpu(&mig_stats, MIG_STAT_TTL, 1);
+			return XDP_PASS;
+		}
+		/* ttl and protocol share a 16-bit word of the checksum */
+		csum_replace2(&ip->check, bpf_htons(ip->ttl << 8), bpf_htons((ip->ttl - 1) << 8));
+		ip->ttl--;
+	} else {
+		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return XDP_DROP;
+		if (ip6->hop_limit <= 1) {
+			count_percpu(&mig_stats, MIG_STAT_TTL, 1);
+			return XDP_PASS;
+		}
+		ip6->hop_limit--;
+	}
+	return -1;
+}
+
 /* mig_forward sends the frame to the host at loc: the hop's interface and
  * MACs from the FIB and neighbour table, the TTL decremented, redirected.
  * Only untagged frames reach it (the stage declines tagged ones). */
@@ -402,29 +433,10 @@ static __always_inline int mig_forward(struct xdp_md *ctx, const struct pkt *p, 
 		bpf_map_update_elem(&mig_nexthops, loc, &fresh, BPF_ANY);
 		nh = &fresh;
 	}
-	if (p->eth_proto == ETH_P_IP) {
-		struct iphdr *ip = data + sizeof(*eth);
+	int ret = mig_ttl_dec(data, data_end, p->eth_proto);
 
-		if ((void *)(ip + 1) > data_end)
-			return XDP_DROP;
-		if (ip->ttl <= 1) {
-			count_percpu(&mig_stats, MIG_STAT_TTL, 1);
-			return XDP_PASS;
-		}
-		/* ttl and protocol share a 16-bit word of the checksum */
-		csum_replace2(&ip->check, bpf_htons(ip->ttl << 8), bpf_htons((ip->ttl - 1) << 8));
-		ip->ttl--;
-	} else {
-		struct ipv6hdr *ip6 = data + sizeof(*eth);
-
-		if ((void *)(ip6 + 1) > data_end)
-			return XDP_DROP;
-		if (ip6->hop_limit <= 1) {
-			count_percpu(&mig_stats, MIG_STAT_TTL, 1);
-			return XDP_PASS;
-		}
-		ip6->hop_limit--;
-	}
+	if (ret >= 0)
+		return ret;
 	if (loc->encap)
 		return mig_encap_out(ctx, loc, nh, p->eth_proto, stat);
 	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
@@ -494,28 +506,10 @@ static __always_inline int mig_fast_forward(struct xdp_md *ctx, const struct pkt
 	}
 	if ((void *)(eth + 1) > data_end)
 		return XDP_DROP;
-	if (p->eth_proto == ETH_P_IP) {
-		struct iphdr *ip = data + sizeof(*eth);
+	int ret = mig_ttl_dec(data, data_end, p->eth_proto);
 
-		if ((void *)(ip + 1) > data_end)
-			return XDP_DROP;
-		if (ip->ttl <= 1) {
-			count_percpu(&mig_stats, MIG_STAT_TTL, 1);
-			return XDP_PASS;
-		}
-		csum_replace2(&ip->check, bpf_htons(ip->ttl << 8), bpf_htons((ip->ttl - 1) << 8));
-		ip->ttl--;
-	} else {
-		struct ipv6hdr *ip6 = data + sizeof(*eth);
-
-		if ((void *)(ip6 + 1) > data_end)
-			return XDP_DROP;
-		if (ip6->hop_limit <= 1) {
-			count_percpu(&mig_stats, MIG_STAT_TTL, 1);
-			return XDP_PASS;
-		}
-		ip6->hop_limit--;
-	}
+	if (ret >= 0)
+		return ret;
 	__builtin_memcpy(eth->h_dest, fc->dmac, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, fc->smac, ETH_ALEN);
 	count_percpu(&mig_stats, MIG_STAT_FORWARD, 1);
