@@ -29,29 +29,7 @@ func (fixedServices) Close()                                  {}
 // them, and the observer hears of each change.
 func TestHealthdOwnerSwitch(t *testing.T) {
 	testenv.RequireRoot(t)
-	spec, err := bpf.LoadSynproxy()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range spec.Maps {
-		m.Pinning = ebpf.PinNone
-	}
-	// Only the writer: the packet programs are not needed here.
-	spec.Programs = map[string]*ebpf.ProgramSpec{maps.ProgSpHealthCtl: spec.Programs[maps.ProgSpHealthCtl]}
-	coll, err := ebpf.NewCollection(spec)
-	if err != nil {
-		t.Fatalf("load: %v", err)
-	}
-	defer coll.Close()
-	m, err := coll.Maps[maps.MapSpHealth].Clone()
-	if err != nil {
-		t.Fatal(err)
-	}
-	prog, err := coll.Programs[maps.ProgSpHealthCtl].Clone()
-	if err != nil {
-		t.Fatal(err)
-	}
-	hm := &maps.HealthMaps{Map: m, Ctl: prog}
+	hm := loadHealthMaps(t)
 
 	svc := netip.MustParseAddrPort("192.0.2.10:80")
 	b1, b2 := netip.MustParseAddrPort("10.0.0.1:80"), netip.MustParseAddrPort("10.0.0.2:80")
@@ -159,28 +137,7 @@ func (f *flakyTable) SetBackendHealth(_, b netip.AddrPort, up bool) error {
 // verdict changed again.
 func TestHealthdRetriesTable(t *testing.T) {
 	testenv.RequireRoot(t)
-	spec, err := bpf.LoadSynproxy()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range spec.Maps {
-		m.Pinning = ebpf.PinNone
-	}
-	spec.Programs = map[string]*ebpf.ProgramSpec{maps.ProgSpHealthCtl: spec.Programs[maps.ProgSpHealthCtl]}
-	coll, err := ebpf.NewCollection(spec)
-	if err != nil {
-		t.Fatalf("load: %v", err)
-	}
-	defer coll.Close()
-	m, err := coll.Maps[maps.MapSpHealth].Clone()
-	if err != nil {
-		t.Fatal(err)
-	}
-	prog, err := coll.Programs[maps.ProgSpHealthCtl].Clone()
-	if err != nil {
-		t.Fatal(err)
-	}
-	hm := &maps.HealthMaps{Map: m, Ctl: prog}
+	hm := loadHealthMaps(t)
 	svc := netip.MustParseAddrPort("192.0.2.10:80")
 	b1 := netip.MustParseAddrPort("10.0.0.1:80")
 	newChecker := func(health.Check) health.Checker {
@@ -208,4 +165,31 @@ func TestHealthdRetriesTable(t *testing.T) {
 	if up, ok := ft.got[b1]; !ok || up {
 		t.Errorf("the table has %v (known %v) for the down backend after a tick, want down", up, ok)
 	}
+}
+
+// loadHealthMaps loads sp_health and its writer sp_health_ctl alone (the
+// packet programs are not needed), unpinned, closed with the test.
+func loadHealthMaps(t *testing.T) *maps.HealthMaps {
+	t.Helper()
+	spec, err := bpf.LoadSynproxy()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range spec.Maps {
+		m.Pinning = ebpf.PinNone
+	}
+	spec.Programs = map[string]*ebpf.ProgramSpec{maps.ProgSpHealthCtl: spec.Programs[maps.ProgSpHealthCtl]}
+	coll, err := ebpf.NewCollection(spec)
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	defer coll.Close()
+	hm := &maps.HealthMaps{}
+	if hm.Map, err = coll.Maps[maps.MapSpHealth].Clone(); err != nil {
+		t.Fatal(err)
+	}
+	if hm.Ctl, err = coll.Programs[maps.ProgSpHealthCtl].Clone(); err != nil {
+		t.Fatal(err)
+	}
+	return hm
 }
