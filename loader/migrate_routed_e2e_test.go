@@ -53,19 +53,7 @@ func addRoutedPath(spec *lab.Spec) {
 // (This host's kernel is built without CONFIG_NET_IPIP; a Debian kernel
 // has it as the ipip module: `ip link set tunl0 up` on the host.)
 func decapIPIP() asm.Instructions {
-	return asm.Instructions{
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word), // data
-		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word), // data_end
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, 34),
-		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
-		asm.LoadMem(asm.R5, asm.R2, 12, asm.Half),
-		asm.JNE.Imm(asm.R5, 0x0008, "pass"), // ETH_P_IP, as a little-endian load reads it
-		asm.LoadMem(asm.R5, asm.R2, 14, asm.Byte),
-		asm.JNE.Imm(asm.R5, 0x45, "pass"),
-		asm.LoadMem(asm.R5, asm.R2, 23, asm.Byte),
-		asm.JNE.Imm(asm.R5, 4, "pass"), // IPPROTO_IPIP
+	return append(ipv4Prefix(34, 4), // IPPROTO_IPIP
 		asm.LoadMem(asm.R7, asm.R2, 0, asm.DWord),
 		asm.LoadMem(asm.R8, asm.R2, 8, asm.Word),
 		asm.Mov.Reg(asm.R1, asm.R6),
@@ -82,7 +70,7 @@ func decapIPIP() asm.Instructions {
 		asm.StoreImm(asm.R2, 12, 0x0008, asm.Half),
 		asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"),
 		asm.Return(),
-	}
+	)
 }
 
 func decapOn(t *testing.T, h *lab.Host, ifc string) {

@@ -298,24 +298,32 @@ func TestProxyWindowUpdateLost(t *testing.T) {
 	}
 }
 
-// dropFirstWindowUpdate is an XDP program that drops the first IPv4 TCP
-// segment from vip with only ACK set, a non-zero window and no payload,
-// and counts it in dropped[0]; everything else passes.
-func dropFirstWindowUpdate(dropped *ebpf.Map, vip netip.Addr) asm.Instructions {
-	a := vip.As4()
+// ipv4Prefix starts a test XDP program: R6 the context, R2 data, R3
+// data_end, and a jump to "pass" unless the frame has n bytes and is
+// IPv4 without options carrying protocol proto.
+func ipv4Prefix(n, proto int32) asm.Instructions {
 	return asm.Instructions{
 		asm.Mov.Reg(asm.R6, asm.R1),
 		asm.LoadMem(asm.R2, asm.R6, 0, asm.Word), // data
 		asm.LoadMem(asm.R3, asm.R6, 4, asm.Word), // data_end
 		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, 54),
+		asm.Add.Imm(asm.R4, n),
 		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
 		asm.LoadMem(asm.R5, asm.R2, 12, asm.Half),
-		asm.JNE.Imm(asm.R5, int32(binary.NativeEndian.Uint16([]byte{0x08, 0x00})), "pass"),
+		asm.JNE.Imm(asm.R5, int32(binary.NativeEndian.Uint16([]byte{0x08, 0x00})), "pass"), // ETH_P_IP as a load reads it
 		asm.LoadMem(asm.R5, asm.R2, 14, asm.Byte),
 		asm.JNE.Imm(asm.R5, 0x45, "pass"),
 		asm.LoadMem(asm.R5, asm.R2, 23, asm.Byte),
-		asm.JNE.Imm(asm.R5, 6, "pass"),
+		asm.JNE.Imm(asm.R5, proto, "pass"),
+	}
+}
+
+// dropFirstWindowUpdate is an XDP program that drops the first IPv4 TCP
+// segment from vip with only ACK set, a non-zero window and no payload,
+// and counts it in dropped[0]; everything else passes.
+func dropFirstWindowUpdate(dropped *ebpf.Map, vip netip.Addr) asm.Instructions {
+	a := vip.As4()
+	return append(ipv4Prefix(54, 6),
 		asm.LoadMem(asm.R5, asm.R2, 26, asm.Word),
 		asm.JNE.Imm32(asm.R5, int32(binary.NativeEndian.Uint32(a[:])), "pass"),
 		asm.LoadMem(asm.R5, asm.R2, 47, asm.Byte), // TCP flags
@@ -343,7 +351,7 @@ func dropFirstWindowUpdate(dropped *ebpf.Map, vip netip.Addr) asm.Instructions {
 		asm.Return(),
 		asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), // XDP_PASS
 		asm.Return(),
-	}
+	)
 }
 
 func proxyStats(t testing.TB, p *proxyLab) map[string]uint64 {

@@ -394,18 +394,7 @@ func steerSYNs(vip netip.Addr, mac string) asm.Instructions {
 		panic(err)
 	}
 	a := vip.As4()
-	return asm.Instructions{
-		asm.LoadMem(asm.R2, asm.R1, 0, asm.Word), // data
-		asm.LoadMem(asm.R3, asm.R1, 4, asm.Word), // data_end
-		asm.Mov.Reg(asm.R4, asm.R2),
-		asm.Add.Imm(asm.R4, 48),
-		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
-		asm.LoadMem(asm.R5, asm.R2, 12, asm.Half),
-		asm.JNE.Imm(asm.R5, int32(binary.NativeEndian.Uint16([]byte{0x08, 0x00})), "pass"),
-		asm.LoadMem(asm.R5, asm.R2, 14, asm.Byte),
-		asm.JNE.Imm(asm.R5, 0x45, "pass"),
-		asm.LoadMem(asm.R5, asm.R2, 23, asm.Byte),
-		asm.JNE.Imm(asm.R5, 6, "pass"),
+	return append(ipv4Prefix(48, 6),
 		asm.LoadMem(asm.R5, asm.R2, 30, asm.Word),
 		asm.JNE.Imm32(asm.R5, int32(binary.NativeEndian.Uint32(a[:])), "pass"),
 		asm.LoadMem(asm.R5, asm.R2, 47, asm.Byte), // TCP flags
@@ -415,7 +404,7 @@ func steerSYNs(vip netip.Addr, mac string) asm.Instructions {
 		asm.StoreImm(asm.R2, 4, int64(int16(binary.NativeEndian.Uint16(hw[4:6]))), asm.Half),
 		asm.Mov.Imm(asm.R0, 2).WithSymbol("pass"), // XDP_PASS
 		asm.Return(),
-	}
+	)
 }
 
 // TestServiceHandshakeAcrossPair: the failover lab's two gateways run the
