@@ -171,12 +171,8 @@ func (c *command) help() string {
 	return b.String()
 }
 
-func logger(w io.Writer, verbose bool) *slog.Logger {
-	l, _ := loggerAs(w, verbose, "text")
-	return l
-}
-
-// loggerAs is logger in --log-format format: text (key=value) or json
+// loggerAs is the commands' logger (debug lines with verbose) in
+// --log-format format: text (key=value) or json
 // (one object a line). The state changes an operator acts on are info
 // lines with an "event" key (README.md, "Install as a service", lists them).
 func loggerAs(w io.Writer, verbose bool, format string) (*slog.Logger, error) {
