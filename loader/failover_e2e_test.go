@@ -63,12 +63,25 @@ func newPairLab(t testing.TB) *pairLab {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		if t.Failed() {
+			// What each daemon said, for a failure seen only in CI: the
+			// last lines, where the state that never settled shows.
+			for g, d := range gp.Daemons {
+				t.Logf("gw%s's daemon, last lines:\n%s", g, tailLines(d.Log(), 60))
+			}
+		}
 		if err := gp.Close(); err != nil {
 			t.Error(err)
 		}
 	})
 	return &pairLab{Pair: gp, client: gp.Client, gw: gp.GW, backends: gp.Backends, secret: gp.Secret, certs: gp.Certs,
 		state: gp.State, daemons: gp.Daemons}
+}
+
+// tailLines is the last n lines of s.
+func tailLines(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return strings.Join(l[max(0, len(l)-n):], "\n")
 }
 
 // advertInterval is 50 ms, the interval the failover goals are set for;
