@@ -39,6 +39,7 @@ type Daemon struct {
 	reloads   chan reload
 	done      chan struct{}          // closed when Run returns
 	reloadErr atomic.Pointer[string] // the last reload's failure; nil: it worked
+	told      atomic.Bool            // READY=1 went to the service manager (NotifyReady)
 }
 
 type reload struct {

@@ -15,6 +15,8 @@ import (
 	"os"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/tandem-net/tandem/syncer"
 )
 
@@ -84,6 +86,7 @@ func (d *Daemon) NotifyReady(ctx context.Context, every time.Duration) {
 		if ok && !ready {
 			msg = "READY=1\n"
 			ready = true
+			d.told.Store(true)
 			d.log.Info("ready", "event", "ready", "status", status)
 		}
 		if status != last {
@@ -101,4 +104,32 @@ func (d *Daemon) NotifyReady(ctx context.Context, every time.Duration) {
 		case <-t.C:
 		}
 	}
+}
+
+// NotifyReload runs reload (SIGHUP: read the config again and apply it)
+// between RELOADING=1 and READY=1, so the service manager shows the
+// service "reloading" meanwhile and `systemctl reload` means the reload
+// has happened. MONOTONIC_USEC is the time the reload began, as
+// Type=notify-reload (systemd 253) requires; Type=notify takes it too.
+// READY=1 follows whether the reload worked or not: a part whose new
+// config failed runs on as it was, and STATUS= says so. Before the first
+// READY=1 nothing is sent: the manager still waits for that one.
+func (d *Daemon) NotifyReload(reload func() error) error {
+	if os.Getenv("NOTIFY_SOCKET") == "" || !d.told.Load() {
+		return reload()
+	}
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	if err := Notify(fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d\nSTATUS=reloading the config\n", ts.Nano()/1000)); err != nil {
+		d.log.Warn("service manager notification", "err", err)
+	}
+	err := reload()
+	_, status := d.Readiness()
+	if err != nil {
+		status += "; the last reload failed, the previous config runs on: " + err.Error()
+	}
+	if nerr := Notify("READY=1\nSTATUS=" + status + "\n"); nerr != nil {
+		d.log.Warn("service manager notification", "err", nerr)
+	}
+	return err
 }

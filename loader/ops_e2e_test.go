@@ -5,10 +5,14 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/tandem-net/tandem/tools/testenv"
 )
@@ -149,6 +153,39 @@ func TestReadyAfterAttach(t *testing.T) {
 	}
 	if !strings.Contains(got[len(got)-1], "STATUS=serving") {
 		t.Errorf("READY=1 without a STATUS= saying it serves: %q", got)
+	}
+	// SIGHUP (systemctl reload): RELOADING=1 with the monotonic time the
+	// reload began, then READY=1 once it is done.
+	var before unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &before)
+	cmd.Process.Signal(syscall.SIGHUP)
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var reloading string
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("after SIGHUP, no RELOADING=1 then READY=1 (got %q): %v\ndaemon log:\n%s", reloading, err, log.String())
+		}
+		m := string(buf[:n])
+		if strings.Contains(m, "RELOADING=1") {
+			reloading = m
+			continue
+		}
+		if strings.Contains(m, "READY=1") {
+			if reloading == "" {
+				t.Fatalf("READY=1 after SIGHUP without RELOADING=1 first: %q", m)
+			}
+			break
+		}
+	}
+	var usec int64
+	for _, l := range strings.Split(reloading, "\n") {
+		if v, ok := strings.CutPrefix(l, "MONOTONIC_USEC="); ok {
+			usec, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	if from := before.Nano() / 1000; usec < from || usec > from+30_000_000 {
+		t.Errorf("RELOADING=1's MONOTONIC_USEC=%d is not the monotonic time after the SIGHUP (%d): %q", usec, from, reloading)
 	}
 	// SIGTERM: STOPPING=1, and the datapath stays.
 	cmd.Process.Signal(os.Interrupt)

@@ -52,7 +52,8 @@ Pinned maps are kept, so counters survive.
 
 Then up stays in the foreground as the daemon: it checks the attachments
 every --check-interval and re-applies the config when one is broken, and on
-SIGHUP (it reads the config file again). A part whose new config cannot
+SIGHUP (it reads the config file again; under systemd it says RELOADING=1,
+then READY=1 once done). A part whose new config cannot
 start keeps running as it was: a new election that cannot start leaves
 the running one in place, and tandem vip shows the failed reload until a
 reload succeeds. SIGINT/SIGTERM (or SIGKILL) stop the daemon, never the datapath:
@@ -351,13 +352,15 @@ func upDaemon(env Env, f *upFlags, c daemon.Config) error {
 				return
 			case <-env.Reload:
 			}
-			nc, err := f.config()
-			if err != nil {
-				log.Error("reload: config rejected, keeping the running one", "err", err)
-				continue
-			}
-			nc.Datapath.Log = log
-			d.Reload(nc) // it logs what failed; tandem vip shows it
+			d.NotifyReload(func() error {
+				nc, err := f.config()
+				if err != nil {
+					log.Error("reload: config rejected, keeping the running one", "err", err)
+					return fmt.Errorf("config rejected: %w", err)
+				}
+				nc.Datapath.Log = log
+				return d.Reload(nc) // it logs what failed; tandem vip shows it
+			})
 		}
 	}()
 	// Type=notify: READY=1 once attached and, on a standby, caught up.
