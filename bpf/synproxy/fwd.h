@@ -93,16 +93,16 @@ kernel:
  * What the lookup cannot finish (no neighbour yet, fragmentation needed,
  * VLAN tags) leaves j->nh 0: the kernel forwards the segment. Two CPUs
  * may refresh one entry at once; both write what the same tables say. */
-static __always_inline void nh_resolve(struct xdp_md *ctx, struct conn_val *c, struct fwd_job *j, int to, __u16 tot_len)
+static __always_inline void nh_resolve(struct xdp_md *ctx, struct conn_val *c, struct fwd_job *j, int to, __u16 tot_len, const __u8 *saddr, const __u8 *daddr, __u32 tok)
 {
-	struct scratch *s = scratch(0);
+	struct scratch *s;
 	struct bpf_fib_lookup *f;
-	__u32 gen = nh_gen_now();
+	__u32 gen = nh_gen_now(tok);
 	long rc;
 
 	to &= 1;
 	j->nh = 0;
-	if (j->vlan_depth || !s)
+	if (j->vlan_depth)
 		return;
 	if (gen && c->nh_gen == gen && c->nh_ifindex[to] && tot_len <= c->nh_mtu[to]) {
 		j->nh = 1;
@@ -110,6 +110,9 @@ static __always_inline void nh_resolve(struct xdp_md *ctx, struct conn_val *c, s
 		__builtin_memcpy(j->mac, c->nh_mac[to], 12);
 		return;
 	}
+	s = scratch(0);
+	if (!s)
+		return;
 	f = (void *)s->nh.f;
 	__builtin_memset(f, 0, sizeof(*f));
 	f->ifindex = ctx->ingress_ifindex;
@@ -117,12 +120,12 @@ static __always_inline void nh_resolve(struct xdp_md *ctx, struct conn_val *c, s
 	f->tot_len = tot_len;
 	if (j->v4) {
 		f->family = AF_INET;
-		__builtin_memcpy(&f->ipv4_src, j->saddr + 12, 4);
-		__builtin_memcpy(&f->ipv4_dst, j->daddr + 12, 4);
+		__builtin_memcpy(&f->ipv4_src, saddr + 12, 4);
+		__builtin_memcpy(&f->ipv4_dst, daddr + 12, 4);
 	} else {
 		f->family = AF_INET6;
-		__builtin_memcpy(f->ipv6_src, j->saddr, 16);
-		__builtin_memcpy(f->ipv6_dst, j->daddr, 16);
+		__builtin_memcpy(f->ipv6_src, saddr, 16);
+		__builtin_memcpy(f->ipv6_dst, daddr, 16);
 	}
 	rc = bpf_fib_lookup(ctx, f, sizeof(*f), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
