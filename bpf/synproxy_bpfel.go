@@ -240,7 +240,6 @@ type SynproxyRevVal struct {
 type SynproxyScratch struct {
 	_   structs.HostLayout
 	Sk  SynproxySvcKey
-	Rk  SynproxySvcKey
 	Ck  SynproxyConnKey
 	Job struct {
 		_         structs.HostLayout
@@ -257,6 +256,16 @@ type SynproxyScratch struct {
 		Ifindex   uint32
 		Mac       [12]uint8
 	}
+	_     [4]byte
+	Clock struct {
+		_       structs.HostLayout
+		Jiffies uint64
+		Tai     uint64
+		Tok     uint32
+		Pad     uint32
+	}
+	Rk  SynproxySvcKey
+	_   [4]byte
 	Seg struct {
 		_ structs.HostLayout
 		H struct {
@@ -304,11 +313,6 @@ type SynproxyScratch struct {
 		Ip   [20]uint8
 		Sk   SynproxySvcKey
 		K    SynproxyConnKey
-	}
-	Clock struct {
-		_       structs.HostLayout
-		Jiffies uint64
-		Tai     uint64
 	}
 	Nh struct {
 		_ structs.HostLayout

@@ -18,13 +18,10 @@
  * expires after seconds, and a clock step is followed within a jiffy.
  * (The coarse clock plus an offset, before, was a helper call and the
  * timekeeper's cache lines per segment.) */
-static __always_inline __u64 touch_now(void)
+static __always_inline __u64 touch_now(struct scratch *s)
 {
-	struct scratch *s = scratch(0);
 	__u64 j = bpf_jiffies64();
 
-	if (!s)
-		return now_ns();
 	if (s->clock.jiffies != j || !s->clock.tai) {
 		s->clock.tai = now_ns();
 		s->clock.jiffies = j;
@@ -35,9 +32,9 @@ static __always_inline __u64 touch_now(void)
 /* touch refreshes c's last-seen time, at most every SP_TOUCH_NS, so that
  * an active entry is replicated now and then and never expires on the
  * peer while it lives here. */
-static __always_inline void touch(struct conn_val *c, const struct conn_key *k, int changed)
+static __always_inline void touch(struct scratch *s, struct conn_val *c, const struct conn_key *k, int changed)
 {
-	__u64 now = touch_now();
+	__u64 now = touch_now(s);
 
 	if (changed || now - c->last_ns > SP_TOUCH_NS) {
 		c->last_ns = now;
@@ -330,10 +327,16 @@ static __always_inline int est_seg(struct xdp_md *ctx, struct pkt *p, struct con
 {
 	__u8 fin = fromc ? 1 : 2;
 	struct svc_counters *sc;
-	__u32 tok = local_token();
+	struct scratch *s = scratch(0);
 	struct fwd_job *j;
 	int changed = 0, r;
+	__u32 tok;
 
+	if (!s)
+		return XDP_DROP;
+	tok = s->clock.tok;
+	if (!tok)
+		tok = s->clock.tok = local_token();
 	r = seq_track(c, fromc, th, l4_payload(p, th), tok);
 	if (r == SEQ_CHALLENGE)
 		return challenge_ack(ctx, p, c, k, fromc);
@@ -360,9 +363,9 @@ static __always_inline int est_seg(struct xdp_md *ctx, struct pkt *p, struct con
 			sc->bytes_out += l4_payload(p, th);
 		}
 	}
-	touch(c, k, changed);
-	j = fwd_job_start(p);
-	if (!j || xlate(ctx, p, c, k, fromc, j))
+	touch(s, c, k, changed);
+	j = fwd_job_start(s, p);
+	if (xlate(ctx, p, c, k, fromc, j))
 		return XDP_DROP;
 	nh_resolve(ctx, c, j, !fromc, ((p->l4_off - p->l3_off) & 0x1ff) + p->l4_len, fromc ? p->saddr : k->vaddr, fromc ? c->baddr : p->daddr, tok);
 	sp_count(fromc ? SP_FWD : SP_REV);

@@ -188,12 +188,8 @@ kernel:
 	return FWD_KERNEL;
 }
 
-static __always_inline struct fwd_job *fwd_job_start(const struct pkt *p)
+static __always_inline struct fwd_job *fwd_job_start(struct scratch *s, const struct pkt *p)
 {
-	struct scratch *s = scratch(0);
-
-	if (!s)
-		return 0;
 	__builtin_memset(&s->job, 0, sizeof(s->job));
 	s->job.l3_off = p->l3_off;
 	s->job.vlan_depth = p->vlan_depth;

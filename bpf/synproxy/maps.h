@@ -401,11 +401,14 @@ struct icmp_scratch {
 	struct conn_key k; /* the quoted flow's connection */
 } SCRATCH_STAGE;
 
-/* touch's clock (established.h, touch_now): TAI as of this CPU's last
- * jiffy. */
+/* est_seg's: TAI as of this CPU's last jiffy (established.h, touch_now),
+ * and local_token's value, which never changes once made (read here, not
+ * from sp_local: one cache line less a segment). */
 struct clock_scratch {
 	__u64 jiffies; /* when tai was read */
 	__u64 tai;
+	__u32 tok;     /* local_token(), 0: not read yet */
+	__u32 pad;
 } SCRATCH_STAGE;
 
 /* nh_resolve's FIB lookup: a struct bpf_fib_lookup (as words: bpf2go,
@@ -420,16 +423,18 @@ struct nh_scratch {
  * the other stages' are in their structs. The parsed packet is the
  * chain's (struct chain_ctx), read in place. */
 struct scratch {
+	/* What an established segment touches first, together: every
+	 * cache line it reads is a cost (docs/synproxy.md "Benchmarks"). */
 	struct svc_key sk;  /* its service */
-	struct svc_key rk;  /* its backend (from_backend's reverse lookup) */
 	struct conn_key ck; /* its connection; cookie_ack's new entry's key */
 	struct fwd_job job; /* the forward left pending (fwd.h) */
+	struct clock_scratch clock;
+	struct svc_key rk;  /* its backend (from_backend's reverse lookup) */
 	struct seg_scratch seg;
 	struct csum_scratch csum;
 	struct cookie_scratch cookie;
 	struct del_scratch del;
 	struct icmp_scratch icmp;
-	struct clock_scratch clock;
 	struct nh_scratch nh;
 };
 
