@@ -83,6 +83,21 @@ kernel:
 	return FWD_KERNEL;
 }
 
+/* mac_copy copies a destination and a source MAC (12 bytes) as three
+ * 32-bit words: both ends are word-aligned (struct fwd_job's mac,
+ * conn_val's nh_mac, an Ethernet header at the frame's start; x86 has no
+ * alignment rule anyway), and clang, which sees __u8 arrays, would copy
+ * byte by byte. */
+static __always_inline void mac_copy(void *dst, const void *src)
+{
+	__u32 *d = dst;
+	const __u32 *s = src;
+
+	d[0] = s[0];
+	d[1] = s[1];
+	d[2] = s[2];
+}
+
 /* nh_resolve finds the next hop of an established segment towards dst
  * (to: 0 the backend, 1 the client): the one cached in the entry while
  * its generation is current, or a FIB lookup, whose answer is cached. A
@@ -107,7 +122,7 @@ static __always_inline void nh_resolve(struct xdp_md *ctx, struct conn_val *c, s
 	if (gen && c->nh_gen == gen && c->nh_ifindex[to] && tot_len <= c->nh_mtu[to]) {
 		j->nh = 1;
 		j->ifindex = c->nh_ifindex[to];
-		__builtin_memcpy(j->mac, c->nh_mac[to], 12);
+		mac_copy(j->mac, c->nh_mac[to]);
 		return;
 	}
 	s = scratch(0);
@@ -142,7 +157,7 @@ static __always_inline void nh_resolve(struct xdp_md *ctx, struct conn_val *c, s
 		c->nh_gen = gen;
 	}
 	c->nh_mtu[to] = f->mtu_result; /* the route's MTU on success */
-	__builtin_memcpy(c->nh_mac[to], j->mac, 12);
+	mac_copy(c->nh_mac[to], j->mac);
 	c->nh_ifindex[to] = j->ifindex;
 }
 
@@ -178,8 +193,7 @@ static __always_inline int fwd_pending(struct xdp_md *ctx, const struct fwd_job 
 			goto kernel;
 		ip6->hop_limit--;
 	}
-	__builtin_memcpy(eth->h_dest, j->mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, j->mac + ETH_ALEN, ETH_ALEN);
+	mac_copy(eth, j->mac);
 	if (j->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	return bpf_redirect(j->ifindex, 0);

@@ -350,7 +350,9 @@ struct fwd_job {
 	__u8 nh;      /* 1: the next hop below is known (nh_resolve) */
 	__u8 pad;
 	__u32 ifindex;
-	__u8 mac[12]; /* destination MAC, then source MAC */
+	/* Destination MAC, then source MAC; word-aligned, like conn_val's
+	 * nh_mac: copied as three words, not twelve bytes. */
+	__u8 mac[12] __attribute__((aligned(4)));
 };
 
 #define FWD_PENDING 0x100
