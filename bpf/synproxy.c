@@ -68,15 +68,15 @@ int xdp_synproxy(struct xdp_md *ctx)
 	struct pkt *p;
 	int r;
 
-	/* The parsed packet and the keys live in scratch memory: the
-	 * deepest call chain under this frame needs almost all of the
-	 * 512-byte stack on verifiers that round frames up (before 6.8). */
+	/* The keys live in scratch memory, the parsed packet in the chain's
+	 * context (read in place: a copy cost ~9 ns a segment): the deepest
+	 * call chain under this frame needs almost all of the 512-byte stack
+	 * on verifiers that round frames up (before 6.8). */
 	if (!scr || !c)
 		return XDP_PASS;
 	if (c->parsed != PARSE_IP)
 		return chain_next(ctx, c, STAGE_SYNPROXY); /* the gate judges what is not ours */
-	p = &scr->p;
-	*p = c->p;
+	p = &c->p;
 	sk = &scr->sk;
 	if ((p->l4_proto == IPPROTO_ICMP && p->eth_proto == ETH_P_IP) || (p->l4_proto == IPPROTO_ICMPV6 && p->eth_proto == ETH_P_IPV6)) {
 		if (p->frag)

@@ -238,34 +238,15 @@ type SynproxyRevVal struct {
 }
 
 type SynproxyScratch struct {
-	_ structs.HostLayout
-	P struct {
-		_         structs.HostLayout
-		L3Off     uint16
-		L4Off     uint16
-		EthProto  uint16
-		L4Proto   uint8
-		Frag      uint8
-		VlanDepth uint16
-		Saddr     [16]uint8
-		Daddr     [16]uint8
-		Sport     uint16
-		Dport     uint16
-		L4Len     uint16
-		Pad       uint16
-	}
+	_   structs.HostLayout
 	Sk  SynproxySvcKey
-	Rk  SynproxySvcKey
 	Ck  SynproxyConnKey
-	_   [2]byte
 	Job struct {
 		_         structs.HostLayout
 		Where     uint32
 		TsvalAdd  uint32
 		TsecrAdd  uint32
 		SackAdd   uint32
-		Saddr     [16]uint8
-		Daddr     [16]uint8
 		L3Off     uint16
 		VlanDepth uint16
 		V4        uint8
@@ -275,6 +256,15 @@ type SynproxyScratch struct {
 		Ifindex   uint32
 		Mac       [12]uint8
 	}
+	_     [4]byte
+	Clock struct {
+		_       structs.HostLayout
+		Jiffies uint64
+		Tai     uint64
+		Tok     uint32
+		Pad     uint32
+	}
+	Rk  SynproxySvcKey
 	_   [4]byte
 	Seg struct {
 		_ structs.HostLayout
@@ -308,11 +298,6 @@ type SynproxyScratch struct {
 		_ structs.HostLayout
 		V SynproxyConnVal
 	}
-	Xlate struct {
-		_  structs.HostLayout
-		Oa [4]uint32
-		Na [4]uint32
-	}
 	Del struct {
 		_ structs.HostLayout
 		K SynproxyConnKey
@@ -328,11 +313,6 @@ type SynproxyScratch struct {
 		Ip   [20]uint8
 		Sk   SynproxySvcKey
 		K    SynproxyConnKey
-	}
-	Clock struct {
-		_      structs.HostLayout
-		Coarse uint64
-		TaiOff uint64
 	}
 	Nh struct {
 		_ structs.HostLayout

@@ -9,37 +9,32 @@
 #ifndef SYNPROXY_ESTABLISHED_H
 #define SYNPROXY_ESTABLISHED_H
 
-/* SP_CLOCK_NS: how often touch_now reads the precise clock (per CPU). */
-#define SP_CLOCK_NS (64ULL << 20)
-
-/* touch_now is TAI for last-seen times, within a tick of the kernel's
- * coarse clock: the coarse monotonic clock (a read of the timekeeper's
- * last tick, ~5 ns) plus the offset to TAI, which the precise clock
- * (bpf_ktime_get_tai_ns, a clocksource read: ~25 ns of an established
- * segment in this VM, docs/synproxy.md "Benchmarks") gives every
- * SP_CLOCK_NS per CPU, so a clock step is followed within that. A
- * last-seen time needs no better: it is refreshed every SP_TOUCH_NS and
- * expires after seconds. */
-static __always_inline __u64 touch_now(void)
+/* touch_now is TAI for last-seen times, as of this CPU's last jiffy: the
+ * precise clock (bpf_ktime_get_tai_ns, a clocksource read, ~25 ns of an
+ * established segment in this VM, docs/synproxy.md "Benchmarks") is read
+ * once per jiffy per CPU and kept in scratch; every other segment reads
+ * jiffies (which the verifier inlines into one load) and the kept value.
+ * A last-seen time needs no better: it is refreshed every SP_TOUCH_NS and
+ * expires after seconds, and a clock step is followed within a jiffy.
+ * (The coarse clock plus an offset, before, was a helper call and the
+ * timekeeper's cache lines per segment.) */
+static __always_inline __u64 touch_now(struct scratch *s)
 {
-	struct scratch *s = scratch(0);
-	__u64 co = bpf_ktime_get_coarse_ns();
+	__u64 j = bpf_jiffies64();
 
-	if (!s)
-		return now_ns();
-	if (co - s->clock.coarse > SP_CLOCK_NS || !s->clock.coarse) {
-		s->clock.tai_off = now_ns() - co;
-		s->clock.coarse = co;
+	if (s->clock.jiffies != j || !s->clock.tai) {
+		s->clock.tai = now_ns();
+		s->clock.jiffies = j;
 	}
-	return co + s->clock.tai_off;
+	return s->clock.tai;
 }
 
 /* touch refreshes c's last-seen time, at most every SP_TOUCH_NS, so that
  * an active entry is replicated now and then and never expires on the
  * peer while it lives here. */
-static __always_inline void touch(struct conn_val *c, const struct conn_key *k, int changed)
+static __always_inline void touch(struct scratch *s, struct conn_val *c, const struct conn_key *k, int changed)
 {
-	__u64 now = touch_now();
+	__u64 now = touch_now(s);
 
 	if (changed || now - c->last_ns > SP_TOUCH_NS) {
 		c->last_ns = now;
@@ -47,20 +42,37 @@ static __always_inline void touch(struct conn_val *c, const struct conn_key *k, 
 	}
 }
 
+/* csum_acc4 and csum_acc2 add a field's change (old to new) to acc, a
+ * partial sum that xlate folds into the TCP checksum once: one fold and
+ * one store for a segment's dozen changed words, not one each. */
+static __always_inline __u32 csum_acc4(__u32 acc, __be32 old, __be32 new)
+{
+	return acc + (__u16)~(old & 0xffff) + (__u16)~(old >> 16) + (new & 0xffff) + (new >> 16);
+}
+
+static __always_inline __u32 csum_acc2(__u32 acc, __be16 old, __be16 new)
+{
+	return acc + (__u16)~old + new;
+}
+
 /* xlate rewrites an established segment in place. fwd: client -> backend
  * (destination becomes the backend, the ack and SACK edges move into the
  * backend's sequence space, the timestamp echo into its clock). Otherwise
  * backend -> client (source becomes the VIP, seq and tsval move into what
- * the client was told, the window into the client's scale). */
+ * the client was told, the window into the client's scale). Timestamps in
+ * an established segment's usual options (NOP NOP TS) are rewritten here
+ * in place; other options are left to xlate_opts from the top frame (see
+ * struct fwd_job). */
 static __always_inline int xlate(struct xdp_md *ctx, const struct pkt *p, const struct conn_val *c, const struct conn_key *k, int fwd, struct fwd_job *j)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	struct tcphdr *th = data + (p->l4_off & 0x1ff);
-	__u32 l4_off = p->l4_off & 0x1ff, n, old, nw;
+	__u32 l4_off = p->l4_off & 0x1ff, n, acc = 0;
 	const __u8 *to = fwd ? c->baddr : k->vaddr;
 	__be16 port = fwd ? c->bport : k->vport;
 	__u8 shl = fwd ? c->fwd_shl : c->rev_shl, shr = fwd ? c->fwd_shr : c->rev_shr;
+	__be32 old, nw;
 
 	if ((void *)(th + 1) > data_end)
 		return -1;
@@ -74,62 +86,75 @@ static __always_inline int xlate(struct xdp_md *ctx, const struct pkt *p, const 
 		__builtin_memcpy(&a, to + 12, 4);
 		if (fwd) {
 			csum_replace4(&ip->check, ip->daddr, a);
-			csum_replace4(&th->check, ip->daddr, a);
+			acc = csum_acc4(acc, ip->daddr, a);
 			ip->daddr = a;
 		} else {
 			csum_replace4(&ip->check, ip->saddr, a);
-			csum_replace4(&th->check, ip->saddr, a);
+			acc = csum_acc4(acc, ip->saddr, a);
 			ip->saddr = a;
 		}
 	} else {
 		struct ipv6hdr *ip6 = data + (p->l3_off & 0x3f);
-		struct scratch *s = scratch(0);
-		__be32 *oa, *na;
+		__be32 *ia, a;
+		int i;
 
-		/* The old and new addresses in scratch memory: this frame is
-		 * on the deepest call chain (six frames under 512 bytes). */
-		if ((void *)(ip6 + 1) > data_end || !s)
+		if ((void *)(ip6 + 1) > data_end)
 			return -1;
-		oa = s->xlate.oa;
-		na = s->xlate.na;
-		__builtin_memcpy(na, to, 16);
-		if (fwd) {
-			__builtin_memcpy(oa, &ip6->daddr, 16);
-			__builtin_memcpy(&ip6->daddr, na, 16);
-		} else {
-			__builtin_memcpy(oa, &ip6->saddr, 16);
-			__builtin_memcpy(&ip6->saddr, na, 16);
+		ia = fwd ? (__be32 *)&ip6->daddr : (__be32 *)&ip6->saddr;
+#pragma unroll
+		for (i = 0; i < 4; i++) {
+			__builtin_memcpy(&a, to + 4 * i, 4);
+			acc = csum_acc4(acc, ia[i], a);
+			ia[i] = a;
 		}
-		csum_replace16(&th->check, oa, na);
 	}
 	if (fwd) {
-		csum_replace2(&th->check, th->dest, port);
+		acc = csum_acc2(acc, th->dest, port);
 		th->dest = port;
 		if (th->ack) {
 			old = th->ack_seq;
-			th->ack_seq = bpf_htonl(bpf_ntohl(old) - c->seq_delta);
-			csum_replace4(&th->check, old, th->ack_seq);
+			nw = bpf_htonl(bpf_ntohl(old) - c->seq_delta);
+			acc = csum_acc4(acc, old, nw);
+			th->ack_seq = nw;
 		}
 	} else {
-		csum_replace2(&th->check, th->source, port);
+		acc = csum_acc2(acc, th->source, port);
 		th->source = port;
 		old = th->seq;
-		th->seq = bpf_htonl(bpf_ntohl(old) + c->seq_delta);
-		csum_replace4(&th->check, old, th->seq);
+		nw = bpf_htonl(bpf_ntohl(old) + c->seq_delta);
+		acc = csum_acc4(acc, old, nw);
+		th->seq = nw;
 	}
 	if (shl != shr) {
-		nw = bpf_htons(rescale(bpf_ntohs(th->window), shl, shr));
-		csum_replace2(&th->check, th->window, nw);
-		th->window = nw;
+		__be16 w = bpf_htons(rescale(bpf_ntohs(th->window), shl, shr));
+
+		acc = csum_acc2(acc, th->window, w);
+		th->window = w;
 	}
 	/* Options: only timestamps (both ways) and SACK (client -> backend)
-	 * change; the walk runs when they can be there, from the program's
-	 * top frame (see struct fwd_job). */
+	 * change. */
 	j->opts = n > 0 && n <= 40 && (c->flags & (CONN_F_TS | CONN_F_SACK));
 	j->where = l4_off << 8 | n;
 	j->tsval_add = fwd ? 0 : c->ts_delta;
 	j->tsecr_add = fwd ? -c->ts_delta : 0;
 	j->sack_add = fwd ? -c->seq_delta : 0;
+	if (j->opts && n == 12) {
+		/* NOP NOP TS: two words change in place, no walk. */
+		__be32 *b = (void *)(th + 1);
+
+		if ((void *)(b + 3) > data_end)
+			return -1;
+		if (b[0] == bpf_htonl(TCPOPT_NOP << 24 | TCPOPT_NOP << 16 | TCPOPT_TS << 8 | 10)) {
+			nw = bpf_htonl(bpf_ntohl(b[1]) + j->tsval_add);
+			acc = csum_acc4(acc, b[1], nw);
+			b[1] = nw;
+			nw = bpf_htonl(bpf_ntohl(b[2]) + j->tsecr_add);
+			acc = csum_acc4(acc, b[2], nw);
+			b[2] = nw;
+			j->opts = 0;
+		}
+	}
+	th->check = ~csum_fold32((__u16)~th->check + acc);
 	return 0;
 }
 
@@ -171,7 +196,7 @@ enum seq_verdict {
  * end is within Y's window of X's nxt (RFC 5961 section 5's ACK check,
  * and the window a sender keeps to). Anything else is forwarded untracked,
  * so a forged segment must guess both numbers to move the state. */
-static __always_inline int seq_track(struct conn_val *c, int fromc, const struct tcphdr *th, __u32 paylen)
+static __always_inline int seq_track(struct conn_val *c, int fromc, const struct tcphdr *th, __u32 paylen, __u32 tok)
 {
 	__u32 *xnxt = fromc ? &c->cnxt : &c->bnxt;
 	__u32 *xuna = fromc ? &c->cuna : &c->buna;
@@ -182,10 +207,9 @@ static __always_inline int seq_track(struct conn_val *c, int fromc, const struct
 	__u16 *xwin = fromc ? &c->cwin : &c->bwin;
 	__u8 shl = fromc ? c->fwd_shl : c->rev_shl;
 	__u8 pick = fromc ? CONN_F_PICK_C : CONN_F_PICK_B;
-	__u32 seq = bpf_ntohl(th->seq), ack, end, tok, b;
+	__u32 seq = bpf_ntohl(th->seq), ack, end, b;
 	__u16 w;
 
-	tok = local_token();
 	if (c->trk != tok) {
 		/* Tracked elsewhere until now: both sides re-anchor. */
 		c->trk = tok;
@@ -303,10 +327,17 @@ static __always_inline int est_seg(struct xdp_md *ctx, struct pkt *p, struct con
 {
 	__u8 fin = fromc ? 1 : 2;
 	struct svc_counters *sc;
+	struct scratch *s = scratch(0);
 	struct fwd_job *j;
 	int changed = 0, r;
+	__u32 tok;
 
-	r = seq_track(c, fromc, th, l4_payload(p, th));
+	if (!s)
+		return XDP_DROP;
+	tok = s->clock.tok;
+	if (!tok)
+		tok = s->clock.tok = local_token();
+	r = seq_track(c, fromc, th, l4_payload(p, th), tok);
 	if (r == SEQ_CHALLENGE)
 		return challenge_ack(ctx, p, c, k, fromc);
 	if (r == SEQ_DROP || r == SEQ_STALE) {
@@ -332,13 +363,11 @@ static __always_inline int est_seg(struct xdp_md *ctx, struct pkt *p, struct con
 			sc->bytes_out += l4_payload(p, th);
 		}
 	}
-	touch(c, k, changed);
-	j = fwd_job_start(p);
-	if (!j || xlate(ctx, p, c, k, fromc, j))
+	touch(s, c, k, changed);
+	j = fwd_job_start(s, p);
+	if (xlate(ctx, p, c, k, fromc, j))
 		return XDP_DROP;
-	__builtin_memcpy(j->saddr, fromc ? p->saddr : k->vaddr, 16);
-	__builtin_memcpy(j->daddr, fromc ? c->baddr : p->daddr, 16);
-	nh_resolve(ctx, c, j, !fromc, ((p->l4_off - p->l3_off) & 0x1ff) + p->l4_len);
+	nh_resolve(ctx, c, j, !fromc, ((p->l4_off - p->l3_off) & 0x1ff) + p->l4_len, fromc ? p->saddr : k->vaddr, fromc ? c->baddr : p->daddr, tok);
 	sp_count(fromc ? SP_FWD : SP_REV);
 	return FWD_PENDING;
 }

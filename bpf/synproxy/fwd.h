@@ -83,6 +83,21 @@ kernel:
 	return FWD_KERNEL;
 }
 
+/* mac_copy copies a destination and a source MAC (12 bytes) as three
+ * 32-bit words: both ends are word-aligned (struct fwd_job's mac,
+ * conn_val's nh_mac, an Ethernet header at the frame's start; x86 has no
+ * alignment rule anyway), and clang, which sees __u8 arrays, would copy
+ * byte by byte. */
+static __always_inline void mac_copy(void *dst, const void *src)
+{
+	__u32 *d = dst;
+	const __u32 *s = src;
+
+	d[0] = s[0];
+	d[1] = s[1];
+	d[2] = s[2];
+}
+
 /* nh_resolve finds the next hop of an established segment towards dst
  * (to: 0 the backend, 1 the client): the one cached in the entry while
  * its generation is current, or a FIB lookup, whose answer is cached. A
@@ -93,23 +108,26 @@ kernel:
  * What the lookup cannot finish (no neighbour yet, fragmentation needed,
  * VLAN tags) leaves j->nh 0: the kernel forwards the segment. Two CPUs
  * may refresh one entry at once; both write what the same tables say. */
-static __always_inline void nh_resolve(struct xdp_md *ctx, struct conn_val *c, struct fwd_job *j, int to, __u16 tot_len)
+static __always_inline void nh_resolve(struct xdp_md *ctx, struct conn_val *c, struct fwd_job *j, int to, __u16 tot_len, const __u8 *saddr, const __u8 *daddr, __u32 tok)
 {
-	struct scratch *s = scratch(0);
+	struct scratch *s;
 	struct bpf_fib_lookup *f;
-	__u32 gen = nh_gen_now();
+	__u32 gen = nh_gen_now(tok);
 	long rc;
 
 	to &= 1;
 	j->nh = 0;
-	if (j->vlan_depth || !s)
+	if (j->vlan_depth)
 		return;
 	if (gen && c->nh_gen == gen && c->nh_ifindex[to] && tot_len <= c->nh_mtu[to]) {
 		j->nh = 1;
 		j->ifindex = c->nh_ifindex[to];
-		__builtin_memcpy(j->mac, c->nh_mac[to], 12);
+		mac_copy(j->mac, c->nh_mac[to]);
 		return;
 	}
+	s = scratch(0);
+	if (!s)
+		return;
 	f = (void *)s->nh.f;
 	__builtin_memset(f, 0, sizeof(*f));
 	f->ifindex = ctx->ingress_ifindex;
@@ -117,12 +135,12 @@ static __always_inline void nh_resolve(struct xdp_md *ctx, struct conn_val *c, s
 	f->tot_len = tot_len;
 	if (j->v4) {
 		f->family = AF_INET;
-		__builtin_memcpy(&f->ipv4_src, j->saddr + 12, 4);
-		__builtin_memcpy(&f->ipv4_dst, j->daddr + 12, 4);
+		__builtin_memcpy(&f->ipv4_src, saddr + 12, 4);
+		__builtin_memcpy(&f->ipv4_dst, daddr + 12, 4);
 	} else {
 		f->family = AF_INET6;
-		__builtin_memcpy(f->ipv6_src, j->saddr, 16);
-		__builtin_memcpy(f->ipv6_dst, j->daddr, 16);
+		__builtin_memcpy(f->ipv6_src, saddr, 16);
+		__builtin_memcpy(f->ipv6_dst, daddr, 16);
 	}
 	rc = bpf_fib_lookup(ctx, f, sizeof(*f), 0);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
@@ -139,7 +157,7 @@ static __always_inline void nh_resolve(struct xdp_md *ctx, struct conn_val *c, s
 		c->nh_gen = gen;
 	}
 	c->nh_mtu[to] = f->mtu_result; /* the route's MTU on success */
-	__builtin_memcpy(c->nh_mac[to], j->mac, 12);
+	mac_copy(c->nh_mac[to], j->mac);
 	c->nh_ifindex[to] = j->ifindex;
 }
 
@@ -175,8 +193,7 @@ static __always_inline int fwd_pending(struct xdp_md *ctx, const struct fwd_job 
 			goto kernel;
 		ip6->hop_limit--;
 	}
-	__builtin_memcpy(eth->h_dest, j->mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, j->mac + ETH_ALEN, ETH_ALEN);
+	mac_copy(eth, j->mac);
 	if (j->ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	return bpf_redirect(j->ifindex, 0);
@@ -185,12 +202,8 @@ kernel:
 	return FWD_KERNEL;
 }
 
-static __always_inline struct fwd_job *fwd_job_start(const struct pkt *p)
+static __always_inline struct fwd_job *fwd_job_start(struct scratch *s, const struct pkt *p)
 {
-	struct scratch *s = scratch(0);
-
-	if (!s)
-		return 0;
 	__builtin_memset(&s->job, 0, sizeof(s->job));
 	s->job.l3_off = p->l3_off;
 	s->job.vlan_depth = p->vlan_depth;

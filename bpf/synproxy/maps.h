@@ -292,13 +292,14 @@ struct {
 } sp_nh_gen SEC(".maps");
 
 /* nh_gen_now is the generation a cached next hop must carry: the
- * daemon's count plus this host's token, so that an entry replicated
- * from the peer (the peer's token) never matches. 0: cache nothing. */
-static __always_inline __u32 nh_gen_now(void)
+ * daemon's count plus this host's token (tok, local_token's, which the
+ * caller has at hand), so that an entry replicated from the peer (the
+ * peer's token) never matches. 0: cache nothing. */
+static __always_inline __u32 nh_gen_now(__u32 tok)
 {
 	__u32 zero = 0, *g = bpf_map_lookup_elem(&sp_nh_gen, &zero);
 
-	return g ? local_token() + *g : 0;
+	return g && tok ? tok + *g : 0;
 }
 
 static __always_inline void sp_count(__u32 s)
@@ -344,13 +345,14 @@ struct hs {
 struct fwd_job {
 	__u32 where; /* l4_off << 8 | options length */
 	__u32 tsval_add, tsecr_add, sack_add;
-	__u8 saddr[16], daddr[16];
 	__u16 l3_off, vlan_depth;
 	__u8 v4, opts;
 	__u8 nh;      /* 1: the next hop below is known (nh_resolve) */
 	__u8 pad;
 	__u32 ifindex;
-	__u8 mac[12]; /* destination MAC, then source MAC */
+	/* Destination MAC, then source MAC; word-aligned, like conn_val's
+	 * nh_mac: copied as three words, not twelve bytes. */
+	__u8 mac[12] __attribute__((aligned(4)));
 };
 
 #define FWD_PENDING 0x100
@@ -387,11 +389,6 @@ struct cookie_scratch {
 	struct conn_val v;
 } SCRATCH_STAGE;
 
-/* xlate's: an IPv6 address, old and new, for the checksum update. */
-struct xlate_scratch {
-	__be32 oa[4], na[4];
-} SCRATCH_STAGE;
-
 /* conn_delete's: a copy of the key to delete. */
 struct del_scratch {
 	struct conn_key k;
@@ -406,11 +403,14 @@ struct icmp_scratch {
 	struct conn_key k; /* the quoted flow's connection */
 } SCRATCH_STAGE;
 
-/* touch's clock (established.h, touch_now): TAI as the coarse monotonic
- * clock plus an offset read from the precise clock now and then. */
+/* est_seg's: TAI as of this CPU's last jiffy (established.h, touch_now),
+ * and local_token's value, which never changes once made (read here, not
+ * from sp_local: one cache line less a segment). */
 struct clock_scratch {
-	__u64 coarse; /* the coarse clock when tai_off was taken */
-	__u64 tai_off; /* TAI - coarse monotonic then */
+	__u64 jiffies; /* when tai was read */
+	__u64 tai;
+	__u32 tok;     /* local_token(), 0: not read yet */
+	__u32 pad;
 } SCRATCH_STAGE;
 
 /* nh_resolve's FIB lookup: a struct bpf_fib_lookup (as words: bpf2go,
@@ -420,22 +420,23 @@ struct nh_scratch {
 } SCRATCH_STAGE;
 
 /* A slot. Its own fields are the entry stage's (xdp_synproxy,
- * from_client, from_backend), which the program reads as scr->p (bpf2go,
+ * from_client, from_backend), which the program reads as scr->sk (bpf2go,
  * which makes a Go type of every map value, refuses an unnamed struct);
- * the other stages' are in their structs. */
+ * the other stages' are in their structs. The parsed packet is the
+ * chain's (struct chain_ctx), read in place. */
 struct scratch {
-	struct pkt p;       /* the parsed packet */
+	/* What an established segment touches first, together: every
+	 * cache line it reads is a cost (docs/synproxy.md "Benchmarks"). */
 	struct svc_key sk;  /* its service */
-	struct svc_key rk;  /* its backend (from_backend's reverse lookup) */
 	struct conn_key ck; /* its connection; cookie_ack's new entry's key */
 	struct fwd_job job; /* the forward left pending (fwd.h) */
+	struct clock_scratch clock;
+	struct svc_key rk;  /* its backend (from_backend's reverse lookup) */
 	struct seg_scratch seg;
 	struct csum_scratch csum;
 	struct cookie_scratch cookie;
-	struct xlate_scratch xlate;
 	struct del_scratch del;
 	struct icmp_scratch icmp;
-	struct clock_scratch clock;
 	struct nh_scratch nh;
 };
 
