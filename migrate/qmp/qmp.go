@@ -8,6 +8,8 @@
 //	RESUME (destination)               -> switch, then done
 //	MIGRATION "postcopy-active"        -> switch (the destination runs the guest)
 //	MIGRATION "failed" / "cancelled"   -> abort
+//	no migration ("none", "setup") while a move was followed (a new
+//	QEMU answers after a reconnect)   -> abort
 //
 // docs/migration.md (## Drivers) explains the mapping. The follower keeps
 // its own phase so a repeated event sends nothing twice, and the gateway
@@ -122,6 +124,16 @@ func (m *Mapper) Map(ev Event) []string {
 				}
 			}
 		case "failed", "cancelled":
+			if m.phase != phaseIdle {
+				out = append(out, "abort")
+				m.phase = phaseIdle
+			}
+		case "none", "setup":
+			// QEMU never goes back to these within a move: a QEMU that
+			// reports them (query-migrate after a reconnect) while a move
+			// was followed is a new process, and the move died with the
+			// old one. Without the abort the gateway would hold the
+			// endpoint's packets until someone noticed.
 			if m.phase != phaseIdle {
 				out = append(out, "abort")
 				m.phase = phaseIdle
@@ -304,7 +316,9 @@ func (q *Conn) Current() ([]Event, error) {
 	}
 	json.Unmarshal(raw, &st)
 	var out []Event
-	if mig.Status != "" && mig.Status != "none" && mig.Status != "setup" {
+	if mig.Status != "" {
+		// "none" and "setup" too: after a reconnect they say the QEMU is
+		// not the one whose move the follower was in (Mapper aborts it).
 		ev := Event{Event: "MIGRATION"}
 		ev.Data.Status = mig.Status
 		out = append(out, ev)
@@ -442,7 +456,9 @@ func (f *Follower) session(ctx context.Context) error {
 					f.Log.Info("qmp: the move failed; source guest resumed")
 				}
 				return nil
-			case st == "completed":
+			case st == "completed" || st == "none" || st == "setup":
+				// none, setup: a new QEMU (or a new move): the guest this
+				// follower stopped is not there to resume.
 				f.stopped = false
 			}
 		}

@@ -51,6 +51,13 @@ func TestMapper(t *testing.T) {
 		{"destination, RESUME twice", RoleDestination, "MIGRATION:active MIGRATION:completed RESUME RESUME", "start switch done", false},
 		{"destination, failed", RoleDestination, "MIGRATION:active MIGRATION:failed", "start abort", false},
 		{"destination, a plain cont", RoleDestination, "RESUME", "", false},
+		// A QEMU that reports no move (or a new one's setup) while one was
+		// followed is a new QEMU process: the old move is gone, and
+		// without an abort the gateway would hold the endpoint forever.
+		{"source, QEMU restarted in the blackout", RoleSource, "MIGRATION:active STOP MIGRATION:none", "start blackout abort", false},
+		{"source, QEMU restarted in the pre-copy, a new move", RoleSource, "MIGRATION:active MIGRATION:setup MIGRATION:active", "start abort start", false},
+		{"source, no move and nothing followed", RoleSource, "MIGRATION:none MIGRATION:setup", "", false},
+		{"destination, QEMU restarted", RoleDestination, "MIGRATION:active MIGRATION:none", "start abort", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := Mapper{Role: tc.role, DestinationSwitches: tc.dst}
@@ -254,6 +261,38 @@ func TestFollowerReconnects(t *testing.T) {
 	defer q.mu.Unlock()
 	if !slices.Contains(q.cmds, "migrate-set-capabilities") || q.cmds[0] != "qmp_capabilities" {
 		t.Fatalf("commands %v: want qmp_capabilities first and migration events turned on", q.cmds)
+	}
+}
+
+// TestFollowerAbortsAfterQEMURestart: QEMU dies in the blackout and a new
+// QEMU (no migration) answers on the socket: the follower aborts the move
+// it followed, so the gateway does not hold the endpoint's packets
+// forever (before, it sent nothing: its phase stayed blackout).
+func TestFollowerAbortsAfterQEMURestart(t *testing.T) {
+	q := newFakeQEMU(t)
+	rec := &recorder{seen: make(chan string, 64)}
+	f := &Follower{QMP: q.path, Steps: rec, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Retry: 20 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	c := <-q.conns
+	q.events <- "MIGRATION:active"
+	q.events <- "STOP"
+	rec.wait(t, "start", "blackout")
+	// QEMU dies; a new one, with no migration, takes the socket.
+	q.set("none", true)
+	c.Close()
+	<-q.conns
+	rec.wait(t, "abort")
+	// A plain pause of the new QEMU is no move.
+	q.events <- "STOP"
+	q.events <- "RESUME"
+	time.Sleep(100 * time.Millisecond)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if want := []string{"start", "blackout", "abort"}; !slices.Equal(rec.ops, want) {
+		t.Fatalf("steps %v, want %v", rec.ops, want)
 	}
 }
 
