@@ -95,10 +95,15 @@ func ParseDest(s string) (Dest, error) {
 		d.Encap, s = EncapIPIP, host
 	}
 	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return Dest{}, errors.New("want HOST or ipip:HOST, HOST an IP address")
+	if err != nil || a.Zone() != "" {
+		return Dest{}, errors.New("want HOST or ipip:HOST, HOST an IP address (without a zone)")
 	}
 	d.Addr = a.Unmap()
+	// What migrate.Location.Validate refuses, refused here as the
+	// request's fault, not the controller's.
+	if a := d.Addr; a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return Dest{}, fmt.Errorf("%s: want a host's unicast address", a)
+	}
 	return d, nil
 }
 
