@@ -436,3 +436,58 @@ func TestFollowerHoldsBeforeStop(t *testing.T) {
 	d.events <- "RESUME"
 	drec.wait(t, "switch", "done")
 }
+
+// TestFollowerReadsQEMUWhileGatewayDown: the gateway cannot be reached
+// from the move's start. The follower keeps reading QEMU's events while
+// it retries, so the source paused in pre-switchover is let go on after
+// ContinueAfter (it used to retry the start forever without reading a
+// line: the guest stayed paused until the gateway came back), and the
+// steps it could not send stay queued: once the gateway is back they go
+// in order, and the move ends at the destination (the bounded wait used
+// to drop start and blackout, so switch and done were refused and the
+// gateway kept forwarding to the source).
+func TestFollowerReadsQEMUWhileGatewayDown(t *testing.T) {
+	for _, live := range []bool{true, false} {
+		name := "events read live"
+		if !live {
+			name = "caught up at connect"
+		}
+		t.Run(name, func(t *testing.T) {
+			q := newFakeQEMU(t)
+			rec := &recorder{seen: make(chan string, 64), fail: 1 << 30}
+			f := &Follower{QMP: q.path, Steps: rec, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Retry: 20 * time.Millisecond,
+				PauseBeforeSwitchover: true, ContinueAfter: 300 * time.Millisecond}
+			if !live {
+				q.set("pre-switchover", false)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { defer close(done); f.Run(ctx) }()
+			defer func() { cancel(); <-done }()
+			<-q.conns
+			if live {
+				// Past the catch-up: what follows is read as events.
+				q.waitCmd(t, "query-status", 1)
+				q.events <- "MIGRATION:active"
+				q.events <- "STOP"
+				q.set("pre-switchover", false)
+				q.events <- "MIGRATION:pre-switchover"
+			}
+			q.waitCmd(t, "migrate-continue", 1)
+			q.set("completed", false)
+			q.events <- "MIGRATION:device"
+			q.events <- "MIGRATION:completed"
+			// The gateway comes back: every step, once, in order.
+			rec.mu.Lock()
+			rec.fail = 0
+			rec.mu.Unlock()
+			rec.wait(t, "start", "blackout", "switch", "done")
+			time.Sleep(100 * time.Millisecond)
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			if want := []string{"start", "blackout", "switch", "done"}; !slices.Equal(rec.ops, want) {
+				t.Fatalf("steps %v, want %v", rec.ops, want)
+			}
+		})
+	}
+}
