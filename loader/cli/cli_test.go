@@ -62,6 +62,11 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"sa", "flush"}, `unknown action "flush": use list`},
 		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-iface", "eth0"}, "--migrate-iface eth0 named twice"},
 		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-hold-bytes", "1000"}, "--migrate-hold-bytes 1000: want a power of two"},
+		// 0 given on the command line is no bound (and no "off"): it used to
+		// mean the default, silently.
+		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-hold-bytes", "0"}, "--migrate-hold-bytes 0: want a power of two"},
+		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-hold-packets", "0"}, "--migrate-hold-packets 0: at least 1"},
+		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-hold-packets", "16777217"}, "--migrate-hold-packets 16777217: at most 16777216"},
 		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-encap-src", "nope"}, `--migrate-encap-src "nope": want a unicast address of this host`},
 		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-encap-src", "0.0.0.0"}, `--migrate-encap-src "0.0.0.0": want a unicast address`},
 		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-encap-src", "10.0.0.1,10.0.0.2"}, "two IPv4 sources (10.0.0.1 and 10.0.0.2): give one per family"},
