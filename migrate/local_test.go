@@ -731,3 +731,49 @@ func TestFlushToRoutedLocation(t *testing.T) {
 		t.Errorf("flushed %d frames %v..., want 0..%d in order", len(seqs), seqs[:min(len(seqs), 10)], n-1)
 	}
 }
+
+// TestResolvesHops: a location (or a destination) the gateway has no
+// neighbour entry for. The stage's FIB lookup only reads the neighbour
+// table, so without anyone sending to the hop every packet was counted
+// no_route and dropped, for as long as the endpoint stayed there (an
+// operator's fresh `tandem endpoint set`, or an entry the kernel's
+// garbage collection took: nothing re-creates it). The controller makes
+// the kernel resolve the hop when it is set, and again when the stage
+// counts no_route.
+func TestResolvesHops(t *testing.T) {
+	w := newWorld(t, 65536)
+	segAddr := "10.97.1.9" // seg's own address: it answers ARP
+	hop := netip.MustParseAddr(segAddr)
+	forwarded := func() bool {
+		t.Helper()
+		for i := 0; i < 300; i++ {
+			if w.send(t, i, 1)["redirect"] == 1 {
+				return true
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return false
+	}
+	flush := func() {
+		t.Helper()
+		if err := w.gw.IP("neigh", "flush", "to", segAddr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flush()
+	w.do(t, func() error {
+		_, err := w.ctl.SetLocation(ep4, migrate.Location{Hop: hop})
+		return err
+	})
+	if !forwarded() {
+		st, _ := w.mm.MigStats()
+		t.Fatalf("an endpoint at a hop without a neighbour entry is never forwarded (no_route %d)", st["no_route"])
+	}
+	// The entry goes (garbage collection, a flush): the stage counts
+	// no_route, and the controller has the hop resolved again.
+	flush()
+	if !forwarded() {
+		st, _ := w.mm.MigStats()
+		t.Fatalf("after the neighbour entry went, never forwarded again (no_route %d)", st["no_route"])
+	}
+}
