@@ -347,6 +347,9 @@ func (l *Local) Start(ep netip.Addr, to Location) error {
 	if err := to.Validate(); err != nil {
 		return fmt.Errorf("start %s: %w", ep, err)
 	}
+	if err := l.res.routable(to.Hop); err != nil {
+		return fmt.Errorf("start %s: to %s: %w", ep, to, err)
+	}
 	// Resolved by the switch, not at its first packet's no_route.
 	l.res.ensure(to.Hop)
 	return l.m.PutMigration(ep, &maps.MigVal{State: uint32(bpf.MigrateMigStateIdMIG_MIGRATING), From: from, To: to.rec()}, false)
@@ -443,6 +446,9 @@ func (l *Local) SetLocation(ep netip.Addr, loc Location) (bool, error) {
 		return false, err
 	}
 	if err := loc.Validate(); err != nil {
+		return false, fmt.Errorf("set %s: %w", ep, err)
+	}
+	if err := l.res.routable(loc.Hop); err != nil {
 		return false, fmt.Errorf("set %s: %w", ep, err)
 	}
 	l.res.ensure(loc.Hop)

@@ -777,3 +777,35 @@ func TestResolvesHops(t *testing.T) {
 		t.Fatalf("after the neighbour entry went, never forwarded again (no_route %d)", st["no_route"])
 	}
 }
+
+// TestRefusesUnroutedHop: a location or a destination this gateway has no
+// route to (a typo, a host on no segment of it), or one of its own
+// addresses, is refused with ErrNoRoute: accepted, every packet to it
+// was dropped (no_route), and a move to it lost every held packet at the
+// switch. Nothing changes.
+func TestRefusesUnroutedHop(t *testing.T) {
+	w := newWorld(t, 65536)
+	nowhere := netip.MustParseAddr("203.0.113.9")
+	w.do(t, func() error {
+		if _, err := w.ctl.SetLocation(ep4, migrate.Location{Hop: hopS}); err != nil {
+			return err
+		}
+		for _, loc := range []migrate.Location{{Hop: nowhere}, {Hop: nowhere, Encap: migrate.EncapIPIP}, {Hop: gwSeg}} {
+			if _, err := w.ctl.SetLocation(ep4, loc); !errors.Is(err, migrate.ErrNoRoute) {
+				t.Errorf("set %s: %v, want ErrNoRoute", loc, err)
+			}
+			if err := w.ctl.Start(ep4, loc); !errors.Is(err, migrate.ErrNoRoute) {
+				t.Errorf("start to %s: %v, want ErrNoRoute", loc, err)
+			}
+		}
+		// Routed and segment hops with a route are fine.
+		if err := w.ctl.Start(ep4, migrate.Location{Hop: routedHost, Encap: migrate.EncapIPIP}); err != nil {
+			t.Errorf("start to a routed host: %v", err)
+		}
+		return nil
+	})
+	list, _ := w.ctl.List()
+	if len(list) != 1 || list[0].Location.Hop != hopS || list[0].Migration == nil || list[0].Migration.To.Hop != routedHost {
+		t.Fatalf("endpoints %+v: want %s at %s, moving to %s", list, ep4, hopS, routedHost)
+	}
+}

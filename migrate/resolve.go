@@ -1,6 +1,8 @@
 package migrate
 
 import (
+	"errors"
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -115,6 +117,37 @@ func (r *resolver) nextHop(h netip.Addr) (neighKey, bool) {
 		k.addr = g.Unmap()
 	}
 	return k, true
+}
+
+// ErrNoRoute: this gateway has no route to the hop, or the hop is one of
+// its own addresses: the stage could not forward there.
+var ErrNoRoute = errors.New("no route from this gateway")
+
+// routable says why the stage could not forward to hop from this host's
+// routes (nil when it could, or when that cannot be told).
+func (r *resolver) routable(hop netip.Addr) error {
+	if r.nl == nil || !hop.IsValid() {
+		return nil
+	}
+	h := hop.Unmap()
+	fam, bits := uint8(unix.AF_INET), uint8(32)
+	if !h.Is4() {
+		fam, bits = unix.AF_INET6, 128
+	}
+	rts, err := r.nl.Route.Get(&rtnetlink.RouteMessage{Family: fam, DstLength: bits, Attributes: rtnetlink.RouteAttributes{Dst: h.AsSlice()}})
+	switch {
+	case errors.Is(err, unix.ENETUNREACH) || errors.Is(err, unix.EHOSTUNREACH) || errors.Is(err, unix.EACCES):
+		return fmt.Errorf("%s: %w (add a route, or give a host on one of its segments)", h, ErrNoRoute)
+	case err != nil || len(rts) == 0:
+		return nil
+	}
+	switch rts[0].Type {
+	case unix.RTN_UNICAST:
+		return nil
+	case unix.RTN_LOCAL:
+		return fmt.Errorf("%s is this gateway's own address: %w", h, ErrNoRoute)
+	}
+	return fmt.Errorf("%s: %w (its route is of type %d: unreachable, blackhole or prohibit)", h, ErrNoRoute, rts[0].Type)
 }
 
 // ensure pokes hop unless its next hop is resolved already.

@@ -40,7 +40,8 @@ losing a packet. Endpoints are replicated to the peer gateway.
                            --encap HOST); while ENDPOINT migrates the
                            update is queued (said so, exit 0) and applied
                            in order when the move is done (dropped if it
-                           is aborted)
+                           is aborted); a HOST this host has no route
+                           to (or one of its own addresses) is refused
   del ENDPOINT             remove it (refused while it migrates)
 
 All talk to the daemon through its control socket in --state-dir

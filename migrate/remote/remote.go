@@ -73,6 +73,7 @@ const (
 	CodeControllerIO = "controller"    // the controller failed (maps): see the daemon's log
 	CodeDifferentTo  = "different_to"  // start for a move already under way to another host
 	CodeQueueFull    = "queue_full"    // too many location updates queued
+	CodeNoRoute      = "no_route"      // the gateway has no route to the destination (or it is its own address)
 	CodeUnavailable  = "unavailable"   // the daemon is stopping
 	CodeUnknown      = "unknown_error" // anything else
 )
@@ -143,6 +144,7 @@ var (
 	ErrNoEndpoint = errors.New("no such endpoint")
 	ErrState      = errors.New("not allowed in this migration state")
 	ErrQueueFull  = errors.New("location update queue full")
+	ErrNoRoute    = errors.New("no route from the gateway")
 )
 
 // RemoteError is a request the server refused, as the client sees it.
@@ -160,6 +162,8 @@ func (e *RemoteError) Error() string {
 		hint = " (tandem migrate status shows where the move is)"
 	case CodeNoDatapath:
 		hint = " (the gateway's daemon runs without the migration feature)"
+	case CodeNoRoute:
+		hint = " (check --to: the gateway forwards only to hosts it has a route to)"
 	case CodeControllerIO:
 		hint = " (see the gateway daemon's log)"
 	}

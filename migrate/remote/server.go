@@ -285,6 +285,8 @@ func controllerFail(err error) Response {
 		return fail(CodeState, err)
 	case errors.Is(err, ErrQueueFull):
 		return fail(CodeQueueFull, err)
+	case errors.Is(err, ErrNoRoute):
+		return fail(CodeNoRoute, err)
 	}
 	return fail(CodeControllerIO, err)
 }

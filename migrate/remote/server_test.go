@@ -413,7 +413,7 @@ func FuzzRequest(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	codes := []string{CodeBadRequest, CodeNoEndpoint, CodeState, CodeNoDatapath, CodeControllerIO, CodeDifferentTo, CodeQueueFull, CodeUnavailable, CodeUnknown}
+	codes := []string{CodeBadRequest, CodeNoEndpoint, CodeState, CodeNoDatapath, CodeControllerIO, CodeDifferentTo, CodeQueueFull, CodeNoRoute, CodeUnavailable, CodeUnknown}
 	f.Fuzz(func(t *testing.T, line []byte) {
 		if len(line) > MaxRequestBytes {
 			return // the server's reader refuses longer lines
@@ -441,4 +441,22 @@ func FuzzRequest(f *testing.F) {
 			t.Fatalf("%q: answer does not encode: %v", line, err)
 		}
 	})
+}
+
+// noRoute refuses every start as the daemon's controller refuses a
+// destination it has no route to.
+type noRoute struct{ *fakeController }
+
+func (noRoute) Start(ep netip.Addr, to Dest) error {
+	return fmt.Errorf("start %s: to %s: %w", ep, to, ErrNoRoute)
+}
+
+// TestNoRouteCode: a destination the gateway has no route to is its own
+// code (the follower and the CLI say what it is), not "see the log".
+func TestNoRouteCode(t *testing.T) {
+	s := &Server{Controller: noRoute{newFake("10.1.0.5")}}
+	resp := s.Do(Request{Op: OpStart, Endpoint: "10.1.0.5", To: "203.0.113.9"})
+	if resp.OK || resp.Code != CodeNoRoute {
+		t.Fatalf("got %+v, want code %s", resp, CodeNoRoute)
+	}
 }
