@@ -100,7 +100,10 @@ QEMU's QMP socket (QEMU started with -qmp unix:SOCKET,server=on,wait=off),
 turns on migration events and maps them to the steps for --endpoint:
 MIGRATION active -> start; STOP while migrating -> blackout; MIGRATION
 completed (or RESUME on the destination, --role destination) -> switch and
-done; failed or cancelled -> abort. Repeated events send nothing twice and
+done; failed or cancelled -> abort, and so does a QEMU found with no
+migration after a reconnect (a new process: the move died with the old
+one). Steps the gateways cannot take yet wait, in order, while QEMU's
+events are still read. Repeated events send nothing twice and
 the gateways treat a repeated step as done, so the follower reconnects to
 QEMU (catching up from query-migrate) and to the gateways freely. It runs
 until interrupted. Steps the gateway refuses are logged and skipped.
