@@ -809,3 +809,23 @@ func TestRefusesUnroutedHop(t *testing.T) {
 		t.Fatalf("endpoints %+v: want %s at %s, moving to %s", list, ep4, hopS, routedHost)
 	}
 }
+
+// TestRefusesBadEndpoint: an endpoint's address must be one the stage can
+// take over from this host's stack without harm: never this gateway's
+// own address (its own traffic on the interface, SSH and the sync
+// included, went to the endpoint's host), nor an unspecified, multicast,
+// loopback or broadcast address (a routing protocol's hellos, say).
+func TestRefusesBadEndpoint(t *testing.T) {
+	w := newWorld(t, 65536)
+	w.do(t, func() error {
+		for _, ep := range []string{gwSeg.String(), "0.0.0.0", "::", "224.0.0.5", "ff02::5", "127.0.0.1", "255.255.255.255"} {
+			if _, err := w.ctl.SetLocation(netip.MustParseAddr(ep), migrate.Location{Hop: hopS}); err == nil {
+				t.Errorf("endpoint %s accepted", ep)
+			}
+		}
+		return nil
+	})
+	if list, _ := w.ctl.List(); len(list) != 0 {
+		t.Fatalf("endpoints %+v, want none", list)
+	}
+}

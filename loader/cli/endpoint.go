@@ -41,7 +41,9 @@ losing a packet. Endpoints are replicated to the peer gateway.
                            update is queued (said so, exit 0) and applied
                            in order when the move is done (dropped if it
                            is aborted); a HOST this host has no route
-                           to (or one of its own addresses) is refused
+                           to (or one of its own addresses) is refused,
+                           and so is an ENDPOINT that is one of its own
+                           addresses or not a unicast address
   del ENDPOINT             remove it (refused while it migrates)
 
 All talk to the daemon through its control socket in --state-dir
@@ -243,6 +245,9 @@ func runEndpoint(env Env, opts any, args []string) error {
 		ep, err := parseAddr("ENDPOINT", args[1])
 		if err != nil {
 			return err
+		}
+		if err := migrate.ValidateEndpoint(ep); err != nil {
+			return usagef("%v", err)
 		}
 		var loc migrate.Location
 		if ef.encap != "" {

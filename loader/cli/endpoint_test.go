@@ -23,6 +23,8 @@ func TestEndpointMigrateUsage(t *testing.T) {
 		{[]string{"endpoint", "frob"}, 2, "tandem endpoint list"},
 		{[]string{"endpoint", "set", "10.0.0.5"}, 2, "tandem endpoint list"},
 		{[]string{"endpoint", "set", "nope", "10.0.0.9"}, 2, `ENDPOINT "nope"`},
+		{[]string{"endpoint", "set", "224.0.0.5", "10.0.0.9"}, 2, "endpoint 224.0.0.5: want a unicast address"},
+		{[]string{"endpoint", "set", "0.0.0.0", "10.0.0.9"}, 2, "want a unicast address"},
 		{[]string{"endpoint", "del", "10.0.0.5", "x"}, 2, "tandem endpoint list"},
 		{[]string{"endpoint", "set", "10.0.0.5", "gre:10.0.0.9"}, 2, `HOST "gre:10.0.0.9": want HOST or ipip:HOST`},
 		{[]string{"endpoint", "set", "10.0.0.5", "ipip:224.0.0.1"}, 2, "want a host's unicast address"},
