@@ -525,19 +525,31 @@ func (f *Follower) session(ctx context.Context) error {
 			return err
 		}
 	}
+	// With steps waiting for the gateway, they are sent again every
+	// Retry; QEMU's events are read meanwhile (a source paused in
+	// pre-switchover must be let go on). The time is kept across events:
+	// a wait begun anew at each would never end in a stream of them.
+	var retryAt time.Time
 	for {
-		// With steps waiting for the gateway, wake every Retry to send
-		// them again; QEMU's events are read meanwhile (a source paused
-		// in pre-switchover must be let go on).
 		var deadline time.Time
 		if len(f.queue) > 0 {
-			deadline = time.Now().Add(f.Retry)
+			now := time.Now()
+			if retryAt.IsZero() {
+				retryAt = now.Add(f.Retry)
+			}
+			if !now.Before(retryAt) {
+				f.send(ctx, false)
+				retryAt = time.Now().Add(f.Retry)
+				continue
+			}
+			deadline = retryAt
+		} else {
+			retryAt = time.Time{}
 		}
 		ev, err := q.NextBefore(deadline)
 		if err != nil {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
-				f.send(ctx, false)
 				continue
 			}
 			return err
@@ -654,10 +666,16 @@ func (f *Follower) startGuest(q *Conn) error {
 // apply maps ev, queues its steps behind those not yet through, and
 // sends the queue (send).
 func (f *Follower) apply(ctx context.Context, ev Event, wait bool) {
-	for _, op := range f.mapper.Map(ev) {
+	ops := f.mapper.Map(ev)
+	for _, op := range ops {
 		f.queue = append(f.queue, queuedStep{op, ev})
 	}
-	f.send(ctx, wait)
+	// An event with no step of its own (MIGRATION_PASS, many a second
+	// in a pre-copy) leaves the retries to their interval: sending at
+	// each would dial a gateway that is down hundreds of times a second.
+	if len(ops) > 0 || wait {
+		f.send(ctx, wait)
+	}
 }
 
 // send sends the queued steps in order. A step the gateway could not be

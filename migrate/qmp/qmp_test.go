@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -489,5 +490,53 @@ func TestFollowerReadsQEMUWhileGatewayDown(t *testing.T) {
 				t.Fatalf("steps %v, want %v", rec.ops, want)
 			}
 		})
+	}
+}
+
+// TestFollowerRetriesUnderAnEventStream: QEMU reports events more often
+// than the retry interval (MIGRATION_PASS in a long pre-copy) while a
+// step waits for the gateway: the step is still sent again every Retry
+// (a wait that began anew at each event never ended), and not at each
+// event either (a retry storm against the gateway).
+func TestFollowerRetriesUnderAnEventStream(t *testing.T) {
+	q := newFakeQEMU(t)
+	rec := &recorder{seen: make(chan string, 64), fail: 1 << 30}
+	f := &Follower{QMP: q.path, Steps: rec, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Retry: 20 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-q.conns
+	q.waitCmd(t, "query-status", 1)
+	q.events <- "MIGRATION:active"
+	stop := make(chan struct{})
+	var sent atomic.Int64
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case q.events <- "MIGRATION_PASS":
+				sent.Add(1)
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}()
+	tries := func() int {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return rec.tries
+	}
+	// 300 events, at least 1ms apart: 15 retry intervals or more.
+	for i := 0; i < 3000 && sent.Load() < 300; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	n, events := tries(), sent.Load()
+	if n < 2 {
+		t.Fatalf("%d tries of the start while QEMU sent %d events: the retries starved", n, events)
+	}
+	if int64(n) > events/2 {
+		t.Fatalf("%d tries for %d events: a retry at each event", n, events)
 	}
 }
