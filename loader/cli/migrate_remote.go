@@ -179,9 +179,11 @@ func (s *remoteSteps) Step(ctx context.Context, op string) error {
 	}
 	_, err := s.c.Do(ctx, req)
 	var re *remote.RemoteError
-	if errors.As(err, &re) {
+	if errors.As(err, &re) && re.Code != remote.CodeStandby {
 		return &qmp.Permanent{Err: err}
 	}
+	// No gateway would take it as the owner (a failover under way):
+	// sent again, as to an unreachable gateway.
 	return err
 }
 

@@ -74,6 +74,7 @@ const (
 	CodeDifferentTo  = "different_to"  // start for a move already under way to another host
 	CodeQueueFull    = "queue_full"    // too many location updates queued
 	CodeNoRoute      = "no_route"      // the gateway has no route to the destination (or it is its own address)
+	CodeStandby      = "standby"       // the gateway is the pair's standby: the owner takes steps
 	CodeUnavailable  = "unavailable"   // the daemon is stopping
 	CodeUnknown      = "unknown_error" // anything else
 )
@@ -145,6 +146,7 @@ var (
 	ErrState      = errors.New("not allowed in this migration state")
 	ErrQueueFull  = errors.New("location update queue full")
 	ErrNoRoute    = errors.New("no route from the gateway")
+	ErrStandby    = errors.New("this gateway is the standby: the owner takes migration steps")
 )
 
 // RemoteError is a request the server refused, as the client sees it.
@@ -162,6 +164,8 @@ func (e *RemoteError) Error() string {
 		hint = " (tandem migrate status shows where the move is)"
 	case CodeNoDatapath:
 		hint = " (the gateway's daemon runs without the migration feature)"
+	case CodeStandby:
+		hint = " (give the client both gateways of the pair, --gateway A --gateway B: the owner takes the step)"
 	case CodeNoRoute:
 		hint = " (check --to: the gateway forwards only to hosts it has a route to)"
 	case CodeControllerIO:

@@ -287,6 +287,8 @@ func controllerFail(err error) Response {
 		return fail(CodeQueueFull, err)
 	case errors.Is(err, ErrNoRoute):
 		return fail(CodeNoRoute, err)
+	case errors.Is(err, ErrStandby):
+		return fail(CodeStandby, err)
 	}
 	return fail(CodeControllerIO, err)
 }

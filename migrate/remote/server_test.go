@@ -413,7 +413,7 @@ func FuzzRequest(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	codes := []string{CodeBadRequest, CodeNoEndpoint, CodeState, CodeNoDatapath, CodeControllerIO, CodeDifferentTo, CodeQueueFull, CodeNoRoute, CodeUnavailable, CodeUnknown}
+	codes := []string{CodeBadRequest, CodeNoEndpoint, CodeState, CodeNoDatapath, CodeControllerIO, CodeDifferentTo, CodeQueueFull, CodeNoRoute, CodeStandby, CodeUnavailable, CodeUnknown}
 	f.Fuzz(func(t *testing.T, line []byte) {
 		if len(line) > MaxRequestBytes {
 			return // the server's reader refuses longer lines
@@ -458,5 +458,61 @@ func TestNoRouteCode(t *testing.T) {
 	resp := s.Do(Request{Op: OpStart, Endpoint: "10.1.0.5", To: "203.0.113.9"})
 	if resp.OK || resp.Code != CodeNoRoute {
 		t.Fatalf("got %+v, want code %s", resp, CodeNoRoute)
+	}
+}
+
+// standbyCtl is a standby gateway's controller: it reports the
+// replicated state and refuses every step.
+type standbyCtl struct{ *fakeController }
+
+func (standbyCtl) Start(ep netip.Addr, to Dest) error {
+	return fmt.Errorf("start %s: %w", ep, ErrStandby)
+}
+func (standbyCtl) Blackout(ep netip.Addr) error { return fmt.Errorf("blackout %s: %w", ep, ErrStandby) }
+func (standbyCtl) Switch(ep netip.Addr) error   { return fmt.Errorf("switch %s: %w", ep, ErrStandby) }
+func (standbyCtl) Done(ep netip.Addr) error     { return fmt.Errorf("done %s: %w", ep, ErrStandby) }
+func (standbyCtl) Abort(ep netip.Addr) error    { return fmt.Errorf("abort %s: %w", ep, ErrStandby) }
+
+// TestClientSkipsTheStandby: the first gateway a follower is given is
+// the pair's standby (it came back after a failover, or was listed
+// first): the step goes to the owner. It used to come back as a
+// controller error, which the follower skips: the move went unheld and
+// the endpoint stayed at the source. With no owner to be found the
+// answer is the standby code, which the follower retries.
+func TestClientSkipsTheStandby(t *testing.T) {
+	a := newLab(t, 2*time.Second, time.Minute)
+	owner := newFake("10.1.0.5")
+	a.srv.Controller = standbyCtl{a.ctl}
+	cfg, err := syncer.TLSConfigAllowing(a.dir, "gw", []string{"hv-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &Server{TLS: cfg, Controller: owner, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	lnB, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go b.Serve(lnB)
+	defer func() { lnB.Close(); b.Stop() }()
+
+	ctx := context.Background()
+	c := a.client(t, a.dir, "hv-a")
+	c.Gateways = append(c.Gateways, lnB.Addr().String())
+	defer c.Close()
+	for _, op := range []string{OpStart, OpBlackout} {
+		if _, err := c.Do(ctx, Request{Op: op, Endpoint: "10.1.0.5", To: "192.0.2.9"}); err != nil {
+			t.Fatalf("%s with the standby first: %v", op, err)
+		}
+	}
+	if got, want := owner.Calls(), []string{"start 10.1.0.5 192.0.2.9", "blackout 10.1.0.5"}; !slices.Equal(got, want) {
+		t.Fatalf("the owner's calls %v, want %v", got, want)
+	}
+	// The standby alone.
+	only := a.client(t, a.dir, "hv-a")
+	defer only.Close()
+	_, err = only.Do(ctx, Request{Op: OpSwitch, Endpoint: "10.1.0.5"})
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Code != CodeStandby {
+		t.Fatalf("switch at the standby alone: %v, want code %s", err, CodeStandby)
 	}
 }
