@@ -448,11 +448,6 @@ func (l *Local) SetLocation(ep netip.Addr, loc Location) (bool, error) {
 	if err := ValidateEndpoint(ep); err != nil {
 		return false, fmt.Errorf("set: %w", err)
 	}
-	if l.res.local(ep) {
-		// Its own traffic on the stage's interfaces (SSH, the sync)
-		// would go to the endpoint's host.
-		return false, fmt.Errorf("set %s: an address of this gateway cannot be an endpoint", ep)
-	}
 	if err := loc.Validate(); err != nil {
 		return false, fmt.Errorf("set %s: %w", ep, err)
 	}

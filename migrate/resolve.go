@@ -150,20 +150,6 @@ func (r *resolver) routable(hop netip.Addr) error {
 	return fmt.Errorf("%s: %w (its route is of type %d: unreachable, blackhole or prohibit)", h, ErrNoRoute, rts[0].Type)
 }
 
-// local: a is one of this host's own addresses (as far as can be told).
-func (r *resolver) local(a netip.Addr) bool {
-	if r.nl == nil || !a.IsValid() {
-		return false
-	}
-	h := a.Unmap()
-	fam, bits := uint8(unix.AF_INET), uint8(32)
-	if !h.Is4() {
-		fam, bits = unix.AF_INET6, 128
-	}
-	rts, err := r.nl.Route.Get(&rtnetlink.RouteMessage{Family: fam, DstLength: bits, Attributes: rtnetlink.RouteAttributes{Dst: h.AsSlice()}})
-	return err == nil && len(rts) > 0 && rts[0].Type == unix.RTN_LOCAL
-}
-
 // ensure pokes hop unless its next hop is resolved already.
 func (r *resolver) ensure(hop netip.Addr) {
 	if !hop.IsValid() {

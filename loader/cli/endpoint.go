@@ -42,8 +42,8 @@ losing a packet. Endpoints are replicated to the peer gateway.
                            in order when the move is done (dropped if it
                            is aborted); a HOST this host has no route
                            to (or one of its own addresses) is refused,
-                           and so is an ENDPOINT that is one of its own
-                           addresses or not a unicast address
+                           and so is an ENDPOINT that is not a unicast
+                           address
   del ENDPOINT             remove it (refused while it migrates)
 
 All talk to the daemon through its control socket in --state-dir
