@@ -347,7 +347,7 @@ func (l *Local) Start(ep netip.Addr, to Location) error {
 	if err := to.Validate(); err != nil {
 		return fmt.Errorf("start %s: %w", ep, err)
 	}
-	if err := l.res.routable(to.Hop); err != nil {
+	if err := l.res.routable(to); err != nil {
 		return fmt.Errorf("start %s: to %s: %w", ep, to, err)
 	}
 	// Resolved by the switch, not at its first packet's no_route.
@@ -451,7 +451,7 @@ func (l *Local) SetLocation(ep netip.Addr, loc Location) (bool, error) {
 	if err := loc.Validate(); err != nil {
 		return false, fmt.Errorf("set %s: %w", ep, err)
 	}
-	if err := l.res.routable(loc.Hop); err != nil {
+	if err := l.res.routable(loc); err != nil {
 		return false, fmt.Errorf("set %s: %w", ep, err)
 	}
 	l.res.ensure(loc.Hop)

@@ -790,7 +790,10 @@ func TestRefusesUnroutedHop(t *testing.T) {
 		if _, err := w.ctl.SetLocation(ep4, migrate.Location{Hop: hopS}); err != nil {
 			return err
 		}
-		for _, loc := range []migrate.Location{{Hop: nowhere}, {Hop: nowhere, Encap: migrate.EncapIPIP}, {Hop: gwSeg}} {
+		// routedHost as a segment hop (ipip: forgotten): the stage would
+		// send the endpoint's packets to the router towards it (hopD),
+		// which routes them by the endpoint's address, not to the host.
+		for _, loc := range []migrate.Location{{Hop: nowhere}, {Hop: nowhere, Encap: migrate.EncapIPIP}, {Hop: gwSeg}, {Hop: routedHost}} {
 			if _, err := w.ctl.SetLocation(ep4, loc); !errors.Is(err, migrate.ErrNoRoute) {
 				t.Errorf("set %s: %v, want ErrNoRoute", loc, err)
 			}

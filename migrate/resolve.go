@@ -123,9 +123,13 @@ func (r *resolver) nextHop(h netip.Addr) (neighKey, bool) {
 // its own addresses: the stage could not forward there.
 var ErrNoRoute = errors.New("no route from this gateway")
 
-// routable says why the stage could not forward to hop from this host's
-// routes (nil when it could, or when that cannot be told).
-func (r *resolver) routable(hop netip.Addr) error {
+// routable says why the stage could not forward to loc from this host's
+// routes (nil when it could, or when that cannot be told). A segment hop
+// (no encapsulation) must be on a segment of this host: with a router on
+// the way, the stage would hand the endpoint's packets to the router,
+// which routes them by the endpoint's address, not to the host.
+func (r *resolver) routable(loc Location) error {
+	hop := loc.Hop
 	if r.nl == nil || !hop.IsValid() {
 		return nil
 	}
@@ -143,6 +147,9 @@ func (r *resolver) routable(hop netip.Addr) error {
 	}
 	switch rts[0].Type {
 	case unix.RTN_UNICAST:
+		if g := rts[0].Attributes.Gateway; loc.Encap == "" && len(g) > 0 && !g.IsUnspecified() {
+			return fmt.Errorf("%s is not on a segment of this gateway (its route goes via %s): %w; for a routed host give ipip:%s", h, g, ErrNoRoute, h)
+		}
 		return nil
 	case unix.RTN_LOCAL:
 		return fmt.Errorf("%s is this gateway's own address: %w", h, ErrNoRoute)
