@@ -1,6 +1,8 @@
 package remote
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -514,5 +516,44 @@ func TestClientSkipsTheStandby(t *testing.T) {
 	var re *RemoteError
 	if !errors.As(err, &re) || re.Code != CodeStandby {
 		t.Fatalf("switch at the standby alone: %v, want code %s", err, CodeStandby)
+	}
+}
+
+// TestOversizedRequest: an allowed client's request line over
+// MaxRequestBytes, first or later, closes its connection without
+// reaching the controller; the first one is counted refused.
+func TestOversizedRequest(t *testing.T) {
+	l := newLab(t, 2*time.Second, time.Minute)
+	big := append([]byte(`{"op":"start","endpoint":"10.1.0.5","to":"`), bytes.Repeat([]byte("1"), 2*MaxRequestBytes)...)
+	big = append(big, "\"}\n"...)
+	for _, first := range []bool{true, false} {
+		cfg, err := syncer.ClientTLSConfig(l.dir, "hv-a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.ServerName = "127.0.0.1"
+		conn, err := tls.Dial("tcp", l.addr, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := bufio.NewReader(conn)
+		if !first {
+			conn.Write([]byte(`{"op":"status","endpoint":"10.1.0.5"}` + "\n"))
+			if _, err := r.ReadBytes('\n'); err != nil {
+				t.Fatal(err)
+			}
+		}
+		conn.Write(big)
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if line, err := r.ReadBytes('\n'); err == nil {
+			t.Fatalf("answered an oversized request: %s", line)
+		} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatal("the connection stayed open after an oversized request")
+		}
+		conn.Close()
+	}
+	waitRefused(t, l.srv, RefuseRequest, 1)
+	if calls := l.ctl.Calls(); len(calls) != 0 {
+		t.Fatalf("an oversized request reached the controller: %v", calls)
 	}
 }
