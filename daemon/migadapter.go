@@ -25,6 +25,10 @@ func remoteErr(err error) error {
 		return fmt.Errorf("%w (%w)", err, remote.ErrState)
 	case errors.Is(err, migrate.ErrQueueFull):
 		return fmt.Errorf("%w (%w)", err, remote.ErrQueueFull)
+	case errors.Is(err, migrate.ErrNoRoute):
+		return fmt.Errorf("%w (%w)", err, remote.ErrNoRoute)
+	case errors.Is(err, migrate.ErrStandby):
+		return fmt.Errorf("%w (%w)", err, remote.ErrStandby)
 	}
 	return err
 }

@@ -75,8 +75,8 @@ import (
 //
 //	[migrate]                          # migration redirects (docs/migration.md)
 //	interfaces   = ["eth1"]            # where endpoints' packets arrive (may include the gate's)
-//	hold_bytes   = 33554432            # the hold ring: a power of two, 64 KiB to 1 GiB
-//	hold_packets = 65536               # packets held per endpoint at most
+//	hold_bytes   = 33554432            # the hold ring: a power of two, 64 KiB to 1 GiB (0: the default)
+//	hold_packets = 65536               # packets held per endpoint at most, up to 2^24 (0: the default)
 //	encap_sources = ["192.0.2.2"]      # this host's outer source for routed locations (one per family)
 //
 //	[election]                         # VIP ownership and failover

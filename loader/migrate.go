@@ -170,10 +170,19 @@ func migrateFlags(fs *pflag.FlagSet) func(o *Options) error {
 		if fs.Changed("migrate-iface") {
 			o.Migrate.Ifaces = trimmed(*ifaces)
 		}
+		// 0 in a config file is the default (TOML cannot tell it from
+		// absent); on the command line it is a mistake (no bound, or "no
+		// hold"?), not a silent default.
 		if fs.Changed("migrate-hold-bytes") {
+			if *bytes == 0 {
+				return fmt.Errorf("--migrate-hold-bytes 0: want a power of two from %d to %d (default %d)", minHoldBytes, maxHoldBytes, DefaultHoldBytes)
+			}
 			o.Migrate.HoldBytes = *bytes
 		}
 		if fs.Changed("migrate-hold-packets") {
+			if *pkts == 0 {
+				return fmt.Errorf("--migrate-hold-packets 0: at least 1 (default %d; a move without a hold leaves out its blackout step)", DefaultHoldPackets)
+			}
 			o.Migrate.HoldPackets = *pkts
 		}
 		if fs.Changed("migrate-encap-src") {

@@ -59,6 +59,9 @@ type Local struct {
 	touched map[netip.Addr]uint64
 	stop    chan struct{}
 	stopped sync.WaitGroup
+	// res has the kernel resolve the hops the stage forwards to
+	// (resolve.go); resolveLoop's, and the setters'.
+	res resolver
 }
 
 // TouchInterval is how often the owner marks a migration that holds
@@ -94,11 +97,12 @@ func NewLocalRole(m *maps.MigrateMaps, log *slog.Logger, active bool) (*Local, e
 		return nil, fmt.Errorf("read hold ring: %w", err)
 	}
 	l := &Local{m: m, rd: rd, pend: map[netip.Addr][]heldFrame{}, log: log, out: make([]byte, 4096), ifs: map[[6]byte]int{}, active: active,
-		touched: map[netip.Addr]uint64{}, stop: make(chan struct{})}
+		touched: map[netip.Addr]uint64{}, stop: make(chan struct{}), res: newResolver()}
 	// Protocol 0: the socket only sends. It bypasses the qdisc, as the
 	// datapath's redirects do, so a flushed frame is not queued behind
 	// (or overtaken by) anything.
 	if l.pkt, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0); err != nil {
+		l.res.close()
 		rd.Close()
 		return nil, fmt.Errorf("packet socket for the flush: %w", err)
 	}
@@ -117,8 +121,9 @@ func NewLocalRole(m *maps.MigrateMaps, log *slog.Logger, active bool) (*Local, e
 		l.Close()
 		return nil, err
 	}
-	l.stopped.Add(1)
+	l.stopped.Add(2)
 	go l.touchLoop()
+	go l.resolveLoop()
 	return l, nil
 }
 
@@ -289,6 +294,7 @@ func sameTickets(a, b map[netip.Addr]maps.MigVal) bool {
 func (l *Local) Close() error {
 	close(l.stop)
 	l.stopped.Wait()
+	l.res.close()
 	unix.Close(l.pkt)
 	l.rd.Close()
 	l.m.Close()
@@ -341,6 +347,11 @@ func (l *Local) Start(ep netip.Addr, to Location) error {
 	if err := to.Validate(); err != nil {
 		return fmt.Errorf("start %s: %w", ep, err)
 	}
+	if err := l.res.routable(to); err != nil {
+		return fmt.Errorf("start %s: to %s: %w", ep, to, err)
+	}
+	// Resolved by the switch, not at its first packet's no_route.
+	l.res.ensure(to.Hop)
 	return l.m.PutMigration(ep, &maps.MigVal{State: uint32(bpf.MigrateMigStateIdMIG_MIGRATING), From: from, To: to.rec()}, false)
 }
 
@@ -434,9 +445,16 @@ func (l *Local) SetLocation(ep netip.Addr, loc Location) (bool, error) {
 	if err := l.owner(); err != nil {
 		return false, err
 	}
+	if err := ValidateEndpoint(ep); err != nil {
+		return false, fmt.Errorf("set: %w", err)
+	}
 	if err := loc.Validate(); err != nil {
 		return false, fmt.Errorf("set %s: %w", ep, err)
 	}
+	if err := l.res.routable(loc); err != nil {
+		return false, fmt.Errorf("set %s: %w", ep, err)
+	}
+	l.res.ensure(loc.Hop)
 	v, err := l.m.Migration(ep)
 	if err != nil {
 		return false, err

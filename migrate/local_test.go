@@ -731,3 +731,104 @@ func TestFlushToRoutedLocation(t *testing.T) {
 		t.Errorf("flushed %d frames %v..., want 0..%d in order", len(seqs), seqs[:min(len(seqs), 10)], n-1)
 	}
 }
+
+// TestResolvesHops: a location (or a destination) the gateway has no
+// neighbour entry for. The stage's FIB lookup only reads the neighbour
+// table, so without anyone sending to the hop every packet was counted
+// no_route and dropped, for as long as the endpoint stayed there (an
+// operator's fresh `tandem endpoint set`, or an entry the kernel's
+// garbage collection took: nothing re-creates it). The controller makes
+// the kernel resolve the hop when it is set, and again when the stage
+// counts no_route.
+func TestResolvesHops(t *testing.T) {
+	w := newWorld(t, 65536)
+	segAddr := "10.97.1.9" // seg's own address: it answers ARP
+	hop := netip.MustParseAddr(segAddr)
+	forwarded := func() bool {
+		t.Helper()
+		for i := 0; i < 300; i++ {
+			if w.send(t, i, 1)["redirect"] == 1 {
+				return true
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return false
+	}
+	flush := func() {
+		t.Helper()
+		if err := w.gw.IP("neigh", "flush", "to", segAddr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flush()
+	w.do(t, func() error {
+		_, err := w.ctl.SetLocation(ep4, migrate.Location{Hop: hop})
+		return err
+	})
+	if !forwarded() {
+		st, _ := w.mm.MigStats()
+		t.Fatalf("an endpoint at a hop without a neighbour entry is never forwarded (no_route %d)", st["no_route"])
+	}
+	// The entry goes (garbage collection, a flush): the stage counts
+	// no_route, and the controller has the hop resolved again.
+	flush()
+	if !forwarded() {
+		st, _ := w.mm.MigStats()
+		t.Fatalf("after the neighbour entry went, never forwarded again (no_route %d)", st["no_route"])
+	}
+}
+
+// TestRefusesUnroutedHop: a location or a destination this gateway has no
+// route to (a typo, a host on no segment of it), or one of its own
+// addresses, is refused with ErrNoRoute: accepted, every packet to it
+// was dropped (no_route), and a move to it lost every held packet at the
+// switch. Nothing changes.
+func TestRefusesUnroutedHop(t *testing.T) {
+	w := newWorld(t, 65536)
+	nowhere := netip.MustParseAddr("203.0.113.9")
+	w.do(t, func() error {
+		if _, err := w.ctl.SetLocation(ep4, migrate.Location{Hop: hopS}); err != nil {
+			return err
+		}
+		// routedHost as a segment hop (ipip: forgotten): the stage would
+		// send the endpoint's packets to the router towards it (hopD),
+		// which routes them by the endpoint's address, not to the host.
+		for _, loc := range []migrate.Location{{Hop: nowhere}, {Hop: nowhere, Encap: migrate.EncapIPIP}, {Hop: gwSeg}, {Hop: routedHost}} {
+			if _, err := w.ctl.SetLocation(ep4, loc); !errors.Is(err, migrate.ErrNoRoute) {
+				t.Errorf("set %s: %v, want ErrNoRoute", loc, err)
+			}
+			if err := w.ctl.Start(ep4, loc); !errors.Is(err, migrate.ErrNoRoute) {
+				t.Errorf("start to %s: %v, want ErrNoRoute", loc, err)
+			}
+		}
+		// Routed and segment hops with a route are fine.
+		if err := w.ctl.Start(ep4, migrate.Location{Hop: routedHost, Encap: migrate.EncapIPIP}); err != nil {
+			t.Errorf("start to a routed host: %v", err)
+		}
+		return nil
+	})
+	list, _ := w.ctl.List()
+	if len(list) != 1 || list[0].Location.Hop != hopS || list[0].Migration == nil || list[0].Migration.To.Hop != routedHost {
+		t.Fatalf("endpoints %+v: want %s at %s, moving to %s", list, ep4, hopS, routedHost)
+	}
+}
+
+// TestRefusesBadEndpoint: an endpoint's address must be one the stage can
+// take over from this host's stack without harm: never an unspecified,
+// multicast, loopback or broadcast address (a routing protocol's hellos,
+// say). (This gateway's own addresses are allowed: a VIP it owns may be
+// an endpoint, served from a host.)
+func TestRefusesBadEndpoint(t *testing.T) {
+	w := newWorld(t, 65536)
+	w.do(t, func() error {
+		for _, ep := range []string{"0.0.0.0", "::", "224.0.0.5", "ff02::5", "127.0.0.1", "255.255.255.255"} {
+			if _, err := w.ctl.SetLocation(netip.MustParseAddr(ep), migrate.Location{Hop: hopS}); err == nil {
+				t.Errorf("endpoint %s accepted", ep)
+			}
+		}
+		return nil
+	})
+	if list, _ := w.ctl.List(); len(list) != 0 {
+		t.Fatalf("endpoints %+v, want none", list)
+	}
+}

@@ -87,6 +87,20 @@ func (l Location) Validate() error {
 	return nil
 }
 
+// ValidateEndpoint says what is wrong with ep as an endpoint's address:
+// the stage takes every packet for it on its interfaces, so never an
+// unspecified, multicast, loopback or broadcast address (a routing
+// protocol's hellos, say).
+func ValidateEndpoint(ep netip.Addr) error {
+	switch {
+	case !ep.IsValid():
+		return errors.New("no endpoint address")
+	case ep.IsUnspecified() || ep.IsMulticast() || ep.IsLoopback() || ep.Unmap() == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return fmt.Errorf("endpoint %s: want a unicast address served from a host", ep)
+	}
+	return nil
+}
+
 // rec is l as the maps store it.
 func (l Location) rec() maps.MigLoc {
 	var enc uint32

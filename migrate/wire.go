@@ -28,7 +28,7 @@ type Request struct {
 // Answer is the result of one Request.
 type Answer struct {
 	Error     string     `json:"error,omitempty"`
-	Kind      string     `json:"kind,omitempty"` // no_endpoint, state, queue_full, standby
+	Kind      string     `json:"kind,omitempty"` // no_endpoint, state, queue_full, standby, no_route
 	Queued    bool       `json:"queued,omitempty"`
 	Endpoints []Endpoint `json:"endpoints,omitempty"`
 }
@@ -70,6 +70,8 @@ func Handle(c Controller, r Request) Answer {
 			a.Kind = "queue_full"
 		case errors.Is(err, ErrStandby):
 			a.Kind = "standby"
+		case errors.Is(err, ErrNoRoute):
+			a.Kind = "no_route"
 		}
 	}
 	return a
@@ -137,6 +139,8 @@ func (c *Client) call(r Request) (Answer, error) {
 			kind = ErrQueueFull
 		case "standby":
 			kind = ErrStandby
+		case "no_route":
+			kind = ErrNoRoute
 		}
 		if kind != nil {
 			return a, &remoteError{msg: a.Error, kind: kind}

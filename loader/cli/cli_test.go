@@ -62,6 +62,11 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"sa", "flush"}, `unknown action "flush": use list`},
 		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-iface", "eth0"}, "--migrate-iface eth0 named twice"},
 		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-hold-bytes", "1000"}, "--migrate-hold-bytes 1000: want a power of two"},
+		// 0 given on the command line is no bound (and no "off"): it used to
+		// mean the default, silently.
+		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-hold-bytes", "0"}, "--migrate-hold-bytes 0: want a power of two"},
+		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-hold-packets", "0"}, "--migrate-hold-packets 0: at least 1"},
+		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-hold-packets", "16777217"}, "--migrate-hold-packets 16777217: at most 16777216"},
 		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-encap-src", "nope"}, `--migrate-encap-src "nope": want a unicast address of this host`},
 		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-encap-src", "0.0.0.0"}, `--migrate-encap-src "0.0.0.0": want a unicast address`},
 		{[]string{"up", "--once", "--migrate-iface", "eth0", "--migrate-encap-src", "10.0.0.1,10.0.0.2"}, "two IPv4 sources (10.0.0.1 and 10.0.0.2): give one per family"},
@@ -83,6 +88,16 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"up", "--once", "-i", "eth0", "--vip-priority", "300"}, "vip-priority"},
 		{[]string{"vip", "frob"}, "tandem vip [status | handover]"},
 		{[]string{"migrate", "follow", "--log-format", "xml", "--gateway", "192.0.2.1:7402", "--qmp", "/run/q", "--endpoint", "10.0.0.1", "--to", "10.0.0.2"}, `--log-format "xml": text or json`},
+		// The drivers' flags: a bound of 0 failed every step at once (the
+		// follower retried forever), options of the other role or of an
+		// option not given did nothing, silently.
+		{[]string{"migrate", "status", "10.0.0.1", "--gateway", "192.0.2.1:7402", "--timeout", "0s"}, "--timeout 0s: want a positive duration"},
+		{[]string{"migrate", "follow", "--gateway", "192.0.2.1:7402", "--qmp", "/run/q", "--endpoint", "10.0.0.1", "--to", "10.0.0.2", "--timeout", "-1s"}, "--timeout -1s: want a positive duration"},
+		{[]string{"migrate", "follow", "--gateway", "192.0.2.1:7402", "--qmp", "/run/q", "--endpoint", "10.0.0.1", "--to", "10.0.0.2", "--hold-before-stop", "--drain", "-1ms"}, "--drain -1ms: want a positive duration"},
+		{[]string{"migrate", "follow", "--gateway", "192.0.2.1:7402", "--qmp", "/run/q", "--endpoint", "10.0.0.1", "--to", "10.0.0.2", "--role", "destination", "--hold-before-stop"}, "--hold-before-stop goes with --role source"},
+		{[]string{"migrate", "follow", "--gateway", "192.0.2.1:7402", "--qmp", "/run/q", "--endpoint", "10.0.0.1", "--to", "10.0.0.2", "--role", "destination", "--pause-before-switchover"}, "--pause-before-switchover goes with --role source"},
+		{[]string{"migrate", "follow", "--gateway", "192.0.2.1:7402", "--qmp", "/run/q", "--endpoint", "10.0.0.1", "--to", "10.0.0.2", "--start-guest"}, "--start-guest goes with --role destination"},
+		{[]string{"migrate", "follow", "--gateway", "192.0.2.1:7402", "--qmp", "/run/q", "--endpoint", "10.0.0.1", "--to", "10.0.0.2", "--hold-remaining", "1000"}, "--hold-remaining goes with --hold-before-stop"},
 		{[]string{"up", "--once", "-i", "eth0", "--log-format", "xml"}, `--log-format "xml": text or json`},
 		{[]string{"up", "--once", "-i", "eth0", "--sync-role", "primary"}, "--sync-peer HOST:PORT"},
 		{[]string{"up", "--once", "-i", "eth0", "--sync-role", "primary", "--sync-peer", "10.0.0.2"}, `--sync-peer "10.0.0.2": want HOST:PORT`},

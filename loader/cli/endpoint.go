@@ -40,7 +40,10 @@ losing a packet. Endpoints are replicated to the peer gateway.
                            --encap HOST); while ENDPOINT migrates the
                            update is queued (said so, exit 0) and applied
                            in order when the move is done (dropped if it
-                           is aborted)
+                           is aborted); a HOST this host has no route
+                           to (or one of its own addresses) is refused,
+                           and so is an ENDPOINT that is not a unicast
+                           address
   del ENDPOINT             remove it (refused while it migrates)
 
 All talk to the daemon through its control socket in --state-dir
@@ -77,6 +80,8 @@ losing a packet (docs/migration.md):
                           applied in order
   abort ENDPOINT          back to S in any state (held packets first, to S);
                           queued updates are dropped
+  status ENDPOINT         where the move is: its state, source, destination
+                          and the packets held (tandem endpoint list: all)
 
 A step that does not follow from the migration's state is refused (exit 1)
 and changes nothing. The migration is replicated: the peer gateway
@@ -97,7 +102,10 @@ QEMU's QMP socket (QEMU started with -qmp unix:SOCKET,server=on,wait=off),
 turns on migration events and maps them to the steps for --endpoint:
 MIGRATION active -> start; STOP while migrating -> blackout; MIGRATION
 completed (or RESUME on the destination, --role destination) -> switch and
-done; failed or cancelled -> abort. Repeated events send nothing twice and
+done; failed or cancelled -> abort, and so does a QEMU found with no
+migration after a reconnect (a new process: the move died with the old
+one). Steps the gateways cannot take yet wait, in order, while QEMU's
+events are still read. Repeated events send nothing twice and
 the gateways treat a repeated step as done, so the follower reconnects to
 QEMU (catching up from query-migrate) and to the gateways freely. It runs
 until interrupted. Steps the gateway refuses are logged and skipped.
@@ -145,7 +153,34 @@ func controlErr(sock string, err error) error {
 	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
 		return fmt.Errorf("no daemon serves migrations here (%s): start one with tandem up --migrate-iface IFACE (or give its --state-dir)", sock)
 	}
+	switch {
+	case errors.Is(err, migrate.ErrNoEndpoint):
+		return fmt.Errorf("%w (give it a location first: tandem endpoint set ENDPOINT HOST)", err)
+	case errors.Is(err, migrate.ErrState):
+		return fmt.Errorf("%w (tandem migrate status ENDPOINT shows where the move is)", err)
+	}
 	return err
+}
+
+// printMigrationStatus writes e's migration as tandem migrate status prints it
+// from a gateway's migration control: ENDPOINT: STATE [from S to D][, N held].
+func printMigrationStatus(w io.Writer, e migrate.Endpoint) {
+	m := e.Migration
+	if m == nil {
+		fmt.Fprintf(w, "%s: none\n", e.Addr)
+		return
+	}
+	dest := func(l migrate.Location) string {
+		if l.Encap != "" {
+			return l.Encap + ":" + l.Hop.String()
+		}
+		return l.Hop.String()
+	}
+	fmt.Fprintf(w, "%s: %s from %s to %s", e.Addr, m.State, dest(m.From), dest(m.To))
+	if m.Held > 0 {
+		fmt.Fprintf(w, ", %d held", m.Held)
+	}
+	fmt.Fprintln(w)
 }
 
 func parseAddr(what, s string) (netip.Addr, error) {
@@ -211,6 +246,9 @@ func runEndpoint(env Env, opts any, args []string) error {
 		if err != nil {
 			return err
 		}
+		if err := migrate.ValidateEndpoint(ep); err != nil {
+			return usagef("%v", err)
+		}
 		var loc migrate.Location
 		if ef.encap != "" {
 			a, err := parseAddr("--encap", ef.encap)
@@ -274,7 +312,7 @@ func runMigrate(env Env, opts any, args []string) error {
 	if len(f.remote.gateways) > 0 {
 		return runRemoteStep(env, f.remote, f.to, args)
 	}
-	const use = "tandem migrate start ENDPOINT --to HOST | blackout | switch | done | abort ENDPOINT"
+	const use = "tandem migrate start ENDPOINT --to HOST | blackout | switch | done | abort | status ENDPOINT"
 	if len(args) != 2 {
 		return usagef(use)
 	}
@@ -301,6 +339,21 @@ func runMigrate(env Env, opts any, args []string) error {
 			return controlErr(sock, err)
 		}
 		return nil
+	case args[0] == "status":
+		if f.to != "" {
+			return usagef("--to goes with start only")
+		}
+		list, err := cl.List()
+		if err != nil {
+			return controlErr(sock, err)
+		}
+		for _, e := range list {
+			if e.Addr == ep {
+				printMigrationStatus(env.Stdout, e)
+				return nil
+			}
+		}
+		return controlErr(sock, fmt.Errorf("endpoint %s: %w", ep, migrate.ErrNoEndpoint))
 	case step[args[0]] != nil:
 		if f.to != "" {
 			return usagef("--to goes with start only")

@@ -69,6 +69,10 @@ func (f *remoteFlags) client() (*remote.Client, error) {
 	if len(f.gateways) == 0 {
 		return nil, usagef("give the gateways with --gateway HOST:PORT (their --migrate-listen)")
 	}
+	if f.timeout <= 0 {
+		// Every step would fail at once (and the follower retry forever).
+		return nil, usagef("--timeout %s: want a positive duration", f.timeout)
+	}
 	for _, g := range f.gateways {
 		if _, _, err := net.SplitHostPort(g); err != nil {
 			return nil, usagef("--gateway %q: want HOST:PORT", g)
@@ -175,9 +179,11 @@ func (s *remoteSteps) Step(ctx context.Context, op string) error {
 	}
 	_, err := s.c.Do(ctx, req)
 	var re *remote.RemoteError
-	if errors.As(err, &re) {
+	if errors.As(err, &re) && re.Code != remote.CodeStandby {
 		return &qmp.Permanent{Err: err}
 	}
+	// No gateway would take it as the owner (a failover under way):
+	// sent again, as to an unreachable gateway.
 	return err
 }
 
@@ -197,6 +203,25 @@ func runFollow(env Env, f *remoteFlags, to string, args []string) error {
 	}
 	if f.role != qmp.RoleSource && f.role != qmp.RoleDestination {
 		return usagef("--role %q: source or destination", f.role)
+	}
+	// An option of the other role, or of an option not given, would do
+	// nothing, silently.
+	for _, o := range []struct {
+		on   bool
+		name string
+	}{{f.holdStop, "--hold-before-stop"}, {f.pause, "--pause-before-switchover"}, {f.dstSw, "--destination-switches"}} {
+		if o.on && f.role != qmp.RoleSource {
+			return usagef("%s goes with --role source", o.name)
+		}
+	}
+	if f.startG && f.role != qmp.RoleDestination {
+		return usagef("--start-guest goes with --role destination")
+	}
+	if f.holdRem != 0 && !f.holdStop {
+		return usagef("--hold-remaining goes with --hold-before-stop")
+	}
+	if f.drain <= 0 {
+		return usagef("--drain %s: want a positive duration (default 20ms)", f.drain)
 	}
 	log, err := loggerAs(env.Stderr, f.verbose, f.logFmt)
 	if err != nil {

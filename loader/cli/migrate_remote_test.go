@@ -1,13 +1,17 @@
 package cli
 
 import (
+	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/tandem-net/tandem/migrate/qmp"
 	"github.com/tandem-net/tandem/migrate/remote"
 	"github.com/tandem-net/tandem/syncer"
 )
@@ -63,5 +67,43 @@ func TestMigrateRemote(t *testing.T) {
 				t.Fatalf("exit %d, want %d; out %q err %q, want %q", code, tc.code, out, errOut, tc.out)
 			}
 		})
+	}
+}
+
+// standbyOnly refuses every step as a standby gateway does.
+type standbyOnly struct{ statusOnly }
+
+func (standbyOnly) Blackout(ep netip.Addr) error { return remote.ErrStandby }
+
+// TestFollowerRetriesAtTheStandby: a step no gateway takes as the owner
+// (the standby answers, the owner is not there yet: a failover under way)
+// is retried by the follower, not skipped as a refusal.
+func TestFollowerRetriesAtTheStandby(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := syncer.IssueCerts(dir, map[string][]net.IP{"gw": {net.ParseIP("127.0.0.1")}, "hv-a": nil}, syncer.CertOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := syncer.TLSConfigAllowing(dir, "gw", []string{"hv-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &remote.Server{TLS: cfg, Controller: standbyOnly{}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	defer func() { ln.Close(); srv.Stop() }()
+	ccfg, err := syncer.ClientTLSConfig(dir, "hv-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &remote.Client{Gateways: []string{ln.Addr().String()}, TLS: ccfg, Timeout: 5 * time.Second}
+	defer c.Close()
+	s := &remoteSteps{c: c, ep: "10.1.0.5", to: "10.2.0.12", deadline: 20 * time.Second}
+	err = s.Step(context.Background(), remote.OpBlackout)
+	var p *qmp.Permanent
+	if err == nil || errors.As(err, &p) {
+		t.Fatalf("blackout at the standby: %v; want an error to retry, not a refusal", err)
 	}
 }

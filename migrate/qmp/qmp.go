@@ -8,6 +8,8 @@
 //	RESUME (destination)               -> switch, then done
 //	MIGRATION "postcopy-active"        -> switch (the destination runs the guest)
 //	MIGRATION "failed" / "cancelled"   -> abort
+//	no migration ("none", "setup") while a move was followed (a new
+//	QEMU answers after a reconnect)   -> abort
 //
 // docs/migration.md (## Drivers) explains the mapping. The follower keeps
 // its own phase so a repeated event sends nothing twice, and the gateway
@@ -126,6 +128,16 @@ func (m *Mapper) Map(ev Event) []string {
 				out = append(out, "abort")
 				m.phase = phaseIdle
 			}
+		case "none", "setup":
+			// QEMU never goes back to these within a move: a QEMU that
+			// reports them (query-migrate after a reconnect) while a move
+			// was followed is a new process, and the move died with the
+			// old one. Without the abort the gateway would hold the
+			// endpoint's packets until someone noticed.
+			if m.phase != phaseIdle {
+				out = append(out, "abort")
+				m.phase = phaseIdle
+			}
 		}
 	case "STOP":
 		if m.Role != RoleDestination && m.phase == phaseStarted {
@@ -148,6 +160,9 @@ type Conn struct {
 	c      net.Conn
 	r      *bufio.Reader
 	events []Event // events read while waiting for a command's answer
+	// partial: the start of a line a read deadline cut (NextBefore);
+	// the next read goes on from it.
+	partial []byte
 	// CapsErr: the migration capabilities could not be set (QEMU refuses
 	// while a migration runs: a follower that reconnects mid-move finds
 	// them set by its previous connection).
@@ -171,7 +186,7 @@ func Dial(ctx context.Context, path string, pauseBeforeSwitchover bool) (*Conn, 
 	var greeting struct {
 		QMP json.RawMessage `json:"QMP"`
 	}
-	line, err := q.r.ReadBytes('\n')
+	line, err := q.readLine()
 	if err == nil {
 		err = json.Unmarshal(line, &greeting)
 	}
@@ -219,7 +234,7 @@ func (q *Conn) Execute(cmd string, args any) (json.RawMessage, error) {
 		return nil, err
 	}
 	for {
-		line, err := q.r.ReadBytes('\n')
+		line, err := q.readLine()
 		if err != nil {
 			return nil, err
 		}
@@ -260,15 +275,35 @@ func (q *Conn) Buffered() []Event {
 	return ev
 }
 
+// readLine reads one line, going on from what a read deadline cut.
+func (q *Conn) readLine() ([]byte, error) {
+	line, err := q.r.ReadBytes('\n')
+	if len(q.partial) > 0 {
+		line = append(q.partial, line...)
+		q.partial = nil
+	}
+	if err != nil {
+		q.partial = line
+		return nil, err
+	}
+	return line, nil
+}
+
 // Next is the next event.
-func (q *Conn) Next() (Event, error) {
+func (q *Conn) Next() (Event, error) { return q.NextBefore(time.Time{}) }
+
+// NextBefore is Next with a deadline (zero: none): past it, a timeout
+// error (net.Error), and the connection stays usable.
+func (q *Conn) NextBefore(deadline time.Time) (Event, error) {
 	if len(q.events) > 0 {
 		ev := q.events[0]
 		q.events = q.events[1:]
 		return ev, nil
 	}
+	q.c.SetReadDeadline(deadline)
+	defer q.c.SetReadDeadline(time.Time{})
 	for {
-		line, err := q.r.ReadBytes('\n')
+		line, err := q.readLine()
 		if err != nil {
 			return Event{}, err
 		}
@@ -304,7 +339,9 @@ func (q *Conn) Current() ([]Event, error) {
 	}
 	json.Unmarshal(raw, &st)
 	var out []Event
-	if mig.Status != "" && mig.Status != "none" && mig.Status != "setup" {
+	if mig.Status != "" {
+		// "none" and "setup" too: after a reconnect they say the QEMU is
+		// not the one whose move the follower was in (Mapper aborts it).
 		ev := Event{Event: "MIGRATION"}
 		ev.Data.Status = mig.Status
 		out = append(out, ev)
@@ -372,6 +409,15 @@ type Follower struct {
 
 	mapper  Mapper
 	stopped bool // this follower stopped the source guest (HoldBeforeStop): cont it if the move fails
+	// queue: steps mapped from events, not yet through to the gateway,
+	// oldest first. They go in this order, and the follower keeps reading
+	// QEMU's events while the gateway cannot be reached (send).
+	queue []queuedStep
+}
+
+type queuedStep struct {
+	op string
+	ev Event
 }
 
 // Run follows until ctx ends. It dials QEMU again whenever the socket
@@ -396,6 +442,9 @@ func (f *Follower) Run(ctx context.Context) error {
 			break
 		}
 		f.Log.Warn("qmp: connection lost; dialling again", "socket", f.QMP, "err", err, "in", f.Retry)
+		// Steps not yet through go on meanwhile (QEMU may be gone for good
+		// after its last events).
+		f.send(ctx, false)
 		select {
 		case <-ctx.Done():
 		case <-time.After(f.Retry):
@@ -426,15 +475,15 @@ func (f *Follower) session(ctx context.Context) error {
 		if ev.Event == "MIGRATION" {
 			switch st := ev.Data.Status; {
 			case holdFirst && st == "active":
-				f.apply(ctx, ev)
+				f.apply(ctx, ev, false)
 				return f.holdThenStop(ctx, q)
 			case f.StartGuest && f.Role == RoleDestination && st == "completed" && f.mapper.phase != phaseIdle:
-				f.apply(ctx, ev)
+				f.apply(ctx, ev, false)
 				return f.startGuest(q)
 			case f.stopped && (st == "failed" || st == "cancelled"):
 				// The follower paused the guest; QEMU resumes only a
 				// guest that ran when the move began.
-				f.apply(ctx, ev)
+				f.apply(ctx, ev, false)
 				f.stopped = false
 				if _, err := q.Execute("cont", nil); err != nil {
 					f.Log.Error("qmp: the move failed and the source guest stays paused: cont it by hand", "err", err)
@@ -442,19 +491,21 @@ func (f *Follower) session(ctx context.Context) error {
 					f.Log.Info("qmp: the move failed; source guest resumed")
 				}
 				return nil
-			case st == "completed":
+			case st == "completed" || st == "none" || st == "setup":
+				// none, setup: a new QEMU (or a new move): the guest this
+				// follower stopped is not there to resume.
 				f.stopped = false
 			}
 		}
 		if !pause || ev.Event != "MIGRATION" || ev.Data.Status != "pre-switchover" {
-			f.apply(ctx, ev)
+			f.apply(ctx, ev, false)
 			return nil
 		}
 		// The source waits, stopped: hold first, then let it go on. A
 		// gateway that cannot be reached within ContinueAfter does not
 		// keep the guest paused: the move goes on unheld.
 		actx, cancel := context.WithTimeout(ctx, f.ContinueAfter)
-		f.apply(actx, ev)
+		f.apply(actx, ev, true)
 		cancel()
 		_, err := q.Execute("migrate-continue", map[string]any{"state": "pre-switchover"})
 		if err != nil {
@@ -474,9 +525,33 @@ func (f *Follower) session(ctx context.Context) error {
 			return err
 		}
 	}
+	// With steps waiting for the gateway, they are sent again every
+	// Retry; QEMU's events are read meanwhile (a source paused in
+	// pre-switchover must be let go on). The time is kept across events:
+	// a wait begun anew at each would never end in a stream of them.
+	var retryAt time.Time
 	for {
-		ev, err := q.Next()
+		var deadline time.Time
+		if len(f.queue) > 0 {
+			now := time.Now()
+			if retryAt.IsZero() {
+				retryAt = now.Add(f.Retry)
+			}
+			if !now.Before(retryAt) {
+				f.send(ctx, false)
+				retryAt = time.Now().Add(f.Retry)
+				continue
+			}
+			deadline = retryAt
+		} else {
+			retryAt = time.Time{}
+		}
+		ev, err := q.NextBefore(deadline)
 		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && ctx.Err() == nil {
+				continue
+			}
 			return err
 		}
 		if err := handle(ev); err != nil {
@@ -537,11 +612,10 @@ func (f *Follower) holdThenStop(ctx context.Context, q *Conn) error {
 	// Hold, bounded as the pause before the switchover is: a gateway
 	// that cannot be reached does not keep the move from going on.
 	actx, cancel := context.WithTimeout(ctx, f.ContinueAfter)
-	f.apply(actx, Event{Event: "STOP"})
-	err = actx.Err()
+	f.apply(actx, Event{Event: "STOP"}, true)
 	cancel()
-	if err != nil {
-		f.Log.Error("qmp: the gateway did not acknowledge the hold; QEMU stops the guest itself", "err", err)
+	if len(f.queue) > 0 {
+		f.Log.Error("qmp: the gateway did not acknowledge the hold; QEMU stops the guest itself", "waiting", f.queue[0].op)
 		return nil
 	}
 	select {
@@ -589,28 +663,49 @@ func (f *Follower) startGuest(q *Conn) error {
 	return nil
 }
 
-// apply maps ev and sends its steps in order; a step the gateway could
-// not be reached for is sent again (each step is idempotent there) until
-// it goes through or ctx ends: a later step must not overtake it.
-func (f *Follower) apply(ctx context.Context, ev Event) {
-	for _, op := range f.mapper.Map(ev) {
-		for {
-			err := f.Steps.Step(ctx, op)
-			if err == nil {
-				f.Log.Info("migration step", "op", op, "event", ev.Event, "status", ev.Data.Status)
-				break
+// apply maps ev, queues its steps behind those not yet through, and
+// sends the queue (send).
+func (f *Follower) apply(ctx context.Context, ev Event, wait bool) {
+	ops := f.mapper.Map(ev)
+	for _, op := range ops {
+		f.queue = append(f.queue, queuedStep{op, ev})
+	}
+	// An event with no step of its own (MIGRATION_PASS, many a second
+	// in a pre-copy) leaves the retries to their interval: sending at
+	// each would dial a gateway that is down hundreds of times a second.
+	if len(ops) > 0 || wait {
+		f.send(ctx, wait)
+	}
+}
+
+// send sends the queued steps in order. A step the gateway could not be
+// reached for stays first in the queue (each step is idempotent there,
+// and a later step must not overtake it): with wait, it is sent again
+// every Retry until it goes through or ctx ends; without, send returns
+// and the session sends it again every Retry while it reads QEMU's
+// events. A step the gateway refused is logged and dropped.
+func (f *Follower) send(ctx context.Context, wait bool) {
+	for len(f.queue) > 0 {
+		s := f.queue[0]
+		err := f.Steps.Step(ctx, s.op)
+		var p *Permanent
+		switch {
+		case err == nil:
+			f.Log.Info("migration step", "op", s.op, "event", s.ev.Event, "status", s.ev.Data.Status)
+		case errors.As(err, &p):
+			f.Log.Error("migration step refused by the gateway; going on with the next event", "op", s.op, "err", err)
+		default:
+			f.Log.Warn("migration step: gateway unreachable; retrying", "op", s.op, "err", err, "in", f.Retry, "queued", len(f.queue))
+			if !wait {
+				return
 			}
-			var p *Permanent
-			if errors.As(err, &p) {
-				f.Log.Error("migration step refused by the gateway; going on with the next event", "op", op, "err", err)
-				break
-			}
-			f.Log.Warn("migration step: gateway unreachable; retrying", "op", op, "err", err, "in", f.Retry)
 			select {
 			case <-ctx.Done():
 				return
 			case <-time.After(f.Retry):
 			}
+			continue
 		}
+		f.queue = f.queue[1:]
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -51,6 +52,13 @@ func TestMapper(t *testing.T) {
 		{"destination, RESUME twice", RoleDestination, "MIGRATION:active MIGRATION:completed RESUME RESUME", "start switch done", false},
 		{"destination, failed", RoleDestination, "MIGRATION:active MIGRATION:failed", "start abort", false},
 		{"destination, a plain cont", RoleDestination, "RESUME", "", false},
+		// A QEMU that reports no move (or a new one's setup) while one was
+		// followed is a new QEMU process: the old move is gone, and
+		// without an abort the gateway would hold the endpoint forever.
+		{"source, QEMU restarted in the blackout", RoleSource, "MIGRATION:active STOP MIGRATION:none", "start blackout abort", false},
+		{"source, QEMU restarted in the pre-copy, a new move", RoleSource, "MIGRATION:active MIGRATION:setup MIGRATION:active", "start abort start", false},
+		{"source, no move and nothing followed", RoleSource, "MIGRATION:none MIGRATION:setup", "", false},
+		{"destination, QEMU restarted", RoleDestination, "MIGRATION:active MIGRATION:none", "start abort", false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m := Mapper{Role: tc.role, DestinationSwitches: tc.dst}
@@ -257,6 +265,38 @@ func TestFollowerReconnects(t *testing.T) {
 	}
 }
 
+// TestFollowerAbortsAfterQEMURestart: QEMU dies in the blackout and a new
+// QEMU (no migration) answers on the socket: the follower aborts the move
+// it followed, so the gateway does not hold the endpoint's packets
+// forever (before, it sent nothing: its phase stayed blackout).
+func TestFollowerAbortsAfterQEMURestart(t *testing.T) {
+	q := newFakeQEMU(t)
+	rec := &recorder{seen: make(chan string, 64)}
+	f := &Follower{QMP: q.path, Steps: rec, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Retry: 20 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	c := <-q.conns
+	q.events <- "MIGRATION:active"
+	q.events <- "STOP"
+	rec.wait(t, "start", "blackout")
+	// QEMU dies; a new one, with no migration, takes the socket.
+	q.set("none", true)
+	c.Close()
+	<-q.conns
+	rec.wait(t, "abort")
+	// A plain pause of the new QEMU is no move.
+	q.events <- "STOP"
+	q.events <- "RESUME"
+	time.Sleep(100 * time.Millisecond)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if want := []string{"start", "blackout", "abort"}; !slices.Equal(rec.ops, want) {
+		t.Fatalf("steps %v, want %v", rec.ops, want)
+	}
+}
+
 func (q *fakeQEMU) commands() []string {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -396,4 +436,107 @@ func TestFollowerHoldsBeforeStop(t *testing.T) {
 	d.waitCmd(t, "cont", 1)
 	d.events <- "RESUME"
 	drec.wait(t, "switch", "done")
+}
+
+// TestFollowerReadsQEMUWhileGatewayDown: the gateway cannot be reached
+// from the move's start. The follower keeps reading QEMU's events while
+// it retries, so the source paused in pre-switchover is let go on after
+// ContinueAfter (it used to retry the start forever without reading a
+// line: the guest stayed paused until the gateway came back), and the
+// steps it could not send stay queued: once the gateway is back they go
+// in order, and the move ends at the destination (the bounded wait used
+// to drop start and blackout, so switch and done were refused and the
+// gateway kept forwarding to the source).
+func TestFollowerReadsQEMUWhileGatewayDown(t *testing.T) {
+	for _, live := range []bool{true, false} {
+		name := "events read live"
+		if !live {
+			name = "caught up at connect"
+		}
+		t.Run(name, func(t *testing.T) {
+			q := newFakeQEMU(t)
+			rec := &recorder{seen: make(chan string, 64), fail: 1 << 30}
+			f := &Follower{QMP: q.path, Steps: rec, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Retry: 20 * time.Millisecond,
+				PauseBeforeSwitchover: true, ContinueAfter: 300 * time.Millisecond}
+			if !live {
+				q.set("pre-switchover", false)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { defer close(done); f.Run(ctx) }()
+			defer func() { cancel(); <-done }()
+			<-q.conns
+			if live {
+				// Past the catch-up: what follows is read as events.
+				q.waitCmd(t, "query-status", 1)
+				q.events <- "MIGRATION:active"
+				q.events <- "STOP"
+				q.set("pre-switchover", false)
+				q.events <- "MIGRATION:pre-switchover"
+			}
+			q.waitCmd(t, "migrate-continue", 1)
+			q.set("completed", false)
+			q.events <- "MIGRATION:device"
+			q.events <- "MIGRATION:completed"
+			// The gateway comes back: every step, once, in order.
+			rec.mu.Lock()
+			rec.fail = 0
+			rec.mu.Unlock()
+			rec.wait(t, "start", "blackout", "switch", "done")
+			time.Sleep(100 * time.Millisecond)
+			rec.mu.Lock()
+			defer rec.mu.Unlock()
+			if want := []string{"start", "blackout", "switch", "done"}; !slices.Equal(rec.ops, want) {
+				t.Fatalf("steps %v, want %v", rec.ops, want)
+			}
+		})
+	}
+}
+
+// TestFollowerRetriesUnderAnEventStream: QEMU reports events more often
+// than the retry interval (MIGRATION_PASS in a long pre-copy) while a
+// step waits for the gateway: the step is still sent again every Retry
+// (a wait that began anew at each event never ended), and not at each
+// event either (a retry storm against the gateway).
+func TestFollowerRetriesUnderAnEventStream(t *testing.T) {
+	q := newFakeQEMU(t)
+	rec := &recorder{seen: make(chan string, 64), fail: 1 << 30}
+	f := &Follower{QMP: q.path, Steps: rec, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Retry: 20 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); f.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	<-q.conns
+	q.waitCmd(t, "query-status", 1)
+	q.events <- "MIGRATION:active"
+	stop := make(chan struct{})
+	var sent atomic.Int64
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case q.events <- "MIGRATION_PASS":
+				sent.Add(1)
+				time.Sleep(time.Millisecond)
+			}
+		}
+	}()
+	tries := func() int {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return rec.tries
+	}
+	// 300 events, at least 1ms apart: 15 retry intervals or more.
+	for i := 0; i < 3000 && sent.Load() < 300; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	close(stop)
+	n, events := tries(), sent.Load()
+	if n < 2 {
+		t.Fatalf("%d tries of the start while QEMU sent %d events: the retries starved", n, events)
+	}
+	if int64(n) > events/2 {
+		t.Fatalf("%d tries for %d events: a retry at each event", n, events)
+	}
 }

@@ -87,19 +87,28 @@ func (c *Client) dial(ctx context.Context) error {
 
 // Do sends req and returns the answer; a refused request is a
 // *RemoteError, a connection that fails is dialled again once (a step
-// is idempotent on the server, so resending is safe).
+// is idempotent on the server, so resending is safe). A gateway that
+// answers it is the standby is left for the next one: the owner of the
+// pair's state takes the steps.
 func (c *Client) Do(ctx context.Context, req Request) (Response, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var resp Response
 	var err error
-	for attempt := 0; attempt < 2; attempt++ {
+	standbys := 0
+	for attempt := 0; attempt < 2+standbys; attempt++ {
 		if c.c == nil {
 			if err = c.dial(ctx); err != nil {
 				return resp, err
 			}
 		}
 		resp, err = c.roundTrip(req)
+		if err == nil && !resp.OK && resp.Code == CodeStandby && standbys < len(c.Gateways)-1 {
+			standbys++
+			c.drop()
+			c.next = (c.next + 1) % len(c.Gateways)
+			continue
+		}
 		if err == nil {
 			break
 		}

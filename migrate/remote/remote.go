@@ -73,6 +73,8 @@ const (
 	CodeControllerIO = "controller"    // the controller failed (maps): see the daemon's log
 	CodeDifferentTo  = "different_to"  // start for a move already under way to another host
 	CodeQueueFull    = "queue_full"    // too many location updates queued
+	CodeNoRoute      = "no_route"      // the gateway has no route to the destination (or it is its own address)
+	CodeStandby      = "standby"       // the gateway is the pair's standby: the owner takes steps
 	CodeUnavailable  = "unavailable"   // the daemon is stopping
 	CodeUnknown      = "unknown_error" // anything else
 )
@@ -95,10 +97,15 @@ func ParseDest(s string) (Dest, error) {
 		d.Encap, s = EncapIPIP, host
 	}
 	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return Dest{}, errors.New("want HOST or ipip:HOST, HOST an IP address")
+	if err != nil || a.Zone() != "" {
+		return Dest{}, errors.New("want HOST or ipip:HOST, HOST an IP address (without a zone)")
 	}
 	d.Addr = a.Unmap()
+	// What migrate.Location.Validate refuses, refused here as the
+	// request's fault, not the controller's.
+	if a := d.Addr; a.IsUnspecified() || a.IsMulticast() || a.IsLoopback() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return Dest{}, fmt.Errorf("%s: want a host's unicast address", a)
+	}
 	return d, nil
 }
 
@@ -138,6 +145,8 @@ var (
 	ErrNoEndpoint = errors.New("no such endpoint")
 	ErrState      = errors.New("not allowed in this migration state")
 	ErrQueueFull  = errors.New("location update queue full")
+	ErrNoRoute    = errors.New("no route from the gateway")
+	ErrStandby    = errors.New("this gateway is the standby: the owner takes migration steps")
 )
 
 // RemoteError is a request the server refused, as the client sees it.
@@ -155,6 +164,10 @@ func (e *RemoteError) Error() string {
 		hint = " (tandem migrate status shows where the move is)"
 	case CodeNoDatapath:
 		hint = " (the gateway's daemon runs without the migration feature)"
+	case CodeStandby:
+		hint = " (give the client both gateways of the pair, --gateway A --gateway B: the owner takes the step)"
+	case CodeNoRoute:
+		hint = " (check --to: the gateway forwards only to hosts it has a route to)"
 	case CodeControllerIO:
 		hint = " (see the gateway daemon's log)"
 	}

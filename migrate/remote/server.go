@@ -211,9 +211,11 @@ func (s *Server) do(req Request) Response {
 		return fail(CodeBadRequest, fmt.Errorf("op %q: want one of %v", req.Op, Ops))
 	}
 	ep, err := netip.ParseAddr(req.Endpoint)
-	if err != nil {
-		return fail(CodeBadRequest, fmt.Errorf("endpoint %q: not an IP address", req.Endpoint))
+	if err != nil || ep.Zone() != "" {
+		return fail(CodeBadRequest, fmt.Errorf("endpoint %q: not an IP address (without a zone)", req.Endpoint))
 	}
+	// ::ffff:a.b.c.d is the IPv4 endpoint, as the maps and the CLI have it.
+	ep = ep.Unmap()
 	var to Dest
 	if req.Op == OpStart {
 		if to, err = ParseDest(req.To); err != nil {
@@ -283,6 +285,10 @@ func controllerFail(err error) Response {
 		return fail(CodeState, err)
 	case errors.Is(err, ErrQueueFull):
 		return fail(CodeQueueFull, err)
+	case errors.Is(err, ErrNoRoute):
+		return fail(CodeNoRoute, err)
+	case errors.Is(err, ErrStandby):
+		return fail(CodeStandby, err)
 	}
 	return fail(CodeControllerIO, err)
 }

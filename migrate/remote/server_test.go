@@ -1,13 +1,23 @@
 package remote
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -279,5 +289,271 @@ func TestClientFailsOver(t *testing.T) {
 	}
 	if got, want := a.ctl.Calls(), []string{"start 10.1.0.5 192.0.2.9", "blackout 10.1.0.5", "switch 10.1.0.5"}; !slices.Equal(got, want) {
 		t.Fatalf("controller calls %v, want %v", got, want)
+	}
+}
+
+// expiredClient presents a certificate of the pair's CA for the allowed
+// name hv-a whose validity ended an hour ago.
+func (l *lab) expiredClient(t *testing.T) *Client {
+	t.Helper()
+	caPEM, err := os.ReadFile(filepath.Join(l.dir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(l.dir, "ca-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := tls.X509KeyPair(caPEM, keyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, err := x509.ParseCertificate(ca.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(4242), Subject: pkix.Name{CommonName: "hv-a"}, DNSNames: []string{"hv-a"},
+		NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, ca.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(caCert)
+	cert := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	return &Client{Gateways: []string{l.addr}, TLS: &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, Certificates: []tls.Certificate{cert}}, Timeout: 5 * time.Second}
+}
+
+// TestExpiredCertificateRefused: the pair's CA signed it for an allowed
+// name, but it has expired: refused at the handshake, the controller
+// untouched.
+func TestExpiredCertificateRefused(t *testing.T) {
+	l := newLab(t, 2*time.Second, time.Minute)
+	c := l.expiredClient(t)
+	defer c.Close()
+	if _, err := c.Do(context.Background(), Request{Op: OpAbort, Endpoint: "10.1.0.5"}); err == nil {
+		t.Fatal("a request with an expired certificate was answered")
+	}
+	// Do dials again after a failure: two tries.
+	waitRefused(t, l.srv, RefuseHandshake, 2)
+	if calls := l.ctl.Calls(); len(calls) != 0 {
+		t.Fatalf("an expired certificate reached the controller: %v", calls)
+	}
+}
+
+// TestEndpointForms: an endpoint written as an IPv4-mapped IPv6 address
+// is the IPv4 endpoint (the maps key both alike; the CLI unmaps); a zone
+// is no part of an endpoint's address.
+func TestEndpointForms(t *testing.T) {
+	for _, tc := range []struct {
+		ep, code string
+	}{
+		{"10.1.0.5", ""},
+		{"::ffff:10.1.0.5", ""},
+		{"fd00::5", ""},
+		{"fd00::5%eth0", CodeBadRequest},
+		{"10.1.0.6", CodeNoEndpoint},
+	} {
+		s := &Server{Controller: newFake("10.1.0.5", "fd00::5")}
+		resp := s.Do(Request{Op: OpStatus, Endpoint: tc.ep})
+		if resp.Code != tc.code || resp.OK != (tc.code == "") {
+			t.Errorf("status %s: %+v, want code %q", tc.ep, resp, tc.code)
+		}
+	}
+	// A destination that is no host is the request's fault (bad_request,
+	// as the CLI says it), not the controller's ("see the daemon's log").
+	for _, tc := range []struct {
+		to, code string
+	}{
+		{"10.2.0.12", ""},
+		{"ipip:192.0.2.7", ""},
+		{"::ffff:10.2.0.12", ""},
+		{"0.0.0.0", CodeBadRequest},
+		{"::", CodeBadRequest},
+		{"224.0.0.1", CodeBadRequest},
+		{"ipip:ff02::1", CodeBadRequest},
+		{"127.0.0.1", CodeBadRequest},
+		{"255.255.255.255", CodeBadRequest},
+		{"fd00::9%eth0", CodeBadRequest},
+	} {
+		s := &Server{Controller: newFake("10.1.0.5")}
+		resp := s.Do(Request{Op: OpStart, Endpoint: "10.1.0.5", To: tc.to})
+		if resp.Code != tc.code || resp.OK != (tc.code == "") {
+			t.Errorf("start --to %s: %+v, want code %q", tc.to, resp, tc.code)
+		}
+	}
+}
+
+// FuzzRequest feeds request lines as the server reads them (the JSON
+// decoder, then Do) to a fake controller: never a panic; an answer is ok
+// or names a known code and an error; a refused request changes no
+// state; an op outside Ops never reaches the controller.
+func FuzzRequest(f *testing.F) {
+	for _, s := range []string{
+		`{"op":"start","endpoint":"10.1.0.5","to":"10.2.0.12"}`,
+		`{"op":"start","endpoint":"10.1.0.5","to":"ipip:192.0.2.7"}`,
+		`{"op":"blackout","endpoint":"fd00::5"}`,
+		`{"op":"switch","endpoint":"10.1.0.5"}`,
+		`{"op":"done","endpoint":"::ffff:10.1.0.5"}`,
+		`{"op":"abort","endpoint":"10.1.0.5","to":"x"}`,
+		`{"op":"status","endpoint":"10.9.9.9"}`,
+		`{"op":"frob","endpoint":"10.1.0.5"}`,
+		`{"op":"start","endpoint":"10.1.0.5","to":"ipip:"}`,
+		`{"op":"start","endpoint":"10.1.0.5","to":"gre:10.0.0.1"}`,
+		`{"op":"start","endpoint":"fe80::1%eth0","to":"10.0.0.1"}`,
+		`{"op":["start"],"endpoint":1}`,
+		`{"op":"start"`,
+		`null`,
+		`[]`,
+		"{\"op\":\"\u0000\"}",
+		``,
+	} {
+		f.Add([]byte(s))
+	}
+	codes := []string{CodeBadRequest, CodeNoEndpoint, CodeState, CodeNoDatapath, CodeControllerIO, CodeDifferentTo, CodeQueueFull, CodeNoRoute, CodeStandby, CodeUnavailable, CodeUnknown}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		if len(line) > MaxRequestBytes {
+			return // the server's reader refuses longer lines
+		}
+		var req Request
+		if json.Unmarshal(line, &req) != nil {
+			return // the server closes the connection
+		}
+		ctl := newFake("10.1.0.5", "fd00::5")
+		s := &Server{Controller: ctl}
+		before := fmt.Sprint(ctl.eps[netip.MustParseAddr("10.1.0.5")], ctl.eps[netip.MustParseAddr("fd00::5")])
+		resp := s.Do(req)
+		after := fmt.Sprint(ctl.eps[netip.MustParseAddr("10.1.0.5")], ctl.eps[netip.MustParseAddr("fd00::5")])
+		switch {
+		case resp.OK && (resp.Code != "" || resp.Error != ""):
+			t.Fatalf("%q: ok with an error: %+v", line, resp)
+		case !resp.OK && (!slices.Contains(codes, resp.Code) || resp.Error == ""):
+			t.Fatalf("%q: refused without a known code and an error: %+v", line, resp)
+		case !resp.OK && before != after:
+			t.Fatalf("%q: refused (%s) but the state changed: %s -> %s", line, resp.Code, before, after)
+		case !slices.Contains(Ops, req.Op) && len(ctl.Calls()) != 0:
+			t.Fatalf("%q: op %q reached the controller: %v", line, req.Op, ctl.Calls())
+		}
+		if _, err := json.Marshal(resp); err != nil {
+			t.Fatalf("%q: answer does not encode: %v", line, err)
+		}
+	})
+}
+
+// noRoute refuses every start as the daemon's controller refuses a
+// destination it has no route to.
+type noRoute struct{ *fakeController }
+
+func (noRoute) Start(ep netip.Addr, to Dest) error {
+	return fmt.Errorf("start %s: to %s: %w", ep, to, ErrNoRoute)
+}
+
+// TestNoRouteCode: a destination the gateway has no route to is its own
+// code (the follower and the CLI say what it is), not "see the log".
+func TestNoRouteCode(t *testing.T) {
+	s := &Server{Controller: noRoute{newFake("10.1.0.5")}}
+	resp := s.Do(Request{Op: OpStart, Endpoint: "10.1.0.5", To: "203.0.113.9"})
+	if resp.OK || resp.Code != CodeNoRoute {
+		t.Fatalf("got %+v, want code %s", resp, CodeNoRoute)
+	}
+}
+
+// standbyCtl is a standby gateway's controller: it reports the
+// replicated state and refuses every step.
+type standbyCtl struct{ *fakeController }
+
+func (standbyCtl) Start(ep netip.Addr, to Dest) error {
+	return fmt.Errorf("start %s: %w", ep, ErrStandby)
+}
+func (standbyCtl) Blackout(ep netip.Addr) error { return fmt.Errorf("blackout %s: %w", ep, ErrStandby) }
+func (standbyCtl) Switch(ep netip.Addr) error   { return fmt.Errorf("switch %s: %w", ep, ErrStandby) }
+func (standbyCtl) Done(ep netip.Addr) error     { return fmt.Errorf("done %s: %w", ep, ErrStandby) }
+func (standbyCtl) Abort(ep netip.Addr) error    { return fmt.Errorf("abort %s: %w", ep, ErrStandby) }
+
+// TestClientSkipsTheStandby: the first gateway a follower is given is
+// the pair's standby (it came back after a failover, or was listed
+// first): the step goes to the owner. It used to come back as a
+// controller error, which the follower skips: the move went unheld and
+// the endpoint stayed at the source. With no owner to be found the
+// answer is the standby code, which the follower retries.
+func TestClientSkipsTheStandby(t *testing.T) {
+	a := newLab(t, 2*time.Second, time.Minute)
+	owner := newFake("10.1.0.5")
+	a.srv.Controller = standbyCtl{a.ctl}
+	cfg, err := syncer.TLSConfigAllowing(a.dir, "gw", []string{"hv-a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &Server{TLS: cfg, Controller: owner, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	lnB, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go b.Serve(lnB)
+	defer func() { lnB.Close(); b.Stop() }()
+
+	ctx := context.Background()
+	c := a.client(t, a.dir, "hv-a")
+	c.Gateways = append(c.Gateways, lnB.Addr().String())
+	defer c.Close()
+	for _, op := range []string{OpStart, OpBlackout} {
+		if _, err := c.Do(ctx, Request{Op: op, Endpoint: "10.1.0.5", To: "192.0.2.9"}); err != nil {
+			t.Fatalf("%s with the standby first: %v", op, err)
+		}
+	}
+	if got, want := owner.Calls(), []string{"start 10.1.0.5 192.0.2.9", "blackout 10.1.0.5"}; !slices.Equal(got, want) {
+		t.Fatalf("the owner's calls %v, want %v", got, want)
+	}
+	// The standby alone.
+	only := a.client(t, a.dir, "hv-a")
+	defer only.Close()
+	_, err = only.Do(ctx, Request{Op: OpSwitch, Endpoint: "10.1.0.5"})
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Code != CodeStandby {
+		t.Fatalf("switch at the standby alone: %v, want code %s", err, CodeStandby)
+	}
+}
+
+// TestOversizedRequest: an allowed client's request line over
+// MaxRequestBytes, first or later, closes its connection without
+// reaching the controller; the first one is counted refused.
+func TestOversizedRequest(t *testing.T) {
+	l := newLab(t, 2*time.Second, time.Minute)
+	big := append([]byte(`{"op":"start","endpoint":"10.1.0.5","to":"`), bytes.Repeat([]byte("1"), 2*MaxRequestBytes)...)
+	big = append(big, "\"}\n"...)
+	for _, first := range []bool{true, false} {
+		cfg, err := syncer.ClientTLSConfig(l.dir, "hv-a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.ServerName = "127.0.0.1"
+		conn, err := tls.Dial("tcp", l.addr, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := bufio.NewReader(conn)
+		if !first {
+			conn.Write([]byte(`{"op":"status","endpoint":"10.1.0.5"}` + "\n"))
+			if _, err := r.ReadBytes('\n'); err != nil {
+				t.Fatal(err)
+			}
+		}
+		conn.Write(big)
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if line, err := r.ReadBytes('\n'); err == nil {
+			t.Fatalf("answered an oversized request: %s", line)
+		} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatal("the connection stayed open after an oversized request")
+		}
+		conn.Close()
+	}
+	waitRefused(t, l.srv, RefuseRequest, 1)
+	if calls := l.ctl.Calls(); len(calls) != 0 {
+		t.Fatalf("an oversized request reached the controller: %v", calls)
 	}
 }
