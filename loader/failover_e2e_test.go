@@ -622,11 +622,21 @@ func TestSplitBrain(t *testing.T) {
 // its daemon runs: it is unhealthy, gives the VIPs up (addresses removed)
 // and gwb takes them; connections keep working. With the interface back,
 // gwa stays standby (no preemption).
+//
+// The adverts run at twice the failover tests' interval: nothing here is
+// timed, and the end (gwb keeps the VIPs from the better gwa) holds only
+// while gwa never finds gwb silent. At 50 ms a 150 ms stall of the lab's
+// packet path on a loaded machine (softirq deferred to ksoftirqd) made
+// gwa call the live owner silent: seen once in about 100 runs, rescued
+// by the takeover probe; had the probe gone unanswered too, gwa would
+// have taken the VIPs and kept them (a split brain settles by priority),
+// and the last settle timed out after 30 s, as once in CI.
 func TestHealthDemotes(t *testing.T) {
 	p := newPairLab(t)
 	p.serve(t)
-	p.start(t, "a")
-	p.start(t, "b")
+	slow := []string{"--vip-interval", (2 * advertInterval()).String()}
+	p.start(t, "a", slow...)
+	p.start(t, "b", slow...)
 	p.settled(t, "a", 30*time.Second)
 	s := p.open(t)
 	waitFor(t, 10*time.Second, "gwb has the connection", func() (bool, string) {

@@ -159,6 +159,10 @@ type Manager struct {
 	peerOwned bool // the peer said it owned at the last step
 	peerHeard bool // the peer was alive at the last step
 	split     bool // both hosts owned at the last step (neither handing over)
+	// unansweredAt is when the last advert of a boot not heard yet
+	// arrived (refused until it echoes our challenge): the peer talks,
+	// but its handshake with this boot is not done.
+	unansweredAt time.Time
 }
 
 // Check checks cfg as New does, without opening anything: a daemon
@@ -644,6 +648,7 @@ func (m *Manager) acceptAt(a Advert, now time.Time) (r refusal, wake bool, err e
 		wake = m.echo != a.Challenge
 		m.echo = a.Challenge
 		if a.Echo != m.chal {
+			m.unansweredAt = later(now, m.unansweredAt)
 			return unanswered, wake, fmt.Errorf("boot %x has not echoed our challenge (yet)", a.Boot)
 		}
 		if m.lastBoot != 0 {
@@ -687,6 +692,11 @@ func (m *Manager) step(ctx context.Context, ticked bool) (retry time.Duration) {
 	m.mu.Lock()
 	peer := Peer{Advert: m.last, Alive: m.peerAlive(now)}
 	lastAt := m.lastAt
+	// The peer's adverts arrive, but its handshake with this boot is not
+	// done: it echoes our challenge only once its election has run, late
+	// on a busy host.
+	handshaking := !peer.Alive && !m.unansweredAt.IsZero() &&
+		now.Sub(m.unansweredAt) <= time.Duration(m.cfg.Dead)*m.cfg.Interval
 	held, inherited, yielding := m.owner, m.inherited, m.yielding
 	m.mu.Unlock()
 	// An owner is a host that took the VIPs in this run; addresses held
@@ -705,8 +715,18 @@ func (m *Manager) step(ctx context.Context, ticked bool) (retry time.Duration) {
 
 	own, why := Decide(self, peer)
 	// Listen first: a host that just started hears its peer before it
-	// claims or gives up anything (inherited addresses keep serving).
-	if !owner && now.Sub(m.started) < time.Duration(m.cfg.Dead)*m.cfg.Interval {
+	// claims or gives up anything (inherited addresses keep serving):
+	// one dead interval, and longer while the peer talks but has not yet
+	// answered our challenge (up to handshakeListen intervals). Such a
+	// peer is alive; calling it silent left the takeover to a probe of a
+	// quarter interval, which a busy host answers late too, and a
+	// restarted better-priority standby that took the VIPs so kept them
+	// (a split brain settles by priority).
+	listen := time.Duration(m.cfg.Dead) * m.cfg.Interval
+	if handshaking {
+		listen = max(listen, handshakeListen*m.cfg.Interval)
+	}
+	if !owner && now.Sub(m.started) < listen {
 		own, why = false, "listening for the peer"
 		held = false
 	}
@@ -795,6 +815,12 @@ func (m *Manager) step(ctx context.Context, ticked bool) (retry time.Duration) {
 	}
 	return retry
 }
+
+// handshakeListen is how many intervals a host that just started keeps
+// listening while its peer's adverts arrive unanswered (the handshake
+// with this boot not done): a peer that never answers (or a replay of a
+// boot it left) holds the start back this long at most.
+const handshakeListen = 40
 
 // urgentGap is the least time between two adverts sent between ticks.
 func (m *Manager) urgentGap() time.Duration { return m.cfg.Interval / 4 }

@@ -391,3 +391,66 @@ func TestStalledReceiverHearsQueued(t *testing.T) {
 			st.PeerSeen.Format(time.StampMicro), sent.Format(time.StampMicro), stepped.Format(time.StampMicro))
 	}
 }
+
+// TestStartHearsSlowHandshake: a host that starts while its peer owns,
+// with a peer whose election answers this boot's challenge only after 8
+// intervals (a busy host: its adverts go out on time, the echo waits for
+// its election to run), keeps listening instead of calling the peer
+// silent: it never takes the VIPs (here no probe answers, as on a host
+// too busy to answer one in a quarter interval), and it then hears the
+// peer own. Before, it listened one dead interval, took the VIPs from
+// the live owner if the probe went unanswered, and a better priority
+// kept them: the split brain settles by priority (a rejoining gwa in
+// TestFailoverKill).
+func TestStartHearsSlowHandshake(t *testing.T) {
+	scale, err := strconv.Atoi(os.Getenv("TANDEM_TEST_SCALE"))
+	if err != nil || scale < 1 {
+		scale = 1
+	}
+	interval := time.Duration(scale) * 50 * time.Millisecond
+	m, h := newTestManager(t, "a", "b", interval, nil)
+	m.cfg.Priority = 200 // better than the owner: a split brain would keep it
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	m.peer = []*net.UDPAddr{c.LocalAddr().(*net.UDPAddr)}
+	var chal atomic.Uint64 // m's challenge, as the peer read it
+	go func() {
+		buf := make([]byte, 2*AdvertLen)
+		for {
+			n, _, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if a, err := UnmarshalAdvert(buf[:n], testKey); err == nil {
+				chal.Store(a.Challenge)
+			}
+		}
+	}()
+	run(t, m)
+	start := time.Now()
+	answer := start.Add(8 * interval)
+	// The owner advertises every tenth of an interval (whatever the
+	// test's own scheduling, the gaps stay far under the dead interval).
+	tick := time.NewTicker(interval / 10)
+	defer tick.Stop()
+	for seq := uint64(1); time.Since(start) < 20*interval; seq++ {
+		<-tick.C
+		var echo uint64
+		if time.Now().After(answer) {
+			echo = chal.Load()
+		}
+		b, _ := Advert{Name: "b", Boot: 77, Seq: seq, SentNanos: time.Now().UnixNano(), Priority: 100, Generation: 1,
+			Owner: true, Healthy: true, CaughtUp: true, Challenge: 5, Echo: echo}.Marshal(testKey)
+		c.WriteTo(b, m.addr())
+		if st := m.Status(); h.held.Load() || st.Takeovers > 0 {
+			t.Fatalf("%s after start, with the owner talking but not yet answering: took the VIPs (%s)",
+				time.Since(start).Round(time.Millisecond), st.Why)
+		}
+	}
+	if st := m.Status(); !st.PeerAlive || !st.PeerOwner || st.Owner {
+		t.Errorf("after the handshake: %+v; want the peer heard as the owner", st)
+	}
+}
