@@ -603,16 +603,20 @@ static __always_inline int mig_fast_hit(struct xdp_md *ctx, const struct pkt *p)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	const __u64 *a = (const __u64 *)p->daddr;
+	__u32 zero = 0, *nh;
 	struct mig_fast *fs;
-	__u64 gen;
+	__u64 *g;
 	int ret;
 
 	if (!cfg_fast || !(fs = mig_fast_slot(p->daddr)))
 		return -1;
 	if (fs->addr[0] != a[0] || fs->addr[1] != a[1])
 		return -1;
-	gen = mig_cache_gen();
-	if (!gen || fs->gen != gen)
+	/* mig_cache_gen without its first-use set-up: a filled slot's
+	 * generation is never 0, an empty slot's always is. */
+	g = bpf_map_lookup_elem(&mig_gen, &zero);
+	nh = bpf_map_lookup_elem(&mig_nh_gen, &zero);
+	if (!g || !nh || !fs->gen || fs->gen != *(volatile __u64 *)g + *(volatile __u32 *)nh)
 		return -1;
 	if (data + sizeof(struct ethhdr) > data_end)
 		return XDP_DROP;

@@ -440,10 +440,11 @@ func vmMoveTiming(t *testing.T, hostRate int) (rate int, blackout, dur time.Dura
 // 300 ms blackout driven by CLI calls, inside the tools/vmtest VM: under
 // TCG a CLI call takes a good part of the blackout and the flush competes
 // with the emulated receivers, so a loaded run loses packets there that a
-// quiet one does not (0 lost in one run, 808 in another, same build). The
-// stage, the hold and the controller are tested in the VM by
-// TestMigrateStage, TestMigCtlMarksSync, the migrate package and
-// TestMigrateTCP; the strict verdicts run on the host.
+// quiet one does not (0 lost in one run, 808 in another, same build).
+// TestMigrateStrictLoss runs a scaled move there instead (vmMoveTiming);
+// the others (IPv6, routed, failover) run on the host only. The stage,
+// the hold and the controller are tested in the VM by TestMigrateStage,
+// TestMigCtlMarksSync, the migrate package and TestMigrateTCP.
 func skipTimingInVM(t *testing.T) {
 	t.Helper()
 	// TANDEM_MIGRATE_VM_TIMING=1 runs them in the VM anyway (to study

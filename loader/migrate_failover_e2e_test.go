@@ -12,7 +12,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -95,20 +94,18 @@ func (p *pairLab) migration(g string) (*migrate.Endpoint, error) {
 // in order (held by gwb in the blackout, flushed at the switch, then
 // straight to D); none of them reaches S.
 //
-// Inside the VM (TCG) the rate is divided by the scale (1,000/s at
-// TANDEM_TEST_SCALE=10), the adverts' interval multiplied by it
-// (advertInterval), and the stream runs 20 s instead of 10: the steps
-// from the blackout to done (CLI calls of ~0.7 s each, the election's
-// takeover) must end inside it.
+// Not in the VM: tried there at 1,000 datagrams/s with the daemons' start
+// and the settling bounded by 30 s times TANDEM_TEST_SCALE, the steps from
+// gwa's blackout to gwb's done took longer than a 20 s stream (gwa held
+// 9,052 datagrams before it died; gwb 4,542 as the standby), so the
+// verdict needs a stream that ends with the steps, not a longer one.
 func TestMigrateFailover(t *testing.T) {
+	skipTimingInVM(t)
 	p := newPairLab(t)
-	// Bounds, not durations: a daemon's start took over 30 s under TCG.
-	scale := testScale(t)
-	p.StartWait = time.Duration(scale) * 30 * time.Second
 	extra := []string{"--migrate-iface", "eth0"}
 	p.start(t, "a", extra...)
 	p.start(t, "b", extra...)
-	p.settled(t, "a", time.Duration(scale)*30*time.Second)
+	p.settled(t, "a", 30*time.Second)
 
 	// S and D both carry the endpoint's address (a VM's address on
 	// whichever host runs it); the client reaches it through the VIP.
@@ -150,10 +147,7 @@ func TestMigrateFailover(t *testing.T) {
 
 	rs, rd := listenSeq(t, s, 9000), listenSeq(t, d, 9000)
 	gwbMAC := mac(t, p.gw["b"], "eth0")
-	rate, streamFor := 10000/testScale(t), 10*time.Second
-	if os.Getenv("TANDEM_VMTEST") != "" {
-		streamFor = 20 * time.Second
-	}
+	rate := 10000 / testScale(t)
 	var (
 		progress            atomic.Uint64
 		askedAt, blackoutAt uint64 // datagrams written when gwa was asked to hold, when it said it did
@@ -249,7 +243,7 @@ func TestMigrateFailover(t *testing.T) {
 		}
 		doneAt = progress.Load()
 	}
-	sent := seqSendProgress(t, p.client, 9000, rate, streamFor, []event{{500 * time.Millisecond, step}}, &progress)
+	sent := seqSendProgress(t, p.client, 9000, rate, 10*time.Second, []event{{500 * time.Millisecond, step}}, &progress)
 	time.Sleep(300 * time.Millisecond)
 	gotS, gotD := rs.stop(), rd.stop()
 	for _, l := range strings.Split(p.daemons["b"].Log(), "\n") {
