@@ -78,13 +78,14 @@ struct mig_key {
 	__u8 addr[16]; /* the endpoint, IPv6 or IPv4-mapped (as vip_gate) */
 };
 
-/* The forward cache (mig_fast_forward): what the stage found for an
- * endpoint at generation gen of mig_gen. Local to this host: it rides in
- * the replicated record, but the peer's copy never matches this host's
- * generation (it starts at a random value), so it is found stale there. */
+/* The record's forward cache (mig_fast_forward): what the stage found for
+ * an endpoint at generation gen (mig_cache_gen). Local to this host: it
+ * rides in the replicated record, but the peer's copy never matches this
+ * host's generation (mig_gen starts at a random value), so it is found
+ * stale there. */
 struct mig_fwd_cache {
 	__u64 gen;   /* mig_gen when filled; 0: empty */
-	__u64 stamp; /* bpf_ktime_get_coarse_ns() of the FIB lookup */
+	__u64 stamp; /* bpf_ktime_get_coarse_ns() of the FIB lookup (never compared) */
 	__u32 ifindex;
 	__u8 dmac[6];
 	__u8 smac[6];
