@@ -28,6 +28,8 @@ import (
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
+	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/tools/bench"
 	"github.com/tandem-net/tandem/tools/lab"
 	"github.com/tandem-net/tandem/tools/testenv"
@@ -614,4 +616,32 @@ func TestMigrateTCP(t *testing.T) {
 	if !strings.Contains(out, `"Hop": "`+migD+`"`) || strings.Contains(out, `"Migration": {`) {
 		t.Errorf("after the move with a queued update: %s, want located via %s (the queued update), no migration", out, migD)
 	}
+}
+
+// TestMigrateNextHopWatcher: the daemon moves the forward caches' next-hop
+// generation (mig_nh_gen) on a routing change, so an endpoint's cached
+// FIB answer (its MACs, its egress) is looked up again at its next packet:
+// the stage reads no clock to bound it.
+func TestMigrateNextHopWatcher(t *testing.T) {
+	m := newMigLab(t)
+	gen, err := ebpf.LoadPinnedMap(maps.Pins{Root: m.gw.BPFFS()}.Map(bpf.MigrateMapMigNhGen), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gen.Close()
+	read := func() uint32 {
+		var g uint32
+		if err := gen.Lookup(uint32(0), &g); err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	before := read()
+	if err := m.gw.IP("neigh", "replace", migD, "lladdr", "02:00:00:96:03:04", "dev", "eth2", "nud", "permanent"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Duration(testScale(t))*5*time.Second, "mig_nh_gen moves after a neighbour change", func() (bool, string) {
+		g := read()
+		return g != before, fmt.Sprintf("mig_nh_gen %d, %d before the change", g, before)
+	})
 }
