@@ -135,6 +135,15 @@ const (
 	MigrateMigEncapMIG_ENCAP_IPIP MigrateMigEncap = 1
 )
 
+type MigrateMigFast struct {
+	_       structs.HostLayout
+	Addr    [2]uint64
+	Gen     uint64
+	MacLo   uint64
+	MacHi   uint32
+	Ifindex uint32
+}
+
 type MigrateMigHoldRec struct {
 	_       structs.HostLayout
 	Ep      MigrateMigKey
@@ -271,46 +280,51 @@ type MigrateSyncRec struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	MigrateMapChainCtxMap            = "chain_ctx_map"
-	MigrateMapChainInfoMap           = "chain_info_map"
-	MigrateMapChainProgs             = "chain_progs"
-	MigrateMapChainStats             = "chain_stats"
-	MigrateMapMigEndpoints           = "mig_endpoints"
-	MigrateMapMigGen                 = "mig_gen"
-	MigrateMapMigHold                = "mig_hold"
-	MigrateMapMigNexthops            = "mig_nexthops"
-	MigrateMapMigRole                = "mig_role"
-	MigrateMapMigScratch             = "mig_scratch"
-	MigrateMapMigStandby             = "mig_standby"
-	MigrateMapMigState               = "mig_state"
-	MigrateMapMigStats               = "mig_stats"
-	MigrateMapSyncEpoch              = "sync_epoch"
-	MigrateMapSyncIoMigEndpoints     = "sync_io_mig_endpoints"
-	MigrateMapSyncIoMigState         = "sync_io_mig_state"
-	MigrateMapSyncOverflow           = "sync_overflow"
-	MigrateMapSyncRings              = "sync_rings"
-	MigrateProgMigCtl                = "mig_ctl"
-	MigrateProgSyncReadMigEndpoints  = "sync_read_mig_endpoints"
-	MigrateProgSyncReadMigState      = "sync_read_mig_state"
-	MigrateProgSyncWriteMigEndpoints = "sync_write_mig_endpoints"
-	MigrateProgSyncWriteMigState     = "sync_write_mig_state"
-	MigrateProgXdpMigFlush           = "xdp_mig_flush"
-	MigrateProgXdpMigrate            = "xdp_migrate"
-	MigrateVarCfgEncapSrc4           = "cfg_encap_src4"
-	MigrateVarCfgEncapSrc6           = "cfg_encap_src6"
-	MigrateVarCfgHoldPackets         = "cfg_hold_packets"
-	MigrateVarCfgNexthopNs           = "cfg_nexthop_ns"
-	MigrateVarChainAbiLayout         = "chain_abi_layout"
-	MigrateVarChainStageLayout       = "chain_stage_layout"
-	MigrateVarChainVipLayout         = "chain_vip_layout"
-	MigrateVarMigCmdLayout           = "mig_cmd_layout"
-	MigrateVarMigEncapLayout         = "mig_encap_layout"
-	MigrateVarMigHoldRecLayout       = "mig_hold_rec_layout"
-	MigrateVarMigOpLayout            = "mig_op_layout"
-	MigrateVarMigStatLayout          = "mig_stat_layout"
-	MigrateVarMigStateIdLayout       = "mig_state_id_layout"
-	MigrateVarSyncMapIdLayout        = "sync_map_id_layout"
-	MigrateVarSyncRecLayout          = "sync_rec_layout"
+	MigrateMapChainCtxMap              = "chain_ctx_map"
+	MigrateMapChainInfoMap             = "chain_info_map"
+	MigrateMapChainProgs               = "chain_progs"
+	MigrateMapChainStats               = "chain_stats"
+	MigrateMapMigEndpoints             = "mig_endpoints"
+	MigrateMapMigFast                  = "mig_fast"
+	MigrateMapMigGen                   = "mig_gen"
+	MigrateMapMigHold                  = "mig_hold"
+	MigrateMapMigNexthops              = "mig_nexthops"
+	MigrateMapMigNhGen                 = "mig_nh_gen"
+	MigrateMapMigRole                  = "mig_role"
+	MigrateMapMigScratch               = "mig_scratch"
+	MigrateMapMigStandby               = "mig_standby"
+	MigrateMapMigState                 = "mig_state"
+	MigrateMapMigStats                 = "mig_stats"
+	MigrateMapSyncEpoch                = "sync_epoch"
+	MigrateMapSyncIoMigEndpoints       = "sync_io_mig_endpoints"
+	MigrateMapSyncIoMigState           = "sync_io_mig_state"
+	MigrateMapSyncOverflow             = "sync_overflow"
+	MigrateMapSyncRings                = "sync_rings"
+	MigrateProgMigCtl                  = "mig_ctl"
+	MigrateProgSyncDeletedMigEndpoints = "sync_deleted_mig_endpoints"
+	MigrateProgSyncDeletedMigState     = "sync_deleted_mig_state"
+	MigrateProgSyncReadMigEndpoints    = "sync_read_mig_endpoints"
+	MigrateProgSyncReadMigState        = "sync_read_mig_state"
+	MigrateProgSyncWriteMigEndpoints   = "sync_write_mig_endpoints"
+	MigrateProgSyncWriteMigState       = "sync_write_mig_state"
+	MigrateProgXdpMigFlush             = "xdp_mig_flush"
+	MigrateProgXdpMigrate              = "xdp_migrate"
+	MigrateVarCfgEncapSrc4             = "cfg_encap_src4"
+	MigrateVarCfgEncapSrc6             = "cfg_encap_src6"
+	MigrateVarCfgFast                  = "cfg_fast"
+	MigrateVarCfgHoldPackets           = "cfg_hold_packets"
+	MigrateVarCfgNexthopNs             = "cfg_nexthop_ns"
+	MigrateVarChainAbiLayout           = "chain_abi_layout"
+	MigrateVarChainStageLayout         = "chain_stage_layout"
+	MigrateVarChainVipLayout           = "chain_vip_layout"
+	MigrateVarMigCmdLayout             = "mig_cmd_layout"
+	MigrateVarMigEncapLayout           = "mig_encap_layout"
+	MigrateVarMigHoldRecLayout         = "mig_hold_rec_layout"
+	MigrateVarMigOpLayout              = "mig_op_layout"
+	MigrateVarMigStatLayout            = "mig_stat_layout"
+	MigrateVarMigStateIdLayout         = "mig_state_id_layout"
+	MigrateVarSyncMapIdLayout          = "sync_map_id_layout"
+	MigrateVarSyncRecLayout            = "sync_rec_layout"
 )
 
 // LoadMigrate returns the embedded CollectionSpec for Migrate.
@@ -355,13 +369,15 @@ type MigrateSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type MigrateProgramSpecs struct {
-	MigCtl                *ebpf.ProgramSpec `ebpf:"mig_ctl"`
-	SyncReadMigEndpoints  *ebpf.ProgramSpec `ebpf:"sync_read_mig_endpoints"`
-	SyncReadMigState      *ebpf.ProgramSpec `ebpf:"sync_read_mig_state"`
-	SyncWriteMigEndpoints *ebpf.ProgramSpec `ebpf:"sync_write_mig_endpoints"`
-	SyncWriteMigState     *ebpf.ProgramSpec `ebpf:"sync_write_mig_state"`
-	XdpMigFlush           *ebpf.ProgramSpec `ebpf:"xdp_mig_flush"`
-	XdpMigrate            *ebpf.ProgramSpec `ebpf:"xdp_migrate"`
+	MigCtl                  *ebpf.ProgramSpec `ebpf:"mig_ctl"`
+	SyncDeletedMigEndpoints *ebpf.ProgramSpec `ebpf:"sync_deleted_mig_endpoints"`
+	SyncDeletedMigState     *ebpf.ProgramSpec `ebpf:"sync_deleted_mig_state"`
+	SyncReadMigEndpoints    *ebpf.ProgramSpec `ebpf:"sync_read_mig_endpoints"`
+	SyncReadMigState        *ebpf.ProgramSpec `ebpf:"sync_read_mig_state"`
+	SyncWriteMigEndpoints   *ebpf.ProgramSpec `ebpf:"sync_write_mig_endpoints"`
+	SyncWriteMigState       *ebpf.ProgramSpec `ebpf:"sync_write_mig_state"`
+	XdpMigFlush             *ebpf.ProgramSpec `ebpf:"xdp_mig_flush"`
+	XdpMigrate              *ebpf.ProgramSpec `ebpf:"xdp_migrate"`
 }
 
 // MigrateMapSpecs contains maps before they are loaded into the kernel.
@@ -373,9 +389,11 @@ type MigrateMapSpecs struct {
 	ChainProgs         *ebpf.MapSpec `ebpf:"chain_progs"`
 	ChainStats         *ebpf.MapSpec `ebpf:"chain_stats"`
 	MigEndpoints       *ebpf.MapSpec `ebpf:"mig_endpoints"`
+	MigFast            *ebpf.MapSpec `ebpf:"mig_fast"`
 	MigGen             *ebpf.MapSpec `ebpf:"mig_gen"`
 	MigHold            *ebpf.MapSpec `ebpf:"mig_hold"`
 	MigNexthops        *ebpf.MapSpec `ebpf:"mig_nexthops"`
+	MigNhGen           *ebpf.MapSpec `ebpf:"mig_nh_gen"`
 	MigRole            *ebpf.MapSpec `ebpf:"mig_role"`
 	MigScratch         *ebpf.MapSpec `ebpf:"mig_scratch"`
 	MigStandby         *ebpf.MapSpec `ebpf:"mig_standby"`
@@ -394,6 +412,7 @@ type MigrateMapSpecs struct {
 type MigrateVariableSpecs struct {
 	CfgEncapSrc4     *ebpf.VariableSpec `ebpf:"cfg_encap_src4"`
 	CfgEncapSrc6     *ebpf.VariableSpec `ebpf:"cfg_encap_src6"`
+	CfgFast          *ebpf.VariableSpec `ebpf:"cfg_fast"`
 	CfgHoldPackets   *ebpf.VariableSpec `ebpf:"cfg_hold_packets"`
 	CfgNexthopNs     *ebpf.VariableSpec `ebpf:"cfg_nexthop_ns"`
 	ChainAbiLayout   *ebpf.VariableSpec `ebpf:"chain_abi_layout"`
@@ -434,9 +453,11 @@ type MigrateMaps struct {
 	ChainProgs         *ebpf.Map `ebpf:"chain_progs"`
 	ChainStats         *ebpf.Map `ebpf:"chain_stats"`
 	MigEndpoints       *ebpf.Map `ebpf:"mig_endpoints"`
+	MigFast            *ebpf.Map `ebpf:"mig_fast"`
 	MigGen             *ebpf.Map `ebpf:"mig_gen"`
 	MigHold            *ebpf.Map `ebpf:"mig_hold"`
 	MigNexthops        *ebpf.Map `ebpf:"mig_nexthops"`
+	MigNhGen           *ebpf.Map `ebpf:"mig_nh_gen"`
 	MigRole            *ebpf.Map `ebpf:"mig_role"`
 	MigScratch         *ebpf.Map `ebpf:"mig_scratch"`
 	MigStandby         *ebpf.Map `ebpf:"mig_standby"`
@@ -456,9 +477,11 @@ func (m *MigrateMaps) Close() error {
 		m.ChainProgs,
 		m.ChainStats,
 		m.MigEndpoints,
+		m.MigFast,
 		m.MigGen,
 		m.MigHold,
 		m.MigNexthops,
+		m.MigNhGen,
 		m.MigRole,
 		m.MigScratch,
 		m.MigStandby,
@@ -478,6 +501,7 @@ func (m *MigrateMaps) Close() error {
 type MigrateVariables struct {
 	CfgEncapSrc4     *ebpf.Variable `ebpf:"cfg_encap_src4"`
 	CfgEncapSrc6     *ebpf.Variable `ebpf:"cfg_encap_src6"`
+	CfgFast          *ebpf.Variable `ebpf:"cfg_fast"`
 	CfgHoldPackets   *ebpf.Variable `ebpf:"cfg_hold_packets"`
 	CfgNexthopNs     *ebpf.Variable `ebpf:"cfg_nexthop_ns"`
 	ChainAbiLayout   *ebpf.Variable `ebpf:"chain_abi_layout"`
@@ -497,18 +521,22 @@ type MigrateVariables struct {
 //
 // It can be passed to LoadMigrateObjects or ebpf.CollectionSpec.LoadAndAssign.
 type MigratePrograms struct {
-	MigCtl                *ebpf.Program `ebpf:"mig_ctl"`
-	SyncReadMigEndpoints  *ebpf.Program `ebpf:"sync_read_mig_endpoints"`
-	SyncReadMigState      *ebpf.Program `ebpf:"sync_read_mig_state"`
-	SyncWriteMigEndpoints *ebpf.Program `ebpf:"sync_write_mig_endpoints"`
-	SyncWriteMigState     *ebpf.Program `ebpf:"sync_write_mig_state"`
-	XdpMigFlush           *ebpf.Program `ebpf:"xdp_mig_flush"`
-	XdpMigrate            *ebpf.Program `ebpf:"xdp_migrate"`
+	MigCtl                  *ebpf.Program `ebpf:"mig_ctl"`
+	SyncDeletedMigEndpoints *ebpf.Program `ebpf:"sync_deleted_mig_endpoints"`
+	SyncDeletedMigState     *ebpf.Program `ebpf:"sync_deleted_mig_state"`
+	SyncReadMigEndpoints    *ebpf.Program `ebpf:"sync_read_mig_endpoints"`
+	SyncReadMigState        *ebpf.Program `ebpf:"sync_read_mig_state"`
+	SyncWriteMigEndpoints   *ebpf.Program `ebpf:"sync_write_mig_endpoints"`
+	SyncWriteMigState       *ebpf.Program `ebpf:"sync_write_mig_state"`
+	XdpMigFlush             *ebpf.Program `ebpf:"xdp_mig_flush"`
+	XdpMigrate              *ebpf.Program `ebpf:"xdp_migrate"`
 }
 
 func (p *MigratePrograms) Close() error {
 	return _MigrateClose(
 		p.MigCtl,
+		p.SyncDeletedMigEndpoints,
+		p.SyncDeletedMigState,
 		p.SyncReadMigEndpoints,
 		p.SyncReadMigState,
 		p.SyncWriteMigEndpoints,

@@ -2,6 +2,7 @@ package bpf_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -9,9 +10,11 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/gopacket/gopacket/layers"
+	"golang.org/x/sys/unix"
 
 	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/chain"
+	"github.com/tandem-net/tandem/loader"
 	"github.com/tandem-net/tandem/maps"
 	"github.com/tandem-net/tandem/tools/fixture"
 	"github.com/tandem-net/tandem/tools/lab"
@@ -43,19 +46,9 @@ type migFixture struct {
 	cm   *chain.Maps
 }
 
-// newMigFixture loads migrate.c unpinned in a one-host lab whose segment
-// has S and D as permanent neighbours (bpf_fib_lookup reads this
-// namespace's FIB).
-func newMigFixture(t testing.TB) *migFixture {
+// newMigLab builds the fixture's lab and returns its gateway.
+func newMigLab(t testing.TB) *lab.Host {
 	t.Helper()
-	return newMigFixtureWith(t, nil)
-}
-
-// newMigFixtureWith is newMigFixture with tweak applied to the spec
-// before it loads (load-time constants).
-func newMigFixtureWith(t testing.TB, tweak func(*ebpf.CollectionSpec) error) *migFixture {
-	t.Helper()
-	testenv.RequireRoot(t)
 	l, err := lab.New(lab.Spec{
 		Hosts: []lab.HostSpec{{Name: "gw", Forward: true}, {Name: "seg"}},
 		Links: []lab.LinkSpec{{
@@ -73,10 +66,39 @@ func newMigFixtureWith(t testing.TB, tweak func(*ebpf.CollectionSpec) error) *mi
 			t.Fatal(err)
 		}
 	}
+	return gw
+}
+
+// newMigFixture loads migrate.c unpinned in a one-host lab whose segment
+// has S and D as permanent neighbours (bpf_fib_lookup reads this
+// namespace's FIB).
+func newMigFixture(t testing.TB) *migFixture {
+	t.Helper()
+	return newMigFixtureWith(t, nil)
+}
+
+// newMigFixtureWith is newMigFixture with tweak applied to the spec
+// before it loads (load-time constants).
+func newMigFixtureWith(t testing.TB, tweak func(*ebpf.CollectionSpec) error) *migFixture {
+	t.Helper()
+	return newMigFixtureSpec(t, nil, nil, tweak)
+}
+
+// newMigFixtureSpec is newMigFixtureWith for another build of migrate.c
+// (spec; nil: this one), in the lab host gw (nil: a new lab), as
+// BenchmarkMigrateStage's variants load.
+func newMigFixtureSpec(t testing.TB, gw *lab.Host, spec *ebpf.CollectionSpec, tweak func(*ebpf.CollectionSpec) error) *migFixture {
+	t.Helper()
+	testenv.RequireRoot(t)
+	if gw == nil {
+		gw = newMigLab(t)
+	}
 	f := &migFixture{gw: gw, t: t}
-	spec, err := bpf.LoadMigrate()
-	if err != nil {
-		t.Fatal(err)
+	if spec == nil {
+		var err error
+		if spec, err = bpf.LoadMigrate(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinNone
@@ -357,9 +379,77 @@ func TestMigrateForwardCache(t *testing.T) {
 		if err := run("blackout", "XDP_DROP", nil); err != nil {
 			return err
 		}
+
+		// The per-CPU cache: one CPU, so that each run finds the slot
+		// the previous one filled.
+		var one, all unix.CPUSet
+		if err := unix.SchedGetaffinity(0, &all); err != nil {
+			return err
+		}
+		one.Set(0)
+		if err := unix.SchedSetaffinity(0, &one); err != nil {
+			return err
+		}
+		defer unix.SchedSetaffinity(0, &all)
+		if err := f.mm.DelMigration(migEP4); err != nil {
+			return err
+		}
+		if err := run("migration deleted again", "XDP_REDIRECT", macS); err != nil {
+			return err
+		}
+		if n, err := fastSlots(f, key); err != nil || n == 0 {
+			return fmt.Errorf("mig_fast: %d slots for the endpoint (err %v), want it cached", n, err)
+		}
+		// A routing change: the caches keep the FIB's answer until the
+		// daemon's watcher moves mig_nh_gen (no clock on the way).
+		macN, _ := net.ParseMAC("02:00:00:00:98:07")
+		if err := f.gw.IP("neigh", "replace", hopS4.String(), "lladdr", macN.String(), "dev", "eth1", "nud", "permanent"); err != nil {
+			return err
+		}
+		if err := run("neighbour changed, generation not moved", "XDP_REDIRECT", macS); err != nil {
+			return err
+		}
+		if err := loader.BumpNextHopGen(f.objs.MigNhGen); err != nil {
+			return err
+		}
+		if err := run("next-hop generation moved", "XDP_REDIRECT", macN); err != nil {
+			return err
+		}
+		// A replicated deletion: the sync deletes from user space, then
+		// runs sync_deleted_mig_endpoints. The slot must not outlive the
+		// record: the stage declines.
+		if err := f.objs.MigEndpoints.Delete(&key); err != nil {
+			return err
+		}
+		if _, err := f.objs.SyncDeletedMigEndpoints.Run(&ebpf.RunOptions{}); err != nil {
+			return err
+		}
+		if err := run("replicated deletion", "XDP_PASS", nil); err != nil {
+			return err
+		}
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// fastSlots counts the mig_fast slots, over every CPU, that name key.
+func fastSlots(f *migFixture, key maps.MigKey) (int, error) {
+	n := 0
+	var vals []bpf.MigrateMigFast
+	for slot := uint32(0); slot < f.objs.MigFast.MaxEntries(); slot++ {
+		if err := f.objs.MigFast.Lookup(slot, &vals); err != nil {
+			return 0, err
+		}
+		for _, v := range vals {
+			var a [16]byte
+			binary.NativeEndian.PutUint64(a[:8], v.Addr[0])
+			binary.NativeEndian.PutUint64(a[8:], v.Addr[1])
+			if v.Gen != 0 && a == key.Addr {
+				n++
+			}
+		}
+	}
+	return n, nil
 }

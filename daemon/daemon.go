@@ -146,6 +146,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		case now := <-upkeep.C:
 			d.pk.tick(now)
 			d.hd.Load().tick(now)
+			d.md.tick(log)
 		case <-ctx.Done():
 			log.Info("daemon stopping; the datapath keeps running")
 			return nil

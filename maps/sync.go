@@ -285,6 +285,7 @@ func (s *SyncMaps) closeMaps() {
 type SyncedObjects struct {
 	Map, IO     *ebpf.Map
 	Read, Write *ebpf.Program
+	Deleted     *ebpf.Program // SYNC_DELETED: run after deletions, when pinned
 }
 
 // Close closes what is open.
@@ -294,7 +295,7 @@ func (o *SyncedObjects) Close() {
 			m.Close()
 		}
 	}
-	for _, p := range []*ebpf.Program{o.Read, o.Write} {
+	for _, p := range []*ebpf.Program{o.Read, o.Write, o.Deleted} {
 		if p != nil {
 			p.Close()
 		}
@@ -306,6 +307,10 @@ func (o *SyncedObjects) Close() {
 func SyncIOName(m string) string    { return "sync_io_" + m }
 func SyncReadName(m string) string  { return "sync_read_" + m }
 func SyncWriteName(m string) string { return "sync_write_" + m }
+
+// SyncDeletedName is the pin name of a registered map's SYNC_DELETED
+// program (optional).
+func SyncDeletedName(m string) string { return "sync_deleted_" + m }
 
 // OpenSynced opens the registered maps pinned under pins, with their
 // accessors where those are pinned too.
@@ -335,7 +340,7 @@ func OpenSynced(pins Pins) (map[SyncedMap]*SyncedObjects, error) {
 			return fail(fmt.Errorf("open %s: %w", pins.Map(SyncIOName(r.Name)), err))
 		}
 		o.IO = io
-		for name, dst := range map[string]**ebpf.Program{SyncReadName(r.Name): &o.Read, SyncWriteName(r.Name): &o.Write} {
+		for name, dst := range map[string]**ebpf.Program{SyncReadName(r.Name): &o.Read, SyncWriteName(r.Name): &o.Write, SyncDeletedName(r.Name): &o.Deleted} {
 			p, err := ebpf.LoadPinnedProgram(pins.Prog(name), nil)
 			if err != nil && !errors.Is(err, os.ErrNotExist) {
 				return fail(fmt.Errorf("open %s: %w", pins.Prog(name), err))

@@ -48,6 +48,22 @@ type Map struct {
 	// the standby. Without them: a syscall per entry.
 	Read, Write *ebpf.Program
 	IO          *ebpf.Map
+	// Deleted (SYNC_DELETED, optional) runs after entries were deleted
+	// from the map: a feature that caches what it derives from the map
+	// (migrate's forward caches) learns of it, as its SYNC_WRITE_HOOK
+	// learns of the writes.
+	Deleted *ebpf.Program
+}
+
+// afterDelete runs m's Deleted program, when it has one.
+func afterDelete(m Map) error {
+	if m.Deleted == nil {
+		return nil
+	}
+	if _, err := m.Deleted.Run(&ebpf.RunOptions{}); err != nil {
+		return fmt.Errorf("after deleting from %s: %w", m.Name, err)
+	}
+	return nil
 }
 
 type entryKey struct {
@@ -792,6 +808,9 @@ func (a *Applier) Apply(d Delta) error {
 			delete(a.versions[d.Map], string(k))
 			a.Stats.SnapshotDeleted++
 		}
+		if len(gone) > 0 {
+			return afterDelete(m)
+		}
 		return nil
 	case OpDelete:
 		if len(d.Key) != int(m.M.KeySize()) {
@@ -802,7 +821,7 @@ func (a *Applier) Apply(d Delta) error {
 		}
 		delete(a.versions[d.Map], string(d.Key))
 		a.Stats.Deleted++
-		return nil
+		return afterDelete(m)
 	case OpUpsert:
 		return a.upserts([]Delta{d})
 	}

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
 
 	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/maps"
@@ -377,5 +379,69 @@ func TestSnapshotKeepsOnlyWhatItNamed(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDeletionsRunTheHook: a map's Deleted program (SYNC_DELETED) runs
+// after the applier deleted entries from it, by a tombstone or by a
+// snapshot's sweep: migrate's forward caches must not outlive the records
+// the standby deletes from user space.
+func TestDeletionsRunTheHook(t *testing.T) {
+	h := newHost(t, 1<<16)
+	peer := newPeerMap(t, h)
+	runs, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer runs.Close()
+	// runs[0]++: what a feature's hook would do to its generation.
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.Syscall, Flags: unix.BPF_F_SLEEPABLE, License: "GPL", Instructions: asm.Instructions{
+		asm.LoadMapPtr(asm.R1, runs.FD()),
+		asm.Mov.Reg(asm.R2, asm.RFP),
+		asm.Add.Imm(asm.R2, -4),
+		asm.StoreImm(asm.RFP, -4, 0, asm.Word),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "out"),
+		asm.Mov.Imm(asm.R1, 1),
+		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+		asm.Mov.Imm(asm.R0, 0).WithSymbol("out"),
+		asm.Return(),
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	peer.Deleted = prog
+	count := func() uint64 {
+		var n uint64
+		if err := runs.Lookup(uint32(0), &n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	val := func(version uint64) []byte {
+		b, _ := binary.Append(nil, binary.NativeEndian, bpf.SynctestSynctestVal{Sync: bpf.SynctestSyncHdr{Version: version}, Value: version})
+		return b
+	}
+	key := func(k uint32) []byte { return binary.NativeEndian.AppendUint32(nil, k) }
+	a := syncer.NewApplier(peer)
+	for _, tc := range []struct {
+		what string
+		ds   []syncer.Delta
+		want uint64
+	}{
+		{"upserts", []syncer.Delta{{Map: synctestMapID, Op: syncer.OpUpsert, Key: key(1), Value: val(1)}, {Map: synctestMapID, Op: syncer.OpUpsert, Key: key(2), Value: val(1)}}, 0},
+		{"a tombstone", []syncer.Delta{{Map: synctestMapID, Op: syncer.OpDelete, Key: key(1)}}, 1},
+		{"a snapshot that no longer names key 2", []syncer.Delta{{Map: synctestMapID, Op: syncer.OpSnapshotBegin},
+			{Map: synctestMapID, Op: syncer.OpUpsert, Key: key(3), Value: val(1)}, {Map: synctestMapID, Op: syncer.OpSnapshotEnd}}, 2},
+		{"a snapshot that deletes nothing", []syncer.Delta{{Map: synctestMapID, Op: syncer.OpSnapshotBegin},
+			{Map: synctestMapID, Op: syncer.OpUpsert, Key: key(3), Value: val(1)}, {Map: synctestMapID, Op: syncer.OpSnapshotEnd}}, 2},
+	} {
+		if err := a.ApplyBatch(tc.ds); err != nil {
+			t.Fatalf("%s: %v", tc.what, err)
+		}
+		if got := count(); got != tc.want {
+			t.Errorf("after %s: the hook ran %d times in all, want %d", tc.what, got, tc.want)
+		}
 	}
 }

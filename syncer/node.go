@@ -141,7 +141,7 @@ func OpenNode(cfg NodeConfig) (*Node, error) {
 		return nil, fmt.Errorf("sync: %w", err)
 	}
 	for r, o := range opened {
-		n.regs = append(n.regs, Map{ID: r.ID, Name: r.Name, M: o.Map, IO: o.IO, Read: o.Read, Write: o.Write})
+		n.regs = append(n.regs, Map{ID: r.ID, Name: r.Name, M: o.Map, IO: o.IO, Read: o.Read, Write: o.Write, Deleted: o.Deleted})
 	}
 	slices.SortFunc(n.regs, func(a, b Map) int { return int(a.ID) - int(b.ID) })
 	if len(n.regs) == 0 {
@@ -179,7 +179,7 @@ func (n *Node) Close() {
 		n.sync.Close()
 	}
 	for _, m := range n.regs {
-		(&maps.SyncedObjects{Map: m.M, IO: m.IO, Read: m.Read, Write: m.Write}).Close()
+		(&maps.SyncedObjects{Map: m.M, IO: m.IO, Read: m.Read, Write: m.Write, Deleted: m.Deleted}).Close()
 	}
 }
 

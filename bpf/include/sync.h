@@ -184,6 +184,17 @@ static __always_inline void sync_mark_deleted(__u32 map_id, const void *key, __u
 #ifndef SYNC_WRITE_HOOK
 #define SYNC_WRITE_HOOK(name) do { } while (0)
 #endif
+/* SYNC_DELETED(name): sync_deleted_<map>, a program the syncer runs after
+ * it deleted replicated entries of the map (from user space: a deletion
+ * has no in-kernel write for SYNC_WRITE_HOOK to follow). It runs the
+ * feature's SYNC_WRITE_HOOK; a map without it is deleted from as before. */
+#define SYNC_DELETED(name)                                                            \
+	SEC("syscall")                                                                \
+	int sync_deleted_##name(void *ctx)                                            \
+	{                                                                             \
+		SYNC_WRITE_HOOK(name);                                                \
+		return 0;                                                             \
+	}
 #define SYNC_IO_FORCE 1 /* a resync: the primary's values win whatever their versions */
 
 /* The loops run under bpf_loop: the verifier checks one step, not 1024
