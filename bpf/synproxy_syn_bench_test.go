@@ -213,5 +213,3 @@ func BenchmarkSynproxySynFlood(b *testing.B) {
 		b.Fatal(err)
 	}
 }
-
-
