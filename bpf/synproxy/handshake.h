@@ -338,7 +338,7 @@ static __always_inline __u32 flow_hash(const struct conn_key *k)
 {
 	const __u32 key[2] = {0x74616e64, 0x656d2d62};
 
-	return cookie_mac(key, k->caddr, k->vaddr, k->cport, k->vport, 0, 0);
+	return flow_mac(key, k->caddr, k->vaddr, k->cport, k->vport, 0, 0);
 }
 
 /* cookie_ok checks a cookie for the segment p. Not inlined: cookie_ack
