@@ -351,9 +351,11 @@ func (p *proxy) synCookie(t testing.TB, o synOpts) uint32 {
 	return tl.Seq
 }
 
-// TestSynproxyOptionLayouts: Linux's SYN option layout is read in place,
-// any other by the option walk; both read the same options the same way:
-// the same SYN-ACK, byte for byte, for each set of values.
+// TestSynproxyOptionLayouts: a SYN with Linux's option layout is answered
+// in place (syn_fast), one with any other layout, or with link padding
+// after it, by the general path (the option walk, the SYN-ACK built in
+// scratch memory): the same SYN-ACK, byte for byte, for each set of
+// values.
 func TestSynproxyOptionLayouts(t *testing.T) {
 	p := loadSynproxy(t)
 	for _, o := range []synOpts{
@@ -380,6 +382,15 @@ func TestSynproxyOptionLayouts(t *testing.T) {
 		}
 		if !bytes.Equal(a, b) {
 			t.Errorf("%+v: Linux's layout answered\n%x\nanother layout\n%x", o, a, b)
+		}
+		// Six bytes of link padding: not the fast path's frame (the
+		// general path trims it), the same answer.
+		_, c, err := fixture.Run(p.objs.XdpSynproxy, append(bytes.Clone(linux), 0, 0, 0, 0, 0, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a, c) {
+			t.Errorf("%+v: Linux's layout answered\n%x\nwith padding after it\n%x", o, a, c)
 		}
 	}
 }
