@@ -197,6 +197,23 @@ static __always_inline __u32 cookie_make(const struct cookie_keys *k, const __u8
 	return (cookie_mac(k->key[slot], saddr, daddr, sport, dport, client_isn, data) & 0xffffff00) | data;
 }
 
+/* cookie_make_msg is cookie_make for a message the caller filled (the
+ * flow's words as cookie_mac lays them out, read straight from the
+ * frame: syn_fast), v4 saying which length. */
+static __always_inline __u32 cookie_make_msg(const struct cookie_keys *k, const struct cookie_msg *msg, int v4, const struct cookie_opts *o)
+{
+	__u32 slot = k->slot & 1;
+	__u32 data = cookie_data(slot, o);
+	__u64 key = (__u64)k->key[slot][1] << 32 | k->key[slot][0];
+	__u32 mac;
+
+	if (v4)
+		mac = cookie_hash4(msg, key, (__u64)17 << 56 | data);
+	else
+		mac = cookie_hash6(msg, key, (__u64)41 << 56 | data);
+	return (mac & 0xffffff00) | data;
+}
+
 /* cookie_check validates the cookie a client echoes (its ACK's ack - 1)
  * and, when it is ours, fills o with what the client asked for. */
 static __always_inline int cookie_check(const struct cookie_keys *k, const __u8 *saddr, const __u8 *daddr, __be16 sport, __be16 dport, __be32 client_isn, __u32 cookie, struct cookie_opts *o)

@@ -145,6 +145,7 @@ static __always_inline int syn_fast(struct xdp_md *ctx, const struct pkt *p, con
 	int v4 = p->eth_proto == ETH_P_IP;
 	__u32 *t = data + l4, *ip = data + l3;
 	__u32 w0, isn, tsval, cookie;
+	struct cookie_msg msg;
 	struct cookie_opts co;
 	struct svc_counters *sc;
 	__u64 sum, ps;
@@ -161,9 +162,33 @@ static __always_inline int syn_fast(struct xdp_md *ctx, const struct pkt *p, con
 	if ((t[5] & SYN_W5_MASK) != SYN_W5 || t[6] != SYN_W6 || (t[9] & SYN_W9_MASK) != SYN_W9)
 		return -1;
 
+	/* The flow's words straight from the frame, as cookie_mac lays
+	 * them out (the addresses in pkt are byte-aligned: read from there,
+	 * every word is four byte loads), and the pseudo header's sum from
+	 * the same words (pseudo_sum's). */
+	w0 = t[0];
+	isn = t[1];
+	if (v4) {
+		msg.m[0] = (__u64)ip[4] << 32 | ip[3];
+		msg.m[1] = (__u64)isn << 32 | w0;
+		ps = (__u64)ip[3] + ip[4] + bpf_htonl(IPPROTO_TCP << 16 | 40);
+	} else {
+		/* An IPv4-mapped source: cookie_mac hashes it as IPv4 (the
+		 * general path's cookie, which the ACK is checked against). */
+		if (ip[2] == 0 && ip[3] == 0 && ip[4] == bpf_htonl(0xffff))
+			return -1;
+		msg.m[0] = (__u64)ip[3] << 32 | ip[2];
+		msg.m[1] = (__u64)ip[5] << 32 | ip[4];
+		msg.m[2] = (__u64)ip[7] << 32 | ip[6];
+		msg.m[3] = (__u64)ip[9] << 32 | ip[8];
+		msg.m[4] = (__u64)isn << 32 | w0;
+		ps = (__u64)ip[2] + ip[3] + ip[4] + ip[5] + ip[6] + ip[7] + ip[8] + ip[9] + bpf_htonl(40) + bpf_htonl(IPPROTO_TCP);
+	}
+	ps = (ps & 0xffffffff) + (ps >> 32);
+	ps = (ps & 0xffffffff) + (ps >> 32);
+
 	/* The checksum, as tcp_csum_ok checks it: the pseudo header's sum
 	 * alone (a local socket's, tx offload) or the whole segment's. */
-	ps = pseudo_sum(v4, p->saddr, p->daddr, 40);
 	got = t[4] & 0xffff;
 	if (csum_fold32((__u32)ps) != got) {
 		sum = ps + t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7] + t[8] + t[9];
@@ -180,10 +205,8 @@ static __always_inline int syn_fast(struct xdp_md *ctx, const struct pkt *p, con
 	co.mss = bpf_ntohs((__u16)(t[5] >> 16));
 	co.sack = 1;
 	co.wscale = t[9] >> 24 > 14 ? 14 : t[9] >> 24;
-	w0 = t[0];
-	isn = t[1];
 	tsval = t[7];
-	cookie = cookie_make(keys, p->saddr, p->daddr, p->sport, p->dport, isn, &co);
+	cookie = cookie_make_msg(keys, &msg, v4, &co);
 
 	/* The SYN-ACK: hs_build's bytes for this SYN. Ports swapped; the
 	 * cookie as ISN; data offset 10, SYN|ACK, window 0 (the point: no
