@@ -213,6 +213,10 @@ func TestSynproxySynAck(t *testing.T) {
 		{"ipv4 in a vlan", synOpts{mss: 1460, ws: 2, sack: true, tsval: 1, vlan: true, isn: 9}, maps.CookieOpts{MSS: 1460, WScale: 2, SACK: true}},
 		{"ipv6 mss 1440 sack ts", synOpts{mss: 1440, ws: -1, sack: true, tsval: 99, v6: true, isn: 0x80000000}, maps.CookieOpts{MSS: 1440, WScale: maps.CookieWSNone, SACK: true}},
 		{"ipv6 ws 0", synOpts{mss: 1220, ws: 0, v6: true, isn: 5}, maps.CookieOpts{MSS: 1220, WScale: 0}},
+		{"ipv6 linux-like (mss, sack, ts, ws 7)", synOpts{mss: 1440, ws: 7, sack: true, tsval: 4242, v6: true, isn: 11}, maps.CookieOpts{MSS: 1440, WScale: 7, SACK: true}},
+		// Linux's layout from an IPv4-mapped source: its cookie hashes the
+		// flow as IPv4 (cookie_mac, maps.CheckCookie), in place or not.
+		{"ipv6 linux-like from an ipv4-mapped source", synOpts{mss: 1440, ws: 7, sack: true, tsval: 4243, v6: true, isn: 12, client: netip.MustParseAddr("::ffff:198.51.100.9")}, maps.CookieOpts{MSS: 1440, WScale: 7, SACK: true}},
 	}
 	var results []fixture.Result
 	for _, c := range cases {
