@@ -213,6 +213,10 @@ func TestSynproxySynAck(t *testing.T) {
 		{"ipv4 in a vlan", synOpts{mss: 1460, ws: 2, sack: true, tsval: 1, vlan: true, isn: 9}, maps.CookieOpts{MSS: 1460, WScale: 2, SACK: true}},
 		{"ipv6 mss 1440 sack ts", synOpts{mss: 1440, ws: -1, sack: true, tsval: 99, v6: true, isn: 0x80000000}, maps.CookieOpts{MSS: 1440, WScale: maps.CookieWSNone, SACK: true}},
 		{"ipv6 ws 0", synOpts{mss: 1220, ws: 0, v6: true, isn: 5}, maps.CookieOpts{MSS: 1220, WScale: 0}},
+		{"ipv6 linux-like (mss, sack, ts, ws 7)", synOpts{mss: 1440, ws: 7, sack: true, tsval: 4242, v6: true, isn: 11}, maps.CookieOpts{MSS: 1440, WScale: 7, SACK: true}},
+		// Linux's layout from an IPv4-mapped source: its cookie hashes the
+		// flow as IPv4 (cookie_mac, maps.CheckCookie), in place or not.
+		{"ipv6 linux-like from an ipv4-mapped source", synOpts{mss: 1440, ws: 7, sack: true, tsval: 4243, v6: true, isn: 12, client: netip.MustParseAddr("::ffff:198.51.100.9")}, maps.CookieOpts{MSS: 1440, WScale: 7, SACK: true}},
 	}
 	var results []fixture.Result
 	for _, c := range cases {
@@ -351,9 +355,11 @@ func (p *proxy) synCookie(t testing.TB, o synOpts) uint32 {
 	return tl.Seq
 }
 
-// TestSynproxyOptionLayouts: Linux's SYN option layout is read in place,
-// any other by the option walk; both read the same options the same way:
-// the same SYN-ACK, byte for byte, for each set of values.
+// TestSynproxyOptionLayouts: a SYN with Linux's option layout is answered
+// in place (syn_fast), one with any other layout, or with link padding
+// after it, by the general path (the option walk, the SYN-ACK built in
+// scratch memory): the same SYN-ACK, byte for byte, for each set of
+// values.
 func TestSynproxyOptionLayouts(t *testing.T) {
 	p := loadSynproxy(t)
 	for _, o := range []synOpts{
@@ -380,6 +386,15 @@ func TestSynproxyOptionLayouts(t *testing.T) {
 		}
 		if !bytes.Equal(a, b) {
 			t.Errorf("%+v: Linux's layout answered\n%x\nanother layout\n%x", o, a, b)
+		}
+		// Six bytes of link padding: not the fast path's frame (the
+		// general path trims it), the same answer.
+		_, c, err := fixture.Run(p.objs.XdpSynproxy, append(bytes.Clone(linux), 0, 0, 0, 0, 0, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(a, c) {
+			t.Errorf("%+v: Linux's layout answered\n%x\nwith padding after it\n%x", o, a, c)
 		}
 	}
 }

@@ -8,7 +8,7 @@ import (
 
 // HalfSipHash is HalfSipHash-2-4 with a 32-bit output (Aumasson and
 // Bernstein) under the 8-byte key k: bpf/include/hsiphash.h's twin, for
-// tests and tools that check the datapath's cookies.
+// tests and tools that check the datapath's backend choices (FlowHash).
 func HalfSipHash(k [8]byte, msg []byte) uint32 {
 	k0, k1 := binary.LittleEndian.Uint32(k[:4]), binary.LittleEndian.Uint32(k[4:])
 	v0, v1, v2, v3 := k0, k1, 0x6c796765^k0, 0x74656462^k1
@@ -52,6 +52,52 @@ func HalfSipHash(k [8]byte, msg []byte) uint32 {
 	return v1 ^ v3
 }
 
+// SipHash is SipHash-2-4 with a 64-bit output (Aumasson and Bernstein)
+// under the 16-byte key k: bpf/include/hsiphash.h's siphash_words, the
+// cookie's MAC, for tests and tools that check the datapath's cookies.
+func SipHash(k [16]byte, msg []byte) uint64 {
+	k0, k1 := binary.LittleEndian.Uint64(k[:8]), binary.LittleEndian.Uint64(k[8:])
+	v0, v1, v2, v3 := k0^0x736f6d6570736575, k1^0x646f72616e646f6d, k0^0x6c7967656e657261, k1^0x7465646279746573
+	round := func() {
+		v0 += v1
+		v1 = bits.RotateLeft64(v1, 13)
+		v1 ^= v0
+		v0 = bits.RotateLeft64(v0, 32)
+		v2 += v3
+		v3 = bits.RotateLeft64(v3, 16)
+		v3 ^= v2
+		v0 += v3
+		v3 = bits.RotateLeft64(v3, 21)
+		v3 ^= v0
+		v2 += v1
+		v1 = bits.RotateLeft64(v1, 17)
+		v1 ^= v2
+		v2 = bits.RotateLeft64(v2, 32)
+	}
+	n := len(msg)
+	for ; len(msg) >= 8; msg = msg[8:] {
+		m := binary.LittleEndian.Uint64(msg)
+		v3 ^= m
+		round()
+		round()
+		v0 ^= m
+	}
+	b := uint64(n) << 56
+	for i, c := range msg {
+		b |= uint64(c) << (8 * i)
+	}
+	v3 ^= b
+	round()
+	round()
+	v0 ^= b
+	v2 ^= 0xff
+	round()
+	round()
+	round()
+	round()
+	return v0 ^ v1 ^ v2 ^ v3
+}
+
 // CookieMSS are the MSS values a cookie can carry (bpf/include/cookie.h).
 var CookieMSS = [4]uint16{536, 1220, 1440, 1460}
 
@@ -82,11 +128,19 @@ func mssIndex(mss uint16) uint32 {
 	return i
 }
 
-// cookieMAC is the MAC of bpf/include/cookie.h's cookie_mac: an IPv4
+// flowMAC is bpf/include/cookie.h's flow_mac (HalfSipHash-2-4): an IPv4
 // flow (the client IPv4 or IPv4-mapped) hashes its 4-byte addresses, 20
 // bytes in all; IPv6 its 16-byte addresses, 44 bytes.
-func cookieMAC(key [8]byte, f CookieFlow, data uint32) uint32 {
-	msg := make([]byte, 0, 44)
+func flowMAC(key [8]byte, f CookieFlow, data uint32) uint32 {
+	msg := flowBytes(f, 44)
+	msg = binary.LittleEndian.AppendUint32(msg, data)
+	return HalfSipHash(key, msg)
+}
+
+// flowBytes is the flow as the MACs read it: the addresses (4 bytes each
+// for IPv4), the ports and the client's ISN, big-endian.
+func flowBytes(f CookieFlow, size int) []byte {
+	msg := make([]byte, 0, size)
 	c, v := f.Client.As16(), f.VIP.As16()
 	if f.Client.Unmap().Is4() {
 		msg = append(msg, c[12:]...)
@@ -97,9 +151,17 @@ func cookieMAC(key [8]byte, f CookieFlow, data uint32) uint32 {
 	}
 	msg = binary.BigEndian.AppendUint16(msg, f.ClientPort)
 	msg = binary.BigEndian.AppendUint16(msg, f.VIPPort)
-	msg = binary.BigEndian.AppendUint32(msg, f.ClientISN)
-	msg = binary.LittleEndian.AppendUint32(msg, data)
-	return HalfSipHash(key, msg)
+	return binary.BigEndian.AppendUint32(msg, f.ClientISN)
+}
+
+// cookieMAC is bpf/include/cookie.h's cookie_mac: SipHash-2-4 under the
+// 8-byte key twice, over the flow and the cookie's data byte (17 bytes
+// for IPv4, 41 for IPv6), its low 32 bits.
+func cookieMAC(key [8]byte, f CookieFlow, data uint32) uint32 {
+	var k [16]byte
+	copy(k[:8], key[:])
+	copy(k[8:], key[:])
+	return uint32(SipHash(k, append(flowBytes(f, 41), byte(data))))
 }
 
 // Cookie is the ISN the datapath answers the SYN of f with, made with the

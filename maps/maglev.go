@@ -361,5 +361,5 @@ var flowKey = func() (k [8]byte) {
 // FlowHash is the datapath's flow hash of a new flow (flow_hash): slot
 // FlowHash % lb.TableSize of the service's table picks its backend.
 func FlowHash(client, vip netip.AddrPort) uint32 {
-	return cookieMAC(flowKey, CookieFlow{Client: client.Addr(), VIP: vip.Addr(), ClientPort: client.Port(), VIPPort: vip.Port()}, 0)
+	return flowMAC(flowKey, CookieFlow{Client: client.Addr(), VIP: vip.Addr(), ClientPort: client.Port(), VIPPort: vip.Port()}, 0)
 }

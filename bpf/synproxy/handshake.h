@@ -117,9 +117,154 @@ __attribute__((noinline)) int tcp_csum_ok(struct xdp_md *ctx, const struct pkt *
 	return csum_fold32((__u32)sum) == 0xffff;
 }
 
+/* Linux's SYN options (MSS, SACK_PERM, TS, NOP, WS: tcpopt.h reads the
+ * same layout in place) as the TCP header's 32-bit words 5, 6 and 9 load
+ * on a little-endian machine, with the variable bytes masked off. */
+#define SYN_W5_MASK 0x0000ffff
+#define SYN_W5 0x00000402 /* 02 04 (MSS) */
+#define SYN_W6 0x0a080204 /* 04 02 (SACK_PERM) 08 0a (TS) */
+#define SYN_W9_MASK 0x00ffffff
+#define SYN_W9 0x00030301 /* 01 (NOP) 03 03 (WS) */
+
+/* syn_fast answers the SYN most clients send (Linux's, macOS's since
+ * 12, floods' that copy them) in place: a 40-byte TCP header with Linux's
+ * option layout, nothing after it in the frame, no IPv4 options or IPv6
+ * extension headers. Its SYN-ACK has the same length, so the frame is
+ * rewritten word by word with direct packet access: the checksum check,
+ * the option read and the SYN-ACK's build are one pass over ten words,
+ * with no helper call and no copy through scratch memory (what
+ * answer_syn's general path costs: tcp_csum_ok's and the option walk's
+ * loads, hs_write_xdp's build and store). The bytes are the general
+ * path's (TestSynproxyOptionLayouts, the golden SYN-ACKs). It returns -1
+ * for any other SYN, which the general path answers. */
+static __always_inline int syn_fast(struct xdp_md *ctx, const struct pkt *p, const struct cookie_keys *keys, __u32 svc_id)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u32 l3 = p->l3_off & 0x3f, l4 = p->l4_off & 0x1ff;
+	int v4 = p->eth_proto == ETH_P_IP;
+	__u32 *t = data + l4, *ip = data + l3;
+	__u32 w0, isn, tsval, cookie;
+	struct cookie_msg msg;
+	struct cookie_opts co;
+	struct svc_counters *sc;
+	__u64 sum, ps;
+	__u16 got;
+
+	if (p->l4_len != 40 || l4 != l3 + (v4 ? 20 : 40))
+		return -1;
+	if ((void *)(t + 10) > data_end || (void *)(ip + 10) > data_end)
+		return -1;
+	/* Link-layer padding or anything else after the segment: the
+	 * general path trims the frame. */
+	if ((void *)(t + 10) < data_end)
+		return -1;
+	if ((t[5] & SYN_W5_MASK) != SYN_W5 || t[6] != SYN_W6 || (t[9] & SYN_W9_MASK) != SYN_W9)
+		return -1;
+
+	/* The flow's words straight from the frame, as cookie_mac lays
+	 * them out (the addresses in pkt are byte-aligned: read from there,
+	 * every word is four byte loads), and the pseudo header's sum from
+	 * the same words (pseudo_sum's). */
+	w0 = t[0];
+	isn = t[1];
+	if (v4) {
+		msg.m[0] = (__u64)ip[4] << 32 | ip[3];
+		msg.m[1] = (__u64)isn << 32 | w0;
+		ps = (__u64)ip[3] + ip[4] + bpf_htonl(IPPROTO_TCP << 16 | 40);
+	} else {
+		/* An IPv4-mapped source: cookie_mac hashes it as IPv4 (the
+		 * general path's cookie, which the ACK is checked against). */
+		if (ip[2] == 0 && ip[3] == 0 && ip[4] == bpf_htonl(0xffff))
+			return -1;
+		msg.m[0] = (__u64)ip[3] << 32 | ip[2];
+		msg.m[1] = (__u64)ip[5] << 32 | ip[4];
+		msg.m[2] = (__u64)ip[7] << 32 | ip[6];
+		msg.m[3] = (__u64)ip[9] << 32 | ip[8];
+		msg.m[4] = (__u64)isn << 32 | w0;
+		ps = (__u64)ip[2] + ip[3] + ip[4] + ip[5] + ip[6] + ip[7] + ip[8] + ip[9] + bpf_htonl(40) + bpf_htonl(IPPROTO_TCP);
+	}
+	ps = (ps & 0xffffffff) + (ps >> 32);
+	ps = (ps & 0xffffffff) + (ps >> 32);
+
+	/* The checksum, as tcp_csum_ok checks it: the pseudo header's sum
+	 * alone (a local socket's, tx offload) or the whole segment's. */
+	got = t[4] & 0xffff;
+	if (csum_fold32((__u32)ps) != got) {
+		sum = ps + t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7] + t[8] + t[9];
+		sum = (sum & 0xffffffff) + (sum >> 32);
+		sum = (sum & 0xffffffff) + (sum >> 32);
+		if (csum_fold32((__u32)sum) != 0xffff) {
+			sp_count(SP_BAD_CSUM);
+			return XDP_DROP;
+		}
+	}
+
+	/* What the client offered: all of MSS, SACK, timestamps and a
+	 * window scale (above 14 means 14, RFC 7323). */
+	co.mss = bpf_ntohs((__u16)(t[5] >> 16));
+	co.sack = 1;
+	co.wscale = t[9] >> 24 > 14 ? 14 : t[9] >> 24;
+	tsval = t[7];
+	cookie = cookie_make_msg(keys, &msg, v4, &co);
+
+	/* The SYN-ACK: hs_build's bytes for this SYN. Ports swapped; the
+	 * cookie as ISN; data offset 10, SYN|ACK, window 0 (the point: no
+	 * data before the handshake is ours); MSS, SACK_PERM, NOP, WS
+	 * SP_WSCALE, TS with our clock starting at the cookie and the
+	 * client's tsval echoed. The pseudo header's sum is the SYN's: the
+	 * same addresses, swapped. */
+	t[0] = w0 >> 16 | w0 << 16;
+	t[1] = bpf_htonl(cookie);
+	t[2] = bpf_htonl(bpf_ntohl(isn) + 1);
+	t[3] = 0x000012a0;
+	t[5] = SYN_W5 | (__u32)bpf_htons(v4 ? cfg_mss4 : cfg_mss6) << 16;
+	t[6] = 0x03010204; /* 04 02 (SACK_PERM) 01 (NOP) 03 (WS) */
+	t[7] = 0x0a080003 | SP_WSCALE << 8; /* 03 SP_WSCALE 08 0a (TS) */
+	t[8] = t[1];
+	t[9] = tsval;
+	sum = ps + t[0] + t[1] + t[2] + t[3] + t[5] + t[6] + t[7] + t[8] + t[9];
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	t[4] = csum_finish(sum);
+	if (v4) {
+		/* 45 00 | 00 3c | 00 00 | 40 00 (DF) | 40 (TTL 64) 06 | check */
+		__u32 a = ip[3];
+
+		ip[3] = ip[4];
+		ip[4] = a;
+		ip[0] = 0x3c000045;
+		ip[1] = 0x00400000;
+		sum = (__u64)ip[0] + ip[1] + 0x0640 + ip[3] + ip[4];
+		sum = (sum & 0xffffffff) + (sum >> 32);
+		ip[2] = 0x0640 | (__u32)csum_finish(sum) << 16;
+	} else {
+		/* version 6, no traffic class or flow label; payload 40, TCP,
+		 * hop limit 64; the addresses swapped */
+		__u32 a0 = ip[2], a1 = ip[3], a2 = ip[4], a3 = ip[5];
+
+		ip[0] = 0x00000060;
+		ip[1] = 0x40062800;
+		ip[2] = ip[6];
+		ip[3] = ip[7];
+		ip[4] = ip[8];
+		ip[5] = ip[9];
+		ip[6] = a0;
+		ip[7] = a1;
+		ip[8] = a2;
+		ip[9] = a3;
+	}
+	if ((sc = svc_stats(svc_id)))
+		sc->syns++;
+	sp_count(SP_SYN);
+	return xdp_tx_back(ctx);
+}
+
 /* answer_syn turns the SYN in ctx into our SYN-ACK: Ethernet addresses
  * swapped (VLAN tags kept), a fresh IP header, a 40-byte TCP header with
- * window 0, the cookie as ISN and options for what the client offered. */
+ * window 0, the cookie as ISN and options for what the client offered.
+ * The common SYN takes syn_fast; the rest is built in scratch memory
+ * and written over the frame (hs_write_xdp). */
 __attribute__((noinline)) int answer_syn(struct xdp_md *ctx, struct pkt *p, const struct cookie_keys *keys, __u32 svc_id)
 {
 	void *data = (void *)(long)ctx->data;
@@ -130,8 +275,13 @@ __attribute__((noinline)) int answer_syn(struct xdp_md *ctx, struct pkt *p, cons
 	__u32 client_isn;
 	struct svc_counters *sc;
 
+	int r;
+
 	if (!p || !keys)
 		return XDP_DROP;
+	r = syn_fast(ctx, p, keys, svc_id);
+	if (r >= 0)
+		return r;
 	th = data + (p->l4_off & 0x1ff);
 	if ((void *)(th + 1) > data_end)
 		return XDP_DROP;
@@ -211,7 +361,7 @@ static __always_inline __u32 flow_hash(const struct conn_key *k)
 {
 	const __u32 key[2] = {0x74616e64, 0x656d2d62};
 
-	return cookie_mac(key, k->caddr, k->vaddr, k->cport, k->vport, 0, 0);
+	return flow_mac(key, k->caddr, k->vaddr, k->cport, k->vport, 0, 0);
 }
 
 /* cookie_ok checks a cookie for the segment p. Not inlined: cookie_ack
