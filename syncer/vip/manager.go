@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tandem-net/tandem/internal/kclock"
 	"golang.org/x/sys/unix"
 )
 
@@ -857,25 +858,14 @@ func (m *Manager) sendLoop(ctx context.Context) {
 			m.log.Info("advert sender at normal priority (realtime needs CAP_SYS_NICE and RestrictRealtime=no): adverts may be late on a saturated CPU", "err", err)
 		}
 	}
-	var next unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &next); err != nil {
-		m.log.Error("advert sender", "err", err)
-		return
-	}
+	next := kclock.Now()
 	iv := m.cfg.Interval.Nanoseconds()
 	for ctx.Err() == nil {
-		at := next.Nano() + iv
-		var now unix.Timespec
-		unix.ClockGettime(unix.CLOCK_MONOTONIC, &now)
-		if at < now.Nano()-iv {
-			at = now.Nano() // far behind (a suspended host): no burst to catch up
+		next += iv
+		if now := kclock.Now(); next < now-iv {
+			next = now // far behind (a suspended host): no burst to catch up
 		}
-		next = unix.NsecToTimespec(at)
-		for {
-			err := unix.ClockNanosleep(unix.CLOCK_MONOTONIC, unix.TIMER_ABSTIME, &next, nil)
-			if !errors.Is(err, unix.EINTR) {
-				break
-			}
+		for errors.Is(kclock.SleepUntil(next), unix.EINTR) {
 		}
 		if ctx.Err() != nil {
 			return
