@@ -127,6 +127,9 @@ type Manager struct {
 	boot uint64
 	seq  atomic.Uint64
 	kick chan struct{}
+	// sentTick says the sender thread sent the interval's advert: the
+	// election's round of the interval.
+	sentTick chan struct{}
 
 	// The sender thread's advert: what the last election round said.
 	tmpl atomic.Pointer[Advert]
@@ -224,7 +227,7 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, log: cfg.Log.With("vip", cfg.Name), kick: make(chan struct{}, 1), now: cfg.Clock, peer: peers,
+	m := &Manager{cfg: cfg, log: cfg.Log.With("vip", cfg.Name), kick: make(chan struct{}, 1), sentTick: make(chan struct{}, 1), now: cfg.Clock, peer: peers,
 		net: netOps{has: HasAddr, add: addAddr, del: delAddr, probe: probe, announce: announce}}
 	m.boot, m.chal = nonce(), nonce()
 	c, err := net.ListenPacket("udp", cfg.Listen)
@@ -309,8 +312,6 @@ func (m *Manager) Run(ctx context.Context) error {
 	// The adverts go out from a thread of their own, on the interval,
 	// whatever the election is doing.
 	go m.sendLoop(ctx)
-	tick := time.NewTicker(m.cfg.Interval)
-	defer tick.Stop()
 	// The peer is declared gone the moment its dead interval ends, not
 	// at the next tick.
 	dead := time.NewTimer(time.Hour)
@@ -347,7 +348,11 @@ func (m *Manager) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick.C:
+		case <-m.sentTick:
+			// The round of the interval runs when the sender thread has
+			// sent its advert, not on a Go ticker of its own: one wakeup
+			// less an interval for an idle daemon. It prepares the next
+			// advert, as a ticker at any other phase would.
 			ticked = true
 		case <-m.kick:
 		case <-dead.C:
@@ -872,6 +877,10 @@ func (m *Manager) sendLoop(ctx context.Context) {
 		}
 		if a := m.tmpl.Load(); a != nil {
 			m.send(*a)
+		}
+		select {
+		case m.sentTick <- struct{}{}:
+		default:
 		}
 	}
 }
