@@ -12,11 +12,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
 
 	"github.com/tandem-net/tandem/chain"
 	"github.com/tandem-net/tandem/maps"
@@ -225,18 +228,48 @@ func PinnedMapIDs(pins maps.Pins) (map[string]ebpf.MapID, error) {
 	}
 	out := make(map[string]ebpf.MapID, len(des))
 	for _, d := range des {
-		m, err := ebpf.LoadPinnedMap(pins.Map(d.Name()), &ebpf.LoadPinOptions{ReadOnly: true})
-		if err != nil {
-			continue // a directory, or a pin being replaced
-		}
-		if info, err := m.Info(); err == nil {
-			if id, ok := info.ID(); ok {
-				out[d.Name()] = id
-			}
-		}
-		m.Close()
+		if id, err := pinnedMapID(pins.Map(d.Name())); err == nil {
+			out[d.Name()] = id
+		} // else a directory, or a pin being replaced
 	}
 	return out, nil
+}
+
+// pinnedMapID is the id of the map pinned at path: two bpf(2) calls.
+// The daemon asks every second for every pin; ebpf.LoadPinnedMap and
+// Map.Info read the map's /proc fdinfo twice on top (a tenth of an idle
+// daemon's CPU time).
+func pinnedMapID(path string) (ebpf.MapID, error) {
+	p, err := unix.BytePtrFromString(path)
+	if err != nil {
+		return 0, err
+	}
+	// union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags.
+	var get struct {
+		path      uint64
+		fd, flags uint32
+		pathFD    int32
+		_         uint32
+	}
+	get.path, get.flags = uint64(uintptr(unsafe.Pointer(p))), unix.BPF_F_RDONLY
+	fd, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET, uintptr(unsafe.Pointer(&get)), unsafe.Sizeof(get))
+	runtime.KeepAlive(p)
+	if errno != 0 {
+		return 0, fmt.Errorf("open pin %s: %w", path, errno)
+	}
+	defer unix.Close(int(fd))
+	// BPF_OBJ_GET_INFO_BY_FD: struct bpf_map_info starts type, id.
+	var info [2]uint32
+	var req struct {
+		fd, len uint32
+		info    uint64
+	}
+	req.fd, req.len, req.info = uint32(fd), uint32(unsafe.Sizeof(info)), uint64(uintptr(unsafe.Pointer(&info)))
+	if _, _, errno := unix.Syscall(unix.SYS_BPF, unix.BPF_OBJ_GET_INFO_BY_FD, uintptr(unsafe.Pointer(&req)), unsafe.Sizeof(req)); errno != 0 {
+		return 0, fmt.Errorf("info of pin %s: %w", path, errno)
+	}
+	runtime.KeepAlive(&info)
+	return ebpf.MapID(info[1]), nil
 }
 
 func (o *Options) log() *slog.Logger {

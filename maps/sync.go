@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"os"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/ringbuf"
+	"golang.org/x/sys/unix"
 
 	"github.com/tandem-net/tandem/bpf"
+	"github.com/tandem-net/tandem/internal/kclock"
 )
 
 // Types of the sync plumbing, generated from bpf/include/sync.h's BTF
@@ -33,8 +36,10 @@ type SyncMaps struct {
 	Epoch    *ebpf.Map // [0]: the current drain epoch
 	Overflow *ebpf.Map // per-CPU count of records lost to a full ring, per map id
 	readers  []*ringbuf.Reader
-	owned    bool // opened from pins: Close closes the maps too
-	nearFull bool // the last Drain found a ring with no room for a record
+	pos      [][]byte      // each ring's consumer and producer pages, mapped read-only
+	rings    []kclock.Ring // the positions in pos
+	owned    bool          // opened from pins: Close closes the maps too
+	nearFull bool          // the last Drain found a ring with no room for a record
 }
 
 // SetupRings gives every possible CPU its dirty ring: rings already in the
@@ -68,6 +73,9 @@ func (s *SyncMaps) SetupRings(inner *ebpf.MapSpec) error {
 			}
 		}
 		r, err := ringbuf.NewReader(ring)
+		if err == nil {
+			err = s.mapPositions(ring)
+		}
 		ring.Close() // the reader and the outer map keep it
 		if err != nil {
 			return fmt.Errorf("read dirty ring of cpu %d: %w", cpu, err)
@@ -84,12 +92,34 @@ func (s *SyncMaps) SetupRings(inner *ebpf.MapSpec) error {
 	return nil
 }
 
+// mapPositions maps ring's consumer and producer pages read-only: the
+// tick learns that every ring is empty from them, without waking the Go
+// scheduler (RingPositions).
+func (s *SyncMaps) mapPositions(ring *ebpf.Map) error {
+	page := os.Getpagesize()
+	b, err := unix.Mmap(ring.FD(), 0, 2*page, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		return fmt.Errorf("map the ring's positions: %w", err)
+	}
+	s.pos = append(s.pos, b)
+	s.rings = append(s.rings, kclock.Ring{Cons: (*uint64)(unsafe.Pointer(&b[0])), Prod: (*uint64)(unsafe.Pointer(&b[page]))})
+	return nil
+}
+
+// RingPositions are the rings' positions for kclock.SleepIdle. They are
+// valid until Close: whoever waits on them stops first.
+func (s *SyncMaps) RingPositions() []kclock.Ring { return s.rings }
+
 // Close stops reading; the rings stay with the outer map.
 func (s *SyncMaps) Close() {
 	for _, r := range s.readers {
 		r.Close()
 	}
 	s.readers = nil
+	for _, b := range s.pos {
+		unix.Munmap(b)
+	}
+	s.pos, s.rings = nil, nil
 	if s.owned {
 		s.closeMaps()
 	}

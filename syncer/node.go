@@ -12,10 +12,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/tandem-net/tandem/internal/kclock"
 	"github.com/tandem-net/tandem/maps"
 )
 
@@ -324,8 +327,8 @@ func (n *Node) runPrimary(ctx context.Context) error {
 			st.Ticks, st.RingRecords, st.Rescans, st.DeltasSent = e.Stats.Ticks, e.Stats.Records, e.Stats.OverflowRescans, e.Seq()
 		})
 	}
-	tick := time.NewTicker(cfg.Interval)
-	defer tick.Stop()
+	tickc, stopTicks := n.ticks(cfg.Interval)
+	defer stopTicks()
 	lastSave := time.Now()
 	saver := n.newSaver()
 	defer saver.stop()
@@ -412,7 +415,10 @@ func (n *Node) runPrimary(ctx context.Context) error {
 			e.CheckOverflows()
 			runTick()
 			reply <- e.Seq()
-		case <-tick.C:
+		case <-tickc:
+			if time.Since(lastSave) >= time.Second {
+				e.CheckOverflows() // the backstop, now that idle ticks are skipped
+			}
 			runTick()
 			if time.Since(lastSave) >= time.Second {
 				lastSave = time.Now()
@@ -422,6 +428,52 @@ func (n *Node) runPrimary(ctx context.Context) error {
 				n.writeStatus()
 			}
 		}
+	}
+}
+
+// idleTickEvery is how often an idle primary ticks all the same: the
+// keepalive, the status and the metrics move on.
+const idleTickEvery = 100 * time.Millisecond
+
+// ticks are the primary's ticks: every interval while the dirty rings
+// hold records, and at least every idleTickEvery (or interval) while
+// they are empty. The ticks of an idle primary would drain nothing and
+// send nothing; they are waited out on a thread of its own, which looks
+// at the rings' positions after each interval and wakes the Go side only
+// for a tick with work (kclock.SleepIdle). stop ends the thread and
+// returns once it no longer reads the rings.
+func (n *Node) ticks(interval time.Duration) (tickc <-chan struct{}, stop func()) {
+	c := make(chan struct{}, 1)
+	var quit atomic.Bool
+	done := make(chan struct{})
+	rings := n.sync.RingPositions()
+	steps := max(1, int(idleTickEvery/interval))
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		iv := interval.Nanoseconds()
+		next := kclock.Now() + iv
+		for !quit.Load() {
+			last, err := kclock.SleepIdle(next, iv, steps, rings)
+			if err != nil {
+				n.log.Error("sync tick", "err", err)
+				time.Sleep(interval)
+				last = kclock.Now()
+			}
+			next = last + iv
+			if now := kclock.Now(); next < now-iv {
+				next = now + iv // far behind (a suspended host): no burst to catch up
+			}
+			select {
+			case c <- struct{}{}:
+			default: // the last tick is still running: this one is merged into it
+			}
+		}
+	}()
+	return c, func() {
+		quit.Store(true)
+		<-done
 	}
 }
 

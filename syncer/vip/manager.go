@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tandem-net/tandem/internal/kclock"
 	"golang.org/x/sys/unix"
 )
 
@@ -126,6 +127,9 @@ type Manager struct {
 	boot uint64
 	seq  atomic.Uint64
 	kick chan struct{}
+	// sentTick says the sender thread sent the interval's advert: the
+	// election's round of the interval.
+	sentTick chan struct{}
 
 	// The sender thread's advert: what the last election round said.
 	tmpl atomic.Pointer[Advert]
@@ -227,7 +231,7 @@ func New(cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, log: cfg.Log.With("vip", cfg.Name), kick: make(chan struct{}, 1), now: cfg.Clock, peer: peers,
+	m := &Manager{cfg: cfg, log: cfg.Log.With("vip", cfg.Name), kick: make(chan struct{}, 1), sentTick: make(chan struct{}, 1), now: cfg.Clock, peer: peers,
 		net: netOps{has: HasAddr, add: addAddr, del: delAddr, probe: probe, announce: announce}}
 	m.boot, m.chal = nonce(), nonce()
 	c, err := net.ListenPacket("udp", cfg.Listen)
@@ -312,8 +316,6 @@ func (m *Manager) Run(ctx context.Context) error {
 	// The adverts go out from a thread of their own, on the interval,
 	// whatever the election is doing.
 	go m.sendLoop(ctx)
-	tick := time.NewTicker(m.cfg.Interval)
-	defer tick.Stop()
 	// The peer is declared gone the moment its dead interval ends, not
 	// at the next tick.
 	dead := time.NewTimer(time.Hour)
@@ -350,7 +352,11 @@ func (m *Manager) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick.C:
+		case <-m.sentTick:
+			// The round of the interval runs when the sender thread has
+			// sent its advert, not on a Go ticker of its own: one wakeup
+			// less an interval for an idle daemon. It prepares the next
+			// advert, as a ticker at any other phase would.
 			ticked = true
 		case <-m.kick:
 		case <-dead.C:
@@ -883,31 +889,24 @@ func (m *Manager) sendLoop(ctx context.Context) {
 			m.log.Info("advert sender at normal priority (realtime needs CAP_SYS_NICE and RestrictRealtime=no): adverts may be late on a saturated CPU", "err", err)
 		}
 	}
-	var next unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &next); err != nil {
-		m.log.Error("advert sender", "err", err)
-		return
-	}
+	next := kclock.Now()
 	iv := m.cfg.Interval.Nanoseconds()
 	for ctx.Err() == nil {
-		at := next.Nano() + iv
-		var now unix.Timespec
-		unix.ClockGettime(unix.CLOCK_MONOTONIC, &now)
-		if at < now.Nano()-iv {
-			at = now.Nano() // far behind (a suspended host): no burst to catch up
+		next += iv
+		if now := kclock.Now(); next < now-iv {
+			next = now // far behind (a suspended host): no burst to catch up
 		}
-		next = unix.NsecToTimespec(at)
-		for {
-			err := unix.ClockNanosleep(unix.CLOCK_MONOTONIC, unix.TIMER_ABSTIME, &next, nil)
-			if !errors.Is(err, unix.EINTR) {
-				break
-			}
+		for errors.Is(kclock.SleepUntil(next), unix.EINTR) {
 		}
 		if ctx.Err() != nil {
 			return
 		}
 		if a := m.tmpl.Load(); a != nil {
 			m.send(*a)
+		}
+		select {
+		case m.sentTick <- struct{}{}:
+		default:
 		}
 	}
 }

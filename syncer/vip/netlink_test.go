@@ -93,3 +93,52 @@ func TestProbeAndAnnounce(t *testing.T) {
 		}
 	}
 }
+
+// TestIfaceUp: up with carrier, administratively down, up without
+// carrier (the veth's peer is down), missing, and a name no interface can
+// have.
+func TestIfaceUp(t *testing.T) {
+	testenv.RequireRoot(t)
+	l, err := lab.New(lab.Spec{
+		Hosts: []lab.HostSpec{{Name: "a"}, {Name: "b"}},
+		Links: []lab.LinkSpec{
+			{A: lab.End{Host: "a", Iface: "eth0"}, B: lab.End{Host: "b", Iface: "eth0"}},
+			{A: lab.End{Host: "a", Iface: "eth1"}, B: lab.End{Host: "b", Iface: "eth1"}},
+			{A: lab.End{Host: "a", Iface: "eth2"}, B: lab.End{Host: "b", Iface: "eth2"}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	a, b := l.Host("a"), l.Host("b")
+	if err := a.IP("link", "set", "eth1", "down"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.IP("link", "set", "eth2", "down"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ iface, err string }{
+		{"eth0", ""},
+		{"lo", ""},
+		{"eth1", "interface eth1 is down"},
+		{"eth2", "interface eth2 is down"}, // up, no carrier
+		{"eth9", "interface eth9: "},
+		{"a-name-longer-than-ifnamsiz", "interface a-name-longer-than-ifnamsiz: "},
+	} {
+		// The carrier reaches the flags a moment later (linkwatch).
+		var got error
+		for end := time.Now().Add(2 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+			a.Do(func() error { got = IfaceUp(c.iface); return nil })
+			if (got == nil) == (c.err == "") || time.Now().After(end) {
+				break
+			}
+		}
+		switch {
+		case c.err == "" && got != nil:
+			t.Errorf("IfaceUp(%s) = %v, want nil", c.iface, got)
+		case c.err != "" && (got == nil || !strings.HasPrefix(got.Error(), c.err)):
+			t.Errorf("IfaceUp(%s) = %v, want %q", c.iface, got, c.err)
+		}
+	}
+}
