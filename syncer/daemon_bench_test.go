@@ -56,16 +56,19 @@ func BenchmarkDaemonsVsConntrackd(b *testing.B) {
 func BenchmarkDaemonsMillion(b *testing.B) {
 	for b.Loop() {
 		p := newDaemonPair(b)
+		profile(p, "burst")
 		burst := tandemRun(b, p, 1_000_000, 0, true)
 		p.kill("a")
 		p.kill("b")
 		p2 := newDaemonPair(b)
+		profile(p2, "steady")
 		steady := tandemRun(b, p2, 1_000_000, 100_000, true)
 		// The full resync: b restarts with its maps wiped.
 		p2.kill("b")
 		if out, err := exec.Command(testenv.Tandem(b), "down", "--bpffs", p2.lab.Host("b").BPFFS()).CombinedOutput(); err != nil {
 			b.Fatalf("tandem down on b: %v\n%s", err, out)
 		}
+		profile(p2, "full")
 		full, fullCPU := fullResyncRun(b, p2, 1_000_000)
 		bench.Record(bench.Result{Name: "full resync of 1M entries between two lab hosts", Unit: "s", Value: full.Seconds(),
 			Anchor: "goal", AnchorValue: 2, Goal: "under 2 s"})
@@ -82,6 +85,22 @@ func BenchmarkDaemonsMillion(b *testing.B) {
 			Anchor: "goal", AnchorValue: 3, Goal: "p99 within 3 ticks (10 ms)"})
 		bench.Record(bench.Result{Name: "sync lag p99, 100k changes/s between two lab hosts", Unit: "ticks", Value: steady.p99 / 10,
 			Anchor: "goal", AnchorValue: 3, Goal: "p99 within 3 ticks (10 ms)"})
+	}
+}
+
+// profile makes the daemons p starts next write CPU profiles (one file a
+// second, TANDEM_CPUPROFILE) under $TANDEM_BENCH_PROFILE/phase-HOST, when
+// that is set: `go tool pprof -top DIR/burst-a.*` shows where a's CPU went.
+func profile(p *daemonPair, phase string) {
+	dir := os.Getenv("TANDEM_BENCH_PROFILE")
+	if dir == "" {
+		return
+	}
+	if p.env == nil {
+		p.env = map[string][]string{}
+	}
+	for _, h := range []string{"a", "b"} {
+		p.env[h] = []string{"TANDEM_CPUPROFILE=" + filepath.Join(dir, phase+"-"+h)}
 	}
 }
 
@@ -166,7 +185,8 @@ func tandemRun(b *testing.B, p *daemonPair, n uint32, rate int, kernel bool) run
 		b.Fatal(err)
 	}
 	missing := missingOn()
-	b.Logf("tandem: %d entries in %s, lag p50 %.1f ms p99 %.1f ms over %d ticks, %d missing; CPU a %s, b %s", n, done.Sub(start), st.LagP50ms, st.LagP99ms, st.LagSamples, missing, cpuA, cpuB)
+	b.Logf("tandem: %d entries in %s, lag p50 %.1f ms p99 %.1f ms over %d ticks, %d missing; CPU a %s, b %s; %.0f overflow rescans", n, done.Sub(start), st.LagP50ms, st.LagP99ms, st.LagSamples, missing, cpuA, cpuB,
+		p.metrics("a")["tandem_sync_rescans_total"])
 	return runResult{rate: float64(n) / done.Sub(start).Seconds(), cpuA: cpuA, cpuB: cpuB, drain: done.Sub(lastChange), p50: st.LagP50ms, p99: st.LagP99ms, missing: missing}
 }
 

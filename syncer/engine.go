@@ -62,23 +62,67 @@ type pendEntry struct {
 	off, len uint32
 }
 
+// pendSet holds the entries the rings named, in drain order, coalesced
+// by entry (one delta per entry per tick): their keys are appended to one
+// slab a tick (the deltas share it, so it is never reused), and seen
+// finds an entry by a hash of its map and key. No allocation and no
+// string per record: at a million records a second, a map keyed by a
+// string of each key and the garbage it made were half of the primary's
+// CPU.
+type pendSet struct {
+	pend []pendEntry
+	slab []byte
+	seen map[uint64]int32
+}
+
+func (p *pendSet) add(seed maphash.Seed, r *maps.SyncRec) {
+	key := r.Key[:r.KeyLen]
+	h := maphash.Bytes(seed, key) ^ uint64(r.MapId)*0x9e3779b97f4a7c15
+	if i, ok := p.seen[h]; ok {
+		if q := p.pend[i]; q.m == r.MapId && bytes.Equal(p.slab[q.off:q.off+q.len], key) {
+			return // queued already this tick
+		}
+		// Another entry with the same hash: it gets its own delta (a
+		// second record of either costs a second delta, never a lost
+		// one).
+	}
+	if p.seen == nil {
+		p.seen = map[uint64]int32{}
+	}
+	p.seen[h] = int32(len(p.pend))
+	p.pend = append(p.pend, pendEntry{r.MapId, uint32(len(p.slab)), uint32(len(key))})
+	p.slab = append(p.slab, key...)
+}
+
+// reset empties p; the deltas keep the old slab.
+func (p *pendSet) reset() {
+	if len(p.pend) > 1<<16 {
+		p.seen = nil // clearing a map costs its capacity, every tick after
+	} else {
+		clear(p.seen)
+	}
+	p.pend, p.slab = p.pend[:0], nil
+}
+
+// drainEvery: a tick or resync that sends drains the rings into the next
+// tick's set every this many deltas. A 4 MiB ring holds 65,536 records;
+// sending this many takes a few milliseconds.
+const drainEvery = 8192
+
 // Engine turns what the dirty rings say into deltas, one tick at a time.
 type Engine struct {
 	sync *maps.SyncMaps
 	maps map[uint32]Map
-	// The entries the rings named this tick, in drain order, coalesced
-	// by entry (one delta per entry per tick): their keys are appended
-	// to one slab a tick (the deltas share it, so it is never reused),
-	// and seen finds an entry by a hash of its map and key. No
-	// allocation and no string per record: at a million records a
-	// second, a map keyed by a string of each key and the garbage it
-	// made were half of the primary's CPU.
-	pend []pendEntry
-	slab []byte
-	seen map[uint64]int32
-	seed maphash.Seed
-	over []uint64 // overflow counts already answered with a rescan
-	seq  uint64
+	// cur: the entries the rings named for this tick. next: those a
+	// drain found while this tick (or a resync) was sending, for the
+	// next tick: a long tick drains the rings as it goes, so they do not
+	// overflow into a whole-map rescan (which took long enough for the
+	// rings to overflow again).
+	cur, next  pendSet
+	sinceDrain int // deltas sent since the last drain
+	seed       maphash.Seed
+	over       []uint64 // overflow counts already answered with a rescan
+	seq        uint64
 	// sent logs, in sequence order, which entry each delta named: an
 	// incremental resync sends the entries named after the standby's
 	// checkpoint. An append per delta (no hashing); compacted to the last
@@ -120,7 +164,7 @@ type Stats struct {
 
 // NewEngine drives s for the registered maps ms.
 func NewEngine(s *maps.SyncMaps, ms ...Map) (*Engine, error) {
-	e := &Engine{sync: s, maps: map[uint32]Map{}, seen: map[uint64]int32{}, seed: maphash.MakeSeed(), compactAt: 1 << 20, kio: map[uint32]*kio{}}
+	e := &Engine{sync: s, maps: map[uint32]Map{}, seed: maphash.MakeSeed(), compactAt: 1 << 20, kio: map[uint32]*kio{}}
 	for _, m := range ms {
 		if m.ID >= s.Overflow.MaxEntries() {
 			return nil, fmt.Errorf("map %s: id %d past the %d the datapath counts", m.Name, m.ID, s.Overflow.MaxEntries())
@@ -155,21 +199,12 @@ func (e *Engine) CheckOverflows() { e.checkOver = true }
 // a map whose records overflowed a ring is sent whole instead.
 func (e *Engine) Tick(emit func(Delta) error) error {
 	e.Stats.Ticks++
-	n, err := e.sync.Drain(func(r *maps.SyncRec) {
-		key := r.Key[:r.KeyLen]
-		h := maphash.Bytes(e.seed, key) ^ uint64(r.MapId)*0x9e3779b97f4a7c15
-		if i, ok := e.seen[h]; ok {
-			if p := e.pend[i]; p.m == r.MapId && bytes.Equal(e.slab[p.off:p.off+p.len], key) {
-				return // queued already this tick
-			}
-			// Another entry with the same hash: it gets its own
-			// delta (a second record of either costs a second delta,
-			// never a lost one).
-		}
-		e.seen[h] = int32(len(e.pend))
-		e.pend = append(e.pend, pendEntry{r.MapId, uint32(len(e.slab)), uint32(len(key))})
-		e.slab = append(e.slab, key...)
-	})
+	// What the last tick drained while it sent is this tick's, as is what
+	// the rings hold now.
+	e.cur, e.next = e.next, e.cur
+	carried := len(e.cur.pend)
+	n, err := e.sync.Drain(func(r *maps.SyncRec) { e.cur.add(e.seed, r) })
+	e.sinceDrain = 0
 	e.Stats.Records += uint64(n)
 	if err != nil {
 		return err
@@ -190,22 +225,22 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 	// nothing drained and no overflow nothing is queued under this epoch
 	// (an entry queued since the drain is in a ring: the next tick drains
 	// it and advances), so an idle tick costs no write.
-	if n > 0 || len(rescan) > 0 {
+	if n > 0 || carried > 0 || len(rescan) > 0 {
 		if _, err := e.sync.AdvanceEpoch(); err != nil {
 			return err
 		}
 	}
-	if len(e.pend) == 0 && len(rescan) == 0 {
+	if len(e.cur.pend) == 0 && len(rescan) == 0 {
 		return nil // an idle tick: nothing to read or send
 	}
 	// The tick's deltas keep their keys in the slab: the next tick
 	// starts another (appending never moves what they hold).
-	slab := e.slab
+	pend, slab := e.cur.pend, e.cur.slab
 	keyOf := func(p pendEntry) []byte { return slab[p.off : p.off+p.len : p.off+p.len] }
 	// Where a large share of a map changed, one batch scan of the map reads
 	// the values in far fewer syscalls than a lookup per entry.
 	perMap := map[uint32]int{}
-	for _, k := range e.pend {
+	for _, k := range pend {
 		perMap[k.m]++
 	}
 	scanned := map[uint32]map[string][]byte{}
@@ -215,7 +250,7 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 			continue
 		}
 		want := make(map[string]bool, n)
-		for _, p := range e.pend {
+		for _, p := range pend {
 			if p.m == id {
 				want[string(keyOf(p))] = true
 			}
@@ -233,13 +268,38 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 		scanned[id] = vals
 		e.Stats.BatchReads++
 	}
+	// Read and sent in windows: a window's values are read just before
+	// it is sent, and sending drains the rings as it goes (drainEvery),
+	// so a tick of a burst never holds them undrained for long.
+	for start := 0; start < len(pend); start += drainEvery {
+		if err := e.sendWindow(pend[start:min(start+drainEvery, len(pend))], keyOf, rescan, scanned, emit); err != nil {
+			return err
+		}
+	}
+	// Sent: what failed before here is sent again by the next tick.
+	e.cur.reset()
+	e.rescanned = e.rescanned[:0]
+	for _, id := range rescan {
+		e.Stats.OverflowRescans++
+		if m, ok := e.maps[id]; ok {
+			e.rescanned = append(e.rescanned, m.Name)
+		}
+		if err := e.rescan(id, emit); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sendWindow reads the values of the entries w names and sends them.
+func (e *Engine) sendWindow(pend []pendEntry, keyOf func(pendEntry) []byte, rescan []uint32, scanned map[uint32]map[string][]byte, emit func(Delta) error) error {
 	// Maps with in-kernel readers: their keys in order, read in batches.
 	var pos []int
 	kvals := map[uint32][][]byte{}
 	if len(e.kio) > 0 {
-		pos = make([]int, len(e.pend))
+		pos = make([]int, len(pend))
 		kkeys := map[uint32][][]byte{}
-		for i, k := range e.pend {
+		for i, k := range pend {
 			if e.kio[k.m] != nil && !slices.Contains(rescan, k.m) {
 				pos[i] = len(kkeys[k.m])
 				kkeys[k.m] = append(kkeys[k.m], keyOf(k))
@@ -254,7 +314,7 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 			e.Stats.KernelReads += uint64(len(keys))
 		}
 	}
-	for i, k := range e.pend {
+	for i, k := range pend {
 		if slices.Contains(rescan, k.m) {
 			continue // the rescan sends it
 		}
@@ -288,27 +348,15 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 			return err
 		}
 	}
-	// Sent: what failed before here is sent again by the next tick.
-	if len(e.pend) > 1<<16 {
-		e.seen = map[uint64]int32{} // clearing a map costs its capacity, every tick after
-	} else {
-		clear(e.seen)
-	}
-	e.pend, e.slab = e.pend[:0], nil
-	e.rescanned = e.rescanned[:0]
-	for _, id := range rescan {
-		e.Stats.OverflowRescans++
-		if m, ok := e.maps[id]; ok {
-			e.rescanned = append(e.rescanned, m.Name)
-		}
-		if err := e.rescan(id, emit); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 
 func (e *Engine) send(emit func(Delta) error, d Delta) error {
+	if e.sinceDrain++; e.sinceDrain >= drainEvery {
+		if err := e.drainNext(); err != nil {
+			return err
+		}
+	}
 	e.seq++
 	d.Seq = e.seq
 	e.Stats.Deltas++
@@ -319,6 +367,20 @@ func (e *Engine) send(emit func(Delta) error, d Delta) error {
 		}
 	}
 	return emit(d)
+}
+
+// drainNext drains the rings into the next tick's set while a tick or a
+// resync sends. Nothing is un-queued (the epoch moves at the next tick,
+// after its own drain, and its values are read after that), so an entry
+// found here is sent by the next tick, whatever this one sends of it.
+func (e *Engine) drainNext() error {
+	e.sinceDrain = 0
+	n, err := e.sync.Drain(func(r *maps.SyncRec) { e.next.add(e.seed, r) })
+	e.Stats.Records += uint64(n)
+	if e.sync.NearFull() {
+		e.checkOver = true // the next tick's drain may not see it full
+	}
+	return err
 }
 
 // sentRec names the entry of a delta: the key is the delta's own (no

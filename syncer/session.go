@@ -361,19 +361,35 @@ func (r *Receiver) apply(ds []Delta) error {
 
 // Sender is the primary's end: it streams deltas and keeps those not yet
 // acknowledged in a bounded journal.
+//
+// Send only encodes into a buffer; a writer goroutine puts it on the
+// wire. The primary's ticks never wait for the network: a standby that
+// reads slowly (TCP backpressure) used to stall the tick in a write, the
+// rings overflowed meanwhile and the whole map went again (a rescan).
+// Now the ticks keep draining, and the deltas wait in user space, bounded
+// by the unacknowledged limit.
 type Sender struct {
-	conn    *tls.Conn
-	w       *bufio.Writer
-	Peer    Hello
-	acked   atomic.Uint64
-	mu      sync.Mutex
-	journal []Delta
-	limit   int
-	done    chan struct{}
-	acks    chan struct{} // a token after each ack: the lag clock reads it
-	err     error
-	wrote   time.Time // the last flush that sent something
+	conn      *tls.Conn
+	Peer      Hello
+	acked     atomic.Uint64
+	mu        sync.Mutex
+	journal   []Delta
+	limit     int
+	out       []byte // encoded, not yet taken by the writer (under mu)
+	spare     []byte // the writer's last buffer, reused (under mu)
+	wake      chan struct{}
+	stop      chan struct{}
+	wdone     chan struct{}
+	closeOnce sync.Once
+	werr      atomic.Pointer[error] // why the writer stopped
+	done      chan struct{}
+	acks      chan struct{} // a token after each ack: the lag clock reads it
+	err       error
+	wrote     time.Time // the last flush that sent something
 }
+
+// writeChunk: Send wakes the writer once this much waits, without a Flush.
+const writeChunk = 256 << 10
 
 // ErrJournalFull means the peer acknowledges too slowly: more deltas are
 // unacknowledged than the journal holds.
@@ -387,10 +403,10 @@ func Dial(ctx context.Context, addr string, cfg *tls.Config, hello Hello, journa
 		return nil, fmt.Errorf("dial sync peer %s: %w", addr, err)
 	}
 	tc := c.(*tls.Conn)
-	s := &Sender{conn: tc, w: bufio.NewWriterSize(tc, 256<<10), limit: journal, done: make(chan struct{}), acks: make(chan struct{}, 1)}
+	s := &Sender{conn: tc, limit: journal, done: make(chan struct{}), acks: make(chan struct{}, 1),
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), wdone: make(chan struct{})}
 	hello.Version = ProtocolVersion
-	s.w.Write(AppendHello(nil, hello))
-	if err := s.w.Flush(); err != nil {
+	if _, err := tc.Write(AppendHello(nil, hello)); err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("sync hello to %s: %w", addr, err)
 	}
@@ -405,7 +421,56 @@ func Dial(ctx context.Context, addr string, cfg *tls.Config, hello Hello, journa
 	s.Peer = *m.Hello
 	s.wrote = time.Now()
 	go s.readAcks(fr)
+	go s.write()
 	return s, nil
+}
+
+// write puts what Send encoded on the wire, whenever it is woken, until
+// stopped; a failed write closes the connection (readAcks then ends the
+// session) and says why in Err.
+func (s *Sender) write() {
+	defer close(s.wdone)
+	for {
+		select {
+		case <-s.wake:
+		case <-s.stop:
+			return
+		}
+		for {
+			s.mu.Lock()
+			buf := s.out
+			s.out, s.spare = s.spare[:0], nil
+			s.mu.Unlock()
+			if len(buf) == 0 {
+				break
+			}
+			if _, err := s.conn.Write(buf); err != nil {
+				err = fmt.Errorf("send: %w", err)
+				s.werr.Store(&err)
+				s.conn.Close()
+				return
+			}
+			s.mu.Lock()
+			if cap(buf) <= 4*writeChunk {
+				s.spare = buf[:0] // a burst's larger buffer goes to the GC
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+func (s *Sender) kick() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Sender) writeErr() error {
+	if p := s.werr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 func (s *Sender) readAcks(fr *Reader) {
@@ -445,12 +510,16 @@ func (s *Sender) Done() <-chan struct{} { return s.done }
 
 // Err is why the session ended, nil while it runs.
 func (s *Sender) Err() error {
+	if err := s.writeErr(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.err
 }
 
-// Send queues d (flushed by Flush) and keeps it until acknowledged.
+// Send queues d (sent by Flush, or once enough waits) and keeps it until
+// acknowledged. It fails when the journal is full or a write failed.
 func (s *Sender) Send(d Delta) error {
 	s.mu.Lock()
 	if len(s.journal) >= s.limit {
@@ -458,18 +527,26 @@ func (s *Sender) Send(d Delta) error {
 		return ErrJournalFull
 	}
 	s.journal = append(s.journal, d)
+	s.out = AppendDelta(s.out, d)
+	full := len(s.out) >= writeChunk
 	s.mu.Unlock()
-	// Encoded straight into the writer's free space: no allocation.
-	_, err := s.w.Write(AppendDelta(s.w.AvailableBuffer(), d))
-	return err
+	if full {
+		s.kick()
+	}
+	return s.writeErr()
 }
 
-// Flush sends what Send queued.
+// Flush hands what Send queued to the writer; it does not wait for the
+// network.
 func (s *Sender) Flush() error {
-	if s.w.Buffered() > 0 {
+	s.mu.Lock()
+	pending := len(s.out) > 0
+	s.mu.Unlock()
+	if pending {
 		s.wrote = time.Now()
+		s.kick()
 	}
-	return s.w.Flush()
+	return s.writeErr()
 }
 
 // Keepalive sends a keepalive if the standby understands them and
@@ -478,7 +555,9 @@ func (s *Sender) Keepalive(every time.Duration) error {
 	if s.Peer.Flags&HelloKeepalive == 0 || time.Since(s.wrote) < every {
 		return nil
 	}
-	s.w.Write(AppendKeepalive(s.w.AvailableBuffer()))
+	s.mu.Lock()
+	s.out = AppendKeepalive(s.out)
+	s.mu.Unlock()
 	return s.Flush()
 }
 
@@ -513,5 +592,7 @@ func (s *Sender) WaitAcked(seq uint64, timeout time.Duration) error {
 func (s *Sender) Close() error {
 	err := s.conn.Close()
 	<-s.done
+	s.closeOnce.Do(func() { close(s.stop) })
+	<-s.wdone
 	return err
 }
