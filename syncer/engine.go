@@ -128,6 +128,7 @@ type Engine struct {
 	// checkpoint. An append per delta (no hashing); compacted to the last
 	// delta of each entry when it doubles.
 	sent      []sentRec
+	sentKeys  []byte
 	compactAt int
 	kio       map[uint32]*kio // maps read in the kernel in batches
 	drains    uint64
@@ -361,7 +362,7 @@ func (e *Engine) send(emit func(Delta) error, d Delta) error {
 	d.Seq = e.seq
 	e.Stats.Deltas++
 	if d.Op == OpUpsert || d.Op == OpDelete {
-		e.sent = append(e.sent, sentRec{d.Seq, d.Map, d.Key})
+		e.logSent(d.Seq, d.Map, d.Key)
 		if len(e.sent) > e.compactAt {
 			e.compact()
 		}
@@ -383,18 +384,27 @@ func (e *Engine) drainNext() error {
 	return err
 }
 
-// sentRec names the entry of a delta: the key is the delta's own (no
-// copy, no string per delta).
+// sentRec names the entry of a delta: its key is in the engine's
+// sentKeys slab. No pointers: a log of millions of records is nothing for
+// the GC to scan (with the delta's own key it was, and each append a
+// write barrier).
 type sentRec struct {
-	seq uint64
-	m   uint32
-	key []byte
+	seq      uint64
+	m        uint32
+	off, len uint32
 }
 
-func (r sentRec) entry() entryKey { return entryKey{r.m, string(r.key)} }
+func (e *Engine) logSent(seq uint64, m uint32, key []byte) {
+	e.sent = append(e.sent, sentRec{seq, m, uint32(len(e.sentKeys)), uint32(len(key))})
+	e.sentKeys = append(e.sentKeys, key...)
+}
 
-// compact keeps the last record of each entry, in sequence order, their
-// keys copied to one slab so the ticks' slabs can go.
+func (e *Engine) key(r sentRec) []byte { return e.sentKeys[r.off : r.off+r.len : r.off+r.len] }
+
+func (e *Engine) entry(r sentRec) entryKey { return entryKey{r.m, string(e.key(r))} }
+
+// compact keeps the last record of each entry, in sequence order,
+// their keys copied to a new slab (the old one held every key sent).
 // Entries are found by a 64-bit hash, their keys compared; the rare
 // entries whose hash another entry has are kept in an exact set. (A set
 // of strings was a fifth of the primary's CPU in a full resync.)
@@ -405,24 +415,24 @@ func (e *Engine) compact() {
 	size := 0
 	for i := len(e.sent) - 1; i >= 0; i-- {
 		r := e.sent[i]
-		h := maphash.Bytes(e.seed, r.key) ^ uint64(r.m)*0x9e3779b97f4a7c15
+		h := maphash.Bytes(e.seed, e.key(r)) ^ uint64(r.m)*0x9e3779b97f4a7c15
 		if j, ok := seen[h]; ok {
-			if k := e.sent[j]; k.m == r.m && bytes.Equal(k.key, r.key) {
+			if k := e.sent[j]; k.m == r.m && bytes.Equal(e.key(k), e.key(r)) {
 				continue // a later delta of this entry is kept
 			}
 			if clash == nil {
 				clash = map[entryKey]bool{}
 			}
-			if clash[r.entry()] {
+			if clash[e.entry(r)] {
 				continue
 			}
-			clash[r.entry()] = true
+			clash[e.entry(r)] = true
 		} else {
 			seen[h] = keep - 1 // where it is kept
 		}
 		keep--
 		e.sent[keep] = r
-		size += len(r.key)
+		size += int(r.len)
 	}
 	n := copy(e.sent, e.sent[keep:])
 	clear(e.sent[n:])
@@ -430,9 +440,10 @@ func (e *Engine) compact() {
 	slab := make([]byte, 0, size)
 	for i := range e.sent {
 		off := len(slab)
-		slab = append(slab, e.sent[i].key...)
-		e.sent[i].key = slab[off:len(slab):len(slab)]
+		slab = append(slab, e.key(e.sent[i])...)
+		e.sent[i].off = uint32(off)
 	}
+	e.sentKeys = slab
 	e.compactAt = max(1<<20, 2*n)
 }
 
@@ -446,22 +457,22 @@ func (e *Engine) changedAfter(seq uint64) []entryKey {
 	var keys []entryKey
 	for j := len(e.sent) - 1; j >= i; j-- {
 		r := e.sent[j]
-		h := maphash.Bytes(e.seed, r.key) ^ uint64(r.m)*0x9e3779b97f4a7c15
+		h := maphash.Bytes(e.seed, e.key(r)) ^ uint64(r.m)*0x9e3779b97f4a7c15
 		if k, ok := seen[h]; ok {
-			if o := e.sent[k]; o.m == r.m && bytes.Equal(o.key, r.key) {
+			if o := e.sent[k]; o.m == r.m && bytes.Equal(e.key(o), e.key(r)) {
 				continue
 			}
 			if clash == nil {
 				clash = map[entryKey]bool{}
 			}
-			if clash[r.entry()] {
+			if clash[e.entry(r)] {
 				continue
 			}
-			clash[r.entry()] = true
+			clash[e.entry(r)] = true
 		} else {
 			seen[h] = j
 		}
-		keys = append(keys, r.entry())
+		keys = append(keys, e.entry(r))
 	}
 	slices.Reverse(keys)
 	return keys

@@ -359,8 +359,8 @@ func (r *Receiver) apply(ds []Delta) error {
 	return flush()
 }
 
-// Sender is the primary's end: it streams deltas and keeps those not yet
-// acknowledged in a bounded journal.
+// Sender is the primary's end: it streams deltas and counts those not yet
+// acknowledged, up to a bound (the node's journal keeps the deltas).
 //
 // Send only encodes into a buffer; a writer goroutine puts it on the
 // wire. The primary's ticks never wait for the network: a standby that
@@ -369,14 +369,19 @@ func (r *Receiver) apply(ds []Delta) error {
 // Now the ticks keep draining, and the deltas wait in user space, bounded
 // by the unacknowledged limit.
 type Sender struct {
-	conn      *tls.Conn
-	Peer      Hello
-	acked     atomic.Uint64
-	mu        sync.Mutex
-	journal   []Delta
-	limit     int
-	out       []byte // encoded, not yet taken by the writer (under mu)
-	spare     []byte // the writer's last buffer, reused (under mu)
+	conn  *tls.Conn
+	Peer  Hello
+	acked atomic.Uint64
+	mu    sync.Mutex
+	// unacked: the sequence numbers sent and not yet acknowledged, in
+	// order. Only how many is ever asked (the limit, Unacked): no Delta
+	// is kept, so a million in flight hold no pointers for the GC to scan.
+	unacked []uint64
+	limit   int
+	// out: encoded, not yet taken by the writer, in chunks of about
+	// writeChunk (a backlog grows by chunks, never copied into a larger
+	// buffer); free: chunks the writer sent, for reuse (all under mu).
+	out, free [][]byte
 	wake      chan struct{}
 	stop      chan struct{}
 	wdone     chan struct{}
@@ -438,25 +443,46 @@ func (s *Sender) write() {
 		}
 		for {
 			s.mu.Lock()
-			buf := s.out
-			s.out, s.spare = s.spare[:0], nil
+			chunks := s.out
+			s.out = nil
 			s.mu.Unlock()
-			if len(buf) == 0 {
+			if len(chunks) == 0 {
 				break
 			}
-			if _, err := s.conn.Write(buf); err != nil {
-				err = fmt.Errorf("send: %w", err)
-				s.werr.Store(&err)
-				s.conn.Close()
-				return
+			for _, c := range chunks {
+				if _, err := s.conn.Write(c); err != nil {
+					err = fmt.Errorf("send: %w", err)
+					s.werr.Store(&err)
+					s.conn.Close()
+					return
+				}
 			}
 			s.mu.Lock()
-			if cap(buf) <= 4*writeChunk {
-				s.spare = buf[:0] // a burst's larger buffer goes to the GC
+			for _, c := range chunks {
+				if len(s.free) < 8 { // a burst's backlog goes to the GC
+					s.free = append(s.free, c[:0])
+				}
 			}
 			s.mu.Unlock()
 		}
 	}
+}
+
+// appendOut encodes a frame into the last chunk, starting a new one when
+// it is full, and says whether one is (the writer has work). Under mu.
+func (s *Sender) appendOut(enc func([]byte) []byte) bool {
+	if n := len(s.out); n == 0 || len(s.out[n-1]) >= writeChunk {
+		var c []byte
+		if k := len(s.free); k > 0 {
+			c, s.free = s.free[k-1], s.free[:k-1]
+		} else {
+			c = make([]byte, 0, writeChunk+512)
+		}
+		s.out = append(s.out, c)
+	}
+	last := &s.out[len(s.out)-1]
+	*last = enc(*last)
+	return len(s.out) > 1 || len(*last) >= writeChunk
 }
 
 func (s *Sender) kick() {
@@ -489,10 +515,10 @@ func (s *Sender) readAcks(fr *Reader) {
 		s.acked.Store(*m.Ack)
 		s.mu.Lock()
 		i := 0
-		for i < len(s.journal) && s.journal[i].Seq <= *m.Ack {
+		for i < len(s.unacked) && s.unacked[i] <= *m.Ack {
 			i++
 		}
-		s.journal = s.journal[i:]
+		s.unacked = s.unacked[i:]
 		s.mu.Unlock()
 		select {
 		case s.acks <- struct{}{}:
@@ -522,13 +548,12 @@ func (s *Sender) Err() error {
 // acknowledged. It fails when the journal is full or a write failed.
 func (s *Sender) Send(d Delta) error {
 	s.mu.Lock()
-	if len(s.journal) >= s.limit {
+	if len(s.unacked) >= s.limit {
 		s.mu.Unlock()
 		return ErrJournalFull
 	}
-	s.journal = append(s.journal, d)
-	s.out = AppendDelta(s.out, d)
-	full := len(s.out) >= writeChunk
+	s.unacked = append(s.unacked, d.Seq)
+	full := s.appendOut(func(b []byte) []byte { return AppendDelta(b, d) })
 	s.mu.Unlock()
 	if full {
 		s.kick()
@@ -540,7 +565,7 @@ func (s *Sender) Send(d Delta) error {
 // network.
 func (s *Sender) Flush() error {
 	s.mu.Lock()
-	pending := len(s.out) > 0
+	pending := len(s.out) > 0 && len(s.out[0]) > 0
 	s.mu.Unlock()
 	if pending {
 		s.wrote = time.Now()
@@ -556,7 +581,7 @@ func (s *Sender) Keepalive(every time.Duration) error {
 		return nil
 	}
 	s.mu.Lock()
-	s.out = AppendKeepalive(s.out)
+	s.appendOut(AppendKeepalive)
 	s.mu.Unlock()
 	return s.Flush()
 }
@@ -568,7 +593,7 @@ func (s *Sender) Acked() uint64 { return s.acked.Load() }
 func (s *Sender) Unacked() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.journal)
+	return len(s.unacked)
 }
 
 // WaitAcked waits until seq is acknowledged.
