@@ -238,70 +238,130 @@ func (r *Receiver) handle(c net.Conn, release func()) {
 		r.peer.Store(&addr)
 	}
 	r.cmu.Unlock()
-	var (
-		batch []Delta
-		arena []byte // the batch's keys and values
-		next  Delta
-	)
+	err = r.stream(c, fr, w)
+	if errors.Is(err, io.EOF) {
+		log.Info("sync session closed by the peer")
+		return
+	}
+	if s.replaced.Load() {
+		log.Info("sync session closed: the peer opened a newer one")
+		return
+	}
+	if r.adm.Stopping() {
+		log.Info("sync session closed: this daemon is stopping")
+		return
+	}
+	var ae ackError
+	if errors.As(err, &ae) {
+		log.Warn("sync session: send ack", "err", ae.err)
+		return
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		err = fmt.Errorf("the peer sent nothing for %s", r.IdleTimeout)
+	}
+	r.closed.Add(1)
+	log.Warn("sync session closed", "reason", err)
+}
+
+// ackError: an ack could not be sent (the connection is gone).
+type ackError struct{ err error }
+
+func (e ackError) Error() string { return "send ack: " + e.err.Error() }
+
+// rbatch is a batch of deltas on its way to the applier, their keys and
+// values in its arena.
+type rbatch struct {
+	ds    []Delta
+	arena []byte
+}
+
+// stream reads the session's deltas in batches and applies them on
+// another goroutine, each batch acknowledged once applied: the next batch
+// is read, decrypted and decoded while one is written into the maps
+// (half of the standby's time, in the kernel), so the two use two cores.
+// It returns why the session ended; what arrived intact before a bad
+// frame is applied, nothing after a delta that failed.
+func (r *Receiver) stream(c net.Conn, fr *Reader, w *bufio.Writer) error {
+	work := make(chan *rbatch, 1)
+	free := make(chan *rbatch, 3)
+	for range cap(free) {
+		free <- &rbatch{}
+	}
+	var applyErr error // set by the applier before adone closes
+	// failed stops the reader after the applier failed: a deadline in
+	// the past wakes a read that waits (the connection stays open until
+	// the session is counted and logged, as before).
+	var failed atomic.Bool
+	fail := func(err error) {
+		applyErr = err
+		failed.Store(true)
+		c.SetReadDeadline(time.Unix(1, 0))
+	}
+	adone := make(chan struct{})
+	go func() {
+		defer close(adone)
+		for b := range work {
+			if applyErr == nil {
+				if err := r.apply(b.ds); err != nil {
+					fail(err)
+				} else {
+					w.Write(AppendAck(nil, r.LastApplied()))
+					if err := w.Flush(); err != nil {
+						fail(ackError{err})
+					}
+				}
+			}
+			clear(b.ds) // applied: nothing keeps them
+			b.ds, b.arena = b.ds[:0], b.arena[:0]
+			free <- b
+		}
+	}()
+	cur := <-free
+	var next Delta
+	var err error
 	for {
 		if fr.r.Buffered() == 0 {
 			// About to wait for the primary: it sends deltas or keepalives
 			// (HelloKeepalive); silence this long is a dead session. Once a
 			// batch, not a frame: deadlines cost a timer update.
 			c.SetDeadline(time.Now().Add(r.IdleTimeout))
+			if failed.Load() {
+				break // the applier's deadline may have been overwritten
+			}
 		}
-		m, err := fr.next(&next, &arena)
+		var m Message
+		m, err = fr.next(&next, &cur.arena)
 		if err == nil && m.Keepalive {
-			if len(batch) == 0 {
+			if len(cur.ds) == 0 {
 				continue
 			}
 		} else if err == nil && m.Delta == nil {
 			err = errors.New("a frame other than a delta after hello")
 		}
-		if err == nil {
-			if m.Delta != nil {
-				batch = append(batch, *m.Delta)
-			}
-			// Keep collecting while more has arrived: one apply, one ack.
-			if fr.r.Buffered() > 0 && len(batch) < 4096 {
-				continue
-			}
-			err = r.apply(batch)
-			batch, arena = batch[:0], arena[:0] // applied: nothing keeps them
-			if err == nil {
-				w.Write(AppendAck(nil, r.LastApplied()))
-				if ferr := w.Flush(); ferr != nil {
-					log.Warn("sync session: send ack", "err", ferr)
-					return
-				}
-				continue
-			}
-		} else if len(batch) > 0 {
-			// What arrived intact before the bad frame is applied.
-			if aerr := r.apply(batch); aerr != nil {
-				err = aerr
-			}
+		if err != nil {
+			break
 		}
-		if errors.Is(err, io.EOF) {
-			log.Info("sync session closed by the peer")
-			return
+		if m.Delta != nil {
+			cur.ds = append(cur.ds, *m.Delta)
 		}
-		if s.replaced.Load() {
-			log.Info("sync session closed: the peer opened a newer one")
-			return
+		// Keep collecting while more has arrived: one apply, one ack.
+		if fr.r.Buffered() > 0 && len(cur.ds) < 4096 {
+			continue
 		}
-		if r.adm.Stopping() {
-			log.Info("sync session closed: this daemon is stopping")
-			return
-		}
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			err = fmt.Errorf("the peer sent nothing for %s", r.IdleTimeout)
-		}
-		r.closed.Add(1)
-		log.Warn("sync session closed", "reason", err)
-		return
+		work <- cur
+		cur = <-free
 	}
+	// What arrived intact before the bad frame is applied.
+	if len(cur.ds) > 0 {
+		work <- cur
+	}
+	close(work)
+	<-adone
+	if applyErr != nil {
+		return applyErr // the reader's error is the applier's deadline
+	}
+	return err
 }
 
 // apply applies ds in sequence order: repeats are skipped, markers move
