@@ -472,6 +472,12 @@ type Sender struct {
 	// writeChunk (a backlog grows by chunks, never copied into a larger
 	// buffer); free: chunks the writer sent, for reuse (all under mu).
 	out, free [][]byte
+	// backlog: bytes encoded and not yet written; past maxBacklog Send
+	// waits for the writer (room), so a standby that stopped reading
+	// costs bounded memory, and a resync is paced by what it reads.
+	backlog   int
+	room      *sync.Cond
+	closed    bool
 	wake      chan struct{}
 	stop      chan struct{}
 	wdone     chan struct{}
@@ -486,6 +492,10 @@ type Sender struct {
 // writeChunk: Send wakes the writer once this much waits, without a Flush.
 const writeChunk = 256 << 10
 
+// maxBacklog bounds what waits for the writer: a tick or a resync keeps
+// going while less waits (about a million small deltas), and then waits.
+const maxBacklog = 64 << 20
+
 // ErrJournalFull means the peer acknowledges too slowly: more deltas are
 // unacknowledged than the journal holds.
 var ErrJournalFull = errors.New("sync journal full: the peer is not acknowledging")
@@ -498,8 +508,7 @@ func Dial(ctx context.Context, addr string, cfg *tls.Config, hello Hello, journa
 		return nil, fmt.Errorf("dial sync peer %s: %w", addr, err)
 	}
 	tc := c.(*tls.Conn)
-	s := &Sender{conn: tc, limit: journal, done: make(chan struct{}), acks: make(chan struct{}, 1),
-		wake: make(chan struct{}, 1), stop: make(chan struct{}), wdone: make(chan struct{})}
+	s := newSender(tc, journal)
 	hello.Version = ProtocolVersion
 	if _, err := tc.Write(AppendHello(nil, hello)); err != nil {
 		tc.Close()
@@ -518,6 +527,13 @@ func Dial(ctx context.Context, addr string, cfg *tls.Config, hello Hello, journa
 	go s.readAcks(fr)
 	go s.write()
 	return s, nil
+}
+
+func newSender(tc *tls.Conn, limit int) *Sender {
+	s := &Sender{conn: tc, limit: limit, done: make(chan struct{}), acks: make(chan struct{}, 1),
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), wdone: make(chan struct{})}
+	s.room = sync.NewCond(&s.mu)
+	return s
 }
 
 // write puts what Send encoded on the wire, whenever it is woken, until
@@ -540,10 +556,17 @@ func (s *Sender) write() {
 				break
 			}
 			for _, c := range chunks {
-				if _, err := s.conn.Write(c); err != nil {
+				_, err := s.conn.Write(c)
+				if err != nil {
 					err = fmt.Errorf("send: %w", err)
 					s.werr.Store(&err)
 					s.conn.Close()
+				}
+				s.mu.Lock()
+				s.backlog -= len(c)
+				s.room.Broadcast()
+				s.mu.Unlock()
+				if err != nil {
 					return
 				}
 			}
@@ -571,7 +594,9 @@ func (s *Sender) appendOut(enc func([]byte) []byte) bool {
 		s.out = append(s.out, c)
 	}
 	last := &s.out[len(s.out)-1]
+	n := len(*last)
 	*last = enc(*last)
+	s.backlog += len(*last) - n
 	return len(s.out) > 1 || len(*last) >= writeChunk
 }
 
@@ -644,9 +669,17 @@ func (s *Sender) Send(d Delta) error {
 	}
 	s.unacked = append(s.unacked, d.Seq)
 	full := s.appendOut(func(b []byte) []byte { return AppendDelta(b, d) })
+	over := s.backlog > maxBacklog
 	s.mu.Unlock()
 	if full {
 		s.kick()
+	}
+	if over {
+		s.mu.Lock()
+		for s.backlog > maxBacklog && s.writeErr() == nil && !s.closed {
+			s.room.Wait()
+		}
+		s.mu.Unlock()
 	}
 	return s.writeErr()
 }
@@ -705,6 +738,10 @@ func (s *Sender) WaitAcked(seq uint64, timeout time.Duration) error {
 
 // Close ends the session.
 func (s *Sender) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.room.Broadcast()
+	s.mu.Unlock()
 	err := s.conn.Close()
 	<-s.done
 	s.closeOnce.Do(func() { close(s.stop) })
