@@ -13,7 +13,9 @@ import (
 // bounded, as TCP's backpressure bounded it when Send wrote itself), and
 // Close releases a Send that waits.
 func TestSenderBacklogBounded(t *testing.T) {
-	c1, c2 := net.Pipe() // nobody reads c2: the writer's first write never ends
+	defer func(d time.Duration) { writeTimeout = d }(writeTimeout)
+	writeTimeout = time.Hour // the writer waits for good here (a slow machine fills the backlog slowly)
+	c1, c2 := net.Pipe()     // nobody reads c2: the writer's first write never ends
 	defer c2.Close()
 	s := newSender(tls.Client(c1, &tls.Config{InsecureSkipVerify: true}), 1<<30)
 	close(s.done) // no ack reader in this test
@@ -53,5 +55,36 @@ func TestSenderBacklogBounded(t *testing.T) {
 	<-done // Close released it (with an error or not)
 	if n := sent.Load(); int(n)*frame > maxBacklog+frame {
 		t.Fatalf("%d deltas (%d bytes) queued for a peer that reads nothing; want at most %d bytes", n, int(n)*frame, maxBacklog+frame)
+	}
+}
+
+// TestSenderWriteTimeout: a standby that takes nothing ends the session
+// after writeTimeout, and Send says so, instead of the primary waiting in
+// it for good once the backlog is full.
+func TestSenderWriteTimeout(t *testing.T) {
+	defer func(d time.Duration) { writeTimeout = d }(writeTimeout)
+	writeTimeout = 50 * time.Millisecond
+	c1, c2 := net.Pipe() // nobody reads c2
+	defer c2.Close()
+	s := newSender(tls.Client(c1, &tls.Config{InsecureSkipVerify: true}), 1<<30)
+	close(s.done)
+	go s.write()
+	defer s.Close()
+	d := Delta{Seq: 1, Map: 1, Op: OpUpsert, Key: make([]byte, 4), Value: make([]byte, 32)}
+	if err := s.Send(d); err != nil {
+		t.Fatalf("first Send: %v", err)
+	}
+	s.Flush()
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		d.Seq++
+		if err := s.Send(d); err != nil {
+			if s.Err() == nil {
+				t.Fatalf("Send failed (%v) but Err is nil", err)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Send still succeeds 20 s after the writer's first write blocked: no write timeout")
+		}
 	}
 }

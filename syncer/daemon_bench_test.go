@@ -1,6 +1,7 @@
 package syncer_test
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -65,7 +66,10 @@ func BenchmarkDaemonsMillion(b *testing.B) {
 		steady := tandemRun(b, p2, 1_000_000, 100_000, true)
 		// The full resync: b restarts with its maps wiped.
 		p2.kill("b")
-		if out, err := exec.Command(testenv.Tandem(b), "down", "--bpffs", p2.lab.Host("b").BPFFS()).CombinedOutput(); err != nil {
+		down, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // a stall fails, not hangs
+		out, err := exec.CommandContext(down, testenv.Tandem(b), "down", "--bpffs", p2.lab.Host("b").BPFFS()).CombinedOutput()
+		cancel()
+		if err != nil {
 			b.Fatalf("tandem down on b: %v\n%s", err, out)
 		}
 		profile(p2, "full")

@@ -492,6 +492,12 @@ type Sender struct {
 // writeChunk: Send wakes the writer once this much waits, without a Flush.
 const writeChunk = 256 << 10
 
+// writeTimeout: a chunk the standby does not take within this long ends
+// the session (the primary redials and resyncs), rather than holding the
+// primary in Send for good once the backlog is full. The standby closes a
+// session it hears nothing from for DefaultIdleTimeout; this is longer.
+var writeTimeout = 2 * DefaultIdleTimeout
+
 // maxBacklog bounds what waits for the writer: a tick or a resync keeps
 // going while less waits (about a million small deltas), and then waits.
 const maxBacklog = 64 << 20
@@ -556,6 +562,7 @@ func (s *Sender) write() {
 				break
 			}
 			for _, c := range chunks {
+				s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 				_, err := s.conn.Write(c)
 				if err != nil {
 					err = fmt.Errorf("send: %w", err)
