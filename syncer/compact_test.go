@@ -16,7 +16,7 @@ func TestCompactKeepsLastOfEach(t *testing.T) {
 	seq := uint64(0)
 	add := func(m uint32, key string) {
 		seq++
-		e.sent = append(e.sent, sentRec{seq, m, []byte(key)})
+		e.logSent(seq, m, []byte(key))
 	}
 	// 500 entries (k and k+500 name the same map and key), each named
 	// six times; the last deltas are those of round 2, k >= 500.

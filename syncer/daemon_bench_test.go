@@ -1,6 +1,7 @@
 package syncer_test
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -56,16 +57,22 @@ func BenchmarkDaemonsVsConntrackd(b *testing.B) {
 func BenchmarkDaemonsMillion(b *testing.B) {
 	for b.Loop() {
 		p := newDaemonPair(b)
+		profile(p, "burst")
 		burst := tandemRun(b, p, 1_000_000, 0, true)
 		p.kill("a")
 		p.kill("b")
 		p2 := newDaemonPair(b)
+		profile(p2, "steady")
 		steady := tandemRun(b, p2, 1_000_000, 100_000, true)
 		// The full resync: b restarts with its maps wiped.
 		p2.kill("b")
-		if out, err := exec.Command(testenv.Tandem(b), "down", "--bpffs", p2.lab.Host("b").BPFFS()).CombinedOutput(); err != nil {
+		down, cancel := context.WithTimeout(context.Background(), 2*time.Minute) // a stall fails, not hangs
+		out, err := exec.CommandContext(down, testenv.Tandem(b), "down", "--bpffs", p2.lab.Host("b").BPFFS()).CombinedOutput()
+		cancel()
+		if err != nil {
 			b.Fatalf("tandem down on b: %v\n%s", err, out)
 		}
+		profile(p2, "full")
 		full, fullCPU := fullResyncRun(b, p2, 1_000_000)
 		bench.Record(bench.Result{Name: "full resync of 1M entries between two lab hosts", Unit: "s", Value: full.Seconds(),
 			Anchor: "goal", AnchorValue: 2, Goal: "under 2 s"})
@@ -85,6 +92,22 @@ func BenchmarkDaemonsMillion(b *testing.B) {
 	}
 }
 
+// profile makes the daemons p starts next write CPU profiles (one file a
+// second, TANDEM_CPUPROFILE) under $TANDEM_BENCH_PROFILE/phase-HOST, when
+// that is set: `go tool pprof -top DIR/burst-a.*` shows where a's CPU went.
+func profile(p *daemonPair, phase string) {
+	dir := os.Getenv("TANDEM_BENCH_PROFILE")
+	if dir == "" {
+		return
+	}
+	if p.env == nil {
+		p.env = map[string][]string{}
+	}
+	for _, h := range []string{"a", "b"} {
+		p.env[h] = []string{"TANDEM_CPUPROFILE=" + filepath.Join(dir, phase+"-"+h)}
+	}
+}
+
 type runResult struct {
 	rate     float64
 	cpuA     time.Duration // CPU the primary's daemon used, first change to done
@@ -100,10 +123,19 @@ type runResult struct {
 // by kernelGen.
 func tandemRun(b *testing.B, p *daemonPair, n uint32, rate int, kernel bool) runResult {
 	p.start("b")
-	// TANDEM_BENCH_A_ARGS adds flags to the primary, e.g. larger rings
-	// ("--sync-ring-bytes 67108864") to measure a burst apart from the
-	// overflow rescans the default rings answer it with (docs/sync.md).
-	p.start("a", strings.Fields(os.Getenv("TANDEM_BENCH_A_ARGS"))...)
+	// TANDEM_BENCH_A_ARGS sets the primary's extra flags. By default a
+	// burst gets 64 MiB rings: the generator makes ~10M changes/s on one
+	// CPU and fills a 4 MiB ring (65,536 records) in ~6 ms, before any
+	// 10 ms tick can drain it, so with the default rings a burst measures
+	// the overflow rescans that answer it, not the deltas (docs/sync.md).
+	args := []string{"--sync-ring-bytes", "67108864"}
+	if rate != 0 {
+		args = nil
+	}
+	if v, ok := os.LookupEnv("TANDEM_BENCH_A_ARGS"); ok {
+		args = strings.Fields(v)
+	}
+	p.start("a", args...)
 	p.resyncMode(0)
 	upsert := p.upsert
 	if kernel {
@@ -166,7 +198,8 @@ func tandemRun(b *testing.B, p *daemonPair, n uint32, rate int, kernel bool) run
 		b.Fatal(err)
 	}
 	missing := missingOn()
-	b.Logf("tandem: %d entries in %s, lag p50 %.1f ms p99 %.1f ms over %d ticks, %d missing; CPU a %s, b %s", n, done.Sub(start), st.LagP50ms, st.LagP99ms, st.LagSamples, missing, cpuA, cpuB)
+	b.Logf("tandem: %d entries in %s, lag p50 %.1f ms p99 %.1f ms over %d ticks, %d missing; CPU a %s, b %s; %.0f overflow rescans", n, done.Sub(start), st.LagP50ms, st.LagP99ms, st.LagSamples, missing, cpuA, cpuB,
+		p.metrics("a")["tandem_sync_rescans_total"])
 	return runResult{rate: float64(n) / done.Sub(start).Seconds(), cpuA: cpuA, cpuB: cpuB, drain: done.Sub(lastChange), p50: st.LagP50ms, p99: st.LagP99ms, missing: missing}
 }
 

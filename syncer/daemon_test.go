@@ -312,6 +312,9 @@ func (p *daemonPair) metrics(host string) map[string]float64 {
 			return err
 		}
 		defer c.Close()
+		// A daemon that stopped answering fails the test with this
+		// scrape's error rather than hanging it.
+		c.SetDeadline(time.Now().Add(time.Minute))
 		fmt.Fprintf(c, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
 		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
 		if err != nil {

@@ -76,30 +76,96 @@ type entryKey struct {
 type pendEntry struct {
 	m        uint32
 	off, len uint32
+	h        uint64 // the hash of map and key: the table grows without hashing again
 }
+
+// pendSet holds the entries the rings named, in drain order, coalesced
+// by entry (one delta per entry per tick): their keys are appended to one
+// slab a tick (the deltas share it, so it is never reused), and an
+// open-addressed table of indexes finds an entry by a hash of its map and
+// key (keys compared). No allocation and no string per record: at a
+// million records a second, a map keyed by a string of each key and the
+// garbage it made were half of the primary's CPU, and a Go map of hashes
+// (a lookup, an insert, its growth) was still a fifth of it.
+type pendSet struct {
+	pend  []pendEntry
+	slab  []byte
+	table []int32 // index into pend + 1; 0 is a free slot. Power-of-two size.
+}
+
+func (p *pendSet) add(seed maphash.Seed, r *maps.SyncRec) {
+	key := r.Key[:r.KeyLen]
+	h := maphash.Bytes(seed, key) ^ uint64(r.MapId)*0x9e3779b97f4a7c15
+	if 2*(len(p.pend)+1) > len(p.table) {
+		p.grow()
+	}
+	mask := uint64(len(p.table) - 1)
+	for i := h & mask; ; i = (i + 1) & mask {
+		j := p.table[i]
+		if j == 0 {
+			p.table[i] = int32(len(p.pend)) + 1
+			p.pend = append(p.pend, pendEntry{r.MapId, uint32(len(p.slab)), uint32(len(key)), h})
+			p.slab = append(p.slab, key...)
+			return
+		}
+		if q := p.pend[j-1]; q.h == h && q.m == r.MapId && bytes.Equal(p.slab[q.off:q.off+q.len], key) {
+			return // queued already this tick
+		}
+	}
+}
+
+// grow doubles the table (at most half full) and places every entry again.
+func (p *pendSet) grow() {
+	n := max(1024, 2*len(p.table))
+	for 2*(len(p.pend)+1) > n {
+		n *= 2
+	}
+	p.table = make([]int32, n)
+	mask := uint64(n - 1)
+	for k, q := range p.pend {
+		i := q.h & mask
+		for p.table[i] != 0 {
+			i = (i + 1) & mask
+		}
+		p.table[i] = int32(k) + 1
+	}
+}
+
+// reset empties p; the deltas keep the old slab.
+func (p *pendSet) reset() {
+	if len(p.table) > 1<<17 {
+		p.table = nil // clearing costs the table's size, every tick after
+	} else {
+		clear(p.table)
+	}
+	p.pend, p.slab = p.pend[:0], nil
+}
+
+// drainEvery: a tick or resync that sends drains the rings into the next
+// tick's set every this many deltas. A 4 MiB ring holds 65,536 records;
+// sending this many takes a few milliseconds.
+const drainEvery = 8192
 
 // Engine turns what the dirty rings say into deltas, one tick at a time.
 type Engine struct {
 	sync *maps.SyncMaps
 	maps map[uint32]Map
-	// The entries the rings named this tick, in drain order, coalesced
-	// by entry (one delta per entry per tick): their keys are appended
-	// to one slab a tick (the deltas share it, so it is never reused),
-	// and seen finds an entry by a hash of its map and key. No
-	// allocation and no string per record: at a million records a
-	// second, a map keyed by a string of each key and the garbage it
-	// made were half of the primary's CPU.
-	pend []pendEntry
-	slab []byte
-	seen map[uint64]int32
-	seed maphash.Seed
-	over []uint64 // overflow counts already answered with a rescan
-	seq  uint64
+	// cur: the entries the rings named for this tick. next: those a
+	// drain found while this tick (or a resync) was sending, for the
+	// next tick: a long tick drains the rings as it goes, so they do not
+	// overflow into a whole-map rescan (which took long enough for the
+	// rings to overflow again).
+	cur, next  pendSet
+	sinceDrain int // deltas sent since the last drain
+	seed       maphash.Seed
+	over       []uint64 // overflow counts already answered with a rescan
+	seq        uint64
 	// sent logs, in sequence order, which entry each delta named: an
 	// incremental resync sends the entries named after the standby's
 	// checkpoint. An append per delta (no hashing); compacted to the last
 	// delta of each entry when it doubles.
 	sent      []sentRec
+	sentKeys  []byte
 	compactAt int
 	kio       map[uint32]*kio // maps read in the kernel in batches
 	drains    uint64
@@ -136,7 +202,7 @@ type Stats struct {
 
 // NewEngine drives s for the registered maps ms.
 func NewEngine(s *maps.SyncMaps, ms ...Map) (*Engine, error) {
-	e := &Engine{sync: s, maps: map[uint32]Map{}, seen: map[uint64]int32{}, seed: maphash.MakeSeed(), compactAt: 1 << 20, kio: map[uint32]*kio{}}
+	e := &Engine{sync: s, maps: map[uint32]Map{}, seed: maphash.MakeSeed(), compactAt: 1 << 20, kio: map[uint32]*kio{}}
 	for _, m := range ms {
 		if m.ID >= s.Overflow.MaxEntries() {
 			return nil, fmt.Errorf("map %s: id %d past the %d the datapath counts", m.Name, m.ID, s.Overflow.MaxEntries())
@@ -171,21 +237,12 @@ func (e *Engine) CheckOverflows() { e.checkOver = true }
 // a map whose records overflowed a ring is sent whole instead.
 func (e *Engine) Tick(emit func(Delta) error) error {
 	e.Stats.Ticks++
-	n, err := e.sync.Drain(func(r *maps.SyncRec) {
-		key := r.Key[:r.KeyLen]
-		h := maphash.Bytes(e.seed, key) ^ uint64(r.MapId)*0x9e3779b97f4a7c15
-		if i, ok := e.seen[h]; ok {
-			if p := e.pend[i]; p.m == r.MapId && bytes.Equal(e.slab[p.off:p.off+p.len], key) {
-				return // queued already this tick
-			}
-			// Another entry with the same hash: it gets its own
-			// delta (a second record of either costs a second delta,
-			// never a lost one).
-		}
-		e.seen[h] = int32(len(e.pend))
-		e.pend = append(e.pend, pendEntry{r.MapId, uint32(len(e.slab)), uint32(len(key))})
-		e.slab = append(e.slab, key...)
-	})
+	// What the last tick drained while it sent is this tick's, as is what
+	// the rings hold now.
+	e.cur, e.next = e.next, e.cur
+	carried := len(e.cur.pend)
+	n, err := e.sync.Drain(func(r *maps.SyncRec) { e.cur.add(e.seed, r) })
+	e.sinceDrain = 0
 	e.Stats.Records += uint64(n)
 	if err != nil {
 		return err
@@ -206,22 +263,22 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 	// nothing drained and no overflow nothing is queued under this epoch
 	// (an entry queued since the drain is in a ring: the next tick drains
 	// it and advances), so an idle tick costs no write.
-	if n > 0 || len(rescan) > 0 {
+	if n > 0 || carried > 0 || len(rescan) > 0 {
 		if _, err := e.sync.AdvanceEpoch(); err != nil {
 			return err
 		}
 	}
-	if len(e.pend) == 0 && len(rescan) == 0 {
+	if len(e.cur.pend) == 0 && len(rescan) == 0 {
 		return nil // an idle tick: nothing to read or send
 	}
 	// The tick's deltas keep their keys in the slab: the next tick
 	// starts another (appending never moves what they hold).
-	slab := e.slab
+	pend, slab := e.cur.pend, e.cur.slab
 	keyOf := func(p pendEntry) []byte { return slab[p.off : p.off+p.len : p.off+p.len] }
 	// Where a large share of a map changed, one batch scan of the map reads
 	// the values in far fewer syscalls than a lookup per entry.
 	perMap := map[uint32]int{}
-	for _, k := range e.pend {
+	for _, k := range pend {
 		perMap[k.m]++
 	}
 	scanned := map[uint32]map[string][]byte{}
@@ -231,7 +288,7 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 			continue
 		}
 		want := make(map[string]bool, n)
-		for _, p := range e.pend {
+		for _, p := range pend {
 			if p.m == id {
 				want[string(keyOf(p))] = true
 			}
@@ -249,13 +306,38 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 		scanned[id] = vals
 		e.Stats.BatchReads++
 	}
+	// Read and sent in windows: a window's values are read just before
+	// it is sent, and sending drains the rings as it goes (drainEvery),
+	// so a tick of a burst never holds them undrained for long.
+	for start := 0; start < len(pend); start += drainEvery {
+		if err := e.sendWindow(pend[start:min(start+drainEvery, len(pend))], keyOf, rescan, scanned, emit); err != nil {
+			return err
+		}
+	}
+	// Sent: what failed before here is sent again by the next tick.
+	e.cur.reset()
+	e.rescanned = e.rescanned[:0]
+	for _, id := range rescan {
+		e.Stats.OverflowRescans++
+		if m, ok := e.maps[id]; ok {
+			e.rescanned = append(e.rescanned, m.Name)
+		}
+		if err := e.rescan(id, emit); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sendWindow reads the values of the entries w names and sends them.
+func (e *Engine) sendWindow(pend []pendEntry, keyOf func(pendEntry) []byte, rescan []uint32, scanned map[uint32]map[string][]byte, emit func(Delta) error) error {
 	// Maps with in-kernel readers: their keys in order, read in batches.
 	var pos []int
 	kvals := map[uint32][][]byte{}
 	if len(e.kio) > 0 {
-		pos = make([]int, len(e.pend))
+		pos = make([]int, len(pend))
 		kkeys := map[uint32][][]byte{}
-		for i, k := range e.pend {
+		for i, k := range pend {
 			if e.kio[k.m] != nil && !slices.Contains(rescan, k.m) {
 				pos[i] = len(kkeys[k.m])
 				kkeys[k.m] = append(kkeys[k.m], keyOf(k))
@@ -270,7 +352,7 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 			e.Stats.KernelReads += uint64(len(keys))
 		}
 	}
-	for i, k := range e.pend {
+	for i, k := range pend {
 		if slices.Contains(rescan, k.m) {
 			continue // the rescan sends it
 		}
@@ -304,32 +386,20 @@ func (e *Engine) Tick(emit func(Delta) error) error {
 			return err
 		}
 	}
-	// Sent: what failed before here is sent again by the next tick.
-	if len(e.pend) > 1<<16 {
-		e.seen = map[uint64]int32{} // clearing a map costs its capacity, every tick after
-	} else {
-		clear(e.seen)
-	}
-	e.pend, e.slab = e.pend[:0], nil
-	e.rescanned = e.rescanned[:0]
-	for _, id := range rescan {
-		e.Stats.OverflowRescans++
-		if m, ok := e.maps[id]; ok {
-			e.rescanned = append(e.rescanned, m.Name)
-		}
-		if err := e.rescan(id, emit); err != nil {
-			return err
-		}
-	}
 	return nil
 }
 
 func (e *Engine) send(emit func(Delta) error, d Delta) error {
+	if e.sinceDrain++; e.sinceDrain >= drainEvery {
+		if err := e.drainNext(); err != nil {
+			return err
+		}
+	}
 	e.seq++
 	d.Seq = e.seq
 	e.Stats.Deltas++
 	if d.Op == OpUpsert || d.Op == OpDelete {
-		e.sent = append(e.sent, sentRec{d.Seq, d.Map, d.Key})
+		e.logSent(d.Seq, d.Map, d.Key)
 		if len(e.sent) > e.compactAt {
 			e.compact()
 		}
@@ -337,18 +407,41 @@ func (e *Engine) send(emit func(Delta) error, d Delta) error {
 	return emit(d)
 }
 
-// sentRec names the entry of a delta: the key is the delta's own (no
-// copy, no string per delta).
-type sentRec struct {
-	seq uint64
-	m   uint32
-	key []byte
+// drainNext drains the rings into the next tick's set while a tick or a
+// resync sends. Nothing is un-queued (the epoch moves at the next tick,
+// after its own drain, and its values are read after that), so an entry
+// found here is sent by the next tick, whatever this one sends of it.
+func (e *Engine) drainNext() error {
+	e.sinceDrain = 0
+	n, err := e.sync.Drain(func(r *maps.SyncRec) { e.next.add(e.seed, r) })
+	e.Stats.Records += uint64(n)
+	if e.sync.NearFull() {
+		e.checkOver = true // the next tick's drain may not see it full
+	}
+	return err
 }
 
-func (r sentRec) entry() entryKey { return entryKey{r.m, string(r.key)} }
+// sentRec names the entry of a delta: its key is in the engine's
+// sentKeys slab. No pointers: a log of millions of records is nothing for
+// the GC to scan (with the delta's own key it was, and each append a
+// write barrier).
+type sentRec struct {
+	seq      uint64
+	m        uint32
+	off, len uint32
+}
 
-// compact keeps the last record of each entry, in sequence order, their
-// keys copied to one slab so the ticks' slabs can go.
+func (e *Engine) logSent(seq uint64, m uint32, key []byte) {
+	e.sent = append(e.sent, sentRec{seq, m, uint32(len(e.sentKeys)), uint32(len(key))})
+	e.sentKeys = append(e.sentKeys, key...)
+}
+
+func (e *Engine) key(r sentRec) []byte { return e.sentKeys[r.off : r.off+r.len : r.off+r.len] }
+
+func (e *Engine) entry(r sentRec) entryKey { return entryKey{r.m, string(e.key(r))} }
+
+// compact keeps the last record of each entry, in sequence order,
+// their keys copied to a new slab (the old one held every key sent).
 // Entries are found by a 64-bit hash, their keys compared; the rare
 // entries whose hash another entry has are kept in an exact set. (A set
 // of strings was a fifth of the primary's CPU in a full resync.)
@@ -359,24 +452,24 @@ func (e *Engine) compact() {
 	size := 0
 	for i := len(e.sent) - 1; i >= 0; i-- {
 		r := e.sent[i]
-		h := maphash.Bytes(e.seed, r.key) ^ uint64(r.m)*0x9e3779b97f4a7c15
+		h := maphash.Bytes(e.seed, e.key(r)) ^ uint64(r.m)*0x9e3779b97f4a7c15
 		if j, ok := seen[h]; ok {
-			if k := e.sent[j]; k.m == r.m && bytes.Equal(k.key, r.key) {
+			if k := e.sent[j]; k.m == r.m && bytes.Equal(e.key(k), e.key(r)) {
 				continue // a later delta of this entry is kept
 			}
 			if clash == nil {
 				clash = map[entryKey]bool{}
 			}
-			if clash[r.entry()] {
+			if clash[e.entry(r)] {
 				continue
 			}
-			clash[r.entry()] = true
+			clash[e.entry(r)] = true
 		} else {
 			seen[h] = keep - 1 // where it is kept
 		}
 		keep--
 		e.sent[keep] = r
-		size += len(r.key)
+		size += int(r.len)
 	}
 	n := copy(e.sent, e.sent[keep:])
 	clear(e.sent[n:])
@@ -384,9 +477,10 @@ func (e *Engine) compact() {
 	slab := make([]byte, 0, size)
 	for i := range e.sent {
 		off := len(slab)
-		slab = append(slab, e.sent[i].key...)
-		e.sent[i].key = slab[off:len(slab):len(slab)]
+		slab = append(slab, e.key(e.sent[i])...)
+		e.sent[i].off = uint32(off)
 	}
+	e.sentKeys = slab
 	e.compactAt = max(1<<20, 2*n)
 }
 
@@ -400,22 +494,22 @@ func (e *Engine) changedAfter(seq uint64) []entryKey {
 	var keys []entryKey
 	for j := len(e.sent) - 1; j >= i; j-- {
 		r := e.sent[j]
-		h := maphash.Bytes(e.seed, r.key) ^ uint64(r.m)*0x9e3779b97f4a7c15
+		h := maphash.Bytes(e.seed, e.key(r)) ^ uint64(r.m)*0x9e3779b97f4a7c15
 		if k, ok := seen[h]; ok {
-			if o := e.sent[k]; o.m == r.m && bytes.Equal(o.key, r.key) {
+			if o := e.sent[k]; o.m == r.m && bytes.Equal(e.key(o), e.key(r)) {
 				continue
 			}
 			if clash == nil {
 				clash = map[entryKey]bool{}
 			}
-			if clash[r.entry()] {
+			if clash[e.entry(r)] {
 				continue
 			}
-			clash[r.entry()] = true
+			clash[e.entry(r)] = true
 		} else {
 			seen[h] = j
 		}
-		keys = append(keys, r.entry())
+		keys = append(keys, e.entry(r))
 	}
 	slices.Reverse(keys)
 	return keys

@@ -74,7 +74,8 @@ func BenchmarkMarkDirty(b *testing.B) {
 	for _, c := range []struct {
 		name  string
 		fresh bool
-	}{{"first change in a tick (pushes a record)", true}, {"hot entry (already queued)", false}} {
+		goal  string // issue 15
+	}{{"first change in a tick (pushes a record)", true, "under 30 ns added"}, {"hot entry (already queued)", false, "under 10 ns added"}} {
 		b.Run(c.name, func(b *testing.B) {
 			var w, wo time.Duration
 			for b.Loop() {
@@ -84,7 +85,7 @@ func BenchmarkMarkDirty(b *testing.B) {
 			if _, err := bench.Record(bench.Result{
 				Name: "mark_dirty " + c.name, Unit: "ns/entry", Value: float64(w.Nanoseconds()),
 				Anchor: "the same change without mark_dirty", AnchorValue: float64(wo.Nanoseconds()),
-				Goal: "under 10 ns added",
+				Goal: c.goal,
 			}); err != nil {
 				b.Fatal(err)
 			}

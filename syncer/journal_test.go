@@ -1,6 +1,10 @@
 package syncer
 
-import "testing"
+import (
+	"bytes"
+	"reflect"
+	"testing"
+)
 
 func TestJournalBounds(t *testing.T) {
 	cases := []struct {
@@ -48,5 +52,30 @@ func BenchmarkJournalAddFull(b *testing.B) {
 	for i := 0; b.Loop(); i++ {
 		d.Seq = uint64(1<<18 + i)
 		j.Add(d)
+	}
+}
+
+// TestJournalKeepsBytes: the journal copies keys and values into its own
+// slab; what From gives back is what was added, markers' nil key and
+// value included, across the compactions that drop the oldest.
+func TestJournalKeepsBytes(t *testing.T) {
+	j := NewJournal(100, 1<<20)
+	var all []Delta
+	for i := 1; i <= 1000; i++ {
+		d := Delta{Seq: uint64(i), Map: uint32(i % 3), Op: OpUpsert, Key: []byte{byte(i), byte(i >> 8)}, Value: bytes.Repeat([]byte{byte(i)}, i%7+1)}
+		if i%10 == 0 {
+			d = Delta{Seq: uint64(i), Map: 1, Op: OpSnapshotBegin}
+		}
+		j.Add(d)
+		all = append(all, d)
+	}
+	ds, ok := j.From(950)
+	if !ok || len(ds) != 51 {
+		t.Fatalf("From(950): %d deltas, ok %v; want 51", len(ds), ok)
+	}
+	for k, d := range ds {
+		if w := all[949+k]; !reflect.DeepEqual(d, w) {
+			t.Fatalf("delta %d: got %+v, want %+v", w.Seq, d, w)
+		}
 	}
 }

@@ -76,6 +76,7 @@ type Receiver struct {
 	adm    Admission // the accept loop, the pending bound, Stop
 	cmu    sync.Mutex
 	active *rsession // the session that applies
+	run    []Delta   // apply's run of deltas, reused (under mu)
 	once   sync.Once
 }
 
@@ -238,70 +239,158 @@ func (r *Receiver) handle(c net.Conn, release func()) {
 		r.peer.Store(&addr)
 	}
 	r.cmu.Unlock()
-	var (
-		batch []Delta
-		arena []byte // the batch's keys and values
-		next  Delta
-	)
+	err = r.stream(c, fr, w)
+	if errors.Is(err, io.EOF) {
+		log.Info("sync session closed by the peer")
+		return
+	}
+	if s.replaced.Load() {
+		log.Info("sync session closed: the peer opened a newer one")
+		return
+	}
+	if r.adm.Stopping() {
+		log.Info("sync session closed: this daemon is stopping")
+		return
+	}
+	var ae ackError
+	if errors.As(err, &ae) {
+		log.Warn("sync session: send ack", "err", ae.err)
+		return
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		err = fmt.Errorf("the peer sent nothing for %s", r.IdleTimeout)
+	}
+	r.closed.Add(1)
+	log.Warn("sync session closed", "reason", err)
+}
+
+// ackError: an ack could not be sent (the connection is gone).
+type ackError struct{ err error }
+
+func (e ackError) Error() string { return "send ack: " + e.err.Error() }
+
+// rbatch is a batch of deltas on its way to the applier, their keys and
+// values in its arena.
+type rbatch struct {
+	ds    []Delta
+	arena []byte
+}
+
+// stream reads the session's deltas in batches and applies them on
+// another goroutine, each batch acknowledged once applied: the next batch
+// is read, decrypted and decoded while one is written into the maps
+// (half of the standby's time, in the kernel), so the two use two cores.
+// It returns why the session ended; what arrived intact before a bad
+// frame is applied, nothing after a delta that failed.
+func (r *Receiver) stream(c net.Conn, fr *Reader, w *bufio.Writer) error {
+	// The reader hands over what it has whenever nothing more is
+	// buffered; the applier takes every batch waiting at once, so while
+	// it is busy they add up to one large apply (a kernel write is
+	// cheaper per entry in runs of 1,024) and one ack.
+	work := make(chan *rbatch, 8)
+	free := make(chan *rbatch, cap(work)+1)
+	for range cap(free) {
+		free <- &rbatch{}
+	}
+	var applyErr error // set by the applier before adone closes
+	// failed stops the reader after the applier failed: a deadline in
+	// the past wakes a read that waits (the connection stays open until
+	// the session is counted and logged, as before).
+	var failed atomic.Bool
+	fail := func(err error) {
+		applyErr = err
+		failed.Store(true)
+		c.SetReadDeadline(time.Unix(1, 0))
+	}
+	adone := make(chan struct{})
+	go func() {
+		defer close(adone)
+		var group []*rbatch
+		var all []Delta
+		for b := range work {
+			group = append(group[:0], b)
+			ds := b.ds
+		more:
+			for len(ds) < 16384 {
+				select {
+				case b2, ok := <-work:
+					if !ok {
+						break more
+					}
+					if len(group) == 1 {
+						all = append(all[:0], ds...)
+					}
+					group = append(group, b2)
+					all = append(all, b2.ds...)
+					ds = all
+				default:
+					break more
+				}
+			}
+			if applyErr == nil {
+				if err := r.apply(ds); err != nil {
+					fail(err)
+				} else {
+					w.Write(AppendAck(nil, r.LastApplied()))
+					if err := w.Flush(); err != nil {
+						fail(ackError{err})
+					}
+				}
+			}
+			clear(all) // applied: nothing keeps them
+			for _, g := range group {
+				clear(g.ds)
+				g.ds, g.arena = g.ds[:0], g.arena[:0]
+				free <- g
+			}
+		}
+	}()
+	cur := <-free
+	var next Delta
+	var err error
 	for {
 		if fr.r.Buffered() == 0 {
 			// About to wait for the primary: it sends deltas or keepalives
 			// (HelloKeepalive); silence this long is a dead session. Once a
 			// batch, not a frame: deadlines cost a timer update.
 			c.SetDeadline(time.Now().Add(r.IdleTimeout))
+			if failed.Load() {
+				break // the applier's deadline may have been overwritten
+			}
 		}
-		m, err := fr.next(&next, &arena)
+		var m Message
+		m, err = fr.next(&next, &cur.arena)
 		if err == nil && m.Keepalive {
-			if len(batch) == 0 {
+			if len(cur.ds) == 0 {
 				continue
 			}
 		} else if err == nil && m.Delta == nil {
 			err = errors.New("a frame other than a delta after hello")
 		}
-		if err == nil {
-			if m.Delta != nil {
-				batch = append(batch, *m.Delta)
-			}
-			// Keep collecting while more has arrived: one apply, one ack.
-			if fr.r.Buffered() > 0 && len(batch) < 4096 {
-				continue
-			}
-			err = r.apply(batch)
-			batch, arena = batch[:0], arena[:0] // applied: nothing keeps them
-			if err == nil {
-				w.Write(AppendAck(nil, r.LastApplied()))
-				if ferr := w.Flush(); ferr != nil {
-					log.Warn("sync session: send ack", "err", ferr)
-					return
-				}
-				continue
-			}
-		} else if len(batch) > 0 {
-			// What arrived intact before the bad frame is applied.
-			if aerr := r.apply(batch); aerr != nil {
-				err = aerr
-			}
+		if err != nil {
+			break
 		}
-		if errors.Is(err, io.EOF) {
-			log.Info("sync session closed by the peer")
-			return
+		if m.Delta != nil {
+			cur.ds = append(cur.ds, *m.Delta)
 		}
-		if s.replaced.Load() {
-			log.Info("sync session closed: the peer opened a newer one")
-			return
+		// Keep collecting while more has arrived: one apply, one ack.
+		if fr.r.Buffered() > 0 && len(cur.ds) < 4096 {
+			continue
 		}
-		if r.adm.Stopping() {
-			log.Info("sync session closed: this daemon is stopping")
-			return
-		}
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			err = fmt.Errorf("the peer sent nothing for %s", r.IdleTimeout)
-		}
-		r.closed.Add(1)
-		log.Warn("sync session closed", "reason", err)
-		return
+		work <- cur
+		cur = <-free
 	}
+	// What arrived intact before the bad frame is applied.
+	if len(cur.ds) > 0 {
+		work <- cur
+	}
+	close(work)
+	<-adone
+	if applyErr != nil {
+		return applyErr // the reader's error is the applier's deadline
+	}
+	return err
 }
 
 // apply applies ds in sequence order: repeats are skipped, markers move
@@ -310,7 +399,8 @@ func (r *Receiver) handle(c net.Conn, release func()) {
 func (r *Receiver) apply(ds []Delta) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var run []Delta
+	run := r.run[:0] // reused: a batch of 16k deltas was a large allocation each
+	defer func() { clear(run); r.run = run[:0] }()
 	flush := func() error {
 		if len(run) == 0 {
 			return nil
@@ -359,21 +449,58 @@ func (r *Receiver) apply(ds []Delta) error {
 	return flush()
 }
 
-// Sender is the primary's end: it streams deltas and keeps those not yet
-// acknowledged in a bounded journal.
+// Sender is the primary's end: it streams deltas and counts those not yet
+// acknowledged, up to a bound (the node's journal keeps the deltas).
+//
+// Send only encodes into a buffer; a writer goroutine puts it on the
+// wire. The primary's ticks never wait for the network: a standby that
+// reads slowly (TCP backpressure) used to stall the tick in a write, the
+// rings overflowed meanwhile and the whole map went again (a rescan).
+// Now the ticks keep draining, and the deltas wait in user space, bounded
+// by the unacknowledged limit.
 type Sender struct {
-	conn    *tls.Conn
-	w       *bufio.Writer
-	Peer    Hello
-	acked   atomic.Uint64
-	mu      sync.Mutex
-	journal []Delta
+	conn  *tls.Conn
+	Peer  Hello
+	acked atomic.Uint64
+	mu    sync.Mutex
+	// unacked: the sequence numbers sent and not yet acknowledged, in
+	// order. Only how many is ever asked (the limit, Unacked): no Delta
+	// is kept, so a million in flight hold no pointers for the GC to scan.
+	unacked []uint64
 	limit   int
-	done    chan struct{}
-	acks    chan struct{} // a token after each ack: the lag clock reads it
-	err     error
-	wrote   time.Time // the last flush that sent something
+	// out: encoded, not yet taken by the writer, in chunks of about
+	// writeChunk (a backlog grows by chunks, never copied into a larger
+	// buffer); free: chunks the writer sent, for reuse (all under mu).
+	out, free [][]byte
+	// backlog: bytes encoded and not yet written; past maxBacklog Send
+	// waits for the writer (room), so a standby that stopped reading
+	// costs bounded memory, and a resync is paced by what it reads.
+	backlog   int
+	room      *sync.Cond
+	closed    bool
+	wake      chan struct{}
+	stop      chan struct{}
+	wdone     chan struct{}
+	closeOnce sync.Once
+	werr      atomic.Pointer[error] // why the writer stopped
+	done      chan struct{}
+	acks      chan struct{} // a token after each ack: the lag clock reads it
+	err       error
+	wrote     time.Time // the last flush that sent something
 }
+
+// writeChunk: Send wakes the writer once this much waits, without a Flush.
+const writeChunk = 256 << 10
+
+// writeTimeout: a chunk the standby does not take within this long ends
+// the session (the primary redials and resyncs), rather than holding the
+// primary in Send for good once the backlog is full. The standby closes a
+// session it hears nothing from for DefaultIdleTimeout; this is longer.
+var writeTimeout = 2 * DefaultIdleTimeout
+
+// maxBacklog bounds what waits for the writer: a tick or a resync keeps
+// going while less waits (about a million small deltas), and then waits.
+const maxBacklog = 64 << 20
 
 // ErrJournalFull means the peer acknowledges too slowly: more deltas are
 // unacknowledged than the journal holds.
@@ -387,10 +514,9 @@ func Dial(ctx context.Context, addr string, cfg *tls.Config, hello Hello, journa
 		return nil, fmt.Errorf("dial sync peer %s: %w", addr, err)
 	}
 	tc := c.(*tls.Conn)
-	s := &Sender{conn: tc, w: bufio.NewWriterSize(tc, 256<<10), limit: journal, done: make(chan struct{}), acks: make(chan struct{}, 1)}
+	s := newSender(tc, journal)
 	hello.Version = ProtocolVersion
-	s.w.Write(AppendHello(nil, hello))
-	if err := s.w.Flush(); err != nil {
+	if _, err := tc.Write(AppendHello(nil, hello)); err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("sync hello to %s: %w", addr, err)
 	}
@@ -405,7 +531,94 @@ func Dial(ctx context.Context, addr string, cfg *tls.Config, hello Hello, journa
 	s.Peer = *m.Hello
 	s.wrote = time.Now()
 	go s.readAcks(fr)
+	go s.write()
 	return s, nil
+}
+
+func newSender(tc *tls.Conn, limit int) *Sender {
+	s := &Sender{conn: tc, limit: limit, done: make(chan struct{}), acks: make(chan struct{}, 1),
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), wdone: make(chan struct{})}
+	s.room = sync.NewCond(&s.mu)
+	return s
+}
+
+// write puts what Send encoded on the wire, whenever it is woken, until
+// stopped; a failed write closes the connection (readAcks then ends the
+// session) and says why in Err.
+func (s *Sender) write() {
+	defer close(s.wdone)
+	for {
+		select {
+		case <-s.wake:
+		case <-s.stop:
+			return
+		}
+		for {
+			s.mu.Lock()
+			chunks := s.out
+			s.out = nil
+			s.mu.Unlock()
+			if len(chunks) == 0 {
+				break
+			}
+			for _, c := range chunks {
+				s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+				_, err := s.conn.Write(c)
+				if err != nil {
+					err = fmt.Errorf("send: %w", err)
+					s.werr.Store(&err)
+					s.conn.Close()
+				}
+				s.mu.Lock()
+				s.backlog -= len(c)
+				s.room.Broadcast()
+				s.mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+			s.mu.Lock()
+			for _, c := range chunks {
+				if len(s.free) < 8 { // a burst's backlog goes to the GC
+					s.free = append(s.free, c[:0])
+				}
+			}
+			s.mu.Unlock()
+		}
+	}
+}
+
+// appendOut encodes a frame into the last chunk, starting a new one when
+// it is full, and says whether one is (the writer has work). Under mu.
+func (s *Sender) appendOut(enc func([]byte) []byte) bool {
+	if n := len(s.out); n == 0 || len(s.out[n-1]) >= writeChunk {
+		var c []byte
+		if k := len(s.free); k > 0 {
+			c, s.free = s.free[k-1], s.free[:k-1]
+		} else {
+			c = make([]byte, 0, writeChunk+512)
+		}
+		s.out = append(s.out, c)
+	}
+	last := &s.out[len(s.out)-1]
+	n := len(*last)
+	*last = enc(*last)
+	s.backlog += len(*last) - n
+	return len(s.out) > 1 || len(*last) >= writeChunk
+}
+
+func (s *Sender) kick() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Sender) writeErr() error {
+	if p := s.werr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 func (s *Sender) readAcks(fr *Reader) {
@@ -424,10 +637,10 @@ func (s *Sender) readAcks(fr *Reader) {
 		s.acked.Store(*m.Ack)
 		s.mu.Lock()
 		i := 0
-		for i < len(s.journal) && s.journal[i].Seq <= *m.Ack {
+		for i < len(s.unacked) && s.unacked[i] <= *m.Ack {
 			i++
 		}
-		s.journal = s.journal[i:]
+		s.unacked = s.unacked[i:]
 		s.mu.Unlock()
 		select {
 		case s.acks <- struct{}{}:
@@ -445,31 +658,50 @@ func (s *Sender) Done() <-chan struct{} { return s.done }
 
 // Err is why the session ended, nil while it runs.
 func (s *Sender) Err() error {
+	if err := s.writeErr(); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.err
 }
 
-// Send queues d (flushed by Flush) and keeps it until acknowledged.
+// Send queues d (sent by Flush, or once enough waits) and keeps it until
+// acknowledged. It fails when the journal is full or a write failed.
 func (s *Sender) Send(d Delta) error {
 	s.mu.Lock()
-	if len(s.journal) >= s.limit {
+	if len(s.unacked) >= s.limit {
 		s.mu.Unlock()
 		return ErrJournalFull
 	}
-	s.journal = append(s.journal, d)
+	s.unacked = append(s.unacked, d.Seq)
+	full := s.appendOut(func(b []byte) []byte { return AppendDelta(b, d) })
+	over := s.backlog > maxBacklog
 	s.mu.Unlock()
-	// Encoded straight into the writer's free space: no allocation.
-	_, err := s.w.Write(AppendDelta(s.w.AvailableBuffer(), d))
-	return err
+	if full {
+		s.kick()
+	}
+	if over {
+		s.mu.Lock()
+		for s.backlog > maxBacklog && s.writeErr() == nil && !s.closed {
+			s.room.Wait()
+		}
+		s.mu.Unlock()
+	}
+	return s.writeErr()
 }
 
-// Flush sends what Send queued.
+// Flush hands what Send queued to the writer; it does not wait for the
+// network.
 func (s *Sender) Flush() error {
-	if s.w.Buffered() > 0 {
+	s.mu.Lock()
+	pending := len(s.out) > 0 && len(s.out[0]) > 0
+	s.mu.Unlock()
+	if pending {
 		s.wrote = time.Now()
+		s.kick()
 	}
-	return s.w.Flush()
+	return s.writeErr()
 }
 
 // Keepalive sends a keepalive if the standby understands them and
@@ -478,7 +710,9 @@ func (s *Sender) Keepalive(every time.Duration) error {
 	if s.Peer.Flags&HelloKeepalive == 0 || time.Since(s.wrote) < every {
 		return nil
 	}
-	s.w.Write(AppendKeepalive(s.w.AvailableBuffer()))
+	s.mu.Lock()
+	s.appendOut(AppendKeepalive)
+	s.mu.Unlock()
 	return s.Flush()
 }
 
@@ -489,7 +723,7 @@ func (s *Sender) Acked() uint64 { return s.acked.Load() }
 func (s *Sender) Unacked() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.journal)
+	return len(s.unacked)
 }
 
 // WaitAcked waits until seq is acknowledged.
@@ -511,7 +745,13 @@ func (s *Sender) WaitAcked(seq uint64, timeout time.Duration) error {
 
 // Close ends the session.
 func (s *Sender) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	s.room.Broadcast()
+	s.mu.Unlock()
 	err := s.conn.Close()
 	<-s.done
+	s.closeOnce.Do(func() { close(s.stop) })
+	<-s.wdone
 	return err
 }
