@@ -670,6 +670,12 @@ func (s *Sender) Err() error {
 // acknowledged. It fails when the journal is full or a write failed.
 func (s *Sender) Send(d Delta) error {
 	s.mu.Lock()
+	if s.closed {
+		// Nothing sends it any more: queueing it would only grow the
+		// backlog of a session that is gone.
+		s.mu.Unlock()
+		return net.ErrClosed
+	}
 	if len(s.unacked) >= s.limit {
 		s.mu.Unlock()
 		return ErrJournalFull
@@ -686,7 +692,12 @@ func (s *Sender) Send(d Delta) error {
 		for s.backlog > maxBacklog && s.writeErr() == nil && !s.closed {
 			s.room.Wait()
 		}
+		closed := s.closed
 		s.mu.Unlock()
+		if err := s.writeErr(); err != nil || !closed {
+			return err
+		}
+		return net.ErrClosed
 	}
 	return s.writeErr()
 }
