@@ -309,14 +309,6 @@ func judge(got []uint64, sent uint64) (lost, dup, reordered uint64) {
 	return
 }
 
-// moveRun streams to the endpoint while it moves from S to D with a
-// blackout of 300 ms (the S path down, nothing to D yet); hold: the
-// gateway holds the blackout's packets (migrate blackout), else it only
-// switches when D is up (the baseline).
-func moveRun(t *testing.T, m *migLab, hold bool, rate int) (sent, lost, dup, reordered uint64) {
-	return moveRunOf(t, m, hold, rate, migMove{ep: migEP, s: migS, d: migD, sIface: "eths"})
-}
-
 // migMove is one move of moveRunOf: the endpoint ep from location s to
 // location d (as tandem migrate start --to takes them); "S stops" is E's
 // link sIface going down (up again, and the location s again, after).
@@ -334,7 +326,9 @@ type migMove struct {
 	outage *uint64
 }
 
-// moveRunOf is moveRun for mv.
+// moveRunOf streams to the endpoint while it moves (mv); hold: the
+// gateway holds the blackout's packets (migrate blackout), else it only
+// switches when D is up (the baseline).
 func moveRunOf(t *testing.T, m *migLab, hold bool, rate int, mv migMove) (sent, lost, dup, reordered uint64) {
 	r := listenSeq(t, m.ep, 9000)
 	// Warm the path first (the client's ARP for the gateway): under TCG
