@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"math/bits"
 	"net/netip"
+
+	"github.com/dchest/siphash"
 )
 
 // HalfSipHash is HalfSipHash-2-4 with a 32-bit output (Aumasson and
@@ -56,46 +58,7 @@ func HalfSipHash(k [8]byte, msg []byte) uint32 {
 // under the 16-byte key k: bpf/include/hsiphash.h's siphash_words, the
 // cookie's MAC, for tests and tools that check the datapath's cookies.
 func SipHash(k [16]byte, msg []byte) uint64 {
-	k0, k1 := binary.LittleEndian.Uint64(k[:8]), binary.LittleEndian.Uint64(k[8:])
-	v0, v1, v2, v3 := k0^0x736f6d6570736575, k1^0x646f72616e646f6d, k0^0x6c7967656e657261, k1^0x7465646279746573
-	round := func() {
-		v0 += v1
-		v1 = bits.RotateLeft64(v1, 13)
-		v1 ^= v0
-		v0 = bits.RotateLeft64(v0, 32)
-		v2 += v3
-		v3 = bits.RotateLeft64(v3, 16)
-		v3 ^= v2
-		v0 += v3
-		v3 = bits.RotateLeft64(v3, 21)
-		v3 ^= v0
-		v2 += v1
-		v1 = bits.RotateLeft64(v1, 17)
-		v1 ^= v2
-		v2 = bits.RotateLeft64(v2, 32)
-	}
-	n := len(msg)
-	for ; len(msg) >= 8; msg = msg[8:] {
-		m := binary.LittleEndian.Uint64(msg)
-		v3 ^= m
-		round()
-		round()
-		v0 ^= m
-	}
-	b := uint64(n) << 56
-	for i, c := range msg {
-		b |= uint64(c) << (8 * i)
-	}
-	v3 ^= b
-	round()
-	round()
-	v0 ^= b
-	v2 ^= 0xff
-	round()
-	round()
-	round()
-	round()
-	return v0 ^ v1 ^ v2 ^ v3
+	return siphash.Hash(binary.LittleEndian.Uint64(k[:8]), binary.LittleEndian.Uint64(k[8:]), msg)
 }
 
 // CookieMSS are the MSS values a cookie can carry (bpf/include/cookie.h).
