@@ -1,7 +1,6 @@
 package syncer
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/hex"
@@ -13,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"sync"
@@ -85,8 +85,8 @@ type Node struct {
 
 	// The status file last written (its content but the tick count and
 	// the time) and when: the node's loop only (writeStatusIf).
-	statusKey []byte
-	statusAt  time.Time
+	statusLast NodeStatus
+	statusAt   time.Time
 }
 
 // OpenNode opens the pinned sync maps and the registered maps under
@@ -765,16 +765,14 @@ func (n *Node) refreshStatus() { n.writeStatusIf(false) }
 
 func (n *Node) writeStatusIf(force bool) {
 	st := n.Status()
+	// Compared as values, not as JSON: marshalling four times a second
+	// only to compare cost the standby more than the write it saved.
 	same := st
 	same.Ticks, same.Updated = 0, time.Time{}
-	key, err := json.Marshal(same)
-	if err == nil && !force && bytes.Equal(key, n.statusKey) && time.Since(n.statusAt) < statusHeartbeat {
+	if !force && n.statusAt != (time.Time{}) && reflect.DeepEqual(same, n.statusLast) && time.Since(n.statusAt) < statusHeartbeat {
 		return
 	}
-	var data []byte
-	if err == nil {
-		data, err = json.MarshalIndent(st, "", "  ")
-	}
+	data, err := json.MarshalIndent(st, "", "  ")
 	if err == nil {
 		err = writeAtomic(StatusFile(n.cfg.StateDir), data, false)
 	}
@@ -782,7 +780,7 @@ func (n *Node) writeStatusIf(force bool) {
 		n.log.Warn("write sync status", "err", err)
 		return
 	}
-	n.statusKey, n.statusAt = key, time.Now()
+	n.statusLast, n.statusAt = same, time.Now()
 }
 
 // NodeStatus is what a node says about itself; the daemon writes it to
