@@ -784,7 +784,8 @@ func (n *Node) writeStatusIf(force bool) {
 }
 
 // NodeStatus is what a node says about itself; the daemon writes it to
-// its state directory every second and `tandem status` shows it.
+// its state directory when it changes and at least every 2 s
+// (statusHeartbeat), and `tandem status` shows it.
 type NodeStatus struct {
 	Role           Role              `json:"role"`
 	Node           string            `json:"node"`
