@@ -1141,3 +1141,49 @@ func TestSynproxyTrackingPickup(t *testing.T) {
 	}
 	run("rst at the re-anchored next", rst(112), "XDP_PASS", "closed")
 }
+
+// TestSynproxyExpireSkipsEmpty: the daemon's sweep (ExpireIfAny) runs
+// sp_expire only when the table holds an entry (the program's run count,
+// from the kernel's BPF stats); an entry idle past its timeout still goes.
+func TestSynproxyExpireSkipsEmpty(t *testing.T) {
+	p := loadSynproxy(t)
+	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+	if err != nil {
+		t.Skipf("BPF run statistics (BPF_ENABLE_STATS): %v", err)
+	}
+	defer stats.Close()
+	runs := func() uint64 {
+		st, err := p.objs.SpExpire.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.RunCount
+	}
+	later := maps.TAINow() + uint64(maps.DefaultTimeouts.Established)*2
+	key := maps.ConnKey{Cport: 42200, Vport: 80, Proto: 6}
+	for _, c := range []struct {
+		what    string
+		entry   bool
+		swept   bool
+		deleted uint32
+	}{
+		{"empty table", false, false, 0},
+		{"one idle entry", true, true, 1},
+		{"empty again", false, false, 0},
+	} {
+		if c.entry {
+			if err := p.m.Conns.Put(key, maps.ConnVal{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before := runs()
+		n, _, swept, err := maps.ExpireIfAny(p.objs.SpExpire, p.m.Conns, later, maps.DefaultTimeouts)
+		if err != nil {
+			t.Fatalf("%s: %v", c.what, err)
+		}
+		ran := runs() - before
+		if swept != c.swept || n != c.deleted || ran != map[bool]uint64{true: 1}[c.swept] {
+			t.Errorf("%s: swept %v (sp_expire ran %d times), %d deleted; want swept %v, %d deleted", c.what, swept, ran, n, c.swept, c.deleted)
+		}
+	}
+}

@@ -137,16 +137,25 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}()
 	log := d.log
 	log.Info("daemon running; SIGTERM stops it and leaves the datapath in place (tandem down removes it)", "bpffs", d.cfg.Datapath.Pins.Root, "sync", d.cfg.Sync.Role)
-	t := time.NewTicker(d.cfg.CheckInterval)
+	// One ticker for the datapath check and the upkeep (the SYN proxy's
+	// keys and expiry, the health checks' status, migration): an idle
+	// daemon wakes once a second for both, not twice.
+	period, checkEvery, upkeepEvery := beats(d.cfg.CheckInterval)
+	t := time.NewTicker(period)
 	defer t.Stop()
-	upkeep := time.NewTicker(time.Second)
-	defer upkeep.Stop()
-	for {
+	for beat := 1; ; beat++ {
 		select {
-		case now := <-upkeep.C:
-			d.pk.tick(now)
-			d.hd.Load().tick(now)
-			d.md.tick(log)
+		case now := <-t.C:
+			if beat%upkeepEvery == 0 {
+				d.pk.tick(now)
+				d.hd.Load().tick(now)
+				d.md.tick(log)
+			}
+			if beat%checkEvery == 0 {
+				if err := d.check(); err != nil {
+					return err
+				}
+			}
 		case <-ctx.Done():
 			log.Info("daemon stopping; the datapath keeps running")
 			return nil
@@ -168,12 +177,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 				d.reloadErr.Store(nil)
 			}
 			r.reply <- err
-		case <-t.C:
-			if err := d.check(); err != nil {
-				return err
-			}
 		}
 	}
+}
+
+// beats is Run's ticker period for a datapath check every check and the
+// upkeep every second, and every how many beats each runs: the shorter
+// of the two is the period, the longer runs on the nearest multiple.
+func beats(check time.Duration) (period time.Duration, checkEvery, upkeepEvery int) {
+	period = min(check, time.Second)
+	round := func(d time.Duration) int { return max(1, int((d+period/2)/period)) }
+	return period, round(check), round(time.Second)
 }
 
 // Reload applies cfg to the running daemon (SIGHUP): the datapath, then

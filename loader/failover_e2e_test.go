@@ -768,20 +768,24 @@ func sleeps(t testing.TB, pid int) uint64 {
 // sync at 10 ms ticks, the election at the default 100 ms interval over
 // two paths, the datapath check every second) send 20 adverts a second
 // each way (one per interval per path, within 10%), each uses under 2%
-// of a core, and their threads go to sleep under 600 times a second each
+// of a core, and their threads go to sleep under 500 times a second each
 // (voluntary context switches: a count the machine's load does not
 // inflate, unlike CPU time, which on this shared VM varies by a factor of
 // two with the load). An advert that answered every advert made this a
 // storm of thousands a second; the Go runtime's monitor polling after
 // every advert (the sender's sleep held a P) cost ~1,200 switches a
-// second, and the idle sync ticks on a Go ticker ~300 of the rest.
+// second, and the idle sync ticks on a Go ticker ~300 of the rest. Now
+// 240-400 a second (the 10 ms tick thread's hundred wakeups, the adverts
+// sent and received, the runtime's own); the < 1% goal is met in most
+// runs on the loaded VM, not all (up to 1.3%, and 3.6% when the machine
+// was busiest): the CPU bound stays 2%.
 func TestIdleAdverts(t *testing.T) {
 	// Under TCG (TANDEM_TEST_SCALE) the interval is longer and every
 	// instruction costs more: the CPU bound grows with the scale.
 	scale := int64(advertInterval() / (50 * time.Millisecond))
 	interval, paths, maxCPU := time.Duration(scale)*100*time.Millisecond, 2, 0.02*float64(scale)
 	// The sync's 10 ms ticks are not scaled: the bound is the same.
-	const maxSwitches = 600
+	const maxSwitches = 500
 	p := newPairLab(t)
 	for _, g := range []string{"a", "b"} {
 		p.start(t, g, "--vip-interval", interval.String())

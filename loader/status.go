@@ -3,7 +3,6 @@ package loader
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"slices"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 
 	"github.com/tandem-net/tandem/bpf"
 	"github.com/tandem-net/tandem/maps"
@@ -152,9 +152,11 @@ func ReadStatus(pins maps.Pins) (*Status, error) {
 // check, which must stay cheap at rest).
 func inspect(pins maps.Pins, entry, kind, ifname string, full bool) *Attachment {
 	a := &Attachment{Pin: entry, Iface: ifname}
-	iface, ierr := net.InterfaceByName(ifname)
+	// The index by one ioctl: net.InterfaceByName dumps every link over
+	// netlink, once per attachment in the daemon's check every second.
+	index, ierr := ifindexByName(ifname)
 	if ierr == nil {
-		a.Ifindex = iface.Index
+		a.Ifindex = index
 	}
 	path := pins.Attach(entry)
 	kind, a.Feature = splitKind(kind)
@@ -190,8 +192,10 @@ func inspect(pins maps.Pins, entry, kind, ifname string, full bool) *Attachment 
 		case info.TCX() != nil:
 			linkIfindex = int(info.TCX().Ifindex)
 		}
-		if kind == KindXDP && ierr == nil {
-			m, _ := xdpAttachedMode(iface.Index)
+		if kind == KindXDP && ierr == nil && full {
+			// How it is attached is for the status only: the check
+			// looks for problems.
+			m, _ := xdpAttachedMode(index)
 			a.Via = xdpVia(m)
 		}
 		switch {
@@ -199,8 +203,8 @@ func inspect(pins maps.Pins, entry, kind, ifname string, full bool) *Attachment 
 			a.Problem = "defunct: the interface went away; run tandem up again"
 		case ierr != nil:
 			a.Problem = "interface " + ifname + " not found in this network namespace"
-		case linkIfindex != iface.Index:
-			a.Problem = fmt.Sprintf("attached to ifindex %d, but %s is now ifindex %d; run tandem up again", linkIfindex, ifname, iface.Index)
+		case linkIfindex != index:
+			a.Problem = fmt.Sprintf("attached to ifindex %d, but %s is now ifindex %d; run tandem up again", linkIfindex, ifname, index)
 		}
 		if a.Problem == "" && kind == KindXDP {
 			a.Problem = chainProblem(pins, ifname, a.ProgID, a.Chain, full)
@@ -236,7 +240,7 @@ func inspect(pins maps.Pins, entry, kind, ifname string, full bool) *Attachment 
 		return a
 	}
 	defer t.Close()
-	id, err := findClsFilter(t, iface.Index, dir, clsPrioOf(a.Feature))
+	id, err := findClsFilter(t, index, dir, clsPrioOf(a.Feature))
 	switch {
 	case err != nil:
 		a.Problem = err.Error()
@@ -332,4 +336,22 @@ func readEmbeddedNames() (progs, pinned []string, err error) {
 		}
 	}
 	return progs, pinned, nil
+}
+
+// ifindexByName is the index of the interface named name in this network
+// namespace (SIOCGIFINDEX).
+func ifindexByName(name string) (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, fmt.Errorf("interface %s: %w", name, err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return 0, fmt.Errorf("interface %s: %w", name, err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFINDEX, ifr); err != nil {
+		return 0, fmt.Errorf("interface %s: %w", name, err)
+	}
+	return int(ifr.Uint32()), nil
 }

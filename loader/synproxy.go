@@ -497,7 +497,7 @@ func (p *Proxy) Maintain(secret []byte, now time.Time, t maps.Timeouts) (rotated
 	}
 	if p.Expire != nil && !now.Before(p.nextSweep) {
 		var short uint32
-		if expired, short, err = maps.Expire(p.Expire, maps.TAINow(), t); err == nil {
+		if expired, short, _, err = maps.ExpireIfAny(p.Expire, p.Conns, maps.TAINow(), t); err == nil {
 			p.nextSweep = now.Add(SweepInterval(short, t))
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"sync"
@@ -81,6 +82,11 @@ type Node struct {
 	certAt  time.Time     // the last certificate check
 
 	flushc chan chan uint64 // Flush asks the primary's loop for a tick now
+
+	// The status file last written (its content but the tick count and
+	// the time) and when: the node's loop only (writeStatusIf).
+	statusLast NodeStatus
+	statusAt   time.Time
 }
 
 // OpenNode opens the pinned sync maps and the registered maps under
@@ -331,6 +337,7 @@ func (n *Node) runPrimary(ctx context.Context) error {
 	defer stopTicks()
 	lastSave := time.Now()
 	saver := n.newSaver()
+	saved := n.meta // what the file holds: an unchanged meta is not written (an fsync) again
 	defer saver.stop()
 	for {
 		if s == nil && !dialing && !time.Now().Before(nextDial) {
@@ -424,8 +431,11 @@ func (n *Node) runPrimary(ctx context.Context) error {
 				lastSave = time.Now()
 				n.checkCerts(lastSave)
 				n.meta.LastSent = e.Seq()
-				saver.put(n.meta)
-				n.writeStatus()
+				if n.meta != saved {
+					saved = n.meta
+					saver.put(n.meta)
+				}
+				n.refreshStatus()
 			}
 		}
 	}
@@ -586,7 +596,7 @@ func (n *Node) runStandby(ctx context.Context) error {
 				if save() {
 					saver.put(n.meta)
 				}
-				n.writeStatus()
+				n.refreshStatus()
 			}
 		}
 	}
@@ -740,19 +750,42 @@ func (n *Node) Status() NodeStatus {
 	return st
 }
 
-func (n *Node) writeStatus() {
+// statusHeartbeat is how often an unchanged status file is written all
+// the same: readers take a file not updated for 5 s for a dead daemon's.
+const statusHeartbeat = 2 * time.Second
+
+// writeStatus writes the status file now.
+func (n *Node) writeStatus() { n.writeStatusIf(true) }
+
+// refreshStatus writes the status file when something in it changed but
+// the tick count and the time, or when the heartbeat is due: an idle
+// standby rewrote it four times a second (a new file and a rename each,
+// a tenth of its CPU time).
+func (n *Node) refreshStatus() { n.writeStatusIf(false) }
+
+func (n *Node) writeStatusIf(force bool) {
 	st := n.Status()
+	// Compared as values, not as JSON: marshalling four times a second
+	// only to compare cost the standby more than the write it saved.
+	same := st
+	same.Ticks, same.Updated = 0, time.Time{}
+	if !force && n.statusAt != (time.Time{}) && reflect.DeepEqual(same, n.statusLast) && time.Since(n.statusAt) < statusHeartbeat {
+		return
+	}
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err == nil {
 		err = writeAtomic(StatusFile(n.cfg.StateDir), data, false)
 	}
 	if err != nil {
 		n.log.Warn("write sync status", "err", err)
+		return
 	}
+	n.statusLast, n.statusAt = same, time.Now()
 }
 
 // NodeStatus is what a node says about itself; the daemon writes it to
-// its state directory every second and `tandem status` shows it.
+// its state directory when it changes and at least every 2 s
+// (statusHeartbeat), and `tandem status` shows it.
 type NodeStatus struct {
 	Role           Role              `json:"role"`
 	Node           string            `json:"node"`

@@ -149,7 +149,7 @@ func printSyncStatus(w io.Writer, ss *syncStatus) {
 	}
 	fmt.Fprintln(w, "\nSync:")
 	if ss.NodeStatus == nil {
-		fmt.Fprintf(w, "warning: daemon status unavailable: %s (a running daemon rewrites it every second)\n", ss.Unavailable)
+		fmt.Fprintf(w, "warning: daemon status unavailable: %s (a running daemon rewrites it at least every 2 s)\n", ss.Unavailable)
 		return
 	}
 	st := ss.NodeStatus
