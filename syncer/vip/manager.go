@@ -120,6 +120,7 @@ type netOps struct {
 type Manager struct {
 	cfg  Config
 	net  netOps
+	hn   *hostNet // the takeover's sockets and interfaces (nil in tests that replace net)
 	now  func() time.Time
 	log  *slog.Logger
 	conn net.PacketConn
@@ -232,10 +233,12 @@ func New(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, log: cfg.Log.With("vip", cfg.Name), kick: make(chan struct{}, 1), sentTick: make(chan struct{}, 1), now: cfg.Clock, peer: peers,
-		net: netOps{has: HasAddr, add: addAddr, del: delAddr, probe: probe, announce: announce}}
+		hn: newHostNet(cfg.Addrs)}
+	m.net = netOps{has: HasAddr, add: m.hn.add, del: m.hn.del, probe: m.hn.probe, announce: m.hn.announce}
 	m.boot, m.chal = nonce(), nonce()
 	c, err := net.ListenPacket("udp", cfg.Listen)
 	if err != nil {
+		m.hn.Close()
 		return nil, fmt.Errorf("vip: listen for adverts on %s: %w", cfg.Listen, err)
 	}
 	// Datagrams the receive buffer drops are counted by the kernel and
@@ -299,6 +302,9 @@ func (m *Manager) peerAlive(now time.Time) bool {
 // of tandem; `tandem down` or the peer's probe settles the rest.
 func (m *Manager) Run(ctx context.Context) error {
 	defer m.conn.Close()
+	if m.hn != nil {
+		defer m.hn.Close()
+	}
 	m.started = m.now()
 	// A host that owned the addresses before a restart still holds them:
 	// it says so, and the election keeps it or settles it.
