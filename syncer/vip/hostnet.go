@@ -218,11 +218,11 @@ func (h *hostNet) announce(a Addr) error {
 // probe asks the segment whether anybody holds a, on the interface
 // resolved afresh (the probe runs during the peer's silence: the
 // takeover that follows uses what it found).
-func (h *hostNet) probe(a Addr, wait time.Duration) (net.HardwareAddr, error) {
+func (h *hostNet) probe(a Addr, deadline time.Time) (net.HardwareAddr, error) {
 	l, err := lookupLink(a.Iface)
 	if err != nil {
 		return nil, err
 	}
 	h.store(l)
-	return probeOn(l, a, wait)
+	return probeOn(l, a, deadline)
 }

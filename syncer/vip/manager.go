@@ -112,7 +112,7 @@ type Status struct {
 type netOps struct {
 	has      func(Addr) bool
 	add, del func(Addr) error
-	probe    func(Addr, time.Duration) (net.HardwareAddr, error)
+	probe    func(Addr, time.Time) (net.HardwareAddr, error) // listens until the deadline (time.Now's clock)
 	announce func(Addr) error
 }
 
@@ -398,8 +398,13 @@ func (m *Manager) startEarlyProbe(lastAt time.Time) {
 	// It listens until the peer's dead interval ends, and at least a
 	// probe's wait.
 	wait := max(lastAt.Add(time.Duration(m.cfg.Dead)*m.cfg.Interval).Sub(m.now()), m.probeWait())
+	// The deadline is fixed here, not when each probe has resolved its
+	// interface and opened its socket: on a busy host that took
+	// milliseconds to tens of them, and the takeover waited them out
+	// after the dead interval (the takeover log's probe_wait).
+	deadline := time.Now().Add(wait)
 	go func() {
-		e.who = m.probeAll(wait)
+		e.who = m.probeAll(deadline)
 		e.end = m.now()
 		close(e.done)
 	}()
@@ -753,7 +758,7 @@ func (m *Manager) step(ctx context.Context, ticked bool) (retry time.Duration) {
 			decided := m.now()
 			who, early := m.probed(lastAt)
 			if !early {
-				who = m.probeAll(m.probeWait())
+				who = m.probeAll(time.Now().Add(m.probeWait()))
 			}
 			if who != "" {
 				own, why = false, who
@@ -917,17 +922,19 @@ func (m *Manager) sendLoop(ctx context.Context) {
 	}
 }
 
-// probeAll probes every address in parallel and waits wait (a quarter of
-// an advert interval, at least 10 ms: probeWait) for answers. It says who answered or
-// why a probe failed; "" when nobody holds any address.
-func (m *Manager) probeAll(wait time.Duration) string {
+// probeAll probes every address in parallel and listens until deadline
+// (a quarter of an advert interval from now, at least 10 ms: probeWait;
+// an early probe until the peer's dead interval ends) for answers. It
+// says who answered or why a probe failed; "" when nobody holds any
+// address.
+func (m *Manager) probeAll(deadline time.Time) string {
 	res := make([]string, len(m.cfg.Addrs))
 	var wg sync.WaitGroup
 	for i, a := range m.cfg.Addrs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			who, err := m.net.probe(a, wait)
+			who, err := m.net.probe(a, deadline)
 			switch {
 			case err != nil:
 				m.log.Warn("probe", "addr", a.String(), "err", err)

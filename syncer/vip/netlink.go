@@ -350,10 +350,11 @@ func probe(a Addr, wait time.Duration) (net.HardwareAddr, error) {
 	if err != nil {
 		return nil, err
 	}
-	return probeOn(l, a, wait)
+	return probeOn(l, a, time.Now().Add(wait))
 }
 
-func probeOn(l link, a Addr, wait time.Duration) (net.HardwareAddr, error) {
+// probeOn probes a on l and listens until deadline.
+func probeOn(l link, a Addr, deadline time.Time) (net.HardwareAddr, error) {
 	ip := a.Prefix.Addr()
 	proto, v4 := uint16(unix.ETH_P_IPV6), ip.Is4()
 	if v4 {
@@ -378,7 +379,7 @@ func probeOn(l link, a Addr, wait time.Duration) (net.HardwareAddr, error) {
 		return nil, fmt.Errorf("probe %s: %w", a, err)
 	}
 	var who net.HardwareAddr
-	err = c.recv(time.Now().Add(wait), func(b []byte) bool {
+	err = c.recv(deadline, func(b []byte) bool {
 		pk := gopacket.NewPacket(b, layers.LayerTypeEthernet, gopacket.NoCopy)
 		if v4 {
 			arp, ok := pk.Layer(layers.LayerTypeARP).(*layers.ARP)

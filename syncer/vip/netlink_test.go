@@ -243,7 +243,7 @@ func TestHostNetTakeover(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := a.Do(func() error {
-		if _, err := h.probe(addrs[0], 10*time.Millisecond); err != nil {
+		if _, err := h.probe(addrs[0], time.Now().Add(10*time.Millisecond)); err != nil {
 			return err
 		}
 		return h.announce(addrs[0])
