@@ -1,6 +1,7 @@
 package vip
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -225,4 +226,169 @@ func (h *hostNet) probe(a Addr, deadline time.Time) (net.HardwareAddr, error) {
 	}
 	h.store(l)
 	return probeOn(l, a, deadline)
+}
+
+// probeSet is a takeover probe of every address, started before the
+// peer's dead interval ends. Its goroutine sends the probes and listens
+// until the deadline; but the election does not wait for that goroutine
+// to be scheduled after the deadline (on a busy host it ran tens of
+// milliseconds late, and the takeover waited: the log's probe_wait):
+// once the deadline has passed, answer reads what the kernel queued on
+// the probe sockets itself, as the election reads the advert socket.
+type probeSet struct {
+	addrs    []Addr
+	deadline time.Time
+	sent     chan struct{} // closed once every probe went out (or failed)
+	done     chan struct{} // closed once the goroutine stopped listening
+
+	mu     sync.Mutex // held while frames are read: its holder has seen every frame queued before
+	conns  []*packetConn
+	who    []net.HardwareAddr
+	errs   []error
+	closed bool
+	buf    []byte
+}
+
+// startProbe probes addrs, resolving their interfaces afresh (it runs
+// during the silence: the takeover after it uses what it found), and
+// listens until deadline.
+// Its goroutine opens the sockets: in the daemon's network namespace,
+// which is every thread's.
+func (h *hostNet) startProbe(addrs []Addr, deadline time.Time) *probeSet {
+	p := newProbeSet(addrs, deadline)
+	go p.run(h)
+	return p
+}
+
+func newProbeSet(addrs []Addr, deadline time.Time) *probeSet {
+	return &probeSet{addrs: addrs, deadline: deadline, sent: make(chan struct{}), done: make(chan struct{}),
+		conns: make([]*packetConn, len(addrs)), who: make([]net.HardwareAddr, len(addrs)), errs: make([]error, len(addrs)), buf: make([]byte, 2048)}
+}
+
+func (p *probeSet) run(h *hostNet) {
+	defer close(p.done)
+	links := map[string]link{}
+	for i, a := range p.addrs {
+		l, ok := links[a.Iface]
+		if !ok {
+			var err error
+			if l, err = lookupLink(a.Iface); err != nil {
+				p.errs[i] = err
+				continue
+			}
+			links[a.Iface] = l
+			h.store(l)
+		}
+		c, err := sendProbe(l, a)
+		p.mu.Lock()
+		p.conns[i], p.errs[i] = c, err
+		p.mu.Unlock()
+	}
+	close(p.sent)
+	defer func() {
+		p.mu.Lock()
+		for _, c := range p.conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+		p.closed = true
+		p.mu.Unlock()
+	}()
+	pfd := make([]unix.PollFd, 0, len(p.conns))
+	for _, c := range p.conns {
+		if c != nil {
+			pfd = append(pfd, unix.PollFd{Fd: int32(c.fd), Events: unix.POLLIN})
+		}
+	}
+	if len(pfd) == 0 {
+		return
+	}
+	for {
+		// ppoll: a high-resolution timeout (a socket's SO_RCVTIMEO
+		// counts in jiffies).
+		left := time.Until(p.deadline)
+		if left <= 0 {
+			return
+		}
+		ts := unix.NsecToTimespec(left.Nanoseconds())
+		for i := range pfd {
+			pfd[i].Revents = 0
+		}
+		if n, err := unix.Ppoll(pfd, &ts, nil); n == 0 || errors.Is(err, unix.EINTR) {
+			continue
+		} else if err != nil {
+			p.mu.Lock()
+			for i := range p.errs {
+				if p.conns[i] != nil && p.errs[i] == nil && p.who[i] == nil {
+					p.errs[i] = fmt.Errorf("probe %s: %w", p.addrs[i], err)
+				}
+			}
+			p.mu.Unlock()
+			return
+		}
+		p.mu.Lock()
+		answered := p.readLocked()
+		p.mu.Unlock()
+		if answered {
+			return
+		}
+	}
+}
+
+// readLocked reads every frame queued on the probe sockets; true once
+// any address is answered (or a socket failed).
+func (p *probeSet) readLocked() bool {
+	stop := false
+	for i, c := range p.conns {
+		if c == nil {
+			stop = stop || p.errs[i] != nil
+			continue
+		}
+		for p.who[i] == nil && p.errs[i] == nil {
+			n, _, err := unix.Recvfrom(c.fd, p.buf, unix.MSG_DONTWAIT)
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			if errors.Is(err, unix.EAGAIN) {
+				break
+			}
+			if err != nil {
+				p.errs[i] = fmt.Errorf("probe %s: %w", p.addrs[i], err)
+				break
+			}
+			p.who[i] = probeAnswer(c.ifc, p.addrs[i], p.buf[:n])
+		}
+		stop = stop || p.who[i] != nil || p.errs[i] != nil
+	}
+	return stop
+}
+
+// answer is what the probe found for every address (a MAC or an error
+// each; both nil: nobody answered), once it has listened until its
+// deadline: from its goroutine when that has finished, or else read here
+// from the sockets. ok is false when the probe has not listened its
+// time (the deadline is ahead, or its goroutine has not sent yet): wait
+// on done and ask again.
+func (p *probeSet) answer() (who []net.HardwareAddr, errs []error, ok bool) {
+	select {
+	case <-p.done:
+	default:
+		select {
+		case <-p.sent:
+		default:
+			return nil, nil, false
+		}
+		if time.Now().Before(p.deadline) {
+			return nil, nil, false
+		}
+		p.mu.Lock()
+		if !p.closed {
+			p.readLocked()
+		}
+		p.mu.Unlock()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]net.HardwareAddr(nil), p.who...), append([]error(nil), p.errs...), true
 }

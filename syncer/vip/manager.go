@@ -114,6 +114,9 @@ type netOps struct {
 	add, del func(Addr) error
 	probe    func(Addr, time.Time) (net.HardwareAddr, error) // listens until the deadline (time.Now's clock)
 	announce func(Addr) error
+	// startProbe, when set, runs the early probe (hostNet's); without
+	// it (tests) the early probe is probe in a goroutine per address.
+	startProbe func([]Addr, time.Time) *probeSet
 }
 
 // Manager runs the election and moves the VIPs.
@@ -234,7 +237,7 @@ func New(cfg Config) (*Manager, error) {
 	}
 	m := &Manager{cfg: cfg, log: cfg.Log.With("vip", cfg.Name), kick: make(chan struct{}, 1), sentTick: make(chan struct{}, 1), now: cfg.Clock, peer: peers,
 		hn: newHostNet(cfg.Addrs)}
-	m.net = netOps{has: HasAddr, add: m.hn.add, del: m.hn.del, probe: m.hn.probe, announce: m.hn.announce}
+	m.net = netOps{has: HasAddr, add: m.hn.add, del: m.hn.del, probe: m.hn.probe, announce: m.hn.announce, startProbe: m.hn.startProbe}
 	m.boot, m.chal = nonce(), nonce()
 	c, err := net.ListenPacket("udp", cfg.Listen)
 	if err != nil {
@@ -381,6 +384,7 @@ type earlyProbe struct {
 	done  chan struct{} // closed with who set
 	end   time.Time
 	who   string
+	set   *probeSet // hostNet's probe, read without waiting for its goroutine (nil: done and who)
 }
 
 // startEarlyProbe probes the addresses now, in the background, unless an
@@ -403,6 +407,10 @@ func (m *Manager) startEarlyProbe(lastAt time.Time) {
 	// milliseconds to tens of them, and the takeover waited them out
 	// after the dead interval (the takeover log's probe_wait).
 	deadline := time.Now().Add(wait)
+	if m.net.startProbe != nil {
+		e.set = m.net.startProbe(m.cfg.Addrs, deadline)
+		return
+	}
 	go func() {
 		e.who = m.probeAll(deadline)
 		e.end = m.now()
@@ -417,6 +425,24 @@ func (m *Manager) probed(lastAt time.Time) (who string, ok bool) {
 	m.early = nil
 	if e == nil || !e.after.Equal(lastAt) {
 		return "", false
+	}
+	if e.set != nil {
+		who, errs, ok := e.set.answer()
+		if !ok {
+			<-e.set.done
+			who, errs, _ = e.set.answer()
+		}
+		// A probe that ended long ago (this round ran late) is no proof
+		// about now: probe again.
+		if time.Since(e.set.deadline) > m.probeWait() {
+			return "", false
+		}
+		for i, a := range m.cfg.Addrs {
+			if v := m.probeVerdict(a, who[i], errs[i]); v != "" {
+				return v, true
+			}
+		}
+		return "", true
 	}
 	<-e.done
 	// A probe that ended long ago (this round ran late) is no proof
@@ -935,13 +961,7 @@ func (m *Manager) probeAll(deadline time.Time) string {
 		go func() {
 			defer wg.Done()
 			who, err := m.net.probe(a, deadline)
-			switch {
-			case err != nil:
-				m.log.Warn("probe", "addr", a.String(), "err", err)
-				res[i] = "probe failed: " + err.Error()
-			case who != nil:
-				res[i] = fmt.Sprintf("%s answered by %s although its daemon is silent", a.Prefix.Addr(), who)
-			}
+			res[i] = m.probeVerdict(a, who, err)
 		}()
 	}
 	wg.Wait()
@@ -949,6 +969,19 @@ func (m *Manager) probeAll(deadline time.Time) string {
 		if r != "" {
 			return r
 		}
+	}
+	return ""
+}
+
+// probeVerdict says who answered a's probe or why it failed; "" when
+// nobody holds a.
+func (m *Manager) probeVerdict(a Addr, who net.HardwareAddr, err error) string {
+	switch {
+	case err != nil:
+		m.log.Warn("probe", "addr", a.String(), "err", err)
+		return "probe failed: " + err.Error()
+	case who != nil:
+		return fmt.Sprintf("%s answered by %s although its daemon is silent", a.Prefix.Addr(), who)
 	}
 	return ""
 }

@@ -355,6 +355,22 @@ func probe(a Addr, wait time.Duration) (net.HardwareAddr, error) {
 
 // probeOn probes a on l and listens until deadline.
 func probeOn(l link, a Addr, deadline time.Time) (net.HardwareAddr, error) {
+	c, err := sendProbe(l, a)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	var who net.HardwareAddr
+	err = c.recv(deadline, func(b []byte) bool {
+		who = probeAnswer(c.ifc, a, b)
+		return who != nil
+	})
+	return who, err
+}
+
+// sendProbe opens a packet socket for a's answers on l and sends the
+// probe (an ARP probe from 0.0.0.0; a DAD NS from ::).
+func sendProbe(l link, a Addr) (*packetConn, error) {
 	ip := a.Prefix.Addr()
 	proto, v4 := uint16(unix.ETH_P_IPV6), ip.Is4()
 	if v4 {
@@ -364,7 +380,6 @@ func probeOn(l link, a Addr, deadline time.Time) (net.HardwareAddr, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
 	var f []byte
 	dst := broadcast
 	if v4 {
@@ -372,34 +387,36 @@ func probeOn(l link, a Addr, deadline time.Time) (net.HardwareAddr, error) {
 	} else {
 		f, dst, err = nsFrame(c.ifc.mac, ip)
 	}
-	if err != nil {
-		return nil, err
+	if err == nil {
+		err = c.send(f, dst)
 	}
-	if err := c.send(f, dst); err != nil {
+	if err != nil {
+		c.Close()
 		return nil, fmt.Errorf("probe %s: %w", a, err)
 	}
-	var who net.HardwareAddr
-	err = c.recv(deadline, func(b []byte) bool {
-		pk := gopacket.NewPacket(b, layers.LayerTypeEthernet, gopacket.NoCopy)
-		if v4 {
-			arp, ok := pk.Layer(layers.LayerTypeARP).(*layers.ARP)
-			if !ok || net.HardwareAddr(arp.SourceHwAddress).String() == c.ifc.mac.String() {
-				return false
-			}
-			if s, ok := netip.AddrFromSlice(arp.SourceProtAddress); ok && s == ip {
-				who = append(net.HardwareAddr{}, arp.SourceHwAddress...)
-				return true
-			}
-			return false
+	return c, nil
+}
+
+// probeAnswer is the MAC of another host that frame b says holds a (an
+// ARP from a, an NA for a), or nil.
+func probeAnswer(l link, a Addr, b []byte) net.HardwareAddr {
+	ip := a.Prefix.Addr()
+	pk := gopacket.NewPacket(b, layers.LayerTypeEthernet, gopacket.NoCopy)
+	if ip.Is4() {
+		arp, ok := pk.Layer(layers.LayerTypeARP).(*layers.ARP)
+		if !ok || net.HardwareAddr(arp.SourceHwAddress).String() == l.mac.String() {
+			return nil
 		}
-		na, ok := pk.Layer(layers.LayerTypeICMPv6NeighborAdvertisement).(*layers.ICMPv6NeighborAdvertisement)
-		if eth, ok2 := pk.Layer(layers.LayerTypeEthernet).(*layers.Ethernet); ok && ok2 && eth.SrcMAC.String() != c.ifc.mac.String() {
-			if t, ok := netip.AddrFromSlice(na.TargetAddress); ok && t == ip {
-				who = append(net.HardwareAddr{}, eth.SrcMAC...)
-				return true
-			}
+		if s, ok := netip.AddrFromSlice(arp.SourceProtAddress); ok && s == ip {
+			return append(net.HardwareAddr{}, arp.SourceHwAddress...)
 		}
-		return false
-	})
-	return who, err
+		return nil
+	}
+	na, ok := pk.Layer(layers.LayerTypeICMPv6NeighborAdvertisement).(*layers.ICMPv6NeighborAdvertisement)
+	if eth, ok2 := pk.Layer(layers.LayerTypeEthernet).(*layers.Ethernet); ok && ok2 && eth.SrcMAC.String() != l.mac.String() {
+		if t, ok := netip.AddrFromSlice(na.TargetAddress); ok && t == ip {
+			return append(net.HardwareAddr{}, eth.SrcMAC...)
+		}
+	}
+	return nil
 }

@@ -273,3 +273,79 @@ func TestHostNetTakeover(t *testing.T) {
 		t.Errorf("a does not hold %s on the re-created vip0", addrs[3])
 	}
 }
+
+// TestProbeSet: the early takeover probe finds who holds an address (ARP
+// and NA) and nobody for a free one; and once its deadline has passed,
+// its answer is read from the sockets by the caller, without waiting for
+// its listening goroutine (here there is none: on a busy host it is
+// scheduled late, and the takeover waited for it).
+func TestProbeSet(t *testing.T) {
+	testenv.RequireRoot(t)
+	l, err := lab.New(lab.Spec{
+		Hosts: []lab.HostSpec{{Name: "a"}, {Name: "b"}},
+		Links: []lab.LinkSpec{
+			{A: lab.End{Host: "a", Iface: "eth0", Addrs: []string{"10.76.0.1/24", "fd76::1/64"}}, B: lab.End{Host: "b", Iface: "eth0", Addrs: []string{"10.76.0.2/24", "fd76::2/64"}}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	a, b := l.Host("a"), l.Host("b")
+	held := []Addr{{Prefix: netip.MustParsePrefix("10.76.0.100/24"), Iface: "eth0"}, {Prefix: netip.MustParsePrefix("fd76::100/64"), Iface: "eth0"}}
+	free := Addr{Prefix: netip.MustParsePrefix("10.76.0.101/24"), Iface: "eth0"}
+	for _, x := range held {
+		if err := a.Do(func() error { return addAddr(x) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var amac net.HardwareAddr
+	a.Do(func() error { l, err := lookupLink("eth0"); amac = l.mac; return err })
+	for _, c := range []struct {
+		addr   Addr
+		answer string
+	}{{held[0], amac.String()}, {held[1], amac.String()}, {free, ""}} {
+		var h *hostNet
+		b.Do(func() error { h = newHostNet(nil); return nil })
+		// Its goroutine (run in b's namespace, as startProbe's runs in
+		// the daemon's), to the end.
+		p := newProbeSet([]Addr{c.addr}, time.Now().Add(300*time.Millisecond))
+		go b.Do(func() error { p.run(h); return nil })
+		if _, _, ok := p.answer(); ok {
+			t.Errorf("%s: answer before the deadline: ok, want not yet", c.addr)
+		}
+		<-p.done
+		who, errs, ok := p.answer()
+		if !ok || errs[0] != nil || who[0].String() != c.answer {
+			t.Errorf("%s: probe answered %v %v %v, want %q", c.addr, who, errs, ok, c.answer)
+		}
+		// No goroutine: the probe is sent, the deadline past, and the
+		// caller reads the answer the kernel queued.
+		q := newProbeSet([]Addr{c.addr}, time.Time{})
+		if err := b.Do(func() error {
+			l, err := lookupLink("eth0")
+			if err != nil {
+				return err
+			}
+			q.conns[0], err = sendProbe(l, c.addr)
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		close(q.sent)
+		time.Sleep(300 * time.Millisecond) // the answer arrives
+		q.deadline = time.Now()
+		got := make(chan struct{})
+		go func() { who, errs, ok = q.answer(); close(got) }()
+		select {
+		case <-got:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: answer waits for a listening goroutine (none runs)", c.addr)
+		}
+		if !ok || errs[0] != nil || who[0].String() != c.answer {
+			t.Errorf("%s: answer read by the caller: %v %v %v, want %q", c.addr, who, errs, ok, c.answer)
+		}
+		q.conns[0].Close()
+		h.Close()
+	}
+}
