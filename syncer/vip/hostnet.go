@@ -237,7 +237,8 @@ func (h *hostNet) probe(a Addr, deadline time.Time) (net.HardwareAddr, error) {
 // the probe sockets itself, as the election reads the advert socket.
 type probeSet struct {
 	addrs    []Addr
-	deadline time.Time
+	deadline time.Time     // it listens at least until then
+	until    time.Time     // and on until then, unless answered: an election round that runs late still reads a probe that listened until the round
 	sent     chan struct{} // closed once every probe went out (or failed)
 	done     chan struct{} // closed once the goroutine stopped listening
 
@@ -246,16 +247,18 @@ type probeSet struct {
 	who    []net.HardwareAddr
 	errs   []error
 	closed bool
+	end    time.Time // when it stopped listening (closed)
 	buf    []byte
 }
 
 // startProbe probes addrs, resolving their interfaces afresh (it runs
 // during the silence: the takeover after it uses what it found), and
-// listens until deadline.
+// listens until deadline, and on until until unless answered.
 // Its goroutine opens the sockets: in the daemon's network namespace,
 // which is every thread's.
-func (h *hostNet) startProbe(addrs []Addr, deadline time.Time) *probeSet {
+func (h *hostNet) startProbe(addrs []Addr, deadline, until time.Time) *probeSet {
 	p := newProbeSet(addrs, deadline)
+	p.until = until
 	go p.run(h)
 	return p
 }
@@ -292,7 +295,7 @@ func (p *probeSet) run(h *hostNet) {
 				c.Close()
 			}
 		}
-		p.closed = true
+		p.closed, p.end = true, time.Now()
 		p.mu.Unlock()
 	}()
 	pfd := make([]unix.PollFd, 0, len(p.conns))
@@ -307,7 +310,7 @@ func (p *probeSet) run(h *hostNet) {
 	for {
 		// ppoll: a high-resolution timeout (a socket's SO_RCVTIMEO
 		// counts in jiffies).
-		left := time.Until(p.deadline)
+		left := time.Until(later(p.deadline, p.until))
 		if left <= 0 {
 			return
 		}
@@ -366,29 +369,31 @@ func (p *probeSet) readLocked() bool {
 
 // answer is what the probe found for every address (a MAC or an error
 // each; both nil: nobody answered), once it has listened until its
-// deadline: from its goroutine when that has finished, or else read here
-// from the sockets. ok is false when the probe has not listened its
-// time (the deadline is ahead, or its goroutine has not sent yet): wait
-// on done and ask again.
-func (p *probeSet) answer() (who []net.HardwareAddr, errs []error, ok bool) {
+// deadline: read here from the sockets while its goroutine still listens
+// (not waiting for that goroutine to be scheduled), or from the goroutine
+// once it has finished. listened is until when it listened. ok is false
+// when the probe has not listened its time (the deadline is ahead, or
+// its goroutine has not sent yet): wait on done and ask again.
+func (p *probeSet) answer() (who []net.HardwareAddr, errs []error, listened time.Time, ok bool) {
 	select {
-	case <-p.done:
+	case <-p.sent:
 	default:
 		select {
-		case <-p.sent:
+		case <-p.done:
 		default:
-			return nil, nil, false
+			return nil, nil, time.Time{}, false
 		}
-		if time.Now().Before(p.deadline) {
-			return nil, nil, false
-		}
-		p.mu.Lock()
-		if !p.closed {
-			p.readLocked()
-		}
-		p.mu.Unlock()
 	}
+	now := time.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return append([]net.HardwareAddr(nil), p.who...), append([]error(nil), p.errs...), true
+	listened = p.end
+	if !p.closed {
+		if now.Before(p.deadline) {
+			return nil, nil, time.Time{}, false
+		}
+		p.readLocked()
+		listened = now
+	}
+	return append([]net.HardwareAddr(nil), p.who...), append([]error(nil), p.errs...), listened, true
 }

@@ -116,7 +116,7 @@ type netOps struct {
 	announce func(Addr) error
 	// startProbe, when set, runs the early probe (hostNet's); without
 	// it (tests) the early probe is probe in a goroutine per address.
-	startProbe func([]Addr, time.Time) *probeSet
+	startProbe func(addrs []Addr, deadline, until time.Time) *probeSet
 }
 
 // Manager runs the election and moves the VIPs.
@@ -408,7 +408,10 @@ func (m *Manager) startEarlyProbe(lastAt time.Time) {
 	// after the dead interval (the takeover log's probe_wait).
 	deadline := time.Now().Add(wait)
 	if m.net.startProbe != nil {
-		e.set = m.net.startProbe(m.cfg.Addrs, deadline)
+		// It listens on past the deadline, for as long again: a round
+		// that runs late (a busy host) still finds a probe that listened
+		// until it, instead of probing again.
+		e.set = m.net.startProbe(m.cfg.Addrs, deadline, deadline.Add(time.Duration(m.cfg.Dead)*m.cfg.Interval))
 		return
 	}
 	go func() {
@@ -427,14 +430,14 @@ func (m *Manager) probed(lastAt time.Time) (who string, ok bool) {
 		return "", false
 	}
 	if e.set != nil {
-		who, errs, ok := e.set.answer()
+		who, errs, listened, ok := e.set.answer()
 		if !ok {
 			<-e.set.done
-			who, errs, _ = e.set.answer()
+			who, errs, listened, _ = e.set.answer()
 		}
-		// A probe that ended long ago (this round ran late) is no proof
-		// about now: probe again.
-		if time.Since(e.set.deadline) > m.probeWait() {
+		// A probe that ended long ago (this round ran later still) is no
+		// proof about now: probe again.
+		if time.Since(listened) > m.probeWait() {
 			return "", false
 		}
 		for i, a := range m.cfg.Addrs {

@@ -311,11 +311,11 @@ func TestProbeSet(t *testing.T) {
 		// the daemon's), to the end.
 		p := newProbeSet([]Addr{c.addr}, time.Now().Add(300*time.Millisecond))
 		go b.Do(func() error { p.run(h); return nil })
-		if _, _, ok := p.answer(); ok {
+		if _, _, _, ok := p.answer(); ok {
 			t.Errorf("%s: answer before the deadline: ok, want not yet", c.addr)
 		}
 		<-p.done
-		who, errs, ok := p.answer()
+		who, errs, _, ok := p.answer()
 		if !ok || errs[0] != nil || who[0].String() != c.answer {
 			t.Errorf("%s: probe answered %v %v %v, want %q", c.addr, who, errs, ok, c.answer)
 		}
@@ -336,7 +336,7 @@ func TestProbeSet(t *testing.T) {
 		time.Sleep(300 * time.Millisecond) // the answer arrives
 		q.deadline = time.Now()
 		got := make(chan struct{})
-		go func() { who, errs, ok = q.answer(); close(got) }()
+		go func() { who, errs, _, ok = q.answer(); close(got) }()
 		select {
 		case <-got:
 		case <-time.After(5 * time.Second):
