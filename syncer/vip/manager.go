@@ -430,10 +430,17 @@ func (m *Manager) probed(lastAt time.Time) (who string, ok bool) {
 		return "", false
 	}
 	if e.set != nil {
+		// Not listened its time yet (its goroutine has not sent, or
+		// this round came before the deadline): wait for that, not for
+		// the goroutine to end (it listens on past the deadline).
 		who, errs, listened, ok := e.set.answer()
-		if !ok {
-			<-e.set.done
-			who, errs, listened, _ = e.set.answer()
+		for !ok {
+			select {
+			case <-e.set.sent:
+				time.Sleep(time.Until(e.set.deadline))
+			case <-e.set.done:
+			}
+			who, errs, listened, ok = e.set.answer()
 		}
 		// A probe that ended long ago (this round ran later still) is no
 		// proof about now: probe again.
@@ -998,11 +1005,13 @@ func (m *Manager) takeover(why string, logAttrs ...any) {
 	if m.cfg.Claim != nil {
 		m.cfg.Claim()
 	}
+	claimed := m.now()
 	for _, a := range m.cfg.Addrs {
 		if err := m.net.add(a); err != nil {
 			m.log.Error("takeover: address", "err", err)
 		}
 	}
+	added := m.now()
 	if err := m.cfg.Gate(true); err != nil {
 		m.log.Error("takeover: gate", "err", err)
 	}
@@ -1011,7 +1020,12 @@ func (m *Manager) takeover(why string, logAttrs ...any) {
 	m.st.Why, m.st.Since, m.st.Takeovers = why, m.now(), m.st.Takeovers+1
 	m.mu.Unlock()
 	m.announceFrom(start)
-	m.log.Info("took the VIPs", append([]any{"event", "takeover", "why", why, "took", m.now().Sub(start).Round(time.Microsecond)}, logAttrs...)...)
+	// Where the takeover's time went: the claim (IPsec SAs), adding the
+	// addresses (rtnetlink: the kernel's rtnl lock, shared with every
+	// link change on the host), the gate and the announcements.
+	end := m.now()
+	m.log.Info("took the VIPs", append([]any{"event", "takeover", "why", why, "took", end.Sub(start).Round(time.Microsecond),
+		"claim", claimed.Sub(start).Round(time.Microsecond), "add", added.Sub(claimed).Round(time.Microsecond)}, logAttrs...)...)
 	m.wake() // tell the peer now, not at the next interval
 }
 
