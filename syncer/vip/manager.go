@@ -112,14 +112,18 @@ type Status struct {
 type netOps struct {
 	has      func(Addr) bool
 	add, del func(Addr) error
-	probe    func(Addr, time.Duration) (net.HardwareAddr, error)
+	probe    func(Addr, time.Time) (net.HardwareAddr, error) // listens until the deadline (time.Now's clock)
 	announce func(Addr) error
+	// startProbe, when set, runs the early probe (hostNet's); without
+	// it (tests) the early probe is probe in a goroutine per address.
+	startProbe func(addrs []Addr, deadline, until time.Time) *probeSet
 }
 
 // Manager runs the election and moves the VIPs.
 type Manager struct {
 	cfg  Config
 	net  netOps
+	hn   *hostNet // the takeover's sockets and interfaces (nil in tests that replace net)
 	now  func() time.Time
 	log  *slog.Logger
 	conn net.PacketConn
@@ -232,10 +236,12 @@ func New(cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, log: cfg.Log.With("vip", cfg.Name), kick: make(chan struct{}, 1), sentTick: make(chan struct{}, 1), now: cfg.Clock, peer: peers,
-		net: netOps{has: HasAddr, add: addAddr, del: delAddr, probe: probe, announce: announce}}
+		hn: newHostNet(cfg.Addrs)}
+	m.net = netOps{has: HasAddr, add: m.hn.add, del: m.hn.del, probe: m.hn.probe, announce: m.hn.announce, startProbe: m.hn.startProbe}
 	m.boot, m.chal = nonce(), nonce()
 	c, err := net.ListenPacket("udp", cfg.Listen)
 	if err != nil {
+		m.hn.Close()
 		return nil, fmt.Errorf("vip: listen for adverts on %s: %w", cfg.Listen, err)
 	}
 	// Datagrams the receive buffer drops are counted by the kernel and
@@ -299,6 +305,9 @@ func (m *Manager) peerAlive(now time.Time) bool {
 // of tandem; `tandem down` or the peer's probe settles the rest.
 func (m *Manager) Run(ctx context.Context) error {
 	defer m.conn.Close()
+	if m.hn != nil {
+		defer m.hn.Close()
+	}
 	m.started = m.now()
 	// A host that owned the addresses before a restart still holds them:
 	// it says so, and the election keeps it or settles it.
@@ -375,6 +384,7 @@ type earlyProbe struct {
 	done  chan struct{} // closed with who set
 	end   time.Time
 	who   string
+	set   *probeSet // hostNet's probe, read without waiting for its goroutine (nil: done and who)
 }
 
 // startEarlyProbe probes the addresses now, in the background, unless an
@@ -392,8 +402,20 @@ func (m *Manager) startEarlyProbe(lastAt time.Time) {
 	// It listens until the peer's dead interval ends, and at least a
 	// probe's wait.
 	wait := max(lastAt.Add(time.Duration(m.cfg.Dead)*m.cfg.Interval).Sub(m.now()), m.probeWait())
+	// The deadline is fixed here, not when each probe has resolved its
+	// interface and opened its socket: on a busy host that took
+	// milliseconds to tens of them, and the takeover waited them out
+	// after the dead interval (the takeover log's probe_wait).
+	deadline := time.Now().Add(wait)
+	if m.net.startProbe != nil {
+		// It listens on past the deadline, for as long again: a round
+		// that runs late (a busy host) still finds a probe that listened
+		// until it, instead of probing again.
+		e.set = m.net.startProbe(m.cfg.Addrs, deadline, deadline.Add(time.Duration(m.cfg.Dead)*m.cfg.Interval))
+		return
+	}
 	go func() {
-		e.who = m.probeAll(wait)
+		e.who = m.probeAll(deadline)
 		e.end = m.now()
 		close(e.done)
 	}()
@@ -406,6 +428,31 @@ func (m *Manager) probed(lastAt time.Time) (who string, ok bool) {
 	m.early = nil
 	if e == nil || !e.after.Equal(lastAt) {
 		return "", false
+	}
+	if e.set != nil {
+		// Not listened its time yet (its goroutine has not sent, or
+		// this round came before the deadline): wait for that, not for
+		// the goroutine to end (it listens on past the deadline).
+		who, errs, listened, ok := e.set.answer()
+		for !ok {
+			select {
+			case <-e.set.sent:
+				time.Sleep(time.Until(e.set.deadline))
+			case <-e.set.done:
+			}
+			who, errs, listened, ok = e.set.answer()
+		}
+		// A probe that ended long ago (this round ran later still) is no
+		// proof about now: probe again.
+		if time.Since(listened) > m.probeWait() {
+			return "", false
+		}
+		for i, a := range m.cfg.Addrs {
+			if v := m.probeVerdict(a, who[i], errs[i]); v != "" {
+				return v, true
+			}
+		}
+		return "", true
 	}
 	<-e.done
 	// A probe that ended long ago (this round ran late) is no proof
@@ -747,7 +794,7 @@ func (m *Manager) step(ctx context.Context, ticked bool) (retry time.Duration) {
 			decided := m.now()
 			who, early := m.probed(lastAt)
 			if !early {
-				who = m.probeAll(m.probeWait())
+				who = m.probeAll(time.Now().Add(m.probeWait()))
 			}
 			if who != "" {
 				own, why = false, who
@@ -911,24 +958,20 @@ func (m *Manager) sendLoop(ctx context.Context) {
 	}
 }
 
-// probeAll probes every address in parallel and waits wait (a quarter of
-// an advert interval, at least 10 ms: probeWait) for answers. It says who answered or
-// why a probe failed; "" when nobody holds any address.
-func (m *Manager) probeAll(wait time.Duration) string {
+// probeAll probes every address in parallel and listens until deadline
+// (a quarter of an advert interval from now, at least 10 ms: probeWait;
+// an early probe until the peer's dead interval ends) for answers. It
+// says who answered or why a probe failed; "" when nobody holds any
+// address.
+func (m *Manager) probeAll(deadline time.Time) string {
 	res := make([]string, len(m.cfg.Addrs))
 	var wg sync.WaitGroup
 	for i, a := range m.cfg.Addrs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			who, err := m.net.probe(a, wait)
-			switch {
-			case err != nil:
-				m.log.Warn("probe", "addr", a.String(), "err", err)
-				res[i] = "probe failed: " + err.Error()
-			case who != nil:
-				res[i] = fmt.Sprintf("%s answered by %s although its daemon is silent", a.Prefix.Addr(), who)
-			}
+			who, err := m.net.probe(a, deadline)
+			res[i] = m.probeVerdict(a, who, err)
 		}()
 	}
 	wg.Wait()
@@ -936,6 +979,19 @@ func (m *Manager) probeAll(wait time.Duration) string {
 		if r != "" {
 			return r
 		}
+	}
+	return ""
+}
+
+// probeVerdict says who answered a's probe or why it failed; "" when
+// nobody holds a.
+func (m *Manager) probeVerdict(a Addr, who net.HardwareAddr, err error) string {
+	switch {
+	case err != nil:
+		m.log.Warn("probe", "addr", a.String(), "err", err)
+		return "probe failed: " + err.Error()
+	case who != nil:
+		return fmt.Sprintf("%s answered by %s although its daemon is silent", a.Prefix.Addr(), who)
 	}
 	return ""
 }
@@ -949,11 +1005,13 @@ func (m *Manager) takeover(why string, logAttrs ...any) {
 	if m.cfg.Claim != nil {
 		m.cfg.Claim()
 	}
+	claimed := m.now()
 	for _, a := range m.cfg.Addrs {
 		if err := m.net.add(a); err != nil {
 			m.log.Error("takeover: address", "err", err)
 		}
 	}
+	added := m.now()
 	if err := m.cfg.Gate(true); err != nil {
 		m.log.Error("takeover: gate", "err", err)
 	}
@@ -962,7 +1020,12 @@ func (m *Manager) takeover(why string, logAttrs ...any) {
 	m.st.Why, m.st.Since, m.st.Takeovers = why, m.now(), m.st.Takeovers+1
 	m.mu.Unlock()
 	m.announceFrom(start)
-	m.log.Info("took the VIPs", append([]any{"event", "takeover", "why", why, "took", m.now().Sub(start).Round(time.Microsecond)}, logAttrs...)...)
+	// Where the takeover's time went: the claim (IPsec SAs), adding the
+	// addresses (rtnetlink: the kernel's rtnl lock, shared with every
+	// link change on the host), the gate and the announcements.
+	end := m.now()
+	m.log.Info("took the VIPs", append([]any{"event", "takeover", "why", why, "took", end.Sub(start).Round(time.Microsecond),
+		"claim", claimed.Sub(start).Round(time.Microsecond), "add", added.Sub(claimed).Round(time.Microsecond)}, logAttrs...)...)
 	m.wake() // tell the peer now, not at the next interval
 }
 

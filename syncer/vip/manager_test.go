@@ -26,7 +26,7 @@ func (h *fakeHost) ops() netOps {
 		has:      func(Addr) bool { return h.held.Load() },
 		add:      func(Addr) error { h.held.Store(true); return nil },
 		del:      func(Addr) error { h.held.Store(false); return nil },
-		probe:    func(Addr, time.Duration) (net.HardwareAddr, error) { return nil, nil },
+		probe:    func(Addr, time.Time) (net.HardwareAddr, error) { return nil, nil },
 		announce: func(Addr) error { return nil },
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/gopacket/gopacket"
@@ -46,30 +47,41 @@ func cutLast(s, sep string) (string, string, bool) {
 	return s, "", false
 }
 
-// addrMessage is a's rtnetlink request. IPv6 addresses skip the kernel's
-// duplicate address detection (the takeover probed already, and DAD would
-// hold the address unusable for a second).
-func addrMessage(a Addr) (*rtnetlink.AddressMessage, error) {
-	ifc, err := net.InterfaceByName(a.Iface)
-	if err != nil {
-		return nil, err
-	}
+// addrMessage is a's rtnetlink request on the interface with index idx.
+// IPv6 addresses skip the kernel's duplicate address detection (the
+// takeover probed already, and DAD would hold the address unusable for a
+// second).
+func addrMessage(a Addr, idx int) *rtnetlink.AddressMessage {
 	fam, flags := uint8(unix.AF_INET), uint32(0)
 	if a.Prefix.Addr().Is6() {
 		fam, flags = unix.AF_INET6, unix.IFA_F_NODAD
 	}
 	ip := net.IP(a.Prefix.Addr().AsSlice())
 	attrs := &rtnetlink.AddressAttributes{Address: ip, Local: ip, Flags: flags}
-	if fam == unix.AF_INET {
-		attrs.Broadcast = nil
-	}
 	return &rtnetlink.AddressMessage{Family: fam, PrefixLength: uint8(a.Prefix.Bits()), Scope: unix.RT_SCOPE_UNIVERSE,
-		Index: uint32(ifc.Index), Attributes: attrs}, nil
+		Index: uint32(idx), Attributes: attrs}
+}
+
+// newAddr adds a over c; an address already there is fine.
+func newAddr(c *rtnetlink.Conn, a Addr, idx int) error {
+	if err := c.Address.New(addrMessage(a, idx)); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add %s: %w", a, err)
+	}
+	return nil
+}
+
+// deleteAddr removes a over c; an address already gone is fine.
+func deleteAddr(c *rtnetlink.Conn, a Addr, idx int) error {
+	if err := c.Address.Delete(addrMessage(a, idx)); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("remove %s: %w", a, err)
+	}
+	return nil
 }
 
 // addAddr adds a to its interface; an address already there is fine.
+// It looks everything up afresh: the election uses hostNet.add.
 func addAddr(a Addr) error {
-	msg, err := addrMessage(a)
+	ifc, err := net.InterfaceByName(a.Iface)
 	if err != nil {
 		return fmt.Errorf("add %s: %w", a, err)
 	}
@@ -78,17 +90,14 @@ func addAddr(a Addr) error {
 		return fmt.Errorf("rtnetlink: %w", err)
 	}
 	defer c.Close()
-	if err := c.Address.New(msg); err != nil && !errors.Is(err, unix.EEXIST) {
-		return fmt.Errorf("add %s: %w", a, err)
-	}
-	return nil
+	return newAddr(c, a, ifc.Index)
 }
 
 // delAddr removes a; an address already gone is fine.
 func delAddr(a Addr) error {
-	msg, err := addrMessage(a)
+	ifc, err := net.InterfaceByName(a.Iface)
 	if err != nil {
-		if _, ok := err.(*net.OpError); ok || isNoSuchIface(err) {
+		if isNoSuchIface(err) {
 			return nil // the interface is gone, and the address with it
 		}
 		return fmt.Errorf("remove %s: %w", a, err)
@@ -98,10 +107,7 @@ func delAddr(a Addr) error {
 		return fmt.Errorf("rtnetlink: %w", err)
 	}
 	defer c.Close()
-	if err := c.Address.Delete(msg); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) && !errors.Is(err, unix.ENODEV) && !errors.Is(err, unix.ENOENT) {
-		return fmt.Errorf("remove %s: %w", a, err)
-	}
-	return nil
+	return deleteAddr(c, a, ifc.Index)
 }
 
 func isNoSuchIface(err error) bool {
@@ -157,29 +163,46 @@ func IfaceUp(name string) error {
 // packetConn is a raw socket on one interface for one ethertype.
 type packetConn struct {
 	fd    int
-	ifc   *net.Interface
+	ifc   link
 	proto uint16
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-func openPacket(ifname string, proto uint16) (*packetConn, error) {
-	ifc, err := net.InterfaceByName(ifname)
+// link is what the takeover needs of an interface.
+type link struct {
+	name  string
+	index int
+	mac   net.HardwareAddr
+}
+
+// linkLookups counts lookupLink's dumps (tests: none on the takeover path).
+var linkLookups atomic.Uint64
+
+// lookupLink resolves an interface by name (a netlink dump of every
+// link: not for the takeover's critical path, see hostNet).
+func lookupLink(name string) (link, error) {
+	linkLookups.Add(1)
+	ifc, err := net.InterfaceByName(name)
 	if err != nil {
-		return nil, err
+		return link{}, err
 	}
+	return link{name: name, index: ifc.Index, mac: ifc.HardwareAddr}, nil
+}
+
+func openPacketOn(l link, proto uint16) (*packetConn, error) {
 	// Protocol 0 at creation and the real one at bind: a socket created
 	// with a protocol is already hooked in, and re-binding it unhooks it
 	// first, which waits for an RCU grace period (tens of milliseconds).
 	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("packet socket on %s: %w", ifname, err)
+		return nil, fmt.Errorf("packet socket on %s: %w", l.name, err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(proto), Ifindex: ifc.Index}); err != nil {
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(proto), Ifindex: l.index}); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("bind packet socket to %s: %w", ifname, err)
+		return nil, fmt.Errorf("bind packet socket to %s: %w", l.name, err)
 	}
-	return &packetConn{fd: fd, ifc: ifc, proto: proto}, nil
+	return &packetConn{fd: fd, ifc: l, proto: proto}, nil
 }
 
 // Close releases the socket in the background: closing a packet socket
@@ -191,9 +214,15 @@ func (c *packetConn) Close() error {
 }
 
 func (c *packetConn) send(frame []byte, dst net.HardwareAddr) error {
-	sa := &unix.SockaddrLinklayer{Protocol: htons(c.proto), Ifindex: c.ifc.Index, Halen: 6}
+	return sendFrame(c.fd, c.ifc.index, c.proto, frame, dst)
+}
+
+// sendFrame sends frame out of interface idx on packet socket fd (bound
+// or not: an unbound one with protocol 0 sends and never receives).
+func sendFrame(fd, idx int, proto uint16, frame []byte, dst net.HardwareAddr) error {
+	sa := &unix.SockaddrLinklayer{Protocol: htons(proto), Ifindex: idx, Halen: 6}
 	copy(sa.Addr[:], dst)
-	return unix.Sendto(c.fd, frame, 0, sa)
+	return unix.Sendto(fd, frame, 0, sa)
 }
 
 // recv waits until deadline for frames and hands each to f; f returning
@@ -283,29 +312,33 @@ func naFrame(mac net.HardwareAddr, target netip.Addr) ([]byte, net.HardwareAddr,
 	return f, all, err
 }
 
-// announce sends one gratuitous ARP (IPv4) or unsolicited NA (IPv6) for a.
-func announce(a Addr) error {
+// announceFrame is the gratuitous ARP (IPv4) or unsolicited NA (IPv6)
+// for a from mac: the frame, its ethertype and its destination.
+func announceFrame(mac net.HardwareAddr, a Addr) ([]byte, uint16, net.HardwareAddr, error) {
 	if a.Prefix.Addr().Is4() {
-		c, err := openPacket(a.Iface, unix.ETH_P_ARP)
-		if err != nil {
-			return err
-		}
-		defer c.Close()
-		f, err := arpFrame(c.ifc.HardwareAddr, a.Prefix.Addr(), a.Prefix.Addr())
-		if err != nil {
-			return err
-		}
-		return c.send(f, broadcast)
+		f, err := arpFrame(mac, a.Prefix.Addr(), a.Prefix.Addr())
+		return f, unix.ETH_P_ARP, broadcast, err
 	}
-	c, err := openPacket(a.Iface, unix.ETH_P_IPV6)
+	f, dst, err := naFrame(mac, a.Prefix.Addr())
+	return f, unix.ETH_P_IPV6, dst, err
+}
+
+// announce sends one gratuitous ARP (IPv4) or unsolicited NA (IPv6) for
+// a, looking everything up afresh: the election uses hostNet.announce.
+func announce(a Addr) error {
+	l, err := lookupLink(a.Iface)
+	if err != nil {
+		return err
+	}
+	f, proto, dst, err := announceFrame(l.mac, a)
+	if err != nil {
+		return err
+	}
+	c, err := openPacketOn(l, proto)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	f, dst, err := naFrame(c.ifc.HardwareAddr, a.Prefix.Addr())
-	if err != nil {
-		return err
-	}
 	return c.send(f, dst)
 }
 
@@ -313,51 +346,77 @@ func announce(a Addr) error {
 // and waits up to wait for an answer. It returns the answering MAC, or
 // nil when nobody answered.
 func probe(a Addr, wait time.Duration) (net.HardwareAddr, error) {
+	l, err := lookupLink(a.Iface)
+	if err != nil {
+		return nil, err
+	}
+	return probeOn(l, a, time.Now().Add(wait))
+}
+
+// probeOn probes a on l and listens until deadline.
+func probeOn(l link, a Addr, deadline time.Time) (net.HardwareAddr, error) {
+	c, err := sendProbe(l, a)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	var who net.HardwareAddr
+	err = c.recv(deadline, func(b []byte) bool {
+		who = probeAnswer(c.ifc, a, b)
+		return who != nil
+	})
+	return who, err
+}
+
+// sendProbe opens a packet socket for a's answers on l and sends the
+// probe (an ARP probe from 0.0.0.0; a DAD NS from ::).
+func sendProbe(l link, a Addr) (*packetConn, error) {
 	ip := a.Prefix.Addr()
 	proto, v4 := uint16(unix.ETH_P_IPV6), ip.Is4()
 	if v4 {
 		proto = unix.ETH_P_ARP
 	}
-	c, err := openPacket(a.Iface, proto)
+	c, err := openPacketOn(l, proto)
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
 	var f []byte
 	dst := broadcast
 	if v4 {
-		f, err = arpFrame(c.ifc.HardwareAddr, netip.IPv4Unspecified(), ip)
+		f, err = arpFrame(c.ifc.mac, netip.IPv4Unspecified(), ip)
 	} else {
-		f, dst, err = nsFrame(c.ifc.HardwareAddr, ip)
+		f, dst, err = nsFrame(c.ifc.mac, ip)
+	}
+	if err == nil {
+		err = c.send(f, dst)
 	}
 	if err != nil {
-		return nil, err
-	}
-	if err := c.send(f, dst); err != nil {
+		c.Close()
 		return nil, fmt.Errorf("probe %s: %w", a, err)
 	}
-	var who net.HardwareAddr
-	err = c.recv(time.Now().Add(wait), func(b []byte) bool {
-		pk := gopacket.NewPacket(b, layers.LayerTypeEthernet, gopacket.NoCopy)
-		if v4 {
-			arp, ok := pk.Layer(layers.LayerTypeARP).(*layers.ARP)
-			if !ok || net.HardwareAddr(arp.SourceHwAddress).String() == c.ifc.HardwareAddr.String() {
-				return false
-			}
-			if s, ok := netip.AddrFromSlice(arp.SourceProtAddress); ok && s == ip {
-				who = append(net.HardwareAddr{}, arp.SourceHwAddress...)
-				return true
-			}
-			return false
+	return c, nil
+}
+
+// probeAnswer is the MAC of another host that frame b says holds a (an
+// ARP from a, an NA for a), or nil.
+func probeAnswer(l link, a Addr, b []byte) net.HardwareAddr {
+	ip := a.Prefix.Addr()
+	pk := gopacket.NewPacket(b, layers.LayerTypeEthernet, gopacket.NoCopy)
+	if ip.Is4() {
+		arp, ok := pk.Layer(layers.LayerTypeARP).(*layers.ARP)
+		if !ok || net.HardwareAddr(arp.SourceHwAddress).String() == l.mac.String() {
+			return nil
 		}
-		na, ok := pk.Layer(layers.LayerTypeICMPv6NeighborAdvertisement).(*layers.ICMPv6NeighborAdvertisement)
-		if eth, ok2 := pk.Layer(layers.LayerTypeEthernet).(*layers.Ethernet); ok && ok2 && eth.SrcMAC.String() != c.ifc.HardwareAddr.String() {
-			if t, ok := netip.AddrFromSlice(na.TargetAddress); ok && t == ip {
-				who = append(net.HardwareAddr{}, eth.SrcMAC...)
-				return true
-			}
+		if s, ok := netip.AddrFromSlice(arp.SourceProtAddress); ok && s == ip {
+			return append(net.HardwareAddr{}, arp.SourceHwAddress...)
 		}
-		return false
-	})
-	return who, err
+		return nil
+	}
+	na, ok := pk.Layer(layers.LayerTypeICMPv6NeighborAdvertisement).(*layers.ICMPv6NeighborAdvertisement)
+	if eth, ok2 := pk.Layer(layers.LayerTypeEthernet).(*layers.Ethernet); ok && ok2 && eth.SrcMAC.String() != l.mac.String() {
+		if t, ok := netip.AddrFromSlice(na.TargetAddress); ok && t == ip {
+			return append(net.HardwareAddr{}, eth.SrcMAC...)
+		}
+	}
+	return nil
 }
