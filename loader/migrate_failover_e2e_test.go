@@ -12,6 +12,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -94,18 +95,27 @@ func (p *pairLab) migration(g string) (*migrate.Endpoint, error) {
 // in order (held by gwb in the blackout, flushed at the switch, then
 // straight to D); none of them reaches S.
 //
-// Not in the VM: tried there at 1,000 datagrams/s with the daemons' start
-// and the settling bounded by 30 s times TANDEM_TEST_SCALE, the steps from
-// gwa's blackout to gwb's done took longer than a 20 s stream (gwa held
-// 9,052 datagrams before it died; gwb 4,542 as the standby), so the
-// verdict needs a stream that ends with the steps, not a longer one.
+// Inside the VM (TCG) the same verdicts at a scaled pace: the steps from
+// gwa's blackout to gwb's done took longer there than a 20 s stream at
+// 1,000 datagrams/s (gwa held 9,052 datagrams before it died), so there
+// the stream runs until the steps are done and then a short tail
+// (seqSendUntil), at a hundredth of the host's rate (vmMoveTiming's
+// pace), and every wait is TANDEM_TEST_SCALE times the host's.
+//
+// It still skips there (TANDEM_MIGRATE_VM_TIMING=1 runs it): of two VM
+// runs at TANDEM_TEST_SCALE=10 one passed (44 s), the other, on a loaded
+// host, had every datagram after the takeover at D once but 4 of them
+// out of order (98 s); where the order broke is now logged, not yet seen.
 func TestMigrateFailover(t *testing.T) {
 	skipTimingInVM(t)
+	scale := testScale(t)
+	wait := func(d time.Duration) time.Duration { return time.Duration(scale) * d }
 	p := newPairLab(t)
+	p.StartWait = wait(30 * time.Second)
 	extra := []string{"--migrate-iface", "eth0"}
 	p.start(t, "a", extra...)
 	p.start(t, "b", extra...)
-	p.settled(t, "a", 30*time.Second)
+	p.settled(t, "a", wait(30*time.Second))
 
 	// S and D both carry the endpoint's address (a VM's address on
 	// whichever host runs it); the client reaches it through the VIP.
@@ -137,7 +147,7 @@ func TestMigrateFailover(t *testing.T) {
 	if _, err := p.migOn("a", "migrate", "start", migEP.String(), "--to", dHop); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, "gwb has the migration", func() (bool, string) {
+	waitFor(t, wait(10*time.Second), "gwb has the migration", func() (bool, string) {
 		e, err := p.migration("b")
 		if err != nil {
 			return false, err.Error()
@@ -147,7 +157,20 @@ func TestMigrateFailover(t *testing.T) {
 
 	rs, rd := listenSeq(t, s, 9000), listenSeq(t, d, 9000)
 	gwbMAC := mac(t, p.gw["b"], "eth0")
-	rate := 10000 / testScale(t)
+	// The host: 10,000 datagrams/s for 10 s, the steps inside it. The
+	// VM: the stream ends tailFor after the steps (stop), or after
+	// streamFor at the latest (the verdict then says the stream ended
+	// before the move was done).
+	rate, streamFor := 10000, 10*time.Second
+	var (
+		stop    chan struct{}
+		tailFor time.Duration
+	)
+	if os.Getenv("TANDEM_VMTEST") != "" {
+		rate, streamFor = max(10000/(scale*scale), 200), 5*time.Minute
+		stop, tailFor = make(chan struct{}), 3*time.Second
+		t.Logf("in the VM: %d datagrams/s until the steps are done, then %s", rate, tailFor)
+	}
 	var (
 		progress            atomic.Uint64
 		askedAt, blackoutAt uint64 // datagrams written when gwa was asked to hold, when it said it did
@@ -160,6 +183,9 @@ func TestMigrateFailover(t *testing.T) {
 		evErr               error
 	)
 	step := func() {
+		if stop != nil {
+			defer close(stop) // done or failed: the stream's tail
+		}
 		fail := func(err error) { evErr = err }
 		askedAt = progress.Load()
 		if _, err := p.migOn("a", "migrate", "blackout", migEP.String()); err != nil {
@@ -170,7 +196,7 @@ func TestMigrateFailover(t *testing.T) {
 		// The blackout is replicated before the owner dies (the sync
 		// runs every 10 ms): the failover under test is of a move in
 		// its blackout, not a race with the sync.
-		if err := gwpair.WaitFor(10*time.Second, "gwb has the blackout", func() (bool, string) {
+		if err := gwpair.WaitFor(wait(10*time.Second), "gwb has the blackout", func() (bool, string) {
 			e, err := p.migration("b")
 			if err != nil {
 				return false, err.Error()
@@ -189,7 +215,7 @@ func TestMigrateFailover(t *testing.T) {
 		// a holding record for the sync): gwb's copy catches up with
 		// what gwa said it held. Before, gwb's copy kept the count of
 		// the blackout step itself.
-		if err := gwpair.WaitFor(10*time.Second, "gwb's copy of the hold count reaches gwa's", func() (bool, string) {
+		if err := gwpair.WaitFor(wait(10*time.Second), "gwb's copy of the hold count reaches gwa's", func() (bool, string) {
 			e, err := p.migration("b")
 			if err != nil {
 				return false, err.Error()
@@ -213,7 +239,7 @@ func TestMigrateFailover(t *testing.T) {
 		start := time.Now()
 		// The takeover as the client sees it: its neighbour entry for
 		// the VIP names gwb (the gratuitous ARP arrived).
-		if err := gwpair.WaitFor(10*time.Second, "the client's neighbour entry for the VIP names gwb", func() (bool, string) {
+		if err := gwpair.WaitFor(wait(10*time.Second), "the client's neighbour entry for the VIP names gwb", func() (bool, string) {
 			out, err := p.client.Cmd("ip", "neigh", "show", fvip, "dev", "eth0").CombinedOutput()
 			return err == nil && strings.Contains(string(out), gwbMAC), string(out)
 		}); err != nil {
@@ -227,7 +253,7 @@ func TestMigrateFailover(t *testing.T) {
 			return
 		}
 		// gwb holds for a while: the blackout goes on past the takeover.
-		time.Sleep(300 * time.Millisecond)
+		time.Sleep(wait(300 * time.Millisecond))
 		switchAt = progress.Load()
 		if _, err := p.migOn("b", "migrate", "switch", migEP.String()); err != nil {
 			fail(err)
@@ -243,8 +269,8 @@ func TestMigrateFailover(t *testing.T) {
 		}
 		doneAt = progress.Load()
 	}
-	sent := seqSendProgress(t, p.client, 9000, rate, 10*time.Second, []event{{500 * time.Millisecond, step}}, &progress)
-	time.Sleep(300 * time.Millisecond)
+	sent := seqSendUntil(t, p.client, migEP, 9000, rate, streamFor, stop, tailFor, []event{{500 * time.Millisecond, step}}, &progress)
+	time.Sleep(wait(300 * time.Millisecond)) // the last datagrams reach D
 	gotS, gotD := rs.stop(), rd.stop()
 	for _, l := range strings.Split(p.daemons["b"].Log(), "\n") {
 		if strings.Contains(l, "migration") || strings.Contains(l, "took the VIPs") || strings.Contains(l, "sync role") {
@@ -308,6 +334,21 @@ func TestMigrateFailover(t *testing.T) {
 		if !seenD[q] {
 			missing = append(missing, q)
 		}
+	}
+	if reoD > 0 {
+		// Where the order broke: each datagram that arrived after a
+		// higher one, with its neighbours in D's arrival order.
+		var b strings.Builder
+		var hi uint64
+		n := 0
+		for i, q := range gotD {
+			if i > 0 && q < hi && n < 10 {
+				n++
+				fmt.Fprintf(&b, "  arrival %d: %d after %d (around it: %v)\n", i, q, hi, gotD[max(0, i-3):min(len(gotD), i+4)])
+			}
+			hi = max(hi, q)
+		}
+		t.Logf("out of order at D (kill %d, takeover %d, switch %d, done %d):\n%s", killAt, takeover, switchAt, doneAt, b.String())
 	}
 	if len(missing) > 0 || dupD > 0 || reoD > 0 {
 		t.Errorf("at D: %d of the %d datagrams sent after the takeover missing (first: %v), %d duplicated, %d out of order",
