@@ -211,24 +211,19 @@ func (r *receiver) stop() []uint64 {
 	return r.seqs
 }
 
-// seqSend sends sequence numbers at rate datagrams/s for d from the client, calling
-// events[i].f once events[i].at has passed; it returns how many it sent.
+// event is a step a stream (seqSendTo) takes on the way: f runs once at
+// has passed since the stream began.
 type event struct {
 	at time.Duration
 	f  func()
 }
 
-// seqSendProgress sends a numbered UDP stream at rate for d, running
-// events on the way, and also stores, after each datagram is
-// written, how many were written into progress (when not nil): an event
-// that reads n there knows that every datagram from n+1 on is written
-// after its read (n+1 is stored only after n is written).
-func seqSendProgress(t *testing.T, h *lab.Host, port, rate int, d time.Duration, events []event, progress *atomic.Uint64) uint64 {
-	t.Helper()
-	return seqSendTo(t, h, migEP, port, rate, d, events, progress)
-}
-
-// seqSendTo is seqSendProgress to dst (IPv4 or IPv6).
+// seqSendTo sends a numbered UDP stream to dst (IPv4 or IPv6) at rate
+// for d, running events on the way, and also stores, after each datagram
+// is written, how many were written into progress (when not nil): an
+// event that reads n there knows that every datagram from n+1 on is
+// written after its read (n+1 is stored only after n is written). It
+// returns how many it sent.
 func seqSendTo(t *testing.T, h *lab.Host, dst netip.Addr, port, rate int, d time.Duration, events []event, progress *atomic.Uint64) uint64 {
 	t.Helper()
 	return seqSendUntil(t, h, dst, port, rate, d, nil, 0, events, progress)

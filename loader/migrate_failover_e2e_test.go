@@ -305,7 +305,7 @@ func TestMigrateFailover(t *testing.T) {
 	}
 
 	// From takeover+1 on every datagram was written after the client's
-	// entry named gwb (seqSendProgress).
+	// entry named gwb (seqSendTo).
 	first := takeover + 1
 	atS := map[uint64]int{}
 	for _, q := range gotS {
