@@ -23,12 +23,12 @@ func (statusOnly) Status(ep netip.Addr) (remote.Status, error) {
 	return remote.Status{State: remote.StateNone}, nil
 }
 
-// TestMigrateRemote runs tandem migrate status against a migration
-// control on loopback: the gateway is checked by the address dialled
-// (its certificate lists 127.0.0.1) or by --gateway-name, and a wrong
-// --gateway-name is refused by the client.
-func TestMigrateRemote(t *testing.T) {
-	dir := t.TempDir()
+// serveRemote serves ctl as a migration control on loopback, the pair's
+// certificates in dir (the gateway "gw" at 127.0.0.1, the one driver
+// allowed "hv-a"), until the test ends.
+func serveRemote(t *testing.T, ctl remote.Controller) (dir, addr string) {
+	t.Helper()
+	dir = t.TempDir()
 	if _, err := syncer.IssueCerts(dir, map[string][]net.IP{"gw": {net.ParseIP("127.0.0.1")}, "hv-a": nil}, syncer.CertOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -36,14 +36,23 @@ func TestMigrateRemote(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := &remote.Server{TLS: cfg, Controller: statusOnly{}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	srv := &remote.Server{TLS: cfg, Controller: ctl, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	go srv.Serve(ln)
-	defer func() { ln.Close(); srv.Stop() }()
-	base := []string{"migrate", "status", "10.1.0.5", "--gateway", ln.Addr().String(), "--certs", dir, "--name", "hv-a", "--timeout", "5s"}
+	t.Cleanup(func() { ln.Close(); srv.Stop() })
+	return dir, ln.Addr().String()
+}
+
+// TestMigrateRemote runs tandem migrate status against a migration
+// control on loopback: the gateway is checked by the address dialled
+// (its certificate lists 127.0.0.1) or by --gateway-name, and a wrong
+// --gateway-name is refused by the client.
+func TestMigrateRemote(t *testing.T) {
+	dir, addr := serveRemote(t, statusOnly{})
+	base := []string{"migrate", "status", "10.1.0.5", "--gateway", addr, "--certs", dir, "--name", "hv-a", "--timeout", "5s"}
 	for _, tc := range []struct {
 		name  string
 		extra []string
@@ -60,7 +69,7 @@ func TestMigrateRemote(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			args := append(append([]string(nil), base...), tc.extra...)
 			if tc.extra != nil && tc.extra[0] == "start" {
-				args = append([]string{"migrate", "start", "10.1.0.5", "--gateway", ln.Addr().String(), "--certs", dir, "--name", "hv-a"}, tc.extra[1:]...)
+				args = append([]string{"migrate", "start", "10.1.0.5", "--gateway", addr, "--certs", dir, "--name", "hv-a"}, tc.extra[1:]...)
 			}
 			out, errOut, code := run(args...)
 			if code != tc.code || !strings.Contains(out+errOut, tc.out) {
@@ -79,26 +88,12 @@ func (standbyOnly) Blackout(ep netip.Addr) error { return remote.ErrStandby }
 // (the standby answers, the owner is not there yet: a failover under way)
 // is retried by the follower, not skipped as a refusal.
 func TestFollowerRetriesAtTheStandby(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := syncer.IssueCerts(dir, map[string][]net.IP{"gw": {net.ParseIP("127.0.0.1")}, "hv-a": nil}, syncer.CertOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := syncer.TLSConfigAllowing(dir, "gw", []string{"hv-a"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &remote.Server{TLS: cfg, Controller: standbyOnly{}, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	defer func() { ln.Close(); srv.Stop() }()
+	dir, addr := serveRemote(t, standbyOnly{})
 	ccfg, err := syncer.ClientTLSConfig(dir, "hv-a")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &remote.Client{Gateways: []string{ln.Addr().String()}, TLS: ccfg, Timeout: 5 * time.Second}
+	c := &remote.Client{Gateways: []string{addr}, TLS: ccfg, Timeout: 5 * time.Second}
 	defer c.Close()
 	s := &remoteSteps{c: c, ep: "10.1.0.5", to: "10.2.0.12", deadline: 20 * time.Second}
 	err = s.Step(context.Background(), remote.OpBlackout)
